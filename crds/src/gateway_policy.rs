@@ -1,0 +1,459 @@
+//! GatewayPolicy: who may do what to which protected resources, what is masked, and what
+//! waits for a human.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::core::Duration;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Which resources and subjects a policy governs, and the masking, guardrail and approval
+/// rules that apply to them.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "portcullis.dev",
+    version = "v1alpha1",
+    kind = "GatewayPolicy",
+    namespaced,
+    cel,
+    derive = "PartialEq",
+    status = "GatewayPolicyStatus",
+    shortname = "gp",
+    category = "portcullis",
+    doc = "Masking, guardrail and approval rules for the protected resources and subjects it selects.",
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(name = "Resources", type_ = "integer", json_path = ".status.selectedResources"),
+    printcolumn(name = "Config", type_ = "string", json_path = ".status.configHash"),
+    printcolumn(name = "Basis", type_ = "string", json_path = ".spec.lawfulBasis", priority = "1"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("!has(self.guardrails) || !self.guardrails.exists(g, g.action == 'requireApproval') || has(self.approval)")
+    .message("a guardrail with action requireApproval needs spec.approval: set approval.approverGroups (or approverUsers) and approval.timeout"))]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayPolicySpec {
+    /// Selects the ProtectedResources (in the policy's namespace) this policy governs, by
+    /// label. Omitted or empty: every ProtectedResource of the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_selector: Option<LabelSelector>,
+
+    /// The identities this policy applies to. Omitted or empty: every subject in the
+    /// namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub subjects: Vec<Subject>,
+
+    /// Masking rules applied to query results before they reach the agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub masking: Vec<MaskingRule>,
+
+    /// Guardrails checked against every statement or exec command before it is forwarded.
+    /// The first matching guardrail, in order, decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub guardrails: Vec<Guardrail>,
+
+    /// Who approves operations that a guardrail holds with `requireApproval`, and for how
+    /// long an approval holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalSettings>,
+
+    /// GDPR Article 6 lawful basis of the processing this policy governs. Recorded with
+    /// every audited operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lawful_basis: Option<LawfulBasis>,
+
+    /// Purpose of the processing, in words an auditor understands (for example "customer
+    /// support ticket triage"). Recorded with every audited operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub purpose: Option<String>,
+
+    /// What to do with a statement the sidecar cannot analyse: `deny` (default) or `audit`
+    /// (forward it and record it as unanalysed).
+    #[serde(default)]
+    pub on_unanalyzable: UnanalyzableAction,
+
+    /// What the sidecar does while the audit service is unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_audit_unavailable: Option<AuditUnavailable>,
+}
+
+/// An identity a policy applies to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("self.kind == 'Pipeline' || has(self.name)")
+    .message("a subject of kind ServiceAccount, User or Group needs a name"))]
+#[x_kube(validation = Rule::new("self.kind != 'Pipeline' || (has(self.claims) && self.claims.size() > 0)")
+    .message("a Pipeline subject needs claims to match, for example repository: org/repo and ref: refs/heads/main"))]
+#[x_kube(validation = Rule::new("self.kind == 'ServiceAccount' || !has(self.namespace)")
+    .message("subject namespace applies to kind ServiceAccount only"))]
+#[serde(rename_all = "camelCase")]
+pub struct Subject {
+    /// `ServiceAccount` (the agent pod's workload identity), `User` (OIDC subject or email),
+    /// `Group` (OIDC group claim), or `Pipeline` (CI token claims).
+    pub kind: SubjectKind,
+    /// Name of the service account, user or group. `*` matches any name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub name: Option<String>,
+    /// Namespace of a ServiceAccount subject. Defaults to the policy's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub namespace: Option<String>,
+    /// Claims a Pipeline token must carry, each matched exactly (for example
+    /// `repository: acme/agents`, `ref: refs/heads/main`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, String>,
+}
+
+/// Kind of subject.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SubjectKind {
+    /// A Kubernetes service account (the pod's workload identity).
+    ServiceAccount,
+    /// A person or machine user identified by an OIDC token.
+    User,
+    /// A group from the OIDC token's group claim.
+    Group,
+    /// A CI pipeline run identified by its OIDC token's claims.
+    Pipeline,
+}
+
+/// A masking rule: which data is personal, and how it is masked.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("(has(self.columns) && self.columns.size() > 0) || has(self.detector)")
+    .message("a masking rule must name at least one column (schema.table.column or table.column) or a detector (email, paymentCard, iban, phone, regex)"))]
+#[x_kube(validation = Rule::new("has(self.detector) && self.detector == 'regex' ? has(self.pattern) : !has(self.pattern)")
+    .message("pattern is required with detector regex, and only allowed with it"))]
+#[serde(rename_all = "camelCase")]
+pub struct MaskingRule {
+    /// Name of the rule, unique in the policy; recorded in audit records of masked values.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("rule names must be lower-case letters, digits and '-', starting and ending with a letter or digit"))]
+    #[schemars(length(max = 63))]
+    pub name: String,
+
+    /// Columns holding personal data, as `schema.table.column` or `table.column` (schema
+    /// `public`). Every result column whose value may come from one of them is masked,
+    /// whatever the query.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 190)))]
+    #[x_kube(validation = Rule::new("self.all(c, c.matches('^([A-Za-z_][A-Za-z0-9_$]*[.]){1,2}[A-Za-z_][A-Za-z0-9_$]*$'))")
+        .message("columns must be written table.column or schema.table.column, for example public.customers.email"))]
+    pub columns: Vec<ColumnName>,
+
+    /// A value detector applied to every text value of every result, whatever its column:
+    /// `email`, `paymentCard` (Luhn-checked), `iban` (checksum-verified), `phone`, or
+    /// `regex` (with `pattern`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detector: Option<Detector>,
+
+    /// Regular expression for the `regex` detector (RE2-like syntax, no look-around).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub pattern: Option<String>,
+
+    /// How a value is masked: `redact` (fixed text), `null`, `partial` (keep the domain of an
+    /// email or the last four digits of a number), or `hash` (keyed HMAC-SHA-256, so masked
+    /// values still join and group).
+    #[serde(default)]
+    pub strategy: MaskingStrategy,
+
+    /// Subjects that see this data in clear (for example the `dpo` group).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub exempt: Vec<Subject>,
+}
+
+/// A column written `table.column` or `schema.table.column`.
+pub type ColumnName = String;
+
+/// Built-in value detectors.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum Detector {
+    /// E-mail addresses.
+    Email,
+    /// Payment card numbers (13 to 19 digits passing the Luhn check).
+    PaymentCard,
+    /// International bank account numbers (ISO 13616 checksum verified).
+    Iban,
+    /// Telephone numbers in international or common national formats.
+    Phone,
+    /// A user-defined regular expression (`pattern`).
+    Regex,
+}
+
+/// How a masked value is replaced.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum MaskingStrategy {
+    /// Replace the value with a fixed marker of the column's type.
+    #[default]
+    Redact,
+    /// Replace the value with NULL.
+    Null,
+    /// Keep a non-identifying part: the domain of an e-mail, the last four digits of a number.
+    Partial,
+    /// Keyed HMAC-SHA-256 of the value (key from a Secret), so equal values stay equal.
+    Hash,
+}
+
+/// A guardrail: a match on the operation and the action taken when it matches.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Guardrail {
+    /// Name of the guardrail, unique in the policy; named in denials, approval requests and
+    /// audit records.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("guardrail names must be lower-case letters, digits and '-', starting and ending with a letter or digit"))]
+    #[schemars(length(max = 63))]
+    pub name: String,
+
+    /// What the guardrail matches. All criteria given must hold.
+    pub r#match: GuardrailMatch,
+
+    /// `deny` (refuse with an error naming this guardrail), `requireApproval` (hold for a
+    /// human decision, see `spec.approval`), or `audit` (allow and record prominently).
+    pub action: GuardrailAction,
+
+    /// Message shown to the client with a denial or approval request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub message: Option<String>,
+}
+
+/// Criteria of a guardrail. Every criterion given must hold for the guardrail to match.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[x_kube(validation = Rule::new("(has(self.statementKinds) && self.statementKinds.size() > 0) || (has(self.tables) && self.tables.size() > 0) || (has(self.missingWhere) && self.missingWhere) || (has(self.functions) && self.functions.size() > 0) || (has(self.execCommands) && self.execCommands.size() > 0) || has(self.rowsOver)")
+    .message("a guardrail match needs at least one criterion: statementKinds, tables, missingWhere, functions, execCommands or rowsOver"))]
+#[serde(rename_all = "camelCase")]
+pub struct GuardrailMatch {
+    /// Statement kinds, for example `delete`, `update`, `ddl`, `copy`, `doBlock`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub statement_kinds: Vec<StatementKind>,
+
+    /// Tables touched (read or written), as `table` or `schema.table`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 127)))]
+    #[x_kube(validation = Rule::new("self.all(t, t.matches('^([A-Za-z_][A-Za-z0-9_$]*[.])?[A-Za-z_][A-Za-z0-9_$]*$'))")
+        .message("tables must be written table or schema.table, for example public.customers"))]
+    pub tables: Vec<String>,
+
+    /// Matches `UPDATE` and `DELETE` without a `WHERE` clause, or with one that is always true
+    /// (such as `WHERE 1=1`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub missing_where: bool,
+
+    /// Functions called, by name (for example `pg_read_file`, `dblink*`). A trailing `*`
+    /// matches a prefix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 127)))]
+    pub functions: Vec<String>,
+
+    /// Exec commands (Kubernetes resources), as glob patterns on the command line, for
+    /// example `rm *` or `psql*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 1024)))]
+    pub exec_commands: Vec<String>,
+
+    /// Matches results of more than this many rows (bulk export).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("rowsOver must be a positive number of rows"))]
+    pub rows_over: Option<i64>,
+}
+
+/// Kinds of SQL statements a guardrail can match.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum StatementKind {
+    /// `SELECT`, `VALUES`, `TABLE`, `SHOW`, `EXPLAIN` without ANALYZE.
+    Select,
+    /// `INSERT`.
+    Insert,
+    /// `UPDATE`.
+    Update,
+    /// `DELETE`.
+    Delete,
+    /// `MERGE`.
+    Merge,
+    /// `TRUNCATE`.
+    Truncate,
+    /// Schema changes: `CREATE`, `ALTER`, `DROP`, `COMMENT`.
+    Ddl,
+    /// Privileges: `GRANT`, `REVOKE`, role management.
+    Dcl,
+    /// `COPY` in either direction.
+    Copy,
+    /// Anonymous code blocks (`DO`).
+    DoBlock,
+    /// `SET ROLE` and `SET SESSION AUTHORIZATION`.
+    SetRole,
+    /// `CALL` of a procedure.
+    Call,
+    /// Anything else the parser recognises.
+    Other,
+}
+
+/// Action of a guardrail.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum GuardrailAction {
+    /// Refuse the operation; the client sees an error naming the guardrail.
+    Deny,
+    /// Hold the operation until an approver decides (see `spec.approval`).
+    RequireApproval,
+    /// Allow the operation and flag it in the audit log.
+    Audit,
+}
+
+/// Approval settings of a policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("(has(self.approverGroups) && self.approverGroups.size() > 0) || (has(self.approverUsers) && self.approverUsers.size() > 0)")
+    .message("approval needs at least one approver: set approverGroups or approverUsers"))]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalSettings {
+    /// Groups (Kubernetes user groups, as the API server authenticates them) whose members may
+    /// approve or deny.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 253)))]
+    pub approver_groups: Vec<String>,
+
+    /// Individual users (Kubernetes user names) who may approve or deny.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 253)))]
+    pub approver_users: Vec<String>,
+
+    /// How long the operation waits for a decision before it fails with "timed out"
+    /// (Go duration, for example `5m`). Defaults to `15m`; at most `24h`.
+    #[serde(default = "default_approval_timeout")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$') && duration(self) >= duration('1s') && duration(self) <= duration('24h')")
+        .message("approval.timeout must be a duration between 1s and 24h, for example 15m"))]
+    pub timeout: Duration,
+
+    /// How long an approval holds for later identical operations (Go duration). Defaults to
+    /// `1h`; at most `168h`.
+    #[serde(default = "default_grant_duration")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$') && duration(self) >= duration('0s') && duration(self) <= duration('168h')")
+        .message("approval.grantDuration must be a duration between 0s and 168h, for example 1h"))]
+    pub grant_duration: Duration,
+
+    /// What an approval covers: `statement` (the same statement fingerprint) or `session`
+    /// (everything the guardrail matches in the requesting session).
+    #[serde(default)]
+    pub grant_scope: GrantScope,
+
+    /// Optional URL that receives a Slack-compatible JSON message for each new request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')")
+        .message("approval.notifyUrl must be an http:// or https:// URL"))]
+    #[schemars(length(max = 2048))]
+    pub notify_url: Option<String>,
+}
+
+fn default_approval_timeout() -> Duration {
+    Duration::from(std::time::Duration::from_secs(15 * 60))
+}
+
+fn default_grant_duration() -> Duration {
+    Duration::from(std::time::Duration::from_secs(60 * 60))
+}
+
+/// What an approval covers.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum GrantScope {
+    /// The same statement fingerprint (literals ignored).
+    #[default]
+    Statement,
+    /// Every operation the guardrail matches in the requesting session.
+    Session,
+}
+
+/// GDPR Article 6(1) lawful bases.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum LawfulBasis {
+    /// Art. 6(1)(a).
+    Consent,
+    /// Art. 6(1)(b).
+    Contract,
+    /// Art. 6(1)(c).
+    LegalObligation,
+    /// Art. 6(1)(d).
+    VitalInterests,
+    /// Art. 6(1)(e).
+    PublicTask,
+    /// Art. 6(1)(f).
+    LegitimateInterests,
+}
+
+/// What to do with a statement that cannot be analysed.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum UnanalyzableAction {
+    /// Refuse it (fail closed).
+    #[default]
+    Deny,
+    /// Forward it and record it as unanalysed.
+    Audit,
+}
+
+/// Behaviour while the audit service is unreachable.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditUnavailable {
+    /// `deny` new operations once the local spool holds more than `spoolLimitBytes`
+    /// (default), or `continue` and keep spooling until the disk is full.
+    #[serde(default)]
+    pub action: AuditUnavailableAction,
+    /// Size of the local spool past which `deny` applies. Defaults to 64 MiB.
+    #[serde(default = "default_spool_limit")]
+    #[x_kube(validation = Rule::new("self >= 1048576").message("spoolLimitBytes must be at least 1048576 (1 MiB)"))]
+    pub spool_limit_bytes: i64,
+}
+
+fn default_spool_limit() -> i64 {
+    64 * 1024 * 1024
+}
+
+/// Action while the audit service is unreachable.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum AuditUnavailableAction {
+    /// Deny new operations past the spool bound (fail closed).
+    #[default]
+    Deny,
+    /// Keep serving and keep spooling.
+    Continue,
+}
+
+/// Observed state of a GatewayPolicy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayPolicyStatus {
+    /// `Accepted` and `Compiled`, with a readable reason on every rejection.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Number of ProtectedResources the policy selects.
+    #[serde(default)]
+    pub selected_resources: i32,
+    /// Content hash of the compiled sidecar configuration that carries this policy; pods
+    /// show the hash they run in an annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+}

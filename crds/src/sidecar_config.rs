@@ -1,0 +1,586 @@
+//! The compiled sidecar configuration: everything a sidecar needs to enforce the policies of
+//! its namespace without talking to the API server.
+//!
+//! The operator compiles the GatewayPolicies and ProtectedResources of a namespace into one
+//! [`SidecarConfig`], stores it in a ConfigMap that the sidecar mounts and hot-reloads, and
+//! stamps its content hash on the pods that run it. In standalone mode the same document is
+//! written by hand (`portcullis-sidecar --config FILE`).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::gateway_policy::{
+    AuditUnavailableAction, Detector, GatewayPolicySpec, GrantScope, GuardrailAction,
+    LawfulBasis, MaskingStrategy, StatementKind, Subject, UnanalyzableAction,
+};
+use crate::protected_resource::{ResourceType, TlsMode};
+
+/// Format identifier of the document, checked by the sidecar on load.
+pub const SIDECAR_CONFIG_API_VERSION: &str = "portcullis.dev/sidecar-config/v1alpha1";
+
+/// The whole configuration of one sidecar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// Always [`SIDECAR_CONFIG_API_VERSION`].
+    pub api_version: String,
+    /// Namespace whose policies this document carries.
+    pub namespace: String,
+    /// Resources the sidecar fronts, each on its own local port.
+    #[serde(default)]
+    pub resources: Vec<ResourceConfig>,
+    /// Compiled policies, referenced by name from the resources.
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
+    /// Audit spool and shipping.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Address of the sidecar's own `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:15090".to_owned()
+}
+
+/// One protected resource as the sidecar serves it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceConfig {
+    /// Name of the ProtectedResource.
+    pub name: String,
+    /// Kind of target.
+    pub r#type: ResourceType,
+    /// Local address the sidecar listens on (host part; `127.0.0.1` in pods).
+    #[serde(default = "default_listen_address")]
+    pub listen_address: String,
+    /// Local port the sidecar listens on.
+    pub listen_port: u16,
+    /// The upstream server. For `kubernetes`, `None` means the in-cluster API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamConfig>,
+    /// Files holding the upstream credential (the Secret mount, readable by the sidecar only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialFiles>,
+    /// Names of the policies that govern this resource, in order of precedence.
+    #[serde(default)]
+    pub policies: Vec<String>,
+}
+
+fn default_listen_address() -> String {
+    "127.0.0.1".to_owned()
+}
+
+/// Upstream server of a resource.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Database to connect to; `None` keeps the one the client asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// TLS mode.
+    pub tls_mode: TlsMode,
+    /// PEM CA bundle for `verify-full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify in the server certificate, when it differs from `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+/// Files holding a credential.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialFiles {
+    /// File with the user name.
+    pub username_file: PathBuf,
+    /// File with the password.
+    pub password_file: PathBuf,
+}
+
+/// Audit spool and shipping settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Directory of the durable local spool.
+    pub spool_dir: PathBuf,
+    /// URL of the audit service's ingest endpoint; `None` keeps records in the spool only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_url: Option<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            spool_dir: PathBuf::from("/var/run/portcullis/spool"),
+            service_url: None,
+        }
+    }
+}
+
+/// A GatewayPolicy compiled for the sidecar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Name of the GatewayPolicy.
+    pub name: String,
+    /// `metadata.generation` compiled.
+    #[serde(default)]
+    pub generation: i64,
+    /// Subjects the policy applies to; empty means everyone.
+    #[serde(default)]
+    pub subjects: Vec<Subject>,
+    /// Masking rules.
+    #[serde(default)]
+    pub masking: Vec<MaskingRuleConfig>,
+    /// Guardrails, in order.
+    #[serde(default)]
+    pub guardrails: Vec<GuardrailConfig>,
+    /// Approval settings, when a guardrail requires approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalConfig>,
+    /// GDPR lawful basis recorded with each operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lawful_basis: Option<LawfulBasis>,
+    /// Purpose recorded with each operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// What to do with statements that cannot be analysed.
+    #[serde(default)]
+    pub on_unanalyzable: UnanalyzableAction,
+    /// What to do while the audit service is unreachable.
+    #[serde(default)]
+    pub on_audit_unavailable: AuditUnavailableAction,
+    /// Spool size past which `onAuditUnavailable: deny` applies.
+    #[serde(default = "default_spool_limit")]
+    pub spool_limit_bytes: u64,
+}
+
+fn default_spool_limit() -> u64 {
+    64 * 1024 * 1024
+}
+
+/// A masking rule with its columns resolved to qualified names.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaskingRuleConfig {
+    /// Rule name.
+    pub name: String,
+    /// Columns whose values are masked.
+    #[serde(default)]
+    pub columns: Vec<QualifiedColumn>,
+    /// Value detector, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detector: Option<Detector>,
+    /// Pattern of the `regex` detector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// Masking strategy.
+    pub strategy: MaskingStrategy,
+    /// Subjects that see the data in clear.
+    #[serde(default)]
+    pub exempt: Vec<Subject>,
+}
+
+/// A guardrail with its tables resolved to qualified names.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GuardrailConfig {
+    /// Guardrail name.
+    pub name: String,
+    /// Statement kinds matched (empty: any).
+    #[serde(default)]
+    pub statement_kinds: Vec<StatementKind>,
+    /// Tables matched (empty: any).
+    #[serde(default)]
+    pub tables: Vec<QualifiedTable>,
+    /// Matches UPDATE/DELETE without an effective WHERE.
+    #[serde(default)]
+    pub missing_where: bool,
+    /// Function names matched; a trailing `*` matches a prefix. Lower-case.
+    #[serde(default)]
+    pub functions: Vec<String>,
+    /// Exec command glob patterns.
+    #[serde(default)]
+    pub exec_commands: Vec<String>,
+    /// Matches results of more than this many rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_over: Option<u64>,
+    /// Action when matched.
+    pub action: GuardrailAction,
+    /// Message shown to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Approval settings in seconds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApprovalConfig {
+    /// Groups whose members may decide.
+    #[serde(default)]
+    pub approver_groups: Vec<String>,
+    /// Users who may decide.
+    #[serde(default)]
+    pub approver_users: Vec<String>,
+    /// Seconds an operation waits for a decision.
+    pub timeout_seconds: u64,
+    /// Seconds an approval holds.
+    pub grant_seconds: u64,
+    /// What an approval covers.
+    pub grant_scope: GrantScope,
+    /// Notification webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_url: Option<String>,
+}
+
+/// A column as `schema.table.column`, lower-cased as PostgreSQL folds unquoted identifiers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QualifiedColumn {
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub table: String,
+    /// Column name.
+    pub column: String,
+}
+
+/// A table as `schema.table`, lower-cased.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QualifiedTable {
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub table: String,
+}
+
+/// Schema assumed when a name omits it.
+pub const DEFAULT_SCHEMA: &str = "public";
+
+/// A column or table name that is not of the form the API accepts.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{what} {input:?} must be written {form}")]
+pub struct NameError {
+    what: &'static str,
+    input: String,
+    form: &'static str,
+}
+
+fn split_identifiers(input: &str) -> Option<Vec<String>> {
+    let parts: Vec<String> = input.split('.').map(|p| p.to_ascii_lowercase()).collect();
+    let valid = |p: &String| {
+        let mut chars = p.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+    };
+    parts.iter().all(valid).then_some(parts)
+}
+
+impl FromStr for QualifiedColumn {
+    type Err = NameError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let err = || NameError {
+            what: "column",
+            input: input.to_owned(),
+            form: "table.column or schema.table.column",
+        };
+        let parts = split_identifiers(input).ok_or_else(err)?;
+        match parts.as_slice() {
+            [table, column] => Ok(Self {
+                schema: DEFAULT_SCHEMA.to_owned(),
+                table: table.clone(),
+                column: column.clone(),
+            }),
+            [schema, table, column] => Ok(Self {
+                schema: schema.clone(),
+                table: table.clone(),
+                column: column.clone(),
+            }),
+            _ => Err(err()),
+        }
+    }
+}
+
+impl FromStr for QualifiedTable {
+    type Err = NameError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let err = || NameError {
+            what: "table",
+            input: input.to_owned(),
+            form: "table or schema.table",
+        };
+        let parts = split_identifiers(input).ok_or_else(err)?;
+        match parts.as_slice() {
+            [table] => Ok(Self {
+                schema: DEFAULT_SCHEMA.to_owned(),
+                table: table.clone(),
+            }),
+            [schema, table] => Ok(Self {
+                schema: schema.clone(),
+                table: table.clone(),
+            }),
+            _ => Err(err()),
+        }
+    }
+}
+
+impl fmt::Display for QualifiedColumn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.schema, self.table, self.column)
+    }
+}
+
+impl fmt::Display for QualifiedTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+macro_rules! string_serde {
+    ($ty:ty) => {
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+string_serde!(QualifiedColumn);
+string_serde!(QualifiedTable);
+
+/// Why a GatewayPolicy could not be compiled.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CompileError {
+    /// A column or table name is malformed.
+    #[error("{rule}: {source}")]
+    Name {
+        /// The masking rule or guardrail.
+        rule: String,
+        /// What is wrong with the name.
+        source: NameError,
+    },
+    /// A guardrail requires approval but the policy names no approvers.
+    #[error("guardrail {0} requires approval but spec.approval is not set")]
+    MissingApproval(String),
+    /// A numeric limit is out of range.
+    #[error("{0}")]
+    Range(String),
+}
+
+impl PolicyConfig {
+    /// Compile a GatewayPolicy spec into the form the sidecar applies.
+    pub fn compile(
+        name: &str,
+        generation: i64,
+        spec: &GatewayPolicySpec,
+    ) -> Result<Self, CompileError> {
+        let masking = spec
+            .masking
+            .iter()
+            .map(|rule| {
+                let columns = rule
+                    .columns
+                    .iter()
+                    .map(|c| c.parse())
+                    .collect::<Result<Vec<QualifiedColumn>, _>>()
+                    .map_err(|source| CompileError::Name {
+                        rule: format!("masking rule {}", rule.name),
+                        source,
+                    })?;
+                Ok(MaskingRuleConfig {
+                    name: rule.name.clone(),
+                    columns,
+                    detector: rule.detector,
+                    pattern: rule.pattern.clone(),
+                    strategy: rule.strategy,
+                    exempt: rule.exempt.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, CompileError>>()?;
+
+        let guardrails = spec
+            .guardrails
+            .iter()
+            .map(|g| {
+                if g.action == GuardrailAction::RequireApproval && spec.approval.is_none() {
+                    return Err(CompileError::MissingApproval(g.name.clone()));
+                }
+                let tables = g
+                    .r#match
+                    .tables
+                    .iter()
+                    .map(|t| t.parse())
+                    .collect::<Result<Vec<QualifiedTable>, _>>()
+                    .map_err(|source| CompileError::Name {
+                        rule: format!("guardrail {}", g.name),
+                        source,
+                    })?;
+                let rows_over = g
+                    .r#match
+                    .rows_over
+                    .map(|n| {
+                        u64::try_from(n).map_err(|_| {
+                            CompileError::Range(format!(
+                                "guardrail {}: rowsOver must be positive",
+                                g.name
+                            ))
+                        })
+                    })
+                    .transpose()?;
+                Ok(GuardrailConfig {
+                    name: g.name.clone(),
+                    statement_kinds: g.r#match.statement_kinds.clone(),
+                    tables,
+                    missing_where: g.r#match.missing_where,
+                    functions: g
+                        .r#match
+                        .functions
+                        .iter()
+                        .map(|f| f.to_ascii_lowercase())
+                        .collect(),
+                    exec_commands: g.r#match.exec_commands.clone(),
+                    rows_over,
+                    action: g.action,
+                    message: g.message.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, CompileError>>()?;
+
+        let approval = spec.approval.as_ref().map(|a| ApprovalConfig {
+            approver_groups: a.approver_groups.clone(),
+            approver_users: a.approver_users.clone(),
+            timeout_seconds: std::time::Duration::from(a.timeout).as_secs(),
+            grant_seconds: std::time::Duration::from(a.grant_duration).as_secs(),
+            grant_scope: a.grant_scope,
+            notify_url: a.notify_url.clone(),
+        });
+        let (on_audit_unavailable, spool_limit_bytes) = match &spec.on_audit_unavailable {
+            Some(a) => (
+                a.action,
+                u64::try_from(a.spool_limit_bytes).map_err(|_| {
+                    CompileError::Range("onAuditUnavailable.spoolLimitBytes must be positive".into())
+                })?,
+            ),
+            None => (AuditUnavailableAction::default(), default_spool_limit()),
+        };
+
+        Ok(Self {
+            name: name.to_owned(),
+            generation,
+            subjects: spec.subjects.clone(),
+            masking,
+            guardrails,
+            approval,
+            lawful_basis: spec.lawful_basis,
+            purpose: spec.purpose.clone(),
+            on_unanalyzable: spec.on_unanalyzable,
+            on_audit_unavailable,
+            spool_limit_bytes,
+        })
+    }
+}
+
+/// Why a sidecar configuration document was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// Not YAML of the right shape.
+    #[error("sidecar configuration is not valid: {0}")]
+    Parse(String),
+    /// A different format version.
+    #[error("sidecar configuration has apiVersion {found:?}, expected {SIDECAR_CONFIG_API_VERSION:?}")]
+    Version {
+        /// The version found.
+        found: String,
+    },
+    /// Internally inconsistent (unknown policy name, duplicate port).
+    #[error("sidecar configuration is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+impl SidecarConfig {
+    /// Parse and check a configuration document (YAML or JSON).
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let config: SidecarConfig = serde_path_to_error::deserialize(de)
+            .map_err(|e| ConfigError::Parse(format!("{}: {}", e.path(), e.inner())))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Serialize to YAML.
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        serde_yaml::to_string(self).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Check the references inside the document.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.api_version != SIDECAR_CONFIG_API_VERSION {
+            return Err(ConfigError::Version {
+                found: self.api_version.clone(),
+            });
+        }
+        let mut ports = std::collections::BTreeMap::new();
+        for r in &self.resources {
+            if let Some(other) = ports.insert(r.listen_port, &r.name) {
+                return Err(ConfigError::Inconsistent(format!(
+                    "resources {other} and {} both listen on port {}",
+                    r.name, r.listen_port
+                )));
+            }
+            for p in &r.policies {
+                if !self.policies.iter().any(|q| &q.name == p) {
+                    return Err(ConfigError::Inconsistent(format!(
+                        "resource {} names policy {p}, which is not in the document",
+                        r.name
+                    )));
+                }
+            }
+            if r.r#type != ResourceType::Kubernetes && r.upstream.is_none() {
+                return Err(ConfigError::Inconsistent(format!(
+                    "resource {} of type {} has no upstream",
+                    r.name,
+                    r.r#type.as_str()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Content hash of the document (hex SHA-256 of its canonical JSON, first 16 characters);
+    /// pods carry it in an annotation to show which configuration they run.
+    pub fn content_hash(&self) -> String {
+        // Serializing plain data to JSON cannot fail; fall back to the debug form regardless.
+        let bytes = serde_json::to_vec(self).unwrap_or_else(|_| format!("{self:?}").into_bytes());
+        let digest = Sha256::digest(bytes);
+        hex::encode(digest)[..16].to_owned()
+    }
+
+    /// The policies that govern a resource, in order.
+    pub fn policies_for<'a>(
+        &'a self,
+        resource: &'a ResourceConfig,
+    ) -> impl Iterator<Item = &'a PolicyConfig> + 'a {
+        resource
+            .policies
+            .iter()
+            .filter_map(|name| self.policies.iter().find(|p| &p.name == name))
+    }
+}
