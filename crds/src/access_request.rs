@@ -1,5 +1,8 @@
 //! AccessRequest: a risky operation waiting for, or carrying, a named human's decision.
 
+// kube's `printcolumn(...)` attributes repeat the same keys by design.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::core::Duration;
 use kube::{CustomResource, KubeSchema};
@@ -25,11 +28,28 @@ use serde::{Deserialize, Serialize};
     category = "portcullis",
     doc = "A risky operation held for a named human's decision, and that decision as evidence.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Requester", type_ = "string", json_path = ".spec.requester.name"),
+    printcolumn(
+        name = "Requester",
+        type_ = "string",
+        json_path = ".spec.requester.name"
+    ),
     printcolumn(name = "Resource", type_ = "string", json_path = ".spec.resource"),
-    printcolumn(name = "Rule", type_ = "string", json_path = ".spec.rule", priority = "1"),
-    printcolumn(name = "Decided-By", type_ = "string", json_path = ".spec.decision.decidedBy"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Rule",
+        type_ = "string",
+        json_path = ".spec.rule",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Decided-By",
+        type_ = "string",
+        json_path = ".spec.decision.decidedBy"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("!has(oldSelf.decision) || (has(self.decision) && self.decision == oldSelf.decision)")
     .message("a decision cannot be changed or withdrawn once made: create a new AccessRequest instead"))]

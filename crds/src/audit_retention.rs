@@ -1,7 +1,10 @@
 //! AuditRetention: how long audit records are kept, where, and the log's latest signed state.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+// kube's `printcolumn(...)` attributes repeat the same keys by design.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::core::Duration;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -33,7 +36,11 @@ use crate::protected_resource::SecretKeyRef;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Verified\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AuditRetentionSpec {

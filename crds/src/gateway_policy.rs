@@ -1,6 +1,9 @@
 //! GatewayPolicy: who may do what to which protected resources, what is masked, and what
 //! waits for a human.
 
+// kube's `printcolumn(...)` attributes repeat the same keys by design.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
@@ -28,10 +31,23 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
     ),
-    printcolumn(name = "Resources", type_ = "integer", json_path = ".status.selectedResources"),
+    printcolumn(
+        name = "Resources",
+        type_ = "integer",
+        json_path = ".status.selectedResources"
+    ),
     printcolumn(name = "Config", type_ = "string", json_path = ".status.configHash"),
-    printcolumn(name = "Basis", type_ = "string", json_path = ".spec.lawfulBasis", priority = "1"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Basis",
+        type_ = "string",
+        json_path = ".spec.lawfulBasis",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("!has(self.guardrails) || !self.guardrails.exists(g, g.action == 'requireApproval') || has(self.approval)")
     .message("a guardrail with action requireApproval needs spec.approval: set approval.approverGroups (or approverUsers) and approval.timeout"))]

@@ -3,6 +3,7 @@
 //! format. Pure types and functions, no I/O.
 
 pub mod access_request;
+pub mod audit;
 pub mod audit_retention;
 pub mod conditions;
 pub mod gateway_policy;

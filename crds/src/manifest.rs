@@ -116,10 +116,7 @@ fn parse_object(doc: usize, value: serde_yaml::Value) -> Result<Manifest, Manife
             kind: meta.kind,
         });
     }
-    let name = meta
-        .metadata
-        .name
-        .unwrap_or_else(|| "(unnamed)".to_owned());
+    let name = meta.metadata.name.unwrap_or_else(|| "(unnamed)".to_owned());
     if meta.api_version != expected {
         return Err(ManifestError::UnknownKind {
             doc,
@@ -181,7 +178,10 @@ impl Ctx {
         })
     }
 
-    fn rules(&self, result: Result<(), kube::core::cel::ValidationErrors>) -> Result<(), ManifestError> {
+    fn rules(
+        &self,
+        result: Result<(), kube::core::cel::ValidationErrors>,
+    ) -> Result<(), ManifestError> {
         result.map_err(|errors| ManifestError::Rule {
             doc: self.doc,
             kind: self.kind.clone(),

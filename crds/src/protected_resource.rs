@@ -1,6 +1,9 @@
 //! ProtectedResource: one target (a database or a Kubernetes API) that agents reach only
 //! through the sidecar.
 
+// kube's `printcolumn(...)` attributes repeat the same keys by design.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -31,7 +34,11 @@ use serde::{Deserialize, Serialize};
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(name = "Pods", type_ = "integer", json_path = ".status.boundPods"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.type == 'kubernetes' || has(self.endpoint)")
     .message("spec.endpoint is required for postgres and mysql resources: set endpoint.host and endpoint.port of the database server"))]

@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::gateway_policy::{
-    AuditUnavailableAction, Detector, GatewayPolicySpec, GrantScope, GuardrailAction,
-    LawfulBasis, MaskingStrategy, StatementKind, Subject, UnanalyzableAction,
+    AuditUnavailableAction, Detector, GatewayPolicySpec, GrantScope, GuardrailAction, LawfulBasis,
+    MaskingStrategy, StatementKind, Subject, UnanalyzableAction,
 };
 use crate::protected_resource::{ResourceType, TlsMode};
 
@@ -476,7 +476,9 @@ impl PolicyConfig {
             Some(a) => (
                 a.action,
                 u64::try_from(a.spool_limit_bytes).map_err(|_| {
-                    CompileError::Range("onAuditUnavailable.spoolLimitBytes must be positive".into())
+                    CompileError::Range(
+                        "onAuditUnavailable.spoolLimitBytes must be positive".into(),
+                    )
                 })?,
             ),
             None => (AuditUnavailableAction::default(), default_spool_limit()),
@@ -505,7 +507,9 @@ pub enum ConfigError {
     #[error("sidecar configuration is not valid: {0}")]
     Parse(String),
     /// A different format version.
-    #[error("sidecar configuration has apiVersion {found:?}, expected {SIDECAR_CONFIG_API_VERSION:?}")]
+    #[error(
+        "sidecar configuration has apiVersion {found:?}, expected {SIDECAR_CONFIG_API_VERSION:?}"
+    )]
     Version {
         /// The version found.
         found: String,

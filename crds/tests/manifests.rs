@@ -66,14 +66,33 @@ fn generated_crds_parse_back_with_the_expected_names() {
         let body = text.split_once('\n').map(|(_, b)| b).unwrap_or_default();
         let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
             serde_yaml::from_str(body).expect("generated YAML parses");
-        assert_eq!(format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("")), name);
+        assert_eq!(
+            format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("")),
+            name
+        );
         assert_eq!(crd.spec.group, "portcullis.dev");
         assert_eq!(crd.spec.scope, "Namespaced");
-        assert_eq!(crd.spec.names.categories.as_deref(), Some(&["portcullis".to_owned()][..]));
+        assert_eq!(
+            crd.spec.names.categories.as_deref(),
+            Some(&["portcullis".to_owned()][..])
+        );
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
-        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{name} has a status subresource");
-        assert!(version.additional_printer_columns.as_ref().is_some_and(|c| c.len() >= 4), "{name} has printer columns");
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            "{name} has a status subresource"
+        );
+        assert!(
+            version
+                .additional_printer_columns
+                .as_ref()
+                .is_some_and(|c| c.len() >= 4),
+            "{name} has printer columns"
+        );
         let short = crd.spec.names.short_names.clone().unwrap_or_default();
         assert_eq!(short.len(), 1, "{name} has one short name");
     }
@@ -166,11 +185,24 @@ fn every_invalid_manifest_is_refused_with_its_message() {
 fn malformed_yaml_is_a_clear_error() {
     let err = parse_manifests("apiVersion: portcullis.dev/v1alpha1\nkind: [unclosed\n")
         .expect_err("malformed YAML is refused");
-    assert!(err.to_string().starts_with("document 1: not a Kubernetes object"), "{err}");
-    let err = parse_manifests("apiVersion: portcullis.dev/v1alpha1\nkind: Gateway\nmetadata: {name: x}\n")
-        .expect_err("unknown kind is refused");
-    assert_eq!(err.to_string(), "document 1: unknown kind Gateway in portcullis.dev/v1alpha1");
+    assert!(
+        err.to_string()
+            .starts_with("document 1: not a Kubernetes object"),
+        "{err}"
+    );
+    let err = parse_manifests(
+        "apiVersion: portcullis.dev/v1alpha1\nkind: Gateway\nmetadata: {name: x}\n",
+    )
+    .expect_err("unknown kind is refused");
+    assert_eq!(
+        err.to_string(),
+        "document 1: unknown kind Gateway in portcullis.dev/v1alpha1"
+    );
     let err = parse_manifests("apiVersion: portcullis.dev/v1alpha1\nkind: ProtectedResource\nmetadata: {name: x}\nspec: {type: postgres}\n")
         .expect_err("missing listenPort is refused");
-    assert!(err.to_string().contains("ProtectedResource x: spec: missing field `listenPort`"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("ProtectedResource x: spec: missing field `listenPort`"),
+        "{err}"
+    );
 }

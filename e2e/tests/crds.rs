@@ -68,7 +68,11 @@ async fn every_example_is_accepted_by_the_server() {
         let f = file.to_string_lossy();
         let out = h.kubectl(&["apply", "-n", &ns, "--dry-run=server", "-f", &f]);
         assert!(out.status.success(), "{f}: {}", text(&out));
-        assert!(text(&out).contains("(server dry run)"), "{f}: {}", text(&out));
+        assert!(
+            text(&out).contains("(server dry run)"),
+            "{f}: {}",
+            text(&out)
+        );
     }
 }
 
@@ -104,7 +108,12 @@ async fn printer_columns_show_in_kubectl_get() {
     let h = harness();
     h.install_crds().await;
     let ns = h.namespace("columns").await;
-    for f in ["customers-db.yaml", "gatewaypolicy.yaml", "auditretention.yaml", "accessrequest.yaml"] {
+    for f in [
+        "customers-db.yaml",
+        "gatewaypolicy.yaml",
+        "auditretention.yaml",
+        "accessrequest.yaml",
+    ] {
         let path = repo_root().join("examples/gdpr").join(f);
         let out = h.kubectl(&["apply", "-n", &ns, "-f", &path.to_string_lossy()]);
         assert!(out.status.success(), "{f}: {}", text(&out));
@@ -115,24 +124,61 @@ async fn printer_columns_show_in_kubectl_get() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let pr = header("protectedresources");
-    assert!(pr.lines().next().is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()
-        == ["NAME", "TYPE", "ENDPOINT", "PORT", "READY", "PODS", "AGE"]), "{pr}");
-    assert!(pr.contains("customers-db   postgres   customers-db.data.svc.cluster.local   5432"), "{pr}");
+    assert!(
+        pr.lines()
+            .next()
+            .is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["NAME", "TYPE", "ENDPOINT", "PORT", "READY", "PODS", "AGE"]),
+        "{pr}"
+    );
+    assert!(
+        pr.contains("customers-db   postgres   customers-db.data.svc.cluster.local   5432"),
+        "{pr}"
+    );
     let gp = header("gp");
     assert!(gp.starts_with("NAME"), "{gp}");
-    assert!(gp.lines().next().is_some_and(|l| l.contains("ACCEPTED") && l.contains("RESOURCES") && l.contains("CONFIG")), "{gp}");
+    assert!(
+        gp.lines().next().is_some_and(|l| l.contains("ACCEPTED")
+            && l.contains("RESOURCES")
+            && l.contains("CONFIG")),
+        "{gp}"
+    );
     let ar = header("ar");
-    assert!(ar.lines().next().is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()
-        == ["NAME", "PHASE", "REQUESTER", "RESOURCE", "DECIDED-BY", "AGE"]), "{ar}");
-    assert!(ar.contains("system:serviceaccount:agents:support-agent"), "{ar}");
+    assert!(
+        ar.lines()
+            .next()
+            .is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [
+                    "NAME",
+                    "PHASE",
+                    "REQUESTER",
+                    "RESOURCE",
+                    "DECIDED-BY",
+                    "AGE"
+                ]),
+        "{ar}"
+    );
+    assert!(
+        ar.contains("system:serviceaccount:agents:support-agent"),
+        "{ar}"
+    );
     let ret = header("ret");
-    assert!(ret.lines().next().is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()
-        == ["NAME", "RETAIN", "LEGAL-HOLD", "RECORDS", "VERIFIED", "AGE"]), "{ret}");
+    assert!(
+        ret.lines()
+            .next()
+            .is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["NAME", "RETAIN", "LEGAL-HOLD", "RECORDS", "VERIFIED", "AGE"]),
+        "{ret}"
+    );
     assert!(ret.contains("400d"), "{ret}");
     // The category lists every kind at once.
     let all = h.kubectl(&["get", "portcullis", "-n", &ns]);
     let all = text(&all);
-    for kind in ["protectedresource.portcullis.dev/customers-db", "gatewaypolicy.portcullis.dev/customers-gdpr", "auditretention.portcullis.dev/default"] {
+    for kind in [
+        "protectedresource.portcullis.dev/customers-db",
+        "gatewaypolicy.portcullis.dev/customers-gdpr",
+        "auditretention.portcullis.dev/default",
+    ] {
         assert!(all.contains(kind), "{all}");
     }
 }
@@ -146,8 +192,19 @@ async fn a_decision_cannot_be_changed_once_made() {
     let out = h.kubectl(&["apply", "-n", &ns, "-f", &path.to_string_lossy()]);
     assert!(out.status.success(), "{}", text(&out));
     let decide = |verdict: &str| {
-        let patch = format!(r#"{{"spec":{{"decision":{{"verdict":"{verdict}","reason":"ticket 4711"}}}}}}"#);
-        h.kubectl(&["patch", "-n", &ns, "ar", "support-agent-7f3a9c", "--type=merge", "-p", &patch])
+        let patch = format!(
+            r#"{{"spec":{{"decision":{{"verdict":"{verdict}","reason":"ticket 4711"}}}}}}"#
+        );
+        h.kubectl(&[
+            "patch",
+            "-n",
+            &ns,
+            "ar",
+            "support-agent-7f3a9c",
+            "--type=merge",
+            "-p",
+            &patch,
+        ])
     };
     let first = decide("Approved");
     assert!(first.status.success(), "{}", text(&first));
@@ -158,12 +215,38 @@ async fn a_decision_cannot_be_changed_once_made() {
         "{}",
         text(&second)
     );
-    let withdraw = h.kubectl(&["patch", "-n", &ns, "ar", "support-agent-7f3a9c", "--type=json", "-p", r#"[{"op":"remove","path":"/spec/decision"}]"#]);
+    let withdraw = h.kubectl(&[
+        "patch",
+        "-n",
+        &ns,
+        "ar",
+        "support-agent-7f3a9c",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/decision"}]"#,
+    ]);
     assert!(!withdraw.status.success());
-    assert!(text(&withdraw).contains("a decision cannot be changed or withdrawn once made"), "{}", text(&withdraw));
-    let retarget = h.kubectl(&["patch", "-n", &ns, "ar", "support-agent-7f3a9c", "--type=merge", "-p", r#"{"spec":{"resource":"other-db"}}"#]);
+    assert!(
+        text(&withdraw).contains("a decision cannot be changed or withdrawn once made"),
+        "{}",
+        text(&withdraw)
+    );
+    let retarget = h.kubectl(&[
+        "patch",
+        "-n",
+        &ns,
+        "ar",
+        "support-agent-7f3a9c",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"resource":"other-db"}}"#,
+    ]);
     assert!(!retarget.status.success());
-    assert!(text(&retarget).contains("only spec.decision may change"), "{}", text(&retarget));
+    assert!(
+        text(&retarget).contains("only spec.decision may change"),
+        "{}",
+        text(&retarget)
+    );
 }
 
 #[tokio::test]
@@ -171,9 +254,26 @@ async fn ordinary_users_are_authenticated_but_not_authorized_by_default() {
     let h = harness();
     h.install_crds().await;
     // RBAC is real: alice is authenticated by her certificate and has no rights yet.
-    let out = h.kubectl_as(User::Owner, &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "alice", "{}", text(&out));
+    let out = h.kubectl_as(
+        User::Owner,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alice",
+        "{}",
+        text(&out)
+    );
     let out = h.kubectl_as(User::Approver, &["get", "accessrequests", "-A"]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("User \"bob\" cannot list resource \"accessrequests\""), "{}", text(&out));
+    assert!(
+        text(&out).contains("User \"bob\" cannot list resource \"accessrequests\""),
+        "{}",
+        text(&out)
+    );
 }

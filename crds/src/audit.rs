@@ -1,0 +1,201 @@
+//! The audit record: what the sidecar writes, durably and before forwarding, for every operation
+//! it governs, and what the audit service later appends to its log.
+//!
+//! Records are serialized as one JSON object per line (JSON Lines). A statement produces two
+//! records: a [`AuditEvent::Statement`] record written *before* the statement is forwarded (the
+//! write-ahead record, carrying the decision and the rule that made it) and a
+//! [`AuditEvent::Completion`] record after the result (rows, bytes, duration, error). Both carry
+//! the same `statementId`, so an auditor can pair them; a statement record without a completion
+//! means the sidecar stopped before the result arrived.
+//!
+//! Records never hold literal values from SQL text: statements are recorded with every literal
+//! replaced by a placeholder (`?`), so personal data in `WHERE email = '...'` does not reach the
+//! log.
+
+use serde::{Deserialize, Serialize};
+
+/// Format identifier carried by every record.
+pub const AUDIT_RECORD_VERSION: &str = "portcullis.dev/audit/v1alpha1";
+
+/// One audit record.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    /// Always [`AUDIT_RECORD_VERSION`].
+    pub version: String,
+    /// Sequence number of the record in the writing sidecar's spool, strictly increasing.
+    pub seq: u64,
+    /// Time the record was made, RFC 3339 in UTC with microseconds.
+    pub time: String,
+    /// Session (client connection) the record belongs to, unique per sidecar process.
+    pub session_id: String,
+    /// Who acted: the identity the sidecar established for the caller.
+    pub identity: Identity,
+    /// The protected resource the operation was addressed to (ProtectedResource name).
+    pub resource: String,
+    /// What happened.
+    pub event: AuditEvent,
+}
+
+/// The identity of a caller.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    /// `ServiceAccount`, `User`, `Group` or `Pipeline` (the GatewayPolicy subject kinds).
+    pub kind: String,
+    /// Name of the service account or user.
+    pub name: String,
+    /// Namespace of a service account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Pod the caller runs in, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
+/// The event an audit record describes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum AuditEvent {
+    /// A client session was opened (after the upstream accepted it).
+    SessionStart(SessionStart),
+    /// A statement was decided; written before it is forwarded.
+    Statement(StatementRecord),
+    /// A forwarded statement finished.
+    Completion(CompletionRecord),
+    /// A client session ended.
+    SessionEnd(SessionEnd),
+}
+
+/// A session was opened.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStart {
+    /// Database the session is connected to.
+    pub database: String,
+    /// `application_name` the client announced, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_name: Option<String>,
+    /// Address of the client (loopback in a pod).
+    pub client_address: String,
+}
+
+/// A session ended.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionEnd {
+    /// Statements decided during the session.
+    pub statements: u64,
+    /// Why the session ended (`terminate`, `client closed`, an error message).
+    pub reason: String,
+}
+
+/// How a statement reached the sidecar.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Protocol {
+    /// A simple Query message (possibly one of several statements in it).
+    Simple,
+    /// A Parse message of the extended query protocol.
+    Parse,
+    /// An Execute of a previously parsed statement (extended query protocol).
+    Execute,
+    /// A fast-path FunctionCall message.
+    FunctionCall,
+}
+
+/// The decision taken for an operation.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Decision {
+    /// Forwarded; no guardrail matched.
+    Allow,
+    /// Forwarded and flagged by an `audit` guardrail (or an unanalysable statement under
+    /// `onUnanalyzable: audit`).
+    Audit,
+    /// Refused by a guardrail, by the unanalysable-statement rule, or because the audit
+    /// spool could not record it.
+    Deny,
+    /// Held for approval (refused until approval is implemented).
+    RequireApproval,
+}
+
+/// The rule that made a decision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleRef {
+    /// Policy (GatewayPolicy name), or `builtin` for the sidecar's own rules.
+    pub policy: String,
+    /// Guardrail name, or the built-in rule name (for example `unanalyzable`).
+    pub rule: String,
+}
+
+/// A statement and the decision on it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatementRecord {
+    /// Identifier of the statement in its session (pairs it with its completion).
+    pub statement_id: u64,
+    /// How the statement arrived.
+    pub protocol: Protocol,
+    /// The statement with literals replaced by `?`; `None` when it could not be parsed (the
+    /// raw text is never recorded, it may hold personal data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<String>,
+    /// Hex SHA-256 (first 16 characters) of the normalised statement: equal for statements
+    /// that differ only in literals.
+    pub fingerprint: String,
+    /// Statement kinds found (in camelCase, as in GatewayPolicy `statementKinds`).
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Tables touched, as `schema.table`.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Functions called, lower-case.
+    #[serde(default)]
+    pub functions: Vec<String>,
+    /// The decision.
+    pub decision: Decision,
+    /// The rule that made the decision; `None` when no rule matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleRef>,
+    /// Why, in words (the message the client saw for a refusal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// GDPR lawful basis of the governing policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lawful_basis: Option<String>,
+    /// Purpose of the governing policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+}
+
+/// The outcome of a forwarded statement.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletionRecord {
+    /// The statement this completes.
+    pub statement_id: u64,
+    /// Rows returned or affected (from the command tag, or the DataRows counted).
+    pub rows: u64,
+    /// Bytes of result messages sent to the client.
+    pub bytes: u64,
+    /// Time from forwarding to completion, in microseconds.
+    pub duration_micros: u64,
+    /// The command tag (`SELECT 3`, `UPDATE 1`), when the statement succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_tag: Option<String>,
+    /// The error the statement ended with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StatementError>,
+}
+
+/// An error a statement ended with.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatementError {
+    /// SQLSTATE code.
+    pub sqlstate: String,
+    /// Primary message.
+    pub message: String,
+}
