@@ -350,4 +350,35 @@ pub async fn install_crds(client: &Client) {
         .unwrap_or_else(|_| panic!("CRD {name} not Established within 30s"))
         .unwrap_or_else(|e| panic!("watch CRD {name}: {e}"));
     }
+    wait_for_openapi(client).await;
+}
+
+/// The API server publishes a new CRD's OpenAPI document (what `kubectl explain` and
+/// server-side field validation read) a moment after it is Established; wait for all kinds.
+async fn wait_for_openapi(client: &Client) {
+    let kinds = [
+        "ProtectedResource",
+        "GatewayPolicy",
+        "AccessRequest",
+        "AuditRetention",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let request = http::Request::get("/openapi/v3/apis/portcullis.dev/v1alpha1")
+            .body(Vec::new())
+            .expect("request");
+        if let Ok(doc) = client.request_text(request).await {
+            if kinds
+                .iter()
+                .all(|k| doc.contains(&format!("dev.portcullis.v1alpha1.{k}\"")))
+            {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API server did not publish the OpenAPI schema of the Portcullis CRDs within 60s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
