@@ -588,3 +588,212 @@ impl SidecarConfig {
             .filter_map(|name| self.policies.iter().find(|p| &p.name == name))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway_policy::{
+        ApprovalSettings, Guardrail, GuardrailMatch, MaskingRule, SubjectKind,
+    };
+
+    fn policy_spec() -> GatewayPolicySpec {
+        GatewayPolicySpec {
+            subjects: vec![Subject {
+                kind: SubjectKind::ServiceAccount,
+                name: Some("support-agent".into()),
+                namespace: None,
+                claims: Default::default(),
+            }],
+            masking: vec![MaskingRule {
+                name: "contact".into(),
+                columns: vec!["Customers.Email".into(), "crm.leads.phone".into()],
+                detector: None,
+                pattern: None,
+                strategy: MaskingStrategy::Partial,
+                exempt: vec![],
+            }],
+            guardrails: vec![
+                Guardrail {
+                    name: "no-unbounded-delete".into(),
+                    r#match: GuardrailMatch {
+                        statement_kinds: vec![StatementKind::Delete],
+                        missing_where: true,
+                        ..Default::default()
+                    },
+                    action: GuardrailAction::Deny,
+                    message: None,
+                },
+                Guardrail {
+                    name: "writes".into(),
+                    r#match: GuardrailMatch {
+                        tables: vec!["customers".into()],
+                        functions: vec!["DBLINK*".into()],
+                        rows_over: Some(1000),
+                        ..Default::default()
+                    },
+                    action: GuardrailAction::RequireApproval,
+                    message: Some("ask first".into()),
+                },
+            ],
+            approval: Some(ApprovalSettings {
+                approver_groups: vec!["dba".into()],
+                approver_users: vec![],
+                timeout: "5m".parse().expect("duration"),
+                grant_duration: "2h".parse().expect("duration"),
+                grant_scope: GrantScope::Session,
+                notify_url: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn config() -> SidecarConfig {
+        SidecarConfig {
+            api_version: SIDECAR_CONFIG_API_VERSION.into(),
+            namespace: "agents".into(),
+            resources: vec![ResourceConfig {
+                name: "customers-db".into(),
+                r#type: ResourceType::Postgres,
+                listen_address: "127.0.0.1".into(),
+                listen_port: 5432,
+                upstream: Some(UpstreamConfig {
+                    host: "db.data.svc".into(),
+                    port: 5432,
+                    database: Some("shop".into()),
+                    tls_mode: TlsMode::VerifyFull,
+                    ca_file: Some("/var/run/portcullis/ca/ca.crt".into()),
+                    server_name: None,
+                }),
+                credentials: Some(CredentialFiles {
+                    username_file: "/var/run/portcullis/credentials/customers-db/username".into(),
+                    password_file: "/var/run/portcullis/credentials/customers-db/password".into(),
+                }),
+                policies: vec!["gdpr".into()],
+            }],
+            policies: vec![PolicyConfig::compile("gdpr", 3, &policy_spec()).expect("compiles")],
+            audit: AuditConfig::default(),
+            admin_listen: "127.0.0.1:15090".into(),
+        }
+    }
+
+    #[test]
+    fn compile_resolves_names_and_durations() {
+        let p = PolicyConfig::compile("gdpr", 3, &policy_spec()).expect("compiles");
+        assert_eq!(p.generation, 3);
+        assert_eq!(
+            p.masking[0].columns,
+            vec![
+                QualifiedColumn {
+                    schema: "public".into(),
+                    table: "customers".into(),
+                    column: "email".into()
+                },
+                QualifiedColumn {
+                    schema: "crm".into(),
+                    table: "leads".into(),
+                    column: "phone".into()
+                },
+            ]
+        );
+        assert_eq!(p.guardrails[1].tables[0].to_string(), "public.customers");
+        assert_eq!(p.guardrails[1].functions, vec!["dblink*"]);
+        assert_eq!(p.guardrails[1].rows_over, Some(1000));
+        let a = p.approval.expect("approval");
+        assert_eq!((a.timeout_seconds, a.grant_seconds), (300, 7200));
+        assert_eq!(a.grant_scope, GrantScope::Session);
+        assert_eq!(p.on_unanalyzable, UnanalyzableAction::Deny);
+        assert_eq!(p.on_audit_unavailable, AuditUnavailableAction::Deny);
+        assert_eq!(p.spool_limit_bytes, 64 * 1024 * 1024);
+    }
+
+    #[test]
+    fn compile_refuses_what_cel_cannot_see() {
+        let mut spec = policy_spec();
+        spec.approval = None;
+        assert_eq!(
+            PolicyConfig::compile("p", 1, &spec),
+            Err(CompileError::MissingApproval("writes".into()))
+        );
+        let mut spec = policy_spec();
+        spec.masking[0].columns = vec!["a.b.c.d".into()];
+        let err = PolicyConfig::compile("p", 1, &spec).expect_err("four-part name");
+        assert_eq!(
+            err.to_string(),
+            "masking rule contact: column \"a.b.c.d\" must be written table.column or schema.table.column"
+        );
+    }
+
+    #[test]
+    fn yaml_round_trip_is_lossless() {
+        let c = config();
+        let yaml = c.to_yaml().expect("serializes");
+        let back = SidecarConfig::from_yaml(&yaml).expect("parses");
+        assert_eq!(back, c);
+        assert_eq!(back.content_hash(), c.content_hash());
+        assert_eq!(back.to_yaml().expect("serializes"), yaml);
+        // JSON is YAML too.
+        let json = serde_json::to_string(&c).expect("json");
+        assert_eq!(SidecarConfig::from_yaml(&json).expect("parses json"), c);
+        assert!(yaml.contains("listenPort: 5432"), "{yaml}");
+        assert!(yaml.contains("- public.customers.email"), "{yaml}");
+    }
+
+    #[test]
+    fn content_hash_changes_with_content() {
+        let a = config();
+        let mut b = config();
+        b.policies[0].guardrails[0].action = GuardrailAction::Audit;
+        assert_ne!(a.content_hash(), b.content_hash());
+        assert_eq!(a.content_hash().len(), 16);
+    }
+
+    #[test]
+    fn inconsistent_documents_are_refused_with_the_reason() {
+        let mut c = config();
+        c.resources[0].policies = vec!["missing".into()];
+        let err =
+            SidecarConfig::from_yaml(&c.to_yaml().expect("yaml")).expect_err("unknown policy");
+        assert_eq!(
+            err.to_string(),
+            "sidecar configuration is inconsistent: resource customers-db names policy missing, which is not in the document"
+        );
+        let mut c = config();
+        let mut second = c.resources[0].clone();
+        second.name = "other".into();
+        c.resources.push(second);
+        let err = c.check().expect_err("duplicate port");
+        assert!(
+            err.to_string().contains("both listen on port 5432"),
+            "{err}"
+        );
+        let mut c = config();
+        c.api_version = "v0".into();
+        assert!(matches!(c.check(), Err(ConfigError::Version { .. })));
+        let err = SidecarConfig::from_yaml("apiVersion: portcullis.dev/sidecar-config/v1alpha1\nnamespace: a\nresources:\n- name: x\n  type: oracle\n  listenPort: 1\n")
+            .expect_err("unknown type");
+        assert!(
+            err.to_string()
+                .contains("resources[0].type: unknown variant `oracle`"),
+            "{err}"
+        );
+        let err = SidecarConfig::from_yaml(
+            "apiVersion: portcullis.dev/sidecar-config/v1alpha1\nnamespace: a\nlistenPort: 1\n",
+        )
+        .expect_err("unknown field");
+        assert!(
+            err.to_string().contains("unknown field `listenPort`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn qualified_names_parse_and_print() {
+        let c: QualifiedColumn = "Sales.Orders.Total".parse().expect("column");
+        assert_eq!(c.to_string(), "sales.orders.total");
+        assert!("orders".parse::<QualifiedColumn>().is_err());
+        assert!("1orders.total".parse::<QualifiedColumn>().is_err());
+        let t: QualifiedTable = "orders".parse().expect("table");
+        assert_eq!(t.to_string(), "public.orders");
+        assert!("a.b.c".parse::<QualifiedTable>().is_err());
+    }
+}

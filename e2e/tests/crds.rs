@@ -277,3 +277,36 @@ async fn ordinary_users_are_authenticated_but_not_authorized_by_default() {
         text(&out)
     );
 }
+
+#[tokio::test]
+async fn the_tools_are_the_pinned_upstream_builds() {
+    let h = harness();
+    let versions = std::fs::read_to_string(repo_root().join("e2e/versions.env")).expect("versions");
+    let pinned = |key: &str| {
+        versions
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .expect("pinned version")
+            .to_owned()
+    };
+    let out = h.kubectl(&["version", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("kubectl version json");
+    assert_eq!(
+        v["serverVersion"]["gitVersion"],
+        pinned("KUBERNETES_VERSION"),
+        "{v}"
+    );
+    assert_eq!(
+        v["clientVersion"]["gitVersion"],
+        pinned("KUBERNETES_VERSION"),
+        "{v}"
+    );
+    let helm = std::process::Command::new(h.helm_path())
+        .args(["version", "--template", "{{.Version}}"])
+        .output()
+        .expect("run helm");
+    assert_eq!(
+        String::from_utf8_lossy(&helm.stdout),
+        pinned("HELM_VERSION")
+    );
+}
