@@ -4,6 +4,7 @@
 
 pub mod access_request;
 pub mod audit;
+pub mod audit_log;
 pub mod audit_retention;
 pub mod conditions;
 pub mod gateway_policy;
