@@ -6,7 +6,10 @@
 //! The audit service of the operator runs on top of [`store::Log`]; the kubectl plugin's
 //! `verify` uses [`verify`].
 
+pub mod auth;
 pub mod segment;
+pub mod service;
 pub mod store;
 pub mod tree;
 pub mod verify;
+pub mod writer;

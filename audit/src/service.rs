@@ -1,0 +1,398 @@
+//! The audit service: an HTTPS ingest endpoint for sidecars, the signer that makes a signed tree
+//! head every few seconds and publishes it into the AuditRetention status (so the cluster's own
+//! state witnesses the log), and read-only endpoints for tree heads and proofs.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `POST /v1/records` | JSON lines of `AuditRecord`s; bearer token = the sidecar's projected token (audience `portcullis-audit`). Answers once the batch is durable. |
+//! | `GET /v1/sth` | the latest signed tree head |
+//! | `GET /v1/proofs/inclusion?index=I&size=S` | audit path of entry I in the tree of size S |
+//! | `GET /v1/proofs/consistency?old=M&size=S` | consistency proof between sizes M and S |
+//! | `GET /healthz`, `GET /readyz` | liveness, readiness |
+//!
+//! Each record is stored inside an envelope that binds it to the pod the API server vouched
+//! for; a record that claims another namespace or pod than its token's is refused.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::Client;
+use portcullis_crds::audit::AuditRecord;
+use portcullis_crds::audit_log::LogSigner;
+use portcullis_crds::{AuditRetention, SignedTreeHead};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{Authenticator, Source};
+use crate::store::Log;
+use crate::writer::Appender;
+
+/// Largest request body (one batch of JSON lines).
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// Where the signer publishes tree heads.
+#[derive(Clone, Debug)]
+pub struct Witness {
+    /// Namespace of the AuditRetention.
+    pub namespace: String,
+    /// Name of the AuditRetention.
+    pub name: String,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AuditService {
+    log: Arc<Mutex<Log>>,
+    appender: Appender,
+    auth: Arc<Authenticator>,
+}
+
+/// An entry as stored in the log: the sidecar's record and who sent it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEntry {
+    /// Idempotency key: the sending pod's UID and the record's sequence number.
+    pub id: String,
+    /// When the service received the record.
+    pub received_at: String,
+    /// The workload the API server authenticated.
+    pub source: Source,
+    /// The record as the sidecar wrote it.
+    pub record: AuditRecord,
+}
+
+/// Answer to a batch.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchAck {
+    /// Sequence numbers of the records now durable (resent ones included).
+    pub acknowledged: Vec<u64>,
+    /// Their log indexes.
+    pub indexes: Vec<u64>,
+    /// Size of the log after the batch.
+    pub tree_size: u64,
+}
+
+/// A proof.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct ProofResponse {
+    /// Tree size the proof is for.
+    pub tree_size: u64,
+    /// Hashes, hex, in verification order.
+    pub hashes: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+impl AuditService {
+    /// A service over an open log.
+    pub fn new(client: Client, log: Arc<Mutex<Log>>) -> Self {
+        Self {
+            appender: Appender::start(log.clone()),
+            log,
+            auth: Arc::new(Authenticator::new(client)),
+        }
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/records", post(ingest))
+            .route("/v1/sth", get(latest_head))
+            .route("/v1/proofs/inclusion", get(inclusion))
+            .route("/v1/proofs/consistency", get(consistency))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(|| async { "ok" }))
+            .layer(DefaultBodyLimit::max(MAX_BATCH_BYTES))
+            .with_state(self.clone())
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
+async fn ingest(State(svc): State<AuditService>, headers: HeaderMap, body: Bytes) -> Response {
+    let source = match svc.auth.authenticate(bearer(&headers)).await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::UNAUTHORIZED, e.to_string()),
+    };
+    let Some(pod_uid) = source.pod_uid.clone() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "token is not bound to a pod: send the pod's projected service-account token",
+        );
+    };
+    let text = match std::str::from_utf8(&body) {
+        Ok(t) => t,
+        Err(_) => return error(StatusCode::BAD_REQUEST, "body is not UTF-8 JSON lines"),
+    };
+    let received_at = format!("{:.6}", Timestamp::now());
+    let mut entries = Vec::new();
+    let mut seqs = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let record: AuditRecord = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("line {}: not an audit record: {e}", i + 1),
+                )
+            }
+        };
+        if let Some(ns) = &record.identity.namespace {
+            if ns != &source.namespace {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "line {}: record claims namespace {ns} but the token is of {}",
+                        i + 1,
+                        source.user
+                    ),
+                );
+            }
+        }
+        if let (Some(pod), Some(token_pod)) = (&record.identity.pod, &source.pod) {
+            if pod != token_pod {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "line {}: record claims pod {pod} but the token is bound to pod {token_pod}",
+                        i + 1
+                    ),
+                );
+            }
+        }
+        seqs.push(record.seq);
+        let entry = LogEntry {
+            id: format!("{pod_uid}:{}", record.seq),
+            received_at: received_at.clone(),
+            source: source.clone(),
+            record,
+        };
+        match serde_json::to_vec(&entry) {
+            Ok(bytes) => entries.push(bytes),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+    match svc.appender.append(entries).await {
+        Ok(indexes) => {
+            let tree_size = svc.log.lock().map(|l| l.size()).unwrap_or(0);
+            Json(BatchAck {
+                acknowledged: seqs,
+                indexes,
+                tree_size,
+            })
+            .into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn latest_head(State(svc): State<AuditService>) -> Response {
+    let head = svc.log.lock().ok().and_then(|l| l.heads().last().cloned());
+    match head {
+        Some(h) => Json(h).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no signed tree head yet"),
+    }
+}
+
+#[derive(Deserialize)]
+struct InclusionQuery {
+    index: u64,
+    size: u64,
+}
+
+async fn inclusion(State(svc): State<AuditService>, Query(q): Query<InclusionQuery>) -> Response {
+    let proof = svc
+        .log
+        .lock()
+        .ok()
+        .and_then(|l| l.inclusion_proof(q.index, q.size));
+    match proof {
+        Some(p) => Json(ProofResponse {
+            tree_size: q.size,
+            hashes: p.iter().map(hex::encode).collect(),
+        })
+        .into_response(),
+        None => error(
+            StatusCode::BAD_REQUEST,
+            format!("no entry {} in a tree of size {}", q.index, q.size),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct ConsistencyQuery {
+    old: u64,
+    size: u64,
+}
+
+async fn consistency(
+    State(svc): State<AuditService>,
+    Query(q): Query<ConsistencyQuery>,
+) -> Response {
+    let proof = svc
+        .log
+        .lock()
+        .ok()
+        .and_then(|l| l.consistency_proof(q.old, q.size));
+    match proof {
+        Some(p) => Json(ProofResponse {
+            tree_size: q.size,
+            hashes: p.iter().map(hex::encode).collect(),
+        })
+        .into_response(),
+        None => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "no consistency proof from size {} to size {}",
+                q.old, q.size
+            ),
+        ),
+    }
+}
+
+/// Serve `router` over TLS on `listener` until `shutdown` resolves.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(stream).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Sign a tree head whenever the log grew (checked every `every`), record it with the log and
+/// publish it into the witness AuditRetention's status. Runs until `shutdown` resolves.
+pub async fn run_signer(
+    log: Arc<Mutex<Log>>,
+    signer: LogSigner,
+    every: Duration,
+    client: Option<Client>,
+    witness: Option<Witness>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut last_signed: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let signed = {
+            let Ok(mut log) = log.lock() else {
+                tracing::error!("audit log lock poisoned; signer stops");
+                return;
+            };
+            if last_signed == Some(log.size()) {
+                continue;
+            }
+            let now = u64::try_from(Timestamp::now().as_millisecond()).unwrap_or(0);
+            let sth = signer.sign(&log.head(now));
+            if let Err(e) = log.record_head(&sth) {
+                tracing::error!(error = %e, "could not record a signed tree head");
+                continue;
+            }
+            last_signed = Some(log.size());
+            sth
+        };
+        if let (Some(client), Some(w)) = (&client, &witness) {
+            if let Err(e) = publish(client, w, &signed).await {
+                tracing::warn!(error = %e, retention = %w.name, "could not publish the signed tree head");
+            }
+        }
+    }
+}
+
+/// Write a signed tree head into the status of the witness AuditRetention.
+pub async fn publish(
+    client: &Client,
+    w: &Witness,
+    sth: &SignedTreeHead,
+) -> Result<(), kube::Error> {
+    let api: Api<AuditRetention> = Api::namespaced(client.clone(), &w.namespace);
+    let patch = serde_json::json!({
+        "status": {
+            "latestSignedTreeHead": sth,
+            "recordCount": sth.tree_size,
+        }
+    });
+    api.patch_status(
+        &w.name,
+        &PatchParams::apply("portcullis-audit").force(),
+        &Patch::Apply(serde_json::json!({
+            "apiVersion": "portcullis.dev/v1alpha1",
+            "kind": "AuditRetention",
+            "status": patch["status"],
+        })),
+    )
+    .await
+    .map(|_| ())
+}

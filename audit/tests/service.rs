@@ -1,0 +1,317 @@
+//! The audit service against the real kube-apiserver: sidecars authenticate with a pod-bound
+//! projected token (TokenReview), batches are durable and idempotent, records cannot claim
+//! another workload, and signed tree heads reach the AuditRetention status where anyone can
+//! check them, with proofs, against the public key alone.
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{Api, PostParams};
+use portcullis_audit::service::{
+    run_signer, serve_tls, AuditService, BatchAck, ProofResponse, Witness,
+};
+use portcullis_audit::store::{Log, LogOptions};
+use portcullis_crds::audit_log::{verify_inclusion, verify_tree_head, LogSigner};
+use portcullis_crds::AuditRetention;
+use portcullis_e2e::harness;
+use ring::rand::SystemRandom;
+use ring::signature::Ed25519KeyPair;
+
+struct Tls {
+    config: Arc<rustls::ServerConfig>,
+    ca_file: tempfile::NamedTempFile,
+}
+
+fn tls() -> Tls {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("certificate");
+    let ca_file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(ca_file.path(), cert.cert.pem()).expect("write ca");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .expect("server config");
+    Tls {
+        config: Arc::new(config),
+        ca_file,
+    }
+}
+
+fn record(ns: &str, pod: &str, seq: u64) -> String {
+    serde_json::json!({
+        "version": "portcullis.dev/audit/v1alpha1",
+        "seq": seq,
+        "time": "2026-11-23T05:40:00.000000Z",
+        "sessionId": "s-1",
+        "identity": {"kind": "ServiceAccount", "name": "agent", "namespace": ns, "pod": pod},
+        "resource": "customers-db",
+        "event": {"type": "sessionEnd", "statements": seq, "reason": "terminate"}
+    })
+    .to_string()
+}
+
+struct Curl {
+    url: String,
+    ca: String,
+}
+
+impl Curl {
+    fn post(&self, path: &str, token: &str, body: &str) -> (u16, String) {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "30",
+                "--cacert",
+                &self.ca,
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/x-ndjson",
+            ])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args([
+                "--data-binary",
+                "@-",
+                "-w",
+                "\n%{http_code}",
+                &format!("{}{path}", self.url),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(body.as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("run curl");
+        split(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "30",
+                "--cacert",
+                &self.ca,
+                "-w",
+                "\n%{http_code}",
+                &format!("{}{path}", self.url),
+            ])
+            .output()
+            .expect("run curl");
+        split(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+fn split(out: &str) -> (u16, String) {
+    let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+    (code.parse().unwrap_or(0), body.to_owned())
+}
+
+async fn token(client: &kube::Client, ns: &str, sa: &str, pod: &Pod, audience: &str) -> String {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.to_owned()],
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+            expiration_seconds: Some(600),
+        },
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(sa, &PostParams::default(), &request)
+        .await
+        .expect("token request")
+        .status
+        .expect("token status")
+        .token
+}
+
+// curl runs as a blocking child process; the server needs threads of its own meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_batches_are_authenticated_durable_idempotent_and_witnessed() {
+    let h = harness();
+    h.install_crds().await;
+    let client = h.client().await;
+    let ns = h.namespace("audit").await;
+
+    let sa: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "agent"}})).expect("sa");
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("create sa");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "agent-0"},
+        "spec": {"serviceAccountName": "agent", "containers": [{"name": "agent", "image": "agent:1"}]}
+    }))
+    .expect("pod");
+    let pod = Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+    let retention: AuditRetention = serde_json::from_value(serde_json::json!({
+        "apiVersion": "portcullis.dev/v1alpha1", "kind": "AuditRetention",
+        "metadata": {"name": "default"}, "spec": {"retainFor": "400d"}
+    }))
+    .expect("retention");
+    Api::<AuditRetention>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &retention)
+        .await
+        .expect("create retention");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = Arc::new(Mutex::new(
+        Log::open(dir.path(), LogOptions::default()).expect("open log"),
+    ));
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("key");
+    let signer = LogSigner::from_pkcs8(pkcs8.as_ref()).expect("signer");
+    let public_key = signer.public_key().to_vec();
+    let service = AuditService::new(client.clone(), log.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let tls = tls();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stop1 = stop_rx.clone();
+    tokio::spawn(serve_tls(
+        listener,
+        tls.config.clone(),
+        service.router(),
+        async move {
+            let _ = stop1.changed().await;
+        },
+    ));
+    let mut stop2 = stop_rx.clone();
+    tokio::spawn(run_signer(
+        log.clone(),
+        signer,
+        Duration::from_millis(200),
+        Some(client.clone()),
+        Some(Witness {
+            namespace: ns.clone(),
+            name: "default".into(),
+        }),
+        async move {
+            let _ = stop2.changed().await;
+        },
+    ));
+    let curl = Curl {
+        url: format!("https://127.0.0.1:{port}"),
+        ca: tls.ca_file.path().to_string_lossy().into_owned(),
+    };
+
+    let good = token(&client, &ns, "agent", &pod, "portcullis-audit").await;
+    let batch: String = (1..=20).map(|s| record(&ns, "agent-0", s) + "\n").collect();
+    let (code, body) = curl.post("/v1/records", &good, &batch);
+    assert_eq!(code, 200, "{body}");
+    let ack: BatchAck = serde_json::from_str(&body).expect("ack");
+    assert_eq!(ack.acknowledged, (1..=20).collect::<Vec<u64>>());
+    assert_eq!(ack.indexes, (0..20).collect::<Vec<u64>>());
+    assert_eq!(ack.tree_size, 20);
+
+    // A resend after a crash (records 15..=25) appends only the new ones.
+    let resend: String = (15..=25)
+        .map(|s| record(&ns, "agent-0", s) + "\n")
+        .collect();
+    let (code, body) = curl.post("/v1/records", &good, &resend);
+    assert_eq!(code, 200, "{body}");
+    let ack: BatchAck = serde_json::from_str(&body).expect("ack");
+    assert_eq!(ack.indexes, (14..25).collect::<Vec<u64>>());
+    assert_eq!(ack.tree_size, 25);
+
+    // A token for the API server's audience is not accepted by the audit service.
+    let wrong_audience = token(
+        &client,
+        &ns,
+        "agent",
+        &pod,
+        "https://kubernetes.default.svc.cluster.local",
+    )
+    .await;
+    let (code, body) = curl.post("/v1/records", &wrong_audience, &record(&ns, "agent-0", 99));
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("token rejected by the API server"), "{body}");
+    let (code, body) = curl.post("/v1/records", "", &record(&ns, "agent-0", 99));
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("missing bearer token"), "{body}");
+
+    // Records cannot claim another namespace or pod than the token's.
+    let (code, body) = curl.post("/v1/records", &good, &record("kube-system", "agent-0", 100));
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("record claims namespace kube-system"),
+        "{body}"
+    );
+    let (code, body) = curl.post("/v1/records", &good, &record(&ns, "other-pod", 101));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("bound to pod agent-0"), "{body}");
+    let (code, body) = curl.post("/v1/records", &good, "{not json\n");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("line 1: not an audit record"), "{body}");
+    assert_eq!(
+        log.lock().expect("lock").size(),
+        25,
+        "refused batches wrote nothing"
+    );
+
+    // The signed head reaches the AuditRetention status, and verifies with the public key.
+    let api: Api<AuditRetention> = Api::namespaced(client.clone(), &ns);
+    let mut published = None;
+    for _ in 0..100 {
+        let r = api.get("default").await.expect("get retention");
+        if let Some(sth) = r.status.and_then(|s| s.latest_signed_tree_head) {
+            if sth.tree_size == 25 {
+                published = Some(sth);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sth = published.expect("signed tree head of size 25 published in the status");
+    let head = verify_tree_head(&sth, &public_key).expect("signature verifies");
+    let (code, body) = curl.get("/v1/sth");
+    assert_eq!(code, 200, "{body}");
+
+    // An inclusion proof from the service proves entry 17 is in the witnessed tree.
+    let (code, body) = curl.get("/v1/proofs/inclusion?index=17&size=25");
+    assert_eq!(code, 200, "{body}");
+    let proof: ProofResponse = serde_json::from_str(&body).expect("proof");
+    let hashes: Vec<[u8; 32]> = proof
+        .hashes
+        .iter()
+        .map(|h| hex::decode(h).expect("hex").try_into().expect("32 bytes"))
+        .collect();
+    let entry = log
+        .lock()
+        .expect("lock")
+        .entry(17)
+        .expect("read")
+        .expect("entry");
+    verify_inclusion(&head, &entry, 17, &hashes).expect("included");
+    let stored: serde_json::Value = serde_json::from_slice(&entry).expect("entry json");
+    assert_eq!(stored["source"]["pod"], "agent-0");
+    assert_eq!(stored["source"]["namespace"], ns.as_str());
+    assert_eq!(stored["record"]["seq"], 18);
+    let (code, _) = curl.get("/v1/proofs/inclusion?index=30&size=25");
+    assert_eq!(code, 400);
+    let _ = stop_tx.send(true);
+}
