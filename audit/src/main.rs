@@ -1,0 +1,239 @@
+//! `portcullis-audit`: the audit service (its own Deployment, storage on a PersistentVolume).
+//!
+//!   portcullis-audit serve --data-dir /var/lib/portcullis/audit --tls-cert tls.crt --tls-key tls.key \
+//!       --signing-key /etc/portcullis/audit-key/ed25519.pk8 --witness portcullis-system/default
+//!   portcullis-audit keygen FILE        write a new ed25519 signing key (PKCS#8 DER)
+//!   portcullis-audit verify DIR --public-key FILE   verify a log directory offline
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use portcullis_audit::service::{run_signer, serve_tls, AuditService, Witness};
+use portcullis_audit::store::{Log, LogOptions};
+use portcullis_audit::verify::verify_log;
+use portcullis_crds::audit_log::LogSigner;
+
+#[derive(Parser)]
+#[command(name = "portcullis-audit", version, about = "Portcullis audit service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the ingest, tree-head and proof endpoints over HTTPS.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:8443", env = "PORTCULLIS_AUDIT_LISTEN")]
+        listen: SocketAddr,
+        /// Directory of the log (a PersistentVolume in the cluster).
+        #[arg(long, env = "PORTCULLIS_AUDIT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// PEM certificate chain of the service.
+        #[arg(long)]
+        tls_cert: PathBuf,
+        /// PEM private key of the service.
+        #[arg(long)]
+        tls_key: PathBuf,
+        /// ed25519 signing key, PKCS#8 DER (from a Secret).
+        #[arg(long)]
+        signing_key: PathBuf,
+        /// How often a new tree head is signed while records arrive, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        sign_every_ms: u64,
+        /// AuditRetention (NAMESPACE/NAME) whose status receives each signed tree head.
+        #[arg(long)]
+        witness: Option<String>,
+    },
+    /// Write a new ed25519 signing key (PKCS#8 DER) to FILE and print its public key (hex).
+    Keygen {
+        /// Where to write the key.
+        file: PathBuf,
+    },
+    /// Verify a log directory offline: checksums, Merkle tree and every signed tree head.
+    Verify {
+        /// The log directory.
+        dir: PathBuf,
+        /// File holding the raw 32-byte ed25519 public key, or its hex.
+        #[arg(long)]
+        public_key: PathBuf,
+    },
+}
+
+fn read_public_key(path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() == 32 {
+        return Ok(bytes);
+    }
+    hex::decode(String::from_utf8_lossy(&bytes).trim())
+        .ok()
+        .filter(|k| k.len() == 32)
+        .ok_or_else(|| {
+            format!(
+                "{}: not a 32-byte ed25519 public key (raw or hex)",
+                path.display()
+            )
+        })
+}
+
+fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).map_err(|e| format!("{}: {e}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).map_err(|e| format!("{}: {e}", key.display()))?,
+    ))
+    .map_err(|e| format!("{}: {e}", key.display()))?
+    .ok_or_else(|| format!("{}: no private key", key.display()))?;
+    rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("TLS configuration: {e}"))
+}
+
+async fn serve(
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    tls_cert: PathBuf,
+    tls_key: PathBuf,
+    signing_key: PathBuf,
+    sign_every_ms: u64,
+    witness: Option<String>,
+) -> Result<(), String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let key = std::fs::read(&signing_key).map_err(|e| format!("{}: {e}", signing_key.display()))?;
+    let signer = LogSigner::from_pkcs8(&key).map_err(|e| e.to_string())?;
+    let witness = match witness {
+        Some(w) => {
+            let (namespace, name) = w
+                .split_once('/')
+                .ok_or_else(|| format!("--witness {w}: expected NAMESPACE/NAME"))?;
+            Some(Witness {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+        }
+        None => None,
+    };
+    let log = Log::open(&data_dir, LogOptions::default()).map_err(|e| e.to_string())?;
+    let report = log.open_report();
+    tracing::info!(
+        entries = report.entries,
+        pruned = report.pruned,
+        repaired_tail = report.repaired_tail,
+        "audit log open"
+    );
+    let log = Arc::new(Mutex::new(log));
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("Kubernetes client: {e}"))?;
+    let tls = Arc::new(tls_config(&tls_cert, &tls_key)?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("listen on {listen}: {e}"))?;
+    tracing::info!(%listen, "audit service listening");
+    let service = AuditService::new(client.clone(), log.clone());
+    let signer_task = tokio::spawn(run_signer(
+        log,
+        signer,
+        Duration::from_millis(sign_every_ms),
+        Some(client),
+        witness,
+        shutdown_signal(),
+    ));
+    serve_tls(listener, tls, service.router(), shutdown_signal()).await;
+    signer_task.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Serve {
+            listen,
+            data_dir,
+            tls_cert,
+            tls_key,
+            signing_key,
+            sign_every_ms,
+            witness,
+        } => tokio::runtime::Runtime::new()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| {
+                rt.block_on(serve(
+                    listen,
+                    data_dir,
+                    tls_cert,
+                    tls_key,
+                    signing_key,
+                    sign_every_ms,
+                    witness,
+                ))
+            }),
+        Cmd::Keygen { file } => {
+            let rng = ring::rand::SystemRandom::new();
+            ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|e| format!("key generation: {e}"))
+                .and_then(|doc| {
+                    std::fs::write(&file, doc.as_ref())
+                        .map_err(|e| format!("{}: {e}", file.display()))?;
+                    let signer = LogSigner::from_pkcs8(doc.as_ref()).map_err(|e| e.to_string())?;
+                    println!("{}", hex::encode(signer.public_key()));
+                    Ok(())
+                })
+        }
+        Cmd::Verify { dir, public_key } => read_public_key(&public_key).and_then(|key| {
+            verify_log(&dir, &key, &[])
+                .map(|v| {
+                    println!(
+                        "verified {} entries against {} signed tree heads",
+                        v.entries, v.heads
+                    );
+                })
+                .map_err(|e| format!("verification failed: {e}"))
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis-audit: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
