@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use portcullis_audit::retention::run_retention;
 use portcullis_audit::service::{run_signer, serve_tls, AuditService, Witness};
 use portcullis_audit::store::{Log, LogOptions};
 use portcullis_audit::verify::verify_log;
@@ -140,6 +141,15 @@ async fn serve(
         .map_err(|e| format!("listen on {listen}: {e}"))?;
     tracing::info!(%listen, "audit service listening");
     let service = AuditService::new(client.clone(), log.clone());
+    let retention_task = witness.clone().map(|w| {
+        tokio::spawn(run_retention(
+            client.clone(),
+            w,
+            log.clone(),
+            signer.public_key().to_vec(),
+            shutdown_signal(),
+        ))
+    });
     let signer_task = tokio::spawn(run_signer(
         log,
         signer,
@@ -150,6 +160,9 @@ async fn serve(
     ));
     serve_tls(listener, tls, service.router(), shutdown_signal()).await;
     signer_task.abort();
+    if let Some(t) = retention_task {
+        t.abort();
+    }
     Ok(())
 }
 

@@ -408,6 +408,17 @@ impl Log {
         Ok(removed)
     }
 
+    /// The segments kept, oldest first: (first index, entries, bytes on disk).
+    pub fn segments(&self) -> Vec<(u64, u64, u64)> {
+        self.segments
+            .iter()
+            .map(|s| {
+                let bytes = fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
+                (s.first, s.offsets.len() as u64, bytes)
+            })
+            .collect()
+    }
+
     /// Directory of the log.
     pub fn dir(&self) -> &Path {
         &self.dir
