@@ -7,6 +7,7 @@
 //! `verify` uses [`verify`].
 
 pub mod auth;
+pub mod bundle;
 pub mod retention;
 pub mod segment;
 pub mod service;

@@ -1,0 +1,133 @@
+//! Evidence bundles verify offline with the public key alone, and any altered, reordered or
+//! foreign record is named by its line.
+
+use std::fs;
+
+use portcullis_audit::bundle::{verify_bundle, write_bundle, BundleError};
+use portcullis_audit::store::{Log, LogOptions};
+use portcullis_crds::audit_log::LogSigner;
+use ring::rand::SystemRandom;
+use ring::signature::Ed25519KeyPair;
+use serde_json::Value;
+
+fn entry(i: u64) -> Vec<u8> {
+    let (resource, statement, decision) = match i % 3 {
+        0 => (
+            "customers-db",
+            "SELECT id, email FROM customers WHERE id = ?",
+            "allow",
+        ),
+        1 => ("customers-db", "DELETE FROM customers", "deny"),
+        _ => ("orders-db", "SELECT count(*) FROM orders", "allow"),
+    };
+    serde_json::json!({
+        "id": format!("uid:{i}"),
+        "receivedAt": "2026-11-23T06:00:00.000000Z",
+        "source": {"user": "system:serviceaccount:agents:agent", "namespace": "agents", "serviceAccount": "agent", "pod": "agent-0"},
+        "record": {
+            "version": "portcullis.dev/audit/v1alpha1", "seq": i, "time": "2026-11-23T06:00:00.000000Z",
+            "sessionId": "s-1", "identity": {"kind": "ServiceAccount", "name": "agent", "namespace": "agents"},
+            "resource": resource,
+            "event": {"type": "statement", "statementId": i, "protocol": "simple", "statement": statement,
+                      "fingerprint": "abc", "kinds": [if decision == "deny" {"delete"} else {"select"}],
+                      "decision": decision, "rule": if decision == "deny" { serde_json::json!({"policy": "gdpr", "rule": "no-unbounded-delete"}) } else { Value::Null }}
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn setup() -> (tempfile::TempDir, Log, LogSigner) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut log = Log::open(
+        &dir.path().join("log"),
+        LogOptions {
+            segment_bytes: 8192,
+        },
+    )
+    .expect("open");
+    let batch: Vec<Vec<u8>> = (0..90).map(entry).collect();
+    log.append(&batch).expect("append");
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("key");
+    let signer = LogSigner::from_pkcs8(pkcs8.as_ref()).expect("signer");
+    (dir, log, signer)
+}
+
+#[test]
+fn a_bundle_verifies_with_the_public_key_alone() {
+    let (dir, log, signer) = setup();
+    let sth = signer.sign(&log.head(1_800_000_000_000));
+    let out = dir.path().join("bundle");
+    let only_customers = |e: &Value| e["record"]["resource"] == "customers-db";
+    let n = write_bundle(&log, &sth, &only_customers, &out).expect("bundle");
+    assert_eq!(n, 60);
+    let report = verify_bundle(&out, signer.public_key()).expect("verifies");
+    assert_eq!((report.records, report.tree_size), (60, 90));
+
+    let ocsf = fs::read_to_string(out.join("records.ocsf.jsonl")).expect("ocsf");
+    let first: Value = serde_json::from_str(ocsf.lines().next().expect("line")).expect("json");
+    assert_eq!(first["class_uid"], 6005);
+    assert_eq!(first["type_uid"], 600502);
+    assert_eq!(first["actor"]["user"]["name"], "agent");
+    let denied: Value = serde_json::from_str(ocsf.lines().nth(1).expect("line")).expect("json");
+    assert_eq!(
+        (denied["status"].as_str(), denied["activity_name"].as_str()),
+        (Some("Failure"), Some("Delete"))
+    );
+    let summary = fs::read_to_string(out.join("summary.md")).expect("summary");
+    assert!(
+        summary.contains("| agents/agent | allow: 30, deny: 30 |"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("DELETE FROM customers | deny | no-unbounded-delete |"),
+        "{summary}"
+    );
+    assert!(!summary.contains("orders-db"), "only the selected records");
+}
+
+#[test]
+fn altered_reordered_or_foreign_records_are_named() {
+    let (dir, log, signer) = setup();
+    let sth = signer.sign(&log.head(1_800_000_000_000));
+    let out = dir.path().join("bundle");
+    write_bundle(&log, &sth, &|_: &Value| true, &out).expect("bundle");
+    let records = fs::read_to_string(out.join("records.jsonl")).expect("records");
+
+    // One decision rewritten from deny to allow on line 5.
+    let mut lines: Vec<String> = records.lines().map(str::to_owned).collect();
+    assert!(lines[4].contains("\"deny\""));
+    lines[4] = lines[4].replace("\"deny\"", "\"allow\"");
+    fs::write(out.join("records.jsonl"), lines.join("\n") + "\n").expect("write");
+    match verify_bundle(&out, signer.public_key()) {
+        Err(BundleError::Record { line, index, .. }) => assert_eq!((line, index), (5, 4)),
+        other => panic!("altered record not found: {other:?}"),
+    }
+
+    // Two records swapped.
+    let mut lines: Vec<String> = records.lines().map(str::to_owned).collect();
+    lines.swap(10, 11);
+    fs::write(out.join("records.jsonl"), lines.join("\n") + "\n").expect("write");
+    match verify_bundle(&out, signer.public_key()) {
+        Err(BundleError::Record { line, .. }) => assert_eq!(line, 11),
+        other => panic!("swap not found: {other:?}"),
+    }
+
+    // A record dropped.
+    let mut lines: Vec<String> = records.lines().map(str::to_owned).collect();
+    lines.remove(20);
+    fs::write(out.join("records.jsonl"), lines.join("\n") + "\n").expect("write");
+    assert!(verify_bundle(&out, signer.public_key()).is_err());
+
+    // Intact records, but a head signed by someone else.
+    fs::write(out.join("records.jsonl"), &records).expect("restore");
+    verify_bundle(&out, signer.public_key()).expect("intact bundle verifies");
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("key");
+    let other = LogSigner::from_pkcs8(pkcs8.as_ref()).expect("signer");
+    let err = verify_bundle(&out, other.public_key()).expect_err("foreign key");
+    assert!(
+        err.to_string()
+            .starts_with("sth.json: tree head was signed by key"),
+        "{err}"
+    );
+}
