@@ -41,9 +41,13 @@ enum Cmd {
         /// PEM private key of the service.
         #[arg(long)]
         tls_key: PathBuf,
-        /// ed25519 signing key, PKCS#8 DER (from a Secret).
+        /// ed25519 signing key, PKCS#8 DER (a mounted Secret key).
+        #[arg(long, conflicts_with = "signing_key_secret")]
+        signing_key: Option<PathBuf>,
+        /// Secret (NAMESPACE/NAME) holding the signing key under `ed25519.pk8`; created with a
+        /// new key on first start when missing.
         #[arg(long)]
-        signing_key: PathBuf,
+        signing_key_secret: Option<String>,
         /// How often a new tree head is signed while records arrive, in milliseconds.
         #[arg(long, default_value_t = 2000)]
         sign_every_ms: u64,
@@ -104,13 +108,24 @@ async fn serve(
     data_dir: PathBuf,
     tls_cert: PathBuf,
     tls_key: PathBuf,
-    signing_key: PathBuf,
+    signing_key: Option<PathBuf>,
+    signing_key_secret: Option<String>,
     sign_every_ms: u64,
     witness: Option<String>,
 ) -> Result<(), String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let key = std::fs::read(&signing_key).map_err(|e| format!("{}: {e}", signing_key.display()))?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("Kubernetes client: {e}"))?;
+    let key = match (signing_key, signing_key_secret) {
+        (Some(path), _) => std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+        (None, Some(secret)) => signing_key_from_secret(&client, &secret).await?,
+        (None, None) => {
+            return Err("one of --signing-key or --signing-key-secret is required".into())
+        }
+    };
     let signer = LogSigner::from_pkcs8(&key).map_err(|e| e.to_string())?;
+    tracing::info!(public_key = %hex::encode(signer.public_key()), "signing tree heads");
     let witness = match witness {
         Some(w) => {
             let (namespace, name) = w
@@ -132,9 +147,6 @@ async fn serve(
         "audit log open"
     );
     let log = Arc::new(Mutex::new(log));
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| format!("Kubernetes client: {e}"))?;
     let tls = Arc::new(tls_config(&tls_cert, &tls_key)?);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -164,6 +176,62 @@ async fn serve(
         t.abort();
     }
     Ok(())
+}
+
+/// Key of the signing key in its Secret.
+const SIGNING_KEY_FIELD: &str = "ed25519.pk8";
+
+/// Read the signing key from a Secret, creating the Secret with a new key when it is missing.
+/// The public key is also stored (`ed25519.pub`, hex) for auditors.
+async fn signing_key_from_secret(client: &kube::Client, secret: &str) -> Result<Vec<u8>, String> {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::ByteString;
+    use kube::api::{Api, PostParams};
+
+    let (namespace, name) = secret
+        .split_once('/')
+        .ok_or_else(|| format!("--signing-key-secret {secret}: expected NAMESPACE/NAME"))?;
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    if let Some(existing) = api
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("read Secret {secret}: {e}"))?
+    {
+        return existing
+            .data
+            .and_then(|mut d| d.remove(SIGNING_KEY_FIELD))
+            .map(|b| b.0)
+            .ok_or_else(|| format!("Secret {secret} has no key {SIGNING_KEY_FIELD}"));
+    }
+    let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+        .map_err(|e| format!("key generation: {e}"))?;
+    let public = LogSigner::from_pkcs8(doc.as_ref()).map_err(|e| e.to_string())?;
+    let mut s = Secret::default();
+    s.metadata.name = Some(name.to_owned());
+    s.data = Some(
+        [
+            (
+                SIGNING_KEY_FIELD.to_owned(),
+                ByteString(doc.as_ref().to_vec()),
+            ),
+            (
+                "ed25519.pub".to_owned(),
+                ByteString(hex::encode(public.public_key()).into_bytes()),
+            ),
+        ]
+        .into(),
+    );
+    match api.create(&PostParams::default(), &s).await {
+        Ok(_) => {
+            tracing::info!(secret, "created a new audit signing key");
+            Ok(doc.as_ref().to_vec())
+        }
+        // Another replica created it first: use theirs.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            Box::pin(signing_key_from_secret(client, secret)).await
+        }
+        Err(e) => Err(format!("create Secret {secret}: {e}")),
+    }
 }
 
 async fn shutdown_signal() {
@@ -204,6 +272,7 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             signing_key,
+            signing_key_secret,
             sign_every_ms,
             witness,
         } => tokio::runtime::Runtime::new()
@@ -215,6 +284,7 @@ fn main() -> ExitCode {
                     tls_cert,
                     tls_key,
                     signing_key,
+                    signing_key_secret,
                     sign_every_ms,
                     witness,
                 ))
