@@ -25,36 +25,39 @@ struct Cli {
     command: Cmd,
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8443", env = "PORTCULLIS_AUDIT_LISTEN")]
+    listen: SocketAddr,
+    /// Directory of the log (a PersistentVolume in the cluster).
+    #[arg(long, env = "PORTCULLIS_AUDIT_DATA_DIR")]
+    data_dir: PathBuf,
+    /// PEM certificate chain of the service.
+    #[arg(long)]
+    tls_cert: PathBuf,
+    /// PEM private key of the service.
+    #[arg(long)]
+    tls_key: PathBuf,
+    /// ed25519 signing key, PKCS#8 DER (a mounted Secret key).
+    #[arg(long, conflicts_with = "signing_key_secret")]
+    signing_key: Option<PathBuf>,
+    /// Secret (NAMESPACE/NAME) holding the signing key under `ed25519.pk8`; created with a
+    /// new key on first start when missing.
+    #[arg(long)]
+    signing_key_secret: Option<String>,
+    /// How often a new tree head is signed while records arrive, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    sign_every_ms: u64,
+    /// AuditRetention (NAMESPACE/NAME) whose status receives each signed tree head.
+    #[arg(long)]
+    witness: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the ingest, tree-head and proof endpoints over HTTPS.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "0.0.0.0:8443", env = "PORTCULLIS_AUDIT_LISTEN")]
-        listen: SocketAddr,
-        /// Directory of the log (a PersistentVolume in the cluster).
-        #[arg(long, env = "PORTCULLIS_AUDIT_DATA_DIR")]
-        data_dir: PathBuf,
-        /// PEM certificate chain of the service.
-        #[arg(long)]
-        tls_cert: PathBuf,
-        /// PEM private key of the service.
-        #[arg(long)]
-        tls_key: PathBuf,
-        /// ed25519 signing key, PKCS#8 DER (a mounted Secret key).
-        #[arg(long, conflicts_with = "signing_key_secret")]
-        signing_key: Option<PathBuf>,
-        /// Secret (NAMESPACE/NAME) holding the signing key under `ed25519.pk8`; created with a
-        /// new key on first start when missing.
-        #[arg(long)]
-        signing_key_secret: Option<String>,
-        /// How often a new tree head is signed while records arrive, in milliseconds.
-        #[arg(long, default_value_t = 2000)]
-        sign_every_ms: u64,
-        /// AuditRetention (NAMESPACE/NAME) whose status receives each signed tree head.
-        #[arg(long)]
-        witness: Option<String>,
-    },
+    Serve(ServeArgs),
     /// Write a new ed25519 signing key (PKCS#8 DER) to FILE and print its public key (hex).
     Keygen {
         /// Where to write the key.
@@ -103,16 +106,17 @@ fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
         .map_err(|e| format!("TLS configuration: {e}"))
 }
 
-async fn serve(
-    listen: SocketAddr,
-    data_dir: PathBuf,
-    tls_cert: PathBuf,
-    tls_key: PathBuf,
-    signing_key: Option<PathBuf>,
-    signing_key_secret: Option<String>,
-    sign_every_ms: u64,
-    witness: Option<String>,
-) -> Result<(), String> {
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let ServeArgs {
+        listen,
+        data_dir,
+        tls_cert,
+        tls_key,
+        signing_key,
+        signing_key_secret,
+        sign_every_ms,
+        witness,
+    } = args;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default()
         .await
@@ -266,29 +270,9 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Serve {
-            listen,
-            data_dir,
-            tls_cert,
-            tls_key,
-            signing_key,
-            signing_key_secret,
-            sign_every_ms,
-            witness,
-        } => tokio::runtime::Runtime::new()
+        Cmd::Serve(args) => tokio::runtime::Runtime::new()
             .map_err(|e| e.to_string())
-            .and_then(|rt| {
-                rt.block_on(serve(
-                    listen,
-                    data_dir,
-                    tls_cert,
-                    tls_key,
-                    signing_key,
-                    signing_key_secret,
-                    sign_every_ms,
-                    witness,
-                ))
-            }),
+            .and_then(|rt| rt.block_on(serve(args))),
         Cmd::Keygen { file } => {
             let rng = ring::rand::SystemRandom::new();
             ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
