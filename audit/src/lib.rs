@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod bundle;
+pub mod client;
 pub mod retention;
 pub mod segment;
 pub mod service;

@@ -10,10 +10,12 @@ use std::time::Duration;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
+use portcullis_audit::client::AuditClient;
 use portcullis_audit::service::{
     run_signer, serve_tls, AuditService, BatchAck, ProofResponse, Witness,
 };
 use portcullis_audit::store::{Log, LogOptions};
+use portcullis_crds::audit::AuditRecord;
 use portcullis_crds::audit_log::{verify_inclusion, verify_tree_head, LogSigner};
 use portcullis_crds::AuditRetention;
 use portcullis_e2e::harness;
@@ -313,5 +315,42 @@ async fn sidecar_batches_are_authenticated_durable_idempotent_and_witnessed() {
     assert_eq!(stored["record"]["seq"], 18);
     let (code, _) = curl.get("/v1/proofs/inclusion?index=30&size=25");
     assert_eq!(code, 400);
+
+    // The shipper's client: acknowledged sequence numbers, refusals that retrying cannot fix,
+    // and an unreachable service that it can.
+    let client =
+        AuditClient::new(&curl.url, tls.ca_file.path(), Duration::from_secs(10)).expect("client");
+    let records: Vec<AuditRecord> = (26..=30)
+        .map(|s| serde_json::from_str(&record(&ns, "agent-0", s)).expect("record"))
+        .collect();
+    assert_eq!(
+        client.ship(&good, &records).await.expect("shipped"),
+        vec![26, 27, 28, 29, 30]
+    );
+    let foreign: Vec<AuditRecord> =
+        vec![serde_json::from_str(&record("kube-system", "agent-0", 31)).expect("record")];
+    let err = client.ship(&good, &foreign).await.expect_err("refused");
+    assert!(!err.retryable(), "{err}");
+    assert!(err.to_string().contains("refused the batch (403)"), "{err}");
     let _ = stop_tx.send(true);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let nowhere = AuditClient::new(
+        &format!("https://127.0.0.1:{closed}"),
+        tls.ca_file.path(),
+        Duration::from_secs(5),
+    )
+    .expect("client");
+    let err = nowhere
+        .ship(&good, &records)
+        .await
+        .expect_err("nothing listens");
+    assert!(err.retryable(), "{err}");
+    assert!(
+        err.to_string().starts_with("audit service unreachable"),
+        "{err}"
+    );
 }

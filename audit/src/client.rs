@@ -1,0 +1,141 @@
+//! The client side of the ingest endpoint, for the sidecar's shipper: post a batch of records
+//! with the pod's projected token and learn which sequence numbers are now durable. The
+//! shipper deletes from its spool only what this returns.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use portcullis_crds::audit::AuditRecord;
+use thiserror::Error;
+
+use crate::service::BatchAck;
+
+/// Why a batch was not acknowledged.
+#[derive(Debug, Error)]
+pub enum ShipError {
+    /// The service could not be reached or the connection broke: retry later.
+    #[error("audit service unreachable: {0}")]
+    Unreachable(String),
+    /// The service refused the batch (authentication, a record it will not take): retrying
+    /// the same batch will not help.
+    #[error("audit service refused the batch ({status}): {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The service's message.
+        message: String,
+    },
+    /// The service failed on its side (storage): retry later.
+    #[error("audit service failed ({status}): {message}")]
+    Failed {
+        /// HTTP status.
+        status: u16,
+        /// The service's message.
+        message: String,
+    },
+    /// The token file or CA file could not be read.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl ShipError {
+    /// Whether sending the same batch again later may succeed.
+    pub fn retryable(&self) -> bool {
+        !matches!(self, ShipError::Refused { .. } | ShipError::Local(_))
+    }
+}
+
+type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// A client of one audit service.
+#[derive(Clone)]
+pub struct AuditClient {
+    url: String,
+    http: HttpClient<Connector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl AuditClient {
+    /// A client for `base_url` (`https://host:port`) trusting the PEM CA in `ca_file`.
+    pub fn new(base_url: &str, ca_file: &Path, timeout: Duration) -> Result<Self, ShipError> {
+        let pem = std::fs::read(ca_file)
+            .map_err(|e| ShipError::Local(format!("{}: {e}", ca_file.display())))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| ShipError::Local(format!("{}: {e}", ca_file.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| ShipError::Local(format!("{}: {e}", ca_file.display())))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ShipError::Local(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            url: format!("{}/v1/records", base_url.trim_end_matches('/')),
+            http: HttpClient::builder(TokioExecutor::new()).build(connector),
+            timeout,
+        })
+    }
+
+    /// Post a batch; on success, the sequence numbers now durable in the log.
+    pub async fn ship(&self, token: &str, records: &[AuditRecord]) -> Result<Vec<u64>, ShipError> {
+        let mut body = Vec::new();
+        for r in records {
+            serde_json::to_writer(&mut body, r).map_err(|e| ShipError::Local(e.to_string()))?;
+            body.push(b'\n');
+        }
+        let request = hyper::Request::post(&self.url)
+            .header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", token.trim()),
+            )
+            .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ShipError::Local(e.to_string()))?;
+        let response = tokio::time::timeout(self.timeout, self.http.request(request))
+            .await
+            .map_err(|_| ShipError::Unreachable(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|e| ShipError::Unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let bytes = tokio::time::timeout(self.timeout, response.into_body().collect())
+            .await
+            .map_err(|_| ShipError::Unreachable("answer cut off".into()))?
+            .map_err(|e| ShipError::Unreachable(e.to_string()))?
+            .to_bytes();
+        let message = || {
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned())
+        };
+        match status {
+            200 => serde_json::from_slice::<BatchAck>(&bytes)
+                .map(|ack| ack.acknowledged)
+                .map_err(|e| ShipError::Failed {
+                    status,
+                    message: format!("unreadable acknowledgement: {e}"),
+                }),
+            400..=499 => Err(ShipError::Refused {
+                status,
+                message: message(),
+            }),
+            _ => Err(ShipError::Failed {
+                status,
+                message: message(),
+            }),
+        }
+    }
+}
