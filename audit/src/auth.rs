@@ -49,6 +49,9 @@ pub enum AuthError {
     /// The token is valid but not a service account's.
     #[error("token of {0} is not a service-account token")]
     NotServiceAccount(String),
+    /// Authenticated, but RBAC does not allow reading evidence.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// The TokenReview itself failed.
     #[error("TokenReview failed: {0}")]
     Review(String),
@@ -66,6 +69,72 @@ impl Authenticator {
         Self {
             client,
             cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Authenticate a person or tool reading evidence: any token the API server accepts for its
+    /// own audience, then a SubjectAccessReview for `get` on the `evidence` subresource of the
+    /// AuditRetention in `namespace`/`name`. Returns the user name.
+    pub async fn authorize_reader(
+        &self,
+        token: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<String, AuthError> {
+        use k8s_openapi::api::authorization::v1::{
+            ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+        };
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: None,
+            },
+            ..Default::default()
+        };
+        let answer = Api::<TokenReview>::all(self.client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| AuthError::Review(e.to_string()))?;
+        let status = answer.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(AuthError::Rejected(
+                status.error.unwrap_or_else(|| "not authenticated".into()),
+            ));
+        }
+        let user = status.user.unwrap_or_default();
+        let username = user.username.clone().unwrap_or_default();
+        let sar = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: user.username,
+                groups: user.groups,
+                uid: user.uid,
+                extra: user.extra,
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(portcullis_crds::GROUP.to_owned()),
+                    resource: Some("auditretentions".to_owned()),
+                    subresource: Some("evidence".to_owned()),
+                    verb: Some("get".to_owned()),
+                    namespace: Some(namespace.to_owned()),
+                    name: Some(name.to_owned()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let decision = Api::<SubjectAccessReview>::all(self.client.clone())
+            .create(&PostParams::default(), &sar)
+            .await
+            .map_err(|e| AuthError::Review(e.to_string()))?;
+        if decision.status.is_some_and(|s| s.allowed) {
+            Ok(username)
+        } else {
+            Err(AuthError::Forbidden(format!(
+                "{username} may not get auditretentions/evidence {namespace}/{name}"
+            )))
         }
     }
 

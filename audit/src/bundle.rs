@@ -75,10 +75,51 @@ impl<F: Fn(&Value) -> bool> Select for F {
     }
 }
 
+/// An entry with its audit path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvenEntry {
+    /// Log index.
+    pub index: u64,
+    /// The entry byte for byte.
+    pub bytes: Vec<u8>,
+    /// Audit path to the bundle's signed head.
+    pub proof: Vec<Hash>,
+}
+
 /// Write a bundle of the entries `select` keeps, with proofs to `sth` (which must be a head of
 /// `log`). Returns the number of records written.
 pub fn write_bundle(
     log: &Log,
+    sth: &SignedTreeHead,
+    select: &dyn Select,
+    dir: &Path,
+) -> Result<usize, BundleError> {
+    let size =
+        u64::try_from(sth.tree_size).map_err(|_| BundleError::Head("negative tree size".into()))?;
+    let mut entries = Vec::new();
+    for index in log.pruned()..size.min(log.size()) {
+        let Some(bytes) = log
+            .entry(index)
+            .map_err(|e| BundleError::Io(e.to_string()))?
+        else {
+            continue;
+        };
+        let proof = log.inclusion_proof(index, size).ok_or_else(|| {
+            BundleError::Layout(format!("no proof for index {index} at size {size}"))
+        })?;
+        entries.push(ProvenEntry {
+            index,
+            bytes,
+            proof,
+        });
+    }
+    write_bundle_from(entries, sth, select, dir)
+}
+
+/// Write a bundle from entries already fetched with their proofs (for example from the audit
+/// service's `GET /v1/entries`). Returns the number of records written.
+pub fn write_bundle_from(
+    entries: impl IntoIterator<Item = ProvenEntry>,
     sth: &SignedTreeHead,
     select: &dyn Select,
     dir: &Path,
@@ -93,22 +134,18 @@ pub fn write_bundle(
     let mut proofs = fs::File::create(&proofs_path).map_err(io(&proofs_path))?;
     let mut ocsf = fs::File::create(&ocsf_path).map_err(io(&ocsf_path))?;
     let mut kept = Vec::new();
-    for index in log.pruned()..size.min(log.size()) {
-        let Some(entry) = log
-            .entry(index)
-            .map_err(|e| BundleError::Io(e.to_string()))?
-        else {
-            continue;
-        };
+    for ProvenEntry {
+        index,
+        bytes: entry,
+        proof: hashes,
+    } in entries
+    {
         let Ok(value) = serde_json::from_slice::<Value>(&entry) else {
             continue;
         };
         if !select.keep(&value) {
             continue;
         }
-        let hashes = log.inclusion_proof(index, size).ok_or_else(|| {
-            BundleError::Layout(format!("no proof for index {index} at size {size}"))
-        })?;
         records.write_all(&entry).map_err(io(&records_path))?;
         records.write_all(b"\n").map_err(io(&records_path))?;
         let line = ProofLine {

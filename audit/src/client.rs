@@ -90,6 +90,104 @@ impl AuditClient {
         })
     }
 
+    async fn get(
+        &self,
+        path_and_query: &str,
+        token: Option<&str>,
+    ) -> Result<(u16, Bytes), ShipError> {
+        let base = self.url.trim_end_matches("/v1/records");
+        let mut request = hyper::Request::get(format!("{base}{path_and_query}"));
+        if let Some(t) = token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {}", t.trim()));
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ShipError::Local(e.to_string()))?;
+        let response = tokio::time::timeout(self.timeout, self.http.request(request))
+            .await
+            .map_err(|_| ShipError::Unreachable(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|e| ShipError::Unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let bytes = tokio::time::timeout(self.timeout, response.into_body().collect())
+            .await
+            .map_err(|_| ShipError::Unreachable("answer cut off".into()))?
+            .map_err(|e| ShipError::Unreachable(e.to_string()))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    fn failure(status: u16, bytes: &[u8]) -> ShipError {
+        let message = serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned());
+        if (400..500).contains(&status) {
+            ShipError::Refused { status, message }
+        } else {
+            ShipError::Failed { status, message }
+        }
+    }
+
+    /// The latest signed tree head.
+    pub async fn latest_head(&self) -> Result<portcullis_crds::SignedTreeHead, ShipError> {
+        let (status, bytes) = self.get("/v1/sth", None).await?;
+        if status != 200 {
+            return Err(Self::failure(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ShipError::Failed {
+            status,
+            message: e.to_string(),
+        })
+    }
+
+    /// Entries `[from, to)` with their audit paths to the tree of `tree_size`, read with a
+    /// token whose user may `get` the `evidence` subresource of the service's AuditRetention.
+    pub async fn entries(
+        &self,
+        token: &str,
+        from: u64,
+        to: u64,
+        tree_size: u64,
+    ) -> Result<Vec<crate::bundle::ProvenEntry>, ShipError> {
+        let mut out = Vec::new();
+        let mut at = from;
+        while at < to {
+            let end = to.min(at + crate::service::MAX_ENTRIES_PER_READ);
+            let (status, bytes) = self
+                .get(
+                    &format!("/v1/entries?from={at}&to={end}&treeSize={tree_size}"),
+                    Some(token),
+                )
+                .await?;
+            if status != 200 {
+                return Err(Self::failure(status, &bytes));
+            }
+            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let line: crate::service::EntryLine =
+                    serde_json::from_slice(line).map_err(|e| ShipError::Failed {
+                        status,
+                        message: format!("unreadable entry line: {e}"),
+                    })?;
+                let proof = line
+                    .proof
+                    .iter()
+                    .map(|h| hex::decode(h).ok().and_then(|v| v.try_into().ok()))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| ShipError::Failed {
+                        status,
+                        message: format!("entry {}: malformed proof", line.index),
+                    })?;
+                out.push(crate::bundle::ProvenEntry {
+                    index: line.index,
+                    bytes: line.entry.get().as_bytes().to_vec(),
+                    proof,
+                });
+            }
+            at = end;
+        }
+        Ok(out)
+    }
+
     /// Post a batch; on success, the sequence numbers now durable in the log.
     pub async fn ship(&self, token: &str, records: &[AuditRecord]) -> Result<Vec<u64>, ShipError> {
         let mut body = Vec::new();

@@ -156,7 +156,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("listen on {listen}: {e}"))?;
     tracing::info!(%listen, "audit service listening");
-    let service = AuditService::new(client.clone(), log.clone());
+    let mut service = AuditService::new(client.clone(), log.clone());
+    if let Some(w) = &witness {
+        service = service.with_witness(w.clone());
+    }
     let retention_task = witness.clone().map(|w| {
         tokio::spawn(run_retention(
             client.clone(),

@@ -59,6 +59,7 @@ pub struct AuditService {
     log: Arc<Mutex<Log>>,
     appender: Appender,
     auth: Arc<Authenticator>,
+    witness: Option<Witness>,
 }
 
 /// An entry as stored in the log: the sidecar's record and who sent it.
@@ -119,7 +120,15 @@ impl AuditService {
             appender: Appender::start(log.clone()),
             log,
             auth: Arc::new(Authenticator::new(client)),
+            witness: None,
         }
+    }
+
+    /// Name the AuditRetention whose `evidence` subresource gates reading entries
+    /// (`GET /v1/entries`); without it, entries cannot be read over the network.
+    pub fn with_witness(mut self, witness: Witness) -> Self {
+        self.witness = Some(witness);
+        self
     }
 
     /// The HTTP routes.
@@ -129,6 +138,7 @@ impl AuditService {
             .route("/v1/sth", get(latest_head))
             .route("/v1/proofs/inclusion", get(inclusion))
             .route("/v1/proofs/consistency", get(consistency))
+            .route("/v1/entries", get(entries))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(|| async { "ok" }))
             .layer(DefaultBodyLimit::max(MAX_BATCH_BYTES))
@@ -287,6 +297,104 @@ async fn consistency(
             ),
         ),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EntriesQuery {
+    from: u64,
+    to: u64,
+    tree_size: u64,
+}
+
+/// Most entries returned by one `GET /v1/entries`.
+pub const MAX_ENTRIES_PER_READ: u64 = 10_000;
+
+/// One line of `GET /v1/entries`: the entry byte for byte, with its audit path.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryLine {
+    /// Log index.
+    pub index: u64,
+    /// Audit path to the tree of the requested size, hex.
+    pub proof: Vec<String>,
+    /// The stored entry, unchanged.
+    pub entry: Box<serde_json::value::RawValue>,
+}
+
+async fn entries(
+    State(svc): State<AuditService>,
+    headers: HeaderMap,
+    Query(q): Query<EntriesQuery>,
+) -> Response {
+    let Some(w) = &svc.witness else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "reading entries is not enabled on this service",
+        );
+    };
+    let reader = match svc
+        .auth
+        .authorize_reader(bearer(&headers), &w.namespace, &w.name)
+        .await
+    {
+        Ok(u) => u,
+        Err(crate::auth::AuthError::Forbidden(m)) => return error(StatusCode::FORBIDDEN, m),
+        Err(e) => return error(StatusCode::UNAUTHORIZED, e.to_string()),
+    };
+    if q.to < q.from || q.to - q.from > MAX_ENTRIES_PER_READ {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("ask for at most {MAX_ENTRIES_PER_READ} entries, from <= to"),
+        );
+    }
+    let Ok(log) = svc.log.lock() else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "log lock poisoned");
+    };
+    if q.tree_size > log.size() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("the log holds {} entries, not {}", log.size(), q.tree_size),
+        );
+    }
+    let mut out = Vec::new();
+    for index in q.from.max(log.pruned())..q.to.min(q.tree_size) {
+        let entry = match log.entry(index) {
+            Ok(Some(e)) => e,
+            Ok(None) => continue,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let Ok(raw) =
+            serde_json::value::RawValue::from_string(String::from_utf8_lossy(&entry).into_owned())
+        else {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("entry {index} is not JSON"),
+            );
+        };
+        let proof = log
+            .inclusion_proof(index, q.tree_size)
+            .unwrap_or_default()
+            .iter()
+            .map(hex::encode)
+            .collect();
+        let line = EntryLine {
+            index,
+            proof,
+            entry: raw,
+        };
+        if serde_json::to_writer(&mut out, &line).is_err() {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "serialization failed");
+        }
+        out.push(b'\n');
+    }
+    tracing::info!(reader = %reader, from = q.from, to = q.to, "evidence read");
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        out,
+    )
+        .into_response()
 }
 
 /// Serve `router` over TLS on `listener` until `shutdown` resolves.

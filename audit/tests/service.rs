@@ -186,7 +186,10 @@ async fn sidecar_batches_are_authenticated_durable_idempotent_and_witnessed() {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("key");
     let signer = LogSigner::from_pkcs8(pkcs8.as_ref()).expect("signer");
     let public_key = signer.public_key().to_vec();
-    let service = AuditService::new(client.clone(), log.clone());
+    let service = AuditService::new(client.clone(), log.clone()).with_witness(Witness {
+        namespace: ns.clone(),
+        name: "default".into(),
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -318,20 +321,102 @@ async fn sidecar_batches_are_authenticated_durable_idempotent_and_witnessed() {
 
     // The shipper's client: acknowledged sequence numbers, refusals that retrying cannot fix,
     // and an unreachable service that it can.
-    let client =
+    let shipper =
         AuditClient::new(&curl.url, tls.ca_file.path(), Duration::from_secs(10)).expect("client");
     let records: Vec<AuditRecord> = (26..=30)
         .map(|s| serde_json::from_str(&record(&ns, "agent-0", s)).expect("record"))
         .collect();
     assert_eq!(
-        client.ship(&good, &records).await.expect("shipped"),
+        shipper.ship(&good, &records).await.expect("shipped"),
         vec![26, 27, 28, 29, 30]
     );
     let foreign: Vec<AuditRecord> =
         vec![serde_json::from_str(&record("kube-system", "agent-0", 31)).expect("record")];
-    let err = client.ship(&good, &foreign).await.expect_err("refused");
+    let err = shipper.ship(&good, &foreign).await.expect_err("refused");
     assert!(!err.retryable(), "{err}");
     assert!(err.to_string().contains("refused the batch (403)"), "{err}");
+    // Evidence: an auditor whose RBAC allows `get auditretentions/evidence` exports a bundle
+    // over the network that verifies offline; anyone else is refused.
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "evidence-reader"},
+        "rules": [{"apiGroups": ["portcullis.dev"], "resources": ["auditretentions/evidence"], "verbs": ["get"]}]
+    }))
+    .expect("role");
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("role");
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "auditor-reads-evidence"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "evidence-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "auditor", "namespace": ns}]
+    }))
+    .expect("binding");
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("binding");
+    for name in ["auditor", "nosy"] {
+        let sa: ServiceAccount =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("sa");
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &sa)
+            .await
+            .expect("sa");
+    }
+    let user_token = |sa: &'static str| {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            Api::<ServiceAccount>::namespaced(client, &ns)
+                .create_token_request(sa, &PostParams::default(), &TokenRequest::default())
+                .await
+                .expect("token")
+                .status
+                .expect("status")
+                .token
+        }
+    };
+    let auditor = user_token("auditor").await;
+    let nosy = user_token("nosy").await;
+    let mut sth = shipper.latest_head().await.expect("sth");
+    for _ in 0..50 {
+        if sth.tree_size == 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sth = shipper.latest_head().await.expect("sth");
+    }
+    assert_eq!(sth.tree_size, 30);
+    let fetched = shipper.entries(&auditor, 0, 30, 30).await.expect("entries");
+    assert_eq!(fetched.len(), 30);
+    let bundle_dir = tempfile::tempdir().expect("tmp");
+    let n = portcullis_audit::bundle::write_bundle_from(
+        fetched,
+        &sth,
+        &|_: &serde_json::Value| true,
+        bundle_dir.path(),
+    )
+    .expect("bundle");
+    assert_eq!(n, 30);
+    let report = portcullis_audit::bundle::verify_bundle(bundle_dir.path(), &public_key)
+        .expect("bundle verifies offline");
+    assert_eq!(report.records, 30);
+    let err = shipper
+        .entries(&nosy, 0, 30, 30)
+        .await
+        .expect_err("nosy is refused");
+    assert!(
+        err.to_string()
+            .contains("may not get auditretentions/evidence"),
+        "{err}"
+    );
+    let err = shipper
+        .entries("garbage", 0, 30, 30)
+        .await
+        .expect_err("no valid token");
+    assert!(err.to_string().contains("(401)"), "{err}");
+
     let _ = stop_tx.send(true);
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
