@@ -72,6 +72,38 @@ impl Authenticator {
         }
     }
 
+    /// Ask the API server who `token` belongs to (for `audience`, or its own audiences).
+    async fn review(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<k8s_openapi::api::authentication::v1::TokenReviewStatus, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: audience.map(|a| vec![a.to_owned()]),
+            },
+            ..Default::default()
+        };
+        let answer = Api::<TokenReview>::all(self.client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| AuthError::Review(e.to_string()))?;
+        let status = answer.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(AuthError::Rejected(
+                status
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "not authenticated".into()),
+            ));
+        }
+        Ok(status)
+    }
+
     /// Authenticate a person or tool reading evidence: any token the API server accepts for its
     /// own audience, then a SubjectAccessReview for `get` on the `evidence` subresource of the
     /// AuditRetention in `namespace`/`name`. Returns the user name.
@@ -84,26 +116,7 @@ impl Authenticator {
         use k8s_openapi::api::authorization::v1::{
             ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
         };
-        if token.is_empty() {
-            return Err(AuthError::Missing);
-        }
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
-                audiences: None,
-            },
-            ..Default::default()
-        };
-        let answer = Api::<TokenReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| AuthError::Review(e.to_string()))?;
-        let status = answer.status.unwrap_or_default();
-        if status.authenticated != Some(true) {
-            return Err(AuthError::Rejected(
-                status.error.unwrap_or_else(|| "not authenticated".into()),
-            ));
-        }
+        let status = self.review(token, None).await?;
         let user = status.user.unwrap_or_default();
         let username = user.username.clone().unwrap_or_default();
         let sar = SubjectAccessReview {
@@ -140,9 +153,6 @@ impl Authenticator {
 
     /// Authenticate a bearer token.
     pub async fn authenticate(&self, token: &str) -> Result<Source, AuthError> {
-        if token.is_empty() {
-            return Err(AuthError::Missing);
-        }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Ok(cache) = self.cache.lock() {
             if let Some((source, at)) = cache.get(&key) {
@@ -151,23 +161,7 @@ impl Authenticator {
                 }
             }
         }
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
-                audiences: Some(vec![AUDIENCE.to_owned()]),
-            },
-            ..Default::default()
-        };
-        let answer = Api::<TokenReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| AuthError::Review(e.to_string()))?;
-        let status = answer.status.unwrap_or_default();
-        if status.authenticated != Some(true) {
-            return Err(AuthError::Rejected(
-                status.error.unwrap_or_else(|| "not authenticated".into()),
-            ));
-        }
+        let status = self.review(token, Some(AUDIENCE)).await?;
         if !status
             .audiences
             .as_ref()

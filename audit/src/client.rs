@@ -103,6 +103,11 @@ impl AuditClient {
         let request = request
             .body(Full::new(Bytes::new()))
             .map_err(|e| ShipError::Local(e.to_string()))?;
+        self.send(request).await
+    }
+
+    /// Send a request and read the whole answer, each step bounded by the timeout.
+    async fn send(&self, request: hyper::Request<Full<Bytes>>) -> Result<(u16, Bytes), ShipError> {
         let response = tokio::time::timeout(self.timeout, self.http.request(request))
             .await
             .map_err(|_| ShipError::Unreachable(format!("no answer within {:?}", self.timeout)))?
@@ -203,22 +208,7 @@ impl AuditClient {
             .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| ShipError::Local(e.to_string()))?;
-        let response = tokio::time::timeout(self.timeout, self.http.request(request))
-            .await
-            .map_err(|_| ShipError::Unreachable(format!("no answer within {:?}", self.timeout)))?
-            .map_err(|e| ShipError::Unreachable(e.to_string()))?;
-        let status = response.status().as_u16();
-        let bytes = tokio::time::timeout(self.timeout, response.into_body().collect())
-            .await
-            .map_err(|_| ShipError::Unreachable("answer cut off".into()))?
-            .map_err(|e| ShipError::Unreachable(e.to_string()))?
-            .to_bytes();
-        let message = || {
-            serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned())
-        };
+        let (status, bytes) = self.send(request).await?;
         match status {
             200 => serde_json::from_slice::<BatchAck>(&bytes)
                 .map(|ack| ack.acknowledged)
@@ -226,14 +216,7 @@ impl AuditClient {
                     status,
                     message: format!("unreadable acknowledgement: {e}"),
                 }),
-            400..=499 => Err(ShipError::Refused {
-                status,
-                message: message(),
-            }),
-            _ => Err(ShipError::Failed {
-                status,
-                message: message(),
-            }),
+            _ => Err(Self::failure(status, &bytes)),
         }
     }
 }

@@ -255,17 +255,9 @@ async fn inclusion(State(svc): State<AuditService>, Query(q): Query<InclusionQue
         .lock()
         .ok()
         .and_then(|l| l.inclusion_proof(q.index, q.size));
-    match proof {
-        Some(p) => Json(ProofResponse {
-            tree_size: q.size,
-            hashes: p.iter().map(hex::encode).collect(),
-        })
-        .into_response(),
-        None => error(
-            StatusCode::BAD_REQUEST,
-            format!("no entry {} in a tree of size {}", q.index, q.size),
-        ),
-    }
+    proof_response(q.size, proof, || {
+        format!("no entry {} in a tree of size {}", q.index, q.size)
+    })
 }
 
 #[derive(Deserialize)]
@@ -283,19 +275,26 @@ async fn consistency(
         .lock()
         .ok()
         .and_then(|l| l.consistency_proof(q.old, q.size));
+    proof_response(q.size, proof, || {
+        format!(
+            "no consistency proof from size {} to size {}",
+            q.old, q.size
+        )
+    })
+}
+
+fn proof_response(
+    tree_size: u64,
+    proof: Option<Vec<portcullis_crds::audit_log::Hash>>,
+    missing: impl FnOnce() -> String,
+) -> Response {
     match proof {
         Some(p) => Json(ProofResponse {
-            tree_size: q.size,
+            tree_size,
             hashes: p.iter().map(hex::encode).collect(),
         })
         .into_response(),
-        None => error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "no consistency proof from size {} to size {}",
-                q.old, q.size
-            ),
-        ),
+        None => error(StatusCode::BAD_REQUEST, missing()),
     }
 }
 

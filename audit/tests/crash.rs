@@ -8,9 +8,6 @@ use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use kube::api::{Api, PostParams};
 use portcullis_audit::store::{Log, LogOptions};
 use portcullis_audit::verify::verify_log;
 use portcullis_e2e::harness;
@@ -67,46 +64,12 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_kills_lose_no_acknowledged_record_and_duplicate_none() {
     let h = harness();
-    let client = h.client().await;
     let ns = h.namespace("crash").await;
-    let sa: ServiceAccount =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "agent"}})).expect("sa");
-    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &sa)
-        .await
-        .expect("sa");
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "agent-0"},
-        "spec": {"serviceAccountName": "agent", "containers": [{"name": "agent", "image": "agent:1"}]}
-    }))
-    .expect("pod");
-    let pod = Api::<Pod>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &pod)
-        .await
-        .expect("pod");
-    let token = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .create_token_request(
-            "agent",
-            &PostParams::default(),
-            &TokenRequest {
-                spec: TokenRequestSpec {
-                    audiences: vec!["portcullis-audit".into()],
-                    bound_object_ref: Some(BoundObjectReference {
-                        api_version: Some("v1".into()),
-                        kind: Some("Pod".into()),
-                        name: pod.metadata.name.clone(),
-                        uid: pod.metadata.uid.clone(),
-                    }),
-                    expiration_seconds: Some(3600),
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("token")
-        .status
-        .expect("status")
-        .token;
+    h.service_account(&ns, "agent").await;
+    let pod = h.pod(&ns, "agent-0", "agent").await;
+    let token = h
+        .token(&ns, "agent", Some("portcullis-audit"), Some(&pod))
+        .await;
 
     let work = tempfile::tempdir().expect("tmp");
     let data = work.path().join("log");

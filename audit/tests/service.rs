@@ -7,8 +7,6 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
 use portcullis_audit::client::AuditClient;
 use portcullis_audit::service::{
@@ -123,29 +121,6 @@ fn split(out: &str) -> (u16, String) {
     (code.parse().unwrap_or(0), body.to_owned())
 }
 
-async fn token(client: &kube::Client, ns: &str, sa: &str, pod: &Pod, audience: &str) -> String {
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![audience.to_owned()],
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            }),
-            expiration_seconds: Some(600),
-        },
-        ..Default::default()
-    };
-    Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_token_request(sa, &PostParams::default(), &request)
-        .await
-        .expect("token request")
-        .status
-        .expect("token status")
-        .token
-}
-
 // curl runs as a blocking child process; the server needs threads of its own meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_batches_are_authenticated_durable_idempotent_and_witnessed() {
@@ -154,21 +129,8 @@ async fn sidecar_batches_are_authenticated_durable_idempotent_and_witnessed() {
     let client = h.client().await;
     let ns = h.namespace("audit").await;
 
-    let sa: ServiceAccount =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "agent"}})).expect("sa");
-    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &sa)
-        .await
-        .expect("create sa");
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "agent-0"},
-        "spec": {"serviceAccountName": "agent", "containers": [{"name": "agent", "image": "agent:1"}]}
-    }))
-    .expect("pod");
-    let pod = Api::<Pod>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &pod)
-        .await
-        .expect("create pod");
+    h.service_account(&ns, "agent").await;
+    let pod = h.pod(&ns, "agent-0", "agent").await;
     let retention: AuditRetention = serde_json::from_value(serde_json::json!({
         "apiVersion": "portcullis.dev/v1alpha1", "kind": "AuditRetention",
         "metadata": {"name": "default"}, "spec": {"retainFor": "400d"}
@@ -224,7 +186,9 @@ async fn sidecar_batches_are_authenticated_durable_idempotent_and_witnessed() {
         ca: tls.ca_file.path().to_string_lossy().into_owned(),
     };
 
-    let good = token(&client, &ns, "agent", &pod, "portcullis-audit").await;
+    let good = h
+        .token(&ns, "agent", Some("portcullis-audit"), Some(&pod))
+        .await;
     let batch: String = (1..=20).map(|s| record(&ns, "agent-0", s) + "\n").collect();
     let (code, body) = curl.post("/v1/records", &good, &batch);
     assert_eq!(code, 200, "{body}");
@@ -244,14 +208,7 @@ async fn sidecar_batches_are_authenticated_durable_idempotent_and_witnessed() {
     assert_eq!(ack.tree_size, 25);
 
     // A token for the API server's audience is not accepted by the audit service.
-    let wrong_audience = token(
-        &client,
-        &ns,
-        "agent",
-        &pod,
-        "https://kubernetes.default.svc.cluster.local",
-    )
-    .await;
+    let wrong_audience = h.token(&ns, "agent", None, Some(&pod)).await;
     let (code, body) = curl.post("/v1/records", &wrong_audience, &record(&ns, "agent-0", 99));
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("token rejected by the API server"), "{body}");
@@ -356,29 +313,10 @@ async fn sidecar_batches_are_authenticated_durable_idempotent_and_witnessed() {
         .create(&PostParams::default(), &binding)
         .await
         .expect("binding");
-    for name in ["auditor", "nosy"] {
-        let sa: ServiceAccount =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("sa");
-        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &sa)
-            .await
-            .expect("sa");
-    }
-    let user_token = |sa: &'static str| {
-        let client = client.clone();
-        let ns = ns.clone();
-        async move {
-            Api::<ServiceAccount>::namespaced(client, &ns)
-                .create_token_request(sa, &PostParams::default(), &TokenRequest::default())
-                .await
-                .expect("token")
-                .status
-                .expect("status")
-                .token
-        }
-    };
-    let auditor = user_token("auditor").await;
-    let nosy = user_token("nosy").await;
+    h.service_account(&ns, "auditor").await;
+    h.service_account(&ns, "nosy").await;
+    let auditor = h.token(&ns, "auditor", None, None).await;
+    let nosy = h.token(&ns, "nosy", None, None).await;
     let mut sth = shipper.latest_head().await.expect("sth");
     for _ in 0..50 {
         if sth.tree_size == 30 {

@@ -23,7 +23,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
@@ -303,6 +304,66 @@ impl Harness {
             .await
             .unwrap_or_else(|e| panic!("create default ServiceAccount in {name}: {e}"));
         name
+    }
+
+    /// Create a ServiceAccount.
+    pub async fn service_account(&self, namespace: &str, name: &str) {
+        let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name}
+        }))
+        .expect("service account object");
+        Api::<ServiceAccount>::namespaced(self.client().await, namespace)
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap_or_else(|e| panic!("create ServiceAccount {namespace}/{name}: {e}"));
+    }
+
+    /// Create a pod object running as `service_account` (the harness has no kubelet: the
+    /// object exists, its containers never run) and return it as stored.
+    pub async fn pod(&self, namespace: &str, name: &str, service_account: &str) -> Pod {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "serviceAccountName": service_account,
+                "containers": [{"name": "agent", "image": "agent:1"}]
+            }
+        }))
+        .expect("pod object");
+        Api::<Pod>::namespaced(self.client().await, namespace)
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap_or_else(|e| panic!("create pod {namespace}/{name}: {e}"))
+    }
+
+    /// A token of `service_account` (TokenRequest), for `audience` (the API server's own when
+    /// `None`), bound to `pod` when given: what the kubelet projects into a pod.
+    pub async fn token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audience: Option<&str>,
+        pod: Option<&Pod>,
+    ) -> String {
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: audience.map(|a| vec![a.to_owned()]).unwrap_or_default(),
+                bound_object_ref: pod.map(|p| BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: p.metadata.name.clone(),
+                    uid: p.metadata.uid.clone(),
+                }),
+                expiration_seconds: Some(3600),
+            },
+            ..Default::default()
+        };
+        Api::<ServiceAccount>::namespaced(self.client().await, namespace)
+            .create_token_request(service_account, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("token for {namespace}/{service_account}: {e}"))
+            .status
+            .map(|s| s.token)
+            .unwrap_or_default()
     }
 
     /// Install the Portcullis CRDs with server-side apply and wait until each is Established.

@@ -88,6 +88,7 @@ fn values_matrix_renders_what_each_value_asks_for() {
     assert!(d.contains("replicas: 2"));
     assert!(d.contains("image: ghcr.io/portcullis-dev/portcullis-operator:0.1.0"));
     assert!(d.contains("--sidecar-image=ghcr.io/portcullis-dev/portcullis-sidecar:0.1.0"));
+    assert!(d.contains("--sidecar-memory-limit=256Mi"));
     assert!(d.contains("image: ghcr.io/portcullis-dev/portcullis-audit:0.1.0"));
     assert!(
         d.contains(
@@ -267,8 +268,12 @@ async fn install_into_the_cluster_creates_every_object() {
     assert!(can("watch", "gatewaypolicies.portcullis.dev", "default"));
     assert!(can("create", "configmaps", "default"));
     assert!(
-        !can("create", "secrets", "default"),
-        "no Secret writes outside its namespace"
+        can("create", "secrets", "default"),
+        "the sidecar TLS Secret of each namespace"
+    );
+    assert!(
+        !can("update", "secrets", "default"),
+        "no Secret changes outside its namespace"
     );
     assert!(!can("delete", "pods", "default"));
     let out = helm(&["uninstall", &ns, "-n", &ns]);

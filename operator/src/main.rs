@@ -1,1 +1,119 @@
-fn main(){}
+//! `portcullis-operator`: controllers, admission webhooks, certificates, leader election.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use portcullis_operator::certs::CertSource;
+use portcullis_operator::Settings;
+
+/// The Portcullis operator.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Namespace of the operator (Lease, certificate Secret).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "portcullis-system")]
+    namespace: String,
+    /// Identity for leader election (the pod name).
+    #[arg(long, env = "POD_NAME", default_value = "portcullis-operator")]
+    identity: String,
+    /// Name of the operator's Service (the webhook certificate is issued for it).
+    #[arg(long, default_value = "portcullis-operator")]
+    service: String,
+    /// Webhook server address (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    webhook_addr: SocketAddr,
+    /// Metrics and health address (HTTP).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Extra DNS names or IP addresses of the self-managed serving certificate (for example
+    /// 127.0.0.1 when the API server reaches the webhook by URL).
+    #[arg(long, value_delimiter = ',')]
+    webhook_san: Vec<String>,
+    /// Use `tls.crt`/`tls.key` from this directory (cert-manager) instead of the
+    /// operator's own CA.
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+    /// MutatingWebhookConfigurations whose caBundle the operator keeps current.
+    #[arg(long, value_delimiter = ',', default_value = "portcullis-injector")]
+    mutating_webhooks: Vec<String>,
+    /// ValidatingWebhookConfigurations whose caBundle the operator keeps current.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "portcullis-policy-validator"
+    )]
+    validating_webhooks: Vec<String>,
+    /// Sidecar image.
+    #[arg(long, env = "PORTCULLIS_SIDECAR_IMAGE")]
+    sidecar_image: Option<String>,
+    /// CPU request of the injected sidecar.
+    #[arg(long, default_value = "50m")]
+    sidecar_cpu_request: String,
+    /// Memory request of the injected sidecar.
+    #[arg(long, default_value = "64Mi")]
+    sidecar_memory_request: String,
+    /// CPU limit of the injected sidecar (none when omitted).
+    #[arg(long)]
+    sidecar_cpu_limit: Option<String>,
+    /// Memory limit of the injected sidecar.
+    #[arg(long, default_value = "256Mi")]
+    sidecar_memory_limit: String,
+    /// Leader Lease duration in seconds.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .json()
+        .init();
+    let args = Args::parse();
+    let mut settings = Settings::new(&args.namespace, &args.identity, &args.service);
+    settings.webhook_addr = args.webhook_addr;
+    settings.metrics_addr = Some(args.metrics_addr);
+    settings.lease_duration = Duration::from_secs(args.lease_seconds.max(2));
+    settings.lease_retry = settings.lease_duration / 7;
+    settings.mutating_webhooks = args.mutating_webhooks;
+    settings.validating_webhooks = args.validating_webhooks;
+    if let CertSource::SelfManaged {
+        subject_alt_names, ..
+    } = &mut settings.cert_source
+    {
+        subject_alt_names.extend(args.webhook_san);
+    }
+    if let Some(dir) = args.cert_dir {
+        settings.cert_source = CertSource::Directory(dir);
+    }
+    settings.sidecar.cpu_request = args.sidecar_cpu_request;
+    settings.sidecar.memory_request = args.sidecar_memory_request;
+    settings.sidecar.cpu_limit = args.sidecar_cpu_limit;
+    settings.sidecar.memory_limit = args.sidecar_memory_limit;
+    if let Some(image) = args.sidecar_image {
+        settings.sidecar.image = image;
+    }
+    let client = kube::Client::try_default().await?;
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "installing the SIGTERM handler");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    portcullis_operator::run(client, settings, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Throughput and latency of the sidecar against a direct connection and pgbouncer.
+#
+#   e2e/bench/pgbench.sh                 start a harness PostgreSQL, run everything, print a table
+#   BENCH_SECONDS=20 e2e/bench/pgbench.sh    longer runs (default 10 s per cell)
+#   PORTCULLIS_E2E_ENV=/tmp/pc/env e2e/bench/pgbench.sh   use a running harness instead
+#
+# Targets: direct (SCRAM to PostgreSQL), pgbouncer (Debian package, session pooling, trust on
+# the client side), and the sidecar (release build, guardrails and the fsync'd write-ahead
+# audit spool on; spool on the root disk), plus the sidecar with its spool on tmpfs to show
+# what the per-statement disk flush costs. Workloads: pgbench select-only (-S) and the
+# built-in read/write TPC-B-like script, at 1, 8 and 32 clients, simple query protocol.
+# p50 is the median transaction latency from pgbench's per-transaction log; for select-only a
+# transaction is one query, so the p50 difference to direct is the latency added per query.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+CLIENTS=${BENCH_CLIENTS:-"1 8 32"}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]:-}"; do [[ -n $pid ]] && kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]:-}"; do [[ -n $pid ]] && wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+command -v pgbench >/dev/null || { echo "pgbench not found (Debian package postgresql-client)" >&2; exit 1; }
+command -v pgbouncer >/dev/null || { echo "pgbouncer not found (Debian package pgbouncer)" >&2; exit 1; }
+
+# ---- PostgreSQL ---------------------------------------------------------------------------
+if [[ -n ${PORTCULLIS_E2E_ENV:-} ]]; then
+    ENV_FILE=$PORTCULLIS_E2E_ENV
+else
+    log "starting the e2e harness"
+    "$ROOT/e2e/scripts/harness.sh" --state "$WORK/harness" --watch-pid $$ >"$WORK/harness.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 600); do [[ -f $WORK/harness/env ]] && break; sleep 0.5; done
+    [[ -f $WORK/harness/env ]] || { cat "$WORK/harness.log" >&2; exit 1; }
+    ENV_FILE=$WORK/harness/env
+fi
+# shellcheck disable=SC1090
+source "$ENV_FILE"
+PG_HOST=$PORTCULLIS_E2E_PG_HOST PG_PORT=$PORTCULLIS_E2E_PG_PORT PG_PASSWORD=$PORTCULLIS_E2E_PG_PASSWORD
+DIRECT_URL=$PORTCULLIS_E2E_PG_URL
+log "initialising pgbench tables (scale 10)"
+pgbench -i -q -s 10 "$DIRECT_URL" >"$WORK/init.log" 2>&1 || { cat "$WORK/init.log" >&2; exit 1; }
+
+# ---- pgbouncer (session mode) -------------------------------------------------------------
+BOUNCER_PORT=$(free_port)
+mkdir -p "$WORK/bouncer"
+printf '"app" "%s"\n' "$PG_PASSWORD" >"$WORK/bouncer/userlist.txt"
+cat >"$WORK/bouncer/pgbouncer.ini" <<INI
+[databases]
+shop = host=$PG_HOST port=$PG_PORT dbname=shop user=app
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+auth_type = trust
+auth_file = $WORK/bouncer/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 64
+unix_socket_dir =
+logfile = $WORK/bouncer/pgbouncer.log
+INI
+BOUNCER_USER=()
+[[ $(id -u) -eq 0 ]] && { chown -R postgres "$WORK/bouncer"; BOUNCER_USER=(-u postgres); }
+pgbouncer "${BOUNCER_USER[@]}" "$WORK/bouncer/pgbouncer.ini" >"$WORK/bouncer/stdout.log" 2>&1 &
+PIDS+=($!)
+
+# ---- sidecar (release) --------------------------------------------------------------------
+log "building the sidecar (release)"
+cargo build --release -q -p portcullis-sidecar --manifest-path "$ROOT/Cargo.toml"
+SIDECAR=$ROOT/target/release/portcullis-sidecar
+mkdir -p "$WORK/secrets"
+printf 'app\n' >"$WORK/secrets/username"
+printf '%s\n' "$PG_PASSWORD" >"$WORK/secrets/password"
+chmod 600 "$WORK/secrets/"*
+start_sidecar() { # NAME SPOOL_DIR -> prints port
+    local name=$1 spool=$2 port admin
+    port=$(free_port); admin=$(free_port)
+    cat >"$WORK/$name.yaml" <<YAML
+apiVersion: portcullis.dev/sidecar-config/v1alpha1
+namespace: bench
+adminListen: 127.0.0.1:$admin
+audit:
+  spoolDir: $spool
+resources:
+- name: shop-db
+  type: postgres
+  listenPort: $port
+  upstream: {host: $PG_HOST, port: $PG_PORT, tlsMode: disable}
+  credentials: {usernameFile: $WORK/secrets/username, passwordFile: $WORK/secrets/password}
+  policies: [bench]
+policies:
+- name: bench
+  spoolLimitBytes: 107374182400
+  guardrails:
+  - {name: no-ddl, statementKinds: [ddl, dcl, truncate, doBlock, setRole], action: deny}
+  - {name: no-unbounded-writes, missingWhere: true, action: deny}
+  - {name: deletes, statementKinds: [delete], action: requireApproval}
+  - {name: accounts-export, tables: [pgbench_accounts], rowsOver: 10000, action: deny}
+  - {name: history-writes, statementKinds: [insert], tables: [pgbench_history], action: audit}
+  approval: {approverGroups: [dba], timeoutSeconds: 60, grantSeconds: 60, grantScope: statement}
+YAML
+    RUST_LOG=warn "$SIDECAR" --config "$WORK/$name.yaml" --service-account bench >"$WORK/$name.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 100); do
+        curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    echo "$port"
+}
+SIDECAR_PORT=$(start_sidecar sidecar "$WORK/spool-disk")
+mkdir -p /dev/shm/portcullis-bench-$$
+SHM_SPOOL=/dev/shm/portcullis-bench-$$
+trap 'cleanup; rm -rf "$SHM_SPOOL"' EXIT
+SIDECAR_SHM_PORT=$(start_sidecar sidecar-tmpfs "$SHM_SPOOL")
+
+declare -A URL=(
+    [direct]=$DIRECT_URL
+    [pgbouncer]="postgresql://app@127.0.0.1:$BOUNCER_PORT/shop?sslmode=disable"
+    [sidecar]="postgresql://agent@127.0.0.1:$SIDECAR_PORT/shop?sslmode=disable"
+    [sidecar-tmpfs-spool]="postgresql://agent@127.0.0.1:$SIDECAR_SHM_PORT/shop?sslmode=disable"
+)
+TARGETS=(direct pgbouncer sidecar sidecar-tmpfs-spool)
+for t in "${TARGETS[@]}"; do
+    psql -X -qtA "${URL[$t]}" -c 'select 1' >/dev/null || { echo "target $t does not answer" >&2; exit 1; }
+done
+
+# ---- runs ---------------------------------------------------------------------------------
+declare -A TPS P50
+for workload in select-only read-write; do
+    flag=(); [[ $workload == select-only ]] && flag=(-S)
+    for c in $CLIENTS; do
+        j=$(( c < 2 ? 1 : 2 ))
+        for t in "${TARGETS[@]}"; do
+            dir=$WORK/logs/$t-$workload-$c
+            mkdir -p "$dir"
+            log "$t $workload $c clients"
+            out=$(cd "$dir" && pgbench -n "${flag[@]}" -c "$c" -j "$j" -T "$SECONDS_PER_RUN" -l --log-prefix=tx "${URL[$t]}" 2>&1) \
+                || { echo "$out" >&2; exit 1; }
+            TPS[$t,$workload,$c]=$(awk '/^tps = /{printf "%.0f", $3}' <<<"$out")
+            P50[$t,$workload,$c]=$(cat "$dir"/tx* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+        done
+    done
+done
+
+# ---- table --------------------------------------------------------------------------------
+printf '\n%-12s %-7s %-20s %10s %9s %9s %12s\n' workload clients target tps "x direct" "p50 µs" "p50 added µs"
+for workload in select-only read-write; do
+    for c in $CLIENTS; do
+        for t in "${TARGETS[@]}"; do
+            d=${TPS[direct,$workload,$c]} v=${TPS[$t,$workload,$c]}
+            printf '%-12s %-7s %-20s %10s %9s %9s %12s\n' "$workload" "$c" "$t" "$v" \
+                "$(awk -v a="$v" -v b="$d" 'BEGIN{printf "%.2f", a/b}')" \
+                "${P50[$t,$workload,$c]}" \
+                "$(( ${P50[$t,$workload,$c]} - ${P50[direct,$workload,$c]} ))"
+        done
+    done
+done
