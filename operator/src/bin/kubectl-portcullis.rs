@@ -1,0 +1,281 @@
+//! `kubectl-portcullis`: the kubectl plugin (`kubectl portcullis ...`).
+//!
+//!   kubectl portcullis approve NAME --reason "..." [-n NAMESPACE]
+//!   kubectl portcullis deny NAME --reason "..." [-n NAMESPACE]
+//!   kubectl portcullis evidence --audit-url URL --ca FILE --token-file FILE -o DIR
+//!       [--from RFC3339] [--to RFC3339] [--subject NAME] [--resource NAME] [-n NAMESPACE]
+//!   kubectl portcullis verify DIR --public-key FILE
+//!
+//! `approve`/`deny` set `spec.decision`; the API server's admission stamps who decided. The
+//! evidence bundle verifies offline with the audit log's public key alone.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use portcullis_audit::bundle::{verify_bundle, write_bundle_from};
+use portcullis_audit::client::AuditClient;
+use portcullis_crds::{AccessRequest, GatewayPolicy};
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(
+    name = "kubectl-portcullis",
+    version,
+    about = "Portcullis kubectl plugin"
+)]
+struct Cli {
+    /// Namespace (defaults to the kubeconfig context's).
+    #[arg(short, long, global = true)]
+    namespace: Option<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args)]
+struct EvidenceArgs {
+    /// Base URL of the audit service (for example through `kubectl port-forward`).
+    #[arg(long)]
+    audit_url: String,
+    /// PEM CA of the audit service (ConfigMap portcullis-audit-ca).
+    #[arg(long)]
+    ca: PathBuf,
+    /// File holding a bearer token of a user allowed `get auditretentions/evidence`.
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Only records at or after this time (RFC 3339).
+    #[arg(long)]
+    from: Option<Timestamp>,
+    /// Only records before this time (RFC 3339).
+    #[arg(long)]
+    to: Option<Timestamp>,
+    /// Only records of this subject (service account or user name).
+    #[arg(long)]
+    subject: Option<String>,
+    /// Only records of this ProtectedResource.
+    #[arg(long)]
+    resource: Option<String>,
+    /// Output directory.
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Approve a pending AccessRequest.
+    Approve {
+        /// AccessRequest name.
+        name: String,
+        /// Why (kept as evidence).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Deny a pending AccessRequest.
+    Deny {
+        /// AccessRequest name.
+        name: String,
+        /// Why (shown to the requester and kept as evidence).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Export an evidence bundle from the audit service.
+    Evidence(EvidenceArgs),
+    /// Verify an evidence bundle offline.
+    Verify {
+        /// Bundle directory.
+        dir: PathBuf,
+        /// File with the raw 32-byte ed25519 public key, or its hex.
+        #[arg(long)]
+        public_key: PathBuf,
+    },
+}
+
+async fn decide(
+    client: kube::Client,
+    ns: &str,
+    name: &str,
+    verdict: &str,
+    reason: &str,
+) -> Result<String, String> {
+    if reason.trim().is_empty() {
+        return Err("a decision needs a reason: pass --reason \"...\"".into());
+    }
+    let api: Api<AccessRequest> = Api::namespaced(client, ns);
+    let patch = serde_json::json!({"spec": {"decision": {"verdict": verdict, "reason": reason}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) => s.message,
+            other => other.to_string(),
+        })?;
+    Ok(format!(
+        "accessrequest.portcullis.dev/{name} {}",
+        verdict.to_lowercase()
+    ))
+}
+
+fn keep(
+    entry: &Value,
+    from: Option<Timestamp>,
+    to: Option<Timestamp>,
+    subject: Option<&str>,
+    resource: Option<&str>,
+) -> bool {
+    let r = &entry["record"];
+    let time = r["time"].as_str().and_then(|t| t.parse::<Timestamp>().ok());
+    if let (Some(f), Some(t)) = (from, time) {
+        if t < f {
+            return false;
+        }
+    }
+    if let (Some(end), Some(t)) = (to, time) {
+        if t >= end {
+            return false;
+        }
+    }
+    if let Some(s) = subject {
+        let name = r["identity"]["name"].as_str().unwrap_or("");
+        let user = entry["source"]["user"].as_str().unwrap_or("");
+        if name != s && user != s {
+            return false;
+        }
+    }
+    if let Some(res) = resource {
+        if r["resource"].as_str() != Some(res) {
+            return false;
+        }
+    }
+    true
+}
+
+async fn evidence(client: kube::Client, ns: &str, args: EvidenceArgs) -> Result<String, String> {
+    let EvidenceArgs {
+        audit_url,
+        ca,
+        token_file,
+        from,
+        to,
+        subject,
+        resource,
+        output,
+    } = args;
+    let (audit_url, ca, token_file, output) = (
+        audit_url.as_str(),
+        ca.as_path(),
+        token_file.as_path(),
+        output.as_path(),
+    );
+    let token = std::fs::read_to_string(token_file)
+        .map_err(|e| format!("{}: {e}", token_file.display()))?;
+    let audit =
+        AuditClient::new(audit_url, ca, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+    let sth = audit.latest_head().await.map_err(|e| e.to_string())?;
+    let size = u64::try_from(sth.tree_size).unwrap_or(0);
+    let entries = audit
+        .entries(token.trim(), 0, size, size)
+        .await
+        .map_err(|e| e.to_string())?;
+    let select = |e: &Value| keep(e, from, to, subject.as_deref(), resource.as_deref());
+    let n = write_bundle_from(entries, &sth, &select, output).map_err(|e| e.to_string())?;
+    // The policies in force and the approvals, with their generations, for the auditor.
+    let policies = Api::<GatewayPolicy>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("list GatewayPolicies: {e}"))?;
+    let requests = Api::<AccessRequest>::namespaced(client, ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("list AccessRequests: {e}"))?;
+    for (file, items) in [
+        ("policies.yaml", serde_yaml::to_string(&policies.items)),
+        (
+            "accessrequests.yaml",
+            serde_yaml::to_string(&requests.items),
+        ),
+    ] {
+        let text = items.map_err(|e| e.to_string())?;
+        let path = output.join(file);
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(format!(
+        "wrote {n} records, proofs to the signed tree head of size {size}, {} policies and {} access requests to {}",
+        policies.items.len(),
+        requests.items.len(),
+        output.display()
+    ))
+}
+
+fn read_public_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() == 32 {
+        return Ok(bytes);
+    }
+    hex::decode(String::from_utf8_lossy(&bytes).trim())
+        .ok()
+        .filter(|k| k.len() == 32)
+        .ok_or_else(|| {
+            format!(
+                "{}: not a 32-byte ed25519 public key (raw or hex)",
+                path.display()
+            )
+        })
+}
+
+async fn kube_client(namespace: Option<String>) -> Result<(kube::Client, String), String> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| format!("kubeconfig: {e}"))?;
+    let ns = namespace.unwrap_or_else(|| config.default_namespace.clone());
+    Ok((
+        kube::Client::try_from(config).map_err(|e| e.to_string())?,
+        ns,
+    ))
+}
+
+async fn run(cli: Cli) -> Result<String, String> {
+    match cli.command {
+        Cmd::Verify { dir, public_key } => {
+            let key = read_public_key(&public_key)?;
+            let report =
+                verify_bundle(&dir, &key).map_err(|e| format!("verification failed: {e}"))?;
+            Ok(format!(
+                "verified {} records against the signed tree head of size {}",
+                report.records, report.tree_size
+            ))
+        }
+        Cmd::Approve { name, reason } => {
+            let (client, ns) = kube_client(cli.namespace).await?;
+            decide(client, &ns, &name, "Approved", &reason).await
+        }
+        Cmd::Deny { name, reason } => {
+            let (client, ns) = kube_client(cli.namespace).await?;
+            decide(client, &ns, &name, "Denied", &reason).await
+        }
+        Cmd::Evidence(args) => {
+            let (client, ns) = kube_client(cli.namespace).await?;
+            evidence(client, &ns, args).await
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

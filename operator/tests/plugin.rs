@@ -1,0 +1,321 @@
+//! The kubectl plugin against the real API server and a real audit service: approvers decide
+//! with `approve`/`deny` (RBAC and the API's CEL rules apply), `evidence` exports a bundle that
+//! `verify` checks offline with the public key alone, and names a tampered record.
+
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, PostParams};
+use portcullis_audit::service::{run_signer, serve_tls, AuditService, Witness};
+use portcullis_audit::store::{Log, LogOptions};
+use portcullis_crds::audit_log::LogSigner;
+use portcullis_e2e::{harness, repo_root, User};
+
+const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-portcullis");
+
+fn plugin(kubeconfig: &str, args: &[&str]) -> Output {
+    Command::new(PLUGIN)
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl-portcullis")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn create<K>(client: &kube::Client, ns: &str, value: serde_json::Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+    K::DynamicType: Default,
+{
+    let object: K = serde_json::from_value(value).expect("object");
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &object)
+        .await
+        .expect("create");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_and_deny_follow_rbac_and_the_api_rules() {
+    let h = harness();
+    h.install_crds().await;
+    let client = h.client().await;
+    let ns = h.namespace("plugin").await;
+    let example = repo_root().join("examples/gdpr/accessrequest.yaml");
+    let out = h.kubectl(&["apply", "-n", &ns, "-f", &example.to_string_lossy()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let bob = h.kubeconfig_of(User::Approver);
+
+    // Without RBAC, bob is refused by the API server.
+    let out = plugin(
+        bob,
+        &[
+            "approve",
+            "support-agent-7f3a9c",
+            "--reason",
+            "ticket 4711",
+            "-n",
+            &ns,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("forbidden"), "{}", text(&out));
+
+    create::<Role>(&client, &ns, serde_json::json!({
+        "metadata": {"name": "approver"},
+        "rules": [{"apiGroups": ["portcullis.dev"], "resources": ["accessrequests"], "verbs": ["get", "patch"]}]
+    }))
+    .await;
+    create::<RoleBinding>(&client, &ns, serde_json::json!({
+        "metadata": {"name": "approvers"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "approver"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "portcullis-approvers"}]
+    }))
+    .await;
+    let out = plugin(
+        bob,
+        &["approve", "support-agent-7f3a9c", "--reason", "", "-n", &ns],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("a decision needs a reason"),
+        "{}",
+        text(&out)
+    );
+    let mut approved = None;
+    for _ in 0..50 {
+        // RBAC changes take effect within moments.
+        let out = plugin(
+            bob,
+            &[
+                "approve",
+                "support-agent-7f3a9c",
+                "--reason",
+                "ticket 4711",
+                "-n",
+                &ns,
+            ],
+        );
+        if out.status.success() {
+            approved = Some(out);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = approved.expect("approved once RBAC allows it");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "accessrequest.portcullis.dev/support-agent-7f3a9c approved"
+    );
+    let out = h.kubectl(&[
+        "get",
+        "ar",
+        "-n",
+        &ns,
+        "support-agent-7f3a9c",
+        "-o",
+        "jsonpath={.spec.decision.verdict}/{.spec.decision.reason}",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Approved/ticket 4711");
+    // A decision cannot be changed.
+    let out = plugin(
+        bob,
+        &[
+            "deny",
+            "support-agent-7f3a9c",
+            "--reason",
+            "changed my mind",
+            "-n",
+            &ns,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("a decision cannot be changed or withdrawn once made"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_exports_a_bundle_that_verifies_offline() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let h = harness();
+    h.install_crds().await;
+    let client = h.client().await;
+    let ns = h.namespace("evidence").await;
+    create::<portcullis_crds::AuditRetention>(
+        &client,
+        &ns,
+        serde_json::json!({
+            "apiVersion": "portcullis.dev/v1alpha1", "kind": "AuditRetention",
+            "metadata": {"name": "default"}, "spec": {"retainFor": "400d"}
+        }),
+    )
+    .await;
+    let policy = repo_root().join("examples/gdpr/gatewaypolicy.yaml");
+    let out = h.kubectl(&["apply", "-n", &ns, "-f", &policy.to_string_lossy()]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // An audit service with records from two agents.
+    let work = tempfile::tempdir().expect("tmp");
+    let mut log = Log::open(&work.path().join("log"), LogOptions::default()).expect("log");
+    let entries: Vec<Vec<u8>> = (0..40u64)
+        .map(|i| {
+            let agent = if i % 2 == 0 { "support-agent" } else { "billing-agent" };
+            serde_json::json!({
+                "id": format!("uid:{i}"), "receivedAt": "2026-11-23T06:00:00.000000Z",
+                "source": {"user": format!("system:serviceaccount:{ns}:{agent}"), "namespace": ns, "serviceAccount": agent},
+                "record": {"version": "portcullis.dev/audit/v1alpha1", "seq": i, "time": format!("2026-11-23T06:{:02}:00.000000Z", i),
+                           "sessionId": "s", "identity": {"kind": "ServiceAccount", "name": agent, "namespace": ns},
+                           "resource": "customers-db",
+                           "event": {"type": "statement", "statementId": i, "protocol": "simple",
+                                     "statement": "SELECT id, email FROM customers WHERE id = ?", "fingerprint": "f", "kinds": ["select"], "decision": "allow"}}
+            })
+            .to_string()
+            .into_bytes()
+        })
+        .collect();
+    log.append(&entries).expect("append");
+    let log = Arc::new(Mutex::new(log));
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+        .expect("key");
+    let signer = LogSigner::from_pkcs8(pkcs8.as_ref()).expect("signer");
+    let key_file = work.path().join("audit.pub");
+    std::fs::write(&key_file, hex::encode(signer.public_key())).expect("public key");
+    let witness = Witness {
+        namespace: ns.clone(),
+        name: "default".into(),
+    };
+    let service = AuditService::new(client.clone(), log.clone()).with_witness(witness.clone());
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+    let ca = work.path().join("ca.crt");
+    std::fs::write(&ca, cert.cert.pem()).expect("ca");
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
+        )
+        .expect("tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut s1 = stopped.clone();
+    tokio::spawn(serve_tls(
+        listener,
+        Arc::new(tls),
+        service.router(),
+        async move {
+            let _ = s1.changed().await;
+        },
+    ));
+    let mut s2 = stopped.clone();
+    tokio::spawn(run_signer(
+        log,
+        signer,
+        Duration::from_millis(100),
+        Some(client.clone()),
+        Some(witness),
+        async move {
+            let _ = s2.changed().await;
+        },
+    ));
+
+    // An auditor allowed to read evidence.
+    h.service_account(&ns, "auditor").await;
+    create::<Role>(&client, &ns, serde_json::json!({
+        "metadata": {"name": "evidence"},
+        "rules": [{"apiGroups": ["portcullis.dev"], "resources": ["auditretentions/evidence", "gatewaypolicies", "accessrequests"], "verbs": ["get", "list"]}]
+    }))
+    .await;
+    create::<RoleBinding>(&client, &ns, serde_json::json!({
+        "metadata": {"name": "auditor"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "evidence"},
+        "subjects": [{"kind": "ServiceAccount", "name": "auditor", "namespace": ns}]
+    }))
+    .await;
+    let token_file = work.path().join("token");
+    std::fs::write(&token_file, h.token(&ns, "auditor", None, None).await).expect("token");
+    tokio::time::sleep(Duration::from_millis(500)).await; // a signed head exists
+
+    let bundle = work.path().join("bundle");
+    let (ca_s, token_s, bundle_s, key_s) = (
+        ca.to_string_lossy().into_owned(),
+        token_file.to_string_lossy().into_owned(),
+        bundle.to_string_lossy().into_owned(),
+        key_file.to_string_lossy().into_owned(),
+    );
+    let out = plugin(
+        h.kubeconfig(),
+        &[
+            "evidence",
+            "-n",
+            &ns,
+            "--audit-url",
+            &url,
+            "--ca",
+            &ca_s,
+            "--token-file",
+            &token_s,
+            "--subject",
+            "support-agent",
+            "--from",
+            "2026-11-23T06:10:00Z",
+            "-o",
+            &bundle_s,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // Records 10..40 of support-agent: the even ones, 15 of them.
+    assert!(
+        text(&out)
+            .starts_with("wrote 15 records, proofs to the signed tree head of size 40, 1 policies"),
+        "{}",
+        text(&out)
+    );
+    let policies = std::fs::read_to_string(bundle.join("policies.yaml")).expect("policies");
+    assert!(policies.contains("customers-gdpr"));
+    let out = plugin(
+        h.kubeconfig(),
+        &["verify", &bundle_s, "--public-key", &key_s],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "verified 15 records against the signed tree head of size 40"
+    );
+
+    // One record rewritten: verify names it.
+    let records = std::fs::read_to_string(bundle.join("records.jsonl")).expect("records");
+    std::fs::write(
+        bundle.join("records.jsonl"),
+        records.replacen("\"allow\"", "\"deny\"", 1),
+    )
+    .expect("tamper");
+    let out = plugin(
+        h.kubeconfig(),
+        &["verify", &bundle_s, "--public-key", &key_s],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("verification failed: record 1 (log index 10) fails verification"),
+        "{}",
+        text(&out)
+    );
+    let _ = stop.send(true);
+}
