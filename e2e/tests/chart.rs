@@ -132,8 +132,8 @@ fn values_matrix_renders_what_each_value_asks_for() {
     ]));
     assert_eq!(
         scoped.matches("team: agents").count(),
-        3,
-        "both injection webhooks and the validator: {scoped}"
+        5,
+        "the injection, decision and validation webhooks: {scoped}"
     );
     assert!(scoped.contains("replicas: 3"));
 }

@@ -91,6 +91,16 @@ fn selector(opts: &Options, inject: Option<(&str, Vec<String>)>) -> LabelSelecto
     }
 }
 
+fn access_request_rules() -> Vec<RuleWithOperations> {
+    vec![RuleWithOperations {
+        api_groups: Some(vec![portcullis_crds::GROUP.to_owned()]),
+        api_versions: Some(vec![portcullis_crds::VERSION.to_owned()]),
+        operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
+        resources: Some(vec!["accessrequests".to_owned()]),
+        scope: Some("Namespaced".to_owned()),
+    }]
+}
+
 fn pod_rules() -> Vec<RuleWithOperations> {
     let rule = |operation: &str, resource: &str| RuleWithOperations {
         api_groups: Some(vec![String::new()]),
@@ -138,6 +148,17 @@ pub fn mutating(opts: &Options) -> MutatingWebhookConfiguration {
                 "Ignore",
                 selector(opts, Some(("NotIn", vec![INJECT_ENABLED.to_owned()]))),
             ),
+            // Stamps who decided an AccessRequest; a decision is never recorded unstamped.
+            MutatingWebhook {
+                rules: Some(access_request_rules()),
+                reinvocation_policy: Some("Never".to_owned()),
+                ..common(
+                    "accessrequests.portcullis.dev",
+                    "/mutate-accessrequests",
+                    "Fail",
+                    selector(opts, None),
+                )
+            },
         ]),
         ..MutatingWebhookConfiguration::default()
     };
@@ -148,24 +169,39 @@ pub fn mutating(opts: &Options) -> MutatingWebhookConfiguration {
 /// The GatewayPolicy validation webhook (failurePolicy Fail).
 pub fn validating(opts: &Options) -> ValidatingWebhookConfiguration {
     let mut cfg = ValidatingWebhookConfiguration {
-        webhooks: Some(vec![ValidatingWebhook {
-            name: "gatewaypolicies.portcullis.dev".to_owned(),
-            admission_review_versions: vec!["v1".to_owned()],
-            client_config: client_config(opts, "/validate-gatewaypolicies"),
-            failure_policy: Some("Fail".to_owned()),
-            match_policy: Some("Equivalent".to_owned()),
-            namespace_selector: Some(selector(opts, None)),
-            rules: Some(vec![RuleWithOperations {
-                api_groups: Some(vec![portcullis_crds::GROUP.to_owned()]),
-                api_versions: Some(vec![portcullis_crds::VERSION.to_owned()]),
-                operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
-                resources: Some(vec!["gatewaypolicies".to_owned()]),
-                scope: Some("Namespaced".to_owned()),
-            }]),
-            side_effects: "None".to_owned(),
-            timeout_seconds: Some(10),
-            ..ValidatingWebhook::default()
-        }]),
+        webhooks: Some(vec![
+            ValidatingWebhook {
+                name: "gatewaypolicies.portcullis.dev".to_owned(),
+                admission_review_versions: vec!["v1".to_owned()],
+                client_config: client_config(opts, "/validate-gatewaypolicies"),
+                failure_policy: Some("Fail".to_owned()),
+                match_policy: Some("Equivalent".to_owned()),
+                namespace_selector: Some(selector(opts, None)),
+                rules: Some(vec![RuleWithOperations {
+                    api_groups: Some(vec![portcullis_crds::GROUP.to_owned()]),
+                    api_versions: Some(vec![portcullis_crds::VERSION.to_owned()]),
+                    operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
+                    resources: Some(vec!["gatewaypolicies".to_owned()]),
+                    scope: Some("Namespaced".to_owned()),
+                }]),
+                side_effects: "None".to_owned(),
+                timeout_seconds: Some(10),
+                ..ValidatingWebhook::default()
+            },
+            // Refuses self-approval and decisions by anyone not an approver of the policy.
+            ValidatingWebhook {
+                name: "accessrequests.portcullis.dev".to_owned(),
+                admission_review_versions: vec!["v1".to_owned()],
+                client_config: client_config(opts, "/validate-accessrequests"),
+                failure_policy: Some("Fail".to_owned()),
+                match_policy: Some("Equivalent".to_owned()),
+                namespace_selector: Some(selector(opts, None)),
+                rules: Some(access_request_rules()),
+                side_effects: "None".to_owned(),
+                timeout_seconds: Some(10),
+                ..ValidatingWebhook::default()
+            },
+        ]),
         ..ValidatingWebhookConfiguration::default()
     };
     cfg.metadata.name = Some(opts.name.clone());

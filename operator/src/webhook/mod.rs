@@ -1,7 +1,9 @@
 //! The admission webhooks: sidecar injection (`/mutate-pods` for labelled namespaces,
 //! `/mutate-pods-opt-in` for pods that opt in elsewhere) and GatewayPolicy validation
-//! (`/validate-gatewaypolicies`), served over TLS.
+//! (`/validate-gatewaypolicies`), AccessRequest decisions (`/mutate-accessrequests` stamps who
+//! decided, `/validate-accessrequests` refuses self-approval and non-approvers), served over TLS.
 
+pub mod access_request;
 pub mod config;
 pub mod server;
 pub mod validate;

@@ -256,6 +256,10 @@ async fn handle(
         Ok(req) => match webhook {
             "inject" => mutate_pod(state, &req, true).await,
             "inject-opt-in" => mutate_pod(state, &req, false).await,
+            "stamp-decision" => super::access_request::stamp(&req),
+            "authorize-decision" => {
+                super::access_request::authorize(&state.inner.client, &req).await
+            }
             _ => super::validate::review(&req),
         },
     };
@@ -295,6 +299,22 @@ pub fn router(state: WebhookState) -> Router {
             post(
                 |State(s): State<WebhookState>, Json(r): Json<AdmissionReview<DynamicObject>>| async move {
                     handle(&s, "validate-policy", r).await
+                },
+            ),
+        )
+        .route(
+            "/mutate-accessrequests",
+            post(
+                |State(s): State<WebhookState>, Json(r): Json<AdmissionReview<DynamicObject>>| async move {
+                    handle(&s, "stamp-decision", r).await
+                },
+            ),
+        )
+        .route(
+            "/validate-accessrequests",
+            post(
+                |State(s): State<WebhookState>, Json(r): Json<AdmissionReview<DynamicObject>>| async move {
+                    handle(&s, "authorize-decision", r).await
                 },
             ),
         )

@@ -1,0 +1,174 @@
+//! AccessRequest decisions at admission, against the real API server: the decider is stamped
+//! from the authenticated user whatever the client wrote, only approvers of the policy may
+//! decide, and nobody decides their own request.
+
+mod common;
+
+use std::process::Output;
+
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, PostParams};
+use portcullis_crds::AccessRequest;
+use portcullis_e2e::{harness, repo_root, User};
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_are_stamped_and_only_approvers_decide() {
+    let h = harness();
+    h.install_crds().await;
+    let client = h.client().await;
+    let ns = h.namespace("approvals").await;
+    common::label_namespace(&client, &ns, &[(common::TEST_LABEL, &ns)]).await;
+    let webhook = common::Webhook::start(client.clone()).await;
+    let name = format!("approvals-{ns}");
+    common::register(
+        &client,
+        &common::options(&name, webhook.url(), Some(webhook.ca_pem.clone()), &ns),
+    )
+    .await;
+
+    for f in ["gatewaypolicy.yaml", "accessrequest.yaml"] {
+        let path = repo_root().join("examples/gdpr").join(f);
+        let out = h.kubectl(&["apply", "-n", &ns, "-f", &path.to_string_lossy()]);
+        assert!(out.status.success(), "{f}: {}", text(&out));
+    }
+    let role: Role = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "decide"},
+        "rules": [{"apiGroups": ["portcullis.dev"], "resources": ["accessrequests"], "verbs": ["get", "patch", "create"]}]
+    }))
+    .expect("role");
+    Api::<Role>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("role");
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "decide"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "decide"},
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"},
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}
+        ]
+    }))
+    .expect("binding");
+    Api::<RoleBinding>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("binding");
+
+    let decide = |user: User, ar: &str, body: &str| {
+        h.kubectl_as(
+            user,
+            &["patch", "ar", ar, "-n", &ns, "--type=merge", "-p", body],
+        )
+    };
+    // alice is not in portcullis-approvers.
+    let out = decide(
+        User::Owner,
+        "support-agent-7f3a9c",
+        r#"{"spec":{"decision":{"verdict":"Approved","reason":"ok"}}}"#,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("alice is not an approver of GatewayPolicy customers-gdpr: ask a member of groups [portcullis-approvers]"),
+        "{}",
+        text(&out)
+    );
+    // bob approves, claiming to be somebody else: the stamp says bob.
+    let out = decide(
+        User::Approver,
+        "support-agent-7f3a9c",
+        r#"{"spec":{"decision":{"verdict":"Approved","reason":"ticket 4711","decidedBy":"mallory","decidedAt":"2020-01-01T00:00:00Z"}}}"#,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let api: Api<AccessRequest> = Api::namespaced(client.clone(), &ns);
+    let decision = api
+        .get("support-agent-7f3a9c")
+        .await
+        .expect("get")
+        .spec
+        .decision
+        .expect("decision");
+    assert_eq!(decision.decided_by.as_deref(), Some("bob"));
+    let at = decision.decided_at.expect("decidedAt").0;
+    assert!(
+        k8s_openapi::jiff::Timestamp::now()
+            .duration_since(at)
+            .as_secs()
+            < 120
+    );
+    // Rewriting only the stamp is ignored.
+    let out = decide(
+        User::Approver,
+        "support-agent-7f3a9c",
+        r#"{"spec":{"decision":{"decidedBy":"mallory"}}}"#,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stored = api
+        .get("support-agent-7f3a9c")
+        .await
+        .expect("get")
+        .spec
+        .decision
+        .expect("decision");
+    assert_eq!(stored.decided_by.as_deref(), Some("bob"));
+    assert_eq!(
+        stored.decided_at,
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at))
+    );
+
+    // bob cannot decide a request he made himself (through a pipeline token, say).
+    let own: AccessRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "portcullis.dev/v1alpha1", "kind": "AccessRequest",
+        "metadata": {"name": "bobs-own"},
+        "spec": {
+            "requester": {"name": "bob", "serviceAccount": format!("system:serviceaccount:{ns}:ci"), "user": "bob"},
+            "resource": "customers-db", "policy": "customers-gdpr", "rule": "customer-writes",
+            "operation": {"kind": "sql", "statement": "DELETE FROM customers WHERE id = $1", "fingerprint": "f1"}
+        }
+    }))
+    .expect("request");
+    api.create(&PostParams::default(), &own)
+        .await
+        .expect("create");
+    let out = decide(
+        User::Approver,
+        "bobs-own",
+        r#"{"spec":{"decision":{"verdict":"Approved","reason":"mine"}}}"#,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out)
+            .contains("bob requested this operation and cannot decide it: another approver must"),
+        "{}",
+        text(&out)
+    );
+    // Nor can a request be created already decided by its requester's side.
+    let mut pre = own.clone();
+    pre.metadata.name = Some("pre-decided".into());
+    pre.spec.requester.user = None;
+    pre.spec.decision = Some(portcullis_crds::Decision {
+        verdict: portcullis_crds::Verdict::Approved,
+        reason: "self-service".into(),
+        decided_by: None,
+        decided_at: None,
+    });
+    let err = api
+        .create(&PostParams::default(), &pre)
+        .await
+        .expect_err("pre-decided");
+    assert!(
+        err.to_string()
+            .contains("is not an approver of GatewayPolicy customers-gdpr"),
+        "{err}"
+    );
+
+    common::unregister(&client, &name).await;
+    webhook.stop().await;
+}
