@@ -564,3 +564,127 @@ async fn metrics_health_and_readiness_are_served() {
         assert!(body.contains(metric), "{metric} missing from:\n{body}");
     }
 }
+
+#[tokio::test]
+async fn access_requests_move_through_their_phases_with_events() {
+    let client = client().await;
+    // In a namespace of its own with the decision webhooks of this operator.
+    let ns = scoped_namespace(&client, "ar-lifecycle", false).await;
+    let policy: GatewayPolicy = serde_json::from_value(json!({
+        "apiVersion": "portcullis.dev/v1alpha1", "kind": "GatewayPolicy",
+        "metadata": {"name": "writes"},
+        "spec": {
+            "guardrails": [{"name": "writes", "match": {"statementKinds": ["delete"]}, "action": "requireApproval"}],
+            "approval": {"approverUsers": ["e2e-admin"], "timeout": "3s", "grantDuration": "4s"}
+        }
+    }))
+    .expect("policy");
+    Api::<GatewayPolicy>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("policy");
+    let api: Api<portcullis_crds::AccessRequest> = Api::namespaced(client.clone(), &ns);
+    let request = |name: &str| -> portcullis_crds::AccessRequest {
+        serde_json::from_value(json!({
+            "apiVersion": "portcullis.dev/v1alpha1", "kind": "AccessRequest",
+            "metadata": {"name": name},
+            "spec": {
+                "requester": {"name": "agent", "serviceAccount": format!("system:serviceaccount:{ns}:agent")},
+                "resource": "db", "policy": "writes", "rule": "writes",
+                "operation": {"kind": "sql", "statement": "DELETE FROM t WHERE id = $1", "fingerprint": "f"}
+            }
+        }))
+        .expect("request")
+    };
+    for name in ["times-out", "approved", "denied"] {
+        api.create(&PostParams::default(), &request(name))
+            .await
+            .expect("create");
+    }
+    let phase = |name: &'static str| {
+        let api = api.clone();
+        async move {
+            api.get(name)
+                .await
+                .ok()
+                .and_then(|a| a.status)
+                .map(|s| (s.phase, s.expires_at))
+        }
+    };
+    eventually(Duration::from_secs(20), "times-out Pending", || async {
+        phase("times-out")
+            .await
+            .filter(|(p, e)| *p == portcullis_crds::AccessRequestPhase::Pending && e.is_some())
+    })
+    .await;
+    let decide = |name: &'static str, verdict: &'static str| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"spec": {"decision": {"verdict": verdict, "reason": "ticket 7"}}}),
+                ),
+            )
+            .await
+            .expect("decide");
+        }
+    };
+    decide("approved", "Approved").await;
+    decide("denied", "Denied").await;
+    eventually(Duration::from_secs(20), "approved Approved", || async {
+        phase("approved")
+            .await
+            .filter(|(p, e)| *p == portcullis_crds::AccessRequestPhase::Approved && e.is_some())
+    })
+    .await;
+    eventually(Duration::from_secs(20), "denied Denied", || async {
+        phase("denied")
+            .await
+            .filter(|(p, _)| *p == portcullis_crds::AccessRequestPhase::Denied)
+    })
+    .await;
+    // The 3 s approval timeout and the 4 s grant run out.
+    eventually(Duration::from_secs(30), "times-out Expired", || async {
+        phase("times-out")
+            .await
+            .filter(|(p, _)| *p == portcullis_crds::AccessRequestPhase::Expired)
+    })
+    .await;
+    eventually(Duration::from_secs(30), "approved Expired", || async {
+        phase("approved")
+            .await
+            .filter(|(p, _)| *p == portcullis_crds::AccessRequestPhase::Expired)
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let reasons = eventually(Duration::from_secs(20), "events", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        let reasons: Vec<String> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
+        [
+            "Requested",
+            "Approved",
+            "Denied",
+            "TimedOut",
+            "GrantExpired",
+        ]
+        .iter()
+        .all(|r| reasons.iter().any(|x| x == r))
+        .then_some(reasons)
+    })
+    .await;
+    assert!(reasons.contains(&"GrantExpired".to_owned()));
+    let stamped = api
+        .get("approved")
+        .await
+        .expect("get")
+        .spec
+        .decision
+        .expect("decision");
+    assert_eq!(
+        stamped.decided_by.as_deref(),
+        Some("e2e-admin"),
+        "stamped by the decision webhook"
+    );
+}

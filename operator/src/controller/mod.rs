@@ -5,7 +5,10 @@
 //!   status.
 //! - [`protected_resource`]: resolve each ProtectedResource's credentials Secret, check its
 //!   endpoint and port, count the pods bound to it.
+//! - [`access_request`]: move each AccessRequest through Pending, Approved, Denied and
+//!   Expired, with an Event for every transition.
 
+pub mod access_request;
 pub mod gateway_policy;
 pub mod protected_resource;
 
@@ -179,6 +182,7 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
     let stop = futures::FutureExt::shared(Box::pin(stop));
     tokio::join!(
         gateway_policy::run(ctx.clone(), stop.clone()),
-        protected_resource::run(ctx.clone(), stop),
+        protected_resource::run(ctx.clone(), stop.clone()),
+        access_request::run(ctx.clone(), stop),
     );
 }

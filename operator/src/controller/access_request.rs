@@ -1,0 +1,270 @@
+//! The AccessRequest lifecycle: `Pending` until decided or until the policy's approval
+//! timeout; `Approved` for the grant duration (the policy's `grantDuration`, capped by what the
+//! requester asked for), then `Expired`; `Denied` for good. Every transition is an Event, and
+//! the status carries when the current phase ends.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use portcullis_crds::{AccessRequest, AccessRequestPhase, GatewayPolicy, Verdict};
+
+use super::{key, Context, ReconcileError};
+
+const CONTROLLER: &str = "accessrequest";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_GRANT: Duration = Duration::from_secs(60 * 60);
+
+/// Run the controller until `stop` resolves.
+pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync + 'static) {
+    let api = Api::<AccessRequest>::all(ctx.client.clone());
+    let ctx2 = ctx.clone();
+    Controller::new(api, watcher::Config::default())
+        .graceful_shutdown_on(stop)
+        .run(
+            |ar, ctx: Arc<Context>| async move {
+                let k = key(ar.as_ref());
+                ctx.instrument(CONTROLLER, k, reconcile(&ar, &ctx)).await
+            },
+            move |ar, e, _| ctx2.backoff(CONTROLLER, key(ar.as_ref()), e),
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+/// The phase a request should be in now, when that phase ends, and why.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Next {
+    /// The phase.
+    pub phase: AccessRequestPhase,
+    /// When it ends (Pending and Approved only).
+    pub expires_at: Option<Timestamp>,
+    /// Event reason of a transition into it.
+    pub reason: &'static str,
+    /// Event note.
+    pub message: String,
+}
+
+/// Decide the phase of a request (pure: all times are given).
+pub fn next_phase(ar: &AccessRequest, now: Timestamp, timeout: Duration, grant: Duration) -> Next {
+    let status = ar.status.clone().unwrap_or_default();
+    let span = |d: Duration| SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX);
+    match (&ar.spec.decision, status.phase) {
+        (_, AccessRequestPhase::Expired) | (_, AccessRequestPhase::Denied) => Next {
+            phase: status.phase,
+            expires_at: None,
+            reason: "Unchanged",
+            message: String::new(),
+        },
+        (Some(d), _) if d.verdict == Verdict::Denied => Next {
+            phase: AccessRequestPhase::Denied,
+            expires_at: None,
+            reason: "Denied",
+            message: format!(
+                "denied by {}: {}",
+                d.decided_by.as_deref().unwrap_or("an approver"),
+                d.reason
+            ),
+        },
+        (Some(d), phase) => {
+            let start = match (phase, status.expires_at.as_ref()) {
+                (AccessRequestPhase::Approved, Some(e)) => e.0 - span(grant),
+                _ => d.decided_at.as_ref().map_or(now, |t| t.0),
+            };
+            let expires = start + span(grant);
+            if now >= expires {
+                Next {
+                    phase: AccessRequestPhase::Expired,
+                    expires_at: None,
+                    reason: "GrantExpired",
+                    message: format!("the approval ran out at {expires:.0}"),
+                }
+            } else {
+                Next {
+                    phase: AccessRequestPhase::Approved,
+                    expires_at: Some(expires),
+                    reason: "Approved",
+                    message: format!(
+                        "approved by {} until {expires:.0}: {}",
+                        d.decided_by.as_deref().unwrap_or("an approver"),
+                        d.reason
+                    ),
+                }
+            }
+        }
+        (None, _) => {
+            let created = ar.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
+            let expires = created + span(timeout);
+            if now >= expires {
+                Next {
+                    phase: AccessRequestPhase::Expired,
+                    expires_at: None,
+                    reason: "TimedOut",
+                    message: format!("no decision before {expires:.0}"),
+                }
+            } else {
+                Next {
+                    phase: AccessRequestPhase::Pending,
+                    expires_at: Some(expires),
+                    reason: "Requested",
+                    message: format!(
+                        "waiting for an approver until {expires:.0}: kubectl portcullis approve {} --reason ...",
+                        ar.name_any()
+                    ),
+                }
+            }
+        }
+    }
+}
+
+async fn reconcile(ar: &AccessRequest, ctx: &Context) -> Result<Action, ReconcileError> {
+    let ns = ar.namespace().unwrap_or_default();
+    let approval = Api::<GatewayPolicy>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&ar.spec.policy)
+        .await?
+        .and_then(|p| p.spec.approval);
+    let timeout = approval
+        .as_ref()
+        .map_or(DEFAULT_TIMEOUT, |a| Duration::from(a.timeout));
+    let policy_grant = approval
+        .as_ref()
+        .map_or(DEFAULT_GRANT, |a| Duration::from(a.grant_duration));
+    let grant = ar
+        .spec
+        .requested_duration
+        .map(Duration::from)
+        .map_or(policy_grant, |asked| asked.min(policy_grant));
+    let now = Timestamp::now();
+    let next = next_phase(ar, now, timeout, grant);
+    let status = ar.status.clone().unwrap_or_default();
+    let expires = next.expires_at.map(Time);
+    if next.phase != status.phase || expires != status.expires_at || ar.status.is_none() {
+        let patch = serde_json::json!({
+            "status": {
+                "phase": next.phase,
+                "expiresAt": expires,
+                "observedGeneration": ar.metadata.generation,
+            }
+        });
+        Api::<AccessRequest>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(
+                &ar.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        if next.phase != status.phase || ar.status.is_none() {
+            let type_ = match next.phase {
+                AccessRequestPhase::Denied | AccessRequestPhase::Expired => EventType::Warning,
+                _ => EventType::Normal,
+            };
+            ctx.event(ar, type_, next.reason, "Decide", next.message.clone())
+                .await;
+        }
+    }
+    Ok(match next.expires_at {
+        Some(at) => {
+            let wait = at.duration_since(now).unsigned_abs();
+            Action::requeue(wait.max(Duration::from_millis(200)))
+        }
+        None => Action::await_change(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_crds::{AccessRequestStatus, Decision};
+
+    fn request(decision: Option<(Verdict, i64)>, phase: AccessRequestPhase) -> AccessRequest {
+        let mut ar: AccessRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "portcullis.dev/v1alpha1", "kind": "AccessRequest",
+            "metadata": {"name": "r", "namespace": "agents", "creationTimestamp": "2026-11-23T06:00:00Z"},
+            "spec": {
+                "requester": {"name": "agent", "serviceAccount": "system:serviceaccount:agents:agent"},
+                "resource": "db", "policy": "p", "rule": "writes",
+                "operation": {"kind": "sql", "statement": "DELETE FROM t WHERE id = $1", "fingerprint": "f"}
+            }
+        }))
+        .expect("request");
+        ar.spec.decision = decision.map(|(verdict, minute)| Decision {
+            verdict,
+            reason: "ticket 1".into(),
+            decided_by: Some("bob".into()),
+            decided_at: Some(Time(
+                format!("2026-11-23T06:{minute:02}:00Z")
+                    .parse()
+                    .expect("time"),
+            )),
+        });
+        ar.status = Some(AccessRequestStatus {
+            phase,
+            ..Default::default()
+        });
+        ar
+    }
+
+    fn at(minute: i64) -> Timestamp {
+        format!("2026-11-23T06:{minute:02}:00Z")
+            .parse()
+            .expect("time")
+    }
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn pending_until_the_timeout() {
+        let ar = request(None, AccessRequestPhase::Pending);
+        let n = next_phase(&ar, at(5), 10 * MIN, 30 * MIN);
+        assert_eq!(
+            (n.phase, n.expires_at),
+            (AccessRequestPhase::Pending, Some(at(10)))
+        );
+        let n = next_phase(&ar, at(10), 10 * MIN, 30 * MIN);
+        assert_eq!(
+            (n.phase, n.reason),
+            (AccessRequestPhase::Expired, "TimedOut")
+        );
+    }
+
+    #[test]
+    fn approved_for_the_grant_then_expired() {
+        let ar = request(Some((Verdict::Approved, 4)), AccessRequestPhase::Pending);
+        let n = next_phase(&ar, at(5), 10 * MIN, 30 * MIN);
+        assert_eq!(
+            (n.phase, n.expires_at),
+            (AccessRequestPhase::Approved, Some(at(34)))
+        );
+        assert_eq!(
+            n.message,
+            "approved by bob until 2026-11-23T06:34:00Z: ticket 1"
+        );
+        let n = next_phase(&ar, at(34), 10 * MIN, 30 * MIN);
+        assert_eq!(
+            (n.phase, n.reason),
+            (AccessRequestPhase::Expired, "GrantExpired")
+        );
+    }
+
+    #[test]
+    fn denied_and_expired_are_final() {
+        let ar = request(Some((Verdict::Denied, 4)), AccessRequestPhase::Pending);
+        let n = next_phase(&ar, at(5), 10 * MIN, 30 * MIN);
+        assert_eq!(n.phase, AccessRequestPhase::Denied);
+        assert_eq!(n.message, "denied by bob: ticket 1");
+        let ar = request(Some((Verdict::Approved, 4)), AccessRequestPhase::Expired);
+        assert_eq!(
+            next_phase(&ar, at(5), 10 * MIN, 30 * MIN).phase,
+            AccessRequestPhase::Expired
+        );
+    }
+}
