@@ -16,6 +16,7 @@ pub mod controller;
 pub mod inject;
 pub mod leader;
 pub mod metrics;
+pub mod notify;
 pub mod run;
 pub mod webhook;
 

@@ -132,6 +132,7 @@ async fn reconcile(ar: &AccessRequest, ctx: &Context) -> Result<Action, Reconcil
         .get_opt(&ar.spec.policy)
         .await?
         .and_then(|p| p.spec.approval);
+    let notify_url = approval.as_ref().and_then(|a| a.notify_url.clone());
     let timeout = approval
         .as_ref()
         .map_or(DEFAULT_TIMEOUT, |a| Duration::from(a.timeout));
@@ -169,6 +170,22 @@ async fn reconcile(ar: &AccessRequest, ctx: &Context) -> Result<Action, Reconcil
             };
             ctx.event(ar, type_, next.reason, "Decide", next.message.clone())
                 .await;
+            if next.phase == AccessRequestPhase::Pending {
+                if let Some(url) = notify_url {
+                    let body = crate::notify::message(ar);
+                    let name = key(ar);
+                    tokio::spawn(async move {
+                        match crate::notify::deliver(&url, &body, Duration::from_secs(1)).await {
+                            Ok(attempts) => {
+                                tracing::info!(request = %name, attempts, "approvers notified")
+                            }
+                            Err(e) => {
+                                tracing::warn!(request = %name, error = %e, "approval notification not delivered")
+                            }
+                        }
+                    });
+                }
+            }
         }
     }
     Ok(match next.expires_at {
