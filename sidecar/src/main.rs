@@ -1,1 +1,105 @@
-fn main(){}
+//! `portcullis-sidecar --config FILE`: serve the resources of a sidecar configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use portcullis_crds::audit::Identity;
+use portcullis_sidecar::config::{self, Options};
+use portcullis_sidecar::runtime::Limits;
+use tracing_subscriber::EnvFilter;
+
+/// Portcullis sidecar: a policy-enforcing PostgreSQL proxy with a write-ahead audit spool.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Sidecar configuration (YAML, SidecarConfig shape).
+    #[arg(long, env = "PORTCULLIS_CONFIG")]
+    config: PathBuf,
+    /// Service account the agent runs as (the caller's identity).
+    #[arg(long, env = "PORTCULLIS_SERVICE_ACCOUNT", default_value = "default")]
+    service_account: String,
+    /// Namespace of the service account (defaults to the configuration's namespace).
+    #[arg(long, env = "PORTCULLIS_POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// Name of the pod the agent runs in.
+    #[arg(long, env = "PORTCULLIS_POD_NAME")]
+    pod: Option<String>,
+    /// Largest Query or Parse message analysed, in bytes; larger ones are refused.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    max_statement_bytes: usize,
+    /// Log format.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if cli.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let config = match config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("portcullis-sidecar: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = Options {
+        identity: Identity {
+            kind: "ServiceAccount".to_owned(),
+            name: cli.service_account,
+            namespace: Some(cli.namespace.unwrap_or_else(|| config.namespace.clone())),
+            pod: cli.pod,
+        },
+        limits: Limits {
+            max_statement_bytes: cli.max_statement_bytes,
+        },
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis-sidecar: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(portcullis_sidecar::run(config, options, shutdown_signal()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "sidecar stopped");
+            eprintln!("portcullis-sidecar: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,223 @@
+//! Portcullis sidecar: the data plane. A PostgreSQL wire proxy that decides every statement
+//! against the guardrails of its policies, records it durably in an audit spool before it is
+//! forwarded, and reaches the server with a credential the agent never sees.
+//!
+//! ```no_run
+//! # async fn demo(config: portcullis_crds::SidecarConfig) -> Result<(), portcullis_sidecar::StartError> {
+//! let options = portcullis_sidecar::config::Options::service_account("shop", "agent");
+//! let sidecar = portcullis_sidecar::start(config, options).await?;
+//! println!("serving on {:?}", sidecar.addr("shop-db"));
+//! sidecar.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod admin;
+pub mod audit;
+pub mod config;
+pub mod masking;
+pub mod metrics;
+pub mod policy;
+pub mod postgres;
+pub mod runtime;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use portcullis_crds::protected_resource::ResourceType;
+use portcullis_crds::sidecar_config::SidecarConfig;
+use rand::Rng;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::audit::spool::{Spool, SpoolError};
+use crate::config::{ConfigError, Options};
+use crate::metrics::Metrics;
+use crate::runtime::{Resource, Shared};
+
+/// Why the sidecar could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The audit spool cannot be opened.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Metrics registration failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    addrs: Vec<(String, SocketAddr)>,
+    admin_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    spool: Spool,
+}
+
+impl Sidecar {
+    /// The local address a resource is served on.
+    pub fn addr(&self, resource: &str) -> Option<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == resource)
+            .map(|(_, a)| *a)
+    }
+
+    /// The admin endpoint's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The audit spool.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Stop accepting connections and end every task.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Start serving every resource of the configuration.
+pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, StartError> {
+    config.check().map_err(ConfigError::from)?;
+    let spool = Spool::open(&config.audit.spool_dir)?;
+    let metrics = Metrics::new()?;
+    let shared = Shared {
+        spool: spool.clone(),
+        metrics: metrics.clone(),
+        cancel: Default::default(),
+        cache: Default::default(),
+        identity: options.identity.clone(),
+        limits: options.limits,
+        process_nonce: format!("{:08x}", rand::rng().random::<u32>()),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut addrs = Vec::new();
+    for resource in &config.resources {
+        if resource.r#type != ResourceType::Postgres {
+            tracing::warn!(resource = %resource.name, kind = resource.r#type.as_str(), "resource type not served by this sidecar version; skipped");
+            continue;
+        }
+        let served = Arc::new(Resource::postgres(&config, resource, &shared)?);
+        let addr = format!("{}:{}", resource.listen_address, resource.listen_port);
+        let listener = listen(&addr).await.map_err(|source| StartError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+        let local = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+        tracing::info!(resource = %resource.name, %local, upstream = %format!("{}:{}", served.upstream.config.host, served.upstream.config.port), "serving PostgreSQL");
+        addrs.push((resource.name.clone(), local));
+        tasks.spawn(accept_loop(listener, served, stopped.clone()));
+    }
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin = TcpListener::bind(&config.admin_listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.admin_listen.clone(),
+            source,
+        })?;
+    let admin_addr = admin.local_addr().map_err(|source| StartError::Listen {
+        addr: config.admin_listen.clone(),
+        source,
+    })?;
+    let router = admin::router(admin::AdminState {
+        metrics,
+        spool: spool.clone(),
+        ready: ready.clone(),
+    });
+    let mut admin_stop = stopped.clone();
+    tasks.spawn(async move {
+        let serve = axum::serve(admin, router).with_graceful_shutdown(async move {
+            let _ = admin_stop.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "admin endpoint failed");
+        }
+    });
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(%admin_addr, "admin endpoint (/metrics, /healthz, /readyz)");
+    Ok(Sidecar {
+        addrs,
+        admin_addr,
+        stop,
+        tasks,
+        spool,
+    })
+}
+
+/// Start, serve until `shutdown` resolves, then stop.
+pub async fn run(
+    config: SidecarConfig,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let sidecar = start(config, options).await?;
+    shutdown.await;
+    sidecar.shutdown().await;
+    Ok(())
+}
+
+/// Bind a listener with a backlog deep enough for bursts of connections.
+async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let resolved = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{addr} does not resolve")))?;
+    let socket = if resolved.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(resolved)?;
+    socket.listen(4096)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    resource: Arc<Resource>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    sessions.spawn(postgres::session::serve(tcp, peer, resource.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and similar: keep serving the open sessions.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = stop.changed() => if *stop.borrow() { break },
+        }
+    }
+    sessions.abort_all();
+}

@@ -1,0 +1,207 @@
+//! Value detectors: find personal data in text whatever column it arrives through.
+//!
+//! Each candidate found by a pattern is confirmed the way the data itself is checked (a Luhn
+//! check digit for payment cards, the ISO 13616 checksum and per-country length for IBANs), so
+//! order numbers and other digit runs are not masked by accident.
+
+use std::ops::Range;
+
+use regex::Regex;
+
+/// What a detector looks for.
+#[derive(Clone, Debug)]
+pub enum DetectorKind {
+    /// E-mail addresses.
+    Email,
+    /// Payment card numbers (13 to 19 digits, spaces or dashes allowed, Luhn-valid).
+    PaymentCard,
+    /// IBANs (checksum and country length verified).
+    Iban,
+    /// Telephone numbers written with a leading `+` or `00` country code.
+    Phone,
+    /// A user-defined pattern.
+    Regex(Regex),
+}
+
+/// The compiled patterns of the built-in detectors.
+pub struct Patterns {
+    email: Regex,
+    card: Regex,
+    iban: Regex,
+    phone: Regex,
+}
+
+/// Why a user-defined pattern was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("pattern {pattern:?} is not a valid regular expression: {source}")]
+pub struct PatternError {
+    pattern: String,
+    source: regex::Error,
+}
+
+/// Compile a user-defined detector pattern (size-limited, so a policy cannot make the sidecar
+/// build a huge automaton).
+pub fn compile_pattern(pattern: &str) -> Result<Regex, PatternError> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .dfa_size_limit(1 << 20)
+        .build()
+        .map_err(|source| PatternError {
+            pattern: pattern.to_owned(),
+            source,
+        })
+}
+
+impl Patterns {
+    /// Compile the built-in patterns (once, when a configuration is loaded).
+    pub fn new() -> Result<Self, regex::Error> {
+        Ok(Self {
+            email: Regex::new(r"(?i)[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}")?,
+            card: Regex::new(r"\b\d(?:[ -]?\d){12,18}\b")?,
+            iban: Regex::new(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")?,
+            phone: Regex::new(r"(?:\+|\b00)\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){1,6}")?,
+        })
+    }
+
+    /// Byte ranges of `text` the detector finds, in order, not overlapping.
+    pub fn find(&self, kind: &DetectorKind, text: &str) -> Vec<Range<usize>> {
+        match kind {
+            DetectorKind::Email => self.email.find_iter(text).map(|m| m.range()).collect(),
+            DetectorKind::PaymentCard => self
+                .card
+                .find_iter(text)
+                .filter(|m| is_card_number(m.as_str()))
+                .map(|m| m.range())
+                .collect(),
+            DetectorKind::Iban => self
+                .iban
+                .find_iter(text)
+                .filter(|m| is_iban(m.as_str()))
+                .map(|m| m.range())
+                .collect(),
+            DetectorKind::Phone => self
+                .phone
+                .find_iter(text)
+                .filter(|m| m.as_str().chars().filter(char::is_ascii_digit).count() >= 8)
+                .map(|m| m.range())
+                .collect(),
+            DetectorKind::Regex(re) => re.find_iter(text).map(|m| m.range()).collect(),
+        }
+    }
+}
+
+/// Whether `s` (digits with optional spaces or dashes) is a Luhn-valid card number.
+pub fn is_card_number(s: &str) -> bool {
+    let digits: String = s.chars().filter(char::is_ascii_digit).collect();
+    (13..=19).contains(&digits.len()) && luhn::valid(&digits)
+}
+
+/// Whether `s` is a valid IBAN (country length and ISO 13616 mod-97 checksum).
+pub fn is_iban(s: &str) -> bool {
+    let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    compact.parse::<iban::Iban>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(kind: DetectorKind, text: &str) -> Vec<String> {
+        let p = Patterns::new().expect("built-in patterns compile");
+        p.find(&kind, text)
+            .into_iter()
+            .map(|r| text[r].to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn payment_cards_true_and_false_positives() {
+        // Valid test numbers of the major schemes (Luhn-valid).
+        for card in [
+            "4111111111111111",
+            "4111 1111 1111 1111",
+            "5500-0000-0000-0004",
+            "378282246310005",
+            "6011111111111117",
+        ] {
+            assert_eq!(
+                found(
+                    DetectorKind::PaymentCard,
+                    &format!("paid with {card} today")
+                ),
+                vec![card],
+                "{card}"
+            );
+        }
+        // Luhn-invalid, too short, too long, order ids.
+        for not_card in [
+            "4111111111111112",
+            "1234 5678 9012 3456",
+            "411111111111",
+            "order 20261123000001",
+            "12345678901234567890",
+        ] {
+            assert!(
+                found(DetectorKind::PaymentCard, not_card).is_empty(),
+                "{not_card}"
+            );
+        }
+    }
+
+    #[test]
+    fn ibans_true_and_false_positives() {
+        for iban in [
+            "DE89370400440532013000",
+            "GB82WEST12345698765432",
+            "FR1420041010050500013M02606",
+            "NL91ABNA0417164300",
+            "DE89 3704 0044 0532 0130 00",
+        ] {
+            assert_eq!(
+                found(DetectorKind::Iban, &format!("iban {iban}.")),
+                vec![iban],
+                "{iban}"
+            );
+        }
+        for not_iban in [
+            "DE89370400440532013001",
+            "GB82WEST1234569876543",
+            "XX89370400440532013000",
+            "DE12",
+        ] {
+            assert!(found(DetectorKind::Iban, not_iban).is_empty(), "{not_iban}");
+        }
+    }
+
+    #[test]
+    fn emails_and_phones() {
+        assert_eq!(
+            found(
+                DetectorKind::Email,
+                "mail Olga.Popescu1@mail.example.org now"
+            ),
+            vec!["Olga.Popescu1@mail.example.org"]
+        );
+        assert!(found(DetectorKind::Email, "no at sign here, or @ alone").is_empty());
+        assert_eq!(
+            found(DetectorKind::Phone, "call +49 876 5566038."),
+            vec!["+49 876 5566038"]
+        );
+        assert_eq!(
+            found(DetectorKind::Phone, "call 0033 1 42 68 53 00"),
+            vec!["0033 1 42 68 53 00"]
+        );
+        assert!(found(DetectorKind::Phone, "version 1.2.3, +12").is_empty());
+    }
+
+    #[test]
+    fn user_patterns_are_size_limited() {
+        let re = compile_pattern(r"ORD-\d{6}").expect("compiles");
+        assert_eq!(
+            found(DetectorKind::Regex(re), "ticket ORD-123456"),
+            vec!["ORD-123456"]
+        );
+        assert!(compile_pattern("(unclosed").is_err());
+        assert!(compile_pattern(r"\w{1000}{1000}").is_err());
+    }
+}

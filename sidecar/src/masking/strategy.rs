@@ -1,0 +1,222 @@
+//! Masking strategies, applied so the masked value stays valid for the column's type in text
+//! and binary result formats; where no valid masked value exists the value becomes NULL, and
+//! the caller records that.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// How a value is masked (mirrors the API's `MaskingStrategy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// A fixed marker.
+    Redact,
+    /// NULL.
+    Null,
+    /// Keep a non-identifying part: an e-mail's domain, the last four digits of a number.
+    Partial,
+    /// Keyed HMAC-SHA-256, hex, so equal inputs give equal outputs.
+    Hash,
+}
+
+/// The fixed marker of `redact`.
+pub const REDACTED: &str = "***";
+
+/// PostgreSQL type OIDs whose values are text on the wire in both formats.
+const TEXT_TYPES: &[u32] = &[
+    25,   // text
+    1043, // varchar
+    1042, // bpchar
+    19,   // name
+    18,   // "char"
+];
+const JSON: u32 = 114;
+const JSONB: u32 = 3802;
+
+/// The result of masking one field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Masked {
+    /// Send these bytes as the field value.
+    Value(Vec<u8>),
+    /// Send NULL. `type_fallback` is true when the strategy asked for a value but the column's
+    /// type has no valid masked form (recorded in the audit completion record).
+    Null {
+        /// NULL because of the type, not the strategy.
+        type_fallback: bool,
+    },
+}
+
+/// Mask a text value with a strategy.
+pub fn mask_text(strategy: Strategy, value: &str, key: &[u8]) -> Option<String> {
+    match strategy {
+        Strategy::Null => None,
+        Strategy::Redact => Some(REDACTED.to_owned()),
+        Strategy::Hash => Some(hash(value, key)),
+        Strategy::Partial => Some(partial(value)),
+    }
+}
+
+/// Keyed HMAC-SHA-256 of a value: `h:` and 32 hex characters.
+pub fn hash(value: &str, key: &[u8]) -> String {
+    // HMAC accepts keys of any length, so this cannot fail; an empty MAC would be returned only
+    // if it did, which the hex prefix makes recognisable.
+    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(value.as_bytes());
+            let digest = mac.finalize().into_bytes();
+            format!("h:{}", hex::encode(&digest[..16]))
+        }
+        Err(_) => "h:".to_owned(),
+    }
+}
+
+/// Keep the domain of an e-mail address, or the last four digits of a number, or the first
+/// character of anything else.
+pub fn partial(value: &str) -> String {
+    if let Some((_, domain)) = value.rsplit_once('@') {
+        return format!("{REDACTED}@{domain}");
+    }
+    let digits = value.chars().filter(char::is_ascii_digit).count();
+    if digits >= 8 {
+        let mut keep = 4;
+        let mut out: Vec<char> = value
+            .chars()
+            .rev()
+            .map(|c| {
+                if c.is_ascii_digit() {
+                    if keep > 0 {
+                        keep -= 1;
+                        c
+                    } else {
+                        '*'
+                    }
+                } else {
+                    c
+                }
+            })
+            .collect();
+        out.reverse();
+        return out.into_iter().collect();
+    }
+    match value.chars().next() {
+        Some(first) => format!("{first}{REDACTED}"),
+        None => String::new(),
+    }
+}
+
+/// Mask one field of a DataRow. `raw` is the field as the server sent it; `binary` is the
+/// field's format code.
+pub fn mask_field(
+    strategy: Strategy,
+    type_oid: u32,
+    binary: bool,
+    raw: &[u8],
+    key: &[u8],
+) -> Masked {
+    if strategy == Strategy::Null {
+        return Masked::Null {
+            type_fallback: false,
+        };
+    }
+    let text_like = TEXT_TYPES.contains(&type_oid);
+    let json_like = type_oid == JSON || type_oid == JSONB;
+    if !(text_like || json_like) {
+        return Masked::Null {
+            type_fallback: true,
+        };
+    }
+    let payload = if type_oid == JSONB && binary {
+        raw.get(1..).unwrap_or_default()
+    } else {
+        raw
+    };
+    let value = String::from_utf8_lossy(payload);
+    // Keeping "part" of a whole JSON document has no meaning; redact it instead.
+    let strategy = if json_like && strategy == Strategy::Partial {
+        Strategy::Redact
+    } else {
+        strategy
+    };
+    let Some(masked) = mask_text(strategy, &value, key) else {
+        return Masked::Null {
+            type_fallback: false,
+        };
+    };
+    let body = if json_like {
+        // A masked JSON document is a JSON string, whatever the original held.
+        serde_json_string(&masked)
+    } else {
+        masked
+    };
+    let mut out = Vec::with_capacity(body.len() + 1);
+    if type_oid == JSONB && binary {
+        out.push(1); // jsonb binary format version
+    }
+    out.extend_from_slice(body.as_bytes());
+    Masked::Value(out)
+}
+
+fn serde_json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_keeps_domain_or_last_four_digits() {
+        assert_eq!(partial("olga.popescu1@example.com"), "***@example.com");
+        assert_eq!(partial("4111 1111 1111 1111"), "**** **** **** 1111");
+        assert_eq!(partial("277-72-1456"), "***-**-1456");
+        assert_eq!(partial("Olga"), "O***");
+        assert_eq!(partial(""), "");
+    }
+
+    #[test]
+    fn hash_is_keyed_and_stable() {
+        let a = hash("x@example.com", b"k1");
+        assert_eq!(a, hash("x@example.com", b"k1"));
+        assert_ne!(a, hash("x@example.com", b"k2"));
+        assert_ne!(a, hash("y@example.com", b"k1"));
+        assert_eq!(a.len(), 34);
+    }
+
+    #[test]
+    fn fields_stay_valid_for_their_type() {
+        assert_eq!(
+            mask_field(Strategy::Redact, 25, false, b"secret", b"k"),
+            Masked::Value(b"***".to_vec())
+        );
+        assert_eq!(
+            mask_field(Strategy::Redact, 23, true, &[0, 0, 0, 1], b"k"),
+            Masked::Null {
+                type_fallback: true
+            }
+        );
+        assert_eq!(
+            mask_field(Strategy::Partial, 114, false, br#"{"email":"a@b.c"}"#, b"k"),
+            Masked::Value(br#""***""#.to_vec())
+        );
+        let Masked::Value(v) = mask_field(Strategy::Redact, 3802, true, b"\x01{}", b"k") else {
+            panic!("jsonb masks to a value");
+        };
+        assert_eq!(v, b"\x01\"***\"");
+        assert_eq!(
+            mask_field(Strategy::Null, 25, false, b"x", b"k"),
+            Masked::Null {
+                type_fallback: false
+            }
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! Prometheus metrics of the sidecar.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// The sidecar's metrics, registered in their own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Client connections accepted.
+    pub connections_total: IntCounter,
+    /// Client connections open.
+    pub connections_active: IntGauge,
+    /// Statements decided, by decision.
+    pub statements: IntCounterVec,
+    /// Time from forwarding a statement to its completion.
+    pub statement_seconds: Histogram,
+    /// Bytes held in the audit spool.
+    pub spool_bytes: IntGauge,
+    /// Connections refused or ended by a protocol error.
+    pub protocol_errors: IntCounter,
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("portcullis_sidecar".into()), None)?;
+        let connections_total =
+            IntCounter::new("connections_total", "Client connections accepted")?;
+        let connections_active = IntGauge::new("connections_active", "Client connections open")?;
+        let statements = IntCounterVec::new(
+            Opts::new("statements_total", "Statements decided, by decision"),
+            &["decision"],
+        )?;
+        let statement_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "statement_duration_seconds",
+                "Time from forwarding a statement to its completion",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ]),
+        )?;
+        let spool_bytes = IntGauge::new("audit_spool_bytes", "Bytes held in the audit spool")?;
+        let protocol_errors = IntCounter::new(
+            "protocol_errors_total",
+            "Connections refused or ended by a protocol error",
+        )?;
+        registry.register(Box::new(connections_total.clone()))?;
+        registry.register(Box::new(connections_active.clone()))?;
+        registry.register(Box::new(statements.clone()))?;
+        registry.register(Box::new(statement_seconds.clone()))?;
+        registry.register(Box::new(spool_bytes.clone()))?;
+        registry.register(Box::new(protocol_errors.clone()))?;
+        Ok(Metrics {
+            registry,
+            connections_total,
+            connections_active,
+            statements,
+            statement_seconds,
+            spool_bytes,
+            protocol_errors,
+        })
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,345 @@
+//! Guardrail evaluation: the built-in rules, then each policy's guardrails in order (the first
+//! match decides), then the unanalysable-statement rule.
+
+use portcullis_crds::audit::{Decision, Identity, RuleRef};
+use portcullis_crds::gateway_policy::{
+    GuardrailAction, StatementKind, Subject, SubjectKind, UnanalyzableAction,
+};
+use portcullis_crds::sidecar_config::{GuardrailConfig, PolicyConfig};
+
+use super::analyze::StatementFacts;
+
+/// Functions denied whatever the policy says: they read or write server files, spawn
+/// programs, or open connections elsewhere. A trailing `*` matches a prefix.
+pub const BUILTIN_DENIED_FUNCTIONS: &[&str] = &[
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_stat_file",
+    "pg_file_write",
+    "pg_file_rename",
+    "pg_file_unlink",
+    "pg_logdir_ls",
+    "pg_ls_logdir",
+    "pg_ls_waldir",
+    "pg_ls_tmpdir",
+    "pg_ls_archive_statusdir",
+    "lo_import",
+    "lo_export",
+    "dblink*",
+];
+
+/// Settings whose change would make the server read SQL text differently from the analyser,
+/// or change the identity the session runs as.
+const BUILTIN_DENIED_SETTINGS: &[&str] = &[
+    "standard_conforming_strings",
+    "backslash_quote",
+    "session_authorization",
+    "role",
+];
+
+/// Name under which built-in rules appear in audit records.
+pub const BUILTIN_POLICY: &str = "builtin";
+
+/// The decision on one statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// What to do.
+    pub decision: Decision,
+    /// The rule that decided.
+    pub rule: Option<RuleRef>,
+    /// Message for the client (refusals) and the audit record.
+    pub reason: Option<String>,
+}
+
+impl Verdict {
+    fn allow() -> Self {
+        Verdict {
+            decision: Decision::Allow,
+            rule: None,
+            reason: None,
+        }
+    }
+
+    fn builtin(rule: &str, reason: String) -> Self {
+        Verdict {
+            decision: Decision::Deny,
+            rule: Some(RuleRef {
+                policy: BUILTIN_POLICY.to_owned(),
+                rule: rule.to_owned(),
+            }),
+            reason: Some(reason),
+        }
+    }
+
+    /// Whether the statement may be forwarded.
+    pub fn forwards(&self) -> bool {
+        matches!(self.decision, Decision::Allow | Decision::Audit)
+    }
+}
+
+/// A result-size limit that applies to a forwarded statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowLimit {
+    /// Rows allowed.
+    pub limit: u64,
+    /// The guardrail.
+    pub rule: RuleRef,
+    /// Deny (cut the result) or audit (flag it).
+    pub action: GuardrailAction,
+    /// Client message.
+    pub message: String,
+}
+
+/// The guardrails that apply to one identity on one resource.
+#[derive(Clone, Debug, Default)]
+pub struct Guardrails {
+    policies: Vec<PolicyConfig>,
+}
+
+fn subject_matches(subject: &Subject, identity: &Identity, default_ns: &str) -> bool {
+    let name_ok = |n: &Option<String>| match n {
+        Some(n) => n == "*" || *n == identity.name,
+        None => false,
+    };
+    match subject.kind {
+        SubjectKind::ServiceAccount => {
+            identity.kind == "ServiceAccount"
+                && name_ok(&subject.name)
+                && subject.namespace.as_deref().unwrap_or(default_ns)
+                    == identity.namespace.as_deref().unwrap_or(default_ns)
+        }
+        SubjectKind::User => identity.kind == "User" && name_ok(&subject.name),
+        SubjectKind::Group | SubjectKind::Pipeline => false,
+    }
+}
+
+fn glob_match(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+impl Guardrails {
+    /// The policies (in precedence order) whose subjects include `identity`.
+    pub fn for_identity(policies: Vec<PolicyConfig>, identity: &Identity, namespace: &str) -> Self {
+        let policies = policies
+            .into_iter()
+            .filter(|p| {
+                p.subjects.is_empty()
+                    || p.subjects
+                        .iter()
+                        .any(|s| subject_matches(s, identity, namespace))
+            })
+            .collect();
+        Guardrails { policies }
+    }
+
+    /// The policies that apply.
+    pub fn policies(&self) -> &[PolicyConfig] {
+        &self.policies
+    }
+
+    /// Decide on a parsed statement.
+    pub fn decide(&self, facts: &StatementFacts) -> Verdict {
+        if let Some(v) = builtin(facts) {
+            return v;
+        }
+        for policy in &self.policies {
+            for g in &policy.guardrails {
+                if g.rows_over.is_some() || !g.exec_commands.is_empty() {
+                    continue;
+                }
+                if matches_statement(g, facts) {
+                    return verdict_of(policy, g);
+                }
+            }
+        }
+        // The body of a DO block runs code the analyser cannot see: unless a guardrail
+        // decided above, it falls under the unanalysable-statement rule (fail closed).
+        if facts.opaque_body && facts.kinds.contains(&StatementKind::DoBlock) {
+            return self.decide_unanalyzable("the body of a DO block cannot be analysed");
+        }
+        Verdict::allow()
+    }
+
+    /// Decide on text the parser could not analyse: denied unless every applicable policy
+    /// chose `onUnanalyzable: audit`.
+    pub fn decide_unanalyzable(&self, parser_error: &str) -> Verdict {
+        let audit = !self.policies.is_empty()
+            && self
+                .policies
+                .iter()
+                .all(|p| p.on_unanalyzable == UnanalyzableAction::Audit);
+        let (policy, decision) = if audit {
+            (
+                self.policies
+                    .first()
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default(),
+                Decision::Audit,
+            )
+        } else {
+            (BUILTIN_POLICY.to_owned(), Decision::Deny)
+        };
+        Verdict {
+            decision,
+            rule: Some(RuleRef {
+                policy,
+                rule: "unanalyzable".to_owned(),
+            }),
+            reason: Some(format!(
+                "statement cannot be analysed and is refused (rule unanalyzable): {parser_error}"
+            )),
+        }
+    }
+
+    /// Result-size limits of guardrails with `rowsOver` whose other criteria match.
+    pub fn row_limits(&self, facts: &StatementFacts) -> Vec<RowLimit> {
+        let mut out = Vec::new();
+        for policy in &self.policies {
+            for g in &policy.guardrails {
+                let Some(limit) = g.rows_over else { continue };
+                if !g.exec_commands.is_empty() || !matches_statement(g, facts) {
+                    continue;
+                }
+                out.push(RowLimit {
+                    limit,
+                    rule: RuleRef {
+                        policy: policy.name.clone(),
+                        rule: g.name.clone(),
+                    },
+                    action: g.action,
+                    message: format!(
+                        "result exceeds {limit} rows (guardrail {} of policy {}){}",
+                        g.name,
+                        policy.name,
+                        g.message
+                            .as_deref()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    ),
+                });
+            }
+        }
+        out
+    }
+
+    /// Smallest spool bound of the policies that deny when the audit log is unavailable.
+    pub fn spool_limit(&self) -> Option<u64> {
+        self.policies
+            .iter()
+            .filter(|p| {
+                p.on_audit_unavailable
+                    == portcullis_crds::gateway_policy::AuditUnavailableAction::Deny
+            })
+            .map(|p| p.spool_limit_bytes)
+            .min()
+    }
+}
+
+fn builtin(facts: &StatementFacts) -> Option<Verdict> {
+    if facts.copy_program {
+        return Some(Verdict::builtin(
+            "copy-program",
+            "COPY TO/FROM PROGRAM runs programs on the database server and is refused (rule builtin/copy-program)".to_owned(),
+        ));
+    }
+    if facts.copy_file {
+        return Some(Verdict::builtin(
+            "copy-server-file",
+            "COPY TO/FROM a server file is refused; use STDIN/STDOUT (rule builtin/copy-server-file)".to_owned(),
+        ));
+    }
+    for f in &facts.functions {
+        if BUILTIN_DENIED_FUNCTIONS.iter().any(|p| glob_match(p, f)) {
+            return Some(Verdict::builtin(
+                "server-file-access",
+                format!("function {f} reads or writes server files, runs programs or opens connections and is refused (rule builtin/server-file-access)"),
+            ));
+        }
+    }
+    for s in &facts.settings {
+        if BUILTIN_DENIED_SETTINGS.contains(&s.as_str())
+            && !facts.kinds.contains(&StatementKind::SetRole)
+        {
+            return Some(Verdict::builtin(
+                "protected-setting",
+                format!("changing setting {s} is refused (rule builtin/protected-setting)"),
+            ));
+        }
+    }
+    None
+}
+
+fn matches_statement(g: &GuardrailConfig, facts: &StatementFacts) -> bool {
+    let has_criteria = !g.statement_kinds.is_empty()
+        || !g.tables.is_empty()
+        || g.missing_where
+        || !g.functions.is_empty();
+    if !has_criteria && g.rows_over.is_none() {
+        return false;
+    }
+    if !g.statement_kinds.is_empty() && !g.statement_kinds.iter().any(|k| facts.kinds.contains(k)) {
+        return false;
+    }
+    if !g.tables.is_empty()
+        && !g
+            .tables
+            .iter()
+            .any(|t| facts.tables.contains(&t.to_string()))
+    {
+        return false;
+    }
+    if g.missing_where && !facts.missing_where {
+        return false;
+    }
+    if !g.functions.is_empty()
+        && !g
+            .functions
+            .iter()
+            .any(|p| facts.functions.iter().any(|f| glob_match(p, f)))
+    {
+        return false;
+    }
+    true
+}
+
+fn verdict_of(policy: &PolicyConfig, g: &GuardrailConfig) -> Verdict {
+    let rule = RuleRef {
+        policy: policy.name.clone(),
+        rule: g.name.clone(),
+    };
+    let suffix = g
+        .message
+        .as_deref()
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    match g.action {
+        GuardrailAction::Deny => Verdict {
+            decision: Decision::Deny,
+            reason: Some(format!(
+                "statement refused by guardrail {} of policy {}{suffix}",
+                g.name, policy.name
+            )),
+            rule: Some(rule),
+        },
+        GuardrailAction::RequireApproval => Verdict {
+            decision: Decision::RequireApproval,
+            reason: Some(format!(
+                "statement requires approval (guardrail {} of policy {}); approvals are not available yet, so it is refused{suffix}",
+                g.name, policy.name
+            )),
+            rule: Some(rule),
+        },
+        GuardrailAction::Audit => Verdict {
+            decision: Decision::Audit,
+            reason: Some(format!(
+                "flagged by guardrail {} of policy {}",
+                g.name, policy.name
+            )),
+            rule: Some(rule),
+        },
+    }
+}

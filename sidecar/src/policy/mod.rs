@@ -1,0 +1,6 @@
+//! The policy engine: statement analysis, guardrails and fingerprints.
+
+pub mod analyze;
+pub mod cache;
+pub mod fingerprint;
+pub mod guardrails;

@@ -1,0 +1,9 @@
+//! The PostgreSQL wire proxy.
+
+pub mod cancel;
+pub mod codec;
+pub mod results;
+pub mod session;
+pub mod startup;
+pub mod tls;
+pub mod upstream;

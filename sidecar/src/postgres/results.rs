@@ -1,0 +1,262 @@
+//! The server-to-client direction: every backend message passes through here. This module
+//! tracks which statement a result belongs to (for completion records and row limits),
+//! replaces the errors of refused statements with the sidecar's own, and is the one place
+//! that sees RowDescription and DataRow, so that result rewriting can be added here.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use portcullis_crds::audit::{AuditEvent, CompletionRecord, StatementError};
+use portcullis_crds::gateway_policy::GuardrailAction;
+
+use super::codec::{self, put_error, put_message, Message};
+use crate::policy::guardrails::RowLimit;
+
+/// SQLSTATE of every refusal (insufficient_privilege).
+pub const SQLSTATE_REFUSED: &str = "42501";
+
+/// A statement forwarded and awaiting its result.
+#[derive(Debug)]
+pub struct Inflight {
+    /// Statement id in the audit records.
+    pub statement_id: u64,
+    /// Batch (Sync or Query) it belongs to.
+    pub batch: u64,
+    /// When it was forwarded.
+    pub started: Instant,
+    /// Result-size guardrails.
+    pub row_limits: Vec<RowLimit>,
+}
+
+/// A refused statement whose stand-in error will come back from the server.
+#[derive(Debug)]
+pub struct Marker {
+    /// Text that identifies the stand-in error.
+    pub token: String,
+    /// Batch it belongs to.
+    pub batch: u64,
+    /// SQLSTATE for the client.
+    pub code: &'static str,
+    /// Message for the client.
+    pub message: String,
+}
+
+/// Bookkeeping shared by both directions of a session.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    /// Batches (Query, Sync, FunctionCall) forwarded.
+    pub batches_sent: u64,
+    /// ReadyForQuery messages received.
+    pub batches_done: u64,
+    /// Refused statements in flight.
+    pub markers: VecDeque<Marker>,
+    /// Forwarded statements awaiting completion, in order.
+    pub inflight: VecDeque<Inflight>,
+}
+
+/// Result state of the statement at the head of the queue.
+#[derive(Debug, Default)]
+struct Current {
+    rows: u64,
+    bytes: u64,
+    cut: Option<String>,
+    flagged: bool,
+}
+
+/// What the backend direction has to do after looking at a message.
+pub struct Outcome {
+    /// Completion records to append.
+    pub completions: Vec<(CompletionRecord, f64)>,
+}
+
+/// Per-session state of the result path.
+#[derive(Default)]
+pub struct ResultPath {
+    current: Current,
+    /// The last RowDescription (column names and types), kept for result rewriting.
+    pub row_description: Option<bytes::Bytes>,
+}
+
+fn rows_of_tag(tag: &str) -> u64 {
+    tag.rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+impl ResultPath {
+    /// Handle one backend message: append what the client should see to `out` and return
+    /// the completion records it produced.
+    pub fn on_message(
+        &mut self,
+        msg: &Message,
+        tracker: &mut Tracker,
+        out: &mut BytesMut,
+    ) -> Outcome {
+        let mut completions = Vec::new();
+        match msg.tag {
+            b'T' => {
+                self.row_description = Some(msg.body.clone());
+                put_message(out, msg.tag, &msg.body);
+            }
+            b'D' => {
+                self.current.rows += 1;
+                self.current.bytes += msg.body.len() as u64 + 5;
+                if self.current.cut.is_none() {
+                    if let Some(head) = tracker.inflight.front() {
+                        for limit in &head.row_limits {
+                            if self.current.rows > limit.limit {
+                                match limit.action {
+                                    GuardrailAction::Audit => self.current.flagged = true,
+                                    _ => self.current.cut = Some(limit.message.clone()),
+                                }
+                            }
+                        }
+                    }
+                }
+                if self.current.cut.is_none() {
+                    put_message(out, msg.tag, &msg.body);
+                }
+            }
+            b'C' | b's' | b'I' => {
+                let tag = if msg.tag == b'C' {
+                    codec::Fields::new(&msg.body).cstr().ok().map(str::to_owned)
+                } else {
+                    None
+                };
+                let cut = self.current.cut.take();
+                match &cut {
+                    Some(message) => put_error(out, "ERROR", SQLSTATE_REFUSED, message),
+                    None => put_message(out, msg.tag, &msg.body),
+                }
+                let rows = match (&tag, msg.tag) {
+                    (Some(t), _) if !t.starts_with("SELECT") && !t.starts_with("COPY") => {
+                        rows_of_tag(t).max(self.current.rows)
+                    }
+                    (Some(t), _) => rows_of_tag(t),
+                    _ => self.current.rows,
+                };
+                let error = cut.map(|message| StatementError {
+                    sqlstate: SQLSTATE_REFUSED.to_owned(),
+                    message,
+                });
+                if let Some(c) = self.complete(tracker, rows, tag, error, false) {
+                    completions.push(c);
+                }
+            }
+            b'E' => {
+                let mut replaced = false;
+                if !tracker.markers.is_empty() {
+                    let fields = codec::parse_error_fields(&msg.body);
+                    if let Some(i) = tracker
+                        .markers
+                        .iter()
+                        .position(|m| fields.message.contains(&m.token))
+                    {
+                        if let Some(m) = tracker.markers.remove(i) {
+                            put_error(out, "ERROR", m.code, &m.message);
+                            replaced = true;
+                        }
+                    }
+                }
+                if !replaced {
+                    put_message(out, msg.tag, &msg.body);
+                    let fields = codec::parse_error_fields(&msg.body);
+                    let error = Some(StatementError {
+                        sqlstate: fields.code,
+                        message: fields.message,
+                    });
+                    let current_batch = tracker.batches_done + 1;
+                    if tracker
+                        .inflight
+                        .front()
+                        .is_some_and(|f| f.batch == current_batch)
+                    {
+                        if let Some(c) = self.complete(tracker, 0, None, error, false) {
+                            completions.push(c);
+                        }
+                    }
+                }
+            }
+            b'Z' => {
+                tracker.batches_done += 1;
+                let done = tracker.batches_done;
+                // Statements of the finished batch that produced no result were skipped
+                // by the server after an earlier error.
+                while tracker.inflight.front().is_some_and(|f| f.batch <= done) {
+                    let error = Some(StatementError {
+                        sqlstate: "00000".to_owned(),
+                        message: "not executed".to_owned(),
+                    });
+                    match self.complete(tracker, 0, None, error, true) {
+                        Some(c) => completions.push(c),
+                        // An entry of an older batch: drop it so the loop always advances.
+                        None => {
+                            tracker.inflight.pop_front();
+                        }
+                    }
+                }
+                tracker.markers.retain(|m| m.batch > done);
+                put_message(out, msg.tag, &msg.body);
+            }
+            b'd' => {
+                self.current.bytes += msg.body.len() as u64 + 5;
+                put_message(out, msg.tag, &msg.body);
+            }
+            _ => put_message(out, msg.tag, &msg.body),
+        }
+        Outcome { completions }
+    }
+
+    fn complete(
+        &mut self,
+        tracker: &mut Tracker,
+        rows: u64,
+        command_tag: Option<String>,
+        error: Option<StatementError>,
+        at_ready: bool,
+    ) -> Option<(CompletionRecord, f64)> {
+        // Only a statement of the batch being answered can complete (at ReadyForQuery the
+        // finished batch has already been counted).
+        let answering = if at_ready {
+            tracker.batches_done
+        } else {
+            tracker.batches_done + 1
+        };
+        if tracker
+            .inflight
+            .front()
+            .is_none_or(|h| h.batch != answering)
+        {
+            self.current = Current::default();
+            return None;
+        }
+        let current = std::mem::take(&mut self.current);
+        let head = tracker.inflight.pop_front()?;
+        let elapsed = head.started.elapsed();
+        let mut error = error;
+        if current.flagged && error.is_none() {
+            if let Some(l) = head.row_limits.first() {
+                error = None;
+                tracing::info!(rule = %l.rule.rule, rows, "result over rowsOver limit (audit)");
+            }
+        }
+        Some((
+            CompletionRecord {
+                statement_id: head.statement_id,
+                rows,
+                bytes: current.bytes,
+                duration_micros: elapsed.as_micros() as u64,
+                command_tag,
+                error,
+            },
+            elapsed.as_secs_f64(),
+        ))
+    }
+}
+
+/// The audit event of a completion.
+pub fn completion_event(c: CompletionRecord) -> AuditEvent {
+    AuditEvent::Completion(c)
+}

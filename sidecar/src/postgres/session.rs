@@ -1,0 +1,829 @@
+//! One client session: start-up, the upstream connection, then both directions of the relay.
+//!
+//! Client to server, every Query and Parse is analysed and decided before it is forwarded;
+//! the audit record of each statement is queued at once and made durable before the bytes
+//! that carry the statement leave for the server (one wait per flush, so pipelined messages
+//! share one fsync). A refused statement is replaced by a stand-in statement that the server
+//! rejects with a syntax error naming a per-session token; the result path swaps that error
+//! for the refusal. The refusal therefore reaches the client in protocol order, the server
+//! skips the rest of the batch exactly as after a real error, and the session stays usable.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use portcullis_crds::audit::{
+    AuditEvent, Decision, Protocol, RuleRef, SessionEnd, SessionStart, StatementRecord,
+};
+use rand::Rng;
+use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use super::codec::{self, put_error, put_message, Fields, Message, ProtocolError, Read};
+use super::results::{Inflight, Marker, ResultPath, Tracker, SQLSTATE_REFUSED};
+use super::startup::{self, Hello};
+use super::upstream::{UpstreamError, UpstreamStream};
+use crate::audit::spool::RecordContext;
+use crate::policy::analyze::{kind_name, Analysis};
+use crate::policy::guardrails::{RowLimit, Verdict, BUILTIN_POLICY};
+use crate::runtime::Resource;
+
+/// Flush to the peer once this much output is buffered, even mid-batch.
+const FLUSH_BYTES: usize = 64 * 1024;
+/// How long the server may take to answer what a departing client sent last.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// SQLSTATE for statements over the size limit (program_limit_exceeded).
+const SQLSTATE_TOO_LARGE: &str = "54000";
+
+/// Startup parameters passed on to the server; others (notably `options`, `role`,
+/// `session_authorization`, `replication`) would change identity or how SQL is read.
+const PASSED_PARAMETERS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "intervalstyle",
+    "extra_float_digits",
+    "search_path",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "geqo",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+];
+
+struct ActiveGuard(Arc<Resource>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.metrics.connections_active.dec();
+    }
+}
+
+async fn refuse(stream: &mut TcpStream, code: &str, message: &str) {
+    let mut out = BytesMut::new();
+    put_error(&mut out, "FATAL", code, message);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+}
+
+fn session_id(res: &Resource) -> String {
+    let n = res
+        .session_counter
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", res.process_nonce)
+}
+
+/// Serve one accepted client connection until it ends.
+pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
+    res.metrics.connections_total.inc();
+    res.metrics.connections_active.inc();
+    let _active = ActiveGuard(res.clone());
+    let _ = tcp.set_nodelay(true);
+
+    let hello = match startup::accept(&mut tcp).await {
+        Ok(Some(h)) => h,
+        Ok(None) => return,
+        Err(e) => {
+            res.metrics.protocol_errors.inc();
+            tracing::info!(%peer, error = %e, "refused a connection at start-up");
+            refuse(&mut tcp, "08P01", &e.to_string()).await;
+            return;
+        }
+    };
+    let params = match hello {
+        Hello::Cancel { pid, secret } => {
+            res.cancel.cancel(pid, secret).await;
+            return;
+        }
+        Hello::Startup(p) => p,
+    };
+    if params
+        .get("replication")
+        .is_some_and(|v| v != "false" && v != "off" && v != "0")
+    {
+        refuse(
+            &mut tcp,
+            SQLSTATE_REFUSED,
+            "replication connections are refused by the sidecar",
+        )
+        .await;
+        return;
+    }
+    let user = params.get("user").unwrap_or_default().to_owned();
+    let database = params.get("database").unwrap_or(&user).to_owned();
+    let passed: Vec<(String, String)> = params
+        .params
+        .iter()
+        .filter(|(k, _)| PASSED_PARAMETERS.contains(&k.to_ascii_lowercase().as_str()))
+        .cloned()
+        .collect();
+
+    let established = match res.upstream.connect(&user, &database, &passed).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(resource = %res.name, error = %e, "upstream session failed");
+            let (code, message) = match &e {
+                UpstreamError::Refused(f) => (f.code.clone(), format!("upstream: {}", f.message)),
+                other => ("08006".to_owned(), other.to_string()),
+            };
+            refuse(&mut tcp, &code, &message).await;
+            return;
+        }
+    };
+
+    let (pid, secret) = res
+        .cancel
+        .register(res.upstream.clone(), established.key.unwrap_or((0, 0)));
+    let mut hello_out = BytesMut::new();
+    params.negotiation(&mut hello_out);
+    codec::put_auth_ok(&mut hello_out);
+    hello_out.extend_from_slice(&established.relay);
+    codec::put_backend_key(&mut hello_out, pid, secret);
+    put_message(&mut hello_out, b'Z', b"I");
+    if tcp.write_all(&hello_out).await.is_err() {
+        res.cancel.unregister(pid);
+        return;
+    }
+
+    let ctx = RecordContext {
+        session_id: session_id(&res),
+        identity: res.identity.clone(),
+        resource: res.name.clone(),
+    };
+    let _ = res.spool.append(
+        &ctx,
+        AuditEvent::SessionStart(SessionStart {
+            database: res
+                .upstream
+                .config
+                .database
+                .clone()
+                .unwrap_or(database.clone()),
+            application_name: params.get("application_name").map(str::to_owned),
+            client_address: peer.to_string(),
+        }),
+    );
+    tracing::debug!(session = %ctx.session_id, %peer, "session started");
+
+    let (reason, statements) = relay(tcp, established.stream, res.clone(), ctx.clone()).await;
+    res.cancel.unregister(pid);
+    let _ = res.spool.append(
+        &ctx,
+        AuditEvent::SessionEnd(SessionEnd { statements, reason }),
+    );
+    res.metrics.spool_bytes.set(res.spool.bytes() as i64);
+}
+
+type ClientWriter = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
+
+async fn relay(
+    tcp: TcpStream,
+    upstream: UpstreamStream,
+    res: Arc<Resource>,
+    ctx: RecordContext,
+) -> (String, u64) {
+    let (cr, cw) = tcp.into_split();
+    let (ur, uw) = tokio::io::split(upstream);
+    let cw: ClientWriter = Arc::new(tokio::sync::Mutex::new(cw));
+    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    let mut front = Frontend {
+        res: res.clone(),
+        ctx: ctx.clone(),
+        tracker: tracker.clone(),
+        client_out: cw.clone(),
+        nonce: format!("{:016x}", rand::rng().random::<u64>()),
+        markers: 0,
+        statements: 0,
+        prepared: HashMap::new(),
+        portals: HashMap::new(),
+        pending_seq: 0,
+        out: BytesMut::with_capacity(16 * 1024),
+    };
+    let back = backend(
+        BufReader::with_capacity(64 * 1024, ur),
+        cw,
+        tracker,
+        res,
+        ctx,
+    );
+    tokio::pin!(back);
+    let reader = BufReader::with_capacity(64 * 1024, cr);
+    let reason = tokio::select! {
+        (reason, drain) = front.run(reader, uw) => {
+            // The client is done sending (Terminate or end of stream): let the server answer
+            // what it already received, as it would on a direct connection, then close.
+            if drain {
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, &mut back).await;
+            }
+            reason
+        }
+        r = &mut back => r,
+    };
+    (reason, front.statements)
+}
+
+/// What a Parse registered, for the Executes that follow.
+#[derive(Clone, Debug)]
+struct Prepared {
+    template: StatementRecord,
+    row_limits: Vec<RowLimit>,
+}
+
+struct Frontend {
+    res: Arc<Resource>,
+    ctx: RecordContext,
+    tracker: Arc<Mutex<Tracker>>,
+    client_out: ClientWriter,
+    nonce: String,
+    markers: u64,
+    statements: u64,
+    prepared: HashMap<String, Prepared>,
+    portals: HashMap<String, Option<Prepared>>,
+    pending_seq: u64,
+    out: BytesMut,
+}
+
+/// A decision on one query string.
+struct Decided {
+    records: Vec<(StatementRecord, Vec<RowLimit>)>,
+    refusal: Option<(&'static str, String)>,
+}
+
+fn empty_record(protocol: Protocol) -> StatementRecord {
+    StatementRecord {
+        statement_id: 0,
+        protocol,
+        statement: None,
+        fingerprint: String::new(),
+        kinds: Vec::new(),
+        tables: Vec::new(),
+        functions: Vec::new(),
+        decision: Decision::Allow,
+        rule: None,
+        reason: None,
+        lawful_basis: None,
+        purpose: None,
+    }
+}
+
+impl Frontend {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        // A poisoned lock means a panic elsewhere in this session; keep the data.
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Relay client messages until the session ends; returns why, and whether the server's
+    /// remaining answers should still be delivered.
+    async fn run(
+        &mut self,
+        mut reader: BufReader<OwnedReadHalf>,
+        mut upstream: WriteHalf<UpstreamStream>,
+    ) -> (String, bool) {
+        let limit = self.res.limits.max_statement_bytes;
+        loop {
+            let read = codec::read_message(&mut reader, codec::HARD_MAX_MESSAGE, |_| false);
+            let read = match read.await {
+                Ok(r) => r,
+                Err(e) => return (self.fatal(e).await, false),
+            };
+            let result = match read {
+                Read::Eof => {
+                    put_message(&mut self.out, b'X', b"");
+                    let drain = self.flush(&mut upstream).await.is_ok();
+                    return ("client closed the connection".to_owned(), drain);
+                }
+                Read::Oversized { tag, len } => {
+                    self.refuse_oversized(tag, len, limit);
+                    Ok(true)
+                }
+                Read::Message(m) if (m.tag == b'Q' || m.tag == b'P') && m.body.len() > limit => {
+                    self.refuse_oversized(m.tag, m.body.len(), limit);
+                    Ok(true)
+                }
+                Read::Message(m) => self.on_message(m),
+            };
+            match result {
+                Ok(true) => {}
+                Ok(false) => {
+                    let drain = self.flush(&mut upstream).await.is_ok();
+                    return ("terminate".to_owned(), drain);
+                }
+                Err(e) => return (self.fatal(e).await, false),
+            }
+            if reader.buffer().is_empty() || self.out.len() >= FLUSH_BYTES {
+                if let Err(e) = self.flush(&mut upstream).await {
+                    return (e, false);
+                }
+            }
+        }
+    }
+
+    async fn fatal(&mut self, e: ProtocolError) -> String {
+        if matches!(e, ProtocolError::Io(_)) {
+            return format!("client connection: {e}");
+        }
+        self.res.metrics.protocol_errors.inc();
+        tracing::info!(session = %self.ctx.session_id, error = %e, "closing a session after a protocol error");
+        let mut out = BytesMut::new();
+        put_error(&mut out, "FATAL", "08P01", &e.to_string());
+        let mut w = self.client_out.lock().await;
+        let _ = w.write_all(&out).await;
+        let _ = w.shutdown().await;
+        e.to_string()
+    }
+
+    async fn flush(&mut self, upstream: &mut WriteHalf<UpstreamStream>) -> Result<(), String> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        if self.pending_seq > self.res.spool.durable_seq() {
+            if let Err(e) = self.res.spool.wait_durable(self.pending_seq).await {
+                // Nothing unrecorded may be forwarded: end the session.
+                tracing::error!(error = %e, "audit record not durable; closing the session");
+                let mut out = BytesMut::new();
+                put_error(
+                    &mut out,
+                    "FATAL",
+                    "58030",
+                    &format!("audit log unavailable: {e}"),
+                );
+                let mut w = self.client_out.lock().await;
+                let _ = w.write_all(&out).await;
+                return Err(e.to_string());
+            }
+        }
+        upstream
+            .write_all(&self.out)
+            .await
+            .map_err(|e| format!("upstream connection: {e}"))?;
+        upstream
+            .flush()
+            .await
+            .map_err(|e| format!("upstream connection: {e}"))?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Handle one client message; `Ok(false)` ends the session (Terminate).
+    fn on_message(&mut self, m: Message) -> Result<bool, ProtocolError> {
+        match m.tag {
+            b'Q' => {
+                let raw = Fields::new(&m.body).cstr_bytes()?;
+                match std::str::from_utf8(raw) {
+                    Ok(sql) => self.on_query(sql, &m),
+                    Err(_) => self.refuse_undecodable(m.tag),
+                }
+            }
+            b'P' => {
+                let mut f = Fields::new(&m.body);
+                let name = f.cstr()?.to_owned();
+                match std::str::from_utf8(f.cstr_bytes()?) {
+                    Ok(sql) => self.on_parse(name, sql, &m),
+                    Err(_) => {
+                        self.prepared.remove(&name);
+                        self.refuse_undecodable(m.tag);
+                    }
+                }
+            }
+            b'B' => {
+                let mut f = Fields::new(&m.body);
+                let portal = f.cstr()?.to_owned();
+                let statement = f.cstr()?;
+                let prepared = self.prepared.get(statement).cloned();
+                self.portals.insert(portal, prepared);
+                put_message(&mut self.out, m.tag, &m.body);
+            }
+            b'E' => {
+                let portal = Fields::new(&m.body).cstr()?;
+                let prepared = self.portals.get(portal).cloned().flatten();
+                self.on_execute(prepared);
+                put_message(&mut self.out, m.tag, &m.body);
+            }
+            b'C' => {
+                let mut f = Fields::new(&m.body);
+                let kind = f.byte()?;
+                let name = f.cstr()?;
+                match kind {
+                    b'S' => {
+                        self.prepared.remove(name);
+                    }
+                    b'P' => {
+                        self.portals.remove(name);
+                    }
+                    _ => return Err(ProtocolError::Invalid("Close of an unknown kind".into())),
+                }
+                put_message(&mut self.out, m.tag, &m.body);
+            }
+            b'S' => {
+                self.lock().batches_sent += 1;
+                put_message(&mut self.out, m.tag, &m.body);
+            }
+            b'D' | b'H' | b'd' | b'c' | b'f' => put_message(&mut self.out, m.tag, &m.body),
+            b'F' => self.on_function_call(&m),
+            b'X' => {
+                put_message(&mut self.out, m.tag, &m.body);
+                return Ok(false);
+            }
+            other => {
+                return Err(ProtocolError::Invalid(format!(
+                    "unexpected message type {:?}",
+                    char::from(other)
+                )))
+            }
+        }
+        Ok(true)
+    }
+
+    fn next_statement_id(&mut self) -> u64 {
+        self.statements += 1;
+        self.statements
+    }
+
+    fn policy_context(&self) -> (Option<String>, Option<String>) {
+        let first = self.res.guardrails.policies().first();
+        (
+            first.and_then(|p| {
+                p.lawful_basis
+                    .and_then(|b| serde_json::to_value(b).ok())
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            }),
+            first.and_then(|p| p.purpose.clone()),
+        )
+    }
+
+    /// Analyse and decide a query string.
+    fn decide(&mut self, sql: &str, protocol: Protocol) -> Decided {
+        let analysis = self.res.cache.analyze(sql);
+        let (lawful_basis, purpose) = self.policy_context();
+        let mut records = Vec::new();
+        let mut refusal: Option<(&'static str, String, RuleRef)> = None;
+        match analysis.as_ref() {
+            Analysis::Statements(list) => {
+                for facts in list {
+                    let verdict = self.res.guardrails.decide(facts);
+                    let row_limits = if verdict.forwards() {
+                        self.res.guardrails.row_limits(facts)
+                    } else {
+                        Vec::new()
+                    };
+                    let record = StatementRecord {
+                        statement: Some(facts.normalized.clone()),
+                        fingerprint: facts.fingerprint.clone(),
+                        kinds: {
+                            let mut k: Vec<String> = facts
+                                .kinds
+                                .iter()
+                                .map(|k| kind_name(*k).to_owned())
+                                .collect();
+                            k.sort();
+                            k
+                        },
+                        tables: facts.tables.iter().cloned().collect(),
+                        functions: facts.functions.iter().cloned().collect(),
+                        lawful_basis: lawful_basis.clone(),
+                        purpose: purpose.clone(),
+                        ..self.verdict_record(protocol, &verdict)
+                    };
+                    if !verdict.forwards() && refusal.is_none() {
+                        refusal = Some((
+                            SQLSTATE_REFUSED,
+                            verdict.reason.clone().unwrap_or_default(),
+                            verdict.rule.clone().unwrap_or(RuleRef {
+                                policy: BUILTIN_POLICY.into(),
+                                rule: "deny".into(),
+                            }),
+                        ));
+                    }
+                    records.push((record, row_limits));
+                }
+            }
+            Analysis::Unanalyzable {
+                reason,
+                fingerprint,
+            } => {
+                let verdict = self.res.guardrails.decide_unanalyzable(reason);
+                let record = StatementRecord {
+                    fingerprint: fingerprint.clone(),
+                    lawful_basis,
+                    purpose,
+                    ..self.verdict_record(protocol, &verdict)
+                };
+                if !verdict.forwards() {
+                    refusal = Some((
+                        SQLSTATE_REFUSED,
+                        verdict.reason.clone().unwrap_or_default(),
+                        verdict.rule.clone().unwrap_or(RuleRef {
+                            policy: BUILTIN_POLICY.into(),
+                            rule: "unanalyzable".into(),
+                        }),
+                    ));
+                }
+                records.push((record, Vec::new()));
+            }
+        }
+        if refusal.is_none() {
+            if let Err(e) = self
+                .res
+                .spool
+                .check_limit(self.res.guardrails.spool_limit())
+            {
+                refusal = Some((
+                    SQLSTATE_REFUSED,
+                    format!("statement refused because the audit log cannot record it: {e} (rule builtin/audit-unavailable)"),
+                    RuleRef {
+                        policy: BUILTIN_POLICY.into(),
+                        rule: "audit-unavailable".into(),
+                    },
+                ));
+            }
+        }
+        // A query string is forwarded whole or not at all: every statement of a refused
+        // string is recorded as refused, naming the rule that refused it.
+        if let Some((_, message, rule)) = &refusal {
+            for (record, _) in records.iter_mut() {
+                if matches!(record.decision, Decision::Allow | Decision::Audit) {
+                    record.decision = Decision::Deny;
+                    record.rule = Some(rule.clone());
+                    record.reason = Some(format!(
+                        "refused with the query string it belongs to: {message}"
+                    ));
+                }
+            }
+        }
+        for (record, _) in records.iter_mut() {
+            record.statement_id = self.next_statement_id();
+        }
+        Decided {
+            records,
+            refusal: refusal.map(|(code, message, _)| (code, message)),
+        }
+    }
+
+    fn verdict_record(&self, protocol: Protocol, verdict: &Verdict) -> StatementRecord {
+        StatementRecord {
+            decision: verdict.decision,
+            rule: verdict.rule.clone(),
+            reason: verdict.reason.clone(),
+            ..empty_record(protocol)
+        }
+    }
+
+    fn record(&mut self, record: StatementRecord) {
+        let decision = match record.decision {
+            Decision::Allow => "allow",
+            Decision::Audit => "audit",
+            Decision::Deny => "deny",
+            Decision::RequireApproval => "requireApproval",
+        };
+        self.res
+            .metrics
+            .statements
+            .with_label_values(&[decision])
+            .inc();
+        if record.decision != Decision::Allow {
+            tracing::info!(
+                session = %self.ctx.session_id,
+                decision,
+                rule = ?record.rule,
+                statement = record.statement.as_deref().unwrap_or("<unanalysable>"),
+                "statement decided"
+            );
+        }
+        match self
+            .res
+            .spool
+            .append(&self.ctx, AuditEvent::Statement(record))
+        {
+            Ok(seq) => self.pending_seq = self.pending_seq.max(seq),
+            // The next flush waits for durability and fails the same way; make sure it does.
+            Err(e) => {
+                tracing::error!(error = %e, "audit record could not be queued");
+                self.pending_seq = u64::MAX;
+            }
+        }
+    }
+
+    /// Forward a stand-in that the server rejects, and arrange for the rejection to be
+    /// replaced by `message`.
+    fn refuse(&mut self, as_parse: bool, code: &'static str, message: String) {
+        self.markers += 1;
+        let token = format!("portcullis_refused_{}_{}", self.nonce, self.markers);
+        {
+            let mut t = self.lock();
+            let batch = t.batches_sent + 1;
+            if !as_parse {
+                t.batches_sent += 1;
+            }
+            t.markers.push_back(Marker {
+                token: token.clone(),
+                batch,
+                code,
+                message,
+            });
+        }
+        if as_parse {
+            put_message(&mut self.out, b'P', &codec::parse_body(&token));
+        } else {
+            put_message(&mut self.out, b'Q', &codec::query_body(&token));
+        }
+    }
+
+    fn refuse_undecodable(&mut self, tag: u8) {
+        let message = "statement text is not valid UTF-8 and cannot be analysed; use client_encoding UTF8 (rule builtin/unanalyzable)".to_owned();
+        self.refuse_builtin(tag, "unanalyzable", SQLSTATE_REFUSED, message);
+    }
+
+    fn refuse_oversized(&mut self, tag: u8, len: usize, limit: usize) {
+        let message = format!(
+            "statement of {len} bytes exceeds the sidecar's limit of {limit} bytes (rule builtin/statement-size)"
+        );
+        self.refuse_builtin(tag, "statement-size", SQLSTATE_TOO_LARGE, message);
+    }
+
+    fn refuse_builtin(&mut self, tag: u8, rule: &str, code: &'static str, message: String) {
+        let id = self.next_statement_id();
+        let record = StatementRecord {
+            statement_id: id,
+            decision: Decision::Deny,
+            rule: Some(RuleRef {
+                policy: BUILTIN_POLICY.into(),
+                rule: rule.into(),
+            }),
+            reason: Some(message.clone()),
+            ..empty_record(if tag == b'Q' {
+                Protocol::Simple
+            } else {
+                Protocol::Parse
+            })
+        };
+        self.record(record);
+        self.refuse(tag == b'P', code, message);
+    }
+
+    fn on_query(&mut self, sql: &str, m: &Message) {
+        let decided = self.decide(sql, Protocol::Simple);
+        let batch;
+        {
+            let t = self.lock();
+            batch = t.batches_sent + 1;
+        }
+        let forwards = decided.refusal.is_none();
+        let now = Instant::now();
+        for (record, row_limits) in decided.records {
+            let statement_id = record.statement_id;
+            self.record(record);
+            if forwards {
+                self.lock().inflight.push_back(Inflight {
+                    statement_id,
+                    batch,
+                    started: now,
+                    row_limits,
+                });
+            }
+        }
+        match decided.refusal {
+            Some((code, message)) => self.refuse(false, code, message),
+            None => {
+                self.lock().batches_sent += 1;
+                put_message(&mut self.out, m.tag, &m.body);
+            }
+        }
+    }
+
+    fn on_parse(&mut self, name: String, sql: &str, m: &Message) {
+        let decided = self.decide(sql, Protocol::Parse);
+        let mut first: Option<Prepared> = None;
+        for (record, row_limits) in decided.records {
+            if first.is_none() {
+                first = Some(Prepared {
+                    template: record.clone(),
+                    row_limits,
+                });
+            }
+            self.record(record);
+        }
+        match decided.refusal {
+            Some((code, message)) => {
+                self.prepared.remove(&name);
+                self.refuse(true, code, message);
+            }
+            None => {
+                let prepared = first.unwrap_or_else(|| Prepared {
+                    template: empty_record(Protocol::Parse),
+                    row_limits: Vec::new(),
+                });
+                self.prepared.insert(name, prepared);
+                put_message(&mut self.out, m.tag, &m.body);
+            }
+        }
+    }
+
+    fn on_execute(&mut self, prepared: Option<Prepared>) {
+        // A portal of a statement the sidecar refused does not exist upstream either; the
+        // server answers the Execute with an error. Record what runs.
+        let Some(prepared) = prepared else { return };
+        let statement_id = self.next_statement_id();
+        let record = StatementRecord {
+            statement_id,
+            protocol: Protocol::Execute,
+            ..prepared.template.clone()
+        };
+        self.record(record);
+        let mut t = self.lock();
+        let batch = t.batches_sent + 1;
+        t.inflight.push_back(Inflight {
+            statement_id,
+            batch,
+            started: Instant::now(),
+            row_limits: prepared.row_limits,
+        });
+    }
+
+    fn on_function_call(&mut self, m: &Message) {
+        let verdict = self
+            .res
+            .guardrails
+            .decide_unanalyzable("fast-path function calls cannot be analysed");
+        let statement_id = self.next_statement_id();
+        let record = StatementRecord {
+            statement_id,
+            ..self.verdict_record(Protocol::FunctionCall, &verdict)
+        };
+        self.record(record);
+        if verdict.forwards() {
+            let mut t = self.lock();
+            t.batches_sent += 1;
+            drop(t);
+            put_message(&mut self.out, m.tag, &m.body);
+        } else {
+            self.refuse(false, SQLSTATE_REFUSED, verdict.reason.unwrap_or_default());
+        }
+    }
+}
+
+async fn backend(
+    mut reader: BufReader<ReadHalf<UpstreamStream>>,
+    client: ClientWriter,
+    tracker: Arc<Mutex<Tracker>>,
+    res: Arc<Resource>,
+    ctx: RecordContext,
+) -> String {
+    let mut path = ResultPath::default();
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let read = codec::read_message(&mut reader, codec::HARD_MAX_MESSAGE, |_| false).await;
+        let msg = match read {
+            Ok(Read::Message(m)) => m,
+            Ok(Read::Eof) | Ok(Read::Oversized { .. }) => {
+                put_error(
+                    &mut out,
+                    "FATAL",
+                    "08006",
+                    "the upstream server closed the connection",
+                );
+                flush_client(&client, &mut out).await;
+                return "server closed the connection".to_owned();
+            }
+            Err(e) => {
+                put_error(
+                    &mut out,
+                    "FATAL",
+                    "08006",
+                    &format!("upstream connection failed: {e}"),
+                );
+                flush_client(&client, &mut out).await;
+                return format!("server connection: {e}");
+            }
+        };
+        let outcome = {
+            let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+            path.on_message(&msg, &mut t, &mut out)
+        };
+        for (completion, seconds) in outcome.completions {
+            res.metrics.statement_seconds.observe(seconds);
+            let _ = res.spool.append(&ctx, AuditEvent::Completion(completion));
+        }
+        if reader.buffer().is_empty() || out.len() >= FLUSH_BYTES {
+            if !flush_client(&client, &mut out).await {
+                return "client connection closed".to_owned();
+            }
+            res.metrics.spool_bytes.set(res.spool.bytes() as i64);
+        }
+    }
+}
+
+async fn flush_client(client: &ClientWriter, out: &mut BytesMut) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let mut w = client.lock().await;
+    let ok = w.write_all(out).await.is_ok();
+    out.clear();
+    ok
+}

@@ -1,0 +1,297 @@
+//! Test support: a sidecar started in-process in front of the harness PostgreSQL, with its
+//! own credential files and audit spool.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use portcullis_crds::audit::{AuditEvent, AuditRecord, CompletionRecord, StatementRecord};
+use portcullis_crds::SidecarConfig;
+use portcullis_sidecar::config::Options;
+use portcullis_sidecar::Sidecar;
+use tokio_postgres::{Client, NoTls};
+
+/// How to start a proxy.
+pub struct ProxyBuilder {
+    policies_yaml: String,
+    policy_names: Vec<String>,
+    tls_mode: String,
+    ca_file: Option<PathBuf>,
+    server_name: Option<String>,
+    user: String,
+    password: String,
+    max_statement_bytes: Option<usize>,
+    upstream_port: Option<u16>,
+}
+
+/// A running proxy.
+pub struct Proxy {
+    sidecar: Option<Sidecar>,
+    /// Temporary directory with the credential files and the spool.
+    pub dir: tempfile::TempDir,
+    /// The proxy's address.
+    pub port: u16,
+    /// Admin address.
+    pub admin: std::net::SocketAddr,
+}
+
+impl Default for ProxyBuilder {
+    fn default() -> Self {
+        let h = portcullis_e2e::harness();
+        ProxyBuilder {
+            policies_yaml: String::new(),
+            policy_names: Vec::new(),
+            tls_mode: "disable".into(),
+            ca_file: None,
+            server_name: None,
+            user: "app".into(),
+            password: h.pg_password().to_owned(),
+            max_statement_bytes: None,
+            upstream_port: None,
+        }
+    }
+}
+
+impl ProxyBuilder {
+    /// Add a policy (YAML of one PolicyConfig, without the leading dash).
+    pub fn policy(mut self, name: &str, body_yaml: &str) -> Self {
+        let indented: String = body_yaml.lines().map(|l| format!("  {l}\n")).collect();
+        self.policies_yaml
+            .push_str(&format!("- name: {name}\n{indented}"));
+        self.policy_names.push(name.to_owned());
+        self
+    }
+
+    /// Upstream TLS.
+    pub fn tls(mut self, mode: &str, ca: Option<PathBuf>, server_name: Option<&str>) -> Self {
+        self.tls_mode = mode.into();
+        self.ca_file = ca;
+        self.server_name = server_name.map(str::to_owned);
+        self
+    }
+
+    /// Upstream credential.
+    pub fn credential(mut self, user: &str, password: &str) -> Self {
+        self.user = user.into();
+        self.password = password.into();
+        self
+    }
+
+    /// Statement size limit.
+    pub fn max_statement_bytes(mut self, n: usize) -> Self {
+        self.max_statement_bytes = Some(n);
+        self
+    }
+
+    /// Point the proxy at another port of the harness host.
+    pub fn upstream_port(mut self, port: u16) -> Self {
+        self.upstream_port = Some(port);
+        self
+    }
+
+    /// Start the proxy.
+    pub async fn start(self) -> Proxy {
+        self.try_start().await.expect("sidecar starts")
+    }
+
+    /// Start the proxy, returning the start-up error.
+    pub async fn try_start(self) -> Result<Proxy, portcullis_sidecar::StartError> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let h = portcullis_e2e::harness();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let creds = dir.path().join("creds");
+        std::fs::create_dir_all(&creds).expect("creds dir");
+        std::fs::write(creds.join("username"), format!("{}\n", self.user)).expect("user file");
+        std::fs::write(creds.join("password"), format!("{}\n", self.password))
+            .expect("password file");
+        let mut upstream = format!(
+            "    host: {}\n    port: {}\n    tlsMode: {}\n",
+            h.pg_host(),
+            self.upstream_port.unwrap_or(h.pg_port()),
+            self.tls_mode
+        );
+        if let Some(ca) = &self.ca_file {
+            upstream.push_str(&format!("    caFile: {}\n", ca.display()));
+        }
+        if let Some(sn) = &self.server_name {
+            upstream.push_str(&format!("    serverName: {sn}\n"));
+        }
+        let yaml = format!(
+            "apiVersion: portcullis.dev/sidecar-config/v1alpha1
+namespace: agents
+adminListen: 127.0.0.1:0
+audit:
+  spoolDir: {spool}
+resources:
+- name: shop-db
+  type: postgres
+  listenPort: 0
+  upstream:
+{upstream}  credentials:
+    usernameFile: {creds}/username
+    passwordFile: {creds}/password
+  policies: [{names}]
+policies:{policies}",
+            spool = dir.path().join("spool").display(),
+            creds = creds.display(),
+            names = self.policy_names.join(", "),
+            policies = if self.policies_yaml.is_empty() {
+                " []\n".to_owned()
+            } else {
+                format!("\n{}", self.policies_yaml)
+            },
+        );
+        let config = SidecarConfig::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let mut options = Options::service_account("agents", "agent");
+        if let Some(n) = self.max_statement_bytes {
+            options.limits.max_statement_bytes = n;
+        }
+        let sidecar = portcullis_sidecar::start(config, options).await?;
+        let port = sidecar.addr("shop-db").expect("listening").port();
+        let admin = sidecar.admin_addr();
+        Ok(Proxy {
+            sidecar: Some(sidecar),
+            dir,
+            port,
+            admin,
+        })
+    }
+}
+
+impl Proxy {
+    /// A proxy without policies (built-in rules only).
+    pub async fn plain() -> Proxy {
+        ProxyBuilder::default().start().await
+    }
+
+    /// libpq URL of the proxy (no password: the agent does not know it).
+    pub fn url(&self) -> String {
+        format!(
+            "postgresql://agent@127.0.0.1:{}/shop?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// tokio-postgres configuration string.
+    pub fn conn_str(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=agent dbname=shop sslmode=disable",
+            self.port
+        )
+    }
+
+    /// A connected tokio-postgres client.
+    pub async fn client(&self) -> Client {
+        connect(&self.conn_str()).await
+    }
+
+    /// The spool directory.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// Every record in the spool, in order.
+    pub fn records(&self) -> Vec<AuditRecord> {
+        read_spool(&self.spool_dir())
+    }
+
+    /// Statement records whose normalised text contains `needle` (case-insensitive), or all
+    /// statement records when `needle` is empty.
+    pub fn statements(&self) -> Vec<StatementRecord> {
+        self.records()
+            .into_iter()
+            .filter_map(|r| match r.event {
+                AuditEvent::Statement(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Wait until a completion record for `statement_id` is in the spool.
+    pub async fn completion(&self, statement_id: u64) -> CompletionRecord {
+        for _ in 0..100 {
+            for r in self.records() {
+                if let AuditEvent::Completion(c) = r.event {
+                    if c.statement_id == statement_id {
+                        return c;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no completion record for statement {statement_id}");
+    }
+
+    /// Stop the proxy.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.sidecar.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+/// Read every record of a spool directory.
+pub fn read_spool(dir: &Path) -> Vec<AuditRecord> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        for line in text.lines() {
+            // The writer only ever appends whole lines.
+            out.push(
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("bad record {line}: {e}")),
+            );
+        }
+    }
+    out
+}
+
+/// Connect tokio-postgres and drive the connection in the background.
+pub async fn connect(conn: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(conn, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {conn}: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// A client connected directly to PostgreSQL as `app`.
+pub async fn direct() -> Client {
+    connect(&direct_conn_str()).await
+}
+
+/// tokio-postgres configuration string of the direct connection.
+pub fn direct_conn_str() -> String {
+    let h = portcullis_e2e::harness();
+    format!(
+        "host={} port={} user=app password={} dbname=shop sslmode=disable",
+        h.pg_host(),
+        h.pg_port(),
+        h.pg_password()
+    )
+}
+
+/// An admin client (superuser `postgres`).
+pub async fn admin() -> Client {
+    let h = portcullis_e2e::harness();
+    connect(h.pg_admin_url()).await
+}
+
+/// Run a command, returning (success, stdout, stderr).
+pub fn run(cmd: &mut std::process::Command) -> (bool, String, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

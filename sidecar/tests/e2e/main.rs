@@ -1,0 +1,8 @@
+//! End-to-end tests of the sidecar against the harness PostgreSQL.
+
+mod clients;
+mod common;
+mod guardrails;
+mod passthrough;
+mod robustness;
+mod upstream;
