@@ -38,6 +38,6 @@ done
 export PORTCULLIS_E2E_ENV=$state/env
 
 step "cargo test --workspace"
-cargo test --workspace --locked -- --test-threads=2
+cargo test --workspace --locked --no-fail-fast -- --test-threads=2
 
 step "all tests passed in $((SECONDS - start))s"

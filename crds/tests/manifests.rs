@@ -104,8 +104,16 @@ fn every_example_parses_into_the_types() {
     let files = yaml_files(&root.join("examples"));
     assert!(!files.is_empty(), "examples/ holds manifests");
     let mut portcullis_objects = 0;
+    let mut sidecar_configs = 0;
     for path in files {
         let text = std::fs::read_to_string(&path).expect("read example");
+        // examples/local holds standalone sidecar configurations, not Kubernetes objects.
+        if path.starts_with(root.join("examples/local")) {
+            portcullis_crds::SidecarConfig::from_yaml(&text)
+                .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
+            sidecar_configs += 1;
+            continue;
+        }
         let manifests = parse_manifests(&text)
             .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
         portcullis_objects += manifests
@@ -114,6 +122,7 @@ fn every_example_parses_into_the_types() {
             .count();
     }
     assert!(portcullis_objects >= 4, "examples cover the API kinds");
+    assert!(sidecar_configs >= 1, "a standalone sidecar configuration");
 }
 
 #[test]
