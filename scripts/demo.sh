@@ -22,7 +22,7 @@ say "Start etcd, kube-apiserver and PostgreSQL on loopback"
 state=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-demo.XXXXXX")
 e2e/scripts/harness.sh --state "$state" --watch-pid $$ >"$state.out" 2>"$state.log" &
 harness=$!
-trap 'kill $harness 2>/dev/null; wait $harness 2>/dev/null; rm -rf "$state" "$state.out" "$state.log"' EXIT
+trap 'kill $harness 2>/dev/null || true; wait $harness 2>/dev/null || true; rm -rf "$state" "$state.out" "$state.log"' EXIT
 until grep -q '^harness ready: ' "$state.out" 2>/dev/null; do
     kill -0 $harness 2>/dev/null || { cat "$state.log" >&2; exit 1; }
     sleep 0.5

@@ -30,7 +30,7 @@ step "starting the e2e harness"
 state=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-test.XXXXXX")
 e2e/scripts/harness.sh --state "$state" --watch-pid $$ >"$state.out" &
 harness_pid=$!
-trap 'kill $harness_pid 2>/dev/null; wait $harness_pid 2>/dev/null; rm -rf "$state" "$state.out"' EXIT
+trap 'kill $harness_pid 2>/dev/null || true; wait $harness_pid 2>/dev/null || true; rm -rf "$state" "$state.out"' EXIT
 until grep -q '^harness ready: ' "$state.out" 2>/dev/null; do
     kill -0 $harness_pid 2>/dev/null || { echo "harness failed to start" >&2; exit 1; }
     sleep 0.5
