@@ -579,10 +579,12 @@ async fn access_requests_move_through_their_phases_with_events() {
         }
     }))
     .expect("policy");
-    Api::<GatewayPolicy>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &policy)
-        .await
-        .expect("policy");
+    // The operator of this file may still be starting its webhook server.
+    let policies = Api::<GatewayPolicy>::namespaced(client.clone(), &ns);
+    eventually(Duration::from_secs(60), "the policy admitted", || async {
+        policies.create(&PostParams::default(), &policy).await.ok()
+    })
+    .await;
     let api: Api<portcullis_crds::AccessRequest> = Api::namespaced(client.clone(), &ns);
     let request = |name: &str| -> portcullis_crds::AccessRequest {
         serde_json::from_value(json!({

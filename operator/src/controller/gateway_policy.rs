@@ -159,26 +159,10 @@ async fn reconcile(
     let hash = compiled.config.content_hash();
 
     // Finalizers first, so nothing that is in the configuration can vanish unnoticed.
-    for p in policy_refs
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-    {
-        ensure_finalizer(
-            &Api::<GatewayPolicy>::namespaced(ctx.client.clone(), &namespace),
-            *p,
-        )
-        .await?;
-    }
-    for r in resource_refs
-        .iter()
-        .filter(|r| r.metadata.deletion_timestamp.is_none())
-    {
-        ensure_finalizer(
-            &Api::<ProtectedResource>::namespaced(ctx.client.clone(), &namespace),
-            *r,
-        )
-        .await?;
-    }
+    let policy_api = Api::<GatewayPolicy>::namespaced(ctx.client.clone(), &namespace);
+    let resource_api = Api::<ProtectedResource>::namespaced(ctx.client.clone(), &namespace);
+    sync_finalizers(&policy_api, &policy_refs, Finalizers::AddToLive).await?;
+    sync_finalizers(&resource_api, &resource_refs, Finalizers::AddToLive).await?;
 
     let current_hash = current
         .as_ref()
@@ -195,27 +179,37 @@ async fn reconcile(
         }
     }
     // The configuration no longer carries deleted objects: let them go.
-    for p in policy_refs
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_some())
-    {
-        remove_finalizer(
-            &Api::<GatewayPolicy>::namespaced(ctx.client.clone(), &namespace),
-            *p,
-        )
-        .await?;
-    }
-    for r in resource_refs
-        .iter()
-        .filter(|r| r.metadata.deletion_timestamp.is_some())
-    {
-        remove_finalizer(
-            &Api::<ProtectedResource>::namespaced(ctx.client.clone(), &namespace),
-            *r,
-        )
-        .await?;
-    }
+    sync_finalizers(&policy_api, &policy_refs, Finalizers::RemoveFromDeleted).await?;
+    sync_finalizers(&resource_api, &resource_refs, Finalizers::RemoveFromDeleted).await?;
     Ok(Action::requeue(Duration::from_secs(600)))
+}
+
+/// Which objects [`sync_finalizers`] changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Finalizers {
+    /// Add the finalizer to objects not being deleted.
+    AddToLive,
+    /// Remove it from objects being deleted.
+    RemoveFromDeleted,
+}
+
+async fn sync_finalizers<K>(
+    api: &Api<K>,
+    objs: &[&K],
+    what: Finalizers,
+) -> Result<(), ReconcileError>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for obj in objs {
+        let deleting = obj.meta().deletion_timestamp.is_some();
+        match (what, deleting) {
+            (Finalizers::AddToLive, false) => ensure_finalizer(api, *obj).await?,
+            (Finalizers::RemoveFromDeleted, true) => remove_finalizer(api, *obj).await?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 async fn ensure_finalizer<K>(api: &Api<K>, obj: &K) -> Result<(), ReconcileError>
