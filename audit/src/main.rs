@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use portcullis_audit::retention::run_retention;
 use portcullis_audit::service::{run_signer, serve_tls, AuditService, Witness};
 use portcullis_audit::store::{Log, LogOptions};
-use portcullis_audit::verify::verify_log;
+use portcullis_audit::verify::{read_public_key, verify_log};
 use portcullis_crds::audit_log::LogSigner;
 
 #[derive(Parser)]
@@ -71,22 +71,6 @@ enum Cmd {
         #[arg(long)]
         public_key: PathBuf,
     },
-}
-
-fn read_public_key(path: &Path) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() == 32 {
-        return Ok(bytes);
-    }
-    hex::decode(String::from_utf8_lossy(&bytes).trim())
-        .ok()
-        .filter(|k| k.len() == 32)
-        .ok_or_else(|| {
-            format!(
-                "{}: not a 32-byte ed25519 public key (raw or hex)",
-                path.display()
-            )
-        })
 }
 
 fn tls_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {

@@ -182,3 +182,21 @@ fn read_heads(path: &Path) -> Result<Vec<SignedTreeHead>, VerifyError> {
         })
         .collect()
 }
+
+/// Read an ed25519 public key from a file holding its raw 32 bytes or their hex (the form
+/// `portcullis-audit keygen` prints and the chart stores as `ed25519.pub`).
+pub fn read_public_key(path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() == 32 {
+        return Ok(bytes);
+    }
+    hex::decode(String::from_utf8_lossy(&bytes).trim())
+        .ok()
+        .filter(|k| k.len() == 32)
+        .ok_or_else(|| {
+            format!(
+                "{}: not a 32-byte ed25519 public key (raw or hex)",
+                path.display()
+            )
+        })
+}

@@ -18,6 +18,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use portcullis_audit::bundle::{verify_bundle, write_bundle_from};
 use portcullis_audit::client::AuditClient;
+use portcullis_audit::verify::read_public_key;
 use portcullis_crds::{AccessRequest, GatewayPolicy};
 use serde_json::Value;
 
@@ -206,22 +207,6 @@ async fn evidence(client: kube::Client, ns: &str, args: EvidenceArgs) -> Result<
         requests.items.len(),
         output.display()
     ))
-}
-
-fn read_public_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() == 32 {
-        return Ok(bytes);
-    }
-    hex::decode(String::from_utf8_lossy(&bytes).trim())
-        .ok()
-        .filter(|k| k.len() == 32)
-        .ok_or_else(|| {
-            format!(
-                "{}: not a 32-byte ed25519 public key (raw or hex)",
-                path.display()
-            )
-        })
 }
 
 async fn kube_client(namespace: Option<String>) -> Result<(kube::Client, String), String> {

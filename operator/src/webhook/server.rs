@@ -275,48 +275,25 @@ async fn handle(
     Json(resp.into_review())
 }
 
+/// A POST route answering AdmissionReviews with the webhook named `webhook`.
+fn review_route(webhook: &'static str) -> axum::routing::MethodRouter<WebhookState> {
+    post(
+        move |State(s): State<WebhookState>, Json(r): Json<AdmissionReview<DynamicObject>>| async move {
+            handle(&s, webhook, r).await
+        },
+    )
+}
+
 /// The webhook routes.
 pub fn router(state: WebhookState) -> Router {
     Router::new()
-        .route(
-            "/mutate-pods",
-            post(
-                |State(s): State<WebhookState>, Json(r): Json<AdmissionReview<DynamicObject>>| async move {
-                    handle(&s, "inject", r).await
-                },
-            ),
-        )
-        .route(
-            "/mutate-pods-opt-in",
-            post(
-                |State(s): State<WebhookState>, Json(r): Json<AdmissionReview<DynamicObject>>| async move {
-                    handle(&s, "inject-opt-in", r).await
-                },
-            ),
-        )
-        .route(
-            "/validate-gatewaypolicies",
-            post(
-                |State(s): State<WebhookState>, Json(r): Json<AdmissionReview<DynamicObject>>| async move {
-                    handle(&s, "validate-policy", r).await
-                },
-            ),
-        )
-        .route(
-            "/mutate-accessrequests",
-            post(
-                |State(s): State<WebhookState>, Json(r): Json<AdmissionReview<DynamicObject>>| async move {
-                    handle(&s, "stamp-decision", r).await
-                },
-            ),
-        )
+        .route("/mutate-pods", review_route("inject"))
+        .route("/mutate-pods-opt-in", review_route("inject-opt-in"))
+        .route("/validate-gatewaypolicies", review_route("validate-policy"))
+        .route("/mutate-accessrequests", review_route("stamp-decision"))
         .route(
             "/validate-accessrequests",
-            post(
-                |State(s): State<WebhookState>, Json(r): Json<AdmissionReview<DynamicObject>>| async move {
-                    handle(&s, "authorize-decision", r).await
-                },
-            ),
+            review_route("authorize-decision"),
         )
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .with_state(state)
