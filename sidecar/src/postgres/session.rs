@@ -233,6 +233,8 @@ async fn relay(
 struct Prepared {
     template: StatementRecord,
     row_limits: Vec<RowLimit>,
+    /// Executing it reads only (see [`Decided`]).
+    read_only: bool,
 }
 
 struct Frontend {
@@ -245,6 +247,7 @@ struct Frontend {
     statements: u64,
     prepared: HashMap<String, Prepared>,
     portals: HashMap<String, Option<Prepared>>,
+    /// Highest audit record that must be durable before the buffered messages leave.
     pending_seq: u64,
     out: BytesMut,
 }
@@ -253,6 +256,11 @@ struct Frontend {
 struct Decided {
     records: Vec<(StatementRecord, Vec<RowLimit>)>,
     refusal: Option<(&'static str, String)>,
+    /// Every statement of the string only reads (queries, SHOW, transaction control, session
+    /// settings). Their records are written before the string is forwarded, and synced by the
+    /// group commit without holding the string back; any other statement waits for its
+    /// record's fsync before it is forwarded.
+    read_only: bool,
 }
 
 fn empty_record(protocol: Protocol) -> StatementRecord {
@@ -463,8 +471,10 @@ impl Frontend {
         let (lawful_basis, purpose) = self.policy_context();
         let mut records = Vec::new();
         let mut refusal: Option<(&'static str, String, RuleRef)> = None;
+        let mut read_only = false;
         match analysis.as_ref() {
             Analysis::Statements(list) => {
+                read_only = list.iter().all(|f| f.read_only);
                 for facts in list {
                     let verdict = self.res.guardrails.decide(facts);
                     let row_limits = if verdict.forwards() {
@@ -562,6 +572,7 @@ impl Frontend {
         Decided {
             records,
             refusal: refusal.map(|(code, message, _)| (code, message)),
+            read_only,
         }
     }
 
@@ -574,7 +585,9 @@ impl Frontend {
         }
     }
 
-    fn record(&mut self, record: StatementRecord) {
+    /// Write a statement's audit record; unless the statement only reads, the buffered
+    /// messages wait for the record's fsync before they are forwarded.
+    fn record(&mut self, record: StatementRecord, read_only: bool) {
         let decision = match record.decision {
             Decision::Allow => "allow",
             Decision::Audit => "audit",
@@ -600,7 +613,8 @@ impl Frontend {
             .spool
             .append(&self.ctx, AuditEvent::Statement(record))
         {
-            Ok(seq) => self.pending_seq = self.pending_seq.max(seq),
+            Ok(seq) if !read_only => self.pending_seq = self.pending_seq.max(seq),
+            Ok(_) => {}
             // The next flush waits for durability and fails the same way; make sure it does.
             Err(e) => {
                 tracing::error!(error = %e, "audit record could not be queued");
@@ -662,7 +676,7 @@ impl Frontend {
                 Protocol::Parse
             })
         };
-        self.record(record);
+        self.record(record, true);
         self.refuse(tag == b'P', code, message);
     }
 
@@ -677,7 +691,7 @@ impl Frontend {
         let now = Instant::now();
         for (record, row_limits) in decided.records {
             let statement_id = record.statement_id;
-            self.record(record);
+            self.record(record, decided.read_only || !forwards);
             if forwards {
                 self.lock().inflight.push_back(Inflight {
                     statement_id,
@@ -704,9 +718,11 @@ impl Frontend {
                 first = Some(Prepared {
                     template: record.clone(),
                     row_limits,
+                    read_only: decided.read_only,
                 });
             }
-            self.record(record);
+            // Parsing changes nothing; the Executes are recorded and waited for.
+            self.record(record, true);
         }
         match decided.refusal {
             Some((code, message)) => {
@@ -717,6 +733,7 @@ impl Frontend {
                 let prepared = first.unwrap_or_else(|| Prepared {
                     template: empty_record(Protocol::Parse),
                     row_limits: Vec::new(),
+                    read_only: true,
                 });
                 self.prepared.insert(name, prepared);
                 put_message(&mut self.out, m.tag, &m.body);
@@ -734,7 +751,7 @@ impl Frontend {
             protocol: Protocol::Execute,
             ..prepared.template.clone()
         };
-        self.record(record);
+        self.record(record, prepared.read_only);
         let mut t = self.lock();
         let batch = t.batches_sent + 1;
         t.inflight.push_back(Inflight {
@@ -755,7 +772,7 @@ impl Frontend {
             statement_id,
             ..self.verdict_record(Protocol::FunctionCall, &verdict)
         };
-        self.record(record);
+        self.record(record, !verdict.forwards());
         if verdict.forwards() {
             let mut t = self.lock();
             t.batches_sent += 1;
