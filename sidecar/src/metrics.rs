@@ -21,6 +21,8 @@ pub struct Metrics {
     pub spool_bytes: IntGauge,
     /// Connections refused or ended by a protocol error.
     pub protocol_errors: IntCounter,
+    /// Batches held until their audit records were on disk.
+    pub audit_sync_waits: IntCounter,
 }
 
 impl Metrics {
@@ -54,7 +56,12 @@ impl Metrics {
         registry.register(Box::new(statements.clone()))?;
         registry.register(Box::new(statement_seconds.clone()))?;
         registry.register(Box::new(spool_bytes.clone()))?;
+        let audit_sync_waits = IntCounter::new(
+            "audit_sync_waits_total",
+            "Batches held until their audit records were on disk (statements that may change data)",
+        )?;
         registry.register(Box::new(protocol_errors.clone()))?;
+        registry.register(Box::new(audit_sync_waits.clone()))?;
         Ok(Metrics {
             registry,
             connections_total,
@@ -63,6 +70,7 @@ impl Metrics {
             statement_seconds,
             spool_bytes,
             protocol_errors,
+            audit_sync_waits,
         })
     }
 

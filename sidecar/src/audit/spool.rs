@@ -107,7 +107,10 @@ impl Spool {
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let mut existing = 0u64;
         let mut last_index = 0u64;
-        for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))?.flatten() {
+        for entry in std::fs::read_dir(dir)
+            .map_err(|e| io_error(dir, e))?
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(index) = segment_index(&name) {
                 last_index = last_index.max(index);
@@ -370,7 +373,9 @@ mod tests {
     async fn records_are_in_the_file_before_append_returns_and_durable_on_request() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let seqs: Vec<u64> = (1..=5).map(|n| spool.append(&ctx(), event(n)).unwrap()).collect();
+        let seqs: Vec<u64> = (1..=5)
+            .map(|n| spool.append(&ctx(), event(n)).unwrap())
+            .collect();
         assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
         assert_eq!(spool.written_seq(), 5);
         // Written (not necessarily synced) at once, in sequence order.

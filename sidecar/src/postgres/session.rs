@@ -27,7 +27,7 @@ use super::results::{Inflight, Marker, ResultPath, Tracker, SQLSTATE_REFUSED};
 use super::startup::{self, Hello};
 use super::upstream::{UpstreamError, UpstreamStream};
 use crate::audit::spool::RecordContext;
-use crate::policy::analyze::{kind_name, Analysis};
+use crate::policy::analyze::{kind_name, Analysis, Effect};
 use crate::policy::guardrails::{RowLimit, Verdict, BUILTIN_POLICY};
 use crate::runtime::Resource;
 
@@ -203,6 +203,8 @@ async fn relay(
         prepared: HashMap::new(),
         portals: HashMap::new(),
         pending_seq: 0,
+        deferred_seq: 0,
+        waited_seq: 0,
         out: BytesMut::with_capacity(16 * 1024),
     };
     let back = backend(
@@ -233,8 +235,8 @@ async fn relay(
 struct Prepared {
     template: StatementRecord,
     row_limits: Vec<RowLimit>,
-    /// Executing it reads only (see [`Decided`]).
-    read_only: bool,
+    /// What executing it can change.
+    effect: Effect,
 }
 
 struct Frontend {
@@ -249,18 +251,38 @@ struct Frontend {
     portals: HashMap<String, Option<Prepared>>,
     /// Highest audit record that must be durable before the buffered messages leave.
     pending_seq: u64,
+    /// Highest record of a write inside the open transaction block, which must be durable
+    /// before the block's COMMIT leaves.
+    deferred_seq: u64,
+    /// Highest `pending_seq` already waited for.
+    waited_seq: u64,
     out: BytesMut,
+}
+
+/// When a statement's audit record must be durable (it is always written to the spool
+/// before the statement leaves, so it survives a crash of the sidecar).
+///
+/// Reads are not held back: their records are synced by the group commit within
+/// [`crate::audit::spool::BACKGROUND_SYNC`]. A write inside a transaction block changes
+/// nothing permanent or visible before COMMIT (the server rolls the block back if the
+/// sidecar goes away), so its record must be durable before the COMMIT leaves. Everything
+/// else waits for its own record's fsync before it is forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durable {
+    /// Written only.
+    Written,
+    /// Durable before the transaction block commits.
+    BeforeCommit,
+    /// Durable, with every earlier record, before this statement leaves.
+    BeforeForward,
 }
 
 /// A decision on one query string.
 struct Decided {
     records: Vec<(StatementRecord, Vec<RowLimit>)>,
     refusal: Option<(&'static str, String)>,
-    /// Every statement of the string only reads (queries, SHOW, transaction control, session
-    /// settings). Their records are written before the string is forwarded, and synced by the
-    /// group commit without holding the string back; any other statement waits for its
-    /// record's fsync before it is forwarded.
-    read_only: bool,
+    /// What the whole string can change.
+    effect: Effect,
 }
 
 fn empty_record(protocol: Protocol) -> StatementRecord {
@@ -349,6 +371,10 @@ impl Frontend {
     async fn flush(&mut self, upstream: &mut WriteHalf<UpstreamStream>) -> Result<(), String> {
         if self.out.is_empty() {
             return Ok(());
+        }
+        if self.pending_seq > self.waited_seq {
+            self.waited_seq = self.pending_seq;
+            self.res.metrics.audit_sync_waits.inc();
         }
         if self.pending_seq > self.res.spool.durable_seq() {
             if let Err(e) = self.res.spool.wait_durable(self.pending_seq).await {
@@ -471,10 +497,14 @@ impl Frontend {
         let (lawful_basis, purpose) = self.policy_context();
         let mut records = Vec::new();
         let mut refusal: Option<(&'static str, String, RuleRef)> = None;
-        let mut read_only = false;
+        let mut effect = Effect::Other;
         match analysis.as_ref() {
             Analysis::Statements(list) => {
-                read_only = list.iter().all(|f| f.read_only);
+                effect = list.iter().map(|f| f.effect).max().unwrap_or(Effect::Reads);
+                // A string that writes and commits must not leave before its writes' records.
+                if effect == Effect::Commits && list.iter().any(|f| f.effect == Effect::Writes) {
+                    effect = Effect::Other;
+                }
                 for facts in list {
                     let verdict = self.res.guardrails.decide(facts);
                     let row_limits = if verdict.forwards() {
@@ -572,7 +602,7 @@ impl Frontend {
         Decided {
             records,
             refusal: refusal.map(|(code, message, _)| (code, message)),
-            read_only,
+            effect,
         }
     }
 
@@ -585,9 +615,28 @@ impl Frontend {
         }
     }
 
-    /// Write a statement's audit record; unless the statement only reads, the buffered
-    /// messages wait for the record's fsync before they are forwarded.
-    fn record(&mut self, record: StatementRecord, read_only: bool) {
+    /// How durable the record of a statement with this effect must be before the statement
+    /// is forwarded.
+    fn durability(&self, effect: Effect) -> Durable {
+        match effect {
+            Effect::Reads => Durable::Written,
+            Effect::Writes => {
+                // Inside a transaction block only when every batch sent so far has been
+                // answered, so the last ReadyForQuery tells the block's state.
+                let t = self.lock();
+                if t.batches_done == t.batches_sent && t.transaction == b'T' {
+                    Durable::BeforeCommit
+                } else {
+                    Durable::BeforeForward
+                }
+            }
+            Effect::Commits if self.deferred_seq == 0 => Durable::Written,
+            Effect::Commits | Effect::Other => Durable::BeforeForward,
+        }
+    }
+
+    /// Write a statement's audit record and note when it must be durable.
+    fn record(&mut self, record: StatementRecord, durable: Durable) {
         let decision = match record.decision {
             Decision::Allow => "allow",
             Decision::Audit => "audit",
@@ -613,8 +662,15 @@ impl Frontend {
             .spool
             .append(&self.ctx, AuditEvent::Statement(record))
         {
-            Ok(seq) if !read_only => self.pending_seq = self.pending_seq.max(seq),
-            Ok(_) => {}
+            Ok(seq) => match durable {
+                Durable::Written => {}
+                Durable::BeforeCommit => self.deferred_seq = self.deferred_seq.max(seq),
+                // Waiting for this record waits for every earlier one, deferred ones too.
+                Durable::BeforeForward => {
+                    self.pending_seq = self.pending_seq.max(seq);
+                    self.deferred_seq = 0;
+                }
+            },
             // The next flush waits for durability and fails the same way; make sure it does.
             Err(e) => {
                 tracing::error!(error = %e, "audit record could not be queued");
@@ -676,7 +732,7 @@ impl Frontend {
                 Protocol::Parse
             })
         };
-        self.record(record, true);
+        self.record(record, Durable::Written);
         self.refuse(tag == b'P', code, message);
     }
 
@@ -688,10 +744,15 @@ impl Frontend {
             batch = t.batches_sent + 1;
         }
         let forwards = decided.refusal.is_none();
+        let durable = if forwards {
+            self.durability(decided.effect)
+        } else {
+            Durable::Written
+        };
         let now = Instant::now();
         for (record, row_limits) in decided.records {
             let statement_id = record.statement_id;
-            self.record(record, decided.read_only || !forwards);
+            self.record(record, durable);
             if forwards {
                 self.lock().inflight.push_back(Inflight {
                     statement_id,
@@ -718,11 +779,11 @@ impl Frontend {
                 first = Some(Prepared {
                     template: record.clone(),
                     row_limits,
-                    read_only: decided.read_only,
+                    effect: decided.effect,
                 });
             }
-            // Parsing changes nothing; the Executes are recorded and waited for.
-            self.record(record, true);
+            // Parsing changes nothing; each Execute is recorded and waited for.
+            self.record(record, Durable::Written);
         }
         match decided.refusal {
             Some((code, message)) => {
@@ -733,7 +794,7 @@ impl Frontend {
                 let prepared = first.unwrap_or_else(|| Prepared {
                     template: empty_record(Protocol::Parse),
                     row_limits: Vec::new(),
-                    read_only: true,
+                    effect: Effect::Reads,
                 });
                 self.prepared.insert(name, prepared);
                 put_message(&mut self.out, m.tag, &m.body);
@@ -751,7 +812,8 @@ impl Frontend {
             protocol: Protocol::Execute,
             ..prepared.template.clone()
         };
-        self.record(record, prepared.read_only);
+        let durable = self.durability(prepared.effect);
+        self.record(record, durable);
         let mut t = self.lock();
         let batch = t.batches_sent + 1;
         t.inflight.push_back(Inflight {
@@ -772,7 +834,12 @@ impl Frontend {
             statement_id,
             ..self.verdict_record(Protocol::FunctionCall, &verdict)
         };
-        self.record(record, !verdict.forwards());
+        let durable = if verdict.forwards() {
+            Durable::BeforeForward
+        } else {
+            Durable::Written
+        };
+        self.record(record, durable);
         if verdict.forwards() {
             let mut t = self.lock();
             t.batches_sent += 1;

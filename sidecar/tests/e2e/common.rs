@@ -224,6 +224,22 @@ impl Proxy {
         panic!("no completion record for statement {statement_id}");
     }
 
+    /// The value of one sample of the proxy's `/metrics` (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.admin)
+            .await
+            .expect("admin endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("metrics request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("metrics response");
+        out.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Stop the proxy.
     pub async fn stop(mut self) {
         if let Some(s) = self.sidecar.take() {

@@ -2,6 +2,7 @@
 
 mod clients;
 mod common;
+mod durability;
 mod guardrails;
 mod passthrough;
 mod robustness;
