@@ -12,6 +12,7 @@
 //! ```
 
 pub mod admin;
+pub mod approval;
 pub mod audit;
 pub mod config;
 pub mod masking;
@@ -58,6 +59,9 @@ pub enum StartError {
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The API server client for approvals cannot be built.
+    #[error("approvals: {0}")]
+    Approvals(#[from] approval::ApprovalError),
 }
 
 /// A running sidecar.
@@ -101,7 +105,11 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
     config.check().map_err(ConfigError::from)?;
     let spool = Spool::open(&config.audit.spool_dir)?;
     let metrics = Metrics::new()?;
+    let approvals = approval::Approvals::connect(&options.kube, &config.namespace)
+        .await?
+        .map(Arc::new);
     let shared = Shared {
+        approvals,
         spool: spool.clone(),
         metrics: metrics.clone(),
         cancel: Default::default(),

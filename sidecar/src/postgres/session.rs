@@ -26,10 +26,13 @@ use super::codec::{self, put_error, put_message, Fields, Message, ProtocolError,
 use super::results::{Inflight, Marker, ResultPath, Tracker, SQLSTATE_REFUSED};
 use super::startup::{self, Hello};
 use super::upstream::{UpstreamError, UpstreamStream};
+use crate::approval::justification_from_options;
 use crate::audit::spool::RecordContext;
 use crate::policy::analyze::{kind_name, Analysis};
 use crate::policy::guardrails::{RowLimit, Verdict, BUILTIN_POLICY};
 use crate::runtime::Resource;
+
+mod hold;
 
 /// Flush to the peer once this much output is buffered, even mid-batch.
 const FLUSH_BYTES: usize = 64 * 1024;
@@ -171,7 +174,15 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
     );
     tracing::debug!(session = %ctx.session_id, %peer, "session started");
 
-    let (reason, statements) = relay(tcp, established.stream, res.clone(), ctx.clone()).await;
+    let justification = params.get("options").and_then(justification_from_options);
+    let (reason, statements) = relay(
+        tcp,
+        established.stream,
+        res.clone(),
+        ctx.clone(),
+        justification,
+    )
+    .await;
     res.cancel.unregister(pid);
     let _ = res.spool.append(
         &ctx,
@@ -187,6 +198,7 @@ async fn relay(
     upstream: UpstreamStream,
     res: Arc<Resource>,
     ctx: RecordContext,
+    justification: Option<String>,
 ) -> (String, u64) {
     let (cr, cw) = tcp.into_split();
     let (ur, uw) = tokio::io::split(upstream);
@@ -204,6 +216,8 @@ async fn relay(
         portals: HashMap::new(),
         pending_seq: 0,
         out: BytesMut::with_capacity(16 * 1024),
+        held: None,
+        justification,
     };
     let back = backend(
         BufReader::with_capacity(64 * 1024, ur),
@@ -233,6 +247,8 @@ async fn relay(
 struct Prepared {
     template: StatementRecord,
     row_limits: Vec<RowLimit>,
+    /// The approval a held Parse obtained; each Execute checks it is still live.
+    grant: Option<hold::GrantRef>,
 }
 
 struct Frontend {
@@ -247,12 +263,18 @@ struct Frontend {
     portals: HashMap<String, Option<Prepared>>,
     pending_seq: u64,
     out: BytesMut,
+    /// A statement waiting for approval, resolved before the batch is flushed upstream.
+    held: Option<hold::Held>,
+    /// What the client said it needs its operations for (`SET portcullis.justification`).
+    justification: Option<String>,
 }
 
 /// A decision on one query string.
 struct Decided {
     records: Vec<(StatementRecord, Vec<RowLimit>)>,
     refusal: Option<(&'static str, String)>,
+    /// Statements that may run only with an approval.
+    approvals: Vec<hold::Need>,
 }
 
 fn empty_record(protocol: Protocol) -> StatementRecord {
@@ -269,6 +291,7 @@ fn empty_record(protocol: Protocol) -> StatementRecord {
         reason: None,
         lawful_basis: None,
         purpose: None,
+        access_request: None,
     }
 }
 
@@ -315,6 +338,14 @@ impl Frontend {
                     return ("terminate".to_owned(), drain);
                 }
                 Err(e) => return (self.fatal(e).await, false),
+            }
+            if let Some(held) = self.held.take() {
+                // What came before the held statement goes first; the hold awaits here, so
+                // other sessions run on while this one waits.
+                if let Err(e) = self.flush(&mut upstream).await {
+                    return (e, false);
+                }
+                self.resolve(held).await;
             }
             if reader.buffer().is_empty() || self.out.len() >= FLUSH_BYTES {
                 if let Err(e) = self.flush(&mut upstream).await {
@@ -402,8 +433,9 @@ impl Frontend {
             b'E' => {
                 let portal = Fields::new(&m.body).cstr()?;
                 let prepared = self.portals.get(portal).cloned().flatten();
-                self.on_execute(prepared);
-                put_message(&mut self.out, m.tag, &m.body);
+                if self.on_execute(prepared) {
+                    put_message(&mut self.out, m.tag, &m.body);
+                }
             }
             b'C' => {
                 let mut f = Fields::new(&m.body);
@@ -462,12 +494,17 @@ impl Frontend {
         let analysis = self.res.cache.analyze(sql);
         let (lawful_basis, purpose) = self.policy_context();
         let mut records = Vec::new();
+        let mut approvals = Vec::new();
         let mut refusal: Option<(&'static str, String, RuleRef)> = None;
         match analysis.as_ref() {
             Analysis::Statements(list) => {
                 for facts in list {
-                    let verdict = self.res.guardrails.decide(facts);
-                    let row_limits = if verdict.forwards() {
+                    let mut verdict = self.res.guardrails.decide(facts);
+                    let held = verdict.decision == Decision::RequireApproval;
+                    if held && self.res.approvals.is_none() {
+                        verdict.reason = Some(hold::standalone_refusal(&verdict));
+                    }
+                    let row_limits = if verdict.forwards() || held {
                         self.res.guardrails.row_limits(facts)
                     } else {
                         Vec::new()
@@ -490,7 +527,9 @@ impl Frontend {
                         purpose: purpose.clone(),
                         ..self.verdict_record(protocol, &verdict)
                     };
-                    if !verdict.forwards() && refusal.is_none() {
+                    if held && self.res.approvals.is_some() {
+                        approvals.push(hold::Need::new(records.len(), facts, &verdict));
+                    } else if !verdict.forwards() && refusal.is_none() {
                         refusal = Some((
                             SQLSTATE_REFUSED,
                             verdict.reason.clone().unwrap_or_default(),
@@ -562,6 +601,7 @@ impl Frontend {
         Decided {
             records,
             refusal: refusal.map(|(code, message, _)| (code, message)),
+            approvals,
         }
     }
 
@@ -668,6 +708,22 @@ impl Frontend {
 
     fn on_query(&mut self, sql: &str, m: &Message) {
         let decided = self.decide(sql, Protocol::Simple);
+        if decided.refusal.is_none() {
+            if !decided.approvals.is_empty() {
+                self.held = Some(hold::Held::Query {
+                    message: m.clone(),
+                    decided,
+                });
+                return;
+            }
+            if let Some(j) = crate::approval::justification_from_set(sql) {
+                self.justification = Some(j);
+            }
+        }
+        self.finish_query(decided, m);
+    }
+
+    fn finish_query(&mut self, decided: Decided, m: &Message) {
         let batch;
         {
             let t = self.lock();
@@ -698,12 +754,31 @@ impl Frontend {
 
     fn on_parse(&mut self, name: String, sql: &str, m: &Message) {
         let decided = self.decide(sql, Protocol::Parse);
+        if decided.refusal.is_none() && !decided.approvals.is_empty() {
+            self.held = Some(hold::Held::Parse {
+                name,
+                message: m.clone(),
+                decided,
+            });
+            return;
+        }
+        self.finish_parse(name, decided, m, None);
+    }
+
+    fn finish_parse(
+        &mut self,
+        name: String,
+        decided: Decided,
+        m: &Message,
+        grant: Option<hold::GrantRef>,
+    ) {
         let mut first: Option<Prepared> = None;
         for (record, row_limits) in decided.records {
             if first.is_none() {
                 first = Some(Prepared {
                     template: record.clone(),
                     row_limits,
+                    grant: grant.clone(),
                 });
             }
             self.record(record);
@@ -717,6 +792,7 @@ impl Frontend {
                 let prepared = first.unwrap_or_else(|| Prepared {
                     template: empty_record(Protocol::Parse),
                     row_limits: Vec::new(),
+                    grant: None,
                 });
                 self.prepared.insert(name, prepared);
                 put_message(&mut self.out, m.tag, &m.body);
@@ -724,16 +800,24 @@ impl Frontend {
         }
     }
 
-    fn on_execute(&mut self, prepared: Option<Prepared>) {
+    /// Record an Execute; `false` when it was refused instead of forwarded.
+    fn on_execute(&mut self, prepared: Option<Prepared>) -> bool {
         // A portal of a statement the sidecar refused does not exist upstream either; the
         // server answers the Execute with an error. Record what runs.
-        let Some(prepared) = prepared else { return };
+        let Some(prepared) = prepared else {
+            return true;
+        };
         let statement_id = self.next_statement_id();
-        let record = StatementRecord {
+        let mut record = StatementRecord {
             statement_id,
             protocol: Protocol::Execute,
             ..prepared.template.clone()
         };
+        if let Some(grant) = &prepared.grant {
+            if !self.use_prepared_grant(grant, &mut record) {
+                return false;
+            }
+        }
         self.record(record);
         let mut t = self.lock();
         let batch = t.batches_sent + 1;
@@ -743,6 +827,7 @@ impl Frontend {
             started: Instant::now(),
             row_limits: prepared.row_limits,
         });
+        true
     }
 
     fn on_function_call(&mut self, m: &Message) {
