@@ -63,6 +63,10 @@ struct Args {
     /// Leader Lease duration in seconds.
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
+    /// Hours Denied and Expired AccessRequests are kept before they are deleted (the audit
+    /// log keeps their steps).
+    #[arg(long, env = "PORTCULLIS_ACCESS_REQUEST_RETENTION_HOURS", default_value_t = 168)]
+    access_request_retention_hours: u64,
 }
 
 #[tokio::main]
@@ -80,6 +84,8 @@ async fn main() -> anyhow::Result<()> {
     settings.metrics_addr = Some(args.metrics_addr);
     settings.lease_duration = Duration::from_secs(args.lease_seconds.max(2));
     settings.lease_retry = settings.lease_duration / 7;
+    settings.access_request_retention =
+        Duration::from_secs(args.access_request_retention_hours.saturating_mul(3600));
     settings.mutating_webhooks = args.mutating_webhooks;
     settings.validating_webhooks = args.validating_webhooks;
     if let CertSource::SelfManaged {
