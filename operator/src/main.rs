@@ -65,7 +65,11 @@ struct Args {
     lease_seconds: u64,
     /// Hours Denied and Expired AccessRequests are kept before they are deleted (the audit
     /// log keeps their steps).
-    #[arg(long, env = "PORTCULLIS_ACCESS_REQUEST_RETENTION_HOURS", default_value_t = 168)]
+    #[arg(
+        long,
+        env = "PORTCULLIS_ACCESS_REQUEST_RETENTION_HOURS",
+        default_value_t = 168
+    )]
     access_request_retention_hours: u64,
 }
 

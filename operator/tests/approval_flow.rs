@@ -140,7 +140,9 @@ fn records(spool: &Path) -> Vec<AuditRecord> {
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap_or_default();
         for line in text.lines() {
-            out.push(serde_json::from_str(line).unwrap_or_else(|e| panic!("bad record {line}: {e}")));
+            out.push(
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("bad record {line}: {e}")),
+            );
         }
     }
     out
@@ -240,11 +242,15 @@ spec:
         "rules": [{"apiGroups": ["portcullis.dev"], "resources": ["accessrequests"], "verbs": ["get", "list", "patch"]}]
     }))
     .await;
-    create::<RoleBinding>(&client, &ns, serde_json::json!({
-        "metadata": {"name": "sidecar"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sidecar"},
-        "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}]
-    }))
+    create::<RoleBinding>(
+        &client,
+        &ns,
+        serde_json::json!({
+            "metadata": {"name": "sidecar"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sidecar"},
+            "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}]
+        }),
+    )
     .await;
     create::<RoleBinding>(&client, &ns, serde_json::json!({
         "metadata": {"name": "approvers"},
@@ -337,13 +343,18 @@ policies:
         ar.spec.requester.service_account,
         format!("system:serviceaccount:{ns}:agent")
     );
-    assert_eq!((ar.spec.policy.as_str(), ar.spec.rule.as_str()), (POLICY, "customer-writes"));
+    assert_eq!(
+        (ar.spec.policy.as_str(), ar.spec.rule.as_str()),
+        (POLICY, "customer-writes")
+    );
     let notice = tokio::time::timeout(Duration::from_secs(10), notices.recv())
         .await
         .expect("a notice while the statement waits")
         .expect("notice");
     assert!(
-        notice.contains(&format!("kubectl portcullis approve {name} -n {ns} --reason")),
+        notice.contains(&format!(
+            "kubectl portcullis approve {name} -n {ns} --reason"
+        )),
         "{notice}"
     );
 
@@ -370,7 +381,14 @@ policies:
     // 3. bob approves through the plugin; the statement runs.
     let out = plugin(
         bob,
-        &["approve", &name, "-n", &ns, "--reason", "checked ticket 4711"],
+        &[
+            "approve",
+            &name,
+            "-n",
+            &ns,
+            "--reason",
+            "checked ticket 4711",
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let (agent, result) = tokio::time::timeout(Duration::from_secs(20), held)
@@ -379,7 +397,8 @@ policies:
         .expect("task");
     let rows = result.expect("approved write runs");
     assert!(
-        rows.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::CommandComplete(1))),
+        rows.iter()
+            .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::CommandComplete(1))),
         "{rows:?}"
     );
     let ar = api.get(&name).await.expect("request");
@@ -393,7 +412,14 @@ policies:
         .await
         .expect("runs on the grant");
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(api.list(&ListParams::default()).await.expect("list").items.len(), 1);
+    assert_eq!(
+        api.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
     common::eventually(Duration::from_secs(10), "two uses counted", || async {
         let ar = api.get(&name).await.ok()?;
         let status = ar.status?;
@@ -420,7 +446,14 @@ policies:
     );
     let out = plugin(
         bob,
-        &["deny", &denied_name, "-n", &ns, "--reason", "no ticket for this"],
+        &[
+            "deny",
+            &denied_name,
+            "-n",
+            &ns,
+            "--reason",
+            "no ticket for this",
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let (agent, result) = tokio::time::timeout(Duration::from_secs(20), denied)
@@ -431,11 +464,15 @@ policies:
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "42501");
     assert!(
-        db.message().starts_with("Denied by bob: no ticket for this"),
+        db.message()
+            .starts_with("Denied by bob: no ticket for this"),
         "{}",
         db.message()
     );
-    agent.simple_query("SELECT 1").await.expect("session usable");
+    agent
+        .simple_query("SELECT 1")
+        .await
+        .expect("session usable");
 
     // 6. Nobody decides: the statement times out; the session stays usable.
     let known = vec![name.clone(), denied_name.clone()];
@@ -452,7 +489,10 @@ policies:
     assert!(started.elapsed() >= Duration::from_secs(TIMEOUT_SECONDS - 2));
     let timed_out = new_request(&api, &known).await;
     let timed_out_name = timed_out.metadata.name.clone().expect("name");
-    agent.simple_query("SELECT 1").await.expect("session usable");
+    agent
+        .simple_query("SELECT 1")
+        .await
+        .expect("session usable");
     // The operator expires it.
     common::eventually(Duration::from_secs(20), "the request expired", || async {
         let ar = api.get(&timed_out_name).await.ok()?;
@@ -524,22 +564,76 @@ policies:
     )
     .await;
     let ar = api.get(&name).await.expect("the approved grant is kept");
-    assert_eq!(ar.status.map(|s| s.phase), Some(AccessRequestPhase::Approved));
+    assert_eq!(
+        ar.status.map(|s| s.phase),
+        Some(AccessRequestPhase::Approved)
+    );
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
-    common::eventually(Duration::from_secs(10), "GarbageCollected events", || async {
-        let collected = events
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some("GarbageCollected"))
-            .count();
-        (collected >= 2).then_some(())
-    })
+    common::eventually(
+        Duration::from_secs(10),
+        "GarbageCollected events",
+        || async {
+            let collected = events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("GarbageCollected"))
+                .count();
+            (collected >= 2).then_some(())
+        },
+    )
     .await;
 
+    // 9. The sidecar stops while a statement is held: the client gets a clear error, the
+    //    statement did not run, and the request does not stay Pending.
+    let known: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|ar| ar.metadata.name)
+        .collect();
+    let (agent, _notices) = connect(port).await;
+    let held = tokio::spawn(async move {
+        agent
+            .simple_query("UPDATE customers SET city = 'Nowhere' WHERE id = 10")
+            .await
+    });
+    let pending = new_request(&api, &known).await;
+    let pending_name = pending.metadata.name.clone().expect("name");
     sidecar.shutdown().await;
+    let err = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held statement ends with the sidecar")
+        .expect("task")
+        .expect_err("not run");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "57P01", "{db:?}");
+    assert!(db.message().contains("shutting down"), "{}", db.message());
+    let (direct, connection) = tokio_postgres::connect(h.pg_url(), NoTls)
+        .await
+        .expect("direct connection");
+    tokio::spawn(connection);
+    let row = direct
+        .query_one("SELECT city FROM customers WHERE id = 10", &[])
+        .await
+        .expect("row");
+    assert_ne!(row.get::<_, Option<String>>(0).as_deref(), Some("Nowhere"));
+    common::eventually(
+        Duration::from_secs(30),
+        "the orphaned request expired",
+        || async {
+            match api.get_opt(&pending_name).await.ok()? {
+                None => Some(()),
+                Some(ar) => (ar.status?.phase == AccessRequestPhase::Expired).then_some(()),
+            }
+        },
+    )
+    .await;
+
     let _ = stop_tx.send(());
     let _ = controller.await;
     webhook.stop().await;

@@ -71,6 +71,7 @@ pub struct Sidecar {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     spool: Spool,
+    approvals: Option<Arc<approval::Approvals>>,
 }
 
 impl Sidecar {
@@ -92,9 +93,13 @@ impl Sidecar {
         &self.spool
     }
 
-    /// Stop accepting connections and end every task.
+    /// Stop accepting connections and end every task. Statements held for approval end first,
+    /// with an error that tells their clients they did not run.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        if let Some(approvals) = &self.approvals {
+            approvals.close(std::time::Duration::from_secs(2)).await;
+        }
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }
@@ -109,7 +114,7 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
         .await?
         .map(Arc::new);
     let shared = Shared {
-        approvals,
+        approvals: approvals.clone(),
         spool: spool.clone(),
         metrics: metrics.clone(),
         cancel: Default::default(),
@@ -174,6 +179,7 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
         stop,
         tasks,
         spool,
+        approvals,
     })
 }
 

@@ -61,12 +61,26 @@ pub enum ApprovalError {
     /// The request disappeared before it was decided.
     #[error("AccessRequest {0} was deleted before a decision")]
     Deleted(String),
+    /// The sidecar is stopping; held statements are not run.
+    #[error("the sidecar is shutting down")]
+    ShuttingDown,
 }
 
 /// The approval service of one sidecar.
 pub struct Approvals {
     client: Client,
     namespace: String,
+    closing: tokio::sync::watch::Sender<bool>,
+    held: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a statement as held while it lives.
+struct HeldGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// What identifies a grant that may cover a statement.
@@ -239,7 +253,21 @@ impl Approvals {
         Ok(Some(Approvals {
             client,
             namespace: namespace.to_owned(),
+            closing: tokio::sync::watch::Sender::new(false),
+            held: std::sync::atomic::AtomicUsize::new(0),
         }))
+    }
+
+    /// Stop waiting: every held statement ends with [`ApprovalError::ShuttingDown`]. Returns
+    /// once no statement is held any more, or after `grace`.
+    pub async fn close(&self, grace: Duration) {
+        self.closing.send_replace(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.held.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Namespace the requests live in.
@@ -364,16 +392,23 @@ impl Approvals {
                         .is_some_and(|s| s.phase == AccessRequestPhase::Expired)
             }
         };
-        let found =
-            match tokio::time::timeout(timeout, await_condition(self.api(), name, settled)).await {
-                Err(_) => return Ok(Outcome::TimedOut),
-                Ok(Err(e)) => {
-                    return Err(ApprovalError::Config(format!(
-                        "watching AccessRequest {name}: {e}"
-                    )))
-                }
-                Ok(Ok(found)) => found,
-            };
+        self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _held = HeldGuard(&self.held);
+        let mut closing = self.closing.subscribe();
+        let decided = tokio::time::timeout(timeout, await_condition(self.api(), name, settled));
+        let found = tokio::select! {
+            r = decided => r,
+            _ = closing.wait_for(|c| *c) => return Err(ApprovalError::ShuttingDown),
+        };
+        let found = match found {
+            Err(_) => return Ok(Outcome::TimedOut),
+            Ok(Err(e)) => {
+                return Err(ApprovalError::Config(format!(
+                    "watching AccessRequest {name}: {e}"
+                )))
+            }
+            Ok(Ok(found)) => found,
+        };
         let Some(ar) = found else {
             return Err(ApprovalError::Deleted(name.to_owned()));
         };

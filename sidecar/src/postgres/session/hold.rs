@@ -12,6 +12,10 @@
 //! Parse: the prepared statement remembers the grant, and each Execute of it checks that the
 //! grant is still live (refusing the Execute once it has run out, so that the client prepares
 //! the statement again and a new request is made) and records the use.
+//!
+//! When the sidecar stops while a statement is held, the client gets a FATAL error saying
+//! the statement did not run; the request is left to the operator, which expires it at the
+//! policy's timeout.
 
 use std::time::Duration;
 
@@ -23,11 +27,14 @@ use portcullis_crds::Requester;
 use tokio::io::AsyncWriteExt;
 
 use super::{Decided, Frontend, Message, BUILTIN_POLICY};
-use crate::approval::{Ask, Grant, GrantKey, Outcome};
+use crate::approval::{ApprovalError, Ask, Grant, GrantKey, Outcome};
 use crate::policy::analyze::StatementFacts;
 use crate::policy::guardrails::Verdict;
-use crate::postgres::codec::put_message;
+use crate::postgres::codec::{put_error, put_message};
 use crate::postgres::results::SQLSTATE_REFUSED;
+
+/// SQLSTATE of a session ended by the sidecar's shutdown (admin_shutdown).
+const SQLSTATE_SHUTDOWN: &str = "57P01";
 
 /// A statement of a query string that needs an approval.
 #[derive(Debug)]
@@ -310,6 +317,26 @@ impl Frontend {
                     reason: Some(message.clone()),
                     ..step(ApprovalStep::TimedOut, &name)
                 });
+                Err(Refused {
+                    message,
+                    request: Some(name),
+                })
+            }
+            Err(ApprovalError::ShuttingDown) => {
+                let message = format!(
+                    "the sidecar is shutting down: the statement held for approval (AccessRequest {namespace}/{name}) was not run; reconnect and run it again"
+                );
+                self.approval_record(ApprovalRecord {
+                    reason: Some(message.clone()),
+                    ..step(ApprovalStep::Failed, &name)
+                });
+                // The session ends with the sidecar: tell the client now, in a FATAL error,
+                // rather than by a dropped connection.
+                let mut out = bytes::BytesMut::new();
+                put_error(&mut out, "FATAL", SQLSTATE_SHUTDOWN, &message);
+                let mut w = self.client_out.lock().await;
+                let _ = w.write_all(&out).await;
+                let _ = w.shutdown().await;
                 Err(Refused {
                     message,
                     request: Some(name),
