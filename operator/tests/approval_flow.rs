@@ -427,8 +427,51 @@ policies:
     })
     .await;
 
-    // 5. Extended protocol: a different write is held at Parse; bob denies it.
-    let known = vec![name.clone()];
+    // 5. Extended protocol: a parameterised write is held at Parse; bob approves; the
+    //    Execute runs and counts as a use, and so does the next Execute on the grant.
+    let held = tokio::spawn(async move {
+        let r = agent
+            .execute(
+                "UPDATE customers SET city = $1 WHERE id = $2",
+                &[&"Leuven", &11i32],
+            )
+            .await;
+        (agent, r)
+    });
+    let ar = new_request(&api, std::slice::from_ref(&name)).await;
+    let extended_name = ar.metadata.name.clone().expect("name");
+    assert_eq!(
+        ar.spec.operation.statement.as_deref(),
+        Some("UPDATE customers SET city = $1 WHERE id = $2")
+    );
+    let out = plugin(
+        bob,
+        &[
+            "approve",
+            &extended_name,
+            "-n",
+            &ns,
+            "--reason",
+            "ticket 4712",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let (agent, result) = tokio::time::timeout(Duration::from_secs(20), held)
+        .await
+        .expect("the prepared write completes after approval")
+        .expect("task");
+    assert_eq!(result.expect("approved prepared write runs"), 1);
+    let n = agent
+        .execute(
+            "UPDATE customers SET city = $1 WHERE id = $2",
+            &[&"Mechelen", &12i32],
+        )
+        .await
+        .expect("runs on the grant");
+    assert_eq!(n, 1);
+
+    // 6. Extended protocol: a different write is held at Parse; bob denies it.
+    let known = vec![name.clone(), extended_name.clone()];
     let denied = tokio::spawn(async move {
         let r = agent
             .execute(
@@ -474,8 +517,8 @@ policies:
         .await
         .expect("session usable");
 
-    // 6. Nobody decides: the statement times out; the session stays usable.
-    let known = vec![name.clone(), denied_name.clone()];
+    // 7. Nobody decides: the statement times out; the session stays usable.
+    let known = vec![name.clone(), extended_name.clone(), denied_name.clone()];
     let started = Instant::now();
     let err = agent
         .simple_query("DELETE FROM customers WHERE id = 123456")
@@ -500,7 +543,7 @@ policies:
     })
     .await;
 
-    // 7. The audit spool holds every step, linked by the request name.
+    // 8. The audit spool holds every step, linked by the request name.
     let records = records(&spool);
     assert_eq!(
         steps(&records, &name),
@@ -521,6 +564,15 @@ policies:
         })
         .expect("approved record");
     assert_eq!(approved.decided_by.as_deref(), Some("bob"));
+    assert_eq!(
+        steps(&records, &extended_name),
+        vec![
+            ApprovalStep::Requested,
+            ApprovalStep::Approved,
+            ApprovalStep::Used,
+            ApprovalStep::Used
+        ]
+    );
     assert_eq!(
         steps(&records, &denied_name),
         vec![ApprovalStep::Requested, ApprovalStep::Denied]
@@ -545,7 +597,7 @@ policies:
         "{statements:?}"
     );
 
-    // 8. The operator deletes the denied and the expired request after the retention period,
+    // 9. The operator deletes the denied and the expired request after the retention period,
     //    with an Event; the live grant stays.
     common::eventually(
         Duration::from_secs(30),
@@ -586,7 +638,7 @@ policies:
     )
     .await;
 
-    // 9. The sidecar stops while a statement is held: the client gets a clear error, the
+    // 10. The sidecar stops while a statement is held: the client gets a clear error, the
     //    statement did not run, and the request does not stay Pending.
     let known: Vec<String> = api
         .list(&ListParams::default())
@@ -599,7 +651,7 @@ policies:
     let (agent, _notices) = connect(port).await;
     let held = tokio::spawn(async move {
         agent
-            .simple_query("UPDATE customers SET city = 'Nowhere' WHERE id = 10")
+            .simple_query("UPDATE customers SET street = 'Nowhere' WHERE id = 10")
             .await
     });
     let pending = new_request(&api, &known).await;
@@ -618,7 +670,7 @@ policies:
         .expect("direct connection");
     tokio::spawn(connection);
     let row = direct
-        .query_one("SELECT city FROM customers WHERE id = 10", &[])
+        .query_one("SELECT street FROM customers WHERE id = 10", &[])
         .await
         .expect("row");
     assert_ne!(row.get::<_, Option<String>>(0).as_deref(), Some("Nowhere"));
