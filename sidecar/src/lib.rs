@@ -96,10 +96,10 @@ impl Sidecar {
     /// Stop accepting connections and end every task. Statements held for approval end first,
     /// with an error that tells their clients they did not run.
     pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
         if let Some(approvals) = &self.approvals {
             approvals.close(std::time::Duration::from_secs(2)).await;
         }
+        let _ = self.stop.send(true);
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }

@@ -74,8 +74,8 @@ pub struct Approvals {
     held: std::sync::atomic::AtomicUsize,
 }
 
-/// Counts a statement as held while it lives.
-struct HeldGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+/// Counts a statement as held while it lives (see [`Approvals::holding`]).
+pub struct HeldGuard<'a>(&'a std::sync::atomic::AtomicUsize);
 
 impl Drop for HeldGuard<'_> {
     fn drop(&mut self) {
@@ -258,6 +258,13 @@ impl Approvals {
         }))
     }
 
+    /// Count a statement as held until the guard is dropped: [`Approvals::close`] waits for
+    /// it, so that its session can tell the client before the sidecar stops.
+    pub fn holding(&self) -> HeldGuard<'_> {
+        self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        HeldGuard(&self.held)
+    }
+
     /// Stop waiting: every held statement ends with [`ApprovalError::ShuttingDown`]. Returns
     /// once no statement is held any more, or after `grace`.
     pub async fn close(&self, grace: Duration) {
@@ -392,8 +399,6 @@ impl Approvals {
                         .is_some_and(|s| s.phase == AccessRequestPhase::Expired)
             }
         };
-        self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let _held = HeldGuard(&self.held);
         let mut closing = self.closing.subscribe();
         let decided = tokio::time::timeout(timeout, await_condition(self.api(), name, settled));
         let found = tokio::select! {

@@ -284,6 +284,7 @@ impl Frontend {
         ))
         .await;
         let timeout = Duration::from_secs(settings.timeout_seconds);
+        let _holding = approvals.holding();
         let outcome = approvals.wait(&name, timeout, settings.grant_seconds).await;
         match outcome {
             Ok(Outcome::Approved(grant)) => {
