@@ -65,6 +65,61 @@ pub enum AuditEvent {
     Completion(CompletionRecord),
     /// A client session ended.
     SessionEnd(SessionEnd),
+    /// A step of a just-in-time approval (requested, decided, used, timed out, expired),
+    /// linked to the others by the AccessRequest name.
+    Approval(ApprovalRecord),
+}
+
+/// One step of an approval.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRecord {
+    /// What happened.
+    pub step: ApprovalStep,
+    /// Name of the AccessRequest (the link between the steps).
+    pub request: String,
+    /// Namespace of the AccessRequest.
+    pub namespace: String,
+    /// The statement this step concerns, when it is one of the session's statements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_id: Option<u64>,
+    /// Fingerprint of the held operation.
+    pub fingerprint: String,
+    /// The guardrail that required approval.
+    pub rule: RuleRef,
+    /// Kubernetes user who decided (approved and denied steps), as stamped by admission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    /// The decider's reason, or why the step happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The justification the client gave (requested step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub justification: Option<String>,
+    /// When the grant runs out (approved and used steps), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// A step of an approval.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ApprovalStep {
+    /// The sidecar created the AccessRequest and holds the operation.
+    Requested,
+    /// An approver approved; the held operation runs.
+    Approved,
+    /// An approver denied; the held operation is refused.
+    Denied,
+    /// An operation ran under an existing grant.
+    Used,
+    /// No decision within the policy's timeout; the held operation is refused.
+    TimedOut,
+    /// A grant ran out before an operation prepared under it was executed.
+    Expired,
+    /// The request could not be made or followed (API server unreachable, no permission);
+    /// the held operation is refused.
+    Failed,
 }
 
 /// A session was opened.
@@ -116,7 +171,8 @@ pub enum Decision {
     /// Refused by a guardrail, by the unanalysable-statement rule, or because the audit
     /// spool could not record it.
     Deny,
-    /// Held for approval (refused until approval is implemented).
+    /// Held for approval: the record's `accessRequest` names the request, and its `reason`
+    /// says how it was decided (a refused statement carries the refusal).
     RequireApproval,
 }
 
@@ -168,6 +224,9 @@ pub struct StatementRecord {
     /// Purpose of the governing policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
+    /// The AccessRequest whose approval let the statement run (decision `requireApproval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_request: Option<String>,
 }
 
 /// The outcome of a forwarded statement.

@@ -119,7 +119,12 @@ async fn the_gitops_layout_builds_and_is_accepted_by_the_server() {
     };
     assert_eq!(
         names("masking"),
-        ["contact-details", "national-id", "payment-cards", "bank-accounts"]
+        [
+            "contact-details",
+            "national-id",
+            "payment-cards",
+            "bank-accounts"
+        ]
     );
     assert_eq!(
         names("guardrails"),

@@ -63,6 +63,14 @@ struct Args {
     /// Leader Lease duration in seconds.
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
+    /// Hours Denied and Expired AccessRequests are kept before they are deleted (the audit
+    /// log keeps their steps).
+    #[arg(
+        long,
+        env = "PORTCULLIS_ACCESS_REQUEST_RETENTION_HOURS",
+        default_value_t = 168
+    )]
+    access_request_retention_hours: u64,
     /// Register the webhook configurations with this base URL (for example
     /// `https://127.0.0.1:8443`) before starting: for a local control plane without the Helm
     /// chart. The operator fills in their caBundle as usual.
@@ -71,7 +79,11 @@ struct Args {
 }
 
 /// Server-side apply the mutating and validating webhook configurations, reached by URL.
-async fn register_webhooks(client: &kube::Client, url: &str, namespace: &str) -> anyhow::Result<()> {
+async fn register_webhooks(
+    client: &kube::Client,
+    url: &str,
+    namespace: &str,
+) -> anyhow::Result<()> {
     use k8s_openapi::api::admissionregistration::v1::{
         MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
     };
@@ -99,7 +111,11 @@ async fn register_webhooks(client: &kube::Client, url: &str, namespace: &str) ->
     validating["apiVersion"] = "admissionregistration.k8s.io/v1".into();
     validating["kind"] = "ValidatingWebhookConfiguration".into();
     Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .patch("portcullis-policy-validator", &pp, &Patch::Apply(validating))
+        .patch(
+            "portcullis-policy-validator",
+            &pp,
+            &Patch::Apply(validating),
+        )
         .await?;
     tracing::info!(%url, "registered the webhook configurations");
     Ok(())
@@ -120,6 +136,8 @@ async fn main() -> anyhow::Result<()> {
     settings.metrics_addr = Some(args.metrics_addr);
     settings.lease_duration = Duration::from_secs(args.lease_seconds.max(2));
     settings.lease_retry = settings.lease_duration / 7;
+    settings.access_request_retention =
+        Duration::from_secs(args.access_request_retention_hours.saturating_mul(3600));
     settings.mutating_webhooks = args.mutating_webhooks;
     settings.validating_webhooks = args.validating_webhooks;
     if let CertSource::SelfManaged {

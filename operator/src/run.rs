@@ -45,6 +45,8 @@ pub struct Settings {
     pub validating_webhooks: Vec<String>,
     /// The injected sidecar.
     pub sidecar: SidecarSettings,
+    /// How long Denied and Expired AccessRequests are kept before they are deleted.
+    pub access_request_retention: Duration,
 }
 
 impl Settings {
@@ -71,6 +73,7 @@ impl Settings {
             mutating_webhooks: vec!["portcullis-injector".to_owned()],
             validating_webhooks: vec!["portcullis-policy-validator".to_owned()],
             sidecar: SidecarSettings::default(),
+            access_request_retention: controller::DEFAULT_ACCESS_REQUEST_RETENTION,
         }
     }
 }
@@ -216,12 +219,10 @@ pub async fn run(
             lease_duration: settings.lease_duration,
             retry_period: settings.lease_retry,
         };
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            metrics.clone(),
-            &settings.identity,
-            bundle,
-        ));
+        let ctx = Arc::new(
+            Context::new(client.clone(), metrics.clone(), &settings.identity, bundle)
+                .with_access_request_retention(settings.access_request_retention),
+        );
         let stop = stopped();
         let metrics = metrics.clone();
         tasks.spawn(async move {

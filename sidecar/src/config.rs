@@ -7,6 +7,7 @@ use portcullis_crds::audit::Identity;
 use portcullis_crds::sidecar_config::SidecarConfig;
 use thiserror::Error;
 
+use crate::approval::KubeAccess;
 use crate::runtime::Limits;
 
 /// Why the configuration cannot be used.
@@ -44,6 +45,9 @@ pub struct Options {
     pub identity: Identity,
     /// Client limits.
     pub limits: Limits,
+    /// How approvals reach the API server (off: statements that require approval are
+    /// refused).
+    pub kube: KubeAccess,
 }
 
 impl Options {
@@ -57,6 +61,7 @@ impl Options {
                 pod: None,
             },
             limits: Limits::default(),
+            kube: KubeAccess::Off,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod admin;
+pub mod approval;
 pub mod audit;
 pub mod config;
 pub mod masking;
@@ -58,6 +59,9 @@ pub enum StartError {
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The API server client for approvals cannot be built.
+    #[error("approvals: {0}")]
+    Approvals(#[from] approval::ApprovalError),
 }
 
 /// A running sidecar.
@@ -67,6 +71,7 @@ pub struct Sidecar {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     spool: Spool,
+    approvals: Option<Arc<approval::Approvals>>,
 }
 
 impl Sidecar {
@@ -88,8 +93,12 @@ impl Sidecar {
         &self.spool
     }
 
-    /// Stop accepting connections and end every task.
+    /// Stop accepting connections and end every task. Statements held for approval end first,
+    /// with an error that tells their clients they did not run.
     pub async fn shutdown(mut self) {
+        if let Some(approvals) = &self.approvals {
+            approvals.close(std::time::Duration::from_secs(2)).await;
+        }
         let _ = self.stop.send(true);
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
@@ -101,7 +110,11 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
     config.check().map_err(ConfigError::from)?;
     let spool = Spool::open(&config.audit.spool_dir)?;
     let metrics = Metrics::new()?;
+    let approvals = approval::Approvals::connect(&options.kube, &config.namespace)
+        .await?
+        .map(Arc::new);
     let shared = Shared {
+        approvals: approvals.clone(),
         spool: spool.clone(),
         metrics: metrics.clone(),
         cancel: Default::default(),
@@ -166,6 +179,7 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
         stop,
         tasks,
         spool,
+        approvals,
     })
 }
 

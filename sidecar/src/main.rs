@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use portcullis_crds::audit::Identity;
+use portcullis_sidecar::approval::KubeAccess;
 use portcullis_sidecar::config::{self, Options};
 use portcullis_sidecar::runtime::Limits;
 use tracing_subscriber::EnvFilter;
@@ -28,6 +29,14 @@ struct Cli {
     /// Largest Query or Parse message analysed, in bytes; larger ones are refused.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     max_statement_bytes: usize,
+    /// Kubeconfig for approval requests (outside a pod). In a pod the sidecar uses its
+    /// in-cluster configuration; without either, statements that require approval are refused.
+    #[arg(long, env = "PORTCULLIS_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// How approval requests reach the API server: `auto` (kubeconfig when given, else the
+    /// in-cluster configuration when the pod has one), `in-cluster`, or `off` (standalone).
+    #[arg(long, env = "PORTCULLIS_APPROVALS", value_parser = ["auto", "in-cluster", "off"], default_value = "auto")]
+    approvals: String,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -61,6 +70,7 @@ fn main() -> ExitCode {
         limits: Limits {
             max_statement_bytes: cli.max_statement_bytes,
         },
+        kube: kube_access(&cli.approvals, cli.kubeconfig),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -77,6 +87,21 @@ fn main() -> ExitCode {
             eprintln!("portcullis-sidecar: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn kube_access(mode: &str, kubeconfig: Option<PathBuf>) -> KubeAccess {
+    const TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+    match (mode, kubeconfig) {
+        ("off", _) => KubeAccess::Off,
+        ("in-cluster", _) => KubeAccess::InCluster,
+        (_, Some(path)) => KubeAccess::Kubeconfig(path),
+        _ if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+            && std::path::Path::new(TOKEN).exists() =>
+        {
+            KubeAccess::InCluster
+        }
+        _ => KubeAccess::Off,
     }
 }
 

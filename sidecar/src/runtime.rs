@@ -7,6 +7,7 @@ use std::sync::Arc;
 use portcullis_crds::audit::Identity;
 use portcullis_crds::sidecar_config::{ResourceConfig, SidecarConfig};
 
+use crate::approval::Approvals;
 use crate::audit::spool::Spool;
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
@@ -55,10 +56,14 @@ pub struct Resource {
     pub session_counter: AtomicU64,
     /// Random prefix of this process's session ids.
     pub process_nonce: String,
+    /// Approvals through the API server; `None` in standalone mode.
+    pub approvals: Option<Arc<Approvals>>,
 }
 
 /// Shared services every resource uses.
 pub struct Shared {
+    /// Approvals through the API server; `None` in standalone mode.
+    pub approvals: Option<Arc<Approvals>>,
     /// The audit spool.
     pub spool: Spool,
     /// Metrics.
@@ -104,6 +109,7 @@ impl Resource {
             cache: shared.cache.clone(),
             session_counter: AtomicU64::new(1),
             process_nonce: shared.process_nonce.clone(),
+            approvals: shared.approvals.clone(),
         })
     }
 }

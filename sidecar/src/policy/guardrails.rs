@@ -328,7 +328,7 @@ fn verdict_of(policy: &PolicyConfig, g: &GuardrailConfig) -> Verdict {
         GuardrailAction::RequireApproval => Verdict {
             decision: Decision::RequireApproval,
             reason: Some(format!(
-                "statement requires approval (guardrail {} of policy {}); approvals are not available yet, so it is refused{suffix}",
+                "statement requires approval (guardrail {} of policy {}){suffix}",
                 g.name, policy.name
             )),
             rule: Some(rule),

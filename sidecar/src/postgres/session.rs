@@ -26,10 +26,13 @@ use super::codec::{self, put_error, put_message, Fields, Message, ProtocolError,
 use super::results::{Inflight, Marker, ResultPath, Tracker, SQLSTATE_REFUSED};
 use super::startup::{self, Hello};
 use super::upstream::{UpstreamError, UpstreamStream};
+use crate::approval::justification_from_options;
 use crate::audit::spool::RecordContext;
 use crate::policy::analyze::{kind_name, Analysis, Effect};
 use crate::policy::guardrails::{RowLimit, Verdict, BUILTIN_POLICY};
 use crate::runtime::Resource;
+
+mod hold;
 
 /// Flush to the peer once this much output is buffered, even mid-batch.
 const FLUSH_BYTES: usize = 64 * 1024;
@@ -171,7 +174,15 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
     );
     tracing::debug!(session = %ctx.session_id, %peer, "session started");
 
-    let (reason, statements) = relay(tcp, established.stream, res.clone(), ctx.clone()).await;
+    let justification = params.get("options").and_then(justification_from_options);
+    let (reason, statements) = relay(
+        tcp,
+        established.stream,
+        res.clone(),
+        ctx.clone(),
+        justification,
+    )
+    .await;
     res.cancel.unregister(pid);
     let _ = res.spool.append(
         &ctx,
@@ -187,6 +198,7 @@ async fn relay(
     upstream: UpstreamStream,
     res: Arc<Resource>,
     ctx: RecordContext,
+    justification: Option<String>,
 ) -> (String, u64) {
     let (cr, cw) = tcp.into_split();
     let (ur, uw) = tokio::io::split(upstream);
@@ -206,6 +218,8 @@ async fn relay(
         deferred_seq: 0,
         waited_seq: 0,
         out: BytesMut::with_capacity(16 * 1024),
+        held: None,
+        justification,
     };
     let back = backend(
         BufReader::with_capacity(64 * 1024, ur),
@@ -237,6 +251,8 @@ struct Prepared {
     row_limits: Vec<RowLimit>,
     /// What executing it can change.
     effect: Effect,
+    /// The approval a held Parse obtained; each Execute checks it is still live.
+    grant: Option<hold::GrantRef>,
 }
 
 struct Frontend {
@@ -257,6 +273,10 @@ struct Frontend {
     /// Highest `pending_seq` already waited for.
     waited_seq: u64,
     out: BytesMut,
+    /// A statement waiting for approval, resolved before the batch is flushed upstream.
+    held: Option<hold::Held>,
+    /// What the client said it needs its operations for (`SET portcullis.justification`).
+    justification: Option<String>,
 }
 
 /// When a statement's audit record must be durable (it is always written to the spool
@@ -283,6 +303,8 @@ struct Decided {
     refusal: Option<(&'static str, String)>,
     /// What the whole string can change.
     effect: Effect,
+    /// Statements that may run only with an approval.
+    approvals: Vec<hold::Need>,
 }
 
 fn empty_record(protocol: Protocol) -> StatementRecord {
@@ -299,6 +321,7 @@ fn empty_record(protocol: Protocol) -> StatementRecord {
         reason: None,
         lawful_basis: None,
         purpose: None,
+        access_request: None,
     }
 }
 
@@ -345,6 +368,14 @@ impl Frontend {
                     return ("terminate".to_owned(), drain);
                 }
                 Err(e) => return (self.fatal(e).await, false),
+            }
+            if let Some(held) = self.held.take() {
+                // What came before the held statement goes first; the hold awaits here, so
+                // other sessions run on while this one waits.
+                if let Err(e) = self.flush(&mut upstream).await {
+                    return (e, false);
+                }
+                self.resolve(held).await;
             }
             if reader.buffer().is_empty() || self.out.len() >= FLUSH_BYTES {
                 if let Err(e) = self.flush(&mut upstream).await {
@@ -436,8 +467,9 @@ impl Frontend {
             b'E' => {
                 let portal = Fields::new(&m.body).cstr()?;
                 let prepared = self.portals.get(portal).cloned().flatten();
-                self.on_execute(prepared);
-                put_message(&mut self.out, m.tag, &m.body);
+                if self.on_execute(prepared) {
+                    put_message(&mut self.out, m.tag, &m.body);
+                }
             }
             b'C' => {
                 let mut f = Fields::new(&m.body);
@@ -496,6 +528,7 @@ impl Frontend {
         let analysis = self.res.cache.analyze(sql);
         let (lawful_basis, purpose) = self.policy_context();
         let mut records = Vec::new();
+        let mut approvals = Vec::new();
         let mut refusal: Option<(&'static str, String, RuleRef)> = None;
         let mut effect = Effect::Other;
         match analysis.as_ref() {
@@ -506,8 +539,12 @@ impl Frontend {
                     effect = Effect::Other;
                 }
                 for facts in list {
-                    let verdict = self.res.guardrails.decide(facts);
-                    let row_limits = if verdict.forwards() {
+                    let mut verdict = self.res.guardrails.decide(facts);
+                    let held = verdict.decision == Decision::RequireApproval;
+                    if held && self.res.approvals.is_none() {
+                        verdict.reason = Some(hold::standalone_refusal(&verdict));
+                    }
+                    let row_limits = if verdict.forwards() || held {
                         self.res.guardrails.row_limits(facts)
                     } else {
                         Vec::new()
@@ -530,7 +567,9 @@ impl Frontend {
                         purpose: purpose.clone(),
                         ..self.verdict_record(protocol, &verdict)
                     };
-                    if !verdict.forwards() && refusal.is_none() {
+                    if held && self.res.approvals.is_some() {
+                        approvals.push(hold::Need::new(records.len(), facts, &verdict));
+                    } else if !verdict.forwards() && refusal.is_none() {
                         refusal = Some((
                             SQLSTATE_REFUSED,
                             verdict.reason.clone().unwrap_or_default(),
@@ -603,6 +642,7 @@ impl Frontend {
             records,
             refusal: refusal.map(|(code, message, _)| (code, message)),
             effect,
+            approvals,
         }
     }
 
@@ -738,6 +778,22 @@ impl Frontend {
 
     fn on_query(&mut self, sql: &str, m: &Message) {
         let decided = self.decide(sql, Protocol::Simple);
+        if decided.refusal.is_none() {
+            if !decided.approvals.is_empty() {
+                self.held = Some(hold::Held::Query {
+                    message: m.clone(),
+                    decided,
+                });
+                return;
+            }
+            if let Some(j) = crate::approval::justification_from_set(sql) {
+                self.justification = Some(j);
+            }
+        }
+        self.finish_query(decided, m);
+    }
+
+    fn finish_query(&mut self, decided: Decided, m: &Message) {
         let batch;
         {
             let t = self.lock();
@@ -773,6 +829,24 @@ impl Frontend {
 
     fn on_parse(&mut self, name: String, sql: &str, m: &Message) {
         let decided = self.decide(sql, Protocol::Parse);
+        if decided.refusal.is_none() && !decided.approvals.is_empty() {
+            self.held = Some(hold::Held::Parse {
+                name,
+                message: m.clone(),
+                decided,
+            });
+            return;
+        }
+        self.finish_parse(name, decided, m, None);
+    }
+
+    fn finish_parse(
+        &mut self,
+        name: String,
+        decided: Decided,
+        m: &Message,
+        grant: Option<hold::GrantRef>,
+    ) {
         let mut first: Option<Prepared> = None;
         for (record, row_limits) in decided.records {
             if first.is_none() {
@@ -780,6 +854,7 @@ impl Frontend {
                     template: record.clone(),
                     row_limits,
                     effect: decided.effect,
+                    grant: grant.clone(),
                 });
             }
             // Parsing changes nothing; each Execute is recorded and waited for.
@@ -795,6 +870,7 @@ impl Frontend {
                     template: empty_record(Protocol::Parse),
                     row_limits: Vec::new(),
                     effect: Effect::Reads,
+                    grant: None,
                 });
                 self.prepared.insert(name, prepared);
                 put_message(&mut self.out, m.tag, &m.body);
@@ -802,16 +878,24 @@ impl Frontend {
         }
     }
 
-    fn on_execute(&mut self, prepared: Option<Prepared>) {
+    /// Record an Execute; `false` when it was refused instead of forwarded.
+    fn on_execute(&mut self, prepared: Option<Prepared>) -> bool {
         // A portal of a statement the sidecar refused does not exist upstream either; the
         // server answers the Execute with an error. Record what runs.
-        let Some(prepared) = prepared else { return };
+        let Some(prepared) = prepared else {
+            return true;
+        };
         let statement_id = self.next_statement_id();
-        let record = StatementRecord {
+        let mut record = StatementRecord {
             statement_id,
             protocol: Protocol::Execute,
             ..prepared.template.clone()
         };
+        if let Some(grant) = &prepared.grant {
+            if !self.use_prepared_grant(grant, &mut record) {
+                return false;
+            }
+        }
         let durable = self.durability(prepared.effect);
         self.record(record, durable);
         let mut t = self.lock();
@@ -822,6 +906,7 @@ impl Frontend {
             started: Instant::now(),
             row_limits: prepared.row_limits,
         });
+        true
     }
 
     fn on_function_call(&mut self, m: &Message) {
