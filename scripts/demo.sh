@@ -137,7 +137,57 @@ for r in c["resources"]:
 yaml.safe_dump(c, open(d + "/sidecar.yaml", "w"))
 PY
 sed -n '/^policies:/,$p' "$sidecar_dir/sidecar.yaml" | head -30 | sed 's/^/  /'
-RUST_LOG=warn "$BIN/portcullis-sidecar" --config "$sidecar_dir/sidecar.yaml" \
+# In the pod the sidecar alone holds the service account's token; here it gets one from the
+# TokenRequest API, with the rights the chart's sidecar-approvals ClusterRole grants.
+"$KUBECTL" apply -f - >/dev/null <<YAML
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: portcullis-sidecar-approvals}
+rules:
+- {apiGroups: [portcullis.dev], resources: [accessrequests], verbs: [create, get, list, watch]}
+- {apiGroups: [portcullis.dev], resources: [accessrequests/status], verbs: [get, patch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: support-agent-approvals, namespace: $ns}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: portcullis-sidecar-approvals}
+subjects:
+- {kind: ServiceAccount, name: support-agent, namespace: $ns}
+YAML
+# People who may record decisions (the chart's approver ClusterRole). Admission decides whose
+# decision counts: an approver of the policy who is not the requester.
+"$KUBECTL" apply -f - >/dev/null <<YAML
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: portcullis-approver}
+rules:
+- {apiGroups: [portcullis.dev], resources: [accessrequests], verbs: [get, list, watch, patch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: accessrequest-deciders, namespace: $ns}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: portcullis-approver}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: portcullis-approvers}
+- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: agent-owners}
+YAML
+token=$("$KUBECTL" -n $ns create token support-agent --duration 1h)
+cat >"$sidecar_dir/kubeconfig" <<YAML
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster: {server: $PORTCULLIS_E2E_APISERVER, certificate-authority: $PORTCULLIS_E2E_CA}
+users:
+- name: support-agent
+  user: {token: $token}
+contexts:
+- name: local
+  context: {cluster: local, user: support-agent, namespace: $ns}
+current-context: local
+YAML
+chmod 600 "$sidecar_dir/kubeconfig"
+RUST_LOG=warn "$BIN/portcullis-sidecar" --config "$sidecar_dir/sidecar.yaml" --kubeconfig "$sidecar_dir/kubeconfig" \
     --service-account support-agent --namespace $ns --pod support-agent-0 >"$state/sidecar.log" 2>&1 &
 PIDS+=($!)
 wait_for "the sidecar" curl -fs http://127.0.0.1:15090/readyz
