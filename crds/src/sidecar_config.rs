@@ -16,8 +16,8 @@ use thiserror::Error;
 
 use crate::gateway_policy::{
     AuditUnavailableAction, Detector, GatewayPolicySpec, GrantScope, GuardrailAction,
-    IdentitySettings, LawfulBasis, MaskingStrategy, PrincipalKind, SigningAlgorithm,
-    StatementKind, Subject, UnanalyzableAction,
+    IdentitySettings, LawfulBasis, MaskingStrategy, PrincipalKind, SigningAlgorithm, StatementKind,
+    Subject, UnanalyzableAction,
 };
 use crate::protected_resource::{ResourceType, TlsMode};
 

@@ -7,6 +7,7 @@ use portcullis_crds::audit::Identity;
 use portcullis_crds::sidecar_config::SidecarConfig;
 use thiserror::Error;
 
+use crate::identity::oidc::OidcOptions;
 use crate::runtime::Limits;
 
 /// Why the configuration cannot be used.
@@ -44,6 +45,8 @@ pub struct Options {
     pub identity: Identity,
     /// Client limits.
     pub limits: Limits,
+    /// How OIDC key sets are cached and fetched.
+    pub oidc: OidcOptions,
 }
 
 impl Options {
@@ -54,9 +57,10 @@ impl Options {
                 kind: "ServiceAccount".to_owned(),
                 name: name.to_owned(),
                 namespace: Some(namespace.to_owned()),
-                pod: None,
+                ..Identity::default()
             },
             limits: Limits::default(),
+            oidc: OidcOptions::default(),
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub spool_bytes: IntGauge,
     /// Connections refused or ended by a protocol error.
     pub protocol_errors: IntCounter,
+    /// Connections refused at authentication (missing or invalid OIDC token).
+    pub auth_failures: IntCounter,
 }
 
 impl Metrics {
@@ -55,6 +57,11 @@ impl Metrics {
         registry.register(Box::new(statement_seconds.clone()))?;
         registry.register(Box::new(spool_bytes.clone()))?;
         registry.register(Box::new(protocol_errors.clone()))?;
+        let auth_failures = IntCounter::new(
+            "auth_failures_total",
+            "Connections refused at authentication (missing or invalid OIDC token)",
+        )?;
+        registry.register(Box::new(auth_failures.clone()))?;
         Ok(Metrics {
             registry,
             connections_total,
@@ -63,6 +70,7 @@ impl Metrics {
             statement_seconds,
             spool_bytes,
             protocol_errors,
+            auth_failures,
         })
     }
 
