@@ -152,7 +152,9 @@ pub struct OidcIssuer {
     pub url: String,
 
     /// Accepted audiences: the token's `aud` must contain one of them.
-    #[schemars(length(min = 1, max = 16), inner(length(max = 512)))]
+    #[schemars(length(max = 16), inner(length(max = 512)))]
+    #[x_kube(validation = Rule::new("self.size() > 0")
+        .message("an issuer needs at least one audience: the aud value its tokens carry for this database"))]
     pub audiences: Vec<String>,
 
     /// Whether tokens of this issuer name a `User` (a person or machine user, default) or a
