@@ -668,3 +668,48 @@ async fn identity_from_a_mounted_token_file() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn identity_psql_sends_the_token_from_pgpassword() {
+    let k1 = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&k1]).await;
+    let url = issuer.url().to_owned();
+    let proxy = ProxyBuilder::default()
+        .policy(
+            "people",
+            &format!(
+                "identity:\n  requireOidc: true\n{}",
+                issuer_yaml(&url, "User")
+            ),
+        )
+        .oidc(fast_refresh())
+        .start()
+        .await;
+    let psql = |password: String| {
+        let proxy_url = proxy.url();
+        tokio::task::spawn_blocking(move || {
+            crate::common::run(
+                std::process::Command::new("psql")
+                    .args(["-X", "-w", "-tA", "-c", "SELECT 'hello'", &proxy_url])
+                    .env("PGPASSWORD", password)
+                    .env("PGCONNECT_TIMEOUT", "10"),
+            )
+        })
+    };
+    let (ok, out, err) = psql(k1.sign(&person(&url, "alice", &["analysts"])))
+        .await
+        .expect("psql");
+    assert!(ok, "psql with a valid token: {err}");
+    assert_eq!(out.trim(), "hello");
+
+    let mut claims = person(&url, "alice", &["analysts"]);
+    claims["exp"] = json!(now() - 3600);
+    let (ok, _, err) = psql(k1.sign(&claims)).await.expect("psql");
+    assert!(!ok);
+    assert_contains(&err, "FATAL:  OIDC ID token refused: the token has expired");
+    assert_contains(
+        &err,
+        &format!("(issuer {url}, audience {AUDIENCE} or other-service)"),
+    );
+    proxy.stop().await;
+}
