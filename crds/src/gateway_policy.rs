@@ -130,7 +130,7 @@ pub struct IdentitySettings {
 
     /// File (path inside the sidecar container) holding an ID token, for CI jobs that mount
     /// their pipeline token instead of sending it as the password. Read at every connection;
-    /// a password sent by the client takes precedence.
+    /// while it holds a token, no password is asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     #[x_kube(validation = Rule::new("self.startsWith('/')")

@@ -263,12 +263,17 @@ impl Authenticator {
     }
 
     /// A token from the files CI jobs mount, if one is there.
-    pub fn token_from_file(&self) -> Option<String> {
-        self.token_files.iter().find_map(|f| {
-            let text = std::fs::read_to_string(f).ok()?;
+    pub async fn token_from_file(&self) -> Option<String> {
+        for f in &self.token_files {
+            let Ok(text) = tokio::fs::read_to_string(f).await else {
+                continue;
+            };
             let token = text.trim();
-            (!token.is_empty()).then(|| token.to_owned())
-        })
+            if !token.is_empty() {
+                return Some(token.to_owned());
+            }
+        }
+        None
     }
 
     /// Validate a token and return the session identity: the workload with the token's

@@ -45,7 +45,7 @@ pub async fn establish(
             negotiated: false,
         });
     };
-    if let Some(token) = auth.token_from_file() {
+    if let Some(token) = auth.token_from_file().await {
         let identity = auth.authenticate(&res.identity, Some(&token)).await?;
         return Ok(Established {
             identity,
