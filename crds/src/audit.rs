@@ -96,6 +96,19 @@ pub enum AuditEvent {
     Completion(CompletionRecord),
     /// A client session ended.
     SessionEnd(SessionEnd),
+    /// A connection was refused at authentication (missing or invalid OIDC token), before
+    /// any session with the server was opened.
+    AuthenticationRefused(AuthenticationRefused),
+}
+
+/// A connection refused at authentication.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthenticationRefused {
+    /// Address of the client (loopback in a pod).
+    pub client_address: String,
+    /// The refusal the client saw (never the token itself).
+    pub reason: String,
 }
 
 /// A session was opened.

@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use portcullis_crds::audit::{
-    AuditEvent, Decision, Protocol, RuleRef, SessionEnd, SessionStart, StatementRecord,
+    AuditEvent, AuthenticationRefused, Decision, Protocol, RuleRef, SessionEnd, SessionStart,
+    StatementRecord,
 };
 use rand::Rng;
 use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
@@ -122,6 +123,18 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         Err(e) => {
             res.metrics.auth_failures.inc();
             tracing::warn!(resource = %res.name, %peer, error = %e, "refused a connection at authentication");
+            let ctx = RecordContext {
+                session_id: session_id(&res),
+                identity: res.identity.clone(),
+                resource: res.name.clone(),
+            };
+            let _ = res.spool.append(
+                &ctx,
+                AuditEvent::AuthenticationRefused(AuthenticationRefused {
+                    client_address: peer.to_string(),
+                    reason: e.to_string(),
+                }),
+            );
             refuse(&mut tcp, SQLSTATE_AUTH, &e.to_string()).await;
             return;
         }

@@ -417,6 +417,23 @@ identity:
         principals(&proxy).iter().all(Option::is_some),
         "every session of this resource has a principal"
     );
+    // Refusals are audited with the reason the client saw, never with the token.
+    let refusals: Vec<String> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            AuditEvent::AuthenticationRefused(a) => Some(a.reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(refusals.len() >= 12, "{refusals:?}");
+    assert!(refusals.iter().any(|r| r.contains("has expired")));
+    assert!(refusals.iter().any(|r| r.contains("mallory")));
+    assert!(
+        !records.iter().any(|r| serde_json::to_string(r)
+            .expect("json")
+            .contains(&token[token.len() - 40..])),
+        "no token in the audit records"
+    );
     proxy.stop().await;
 }
 
