@@ -278,13 +278,7 @@ pub fn to_ocsf(entry: &Value) -> Value {
         "status_id": status_id,
         "status": status,
         "message": event["statement"].as_str().unwrap_or(event["type"].as_str().unwrap_or("")),
-        "actor": {
-            "user": {
-                "name": record["identity"]["name"],
-                "type": record["identity"]["kind"],
-            },
-            "session": {"uid": record["sessionId"]},
-        },
+        "actor": actor(&record["identity"], &record["sessionId"]),
         "src_endpoint": {"name": entry["source"]["pod"], "namespace": entry["source"]["namespace"]},
         "database": {"name": record["resource"]},
         "query_info": {"query_string": event["statement"]},
@@ -302,6 +296,56 @@ pub fn to_ocsf(entry: &Value) -> Value {
     })
 }
 
+/// The OCSF actor: the person or pipeline run of a validated OIDC token when there is one
+/// (with the workload it acted through), else the workload.
+fn actor(identity: &Value, session: &Value) -> Value {
+    let workload = format!(
+        "{}/{}",
+        identity["namespace"].as_str().unwrap_or("-"),
+        identity["name"].as_str().unwrap_or("-")
+    );
+    match identity.get("principal").filter(|p| p.is_object()) {
+        Some(p) => serde_json::json!({
+            "user": {
+                "name": p["name"],
+                "type": p["kind"],
+                "uid": p["subject"],
+                "groups": p["groups"]
+                    .as_array()
+                    .map(|g| g.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            },
+            "idp": {"name": p["issuer"]},
+            "app_name": workload,
+            "session": {"uid": session},
+        }),
+        None => serde_json::json!({
+            "user": {
+                "name": identity["name"],
+                "type": identity["kind"],
+            },
+            "session": {"uid": session},
+        }),
+    }
+}
+
+/// How the summary names who acted: the workload, and the person or pipeline run behind it.
+fn subject_label(identity: &Value) -> String {
+    let workload = format!(
+        "{}/{}",
+        identity["namespace"].as_str().unwrap_or("-"),
+        identity["name"].as_str().unwrap_or("-")
+    );
+    match identity.get("principal").filter(|p| p.is_object()) {
+        Some(p) => format!(
+            "{workload} as {} {}",
+            p["kind"].as_str().unwrap_or("-"),
+            p["name"].as_str().unwrap_or("-")
+        ),
+        None => workload,
+    }
+}
+
 fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
     use std::collections::BTreeMap;
     let mut by_subject: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
@@ -309,11 +353,7 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
     let mut events = Vec::new();
     for e in entries {
         let r = &e["record"];
-        let subject = format!(
-            "{}/{}",
-            r["identity"]["namespace"].as_str().unwrap_or("-"),
-            r["identity"]["name"].as_str().unwrap_or("-")
-        );
+        let subject = subject_label(&r["identity"]).replace('|', "\\|");
         let decision = r["event"]["decision"].as_str().unwrap_or("-").to_owned();
         *by_subject
             .entry(subject.clone())

@@ -37,11 +37,12 @@ pub struct AuditRecord {
     pub event: AuditEvent,
 }
 
-/// The identity of a caller.
+/// The identity of a caller: the workload (the pod's service account, from the downward API)
+/// and, when the client presented a valid OIDC ID token, the person or pipeline run behind it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Identity {
-    /// `ServiceAccount`, `User`, `Group` or `Pipeline` (the GatewayPolicy subject kinds).
+    /// `ServiceAccount` for the workload (`User` in hand-written standalone configurations).
     pub kind: String,
     /// Name of the service account or user.
     pub name: String,
@@ -51,6 +52,36 @@ pub struct Identity {
     /// Pod the caller runs in, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// UID of that pod, when known (pod names are reused; UIDs are not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// The person or pipeline run, from a validated OIDC ID token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<Principal>,
+}
+
+/// A person or pipeline run established from a validated OIDC ID token.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Principal {
+    /// `User` or `Pipeline` (the GatewayPolicy subject kinds).
+    pub kind: String,
+    /// Issuer of the token (`iss`).
+    pub issuer: String,
+    /// Subject of the token (`sub`).
+    pub subject: String,
+    /// User name (the issuer's configured user-name claim; `sub` by default).
+    pub name: String,
+    /// Groups from the issuer's configured group claim.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Pipeline claims (repository, ref, workflow, project_path, ...) and every claim a
+    /// policy subject matches on, as strings.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub claims: std::collections::BTreeMap<String, String>,
+    /// Expiry of the token (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
 }
 
 /// The event an audit record describes.
@@ -65,6 +96,9 @@ pub enum AuditEvent {
     Completion(CompletionRecord),
     /// A client session ended.
     SessionEnd(SessionEnd),
+    /// A connection was refused at authentication (missing or invalid OIDC token), before
+    /// any session with the server was opened.
+    AuthenticationRefused(AuthenticationRefused),
     /// A step of a just-in-time approval (requested, decided, used, timed out, expired),
     /// linked to the others by the AccessRequest name.
     Approval(ApprovalRecord),
@@ -120,6 +154,16 @@ pub enum ApprovalStep {
     /// The request could not be made or followed (API server unreachable, no permission);
     /// the held operation is refused.
     Failed,
+}
+
+/// A connection refused at authentication.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthenticationRefused {
+    /// Address of the client (loopback in a pod).
+    pub client_address: String,
+    /// The refusal the client saw (never the token itself).
+    pub reason: String,
 }
 
 /// A session was opened.

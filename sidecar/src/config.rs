@@ -8,6 +8,7 @@ use portcullis_crds::sidecar_config::SidecarConfig;
 use thiserror::Error;
 
 use crate::approval::KubeAccess;
+use crate::identity::oidc::OidcOptions;
 use crate::runtime::Limits;
 
 /// Why the configuration cannot be used.
@@ -48,6 +49,8 @@ pub struct Options {
     /// How approvals reach the API server (off: statements that require approval are
     /// refused).
     pub kube: KubeAccess,
+    /// How OIDC key sets are cached and fetched.
+    pub oidc: OidcOptions,
 }
 
 impl Options {
@@ -58,10 +61,11 @@ impl Options {
                 kind: "ServiceAccount".to_owned(),
                 name: name.to_owned(),
                 namespace: Some(namespace.to_owned()),
-                pod: None,
+                ..Identity::default()
             },
             limits: Limits::default(),
             kube: KubeAccess::Off,
+            oidc: OidcOptions::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod approval;
 pub mod audit;
 pub mod config;
+pub mod identity;
 pub mod masking;
 pub mod metrics;
 pub mod policy;
@@ -121,6 +122,7 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
         cache: Default::default(),
         identity: options.identity.clone(),
         limits: options.limits,
+        oidc: options.oidc,
         process_nonce: format!("{:08x}", rand::rng().random::<u32>()),
     };
     let (stop, stopped) = watch::channel(false);

@@ -7,6 +7,7 @@ use clap::Parser;
 use portcullis_crds::audit::Identity;
 use portcullis_sidecar::approval::KubeAccess;
 use portcullis_sidecar::config::{self, Options};
+use portcullis_sidecar::identity::oidc::OidcOptions;
 use portcullis_sidecar::runtime::Limits;
 use tracing_subscriber::EnvFilter;
 
@@ -26,6 +27,15 @@ struct Cli {
     /// Name of the pod the agent runs in.
     #[arg(long, env = "PORTCULLIS_POD_NAME")]
     pod: Option<String>,
+    /// UID of the pod the agent runs in.
+    #[arg(long, env = "PORTCULLIS_POD_UID")]
+    pod_uid: Option<String>,
+    /// Least time between two fetches of an OIDC issuer's keys caused by unknown key ids.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    jwks_min_refresh: std::time::Duration,
+    /// Age after which an OIDC issuer's cached keys are fetched again.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    jwks_max_age: std::time::Duration,
     /// Largest Query or Parse message analysed, in bytes; larger ones are refused.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     max_statement_bytes: usize,
@@ -66,11 +76,18 @@ fn main() -> ExitCode {
             name: cli.service_account,
             namespace: Some(cli.namespace.unwrap_or_else(|| config.namespace.clone())),
             pod: cli.pod,
+            pod_uid: cli.pod_uid,
+            principal: None,
         },
         limits: Limits {
             max_statement_bytes: cli.max_statement_bytes,
         },
         kube: kube_access(&cli.approvals, cli.kubeconfig),
+        oidc: OidcOptions {
+            jwks_min_refresh: cli.jwks_min_refresh,
+            jwks_max_age: cli.jwks_max_age,
+            ..OidcOptions::default()
+        },
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

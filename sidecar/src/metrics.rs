@@ -23,6 +23,8 @@ pub struct Metrics {
     pub protocol_errors: IntCounter,
     /// Batches held until their audit records were on disk.
     pub audit_sync_waits: IntCounter,
+    /// Connections refused at authentication (missing or invalid OIDC token).
+    pub auth_failures: IntCounter,
 }
 
 impl Metrics {
@@ -62,6 +64,11 @@ impl Metrics {
         )?;
         registry.register(Box::new(protocol_errors.clone()))?;
         registry.register(Box::new(audit_sync_waits.clone()))?;
+        let auth_failures = IntCounter::new(
+            "auth_failures_total",
+            "Connections refused at authentication (missing or invalid OIDC token)",
+        )?;
+        registry.register(Box::new(auth_failures.clone()))?;
         Ok(Metrics {
             registry,
             connections_total,
@@ -71,6 +78,7 @@ impl Metrics {
             spool_bytes,
             protocol_errors,
             audit_sync_waits,
+            auth_failures,
         })
     }
 

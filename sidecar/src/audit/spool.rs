@@ -338,6 +338,8 @@ mod tests {
                 name: "agent".into(),
                 namespace: Some("team".into()),
                 pod: None,
+                pod_uid: None,
+                principal: None,
             },
             resource: "customers-db".into(),
         }

@@ -15,21 +15,24 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use portcullis_crds::audit::{
-    AuditEvent, Decision, Protocol, RuleRef, SessionEnd, SessionStart, StatementRecord,
+    AuditEvent, AuthenticationRefused, Decision, Protocol, RuleRef, SessionEnd, SessionStart,
+    StatementRecord,
 };
 use rand::Rng;
 use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use super::auth;
 use super::codec::{self, put_error, put_message, Fields, Message, ProtocolError, Read};
 use super::results::{Inflight, Marker, ResultPath, Tracker, SQLSTATE_REFUSED};
 use super::startup::{self, Hello};
 use super::upstream::{UpstreamError, UpstreamStream};
 use crate::approval::justification_from_options;
 use crate::audit::spool::RecordContext;
+use crate::identity::SQLSTATE_AUTH;
 use crate::policy::analyze::{kind_name, Analysis, Effect};
-use crate::policy::guardrails::{RowLimit, Verdict, BUILTIN_POLICY};
+use crate::policy::guardrails::{Guardrails, RowLimit, Verdict, BUILTIN_POLICY};
 use crate::runtime::Resource;
 
 mod hold;
@@ -118,6 +121,29 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         .await;
         return;
     }
+    let established = match auth::establish(&mut tcp, peer, &params, &res).await {
+        Ok(e) => e,
+        Err(e) => {
+            res.metrics.auth_failures.inc();
+            tracing::warn!(resource = %res.name, %peer, error = %e, "refused a connection at authentication");
+            let ctx = RecordContext {
+                session_id: session_id(&res),
+                identity: res.identity.clone(),
+                resource: res.name.clone(),
+            };
+            let _ = res.spool.append(
+                &ctx,
+                AuditEvent::AuthenticationRefused(AuthenticationRefused {
+                    client_address: peer.to_string(),
+                    reason: e.to_string(),
+                }),
+            );
+            refuse(&mut tcp, SQLSTATE_AUTH, &e.to_string()).await;
+            return;
+        }
+    };
+    let identity = established.identity;
+    let negotiated = established.negotiated;
     let user = params.get("user").unwrap_or_default().to_owned();
     let database = params.get("database").unwrap_or(&user).to_owned();
     let passed: Vec<(String, String)> = params
@@ -144,7 +170,9 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         .cancel
         .register(res.upstream.clone(), established.key.unwrap_or((0, 0)));
     let mut hello_out = BytesMut::new();
-    params.negotiation(&mut hello_out);
+    if !negotiated {
+        params.negotiation(&mut hello_out);
+    }
     codec::put_auth_ok(&mut hello_out);
     hello_out.extend_from_slice(&established.relay);
     codec::put_backend_key(&mut hello_out, pid, secret);
@@ -156,7 +184,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
 
     let ctx = RecordContext {
         session_id: session_id(&res),
-        identity: res.identity.clone(),
+        identity,
         resource: res.name.clone(),
     };
     let _ = res.spool.append(
@@ -205,6 +233,7 @@ async fn relay(
     let cw: ClientWriter = Arc::new(tokio::sync::Mutex::new(cw));
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let mut front = Frontend {
+        guardrails: Guardrails::for_identity(res.policies.clone(), &ctx.identity, &res.namespace),
         res: res.clone(),
         ctx: ctx.clone(),
         tracker: tracker.clone(),
@@ -257,6 +286,8 @@ struct Prepared {
 
 struct Frontend {
     res: Arc<Resource>,
+    /// The policies that apply to this session's identity.
+    guardrails: Guardrails,
     ctx: RecordContext,
     tracker: Arc<Mutex<Tracker>>,
     client_out: ClientWriter,
@@ -512,7 +543,7 @@ impl Frontend {
     }
 
     fn policy_context(&self) -> (Option<String>, Option<String>) {
-        let first = self.res.guardrails.policies().first();
+        let first = self.guardrails.policies().first();
         (
             first.and_then(|p| {
                 p.lawful_basis
@@ -539,13 +570,13 @@ impl Frontend {
                     effect = Effect::Other;
                 }
                 for facts in list {
-                    let mut verdict = self.res.guardrails.decide(facts);
+                    let mut verdict = self.guardrails.decide(facts);
                     let held = verdict.decision == Decision::RequireApproval;
                     if held && self.res.approvals.is_none() {
                         verdict.reason = Some(hold::standalone_refusal(&verdict));
                     }
                     let row_limits = if verdict.forwards() || held {
-                        self.res.guardrails.row_limits(facts)
+                        self.guardrails.row_limits(facts)
                     } else {
                         Vec::new()
                     };
@@ -586,7 +617,7 @@ impl Frontend {
                 reason,
                 fingerprint,
             } => {
-                let verdict = self.res.guardrails.decide_unanalyzable(reason);
+                let verdict = self.guardrails.decide_unanalyzable(reason);
                 let record = StatementRecord {
                     fingerprint: fingerprint.clone(),
                     lawful_basis,
@@ -607,11 +638,7 @@ impl Frontend {
             }
         }
         if refusal.is_none() {
-            if let Err(e) = self
-                .res
-                .spool
-                .check_limit(self.res.guardrails.spool_limit())
-            {
+            if let Err(e) = self.res.spool.check_limit(self.guardrails.spool_limit()) {
                 refusal = Some((
                     SQLSTATE_REFUSED,
                     format!("statement refused because the audit log cannot record it: {e} (rule builtin/audit-unavailable)"),
@@ -911,7 +938,6 @@ impl Frontend {
 
     fn on_function_call(&mut self, m: &Message) {
         let verdict = self
-            .res
             .guardrails
             .decide_unanalyzable("fast-path function calls cannot be analysed");
         let statement_id = self.next_statement_id();

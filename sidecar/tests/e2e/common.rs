@@ -7,6 +7,7 @@ use std::time::Duration;
 use portcullis_crds::audit::{AuditEvent, AuditRecord, CompletionRecord, StatementRecord};
 use portcullis_crds::SidecarConfig;
 use portcullis_sidecar::config::Options;
+use portcullis_sidecar::identity::oidc::OidcOptions;
 use portcullis_sidecar::Sidecar;
 use tokio_postgres::{Client, NoTls};
 
@@ -21,6 +22,7 @@ pub struct ProxyBuilder {
     password: String,
     max_statement_bytes: Option<usize>,
     upstream_port: Option<u16>,
+    oidc: Option<OidcOptions>,
 }
 
 /// A running proxy.
@@ -47,6 +49,7 @@ impl Default for ProxyBuilder {
             password: h.pg_password().to_owned(),
             max_statement_bytes: None,
             upstream_port: None,
+            oidc: None,
         }
     }
 }
@@ -79,6 +82,12 @@ impl ProxyBuilder {
     /// Statement size limit.
     pub fn max_statement_bytes(mut self, n: usize) -> Self {
         self.max_statement_bytes = Some(n);
+        self
+    }
+
+    /// How OIDC key sets are cached and fetched.
+    pub fn oidc(mut self, options: OidcOptions) -> Self {
+        self.oidc = Some(options);
         self
     }
 
@@ -147,6 +156,9 @@ policies:{policies}",
         let mut options = Options::service_account("agents", "agent");
         if let Some(n) = self.max_statement_bytes {
             options.limits.max_statement_bytes = n;
+        }
+        if let Some(o) = self.oidc {
+            options.oidc = o;
         }
         let sidecar = portcullis_sidecar::start(config, options).await?;
         let port = sidecar.addr("shop-db").expect("listening").port();

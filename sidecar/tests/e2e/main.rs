@@ -4,6 +4,7 @@ mod clients;
 mod common;
 mod durability;
 mod guardrails;
+mod identity;
 mod passthrough;
 mod robustness;
 mod upstream;

@@ -193,7 +193,6 @@ impl Frontend {
             });
         };
         let settings = self
-            .res
             .guardrails
             .policies()
             .iter()
