@@ -173,14 +173,32 @@ impl Frontend {
             })
             .unwrap_or_default();
         let caller = &self.ctx.identity;
-        let user = (caller.kind != "ServiceAccount").then(|| caller.name.clone());
+        // The person or pipeline run behind the workload, when the client presented a token.
+        let principal = caller.principal.as_ref();
+        let user = principal
+            .filter(|p| p.kind == "User")
+            .map(|p| p.name.clone());
+        let pipeline = principal.filter(|p| p.kind == "Pipeline").map(|p| {
+            let claim = |k: &str| p.claims.get(k).cloned();
+            let project = claim("repository").or_else(|| claim("project_path"));
+            let git_ref = claim("ref");
+            let run = claim("run_id").or_else(|| claim("pipeline_id"));
+            match (project, git_ref, run) {
+                (Some(project), Some(r), Some(run)) => format!("{project}@{r} run {run}"),
+                (Some(project), Some(r), None) => format!("{project}@{r}"),
+                _ => p.name.clone(),
+            }
+        });
         Requester {
-            name: user.clone().unwrap_or_else(|| sa.name.clone()),
+            name: user
+                .clone()
+                .or_else(|| pipeline.clone())
+                .unwrap_or_else(|| sa.name.clone()),
             service_account: format!("system:serviceaccount:{namespace}:{}", sa.name),
             pod: caller.pod.clone().or_else(|| sa.pod.clone()),
             user,
-            groups: Vec::new(),
-            pipeline: None,
+            groups: principal.map(|p| p.groups.clone()).unwrap_or_default(),
+            pipeline,
         }
     }
 
