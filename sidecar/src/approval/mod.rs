@@ -594,6 +594,35 @@ mod tests {
         s.parse().expect("time")
     }
 
+    fn key(scope: GrantScope, fingerprint: &str, session: &str) -> GrantKey {
+        GrantKey {
+            resource: "db".into(),
+            service_account: "system:serviceaccount:agents:agent".into(),
+            policy: "p".into(),
+            rule: "writes".into(),
+            fingerprint: fingerprint.into(),
+            scope,
+            session: session.into(),
+            grant_seconds: 3600,
+        }
+    }
+
+    #[test]
+    fn a_grant_covers_its_fingerprint_or_its_session() {
+        let mut ar = request(AccessRequestPhase::Approved, Some("bob"));
+        ar.metadata.labels = Some(BTreeMap::from([(
+            LABEL_SESSION.to_owned(),
+            "s-1".to_owned(),
+        )]));
+        assert!(covers(&ar, &key(GrantScope::Statement, "f", "s-2")));
+        assert!(!covers(&ar, &key(GrantScope::Statement, "g", "s-1")));
+        assert!(covers(&ar, &key(GrantScope::Session, "g", "s-1")));
+        assert!(!covers(&ar, &key(GrantScope::Session, "f", "s-2")));
+        let mut other = key(GrantScope::Statement, "f", "s-1");
+        other.service_account = "system:serviceaccount:agents:other".into();
+        assert!(!covers(&ar, &other));
+    }
+
     #[test]
     fn only_stamped_unexpired_approvals_by_others_are_grants() {
         let now = at("2026-11-23T06:30:00Z");
