@@ -20,7 +20,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_for() { # DESCRIPTION COMMAND...: retry for 60 s
     local what=$1; shift
     for _ in $(seq 120); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
-    echo "timed out waiting for $what" >&2; return 1
+    echo "timed out waiting for $what; the last log lines:" >&2
+    tail -n 20 "$state"/*.log >&2 2>/dev/null || true
+    return 1
 }
 
 say "Install dependencies and build the control plane (from upstream source) and Portcullis; cached after the first run"
@@ -241,8 +243,13 @@ for path in sys.argv[1:]:
         if e["type"] in ("sessionStart", "sessionEnd", "completion"):
             continue
         rule = (e.get("rule") or {}).get("rule", "-")
-        what = e.get("statement") or e.get("accessRequest") or ""
-        print("  seq %3d  %-14s %-16s %-8s %-20s %s" % (r["seq"], r["identity"]["name"], e["type"], e.get("decision", ""), rule, what))
+        if e["type"] == "approval":
+            decision = e["step"]
+            what = "AccessRequest %s%s" % (e["request"], " by " + e["decidedBy"] if e.get("decidedBy") else "")
+        else:
+            decision = e.get("decision", "")
+            what = e.get("statement") or ""
+        print("  seq %3d  %-14s %-10s %-16s %-20s %s" % (r["seq"], r["identity"]["name"], e["type"], decision, rule, what))
 PY
 
 if $keep; then
