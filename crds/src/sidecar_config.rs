@@ -114,16 +114,45 @@ pub struct CredentialFiles {
 pub struct AuditConfig {
     /// Directory of the durable local spool.
     pub spool_dir: PathBuf,
-    /// URL of the audit service's ingest endpoint; `None` keeps records in the spool only.
+    /// Base URL of the audit service (`https://host:port`); the shipper posts to
+    /// `/v1/records` below it. `None` keeps records in the spool only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_url: Option<String>,
+    /// PEM CA bundle that verifies the audit service's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The pod's projected service-account token for the audience `portcullis-audit`; read
+    /// afresh for every batch because the kubelet rotates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
+
+/// Where the kubelet projects the audit token into an injected pod's sidecar.
+pub const AUDIT_TOKEN_FILE: &str = "/var/run/secrets/portcullis/audit/token";
+/// Where the audit service's CA certificate is mounted into an injected pod's sidecar.
+pub const AUDIT_CA_FILE: &str = "/var/run/secrets/portcullis/audit-ca/ca.crt";
+/// Audience of the token the audit service accepts.
+pub const AUDIT_AUDIENCE: &str = "portcullis-audit";
 
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             spool_dir: PathBuf::from("/var/run/portcullis/spool"),
             service_url: None,
+            ca_file: None,
+            token_file: None,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// Ship to the audit service at `url` with the standard token and CA mount paths.
+    pub fn shipping_to(url: &str) -> Self {
+        Self {
+            service_url: Some(url.to_owned()),
+            ca_file: Some(PathBuf::from(AUDIT_CA_FILE)),
+            token_file: Some(PathBuf::from(AUDIT_TOKEN_FILE)),
+            ..Self::default()
         }
     }
 }
@@ -563,6 +592,18 @@ impl SidecarConfig {
                     r.name,
                     r.r#type.as_str()
                 )));
+            }
+        }
+        if let Some(url) = &self.audit.service_url {
+            if !url.starts_with("https://") {
+                return Err(ConfigError::Inconsistent(format!(
+                    "audit.serviceUrl {url:?} must be an https:// URL"
+                )));
+            }
+            if self.audit.ca_file.is_none() || self.audit.token_file.is_none() {
+                return Err(ConfigError::Inconsistent(
+                    "audit.serviceUrl needs audit.caFile and audit.tokenFile".into(),
+                ));
             }
         }
         Ok(())

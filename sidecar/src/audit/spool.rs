@@ -47,6 +47,7 @@ struct Inner {
     sender: Mutex<Option<mpsc::Sender<Pending>>>,
     durable: watch::Sender<Durable>,
     bytes: AtomicU64,
+    acknowledged: AtomicU64,
 }
 
 /// Durability progress published by the writer.
@@ -101,6 +102,7 @@ impl Spool {
             sender: Mutex::new(Some(tx)),
             durable,
             bytes: AtomicU64::new(existing),
+            acknowledged: AtomicU64::new(0),
         });
         let writer = Writer {
             dir: dir.to_path_buf(),
@@ -116,9 +118,19 @@ impl Spool {
         Ok(Spool { inner })
     }
 
-    /// Bytes held in the spool (its depth).
+    /// Bytes held in the spool that the audit service has not acknowledged (its depth).
     pub fn bytes(&self) -> u64 {
-        self.inner.bytes.load(Ordering::Relaxed)
+        self.inner
+            .bytes
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.inner.acknowledged.load(Ordering::Relaxed))
+    }
+
+    /// Set by the shipper: how many of the bytes counted since [`Spool::open`] (the segments
+    /// found then included) the audit service has acknowledged. They no longer count towards
+    /// the spool's depth, whether or not their segment file was deleted yet.
+    pub fn set_acknowledged(&self, bytes: u64) {
+        self.inner.acknowledged.store(bytes, Ordering::Relaxed);
     }
 
     /// Refuse when the spool is over a bound.
@@ -195,7 +207,8 @@ impl Spool {
     }
 }
 
-fn segment_index(name: &str) -> Option<u64> {
+/// The index of a spool segment file name (`audit-NNNNNNNNNN.jsonl`).
+pub fn segment_index(name: &str) -> Option<u64> {
     name.strip_prefix("audit-")?
         .strip_suffix(".jsonl")?
         .parse()
