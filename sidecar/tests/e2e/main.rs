@@ -5,4 +5,5 @@ mod common;
 mod guardrails;
 mod passthrough;
 mod robustness;
+mod shipping;
 mod upstream;
