@@ -27,7 +27,7 @@ pub enum SpoolError {
     #[error("audit spool write failed: {0}")]
     Io(String),
     /// The spool holds more than the policy's bound.
-    #[error("audit spool holds {size} bytes, more than the bound of {limit} bytes")]
+    #[error("audit spool holds {size} bytes the audit service has not acknowledged, more than the bound of {limit} bytes (onAuditUnavailable: deny)")]
     Full {
         /// Current size.
         size: u64,
