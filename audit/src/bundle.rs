@@ -383,7 +383,10 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
         }
         let who = identity_of(r);
         let id = identities.entry(who.clone()).or_default();
-        if let Some(pod) = e["source"]["pod"].as_str().or(r["identity"]["pod"].as_str()) {
+        if let Some(pod) = e["source"]["pod"]
+            .as_str()
+            .or(r["identity"]["pod"].as_str())
+        {
             id.pods.insert(pod.to_owned());
         }
         *resources
@@ -397,12 +400,15 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
             }
             let basis = text(&event["lawfulBasis"], "(none recorded)").to_owned();
             let purpose = text(&event["purpose"], "(none recorded)").to_owned();
-            let p = purposes.entry((basis.clone(), purpose.clone())).or_default();
+            let p = purposes
+                .entry((basis.clone(), purpose.clone()))
+                .or_default();
             p.0 += 1;
             p.1.insert(who.clone());
-            if let (Some(policy), Some(rule)) =
-                (event["rule"]["policy"].as_str(), event["rule"]["rule"].as_str())
-            {
+            if let (Some(policy), Some(rule)) = (
+                event["rule"]["policy"].as_str(),
+                event["rule"]["rule"].as_str(),
+            ) {
                 *policies
                     .entry(policy.to_owned())
                     .or_default()
@@ -417,7 +423,10 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
                 cell(text(&r["resource"], "")),
                 cell(text(&event["statement"], "(not parsed; text not recorded)")),
                 cell(&decision),
-                cell(&match (event["rule"]["policy"].as_str(), event["rule"]["rule"].as_str()) {
+                cell(&match (
+                    event["rule"]["policy"].as_str(),
+                    event["rule"]["rule"].as_str()
+                ) {
                     (Some(p), Some(rule)) => format!("{p}/{rule}"),
                     _ => "-".to_owned(),
                 }),
@@ -431,7 +440,10 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
                         "| {} | {} | masking | {} |",
                         cell(&time),
                         cell(&who),
-                        cell(&format!("statement {}: {field} {}", event["statementId"], event[field]))
+                        cell(&format!(
+                            "statement {}: {field} {}",
+                            event["statementId"], event[field]
+                        ))
                     ));
                 }
             }
@@ -481,7 +493,9 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
             cell(&who.join(", "))
         ));
     }
-    out.push_str("\n### Categories of data (tables touched)\n\n| table | statements |\n|---|---|\n");
+    out.push_str(
+        "\n### Categories of data (tables touched)\n\n| table | statements |\n|---|---|\n",
+    );
     for (t, n) in &tables {
         out.push_str(&format!("| {} | {n} |\n", cell(t)));
     }
@@ -504,12 +518,24 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
     out.push_str("\nRetention: as set by the AuditRetention of the audit service; statements are stored with literals replaced by placeholders, never with values.\n");
     out.push_str("\n## Access by identity (SOC 2 CC6, CC7)\n");
     for (who, id) in &identities {
-        let d: Vec<String> = id.decisions.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let d: Vec<String> = id
+            .decisions
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
         let pods: Vec<&str> = id.pods.iter().map(String::as_str).collect();
         out.push_str(&format!(
             "\n### {who}\n\nPods: {}. Decisions: {}.\n\n",
-            if pods.is_empty() { "-".to_owned() } else { pods.join(", ") },
-            if d.is_empty() { "none".to_owned() } else { d.join(", ") }
+            if pods.is_empty() {
+                "-".to_owned()
+            } else {
+                pods.join(", ")
+            },
+            if d.is_empty() {
+                "none".to_owned()
+            } else {
+                d.join(", ")
+            }
         ));
         if !id.rows.is_empty() {
             out.push_str("| time | resource | statement | decision | rule | lawful basis | purpose |\n|---|---|---|---|---|---|---|\n");

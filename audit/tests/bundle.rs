@@ -159,15 +159,32 @@ fn masking_approval_and_unknown_events_are_listed_in_the_summary() {
         .to_string()
         .into_bytes()
     };
-    let agent = serde_json::json!({"kind": "ServiceAccount", "name": "agent", "namespace": "agents"});
+    let agent =
+        serde_json::json!({"kind": "ServiceAccount", "name": "agent", "namespace": "agents"});
     let ci = serde_json::json!({"kind": "Pipeline", "name": "nightly"});
     let batch = vec![
-        event(1, agent.clone(), serde_json::json!({"type": "statement", "statementId": 1, "protocol": "simple",
+        event(
+            1,
+            agent.clone(),
+            serde_json::json!({"type": "statement", "statementId": 1, "protocol": "simple",
             "statement": "SELECT email FROM customers", "fingerprint": "f", "decision": "allow",
-            "lawfulBasis": "contract", "purpose": "support", "maskedColumns": ["public.customers.email"]})),
-        event(2, agent.clone(), serde_json::json!({"type": "masking", "statementId": 1, "columns": ["email"], "strategy": "redact"})),
-        event(3, ci.clone(), serde_json::json!({"type": "approvalGranted", "accessRequest": "ar-1", "approver": "bob"})),
-        event(4, ci, serde_json::json!({"type": "somethingNew", "detail": "x".repeat(300)})),
+            "lawfulBasis": "contract", "purpose": "support", "maskedColumns": ["public.customers.email"]}),
+        ),
+        event(
+            2,
+            agent.clone(),
+            serde_json::json!({"type": "masking", "statementId": 1, "columns": ["email"], "strategy": "redact"}),
+        ),
+        event(
+            3,
+            ci.clone(),
+            serde_json::json!({"type": "approvalGranted", "accessRequest": "ar-1", "approver": "bob"}),
+        ),
+        event(
+            4,
+            ci,
+            serde_json::json!({"type": "somethingNew", "detail": "x".repeat(300)}),
+        ),
         event(5, agent, serde_json::json!("not an object")),
     ];
     log.append(&batch).expect("append");
@@ -175,7 +192,10 @@ fn masking_approval_and_unknown_events_are_listed_in_the_summary() {
     let signer = LogSigner::from_pkcs8(pkcs8.as_ref()).expect("signer");
     let sth = signer.sign(&log.head(1_800_000_000_000));
     let out = dir.path().join("bundle");
-    assert_eq!(write_bundle(&log, &sth, &|_: &Value| true, &out).expect("bundle"), 5);
+    assert_eq!(
+        write_bundle(&log, &sth, &|_: &Value| true, &out).expect("bundle"),
+        5
+    );
     verify_bundle(&out, signer.public_key()).expect("verifies");
     let summary = fs::read_to_string(out.join("summary.md")).expect("summary");
     for needle in [

@@ -69,9 +69,7 @@ impl ShipperError {
             ShipperError::Io(_) => "local",
             ShipperError::Ship(ShipError::Unreachable(_)) => "unreachable",
             ShipperError::Ship(ShipError::Refused { .. }) => "refused",
-            ShipperError::Ship(ShipError::Failed { .. }) | ShipperError::Partial { .. } => {
-                "failed"
-            }
+            ShipperError::Ship(ShipError::Failed { .. }) | ShipperError::Partial { .. } => "failed",
             ShipperError::Ship(ShipError::Local(_)) => "local",
         }
     }
@@ -312,7 +310,10 @@ impl Shipper {
         };
         self.cursor.store(&self.dir)?;
         remove(&finished.path)?;
-        tracing::debug!(segment = finished.index, "audit spool segment shipped and deleted");
+        tracing::debug!(
+            segment = finished.index,
+            "audit spool segment shipped and deleted"
+        );
         Ok(())
     }
 
@@ -324,10 +325,7 @@ impl Shipper {
         for s in segments.iter().filter(|s| s.index < self.cursor.segment) {
             remove(&s.path)?;
         }
-        let Some(pos) = segments
-            .iter()
-            .position(|s| s.index >= self.cursor.segment)
-        else {
+        let Some(pos) = segments.iter().position(|s| s.index >= self.cursor.segment) else {
             return Ok(Step::Idle);
         };
         let current = &segments[pos];

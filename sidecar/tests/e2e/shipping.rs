@@ -241,7 +241,11 @@ async fn every_record_arrives_exactly_once_across_service_and_sidecar_restarts()
         0.0,
         "{m}"
     );
-    assert_eq!(metric(&m, "portcullis_sidecar_audit_service_up"), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "portcullis_sidecar_audit_service_up"),
+        1.0,
+        "{m}"
+    );
     proxy.stop().await;
 
     // The segment the first sidecar wrote is kept while it is the newest one.
@@ -339,7 +343,11 @@ async fn on_audit_unavailable_deny_refuses_past_the_bound_and_continue_keeps_ser
     let (served, err) = refused.expect("refused once the spool passes its bound");
     let db = err.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "42501", "{db:?}");
-    assert!(db.message().contains("audit-unavailable"), "{}", db.message());
+    assert!(
+        db.message().contains("audit-unavailable"),
+        "{}",
+        db.message()
+    );
     assert!(served >= 2, "served {served} statements before the bound");
     let m = proxy.metrics().await;
     assert!(
@@ -350,7 +358,11 @@ async fn on_audit_unavailable_deny_refuses_past_the_bound_and_continue_keeps_ser
         metric(&m, "portcullis_sidecar_audit_unshipped_bytes") > 4000.0,
         "{m}"
     );
-    assert_eq!(metric(&m, "portcullis_sidecar_audit_service_up"), 0.0, "{m}");
+    assert_eq!(
+        metric(&m, "portcullis_sidecar_audit_service_up"),
+        0.0,
+        "{m}"
+    );
     let server = AuditServer::start(&f, &data, port).await;
     drained(&proxy).await;
     client
@@ -439,11 +451,15 @@ fn assert_no_personal_data(values: &[String], dirs: &[&Path]) -> usize {
             bytes += content.len();
             let text = String::from_utf8_lossy(&content);
             for v in values {
-                assert!(
-                    !text.contains(v.as_str()),
-                    "seeded value {v} found in {}",
-                    path.display()
-                );
+                if let Some(at) = text.find(v.as_str()) {
+                    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+                    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+                    panic!(
+                        "seeded value {v} found in {}: {}",
+                        path.display(),
+                        &text[line_start..line_end]
+                    );
+                }
             }
         }
     }
@@ -487,7 +503,10 @@ async fn no_personal_data_reaches_the_spool_or_the_log_and_the_bundle_verifies_o
     let statements = [
         format!("SELECT id FROM customers WHERE email = '{email}'"),
         format!("SELECT id FROM customers WHERE ssn = '{ssn}' OR card_number = '{card}'"),
-        format!("SELECT id FROM customers WHERE iban LIKE '{}%'", &iban[..12]),
+        format!(
+            "SELECT id FROM customers WHERE iban LIKE '{}%'",
+            &iban[..12]
+        ),
         format!("SELECT id FROM customers WHERE iban IN ('{iban}', 'x')"),
         format!("SELECT upper('{email}'), length('{card}')"),
         format!("SELECT id FROM customers WHERE email = $${email}$$"),
@@ -495,7 +514,10 @@ async fn no_personal_data_reaches_the_spool_or_the_log_and_the_bundle_verifies_o
         format!("BEGIN; UPDATE customers SET phone = '{iban}' WHERE email = '{email}'; ROLLBACK"),
     ];
     for s in &statements {
-        client.simple_query(s).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+        client
+            .simple_query(s)
+            .await
+            .unwrap_or_else(|e| panic!("{s}: {e}"));
     }
     // Failing statements: the server's error message may quote the value.
     for s in [
@@ -509,7 +531,10 @@ async fn no_personal_data_reaches_the_spool_or_the_log_and_the_bundle_verifies_o
     }
     // Extended protocol with the values as parameters.
     let by_email = client
-        .query("SELECT id, email FROM customers WHERE email = $1", &[&email])
+        .query(
+            "SELECT id, email FROM customers WHERE email = $1",
+            &[&email],
+        )
         .await
         .expect("extended");
     assert_eq!(by_email.len(), 1);
@@ -523,19 +548,27 @@ async fn no_personal_data_reaches_the_spool_or_the_log_and_the_bundle_verifies_o
     proxy.stop().await;
     server.stop().await;
     let log_bytes = assert_no_personal_data(&values, &[&data]);
-    assert!(log_bytes > 5_000, "the log holds the records ({log_bytes} bytes)");
+    assert!(
+        log_bytes > 5_000,
+        "the log holds the records ({log_bytes} bytes)"
+    );
     eprintln!("no seeded value in {spool_bytes} spool bytes and {log_bytes} log bytes");
 
     let log = Log::open(&data, LogOptions::default()).expect("open log");
     let sth = log.heads().last().cloned().expect("a signed tree head");
-    assert_eq!(sth.tree_size as u64, log.size(), "the last head covers the log");
+    assert_eq!(
+        sth.tree_size as u64,
+        log.size(),
+        "the last head covers the log"
+    );
     let verified = portcullis_audit::verify::verify_log(&data, &f.public_key, &[])
         .expect("the log verifies offline");
     assert_eq!(verified.entries, log.size());
 
     let bundle = f.tmp.path().join("bundle");
-    let n = portcullis_audit::bundle::write_bundle(&log, &sth, &|_: &serde_json::Value| true, &bundle)
-        .expect("bundle");
+    let n =
+        portcullis_audit::bundle::write_bundle(&log, &sth, &|_: &serde_json::Value| true, &bundle)
+            .expect("bundle");
     assert_eq!(n as u64, log.size());
     let report =
         portcullis_audit::bundle::verify_bundle(&bundle, &f.public_key).expect("bundle verifies");
@@ -549,7 +582,10 @@ async fn no_personal_data_reaches_the_spool_or_the_log_and_the_bundle_verifies_o
         &format!("ServiceAccount {}/agent", f.ns),
         "no-unbounded-delete",
     ] {
-        assert!(summary.contains(needle), "summary names {needle}:\n{summary}");
+        assert!(
+            summary.contains(needle),
+            "summary names {needle}:\n{summary}"
+        );
     }
 
     // One flipped byte anywhere in the records is detected and the record named.
