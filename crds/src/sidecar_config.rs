@@ -127,13 +127,6 @@ pub struct AuditConfig {
     pub token_file: Option<PathBuf>,
 }
 
-/// Where the kubelet projects the audit token into an injected pod's sidecar.
-pub const AUDIT_TOKEN_FILE: &str = "/var/run/secrets/portcullis/audit/token";
-/// Where the audit service's CA certificate is mounted into an injected pod's sidecar.
-pub const AUDIT_CA_FILE: &str = "/var/run/secrets/portcullis/audit-ca/ca.crt";
-/// Audience of the token the audit service accepts.
-pub const AUDIT_AUDIENCE: &str = "portcullis-audit";
-
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
@@ -141,18 +134,6 @@ impl Default for AuditConfig {
             service_url: None,
             ca_file: None,
             token_file: None,
-        }
-    }
-}
-
-impl AuditConfig {
-    /// Ship to the audit service at `url` with the standard token and CA mount paths.
-    pub fn shipping_to(url: &str) -> Self {
-        Self {
-            service_url: Some(url.to_owned()),
-            ca_file: Some(PathBuf::from(AUDIT_CA_FILE)),
-            token_file: Some(PathBuf::from(AUDIT_TOKEN_FILE)),
-            ..Self::default()
         }
     }
 }
@@ -836,5 +817,24 @@ mod tests {
         let t: QualifiedTable = "orders".parse().expect("table");
         assert_eq!(t.to_string(), "public.orders");
         assert!("a.b.c".parse::<QualifiedTable>().is_err());
+    }
+
+    #[test]
+    fn shipping_needs_https_a_ca_and_a_token() {
+        let base = "apiVersion: portcullis.dev/sidecar-config/v1alpha1\nnamespace: shop\naudit:\n  spoolDir: /spool\n";
+        let ok = format!(
+            "{base}  serviceUrl: https://audit.portcullis-system.svc:443\n  caFile: /ca.crt\n  tokenFile: /token\n"
+        );
+        let config = SidecarConfig::from_yaml(&ok).expect("parses");
+        config.check().expect("consistent");
+        assert_eq!(config.audit.token_file, Some(PathBuf::from("/token")));
+        let plain = format!(
+            "{base}  serviceUrl: http://audit:80\n  caFile: /ca.crt\n  tokenFile: /token\n"
+        );
+        let err = SidecarConfig::from_yaml(&plain).expect_err("refused");
+        assert!(err.to_string().contains("https://"), "{err}");
+        let no_token = format!("{base}  serviceUrl: https://audit\n  caFile: /ca.crt\n");
+        let err = SidecarConfig::from_yaml(&no_token).expect_err("refused");
+        assert!(err.to_string().contains("audit.tokenFile"), "{err}");
     }
 }

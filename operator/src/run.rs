@@ -45,6 +45,8 @@ pub struct Settings {
     pub validating_webhooks: Vec<String>,
     /// The injected sidecar.
     pub sidecar: SidecarSettings,
+    /// The audit service sidecars ship their spool to; `None` keeps records in the spools.
+    pub audit: Option<crate::compile::AuditTarget>,
 }
 
 impl Settings {
@@ -71,6 +73,7 @@ impl Settings {
             mutating_webhooks: vec!["portcullis-injector".to_owned()],
             validating_webhooks: vec!["portcullis-policy-validator".to_owned()],
             sidecar: SidecarSettings::default(),
+            audit: None,
         }
     }
 }
@@ -216,12 +219,10 @@ pub async fn run(
             lease_duration: settings.lease_duration,
             retry_period: settings.lease_retry,
         };
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            metrics.clone(),
-            &settings.identity,
-            bundle,
-        ));
+        let ctx = Arc::new(
+            Context::new(client.clone(), metrics.clone(), &settings.identity, bundle)
+                .with_audit(settings.audit.clone()),
+        );
         let stop = stopped();
         let metrics = metrics.clone();
         tasks.spawn(async move {

@@ -64,6 +64,8 @@ pub struct Context {
     /// The operator's CA, which signs the sidecars' local serving certificates; `None` when
     /// certificates come from cert-manager.
     pub ca: Option<CertBundle>,
+    /// The audit service the compiled configurations point the sidecars at.
+    pub audit: Option<crate::compile::AuditTarget>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -82,8 +84,15 @@ impl Context {
             metrics,
             recorder,
             ca,
+            audit: None,
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Ship the sidecars' spools to this audit service.
+    pub fn with_audit(mut self, audit: Option<crate::compile::AuditTarget>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Publish an Event about an object; failures are logged, never fatal.
