@@ -266,6 +266,7 @@ impl Shipper {
         }
         shipper.spool.set_acknowledged(shipper.acknowledged);
         shipper.update_gauge();
+        shipper.metrics.audit_service_up.set(1);
         Ok(shipper)
     }
 
@@ -528,10 +529,7 @@ impl Shipper {
                     self.on_success();
                     None
                 }
-                Ok(Step::Idle) => {
-                    self.on_success();
-                    Some(self.options.idle_poll)
-                }
+                Ok(Step::Idle) => Some(self.options.idle_poll),
                 Err(e) => {
                     self.on_failure(&e);
                     if matches!(e, ShipperError::Ship(ShipError::Local(_))) {
@@ -619,4 +617,167 @@ fn read_batch(
         }
     }
     Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64) -> String {
+        let r = AuditRecord {
+            version: portcullis_crds::audit::AUDIT_RECORD_VERSION.to_owned(),
+            seq,
+            time: "2026-11-23T06:00:00.000000Z".into(),
+            session_id: "p-1".into(),
+            identity: Default::default(),
+            resource: "shop-db".into(),
+            event: portcullis_crds::audit::AuditEvent::SessionEnd(
+                portcullis_crds::audit::SessionEnd {
+                    statements: 0,
+                    reason: "terminate".into(),
+                },
+            ),
+        };
+        format!("{}\n", serde_json::to_string(&r).expect("json"))
+    }
+
+    fn shipper(dir: &Path) -> Shipper {
+        let spool = Spool::open(dir).expect("spool");
+        let options = ShipperOptions::from_config(&AuditConfig {
+            spool_dir: dir.to_path_buf(),
+            service_url: Some("https://127.0.0.1:9".into()),
+            ca_file: Some(dir.join("missing-ca.crt")),
+            token_file: Some(dir.join("missing-token")),
+        })
+        .expect("options")
+        .expect("shipping configured");
+        Shipper::new(
+            dir,
+            spool,
+            Metrics::new().expect("metrics"),
+            options,
+            UnavailablePolicies::default(),
+        )
+        .expect("shipper")
+    }
+
+    #[test]
+    fn batches_hold_complete_lines_within_their_bounds() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("audit-0000000001.jsonl");
+        let text: String = (1..=5).map(record).collect();
+        std::fs::write(&path, format!("{text}{{\"partial")).expect("write");
+        let b = read_batch(&path, 0, 3, 1 << 20).expect("batch");
+        assert_eq!(
+            b.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            b.consumed as usize,
+            (1..=3).map(|i| record(i).len()).sum::<usize>()
+        );
+        let b = read_batch(&path, b.consumed, 10, 1 << 20).expect("batch");
+        assert_eq!(b.records.len(), 2);
+        assert!(b.torn_tail, "the incomplete last line is not shipped");
+        // A byte bound stops after the line that crosses it.
+        let b = read_batch(&path, 0, 10, 1).expect("batch");
+        assert_eq!(b.records.len(), 1);
+    }
+
+    #[test]
+    fn a_line_that_is_no_record_is_set_aside_after_the_records_before_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("audit-0000000001.jsonl");
+        std::fs::write(&path, format!("{}not json\n{}", record(1), record(2))).expect("write");
+        let b = read_batch(&path, 0, 10, 1 << 20).expect("batch");
+        assert_eq!((b.records.len(), b.rejected.len()), (1, 0));
+        let b = read_batch(&path, b.consumed, 10, 1 << 20).expect("batch");
+        assert_eq!((b.records.len(), b.rejected.len()), (0, 1));
+        assert_eq!(b.consumed, 9);
+    }
+
+    #[test]
+    fn the_cursor_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("tmp");
+        assert_eq!(Cursor::load(dir.path()).expect("load"), Cursor::default());
+        let c = Cursor {
+            segment: 7,
+            offset: 1234,
+        };
+        c.store(dir.path()).expect("store");
+        assert_eq!(Cursor::load(dir.path()).expect("load"), c);
+        std::fs::write(dir.path().join(CURSOR_FILE), "garbage").expect("write");
+        assert!(
+            Cursor::load(dir.path()).is_err(),
+            "a broken cursor is an error, not a restart from zero"
+        );
+    }
+
+    #[tokio::test]
+    async fn finished_and_torn_segments_are_deleted_but_never_the_newest() {
+        let dir = tempfile::tempdir().expect("tmp");
+        // Segment 1 was cut off by a crash in the middle of a line; segment 2 is newer.
+        std::fs::write(dir.path().join("audit-0000000001.jsonl"), "{\"vers").expect("write");
+        std::fs::write(dir.path().join("audit-0000000002.jsonl"), "not json\n").expect("write");
+        let mut s = shipper(dir.path());
+        assert_eq!(s.spool.bytes(), 15);
+        assert_eq!(s.step().await.expect("step"), Step::Shipped(0));
+        assert!(!dir.path().join("audit-0000000001.jsonl").exists());
+        assert_eq!(
+            s.cursor(),
+            Cursor {
+                segment: 2,
+                offset: 0
+            }
+        );
+        // The line of segment 2 is set aside; the segment stays, it is the newest.
+        assert_eq!(s.step().await.expect("step"), Step::Shipped(0));
+        assert_eq!(
+            s.cursor(),
+            Cursor {
+                segment: 2,
+                offset: 9
+            }
+        );
+        assert_eq!(s.step().await.expect("step"), Step::Idle);
+        assert!(dir.path().join("audit-0000000002.jsonl").exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(REJECTED_FILE)).expect("set aside"),
+            "not json\n"
+        );
+        assert_eq!(s.spool.bytes(), 0, "nothing left to ship");
+        // A restarted shipper resumes at the cursor and counts what was shipped.
+        drop(s);
+        let s = shipper(dir.path());
+        assert_eq!(
+            s.cursor(),
+            Cursor {
+                segment: 2,
+                offset: 9
+            }
+        );
+        assert_eq!(s.spool.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_service_keeps_the_cursor_and_counts_a_failure() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("audit-0000000001.jsonl"), record(1)).expect("write");
+        let mut s = shipper(dir.path());
+        let err = s.step().await.expect_err("no CA, no service");
+        assert_eq!(err.reason(), "local");
+        s.on_failure(&err);
+        assert_eq!(s.cursor().offset, 0);
+        assert_eq!(Cursor::load(dir.path()).expect("load"), Cursor::default());
+        assert!(s.spool.bytes() > 0);
+        assert_eq!(s.metrics.audit_service_up.get(), 0);
+        assert_eq!(
+            s.metrics
+                .audit_ship_failures
+                .with_label_values(&["local"])
+                .get(),
+            1
+        );
+        assert!(s.backoff() <= s.options.backoff_min);
+    }
 }
