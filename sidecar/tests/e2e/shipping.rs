@@ -598,3 +598,81 @@ async fn no_personal_data_reaches_the_spool_or_the_log_and_the_bundle_verifies_o
         .expect_err("tampering is detected");
     assert!(err.to_string().contains("fails verification"), "{err}");
 }
+
+/// Shipping rate: a spool of 20,000 records (two segments, as after a sidecar restart) is
+/// shipped to the service and acknowledged; the figure is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_shipped_in_batches_and_its_rate_reported() {
+    use portcullis_sidecar::audit::ship::{Shipper, ShipperOptions, Step, UnavailablePolicies};
+    let f = fixture("ship-rate").await;
+    let data = f.tmp.path().join("log");
+    let spool_dir = f.tmp.path().join("spool");
+    std::fs::create_dir_all(&spool_dir).expect("spool dir");
+    const N: u64 = 20_000;
+    for (segment, range) in [(1u64, 1..=N / 2), (2, N / 2 + 1..=N)] {
+        let mut text = String::new();
+        for seq in range {
+            text.push_str(
+                &serde_json::json!({
+                    "version": "portcullis.dev/audit/v1alpha1", "seq": seq,
+                    "time": "2026-11-23T06:00:00.000000Z", "sessionId": "backlog-1",
+                    "identity": {"kind": "ServiceAccount", "name": "agent", "namespace": f.ns, "pod": "agent-0"},
+                    "resource": "shop-db",
+                    "event": {"type": "statement", "statementId": seq, "protocol": "simple",
+                              "statement": "SELECT id, full_name FROM customers WHERE id = ?",
+                              "fingerprint": "0123456789abcdef", "kinds": ["select"],
+                              "tables": ["public.customers"], "decision": "allow"}
+                })
+                .to_string(),
+            );
+            text.push('\n');
+        }
+        std::fs::write(spool_dir.join(format!("audit-{segment:010}.jsonl")), text)
+            .expect("segment");
+    }
+    let port = free_port();
+    let server = AuditServer::start(&f, &data, port).await;
+    let spool = portcullis_sidecar::audit::spool::Spool::open(&spool_dir).expect("spool");
+    let mut options = ShipperOptions::from_config(&portcullis_crds::sidecar_config::AuditConfig {
+        spool_dir: spool_dir.clone(),
+        service_url: Some(format!("https://127.0.0.1:{port}")),
+        ca_file: Some(f.ca_file.clone()),
+        token_file: Some(f.token_file.clone()),
+    })
+    .expect("options")
+    .expect("shipping");
+    options.request_timeout = Duration::from_secs(60);
+    let mut shipper = Shipper::new(
+        &spool_dir,
+        spool.clone(),
+        portcullis_sidecar::metrics::Metrics::new().expect("metrics"),
+        options,
+        UnavailablePolicies::default(),
+    )
+    .expect("shipper");
+    let started = std::time::Instant::now();
+    let (mut shipped, mut batches) = (0usize, 0usize);
+    loop {
+        match shipper.step().await.expect("shipped") {
+            Step::Shipped(n) => {
+                shipped += n;
+                batches += usize::from(n > 0);
+            }
+            Step::Idle => break,
+        }
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(shipped as u64, N);
+    assert_eq!(spool.bytes(), 0);
+    assert_eq!(
+        segments(&spool_dir),
+        vec!["audit-0000000002.jsonl".to_owned()],
+        "the first segment is deleted, the newest kept"
+    );
+    server.stop().await;
+    assert_eq!(log_entries(&data).len() as u64, N);
+    eprintln!(
+        "shipped {N} records in {batches} batches in {elapsed:?}: {:.0} records/s",
+        N as f64 / elapsed.as_secs_f64()
+    );
+}
