@@ -652,14 +652,9 @@ async fn a_backlog_is_shipped_in_batches_and_its_rate_reported() {
     .expect("shipper");
     let started = std::time::Instant::now();
     let (mut shipped, mut batches) = (0usize, 0usize);
-    loop {
-        match shipper.step().await.expect("shipped") {
-            Step::Shipped(n) => {
-                shipped += n;
-                batches += usize::from(n > 0);
-            }
-            Step::Idle => break,
-        }
+    while let Step::Shipped(n) = shipper.step().await.expect("shipped") {
+        shipped += n;
+        batches += usize::from(n > 0);
     }
     let elapsed = started.elapsed();
     assert_eq!(shipped as u64, N);
