@@ -222,6 +222,15 @@ async fn every_record_arrives_exactly_once_across_service_and_sidecar_restarts()
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.stop().await;
+    // Whether or not the load is still running, records are made while the service is down.
+    let during = proxy.client().await;
+    for i in 0..20 {
+        during
+            .simple_query(&format!("SELECT count(*) FROM orders WHERE id < {i}"))
+            .await
+            .expect("served while the audit service is down");
+    }
+    drop(during);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let m = proxy.metrics().await;
     assert!(
