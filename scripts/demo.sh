@@ -1,94 +1,252 @@
 #!/usr/bin/env bash
-# The local demo: starts a real control plane (etcd + kube-apiserver built from upstream source)
-# and a real PostgreSQL on loopback, installs the Portcullis API, applies the GDPR examples and
-# shows them as a platform engineer sees them. Everything is torn down at the end.
+# The local demo, the whole story on one machine: a real control plane (etcd + kube-apiserver
+# built from upstream source) and a real PostgreSQL on loopback, the operator and its webhooks,
+# the examples, an agent pod with the injected sidecar, the sidecar run from that pod's compiled
+# configuration, and an agent workload through it: a masked result, a refused bulk delete, a
+# write approved by a second person, and the evidence bundle verified offline.
 #   scripts/demo.sh            run the demo and exit
-#   scripts/demo.sh --keep     keep the harness running until Ctrl-C
+#   scripts/demo.sh --keep     keep everything running until Ctrl-C
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 keep=false; [[ ${1:-} == --keep ]] && keep=true
 export PORTCULLIS_CACHE=${PORTCULLIS_CACHE:-$HOME/.cache/portcullis}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PORTCULLIS_CACHE/target}
+export PATH=$PORTCULLIS_CACHE/venv/bin:$PATH
+BIN=$CARGO_TARGET_DIR/debug
 say() { printf '\n\033[1m# %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*" >&2; "$@"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_for() { # DESCRIPTION COMMAND...: retry for 60 s
+    local what=$1; shift
+    for _ in $(seq 120); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+    echo "timed out waiting for $what" >&2; return 1
+}
 
-say "Install dependencies and build the control plane from upstream source (cached after the first run)"
+say "Install dependencies and build the control plane (from upstream source) and Portcullis; cached after the first run"
 e2e/scripts/install-deps.sh
 eval "$(e2e/scripts/build-tools.sh)"
-cargo build -q -p portcullis-crds --bin crdgen -p portcullis-sidecar --bin portcullis-sidecar
+cargo build -q -p portcullis-crds --bin crdgen -p portcullis-operator --bins \
+    -p portcullis-sidecar --bin portcullis-sidecar -p portcullis-audit --bin portcullis-audit
 
-say "Start etcd, kube-apiserver and PostgreSQL on loopback"
+PIDS=()
 state=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-demo.XXXXXX")
-e2e/scripts/harness.sh --state "$state" --watch-pid $$ >"$state.out" 2>"$state.log" &
-harness=$!
-trap 'kill $harness 2>/dev/null || true; wait $harness 2>/dev/null || true; rm -rf "$state" "$state.out" "$state.log"' EXIT
-until grep -q '^harness ready: ' "$state.out" 2>/dev/null; do
-    kill -0 $harness 2>/dev/null || { cat "$state.log" >&2; exit 1; }
+chmod 755 "$state"   # PostgreSQL runs as its own user under it
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$state"
+}
+trap cleanup EXIT
+
+say "Start etcd, kube-apiserver and PostgreSQL (seeded with 500 synthetic customers) on loopback"
+e2e/scripts/harness.sh --state "$state/harness" --watch-pid $$ >"$state/harness.out" 2>"$state/harness.log" &
+PIDS+=($!)
+until grep -q '^harness ready: ' "$state/harness.out" 2>/dev/null; do
+    kill -0 "${PIDS[0]}" 2>/dev/null || { cat "$state/harness.log" >&2; exit 1; }
     sleep 0.5
 done
-set -a; source "$state/env"; set +a
-cat "$state.out" | grep -v '^harness ready'
+set -a; source "$state/harness/env"; set +a
+grep -v '^harness ready' "$state/harness.out"
+export PATH=$BIN:$PATH   # kubectl finds the kubectl-portcullis plugin here
+as_alice() { KUBECONFIG=$PORTCULLIS_E2E_KUBECONFIG_OWNER "$@"; }
+as_bob() { KUBECONFIG=$PORTCULLIS_E2E_KUBECONFIG_APPROVER "$@"; }
 
-say "Generate the CRDs from the Rust types and install them (server-side apply)"
-run "$CARGO_TARGET_DIR/debug/crdgen" --stdout | "$KUBECTL" apply --server-side -f -
-run "$KUBECTL" wait --for=condition=Established --timeout=30s \
+say "Install the Portcullis API: CRDs generated from the Rust types, applied server-side"
+"$BIN/crdgen" --stdout | run "$KUBECTL" apply --server-side -f - | sed 's/^/  /'
+run "$KUBECTL" wait --for=condition=Established --timeout=60s \
     crd/protectedresources.portcullis.dev crd/gatewaypolicies.portcullis.dev \
-    crd/accessrequests.portcullis.dev crd/auditretentions.portcullis.dev
-# The API server publishes a new CRD's schema a moment after it is Established.
-for _ in $(seq 60); do "$KUBECTL" explain gatewaypolicy >/dev/null 2>&1 && break; sleep 0.5; done
-run "$KUBECTL" explain gatewaypolicy.spec.masking | sed -n '1,12p'
+    crd/accessrequests.portcullis.dev crd/auditretentions.portcullis.dev | sed 's/^/  /'
 
-say "Apply the GDPR examples into namespace agents"
-run "$KUBECTL" create namespace agents
-run "$KUBECTL" apply -n agents -f examples/gdpr/
+say "Run the operator: controllers, admission webhooks (registered by URL), its own CA"
+run "$KUBECTL" create namespace portcullis-system | sed 's/^/  /'
+webhook_port=$(free_port); metrics_port=$(free_port)
+RUST_LOG=warn "$BIN/portcullis-operator" --namespace portcullis-system \
+    --webhook-addr "127.0.0.1:$webhook_port" --webhook-san 127.0.0.1 \
+    --metrics-addr "127.0.0.1:$metrics_port" --register-webhooks "https://127.0.0.1:$webhook_port" \
+    --sidecar-image ghcr.io/portcullis/sidecar:dev >"$state/operator.log" 2>&1 &
+PIDS+=($!)
+wait_for "the operator" curl -fs "http://127.0.0.1:$metrics_port/readyz"
+# The API server accepts the webhook once its caBundle is in place.
+wait_for "the webhook CA bundle" sh -c "'$KUBECTL' get mutatingwebhookconfiguration portcullis-injector -o jsonpath='{.webhooks[0].clientConfig.caBundle}' | grep -q ."
+run "$KUBECTL" get mutatingwebhookconfigurations,validatingwebhookconfigurations | sed 's/^/  /'
 
-say "Everything Portcullis manages, in one list"
-run "$KUBECTL" get portcullis -n agents
+say "A team namespace with injection on; the customer database as a ProtectedResource; the GDPR policy and a 400-day retention"
+ns=support
+run "$KUBECTL" create namespace $ns | sed 's/^/  /'
+run "$KUBECTL" label namespace $ns portcullis.dev/inject=enabled | sed 's/^/  /'
+# The example database, pointed at the local PostgreSQL; its credential lives in a Secret that
+# only the sidecar mounts.
+"$KUBECTL" -n $ns create secret generic customers-db-credentials \
+    --from-literal=username=app --from-literal=password="$PORTCULLIS_E2E_PG_PASSWORD" >/dev/null
+sed -e "s/host: customers-db.data.svc.cluster.local/host: $PORTCULLIS_E2E_PG_HOST/" \
+    -e "s/port: 5432$/port: $PORTCULLIS_E2E_PG_PORT/" examples/gdpr/customers-db.yaml |
+    python3 -c '
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(sys.stdin) if d and d["kind"] == "ProtectedResource"]
+for d in docs:
+    d["spec"]["tls"] = {"mode": "disable"}
+    d["spec"]["listenPort"] = 15432
+print(yaml.safe_dump_all(docs))' >"$state/customers-db.yaml"
+run "$KUBECTL" apply -n $ns -f "$state/customers-db.yaml" -f examples/gdpr/gatewaypolicy.yaml \
+    -f examples/gdpr/auditretention.yaml | sed 's/^/  /'
+run "$KUBECTL" apply -n $ns -f examples/autogen/agent.yaml | sed 's/^/  /'
+wait_for "the compiled policy" sh -c "'$KUBECTL' -n $ns get gatewaypolicy customers-gdpr -o jsonpath='{.status.configHash}' | grep -q ."
+run "$KUBECTL" get portcullis -n $ns | sed 's/^/  /'
 
-say "A policy the API server refuses: a masking rule that names neither a column nor a detector"
-"$KUBECTL" apply -n agents -f crds/tests/invalid/09-gp-masking-rule-without-column-or-detector.yaml 2>&1 | sed 's/^/  /' || true
+say "A policy the API server refuses, with the reason: a masking rule that names neither a column nor a detector"
+"$KUBECTL" apply -n $ns -f crds/tests/invalid/09-gp-masking-rule-without-column-or-detector.yaml 2>&1 | sed 's/^/  /' || true
 
-say "The seeded customer database (what the sidecar will protect)"
-run psql "$PORTCULLIS_E2E_PG_URL" -c 'SELECT id, full_name, email, ssn FROM customers ORDER BY id LIMIT 3'
+say "An agent pod (the AutoGen Deployment's pod template; this control plane runs no controllers or kubelet, so the pod is created directly): the webhook injects the sidecar"
+python3 -c '
+import json, yaml
+items = list(yaml.safe_load_all(open("examples/autogen/agent.yaml")))
+dep = next(i for i in items if i["kind"] == "Deployment")
+pod = {"apiVersion": "v1", "kind": "Pod",
+       "metadata": {"name": "support-agent-0", "labels": dep["spec"]["template"]["metadata"]["labels"]},
+       "spec": dep["spec"]["template"]["spec"]}
+print(json.dumps(pod))' >"$state/pod.json"
+run "$KUBECTL" -n $ns apply -f "$state/pod.json" | sed 's/^/  /'
+run "$KUBECTL" -n $ns get pod support-agent-0 -o json | python3 -c '
+import json, sys
+p = json.load(sys.stdin)
+print("  annotations:", {k: v for k, v in p["metadata"].get("annotations", {}).items() if "portcullis" in k})
+for c in p["spec"].get("initContainers", []) + p["spec"]["containers"]:
+    env = {e["name"]: e.get("value", "<from " + next(iter(e.get("valueFrom", {"?": 0}))) + ">") for e in c.get("env", [])}
+    print("  container %-20s restartPolicy=%-7s image=%s" % (c["name"], c.get("restartPolicy", "-"), c["image"]))
+    print("    mounts:", ", ".join(m["mountPath"] for m in c.get("volumeMounts", [])))
+    if "DATABASE_URL" in env: print("    DATABASE_URL:", env["DATABASE_URL"])
+sc = p["spec"]["securityContext"]
+print("  pod securityContext:", sc)'
 
-say "Put the sidecar in front of the database (standalone mode, examples/local/sidecar.yaml)"
-local_dir=$state/local
-mkdir -p "$local_dir/secrets"
-printf '%s\n' app >"$local_dir/secrets/username"
-printf '%s\n' "$PORTCULLIS_E2E_PG_PASSWORD" >"$local_dir/secrets/password"
-chmod 600 "$local_dir/secrets/"*
-sed -e "s|/tmp/portcullis-local|$local_dir|g" -e "s|^    port: 5432|    port: $PORTCULLIS_E2E_PG_PORT|" \
-    examples/local/sidecar.yaml >"$local_dir/sidecar.yaml"
-"$CARGO_TARGET_DIR/debug/portcullis-sidecar" --config "$local_dir/sidecar.yaml" \
-    --service-account support-agent --namespace agents >"$state.sidecar.log" 2>&1 &
-sidecar=$!
-trap 'kill $sidecar 2>/dev/null || true; kill $harness 2>/dev/null || true; wait $harness 2>/dev/null || true; rm -rf "$state" "$state.out" "$state.log" "$state.sidecar.log"' EXIT
-until curl -fs http://127.0.0.1:15090/readyz >/dev/null; do
-    kill -0 $sidecar 2>/dev/null || { cat "$state.sidecar.log" >&2; exit 1; }
-    sleep 0.2
-done
-agent="postgresql://agent@127.0.0.1:15432/shop?sslmode=disable"
-say "The agent connects without any password; an ordinary query passes"
-run psql "$agent" -c 'SELECT id, full_name, city FROM customers ORDER BY id LIMIT 3'
-say "A DELETE without WHERE is refused by the guardrail, and the session stays usable"
-run psql "$agent" -c 'DELETE FROM orders' -c 'SELECT count(*) AS orders_still_there FROM orders' || true
-say "Schema changes are refused too"
-run psql "$agent" -c 'DROP TABLE customers' || true
-say "Every decision was written to the audit spool before anything was forwarded (literals replaced)"
-python3 - "$local_dir"/spool/*.jsonl <<'PY'
+say "Start the sidecar from the configuration the operator compiled for this namespace (credential files as the pod would mount them)"
+sidecar_dir=$state/sidecar
+mkdir -p "$sidecar_dir/credentials"
+printf 'app' >"$sidecar_dir/credentials/username"
+printf '%s' "$PORTCULLIS_E2E_PG_PASSWORD" >"$sidecar_dir/credentials/password"
+chmod 600 "$sidecar_dir/credentials/"*
+"$KUBECTL" -n $ns get configmap portcullis-sidecar-config -o jsonpath='{.data.sidecar\.yaml}' >"$sidecar_dir/compiled.yaml"
+python3 - "$sidecar_dir" <<'PY'
+import sys, yaml
+d = sys.argv[1]
+c = yaml.safe_load(open(d + "/compiled.yaml"))
+c["audit"]["spoolDir"] = d + "/spool"
+c["adminListen"] = "127.0.0.1:15090"
+for r in c["resources"]:
+    r["credentials"] = {"usernameFile": d + "/credentials/username", "passwordFile": d + "/credentials/password"}
+yaml.safe_dump(c, open(d + "/sidecar.yaml", "w"))
+PY
+sed -n '/^policies:/,$p' "$sidecar_dir/sidecar.yaml" | head -30 | sed 's/^/  /'
+# In the pod the sidecar alone holds the service account's token; here it gets one from the
+# TokenRequest API, with the rights the chart's sidecar-approvals ClusterRole grants.
+"$KUBECTL" apply -f - >/dev/null <<YAML
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: portcullis-sidecar-approvals}
+rules:
+- {apiGroups: [portcullis.dev], resources: [accessrequests], verbs: [create, get, list, watch]}
+- {apiGroups: [portcullis.dev], resources: [accessrequests/status], verbs: [get, patch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: support-agent-approvals, namespace: $ns}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: portcullis-sidecar-approvals}
+subjects:
+- {kind: ServiceAccount, name: support-agent, namespace: $ns}
+YAML
+# People who may record decisions (the chart's approver ClusterRole). Admission decides whose
+# decision counts: an approver of the policy who is not the requester.
+"$KUBECTL" apply -f - >/dev/null <<YAML
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: portcullis-approver}
+rules:
+- {apiGroups: [portcullis.dev], resources: [accessrequests], verbs: [get, list, watch, patch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: accessrequest-deciders, namespace: $ns}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: portcullis-approver}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: portcullis-approvers}
+- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: agent-owners}
+YAML
+token=$("$KUBECTL" -n $ns create token support-agent --duration 1h)
+cat >"$sidecar_dir/kubeconfig" <<YAML
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster: {server: $PORTCULLIS_E2E_APISERVER, certificate-authority: $PORTCULLIS_E2E_CA}
+users:
+- name: support-agent
+  user: {token: $token}
+contexts:
+- name: local
+  context: {cluster: local, user: support-agent, namespace: $ns}
+current-context: local
+YAML
+chmod 600 "$sidecar_dir/kubeconfig"
+RUST_LOG=warn "$BIN/portcullis-sidecar" --config "$sidecar_dir/sidecar.yaml" --kubeconfig "$sidecar_dir/kubeconfig" \
+    --service-account support-agent --namespace $ns --pod support-agent-0 >"$state/sidecar.log" 2>&1 &
+PIDS+=($!)
+wait_for "the sidecar" curl -fs http://127.0.0.1:15090/readyz
+agent="postgresql://support-agent@127.0.0.1:15432/shop?sslmode=disable"
+
+say "The agent's query through the sidecar: e-mail, national id and card number come back masked"
+run psql -X "$agent" -c 'SELECT id, full_name, email, ssn, card_number FROM customers ORDER BY id LIMIT 3'
+say "The same data asked for creatively (concatenation, JSON of the whole row) is masked too"
+run psql -X "$agent" -c "SELECT 'mail: ' || email AS contact, row_to_json(c)::text AS whole_row FROM customers c WHERE id = 1"
+
+say "A bulk delete: refused by the guardrail before it reaches the database; the session stays usable"
+run psql -X "$agent" -c 'DELETE FROM orders' -c 'SELECT count(*) AS orders_still_there FROM orders' || true
+
+say "A Python client (psycopg) does the same work through the same sidecar"
+python3 - "$agent" <<'PY'
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as conn:
+    row = conn.execute("SELECT email, iban FROM customers WHERE id = %s", (2,)).fetchone()
+    print("  customer 2:", row)
+    try:
+        conn.execute("DROP TABLE customers")
+    except psycopg.Error as e:
+        print("  DROP TABLE refused:", e.sqlstate, str(e).strip())
+PY
+
+say "A write to customers needs a person's approval: the agent waits while the request is pending"
+(psql -X "$agent" -c "SET portcullis.justification = 'ticket 4711: customer moved'" \
+    -c "UPDATE customers SET city = 'Lisbon' WHERE id = 7" >"$state/write.out" 2>&1; echo "exit $?" >>"$state/write.out") &
+writer=$!
+wait_for "the access request" sh -c "'$KUBECTL' -n $ns get accessrequests -o name | grep -q ."
+request=$("$KUBECTL" -n $ns get accessrequests -o jsonpath='{.items[0].metadata.name}')
+run "$KUBECTL" -n $ns get accessrequests | sed 's/^/  /'
+run "$KUBECTL" -n $ns get accessrequest "$request" -o jsonpath='{.spec.operation.statement}{"\n"}{.spec.justification}{"\n"}' | sed 's/^/  /'
+say "alice owns the agent but is no approver: admission refuses her decision; bob (portcullis-approvers) approves"
+printf '$ %s\n' "kubectl portcullis approve $request --reason mine   # as alice" >&2
+as_alice "$KUBECTL" portcullis -n $ns approve "$request" --reason "mine" 2>&1 | sed 's/^/  /' || true
+printf '$ %s\n' "kubectl portcullis approve $request --reason '...'   # as bob" >&2
+as_bob "$KUBECTL" portcullis -n $ns approve "$request" \
+    --reason "verified with the customer on the phone" | sed 's/^/  /'
+wait "$writer" || true
+sed 's/^/  /' "$state/write.out"
+run "$KUBECTL" -n $ns get accessrequest "$request" | sed 's/^/  /'
+
+say "Every step is in the audit spool, written before each statement was forwarded (literals replaced)"
+python3 - "$sidecar_dir"/spool/*.jsonl <<'PY'
 import json, sys
 for path in sys.argv[1:]:
     for line in open(path):
         r = json.loads(line)
         e = r["event"]
-        if e["type"] == "statement":
-            rule = (e.get("rule") or {}).get("rule", "-")
-            print("  seq %3d  %-14s %-6s %-20s %s" % (r["seq"], r["identity"]["name"], e["decision"], rule, e.get("statement")))
+        if e["type"] in ("sessionStart", "sessionEnd", "completion"):
+            continue
+        rule = (e.get("rule") or {}).get("rule", "-")
+        what = e.get("statement") or e.get("accessRequest") or ""
+        print("  seq %3d  %-14s %-16s %-8s %-20s %s" % (r["seq"], r["identity"]["name"], e["type"], e.get("decision", ""), rule, what))
 PY
 
 if $keep; then
-    say "Harness running; KUBECONFIG=$KUBECONFIG. Ctrl-C to stop."
-    wait $harness
+    say "Everything is running; KUBECONFIG=$KUBECONFIG, agent URL $agent. Ctrl-C to stop."
+    wait "${PIDS[0]}"
 fi
 say "Done; tearing down."

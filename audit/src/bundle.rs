@@ -278,13 +278,7 @@ pub fn to_ocsf(entry: &Value) -> Value {
         "status_id": status_id,
         "status": status,
         "message": event["statement"].as_str().unwrap_or(event["type"].as_str().unwrap_or("")),
-        "actor": {
-            "user": {
-                "name": record["identity"]["name"],
-                "type": record["identity"]["kind"],
-            },
-            "session": {"uid": record["sessionId"]},
-        },
+        "actor": actor(&record["identity"], &record["sessionId"]),
         "src_endpoint": {"name": entry["source"]["pod"], "namespace": entry["source"]["namespace"]},
         "database": {"name": record["resource"]},
         "query_info": {"query_string": event["statement"]},
@@ -302,6 +296,39 @@ pub fn to_ocsf(entry: &Value) -> Value {
     })
 }
 
+/// The OCSF actor: the person or pipeline run of a validated OIDC token when there is one
+/// (with the workload it acted through), else the workload.
+fn actor(identity: &Value, session: &Value) -> Value {
+    let workload = format!(
+        "{}/{}",
+        identity["namespace"].as_str().unwrap_or("-"),
+        identity["name"].as_str().unwrap_or("-")
+    );
+    match identity.get("principal").filter(|p| p.is_object()) {
+        Some(p) => serde_json::json!({
+            "user": {
+                "name": p["name"],
+                "type": p["kind"],
+                "uid": p["subject"],
+                "groups": p["groups"]
+                    .as_array()
+                    .map(|g| g.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            },
+            "idp": {"name": p["issuer"]},
+            "app_name": workload,
+            "session": {"uid": session},
+        }),
+        None => serde_json::json!({
+            "user": {
+                "name": identity["name"],
+                "type": identity["kind"],
+            },
+            "session": {"uid": session},
+        }),
+    }
+}
+
 /// A Markdown table cell: one line, pipes escaped.
 fn cell(v: &str) -> String {
     v.replace('\n', " ").replace('|', "\\|")
@@ -311,14 +338,23 @@ fn text<'a>(v: &'a Value, default: &'a str) -> &'a str {
     v.as_str().unwrap_or(default)
 }
 
-/// `ServiceAccount ns/name`, `User alice`.
+/// `ServiceAccount ns/name`, `User alice`, and the person or pipeline run behind the
+/// workload when a validated token named one: `ServiceAccount ns/name as User alice`.
 fn identity_of(record: &Value) -> String {
     let id = &record["identity"];
     let kind = text(&id["kind"], "unknown");
     let name = text(&id["name"], "-");
-    match id["namespace"].as_str() {
+    let workload = match id["namespace"].as_str() {
         Some(ns) => format!("{kind} {ns}/{name}"),
         None => format!("{kind} {name}"),
+    };
+    match id.get("principal").filter(|p| p.is_object()) {
+        Some(p) => format!(
+            "{workload} as {} {}",
+            text(&p["kind"], "-"),
+            text(&p["name"], "-")
+        ),
+        None => workload,
     }
 }
 

@@ -20,13 +20,21 @@ fn entry(i: u64) -> Vec<u8> {
         1 => ("customers-db", "DELETE FROM customers", "deny"),
         _ => ("orders-db", "SELECT count(*) FROM orders", "allow"),
     };
+    // Some sessions were started by a person with an OIDC token.
+    let identity = if i % 9 == 3 {
+        serde_json::json!({"kind": "ServiceAccount", "name": "agent", "namespace": "agents",
+            "principal": {"kind": "User", "issuer": "https://sso.example.com", "subject": "u-17",
+                          "name": "alice", "groups": ["dpo"]}})
+    } else {
+        serde_json::json!({"kind": "ServiceAccount", "name": "agent", "namespace": "agents"})
+    };
     serde_json::json!({
         "id": format!("uid:{i}"),
         "receivedAt": "2026-11-23T06:00:00.000000Z",
         "source": {"user": "system:serviceaccount:agents:agent", "namespace": "agents", "serviceAccount": "agent", "pod": "agent-0"},
         "record": {
             "version": "portcullis.dev/audit/v1alpha1", "seq": i, "time": "2026-11-23T06:00:00.000000Z",
-            "sessionId": "s-1", "identity": {"kind": "ServiceAccount", "name": "agent", "namespace": "agents"},
+            "sessionId": "s-1", "identity": identity,
             "resource": resource,
             "event": {"type": "statement", "statementId": i, "protocol": "simple", "statement": statement,
                       "fingerprint": "abc", "kinds": [if decision == "deny" {"delete"} else {"select"}],
@@ -71,6 +79,12 @@ fn a_bundle_verifies_with_the_public_key_alone() {
     assert_eq!(first["class_uid"], 6005);
     assert_eq!(first["type_uid"], 600502);
     assert_eq!(first["actor"]["user"]["name"], "agent");
+    let by_alice: Value = serde_json::from_str(ocsf.lines().nth(2).expect("line")).expect("json");
+    assert_eq!(by_alice["actor"]["user"]["name"], "alice");
+    assert_eq!(by_alice["actor"]["user"]["uid"], "u-17");
+    assert_eq!(by_alice["actor"]["user"]["groups"][0]["name"], "dpo");
+    assert_eq!(by_alice["actor"]["idp"]["name"], "https://sso.example.com");
+    assert_eq!(by_alice["actor"]["app_name"], "agents/agent");
     let denied: Value = serde_json::from_str(ocsf.lines().nth(1).expect("line")).expect("json");
     assert_eq!(
         (denied["status"].as_str(), denied["activity_name"].as_str()),
@@ -79,7 +93,13 @@ fn a_bundle_verifies_with_the_public_key_alone() {
     let summary = fs::read_to_string(out.join("summary.md")).expect("summary");
     assert!(
         summary.contains(
-            "### ServiceAccount agents/agent\n\nPods: agent-0. Decisions: allow: 30, deny: 30."
+            "### ServiceAccount agents/agent\n\nPods: agent-0. Decisions: allow: 20, deny: 30."
+        ),
+        "{summary}"
+    );
+    assert!(
+        summary.contains(
+            "### ServiceAccount agents/agent as User alice\n\nPods: agent-0. Decisions: allow: 10."
         ),
         "{summary}"
     );
@@ -93,7 +113,7 @@ fn a_bundle_verifies_with_the_public_key_alone() {
     );
     assert!(summary.contains("| public.customers | 60 |"), "{summary}");
     assert!(
-        summary.contains("| contract | support tickets | 60 | ServiceAccount agents/agent |"),
+        summary.contains("| contract | support tickets | 60 | ServiceAccount agents/agent, ServiceAccount agents/agent as User alice |"),
         "{summary}"
     );
     assert!(!summary.contains("orders-db"), "only the selected records");

@@ -37,11 +37,12 @@ pub struct AuditRecord {
     pub event: AuditEvent,
 }
 
-/// The identity of a caller.
+/// The identity of a caller: the workload (the pod's service account, from the downward API)
+/// and, when the client presented a valid OIDC ID token, the person or pipeline run behind it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Identity {
-    /// `ServiceAccount`, `User`, `Group` or `Pipeline` (the GatewayPolicy subject kinds).
+    /// `ServiceAccount` for the workload (`User` in hand-written standalone configurations).
     pub kind: String,
     /// Name of the service account or user.
     pub name: String,
@@ -51,6 +52,36 @@ pub struct Identity {
     /// Pod the caller runs in, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// UID of that pod, when known (pod names are reused; UIDs are not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// The person or pipeline run, from a validated OIDC ID token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<Principal>,
+}
+
+/// A person or pipeline run established from a validated OIDC ID token.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Principal {
+    /// `User` or `Pipeline` (the GatewayPolicy subject kinds).
+    pub kind: String,
+    /// Issuer of the token (`iss`).
+    pub issuer: String,
+    /// Subject of the token (`sub`).
+    pub subject: String,
+    /// User name (the issuer's configured user-name claim; `sub` by default).
+    pub name: String,
+    /// Groups from the issuer's configured group claim.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Pipeline claims (repository, ref, workflow, project_path, ...) and every claim a
+    /// policy subject matches on, as strings.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub claims: std::collections::BTreeMap<String, String>,
+    /// Expiry of the token (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
 }
 
 /// The event an audit record describes.
@@ -65,6 +96,74 @@ pub enum AuditEvent {
     Completion(CompletionRecord),
     /// A client session ended.
     SessionEnd(SessionEnd),
+    /// A connection was refused at authentication (missing or invalid OIDC token), before
+    /// any session with the server was opened.
+    AuthenticationRefused(AuthenticationRefused),
+    /// A step of a just-in-time approval (requested, decided, used, timed out, expired),
+    /// linked to the others by the AccessRequest name.
+    Approval(ApprovalRecord),
+}
+
+/// One step of an approval.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRecord {
+    /// What happened.
+    pub step: ApprovalStep,
+    /// Name of the AccessRequest (the link between the steps).
+    pub request: String,
+    /// Namespace of the AccessRequest.
+    pub namespace: String,
+    /// The statement this step concerns, when it is one of the session's statements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_id: Option<u64>,
+    /// Fingerprint of the held operation.
+    pub fingerprint: String,
+    /// The guardrail that required approval.
+    pub rule: RuleRef,
+    /// Kubernetes user who decided (approved and denied steps), as stamped by admission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    /// The decider's reason, or why the step happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The justification the client gave (requested step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub justification: Option<String>,
+    /// When the grant runs out (approved and used steps), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// A step of an approval.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ApprovalStep {
+    /// The sidecar created the AccessRequest and holds the operation.
+    Requested,
+    /// An approver approved; the held operation runs.
+    Approved,
+    /// An approver denied; the held operation is refused.
+    Denied,
+    /// An operation ran under an existing grant.
+    Used,
+    /// No decision within the policy's timeout; the held operation is refused.
+    TimedOut,
+    /// A grant ran out before an operation prepared under it was executed.
+    Expired,
+    /// The request could not be made or followed (API server unreachable, no permission);
+    /// the held operation is refused.
+    Failed,
+}
+
+/// A connection refused at authentication.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthenticationRefused {
+    /// Address of the client (loopback in a pod).
+    pub client_address: String,
+    /// The refusal the client saw (never the token itself).
+    pub reason: String,
 }
 
 /// A session was opened.
@@ -116,7 +215,8 @@ pub enum Decision {
     /// Refused by a guardrail, by the unanalysable-statement rule, or because the audit
     /// spool could not record it.
     Deny,
-    /// Held for approval (refused until approval is implemented).
+    /// Held for approval: the record's `accessRequest` names the request, and its `reason`
+    /// says how it was decided (a refused statement carries the refusal).
     RequireApproval,
 }
 
@@ -168,6 +268,9 @@ pub struct StatementRecord {
     /// Purpose of the governing policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
+    /// The AccessRequest whose approval let the statement run (decision `requireApproval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_request: Option<String>,
 }
 
 /// The outcome of a forwarded statement.

@@ -101,6 +101,138 @@ pub struct GatewayPolicySpec {
     /// What the sidecar does while the audit service is unreachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_audit_unavailable: Option<AuditUnavailable>,
+
+    /// How callers prove who they are beyond the pod's service account: the OIDC issuers
+    /// whose ID tokens (of a person, or of a CI pipeline run) the sidecar accepts as the
+    /// PostgreSQL password, and whether a token is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentitySettings>,
+}
+
+/// OIDC identity settings of a policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[x_kube(validation = Rule::new("!has(self.requireOidc) || !self.requireOidc || (has(self.issuers) && self.issuers.size() > 0)")
+    .message("identity.requireOidc needs at least one entry in identity.issuers"))]
+#[serde(rename_all = "camelCase")]
+pub struct IdentitySettings {
+    /// OIDC issuers whose ID tokens are accepted (Okta, Azure AD, Google, Keycloak, the
+    /// GitHub Actions or GitLab CI token issuer). A client presents the token as the
+    /// PostgreSQL password; the sidecar validates it against the issuer's published keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub issuers: Vec<OidcIssuer>,
+
+    /// Refuse connections to the selected resources that do not present a valid ID token of
+    /// one of `issuers`. When the policy names User, Group or Pipeline subjects, the token's
+    /// identity must also match one of them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_oidc: bool,
+
+    /// File (path inside the sidecar container) holding an ID token, for CI jobs that mount
+    /// their pipeline token instead of sending it as the password. Read at every connection;
+    /// while it holds a token, no password is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')")
+        .message("identity.tokenFile must be an absolute path"))]
+    pub token_file: Option<String>,
+}
+
+/// An OIDC issuer whose ID tokens are accepted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcIssuer {
+    /// Issuer URL, exactly as in the tokens' `iss` claim (for example
+    /// `https://token.actions.githubusercontent.com`). The sidecar reads
+    /// `<url>/.well-known/openid-configuration` and the `jwks_uri` it names. `https://` is
+    /// required except on loopback.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.matches('^http://(127[.]0[.]0[.]1|localhost|\\\\[::1\\\\])(:[0-9]+)?(/.*)?$')")
+        .message("issuer url must start with https:// (http:// is allowed on loopback only)"))]
+    pub url: String,
+
+    /// Accepted audiences: the token's `aud` must contain one of them.
+    #[schemars(length(max = 16), inner(length(max = 512)))]
+    #[x_kube(validation = Rule::new("self.size() > 0")
+        .message("an issuer needs at least one audience: the aud value its tokens carry for this database"))]
+    pub audiences: Vec<String>,
+
+    /// Whether tokens of this issuer name a `User` (a person or machine user, default) or a
+    /// `Pipeline` run (GitHub Actions, GitLab CI).
+    #[serde(default)]
+    pub principal: PrincipalKind,
+
+    /// Claim holding the user name matched by `User` subjects. Defaults to `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub username_claim: Option<String>,
+
+    /// Claim holding the list of groups matched by `Group` subjects. Defaults to `groups`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub groups_claim: Option<String>,
+
+    /// Signature algorithms accepted. Defaults to RS256 and ES256. Symmetric algorithms and
+    /// `none` are never accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 9))]
+    pub algorithms: Vec<SigningAlgorithm>,
+
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds. Defaults to 30; at most
+    /// 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 300").message("clockSkewSeconds must be between 0 and 300"))]
+    pub clock_skew_seconds: Option<i64>,
+}
+
+/// What an issuer's tokens identify.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum PrincipalKind {
+    /// A person or machine user.
+    #[default]
+    User,
+    /// A CI pipeline run.
+    Pipeline,
+}
+
+/// Asymmetric JWS algorithms accepted for ID tokens.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SigningAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    RS512,
+    /// RSASSA-PSS with SHA-256.
+    PS256,
+    /// RSASSA-PSS with SHA-384.
+    PS384,
+    /// RSASSA-PSS with SHA-512.
+    PS512,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+    /// ECDSA P-384 with SHA-384.
+    ES384,
+    /// Ed25519.
+    EdDSA,
+}
+
+impl SigningAlgorithm {
+    /// The name used in JWS headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::RS256 => "RS256",
+            SigningAlgorithm::RS384 => "RS384",
+            SigningAlgorithm::RS512 => "RS512",
+            SigningAlgorithm::PS256 => "PS256",
+            SigningAlgorithm::PS384 => "PS384",
+            SigningAlgorithm::PS512 => "PS512",
+            SigningAlgorithm::ES256 => "ES256",
+            SigningAlgorithm::ES384 => "ES384",
+            SigningAlgorithm::EdDSA => "EdDSA",
+        }
+    }
 }
 
 /// An identity a policy applies to.
@@ -245,6 +377,12 @@ pub struct Guardrail {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     pub message: Option<String>,
+
+    /// Subjects this guardrail does not apply to (for example the pipeline of the `main`
+    /// branch, for a guardrail that refuses writes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub exempt: Vec<Subject>,
 }
 
 /// Criteria of a guardrail. Every criterion given must hold for the guardrail to match.

@@ -15,8 +15,9 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::gateway_policy::{
-    AuditUnavailableAction, Detector, GatewayPolicySpec, GrantScope, GuardrailAction, LawfulBasis,
-    MaskingStrategy, StatementKind, Subject, UnanalyzableAction,
+    AuditUnavailableAction, Detector, GatewayPolicySpec, GrantScope, GuardrailAction,
+    IdentitySettings, LawfulBasis, MaskingStrategy, PrincipalKind, SigningAlgorithm, StatementKind,
+    Subject, UnanalyzableAction,
 };
 use crate::protected_resource::{ResourceType, TlsMode};
 
@@ -174,6 +175,119 @@ pub struct PolicyConfig {
     /// Spool size past which `onAuditUnavailable: deny` applies.
     #[serde(default = "default_spool_limit")]
     pub spool_limit_bytes: u64,
+    /// OIDC identity settings, when the policy accepts or requires ID tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityConfig>,
+}
+
+/// OIDC identity settings with their defaults resolved.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Issuers whose ID tokens are accepted.
+    #[serde(default)]
+    pub issuers: Vec<OidcIssuerConfig>,
+    /// Refuse connections without a valid ID token.
+    #[serde(default)]
+    pub require_oidc: bool,
+    /// File holding an ID token (CI jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// An accepted OIDC issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OidcIssuerConfig {
+    /// Issuer URL (the `iss` claim).
+    pub url: String,
+    /// Accepted audiences.
+    pub audiences: Vec<String>,
+    /// What the tokens identify.
+    #[serde(default)]
+    pub principal: PrincipalKind,
+    /// Claim with the user name.
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// Claim with the groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Accepted signature algorithms.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<SigningAlgorithm>,
+    /// Tolerated clock skew in seconds.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_seconds: u64,
+}
+
+fn default_username_claim() -> String {
+    "sub".to_owned()
+}
+
+fn default_groups_claim() -> String {
+    "groups".to_owned()
+}
+
+fn default_algorithms() -> Vec<SigningAlgorithm> {
+    vec![SigningAlgorithm::RS256, SigningAlgorithm::ES256]
+}
+
+fn default_clock_skew() -> u64 {
+    30
+}
+
+impl IdentityConfig {
+    /// Resolve the defaults of a policy's identity settings.
+    pub fn compile(settings: &IdentitySettings) -> Result<Self, CompileError> {
+        let issuers = settings
+            .issuers
+            .iter()
+            .map(|i| {
+                if i.audiences.is_empty() {
+                    return Err(CompileError::Range(format!(
+                        "identity issuer {}: audiences must name at least one audience",
+                        i.url
+                    )));
+                }
+                let skew = match i.clock_skew_seconds {
+                    None => default_clock_skew(),
+                    Some(s) if (0..=300).contains(&s) => s.unsigned_abs(),
+                    Some(_) => {
+                        return Err(CompileError::Range(format!(
+                            "identity issuer {}: clockSkewSeconds must be between 0 and 300",
+                            i.url
+                        )))
+                    }
+                };
+                Ok(OidcIssuerConfig {
+                    url: i.url.clone(),
+                    audiences: i.audiences.clone(),
+                    principal: i.principal,
+                    username_claim: i
+                        .username_claim
+                        .clone()
+                        .unwrap_or_else(default_username_claim),
+                    groups_claim: i.groups_claim.clone().unwrap_or_else(default_groups_claim),
+                    algorithms: if i.algorithms.is_empty() {
+                        default_algorithms()
+                    } else {
+                        i.algorithms.clone()
+                    },
+                    clock_skew_seconds: skew,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if settings.require_oidc && issuers.is_empty() {
+            return Err(CompileError::Range(
+                "identity.requireOidc needs at least one entry in identity.issuers".into(),
+            ));
+        }
+        Ok(IdentityConfig {
+            issuers,
+            require_oidc: settings.require_oidc,
+            token_file: settings.token_file.as_ref().map(PathBuf::from),
+        })
+    }
 }
 
 fn default_spool_limit() -> u64 {
@@ -231,6 +345,9 @@ pub struct GuardrailConfig {
     /// Message shown to the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Subjects the guardrail does not apply to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exempt: Vec<Subject>,
 }
 
 /// Approval settings in seconds.
@@ -470,6 +587,7 @@ impl PolicyConfig {
                     rows_over,
                     action: g.action,
                     message: g.message.clone(),
+                    exempt: g.exempt.clone(),
                 })
             })
             .collect::<Result<Vec<_>, CompileError>>()?;
@@ -506,6 +624,11 @@ impl PolicyConfig {
             on_unanalyzable: spec.on_unanalyzable,
             on_audit_unavailable,
             spool_limit_bytes,
+            identity: spec
+                .identity
+                .as_ref()
+                .map(IdentityConfig::compile)
+                .transpose()?,
         })
     }
 }
@@ -644,6 +767,7 @@ mod tests {
                     },
                     action: GuardrailAction::Deny,
                     message: None,
+                    exempt: vec![],
                 },
                 Guardrail {
                     name: "writes".into(),
@@ -655,6 +779,12 @@ mod tests {
                     },
                     action: GuardrailAction::RequireApproval,
                     message: Some("ask first".into()),
+                    exempt: vec![Subject {
+                        kind: SubjectKind::Pipeline,
+                        name: None,
+                        namespace: None,
+                        claims: [("ref".to_owned(), "refs/heads/main".to_owned())].into(),
+                    }],
                 },
             ],
             approval: Some(ApprovalSettings {
@@ -664,6 +794,19 @@ mod tests {
                 grant_duration: "2h".parse().expect("duration"),
                 grant_scope: GrantScope::Session,
                 notify_url: None,
+            }),
+            identity: Some(IdentitySettings {
+                issuers: vec![crate::gateway_policy::OidcIssuer {
+                    url: "https://token.actions.githubusercontent.com".into(),
+                    audiences: vec!["portcullis".into()],
+                    principal: PrincipalKind::Pipeline,
+                    username_claim: None,
+                    groups_claim: Some("roles".into()),
+                    algorithms: vec![],
+                    clock_skew_seconds: None,
+                }],
+                require_oidc: true,
+                token_file: None,
             }),
             ..Default::default()
         }
@@ -726,6 +869,33 @@ mod tests {
         assert_eq!(p.on_unanalyzable, UnanalyzableAction::Deny);
         assert_eq!(p.on_audit_unavailable, AuditUnavailableAction::Deny);
         assert_eq!(p.spool_limit_bytes, 64 * 1024 * 1024);
+        assert_eq!(p.guardrails[1].exempt[0].kind, SubjectKind::Pipeline);
+        let id = p.identity.expect("identity");
+        assert!(id.require_oidc);
+        let issuer = &id.issuers[0];
+        assert_eq!(issuer.username_claim, "sub");
+        assert_eq!(issuer.groups_claim, "roles");
+        assert_eq!(
+            issuer.algorithms,
+            vec![SigningAlgorithm::RS256, SigningAlgorithm::ES256]
+        );
+        assert_eq!(issuer.clock_skew_seconds, 30);
+    }
+
+    #[test]
+    fn identity_settings_are_checked() {
+        let mut spec = policy_spec();
+        if let Some(id) = spec.identity.as_mut() {
+            id.issuers.clear();
+        }
+        let err = PolicyConfig::compile("p", 1, &spec).expect_err("require without issuers");
+        assert!(err.to_string().contains("requireOidc"), "{err}");
+        let mut spec = policy_spec();
+        if let Some(id) = spec.identity.as_mut() {
+            id.issuers[0].clock_skew_seconds = Some(3600);
+        }
+        let err = PolicyConfig::compile("p", 1, &spec).expect_err("skew");
+        assert!(err.to_string().contains("clockSkewSeconds"), "{err}");
     }
 
     #[test]

@@ -74,7 +74,7 @@ PIDS+=($!)
 # ---- sidecar (release) --------------------------------------------------------------------
 log "building the sidecar (release)"
 cargo build --release -q -p portcullis-sidecar --manifest-path "$ROOT/Cargo.toml"
-SIDECAR=$ROOT/target/release/portcullis-sidecar
+SIDECAR=${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis-sidecar
 mkdir -p "$WORK/secrets"
 printf 'app\n' >"$WORK/secrets/username"
 printf '%s\n' "$PG_PASSWORD" >"$WORK/secrets/password"

@@ -276,6 +276,10 @@ async fn install_into_the_cluster_creates_every_object() {
         "no Secret changes outside its namespace"
     );
     assert!(!can("delete", "pods", "default"));
+    assert!(
+        can("delete", "accessrequests.portcullis.dev", "default"),
+        "garbage collection of decided requests"
+    );
     let out = helm(&["uninstall", &ns, "-n", &ns]);
     assert!(out.status.success(), "{}", text(&out));
     let out = h.kubectl(&[

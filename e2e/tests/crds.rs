@@ -63,12 +63,14 @@ async fn every_example_is_accepted_by_the_server() {
     h.install_crds().await;
     let ns = h.namespace("examples").await;
     let local = repo_root().join("examples/local");
+    let gitops = repo_root().join("examples/gitops");
     let files: Vec<PathBuf> = yaml_files(&repo_root().join("examples"))
         .into_iter()
-        // Standalone sidecar configurations are not Kubernetes objects.
-        .filter(|f| !f.starts_with(&local))
+        // Standalone sidecar configurations are not Kubernetes objects, and the GitOps
+        // layout is applied through its kustomizations below.
+        .filter(|f| !f.starts_with(&local) && !f.starts_with(&gitops))
         .collect();
-    assert!(!files.is_empty());
+    assert!(files.len() >= 6, "{files:?}");
     for file in files {
         let f = file.to_string_lossy();
         let out = h.kubectl(&["apply", "-n", &ns, "--dry-run=server", "-f", &f]);
@@ -79,6 +81,61 @@ async fn every_example_is_accepted_by_the_server() {
             text(&out)
         );
     }
+}
+
+#[tokio::test]
+async fn the_gitops_layout_builds_and_is_accepted_by_the_server() {
+    let h = harness();
+    h.install_crds().await;
+    let ns = h.namespace("gitops").await;
+    for layer in ["base", "overlays/prod"] {
+        let dir = repo_root().join("examples/gitops").join(layer);
+        let d = dir.to_string_lossy();
+        let out = h.kubectl(&["apply", "-n", &ns, "--dry-run=server", "-k", &d]);
+        assert!(out.status.success(), "{layer}: {}", text(&out));
+        for kind in ["protectedresource", "gatewaypolicy", "auditretention"] {
+            assert!(text(&out).contains(kind), "{layer}: {}", text(&out));
+        }
+    }
+    // The overlay keeps the base's rules and adds production's.
+    let prod = repo_root().join("examples/gitops/overlays/prod");
+    let out = h.kubectl(&["kustomize", &prod.to_string_lossy()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let docs: Vec<serde_yaml::Value> = String::from_utf8_lossy(&out.stdout)
+        .split("\n---\n")
+        .map(|d| serde_yaml::from_str(d).expect("yaml"))
+        .collect();
+    let policy = docs
+        .iter()
+        .find(|d| d["kind"] == "GatewayPolicy")
+        .expect("policy");
+    let names = |list: &str| -> Vec<String> {
+        policy["spec"][list]
+            .as_sequence()
+            .expect("list")
+            .iter()
+            .map(|r| r["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names("masking"),
+        [
+            "contact-details",
+            "national-id",
+            "payment-cards",
+            "bank-accounts"
+        ]
+    );
+    assert_eq!(
+        names("guardrails"),
+        ["no-unbounded-writes", "customer-writes", "bulk-export"]
+    );
+    assert_eq!(policy["spec"]["masking"][1]["strategy"], "hash");
+    let retention = docs
+        .iter()
+        .find(|d| d["kind"] == "AuditRetention")
+        .expect("retention");
+    assert_eq!(retention["spec"]["retainFor"], "400d");
 }
 
 #[tokio::test]

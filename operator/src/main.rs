@@ -70,6 +70,62 @@ struct Args {
     /// Leader Lease duration in seconds.
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
+    /// Hours Denied and Expired AccessRequests are kept before they are deleted (the audit
+    /// log keeps their steps).
+    #[arg(
+        long,
+        env = "PORTCULLIS_ACCESS_REQUEST_RETENTION_HOURS",
+        default_value_t = 168
+    )]
+    access_request_retention_hours: u64,
+    /// Register the webhook configurations with this base URL (for example
+    /// `https://127.0.0.1:8443`) before starting: for a local control plane without the Helm
+    /// chart. The operator fills in their caBundle as usual.
+    #[arg(long)]
+    register_webhooks: Option<String>,
+}
+
+/// Server-side apply the mutating and validating webhook configurations, reached by URL.
+async fn register_webhooks(
+    client: &kube::Client,
+    url: &str,
+    namespace: &str,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    };
+    use kube::api::{Api, Patch, PatchParams};
+    use portcullis_operator::webhook::config::{self, Options, Target};
+    let opts = Options {
+        name: "portcullis-injector".to_owned(),
+        target: Target::Url(url.to_owned()),
+        ca_bundle: None,
+        excluded_namespaces: vec![namespace.to_owned(), "kube-system".to_owned()],
+        namespace_labels: Default::default(),
+    };
+    let pp = PatchParams::apply("portcullis-operator");
+    let mut mutating = serde_json::to_value(config::mutating(&opts))?;
+    mutating["apiVersion"] = "admissionregistration.k8s.io/v1".into();
+    mutating["kind"] = "MutatingWebhookConfiguration".into();
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .patch("portcullis-injector", &pp, &Patch::Apply(mutating))
+        .await?;
+    let opts = Options {
+        name: "portcullis-policy-validator".to_owned(),
+        ..opts
+    };
+    let mut validating = serde_json::to_value(config::validating(&opts))?;
+    validating["apiVersion"] = "admissionregistration.k8s.io/v1".into();
+    validating["kind"] = "ValidatingWebhookConfiguration".into();
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .patch(
+            "portcullis-policy-validator",
+            &pp,
+            &Patch::Apply(validating),
+        )
+        .await?;
+    tracing::info!(%url, "registered the webhook configurations");
+    Ok(())
 }
 
 #[tokio::main]
@@ -87,6 +143,8 @@ async fn main() -> anyhow::Result<()> {
     settings.metrics_addr = Some(args.metrics_addr);
     settings.lease_duration = Duration::from_secs(args.lease_seconds.max(2));
     settings.lease_retry = settings.lease_duration / 7;
+    settings.access_request_retention =
+        Duration::from_secs(args.access_request_retention_hours.saturating_mul(3600));
     settings.mutating_webhooks = args.mutating_webhooks;
     settings.validating_webhooks = args.validating_webhooks;
     if let CertSource::SelfManaged {
@@ -111,6 +169,9 @@ async fn main() -> anyhow::Result<()> {
         settings.audit = Some(portcullis_operator::compile::AuditTarget { url, ca_pem });
     }
     let client = kube::Client::try_default().await?;
+    if let Some(url) = &args.register_webhooks {
+        register_webhooks(&client, url, &args.namespace).await?;
+    }
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -185,6 +185,7 @@ async fn injected_pod_has_the_exact_sidecar_and_no_credential_reaches_the_agent(
             {"name": "PORTCULLIS_POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
             {"name": "PORTCULLIS_POD_NAMESPACE", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}},
             {"name": "PORTCULLIS_SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "spec.serviceAccountName"}}},
+            {"name": "PORTCULLIS_POD_UID", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.uid"}}},
         ],
         "ports": [{"name": "portcullis-adm", "containerPort": 15090, "protocol": "TCP"}],
         "startupProbe": {

@@ -7,6 +7,8 @@ use portcullis_crds::audit::Identity;
 use portcullis_crds::sidecar_config::SidecarConfig;
 use thiserror::Error;
 
+use crate::approval::KubeAccess;
+use crate::identity::oidc::OidcOptions;
 use crate::runtime::Limits;
 
 /// Why the configuration cannot be used.
@@ -44,6 +46,11 @@ pub struct Options {
     pub identity: Identity,
     /// Client limits.
     pub limits: Limits,
+    /// How approvals reach the API server (off: statements that require approval are
+    /// refused).
+    pub kube: KubeAccess,
+    /// How OIDC key sets are cached and fetched.
+    pub oidc: OidcOptions,
 }
 
 impl Options {
@@ -54,9 +61,11 @@ impl Options {
                 kind: "ServiceAccount".to_owned(),
                 name: name.to_owned(),
                 namespace: Some(namespace.to_owned()),
-                pod: None,
+                ..Identity::default()
             },
             limits: Limits::default(),
+            kube: KubeAccess::Off,
+            oidc: OidcOptions::default(),
         }
     }
 }

@@ -12,8 +12,10 @@
 //! ```
 
 pub mod admin;
+pub mod approval;
 pub mod audit;
 pub mod config;
+pub mod identity;
 pub mod masking;
 pub mod metrics;
 pub mod policy;
@@ -62,6 +64,9 @@ pub enum StartError {
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The API server client for approvals cannot be built.
+    #[error("approvals: {0}")]
+    Approvals(#[from] approval::ApprovalError),
 }
 
 /// A running sidecar.
@@ -71,6 +76,7 @@ pub struct Sidecar {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     spool: Spool,
+    approvals: Option<Arc<approval::Approvals>>,
 }
 
 impl Sidecar {
@@ -92,8 +98,12 @@ impl Sidecar {
         &self.spool
     }
 
-    /// Stop accepting connections and end every task.
+    /// Stop accepting connections and end every task. Statements held for approval end first,
+    /// with an error that tells their clients they did not run.
     pub async fn shutdown(mut self) {
+        if let Some(approvals) = &self.approvals {
+            approvals.close(std::time::Duration::from_secs(2)).await;
+        }
         let _ = self.stop.send(true);
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
@@ -105,13 +115,18 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
     config.check().map_err(ConfigError::from)?;
     let spool = Spool::open(&config.audit.spool_dir)?;
     let metrics = Metrics::new()?;
+    let approvals = approval::Approvals::connect(&options.kube, &config.namespace)
+        .await?
+        .map(Arc::new);
     let shared = Shared {
+        approvals: approvals.clone(),
         spool: spool.clone(),
         metrics: metrics.clone(),
         cancel: Default::default(),
         cache: Default::default(),
         identity: options.identity.clone(),
         limits: options.limits,
+        oidc: options.oidc,
         process_nonce: format!("{:08x}", rand::rng().random::<u32>()),
     };
     let (stop, stopped) = watch::channel(false);
@@ -182,6 +197,7 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
         stop,
         tasks,
         spool,
+        approvals,
     })
 }
 

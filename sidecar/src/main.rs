@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use portcullis_crds::audit::Identity;
+use portcullis_sidecar::approval::KubeAccess;
 use portcullis_sidecar::config::{self, Options};
+use portcullis_sidecar::identity::oidc::OidcOptions;
 use portcullis_sidecar::runtime::Limits;
 use tracing_subscriber::EnvFilter;
 
@@ -25,9 +27,26 @@ struct Cli {
     /// Name of the pod the agent runs in.
     #[arg(long, env = "PORTCULLIS_POD_NAME")]
     pod: Option<String>,
+    /// UID of the pod the agent runs in.
+    #[arg(long, env = "PORTCULLIS_POD_UID")]
+    pod_uid: Option<String>,
+    /// Least time between two fetches of an OIDC issuer's keys caused by unknown key ids.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    jwks_min_refresh: std::time::Duration,
+    /// Age after which an OIDC issuer's cached keys are fetched again.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    jwks_max_age: std::time::Duration,
     /// Largest Query or Parse message analysed, in bytes; larger ones are refused.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     max_statement_bytes: usize,
+    /// Kubeconfig for approval requests (outside a pod). In a pod the sidecar uses its
+    /// in-cluster configuration; without either, statements that require approval are refused.
+    #[arg(long, env = "PORTCULLIS_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// How approval requests reach the API server: `auto` (kubeconfig when given, else the
+    /// in-cluster configuration when the pod has one), `in-cluster`, or `off` (standalone).
+    #[arg(long, env = "PORTCULLIS_APPROVALS", value_parser = ["auto", "in-cluster", "off"], default_value = "auto")]
+    approvals: String,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -57,9 +76,17 @@ fn main() -> ExitCode {
             name: cli.service_account,
             namespace: Some(cli.namespace.unwrap_or_else(|| config.namespace.clone())),
             pod: cli.pod,
+            pod_uid: cli.pod_uid,
+            principal: None,
         },
         limits: Limits {
             max_statement_bytes: cli.max_statement_bytes,
+        },
+        kube: kube_access(&cli.approvals, cli.kubeconfig),
+        oidc: OidcOptions {
+            jwks_min_refresh: cli.jwks_min_refresh,
+            jwks_max_age: cli.jwks_max_age,
+            ..OidcOptions::default()
         },
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -77,6 +104,21 @@ fn main() -> ExitCode {
             eprintln!("portcullis-sidecar: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn kube_access(mode: &str, kubeconfig: Option<PathBuf>) -> KubeAccess {
+    const TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+    match (mode, kubeconfig) {
+        ("off", _) => KubeAccess::Off,
+        ("in-cluster", _) => KubeAccess::InCluster,
+        (_, Some(path)) => KubeAccess::Kubeconfig(path),
+        _ if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+            && std::path::Path::new(TOKEN).exists() =>
+        {
+            KubeAccess::InCluster
+        }
+        _ => KubeAccess::Off,
     }
 }
 

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub audit_ship_failures: IntCounterVec,
     /// 1 while the last attempt to ship succeeded, 0 while the audit service is unavailable.
     pub audit_service_up: IntGauge,
+    /// Batches held until their audit records were on disk.
+    pub audit_sync_waits: IntCounter,
+    /// Connections refused at authentication (missing or invalid OIDC token).
+    pub auth_failures: IntCounter,
 }
 
 impl Metrics {
@@ -85,7 +89,17 @@ impl Metrics {
         registry.register(Box::new(statements.clone()))?;
         registry.register(Box::new(statement_seconds.clone()))?;
         registry.register(Box::new(spool_bytes.clone()))?;
+        let audit_sync_waits = IntCounter::new(
+            "audit_sync_waits_total",
+            "Batches held until their audit records were on disk (statements that may change data)",
+        )?;
         registry.register(Box::new(protocol_errors.clone()))?;
+        registry.register(Box::new(audit_sync_waits.clone()))?;
+        let auth_failures = IntCounter::new(
+            "auth_failures_total",
+            "Connections refused at authentication (missing or invalid OIDC token)",
+        )?;
+        registry.register(Box::new(auth_failures.clone()))?;
         Ok(Metrics {
             registry,
             connections_total,
@@ -98,6 +112,8 @@ impl Metrics {
             audit_shipped_records,
             audit_ship_failures,
             audit_service_up,
+            audit_sync_waits,
+            auth_failures,
         })
     }
 

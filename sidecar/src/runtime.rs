@@ -5,13 +5,15 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use portcullis_crds::audit::Identity;
-use portcullis_crds::sidecar_config::{ResourceConfig, SidecarConfig};
+use portcullis_crds::sidecar_config::{PolicyConfig, ResourceConfig, SidecarConfig};
 
+use crate::approval::Approvals;
 use crate::audit::spool::Spool;
 use crate::config::ConfigError;
+use crate::identity::oidc::OidcOptions;
+use crate::identity::Authenticator;
 use crate::metrics::Metrics;
 use crate::policy::cache::AnalysisCache;
-use crate::policy::guardrails::Guardrails;
 use crate::postgres::cancel::CancelRegistry;
 use crate::postgres::tls::upstream_tls;
 use crate::postgres::upstream::Upstream;
@@ -37,13 +39,19 @@ pub struct Resource {
     pub name: String,
     /// How to reach the server.
     pub upstream: Arc<Upstream>,
-    /// Guardrails for the caller.
-    pub guardrails: Guardrails,
+    /// The policies of the resource, in precedence order; each session applies those whose
+    /// subjects name its identity (see `Guardrails::for_identity`).
+    pub policies: Vec<PolicyConfig>,
+    /// Namespace of the policies (the default namespace of ServiceAccount subjects).
+    pub namespace: String,
+    /// OIDC token validation, when the resource's policies name issuers.
+    pub auth: Option<Authenticator>,
     /// The audit spool.
     pub spool: Spool,
     /// Metrics.
     pub metrics: Metrics,
-    /// The caller's identity.
+    /// The workload's identity (pod, namespace, service account); a session adds the person
+    /// or pipeline run of its OIDC token.
     pub identity: Identity,
     /// Cancel keys of all sessions.
     pub cancel: CancelRegistry,
@@ -55,10 +63,14 @@ pub struct Resource {
     pub session_counter: AtomicU64,
     /// Random prefix of this process's session ids.
     pub process_nonce: String,
+    /// Approvals through the API server; `None` in standalone mode.
+    pub approvals: Option<Arc<Approvals>>,
 }
 
 /// Shared services every resource uses.
 pub struct Shared {
+    /// Approvals through the API server; `None` in standalone mode.
+    pub approvals: Option<Arc<Approvals>>,
     /// The audit spool.
     pub spool: Spool,
     /// Metrics.
@@ -71,6 +83,8 @@ pub struct Shared {
     pub identity: Identity,
     /// Client limits.
     pub limits: Limits,
+    /// OIDC key-set caching.
+    pub oidc: OidcOptions,
     /// Random prefix of session ids.
     pub process_nonce: String,
 }
@@ -87,7 +101,9 @@ impl Resource {
         })?;
         let tls = upstream_tls(&upstream_config)
             .map_err(|e| ConfigError::Invalid(format!("resource {}: {e}", resource.name)))?;
-        let policies = config.policies_for(resource).cloned().collect();
+        let policies: Vec<PolicyConfig> = config.policies_for(resource).cloned().collect();
+        let auth = Authenticator::for_policies(&policies, &config.namespace, shared.oidc)
+            .map_err(|e| ConfigError::Invalid(format!("resource {}: {e}", resource.name)))?;
         Ok(Resource {
             name: resource.name.clone(),
             upstream: Arc::new(Upstream {
@@ -95,7 +111,9 @@ impl Resource {
                 tls,
                 credentials: resource.credentials.clone(),
             }),
-            guardrails: Guardrails::for_identity(policies, &shared.identity, &config.namespace),
+            policies,
+            namespace: config.namespace.clone(),
+            auth,
             spool: shared.spool.clone(),
             metrics: shared.metrics.clone(),
             identity: shared.identity.clone(),
@@ -104,6 +122,7 @@ impl Resource {
             cache: shared.cache.clone(),
             session_counter: AtomicU64::new(1),
             process_nonce: shared.process_nonce.clone(),
+            approvals: shared.approvals.clone(),
         })
     }
 }

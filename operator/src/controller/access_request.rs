@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
@@ -46,7 +46,7 @@ pub async fn run(ctx: Arc<Context>, stop: impl Future<Output = ()> + Send + Sync
 pub struct Next {
     /// The phase.
     pub phase: AccessRequestPhase,
-    /// When it ends (Pending and Approved only).
+    /// When it ends (Pending and Approved), or when it ran out (Expired).
     pub expires_at: Option<Timestamp>,
     /// Event reason of a transition into it.
     pub reason: &'static str,
@@ -61,7 +61,7 @@ pub fn next_phase(ar: &AccessRequest, now: Timestamp, timeout: Duration, grant: 
     match (&ar.spec.decision, status.phase) {
         (_, AccessRequestPhase::Expired) | (_, AccessRequestPhase::Denied) => Next {
             phase: status.phase,
-            expires_at: None,
+            expires_at: status.expires_at.as_ref().map(|t| t.0),
             reason: "Unchanged",
             message: String::new(),
         },
@@ -84,7 +84,7 @@ pub fn next_phase(ar: &AccessRequest, now: Timestamp, timeout: Duration, grant: 
             if now >= expires {
                 Next {
                     phase: AccessRequestPhase::Expired,
-                    expires_at: None,
+                    expires_at: Some(expires),
                     reason: "GrantExpired",
                     message: format!("the approval ran out at {expires:.0}"),
                 }
@@ -107,7 +107,7 @@ pub fn next_phase(ar: &AccessRequest, now: Timestamp, timeout: Duration, grant: 
             if now >= expires {
                 Next {
                     phase: AccessRequestPhase::Expired,
-                    expires_at: None,
+                    expires_at: Some(expires),
                     reason: "TimedOut",
                     message: format!("no decision before {expires:.0}"),
                 }
@@ -188,6 +188,12 @@ async fn reconcile(ar: &AccessRequest, ctx: &Context) -> Result<Action, Reconcil
             }
         }
     }
+    if matches!(
+        next.phase,
+        AccessRequestPhase::Denied | AccessRequestPhase::Expired
+    ) {
+        return collect(ar, &next, ctx, now).await;
+    }
     Ok(match next.expires_at {
         Some(at) => {
             let wait = at.duration_since(now).unsigned_abs();
@@ -195,6 +201,64 @@ async fn reconcile(ar: &AccessRequest, ctx: &Context) -> Result<Action, Reconcil
         }
         None => Action::await_change(),
     })
+}
+
+/// When a Denied or Expired request is deleted: `retention` after it was decided or ran out.
+pub fn collect_at(ar: &AccessRequest, next: &Next, retention: Duration) -> Option<Timestamp> {
+    let ended = match next.phase {
+        AccessRequestPhase::Denied => ar
+            .spec
+            .decision
+            .as_ref()
+            .and_then(|d| d.decided_at.as_ref())
+            .map(|t| t.0),
+        AccessRequestPhase::Expired => next.expires_at,
+        AccessRequestPhase::Pending | AccessRequestPhase::Approved => return None,
+    };
+    let ended = ended.or_else(|| ar.metadata.creation_timestamp.as_ref().map(|t| t.0))?;
+    Some(ended + SignedDuration::try_from(retention).unwrap_or(SignedDuration::MAX))
+}
+
+/// Delete a Denied or Expired request once its retention has passed. Its steps are in the
+/// audit log: the sidecar recorded each (requested, decided, used, timed out) as it
+/// happened, so the object is no longer the evidence.
+async fn collect(
+    ar: &AccessRequest,
+    next: &Next,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<Action, ReconcileError> {
+    let Some(due) = collect_at(ar, next, ctx.access_request_retention) else {
+        return Ok(Action::await_change());
+    };
+    if now < due {
+        let wait = due.duration_since(now).unsigned_abs();
+        return Ok(Action::requeue(wait.max(Duration::from_secs(1))));
+    }
+    let ns = ar.namespace().unwrap_or_default();
+    ctx.event(
+        ar,
+        EventType::Normal,
+        "GarbageCollected",
+        "Delete",
+        format!(
+            "deleted {:?} request {} after the retention of {}s; its steps remain in the audit log",
+            next.phase,
+            ar.name_any(),
+            ctx.access_request_retention.as_secs()
+        ),
+    )
+    .await;
+    match Api::<AccessRequest>::namespaced(ctx.client.clone(), &ns)
+        .delete(&ar.name_any(), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(request = %key(ar), "deleted after the retention period");
+    Ok(Action::await_change())
 }
 
 #[cfg(test)]
@@ -270,6 +334,20 @@ mod tests {
             (n.phase, n.reason),
             (AccessRequestPhase::Expired, "GrantExpired")
         );
+    }
+
+    #[test]
+    fn denied_and_expired_requests_are_collected_after_the_retention() {
+        let ar = request(Some((Verdict::Denied, 4)), AccessRequestPhase::Denied);
+        let n = next_phase(&ar, at(5), 10 * MIN, 30 * MIN);
+        assert_eq!(collect_at(&ar, &n, 20 * MIN), Some(at(24)));
+        let ar = request(None, AccessRequestPhase::Pending);
+        let n = next_phase(&ar, at(12), 10 * MIN, 30 * MIN);
+        assert_eq!(n.phase, AccessRequestPhase::Expired);
+        assert_eq!(collect_at(&ar, &n, 20 * MIN), Some(at(30)));
+        let ar = request(Some((Verdict::Approved, 4)), AccessRequestPhase::Approved);
+        let n = next_phase(&ar, at(5), 10 * MIN, 30 * MIN);
+        assert_eq!(collect_at(&ar, &n, 20 * MIN), None);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - [`protected_resource`]: resolve each ProtectedResource's credentials Secret, check its
 //!   endpoint and port, count the pods bound to it.
 //! - [`access_request`]: move each AccessRequest through Pending, Approved, Denied and
-//!   Expired, with an Event for every transition.
+//!   Expired, with an Event for every transition, and delete Denied and Expired requests
+//!   after the retention period.
 
 pub mod access_request;
 pub mod gateway_policy;
@@ -24,6 +25,9 @@ use kube::{Client, Resource, ResourceExt};
 use crate::certs::CertBundle;
 use crate::inject::MANAGER;
 use crate::metrics::Metrics;
+
+/// Default time Denied and Expired AccessRequests are kept before they are deleted: a week.
+pub const DEFAULT_ACCESS_REQUEST_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Finalizer on GatewayPolicies and ProtectedResources: the object leaves the namespace's
 /// sidecar configuration before it is gone.
@@ -66,6 +70,9 @@ pub struct Context {
     pub ca: Option<CertBundle>,
     /// The audit service the compiled configurations point the sidecars at.
     pub audit: Option<crate::compile::AuditTarget>,
+    /// How long Denied and Expired AccessRequests are kept before they are deleted (their
+    /// steps stay in the audit log, which the sidecar wrote as they happened).
+    pub access_request_retention: Duration,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -85,6 +92,7 @@ impl Context {
             recorder,
             ca,
             audit: None,
+            access_request_retention: DEFAULT_ACCESS_REQUEST_RETENTION,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -92,6 +100,12 @@ impl Context {
     /// Ship the sidecars' spools to this audit service.
     pub fn with_audit(mut self, audit: Option<crate::compile::AuditTarget>) -> Self {
         self.audit = audit;
+        self
+    }
+
+    /// Keep Denied and Expired AccessRequests for `retention` before deleting them.
+    pub fn with_access_request_retention(mut self, retention: Duration) -> Self {
+        self.access_request_retention = retention;
         self
     }
 

@@ -10,7 +10,7 @@
 //! | configuration | ConfigMap [`CONFIG_MAP`] in the pod's namespace, key [`CONFIG_KEY`] holds the [`SidecarConfig`](portcullis_crds::SidecarConfig) YAML (`SidecarConfig::to_yaml`), mounted read-only at [`CONFIG_DIR`] as a directory (no `subPath`, so the kubelet swaps in new versions); the sidecar watches it and hot-reloads, keeping the last good document when a new one does not parse |
 //! | command | `portcullis-sidecar --config /etc/portcullis/config/sidecar.yaml` |
 //! | bound resources | env `PORTCULLIS_RESOURCES`: comma-separated names of the ProtectedResources this pod binds (a subset of the config's resources; the sidecar serves only these) |
-//! | identity | env `PORTCULLIS_POD_NAME`, `PORTCULLIS_POD_NAMESPACE`, `PORTCULLIS_SERVICE_ACCOUNT` (downward API) |
+//! | identity | env `PORTCULLIS_POD_NAME`, `PORTCULLIS_POD_NAMESPACE`, `PORTCULLIS_SERVICE_ACCOUNT`, `PORTCULLIS_POD_UID` (downward API; the workload identity in every audit record) |
 //! | credentials | the `credentialsSecretRef` Secret of resource `R` at `/var/run/portcullis/credentials/R/` (keys as in the Secret; `CredentialFiles` in the config point there) |
 //! | upstream CA | the `tls.caSecretRef` key of resource `R` at `/var/run/portcullis/upstream-ca/R/ca.crt` |
 //! | local TLS | Secret [`SIDECAR_TLS_SECRET`] (`tls.crt`, `tls.key`: a serving certificate for `127.0.0.1` and `localhost`, signed by the CA in the ConfigMap's key [`CA_KEY`]) at [`SIDECAR_TLS_DIR`], for the Kubernetes API proxy |

@@ -431,6 +431,7 @@ fn sidecar_container(
             {"name": "PORTCULLIS_POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
             {"name": "PORTCULLIS_POD_NAMESPACE", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}},
             {"name": "PORTCULLIS_SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "spec.serviceAccountName"}}},
+            {"name": "PORTCULLIS_POD_UID", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.uid"}}},
         ],
         "ports": [{"name": "portcullis-adm", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
         "startupProbe": {

@@ -1,17 +1,19 @@
-//! The durable audit spool: records are appended as JSON lines to segment files and made
-//! durable (written and fsync'd) by one writer thread that commits whole groups at once.
+//! The durable audit spool: records are appended as JSON lines to segment files.
 //!
-//! Sessions [`Spool::append`] a record, which returns its sequence number without waiting,
-//! and [`Spool::wait_durable`] before they forward anything the record covers. Several
-//! sessions' records share one fsync (group commit).
+//! [`Spool::append`] writes a record to the active segment at once (one `write(2)` under the
+//! spool's lock, so the file is in sequence order) and returns its sequence number: from then
+//! on the record survives a crash of the sidecar process. A sync thread makes written records
+//! durable with `fdatasync`, for all waiting sessions at once (group commit): on demand, when
+//! a session calls [`Spool::wait_durable`] before it forwards a statement that may change
+//! data, and otherwise at least every [`BACKGROUND_SYNC`].
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use portcullis_crds::audit::{AuditEvent, AuditRecord, Identity, AUDIT_RECORD_VERSION};
 use thiserror::Error;
@@ -19,6 +21,8 @@ use tokio::sync::watch;
 
 /// Size past which a new segment file is started.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Longest time a written record waits for its fsync when no session is waiting for it.
+pub const BACKGROUND_SYNC: Duration = Duration::from_millis(10);
 
 /// Why the spool cannot record.
 #[derive(Debug, Error, Clone)]
@@ -36,21 +40,36 @@ pub enum SpoolError {
     },
 }
 
-struct Pending {
-    seq: u64,
-    line: Vec<u8>,
+/// The active segment and the sequence counter, under one lock.
+struct Log {
+    dir: PathBuf,
+    next_seq: u64,
+    index: u64,
+    file: Option<Arc<File>>,
+    file_bytes: u64,
+    failed: Option<String>,
 }
 
-/// State shared by the sessions and the writer.
+/// What the sync thread is asked to do.
+#[derive(Default)]
+struct SyncRequest {
+    /// Highest sequence number a session waits for.
+    wanted: u64,
+}
+
+/// State shared by the sessions and the sync thread.
 struct Inner {
-    next_seq: Mutex<u64>,
-    sender: Mutex<Option<mpsc::Sender<Pending>>>,
+    log: Mutex<Log>,
+    /// Highest sequence number written to a segment.
+    written: AtomicU64,
+    requests: Mutex<SyncRequest>,
+    wake: Condvar,
     durable: watch::Sender<Durable>,
     bytes: AtomicU64,
     acknowledged: AtomicU64,
 }
 
-/// Durability progress published by the writer.
+/// Durability progress published by the sync thread.
 #[derive(Clone, Debug, Default)]
 struct Durable {
     seq: u64,
@@ -79,42 +98,55 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
 }
 
+fn io_error(context: &Path, e: std::io::Error) -> SpoolError {
+    SpoolError::Io(format!("{}: {e}", context.display()))
+}
+
 impl Spool {
-    /// Open (create) the spool directory and start the writer thread.
+    /// Open (create) the spool directory and start the sync thread.
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| SpoolError::Io(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let mut existing = 0u64;
         let mut last_index = 0u64;
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| SpoolError::Io(format!("{}: {e}", dir.display())))?;
-        for entry in entries.flatten() {
+        for entry in std::fs::read_dir(dir)
+            .map_err(|e| io_error(dir, e))?
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(index) = segment_index(&name) {
                 last_index = last_index.max(index);
                 existing += entry.metadata().map(|m| m.len()).unwrap_or(0);
             }
         }
-        let (tx, rx) = mpsc::channel::<Pending>();
         let (durable, _) = watch::channel(Durable::default());
         let inner = Arc::new(Inner {
-            next_seq: Mutex::new(0),
-            sender: Mutex::new(Some(tx)),
+            log: Mutex::new(Log {
+                dir: dir.to_path_buf(),
+                next_seq: 0,
+                index: last_index + 1,
+                file: None,
+                file_bytes: 0,
+                failed: None,
+            }),
+            written: AtomicU64::new(0),
+            requests: Mutex::new(SyncRequest::default()),
+            wake: Condvar::new(),
             durable,
             bytes: AtomicU64::new(existing),
             acknowledged: AtomicU64::new(0),
         });
-        let writer = Writer {
-            dir: dir.to_path_buf(),
-            index: last_index + 1,
-            file: None,
-            file_bytes: 0,
-            inner: inner.clone(),
-        };
+        let syncer = Arc::downgrade(&inner);
         thread::Builder::new()
-            .name("audit-spool".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| SpoolError::Io(format!("cannot start the spool writer: {e}")))?;
+            .name("audit-spool-sync".into())
+            .spawn(move || {
+                // Ends once every handle to the spool is gone.
+                while let Some(inner) = syncer.upgrade() {
+                    if !sync_once(&inner) {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| SpoolError::Io(format!("cannot start the spool sync thread: {e}")))?;
         Ok(Spool { inner })
     }
 
@@ -144,19 +176,20 @@ impl Spool {
         }
     }
 
-    /// Queue a record; returns its sequence number. Durability is awaited separately.
+    /// Write a record to the active segment; returns its sequence number. The record
+    /// survives a crash of this process from here on; [`Spool::wait_durable`] waits for it
+    /// to be on disk.
     pub fn append(&self, ctx: &RecordContext, event: AuditEvent) -> Result<u64, SpoolError> {
-        if let Some(failure) = &self.inner.durable.borrow().failed {
-            return Err(SpoolError::Io(failure.clone()));
-        }
-        // Sequence numbers are assigned and queued under one lock so the file is in order.
-        let mut next = self
+        let mut log = self
             .inner
-            .next_seq
+            .log
             .lock()
             .map_err(|_| SpoolError::Io("spool lock poisoned".into()))?;
-        *next += 1;
-        let seq = *next;
+        if let Some(failure) = &log.failed {
+            return Err(SpoolError::Io(failure.clone()));
+        }
+        // Numbered, encoded and written under one lock, so the file is in sequence order.
+        let seq = log.next_seq + 1;
         let record = AuditRecord {
             version: AUDIT_RECORD_VERSION.to_owned(),
             seq,
@@ -169,27 +202,43 @@ impl Spool {
         let mut line =
             serde_json::to_vec(&record).map_err(|e| SpoolError::Io(format!("encoding: {e}")))?;
         line.push(b'\n');
-        let sender = self
-            .inner
-            .sender
-            .lock()
-            .map_err(|_| SpoolError::Io("spool lock poisoned".into()))?;
-        match sender.as_ref() {
-            Some(tx) => tx
-                .send(Pending { seq, line })
-                .map_err(|_| SpoolError::Io("spool writer stopped".into()))?,
-            None => return Err(SpoolError::Io("spool closed".into())),
+        if let Err(e) = log.write(&line) {
+            let message = e.to_string();
+            tracing::error!(error = %message, "audit spool write failed; refusing further statements");
+            log.failed = Some(message.clone());
+            self.inner
+                .durable
+                .send_modify(|d| d.failed = Some(message.clone()));
+            return Err(SpoolError::Io(message));
         }
+        log.next_seq = seq;
+        self.inner.written.store(seq, Ordering::Release);
+        self.inner
+            .bytes
+            .fetch_add(line.len() as u64, Ordering::Relaxed);
         Ok(seq)
     }
 
     /// Wait until every record up to `seq` is on disk.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), SpoolError> {
         let mut rx = self.inner.durable.subscribe();
+        {
+            let current = rx.borrow();
+            if current.seq >= seq {
+                return Ok(());
+            }
+            if let Some(f) = &current.failed {
+                return Err(SpoolError::Io(f.clone()));
+            }
+        }
+        if let Ok(mut requests) = self.inner.requests.lock() {
+            requests.wanted = requests.wanted.max(seq);
+        }
+        self.inner.wake.notify_one();
         let result = rx
             .wait_for(|d| d.seq >= seq || d.failed.is_some())
             .await
-            .map_err(|_| SpoolError::Io("spool writer stopped".into()))?;
+            .map_err(|_| SpoolError::Io("spool sync thread stopped".into()))?;
         match &result.failed {
             Some(f) if result.seq < seq => Err(SpoolError::Io(f.clone())),
             _ => Ok(()),
@@ -205,6 +254,11 @@ impl Spool {
     pub fn durable_seq(&self) -> u64 {
         self.inner.durable.borrow().seq
     }
+
+    /// Highest sequence number written (durable or not yet).
+    pub fn written_seq(&self) -> u64 {
+        self.inner.written.load(Ordering::Acquire)
+    }
 }
 
 /// The index of a spool segment file name (`audit-NNNNNNNNNN.jsonl`).
@@ -215,65 +269,193 @@ pub fn segment_index(name: &str) -> Option<u64> {
         .ok()
 }
 
-struct Writer {
-    dir: PathBuf,
-    index: u64,
-    file: Option<File>,
-    file_bytes: u64,
-    inner: Arc<Inner>,
-}
-
-impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Pending>) {
-        let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
-        while let Ok(first) = rx.recv() {
-            batch.clear();
-            let mut last = first.seq;
-            batch.extend_from_slice(&first.line);
-            while let Ok(more) = rx.try_recv() {
-                last = more.seq;
-                batch.extend_from_slice(&more.line);
-                if batch.len() > 4 * 1024 * 1024 {
-                    break;
-                }
-            }
-            match self.commit(&batch) {
-                Ok(()) => {
-                    self.inner
-                        .bytes
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    self.inner.durable.send_modify(|d| d.seq = last);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "audit spool write failed; refusing further statements");
-                    self.inner
-                        .durable
-                        .send_modify(|d| d.failed = Some(e.to_string()));
-                    return;
-                }
-            }
-        }
-    }
-
-    fn commit(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+impl Log {
+    /// Append bytes to the active segment, starting a new one when it is full. The full
+    /// segment is made durable before the new one is used, so durability is a prefix.
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if self.file.is_none() || self.file_bytes > SEGMENT_BYTES {
+            if let Some(old) = self.file.take() {
+                old.sync_data()?;
+            }
             let path = self.dir.join(format!("audit-{:010}.jsonl", self.index));
             self.index += 1;
             let file = OpenOptions::new().create(true).append(true).open(&path)?;
             // Make the new file's directory entry durable too.
-            if let Ok(d) = File::open(&self.dir) {
-                let _ = d.sync_all();
-            }
-            self.file = Some(file);
+            File::open(&self.dir)?.sync_all()?;
+            self.file = Some(Arc::new(file));
             self.file_bytes = 0;
         }
         let file = self
             .file
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| std::io::Error::other("no segment open"))?;
-        file.write_all(bytes)?;
-        file.sync_data()?;
+        (&**file).write_all(bytes)?;
         self.file_bytes += bytes.len() as u64;
         Ok(())
+    }
+}
+
+/// One round of the sync thread: wait to be asked (or for [`BACKGROUND_SYNC`]), then fsync
+/// what was written. Returns false when the spool has failed.
+fn sync_once(inner: &Inner) -> bool {
+    {
+        let Ok(requests) = inner.requests.lock() else {
+            return false;
+        };
+        if inner
+            .wake
+            .wait_timeout_while(requests, BACKGROUND_SYNC, |r| {
+                r.wanted <= inner.durable.borrow().seq
+            })
+            .is_err()
+        {
+            return false;
+        }
+    }
+    if inner.written.load(Ordering::Acquire) <= inner.durable.borrow().seq {
+        return true;
+    }
+    // Everything written up to `upto` is in this file or in segments already synced.
+    let (file, upto) = match inner.log.lock() {
+        Ok(log) => (log.file.clone(), log.next_seq),
+        Err(_) => return false,
+    };
+    let Some(file) = file else { return true };
+    match file.sync_data() {
+        Ok(()) => {
+            inner.durable.send_modify(|d| d.seq = d.seq.max(upto));
+            true
+        }
+        Err(e) => {
+            let message = e.to_string();
+            tracing::error!(error = %message, "audit spool sync failed; refusing further statements");
+            if let Ok(mut log) = inner.log.lock() {
+                log.failed = Some(message.clone());
+            }
+            inner.durable.send_modify(|d| d.failed = Some(message));
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_crds::audit::SessionEnd;
+
+    fn ctx() -> RecordContext {
+        RecordContext {
+            session_id: "s-1".into(),
+            identity: Identity {
+                kind: "ServiceAccount".into(),
+                name: "agent".into(),
+                namespace: Some("team".into()),
+                pod: None,
+                pod_uid: None,
+                principal: None,
+            },
+            resource: "customers-db".into(),
+        }
+    }
+
+    fn event(n: u64) -> AuditEvent {
+        AuditEvent::SessionEnd(SessionEnd {
+            statements: n,
+            reason: "terminate".into(),
+        })
+    }
+
+    fn lines(dir: &Path) -> Vec<AuditRecord> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<AuditRecord>>()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn records_are_in_the_file_before_append_returns_and_durable_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let seqs: Vec<u64> = (1..=5)
+            .map(|n| spool.append(&ctx(), event(n)).unwrap())
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+        assert_eq!(spool.written_seq(), 5);
+        // Written (not necessarily synced) at once, in sequence order.
+        let written = lines(dir.path());
+        assert_eq!(written.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs);
+        assert_eq!(written[4].event, event(5));
+        spool.wait_durable(5).await.unwrap();
+        assert!(spool.durable_seq() >= 5);
+        assert_eq!(
+            spool.bytes(),
+            std::fs::metadata(dir.path().join("audit-0000000001.jsonl"))
+                .unwrap()
+                .len()
+        );
+    }
+
+    #[tokio::test]
+    async fn unwaited_records_are_synced_by_the_group_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        spool.append(&ctx(), event(1)).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while spool.durable_seq() < 1 {
+            assert!(std::time::Instant::now() < deadline, "never synced");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn many_waiters_share_syncs_and_all_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut tasks = Vec::new();
+        for n in 0..32u64 {
+            let spool = spool.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..20 {
+                    let seq = spool.append(&ctx(), event(n * 100 + i)).unwrap();
+                    spool.wait_durable(seq).await.unwrap();
+                    assert!(spool.durable_seq() >= seq);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let records = lines(dir.path());
+        assert_eq!(records.len(), 640);
+        assert!(records.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+    }
+
+    #[tokio::test]
+    async fn reopening_continues_in_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let spool = Spool::open(dir.path()).unwrap();
+            let seq = spool.append(&ctx(), event(1)).unwrap();
+            spool.wait_durable(seq).await.unwrap();
+        }
+        let before = std::fs::metadata(dir.path().join("audit-0000000001.jsonl"))
+            .unwrap()
+            .len();
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.bytes(), before);
+        spool.append(&ctx(), event(2)).unwrap();
+        assert!(dir.path().join("audit-0000000002.jsonl").exists());
     }
 }

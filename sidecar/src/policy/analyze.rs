@@ -9,8 +9,8 @@ use portcullis_crds::gateway_policy::StatementKind;
 use portcullis_crds::DEFAULT_SCHEMA;
 use sqlparser::ast::{
     visit_expressions, visit_relations, visit_statements, BinaryOperator, CopyTarget, Expr,
-    FunctionArguments, ObjectName, ObjectNamePart, Set, Statement, TableFactor, UnaryOperator,
-    Value,
+    FunctionArguments, ObjectName, ObjectNamePart, Set, SetExpr, Statement, TableFactor,
+    UnaryOperator, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -40,10 +40,30 @@ pub struct StatementFacts {
     pub settings: BTreeSet<String>,
     /// The statement carries code the parser cannot see into (DO blocks, function bodies).
     pub opaque_body: bool,
+    /// What running the statement can change (for how long its audit record may wait for
+    /// its fsync).
+    pub effect: Effect,
     /// The statement with literals replaced by `?`.
     pub normalized: String,
     /// Fingerprint of `normalized`.
     pub fingerprint: String,
+}
+
+/// What a statement can change, from least to most.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Effect {
+    /// Reads data or session state only: queries, SHOW, EXPLAIN, BEGIN, ROLLBACK, savepoints
+    /// and session settings, calling no function outside [`READ_ONLY_FUNCTIONS`].
+    #[default]
+    Reads,
+    /// Changes rows transactionally (INSERT, UPDATE, DELETE, MERGE, SELECT ... FOR UPDATE)
+    /// and calls no function outside [`READ_ONLY_FUNCTIONS`]: inside a transaction block
+    /// nothing of it is permanent or visible to others before COMMIT.
+    Writes,
+    /// Commits the transaction block (COMMIT, END).
+    Commits,
+    /// Anything else: DDL, privileges, COPY, other functions, code the parser cannot see.
+    Other,
 }
 
 /// The analysis of a whole query string.
@@ -190,6 +210,118 @@ fn function_name(name: &ObjectName) -> String {
         .unwrap_or_default()
 }
 
+/// Built-in functions that neither change data nor reach outside the database: aggregates,
+/// window functions, and text, number, date and JSON functions. A read-only statement calls
+/// no other function.
+pub const READ_ONLY_FUNCTIONS: &[&str] = &[
+    "abs",
+    "age",
+    "array_agg",
+    "array_length",
+    "array_to_string",
+    "avg",
+    "bool_and",
+    "bool_or",
+    "btrim",
+    "cardinality",
+    "ceil",
+    "ceiling",
+    "char_length",
+    "character_length",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "count",
+    "cume_dist",
+    "current_date",
+    "current_schema",
+    "current_setting",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "date_part",
+    "date_trunc",
+    "dense_rank",
+    "every",
+    "exp",
+    "extract",
+    "first_value",
+    "floor",
+    "format",
+    "generate_series",
+    "greatest",
+    "initcap",
+    "json_agg",
+    "json_build_array",
+    "json_build_object",
+    "json_object_agg",
+    "jsonb_agg",
+    "jsonb_build_array",
+    "jsonb_build_object",
+    "jsonb_object_agg",
+    "lag",
+    "last_value",
+    "lead",
+    "least",
+    "left",
+    "length",
+    "ln",
+    "localtime",
+    "localtimestamp",
+    "log",
+    "lower",
+    "lpad",
+    "ltrim",
+    "max",
+    "md5",
+    "min",
+    "mod",
+    "now",
+    "nth_value",
+    "ntile",
+    "nullif",
+    "percent_rank",
+    "percentile_cont",
+    "percentile_disc",
+    "position",
+    "power",
+    "rank",
+    "regexp_replace",
+    "regexp_match",
+    "replace",
+    "reverse",
+    "right",
+    "round",
+    "row_number",
+    "row_to_json",
+    "rpad",
+    "rtrim",
+    "session_user",
+    "sign",
+    "split_part",
+    "sqrt",
+    "statement_timestamp",
+    "stddev",
+    "string_agg",
+    "strpos",
+    "substr",
+    "substring",
+    "sum",
+    "to_char",
+    "to_date",
+    "to_json",
+    "to_jsonb",
+    "to_number",
+    "to_timestamp",
+    "transaction_timestamp",
+    "trim",
+    "trunc",
+    "unnest",
+    "upper",
+    "variance",
+    "version",
+];
+
 fn facts_of(mut statement: Statement, sql: &str) -> StatementFacts {
     let mut facts = StatementFacts::default();
 
@@ -223,6 +355,13 @@ fn facts_of(mut statement: Statement, sql: &str) -> StatementFacts {
     }
     if facts.kinds.is_empty() {
         facts.kinds.insert(StatementKind::Other);
+    }
+    let known_functions = facts
+        .functions
+        .iter()
+        .all(|f| READ_ONLY_FUNCTIONS.contains(&f.as_str()));
+    if facts.opaque_body || !known_functions {
+        facts.effect = Effect::Other;
     }
     facts.normalized = fingerprint::normalize(&mut statement);
     facts.fingerprint = fingerprint::of(&facts.normalized);
@@ -260,9 +399,42 @@ fn collect_table_functions(statement: &Statement, facts: &mut StatementFacts) {
     let _ = sqlparser::ast::Visit::visit(statement, &mut Finder(facts));
 }
 
+/// What a statement can change, not counting the statements nested in it (which are
+/// visited on their own).
+fn effect_of(s: &Statement) -> Effect {
+    match s {
+        Statement::Query(q) if matches!(q.body.as_ref(), SetExpr::Select(select) if select.into.is_some()) => {
+            Effect::Other
+        }
+        Statement::Query(q) if !q.locks.is_empty() => Effect::Writes,
+        Statement::Query(_) => Effect::Reads,
+        Statement::Set(Set::SetRole { .. } | Set::SetSessionAuthorization(_)) => Effect::Other,
+        Statement::Set(_)
+        | Statement::Explain { .. }
+        | Statement::ExplainTable { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::StartTransaction { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. } => Effect::Reads,
+        Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge { .. } => Effect::Writes,
+        Statement::Commit { .. } => Effect::Commits,
+        _ => Effect::Other,
+    }
+}
+
 fn classify(s: &Statement, facts: &mut StatementFacts) {
     use StatementKind as K;
+    facts.effect = facts.effect.max(effect_of(s));
     let kind = match s {
+        // SELECT ... INTO creates a table.
+        Statement::Query(q) if matches!(q.body.as_ref(), SetExpr::Select(select) if select.into.is_some()) => {
+            K::Ddl
+        }
         Statement::Query(_) => K::Select,
         Statement::Insert(_) => K::Insert,
         Statement::Update(u) => {
@@ -431,6 +603,61 @@ mod tests {
             Analysis::Statements(s) => s,
             Analysis::Unanalyzable { reason, .. } => panic!("{sql}: {reason}"),
         }
+    }
+
+    #[test]
+    fn read_only_statements() {
+        let reads = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "SELECT count(*), lower(email) FROM customers GROUP BY 2",
+            "WITH c AS (SELECT * FROM customers) SELECT * FROM c",
+            "SELECT * FROM a UNION SELECT * FROM b",
+            "SHOW search_path",
+            "EXPLAIN SELECT 1",
+            "BEGIN",
+            "ROLLBACK",
+            "SET application_name = 'x'",
+            "SET portcullis.justification = 'ticket 42'",
+        ];
+        for sql in reads {
+            assert!(
+                facts(sql).iter().all(|f| f.effect == Effect::Reads),
+                "{sql}"
+            );
+        }
+        let writes = [
+            "UPDATE t SET a = 1 WHERE id = 2",
+            "INSERT INTO t VALUES (1)",
+            "DELETE FROM t WHERE id = 1",
+            "WITH d AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM d",
+            "SELECT * FROM customers WHERE id = 1 FOR UPDATE",
+            "EXPLAIN ANALYZE DELETE FROM t WHERE id = 1",
+        ];
+        for sql in writes {
+            assert_eq!(facts(sql)[0].effect, Effect::Writes, "{sql}");
+        }
+        assert_eq!(facts("COMMIT")[0].effect, Effect::Commits);
+        assert_eq!(facts("END")[0].effect, Effect::Commits);
+        let others = [
+            "UPDATE t SET a = nextval('s') WHERE id = 2",
+            "SELECT nextval('s')",
+            "SELECT my_function(1)",
+            "SELECT pg_terminate_backend(42)",
+            "SELECT * INTO copy_of_customers FROM customers",
+            "SET ROLE admin",
+            "COPY customers TO STDOUT",
+            "CREATE TABLE t (a int)",
+            "LOCK TABLE customers",
+            "NOTIFY channel",
+            "VACUUM customers",
+        ];
+        for sql in others {
+            assert_eq!(facts(sql)[0].effect, Effect::Other, "{sql}");
+        }
+        // SELECT ... INTO is table creation for the guardrails too.
+        assert!(facts("SELECT * INTO c2 FROM customers")[0]
+            .kinds
+            .contains(&StatementKind::Ddl));
     }
 
     #[test]

@@ -2,12 +2,11 @@
 //! match decides), then the unanalysable-statement rule.
 
 use portcullis_crds::audit::{Decision, Identity, RuleRef};
-use portcullis_crds::gateway_policy::{
-    GuardrailAction, StatementKind, Subject, SubjectKind, UnanalyzableAction,
-};
-use portcullis_crds::sidecar_config::{GuardrailConfig, PolicyConfig};
+use portcullis_crds::gateway_policy::{GuardrailAction, StatementKind, UnanalyzableAction};
+use portcullis_crds::sidecar_config::{GuardrailConfig, MaskingRuleConfig, PolicyConfig};
 
 use super::analyze::StatementFacts;
+use crate::identity;
 
 /// Functions denied whatever the policy says: they read or write server files, spawn
 /// programs, or open connections elsewhere. A trailing `*` matches a prefix.
@@ -91,27 +90,12 @@ pub struct RowLimit {
     pub message: String,
 }
 
-/// The guardrails that apply to one identity on one resource.
+/// The guardrails that apply to one session identity on one resource.
 #[derive(Clone, Debug, Default)]
 pub struct Guardrails {
     policies: Vec<PolicyConfig>,
-}
-
-fn subject_matches(subject: &Subject, identity: &Identity, default_ns: &str) -> bool {
-    let name_ok = |n: &Option<String>| match n {
-        Some(n) => n == "*" || *n == identity.name,
-        None => false,
-    };
-    match subject.kind {
-        SubjectKind::ServiceAccount => {
-            identity.kind == "ServiceAccount"
-                && name_ok(&subject.name)
-                && subject.namespace.as_deref().unwrap_or(default_ns)
-                    == identity.namespace.as_deref().unwrap_or(default_ns)
-        }
-        SubjectKind::User => identity.kind == "User" && name_ok(&subject.name),
-        SubjectKind::Group | SubjectKind::Pipeline => false,
-    }
+    identity: Identity,
+    namespace: String,
 }
 
 fn glob_match(pattern: &str, name: &str) -> bool {
@@ -122,18 +106,33 @@ fn glob_match(pattern: &str, name: &str) -> bool {
 }
 
 impl Guardrails {
-    /// The policies (in precedence order) whose subjects include `identity`.
+    /// The policies (in precedence order) whose subjects include `identity` (the session's
+    /// workload and, when it presented a token, its person or pipeline run).
     pub fn for_identity(policies: Vec<PolicyConfig>, identity: &Identity, namespace: &str) -> Self {
         let policies = policies
             .into_iter()
-            .filter(|p| {
-                p.subjects.is_empty()
-                    || p.subjects
-                        .iter()
-                        .any(|s| subject_matches(s, identity, namespace))
-            })
+            .filter(|p| identity::policy_applies(p, identity, namespace))
             .collect();
-        Guardrails { policies }
+        Guardrails {
+            policies,
+            identity: identity.clone(),
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    /// The session identity these guardrails were selected for.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Whether the session is exempt from a guardrail (its `exempt` subjects).
+    fn exempt(&self, g: &GuardrailConfig) -> bool {
+        identity::matches_any(&g.exempt, &self.identity, &self.namespace)
+    }
+
+    /// Whether the session sees the data of a masking rule in clear.
+    pub fn masking_exempt(&self, rule: &MaskingRuleConfig) -> bool {
+        identity::exempt(&self.identity, rule, &self.namespace)
     }
 
     /// The policies that apply.
@@ -148,7 +147,7 @@ impl Guardrails {
         }
         for policy in &self.policies {
             for g in &policy.guardrails {
-                if g.rows_over.is_some() || !g.exec_commands.is_empty() {
+                if g.rows_over.is_some() || !g.exec_commands.is_empty() || self.exempt(g) {
                     continue;
                 }
                 if matches_statement(g, facts) {
@@ -201,7 +200,7 @@ impl Guardrails {
         for policy in &self.policies {
             for g in &policy.guardrails {
                 let Some(limit) = g.rows_over else { continue };
-                if !g.exec_commands.is_empty() || !matches_statement(g, facts) {
+                if !g.exec_commands.is_empty() || !matches_statement(g, facts) || self.exempt(g) {
                     continue;
                 }
                 out.push(RowLimit {
@@ -328,7 +327,7 @@ fn verdict_of(policy: &PolicyConfig, g: &GuardrailConfig) -> Verdict {
         GuardrailAction::RequireApproval => Verdict {
             decision: Decision::RequireApproval,
             reason: Some(format!(
-                "statement requires approval (guardrail {} of policy {}); approvals are not available yet, so it is refused{suffix}",
+                "statement requires approval (guardrail {} of policy {}){suffix}",
                 g.name, policy.name
             )),
             rule: Some(rule),

@@ -1,5 +1,6 @@
 //! The PostgreSQL wire proxy.
 
+pub mod auth;
 pub mod cancel;
 pub mod codec;
 pub mod results;

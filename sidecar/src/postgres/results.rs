@@ -49,6 +49,9 @@ pub struct Tracker {
     pub batches_sent: u64,
     /// ReadyForQuery messages received.
     pub batches_done: u64,
+    /// Transaction status of the last ReadyForQuery: `I` idle, `T` in a transaction
+    /// block, `E` in a failed block (0 before the first).
+    pub transaction: u8,
     /// Refused statements in flight.
     pub markers: VecDeque<Marker>,
     /// Forwarded statements awaiting completion, in order.
@@ -181,6 +184,7 @@ impl ResultPath {
             }
             b'Z' => {
                 tracker.batches_done += 1;
+                tracker.transaction = msg.body.first().copied().unwrap_or(0);
                 let done = tracker.batches_done;
                 // Statements of the finished batch that produced no result were skipped
                 // by the server after an earlier error.

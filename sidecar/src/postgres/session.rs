@@ -15,21 +15,27 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use portcullis_crds::audit::{
-    AuditEvent, Decision, Protocol, RuleRef, SessionEnd, SessionStart, StatementRecord,
+    AuditEvent, AuthenticationRefused, Decision, Protocol, RuleRef, SessionEnd, SessionStart,
+    StatementRecord,
 };
 use rand::Rng;
 use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use super::auth;
 use super::codec::{self, put_error, put_message, Fields, Message, ProtocolError, Read};
 use super::results::{Inflight, Marker, ResultPath, Tracker, SQLSTATE_REFUSED};
 use super::startup::{self, Hello};
 use super::upstream::{UpstreamError, UpstreamStream};
+use crate::approval::justification_from_options;
 use crate::audit::spool::RecordContext;
-use crate::policy::analyze::{kind_name, Analysis};
-use crate::policy::guardrails::{RowLimit, Verdict, BUILTIN_POLICY};
+use crate::identity::SQLSTATE_AUTH;
+use crate::policy::analyze::{kind_name, Analysis, Effect};
+use crate::policy::guardrails::{Guardrails, RowLimit, Verdict, BUILTIN_POLICY};
 use crate::runtime::Resource;
+
+mod hold;
 
 /// Flush to the peer once this much output is buffered, even mid-batch.
 const FLUSH_BYTES: usize = 64 * 1024;
@@ -115,6 +121,29 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         .await;
         return;
     }
+    let established = match auth::establish(&mut tcp, peer, &params, &res).await {
+        Ok(e) => e,
+        Err(e) => {
+            res.metrics.auth_failures.inc();
+            tracing::warn!(resource = %res.name, %peer, error = %e, "refused a connection at authentication");
+            let ctx = RecordContext {
+                session_id: session_id(&res),
+                identity: res.identity.clone(),
+                resource: res.name.clone(),
+            };
+            let _ = res.spool.append(
+                &ctx,
+                AuditEvent::AuthenticationRefused(AuthenticationRefused {
+                    client_address: peer.to_string(),
+                    reason: e.to_string(),
+                }),
+            );
+            refuse(&mut tcp, SQLSTATE_AUTH, &e.to_string()).await;
+            return;
+        }
+    };
+    let identity = established.identity;
+    let negotiated = established.negotiated;
     let user = params.get("user").unwrap_or_default().to_owned();
     let database = params.get("database").unwrap_or(&user).to_owned();
     let passed: Vec<(String, String)> = params
@@ -141,7 +170,9 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         .cancel
         .register(res.upstream.clone(), established.key.unwrap_or((0, 0)));
     let mut hello_out = BytesMut::new();
-    params.negotiation(&mut hello_out);
+    if !negotiated {
+        params.negotiation(&mut hello_out);
+    }
     codec::put_auth_ok(&mut hello_out);
     hello_out.extend_from_slice(&established.relay);
     codec::put_backend_key(&mut hello_out, pid, secret);
@@ -153,7 +184,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
 
     let ctx = RecordContext {
         session_id: session_id(&res),
-        identity: res.identity.clone(),
+        identity,
         resource: res.name.clone(),
     };
     let _ = res.spool.append(
@@ -171,7 +202,15 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
     );
     tracing::debug!(session = %ctx.session_id, %peer, "session started");
 
-    let (reason, statements) = relay(tcp, established.stream, res.clone(), ctx.clone()).await;
+    let justification = params.get("options").and_then(justification_from_options);
+    let (reason, statements) = relay(
+        tcp,
+        established.stream,
+        res.clone(),
+        ctx.clone(),
+        justification,
+    )
+    .await;
     res.cancel.unregister(pid);
     let _ = res.spool.append(
         &ctx,
@@ -187,12 +226,14 @@ async fn relay(
     upstream: UpstreamStream,
     res: Arc<Resource>,
     ctx: RecordContext,
+    justification: Option<String>,
 ) -> (String, u64) {
     let (cr, cw) = tcp.into_split();
     let (ur, uw) = tokio::io::split(upstream);
     let cw: ClientWriter = Arc::new(tokio::sync::Mutex::new(cw));
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let mut front = Frontend {
+        guardrails: Guardrails::for_identity(res.policies.clone(), &ctx.identity, &res.namespace),
         res: res.clone(),
         ctx: ctx.clone(),
         tracker: tracker.clone(),
@@ -203,7 +244,11 @@ async fn relay(
         prepared: HashMap::new(),
         portals: HashMap::new(),
         pending_seq: 0,
+        deferred_seq: 0,
+        waited_seq: 0,
         out: BytesMut::with_capacity(16 * 1024),
+        held: None,
+        justification,
     };
     let back = backend(
         BufReader::with_capacity(64 * 1024, ur),
@@ -233,10 +278,16 @@ async fn relay(
 struct Prepared {
     template: StatementRecord,
     row_limits: Vec<RowLimit>,
+    /// What executing it can change.
+    effect: Effect,
+    /// The approval a held Parse obtained; each Execute checks it is still live.
+    grant: Option<hold::GrantRef>,
 }
 
 struct Frontend {
     res: Arc<Resource>,
+    /// The policies that apply to this session's identity.
+    guardrails: Guardrails,
     ctx: RecordContext,
     tracker: Arc<Mutex<Tracker>>,
     client_out: ClientWriter,
@@ -245,14 +296,46 @@ struct Frontend {
     statements: u64,
     prepared: HashMap<String, Prepared>,
     portals: HashMap<String, Option<Prepared>>,
+    /// Highest audit record that must be durable before the buffered messages leave.
     pending_seq: u64,
+    /// Highest record of a write inside the open transaction block, which must be durable
+    /// before the block's COMMIT leaves.
+    deferred_seq: u64,
+    /// Highest `pending_seq` already waited for.
+    waited_seq: u64,
     out: BytesMut,
+    /// A statement waiting for approval, resolved before the batch is flushed upstream.
+    held: Option<hold::Held>,
+    /// What the client said it needs its operations for (`SET portcullis.justification`).
+    justification: Option<String>,
+}
+
+/// When a statement's audit record must be durable (it is always written to the spool
+/// before the statement leaves, so it survives a crash of the sidecar).
+///
+/// Reads are not held back: their records are synced by the group commit within
+/// [`crate::audit::spool::BACKGROUND_SYNC`]. A write inside a transaction block changes
+/// nothing permanent or visible before COMMIT (the server rolls the block back if the
+/// sidecar goes away), so its record must be durable before the COMMIT leaves. Everything
+/// else waits for its own record's fsync before it is forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durable {
+    /// Written only.
+    Written,
+    /// Durable before the transaction block commits.
+    BeforeCommit,
+    /// Durable, with every earlier record, before this statement leaves.
+    BeforeForward,
 }
 
 /// A decision on one query string.
 struct Decided {
     records: Vec<(StatementRecord, Vec<RowLimit>)>,
     refusal: Option<(&'static str, String)>,
+    /// What the whole string can change.
+    effect: Effect,
+    /// Statements that may run only with an approval.
+    approvals: Vec<hold::Need>,
 }
 
 fn empty_record(protocol: Protocol) -> StatementRecord {
@@ -269,6 +352,7 @@ fn empty_record(protocol: Protocol) -> StatementRecord {
         reason: None,
         lawful_basis: None,
         purpose: None,
+        access_request: None,
     }
 }
 
@@ -316,6 +400,14 @@ impl Frontend {
                 }
                 Err(e) => return (self.fatal(e).await, false),
             }
+            if let Some(held) = self.held.take() {
+                // What came before the held statement goes first; the hold awaits here, so
+                // other sessions run on while this one waits.
+                if let Err(e) = self.flush(&mut upstream).await {
+                    return (e, false);
+                }
+                self.resolve(held).await;
+            }
             if reader.buffer().is_empty() || self.out.len() >= FLUSH_BYTES {
                 if let Err(e) = self.flush(&mut upstream).await {
                     return (e, false);
@@ -341,6 +433,10 @@ impl Frontend {
     async fn flush(&mut self, upstream: &mut WriteHalf<UpstreamStream>) -> Result<(), String> {
         if self.out.is_empty() {
             return Ok(());
+        }
+        if self.pending_seq > self.waited_seq {
+            self.waited_seq = self.pending_seq;
+            self.res.metrics.audit_sync_waits.inc();
         }
         if self.pending_seq > self.res.spool.durable_seq() {
             if let Err(e) = self.res.spool.wait_durable(self.pending_seq).await {
@@ -402,8 +498,9 @@ impl Frontend {
             b'E' => {
                 let portal = Fields::new(&m.body).cstr()?;
                 let prepared = self.portals.get(portal).cloned().flatten();
-                self.on_execute(prepared);
-                put_message(&mut self.out, m.tag, &m.body);
+                if self.on_execute(prepared) {
+                    put_message(&mut self.out, m.tag, &m.body);
+                }
             }
             b'C' => {
                 let mut f = Fields::new(&m.body);
@@ -446,7 +543,7 @@ impl Frontend {
     }
 
     fn policy_context(&self) -> (Option<String>, Option<String>) {
-        let first = self.res.guardrails.policies().first();
+        let first = self.guardrails.policies().first();
         (
             first.and_then(|p| {
                 p.lawful_basis
@@ -462,13 +559,24 @@ impl Frontend {
         let analysis = self.res.cache.analyze(sql);
         let (lawful_basis, purpose) = self.policy_context();
         let mut records = Vec::new();
+        let mut approvals = Vec::new();
         let mut refusal: Option<(&'static str, String, RuleRef)> = None;
+        let mut effect = Effect::Other;
         match analysis.as_ref() {
             Analysis::Statements(list) => {
+                effect = list.iter().map(|f| f.effect).max().unwrap_or(Effect::Reads);
+                // A string that writes and commits must not leave before its writes' records.
+                if effect == Effect::Commits && list.iter().any(|f| f.effect == Effect::Writes) {
+                    effect = Effect::Other;
+                }
                 for facts in list {
-                    let verdict = self.res.guardrails.decide(facts);
-                    let row_limits = if verdict.forwards() {
-                        self.res.guardrails.row_limits(facts)
+                    let mut verdict = self.guardrails.decide(facts);
+                    let held = verdict.decision == Decision::RequireApproval;
+                    if held && self.res.approvals.is_none() {
+                        verdict.reason = Some(hold::standalone_refusal(&verdict));
+                    }
+                    let row_limits = if verdict.forwards() || held {
+                        self.guardrails.row_limits(facts)
                     } else {
                         Vec::new()
                     };
@@ -490,7 +598,9 @@ impl Frontend {
                         purpose: purpose.clone(),
                         ..self.verdict_record(protocol, &verdict)
                     };
-                    if !verdict.forwards() && refusal.is_none() {
+                    if held && self.res.approvals.is_some() {
+                        approvals.push(hold::Need::new(records.len(), facts, &verdict));
+                    } else if !verdict.forwards() && refusal.is_none() {
                         refusal = Some((
                             SQLSTATE_REFUSED,
                             verdict.reason.clone().unwrap_or_default(),
@@ -507,7 +617,7 @@ impl Frontend {
                 reason,
                 fingerprint,
             } => {
-                let verdict = self.res.guardrails.decide_unanalyzable(reason);
+                let verdict = self.guardrails.decide_unanalyzable(reason);
                 let record = StatementRecord {
                     fingerprint: fingerprint.clone(),
                     lawful_basis,
@@ -528,11 +638,7 @@ impl Frontend {
             }
         }
         if refusal.is_none() {
-            if let Err(e) = self
-                .res
-                .spool
-                .check_limit(self.res.guardrails.spool_limit())
-            {
+            if let Err(e) = self.res.spool.check_limit(self.guardrails.spool_limit()) {
                 refusal = Some((
                     SQLSTATE_REFUSED,
                     format!("statement refused because the audit log cannot record it: {e} (rule builtin/audit-unavailable)"),
@@ -562,6 +668,8 @@ impl Frontend {
         Decided {
             records,
             refusal: refusal.map(|(code, message, _)| (code, message)),
+            effect,
+            approvals,
         }
     }
 
@@ -574,7 +682,28 @@ impl Frontend {
         }
     }
 
-    fn record(&mut self, record: StatementRecord) {
+    /// How durable the record of a statement with this effect must be before the statement
+    /// is forwarded.
+    fn durability(&self, effect: Effect) -> Durable {
+        match effect {
+            Effect::Reads => Durable::Written,
+            Effect::Writes => {
+                // Inside a transaction block only when every batch sent so far has been
+                // answered, so the last ReadyForQuery tells the block's state.
+                let t = self.lock();
+                if t.batches_done == t.batches_sent && t.transaction == b'T' {
+                    Durable::BeforeCommit
+                } else {
+                    Durable::BeforeForward
+                }
+            }
+            Effect::Commits if self.deferred_seq == 0 => Durable::Written,
+            Effect::Commits | Effect::Other => Durable::BeforeForward,
+        }
+    }
+
+    /// Write a statement's audit record and note when it must be durable.
+    fn record(&mut self, record: StatementRecord, durable: Durable) {
         let decision = match record.decision {
             Decision::Allow => "allow",
             Decision::Audit => "audit",
@@ -600,7 +729,15 @@ impl Frontend {
             .spool
             .append(&self.ctx, AuditEvent::Statement(record))
         {
-            Ok(seq) => self.pending_seq = self.pending_seq.max(seq),
+            Ok(seq) => match durable {
+                Durable::Written => {}
+                Durable::BeforeCommit => self.deferred_seq = self.deferred_seq.max(seq),
+                // Waiting for this record waits for every earlier one, deferred ones too.
+                Durable::BeforeForward => {
+                    self.pending_seq = self.pending_seq.max(seq);
+                    self.deferred_seq = 0;
+                }
+            },
             // The next flush waits for durability and fails the same way; make sure it does.
             Err(e) => {
                 tracing::error!(error = %e, "audit record could not be queued");
@@ -662,22 +799,43 @@ impl Frontend {
                 Protocol::Parse
             })
         };
-        self.record(record);
+        self.record(record, Durable::Written);
         self.refuse(tag == b'P', code, message);
     }
 
     fn on_query(&mut self, sql: &str, m: &Message) {
         let decided = self.decide(sql, Protocol::Simple);
+        if decided.refusal.is_none() {
+            if !decided.approvals.is_empty() {
+                self.held = Some(hold::Held::Query {
+                    message: m.clone(),
+                    decided,
+                });
+                return;
+            }
+            if let Some(j) = crate::approval::justification_from_set(sql) {
+                self.justification = Some(j);
+            }
+        }
+        self.finish_query(decided, m);
+    }
+
+    fn finish_query(&mut self, decided: Decided, m: &Message) {
         let batch;
         {
             let t = self.lock();
             batch = t.batches_sent + 1;
         }
         let forwards = decided.refusal.is_none();
+        let durable = if forwards {
+            self.durability(decided.effect)
+        } else {
+            Durable::Written
+        };
         let now = Instant::now();
         for (record, row_limits) in decided.records {
             let statement_id = record.statement_id;
-            self.record(record);
+            self.record(record, durable);
             if forwards {
                 self.lock().inflight.push_back(Inflight {
                     statement_id,
@@ -698,15 +856,36 @@ impl Frontend {
 
     fn on_parse(&mut self, name: String, sql: &str, m: &Message) {
         let decided = self.decide(sql, Protocol::Parse);
+        if decided.refusal.is_none() && !decided.approvals.is_empty() {
+            self.held = Some(hold::Held::Parse {
+                name,
+                message: m.clone(),
+                decided,
+            });
+            return;
+        }
+        self.finish_parse(name, decided, m, None);
+    }
+
+    fn finish_parse(
+        &mut self,
+        name: String,
+        decided: Decided,
+        m: &Message,
+        grant: Option<hold::GrantRef>,
+    ) {
         let mut first: Option<Prepared> = None;
         for (record, row_limits) in decided.records {
             if first.is_none() {
                 first = Some(Prepared {
                     template: record.clone(),
                     row_limits,
+                    effect: decided.effect,
+                    grant: grant.clone(),
                 });
             }
-            self.record(record);
+            // Parsing changes nothing; each Execute is recorded and waited for.
+            self.record(record, Durable::Written);
         }
         match decided.refusal {
             Some((code, message)) => {
@@ -717,6 +896,8 @@ impl Frontend {
                 let prepared = first.unwrap_or_else(|| Prepared {
                     template: empty_record(Protocol::Parse),
                     row_limits: Vec::new(),
+                    effect: Effect::Reads,
+                    grant: None,
                 });
                 self.prepared.insert(name, prepared);
                 put_message(&mut self.out, m.tag, &m.body);
@@ -724,17 +905,26 @@ impl Frontend {
         }
     }
 
-    fn on_execute(&mut self, prepared: Option<Prepared>) {
+    /// Record an Execute; `false` when it was refused instead of forwarded.
+    fn on_execute(&mut self, prepared: Option<Prepared>) -> bool {
         // A portal of a statement the sidecar refused does not exist upstream either; the
         // server answers the Execute with an error. Record what runs.
-        let Some(prepared) = prepared else { return };
+        let Some(prepared) = prepared else {
+            return true;
+        };
         let statement_id = self.next_statement_id();
-        let record = StatementRecord {
+        let mut record = StatementRecord {
             statement_id,
             protocol: Protocol::Execute,
             ..prepared.template.clone()
         };
-        self.record(record);
+        if let Some(grant) = &prepared.grant {
+            if !self.use_prepared_grant(grant, &mut record) {
+                return false;
+            }
+        }
+        let durable = self.durability(prepared.effect);
+        self.record(record, durable);
         let mut t = self.lock();
         let batch = t.batches_sent + 1;
         t.inflight.push_back(Inflight {
@@ -743,11 +933,11 @@ impl Frontend {
             started: Instant::now(),
             row_limits: prepared.row_limits,
         });
+        true
     }
 
     fn on_function_call(&mut self, m: &Message) {
         let verdict = self
-            .res
             .guardrails
             .decide_unanalyzable("fast-path function calls cannot be analysed");
         let statement_id = self.next_statement_id();
@@ -755,7 +945,12 @@ impl Frontend {
             statement_id,
             ..self.verdict_record(Protocol::FunctionCall, &verdict)
         };
-        self.record(record);
+        let durable = if verdict.forwards() {
+            Durable::BeforeForward
+        } else {
+            Durable::Written
+        };
+        self.record(record, durable);
         if verdict.forwards() {
             let mut t = self.lock();
             t.batches_sent += 1;

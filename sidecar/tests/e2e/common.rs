@@ -7,6 +7,7 @@ use std::time::Duration;
 use portcullis_crds::audit::{AuditEvent, AuditRecord, CompletionRecord, StatementRecord};
 use portcullis_crds::SidecarConfig;
 use portcullis_sidecar::config::Options;
+use portcullis_sidecar::identity::oidc::OidcOptions;
 use portcullis_sidecar::Sidecar;
 use tokio_postgres::{Client, NoTls};
 
@@ -24,6 +25,7 @@ pub struct ProxyBuilder {
     identity: (String, String, Option<String>),
     spool_dir: Option<PathBuf>,
     audit: Option<(String, PathBuf, PathBuf)>,
+    oidc: Option<OidcOptions>,
 }
 
 /// A running proxy.
@@ -54,6 +56,7 @@ impl Default for ProxyBuilder {
             identity: ("agents".into(), "agent".into(), None),
             spool_dir: None,
             audit: None,
+            oidc: None,
         }
     }
 }
@@ -86,6 +89,12 @@ impl ProxyBuilder {
     /// Statement size limit.
     pub fn max_statement_bytes(mut self, n: usize) -> Self {
         self.max_statement_bytes = Some(n);
+        self
+    }
+
+    /// How OIDC key sets are cached and fetched.
+    pub fn oidc(mut self, options: OidcOptions) -> Self {
+        self.oidc = Some(options);
         self
     }
 
@@ -187,6 +196,9 @@ policies:{policies}",
         if let Some(n) = self.max_statement_bytes {
             options.limits.max_statement_bytes = n;
         }
+        if let Some(o) = self.oidc {
+            options.oidc = o;
+        }
         let sidecar = portcullis_sidecar::start(config, options).await?;
         let port = sidecar.addr("shop-db").expect("listening").port();
         let admin = sidecar.admin_addr();
@@ -281,6 +293,22 @@ impl Proxy {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("no completion record for statement {statement_id}");
+    }
+
+    /// The value of one sample of the proxy's `/metrics` (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.admin)
+            .await
+            .expect("admin endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("metrics request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("metrics response");
+        out.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// Stop the proxy.

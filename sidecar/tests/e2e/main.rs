@@ -2,7 +2,9 @@
 
 mod clients;
 mod common;
+mod durability;
 mod guardrails;
+mod identity;
 mod passthrough;
 mod robustness;
 mod shipping;

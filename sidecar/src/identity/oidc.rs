@@ -1,0 +1,591 @@
+//! OIDC ID-token validation for one issuer: the discovery document and key set (JWKS) are
+//! fetched on first use and cached, fetched again when they are older than the maximum age or
+//! when a token names a key the cache does not know (at most once per minimum interval, so
+//! tokens with made-up key ids cannot flood the issuer), and every token is checked for its
+//! signature, algorithm, `iss`, `aud`, `exp` and `nbf` by `jsonwebtoken`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use portcullis_crds::audit::Principal;
+use portcullis_crds::gateway_policy::{PrincipalKind, SigningAlgorithm};
+use portcullis_crds::sidecar_config::OidcIssuerConfig;
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use super::http::HttpClient;
+
+/// Largest token accepted.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// How key sets are cached and fetched.
+#[derive(Clone, Copy, Debug)]
+pub struct OidcOptions {
+    /// Least time between two fetches caused by unknown key ids.
+    pub jwks_min_refresh: Duration,
+    /// Age after which cached keys are fetched again before use.
+    pub jwks_max_age: Duration,
+    /// Time limit of one HTTP request.
+    pub http_timeout: Duration,
+}
+
+impl Default for OidcOptions {
+    fn default() -> Self {
+        OidcOptions {
+            jwks_min_refresh: Duration::from_secs(10),
+            jwks_max_age: Duration::from_secs(3600),
+            http_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a token was not accepted. The messages are shown to the client.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not three base64url parts.
+    #[error("the password is not an OIDC ID token (a JWT of three base64url parts)")]
+    NotAJwt,
+    /// Longer than [`MAX_TOKEN_BYTES`].
+    #[error("the token is longer than {MAX_TOKEN_BYTES} bytes")]
+    TooLong,
+    /// The header or payload is not JSON.
+    #[error("the token is malformed: {0}")]
+    Malformed(String),
+    /// An algorithm the issuer's settings do not accept (`none`, HS256, ...).
+    #[error(
+        "the token is signed with algorithm {alg}, which is not accepted (accepted: {accepted})"
+    )]
+    Algorithm {
+        /// The token's `alg`.
+        alg: String,
+        /// The accepted algorithms.
+        accepted: String,
+    },
+    /// No configured issuer has this `iss`.
+    #[error("the token's issuer {found:?} is not trusted for this resource (trusted: {trusted})")]
+    UntrustedIssuer {
+        /// The token's `iss`.
+        found: String,
+        /// The configured issuers.
+        trusted: String,
+    },
+    /// The key id is not in the issuer's key set, even after fetching it again.
+    #[error("the token's signing key {kid:?} is not among the published keys of issuer {issuer}")]
+    UnknownKey {
+        /// The token's `kid`.
+        kid: String,
+        /// The issuer.
+        issuer: String,
+    },
+    /// The key named is of another type than the algorithm needs.
+    #[error("the token's signing key {kid:?} cannot verify {alg} signatures")]
+    KeyMismatch {
+        /// The key id.
+        kid: String,
+        /// The token's algorithm.
+        alg: String,
+    },
+    /// The issuer's metadata could not be fetched.
+    #[error("the keys of issuer {issuer} cannot be fetched: {reason}")]
+    Jwks {
+        /// The issuer.
+        issuer: String,
+        /// Why.
+        reason: String,
+    },
+    /// Bad signature.
+    #[error("the token's signature is not valid")]
+    Signature,
+    /// `exp` has passed.
+    #[error("the token has expired{0}")]
+    Expired(String),
+    /// `nbf` is in the future.
+    #[error("the token is not valid yet{0}")]
+    NotYetValid(String),
+    /// `aud` holds none of the accepted audiences.
+    #[error("the token's audience {found} is not accepted (accepted: {accepted})")]
+    Audience {
+        /// The token's `aud`.
+        found: String,
+        /// The configured audiences.
+        accepted: String,
+    },
+    /// A required claim is missing or of the wrong type.
+    #[error("the token lacks a valid {0:?} claim")]
+    Claim(String),
+    /// Any other validation failure.
+    #[error("the token is not valid: {0}")]
+    Invalid(String),
+}
+
+/// The parts of a token read before its signature is checked, to pick the issuer and key.
+#[derive(Debug)]
+pub struct Unverified {
+    /// `alg` of the header.
+    pub alg: String,
+    /// `kid` of the header.
+    pub kid: Option<String>,
+    /// The payload.
+    pub claims: Map<String, Value>,
+}
+
+fn b64_json(part: &str, what: &str) -> Result<Map<String, Value>, TokenError> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .map_err(|_| TokenError::Malformed(format!("the {what} is not base64url")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|_| TokenError::Malformed(format!("the {what} is not a JSON object")))
+}
+
+/// Split a token and read its header and payload without verifying anything.
+pub fn peek(token: &str) -> Result<Unverified, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::TooLong);
+    }
+    let parts: Vec<&str> = token.split('.').collect();
+    let [header, payload, _signature] = parts.as_slice() else {
+        return Err(TokenError::NotAJwt);
+    };
+    if header.is_empty() || payload.is_empty() {
+        return Err(TokenError::NotAJwt);
+    }
+    let header = b64_json(header, "header")?;
+    let claims = b64_json(payload, "payload")?;
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or_else(|| TokenError::Malformed("the header has no alg".into()))?
+        .to_owned();
+    let kid = header.get("kid").and_then(Value::as_str).map(str::to_owned);
+    Ok(Unverified { alg, kid, claims })
+}
+
+fn algorithm(a: SigningAlgorithm) -> Algorithm {
+    match a {
+        SigningAlgorithm::RS256 => Algorithm::RS256,
+        SigningAlgorithm::RS384 => Algorithm::RS384,
+        SigningAlgorithm::RS512 => Algorithm::RS512,
+        SigningAlgorithm::PS256 => Algorithm::PS256,
+        SigningAlgorithm::PS384 => Algorithm::PS384,
+        SigningAlgorithm::PS512 => Algorithm::PS512,
+        SigningAlgorithm::ES256 => Algorithm::ES256,
+        SigningAlgorithm::ES384 => Algorithm::ES384,
+        SigningAlgorithm::EdDSA => Algorithm::EdDSA,
+    }
+}
+
+fn key_algorithm(a: SigningAlgorithm) -> KeyAlgorithm {
+    match a {
+        SigningAlgorithm::RS256 => KeyAlgorithm::RS256,
+        SigningAlgorithm::RS384 => KeyAlgorithm::RS384,
+        SigningAlgorithm::RS512 => KeyAlgorithm::RS512,
+        SigningAlgorithm::PS256 => KeyAlgorithm::PS256,
+        SigningAlgorithm::PS384 => KeyAlgorithm::PS384,
+        SigningAlgorithm::PS512 => KeyAlgorithm::PS512,
+        SigningAlgorithm::ES256 => KeyAlgorithm::ES256,
+        SigningAlgorithm::ES384 => KeyAlgorithm::ES384,
+        SigningAlgorithm::EdDSA => KeyAlgorithm::EdDSA,
+    }
+}
+
+/// Whether a public key of the set can verify `alg`. Symmetric (`oct`) keys never can.
+fn key_fits(jwk: &Jwk, alg: SigningAlgorithm) -> bool {
+    if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+        return false;
+    }
+    if jwk
+        .common
+        .key_algorithm
+        .is_some_and(|k| k != key_algorithm(alg))
+    {
+        return false;
+    }
+    match (&jwk.algorithm, alg) {
+        (
+            AlgorithmParameters::RSA(_),
+            SigningAlgorithm::RS256
+            | SigningAlgorithm::RS384
+            | SigningAlgorithm::RS512
+            | SigningAlgorithm::PS256
+            | SigningAlgorithm::PS384
+            | SigningAlgorithm::PS512,
+        ) => true,
+        (AlgorithmParameters::EllipticCurve(p), SigningAlgorithm::ES256) => {
+            p.curve == EllipticCurve::P256
+        }
+        (AlgorithmParameters::EllipticCurve(p), SigningAlgorithm::ES384) => {
+            p.curve == EllipticCurve::P384
+        }
+        (AlgorithmParameters::OctetKeyPair(p), SigningAlgorithm::EdDSA) => {
+            p.curve == EllipticCurve::Ed25519
+        }
+        _ => false,
+    }
+}
+
+#[derive(Default)]
+struct KeyCache {
+    keys: Vec<Jwk>,
+    fetched: Option<Instant>,
+    last_attempt: Option<Instant>,
+}
+
+/// Validates the tokens of one issuer.
+pub struct IssuerVerifier {
+    config: OidcIssuerConfig,
+    http: HttpClient,
+    options: OidcOptions,
+    cache: tokio::sync::Mutex<KeyCache>,
+}
+
+impl std::fmt::Debug for IssuerVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerVerifier")
+            .field("issuer", &self.config.url)
+            .finish()
+    }
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The principal it identifies (claims not yet filtered for recording).
+    pub principal: Principal,
+    /// Every claim of the token.
+    pub claims: Map<String, Value>,
+}
+
+/// A claim as a string: strings as they are, numbers and booleans printed.
+pub fn claim_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn describe_aud(claims: &Map<String, Value>) -> String {
+    match claims.get("aud") {
+        Some(Value::String(s)) => format!("{s:?}"),
+        Some(Value::Array(a)) => {
+            let list: Vec<String> = a.iter().filter_map(claim_string).collect();
+            format!("[{}]", list.join(", "))
+        }
+        _ => "(none)".to_owned(),
+    }
+}
+
+fn time_suffix(claims: &Map<String, Value>, claim: &str, word: &str) -> String {
+    claims
+        .get(claim)
+        .and_then(Value::as_u64)
+        .map(|t| {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(t);
+            format!(" ({word} {})", humantime::format_rfc3339_seconds(at))
+        })
+        .unwrap_or_default()
+}
+
+impl IssuerVerifier {
+    /// A verifier for one configured issuer.
+    pub fn new(config: OidcIssuerConfig, http: HttpClient, options: OidcOptions) -> Self {
+        IssuerVerifier {
+            config,
+            http,
+            options,
+            cache: tokio::sync::Mutex::new(KeyCache::default()),
+        }
+    }
+
+    /// The issuer's settings.
+    pub fn config(&self) -> &OidcIssuerConfig {
+        &self.config
+    }
+
+    async fn fetch(&self) -> Result<Vec<Jwk>, String> {
+        let base = self.config.url.trim_end_matches('/');
+        let discovery = self
+            .http
+            .get_json(&format!("{base}/.well-known/openid-configuration"))
+            .await?;
+        let issuer = discovery.get("issuer").and_then(Value::as_str);
+        if issuer != Some(self.config.url.as_str()) {
+            return Err(format!(
+                "the discovery document names issuer {issuer:?}, not {}",
+                self.config.url
+            ));
+        }
+        let jwks_uri = discovery
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or("the discovery document has no jwks_uri")?;
+        let set = self.http.get_json(jwks_uri).await?;
+        let keys = set
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or("the key set has no keys")?;
+        // Keys this sidecar cannot use (encryption keys, unknown types) are skipped, not fatal.
+        Ok(keys
+            .iter()
+            .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok())
+            .filter(|k| !matches!(k.algorithm, AlgorithmParameters::OctetKey(_)))
+            .collect())
+    }
+
+    async fn refresh(&self, cache: &mut KeyCache) -> Result<(), TokenError> {
+        cache.last_attempt = Some(Instant::now());
+        match self.fetch().await {
+            Ok(keys) => {
+                tracing::info!(issuer = %self.config.url, keys = keys.len(), "fetched the issuer's signing keys");
+                cache.keys = keys;
+                cache.fetched = Some(Instant::now());
+                Ok(())
+            }
+            Err(reason) => {
+                tracing::warn!(issuer = %self.config.url, %reason, "cannot fetch the issuer's signing keys");
+                Err(TokenError::Jwks {
+                    issuer: self.config.url.clone(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    fn find(
+        keys: &[Jwk],
+        kid: Option<&str>,
+        alg: SigningAlgorithm,
+    ) -> Option<Result<DecodingKey, TokenError>> {
+        let candidates: Vec<&Jwk> = match kid {
+            Some(kid) => keys
+                .iter()
+                .filter(|k| k.common.key_id.as_deref() == Some(kid))
+                .collect(),
+            None => keys.iter().filter(|k| key_fits(k, alg)).collect(),
+        };
+        let jwk = match candidates.as_slice() {
+            [] => return None,
+            [one] => *one,
+            // Without a kid, more than one usable key is ambiguous: refuse rather than guess.
+            _ if kid.is_none() => {
+                return Some(Err(TokenError::Malformed(
+                    "the header has no kid and the issuer publishes several keys".into(),
+                )))
+            }
+            [first, ..] => *first,
+        };
+        let kid = kid.unwrap_or_default().to_owned();
+        if !key_fits(jwk, alg) {
+            return Some(Err(TokenError::KeyMismatch {
+                kid,
+                alg: alg.as_str().to_owned(),
+            }));
+        }
+        Some(DecodingKey::from_jwk(jwk).map_err(|e| TokenError::Invalid(e.to_string())))
+    }
+
+    async fn key_for(
+        &self,
+        kid: Option<&str>,
+        alg: SigningAlgorithm,
+    ) -> Result<DecodingKey, TokenError> {
+        let mut cache = self.cache.lock().await;
+        let stale = cache
+            .fetched
+            .is_none_or(|t| t.elapsed() >= self.options.jwks_max_age);
+        let may_refresh = cache
+            .last_attempt
+            .is_none_or(|t| t.elapsed() >= self.options.jwks_min_refresh);
+        let mut refreshed = false;
+        if stale && may_refresh {
+            refreshed = true;
+            if let Err(e) = self.refresh(&mut cache).await {
+                // Keep using keys fetched before, if any: an outage of the issuer does not
+                // lock everybody out until they expire.
+                if cache.keys.is_empty() {
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(found) = Self::find(&cache.keys, kid, alg) {
+            return found;
+        }
+        // Unknown key: the issuer may have rotated. Fetch again, unless that just happened.
+        let may_refresh = cache
+            .last_attempt
+            .is_none_or(|t| t.elapsed() >= self.options.jwks_min_refresh);
+        if !refreshed && may_refresh {
+            self.refresh(&mut cache).await?;
+            if let Some(found) = Self::find(&cache.keys, kid, alg) {
+                return found;
+            }
+        }
+        Err(TokenError::UnknownKey {
+            kid: kid.unwrap_or("(none)").to_owned(),
+            issuer: self.config.url.clone(),
+        })
+    }
+
+    /// Verify a token whose header and payload were read by [`peek`].
+    pub async fn verify(&self, token: &str, peeked: &Unverified) -> Result<Verified, TokenError> {
+        let accepted = || {
+            self.config
+                .algorithms
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some(alg) = self
+            .config
+            .algorithms
+            .iter()
+            .copied()
+            .find(|a| a.as_str() == peeked.alg)
+        else {
+            return Err(TokenError::Algorithm {
+                alg: peeked.alg.clone(),
+                accepted: accepted(),
+            });
+        };
+        let key = self.key_for(peeked.kid.as_deref(), alg).await?;
+
+        let mut validation = Validation::new(algorithm(alg));
+        validation.set_issuer(&[self.config.url.as_str()]);
+        validation.set_audience(&self.config.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = self.config.clock_skew_seconds;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::InvalidSignature => TokenError::Signature,
+                    K::ExpiredSignature => {
+                        TokenError::Expired(time_suffix(&peeked.claims, "exp", "at"))
+                    }
+                    K::ImmatureSignature => {
+                        TokenError::NotYetValid(time_suffix(&peeked.claims, "nbf", "before"))
+                    }
+                    K::InvalidAudience => TokenError::Audience {
+                        found: describe_aud(&peeked.claims),
+                        accepted: self.config.audiences.join(", "),
+                    },
+                    K::InvalidIssuer => TokenError::UntrustedIssuer {
+                        found: peeked
+                            .claims
+                            .get("iss")
+                            .and_then(claim_string)
+                            .unwrap_or_default(),
+                        trusted: self.config.url.clone(),
+                    },
+                    K::MissingRequiredClaim(c) | K::InvalidClaimFormat(c) => {
+                        TokenError::Claim(c.clone())
+                    }
+                    K::InvalidAlgorithm | K::MissingAlgorithm | K::InvalidAlgorithmName => {
+                        TokenError::Algorithm {
+                            alg: peeked.alg.clone(),
+                            accepted: accepted(),
+                        }
+                    }
+                    other => TokenError::Invalid(format!("{other:?}")),
+                }
+            })?;
+        let claims = data.claims;
+        // `iat` in the future beyond the skew is as suspicious as a future `nbf`.
+        if let Some(iat) = claims.get("iat").and_then(Value::as_u64) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
+            if iat > now.saturating_add(self.config.clock_skew_seconds) {
+                return Err(TokenError::NotYetValid(time_suffix(
+                    &claims,
+                    "iat",
+                    "issued at",
+                )));
+            }
+        }
+        let subject = claims
+            .get("sub")
+            .and_then(claim_string)
+            .ok_or_else(|| TokenError::Claim("sub".into()))?;
+        let name = claims
+            .get(&self.config.username_claim)
+            .and_then(claim_string)
+            .ok_or_else(|| TokenError::Claim(self.config.username_claim.clone()))?;
+        let groups = match claims.get(&self.config.groups_claim) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(list)) => list.iter().filter_map(claim_string).collect(),
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(_) => return Err(TokenError::Claim(self.config.groups_claim.clone())),
+        };
+        let principal = Principal {
+            kind: match self.config.principal {
+                PrincipalKind::User => "User",
+                PrincipalKind::Pipeline => "Pipeline",
+            }
+            .to_owned(),
+            issuer: self.config.url.clone(),
+            subject,
+            name,
+            groups,
+            claims: BTreeMap::new(),
+            expires: claims.get("exp").and_then(Value::as_u64),
+        };
+        Ok(Verified { principal, claims })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(v: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+    }
+
+    #[test]
+    fn peek_reads_header_and_payload() {
+        let token = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"none","kid":"k1"}"#),
+            b64(r#"{"iss":"https://i","sub":"s"}"#)
+        );
+        let p = peek(&token).expect("peek");
+        assert_eq!(p.alg, "none");
+        assert_eq!(p.kid.as_deref(), Some("k1"));
+        assert_eq!(p.claims["iss"], "https://i");
+        assert_eq!(peek("secret").unwrap_err(), TokenError::NotAJwt);
+        assert_eq!(peek("a.b").unwrap_err(), TokenError::NotAJwt);
+        assert!(matches!(
+            peek("!!.??.x").unwrap_err(),
+            TokenError::Malformed(_)
+        ));
+        assert_eq!(
+            peek(&"a.".repeat(MAX_TOKEN_BYTES)).unwrap_err(),
+            TokenError::TooLong
+        );
+    }
+
+    #[test]
+    fn symmetric_keys_never_fit() {
+        let oct: Jwk =
+            serde_json::from_str(r#"{"kty":"oct","k":"c2VjcmV0","kid":"h"}"#).expect("jwk");
+        for alg in [SigningAlgorithm::RS256, SigningAlgorithm::ES256] {
+            assert!(!key_fits(&oct, alg));
+        }
+        let ec: Jwk = serde_json::from_str(
+            r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","kid":"e","use":"sig"}"#,
+        )
+        .expect("jwk");
+        assert!(key_fits(&ec, SigningAlgorithm::ES256));
+        assert!(!key_fits(&ec, SigningAlgorithm::ES384));
+        assert!(!key_fits(&ec, SigningAlgorithm::RS256));
+    }
+}

@@ -1,0 +1,506 @@
+//! Statements held for approval.
+//!
+//! A statement whose guardrail says `requireApproval` runs under a live grant (an approved
+//! AccessRequest for the same fingerprint, or for the session when the policy's `grantScope`
+//! is `session`). Without one, the sidecar creates an AccessRequest, tells the client in a
+//! NoticeResponse how to approve it, and holds the statement until an approver decides or
+//! the policy's timeout passes. The hold is an await point of the session's own task, taken
+//! after what preceded the statement was flushed upstream: other sessions are not blocked,
+//! and the statement (with the rest of its batch) is forwarded or refused in protocol order.
+//!
+//! Simple queries are held at the Query message. Extended-protocol statements are held at
+//! Parse: the prepared statement remembers the grant, and each Execute of it checks that the
+//! grant is still live (refusing the Execute once it has run out, so that the client prepares
+//! the statement again and a new request is made) and records the use.
+//!
+//! When the sidecar stops while a statement is held, the client gets a FATAL error saying
+//! the statement did not run; the request is left to the operator, which expires it at the
+//! policy's timeout.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use portcullis_crds::audit::{
+    ApprovalRecord, ApprovalStep, AuditEvent, Decision, RuleRef, StatementRecord,
+};
+use portcullis_crds::Requester;
+use tokio::io::AsyncWriteExt;
+
+use super::{Decided, Durable, Frontend, Message, BUILTIN_POLICY};
+use crate::approval::{ApprovalError, Ask, Grant, GrantKey, Outcome};
+use crate::policy::analyze::StatementFacts;
+use crate::policy::guardrails::Verdict;
+use crate::postgres::codec::{put_error, put_message};
+use crate::postgres::results::SQLSTATE_REFUSED;
+
+/// SQLSTATE of a session ended by the sidecar's shutdown (admin_shutdown).
+const SQLSTATE_SHUTDOWN: &str = "57P01";
+
+/// A statement of a query string that needs an approval.
+#[derive(Debug)]
+pub(super) struct Need {
+    index: usize,
+    statement: String,
+    fingerprint: String,
+    rule: RuleRef,
+}
+
+impl Need {
+    /// The statement at `index` of the decided records.
+    pub(super) fn new(index: usize, facts: &StatementFacts, verdict: &Verdict) -> Need {
+        Need {
+            index,
+            statement: facts.normalized.clone(),
+            fingerprint: facts.fingerprint.clone(),
+            rule: verdict.rule.clone().unwrap_or(RuleRef {
+                policy: BUILTIN_POLICY.into(),
+                rule: "require-approval".into(),
+            }),
+        }
+    }
+}
+
+/// A message whose statements wait for approval.
+pub(super) enum Held {
+    /// A simple Query.
+    Query { message: Message, decided: Decided },
+    /// A Parse of the extended protocol.
+    Parse {
+        name: String,
+        message: Message,
+        decided: Decided,
+    },
+}
+
+/// The grant a prepared statement runs under.
+#[derive(Clone, Debug)]
+pub(super) struct GrantRef {
+    name: String,
+    expires_at: Timestamp,
+}
+
+/// The refusal of a statement that requires approval when the sidecar cannot ask for one.
+pub(super) fn standalone_refusal(verdict: &Verdict) -> String {
+    format!(
+        "{}; this sidecar runs without a connection to the Kubernetes API (standalone mode), so no AccessRequest can be made and the statement is refused",
+        verdict
+            .reason
+            .as_deref()
+            .unwrap_or("statement requires approval")
+    )
+}
+
+/// Why a held statement does not run, and the request it concerns.
+struct Refused {
+    message: String,
+    request: Option<String>,
+}
+
+impl Frontend {
+    /// Obtain the approvals a held message needs, then forward it or refuse it.
+    pub(super) async fn resolve(&mut self, held: Held) {
+        match held {
+            Held::Query {
+                message,
+                mut decided,
+            } => {
+                if let Some(grants) = self.obtain_all(&mut decided).await {
+                    for (grant, statement_id, need) in grants {
+                        self.used(statement_id, &grant, &need);
+                    }
+                }
+                self.finish_query(decided, &message);
+            }
+            Held::Parse {
+                name,
+                message,
+                mut decided,
+            } => {
+                let grant = self.obtain_all(&mut decided).await.and_then(|grants| {
+                    grants
+                        .into_iter()
+                        .map(|(g, _, _)| GrantRef {
+                            name: g.name,
+                            expires_at: g.expires_at,
+                        })
+                        .min_by_key(|g| g.expires_at)
+                });
+                self.finish_parse(name, decided, &message, grant);
+            }
+        }
+    }
+
+    /// Grants for every statement that needs one, or `None` after recording the refusal in
+    /// `decided`.
+    async fn obtain_all(&mut self, decided: &mut Decided) -> Option<Vec<(Grant, u64, Need)>> {
+        let needs = std::mem::take(&mut decided.approvals);
+        let mut grants = Vec::new();
+        for need in needs {
+            let statement_id = decided
+                .records
+                .get(need.index)
+                .map_or(0, |(r, _)| r.statement_id);
+            match self.obtain(&need, statement_id).await {
+                Ok(grant) => {
+                    if let Some((record, _)) = decided.records.get_mut(need.index) {
+                        record.access_request = Some(grant.name.clone());
+                        record.reason = Some(format!(
+                            "approved by {} until {:.0}: {}",
+                            grant.decided_by, grant.expires_at, grant.reason
+                        ));
+                    }
+                    grants.push((grant, statement_id, need));
+                }
+                Err(refused) => {
+                    refuse_all(decided, &need, refused);
+                    return None;
+                }
+            }
+        }
+        Some(grants)
+    }
+
+    fn requester(&self) -> Requester {
+        let sa = &self.res.identity;
+        let namespace = sa
+            .namespace
+            .clone()
+            .or_else(|| {
+                self.res
+                    .approvals
+                    .as_ref()
+                    .map(|a| a.namespace().to_owned())
+            })
+            .unwrap_or_default();
+        let caller = &self.ctx.identity;
+        // The person or pipeline run behind the workload, when the client presented a token.
+        let principal = caller.principal.as_ref();
+        let user = principal
+            .filter(|p| p.kind == "User")
+            .map(|p| p.name.clone());
+        let pipeline = principal.filter(|p| p.kind == "Pipeline").map(|p| {
+            let claim = |k: &str| p.claims.get(k).cloned();
+            let project = claim("repository").or_else(|| claim("project_path"));
+            let git_ref = claim("ref");
+            let run = claim("run_id").or_else(|| claim("pipeline_id"));
+            match (project, git_ref, run) {
+                (Some(project), Some(r), Some(run)) => format!("{project}@{r} run {run}"),
+                (Some(project), Some(r), None) => format!("{project}@{r}"),
+                _ => p.name.clone(),
+            }
+        });
+        Requester {
+            name: user
+                .clone()
+                .or_else(|| pipeline.clone())
+                .unwrap_or_else(|| sa.name.clone()),
+            service_account: format!("system:serviceaccount:{namespace}:{}", sa.name),
+            pod: caller.pod.clone().or_else(|| sa.pod.clone()),
+            user,
+            groups: principal.map(|p| p.groups.clone()).unwrap_or_default(),
+            pipeline,
+        }
+    }
+
+    /// A live grant for `need`: an existing one, or a new request's approval.
+    async fn obtain(&mut self, need: &Need, statement_id: u64) -> Result<Grant, Refused> {
+        let Some(approvals) = self.res.approvals.clone() else {
+            return Err(Refused {
+                message: "statement requires approval, but this sidecar runs without a connection to the Kubernetes API".into(),
+                request: None,
+            });
+        };
+        let settings = self
+            .guardrails
+            .policies()
+            .iter()
+            .find(|p| p.name == need.rule.policy)
+            .and_then(|p| p.approval.clone());
+        let Some(settings) = settings else {
+            return Err(Refused {
+                message: format!(
+                    "statement requires approval (guardrail {} of policy {}), but the policy has no approval settings",
+                    need.rule.rule, need.rule.policy
+                ),
+                request: None,
+            });
+        };
+        let requester = self.requester();
+        let key = GrantKey {
+            resource: self.res.name.clone(),
+            service_account: requester.service_account.clone(),
+            policy: need.rule.policy.clone(),
+            rule: need.rule.rule.clone(),
+            fingerprint: need.fingerprint.clone(),
+            scope: settings.grant_scope,
+            session: self.ctx.session_id.clone(),
+            grant_seconds: settings.grant_seconds,
+        };
+        let step = |step, request: &str| ApprovalRecord {
+            step,
+            request: request.to_owned(),
+            namespace: approvals.namespace().to_owned(),
+            statement_id: Some(statement_id),
+            fingerprint: need.fingerprint.clone(),
+            rule: need.rule.clone(),
+            decided_by: None,
+            reason: None,
+            justification: None,
+            expires_at: None,
+        };
+        let failed = |e: &dyn std::fmt::Display| {
+            format!(
+                "statement requires approval (guardrail {} of policy {}), but the approval service is unavailable: {e}",
+                need.rule.rule, need.rule.policy
+            )
+        };
+        match approvals.find_grant(&key).await {
+            Ok(Some(grant)) => return Ok(grant),
+            Ok(None) => {}
+            Err(e) => {
+                let message = failed(&e);
+                self.approval_record(ApprovalRecord {
+                    reason: Some(message.clone()),
+                    ..step(ApprovalStep::Failed, "")
+                });
+                return Err(Refused {
+                    message,
+                    request: None,
+                });
+            }
+        }
+        let ask = Ask {
+            key,
+            requester,
+            statement: need.statement.clone(),
+            justification: self.justification.clone(),
+        };
+        let name = match approvals.request(&ask).await {
+            Ok(n) => n,
+            Err(e) => {
+                let message = failed(&e);
+                self.approval_record(ApprovalRecord {
+                    reason: Some(message.clone()),
+                    ..step(ApprovalStep::Failed, "")
+                });
+                return Err(Refused {
+                    message,
+                    request: None,
+                });
+            }
+        };
+        let namespace = approvals.namespace().to_owned();
+        self.approval_record(ApprovalRecord {
+            justification: self.justification.clone(),
+            ..step(ApprovalStep::Requested, &name)
+        });
+        tracing::info!(session = %self.ctx.session_id, request = %name, rule = %need.rule.rule, "statement held for approval");
+        self.notice(&format!(
+            "statement held for approval (guardrail {} of policy {}): AccessRequest {name} in namespace {namespace}; waiting up to {}s for a decision. An approver runs: kubectl portcullis approve {name} -n {namespace} --reason \"...\"",
+            need.rule.rule, need.rule.policy, settings.timeout_seconds
+        ))
+        .await;
+        let timeout = Duration::from_secs(settings.timeout_seconds);
+        let _holding = approvals.holding();
+        let outcome = approvals.wait(&name, timeout, settings.grant_seconds).await;
+        match outcome {
+            Ok(Outcome::Approved(grant)) => {
+                self.approval_record(ApprovalRecord {
+                    decided_by: Some(grant.decided_by.clone()),
+                    reason: Some(grant.reason.clone()),
+                    expires_at: Some(format!("{:.0}", grant.expires_at)),
+                    ..step(ApprovalStep::Approved, &name)
+                });
+                Ok(grant)
+            }
+            Ok(Outcome::Denied { decided_by, reason }) => {
+                self.approval_record(ApprovalRecord {
+                    decided_by: Some(decided_by.clone()),
+                    reason: Some(reason.clone()),
+                    ..step(ApprovalStep::Denied, &name)
+                });
+                Err(Refused {
+                    message: format!(
+                        "Denied by {decided_by}: {reason} (AccessRequest {namespace}/{name})"
+                    ),
+                    request: Some(name),
+                })
+            }
+            Ok(Outcome::TimedOut) => {
+                let message = format!(
+                    "Timed out after {}s waiting for a decision on AccessRequest {namespace}/{name}; the statement was not run",
+                    settings.timeout_seconds
+                );
+                self.approval_record(ApprovalRecord {
+                    reason: Some(message.clone()),
+                    ..step(ApprovalStep::TimedOut, &name)
+                });
+                Err(Refused {
+                    message,
+                    request: Some(name),
+                })
+            }
+            Err(ApprovalError::ShuttingDown) => {
+                let message = format!(
+                    "the sidecar is shutting down: the statement held for approval (AccessRequest {namespace}/{name}) was not run; reconnect and run it again"
+                );
+                self.approval_record(ApprovalRecord {
+                    reason: Some(message.clone()),
+                    ..step(ApprovalStep::Failed, &name)
+                });
+                // The session ends with the sidecar: tell the client now, in a FATAL error,
+                // rather than by a dropped connection.
+                let mut out = bytes::BytesMut::new();
+                put_error(&mut out, "FATAL", SQLSTATE_SHUTDOWN, &message);
+                let mut w = self.client_out.lock().await;
+                let _ = w.write_all(&out).await;
+                let _ = w.shutdown().await;
+                Err(Refused {
+                    message,
+                    request: Some(name),
+                })
+            }
+            Err(e) => {
+                let message = failed(&e);
+                self.approval_record(ApprovalRecord {
+                    reason: Some(message.clone()),
+                    ..step(ApprovalStep::Failed, &name)
+                });
+                Err(Refused {
+                    message,
+                    request: Some(name),
+                })
+            }
+        }
+    }
+
+    /// Record that an operation runs under `grant`, and count it on the request.
+    fn used(&mut self, statement_id: u64, grant: &Grant, need: &Need) {
+        let Some(approvals) = self.res.approvals.clone() else {
+            return;
+        };
+        self.approval_record(ApprovalRecord {
+            step: ApprovalStep::Used,
+            request: grant.name.clone(),
+            namespace: approvals.namespace().to_owned(),
+            statement_id: Some(statement_id),
+            fingerprint: need.fingerprint.clone(),
+            rule: need.rule.clone(),
+            decided_by: Some(grant.decided_by.clone()),
+            reason: None,
+            justification: None,
+            expires_at: Some(format!("{:.0}", grant.expires_at)),
+        });
+        approvals.count_use(&grant.name);
+    }
+
+    /// An Execute of a statement prepared under `grant`: `true` (and the use recorded) while
+    /// the grant is live; otherwise the Execute is recorded and refused.
+    pub(super) fn use_prepared_grant(
+        &mut self,
+        grant: &GrantRef,
+        record: &mut StatementRecord,
+    ) -> bool {
+        let Some(approvals) = self.res.approvals.clone() else {
+            return false;
+        };
+        let rule = record.rule.clone().unwrap_or(RuleRef {
+            policy: BUILTIN_POLICY.into(),
+            rule: "require-approval".into(),
+        });
+        let base = ApprovalRecord {
+            step: ApprovalStep::Used,
+            request: grant.name.clone(),
+            namespace: approvals.namespace().to_owned(),
+            statement_id: Some(record.statement_id),
+            fingerprint: record.fingerprint.clone(),
+            rule,
+            decided_by: None,
+            reason: None,
+            justification: None,
+            expires_at: Some(format!("{:.0}", grant.expires_at)),
+        };
+        record.access_request = Some(grant.name.clone());
+        if Timestamp::now() < grant.expires_at {
+            self.approval_record(base);
+            approvals.count_use(&grant.name);
+            return true;
+        }
+        let message = format!(
+            "the approval of AccessRequest {}/{} ran out at {:.0}; prepare the statement again to request a new approval",
+            approvals.namespace(),
+            grant.name,
+            grant.expires_at
+        );
+        record.reason = Some(message.clone());
+        self.record(record.clone(), Durable::Written);
+        self.approval_record(ApprovalRecord {
+            step: ApprovalStep::Expired,
+            reason: Some(message.clone()),
+            ..base
+        });
+        self.refuse(true, SQLSTATE_REFUSED, message);
+        false
+    }
+
+    /// Queue an approval record; like statement records, it is durable before the next
+    /// bytes leave for the server.
+    fn approval_record(&mut self, record: ApprovalRecord) {
+        match self
+            .res
+            .spool
+            .append(&self.ctx, AuditEvent::Approval(record))
+        {
+            Ok(seq) => self.pending_seq = self.pending_seq.max(seq),
+            Err(e) => {
+                tracing::error!(error = %e, "approval record could not be queued");
+                self.pending_seq = u64::MAX;
+            }
+        }
+    }
+
+    /// Send the client a NoticeResponse now.
+    async fn notice(&self, message: &str) {
+        let mut body = Vec::with_capacity(message.len() + 32);
+        for (k, v) in [
+            (b'S', "NOTICE"),
+            (b'V', "NOTICE"),
+            (b'C', "00000"),
+            (b'M', message),
+        ] {
+            body.push(k);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut out = bytes::BytesMut::new();
+        put_message(&mut out, b'N', &body);
+        let mut w = self.client_out.lock().await;
+        if let Err(e) = w.write_all(&out).await {
+            tracing::debug!(error = %e, "approval notice not delivered");
+        }
+    }
+}
+
+/// Refuse the whole query string because `need` was not approved.
+fn refuse_all(decided: &mut Decided, need: &Need, refused: Refused) {
+    for (i, (record, _)) in decided.records.iter_mut().enumerate() {
+        if i == need.index {
+            record.reason = Some(refused.message.clone());
+            record.access_request = refused.request.clone();
+        } else if matches!(record.decision, Decision::Allow | Decision::Audit) {
+            record.decision = Decision::Deny;
+            record.rule = Some(need.rule.clone());
+            record.reason = Some(format!(
+                "refused with the query string it belongs to: {}",
+                refused.message
+            ));
+        } else if record.decision == Decision::RequireApproval && record.access_request.is_some() {
+            record.reason = Some(format!(
+                "not run: refused with the query string it belongs to: {}",
+                refused.message
+            ));
+        }
+    }
+    decided.refusal = Some((SQLSTATE_REFUSED, refused.message));
+}
