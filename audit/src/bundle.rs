@@ -329,78 +329,267 @@ fn actor(identity: &Value, session: &Value) -> Value {
     }
 }
 
-/// How the summary names who acted: the workload, and the person or pipeline run behind it.
-fn subject_label(identity: &Value) -> String {
-    let workload = format!(
-        "{}/{}",
-        identity["namespace"].as_str().unwrap_or("-"),
-        identity["name"].as_str().unwrap_or("-")
-    );
-    match identity.get("principal").filter(|p| p.is_object()) {
+/// A Markdown table cell: one line, pipes escaped.
+fn cell(v: &str) -> String {
+    v.replace('\n', " ").replace('|', "\\|")
+}
+
+fn text<'a>(v: &'a Value, default: &'a str) -> &'a str {
+    v.as_str().unwrap_or(default)
+}
+
+/// `ServiceAccount ns/name`, `User alice`, and the person or pipeline run behind the
+/// workload when a validated token named one: `ServiceAccount ns/name as User alice`.
+fn identity_of(record: &Value) -> String {
+    let id = &record["identity"];
+    let kind = text(&id["kind"], "unknown");
+    let name = text(&id["name"], "-");
+    let workload = match id["namespace"].as_str() {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    };
+    match id.get("principal").filter(|p| p.is_object()) {
         Some(p) => format!(
             "{workload} as {} {}",
-            p["kind"].as_str().unwrap_or("-"),
-            p["name"].as_str().unwrap_or("-")
+            text(&p["kind"], "-"),
+            text(&p["name"], "-")
         ),
         None => workload,
     }
 }
 
+/// Event types the sidecar writes for every session; anything else is listed as an event of
+/// its own (masking, approvals, and kinds this version does not know yet).
+const SESSION_EVENTS: [&str; 4] = ["sessionStart", "statement", "completion", "sessionEnd"];
+
+/// One line describing an event of a kind the summary has no table for: its fields, compact.
+fn event_details(event: &Value) -> String {
+    let Some(fields) = event.as_object() else {
+        return String::new();
+    };
+    let mut parts = Vec::new();
+    for (k, v) in fields {
+        if k == "type" {
+            continue;
+        }
+        let v = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let v: String = if v.chars().count() > 120 {
+            v.chars().take(117).chain("...".chars()).collect()
+        } else {
+            v
+        };
+        parts.push(format!("{k}: {v}"));
+    }
+    parts.join("; ")
+}
+
+#[derive(Default)]
+struct IdentitySummary {
+    pods: std::collections::BTreeSet<String>,
+    decisions: std::collections::BTreeMap<String, u64>,
+    rows: Vec<String>,
+}
+
 fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
-    use std::collections::BTreeMap;
-    let mut by_subject: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut identities: BTreeMap<String, IdentitySummary> = BTreeMap::new();
     let mut resources: BTreeMap<String, u64> = BTreeMap::new();
-    let mut events = Vec::new();
+    let mut tables: BTreeMap<String, u64> = BTreeMap::new();
+    // (lawful basis, purpose) -> (statements, identities)
+    let mut purposes: BTreeMap<(String, String), (u64, BTreeSet<String>)> = BTreeMap::new();
+    // policy -> rule -> decision -> count
+    let mut policies: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>> = BTreeMap::new();
+    let mut special = Vec::new();
+    let (mut first, mut last) = (None::<String>, None::<String>);
     for e in entries {
         let r = &e["record"];
-        let subject = subject_label(&r["identity"]).replace('|', "\\|");
-        let decision = r["event"]["decision"].as_str().unwrap_or("-").to_owned();
-        *by_subject
-            .entry(subject.clone())
-            .or_default()
-            .entry(decision.clone())
-            .or_default() += 1;
+        let event = &r["event"];
+        let kind = text(&event["type"], "unknown");
+        let time = text(&r["time"], "").to_owned();
+        if !time.is_empty() {
+            if first.as_ref().is_none_or(|f| &time < f) {
+                first = Some(time.clone());
+            }
+            if last.as_ref().is_none_or(|l| &time > l) {
+                last = Some(time.clone());
+            }
+        }
+        let who = identity_of(r);
+        let id = identities.entry(who.clone()).or_default();
+        if let Some(pod) = e["source"]["pod"]
+            .as_str()
+            .or(r["identity"]["pod"].as_str())
+        {
+            id.pods.insert(pod.to_owned());
+        }
         *resources
-            .entry(r["resource"].as_str().unwrap_or("-").to_owned())
+            .entry(text(&r["resource"], "-").to_owned())
             .or_default() += 1;
-        if r["event"]["type"] == "statement" {
-            events.push(format!(
-                "| {} | {} | {} | {} | {} | {} |",
-                r["time"].as_str().unwrap_or(""),
-                subject,
-                r["resource"].as_str().unwrap_or(""),
-                r["event"]["statement"]
-                    .as_str()
-                    .unwrap_or("(unparsed)")
-                    .replace('|', "\\|"),
-                decision,
-                r["event"]["rule"]["rule"].as_str().unwrap_or("-"),
+        if kind == "statement" {
+            let decision = text(&event["decision"], "-").to_owned();
+            *id.decisions.entry(decision.clone()).or_default() += 1;
+            for t in event["tables"].as_array().into_iter().flatten() {
+                *tables.entry(text(t, "-").to_owned()).or_default() += 1;
+            }
+            let basis = text(&event["lawfulBasis"], "(none recorded)").to_owned();
+            let purpose = text(&event["purpose"], "(none recorded)").to_owned();
+            let p = purposes
+                .entry((basis.clone(), purpose.clone()))
+                .or_default();
+            p.0 += 1;
+            p.1.insert(who.clone());
+            if let (Some(policy), Some(rule)) = (
+                event["rule"]["policy"].as_str(),
+                event["rule"]["rule"].as_str(),
+            ) {
+                *policies
+                    .entry(policy.to_owned())
+                    .or_default()
+                    .entry(rule.to_owned())
+                    .or_default()
+                    .entry(decision.clone())
+                    .or_default() += 1;
+            }
+            id.rows.push(format!(
+                "| {} | {} | `{}` | {} | {} | {} | {} |",
+                cell(&time),
+                cell(text(&r["resource"], "")),
+                cell(text(&event["statement"], "(not parsed; text not recorded)")),
+                cell(&decision),
+                cell(&match (
+                    event["rule"]["policy"].as_str(),
+                    event["rule"]["rule"].as_str()
+                ) {
+                    (Some(p), Some(rule)) => format!("{p}/{rule}"),
+                    _ => "-".to_owned(),
+                }),
+                cell(&basis),
+                cell(&purpose),
+            ));
+            // Masked columns, when the sidecar records them on the statement.
+            for field in ["masked", "maskedColumns", "masking"] {
+                if !event[field].is_null() {
+                    special.push(format!(
+                        "| {} | {} | masking | {} |",
+                        cell(&time),
+                        cell(&who),
+                        cell(&format!(
+                            "statement {}: {field} {}",
+                            event["statementId"], event[field]
+                        ))
+                    ));
+                }
+            }
+        } else if !SESSION_EVENTS.contains(&kind) {
+            let category = if kind.to_ascii_lowercase().contains("mask") {
+                "masking"
+            } else if kind.to_ascii_lowercase().contains("approv")
+                || kind.to_ascii_lowercase().contains("accessrequest")
+            {
+                "approval"
+            } else {
+                "other"
+            };
+            special.push(format!(
+                "| {} | {} | {category}: {} | {} |",
+                cell(&time),
+                cell(&who),
+                cell(kind),
+                cell(&event_details(event))
             ));
         }
     }
+
     let mut out = String::new();
     out.push_str("# Evidence bundle\n\n");
     out.push_str(&format!(
         "Signed tree head: size {}, root `{}`, signed {} by key `{}`.\n",
         sth.tree_size, sth.root_hash, sth.timestamp, sth.key_id
     ));
+    out.push_str(&format!(
+        "Records: {} from {} to {}.\n",
+        entries.len(),
+        first.as_deref().unwrap_or("-"),
+        last.as_deref().unwrap_or("-")
+    ));
     out.push_str(
         "Check every record offline: `kubectl portcullis verify DIR --public-key KEY`.\n\n",
     );
     out.push_str("## Record of processing (GDPR Article 30)\n\n");
-    out.push_str("| resource (recipient of the processing) | records |\n|---|---|\n");
+    out.push_str("### Purposes and lawful basis\n\n| lawful basis | purpose | statements | identities |\n|---|---|---|---|\n");
+    for ((basis, purpose), (n, who)) in &purposes {
+        let who: Vec<&str> = who.iter().map(String::as_str).collect();
+        out.push_str(&format!(
+            "| {} | {} | {n} | {} |\n",
+            cell(basis),
+            cell(purpose),
+            cell(&who.join(", "))
+        ));
+    }
+    out.push_str(
+        "\n### Categories of data (tables touched)\n\n| table | statements |\n|---|---|\n",
+    );
+    for (t, n) in &tables {
+        out.push_str(&format!("| {} | {n} |\n", cell(t)));
+    }
+    out.push_str("\n### Recipients (protected resources)\n\n| resource | records |\n|---|---|\n");
     for (r, n) in &resources {
-        out.push_str(&format!("| {r} | {n} |\n"));
+        out.push_str(&format!("| {} | {n} |\n", cell(r)));
     }
-    out.push_str("\n## Access by subject (SOC 2 CC6)\n\n| subject | decisions |\n|---|---|\n");
-    for (s, d) in &by_subject {
-        let d: Vec<String> = d.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-        out.push_str(&format!("| {s} | {} |\n", d.join(", ")));
+    out.push_str("\n### Policies in force\n\nPolicies whose rules decided statements in this bundle (`policies.yaml`, when the bundle was exported with `kubectl portcullis evidence`, holds each policy with its generation).\n\n| policy | rule | decisions |\n|---|---|---|\n");
+    for (policy, rules) in &policies {
+        for (rule, decisions) in rules {
+            let d: Vec<String> = decisions.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            out.push_str(&format!(
+                "| {} | {} | {} |\n",
+                cell(policy),
+                cell(rule),
+                d.join(", ")
+            ));
+        }
     }
-    out.push_str("\n## Access events (SOC 2 CC7)\n\n| time | subject | resource | statement | decision | rule |\n|---|---|---|---|---|---|\n");
-    for e in events {
-        out.push_str(&e);
-        out.push('\n');
+    out.push_str("\nRetention: as set by the AuditRetention of the audit service; statements are stored with literals replaced by placeholders, never with values.\n");
+    out.push_str("\n## Access by identity (SOC 2 CC6, CC7)\n");
+    for (who, id) in &identities {
+        let d: Vec<String> = id
+            .decisions
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        let pods: Vec<&str> = id.pods.iter().map(String::as_str).collect();
+        out.push_str(&format!(
+            "\n### {who}\n\nPods: {}. Decisions: {}.\n\n",
+            if pods.is_empty() {
+                "-".to_owned()
+            } else {
+                pods.join(", ")
+            },
+            if d.is_empty() {
+                "none".to_owned()
+            } else {
+                d.join(", ")
+            }
+        ));
+        if !id.rows.is_empty() {
+            out.push_str("| time | resource | statement | decision | rule | lawful basis | purpose |\n|---|---|---|---|---|---|---|\n");
+            for row in &id.rows {
+                out.push_str(row);
+                out.push('\n');
+            }
+        }
+    }
+    out.push_str("\n## Masking and approval events\n\n");
+    if special.is_empty() {
+        out.push_str("None in this bundle.\n");
+    } else {
+        out.push_str("| time | identity | event | details |\n|---|---|---|---|\n");
+        for row in &special {
+            out.push_str(row);
+            out.push('\n');
+        }
     }
     out
 }

@@ -66,7 +66,9 @@ pub struct AuditService {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LogEntry {
-    /// Idempotency key: the sending pod's UID and the record's sequence number.
+    /// Idempotency key: the sending pod's UID, the record's session and its sequence number.
+    /// The session id is unique per sidecar process, so a sidecar restarted in the same pod,
+    /// whose sequence numbers start again, never collides with what it sent before.
     pub id: String,
     /// When the service received the record.
     pub received_at: String,
@@ -211,7 +213,7 @@ async fn ingest(State(svc): State<AuditService>, headers: HeaderMap, body: Bytes
         }
         seqs.push(record.seq);
         let entry = LogEntry {
-            id: format!("{pod_uid}:{}", record.seq),
+            id: format!("{pod_uid}:{}:{}", record.session_id, record.seq),
             received_at: received_at.clone(),
             source: source.clone(),
             record,

@@ -38,6 +38,8 @@ fn entry(i: u64) -> Vec<u8> {
             "resource": resource,
             "event": {"type": "statement", "statementId": i, "protocol": "simple", "statement": statement,
                       "fingerprint": "abc", "kinds": [if decision == "deny" {"delete"} else {"select"}],
+                      "tables": [if resource == "customers-db" {"public.customers"} else {"public.orders"}],
+                      "lawfulBasis": "contract", "purpose": "support tickets",
                       "decision": decision, "rule": if decision == "deny" { serde_json::json!({"policy": "gdpr", "rule": "no-unbounded-delete"}) } else { Value::Null }}
         }
     })
@@ -90,15 +92,28 @@ fn a_bundle_verifies_with_the_public_key_alone() {
     );
     let summary = fs::read_to_string(out.join("summary.md")).expect("summary");
     assert!(
-        summary.contains("| agents/agent | allow: 20, deny: 30 |"),
+        summary.contains(
+            "### ServiceAccount agents/agent\n\nPods: agent-0. Decisions: allow: 20, deny: 30."
+        ),
         "{summary}"
     );
     assert!(
-        summary.contains("| agents/agent as User alice | allow: 10 |"),
+        summary.contains(
+            "### ServiceAccount agents/agent as User alice\n\nPods: agent-0. Decisions: allow: 10."
+        ),
         "{summary}"
     );
     assert!(
-        summary.contains("DELETE FROM customers | deny | no-unbounded-delete |"),
+        summary.contains("`DELETE FROM customers` | deny | gdpr/no-unbounded-delete |"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("| gdpr | no-unbounded-delete | deny: 30 |"),
+        "policies in force: {summary}"
+    );
+    assert!(summary.contains("| public.customers | 60 |"), "{summary}");
+    assert!(
+        summary.contains("| contract | support tickets | 60 | ServiceAccount agents/agent, ServiceAccount agents/agent as User alice |"),
         "{summary}"
     );
     assert!(!summary.contains("orders-db"), "only the selected records");
@@ -148,4 +163,70 @@ fn altered_reordered_or_foreign_records_are_named() {
             .starts_with("sth.json: tree head was signed by key"),
         "{err}"
     );
+}
+
+#[test]
+fn masking_approval_and_unknown_events_are_listed_in_the_summary() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut log = Log::open(&dir.path().join("log"), LogOptions::default()).expect("open");
+    let event = |i: u64, identity: Value, event: Value| {
+        serde_json::json!({
+            "id": format!("uid:s:{i}"), "receivedAt": "2026-11-23T06:00:00.000000Z",
+            "source": {"user": "system:serviceaccount:agents:agent", "namespace": "agents", "serviceAccount": "agent", "pod": "agent-0"},
+            "record": {"version": "portcullis.dev/audit/v1alpha1", "seq": i, "time": format!("2026-11-23T06:00:0{i}.000000Z"),
+                       "sessionId": "s", "identity": identity, "resource": "customers-db", "event": event}
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let agent =
+        serde_json::json!({"kind": "ServiceAccount", "name": "agent", "namespace": "agents"});
+    let ci = serde_json::json!({"kind": "Pipeline", "name": "nightly"});
+    let batch = vec![
+        event(
+            1,
+            agent.clone(),
+            serde_json::json!({"type": "statement", "statementId": 1, "protocol": "simple",
+            "statement": "SELECT email FROM customers", "fingerprint": "f", "decision": "allow",
+            "lawfulBasis": "contract", "purpose": "support", "maskedColumns": ["public.customers.email"]}),
+        ),
+        event(
+            2,
+            agent.clone(),
+            serde_json::json!({"type": "masking", "statementId": 1, "columns": ["email"], "strategy": "redact"}),
+        ),
+        event(
+            3,
+            ci.clone(),
+            serde_json::json!({"type": "approvalGranted", "accessRequest": "ar-1", "approver": "bob"}),
+        ),
+        event(
+            4,
+            ci,
+            serde_json::json!({"type": "somethingNew", "detail": "x".repeat(300)}),
+        ),
+        event(5, agent, serde_json::json!("not an object")),
+    ];
+    log.append(&batch).expect("append");
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("key");
+    let signer = LogSigner::from_pkcs8(pkcs8.as_ref()).expect("signer");
+    let sth = signer.sign(&log.head(1_800_000_000_000));
+    let out = dir.path().join("bundle");
+    assert_eq!(
+        write_bundle(&log, &sth, &|_: &Value| true, &out).expect("bundle"),
+        5
+    );
+    verify_bundle(&out, signer.public_key()).expect("verifies");
+    let summary = fs::read_to_string(out.join("summary.md")).expect("summary");
+    for needle in [
+        "| masking | statement 1: maskedColumns [\"public.customers.email\"] |",
+        "| ServiceAccount agents/agent | masking: masking | columns: [\"email\"]; statementId: 1; strategy: redact |",
+        "| Pipeline nightly | approval: approvalGranted | accessRequest: ar-1; approver: bob |",
+        "| Pipeline nightly | other: somethingNew |",
+        "### Pipeline nightly",
+        "| contract | support | 1 | ServiceAccount agents/agent |",
+    ] {
+        assert!(summary.contains(needle), "{needle}\n{summary}");
+    }
+    assert!(!summary.contains(&"x".repeat(200)), "long fields are cut");
 }

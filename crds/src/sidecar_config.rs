@@ -115,9 +115,17 @@ pub struct CredentialFiles {
 pub struct AuditConfig {
     /// Directory of the durable local spool.
     pub spool_dir: PathBuf,
-    /// URL of the audit service's ingest endpoint; `None` keeps records in the spool only.
+    /// Base URL of the audit service (`https://host:port`); the shipper posts to
+    /// `/v1/records` below it. `None` keeps records in the spool only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_url: Option<String>,
+    /// PEM CA bundle that verifies the audit service's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The pod's projected service-account token for the audience `portcullis-audit`; read
+    /// afresh for every batch because the kubelet rotates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AuditConfig {
@@ -125,6 +133,8 @@ impl Default for AuditConfig {
         Self {
             spool_dir: PathBuf::from("/var/run/portcullis/spool"),
             service_url: None,
+            ca_file: None,
+            token_file: None,
         }
     }
 }
@@ -688,6 +698,18 @@ impl SidecarConfig {
                 )));
             }
         }
+        if let Some(url) = &self.audit.service_url {
+            if !url.starts_with("https://") {
+                return Err(ConfigError::Inconsistent(format!(
+                    "audit.serviceUrl {url:?} must be an https:// URL"
+                )));
+            }
+            if self.audit.ca_file.is_none() || self.audit.token_file.is_none() {
+                return Err(ConfigError::Inconsistent(
+                    "audit.serviceUrl needs audit.caFile and audit.tokenFile".into(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -965,5 +987,24 @@ mod tests {
         let t: QualifiedTable = "orders".parse().expect("table");
         assert_eq!(t.to_string(), "public.orders");
         assert!("a.b.c".parse::<QualifiedTable>().is_err());
+    }
+
+    #[test]
+    fn shipping_needs_https_a_ca_and_a_token() {
+        let base = "apiVersion: portcullis.dev/sidecar-config/v1alpha1\nnamespace: shop\naudit:\n  spoolDir: /spool\n";
+        let ok = format!(
+            "{base}  serviceUrl: https://audit.portcullis-system.svc:443\n  caFile: /ca.crt\n  tokenFile: /token\n"
+        );
+        let config = SidecarConfig::from_yaml(&ok).expect("parses");
+        config.check().expect("consistent");
+        assert_eq!(config.audit.token_file, Some(PathBuf::from("/token")));
+        let plain = format!(
+            "{base}  serviceUrl: http://audit:80\n  caFile: /ca.crt\n  tokenFile: /token\n"
+        );
+        let err = SidecarConfig::from_yaml(&plain).expect_err("refused");
+        assert!(err.to_string().contains("https://"), "{err}");
+        let no_token = format!("{base}  serviceUrl: https://audit\n  caFile: /ca.crt\n");
+        let err = SidecarConfig::from_yaml(&no_token).expect_err("refused");
+        assert!(err.to_string().contains("audit.tokenFile"), "{err}");
     }
 }

@@ -17,7 +17,9 @@ use portcullis_crds::{
     SIDECAR_CONFIG_API_VERSION,
 };
 
-use crate::inject::{CREDENTIALS_DIR, UPSTREAM_CA_DIR};
+use crate::inject::{
+    AUDIT_TOKEN_PATH, CONFIG_DIR, CREDENTIALS_DIR, SERVICE_ACCOUNT_DIR, UPSTREAM_CA_DIR,
+};
 
 /// Largest compiled size of a masking regex (bytes of the compiled program).
 pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -163,6 +165,30 @@ fn upstream(r: &ProtectedResource) -> Option<UpstreamConfig> {
             .map(|_| PathBuf::from(format!("{UPSTREAM_CA_DIR}/{name}/ca.crt"))),
         server_name: tls.and_then(|t| t.server_name.clone()),
     })
+}
+
+/// Key of the audit service's CA certificate in the sidecar ConfigMap (mounted at
+/// [`CONFIG_DIR`] in the sidecar).
+pub const AUDIT_CA_KEY: &str = "audit-ca.crt";
+
+/// The audit service the sidecars ship their spool to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditTarget {
+    /// Base URL (`https://NAME.NAMESPACE.svc:443`).
+    pub url: String,
+    /// PEM CA certificate that verifies it; the operator copies it into each namespace's
+    /// sidecar ConfigMap.
+    pub ca_pem: String,
+}
+
+/// Point a compiled configuration at the audit service: the URL, the CA from the sidecar
+/// ConfigMap, and the projected `portcullis-audit` token the injector mounts into the sidecar.
+pub fn ship_to(config: &mut SidecarConfig, target: &AuditTarget) {
+    config.audit.service_url = Some(target.url.clone());
+    config.audit.ca_file = Some(PathBuf::from(format!("{CONFIG_DIR}/{AUDIT_CA_KEY}")));
+    config.audit.token_file = Some(PathBuf::from(format!(
+        "{SERVICE_ACCOUNT_DIR}/{AUDIT_TOKEN_PATH}"
+    )));
 }
 
 /// Compile a namespace. `previous` is the configuration in force; a policy that no longer
@@ -436,5 +462,35 @@ mod tests {
         let fresh = compile_namespace("agents", &[&broken], &[&r], None);
         assert!(fresh.config.policies.is_empty());
         assert!(!fresh.policies["gdpr"].kept_previous);
+    }
+}
+
+#[cfg(test)]
+mod audit_tests {
+    use super::*;
+
+    #[test]
+    fn shipping_points_at_the_mounted_ca_and_projected_token() {
+        let mut compiled = compile_namespace("shop", &[], &[], None);
+        assert_eq!(compiled.config.audit.service_url, None);
+        ship_to(
+            &mut compiled.config,
+            &AuditTarget {
+                url: "https://portcullis-audit.portcullis-system.svc:443".into(),
+                ca_pem: String::new(),
+            },
+        );
+        compiled.config.check().expect("a consistent document");
+        let audit = &compiled.config.audit;
+        assert_eq!(
+            audit.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/portcullis/config/audit-ca.crt"))
+        );
+        assert_eq!(
+            audit.token_file.as_deref(),
+            Some(std::path::Path::new(
+                "/var/run/secrets/kubernetes.io/serviceaccount/audit-token"
+            ))
+        );
     }
 }

@@ -60,6 +60,13 @@ struct Args {
     /// Memory limit of the injected sidecar.
     #[arg(long, default_value = "256Mi")]
     sidecar_memory_limit: String,
+    /// Base URL of the audit service the sidecars ship their spool to.
+    #[arg(long, env = "PORTCULLIS_AUDIT_URL", requires = "audit_ca_file")]
+    audit_url: Option<String>,
+    /// PEM CA certificate of the audit service (copied into each namespace's sidecar
+    /// ConfigMap).
+    #[arg(long, env = "PORTCULLIS_AUDIT_CA_FILE")]
+    audit_ca_file: Option<PathBuf>,
     /// Leader Lease duration in seconds.
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
@@ -155,6 +162,11 @@ async fn main() -> anyhow::Result<()> {
     settings.sidecar.memory_limit = args.sidecar_memory_limit;
     if let Some(image) = args.sidecar_image {
         settings.sidecar.image = image;
+    }
+    if let (Some(url), Some(ca)) = (args.audit_url, args.audit_ca_file) {
+        let ca_pem = std::fs::read_to_string(&ca)
+            .map_err(|e| anyhow::anyhow!("audit CA {}: {e}", ca.display()))?;
+        settings.audit = Some(portcullis_operator::compile::AuditTarget { url, ca_pem });
     }
     let client = kube::Client::try_default().await?;
     if let Some(url) = &args.register_webhooks {

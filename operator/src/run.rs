@@ -45,6 +45,8 @@ pub struct Settings {
     pub validating_webhooks: Vec<String>,
     /// The injected sidecar.
     pub sidecar: SidecarSettings,
+    /// The audit service sidecars ship their spool to; `None` keeps records in the spools.
+    pub audit: Option<crate::compile::AuditTarget>,
     /// How long Denied and Expired AccessRequests are kept before they are deleted.
     pub access_request_retention: Duration,
 }
@@ -73,6 +75,7 @@ impl Settings {
             mutating_webhooks: vec!["portcullis-injector".to_owned()],
             validating_webhooks: vec!["portcullis-policy-validator".to_owned()],
             sidecar: SidecarSettings::default(),
+            audit: None,
             access_request_retention: controller::DEFAULT_ACCESS_REQUEST_RETENTION,
         }
     }
@@ -221,6 +224,7 @@ pub async fn run(
         };
         let ctx = Arc::new(
             Context::new(client.clone(), metrics.clone(), &settings.identity, bundle)
+                .with_audit(settings.audit.clone())
                 .with_access_request_retention(settings.access_request_retention),
         );
         let stop = stopped();

@@ -34,7 +34,9 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
-    s.metrics.spool_bytes.set(s.spool.bytes() as i64);
+    let depth = i64::try_from(s.spool.bytes()).unwrap_or(i64::MAX);
+    s.metrics.spool_bytes.set(depth);
+    s.metrics.audit_unshipped_bytes.set(depth);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),

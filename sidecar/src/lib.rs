@@ -35,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::audit::ship::{Shipper, ShipperError, ShipperOptions, UnavailablePolicies};
 use crate::audit::spool::{Spool, SpoolError};
 use crate::config::{ConfigError, Options};
 use crate::metrics::Metrics;
@@ -57,6 +58,9 @@ pub enum StartError {
         /// The error.
         source: std::io::Error,
     },
+    /// The audit shipper cannot start.
+    #[error(transparent)]
+    Shipper(#[from] ShipperError),
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -127,6 +131,18 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
     };
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    if let Some(ship) = ShipperOptions::from_config(&config.audit)? {
+        let shipper = Shipper::new(
+            &config.audit.spool_dir,
+            spool.clone(),
+            metrics.clone(),
+            ship,
+            UnavailablePolicies::from_policies(&config.policies),
+        )?;
+        tasks.spawn(shipper.run(stopped.clone()));
+    } else {
+        tracing::info!("no audit service configured: records stay in the local spool");
+    }
     let mut addrs = Vec::new();
     for resource in &config.resources {
         if resource.r#type != ResourceType::Postgres {

@@ -21,6 +21,14 @@ pub struct Metrics {
     pub spool_bytes: IntGauge,
     /// Connections refused or ended by a protocol error.
     pub protocol_errors: IntCounter,
+    /// Spool bytes the audit service has not acknowledged yet.
+    pub audit_unshipped_bytes: IntGauge,
+    /// Records the audit service acknowledged.
+    pub audit_shipped_records: IntCounter,
+    /// Failed attempts to ship a batch, by reason (`unreachable`, `refused`, `failed`, `local`).
+    pub audit_ship_failures: IntCounterVec,
+    /// 1 while the last attempt to ship succeeded, 0 while the audit service is unavailable.
+    pub audit_service_up: IntGauge,
     /// Batches held until their audit records were on disk.
     pub audit_sync_waits: IntCounter,
     /// Connections refused at authentication (missing or invalid OIDC token).
@@ -53,6 +61,29 @@ impl Metrics {
             "protocol_errors_total",
             "Connections refused or ended by a protocol error",
         )?;
+        let audit_unshipped_bytes = IntGauge::new(
+            "audit_unshipped_bytes",
+            "Spool bytes the audit service has not acknowledged yet",
+        )?;
+        let audit_shipped_records = IntCounter::new(
+            "audit_shipped_records_total",
+            "Records the audit service acknowledged",
+        )?;
+        let audit_ship_failures = IntCounterVec::new(
+            Opts::new(
+                "audit_ship_failures_total",
+                "Failed attempts to ship a batch to the audit service, by reason",
+            ),
+            &["reason"],
+        )?;
+        let audit_service_up = IntGauge::new(
+            "audit_service_up",
+            "1 while the audit service acknowledges batches, 0 while it is unavailable",
+        )?;
+        registry.register(Box::new(audit_unshipped_bytes.clone()))?;
+        registry.register(Box::new(audit_shipped_records.clone()))?;
+        registry.register(Box::new(audit_ship_failures.clone()))?;
+        registry.register(Box::new(audit_service_up.clone()))?;
         registry.register(Box::new(connections_total.clone()))?;
         registry.register(Box::new(connections_active.clone()))?;
         registry.register(Box::new(statements.clone()))?;
@@ -77,6 +108,10 @@ impl Metrics {
             statement_seconds,
             spool_bytes,
             protocol_errors,
+            audit_unshipped_bytes,
+            audit_shipped_records,
+            audit_ship_failures,
+            audit_service_up,
             audit_sync_waits,
             auth_failures,
         })

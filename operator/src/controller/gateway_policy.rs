@@ -155,7 +155,11 @@ async fn reconcile(
         .and_then(|text| SidecarConfig::from_yaml(text).ok());
     let policy_refs: Vec<&GatewayPolicy> = policies.iter().map(|p| p.as_ref()).collect();
     let resource_refs: Vec<&ProtectedResource> = resources.iter().map(|r| r.as_ref()).collect();
-    let compiled = compile_namespace(&namespace, &policy_refs, &resource_refs, previous.as_ref());
+    let mut compiled =
+        compile_namespace(&namespace, &policy_refs, &resource_refs, previous.as_ref());
+    if let Some(audit) = &ctx.audit {
+        crate::compile::ship_to(&mut compiled.config, audit);
+    }
     let hash = compiled.config.content_hash();
 
     // Finalizers first, so nothing that is in the configuration can vanish unnoticed.
@@ -278,6 +282,10 @@ async fn write_config(
         .as_ref()
         .map(|c| c.ca_pem.clone())
         .unwrap_or_default();
+    let mut data = json!({CONFIG_KEY: yaml, CA_KEY: ca, TOKEN_KEY: PLACEHOLDER_TOKEN});
+    if let Some(audit) = &ctx.audit {
+        data[crate::compile::AUDIT_CA_KEY] = json!(audit.ca_pem);
+    }
     let cm = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -286,7 +294,7 @@ async fn write_config(
             "labels": {"app.kubernetes.io/managed-by": MANAGER},
             "annotations": {CONFIG_HASH_ANNOTATION: hash},
         },
-        "data": {CONFIG_KEY: yaml, CA_KEY: ca, TOKEN_KEY: PLACEHOLDER_TOKEN},
+        "data": data,
     });
     api.patch(
         CONFIG_MAP,

@@ -68,6 +68,8 @@ pub struct Context {
     /// The operator's CA, which signs the sidecars' local serving certificates; `None` when
     /// certificates come from cert-manager.
     pub ca: Option<CertBundle>,
+    /// The audit service the compiled configurations point the sidecars at.
+    pub audit: Option<crate::compile::AuditTarget>,
     /// How long Denied and Expired AccessRequests are kept before they are deleted (their
     /// steps stay in the audit log, which the sidecar wrote as they happened).
     pub access_request_retention: Duration,
@@ -89,9 +91,16 @@ impl Context {
             metrics,
             recorder,
             ca,
+            audit: None,
             access_request_retention: DEFAULT_ACCESS_REQUEST_RETENTION,
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Ship the sidecars' spools to this audit service.
+    pub fn with_audit(mut self, audit: Option<crate::compile::AuditTarget>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Keep Denied and Expired AccessRequests for `retention` before deleting them.

@@ -76,6 +76,8 @@ pub const SPOOL_DIR: &str = "/var/run/portcullis/spool";
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Audience of the extra token the sidecar presents to the audit service.
 pub const AUDIT_AUDIENCE: &str = "portcullis-audit";
+/// File name of that token in [`SERVICE_ACCOUNT_DIR`] of the sidecar.
+pub const AUDIT_TOKEN_PATH: &str = "audit-token";
 /// The sidecar's admin port (`/readyz`, `/healthz`, `/metrics`).
 pub const ADMIN_PORT: i32 = 15090;
 /// Local port of the Kubernetes API proxy when the namespace has no `kubernetes` resource.

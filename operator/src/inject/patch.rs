@@ -482,7 +482,7 @@ fn sidecar_volumes(bound: &[&ProtectedResource]) -> Result<Vec<Volume>, InjectEr
         json!({"name": "portcullis-tls", "secret": {"secretName": SIDECAR_TLS_SECRET, "defaultMode": DEFAULT_MODE}}),
         json!({"name": "portcullis-sidecar-token", "projected": {"defaultMode": DEFAULT_MODE, "sources": [
             {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
-            {"serviceAccountToken": {"path": "audit-token", "audience": AUDIT_AUDIENCE, "expirationSeconds": 3600}},
+            {"serviceAccountToken": {"path": AUDIT_TOKEN_PATH, "audience": AUDIT_AUDIENCE, "expirationSeconds": 3600}},
             {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
             {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
         ]}}),

@@ -1,3 +1,5 @@
-//! The audit trail: the durable local spool (shipping to the audit service comes later).
+//! The audit trail: the durable local spool, and the shipper that sends it to the audit
+//! service.
 
+pub mod ship;
 pub mod spool;

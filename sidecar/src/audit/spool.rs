@@ -31,7 +31,7 @@ pub enum SpoolError {
     #[error("audit spool write failed: {0}")]
     Io(String),
     /// The spool holds more than the policy's bound.
-    #[error("audit spool holds {size} bytes, more than the bound of {limit} bytes")]
+    #[error("audit spool holds {size} bytes the audit service has not acknowledged, more than the bound of {limit} bytes (onAuditUnavailable: deny)")]
     Full {
         /// Current size.
         size: u64,
@@ -66,6 +66,7 @@ struct Inner {
     wake: Condvar,
     durable: watch::Sender<Durable>,
     bytes: AtomicU64,
+    acknowledged: AtomicU64,
 }
 
 /// Durability progress published by the sync thread.
@@ -132,6 +133,7 @@ impl Spool {
             wake: Condvar::new(),
             durable,
             bytes: AtomicU64::new(existing),
+            acknowledged: AtomicU64::new(0),
         });
         let syncer = Arc::downgrade(&inner);
         thread::Builder::new()
@@ -148,9 +150,19 @@ impl Spool {
         Ok(Spool { inner })
     }
 
-    /// Bytes held in the spool (its depth).
+    /// Bytes held in the spool that the audit service has not acknowledged (its depth).
     pub fn bytes(&self) -> u64 {
-        self.inner.bytes.load(Ordering::Relaxed)
+        self.inner
+            .bytes
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.inner.acknowledged.load(Ordering::Relaxed))
+    }
+
+    /// Set by the shipper: how many of the bytes counted since [`Spool::open`] (the segments
+    /// found then included) the audit service has acknowledged. They no longer count towards
+    /// the spool's depth, whether or not their segment file was deleted yet.
+    pub fn set_acknowledged(&self, bytes: u64) {
+        self.inner.acknowledged.store(bytes, Ordering::Relaxed);
     }
 
     /// Refuse when the spool is over a bound.
@@ -249,7 +261,8 @@ impl Spool {
     }
 }
 
-fn segment_index(name: &str) -> Option<u64> {
+/// The index of a spool segment file name (`audit-NNNNNNNNNN.jsonl`).
+pub fn segment_index(name: &str) -> Option<u64> {
     name.strip_prefix("audit-")?
         .strip_suffix(".jsonl")?
         .parse()

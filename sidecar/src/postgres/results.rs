@@ -168,7 +168,7 @@ impl ResultPath {
                     let fields = codec::parse_error_fields(&msg.body);
                     let error = Some(StatementError {
                         sqlstate: fields.code,
-                        message: fields.message,
+                        message: without_values(&fields.message),
                     });
                     let current_batch = tracker.batches_done + 1;
                     if tracker
@@ -263,4 +263,79 @@ impl ResultPath {
 /// The audit event of a completion.
 pub fn completion_event(c: CompletionRecord) -> AuditEvent {
     AuditEvent::Completion(c)
+}
+
+/// A server error message fit for the audit record: PostgreSQL quotes the input values it
+/// complains about (`invalid input syntax for type integer: "a@b.example"`) the same way as
+/// names, so every quoted part becomes `"?"`, and runs of six or more digits (card and account
+/// numbers outside quotes) become `?`. The SQLSTATE and the normalised statement say the rest.
+pub fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' => {
+                out.push(c);
+                out.push('?');
+                // Up to the closing quote; an unterminated quote hides the rest.
+                for d in chars.by_ref() {
+                    if d == c {
+                        out.push(c);
+                        break;
+                    }
+                }
+            }
+            c if c.is_ascii_digit() => {
+                let mut run = String::from(c);
+                while let Some(d) = chars.next_if(|d| d.is_ascii_digit() || *d == ' ' || *d == '-')
+                {
+                    run.push(d);
+                }
+                let trailing: String = run
+                    .chars()
+                    .rev()
+                    .take_while(|d| !d.is_ascii_digit())
+                    .collect();
+                let digits = run.chars().filter(char::is_ascii_digit).count();
+                if digits >= 6 {
+                    out.push('?');
+                } else {
+                    out.push_str(run.trim_end_matches(|d: char| !d.is_ascii_digit()));
+                }
+                out.extend(trailing.chars().rev());
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod value_tests {
+    use super::without_values;
+
+    #[test]
+    fn quoted_values_and_long_numbers_leave_error_messages() {
+        assert_eq!(
+            without_values("invalid input syntax for type integer: \"anna.m@example.com\""),
+            "invalid input syntax for type integer: \"?\""
+        );
+        assert_eq!(
+            without_values("value \"4111 1111 1111 1111\" is out of range"),
+            "value \"?\" is out of range"
+        );
+        assert_eq!(
+            without_values("card 4111-1111-1111-1111 rejected at line 12"),
+            "card ? rejected at line 12"
+        );
+        assert_eq!(
+            without_values("unterminated 'DE89370400440532013000"),
+            "unterminated '?"
+        );
+        assert_eq!(without_values("division by zero"), "division by zero");
+        assert_eq!(
+            without_values("numeric field overflow 10 2"),
+            "numeric field overflow 10 2"
+        );
+    }
 }

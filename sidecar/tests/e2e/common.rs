@@ -22,6 +22,9 @@ pub struct ProxyBuilder {
     password: String,
     max_statement_bytes: Option<usize>,
     upstream_port: Option<u16>,
+    identity: (String, String, Option<String>),
+    spool_dir: Option<PathBuf>,
+    audit: Option<(String, PathBuf, PathBuf)>,
     oidc: Option<OidcOptions>,
 }
 
@@ -34,6 +37,7 @@ pub struct Proxy {
     pub port: u16,
     /// Admin address.
     pub admin: std::net::SocketAddr,
+    spool: PathBuf,
 }
 
 impl Default for ProxyBuilder {
@@ -49,6 +53,9 @@ impl Default for ProxyBuilder {
             password: h.pg_password().to_owned(),
             max_statement_bytes: None,
             upstream_port: None,
+            identity: ("agents".into(), "agent".into(), None),
+            spool_dir: None,
+            audit: None,
             oidc: None,
         }
     }
@@ -97,6 +104,24 @@ impl ProxyBuilder {
         self
     }
 
+    /// The caller's identity: service account `name` of `namespace`, in `pod`.
+    pub fn identity(mut self, namespace: &str, name: &str, pod: Option<&str>) -> Self {
+        self.identity = (namespace.into(), name.into(), pod.map(str::to_owned));
+        self
+    }
+
+    /// Use this spool directory instead of a fresh one (a restarted sidecar).
+    pub fn spool_dir(mut self, dir: &Path) -> Self {
+        self.spool_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Ship the spool to the audit service at `url`.
+    pub fn audit_service(mut self, url: &str, ca_file: &Path, token_file: &Path) -> Self {
+        self.audit = Some((url.into(), ca_file.to_path_buf(), token_file.to_path_buf()));
+        self
+    }
+
     /// Start the proxy.
     pub async fn start(self) -> Proxy {
         self.try_start().await.expect("sidecar starts")
@@ -127,13 +152,25 @@ impl ProxyBuilder {
         if let Some(sn) = &self.server_name {
             upstream.push_str(&format!("    serverName: {sn}\n"));
         }
+        let spool = self
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("spool"));
+        let shipping = match &self.audit {
+            Some((url, ca, token)) => format!(
+                "  serviceUrl: {url}\n  caFile: {}\n  tokenFile: {}\n",
+                ca.display(),
+                token.display()
+            ),
+            None => String::new(),
+        };
         let yaml = format!(
             "apiVersion: portcullis.dev/sidecar-config/v1alpha1
-namespace: agents
+namespace: {namespace}
 adminListen: 127.0.0.1:0
 audit:
   spoolDir: {spool}
-resources:
+{shipping}resources:
 - name: shop-db
   type: postgres
   listenPort: 0
@@ -143,7 +180,8 @@ resources:
     passwordFile: {creds}/password
   policies: [{names}]
 policies:{policies}",
-            spool = dir.path().join("spool").display(),
+            namespace = self.identity.0,
+            spool = spool.display(),
             creds = creds.display(),
             names = self.policy_names.join(", "),
             policies = if self.policies_yaml.is_empty() {
@@ -153,7 +191,8 @@ policies:{policies}",
             },
         );
         let config = SidecarConfig::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-        let mut options = Options::service_account("agents", "agent");
+        let mut options = Options::service_account(&self.identity.0, &self.identity.1);
+        options.identity.pod = self.identity.2.clone();
         if let Some(n) = self.max_statement_bytes {
             options.limits.max_statement_bytes = n;
         }
@@ -168,6 +207,7 @@ policies:{policies}",
             dir,
             port,
             admin,
+            spool,
         })
     }
 }
@@ -201,7 +241,26 @@ impl Proxy {
 
     /// The spool directory.
     pub fn spool_dir(&self) -> PathBuf {
-        self.dir.path().join("spool")
+        self.spool.clone()
+    }
+
+    /// The running sidecar.
+    pub fn sidecar(&self) -> &Sidecar {
+        self.sidecar.as_ref().expect("running")
+    }
+
+    /// The sidecar's Prometheus metrics.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.admin)
+            .await
+            .expect("admin endpoint");
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: sidecar\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.expect("response");
+        out
     }
 
     /// Every record in the spool, in order.
@@ -263,7 +322,17 @@ impl Proxy {
 /// Read every record of a spool directory.
 pub fn read_spool(dir: &Path) -> Vec<AuditRecord> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(portcullis_sidecar::audit::spool::segment_index)
+                        .is_some()
+                })
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     let mut out = Vec::new();

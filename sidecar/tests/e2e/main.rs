@@ -7,4 +7,5 @@ mod guardrails;
 mod identity;
 mod passthrough;
 mod robustness;
+mod shipping;
 mod upstream;
