@@ -121,6 +121,26 @@ for c in p["spec"].get("initContainers", []) + p["spec"]["containers"]:
 sc = p["spec"]["securityContext"]
 print("  pod securityContext:", sc)'
 
+say "Run the audit service: an HTTPS ingest that authenticates each sidecar by its pod-bound token, a Merkle log with ed25519-signed tree heads witnessed in the AuditRetention status"
+audit_dir=$state/audit
+mkdir -p "$audit_dir"
+# A CA of its own (in the cluster: the chart's) and a serving certificate for 127.0.0.1.
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=portcullis-audit-ca" \
+    -keyout "$audit_dir/ca.key" -out "$audit_dir/ca.crt" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=portcullis-audit" \
+    -keyout "$audit_dir/tls.key" -out "$audit_dir/tls.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$audit_dir/ext.cnf"
+openssl x509 -req -in "$audit_dir/tls.csr" -CA "$audit_dir/ca.crt" -CAkey "$audit_dir/ca.key" \
+    -CAcreateserial -days 1 -extfile "$audit_dir/ext.cnf" -out "$audit_dir/tls.crt" 2>/dev/null
+"$BIN/portcullis-audit" keygen "$audit_dir/signing.pk8" >"$audit_dir/public-key.hex"
+audit_port=$(free_port)
+RUST_LOG=warn "$BIN/portcullis-audit" serve --listen "127.0.0.1:$audit_port" --data-dir "$audit_dir/log" \
+    --tls-cert "$audit_dir/tls.crt" --tls-key "$audit_dir/tls.key" --signing-key "$audit_dir/signing.pk8" \
+    --sign-every-ms 1000 --witness $ns/default >"$state/audit.log" 2>&1 &
+PIDS+=($!)
+wait_for "the audit service" curl -fs --cacert "$audit_dir/ca.crt" "https://127.0.0.1:$audit_port/v1/sth"
+echo "  public key of the log (give it to the auditor): $(cat "$audit_dir/public-key.hex")"
+
 say "Start the sidecar from the configuration the operator compiled for this namespace (credential files as the pod would mount them)"
 sidecar_dir=$state/sidecar
 mkdir -p "$sidecar_dir/credentials"
@@ -128,11 +148,15 @@ printf 'app' >"$sidecar_dir/credentials/username"
 printf '%s' "$PORTCULLIS_E2E_PG_PASSWORD" >"$sidecar_dir/credentials/password"
 chmod 600 "$sidecar_dir/credentials/"*
 "$KUBECTL" -n $ns get configmap portcullis-sidecar-config -o jsonpath='{.data.sidecar\.yaml}' >"$sidecar_dir/compiled.yaml"
-python3 - "$sidecar_dir" <<'PY'
+# The pod-bound token the sidecar proves itself with to the audit service (audience portcullis-audit).
+"$KUBECTL" -n $ns create token support-agent --audience portcullis-audit --duration 1h \
+    --bound-object-kind Pod --bound-object-name support-agent-0 >"$sidecar_dir/audit-token"
+python3 - "$sidecar_dir" "https://127.0.0.1:$audit_port" "$audit_dir/ca.crt" <<'PY'
 import sys, yaml
-d = sys.argv[1]
+d, url, ca = sys.argv[1:4]
 c = yaml.safe_load(open(d + "/compiled.yaml"))
 c["audit"]["spoolDir"] = d + "/spool"
+c["audit"].update({"serviceUrl": url, "caFile": ca, "tokenFile": d + "/audit-token"})
 c["adminListen"] = "127.0.0.1:15090"
 for r in c["resources"]:
     r["credentials"] = {"usernameFile": d + "/credentials/username", "passwordFile": d + "/credentials/password"}
@@ -251,6 +275,47 @@ for path in sys.argv[1:]:
             what = e.get("statement") or ""
         print("  seq %3d  %-14s %-10s %-16s %-20s %s" % (r["seq"], r["identity"]["name"], e["type"], decision, rule, what))
 PY
+
+say "The sidecar shipped its spool to the audit service; the cluster's own state witnesses the log's signed tree head"
+wait_for "the spool to be shipped" sh -c "curl -fs http://127.0.0.1:15090/metrics | grep -q '^portcullis_sidecar_audit_unshipped_bytes 0$'"
+sleep 2   # the next signed tree head covers every record
+run "$KUBECTL" -n $ns get auditretention default -o jsonpath='{.status.latestSignedTreeHead}{"\n"}' | sed 's/^/  /'
+
+say "An auditor exports the evidence bundle (RBAC: get auditretentions/evidence) and verifies it offline with the public key alone"
+"$KUBECTL" -n $ns create serviceaccount auditor >/dev/null
+"$KUBECTL" apply -f - >/dev/null <<YAML
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: portcullis-evidence-reader}
+rules:
+- {apiGroups: [portcullis.dev], resources: [auditretentions, auditretentions/evidence], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: auditor-evidence, namespace: $ns}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: portcullis-evidence-reader}
+subjects:
+- {kind: ServiceAccount, name: auditor, namespace: $ns}
+YAML
+"$KUBECTL" -n $ns create token auditor --duration 1h >"$audit_dir/auditor-token"
+run "$KUBECTL" portcullis -n $ns evidence --audit-url "https://127.0.0.1:$audit_port" --ca "$audit_dir/ca.crt" \
+    --token-file "$audit_dir/auditor-token" -o "$state/bundle" | sed 's/^/  /'
+ls "$state/bundle" | sed 's/^/  bundle: /'
+sed -n '1,40p' "$state/bundle/summary.md" | sed 's/^/  | /'
+run "$KUBECTL" portcullis verify "$state/bundle" --public-key "$audit_dir/public-key.hex" | sed 's/^/  /'
+say "One changed byte in the bundle and verification fails"
+cp -r "$state/bundle" "$state/bundle-tampered"
+python3 - "$state/bundle-tampered" <<'PY'
+import os, sys
+d = sys.argv[1]
+name = "records.jsonl"
+data = bytearray(open(os.path.join(d, name), "rb").read())
+i = data.index(b'"decision":"deny"') + len('"decision":"')
+data[i:i + 4] = b"allo"   # deny -> allo(w): rewrite history
+open(os.path.join(d, name), "wb").write(bytes(data))
+print("  changed %s: a refused statement now claims it was allowed" % name)
+PY
+"$KUBECTL" portcullis verify "$state/bundle-tampered" --public-key "$audit_dir/public-key.hex" 2>&1 | sed 's/^/  /' || true
 
 if $keep; then
     say "Everything is running; KUBECONFIG=$KUBECONFIG, agent URL $agent. Ctrl-C to stop."
