@@ -9,6 +9,7 @@ use portcullis_crds::sidecar_config::{ResourceConfig, SidecarConfig};
 
 use crate::audit::spool::Spool;
 use crate::config::ConfigError;
+use crate::masking::engine::Masker;
 use crate::metrics::Metrics;
 use crate::policy::cache::AnalysisCache;
 use crate::policy::guardrails::Guardrails;
@@ -55,6 +56,8 @@ pub struct Resource {
     pub session_counter: AtomicU64,
     /// Random prefix of this process's session ids.
     pub process_nonce: String,
+    /// Masking rules (`None`: no policy of the resource masks anything).
+    pub masker: Option<Arc<Masker>>,
 }
 
 /// Shared services every resource uses.
@@ -88,14 +91,24 @@ impl Resource {
         let tls = upstream_tls(&upstream_config)
             .map_err(|e| ConfigError::Invalid(format!("resource {}: {e}", resource.name)))?;
         let policies = config.policies_for(resource).cloned().collect();
+        let upstream = Arc::new(Upstream {
+            config: upstream_config,
+            tls,
+            credentials: resource.credentials.clone(),
+        });
+        let guardrails = Guardrails::for_identity(policies, &shared.identity, &config.namespace);
+        let masker = Masker::new(
+            guardrails.policies(),
+            &config.masking,
+            &config.namespace,
+            upstream.clone(),
+        )
+        .map_err(|e| ConfigError::Invalid(format!("resource {}: {e}", resource.name)))?;
         Ok(Resource {
             name: resource.name.clone(),
-            upstream: Arc::new(Upstream {
-                config: upstream_config,
-                tls,
-                credentials: resource.credentials.clone(),
-            }),
-            guardrails: Guardrails::for_identity(policies, &shared.identity, &config.namespace),
+            upstream,
+            guardrails,
+            masker: (!masker.is_empty()).then(|| Arc::new(masker)),
             spool: shared.spool.clone(),
             metrics: shared.metrics.clone(),
             identity: shared.identity.clone(),

@@ -32,6 +32,36 @@ const TEXT_TYPES: &[u32] = &[
 const JSON: u32 = 114;
 const JSONB: u32 = 3802;
 
+/// Whether values of the type are text in both formats (JSON types included).
+pub fn is_text_like(type_oid: u32) -> bool {
+    TEXT_TYPES.contains(&type_oid) || type_oid == JSON || type_oid == JSONB
+}
+
+/// Whether the type is `jsonb` (binary values start with a version byte).
+pub fn is_jsonb(type_oid: u32) -> bool {
+    type_oid == JSONB
+}
+
+/// How strict a strategy is: the strictest of several rules on one column applies.
+pub fn strictness(s: Strategy) -> u8 {
+    match s {
+        Strategy::Partial => 0,
+        Strategy::Hash => 1,
+        Strategy::Redact => 2,
+        Strategy::Null => 3,
+    }
+}
+
+/// The API name of a strategy.
+pub fn name(s: Strategy) -> &'static str {
+    match s {
+        Strategy::Redact => "redact",
+        Strategy::Null => "null",
+        Strategy::Partial => "partial",
+        Strategy::Hash => "hash",
+    }
+}
+
 /// The result of masking one field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Masked {

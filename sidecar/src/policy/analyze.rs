@@ -44,6 +44,8 @@ pub struct StatementFacts {
     pub normalized: String,
     /// Fingerprint of `normalized`.
     pub fingerprint: String,
+    /// The parsed statement (for the masking lineage analysis); `None` for DO blocks.
+    pub ast: Option<std::sync::Arc<Statement>>,
 }
 
 /// The analysis of a whole query string.
@@ -224,6 +226,7 @@ fn facts_of(mut statement: Statement, sql: &str) -> StatementFacts {
     if facts.kinds.is_empty() {
         facts.kinds.insert(StatementKind::Other);
     }
+    facts.ast = Some(std::sync::Arc::new(statement.clone()));
     facts.normalized = fingerprint::normalize(&mut statement);
     facts.fingerprint = fingerprint::of(&facts.normalized);
     facts

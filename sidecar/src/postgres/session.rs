@@ -23,10 +23,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::codec::{self, put_error, put_message, Fields, Message, ProtocolError, Read};
-use super::results::{Inflight, Marker, ResultPath, Tracker, SQLSTATE_REFUSED};
+use super::results::{
+    Describe, Inflight, InflightMasking, Marker, ResultPath, Tracker, SQLSTATE_REFUSED,
+};
 use super::startup::{self, Hello};
 use super::upstream::{UpstreamError, UpstreamStream};
 use crate::audit::spool::RecordContext;
+use crate::masking::engine::{bind_result_formats, SessionMasking, StatementPlan};
 use crate::policy::analyze::{kind_name, Analysis};
 use crate::policy::guardrails::{RowLimit, Verdict, BUILTIN_POLICY};
 use crate::runtime::Resource;
@@ -171,7 +174,15 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
     );
     tracing::debug!(session = %ctx.session_id, %peer, "session started");
 
-    let (reason, statements) = relay(tcp, established.stream, res.clone(), ctx.clone()).await;
+    let masking = match &res.masker {
+        Some(m) => {
+            let db = res.upstream.config.database.as_deref().unwrap_or(&database);
+            m.session(&ctx.identity, db, &user).await
+        }
+        None => None,
+    };
+    let (reason, statements) =
+        relay(tcp, established.stream, res.clone(), ctx.clone(), masking).await;
     res.cancel.unregister(pid);
     let _ = res.spool.append(
         &ctx,
@@ -187,11 +198,15 @@ async fn relay(
     upstream: UpstreamStream,
     res: Arc<Resource>,
     ctx: RecordContext,
+    masking: Option<Arc<SessionMasking>>,
 ) -> (String, u64) {
     let (cr, cw) = tcp.into_split();
     let (ur, uw) = tokio::io::split(upstream);
     let cw: ClientWriter = Arc::new(tokio::sync::Mutex::new(cw));
-    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    let tracker = Arc::new(Mutex::new(Tracker {
+        masking: masking.clone(),
+        ..Tracker::default()
+    }));
     let mut front = Frontend {
         res: res.clone(),
         ctx: ctx.clone(),
@@ -204,6 +219,8 @@ async fn relay(
         portals: HashMap::new(),
         pending_seq: 0,
         out: BytesMut::with_capacity(16 * 1024),
+        masking,
+        parse_gen: 0,
     };
     let back = backend(
         BufReader::with_capacity(64 * 1024, ur),
@@ -233,6 +250,12 @@ async fn relay(
 struct Prepared {
     template: StatementRecord,
     row_limits: Vec<RowLimit>,
+    /// Masking plan, statement name and parse generation, and (for a portal) Bind's result
+    /// formats.
+    masking: Option<Arc<StatementPlan>>,
+    name: String,
+    generation: u64,
+    formats: Vec<i16>,
 }
 
 struct Frontend {
@@ -247,12 +270,15 @@ struct Frontend {
     portals: HashMap<String, Option<Prepared>>,
     pending_seq: u64,
     out: BytesMut,
+    masking: Option<Arc<SessionMasking>>,
+    parse_gen: u64,
 }
 
 /// A decision on one query string.
 struct Decided {
     records: Vec<(StatementRecord, Vec<RowLimit>)>,
     refusal: Option<(&'static str, String)>,
+    analysis: Arc<Analysis>,
 }
 
 fn empty_record(protocol: Protocol) -> StatementRecord {
@@ -395,7 +421,10 @@ impl Frontend {
                 let mut f = Fields::new(&m.body);
                 let portal = f.cstr()?.to_owned();
                 let statement = f.cstr()?;
-                let prepared = self.prepared.get(statement).cloned();
+                let prepared = self.prepared.get(statement).cloned().map(|mut p| {
+                    p.formats = bind_result_formats(&m.body).unwrap_or_default();
+                    p
+                });
                 self.portals.insert(portal, prepared);
                 put_message(&mut self.out, m.tag, &m.body);
             }
@@ -424,7 +453,11 @@ impl Frontend {
                 self.lock().batches_sent += 1;
                 put_message(&mut self.out, m.tag, &m.body);
             }
-            b'D' | b'H' | b'd' | b'c' | b'f' => put_message(&mut self.out, m.tag, &m.body),
+            b'D' => {
+                self.on_describe(&m)?;
+                put_message(&mut self.out, m.tag, &m.body);
+            }
+            b'H' | b'd' | b'c' | b'f' => put_message(&mut self.out, m.tag, &m.body),
             b'F' => self.on_function_call(&m),
             b'X' => {
                 put_message(&mut self.out, m.tag, &m.body);
@@ -562,6 +595,7 @@ impl Frontend {
         Decided {
             records,
             refusal: refusal.map(|(code, message, _)| (code, message)),
+            analysis,
         }
     }
 
@@ -675,15 +709,23 @@ impl Frontend {
         }
         let forwards = decided.refusal.is_none();
         let now = Instant::now();
+        let mut plans = if forwards {
+            self.masking_plans(&decided.analysis)
+        } else {
+            Vec::new()
+        }
+        .into_iter();
         for (record, row_limits) in decided.records {
             let statement_id = record.statement_id;
             self.record(record);
             if forwards {
+                let masking = self.inflight_masking(plans.next().flatten(), None);
                 self.lock().inflight.push_back(Inflight {
                     statement_id,
                     batch,
                     started: now,
                     row_limits,
+                    masking,
                 });
             }
         }
@@ -698,12 +740,25 @@ impl Frontend {
 
     fn on_parse(&mut self, name: String, sql: &str, m: &Message) {
         let decided = self.decide(sql, Protocol::Parse);
+        self.parse_gen += 1;
+        let plan = if decided.refusal.is_none() {
+            self.masking_plans(&decided.analysis)
+                .into_iter()
+                .next()
+                .flatten()
+        } else {
+            None
+        };
         let mut first: Option<Prepared> = None;
         for (record, row_limits) in decided.records {
             if first.is_none() {
                 first = Some(Prepared {
                     template: record.clone(),
                     row_limits,
+                    masking: plan.clone(),
+                    name: name.clone(),
+                    generation: self.parse_gen,
+                    formats: Vec::new(),
                 });
             }
             self.record(record);
@@ -717,6 +772,10 @@ impl Frontend {
                 let prepared = first.unwrap_or_else(|| Prepared {
                     template: empty_record(Protocol::Parse),
                     row_limits: Vec::new(),
+                    masking: plan.clone(),
+                    name: name.clone(),
+                    generation: self.parse_gen,
+                    formats: Vec::new(),
                 });
                 self.prepared.insert(name, prepared);
                 put_message(&mut self.out, m.tag, &m.body);
@@ -735,6 +794,10 @@ impl Frontend {
             ..prepared.template.clone()
         };
         self.record(record);
+        let masking = self.inflight_masking(
+            prepared.masking.clone(),
+            Some((prepared.name, prepared.generation, prepared.formats)),
+        );
         let mut t = self.lock();
         let batch = t.batches_sent + 1;
         t.inflight.push_back(Inflight {
@@ -742,7 +805,61 @@ impl Frontend {
             batch,
             started: Instant::now(),
             row_limits: prepared.row_limits,
+            masking,
         });
+    }
+
+    /// Masking plans of the statements of an analysed query string, in order (`None` for
+    /// each when no masking rule applies to the session).
+    fn masking_plans(&self, analysis: &Analysis) -> Vec<Option<Arc<StatementPlan>>> {
+        let Some(m) = &self.masking else {
+            return Vec::new();
+        };
+        match analysis {
+            Analysis::Statements(list) => list.iter().map(|f| Some(m.plan(f))).collect(),
+            Analysis::Unanalyzable { .. } => vec![Some(m.plan_unknown())],
+        }
+    }
+
+    fn inflight_masking(
+        &self,
+        plan: Option<Arc<StatementPlan>>,
+        prepared: Option<(String, u64, Vec<i16>)>,
+    ) -> Option<InflightMasking> {
+        let session = self.masking.clone()?;
+        Some(InflightMasking {
+            session: session.clone(),
+            // Without a plan (a statement the sidecar did not analyse) everything is unknown.
+            plan: plan.unwrap_or_else(|| session.plan_unknown()),
+            prepared,
+        })
+    }
+
+    /// A Describe: the result path learns from its answer the columns of a prepared
+    /// statement, which Executes without a RowDescription of their own need.
+    fn on_describe(&mut self, m: &Message) -> Result<(), ProtocolError> {
+        if self.masking.is_none() {
+            return Ok(());
+        }
+        let mut f = Fields::new(&m.body);
+        let kind = f.byte()?;
+        let name = f.cstr()?;
+        let statement = match kind {
+            b'S' => self
+                .prepared
+                .get(name)
+                .map(|p| (p.name.clone(), p.generation)),
+            _ => self
+                .portals
+                .get(name)
+                .cloned()
+                .flatten()
+                .map(|p| (p.name, p.generation)),
+        };
+        let mut t = self.lock();
+        let batch = t.batches_sent + 1;
+        t.describes.push_back(Describe { batch, statement });
+        Ok(())
     }
 
     fn on_function_call(&mut self, m: &Message) {
