@@ -21,6 +21,7 @@ pub struct ProxyBuilder {
     password: String,
     max_statement_bytes: Option<usize>,
     upstream_port: Option<u16>,
+    hash_key: Option<String>,
 }
 
 /// A running proxy.
@@ -47,6 +48,7 @@ impl Default for ProxyBuilder {
             password: h.pg_password().to_owned(),
             max_statement_bytes: None,
             upstream_port: None,
+            hash_key: None,
         }
     }
 }
@@ -79,6 +81,12 @@ impl ProxyBuilder {
     /// Statement size limit.
     pub fn max_statement_bytes(mut self, n: usize) -> Self {
         self.max_statement_bytes = Some(n);
+        self
+    }
+
+    /// Key of the masking `hash` strategy (written to a file the configuration names).
+    pub fn hash_key(mut self, key: &str) -> Self {
+        self.hash_key = Some(key.to_owned());
         self
     }
 
@@ -118,11 +126,19 @@ impl ProxyBuilder {
         if let Some(sn) = &self.server_name {
             upstream.push_str(&format!("    serverName: {sn}\n"));
         }
+        let masking = match &self.hash_key {
+            Some(key) => {
+                let path = dir.path().join("hash-key");
+                std::fs::write(&path, key).expect("hash key file");
+                format!("masking:\n  hashKeyFile: {}\n", path.display())
+            }
+            None => String::new(),
+        };
         let yaml = format!(
             "apiVersion: portcullis.dev/sidecar-config/v1alpha1
 namespace: agents
 adminListen: 127.0.0.1:0
-audit:
+{masking}audit:
   spoolDir: {spool}
 resources:
 - name: shop-db

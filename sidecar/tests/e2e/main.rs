@@ -3,6 +3,7 @@
 mod clients;
 mod common;
 mod guardrails;
+mod masking;
 mod passthrough;
 mod robustness;
 mod upstream;
