@@ -1222,6 +1222,155 @@ mod tests {
         );
     }
 
+    fn detectors_only() -> Arc<SessionMasking> {
+        let policy: PolicyConfig = serde_yaml::from_str(
+            "name: p
+masking:
+- {name: cards, detector: paymentCard, strategy: redact}
+- {name: mails, detector: email, strategy: partial}
+",
+        )
+        .expect("policy");
+        let upstream = Arc::new(Upstream {
+            config: serde_yaml::from_str("{host: localhost, port: 5432, tlsMode: disable}")
+                .expect("upstream"),
+            tls: None,
+            credentials: None,
+        });
+        let masker = Arc::new(
+            Masker::new(&[policy], &MaskingConfig::default(), "ns", upstream).expect("masker"),
+        );
+        let identity = Identity {
+            kind: "ServiceAccount".into(),
+            name: "agent".into(),
+            namespace: Some("ns".into()),
+            pod: None,
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(masker.session(&identity, "db", "u"))
+            .expect("rules apply")
+    }
+
+    fn plan() -> StatementPlan {
+        StatementPlan {
+            shape: Some(Shape::Opaque(Taint::default())),
+            clean: false,
+            copy: None,
+            ddl: false,
+        }
+    }
+
+    fn row(fields: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = (fields.len() as u16).to_be_bytes().to_vec();
+        for f in fields {
+            match f {
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn data_rows_are_rewritten_in_text_and_binary() {
+        let s = detectors_only();
+        let cols = vec![
+            ResultColumn {
+                name: "a".into(),
+                type_oid: 25,
+                binary: false,
+                origin: None,
+            },
+            ResultColumn {
+                name: "b".into(),
+                type_oid: 25,
+                binary: true,
+                origin: None,
+            },
+            ResultColumn {
+                name: "c".into(),
+                type_oid: 1700,
+                binary: false,
+                origin: None,
+            },
+            ResultColumn {
+                name: "d".into(),
+                type_oid: 20,
+                binary: true,
+                origin: None,
+            },
+        ];
+        let mut r = s.result(&plan(), &cols);
+        let card = 4_111_111_111_111_111i64.to_be_bytes();
+        let body = row(&[
+            Some(b"mail olga@example.com"),
+            Some(b"card 4111111111111111!"),
+            Some(b"4111111111111111"),
+            Some(&card),
+        ]);
+        let mut out = BytesMut::new();
+        r.data_row(&body, &mut out).expect("row");
+        let expected = row(&[
+            Some(b"mail ***@example.com"),
+            Some(b"card ***!"),
+            None,
+            Some(&card),
+        ]);
+        assert_eq!(&out[5..], &expected[..]);
+        let report = r.report();
+        assert!(report
+            .iter()
+            .any(|m| m.column == 2 && m.nulled_for_type == 1 && m.rule.rule == "cards"));
+        assert!(report
+            .iter()
+            .any(|m| m.column == 0 && m.rule.rule == "mails"));
+        assert!(r.data_row(&body[..5], &mut out).is_err());
+    }
+
+    #[test]
+    fn copy_streams_are_rewritten() {
+        let s = detectors_only();
+        let text = s.copy(&plan(), 2, false);
+        let mut c = CopyMasking::new(text, CopyFormat::Text { delimiter: b'\t' });
+        assert_eq!(c.data(b"1\tolga@example.com\n").expect("row"), b"1\t\\N\n");
+        let csv = s.copy(&plan(), 3, false);
+        let mut c = CopyMasking::new(
+            csv,
+            CopyFormat::Csv {
+                delimiter: b',',
+                quote: b'"',
+                escape: b'"',
+                header: true,
+            },
+        );
+        assert_eq!(c.data(b"a,b,c\n").expect("header"), b"a,b,c\n");
+        assert_eq!(
+            c.data(b"\"x,\"\"y\"\"\",4111111111111111,z\n")
+                .expect("row"),
+            b"\"x,\"\"y\"\"\",,z\n"
+        );
+        let bin = s.copy(&plan(), 2, true);
+        let mut c = CopyMasking::new(bin, CopyFormat::Binary);
+        let mut stream = BINARY_SIGNATURE.to_vec();
+        stream.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        stream.extend_from_slice(&row(&[Some(b"7"), Some(b"olga@example.com")]));
+        stream.extend_from_slice(&(-1i16).to_be_bytes());
+        // Split anywhere: the rewriter buffers partial tuples.
+        let mut out = c.data(&stream[..15]).expect("part");
+        out.extend(c.data(&stream[15..30]).expect("part"));
+        out.extend(c.data(&stream[30..]).expect("rest"));
+        let mut expected = BINARY_SIGNATURE.to_vec();
+        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        expected.extend_from_slice(&row(&[Some(b"7"), None]));
+        expected.extend_from_slice(&(-1i16).to_be_bytes());
+        assert_eq!(out, expected);
+    }
+
     #[test]
     fn copy_formats_are_read() {
         use sqlparser::dialect::PostgreSqlDialect;

@@ -7,11 +7,11 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
+use aho_corasick::AhoCorasick;
 use futures_util::StreamExt;
 use portcullis_crds::audit::AuditEvent;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use aho_corasick::AhoCorasick;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::common::{direct, run, Proxy, ProxyBuilder};
@@ -185,9 +185,18 @@ async fn bypass_attempts_return_no_clear_values_and_name_the_rule() {
     let clear = clear_values().await;
     let proxy = masking_proxy().await;
     let client = proxy.client().await;
+    let control = direct().await;
     let mut failures = Vec::new();
+    let mut clear_directly = 0;
     assert!(CASES.len() >= 60, "{} cases", CASES.len());
     for (sql, rules) in CASES {
+        // Control: the same query on a direct connection does return clear values (so the
+        // check below can fail).
+        if let Ok(m) = control.simple_query(sql).await {
+            if cells(&m).iter().flatten().any(|c| clear.find(c).is_some()) {
+                clear_directly += 1;
+            }
+        }
         let from = proxy.records().len();
         let result = client.simple_query(sql).await;
         let cells = match result {
@@ -195,7 +204,8 @@ async fn bypass_attempts_return_no_clear_values_and_name_the_rule() {
             Err(e) => {
                 failures.push(format!(
                     "{sql}: error {}",
-                    e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned())
+                    e.as_db_error()
+                        .map_or(e.to_string(), |d| d.message().to_owned())
                 ));
                 continue;
             }
@@ -205,13 +215,18 @@ async fn bypass_attempts_return_no_clear_values_and_name_the_rule() {
         }
         for c in cells.iter().flatten() {
             if let Some(m) = clear.find(c) {
-                failures.push(format!("{sql}: clear value {:?} reached the client", &c[m.range()]));
+                failures.push(format!(
+                    "{sql}: clear value {:?} reached the client",
+                    &c[m.range()]
+                ));
                 break;
             }
         }
         let named = rules_after(&proxy, from).await;
         if !rules.iter().any(|r| named.contains(*r)) {
-            failures.push(format!("{sql}: completion records name {named:?}, expected one of {rules:?}"));
+            failures.push(format!(
+                "{sql}: completion records name {named:?}, expected one of {rules:?}"
+            ));
         }
     }
     // The session stays usable and clean columns stay clean.
@@ -221,9 +236,22 @@ async fn bypass_attempts_return_no_clear_values_and_name_the_rule() {
         .expect("clean query");
     let c = cells(&rows);
     assert_eq!(c.first().cloned().flatten().as_deref(), Some("1"));
-    assert!(c.get(1).cloned().flatten().is_some_and(|n| !n.contains("***")));
+    assert!(c
+        .get(1)
+        .cloned()
+        .flatten()
+        .is_some_and(|n| !n.contains("***")));
     proxy.stop().await;
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        clear_directly >= 55,
+        "only {clear_directly} cases return clear values directly"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +368,11 @@ async fn copy_to_stdout_is_masked_in_every_format() {
         assert!(!named.is_empty(), "{sql}: no masking recorded");
     }
     // Clean columns come through COPY unchanged.
-    let ids = copy_text(&client, "COPY (SELECT id FROM customers ORDER BY id LIMIT 3) TO STDOUT").await;
+    let ids = copy_text(
+        &client,
+        "COPY (SELECT id FROM customers ORDER BY id LIMIT 3) TO STDOUT",
+    )
+    .await;
     assert_eq!(ids, b"1\n2\n3\n");
     // psql's \copy runs COPY ... TO STDOUT through the proxy.
     let url = proxy.url();
@@ -389,11 +421,12 @@ async def main():
 asyncio.run(main())
 print("\n".join(out))
 "#;
-    let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        run(Command::new("python3").args(["-c", script, &url]))
-    })
-    .await
-    .expect("python");
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(
+            move || run(Command::new("python3").args(["-c", script, &url])),
+        )
+        .await
+        .expect("python");
     assert!(ok, "{err}");
     assert!(out.lines().count() > 100, "{out}");
     if let Some(m) = clear.find(&out) {
@@ -417,7 +450,11 @@ async fn detectors_catch_values_in_undeclared_columns_without_false_positives() 
     let c = cells(&rows);
     assert_eq!(c[0].as_deref(), Some("paid with *** today"));
     assert_eq!(c[1].as_deref(), Some("order 4111111111111112"));
-    assert!(c[2].as_deref().is_some_and(|v| !v.contains("DE89370400440532013000") && v.ends_with("3000 ok")), "{c:?}");
+    assert!(
+        c[2].as_deref()
+            .is_some_and(|v| !v.contains("DE89370400440532013000") && v.ends_with("3000 ok")),
+        "{c:?}"
+    );
     assert_eq!(c[3].as_deref(), Some("ref DE89370400440532013001"));
     // Data errors do not echo a masked value back.
     let err = client
@@ -462,7 +499,10 @@ async fn exempt_subjects_see_clear_values_and_spool_holds_none() {
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut spool = String::new();
-    for f in std::fs::read_dir(proxy.spool_dir()).expect("spool").flatten() {
+    for f in std::fs::read_dir(proxy.spool_dir())
+        .expect("spool")
+        .flatten()
+    {
         spool.push_str(&std::fs::read_to_string(f.path()).unwrap_or_default());
     }
     assert!(spool.contains("\"masked\""));
@@ -535,7 +575,8 @@ async fn random_query_shapes_never_return_clear_values() {
             }
             Err(e) => failures.push(format!(
                 "#{n} {sql}: error {}",
-                e.as_db_error().map_or(e.to_string(), |d| d.message().to_owned())
+                e.as_db_error()
+                    .map_or(e.to_string(), |d| d.message().to_owned())
             )),
         }
     }
