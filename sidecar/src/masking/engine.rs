@@ -1122,7 +1122,7 @@ pub fn scrub_notice(session: &SessionMasking, body: &[u8], out: &mut BytesMut, t
             (b'M' | b'D' | b'H' | b'W' | b'q', true) if user_raised => {
                 "(withheld by the sidecar: text raised by code may carry masked data)".to_owned()
             }
-            (b'M', true) if matches!(class, "22" | "23" | "42") => redact_quoted(v),
+            (b'M', true) if matches!(class, "22" | "23") => redact_quoted(v),
             (b'D', true) if matches!(class, "22" | "23") => {
                 "(withheld by the sidecar: may carry masked data)".to_owned()
             }

@@ -430,6 +430,10 @@ impl ResultPath {
                 Some(m) => put_notification(m, &msg.body, out),
                 None => put_message(out, msg.tag, &msg.body),
             },
+            b'S' => match &tracker.masking {
+                Some(m) => put_parameter_status(m, &msg.body, out),
+                None => put_message(out, msg.tag, &msg.body),
+            },
             b'V' => match &tracker.masking {
                 // A fast-path function result has no lineage: withheld.
                 Some(m) if m.has_columns() => put_message(out, b'V', &(-1i32).to_be_bytes()),
@@ -491,6 +495,29 @@ impl ResultPath {
             elapsed.as_secs_f64(),
         ))
     }
+}
+
+/// Parameters a client can set to any text with `set_config`, which reports them back.
+const FREE_TEXT_PARAMETERS: &[&str] = &["application_name", "search_path"];
+
+fn put_parameter_status(m: &SessionMasking, body: &[u8], out: &mut BytesMut) {
+    let mut f = codec::Fields::new(body);
+    let (Ok(name), Ok(value)) = (f.cstr(), f.cstr()) else {
+        return;
+    };
+    // After set_config in this session, a reported free-text value may have been computed
+    // from masked data (`set_config('application_name', (SELECT email ...), false)`).
+    let value = if m.settings_tainted() && FREE_TEXT_PARAMETERS.contains(&name) {
+        crate::masking::strategy::REDACTED.to_owned()
+    } else {
+        m.detect_in_text(value)
+    };
+    let mut b = Vec::with_capacity(body.len());
+    b.extend_from_slice(name.as_bytes());
+    b.push(0);
+    b.extend_from_slice(value.as_bytes());
+    b.push(0);
+    put_message(out, b'S', &b);
 }
 
 fn put_notification(m: &SessionMasking, body: &[u8], out: &mut BytesMut) {
