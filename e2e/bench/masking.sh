@@ -7,7 +7,7 @@
 #   BENCH_ROWS=100000 e2e/bench/masking.sh    smaller table (default 1,000,000 rows)
 #   PORTCULLIS_E2E_ENV=/tmp/pc/env e2e/bench/masking.sh   use a running harness instead
 #
-# Each cell is the best of BENCH_RUNS (default 3) runs of
+# Each cell is the best of BENCH_RUNS (default 5) runs of
 #   psql -c "SELECT id, email, ssn, note FROM bench_masking"
 # with output discarded; throughput is rows per second of that wall-clock time, so psql's own
 # parsing is part of every figure (as it is for a real client). Target: masking on >= 0.8x
@@ -15,7 +15,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 ROWS=${BENCH_ROWS:-1000000}
-RUNS=${BENCH_RUNS:-3}
+RUNS=${BENCH_RUNS:-5}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-mbench.XXXXXX")
 chmod 755 "$WORK"
 PIDS=()
@@ -42,6 +42,8 @@ fi
 source "$ENV_FILE"
 PG_HOST=$PORTCULLIS_E2E_PG_HOST PG_PORT=$PORTCULLIS_E2E_PG_PORT PG_PASSWORD=$PORTCULLIS_E2E_PG_PASSWORD
 DIRECT_URL=$PORTCULLIS_E2E_PG_URL
+# The sidecars talk to PostgreSQL without TLS here; so does the direct baseline.
+[[ $DIRECT_URL == *\?* ]] && DIRECT_URL="$DIRECT_URL&sslmode=disable" || DIRECT_URL="$DIRECT_URL?sslmode=disable"
 
 log "creating bench_masking ($ROWS rows)"
 psql -X -q "$DIRECT_URL" >/dev/null <<SQL

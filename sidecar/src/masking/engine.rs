@@ -21,6 +21,9 @@ use super::strategy::{self, Strategy};
 use crate::policy::analyze::StatementFacts;
 use crate::postgres::upstream::Upstream;
 
+static NO_KEY: std::sync::LazyLock<strategy::HashKey> =
+    std::sync::LazyLock::new(|| strategy::HashKey::new(b""));
+
 /// Policy name of the rule that masks columns whose lineage is unproven.
 pub const BUILTIN_POLICY: &str = "builtin";
 /// Rule name of the rule that masks columns whose lineage is unproven.
@@ -74,7 +77,7 @@ pub struct Rule {
 pub struct Masker {
     rules: Vec<Rule>,
     patterns: Patterns,
-    key: Option<Vec<u8>>,
+    key: Option<strategy::HashKey>,
     catalogs: Option<Catalogs>,
     namespace: String,
 }
@@ -151,7 +154,7 @@ impl Masker {
             }
         }
         let key = match &config.hash_key_file {
-            Some(path) => Some(read_key(path)?),
+            Some(path) => Some(strategy::HashKey::new(&read_key(path)?)),
             None => None,
         };
         let columns: Vec<(String, QualifiedColumn)> = rules
@@ -695,7 +698,8 @@ impl ResultMasking {
     }
 
     fn mask_value<'a>(&mut self, i: usize, raw: &'a [u8], copy_text: bool) -> Field<'a> {
-        let key = self.session.masker.key.as_deref().unwrap_or_default();
+        let masker = &self.session.masker;
+        let key = masker.key.as_ref().unwrap_or(&NO_KEY);
         let Some(col) = self.cols.get_mut(i) else {
             // More fields than described: fail closed.
             return Field::Null;
@@ -733,7 +737,6 @@ impl ResultMasking {
         let Ok(text) = std::str::from_utf8(payload) else {
             return Field::Value(raw.into());
         };
-        let masker = &self.session.masker;
         let mut hits: Vec<(std::ops::Range<usize>, usize)> = Vec::new();
         for d in &self.session.detectors {
             if let Some(kind) = &masker.rules[*d].detector {
