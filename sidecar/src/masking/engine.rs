@@ -376,7 +376,13 @@ impl SessionMasking {
             Some(cat) => {
                 let view = cat.view();
                 let lineage = Analyzer::new(&view).statement(ast);
-                for (table, taint) in &lineage.writes {
+                // A view's columns are followed through its definition when the catalog is
+                // read again; only tables keep what was written into them.
+                let writes: &[(String, Taint)] = match ast {
+                    Statement::CreateView(_) => &[],
+                    _ => &lineage.writes,
+                };
+                for (table, taint) in writes {
                     let taint = self.active(taint);
                     if taint.must_mask() {
                         cat.tainted_write(table, &taint);

@@ -638,7 +638,8 @@ async fn copies_and_views_stay_masked_by_their_rule_after_the_catalog_is_read_ag
         assert!(rules.contains(rule), "{sql}: {rules:?}");
         assert!(
             !rules.contains("unproven-lineage"),
-            "{sql}: still unknown: {rules:?}"
+            "{sql}: still unknown: {rules:?} {:?}",
+            proxy.records().last()
         );
         assert!(cells.len() >= 500, "{sql}: {} cells", cells.len());
         assert!(
