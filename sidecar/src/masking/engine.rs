@@ -343,7 +343,48 @@ fn copy_format(statement: &Statement) -> Option<CopyFormat> {
     })
 }
 
+/// What a statement writes into tables, including statements it carries (`EXPLAIN ANALYZE`
+/// runs its statement; `PREPARE` is recorded as if it ran). A view's columns are followed
+/// through its definition when the catalog is read again: only tables keep what was written.
+fn writes_of(analyzer: &Analyzer<'_>, ast: &Statement, depth: usize) -> Vec<(String, Taint)> {
+    match ast {
+        Statement::CreateView(_) => Vec::new(),
+        Statement::Explain { statement, .. } | Statement::Prepare { statement, .. }
+            if depth < 4 =>
+        {
+            writes_of(analyzer, statement, depth + 1)
+        }
+        other => analyzer.statement(other).writes,
+    }
+}
+
+/// Policy rule name of statements refused because masking could not follow them.
+pub const OPAQUE_RULE: &str = "masking-opaque";
+
 impl SessionMasking {
+    /// A refusal for statements that could move masked data where the sidecar cannot follow
+    /// it (code bodies it cannot read, MERGE), when column rules apply to the session.
+    pub fn refusal(&self, facts: &StatementFacts) -> Option<crate::policy::guardrails::Verdict> {
+        self.catalog.as_ref()?;
+        let what = if facts.opaque_body {
+            "statements with code bodies the sidecar cannot analyse (DO, CREATE FUNCTION, CREATE PROCEDURE)"
+        } else if facts.kinds.contains(&StatementKind::Merge) {
+            "MERGE"
+        } else {
+            return None;
+        };
+        Some(crate::policy::guardrails::Verdict {
+            decision: portcullis_crds::audit::Decision::Deny,
+            rule: Some(RuleRef {
+                policy: BUILTIN_POLICY.into(),
+                rule: OPAQUE_RULE.into(),
+            }),
+            reason: Some(format!(
+                "{what} are refused while masking rules apply: they could copy masked data to where results would not be masked (rule {BUILTIN_POLICY}/{OPAQUE_RULE})"
+            )),
+        })
+    }
+
     /// Whether column rules apply (results need a lineage).
     pub fn has_columns(&self) -> bool {
         self.catalog.is_some()
@@ -375,14 +416,9 @@ impl SessionMasking {
         let shape = match &self.catalog {
             Some(cat) => {
                 let view = cat.view();
-                let lineage = Analyzer::new(&view).statement(ast);
-                // A view's columns are followed through its definition when the catalog is
-                // read again; only tables keep what was written into them.
-                let writes: &[(String, Taint)] = match ast {
-                    Statement::CreateView(_) => &[],
-                    _ => &lineage.writes,
-                };
-                for (table, taint) in writes {
+                let analyzer = Analyzer::new(&view);
+                let lineage = analyzer.statement(ast);
+                for (table, taint) in &writes_of(&analyzer, ast, 0) {
                     let taint = self.active(taint);
                     if taint.must_mask() {
                         cat.tainted_write(table, &taint);

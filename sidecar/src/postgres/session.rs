@@ -499,7 +499,10 @@ impl Frontend {
         match analysis.as_ref() {
             Analysis::Statements(list) => {
                 for facts in list {
-                    let verdict = self.res.guardrails.decide(facts);
+                    let verdict = match self.masking.as_ref().and_then(|m| m.refusal(facts)) {
+                        Some(refused) => refused,
+                        None => self.res.guardrails.decide(facts),
+                    };
                     let row_limits = if verdict.forwards() {
                         self.res.guardrails.row_limits(facts)
                     } else {

@@ -512,6 +512,44 @@ async fn exempt_subjects_see_clear_values_and_spool_holds_none() {
     proxy.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_masking_cannot_follow_are_refused_and_nested_writes_are_tracked() {
+    let clear = clear_values().await;
+    let proxy = masking_proxy().await;
+    let client = proxy.client().await;
+    // Where the sidecar could not follow masked data it refuses the statement.
+    for sql in [
+        "DO $$ BEGIN CREATE TEMP TABLE mask_do AS SELECT email FROM customers; END $$",
+        "CREATE FUNCTION mask_f() RETURNS SETOF text LANGUAGE sql AS 'SELECT email FROM customers'",
+        "MERGE INTO orders o USING customers c ON o.id = c.id WHEN MATCHED THEN UPDATE SET status = c.email",
+    ] {
+        let err = client.simple_query(sql).await.expect_err(sql);
+        let db = err.as_db_error().map(|d| (d.code().code().to_owned(), d.message().to_owned()));
+        assert!(
+            db.as_ref().is_some_and(|(code, m)| code == "42501" && m.contains("masking-opaque")),
+            "{sql}: {db:?}"
+        );
+    }
+    // EXPLAIN ANALYZE and PREPARE carry the writes of their statement.
+    client
+        .batch_execute(
+            "EXPLAIN ANALYZE CREATE TEMP TABLE mask_e AS SELECT email FROM customers;
+             PREPARE mask_ins AS INSERT INTO mask_e SELECT ssn FROM customers;
+             EXECUTE mask_ins;",
+        )
+        .await
+        .expect("explain analyze");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows = client
+        .simple_query("SELECT email FROM mask_e")
+        .await
+        .expect("copy");
+    for v in cells(&rows).iter().flatten() {
+        assert!(clear.find(v).is_none(), "{v}");
+    }
+    proxy.stop().await;
+}
+
 /// Random query shapes over the seeded schema: masked sources wrapped in functions, casts,
 /// CASE, subqueries, CTEs, set operations, aggregates and window functions, mixed with clean
 /// columns. None may return a clear value.
