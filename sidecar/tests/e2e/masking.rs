@@ -178,6 +178,8 @@ const CASES: &[(&str, &[&str])] = &[
     ("SELECT * FROM (SELECT phone FROM customers) AS \"Quoted\"", &["contact"]),
     ("SELECT (SELECT string_agg(card_number, ';') FROM customers) AS cards", &["payment"]),
     ("SELECT 'card ' || card_number FROM customers", &["payment"]),
+    ("SELECT attname, histogram_bounds::text FROM pg_stats WHERE tablename = 'customers'", &["unproven-lineage"]),
+    ("SELECT * FROM pg_catalog.pg_stats WHERE tablename = 'customers'", &["unproven-lineage"]),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
