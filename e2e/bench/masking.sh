@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Throughput of a large SELECT with two masked columns: direct, through the sidecar with no
-# masking rule, through the sidecar masking both columns (lineage, RowDescription, DataRow
-# rewriting), and with value detectors on every text value as well.
+# masking rule, through the sidecar masking both columns (e-mail `partial`, SSN `hash`, i.e. one
+# HMAC-SHA-256 per row), the same with `redact` instead of `hash`, and with value detectors on
+# every text value as well.
 #
 #   e2e/bench/masking.sh                      start a harness PostgreSQL, run, print a table
 #   BENCH_ROWS=100000 e2e/bench/masking.sh    smaller table (default 1,000,000 rows)
@@ -100,6 +101,9 @@ OFF_PORT=$(start_sidecar masking-off "  guardrails: []")
 ON_PORT=$(start_sidecar masking-on "  masking:
   - {name: contact, columns: [bench_masking.email], strategy: partial}
   - {name: national-id, columns: [bench_masking.ssn], strategy: hash}")
+REDACT_PORT=$(start_sidecar masking-redact "  masking:
+  - {name: contact, columns: [bench_masking.email], strategy: partial}
+  - {name: national-id, columns: [bench_masking.ssn], strategy: redact}")
 DET_PORT=$(start_sidecar masking-detectors "  masking:
   - {name: contact, columns: [bench_masking.email], strategy: partial}
   - {name: national-id, columns: [bench_masking.ssn], strategy: hash}
@@ -111,9 +115,10 @@ declare -A URL=(
     [direct]=$DIRECT_URL
     [sidecar-masking-off]="postgresql://agent@127.0.0.1:$OFF_PORT/shop?sslmode=disable"
     [sidecar-masking-on]="postgresql://agent@127.0.0.1:$ON_PORT/shop?sslmode=disable"
+    [sidecar-masking-no-hash]="postgresql://agent@127.0.0.1:$REDACT_PORT/shop?sslmode=disable"
     [sidecar-masking+detectors]="postgresql://agent@127.0.0.1:$DET_PORT/shop?sslmode=disable"
 )
-TARGETS=(direct sidecar-masking-off sidecar-masking-on sidecar-masking+detectors)
+TARGETS=(direct sidecar-masking-off sidecar-masking-on sidecar-masking-no-hash sidecar-masking+detectors)
 QUERY="SELECT id, email, ssn, note FROM bench_masking"
 
 # Sanity: masked values differ from the clear ones, clean ones do not.

@@ -112,7 +112,11 @@ pub fn hash(value: &str, key: &HashKey) -> String {
         let mut mac = mac.clone();
         mac.update(value.as_bytes());
         let digest = mac.finalize().into_bytes();
-        out.push_str(&hex::encode(&digest[..16]));
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for b in &digest[..16] {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
     }
     out
 }
@@ -121,7 +125,11 @@ pub fn hash(value: &str, key: &HashKey) -> String {
 /// character of anything else.
 pub fn partial(value: &str) -> String {
     if let Some((_, domain)) = value.rsplit_once('@') {
-        return format!("{REDACTED}@{domain}");
+        let mut out = String::with_capacity(REDACTED.len() + 1 + domain.len());
+        out.push_str(REDACTED);
+        out.push('@');
+        out.push_str(domain);
+        return out;
     }
     let digits = value.chars().filter(char::is_ascii_digit).count();
     if digits >= 8 {
@@ -177,7 +185,10 @@ pub fn mask_field(
     } else {
         raw
     };
-    let value = String::from_utf8_lossy(payload);
+    let value = match std::str::from_utf8(payload) {
+        Ok(v) => std::borrow::Cow::Borrowed(v),
+        Err(_) => String::from_utf8_lossy(payload),
+    };
     // Keeping "part" of a whole JSON document has no meaning; redact it instead.
     let strategy = if json_like && strategy == Strategy::Partial {
         Strategy::Redact
@@ -195,12 +206,13 @@ pub fn mask_field(
     } else {
         masked
     };
-    let mut out = Vec::with_capacity(body.len() + 1);
     if type_oid == JSONB && binary {
+        let mut out = Vec::with_capacity(body.len() + 1);
         out.push(1); // jsonb binary format version
+        out.extend_from_slice(body.as_bytes());
+        return Masked::Value(out);
     }
-    out.extend_from_slice(body.as_bytes());
-    Masked::Value(out)
+    Masked::Value(body.into_bytes())
 }
 
 fn serde_json_string(s: &str) -> String {
