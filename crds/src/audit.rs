@@ -291,6 +291,38 @@ pub struct CompletionRecord {
     /// The error the statement ended with, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<StatementError>,
+    /// Result columns the sidecar masked: which rule, why, and how many values. Never holds a
+    /// value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<MaskedColumn>,
+}
+
+/// One result column masked by one rule.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MaskedColumn {
+    /// Position of the column in the result (0-based).
+    pub column: u32,
+    /// Name of the column as the result names it.
+    pub name: String,
+    /// The rule that masked it: a masking rule of a policy, or `builtin/unproven-lineage`
+    /// when the column's lineage could not be proven free of masked sources.
+    pub rule: RuleRef,
+    /// Why: the masked sources the column is computed from, the detector that matched, or
+    /// what the lineage analysis could not follow.
+    pub reason: String,
+    /// Strategy applied (`redact`, `null`, `partial`, `hash`).
+    pub strategy: String,
+    /// Values masked.
+    pub values: u64,
+    /// Values sent as NULL because the column's type has no valid masked form (or the type
+    /// is unknown), although the strategy asked for a value.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub nulled_for_type: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// An error a statement ended with.

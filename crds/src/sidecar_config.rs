@@ -41,6 +41,9 @@ pub struct SidecarConfig {
     /// Audit spool and shipping.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Masking settings shared by every policy (hash key, catalog refresh).
+    #[serde(default)]
+    pub masking: MaskingConfig,
     /// Address of the sidecar's own `/metrics`, `/healthz` and `/readyz`.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
@@ -135,6 +138,34 @@ impl Default for AuditConfig {
             service_url: None,
             ca_file: None,
             token_file: None,
+        }
+    }
+}
+
+/// Settings of result masking that do not belong to one policy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaskingConfig {
+    /// File holding the key of the `hash` strategy (a Secret mount readable by the sidecar
+    /// only). Without a key, `hash` rules mask like `redact`: an unkeyed hash of a low-entropy
+    /// value (a phone number, an SSN) could be reversed by trying every value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key_file: Option<PathBuf>,
+    /// Seconds between re-reads of the upstream catalog (masked columns to table OIDs and
+    /// attribute numbers, view definitions). The catalog is also re-read after DDL.
+    #[serde(default = "default_catalog_refresh")]
+    pub catalog_refresh_seconds: u64,
+}
+
+fn default_catalog_refresh() -> u64 {
+    60
+}
+
+impl Default for MaskingConfig {
+    fn default() -> Self {
+        Self {
+            hash_key_file: None,
+            catalog_refresh_seconds: default_catalog_refresh(),
         }
     }
 }
@@ -837,6 +868,7 @@ mod tests {
             }],
             policies: vec![PolicyConfig::compile("gdpr", 3, &policy_spec()).expect("compiles")],
             audit: AuditConfig::default(),
+            masking: MaskingConfig::default(),
             admin_listen: "127.0.0.1:15090".into(),
         }
     }

@@ -324,6 +324,7 @@ pub fn compile_namespace(
             resources: out_resources,
             policies: compiled.into_iter().map(|(pc, _)| pc).collect(),
             audit: AuditConfig::default(),
+            masking: Default::default(),
             admin_listen: format!("0.0.0.0:{}", crate::inject::ADMIN_PORT),
         },
         policies: outcomes,

@@ -12,6 +12,7 @@ use crate::audit::spool::Spool;
 use crate::config::ConfigError;
 use crate::identity::oidc::OidcOptions;
 use crate::identity::Authenticator;
+use crate::masking::engine::Masker;
 use crate::metrics::Metrics;
 use crate::policy::cache::AnalysisCache;
 use crate::postgres::cancel::CancelRegistry;
@@ -65,6 +66,8 @@ pub struct Resource {
     pub process_nonce: String,
     /// Approvals through the API server; `None` in standalone mode.
     pub approvals: Option<Arc<Approvals>>,
+    /// Masking rules (`None`: no policy of the resource masks anything).
+    pub masker: Option<Arc<Masker>>,
 }
 
 /// Shared services every resource uses.
@@ -104,13 +107,24 @@ impl Resource {
         let policies: Vec<PolicyConfig> = config.policies_for(resource).cloned().collect();
         let auth = Authenticator::for_policies(&policies, &config.namespace, shared.oidc)
             .map_err(|e| ConfigError::Invalid(format!("resource {}: {e}", resource.name)))?;
+        let upstream = Arc::new(Upstream {
+            config: upstream_config,
+            tls,
+            credentials: resource.credentials.clone(),
+        });
+        // Masking follows every policy of the resource (a session's subjects never unmask
+        // a column; exemptions are per rule).
+        let masker = Masker::new(
+            &policies,
+            &config.masking,
+            &config.namespace,
+            upstream.clone(),
+        )
+        .map_err(|e| ConfigError::Invalid(format!("resource {}: {e}", resource.name)))?;
         Ok(Resource {
             name: resource.name.clone(),
-            upstream: Arc::new(Upstream {
-                config: upstream_config,
-                tls,
-                credentials: resource.credentials.clone(),
-            }),
+            upstream,
+            masker: (!masker.is_empty()).then(|| Arc::new(masker)),
             policies,
             namespace: config.namespace.clone(),
             auth,

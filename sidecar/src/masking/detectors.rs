@@ -65,6 +65,9 @@ impl Patterns {
 
     /// Byte ranges of `text` the detector finds, in order, not overlapping.
     pub fn find(&self, kind: &DetectorKind, text: &str) -> Vec<Range<usize>> {
+        if !may_match(kind, text) {
+            return Vec::new();
+        }
         match kind {
             DetectorKind::Email => self.email.find_iter(text).map(|m| m.range()).collect(),
             DetectorKind::PaymentCard => self
@@ -87,6 +90,31 @@ impl Patterns {
                 .collect(),
             DetectorKind::Regex(re) => re.find_iter(text).map(|m| m.range()).collect(),
         }
+    }
+}
+
+/// A cheap necessary condition for a built-in detector to find anything: most values (ids,
+/// names, dates, prose) fail it in one pass over their bytes, without running the pattern.
+fn may_match(kind: &DetectorKind, text: &str) -> bool {
+    let bytes = text.as_bytes();
+    match kind {
+        DetectorKind::Email => bytes.contains(&b'@'),
+        DetectorKind::PaymentCard => bytes.iter().filter(|b| b.is_ascii_digit()).count() >= 13,
+        DetectorKind::Iban => {
+            // Two capital letters and two check digits open every IBAN.
+            bytes.len() >= 15
+                && bytes.windows(4).any(|w| {
+                    w[0].is_ascii_uppercase()
+                        && w[1].is_ascii_uppercase()
+                        && w[2].is_ascii_digit()
+                        && w[3].is_ascii_digit()
+                })
+        }
+        DetectorKind::Phone => {
+            (bytes.contains(&b'+') || bytes.windows(2).any(|w| w == b"00"))
+                && bytes.iter().filter(|b| b.is_ascii_digit()).count() >= 8
+        }
+        DetectorKind::Regex(_) => true,
     }
 }
 

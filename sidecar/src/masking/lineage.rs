@@ -28,6 +28,9 @@ pub struct CatalogColumn {
     pub name: String,
     /// Masking rules that name this column.
     pub rules: BTreeSet<String>,
+    /// Why the column's content is not proven free of masked sources (a view column whose
+    /// definition could not be followed, a catalog refresh pending after DDL).
+    pub unproven: BTreeSet<String>,
 }
 
 /// What the analysis knows about relations. Implemented by the sidecar's catalog cache.
@@ -52,13 +55,15 @@ impl Taint {
         !self.rules.is_empty() || !self.unproven.is_empty()
     }
 
-    fn unproven(reason: impl Into<String>) -> Self {
+    /// A taint that only says why the column is unproven.
+    pub fn unproven(reason: impl Into<String>) -> Self {
         let mut t = Taint::default();
         t.unproven.insert(reason.into());
         t
     }
 
-    fn absorb(&mut self, other: &Taint) {
+    /// Add what `other` may carry.
+    pub fn absorb(&mut self, other: &Taint) {
         self.rules.extend(other.rules.iter().cloned());
         self.unproven.extend(other.unproven.iter().cloned());
     }
@@ -825,7 +830,7 @@ impl<'c> Analyzer<'c> {
                             name: c.name,
                             taint: Taint {
                                 rules: c.rules,
-                                unproven: BTreeSet::new(),
+                                unproven: c.unproven,
                             },
                         })
                         .collect(),
@@ -1183,6 +1188,7 @@ mod tests {
         let col = |n: &str, rule: Option<&str>| CatalogColumn {
             name: n.into(),
             rules: rule.into_iter().map(String::from).collect::<BTreeSet<_>>(),
+            unproven: BTreeSet::new(),
         };
         let mut m = BTreeMap::new();
         m.insert(

@@ -4,9 +4,15 @@
 //!   statement's syntax tree; fails closed (unproven columns are masked).
 //! - [`detectors`]: value detectors (e-mail, payment cards with Luhn, IBAN with checksum,
 //!   phone numbers, user patterns) applied to text values whatever their column.
+//! - [`catalog`]: masked columns resolved to (table OID, attribute number) from the upstream
+//!   catalog, views followed to their base columns, refreshed after DDL and on a timer.
+//! - [`engine`]: the rules of a resource, a session's exemptions, the plan of a statement and
+//!   the rewriting of results (DataRows in text and binary format, COPY TO STDOUT).
 //! - [`strategy`]: redact, null, partial and keyed-hash masking that keeps values valid for
 //!   their column type in text and binary formats.
 
+pub mod catalog;
 pub mod detectors;
+pub mod engine;
 pub mod lineage;
 pub mod strategy;

@@ -32,6 +32,36 @@ const TEXT_TYPES: &[u32] = &[
 const JSON: u32 = 114;
 const JSONB: u32 = 3802;
 
+/// Whether values of the type are text in both formats (JSON types included).
+pub fn is_text_like(type_oid: u32) -> bool {
+    TEXT_TYPES.contains(&type_oid) || type_oid == JSON || type_oid == JSONB
+}
+
+/// Whether the type is `jsonb` (binary values start with a version byte).
+pub fn is_jsonb(type_oid: u32) -> bool {
+    type_oid == JSONB
+}
+
+/// How strict a strategy is: the strictest of several rules on one column applies.
+pub fn strictness(s: Strategy) -> u8 {
+    match s {
+        Strategy::Partial => 0,
+        Strategy::Hash => 1,
+        Strategy::Redact => 2,
+        Strategy::Null => 3,
+    }
+}
+
+/// The API name of a strategy.
+pub fn name(s: Strategy) -> &'static str {
+    match s {
+        Strategy::Redact => "redact",
+        Strategy::Null => "null",
+        Strategy::Partial => "partial",
+        Strategy::Hash => "hash",
+    }
+}
+
 /// The result of masking one field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Masked {
@@ -45,8 +75,27 @@ pub enum Masked {
     },
 }
 
+/// The key of the `hash` strategy, with the HMAC state after the key already computed (so
+/// each value costs two SHA-256 compressions, not four).
+#[derive(Clone)]
+pub struct HashKey(Option<Hmac<Sha256>>);
+
+impl HashKey {
+    /// A key from its bytes.
+    pub fn new(key: &[u8]) -> Self {
+        // HMAC accepts keys of any length, so this cannot fail.
+        HashKey(<Hmac<Sha256> as Mac>::new_from_slice(key).ok())
+    }
+}
+
+impl std::fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HashKey(..)")
+    }
+}
+
 /// Mask a text value with a strategy.
-pub fn mask_text(strategy: Strategy, value: &str, key: &[u8]) -> Option<String> {
+pub fn mask_text(strategy: Strategy, value: &str, key: &HashKey) -> Option<String> {
     match strategy {
         Strategy::Null => None,
         Strategy::Redact => Some(REDACTED.to_owned()),
@@ -55,25 +104,32 @@ pub fn mask_text(strategy: Strategy, value: &str, key: &[u8]) -> Option<String> 
     }
 }
 
-/// Keyed HMAC-SHA-256 of a value: `h:` and 32 hex characters.
-pub fn hash(value: &str, key: &[u8]) -> String {
-    // HMAC accepts keys of any length, so this cannot fail; an empty MAC would be returned only
-    // if it did, which the hex prefix makes recognisable.
-    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
-        Ok(mut mac) => {
-            mac.update(value.as_bytes());
-            let digest = mac.finalize().into_bytes();
-            format!("h:{}", hex::encode(&digest[..16]))
+/// Keyed HMAC-SHA-256 of a value: `h:` and 32 hex characters (the first 128 bits).
+pub fn hash(value: &str, key: &HashKey) -> String {
+    let mut out = String::with_capacity(34);
+    out.push_str("h:");
+    if let Some(mac) = &key.0 {
+        let mut mac = mac.clone();
+        mac.update(value.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for b in &digest[..16] {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
         }
-        Err(_) => "h:".to_owned(),
     }
+    out
 }
 
 /// Keep the domain of an e-mail address, or the last four digits of a number, or the first
 /// character of anything else.
 pub fn partial(value: &str) -> String {
     if let Some((_, domain)) = value.rsplit_once('@') {
-        return format!("{REDACTED}@{domain}");
+        let mut out = String::with_capacity(REDACTED.len() + 1 + domain.len());
+        out.push_str(REDACTED);
+        out.push('@');
+        out.push_str(domain);
+        return out;
     }
     let digits = value.chars().filter(char::is_ascii_digit).count();
     if digits >= 8 {
@@ -110,7 +166,7 @@ pub fn mask_field(
     type_oid: u32,
     binary: bool,
     raw: &[u8],
-    key: &[u8],
+    key: &HashKey,
 ) -> Masked {
     if strategy == Strategy::Null {
         return Masked::Null {
@@ -129,7 +185,10 @@ pub fn mask_field(
     } else {
         raw
     };
-    let value = String::from_utf8_lossy(payload);
+    let value = match std::str::from_utf8(payload) {
+        Ok(v) => std::borrow::Cow::Borrowed(v),
+        Err(_) => String::from_utf8_lossy(payload),
+    };
     // Keeping "part" of a whole JSON document has no meaning; redact it instead.
     let strategy = if json_like && strategy == Strategy::Partial {
         Strategy::Redact
@@ -147,12 +206,13 @@ pub fn mask_field(
     } else {
         masked
     };
-    let mut out = Vec::with_capacity(body.len() + 1);
     if type_oid == JSONB && binary {
+        let mut out = Vec::with_capacity(body.len() + 1);
         out.push(1); // jsonb binary format version
+        out.extend_from_slice(body.as_bytes());
+        return Masked::Value(out);
     }
-    out.extend_from_slice(body.as_bytes());
-    Masked::Value(out)
+    Masked::Value(body.into_bytes())
 }
 
 fn serde_json_string(s: &str) -> String {
@@ -185,35 +245,50 @@ mod tests {
 
     #[test]
     fn hash_is_keyed_and_stable() {
-        let a = hash("x@example.com", b"k1");
-        assert_eq!(a, hash("x@example.com", b"k1"));
-        assert_ne!(a, hash("x@example.com", b"k2"));
-        assert_ne!(a, hash("y@example.com", b"k1"));
+        let (k1, k2) = (HashKey::new(b"k1"), HashKey::new(b"k2"));
+        let a = hash("x@example.com", &k1);
+        assert_eq!(a, hash("x@example.com", &k1));
+        assert_ne!(a, hash("x@example.com", &k2));
+        assert_ne!(a, hash("y@example.com", &k1));
         assert_eq!(a.len(), 34);
     }
 
     #[test]
     fn fields_stay_valid_for_their_type() {
         assert_eq!(
-            mask_field(Strategy::Redact, 25, false, b"secret", b"k"),
+            mask_field(Strategy::Redact, 25, false, b"secret", &HashKey::new(b"k")),
             Masked::Value(b"***".to_vec())
         );
         assert_eq!(
-            mask_field(Strategy::Redact, 23, true, &[0, 0, 0, 1], b"k"),
+            mask_field(
+                Strategy::Redact,
+                23,
+                true,
+                &[0, 0, 0, 1],
+                &HashKey::new(b"k")
+            ),
             Masked::Null {
                 type_fallback: true
             }
         );
         assert_eq!(
-            mask_field(Strategy::Partial, 114, false, br#"{"email":"a@b.c"}"#, b"k"),
+            mask_field(
+                Strategy::Partial,
+                114,
+                false,
+                br#"{"email":"a@b.c"}"#,
+                &HashKey::new(b"k")
+            ),
             Masked::Value(br#""***""#.to_vec())
         );
-        let Masked::Value(v) = mask_field(Strategy::Redact, 3802, true, b"\x01{}", b"k") else {
+        let Masked::Value(v) =
+            mask_field(Strategy::Redact, 3802, true, b"\x01{}", &HashKey::new(b"k"))
+        else {
             panic!("jsonb masks to a value");
         };
         assert_eq!(v, b"\x01\"***\"");
         assert_eq!(
-            mask_field(Strategy::Null, 25, false, b"x", b"k"),
+            mask_field(Strategy::Null, 25, false, b"x", &HashKey::new(b"k")),
             Masked::Null {
                 type_fallback: false
             }

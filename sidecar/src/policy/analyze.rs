@@ -47,6 +47,8 @@ pub struct StatementFacts {
     pub normalized: String,
     /// Fingerprint of `normalized`.
     pub fingerprint: String,
+    /// The parsed statement (for the masking lineage analysis); `None` for DO blocks.
+    pub ast: Option<std::sync::Arc<Statement>>,
 }
 
 /// What a statement can change, from least to most.
@@ -363,6 +365,7 @@ fn facts_of(mut statement: Statement, sql: &str) -> StatementFacts {
     if facts.opaque_body || !known_functions {
         facts.effect = Effect::Other;
     }
+    facts.ast = Some(std::sync::Arc::new(statement.clone()));
     facts.normalized = fingerprint::normalize(&mut statement);
     facts.fingerprint = fingerprint::of(&facts.normalized);
     facts

@@ -3,14 +3,19 @@
 //! replaces the errors of refused statements with the sidecar's own, and is the one place
 //! that sees RowDescription and DataRow, so that result rewriting can be added here.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use portcullis_crds::audit::{AuditEvent, CompletionRecord, StatementError};
+use portcullis_crds::audit::{AuditEvent, CompletionRecord, MaskedColumn, StatementError};
 use portcullis_crds::gateway_policy::GuardrailAction;
 
 use super::codec::{self, put_error, put_message, Message};
+use crate::masking::engine::{
+    apply_formats, parse_row_description, scrub_notice, CopyMasking, ResultColumn, ResultMasking,
+    SessionMasking, StatementPlan,
+};
 use crate::policy::guardrails::RowLimit;
 
 /// SQLSTATE of every refusal (insufficient_privilege).
@@ -27,6 +32,38 @@ pub struct Inflight {
     pub started: Instant,
     /// Result-size guardrails.
     pub row_limits: Vec<RowLimit>,
+    /// How its result is masked (`None`: no masking rule applies to the session).
+    pub masking: Option<InflightMasking>,
+}
+
+/// What the result path needs to mask one statement's result.
+#[derive(Clone)]
+pub struct InflightMasking {
+    /// The session's masking.
+    pub session: Arc<SessionMasking>,
+    /// The statement's plan (lineage).
+    pub plan: Arc<StatementPlan>,
+    /// Extended protocol: the prepared statement (name, parse generation) and Bind's result
+    /// format codes; the result has no RowDescription of its own.
+    pub prepared: Option<(String, u64, Vec<i16>)>,
+}
+
+impl std::fmt::Debug for InflightMasking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InflightMasking")
+            .field("plan", &self.plan)
+            .field("prepared", &self.prepared)
+            .finish()
+    }
+}
+
+/// A Describe sent to the server, awaiting its RowDescription or NoData.
+#[derive(Debug)]
+pub struct Describe {
+    /// Batch it belongs to.
+    pub batch: u64,
+    /// The prepared statement described (name, parse generation).
+    pub statement: Option<(String, u64)>,
 }
 
 /// A refused statement whose stand-in error will come back from the server.
@@ -56,6 +93,13 @@ pub struct Tracker {
     pub markers: VecDeque<Marker>,
     /// Forwarded statements awaiting completion, in order.
     pub inflight: VecDeque<Inflight>,
+    /// Describes awaiting their answer, in order.
+    pub describes: VecDeque<Describe>,
+    /// Columns of prepared statements, from the answers to Describe: name to (parse
+    /// generation, columns).
+    pub descriptions: HashMap<String, (u64, Arc<Vec<ResultColumn>>)>,
+    /// The session's masking, for messages outside results (errors, notices, notifications).
+    pub masking: Option<Arc<SessionMasking>>,
 }
 
 /// Result state of the statement at the head of the queue.
@@ -73,12 +117,111 @@ pub struct Outcome {
     pub completions: Vec<(CompletionRecord, f64)>,
 }
 
+/// Masking state of the result in progress.
+#[derive(Default)]
+enum MaskState {
+    /// Not decided yet (decided at the first row or CopyOutResponse).
+    #[default]
+    Unset,
+    /// Rows pass untouched.
+    Pass,
+    /// Rows are rewritten.
+    Rows(Box<ResultMasking>),
+    /// COPY data is rewritten.
+    Copy(Box<CopyMasking>),
+}
+
 /// Per-session state of the result path.
 #[derive(Default)]
 pub struct ResultPath {
     current: Current,
     /// The last RowDescription (column names and types), kept for result rewriting.
     pub row_description: Option<bytes::Bytes>,
+    /// Columns of the result in progress, from its RowDescription.
+    columns: Option<Vec<ResultColumn>>,
+    mask: MaskState,
+}
+
+const MASKING_FAILED: &str =
+    "the result could not be masked and was withheld (rule builtin/masking)";
+
+impl ResultPath {
+    /// Decide how the result of the head statement is masked, at its first row.
+    fn start_rows(&mut self, tracker: &Tracker, fields: usize) -> MaskState {
+        let Some(m) = tracker.inflight.front().and_then(|h| h.masking.clone()) else {
+            return MaskState::Pass;
+        };
+        let columns = match (self.columns.take(), &m.prepared) {
+            (Some(c), _) => c,
+            (None, Some((name, gen, formats))) => {
+                let mut cols = match tracker.descriptions.get(name) {
+                    Some((g, cols)) if g == gen && cols.len() == fields => cols.as_ref().clone(),
+                    _ => unknown_columns(fields),
+                };
+                apply_formats(&mut cols, formats);
+                cols
+            }
+            (None, None) => unknown_columns(fields),
+        };
+        let r = m.session.result(&m.plan, &columns);
+        if r.is_noop() {
+            MaskState::Pass
+        } else {
+            MaskState::Rows(Box::new(r))
+        }
+    }
+
+    fn start_copy(&mut self, tracker: &Tracker, body: &[u8]) -> Result<MaskState, ()> {
+        let Some(m) = tracker.inflight.front().and_then(|h| h.masking.clone()) else {
+            return Ok(MaskState::Pass);
+        };
+        let binary = body.first().is_some_and(|f| *f == 1);
+        let n = body
+            .get(1..3)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+            .unwrap_or(0);
+        let Some(format) = m.plan.copy.clone() else {
+            // A COPY the analysis did not see as COPY TO STDOUT: its format is unknown.
+            return Err(());
+        };
+        if binary != (format == crate::masking::engine::CopyFormat::Binary) {
+            return Err(());
+        }
+        let c = CopyMasking::new(m.session.copy(&m.plan, n, binary), format);
+        Ok(if c.is_noop() {
+            MaskState::Pass
+        } else {
+            MaskState::Copy(Box::new(c))
+        })
+    }
+
+    fn take_report(&mut self) -> Vec<MaskedColumn> {
+        self.columns = None;
+        match std::mem::take(&mut self.mask) {
+            MaskState::Rows(r) => r.report(),
+            MaskState::Copy(c) => c.report(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn unknown_columns(n: usize) -> Vec<ResultColumn> {
+    (0..n)
+        .map(|_| ResultColumn {
+            name: String::new(),
+            type_oid: 0,
+            binary: false,
+            origin: None,
+        })
+        .collect()
+}
+
+fn describing(tracker: &Tracker) -> bool {
+    let answering = tracker.batches_done + 1;
+    tracker
+        .describes
+        .front()
+        .is_some_and(|d| d.batch == answering)
 }
 
 fn rows_of_tag(tag: &str) -> u64 {
@@ -100,10 +243,45 @@ impl ResultPath {
         let mut completions = Vec::new();
         match msg.tag {
             b'T' => {
+                if describing(tracker) {
+                    if let Some(Describe {
+                        statement: Some((name, gen)),
+                        ..
+                    }) = tracker.describes.pop_front()
+                    {
+                        let cols = parse_row_description(&msg.body).unwrap_or_default();
+                        tracker.descriptions.insert(name, (gen, Arc::new(cols)));
+                    }
+                } else {
+                    self.columns = parse_row_description(&msg.body);
+                    self.mask = MaskState::Unset;
+                }
                 self.row_description = Some(msg.body.clone());
                 put_message(out, msg.tag, &msg.body);
             }
+            b'n' => {
+                if describing(tracker) {
+                    if let Some(Describe {
+                        statement: Some((name, gen)),
+                        ..
+                    }) = tracker.describes.pop_front()
+                    {
+                        tracker
+                            .descriptions
+                            .insert(name, (gen, Arc::new(Vec::new())));
+                    }
+                }
+                put_message(out, msg.tag, &msg.body);
+            }
             b'D' => {
+                if matches!(self.mask, MaskState::Unset) {
+                    let fields = msg
+                        .body
+                        .get(..2)
+                        .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+                        .unwrap_or(0);
+                    self.mask = self.start_rows(tracker, fields);
+                }
                 self.current.rows += 1;
                 self.current.bytes += msg.body.len() as u64 + 5;
                 if self.current.cut.is_none() {
@@ -119,8 +297,27 @@ impl ResultPath {
                     }
                 }
                 if self.current.cut.is_none() {
-                    put_message(out, msg.tag, &msg.body);
+                    match &mut self.mask {
+                        MaskState::Rows(m) => {
+                            if m.data_row(&msg.body, out).is_err() {
+                                self.current.cut = Some(MASKING_FAILED.to_owned());
+                            }
+                        }
+                        _ => put_message(out, msg.tag, &msg.body),
+                    }
                 }
+            }
+            b'H' => {
+                match self.start_copy(tracker, &msg.body) {
+                    Ok(state) => self.mask = state,
+                    Err(()) => {
+                        self.mask = MaskState::Pass;
+                        self.current.cut = Some(
+                            "COPY TO STDOUT of data under masking rules in a format the sidecar cannot mask is refused (rule builtin/masking)".to_owned(),
+                        );
+                    }
+                }
+                put_message(out, msg.tag, &msg.body);
             }
             b'C' | b's' | b'I' => {
                 let tag = if msg.tag == b'C' {
@@ -164,7 +361,10 @@ impl ResultPath {
                     }
                 }
                 if !replaced {
-                    put_message(out, msg.tag, &msg.body);
+                    match &tracker.masking {
+                        Some(m) => scrub_notice(m, &msg.body, out, msg.tag),
+                        None => put_message(out, msg.tag, &msg.body),
+                    }
                     let fields = codec::parse_error_fields(&msg.body);
                     let error = Some(StatementError {
                         sqlstate: fields.code,
@@ -202,12 +402,47 @@ impl ResultPath {
                     }
                 }
                 tracker.markers.retain(|m| m.batch > done);
+                // Describes of the finished batch that got no answer were skipped.
+                tracker.describes.retain(|d| d.batch > done);
+                self.columns = None;
+                self.mask = MaskState::Unset;
                 put_message(out, msg.tag, &msg.body);
             }
             b'd' => {
                 self.current.bytes += msg.body.len() as u64 + 5;
-                put_message(out, msg.tag, &msg.body);
+                if self.current.cut.is_none() {
+                    match &mut self.mask {
+                        MaskState::Copy(c) => match c.data(&msg.body) {
+                            Ok(bytes) if bytes.is_empty() => {}
+                            Ok(bytes) => put_message(out, msg.tag, &bytes),
+                            Err(_) => self.current.cut = Some(MASKING_FAILED.to_owned()),
+                        },
+                        _ => put_message(out, msg.tag, &msg.body),
+                    }
+                }
             }
+            b'c' => {
+                if self.current.cut.is_none() {
+                    put_message(out, msg.tag, &msg.body);
+                }
+            }
+            b'N' => match &tracker.masking {
+                Some(m) => scrub_notice(m, &msg.body, out, msg.tag),
+                None => put_message(out, msg.tag, &msg.body),
+            },
+            b'A' => match &tracker.masking {
+                Some(m) => put_notification(m, &msg.body, out),
+                None => put_message(out, msg.tag, &msg.body),
+            },
+            b'S' => match &tracker.masking {
+                Some(m) => put_parameter_status(m, &msg.body, out),
+                None => put_message(out, msg.tag, &msg.body),
+            },
+            b'V' => match &tracker.masking {
+                // A fast-path function result has no lineage: withheld.
+                Some(m) if m.has_columns() => put_message(out, b'V', &(-1i32).to_be_bytes()),
+                _ => put_message(out, msg.tag, &msg.body),
+            },
             _ => put_message(out, msg.tag, &msg.body),
         }
         Outcome { completions }
@@ -234,10 +469,15 @@ impl ResultPath {
             .is_none_or(|h| h.batch != answering)
         {
             self.current = Current::default();
+            self.take_report();
             return None;
         }
         let current = std::mem::take(&mut self.current);
+        let masked = self.take_report();
         let head = tracker.inflight.pop_front()?;
+        if let Some(m) = &head.masking {
+            m.session.completed(&m.plan);
+        }
         let elapsed = head.started.elapsed();
         let mut error = error;
         if current.flagged && error.is_none() {
@@ -254,10 +494,55 @@ impl ResultPath {
                 duration_micros: elapsed.as_micros() as u64,
                 command_tag,
                 error,
+                masked,
             },
             elapsed.as_secs_f64(),
         ))
     }
+}
+
+/// Parameters a client can set to any text with `set_config`, which reports them back.
+const FREE_TEXT_PARAMETERS: &[&str] = &["application_name", "search_path"];
+
+fn put_parameter_status(m: &SessionMasking, body: &[u8], out: &mut BytesMut) {
+    let mut f = codec::Fields::new(body);
+    let (Ok(name), Ok(value)) = (f.cstr(), f.cstr()) else {
+        return;
+    };
+    // After set_config in this session, a reported free-text value may have been computed
+    // from masked data (`set_config('application_name', (SELECT email ...), false)`).
+    let value = if m.settings_tainted() && FREE_TEXT_PARAMETERS.contains(&name) {
+        crate::masking::strategy::REDACTED.to_owned()
+    } else {
+        m.detect_in_text(value)
+    };
+    let mut b = Vec::with_capacity(body.len());
+    b.extend_from_slice(name.as_bytes());
+    b.push(0);
+    b.extend_from_slice(value.as_bytes());
+    b.push(0);
+    put_message(out, b'S', &b);
+}
+
+fn put_notification(m: &SessionMasking, body: &[u8], out: &mut BytesMut) {
+    let mut f = codec::Fields::new(body);
+    let (Ok(pid), Ok(channel), Ok(payload)) = (f.i32(), f.cstr(), f.cstr()) else {
+        return;
+    };
+    // A payload is computed by whatever code notified; with column masking it has no
+    // lineage and is withheld, otherwise detectors run over it.
+    let payload = if m.has_columns() && !payload.is_empty() {
+        crate::masking::strategy::REDACTED.to_owned()
+    } else {
+        m.detect_in_text(payload)
+    };
+    let mut b = Vec::with_capacity(body.len());
+    b.extend_from_slice(&pid.to_be_bytes());
+    b.extend_from_slice(channel.as_bytes());
+    b.push(0);
+    b.extend_from_slice(payload.as_bytes());
+    b.push(0);
+    put_message(out, b'A', &b);
 }
 
 /// The audit event of a completion.

@@ -25,12 +25,15 @@ use tokio::net::TcpStream;
 
 use super::auth;
 use super::codec::{self, put_error, put_message, Fields, Message, ProtocolError, Read};
-use super::results::{Inflight, Marker, ResultPath, Tracker, SQLSTATE_REFUSED};
+use super::results::{
+    Describe, Inflight, InflightMasking, Marker, ResultPath, Tracker, SQLSTATE_REFUSED,
+};
 use super::startup::{self, Hello};
 use super::upstream::{UpstreamError, UpstreamStream};
 use crate::approval::justification_from_options;
 use crate::audit::spool::RecordContext;
 use crate::identity::SQLSTATE_AUTH;
+use crate::masking::engine::{bind_result_formats, SessionMasking, StatementPlan};
 use crate::policy::analyze::{kind_name, Analysis, Effect};
 use crate::policy::guardrails::{Guardrails, RowLimit, Verdict, BUILTIN_POLICY};
 use crate::runtime::Resource;
@@ -203,12 +206,20 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
     tracing::debug!(session = %ctx.session_id, %peer, "session started");
 
     let justification = params.get("options").and_then(justification_from_options);
+    let masking = match &res.masker {
+        Some(m) => {
+            let db = res.upstream.config.database.as_deref().unwrap_or(&database);
+            m.session(&ctx.identity, db, &user).await
+        }
+        None => None,
+    };
     let (reason, statements) = relay(
         tcp,
         established.stream,
         res.clone(),
         ctx.clone(),
         justification,
+        masking,
     )
     .await;
     res.cancel.unregister(pid);
@@ -227,11 +238,15 @@ async fn relay(
     res: Arc<Resource>,
     ctx: RecordContext,
     justification: Option<String>,
+    masking: Option<Arc<SessionMasking>>,
 ) -> (String, u64) {
     let (cr, cw) = tcp.into_split();
     let (ur, uw) = tokio::io::split(upstream);
     let cw: ClientWriter = Arc::new(tokio::sync::Mutex::new(cw));
-    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    let tracker = Arc::new(Mutex::new(Tracker {
+        masking: masking.clone(),
+        ..Tracker::default()
+    }));
     let mut front = Frontend {
         guardrails: Guardrails::for_identity(res.policies.clone(), &ctx.identity, &res.namespace),
         res: res.clone(),
@@ -249,6 +264,8 @@ async fn relay(
         out: BytesMut::with_capacity(16 * 1024),
         held: None,
         justification,
+        masking,
+        parse_gen: 0,
     };
     let back = backend(
         BufReader::with_capacity(64 * 1024, ur),
@@ -282,6 +299,12 @@ struct Prepared {
     effect: Effect,
     /// The approval a held Parse obtained; each Execute checks it is still live.
     grant: Option<hold::GrantRef>,
+    /// Masking plan, statement name and parse generation, and (for a portal) Bind's result
+    /// formats.
+    masking: Option<Arc<StatementPlan>>,
+    name: String,
+    generation: u64,
+    formats: Vec<i16>,
 }
 
 struct Frontend {
@@ -308,6 +331,8 @@ struct Frontend {
     held: Option<hold::Held>,
     /// What the client said it needs its operations for (`SET portcullis.justification`).
     justification: Option<String>,
+    masking: Option<Arc<SessionMasking>>,
+    parse_gen: u64,
 }
 
 /// When a statement's audit record must be durable (it is always written to the spool
@@ -336,6 +361,7 @@ struct Decided {
     effect: Effect,
     /// Statements that may run only with an approval.
     approvals: Vec<hold::Need>,
+    analysis: Arc<Analysis>,
 }
 
 fn empty_record(protocol: Protocol) -> StatementRecord {
@@ -491,7 +517,10 @@ impl Frontend {
                 let mut f = Fields::new(&m.body);
                 let portal = f.cstr()?.to_owned();
                 let statement = f.cstr()?;
-                let prepared = self.prepared.get(statement).cloned();
+                let prepared = self.prepared.get(statement).cloned().map(|mut p| {
+                    p.formats = bind_result_formats(&m.body).unwrap_or_default();
+                    p
+                });
                 self.portals.insert(portal, prepared);
                 put_message(&mut self.out, m.tag, &m.body);
             }
@@ -521,7 +550,11 @@ impl Frontend {
                 self.lock().batches_sent += 1;
                 put_message(&mut self.out, m.tag, &m.body);
             }
-            b'D' | b'H' | b'd' | b'c' | b'f' => put_message(&mut self.out, m.tag, &m.body),
+            b'D' => {
+                self.on_describe(&m)?;
+                put_message(&mut self.out, m.tag, &m.body);
+            }
+            b'H' | b'd' | b'c' | b'f' => put_message(&mut self.out, m.tag, &m.body),
             b'F' => self.on_function_call(&m),
             b'X' => {
                 put_message(&mut self.out, m.tag, &m.body);
@@ -570,7 +603,10 @@ impl Frontend {
                     effect = Effect::Other;
                 }
                 for facts in list {
-                    let mut verdict = self.guardrails.decide(facts);
+                    let mut verdict = match self.masking.as_ref().and_then(|m| m.refusal(facts)) {
+                        Some(refused) => refused,
+                        None => self.guardrails.decide(facts),
+                    };
                     let held = verdict.decision == Decision::RequireApproval;
                     if held && self.res.approvals.is_none() {
                         verdict.reason = Some(hold::standalone_refusal(&verdict));
@@ -670,6 +706,7 @@ impl Frontend {
             refusal: refusal.map(|(code, message, _)| (code, message)),
             effect,
             approvals,
+            analysis,
         }
     }
 
@@ -833,15 +870,23 @@ impl Frontend {
             Durable::Written
         };
         let now = Instant::now();
+        let mut plans = if forwards {
+            self.masking_plans(&decided.analysis)
+        } else {
+            Vec::new()
+        }
+        .into_iter();
         for (record, row_limits) in decided.records {
             let statement_id = record.statement_id;
             self.record(record, durable);
             if forwards {
+                let masking = self.inflight_masking(plans.next().flatten(), None);
                 self.lock().inflight.push_back(Inflight {
                     statement_id,
                     batch,
                     started: now,
                     row_limits,
+                    masking,
                 });
             }
         }
@@ -874,6 +919,15 @@ impl Frontend {
         m: &Message,
         grant: Option<hold::GrantRef>,
     ) {
+        self.parse_gen += 1;
+        let plan = if decided.refusal.is_none() {
+            self.masking_plans(&decided.analysis)
+                .into_iter()
+                .next()
+                .flatten()
+        } else {
+            None
+        };
         let mut first: Option<Prepared> = None;
         for (record, row_limits) in decided.records {
             if first.is_none() {
@@ -882,6 +936,10 @@ impl Frontend {
                     row_limits,
                     effect: decided.effect,
                     grant: grant.clone(),
+                    masking: plan.clone(),
+                    name: name.clone(),
+                    generation: self.parse_gen,
+                    formats: Vec::new(),
                 });
             }
             // Parsing changes nothing; each Execute is recorded and waited for.
@@ -898,6 +956,10 @@ impl Frontend {
                     row_limits: Vec::new(),
                     effect: Effect::Reads,
                     grant: None,
+                    masking: plan.clone(),
+                    name: name.clone(),
+                    generation: self.parse_gen,
+                    formats: Vec::new(),
                 });
                 self.prepared.insert(name, prepared);
                 put_message(&mut self.out, m.tag, &m.body);
@@ -925,6 +987,10 @@ impl Frontend {
         }
         let durable = self.durability(prepared.effect);
         self.record(record, durable);
+        let masking = self.inflight_masking(
+            prepared.masking.clone(),
+            Some((prepared.name, prepared.generation, prepared.formats)),
+        );
         let mut t = self.lock();
         let batch = t.batches_sent + 1;
         t.inflight.push_back(Inflight {
@@ -932,8 +998,62 @@ impl Frontend {
             batch,
             started: Instant::now(),
             row_limits: prepared.row_limits,
+            masking,
         });
         true
+    }
+
+    /// Masking plans of the statements of an analysed query string, in order (`None` for
+    /// each when no masking rule applies to the session).
+    fn masking_plans(&self, analysis: &Analysis) -> Vec<Option<Arc<StatementPlan>>> {
+        let Some(m) = &self.masking else {
+            return Vec::new();
+        };
+        match analysis {
+            Analysis::Statements(list) => list.iter().map(|f| Some(m.plan(f))).collect(),
+            Analysis::Unanalyzable { .. } => vec![Some(m.plan_unknown())],
+        }
+    }
+
+    fn inflight_masking(
+        &self,
+        plan: Option<Arc<StatementPlan>>,
+        prepared: Option<(String, u64, Vec<i16>)>,
+    ) -> Option<InflightMasking> {
+        let session = self.masking.clone()?;
+        Some(InflightMasking {
+            session: session.clone(),
+            // Without a plan (a statement the sidecar did not analyse) everything is unknown.
+            plan: plan.unwrap_or_else(|| session.plan_unknown()),
+            prepared,
+        })
+    }
+
+    /// A Describe: the result path learns from its answer the columns of a prepared
+    /// statement, which Executes without a RowDescription of their own need.
+    fn on_describe(&mut self, m: &Message) -> Result<(), ProtocolError> {
+        if self.masking.is_none() {
+            return Ok(());
+        }
+        let mut f = Fields::new(&m.body);
+        let kind = f.byte()?;
+        let name = f.cstr()?;
+        let statement = match kind {
+            b'S' => self
+                .prepared
+                .get(name)
+                .map(|p| (p.name.clone(), p.generation)),
+            _ => self
+                .portals
+                .get(name)
+                .cloned()
+                .flatten()
+                .map(|p| (p.name, p.generation)),
+        };
+        let mut t = self.lock();
+        let batch = t.batches_sent + 1;
+        t.describes.push_back(Describe { batch, statement });
+        Ok(())
     }
 
     fn on_function_call(&mut self, m: &Message) {

@@ -26,6 +26,7 @@ pub struct ProxyBuilder {
     spool_dir: Option<PathBuf>,
     audit: Option<(String, PathBuf, PathBuf)>,
     oidc: Option<OidcOptions>,
+    hash_key: Option<String>,
 }
 
 /// A running proxy.
@@ -57,6 +58,7 @@ impl Default for ProxyBuilder {
             spool_dir: None,
             audit: None,
             oidc: None,
+            hash_key: None,
         }
     }
 }
@@ -95,6 +97,12 @@ impl ProxyBuilder {
     /// How OIDC key sets are cached and fetched.
     pub fn oidc(mut self, options: OidcOptions) -> Self {
         self.oidc = Some(options);
+        self
+    }
+
+    /// Key of the masking `hash` strategy (written to a file the configuration names).
+    pub fn hash_key(mut self, key: &str) -> Self {
+        self.hash_key = Some(key.to_owned());
         self
     }
 
@@ -164,11 +172,19 @@ impl ProxyBuilder {
             ),
             None => String::new(),
         };
+        let masking = match &self.hash_key {
+            Some(key) => {
+                let path = dir.path().join("hash-key");
+                std::fs::write(&path, key).expect("hash key file");
+                format!("masking:\n  hashKeyFile: {}\n", path.display())
+            }
+            None => String::new(),
+        };
         let yaml = format!(
             "apiVersion: portcullis.dev/sidecar-config/v1alpha1
 namespace: {namespace}
 adminListen: 127.0.0.1:0
-audit:
+{masking}audit:
   spoolDir: {spool}
 {shipping}resources:
 - name: shop-db

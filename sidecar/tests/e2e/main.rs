@@ -5,6 +5,7 @@ mod common;
 mod durability;
 mod guardrails;
 mod identity;
+mod masking;
 mod passthrough;
 mod robustness;
 mod shipping;

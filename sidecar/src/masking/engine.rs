@@ -1,0 +1,1427 @@
+//! Masking applied: the rules of a resource, what one session may see, the plan of one
+//! statement (its lineage), and the rewriting of one result (RowDescription + DataRows, or a
+//! COPY TO STDOUT stream) with the counts that go into the completion record.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use portcullis_crds::audit::{Identity, MaskedColumn, RuleRef};
+use portcullis_crds::gateway_policy::{Detector, MaskingStrategy, Subject};
+use portcullis_crds::sidecar_config::{MaskingConfig, PolicyConfig, QualifiedColumn};
+use portcullis_crds::StatementKind;
+use sqlparser::ast::{CopyLegacyOption, CopyOption, Statement};
+
+use super::catalog::{Catalogs, DbCatalog, View};
+use super::detectors::{compile_pattern, DetectorKind, Patterns};
+use super::lineage::{Analyzer, Shape, Taint};
+use super::strategy::{self, Strategy};
+use crate::policy::analyze::StatementFacts;
+use crate::postgres::upstream::Upstream;
+
+static NO_KEY: std::sync::LazyLock<strategy::HashKey> =
+    std::sync::LazyLock::new(|| strategy::HashKey::new(b""));
+
+/// Policy name of the rule that masks columns whose lineage is unproven.
+pub const BUILTIN_POLICY: &str = "builtin";
+/// Rule name of the rule that masks columns whose lineage is unproven.
+pub const UNPROVEN_RULE: &str = "unproven-lineage";
+
+/// Why masking could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MaskingError {
+    /// A user pattern does not compile.
+    #[error("masking rule {rule}: {source}")]
+    Pattern {
+        /// policy/rule.
+        rule: String,
+        /// The compile error.
+        source: super::detectors::PatternError,
+    },
+    /// The built-in patterns do not compile (a bug).
+    #[error("built-in detector patterns: {0}")]
+    Builtin(#[from] regex::Error),
+    /// The hash key file cannot be read.
+    #[error("cannot read the masking hash key {path}: {source}")]
+    Key {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The hash key file is empty.
+    #[error("the masking hash key {0} is empty")]
+    EmptyKey(String),
+}
+
+/// One masking rule of a policy.
+#[derive(Debug)]
+pub struct Rule {
+    /// Policy and rule.
+    pub rule: RuleRef,
+    /// Key used in taints: `policy/rule`.
+    pub key: String,
+    /// Strategy.
+    pub strategy: Strategy,
+    /// Value detector.
+    pub detector: Option<DetectorKind>,
+    /// Masked columns.
+    pub columns: Vec<QualifiedColumn>,
+    /// Subjects that see the data in clear.
+    pub exempt: Vec<Subject>,
+}
+
+/// The masking rules of one resource.
+pub struct Masker {
+    rules: Vec<Rule>,
+    patterns: Patterns,
+    key: Option<strategy::HashKey>,
+    catalogs: Option<Catalogs>,
+    namespace: String,
+}
+
+fn strategy_of(s: MaskingStrategy) -> Strategy {
+    match s {
+        MaskingStrategy::Redact => Strategy::Redact,
+        MaskingStrategy::Null => Strategy::Null,
+        MaskingStrategy::Partial => Strategy::Partial,
+        MaskingStrategy::Hash => Strategy::Hash,
+    }
+}
+
+/// Whether `identity` (the workload and the person or pipeline run of its token) is one of
+/// `subjects`.
+pub fn is_exempt(subjects: &[Subject], identity: &Identity, namespace: &str) -> bool {
+    crate::identity::matches_any(subjects, identity, namespace)
+}
+
+impl Masker {
+    /// The rules of `policies` (already those that apply to the caller).
+    pub fn new(
+        policies: &[PolicyConfig],
+        config: &MaskingConfig,
+        namespace: &str,
+        upstream: Arc<Upstream>,
+    ) -> Result<Masker, MaskingError> {
+        let mut rules = Vec::new();
+        for p in policies {
+            for r in &p.masking {
+                let key = format!("{}/{}", p.name, r.name);
+                let detector = match r.detector {
+                    None => None,
+                    Some(Detector::Email) => Some(DetectorKind::Email),
+                    Some(Detector::PaymentCard) => Some(DetectorKind::PaymentCard),
+                    Some(Detector::Iban) => Some(DetectorKind::Iban),
+                    Some(Detector::Phone) => Some(DetectorKind::Phone),
+                    Some(Detector::Regex) => Some(DetectorKind::Regex(
+                        compile_pattern(r.pattern.as_deref().unwrap_or("")).map_err(|source| {
+                            MaskingError::Pattern {
+                                rule: key.clone(),
+                                source,
+                            }
+                        })?,
+                    )),
+                };
+                rules.push(Rule {
+                    rule: RuleRef {
+                        policy: p.name.clone(),
+                        rule: r.name.clone(),
+                    },
+                    key,
+                    strategy: strategy_of(r.strategy),
+                    detector,
+                    columns: r.columns.clone(),
+                    exempt: r.exempt.clone(),
+                });
+            }
+        }
+        let key = match &config.hash_key_file {
+            Some(path) => Some(strategy::HashKey::new(&read_key(path)?)),
+            None => None,
+        };
+        let columns: Vec<(String, QualifiedColumn)> = rules
+            .iter()
+            .flat_map(|r| r.columns.iter().map(|c| (r.key.clone(), c.clone())))
+            .collect();
+        let catalogs = (!columns.is_empty()).then(|| {
+            Catalogs::new(
+                upstream,
+                columns,
+                std::time::Duration::from_secs(config.catalog_refresh_seconds),
+            )
+        });
+        Ok(Masker {
+            rules,
+            patterns: Patterns::new()?,
+            key,
+            catalogs,
+            namespace: namespace.to_owned(),
+        })
+    }
+
+    /// Whether any rule exists.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The masking of one session of `identity` on `database`.
+    pub async fn session(
+        self: &Arc<Self>,
+        identity: &Identity,
+        database: &str,
+        user: &str,
+    ) -> Option<Arc<SessionMasking>> {
+        let active: Vec<usize> = (0..self.rules.len())
+            .filter(|i| !is_exempt(&self.rules[*i].exempt, identity, &self.namespace))
+            .collect();
+        if active.is_empty() {
+            return None;
+        }
+        let column_rules = active.iter().any(|i| !self.rules[*i].columns.is_empty());
+        let catalog = match (&self.catalogs, column_rules) {
+            (Some(c), true) => Some(c.database(database, user).await),
+            _ => None,
+        };
+        let detectors = active
+            .iter()
+            .copied()
+            .filter(|i| self.rules[*i].detector.is_some())
+            .collect();
+        Some(Arc::new(SessionMasking {
+            masker: self.clone(),
+            active_keys: active.iter().map(|i| self.rules[*i].key.clone()).collect(),
+            detectors,
+            catalog,
+            settings_tainted: AtomicBool::new(false),
+        }))
+    }
+}
+
+fn read_key(path: &Path) -> Result<Vec<u8>, MaskingError> {
+    let key = std::fs::read(path).map_err(|source| MaskingError::Key {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let trimmed = key
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map(|end| key[..=end].to_vec())
+        .unwrap_or_default();
+    if trimmed.is_empty() {
+        return Err(MaskingError::EmptyKey(path.display().to_string()));
+    }
+    Ok(trimmed)
+}
+
+/// The masking of one session.
+pub struct SessionMasking {
+    masker: Arc<Masker>,
+    active_keys: BTreeSet<String>,
+    detectors: Vec<usize>,
+    catalog: Option<Arc<DbCatalog>>,
+    settings_tainted: AtomicBool,
+}
+
+impl std::fmt::Debug for SessionMasking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionMasking")
+            .field("active", &self.active_keys)
+            .field("columns", &self.catalog.is_some())
+            .finish()
+    }
+}
+
+/// COPY TO STDOUT format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CopyFormat {
+    /// Text, with its delimiter.
+    Text {
+        /// Field delimiter.
+        delimiter: u8,
+    },
+    /// CSV.
+    Csv {
+        /// Field delimiter.
+        delimiter: u8,
+        /// Quote character.
+        quote: u8,
+        /// Escape character.
+        escape: u8,
+        /// First row holds column names.
+        header: bool,
+    },
+    /// Binary.
+    Binary,
+}
+
+/// What the sidecar knows about one statement's result before it arrives.
+#[derive(Debug)]
+pub struct StatementPlan {
+    /// Lineage of the output columns; `None` when the statement's output is not known.
+    pub shape: Option<Shape>,
+    /// The output cannot carry table data (`SHOW`, `EXPLAIN`).
+    pub clean: bool,
+    /// COPY TO STDOUT format.
+    pub copy: Option<CopyFormat>,
+    /// The statement changes the schema: re-read the catalog when it completes.
+    pub ddl: bool,
+}
+
+fn copy_format(statement: &Statement) -> Option<CopyFormat> {
+    let Statement::Copy {
+        to: true,
+        target: sqlparser::ast::CopyTarget::Stdout,
+        options,
+        legacy_options,
+        ..
+    } = statement
+    else {
+        return None;
+    };
+    let mut format = "text".to_owned();
+    let mut delimiter = None;
+    let mut quote = b'"';
+    let mut escape = None;
+    let mut header = false;
+    for o in options {
+        match o {
+            CopyOption::Format(f) => format = f.value.to_lowercase(),
+            CopyOption::Delimiter(c) => delimiter = Some(*c as u8),
+            CopyOption::Quote(c) => quote = *c as u8,
+            CopyOption::Escape(c) => escape = Some(*c as u8),
+            CopyOption::Header(h) => header = *h,
+            _ => {}
+        }
+    }
+    for o in legacy_options {
+        match o {
+            CopyLegacyOption::Binary => format = "binary".into(),
+            CopyLegacyOption::Csv(more) => {
+                format = "csv".into();
+                for m in more {
+                    match m {
+                        sqlparser::ast::CopyLegacyCsvOption::Header => header = true,
+                        sqlparser::ast::CopyLegacyCsvOption::Quote(c) => quote = *c as u8,
+                        sqlparser::ast::CopyLegacyCsvOption::Escape(c) => escape = Some(*c as u8),
+                        _ => {}
+                    }
+                }
+            }
+            CopyLegacyOption::Delimiter(c) => delimiter = Some(*c as u8),
+            _ => {}
+        }
+    }
+    Some(match format.as_str() {
+        "binary" => CopyFormat::Binary,
+        "csv" => CopyFormat::Csv {
+            delimiter: delimiter.unwrap_or(b','),
+            quote,
+            escape: escape.unwrap_or(quote),
+            header,
+        },
+        _ => CopyFormat::Text {
+            delimiter: delimiter.unwrap_or(b'\t'),
+        },
+    })
+}
+
+/// What a statement writes into tables, including statements it carries (`EXPLAIN ANALYZE`
+/// runs its statement; `PREPARE` is recorded as if it ran). A view's columns are followed
+/// through its definition when the catalog is read again: only tables keep what was written.
+fn writes_of(analyzer: &Analyzer<'_>, ast: &Statement, depth: usize) -> Vec<(String, Taint)> {
+    match ast {
+        Statement::CreateView(_) => Vec::new(),
+        Statement::Explain { statement, .. } | Statement::Prepare { statement, .. }
+            if depth < 4 =>
+        {
+            writes_of(analyzer, statement, depth + 1)
+        }
+        other => analyzer.statement(other).writes,
+    }
+}
+
+/// Policy rule name of statements refused because masking could not follow them.
+pub const OPAQUE_RULE: &str = "masking-opaque";
+
+impl SessionMasking {
+    /// A refusal for statements that could move masked data where the sidecar cannot follow
+    /// it (code bodies it cannot read, MERGE), when column rules apply to the session.
+    pub fn refusal(&self, facts: &StatementFacts) -> Option<crate::policy::guardrails::Verdict> {
+        self.catalog.as_ref()?;
+        let what = if facts.opaque_body {
+            "statements with code bodies the sidecar cannot analyse (DO, CREATE FUNCTION, CREATE PROCEDURE)"
+        } else if facts.kinds.contains(&StatementKind::Merge) {
+            "MERGE"
+        } else {
+            return None;
+        };
+        Some(crate::policy::guardrails::Verdict {
+            decision: portcullis_crds::audit::Decision::Deny,
+            rule: Some(RuleRef {
+                policy: BUILTIN_POLICY.into(),
+                rule: OPAQUE_RULE.into(),
+            }),
+            reason: Some(format!(
+                "{what} are refused while masking rules apply: they could copy masked data to where results would not be masked (rule {BUILTIN_POLICY}/{OPAQUE_RULE})"
+            )),
+        })
+    }
+
+    /// Whether column rules apply (results need a lineage).
+    pub fn has_columns(&self) -> bool {
+        self.catalog.is_some()
+    }
+
+    /// Plan a statement before it is forwarded. Records what it writes into tables and
+    /// marks the catalog stale for DDL, both before the statement runs.
+    pub fn plan(&self, facts: &StatementFacts) -> Arc<StatementPlan> {
+        let ddl = facts.kinds.contains(&StatementKind::Ddl);
+        if facts.functions.contains("set_config") {
+            self.settings_tainted.store(true, Ordering::Release);
+        }
+        let Some(ast) = facts.ast.as_deref() else {
+            return Arc::new(StatementPlan {
+                shape: None,
+                clean: false,
+                copy: None,
+                ddl,
+            });
+        };
+        let copy = copy_format(ast);
+        let clean = match ast {
+            Statement::Explain { .. } | Statement::ExplainTable { .. } => true,
+            Statement::ShowVariable { .. } | Statement::ShowVariables { .. } => {
+                !self.settings_tainted.load(Ordering::Acquire)
+            }
+            _ => false,
+        };
+        let shape = match &self.catalog {
+            Some(cat) => {
+                let view = cat.view();
+                let analyzer = Analyzer::new(&view);
+                let lineage = analyzer.statement(ast);
+                for (table, taint) in &writes_of(&analyzer, ast, 0) {
+                    let taint = self.active(taint);
+                    if taint.must_mask() {
+                        cat.tainted_write(table, &taint);
+                    }
+                }
+                if ddl {
+                    cat.ddl_forwarded();
+                }
+                lineage.output
+            }
+            // Only detectors apply: every column is clean as far as lineage goes.
+            None => Some(Shape::Opaque(Taint::default())),
+        };
+        Arc::new(StatementPlan {
+            shape,
+            clean,
+            copy,
+            ddl,
+        })
+    }
+
+    /// Plan for a statement that could not be analysed (forwarded under `onUnanalyzable:
+    /// audit`): every column is unproven.
+    pub fn plan_unknown(&self) -> Arc<StatementPlan> {
+        Arc::new(StatementPlan {
+            shape: self
+                .catalog
+                .as_ref()
+                .map_or(Some(Shape::Opaque(Taint::default())), |_| None),
+            clean: false,
+            copy: None,
+            ddl: false,
+        })
+    }
+
+    /// A DDL statement completed: re-read the catalog.
+    pub fn completed(&self, plan: &StatementPlan) {
+        if plan.ddl {
+            if let Some(c) = &self.catalog {
+                c.request_refresh();
+            }
+        }
+    }
+
+    /// The rules of `t` that apply to this session (exempt rules dropped).
+    fn active(&self, t: &Taint) -> Taint {
+        Taint {
+            rules: t
+                .rules
+                .iter()
+                .filter(|r| self.active_keys.contains(*r))
+                .cloned()
+                .collect(),
+            unproven: t.unproven.clone(),
+        }
+    }
+
+    fn rule(&self, key: &str) -> Option<&Rule> {
+        self.masker.rules.iter().find(|r| r.key == key)
+    }
+
+    fn column_mask(&self, taint: &Taint, direct: bool) -> Option<ColumnMask> {
+        let taint = self.active(taint);
+        if !taint.must_mask() {
+            return None;
+        }
+        let mut strategy: Option<Strategy> = None;
+        let mut rules = Vec::new();
+        for key in &taint.rules {
+            if let Some(r) = self.rule(key) {
+                let s = match r.strategy {
+                    Strategy::Hash if self.masker.key.is_none() => Strategy::Redact,
+                    // Keeping "part" of a computed value could keep the wrong part.
+                    Strategy::Partial if !direct => Strategy::Redact,
+                    s => s,
+                };
+                if strategy.is_none_or(|cur| strategy::strictness(s) > strategy::strictness(cur)) {
+                    strategy = Some(s);
+                }
+                let sources: Vec<String> = r.columns.iter().map(ToString::to_string).collect();
+                rules.push((
+                    r.rule.clone(),
+                    if direct {
+                        format!("direct reference to {}", sources.join(", "))
+                    } else {
+                        format!("computed from {}", sources.join(", "))
+                    },
+                ));
+            }
+        }
+        if !taint.unproven.is_empty() {
+            if strategy.is_none_or(|cur| {
+                strategy::strictness(cur) < strategy::strictness(Strategy::Redact)
+            }) {
+                strategy = Some(Strategy::Redact);
+            }
+            rules.push((
+                RuleRef {
+                    policy: BUILTIN_POLICY.into(),
+                    rule: UNPROVEN_RULE.into(),
+                },
+                format!(
+                    "lineage not proven free of masked sources: {}",
+                    taint
+                        .unproven
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            ));
+        }
+        Some(ColumnMask {
+            strategy: strategy.unwrap_or(Strategy::Redact),
+            rules,
+        })
+    }
+
+    fn column_taint(
+        &self,
+        plan: &StatementPlan,
+        view: Option<&View>,
+        i: usize,
+        origin: Option<(u32, i16)>,
+    ) -> (Taint, bool) {
+        if plan.clean {
+            return (Taint::default(), false);
+        }
+        let lineage = match &plan.shape {
+            Some(s) => s.column(i),
+            None => Taint::unproven("the statement's output is not known to the analysis"),
+        };
+        if let (Some(view), Some((oid, attnum))) = (view, origin) {
+            if oid != 0 && attnum > 0 {
+                if let Some(mut t) = view.attribute(oid, attnum) {
+                    // A direct reference carries exactly that column; the lineage's rules
+                    // are added in case the server's origin is coarser than it looks.
+                    t.rules.extend(lineage.rules.iter().cloned());
+                    return (t, true);
+                }
+            }
+        }
+        (lineage, false)
+    }
+
+    /// The masking of a result with the given columns (from RowDescription, or unknown).
+    pub fn result(&self, plan: &StatementPlan, columns: &[ResultColumn]) -> ResultMasking {
+        let view = self.catalog.as_ref().map(|c| c.view());
+        let cols = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let (taint, direct) = match &self.catalog {
+                    Some(_) => self.column_taint(plan, view.as_ref(), i, c.origin),
+                    None => (Taint::default(), false),
+                };
+                ColumnPlan {
+                    name: c.name.clone(),
+                    type_oid: c.type_oid,
+                    binary: c.binary,
+                    mask: self.column_mask(&taint, direct),
+                    values: 0,
+                    nulled: 0,
+                    detected: Vec::new(),
+                }
+            })
+            .collect();
+        ResultMasking {
+            cols,
+            detect: !self.detectors.is_empty(),
+            session: self.clone_handle(),
+        }
+    }
+
+    /// The masking of a COPY TO STDOUT with `n` columns.
+    pub fn copy(&self, plan: &StatementPlan, n: usize, binary: bool) -> ResultMasking {
+        let columns: Vec<ResultColumn> = (0..n)
+            .map(|i| ResultColumn {
+                name: match &plan.shape {
+                    Some(Shape::Columns(c)) => c.get(i).map(|c| c.name.clone()).unwrap_or_default(),
+                    _ => String::new(),
+                },
+                type_oid: 0,
+                binary,
+                origin: None,
+            })
+            .collect();
+        self.result(plan, &columns)
+    }
+
+    fn clone_handle(&self) -> SessionRef {
+        SessionRef {
+            masker: self.masker.clone(),
+            detectors: self.detectors.clone(),
+        }
+    }
+}
+
+/// One column of a result as RowDescription (and Bind) describe it.
+#[derive(Clone, Debug)]
+pub struct ResultColumn {
+    /// Name.
+    pub name: String,
+    /// Type OID (0: unknown).
+    pub type_oid: u32,
+    /// Binary format.
+    pub binary: bool,
+    /// Table OID and attribute number of a direct reference.
+    pub origin: Option<(u32, i16)>,
+}
+
+/// Parse a RowDescription body.
+pub fn parse_row_description(body: &[u8]) -> Option<Vec<ResultColumn>> {
+    let mut p = 0usize;
+    let n = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
+    p += 2;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let end = p + body.get(p..)?.iter().position(|b| *b == 0)?;
+        let name = String::from_utf8_lossy(&body[p..end]).into_owned();
+        p = end + 1;
+        let f = body.get(p..p + 18)?;
+        let table = u32::from_be_bytes([f[0], f[1], f[2], f[3]]);
+        let attnum = i16::from_be_bytes([f[4], f[5]]);
+        let type_oid = u32::from_be_bytes([f[6], f[7], f[8], f[9]]);
+        let format = i16::from_be_bytes([f[16], f[17]]);
+        p += 18;
+        out.push(ResultColumn {
+            name,
+            type_oid,
+            binary: format == 1,
+            origin: (table != 0).then_some((table, attnum)),
+        });
+    }
+    Some(out)
+}
+
+/// The result format codes of a Bind body (empty: all text; one: for every column).
+pub fn bind_result_formats(body: &[u8]) -> Option<Vec<i16>> {
+    let mut p = 0usize;
+    for _ in 0..2 {
+        p += body.get(p..)?.iter().position(|b| *b == 0)? + 1;
+    }
+    let i16_at =
+        |p: usize| -> Option<i16> { Some(i16::from_be_bytes([*body.get(p)?, *body.get(p + 1)?])) };
+    let nf = i16_at(p)?.max(0) as usize;
+    p += 2 + 2 * nf;
+    let np = i16_at(p)?.max(0) as usize;
+    p += 2;
+    for _ in 0..np {
+        let len = i32::from_be_bytes(body.get(p..p + 4)?.try_into().ok()?);
+        p += 4 + len.max(0) as usize;
+    }
+    let nr = i16_at(p)?.max(0) as usize;
+    p += 2;
+    (0..nr).map(|i| i16_at(p + 2 * i)).collect()
+}
+
+/// Apply Bind's result format codes to described columns.
+pub fn apply_formats(columns: &mut [ResultColumn], formats: &[i16]) {
+    for (i, c) in columns.iter_mut().enumerate() {
+        c.binary = match formats {
+            [] => false,
+            [one] => *one == 1,
+            many => many.get(i).is_some_and(|f| *f == 1),
+        };
+    }
+}
+
+#[derive(Debug)]
+struct ColumnMask {
+    strategy: Strategy,
+    rules: Vec<(RuleRef, String)>,
+}
+
+#[derive(Debug)]
+struct ColumnPlan {
+    name: String,
+    type_oid: u32,
+    binary: bool,
+    mask: Option<ColumnMask>,
+    values: u64,
+    nulled: u64,
+    // Detector rule index, values masked, values sent as NULL.
+    detected: Vec<(usize, u64, u64)>,
+}
+
+struct SessionRef {
+    masker: Arc<Masker>,
+    detectors: Vec<usize>,
+}
+
+/// The masking of one result in progress.
+pub struct ResultMasking {
+    cols: Vec<ColumnPlan>,
+    detect: bool,
+    session: SessionRef,
+}
+
+/// A DataRow or COPY row that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed row from the server")]
+pub struct MalformedRow;
+
+enum Field<'a> {
+    Null,
+    Value(std::borrow::Cow<'a, [u8]>),
+}
+
+impl ResultMasking {
+    /// Whether any value can change (otherwise rows pass untouched).
+    pub fn is_noop(&self) -> bool {
+        !self.detect && self.cols.iter().all(|c| c.mask.is_none())
+    }
+
+    /// Whether a column is masked by lineage.
+    pub fn any_masked(&self) -> bool {
+        self.cols.iter().any(|c| c.mask.is_some())
+    }
+
+    fn mask_value<'a>(&mut self, i: usize, raw: &'a [u8], copy_text: bool) -> Field<'a> {
+        let masker = &self.session.masker;
+        let key = masker.key.as_ref().unwrap_or(&NO_KEY);
+        let Some(col) = self.cols.get_mut(i) else {
+            // More fields than described: fail closed.
+            return Field::Null;
+        };
+        if let Some(m) = &col.mask {
+            col.values += 1;
+            if copy_text || col.type_oid == 0 {
+                if m.strategy != Strategy::Null {
+                    col.nulled += 1;
+                }
+                return Field::Null;
+            }
+            return match strategy::mask_field(m.strategy, col.type_oid, col.binary, raw, key) {
+                strategy::Masked::Value(v) => Field::Value(v.into()),
+                strategy::Masked::Null { type_fallback } => {
+                    if type_fallback {
+                        col.nulled += 1;
+                    }
+                    Field::Null
+                }
+            };
+        }
+        if !self.detect {
+            return Field::Value(raw.into());
+        }
+        // Detectors see text values: text format, or binary of a text type.
+        let text_like = strategy::is_text_like(col.type_oid);
+        if col.binary && !text_like && !copy_text && col.type_oid != 0 {
+            return Field::Value(raw.into());
+        }
+        let offset = usize::from(col.binary && strategy::is_jsonb(col.type_oid));
+        let Some(payload) = raw.get(offset..) else {
+            return Field::Value(raw.into());
+        };
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return Field::Value(raw.into());
+        };
+        let mut hits: Vec<(std::ops::Range<usize>, usize)> = Vec::new();
+        for d in &self.session.detectors {
+            if let Some(kind) = &masker.rules[*d].detector {
+                for r in masker.patterns.find(kind, text) {
+                    hits.push((r, *d));
+                }
+            }
+        }
+        if hits.is_empty() {
+            return Field::Value(raw.into());
+        }
+        hits.sort_by_key(|(r, _)| (r.start, std::cmp::Reverse(r.end)));
+        let whole_null = hits
+            .iter()
+            .any(|(_, d)| masker.rules[*d].strategy == Strategy::Null);
+        let must_null = whole_null || copy_text || !text_like;
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        let mut counted: Vec<usize> = Vec::new();
+        for (r, d) in &hits {
+            if r.start < at {
+                continue;
+            }
+            out.push_str(&text[at..r.start]);
+            let s = match masker.rules[*d].strategy {
+                Strategy::Hash if masker.key.is_none() => Strategy::Redact,
+                s => s,
+            };
+            out.push_str(&strategy::mask_text(s, &text[r.clone()], key).unwrap_or_default());
+            at = r.end;
+            if !counted.contains(d) {
+                counted.push(*d);
+            }
+        }
+        out.push_str(&text[at..]);
+        for d in counted {
+            let nulled = u64::from(must_null && masker.rules[d].strategy != Strategy::Null);
+            match col.detected.iter_mut().find(|(x, _, _)| *x == d) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += nulled;
+                }
+                None => col.detected.push((d, 1, nulled)),
+            }
+        }
+        if must_null {
+            return Field::Null;
+        }
+        let mut v = Vec::with_capacity(out.len() + offset);
+        if offset == 1 {
+            v.push(1);
+        }
+        v.extend_from_slice(out.as_bytes());
+        Field::Value(v.into())
+    }
+
+    /// Rewrite one DataRow body into a framed DataRow appended to `out`.
+    pub fn data_row(&mut self, body: &[u8], out: &mut BytesMut) -> Result<(), MalformedRow> {
+        let n = u16::from_be_bytes([
+            *body.first().ok_or(MalformedRow)?,
+            *body.get(1).ok_or(MalformedRow)?,
+        ]) as usize;
+        let start = out.len();
+        out.put_u8(b'D');
+        out.put_i32(0);
+        out.put_u16(n as u16);
+        let mut p = 2usize;
+        for i in 0..n {
+            let len = i32::from_be_bytes(
+                body.get(p..p + 4)
+                    .ok_or(MalformedRow)?
+                    .try_into()
+                    .map_err(|_| MalformedRow)?,
+            );
+            p += 4;
+            if len < 0 {
+                out.put_i32(-1);
+                continue;
+            }
+            let raw = body.get(p..p + len as usize).ok_or(MalformedRow)?;
+            p += len as usize;
+            match self.mask_value(i, raw, false) {
+                Field::Null => out.put_i32(-1),
+                Field::Value(v) => {
+                    out.put_i32(v.len() as i32);
+                    out.put_slice(&v);
+                }
+            }
+        }
+        let len = (out.len() - start - 1) as i32;
+        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+
+    /// What goes into the completion record.
+    pub fn report(&self) -> Vec<MaskedColumn> {
+        let mut out = Vec::new();
+        for (i, c) in self.cols.iter().enumerate() {
+            if let Some(m) = &c.mask {
+                for (rule, reason) in &m.rules {
+                    out.push(MaskedColumn {
+                        column: i as u32,
+                        name: c.name.clone(),
+                        rule: rule.clone(),
+                        reason: reason.clone(),
+                        strategy: strategy::name(m.strategy).to_owned(),
+                        values: c.values,
+                        nulled_for_type: c.nulled,
+                    });
+                }
+            }
+            for (d, values, nulled) in &c.detected {
+                let r = &self.session.masker.rules[*d];
+                out.push(MaskedColumn {
+                    column: i as u32,
+                    name: c.name.clone(),
+                    rule: r.rule.clone(),
+                    reason: format!(
+                        "value matched the {} detector",
+                        detector_name(r.detector.as_ref())
+                    ),
+                    strategy: strategy::name(r.strategy).to_owned(),
+                    values: *values,
+                    nulled_for_type: *nulled,
+                });
+            }
+        }
+        out
+    }
+}
+
+fn detector_name(d: Option<&DetectorKind>) -> &'static str {
+    match d {
+        Some(DetectorKind::Email) => "email",
+        Some(DetectorKind::PaymentCard) => "paymentCard",
+        Some(DetectorKind::Iban) => "iban",
+        Some(DetectorKind::Phone) => "phone",
+        Some(DetectorKind::Regex(_)) => "regex",
+        None => "none",
+    }
+}
+
+/// Rewriting of a COPY TO STDOUT stream.
+pub struct CopyMasking {
+    result: ResultMasking,
+    format: CopyFormat,
+    // Binary: bytes not yet parsed, and whether the header was passed.
+    pending: Vec<u8>,
+    header_done: bool,
+    finished: bool,
+}
+
+const BINARY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+impl CopyMasking {
+    /// Masking of a COPY stream in `format`.
+    pub fn new(result: ResultMasking, format: CopyFormat) -> Self {
+        Self {
+            result,
+            format,
+            pending: Vec::new(),
+            header_done: false,
+            finished: false,
+        }
+    }
+
+    /// Whether nothing can change.
+    pub fn is_noop(&self) -> bool {
+        self.result.is_noop()
+    }
+
+    /// The completion record entries.
+    pub fn report(&self) -> Vec<MaskedColumn> {
+        self.result.report()
+    }
+
+    /// Rewrite one CopyData payload; returns the bytes to send (possibly empty).
+    pub fn data(&mut self, payload: &[u8]) -> Result<Vec<u8>, MalformedRow> {
+        match self.format.clone() {
+            CopyFormat::Text { delimiter } => Ok(self.text_row(payload, delimiter)),
+            CopyFormat::Csv {
+                delimiter,
+                quote,
+                escape,
+                header,
+            } => {
+                if header && !self.header_done {
+                    self.header_done = true;
+                    return Ok(payload.to_vec());
+                }
+                self.csv_row(payload, delimiter, quote, escape)
+            }
+            CopyFormat::Binary => self.binary(payload),
+        }
+    }
+
+    fn text_row(&mut self, row: &[u8], delimiter: u8) -> Vec<u8> {
+        let (body, eol) = match row.strip_suffix(b"\n") {
+            Some(b) => (b, true),
+            None => (row, false),
+        };
+        let mut out = Vec::with_capacity(row.len());
+        for (i, field) in body.split(|b| *b == delimiter).enumerate() {
+            if i > 0 {
+                out.push(delimiter);
+            }
+            if field == b"\\N" {
+                out.extend_from_slice(field);
+                continue;
+            }
+            match self.result.mask_value(i, field, true) {
+                Field::Null => out.extend_from_slice(b"\\N"),
+                Field::Value(v) => out.extend_from_slice(&v),
+            }
+        }
+        if eol {
+            out.push(b'\n');
+        }
+        out
+    }
+
+    fn csv_row(
+        &mut self,
+        row: &[u8],
+        delimiter: u8,
+        quote: u8,
+        escape: u8,
+    ) -> Result<Vec<u8>, MalformedRow> {
+        // Split into raw fields (quotes kept), honouring quoted delimiters and newlines.
+        let (body, eol) = match row
+            .strip_suffix(b"\r\n")
+            .or_else(|| row.strip_suffix(b"\n"))
+        {
+            Some(b) => (b, &row[b.len()..]),
+            None => (row, &b""[..]),
+        };
+        let mut fields: Vec<&[u8]> = Vec::new();
+        let mut start = 0;
+        let mut quoted = false;
+        let mut i = 0;
+        while i < body.len() {
+            let b = body[i];
+            if quoted {
+                if b == escape && escape != quote && body.get(i + 1) == Some(&quote) {
+                    i += 2;
+                    continue;
+                }
+                if b == quote {
+                    if escape == quote && body.get(i + 1) == Some(&quote) {
+                        i += 2;
+                        continue;
+                    }
+                    quoted = false;
+                }
+            } else if b == quote {
+                quoted = true;
+            } else if b == delimiter {
+                fields.push(&body[start..i]);
+                start = i + 1;
+            }
+            i += 1;
+        }
+        if quoted {
+            return Err(MalformedRow);
+        }
+        fields.push(&body[start..]);
+        let mut out = Vec::with_capacity(row.len());
+        for (i, field) in fields.into_iter().enumerate() {
+            if i > 0 {
+                out.push(delimiter);
+            }
+            if field.is_empty() {
+                continue;
+            }
+            match self.result.mask_value(i, field, true) {
+                Field::Null => {}
+                Field::Value(v) => out.extend_from_slice(&v),
+            }
+        }
+        out.extend_from_slice(eol);
+        Ok(out)
+    }
+
+    fn binary(&mut self, payload: &[u8]) -> Result<Vec<u8>, MalformedRow> {
+        self.pending.extend_from_slice(payload);
+        let buf = std::mem::take(&mut self.pending);
+        let mut out = Vec::with_capacity(buf.len());
+        let mut p = 0usize;
+        if !self.header_done {
+            if buf.len() < BINARY_SIGNATURE.len() + 8 {
+                self.pending = buf;
+                return Ok(out);
+            }
+            if &buf[..BINARY_SIGNATURE.len()] != BINARY_SIGNATURE {
+                return Err(MalformedRow);
+            }
+            let ext_at = BINARY_SIGNATURE.len() + 4;
+            let ext = u32::from_be_bytes(
+                buf[ext_at..ext_at + 4]
+                    .try_into()
+                    .map_err(|_| MalformedRow)?,
+            ) as usize;
+            let end = ext_at + 4 + ext;
+            if buf.len() < end {
+                self.pending = buf;
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf[..end]);
+            p = end;
+            self.header_done = true;
+        }
+        loop {
+            if self.finished {
+                out.extend_from_slice(&buf[p..]);
+                return Ok(out);
+            }
+            let Some(nb) = buf.get(p..p + 2) else { break };
+            let n = i16::from_be_bytes([nb[0], nb[1]]);
+            if n == -1 {
+                out.extend_from_slice(nb);
+                p += 2;
+                self.finished = true;
+                continue;
+            }
+            // Parse a whole tuple before emitting it.
+            let mut q = p + 2;
+            let mut spans = Vec::with_capacity(n.max(0) as usize);
+            let mut complete = true;
+            for _ in 0..n.max(0) {
+                let Some(lb) = buf.get(q..q + 4) else {
+                    complete = false;
+                    break;
+                };
+                let len = i32::from_be_bytes([lb[0], lb[1], lb[2], lb[3]]);
+                q += 4;
+                if len < 0 {
+                    spans.push(None);
+                    continue;
+                }
+                if buf.len() < q + len as usize {
+                    complete = false;
+                    break;
+                }
+                spans.push(Some(q..q + len as usize));
+                q += len as usize;
+            }
+            if !complete {
+                break;
+            }
+            out.extend_from_slice(nb);
+            for (i, s) in spans.into_iter().enumerate() {
+                match s {
+                    None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                    Some(r) => match self.result.mask_value(i, &buf[r], true) {
+                        Field::Null => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                        Field::Value(v) => {
+                            out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                            out.extend_from_slice(&v);
+                        }
+                    },
+                }
+            }
+            p = q;
+        }
+        self.pending = buf[p..].to_vec();
+        Ok(out)
+    }
+}
+
+/// Remove values from a server error or notice when masking applies: PostgreSQL quotes the
+/// offending value in data errors (`invalid input syntax for type integer: "..."`) and
+/// repeats key values in constraint details (`Key (email)=(...)`), and user code raises
+/// whatever it likes. Detectors run over what remains.
+pub fn scrub_notice(session: &SessionMasking, body: &[u8], out: &mut BytesMut, tag: u8) {
+    let fields = split_fields(body);
+    let code = fields
+        .iter()
+        .find(|(t, _)| *t == b'C')
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let class = code.get(..2).unwrap_or("");
+    let user_raised = class == "P0" || (tag == b'N' && !code.is_empty());
+    let mut body_out = Vec::with_capacity(body.len());
+    for (t, v) in &fields {
+        let v = match (*t, session.has_columns()) {
+            (b'M' | b'D' | b'H' | b'W' | b'q', true) if user_raised => {
+                "(withheld by the sidecar: text raised by code may carry masked data)".to_owned()
+            }
+            (b'M', true) if matches!(class, "22" | "23") => redact_quoted(v),
+            (b'D', true) if matches!(class, "22" | "23") => {
+                "(withheld by the sidecar: may carry masked data)".to_owned()
+            }
+            _ => v.clone(),
+        };
+        let v = session.detect_in_text(&v);
+        body_out.push(*t);
+        body_out.extend_from_slice(v.as_bytes());
+        body_out.push(0);
+    }
+    body_out.push(0);
+    crate::postgres::codec::put_message(out, tag, &body_out);
+}
+
+fn split_fields(body: &[u8]) -> Vec<(u8, String)> {
+    let mut out = Vec::new();
+    let mut p = 0;
+    while p < body.len() && body[p] != 0 {
+        let t = body[p];
+        p += 1;
+        let end = body[p..]
+            .iter()
+            .position(|b| *b == 0)
+            .map_or(body.len(), |e| p + e);
+        out.push((t, String::from_utf8_lossy(&body[p..end]).into_owned()));
+        p = end + 1;
+    }
+    out
+}
+
+fn redact_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut inside = false;
+    for c in s.chars() {
+        if c == '"' {
+            inside = !inside;
+            out.push(c);
+            if inside {
+                out.push_str(strategy::REDACTED);
+            }
+            continue;
+        }
+        if !inside {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl SessionMasking {
+    /// Mask detector matches in free text (error messages, notifications).
+    pub fn detect_in_text(&self, text: &str) -> String {
+        let masker = &self.masker;
+        let mut out = text.to_owned();
+        for d in &self.detectors {
+            if let Some(kind) = &masker.rules[*d].detector {
+                let ranges = masker.patterns.find(kind, &out);
+                for r in ranges.into_iter().rev() {
+                    out.replace_range(r, strategy::REDACTED);
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether a notification payload or parameter value must be withheld.
+    pub fn settings_tainted(&self) -> bool {
+        self.settings_tainted.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_formats_are_read() {
+        // portal "", statement "s", 1 param format (0), 1 param "ab", 2 result formats 1, 0.
+        let mut b = Vec::new();
+        b.extend_from_slice(b"\0s\0");
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&2i32.to_be_bytes());
+        b.extend_from_slice(b"ab");
+        b.extend_from_slice(&2i16.to_be_bytes());
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        assert_eq!(bind_result_formats(&b), Some(vec![1, 0]));
+    }
+
+    #[test]
+    fn quoted_values_are_redacted() {
+        assert_eq!(
+            redact_quoted(r#"invalid input syntax for type integer: "olga@example.com""#),
+            r#"invalid input syntax for type integer: "***""#
+        );
+    }
+
+    fn detectors_only() -> Arc<SessionMasking> {
+        let policy: PolicyConfig = serde_yaml::from_str(
+            "name: p
+masking:
+- {name: cards, detector: paymentCard, strategy: redact}
+- {name: mails, detector: email, strategy: partial}
+",
+        )
+        .expect("policy");
+        let upstream = Arc::new(Upstream {
+            config: serde_yaml::from_str("{host: localhost, port: 5432, tlsMode: disable}")
+                .expect("upstream"),
+            tls: None,
+            credentials: None,
+        });
+        let masker = Arc::new(
+            Masker::new(&[policy], &MaskingConfig::default(), "ns", upstream).expect("masker"),
+        );
+        let identity = Identity {
+            kind: "ServiceAccount".into(),
+            name: "agent".into(),
+            namespace: Some("ns".into()),
+            pod: None,
+            pod_uid: None,
+            principal: None,
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(masker.session(&identity, "db", "u"))
+            .expect("rules apply")
+    }
+
+    fn plan() -> StatementPlan {
+        StatementPlan {
+            shape: Some(Shape::Opaque(Taint::default())),
+            clean: false,
+            copy: None,
+            ddl: false,
+        }
+    }
+
+    fn row(fields: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = (fields.len() as u16).to_be_bytes().to_vec();
+        for f in fields {
+            match f {
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn data_rows_are_rewritten_in_text_and_binary() {
+        let s = detectors_only();
+        let cols = vec![
+            ResultColumn {
+                name: "a".into(),
+                type_oid: 25,
+                binary: false,
+                origin: None,
+            },
+            ResultColumn {
+                name: "b".into(),
+                type_oid: 25,
+                binary: true,
+                origin: None,
+            },
+            ResultColumn {
+                name: "c".into(),
+                type_oid: 1700,
+                binary: false,
+                origin: None,
+            },
+            ResultColumn {
+                name: "d".into(),
+                type_oid: 20,
+                binary: true,
+                origin: None,
+            },
+        ];
+        let mut r = s.result(&plan(), &cols);
+        let card = 4_111_111_111_111_111i64.to_be_bytes();
+        let body = row(&[
+            Some(b"mail olga@example.com"),
+            Some(b"card 4111111111111111!"),
+            Some(b"4111111111111111"),
+            Some(&card),
+        ]);
+        let mut out = BytesMut::new();
+        r.data_row(&body, &mut out).expect("row");
+        let expected = row(&[
+            Some(b"mail ***@example.com"),
+            Some(b"card ***!"),
+            None,
+            Some(&card),
+        ]);
+        assert_eq!(&out[5..], &expected[..]);
+        let report = r.report();
+        assert!(report
+            .iter()
+            .any(|m| m.column == 2 && m.nulled_for_type == 1 && m.rule.rule == "cards"));
+        assert!(report
+            .iter()
+            .any(|m| m.column == 0 && m.rule.rule == "mails"));
+        assert!(r.data_row(&body[..5], &mut out).is_err());
+    }
+
+    #[test]
+    fn copy_streams_are_rewritten() {
+        let s = detectors_only();
+        let text = s.copy(&plan(), 2, false);
+        let mut c = CopyMasking::new(text, CopyFormat::Text { delimiter: b'\t' });
+        assert_eq!(c.data(b"1\tolga@example.com\n").expect("row"), b"1\t\\N\n");
+        let csv = s.copy(&plan(), 3, false);
+        let mut c = CopyMasking::new(
+            csv,
+            CopyFormat::Csv {
+                delimiter: b',',
+                quote: b'"',
+                escape: b'"',
+                header: true,
+            },
+        );
+        assert_eq!(c.data(b"a,b,c\n").expect("header"), b"a,b,c\n");
+        assert_eq!(
+            c.data(b"\"x,\"\"y\"\"\",4111111111111111,z\n")
+                .expect("row"),
+            b"\"x,\"\"y\"\"\",,z\n"
+        );
+        let bin = s.copy(&plan(), 2, true);
+        let mut c = CopyMasking::new(bin, CopyFormat::Binary);
+        let mut stream = BINARY_SIGNATURE.to_vec();
+        stream.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        stream.extend_from_slice(&row(&[Some(b"7"), Some(b"olga@example.com")]));
+        stream.extend_from_slice(&(-1i16).to_be_bytes());
+        // Split anywhere: the rewriter buffers partial tuples.
+        let mut out = c.data(&stream[..15]).expect("part");
+        out.extend(c.data(&stream[15..30]).expect("part"));
+        out.extend(c.data(&stream[30..]).expect("rest"));
+        let mut expected = BINARY_SIGNATURE.to_vec();
+        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        expected.extend_from_slice(&row(&[Some(b"7"), None]));
+        expected.extend_from_slice(&(-1i16).to_be_bytes());
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn copy_formats_are_read() {
+        use sqlparser::dialect::PostgreSqlDialect;
+        use sqlparser::parser::Parser;
+        let f = |sql: &str| {
+            let s = Parser::parse_sql(&PostgreSqlDialect {}, sql).expect("parse");
+            copy_format(&s[0])
+        };
+        assert_eq!(
+            f("COPY customers TO STDOUT"),
+            Some(CopyFormat::Text { delimiter: b'\t' })
+        );
+        assert_eq!(
+            f("COPY customers TO STDOUT (FORMAT binary)"),
+            Some(CopyFormat::Binary)
+        );
+        assert!(matches!(
+            f("COPY (SELECT 1) TO STDOUT WITH CSV HEADER"),
+            Some(CopyFormat::Csv { header: true, .. })
+        ));
+        assert_eq!(f("COPY customers FROM STDIN"), None);
+    }
+}
