@@ -7,6 +7,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 export PORTCULLIS_CACHE=${PORTCULLIS_CACHE:-$HOME/.cache/portcullis}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PORTCULLIS_CACHE/target}
+# One build per run: incremental compilation data would only fill the disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 export PATH=$PORTCULLIS_CACHE/venv/bin:$PATH
 start=$SECONDS
 step() { printf '\n==> [%ss] %s\n' "$((SECONDS - start))" "$*"; }

@@ -144,7 +144,7 @@ pub struct StatementLineage {
 /// Functions that compute their result from their arguments (and the session) alone: their
 /// output carries exactly the taint of their arguments. Any other function makes its result
 /// unproven, because it may read tables itself.
-const PURE_FUNCTIONS: &[&str] = &[
+pub(crate) const PURE_FUNCTIONS: &[&str] = &[
     "abs",
     "age",
     "array_agg",

@@ -55,11 +55,11 @@ pub struct StatementFacts {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Effect {
     /// Reads data or session state only: queries, SHOW, EXPLAIN, BEGIN, ROLLBACK, savepoints
-    /// and session settings, calling no function outside [`READ_ONLY_FUNCTIONS`].
+    /// and session settings, calling no function outside the known read-only ones ([`is_read_only_function`]).
     #[default]
     Reads,
     /// Changes rows transactionally (INSERT, UPDATE, DELETE, MERGE, SELECT ... FOR UPDATE)
-    /// and calls no function outside [`READ_ONLY_FUNCTIONS`]: inside a transaction block
+    /// and calls no function outside the known read-only ones: inside a transaction block
     /// nothing of it is permanent or visible to others before COMMIT.
     Writes,
     /// Commits the transaction block (COMMIT, END).
@@ -212,117 +212,24 @@ fn function_name(name: &ObjectName) -> String {
         .unwrap_or_default()
 }
 
-/// Built-in functions that neither change data nor reach outside the database: aggregates,
-/// window functions, and text, number, date and JSON functions. A read-only statement calls
-/// no other function.
-pub const READ_ONLY_FUNCTIONS: &[&str] = &[
-    "abs",
-    "age",
-    "array_agg",
-    "array_length",
-    "array_to_string",
-    "avg",
-    "bool_and",
-    "bool_or",
-    "btrim",
-    "cardinality",
-    "ceil",
-    "ceiling",
-    "char_length",
-    "character_length",
-    "coalesce",
-    "concat",
-    "concat_ws",
-    "count",
-    "cume_dist",
-    "current_date",
-    "current_schema",
+/// Built-in functions that neither change data nor reach outside the database, besides the
+/// ones the masking lineage knows compute their result from their arguments alone
+/// ([`crate::masking::lineage::PURE_FUNCTIONS`]: text, number, date, JSON, aggregate and
+/// window functions). A read-only statement calls no other function.
+const MORE_READ_ONLY_FUNCTIONS: &[&str] = &[
     "current_setting",
-    "current_time",
-    "current_timestamp",
-    "current_user",
-    "date_part",
-    "date_trunc",
-    "dense_rank",
-    "every",
-    "exp",
-    "extract",
-    "first_value",
-    "floor",
-    "format",
-    "generate_series",
-    "greatest",
-    "initcap",
-    "json_agg",
-    "json_build_array",
-    "json_build_object",
-    "json_object_agg",
-    "jsonb_agg",
-    "jsonb_build_array",
-    "jsonb_build_object",
-    "jsonb_object_agg",
-    "lag",
-    "last_value",
-    "lead",
-    "least",
-    "left",
-    "length",
-    "ln",
-    "localtime",
-    "localtimestamp",
-    "log",
-    "lower",
-    "lpad",
-    "ltrim",
-    "max",
-    "md5",
-    "min",
-    "mod",
-    "now",
-    "nth_value",
-    "ntile",
-    "nullif",
-    "percent_rank",
     "percentile_cont",
     "percentile_disc",
-    "position",
-    "power",
-    "rank",
-    "regexp_replace",
-    "regexp_match",
-    "replace",
-    "reverse",
-    "right",
-    "round",
-    "row_number",
-    "row_to_json",
-    "rpad",
-    "rtrim",
-    "session_user",
-    "sign",
-    "split_part",
-    "sqrt",
     "statement_timestamp",
-    "stddev",
-    "string_agg",
-    "strpos",
-    "substr",
-    "substring",
-    "sum",
-    "to_char",
-    "to_date",
-    "to_json",
-    "to_jsonb",
-    "to_number",
-    "to_timestamp",
     "transaction_timestamp",
-    "trim",
-    "trunc",
-    "unnest",
-    "upper",
-    "variance",
     "version",
 ];
+
+/// Whether a function (lower-case, without schema) is known to change nothing.
+pub fn is_read_only_function(name: &str) -> bool {
+    crate::masking::lineage::PURE_FUNCTIONS.contains(&name)
+        || MORE_READ_ONLY_FUNCTIONS.contains(&name)
+}
 
 fn facts_of(mut statement: Statement, sql: &str) -> StatementFacts {
     let mut facts = StatementFacts::default();
@@ -358,10 +265,7 @@ fn facts_of(mut statement: Statement, sql: &str) -> StatementFacts {
     if facts.kinds.is_empty() {
         facts.kinds.insert(StatementKind::Other);
     }
-    let known_functions = facts
-        .functions
-        .iter()
-        .all(|f| READ_ONLY_FUNCTIONS.contains(&f.as_str()));
+    let known_functions = facts.functions.iter().all(|f| is_read_only_function(f));
     if facts.opaque_body || !known_functions {
         facts.effect = Effect::Other;
     }
