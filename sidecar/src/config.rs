@@ -1,7 +1,7 @@
 //! Loading the sidecar configuration (the operator's compiled document, or a hand-written
 //! one in standalone mode) and the options that come from the command line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use portcullis_crds::audit::Identity;
 use portcullis_crds::sidecar_config::SidecarConfig;
@@ -51,6 +51,9 @@ pub struct Options {
     pub kube: KubeAccess,
     /// How OIDC key sets are cached and fetched.
     pub oidc: OidcOptions,
+    /// The configuration file, watched for new versions (the operator's ConfigMap, which the
+    /// kubelet updates in place); `None` when the configuration was given in memory.
+    pub config_path: Option<PathBuf>,
 }
 
 impl Options {
@@ -66,6 +69,7 @@ impl Options {
             limits: Limits::default(),
             kube: KubeAccess::Off,
             oidc: OidcOptions::default(),
+            config_path: None,
         }
     }
 }

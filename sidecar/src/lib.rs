@@ -20,6 +20,7 @@ pub mod masking;
 pub mod metrics;
 pub mod policy;
 pub mod postgres;
+pub mod reload;
 pub mod runtime;
 
 use std::future::Future;
@@ -128,6 +129,7 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
         limits: options.limits,
         oidc: options.oidc,
         process_nonce: format!("{:08x}", rand::rng().random::<u32>()),
+        session_counter: Default::default(),
     };
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -144,6 +146,7 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
         tracing::info!("no audit service configured: records stay in the local spool");
     }
     let mut addrs = Vec::new();
+    let mut served_resources = Vec::new();
     for resource in &config.resources {
         if resource.r#type != ResourceType::Postgres {
             tracing::warn!(resource = %resource.name, kind = resource.r#type.as_str(), "resource type not served by this sidecar version; skipped");
@@ -161,7 +164,21 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
         })?;
         tracing::info!(resource = %resource.name, %local, upstream = %format!("{}:{}", served.upstream.config.host, served.upstream.config.port), "serving PostgreSQL");
         addrs.push((resource.name.clone(), local));
-        tasks.spawn(accept_loop(listener, served, stopped.clone()));
+        let (current, receiver) = watch::channel(served);
+        served_resources.push(reload::Served {
+            config: resource.clone(),
+            current,
+        });
+        tasks.spawn(accept_loop(listener, receiver, stopped.clone()));
+    }
+    if let Some(path) = &options.config_path {
+        tasks.spawn(reload::watch(
+            path.clone(),
+            config.clone(),
+            served_resources,
+            shared,
+            stopped.clone(),
+        ));
     }
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -229,9 +246,11 @@ async fn listen(addr: &str) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// Accept clients of one resource; each session runs with the resource's configuration as
+/// it was when the client connected.
 async fn accept_loop(
     listener: TcpListener,
-    resource: Arc<Resource>,
+    resource: watch::Receiver<Arc<Resource>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
@@ -239,7 +258,8 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    sessions.spawn(postgres::session::serve(tcp, peer, resource.clone()));
+                    let current = resource.borrow().clone();
+                    sessions.spawn(postgres::session::serve(tcp, peer, current));
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: keep serving the open sessions.

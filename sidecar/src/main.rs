@@ -88,6 +88,7 @@ fn main() -> ExitCode {
             jwks_max_age: cli.jwks_max_age,
             ..OidcOptions::default()
         },
+        config_path: Some(cli.config.clone()),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

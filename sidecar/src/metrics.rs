@@ -31,6 +31,8 @@ pub struct Metrics {
     pub audit_service_up: IntGauge,
     /// Batches held until their audit records were on disk.
     pub audit_sync_waits: IntCounter,
+    /// Configuration reloads, by result (`applied`, `refused`).
+    pub config_reloads: IntCounterVec,
     /// Connections refused at authentication (missing or invalid OIDC token).
     pub auth_failures: IntCounter,
 }
@@ -95,6 +97,14 @@ impl Metrics {
         )?;
         registry.register(Box::new(protocol_errors.clone()))?;
         registry.register(Box::new(audit_sync_waits.clone()))?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "config_reloads_total",
+                "Configuration reloads, by result (applied, refused)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(config_reloads.clone()))?;
         let auth_failures = IntCounter::new(
             "auth_failures_total",
             "Connections refused at authentication (missing or invalid OIDC token)",
@@ -113,6 +123,7 @@ impl Metrics {
             audit_ship_failures,
             audit_service_up,
             audit_sync_waits,
+            config_reloads,
             auth_failures,
         })
     }

@@ -60,8 +60,8 @@ pub struct Resource {
     pub limits: Limits,
     /// Shared statement analyses.
     pub cache: AnalysisCache,
-    /// Sessions started (for session ids).
-    pub session_counter: AtomicU64,
+    /// Sessions started by this process (for session ids).
+    pub session_counter: Arc<AtomicU64>,
     /// Random prefix of this process's session ids.
     pub process_nonce: String,
     /// Approvals through the API server; `None` in standalone mode.
@@ -90,6 +90,8 @@ pub struct Shared {
     pub oidc: OidcOptions,
     /// Random prefix of session ids.
     pub process_nonce: String,
+    /// Sessions started by this process (every resource, across configuration reloads).
+    pub session_counter: Arc<AtomicU64>,
 }
 
 impl Resource {
@@ -134,7 +136,7 @@ impl Resource {
             cancel: shared.cancel.clone(),
             limits: shared.limits,
             cache: shared.cache.clone(),
-            session_counter: AtomicU64::new(1),
+            session_counter: shared.session_counter.clone(),
             process_nonce: shared.process_nonce.clone(),
             approvals: shared.approvals.clone(),
         })

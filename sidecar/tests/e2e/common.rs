@@ -207,7 +207,11 @@ policies:{policies}",
             },
         );
         let config = SidecarConfig::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        // Written out too, so the sidecar watches it for new versions as it does in a pod.
+        let config_file = dir.path().join("sidecar.yaml");
+        std::fs::write(&config_file, &yaml).expect("config file");
         let mut options = Options::service_account(&self.identity.0, &self.identity.1);
+        options.config_path = Some(config_file);
         options.identity.pod = self.identity.2.clone();
         if let Some(n) = self.max_statement_bytes {
             options.limits.max_statement_bytes = n;
@@ -309,6 +313,11 @@ impl Proxy {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("no completion record for statement {statement_id}");
+    }
+
+    /// The configuration file the proxy watches.
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("sidecar.yaml")
     }
 
     /// The value of one sample of the proxy's `/metrics` (0 when absent).

@@ -7,6 +7,7 @@ mod guardrails;
 mod identity;
 mod masking;
 mod passthrough;
+mod reload;
 mod robustness;
 mod shipping;
 mod upstream;
