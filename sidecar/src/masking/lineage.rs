@@ -274,6 +274,43 @@ pub(crate) const PURE_FUNCTIONS: &[&str] = &[
     "digest",
 ];
 
+/// Functions that describe the schema or the session (what psql's `\d` and drivers ask), not
+/// the rows of tables: like pure functions, their result carries only their arguments' taint.
+const CATALOG_FUNCTIONS: &[&str] = &[
+    "col_description",
+    "format_type",
+    "has_column_privilege",
+    "has_database_privilege",
+    "has_schema_privilege",
+    "has_table_privilege",
+    "obj_description",
+    "pg_backend_pid",
+    "pg_encoding_to_char",
+    "pg_get_constraintdef",
+    "pg_get_expr",
+    "pg_get_function_arguments",
+    "pg_get_function_identity_arguments",
+    "pg_get_function_result",
+    "pg_get_indexdef",
+    "pg_get_partkeydef",
+    "pg_get_serial_sequence",
+    "pg_get_triggerdef",
+    "pg_get_userbyid",
+    "pg_has_role",
+    "pg_indexes_size",
+    "pg_relation_size",
+    "pg_size_pretty",
+    "pg_table_is_visible",
+    "pg_table_size",
+    "pg_total_relation_size",
+    "pg_typeof",
+    "quote_ident",
+    "quote_literal",
+    "quote_nullable",
+    "shobj_description",
+    "version",
+];
+
 /// Aggregates whose result reveals nothing of the values themselves.
 const VALUE_FREE_AGGREGATES: &[&str] = &["count"];
 
@@ -1042,7 +1079,7 @@ impl<'c> Analyzer<'c> {
 fn impure(name: &[String]) -> Option<String> {
     let fname = name.last().map(String::as_str).unwrap_or("");
     let schema_ok = name.len() == 1 || name[0] == "pg_catalog";
-    if schema_ok && PURE_FUNCTIONS.contains(&fname) {
+    if schema_ok && (PURE_FUNCTIONS.contains(&fname) || CATALOG_FUNCTIONS.contains(&fname)) {
         None
     } else {
         Some(format!(
@@ -1270,6 +1307,7 @@ mod tests {
             ("SELECT email FROM \"Users\"", "M"),
             ("SELECT email FROM users", "M"),
             ("SELECT 1, 'a', now()", "..."),
+            ("SELECT version(), quote_ident(email), pg_typeof(ssn) FROM customers", ".MM"),
             ("SELECT id::text, email::varchar FROM customers", ".M"),
             ("SELECT substring(ssn from 1 for 3) FROM customers", "M"),
             ("SELECT EXISTS (SELECT 1 FROM customers WHERE email = 'x')", "."),

@@ -391,6 +391,15 @@ async fn copy_to_stdout_is_masked_in_every_format() {
     assert!(ok, "{err}");
     assert!(out.lines().count() >= 500);
     assert!(clear.find(&out).is_none(), "psql \\copy leaked");
+    // Describing a table is not masked: catalog functions describe the schema, not rows.
+    let url = proxy.url();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        run(Command::new("psql").args(["-X", "-c", "\\d customers", &url]))
+    })
+    .await
+    .expect("psql");
+    assert!(ok, "{err}");
+    assert!(out.contains("| text") && out.contains("| integer"), "{out}");
     proxy.stop().await;
 }
 
