@@ -358,7 +358,7 @@ async fn on_audit_unavailable_deny_refuses_past_the_bound_and_continue_keeps_ser
         db.message()
     );
     assert!(served >= 2, "served {served} statements before the bound");
-    let m = proxy.metrics().await;
+    let m = failed_once(&proxy).await;
     assert!(
         metric(&m, "portcullis_sidecar_audit_ship_failures_total") >= 1.0,
         "{m}"
@@ -399,8 +399,7 @@ async fn on_audit_unavailable_deny_refuses_past_the_bound_and_continue_keeps_ser
             .await
             .expect("served while the audit service is down");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let m = proxy.metrics().await;
+    let m = failed_once(&proxy).await;
     assert!(
         metric(&m, "portcullis_sidecar_audit_unshipped_bytes") > 10_000.0,
         "{m}"
@@ -411,6 +410,20 @@ async fn on_audit_unavailable_deny_refuses_past_the_bound_and_continue_keeps_ser
     );
     drop(client);
     proxy.stop().await;
+}
+
+/// The proxy's metrics once a shipping attempt has failed (or after 20 s). Reads do not wait
+/// for the spool, so statements can outrun the shipper's first attempt.
+async fn failed_once(proxy: &Proxy) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut m = proxy.metrics().await;
+    while metric(&m, "portcullis_sidecar_audit_ship_failures_total") < 1.0
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        m = proxy.metrics().await;
+    }
+    m
 }
 
 /// Seeded personal data: every e-mail, SSN, card number and IBAN of the customers table.
