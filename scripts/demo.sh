@@ -15,7 +15,14 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PORTCULLIS_CACHE/target}
 export PATH=$PORTCULLIS_CACHE/venv/bin:$PATH
 BIN=$CARGO_TARGET_DIR/debug
 say() { printf '\n\033[1m# %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*" >&2; "$@"; }
+show() { # print a command as a reader would type it: tools by name, the demo's directory as $STATE
+    local line="$*"
+    line=${line//"$KUBECTL"/kubectl}
+    line=${line//"$BIN/"/}
+    [[ -n ${state:-} ]] && line=${line//"$state"/\$STATE}
+    printf '$ %s\n' "$line" >&2
+}
+run() { show "$@"; "$@"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_for() { # DESCRIPTION COMMAND...: retry for 60 s
     local what=$1; shift
@@ -248,9 +255,9 @@ request=$("$KUBECTL" -n $ns get accessrequests -o jsonpath='{.items[0].metadata.
 run "$KUBECTL" -n $ns get accessrequests | sed 's/^/  /'
 run "$KUBECTL" -n $ns get accessrequest "$request" -o jsonpath='{.spec.operation.statement}{"\n"}{.spec.justification}{"\n"}' | sed 's/^/  /'
 say "alice owns the agent but is no approver: admission refuses her decision; bob (portcullis-approvers) approves"
-printf '$ %s\n' "kubectl portcullis approve $request --reason mine   # as alice" >&2
+show "kubectl portcullis approve $request --reason mine   # as alice"
 as_alice "$KUBECTL" portcullis -n $ns approve "$request" --reason "mine" 2>&1 | sed 's/^/  /' || true
-printf '$ %s\n' "kubectl portcullis approve $request --reason '...'   # as bob" >&2
+show "kubectl portcullis approve $request --reason '...'   # as bob"
 as_bob "$KUBECTL" portcullis -n $ns approve "$request" \
     --reason "verified with the customer on the phone" | sed 's/^/  /'
 wait "$writer" || true
