@@ -2,7 +2,8 @@
 """Print SQL that creates and fills the e2e `shop` schema with realistic, synthetic personal data.
 
 Deterministic (fixed seed), so tests can assert on values. Card numbers pass the Luhn check and
-IBANs pass the ISO 13616 checksum, as real ones do; none belongs to a real person.
+IBANs have their country's length and pass the ISO 13616 checksum, as real ones do; none
+belongs to a real person.
 """
 import random
 import sys
@@ -36,8 +37,15 @@ def luhn_complete(prefix: str, length: int, rng: random.Random) -> str:
     return digits + str((10 - total % 10) % 10)
 
 
+# Length and shape of each country's BBAN (ISO 13616 registry): letters, then digits.
+BBAN = {"DE": (0, 18), "FR": (0, 23), "IT": (1, 22), "NL": (4, 10), "ES": (0, 20),
+        "IE": (4, 14), "PL": (0, 24), "SE": (0, 20), "AT": (0, 16), "PT": (0, 21)}
+
+
 def iban(country: str, rng: random.Random) -> str:
-    bban = "".join(str(rng.randrange(10)) for _ in range(18))
+    letters, digits = BBAN[country]
+    bban = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(letters)) + \
+        "".join(str(rng.randrange(10)) for _ in range(digits))
     rearranged = bban + country + "00"
     numeric = "".join(str(int(c, 36)) for c in rearranged)
     check = 98 - int(numeric) % 97
