@@ -257,17 +257,7 @@ impl Frontend {
         match approvals.find_grant(&key).await {
             Ok(Some(grant)) => return Ok(grant),
             Ok(None) => {}
-            Err(e) => {
-                let message = failed(&e);
-                self.approval_record(ApprovalRecord {
-                    reason: Some(message.clone()),
-                    ..step(ApprovalStep::Failed, "")
-                });
-                return Err(Refused {
-                    message,
-                    request: None,
-                });
-            }
+            Err(e) => return Err(self.unavailable(step(ApprovalStep::Failed, ""), failed(&e))),
         }
         let ask = Ask {
             key,
@@ -277,17 +267,7 @@ impl Frontend {
         };
         let name = match approvals.request(&ask).await {
             Ok(n) => n,
-            Err(e) => {
-                let message = failed(&e);
-                self.approval_record(ApprovalRecord {
-                    reason: Some(message.clone()),
-                    ..step(ApprovalStep::Failed, "")
-                });
-                return Err(Refused {
-                    message,
-                    request: None,
-                });
-            }
+            Err(e) => return Err(self.unavailable(step(ApprovalStep::Failed, ""), failed(&e))),
         };
         let namespace = approvals.namespace().to_owned();
         self.approval_record(ApprovalRecord {
@@ -441,6 +421,18 @@ impl Frontend {
         });
         self.refuse(true, SQLSTATE_REFUSED, message);
         false
+    }
+
+    /// Record that the approval service could not be used; the refusal the client gets.
+    fn unavailable(&mut self, failed: ApprovalRecord, message: String) -> Refused {
+        self.approval_record(ApprovalRecord {
+            reason: Some(message.clone()),
+            ..failed
+        });
+        Refused {
+            message,
+            request: None,
+        }
     }
 
     /// Queue an approval record; like statement records, it is durable before the next
