@@ -14,35 +14,12 @@
 # parsing is part of every figure (as it is for a real client). Target: masking on >= 0.8x
 # direct.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=e2e/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ROWS=${BENCH_ROWS:-1000000}
 RUNS=${BENCH_RUNS:-5}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-mbench.XXXXXX")
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]:-}"; do [[ -n $pid ]] && kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]:-}"; do [[ -n $pid ]] && wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-
-if [[ -n ${PORTCULLIS_E2E_ENV:-} ]]; then
-    ENV_FILE=$PORTCULLIS_E2E_ENV
-else
-    log "starting the e2e harness"
-    "$ROOT/e2e/scripts/harness.sh" --state "$WORK/harness" --watch-pid $$ >"$WORK/harness.log" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 1 600); do [[ -f $WORK/harness/env ]] && break; sleep 0.5; done
-    [[ -f $WORK/harness/env ]] || { cat "$WORK/harness.log" >&2; exit 1; }
-    ENV_FILE=$WORK/harness/env
-fi
-# shellcheck disable=SC1090
-source "$ENV_FILE"
-PG_HOST=$PORTCULLIS_E2E_PG_HOST PG_PORT=$PORTCULLIS_E2E_PG_PORT PG_PASSWORD=$PORTCULLIS_E2E_PG_PASSWORD
-DIRECT_URL=$PORTCULLIS_E2E_PG_URL
+bench_init portcullis-mbench
+bench_postgres
 # The sidecars talk to PostgreSQL without TLS here; so does the direct baseline.
 [[ $DIRECT_URL == *\?* ]] && DIRECT_URL="$DIRECT_URL&sslmode=disable" || DIRECT_URL="$DIRECT_URL?sslmode=disable"
 
@@ -58,58 +35,25 @@ FROM generate_series(1, $ROWS) AS i;
 ANALYZE bench_masking;
 SQL
 
-log "building the sidecar (release)"
-cargo build --release -q -p portcullis-sidecar --manifest-path "$ROOT/Cargo.toml"
-SIDECAR=${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis-sidecar
-mkdir -p "$WORK/secrets"
-printf 'app\n' >"$WORK/secrets/username"
-printf '%s\n' "$PG_PASSWORD" >"$WORK/secrets/password"
+bench_sidecar_build
 head -c 32 /dev/urandom | base64 >"$WORK/secrets/hash-key"
-chmod 600 "$WORK/secrets/"*
-
-start_sidecar() { # NAME POLICY_BODY -> prints port
-    local name=$1 body=$2 port admin
-    port=$(free_port); admin=$(free_port)
-    cat >"$WORK/$name.yaml" <<YAML
-apiVersion: portcullis.dev/sidecar-config/v1alpha1
-namespace: bench
-adminListen: 127.0.0.1:$admin
-masking:
+chmod 600 "$WORK/secrets/hash-key"
+MASKING="masking:
   hashKeyFile: $WORK/secrets/hash-key
-audit:
-  spoolDir: $WORK/spool-$name
-resources:
-- name: shop-db
-  type: postgres
-  listenPort: $port
-  upstream: {host: $PG_HOST, port: $PG_PORT, tlsMode: disable}
-  credentials: {usernameFile: $WORK/secrets/username, passwordFile: $WORK/secrets/password}
-  policies: [bench]
-policies:
-- name: bench
-$body
-YAML
-    RUST_LOG=warn "$SIDECAR" --config "$WORK/$name.yaml" --service-account bench >"$WORK/$name.log" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 1 100); do
-        curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    echo "$port"
-}
-OFF_PORT=$(start_sidecar masking-off "  guardrails: []")
-ON_PORT=$(start_sidecar masking-on "  masking:
+"
+OFF_PORT=$(start_sidecar masking-off "$WORK/spool-masking-off" "  guardrails: []" "$MASKING")
+ON_PORT=$(start_sidecar masking-on "$WORK/spool-masking-on" "  masking:
   - {name: contact, columns: [bench_masking.email], strategy: partial}
-  - {name: national-id, columns: [bench_masking.ssn], strategy: hash}")
-REDACT_PORT=$(start_sidecar masking-redact "  masking:
+  - {name: national-id, columns: [bench_masking.ssn], strategy: hash}" "$MASKING")
+REDACT_PORT=$(start_sidecar masking-redact "$WORK/spool-masking-redact" "  masking:
   - {name: contact, columns: [bench_masking.email], strategy: partial}
-  - {name: national-id, columns: [bench_masking.ssn], strategy: redact}")
-DET_PORT=$(start_sidecar masking-detectors "  masking:
+  - {name: national-id, columns: [bench_masking.ssn], strategy: redact}" "$MASKING")
+DET_PORT=$(start_sidecar masking-detectors "$WORK/spool-masking-detectors" "  masking:
   - {name: contact, columns: [bench_masking.email], strategy: partial}
   - {name: national-id, columns: [bench_masking.ssn], strategy: hash}
   - {name: cards, detector: paymentCard, strategy: redact}
   - {name: ibans, detector: iban, strategy: redact}
-  - {name: emails, detector: email, strategy: redact}")
+  - {name: emails, detector: email, strategy: redact}" "$MASKING")
 
 declare -A URL=(
     [direct]=$DIRECT_URL

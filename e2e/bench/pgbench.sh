@@ -13,38 +13,16 @@
 # p50 is the median transaction latency from pgbench's per-transaction log; for select-only a
 # transaction is one query, so the p50 difference to direct is the latency added per query.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=e2e/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 CLIENTS=${BENCH_CLIENTS:-"1 8 32"}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]:-}"; do [[ -n $pid ]] && kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]:-}"; do [[ -n $pid ]] && wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+bench_init portcullis-bench
 command -v pgbench >/dev/null || { echo "pgbench not found (Debian package postgresql-client)" >&2; exit 1; }
 command -v pgbouncer >/dev/null || { echo "pgbouncer not found (Debian package pgbouncer)" >&2; exit 1; }
 
 # ---- PostgreSQL ---------------------------------------------------------------------------
-if [[ -n ${PORTCULLIS_E2E_ENV:-} ]]; then
-    ENV_FILE=$PORTCULLIS_E2E_ENV
-else
-    log "starting the e2e harness"
-    "$ROOT/e2e/scripts/harness.sh" --state "$WORK/harness" --watch-pid $$ >"$WORK/harness.log" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 1 600); do [[ -f $WORK/harness/env ]] && break; sleep 0.5; done
-    [[ -f $WORK/harness/env ]] || { cat "$WORK/harness.log" >&2; exit 1; }
-    ENV_FILE=$WORK/harness/env
-fi
-# shellcheck disable=SC1090
-source "$ENV_FILE"
-PG_HOST=$PORTCULLIS_E2E_PG_HOST PG_PORT=$PORTCULLIS_E2E_PG_PORT PG_PASSWORD=$PORTCULLIS_E2E_PG_PASSWORD
-DIRECT_URL=$PORTCULLIS_E2E_PG_URL
+bench_postgres
 log "initialising pgbench tables (scale 10)"
 pgbench -i -q -s 10 "$DIRECT_URL" >"$WORK/init.log" 2>&1 || { cat "$WORK/init.log" >&2; exit 1; }
 
@@ -72,53 +50,20 @@ pgbouncer "${BOUNCER_USER[@]}" "$WORK/bouncer/pgbouncer.ini" >"$WORK/bouncer/std
 PIDS+=($!)
 
 # ---- sidecar (release) --------------------------------------------------------------------
-log "building the sidecar (release)"
-cargo build --release -q -p portcullis-sidecar --manifest-path "$ROOT/Cargo.toml"
-SIDECAR=${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis-sidecar
-mkdir -p "$WORK/secrets"
-printf 'app\n' >"$WORK/secrets/username"
-printf '%s\n' "$PG_PASSWORD" >"$WORK/secrets/password"
-chmod 600 "$WORK/secrets/"*
-start_sidecar() { # NAME SPOOL_DIR -> prints port
-    local name=$1 spool=$2 port admin
-    port=$(free_port); admin=$(free_port)
-    cat >"$WORK/$name.yaml" <<YAML
-apiVersion: portcullis.dev/sidecar-config/v1alpha1
-namespace: bench
-adminListen: 127.0.0.1:$admin
-audit:
-  spoolDir: $spool
-resources:
-- name: shop-db
-  type: postgres
-  listenPort: $port
-  upstream: {host: $PG_HOST, port: $PG_PORT, tlsMode: disable}
-  credentials: {usernameFile: $WORK/secrets/username, passwordFile: $WORK/secrets/password}
-  policies: [bench]
-policies:
-- name: bench
-  spoolLimitBytes: 107374182400
+bench_sidecar_build
+POLICY='  spoolLimitBytes: 107374182400
   guardrails:
   - {name: no-ddl, statementKinds: [ddl, dcl, truncate, doBlock, setRole], action: deny}
   - {name: no-unbounded-writes, missingWhere: true, action: deny}
   - {name: deletes, statementKinds: [delete], action: requireApproval}
   - {name: accounts-export, tables: [pgbench_accounts], rowsOver: 10000, action: deny}
   - {name: history-writes, statementKinds: [insert], tables: [pgbench_history], action: audit}
-  approval: {approverGroups: [dba], timeoutSeconds: 60, grantSeconds: 60, grantScope: statement}
-YAML
-    RUST_LOG=warn "$SIDECAR" --config "$WORK/$name.yaml" --service-account bench >"$WORK/$name.log" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 1 100); do
-        curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    echo "$port"
-}
-SIDECAR_PORT=$(start_sidecar sidecar "$WORK/spool-disk")
+  approval: {approverGroups: [dba], timeoutSeconds: 60, grantSeconds: 60, grantScope: statement}'
+SIDECAR_PORT=$(start_sidecar sidecar "$WORK/spool-disk" "$POLICY")
 mkdir -p /dev/shm/portcullis-bench-$$
 SHM_SPOOL=/dev/shm/portcullis-bench-$$
 trap 'cleanup; rm -rf "$SHM_SPOOL"' EXIT
-SIDECAR_SHM_PORT=$(start_sidecar sidecar-tmpfs "$SHM_SPOOL")
+SIDECAR_SHM_PORT=$(start_sidecar sidecar-tmpfs "$SHM_SPOOL" "$POLICY")
 
 declare -A URL=(
     [direct]=$DIRECT_URL

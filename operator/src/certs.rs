@@ -325,58 +325,66 @@ pub async fn patch_ca_bundles(
     let encoded = ByteString(ca_bundle.as_bytes().to_vec());
     let mapi: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     for name in mutating {
-        let Some(cfg) = mapi.get_opt(name).await? else {
-            tracing::warn!(
-                name,
-                "MutatingWebhookConfiguration not found; caBundle not set"
-            );
-            continue;
-        };
-        let webhooks = cfg.webhooks.unwrap_or_default();
-        if webhooks
-            .iter()
-            .all(|w| w.client_config.ca_bundle.as_ref() == Some(&encoded))
-        {
-            continue;
-        }
-        let patch: Vec<serde_json::Value> = webhooks
-            .iter()
-            .map(|w| serde_json::json!({"name": w.name, "clientConfig": {"caBundle": encoded}}))
-            .collect();
-        mapi.patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Strategic(serde_json::json!({"webhooks": patch})),
-        )
+        patch_configuration(&mapi, name, &encoded, |cfg| {
+            cfg.webhooks
+                .iter()
+                .flatten()
+                .map(|w| (w.name.clone(), w.client_config.ca_bundle.clone()))
+                .collect()
+        })
         .await?;
     }
     let vapi: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     for name in validating {
-        let Some(cfg) = vapi.get_opt(name).await? else {
-            tracing::warn!(
-                name,
-                "ValidatingWebhookConfiguration not found; caBundle not set"
-            );
-            continue;
-        };
-        let webhooks = cfg.webhooks.unwrap_or_default();
-        if webhooks
-            .iter()
-            .all(|w| w.client_config.ca_bundle.as_ref() == Some(&encoded))
-        {
-            continue;
-        }
-        let patch: Vec<serde_json::Value> = webhooks
-            .iter()
-            .map(|w| serde_json::json!({"name": w.name, "clientConfig": {"caBundle": encoded}}))
-            .collect();
-        vapi.patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Strategic(serde_json::json!({"webhooks": patch})),
-        )
+        patch_configuration(&vapi, name, &encoded, |cfg| {
+            cfg.webhooks
+                .iter()
+                .flatten()
+                .map(|w| (w.name.clone(), w.client_config.ca_bundle.clone()))
+                .collect()
+        })
         .await?;
     }
+    Ok(())
+}
+
+/// Set `caBundle` of every webhook of one configuration, given as (name, current bundle)
+/// pairs by `webhooks`, unless all of them hold it already.
+async fn patch_configuration<K>(
+    api: &Api<K>,
+    name: &str,
+    encoded: &ByteString,
+    webhooks: impl Fn(&K) -> Vec<(String, Option<ByteString>)>,
+) -> Result<(), CertError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    let Some(cfg) = api.get_opt(name).await? else {
+        tracing::warn!(
+            name,
+            kind = %K::kind(&Default::default()),
+            "webhook configuration not found; caBundle not set"
+        );
+        return Ok(());
+    };
+    let webhooks = webhooks(&cfg);
+    if webhooks
+        .iter()
+        .all(|(_, current)| current.as_ref() == Some(encoded))
+    {
+        return Ok(());
+    }
+    let patch: Vec<serde_json::Value> = webhooks
+        .iter()
+        .map(|(w, _)| serde_json::json!({"name": w, "clientConfig": {"caBundle": encoded}}))
+        .collect();
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Strategic(serde_json::json!({"webhooks": patch})),
+    )
+    .await?;
     Ok(())
 }
 

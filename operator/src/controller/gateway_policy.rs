@@ -225,6 +225,34 @@ where
     }
     let mut finalizers = obj.finalizers().to_vec();
     finalizers.push(FINALIZER.to_owned());
+    set_finalizers(api, obj, finalizers).await
+}
+
+async fn remove_finalizer<K>(api: &Api<K>, obj: &K) -> Result<(), ReconcileError>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if !obj.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let finalizers = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    set_finalizers(api, obj, finalizers).await
+}
+
+/// Replace the finalizer list of the version of `obj` that was read.
+async fn set_finalizers<K>(
+    api: &Api<K>,
+    obj: &K,
+    finalizers: Vec<String>,
+) -> Result<(), ReconcileError>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let patch =
         json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
     match api
@@ -237,34 +265,6 @@ where
     {
         Ok(_) => Ok(()),
         // Changed meanwhile: the next event brings the new version.
-        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn remove_finalizer<K>(api: &Api<K>, obj: &K) -> Result<(), ReconcileError>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    if !obj.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(());
-    }
-    let finalizers: Vec<&String> = obj
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .collect();
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-    match api
-        .patch(
-            &obj.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
     }

@@ -289,51 +289,33 @@ async fn reconcile(
 
     let old = pr.status.clone().unwrap_or_default();
     let mut status = old.clone();
+    let resolved = match &credentials {
+        Ok(msg) => new_condition(
+            types::CREDENTIALS_RESOLVED,
+            true,
+            "Resolved",
+            msg.clone(),
+            generation,
+        ),
+        Err((reason, problem)) => new_condition(
+            types::CREDENTIALS_RESOLVED,
+            false,
+            reason,
+            problem.clone(),
+            generation,
+        ),
+    };
+    set_condition(&mut status.conditions, resolved);
     let (ready, reason, message) = match (&credentials, &endpoint) {
-        (Ok(msg), None) => {
-            set_condition(
-                &mut status.conditions,
-                new_condition(
-                    types::CREDENTIALS_RESOLVED,
-                    true,
-                    "Resolved",
-                    msg.clone(),
-                    generation,
-                ),
-            );
-            (
-                true,
-                "Ready",
-                format!(
-                    "serving on 127.0.0.1:{} in the pods that bind it",
-                    pr.spec.listen_port
-                ),
-            )
-        }
-        (Ok(msg), Some((reason, problem))) => {
-            set_condition(
-                &mut status.conditions,
-                new_condition(
-                    types::CREDENTIALS_RESOLVED,
-                    true,
-                    "Resolved",
-                    msg.clone(),
-                    generation,
-                ),
-            );
-            (false, *reason, problem.clone())
-        }
-        (Err((reason, problem)), _) => {
-            set_condition(
-                &mut status.conditions,
-                new_condition(
-                    types::CREDENTIALS_RESOLVED,
-                    false,
-                    reason,
-                    problem.clone(),
-                    generation,
-                ),
-            );
+        (Ok(_), None) => (
+            true,
+            "Ready",
+            format!(
+                "serving on 127.0.0.1:{} in the pods that bind it",
+                pr.spec.listen_port
+            ),
+        ),
+        (Ok(_), Some((reason, problem))) | (Err((reason, problem)), _) => {
             (false, *reason, problem.clone())
         }
     };
