@@ -102,6 +102,137 @@ pub enum AuditEvent {
     /// A step of a just-in-time approval (requested, decided, used, timed out, expired),
     /// linked to the others by the AccessRequest name.
     Approval(ApprovalRecord),
+    /// A Kubernetes API request through the sidecar and the decision on it; written before
+    /// it is forwarded.
+    KubeRequest(KubeRequestRecord),
+    /// The API server's answer to a forwarded Kubernetes API request.
+    KubeResponse(KubeResponseRecord),
+    /// A recorded exec or attach session (asciicast v2), stored through the audit service;
+    /// the record carries the recording's SHA-256, so the log vouches for its content.
+    Recording(RecordingRecord),
+}
+
+/// A Kubernetes API request and the decision on it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeRequestRecord {
+    /// Identifier of the request in its session (pairs it with its response and recording).
+    pub request_id: u64,
+    /// HTTP method.
+    pub method: String,
+    /// Kubernetes verb (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, ...).
+    pub verb: String,
+    /// API group (empty for the core group).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api_group: String,
+    /// Resource (`pods`, `deployments`), empty for non-resource URLs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource: String,
+    /// Subresource (`exec`, `log`, `status`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subresource: String,
+    /// Namespace of the object.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// Name of the object.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Path of a non-resource URL (`/version`, `/healthz`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    /// The command of an exec or the target of an attach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecDetails>,
+    /// The decision.
+    pub decision: Decision,
+    /// The rule that made the decision; `None` when no rule matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleRef>,
+    /// Why, in words (the message the client saw for a refusal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// GDPR lawful basis of the governing policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lawful_basis: Option<String>,
+    /// Purpose of the governing policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// The AccessRequest whose approval let the request run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_request: Option<String>,
+}
+
+/// What an exec or attach asked for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecDetails {
+    /// Container (empty: the pod's default container).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container: String,
+    /// Command vector (empty for attach), with detected personal data masked.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The commands the guardrails judged: the command itself, or each command of a
+    /// `sh -c` script.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysed: Vec<String>,
+    /// Why the command could not be analysed (it was judged as the riskiest match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unanalysable: Option<String>,
+    /// Standard input attached.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Terminal requested.
+    #[serde(default)]
+    pub tty: bool,
+}
+
+/// The answer to a forwarded Kubernetes API request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeResponseRecord {
+    /// The request this answers.
+    pub request_id: u64,
+    /// HTTP status code (101 for an upgraded stream).
+    pub code: u16,
+    /// Time from forwarding to the response headers, in microseconds.
+    pub duration_micros: u64,
+}
+
+/// A recorded exec or attach session.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingRecord {
+    /// The request that opened the session.
+    pub request_id: u64,
+    /// Hex SHA-256 of the recording file (asciicast v2).
+    pub sha256: String,
+    /// Size of the recording in bytes.
+    pub bytes: u64,
+    /// Events recorded (output, input and resize).
+    pub events: u64,
+    /// Length of the session in milliseconds.
+    pub duration_millis: u64,
+    /// Stream protocol (`v5.channel.k8s.io`, `SPDY/3.1+v4.channel.k8s.io`, ...).
+    pub protocol: String,
+    /// `NAMESPACE/POD/CONTAINER`.
+    pub target: String,
+    /// Exit code reported by the server, when it reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Personal data masked in the recording, per detector. Never holds a value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<MaskedOutput>,
+}
+
+/// Values one detector masked in a recording.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MaskedOutput {
+    /// The rule that masked them (a policy's detector rule, or `builtin/<detector>`).
+    pub rule: RuleRef,
+    /// Values masked.
+    pub values: u64,
 }
 
 /// One step of an approval.

@@ -98,6 +98,10 @@ pub struct GatewayPolicySpec {
     #[serde(default)]
     pub on_unanalyzable: UnanalyzableAction,
 
+    /// Kubernetes API requests that are refused unless the policy allows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesSettings>,
+
     /// What the sidecar does while the audit service is unreachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_audit_unavailable: Option<AuditUnavailable>,
@@ -389,6 +393,8 @@ pub struct Guardrail {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[x_kube(validation = Rule::new("(has(self.statementKinds) && self.statementKinds.size() > 0) || (has(self.tables) && self.tables.size() > 0) || (has(self.missingWhere) && self.missingWhere) || (has(self.functions) && self.functions.size() > 0) || (has(self.execCommands) && self.execCommands.size() > 0) || has(self.rowsOver)")
     .message("a guardrail match needs at least one criterion: statementKinds, tables, missingWhere, functions, execCommands or rowsOver"))]
+#[x_kube(validation = Rule::new("(has(self.execCommands) && self.execCommands.size() > 0) || ((!has(self.execNamespaces) || self.execNamespaces.size() == 0) && (!has(self.execPodLabels) || self.execPodLabels.size() == 0) && (!has(self.execContainers) || self.execContainers.size() == 0))")
+    .message("execNamespaces, execPodLabels and execContainers narrow execCommands: add execCommands (for example [\"*\"])"))]
 #[serde(rename_all = "camelCase")]
 pub struct GuardrailMatch {
     /// Statement kinds, for example `delete`, `update`, `ddl`, `copy`, `doBlock`.
@@ -419,6 +425,21 @@ pub struct GuardrailMatch {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(max = 1024)))]
     pub exec_commands: Vec<String>,
+
+    /// With `execCommands`: namespaces of the target pod (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 63)))]
+    pub exec_namespaces: Vec<String>,
+
+    /// With `execCommands`: labels the target pod must carry (all of them).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(length(max = 16))]
+    pub exec_pod_labels: std::collections::BTreeMap<String, String>,
+
+    /// With `execCommands`: target container names (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 63)))]
+    pub exec_containers: Vec<String>,
 
     /// Matches results of more than this many rows (bulk export).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -610,4 +631,31 @@ pub struct GatewayPolicyStatus {
     /// show the hash they run in an annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+}
+
+/// How the sidecar's Kubernetes API proxy treats requests that reach past exec guardrails.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesSettings {
+    /// Reads of `secrets` (get, list, watch): `deny` (default) or `audit`.
+    #[serde(default)]
+    pub secret_reads: KubernetesAccess,
+    /// `pods/portforward` and the `proxy` subresources: `deny` (default) or `audit`.
+    #[serde(default)]
+    pub port_forward: KubernetesAccess,
+    /// Apply the masking detectors to the live output of exec sessions too (the recording
+    /// is always masked). Matches are replaced in place by `*` of the same length.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mask_live_output: bool,
+}
+
+/// Whether a kind of Kubernetes request is refused or allowed and recorded.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum KubernetesAccess {
+    /// Refused with a 403 naming the built-in rule.
+    #[default]
+    Deny,
+    /// Forwarded and recorded.
+    Audit,
 }

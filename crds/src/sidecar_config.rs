@@ -16,8 +16,8 @@ use thiserror::Error;
 
 use crate::gateway_policy::{
     AuditUnavailableAction, Detector, GatewayPolicySpec, GrantScope, GuardrailAction,
-    IdentitySettings, LawfulBasis, MaskingStrategy, PrincipalKind, SigningAlgorithm, StatementKind,
-    Subject, UnanalyzableAction,
+    IdentitySettings, KubernetesSettings, LawfulBasis, MaskingStrategy, PrincipalKind,
+    SigningAlgorithm, StatementKind, Subject, UnanalyzableAction,
 };
 use crate::protected_resource::{ResourceType, TlsMode};
 
@@ -75,6 +75,24 @@ pub struct ResourceConfig {
     /// Names of the policies that govern this resource, in order of precedence.
     #[serde(default)]
     pub policies: Vec<String>,
+    /// `kubernetes` only: the local serving certificate of the API proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_tls: Option<ServerTlsFiles>,
+    /// `kubernetes` only: the pod's service-account token the proxy forwards with (read
+    /// afresh for every request because the kubelet rotates it). Default: the in-cluster
+    /// token path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// PEM files of a local TLS server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerTlsFiles {
+    /// Certificate chain.
+    pub cert_file: PathBuf,
+    /// Private key.
+    pub key_file: PathBuf,
 }
 
 fn default_listen_address() -> String {
@@ -209,6 +227,14 @@ pub struct PolicyConfig {
     /// OIDC identity settings, when the policy accepts or requires ID tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentityConfig>,
+    /// Kubernetes API requests beyond exec guardrails (secrets reads, port forwarding, live
+    /// output masking).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub kubernetes: KubernetesSettings,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// OIDC identity settings with their defaults resolved.
@@ -368,6 +394,15 @@ pub struct GuardrailConfig {
     /// Exec command glob patterns.
     #[serde(default)]
     pub exec_commands: Vec<String>,
+    /// Target namespaces of an exec (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exec_namespaces: Vec<String>,
+    /// Labels the target pod of an exec must carry.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub exec_pod_labels: std::collections::BTreeMap<String, String>,
+    /// Target containers of an exec (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exec_containers: Vec<String>,
     /// Matches results of more than this many rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows_over: Option<u64>,
@@ -615,6 +650,9 @@ impl PolicyConfig {
                         .map(|f| f.to_ascii_lowercase())
                         .collect(),
                     exec_commands: g.r#match.exec_commands.clone(),
+                    exec_namespaces: g.r#match.exec_namespaces.clone(),
+                    exec_pod_labels: g.r#match.exec_pod_labels.clone(),
+                    exec_containers: g.r#match.exec_containers.clone(),
                     rows_over,
                     action: g.action,
                     message: g.message.clone(),
@@ -660,6 +698,7 @@ impl PolicyConfig {
                 .as_ref()
                 .map(IdentityConfig::compile)
                 .transpose()?,
+            kubernetes: spec.kubernetes.clone().unwrap_or_default(),
         })
     }
 }
@@ -865,6 +904,8 @@ mod tests {
                     password_file: "/var/run/portcullis/credentials/customers-db/password".into(),
                 }),
                 policies: vec!["gdpr".into()],
+                server_tls: None,
+                token_file: None,
             }],
             policies: vec![PolicyConfig::compile("gdpr", 3, &policy_spec()).expect("compiles")],
             audit: AuditConfig::default(),

@@ -13,12 +13,13 @@ use kube::core::{Selector, SelectorExt};
 use kube::ResourceExt;
 use portcullis_crds::{
     AuditConfig, CredentialFiles, Detector, GatewayPolicy, GatewayPolicySpec, PolicyConfig,
-    ProtectedResource, ResourceConfig, ResourceType, SidecarConfig, TlsMode, UpstreamConfig,
-    SIDECAR_CONFIG_API_VERSION,
+    ProtectedResource, ResourceConfig, ResourceType, ServerTlsFiles, SidecarConfig, TlsMode,
+    UpstreamConfig, SIDECAR_CONFIG_API_VERSION,
 };
 
 use crate::inject::{
-    AUDIT_TOKEN_PATH, CONFIG_DIR, CREDENTIALS_DIR, SERVICE_ACCOUNT_DIR, UPSTREAM_CA_DIR,
+    AUDIT_TOKEN_PATH, CONFIG_DIR, CREDENTIALS_DIR, SERVICE_ACCOUNT_DIR, SIDECAR_TLS_DIR,
+    UPSTREAM_CA_DIR,
 };
 
 /// Largest compiled size of a masking regex (bytes of the compiled program).
@@ -314,6 +315,12 @@ pub fn compile_namespace(
                     )),
                 }),
             policies: bound,
+            server_tls: (r.spec.r#type == ResourceType::Kubernetes).then(|| ServerTlsFiles {
+                cert_file: PathBuf::from(format!("{SIDECAR_TLS_DIR}/tls.crt")),
+                key_file: PathBuf::from(format!("{SIDECAR_TLS_DIR}/tls.key")),
+            }),
+            token_file: (r.spec.r#type == ResourceType::Kubernetes)
+                .then(|| PathBuf::from(format!("{SERVICE_ACCOUNT_DIR}/token"))),
         });
     }
 
