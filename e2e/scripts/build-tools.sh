@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Build (or reuse from the cache) kube-apiserver, kubectl, etcd and helm from upstream source
-# through the Go module proxy, at the versions pinned in e2e/versions.env.
+# through the Go module proxy, at the versions pinned in e2e/versions.env, and the exec peer
+# (e2e/go/kubernetes/execpeer: the kubelet's streaming endpoint, from the same Kubernetes release).
 #
 #   e2e/scripts/build-tools.sh          build what is missing, print the bin directories
 #
-# Cache: $PORTCULLIS_CACHE (default $HOME/.cache/portcullis), keyed by version, so a second
-# run takes no time. Needs Go (go.mod files under e2e/go/ pin every module).
+# Cache: $PORTCULLIS_CACHE (default $HOME/.cache/portcullis), keyed by version (the exec peer also
+# by a hash of its source), so a second run takes no time. Needs Go (go.mod files under e2e/go/
+# pin every module).
 set -euo pipefail
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=../versions.env
@@ -42,6 +44,14 @@ if [[ ! -x $k8s_dir/kube-apiserver || ! -x $k8s_dir/kubectl ]]; then
         k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
 fi
 
+# The exec peer is our own code: a change to it (or to the module pins) makes a new cache entry.
+peer_src=$E2E_DIR/go/kubernetes
+peer_hash=$(cat "$peer_src/execpeer/main.go" "$peer_src/go.mod" | sha256sum | cut -c1-12)
+peer_dir=$CACHE/bin/execpeer-$KUBERNETES_VERSION-$peer_hash
+if [[ ! -x $peer_dir/execpeer ]]; then
+    go_build "$peer_src" "$peer_dir" "-s -w" portcullis.dev/e2e/kubernetes/execpeer
+fi
+
 etcd_dir=$CACHE/bin/etcd-$ETCD_VERSION
 if [[ ! -x $etcd_dir/etcd ]]; then
     go_build "$E2E_DIR/go/etcd" "$etcd_dir" "-s -w" go.etcd.io/etcd/server/v3
@@ -59,3 +69,4 @@ echo "KUBE_APISERVER=$k8s_dir/kube-apiserver"
 echo "KUBECTL=$k8s_dir/kubectl"
 echo "ETCD=$etcd_dir/etcd"
 echo "HELM=$helm_dir/helm"
+echo "EXEC_PEER=$peer_dir/execpeer"
