@@ -9,7 +9,10 @@
 # When everything is ready it writes DIR/env (shell syntax, one VAR=value per line) and prints
 # "harness ready: DIR/env". Variables: KUBECONFIG (system:masters), PORTCULLIS_E2E_KUBECONFIG_OWNER
 # and PORTCULLIS_E2E_KUBECONFIG_APPROVER (ordinary users), PORTCULLIS_E2E_PG_URL (SCRAM user),
-# PORTCULLIS_E2E_PG_ADMIN_URL, KUBECTL, HELM, and the certificate paths.
+# PORTCULLIS_E2E_PG_ADMIN_URL, KUBECTL, HELM, the certificate paths, and PORTCULLIS_EXEC_NODE: the
+# Node to bind pods to (spec.nodeName) for pods/exec and pods/attach, whose kubelet endpoint is the
+# exec peer (PORTCULLIS_EXEC_PEER_PORT, log PORTCULLIS_EXEC_PEER_LOG), so commands run as local
+# processes of this machine.
 set -euo pipefail
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -19,7 +22,7 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         --state) STATE=$2; shift 2 ;;
         --watch-pid) WATCH_PID=$2; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "harness: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -170,6 +173,36 @@ kubeconfig "$STATE/owner.kubeconfig" owner
 kubeconfig "$STATE/approver.kubeconfig" approver
 wait_for kube-apiserver 180 "$KUBECTL" --kubeconfig "$STATE/admin.kubeconfig" get --raw /readyz
 
+# ---- exec peer ---------------------------------------------------------------------------------
+# No kubelet runs here. The exec peer serves the kubelet's streaming API (exec, attach) with the
+# kubelet's own code; a Node whose kubelet endpoint is the peer makes kube-apiserver proxy
+# pods/exec and pods/attach of every pod bound to it there.
+EXEC_NODE=portcullis-exec-peer
+EXEC_PEER_PORT=$(free_port)
+"$EXEC_PEER" --listen "127.0.0.1:$EXEC_PEER_PORT" >"$STATE/logs/execpeer.log" 2>&1 &
+PIDS+=($!)
+log "exec peer starting on https://127.0.0.1:$EXEC_PEER_PORT"
+wait_for "exec peer" 30 curl -fsSk "https://127.0.0.1:$EXEC_PEER_PORT/healthz"
+admin_kubectl() { "$KUBECTL" --kubeconfig "$STATE/admin.kubeconfig" "$@"; }
+admin_kubectl create -f - >/dev/null <<NODE
+apiVersion: v1
+kind: Node
+metadata:
+  name: $EXEC_NODE
+  labels:
+    kubernetes.io/hostname: $EXEC_NODE
+    kubernetes.io/os: linux
+NODE
+# Node status is a subresource: the address and the kubelet port are written to it separately.
+node_status='{"status": {
+  "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+  "daemonEndpoints": {"kubeletEndpoint": {"Port": PORT}},
+  "conditions": [{"type": "Ready", "status": "True", "reason": "ExecPeer",
+                  "message": "exec and attach are served by the e2e exec peer"}]}}'
+admin_kubectl patch node "$EXEC_NODE" --subresource=status --type=merge \
+    -p "${node_status/PORT/$EXEC_PEER_PORT}" >/dev/null
+log "node $EXEC_NODE registered (kubelet endpoint 127.0.0.1:$EXEC_PEER_PORT)"
+
 # ---- PostgreSQL --------------------------------------------------------------------------------
 as_pg() {
     if [[ $(id -u) -eq 0 ]]; then
@@ -228,6 +261,9 @@ PORTCULLIS_E2E_PG_HOST=127.0.0.1
 PORTCULLIS_E2E_PG_PORT=$PG_PORT
 PORTCULLIS_E2E_PG_PASSWORD=$PG_APP_PASSWORD
 PORTCULLIS_E2E_STATE=$STATE
+PORTCULLIS_EXEC_NODE=$EXEC_NODE
+PORTCULLIS_EXEC_PEER_PORT=$EXEC_PEER_PORT
+PORTCULLIS_EXEC_PEER_LOG=$STATE/logs/execpeer.log
 KUBECTL=$KUBECTL
 HELM=$HELM
 ENV

@@ -251,6 +251,26 @@ impl Harness {
         self.var("PORTCULLIS_E2E_PG_PASSWORD")
     }
 
+    /// The Node to bind a pod to (`spec.nodeName`) so that `pods/exec` and `pods/attach` reach
+    /// a container: its kubelet endpoint is the exec peer, which serves the kubelet's streaming
+    /// API (SPDY and WebSocket) and runs exec commands as local processes of the test machine
+    /// (attach echoes stdin to stdout).
+    pub fn exec_node(&self) -> &str {
+        self.var("PORTCULLIS_EXEC_NODE")
+    }
+
+    /// Port of the exec peer (HTTPS on 127.0.0.1).
+    pub fn exec_peer_port(&self) -> u16 {
+        self.var("PORTCULLIS_EXEC_PEER_PORT")
+            .parse()
+            .unwrap_or_else(|e| panic!("harness env PORTCULLIS_EXEC_PEER_PORT: {e}"))
+    }
+
+    /// Log of the exec peer: one line per request (path, query, transport) and per exit code.
+    pub fn exec_peer_log(&self) -> &str {
+        self.var("PORTCULLIS_EXEC_PEER_LOG")
+    }
+
     /// A kube client authenticated as `system:masters`.
     pub async fn client(&self) -> Client {
         client_from(self.kubeconfig()).await
@@ -319,7 +339,8 @@ impl Harness {
     }
 
     /// Create a pod object running as `service_account` (the harness has no kubelet: the
-    /// object exists, its containers never run) and return it as stored.
+    /// object exists, its containers never run; a pod bound to [`Harness::exec_node`] answers
+    /// exec and attach) and return it as stored.
     pub async fn pod(&self, namespace: &str, name: &str, service_account: &str) -> Pod {
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name},
