@@ -16,6 +16,7 @@ pub mod approval;
 pub mod audit;
 pub mod config;
 pub mod identity;
+pub mod kube;
 pub mod masking;
 pub mod metrics;
 pub mod policy;
@@ -148,6 +149,22 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
     let mut addrs = Vec::new();
     let mut served_resources = Vec::new();
     for resource in &config.resources {
+        if resource.r#type == ResourceType::Kubernetes {
+            let proxy = Arc::new(kube::KubeProxy::new(&config, resource, &shared)?);
+            let addr = format!("{}:{}", resource.listen_address, resource.listen_port);
+            let listener = listen(&addr).await.map_err(|source| StartError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+            let local = listener.local_addr().map_err(|source| StartError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+            tracing::info!(resource = %resource.name, %local, upstream = %proxy.upstream(), "serving the Kubernetes API");
+            addrs.push((resource.name.clone(), local));
+            tasks.spawn(kube::serve(proxy, listener, stopped.clone()));
+            continue;
+        }
         if resource.r#type != ResourceType::Postgres {
             tracing::warn!(resource = %resource.name, kind = resource.r#type.as_str(), "resource type not served by this sidecar version; skipped");
             continue;

@@ -35,6 +35,12 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Connections refused at authentication (missing or invalid OIDC token).
     pub auth_failures: IntCounter,
+    /// Kubernetes API requests decided, by verb class and decision.
+    pub kube_requests: IntCounterVec,
+    /// Exec and attach sessions recorded, by stream protocol.
+    pub exec_sessions: IntCounterVec,
+    /// Recordings waiting in the spool for the audit service.
+    pub recordings_pending: IntGauge,
 }
 
 impl Metrics {
@@ -110,6 +116,27 @@ impl Metrics {
             "Connections refused at authentication (missing or invalid OIDC token)",
         )?;
         registry.register(Box::new(auth_failures.clone()))?;
+        let kube_requests = IntCounterVec::new(
+            Opts::new(
+                "kube_requests_total",
+                "Kubernetes API requests decided, by verb and decision",
+            ),
+            &["verb", "decision"],
+        )?;
+        registry.register(Box::new(kube_requests.clone()))?;
+        let exec_sessions = IntCounterVec::new(
+            Opts::new(
+                "exec_sessions_total",
+                "Exec and attach sessions recorded, by stream protocol",
+            ),
+            &["protocol"],
+        )?;
+        registry.register(Box::new(exec_sessions.clone()))?;
+        let recordings_pending = IntGauge::new(
+            "recordings_pending",
+            "Exec recordings waiting in the spool for the audit service",
+        )?;
+        registry.register(Box::new(recordings_pending.clone()))?;
         Ok(Metrics {
             registry,
             connections_total,
@@ -125,6 +152,9 @@ impl Metrics {
             audit_sync_waits,
             config_reloads,
             auth_failures,
+            kube_requests,
+            exec_sessions,
+            recordings_pending,
         })
     }
 

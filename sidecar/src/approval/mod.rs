@@ -15,6 +15,7 @@ use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::await_condition;
 use kube::{Client, Config, ResourceExt};
+use portcullis_crds::audit::Identity;
 use portcullis_crds::gateway_policy::GrantScope;
 use portcullis_crds::{
     AccessRequest, AccessRequestPhase, AccessRequestSpec, Operation, OperationKind, Requester,
@@ -144,6 +145,8 @@ pub struct Ask {
     pub statement: String,
     /// What the client said it needs this for.
     pub justification: Option<String>,
+    /// For an exec: the command vector and the target `NAMESPACE/POD[/CONTAINER]`.
+    pub exec: Option<(Vec<String>, String)>,
 }
 
 /// A label value for `s`: itself when it is a valid label value, otherwise a digest.
@@ -358,12 +361,21 @@ impl Approvals {
                 resource: ask.key.resource.clone(),
                 policy: ask.key.policy.clone(),
                 rule: ask.key.rule.clone(),
-                operation: Operation {
-                    kind: OperationKind::Sql,
-                    statement: Some(ask.statement.clone()),
-                    fingerprint: ask.key.fingerprint.clone(),
-                    command: Vec::new(),
-                    target: None,
+                operation: match &ask.exec {
+                    None => Operation {
+                        kind: OperationKind::Sql,
+                        statement: Some(ask.statement.clone()),
+                        fingerprint: ask.key.fingerprint.clone(),
+                        command: Vec::new(),
+                        target: None,
+                    },
+                    Some((command, target)) => Operation {
+                        kind: OperationKind::Exec,
+                        statement: None,
+                        fingerprint: ask.key.fingerprint.clone(),
+                        command: command.clone(),
+                        target: Some(target.clone()),
+                    },
                 },
                 justification,
                 requested_duration: Some(Duration::from_secs(ask.key.grant_seconds).into()),
@@ -529,6 +541,48 @@ pub fn justification_from_options(options: &str) -> Option<String> {
         i += 1;
     }
     found
+}
+
+/// The AccessRequest requester: the workload (`workload`, the pod's service account) and
+/// the person or pipeline run behind the caller (`caller`), when it presented a token.
+pub fn requester(
+    workload: &Identity,
+    caller: &Identity,
+    fallback_namespace: Option<String>,
+) -> Requester {
+    let sa = workload;
+    let namespace = sa
+        .namespace
+        .clone()
+        .or(fallback_namespace)
+        .unwrap_or_default();
+    // The person or pipeline run behind the workload, when the client presented a token.
+    let principal = caller.principal.as_ref();
+    let user = principal
+        .filter(|p| p.kind == "User")
+        .map(|p| p.name.clone());
+    let pipeline = principal.filter(|p| p.kind == "Pipeline").map(|p| {
+        let claim = |k: &str| p.claims.get(k).cloned();
+        let project = claim("repository").or_else(|| claim("project_path"));
+        let git_ref = claim("ref");
+        let run = claim("run_id").or_else(|| claim("pipeline_id"));
+        match (project, git_ref, run) {
+            (Some(project), Some(r), Some(run)) => format!("{project}@{r} run {run}"),
+            (Some(project), Some(r), None) => format!("{project}@{r}"),
+            _ => p.name.clone(),
+        }
+    });
+    Requester {
+        name: user
+            .clone()
+            .or_else(|| pipeline.clone())
+            .unwrap_or_else(|| sa.name.clone()),
+        service_account: format!("system:serviceaccount:{namespace}:{}", sa.name),
+        pod: caller.pod.clone().or_else(|| sa.pod.clone()),
+        user,
+        groups: principal.map(|p| p.groups.clone()).unwrap_or_default(),
+        pipeline,
+    }
 }
 
 #[cfg(test)]

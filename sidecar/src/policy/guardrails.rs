@@ -126,7 +126,7 @@ impl Guardrails {
     }
 
     /// Whether the session is exempt from a guardrail (its `exempt` subjects).
-    fn exempt(&self, g: &GuardrailConfig) -> bool {
+    pub(crate) fn exempt(&self, g: &GuardrailConfig) -> bool {
         identity::matches_any(&g.exempt, &self.identity, &self.namespace)
     }
 
@@ -305,7 +305,7 @@ fn matches_statement(g: &GuardrailConfig, facts: &StatementFacts) -> bool {
     true
 }
 
-fn verdict_of(policy: &PolicyConfig, g: &GuardrailConfig) -> Verdict {
+pub(crate) fn verdict_of(policy: &PolicyConfig, g: &GuardrailConfig) -> Verdict {
     let rule = RuleRef {
         policy: policy.name.clone(),
         rule: g.name.clone(),

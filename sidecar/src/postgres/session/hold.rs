@@ -161,45 +161,12 @@ impl Frontend {
     }
 
     fn requester(&self) -> Requester {
-        let sa = &self.res.identity;
-        let namespace = sa
-            .namespace
-            .clone()
-            .or_else(|| {
-                self.res
-                    .approvals
-                    .as_ref()
-                    .map(|a| a.namespace().to_owned())
-            })
-            .unwrap_or_default();
-        let caller = &self.ctx.identity;
-        // The person or pipeline run behind the workload, when the client presented a token.
-        let principal = caller.principal.as_ref();
-        let user = principal
-            .filter(|p| p.kind == "User")
-            .map(|p| p.name.clone());
-        let pipeline = principal.filter(|p| p.kind == "Pipeline").map(|p| {
-            let claim = |k: &str| p.claims.get(k).cloned();
-            let project = claim("repository").or_else(|| claim("project_path"));
-            let git_ref = claim("ref");
-            let run = claim("run_id").or_else(|| claim("pipeline_id"));
-            match (project, git_ref, run) {
-                (Some(project), Some(r), Some(run)) => format!("{project}@{r} run {run}"),
-                (Some(project), Some(r), None) => format!("{project}@{r}"),
-                _ => p.name.clone(),
-            }
-        });
-        Requester {
-            name: user
-                .clone()
-                .or_else(|| pipeline.clone())
-                .unwrap_or_else(|| sa.name.clone()),
-            service_account: format!("system:serviceaccount:{namespace}:{}", sa.name),
-            pod: caller.pod.clone().or_else(|| sa.pod.clone()),
-            user,
-            groups: principal.map(|p| p.groups.clone()).unwrap_or_default(),
-            pipeline,
-        }
+        let fallback = self
+            .res
+            .approvals
+            .as_ref()
+            .map(|a| a.namespace().to_owned());
+        crate::approval::requester(&self.res.identity, &self.ctx.identity, fallback)
     }
 
     /// A live grant for `need`: an existing one, or a new request's approval.
@@ -264,6 +231,7 @@ impl Frontend {
             requester,
             statement: need.statement.clone(),
             justification: self.justification.clone(),
+            exec: None,
         };
         let name = match approvals.request(&ask).await {
             Ok(n) => n,

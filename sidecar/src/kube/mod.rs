@@ -1,0 +1,1127 @@
+//! The Kubernetes API proxy: the agent's in-cluster configuration points here (HTTPS on
+//! loopback, with a certificate from the operator's CA), and every request is decided,
+//! recorded and forwarded to the real API server with the pod's own service-account token,
+//! which only the sidecar can read.
+//!
+//! - Requests are read like the API server reads them (verb, group, resource, namespace, name,
+//!   subresource) and recorded before they are forwarded; the response code follows.
+//! - Built-in rules refuse reads of secrets, port forwarding and proxying, token requests and
+//!   ephemeral containers unless a policy allows them ([`decide`]).
+//! - `pods/exec` and `pods/attach` pass the exec guardrails ([`command`], [`decide`]); an
+//!   approval-gated exec waits for an AccessRequest decision.
+//! - Upgraded streams (WebSocket channel protocols and SPDY/3.1) are relayed and recorded in
+//!   asciicast v2 ([`stream`], [`recording`]); the finished recording is named by its SHA-256,
+//!   which the audit record carries, and uploaded to the audit service.
+
+pub mod command;
+pub mod decide;
+pub mod recording;
+pub mod request;
+mod spdy_dictionary;
+pub mod stream;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis_crds::audit::{
+    ApprovalRecord, ApprovalStep, AuditEvent, AuthenticationRefused, Decision, ExecDetails,
+    Identity, KubeRequestRecord, KubeResponseRecord, RecordingRecord, RuleRef,
+};
+use portcullis_crds::protected_resource::TlsMode;
+use portcullis_crds::sidecar_config::{
+    PolicyConfig, ResourceConfig, SidecarConfig, UpstreamConfig,
+};
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::approval::{Approvals, Ask, GrantKey, Outcome};
+use crate::audit::spool::{RecordContext, Spool};
+use crate::config::ConfigError;
+use crate::identity::Authenticator;
+use crate::metrics::Metrics;
+use crate::policy::fingerprint;
+use crate::policy::guardrails::{Guardrails, Verdict, BUILTIN_POLICY};
+use crate::postgres::tls::upstream_tls;
+use crate::runtime::Shared;
+use command::Analysis;
+use decide::ExecTarget;
+use recording::{Header, OutputMasker, Recorder};
+use request::{ExecParams, RequestInfo};
+use stream::{StreamSession, WEBSOCKET_PROTOCOLS};
+
+/// Where the in-cluster service-account files are.
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+type Body = BoxBody<Bytes, hyper::Error>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+fn empty() -> Body {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A served Kubernetes API resource.
+pub struct KubeProxy {
+    /// ProtectedResource name.
+    pub name: String,
+    namespace: String,
+    policies: Vec<PolicyConfig>,
+    auth: Option<Authenticator>,
+    base: String,
+    client: HttpClient,
+    token_file: PathBuf,
+    acceptor: TlsAcceptor,
+    spool: Spool,
+    spool_dir: PathBuf,
+    metrics: Metrics,
+    identity: Identity,
+    approvals: Option<Arc<Approvals>>,
+    session_counter: Arc<AtomicU64>,
+    process_nonce: String,
+    masker: Arc<OutputMasker>,
+}
+
+fn invalid(resource: &str, what: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid(format!("resource {resource}: {what}"))
+}
+
+/// The API server the pod itself would talk to: its service environment and CA.
+fn in_cluster() -> Option<UpstreamConfig> {
+    let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
+    let port = std::env::var("KUBERNETES_SERVICE_PORT")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(UpstreamConfig {
+        host,
+        port,
+        database: None,
+        tls_mode: TlsMode::VerifyFull,
+        ca_file: Some(PathBuf::from(format!("{SERVICE_ACCOUNT_DIR}/ca.crt"))),
+        server_name: None,
+    })
+}
+
+fn server_tls(resource: &ResourceConfig) -> Result<TlsAcceptor, ConfigError> {
+    let files = resource.server_tls.as_ref().ok_or_else(|| {
+        invalid(
+            &resource.name,
+            "a kubernetes resource needs serverTls (the proxy's serving certificate)",
+        )
+    })?;
+    let certs = CertificateDer::pem_file_iter(&files.cert_file)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            invalid(
+                &resource.name,
+                format!("{}: {e}", files.cert_file.display()),
+            )
+        })?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_file)
+        .map_err(|e| invalid(&resource.name, format!("{}: {e}", files.key_file.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(&resource.name, e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid(&resource.name, e))?;
+    // HTTP/1.1 only: upgrades (exec, attach) are HTTP/1.1, and clients fall back to it.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+impl KubeProxy {
+    /// Build the proxy of a `kubernetes` resource.
+    pub fn new(
+        config: &SidecarConfig,
+        resource: &ResourceConfig,
+        shared: &Shared,
+    ) -> Result<Self, ConfigError> {
+        let upstream = resource
+            .upstream
+            .clone()
+            .or_else(in_cluster)
+            .ok_or_else(|| {
+                invalid(
+                    &resource.name,
+                    "no upstream, and KUBERNETES_SERVICE_HOST/PORT are not set",
+                )
+            })?;
+        if upstream.tls_mode == TlsMode::Disable {
+            return Err(invalid(
+                &resource.name,
+                "the Kubernetes API is reached over TLS only (tls mode disable is not supported)",
+            ));
+        }
+        let tls = upstream_tls(&upstream)
+            .map_err(|e| invalid(&resource.name, e))?
+            .ok_or_else(|| invalid(&resource.name, "TLS settings missing"))?;
+        let mut client_config = (*tls.config).clone();
+        client_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(client_config)
+            .https_only();
+        let connector = match &upstream.server_name {
+            Some(name) => {
+                let name = rustls_pki_types::ServerName::try_from(name.clone())
+                    .map_err(|e| invalid(&resource.name, e))?;
+                builder
+                    .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+                    .enable_http1()
+                    .build()
+            }
+            None => builder.enable_http1().build(),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        let host = if upstream.host.contains(':') {
+            format!("[{}]", upstream.host)
+        } else {
+            upstream.host.clone()
+        };
+        let policies: Vec<PolicyConfig> = config.policies_for(resource).cloned().collect();
+        let auth = Authenticator::for_policies(&policies, &config.namespace, shared.oidc)
+            .map_err(|e| invalid(&resource.name, e))?;
+        let masker = OutputMasker::new(&policies).map_err(|e| invalid(&resource.name, e))?;
+        Ok(KubeProxy {
+            name: resource.name.clone(),
+            namespace: config.namespace.clone(),
+            policies,
+            auth,
+            base: format!("https://{host}:{}", upstream.port),
+            client,
+            token_file: resource
+                .token_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{SERVICE_ACCOUNT_DIR}/token"))),
+            acceptor: server_tls(resource)?,
+            spool: shared.spool.clone(),
+            spool_dir: config.audit.spool_dir.clone(),
+            metrics: shared.metrics.clone(),
+            identity: shared.identity.clone(),
+            approvals: shared.approvals.clone(),
+            session_counter: shared.session_counter.clone(),
+            process_nonce: shared.process_nonce.clone(),
+            masker: Arc::new(masker),
+        })
+    }
+
+    /// The upstream base URL.
+    pub fn upstream(&self) -> &str {
+        &self.base
+    }
+}
+
+/// Accept TLS connections and serve each with HTTP/1.1 (with upgrades).
+pub async fn serve(proxy: Arc<KubeProxy>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    connections.spawn(connection(proxy.clone(), tcp, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = stop.changed() => if *stop.borrow() { break },
+        }
+    }
+    connections.abort_all();
+}
+
+/// One client connection: a session of the audit log.
+struct Session {
+    id: String,
+    requests: AtomicU64,
+    peer: SocketAddr,
+}
+
+async fn connection(proxy: Arc<KubeProxy>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(Duration::from_secs(10), proxy.acceptor.accept(tcp)).await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            proxy.metrics.protocol_errors.inc();
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    proxy.metrics.connections_total.inc();
+    proxy.metrics.connections_active.inc();
+    let n = proxy.session_counter.fetch_add(1, Ordering::Relaxed) + 1;
+    let session = Arc::new(Session {
+        id: format!("{}-{n}", proxy.process_nonce),
+        requests: AtomicU64::new(0),
+        peer,
+    });
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let proxy = proxy.clone();
+        let session = session.clone();
+        async move { Ok::<_, Infallible>(handle(proxy, session, req).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades()
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "Kubernetes API client connection ended");
+    }
+}
+
+/// A Kubernetes `Status` response.
+fn status(
+    code: StatusCode,
+    reason: &str,
+    message: &str,
+    info: Option<&RequestInfo>,
+) -> Response<Body> {
+    let mut body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    if let Some(info) = info {
+        body["details"] =
+            serde_json::json!({"name": info.name, "group": info.api_group, "kind": info.resource});
+    }
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+struct Decided {
+    verdict: Verdict,
+    exec: Option<(ExecParams, Analysis)>,
+}
+
+impl KubeProxy {
+    fn record(&self, ctx: &RecordContext, event: AuditEvent) -> Option<u64> {
+        match self.spool.append(ctx, event) {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write an audit record");
+                None
+            }
+        }
+    }
+
+    fn policy_context(
+        &self,
+        guardrails: &Guardrails,
+        rule: Option<&RuleRef>,
+    ) -> (Option<String>, Option<String>) {
+        let policy = rule
+            .and_then(|r| guardrails.policies().iter().find(|p| p.name == r.policy))
+            .or_else(|| guardrails.policies().first());
+        (
+            policy.and_then(|p| {
+                p.lawful_basis
+                    .and_then(|b| serde_json::to_value(b).ok())
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            }),
+            policy.and_then(|p| p.purpose.clone()),
+        )
+    }
+
+    fn masked_words(&self, words: &[String]) -> Vec<String> {
+        words
+            .iter()
+            .map(|w| {
+                let mut b = w.as_bytes().to_vec();
+                self.masker.mask_in_place(&mut b, &mut BTreeMap::new());
+                String::from_utf8_lossy(&b).into_owned()
+            })
+            .collect()
+    }
+
+    /// The sidecar's own service-account token, read afresh (the kubelet rotates it).
+    async fn token(&self) -> Result<String, String> {
+        tokio::fs::read_to_string(&self.token_file)
+            .await
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| {
+                format!(
+                    "cannot read the service-account token {}: {e}",
+                    self.token_file.display()
+                )
+            })
+    }
+
+    /// The labels of a pod, read with the sidecar's token; `None` when they cannot be read.
+    async fn pod_labels(&self, namespace: &str, pod: &str) -> Option<BTreeMap<String, String>> {
+        let token = self.token().await.ok()?;
+        let request = Request::get(format!(
+            "{}/api/v1/namespaces/{namespace}/pods/{pod}",
+            self.base
+        ))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::ACCEPT, "application/json")
+        .body(empty())
+        .ok()?;
+        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        let pod: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let labels = pod["metadata"]["labels"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        Some(
+            labels
+                .into_iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_owned())))
+                .collect(),
+        )
+    }
+
+    async fn decide(
+        &self,
+        guardrails: &Guardrails,
+        info: &RequestInfo,
+        query: Option<&str>,
+    ) -> Decided {
+        let stream = info.api_group.is_empty()
+            && info.resource == "pods"
+            && matches!(info.subresource.as_str(), "exec" | "attach");
+        if !stream {
+            let verdict = decide::decide_builtin(guardrails, info).unwrap_or(Verdict {
+                decision: Decision::Allow,
+                rule: None,
+                reason: None,
+            });
+            return Decided {
+                verdict,
+                exec: None,
+            };
+        }
+        let params = ExecParams::from_query(query);
+        let analysis = if info.subresource == "exec" {
+            command::analyse(&params.command, params.stdin)
+        } else {
+            Analysis {
+                commands: vec!["attach".to_owned()],
+                unanalysable: params.stdin.then(|| {
+                    "attach with standard input types into the container's running process"
+                        .to_owned()
+                }),
+            }
+        };
+        let wants_labels = guardrails
+            .policies()
+            .iter()
+            .flat_map(|p| &p.guardrails)
+            .any(|g| !g.exec_pod_labels.is_empty());
+        let labels = if wants_labels {
+            self.pod_labels(&info.namespace, &info.name).await
+        } else {
+            None
+        };
+        let target = ExecTarget {
+            namespace: info.namespace.clone(),
+            pod: info.name.clone(),
+            container: params.container.clone(),
+            labels,
+        };
+        let verdict = decide::decide_exec(guardrails, &target, &analysis);
+        Decided {
+            verdict,
+            exec: Some((params, analysis)),
+        }
+    }
+}
+
+/// Headers that belong to one connection and are not forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn is_upgrade(headers: &HeaderMap) -> Option<String> {
+    let connection = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    if !connection {
+        return None;
+    }
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn handle(
+    proxy: Arc<KubeProxy>,
+    session: Arc<Session>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let request_id = session.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let token = bearer(req.headers()).map(str::to_owned);
+    let identity = match &proxy.auth {
+        Some(auth) => match auth.authenticate(&proxy.identity, token.as_deref()).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                proxy.metrics.auth_failures.inc();
+                let ctx = RecordContext {
+                    session_id: session.id.clone(),
+                    identity: proxy.identity.clone(),
+                    resource: proxy.name.clone(),
+                };
+                proxy.record(
+                    &ctx,
+                    AuditEvent::AuthenticationRefused(AuthenticationRefused {
+                        client_address: session.peer.to_string(),
+                        reason: e.to_string(),
+                    }),
+                );
+                return status(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    &e.to_string(),
+                    None,
+                );
+            }
+        },
+        None => proxy.identity.clone(),
+    };
+    let ctx = RecordContext {
+        session_id: session.id.clone(),
+        identity: identity.clone(),
+        resource: proxy.name.clone(),
+    };
+    let info = RequestInfo::resolve(req.method(), req.uri().path(), req.uri().query());
+    let guardrails = Guardrails::for_identity(proxy.policies.clone(), &identity, &proxy.namespace);
+    let mut decided = proxy.decide(&guardrails, &info, req.uri().query()).await;
+    if req
+        .headers()
+        .keys()
+        .any(|k| k.as_str().starts_with("impersonate-"))
+    {
+        decided.verdict = Verdict {
+            decision: Decision::Deny,
+            rule: Some(RuleRef {
+                policy: BUILTIN_POLICY.into(),
+                rule: "impersonation".into(),
+            }),
+            reason: Some("impersonation headers are refused: requests run as this pod's service account (rule builtin/impersonation)".into()),
+        };
+    }
+    let upgrade = is_upgrade(req.headers());
+    if let Some(u) = &upgrade {
+        let known = u.eq_ignore_ascii_case("websocket") || u.eq_ignore_ascii_case("SPDY/3.1");
+        if !known || decided.exec.is_none() {
+            decided.verdict = Verdict {
+                decision: Decision::Deny,
+                rule: Some(RuleRef {
+                    policy: BUILTIN_POLICY.into(),
+                    rule: "unknown-upgrade".into(),
+                }),
+                reason: Some(format!(
+                    "upgrade to {u} on {} is not relayed (rule builtin/unknown-upgrade)",
+                    info.full_resource()
+                )),
+            };
+        }
+    }
+    if decided.verdict.forwards() {
+        if let Err(e) = proxy.spool.check_limit(guardrails.spool_limit()) {
+            decided.verdict = Verdict {
+                decision: Decision::Deny,
+                rule: Some(RuleRef {
+                    policy: BUILTIN_POLICY.into(),
+                    rule: "audit-unavailable".into(),
+                }),
+                reason: Some(format!("request refused because the audit log cannot record it: {e} (rule builtin/audit-unavailable)")),
+            };
+        }
+    }
+    let (lawful_basis, purpose) = proxy.policy_context(&guardrails, decided.verdict.rule.as_ref());
+    let exec_details = decided.exec.as_ref().map(|(p, a)| ExecDetails {
+        container: p.container.clone(),
+        command: proxy.masked_words(&p.command),
+        analysed: proxy.masked_words(&a.commands),
+        unanalysable: a.unanalysable.clone(),
+        stdin: p.stdin,
+        tty: p.tty,
+    });
+    let mut record = KubeRequestRecord {
+        request_id,
+        method: req.method().as_str().to_owned(),
+        verb: info.verb.clone(),
+        api_group: info.api_group.clone(),
+        resource: info.resource.clone(),
+        subresource: info.subresource.clone(),
+        namespace: info.namespace.clone(),
+        name: info.name.clone(),
+        path: info.path.clone(),
+        exec: exec_details,
+        decision: decided.verdict.decision,
+        rule: decided.verdict.rule.clone(),
+        reason: decided.verdict.reason.clone(),
+        lawful_basis,
+        purpose,
+        access_request: None,
+    };
+    let verb_class = if decided.exec.is_some() {
+        info.subresource.as_str()
+    } else {
+        info.verb.as_str()
+    };
+    let decision_label = |d: Decision| match d {
+        Decision::Allow => "allow",
+        Decision::Audit => "audit",
+        Decision::Deny => "deny",
+        Decision::RequireApproval => "requireApproval",
+    };
+    proxy
+        .metrics
+        .kube_requests
+        .with_label_values(&[verb_class, decision_label(decided.verdict.decision)])
+        .inc();
+
+    match decided.verdict.decision {
+        Decision::Deny => {
+            proxy.record(&ctx, AuditEvent::KubeRequest(record));
+            let message = decided.verdict.reason.unwrap_or_else(|| "refused".into());
+            return status(StatusCode::FORBIDDEN, "Forbidden", &message, Some(&info));
+        }
+        Decision::RequireApproval => {
+            let Some((params, _)) = decided.exec.as_ref() else {
+                proxy.record(&ctx, AuditEvent::KubeRequest(record));
+                return status(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "approval is required",
+                    Some(&info),
+                );
+            };
+            match approve(
+                &proxy,
+                &ctx,
+                &guardrails,
+                &decided.verdict,
+                &info,
+                params,
+                request_id,
+            )
+            .await
+            {
+                Ok(name) => record.access_request = Some(name),
+                Err(message) => {
+                    record.decision = Decision::Deny;
+                    record.reason = Some(message.clone());
+                    proxy.record(&ctx, AuditEvent::KubeRequest(record));
+                    return status(StatusCode::FORBIDDEN, "Forbidden", &message, Some(&info));
+                }
+            }
+        }
+        Decision::Allow | Decision::Audit => {}
+    }
+
+    // Write-ahead: the record is on disk before anything that may change the cluster or run
+    // a command is forwarded; reads are made durable by the spool's group commit.
+    let changes = !matches!(info.verb.as_str(), "get" | "list" | "watch") || decided.exec.is_some();
+    let exec = decided.exec.take();
+    let Some(seq) = proxy.record(&ctx, AuditEvent::KubeRequest(record)) else {
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the audit log cannot record this request",
+            Some(&info),
+        );
+    };
+    if changes {
+        proxy.metrics.audit_sync_waits.inc();
+        if let Err(e) = proxy.spool.wait_durable(seq).await {
+            return status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                &format!("the audit log cannot record this request: {e}"),
+                Some(&info),
+            );
+        }
+    }
+
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let forwarded = match forward_request(&proxy, req, upgrade.is_some()).await {
+        Ok(r) => r,
+        Err(message) => {
+            proxy.record(
+                &ctx,
+                AuditEvent::KubeResponse(KubeResponseRecord {
+                    request_id,
+                    code: 502,
+                    duration_micros: micros(started),
+                }),
+            );
+            return status(
+                StatusCode::BAD_GATEWAY,
+                "ServiceUnavailable",
+                &message,
+                Some(&info),
+            );
+        }
+    };
+    let mut response = forwarded;
+    proxy.record(
+        &ctx,
+        AuditEvent::KubeResponse(KubeResponseRecord {
+            request_id,
+            code: response.status().as_u16(),
+            duration_micros: micros(started),
+        }),
+    );
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let (Some(client_upgrade), Some((params, _))) = (client_upgrade, exec) else {
+            return status(
+                StatusCode::BAD_GATEWAY,
+                "InternalError",
+                "the API server switched protocols unexpectedly",
+                Some(&info),
+            );
+        };
+        let spdy = upgrade
+            .as_deref()
+            .is_some_and(|u| u.eq_ignore_ascii_case("SPDY/3.1"));
+        let sub = response
+            .headers()
+            .get(if spdy {
+                "x-stream-protocol-version"
+            } else {
+                "sec-websocket-protocol"
+            })
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let protocol = if spdy { format!("SPDY/3.1+{sub}") } else { sub };
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let (parts, _) = response.into_parts();
+        let proxy2 = proxy.clone();
+        tokio::spawn(async move {
+            let (client_io, upstream_io) = match tokio::join!(client_upgrade, upstream_upgrade) {
+                (Ok(c), Ok(u)) => (c, u),
+                (c, u) => {
+                    tracing::warn!(client = ?c.err(), upstream = ?u.err(), "exec upgrade failed");
+                    return;
+                }
+            };
+            relay(
+                proxy2,
+                ctx,
+                info,
+                params,
+                protocol,
+                spdy,
+                request_id,
+                client_io,
+                upstream_io,
+            )
+            .await;
+        });
+        return Response::from_parts(parts, empty());
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.boxed())
+}
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+}
+
+/// Forward the request with the sidecar's credentials.
+async fn forward_request(
+    proxy: &KubeProxy,
+    req: Request<Incoming>,
+    upgrade: bool,
+) -> Result<Response<Incoming>, String> {
+    let token = proxy.token().await?;
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = format!("{}{path}", proxy.base)
+        .parse()
+        .map_err(|e| format!("cannot build the upstream URL: {e}"))?;
+    let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    parts.headers.remove(header::AUTHORIZATION);
+    let auth = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| "the service-account token is not a valid header value".to_owned())?;
+    parts.headers.insert(header::AUTHORIZATION, auth);
+    if upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Some(u) = upgrade_value {
+            parts.headers.insert(header::UPGRADE, u);
+        }
+        // Offer only the WebSocket subprotocols whose framing the recorder reads.
+        let offered: Vec<String> = parts
+            .headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_owned())
+            .filter(|p| WEBSOCKET_PROTOCOLS.contains(&p.as_str()))
+            .collect();
+        if parts.headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
+            parts.headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+            if offered.is_empty() {
+                return Err(format!(
+                    "none of the offered WebSocket subprotocols can be recorded; supported: {}",
+                    WEBSOCKET_PROTOCOLS.join(", ")
+                ));
+            }
+            if let Ok(v) = HeaderValue::from_str(&offered.join(", ")) {
+                parts.headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+            }
+        }
+        // SPDY clients name their stream protocols the same way; keep those the relay reads.
+        let spdy: Vec<HeaderValue> = parts
+            .headers
+            .get_all(HeaderName::from_static("x-stream-protocol-version"))
+            .iter()
+            .filter(|v| {
+                v.to_str()
+                    .is_ok_and(|s| WEBSOCKET_PROTOCOLS.contains(&s.trim()))
+            })
+            .cloned()
+            .collect();
+        if parts.headers.contains_key("x-stream-protocol-version") {
+            parts.headers.remove("x-stream-protocol-version");
+            for v in spdy {
+                parts
+                    .headers
+                    .append(HeaderName::from_static("x-stream-protocol-version"), v);
+            }
+        }
+    }
+    let request = Request::from_parts(parts, body.boxed());
+    proxy.client.request(request).await.map_err(|e| {
+        format!(
+            "cannot reach the Kubernetes API server at {}: {e}",
+            proxy.base
+        )
+    })
+}
+
+/// Relay and record an upgraded exec or attach stream.
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    proxy: Arc<KubeProxy>,
+    ctx: RecordContext,
+    info: RequestInfo,
+    params: ExecParams,
+    protocol: String,
+    spdy: bool,
+    request_id: u64,
+    client: hyper::upgrade::Upgraded,
+    upstream: hyper::upgrade::Upgraded,
+) {
+    let target = format!("{}/{}/{}", info.namespace, info.name, params.container);
+    let command = if info.subresource == "attach" {
+        "attach".to_owned()
+    } else {
+        command::join(&params.command)
+    };
+    let header = Header {
+        command: &command,
+        title: &target,
+        size: (80, 24),
+    };
+    let name = format!("{}-{request_id}", ctx.session_id);
+    let recorder = match Recorder::create(&proxy.spool_dir, &name, &header, proxy.masker.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            // No recording, no session (fail closed): both ends are dropped.
+            tracing::error!(error = %e, "cannot start a recording; exec stream closed");
+            return;
+        }
+    };
+    let live_mask = proxy.policies.iter().any(|p| p.kubernetes.mask_live_output);
+    let mut session = StreamSession {
+        recorder,
+        live_mask,
+        exit_code: None,
+    };
+    proxy
+        .metrics
+        .exec_sessions
+        .with_label_values(&[if spdy { "spdy" } else { "websocket" }])
+        .inc();
+    if spdy {
+        stream::relay_spdy(client, upstream, &mut session).await;
+    } else {
+        stream::relay_websocket(client, upstream, &mut session).await;
+    }
+    let exit_code = session.exit_code;
+    match session.recorder.finish() {
+        Ok(done) => {
+            proxy.record(
+                &ctx,
+                AuditEvent::Recording(RecordingRecord {
+                    request_id,
+                    sha256: done.sha256.clone(),
+                    bytes: done.bytes,
+                    events: done.events,
+                    duration_millis: done.duration_millis,
+                    protocol,
+                    target,
+                    exit_code,
+                    masked: done.masked,
+                }),
+            );
+            tracing::info!(session = %ctx.session_id, request_id, sha256 = %done.sha256, events = done.events, "exec session recorded");
+        }
+        Err(e) => tracing::error!(error = %e, "cannot finish a recording"),
+    }
+}
+
+/// Obtain an approval for an exec: a live grant, or a new AccessRequest's decision.
+#[allow(clippy::too_many_arguments)]
+async fn approve(
+    proxy: &KubeProxy,
+    ctx: &RecordContext,
+    guardrails: &Guardrails,
+    verdict: &Verdict,
+    info: &RequestInfo,
+    params: &ExecParams,
+    request_id: u64,
+) -> Result<String, String> {
+    let Some(approvals) = proxy.approvals.clone() else {
+        return Err("exec requires approval, but this sidecar runs without a connection to the Kubernetes API for approvals".into());
+    };
+    let rule = verdict.rule.clone().unwrap_or(RuleRef {
+        policy: BUILTIN_POLICY.into(),
+        rule: "require-approval".into(),
+    });
+    let settings = guardrails
+        .policies()
+        .iter()
+        .find(|p| p.name == rule.policy)
+        .and_then(|p| p.approval.clone())
+        .ok_or_else(|| {
+            format!(
+                "exec requires approval under policy {}, which has no approval settings",
+                rule.policy
+            )
+        })?;
+    let target = if params.container.is_empty() {
+        format!("{}/{}", info.namespace, info.name)
+    } else {
+        format!("{}/{}/{}", info.namespace, info.name, params.container)
+    };
+    let command = proxy.masked_words(&params.command);
+    let statement = format!("{} {target}: {}", info.subresource, command::join(&command));
+    let fp = fingerprint::of(&statement);
+    let workload = &proxy.identity;
+    let requester = crate::approval::requester(
+        workload,
+        &ctx.identity,
+        Some(approvals.namespace().to_owned()),
+    );
+    let key = GrantKey {
+        resource: proxy.name.clone(),
+        service_account: requester.service_account.clone(),
+        policy: rule.policy.clone(),
+        rule: rule.rule.clone(),
+        fingerprint: fp.clone(),
+        scope: settings.grant_scope,
+        session: ctx.session_id.clone(),
+        grant_seconds: settings.grant_seconds,
+    };
+    let step = |step, request: &str| ApprovalRecord {
+        step,
+        request: request.to_owned(),
+        namespace: approvals.namespace().to_owned(),
+        statement_id: Some(request_id),
+        fingerprint: fp.clone(),
+        rule: rule.clone(),
+        decided_by: None,
+        reason: None,
+        justification: None,
+        expires_at: None,
+    };
+    let unavailable = |e: &dyn std::fmt::Display| {
+        format!("exec requires approval ({} of policy {}), but the approval service is unavailable: {e}", rule.rule, rule.policy)
+    };
+    match approvals.find_grant(&key).await {
+        Ok(Some(grant)) => {
+            approvals.count_use(&grant.name);
+            proxy.record(
+                ctx,
+                AuditEvent::Approval(ApprovalRecord {
+                    decided_by: Some(grant.decided_by.clone()),
+                    ..step(ApprovalStep::Used, &grant.name)
+                }),
+            );
+            return Ok(grant.name);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            proxy.record(ctx, AuditEvent::Approval(step(ApprovalStep::Failed, "")));
+            return Err(unavailable(&e));
+        }
+    }
+    let ask = Ask {
+        key,
+        requester,
+        statement: statement.clone(),
+        justification: None,
+        exec: Some((command, target)),
+    };
+    let name = match approvals.request(&ask).await {
+        Ok(n) => n,
+        Err(e) => {
+            proxy.record(ctx, AuditEvent::Approval(step(ApprovalStep::Failed, "")));
+            return Err(unavailable(&e));
+        }
+    };
+    proxy.record(
+        ctx,
+        AuditEvent::Approval(step(ApprovalStep::Requested, &name)),
+    );
+    tracing::info!(session = %ctx.session_id, request = %name, rule = %rule.rule, "exec held for approval");
+    let _holding = approvals.holding();
+    let outcome = approvals
+        .wait(
+            &name,
+            Duration::from_secs(settings.timeout_seconds),
+            settings.grant_seconds,
+        )
+        .await;
+    match outcome {
+        Ok(Outcome::Approved(grant)) => {
+            proxy.record(
+                ctx,
+                AuditEvent::Approval(ApprovalRecord {
+                    decided_by: Some(grant.decided_by.clone()),
+                    reason: Some(grant.reason.clone()),
+                    expires_at: Some(grant.expires_at.to_string()),
+                    ..step(ApprovalStep::Approved, &name)
+                }),
+            );
+            approvals.count_use(&name);
+            proxy.record(
+                ctx,
+                AuditEvent::Approval(ApprovalRecord {
+                    decided_by: Some(grant.decided_by),
+                    ..step(ApprovalStep::Used, &name)
+                }),
+            );
+            Ok(name)
+        }
+        Ok(Outcome::Denied { decided_by, reason }) => {
+            proxy.record(
+                ctx,
+                AuditEvent::Approval(ApprovalRecord {
+                    decided_by: Some(decided_by.clone()),
+                    reason: Some(reason.clone()),
+                    ..step(ApprovalStep::Denied, &name)
+                }),
+            );
+            Err(format!(
+                "exec denied by {decided_by}: {reason} (AccessRequest {name})"
+            ))
+        }
+        Ok(Outcome::TimedOut) => {
+            proxy.record(
+                ctx,
+                AuditEvent::Approval(step(ApprovalStep::TimedOut, &name)),
+            );
+            Err(format!(
+                "exec timed out waiting for approval (AccessRequest {name}, {}s)",
+                settings.timeout_seconds
+            ))
+        }
+        Err(e) => {
+            proxy.record(ctx, AuditEvent::Approval(step(ApprovalStep::Failed, &name)));
+            Err(unavailable(&e))
+        }
+    }
+}

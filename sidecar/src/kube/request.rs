@@ -1,0 +1,212 @@
+//! What a Kubernetes API request asks for, read from its method, path and query the way the
+//! API server's request-info resolver reads them.
+
+use http::Method;
+
+/// The parts of a request the guardrails and the audit record need.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestInfo {
+    /// Kubernetes verb.
+    pub verb: String,
+    /// API group (empty for core).
+    pub api_group: String,
+    /// Resource.
+    pub resource: String,
+    /// Subresource.
+    pub subresource: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Object name.
+    pub name: String,
+    /// The path of a non-resource URL.
+    pub path: String,
+}
+
+/// Parameters of `pods/exec` and `pods/attach`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecParams {
+    /// Command vector (exec).
+    pub command: Vec<String>,
+    /// Container.
+    pub container: String,
+    /// Standard input attached.
+    pub stdin: bool,
+    /// Terminal requested.
+    pub tty: bool,
+}
+
+fn decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                bytes.get(i + 1).and_then(|&h| hex(h)),
+                bytes.get(i + 2).and_then(|&l| hex(l)),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Query parameters in order, decoded.
+pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+fn flag(pairs: &[(String, String)], key: &str) -> bool {
+    pairs
+        .iter()
+        .any(|(k, v)| k == key && matches!(v.as_str(), "1" | "true" | "True" | ""))
+}
+
+impl ExecParams {
+    /// Read the exec or attach parameters from the query.
+    pub fn from_query(query: Option<&str>) -> Self {
+        let pairs = query_pairs(query);
+        ExecParams {
+            command: pairs
+                .iter()
+                .filter(|(k, _)| k == "command")
+                .map(|(_, v)| v.clone())
+                .collect(),
+            container: pairs
+                .iter()
+                .find(|(k, _)| k == "container")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            stdin: flag(&pairs, "stdin"),
+            tty: flag(&pairs, "tty"),
+        }
+    }
+}
+
+impl RequestInfo {
+    /// Resolve a request.
+    pub fn resolve(method: &Method, path: &str, query: Option<&str>) -> Self {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (api_group, rest) = match parts.as_slice() {
+            ["api", _version, rest @ ..] => (String::new(), rest),
+            ["apis", group, _version, rest @ ..] => ((*group).to_owned(), rest),
+            _ => {
+                return RequestInfo {
+                    verb: method.as_str().to_ascii_lowercase(),
+                    path: path.to_owned(),
+                    ..Default::default()
+                }
+            }
+        };
+        let mut rest: Vec<&str> = rest.to_vec();
+        let mut namespace = String::new();
+        if rest.len() >= 2 && rest[0] == "namespaces" && rest.len() > 2 {
+            namespace = rest[1].to_owned();
+            rest.drain(..2);
+        }
+        let resource = rest.first().map(|s| (*s).to_owned()).unwrap_or_default();
+        let name = rest.get(1).map(|s| (*s).to_owned()).unwrap_or_default();
+        let subresource = rest.get(2..).map(|s| s.join("/")).unwrap_or_default();
+        if resource == "namespaces" && namespace.is_empty() {
+            namespace = name.clone();
+        }
+        let pairs = query_pairs(query);
+        let watch = flag(&pairs, "watch");
+        let verb = match *method {
+            Method::GET | Method::HEAD if watch => "watch",
+            Method::GET | Method::HEAD if name.is_empty() => "list",
+            Method::GET | Method::HEAD => "get",
+            Method::POST => "create",
+            Method::PUT => "update",
+            Method::PATCH => "patch",
+            Method::DELETE if name.is_empty() => "deletecollection",
+            Method::DELETE => "delete",
+            _ => "unknown",
+        };
+        RequestInfo {
+            verb: verb.to_owned(),
+            api_group,
+            resource,
+            subresource,
+            namespace,
+            name,
+            path: String::new(),
+        }
+    }
+
+    /// `resource/subresource` in the form RBAC uses.
+    pub fn full_resource(&self) -> String {
+        if self.subresource.is_empty() {
+            self.resource.clone()
+        } else {
+            format!("{}/{}", self.resource, self.subresource)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_resource_requests() {
+        let r = RequestInfo::resolve(&Method::GET, "/api/v1/namespaces/shop/pods", None);
+        assert_eq!(
+            (r.verb.as_str(), r.resource.as_str(), r.namespace.as_str()),
+            ("list", "pods", "shop")
+        );
+        let r = RequestInfo::resolve(&Method::GET, "/api/v1/namespaces/shop/secrets/db", None);
+        assert_eq!(
+            (r.verb.as_str(), r.resource.as_str(), r.name.as_str()),
+            ("get", "secrets", "db")
+        );
+        let r = RequestInfo::resolve(&Method::GET, "/apis/apps/v1/deployments", Some("watch=1"));
+        assert_eq!(
+            (r.verb.as_str(), r.api_group.as_str(), r.namespace.as_str()),
+            ("watch", "apps", "")
+        );
+        let r = RequestInfo::resolve(
+            &Method::POST,
+            "/api/v1/namespaces/shop/pods/web-0/exec",
+            Some("command=ls"),
+        );
+        assert_eq!(r.full_resource(), "pods/exec");
+        assert_eq!(r.name, "web-0");
+        let r = RequestInfo::resolve(&Method::GET, "/api/v1/namespaces/shop", None);
+        assert_eq!(
+            (r.resource.as_str(), r.name.as_str(), r.namespace.as_str()),
+            ("namespaces", "shop", "shop")
+        );
+        let r = RequestInfo::resolve(&Method::GET, "/version", None);
+        assert_eq!(r.path, "/version");
+    }
+
+    #[test]
+    fn reads_exec_parameters() {
+        let p = ExecParams::from_query(Some(
+            "command=sh&command=-c&command=echo+%22a%20b%22&container=app&stdin=true&stdout=true&tty=1",
+        ));
+        assert_eq!(p.command, vec!["sh", "-c", "echo \"a b\""]);
+        assert_eq!(p.container, "app");
+        assert!(p.stdin && p.tty);
+    }
+}
