@@ -6,14 +6,17 @@
 //! DIR/records.ocsf.jsonl   the same records as OCSF events (Datastore Activity), for a SIEM
 //! DIR/sth.json             the signed tree head every proof refers to
 //! DIR/summary.md           a human-readable record of processing and list of access events
+//! DIR/recordings/<sha256>.cast   each exec or attach session recording a record names
 //! ```
 //!
 //! [`verify_bundle`] checks the signature of the head and the inclusion proof of every record
-//! and names the first record that fails.
+//! and names the first record that fails, then checks every recording a `recording` record
+//! names against the SHA-256 in that record: the record is covered by its proof, so the proof
+//! vouches for the file too.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use portcullis_crds::audit_log::{verify_inclusion, verify_tree_head, Hash};
 use portcullis_crds::SignedTreeHead;
@@ -21,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::recordings::{file_name, is_sha256, sha256_hex, RecordingStore, RECORDINGS_DIR};
 use crate::store::Log;
 
 /// One line of `proofs.jsonl`.
@@ -57,6 +61,14 @@ pub enum BundleError {
     /// records.jsonl and proofs.jsonl do not line up.
     #[error("bundle layout: {0}")]
     Layout(String),
+    /// A recording a record names is missing or does not match the record.
+    #[error("{file}: {reason}")]
+    Recording {
+        /// The file, relative to the bundle (`recordings/<sha256>.cast`).
+        file: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
@@ -113,7 +125,118 @@ pub fn write_bundle(
             proof,
         });
     }
-    write_bundle_from(entries, sth, select, dir)
+    let n = write_bundle_from(entries, sth, select, dir)?;
+    let store = RecordingStore::new(log.dir());
+    for sha256 in referenced_recordings(dir)? {
+        let content = store
+            .get(&sha256)
+            .map_err(|e| BundleError::Recording {
+                file: recording_file(&sha256),
+                reason: e.to_string(),
+            })?
+            .ok_or_else(|| BundleError::Recording {
+                file: recording_file(&sha256),
+                reason: format!("not stored in {}", store.dir().display()),
+            })?;
+        add_recording(dir, &sha256, &content)?;
+    }
+    Ok(n)
+}
+
+/// Path of a recording in a bundle, relative to the bundle: `recordings/<sha256>.cast`.
+pub fn recording_file(sha256: &str) -> String {
+    format!("{RECORDINGS_DIR}/{}", file_name(sha256))
+}
+
+/// The SHA-256 of the recording a log entry names, when it is a `recording` record.
+pub fn recording_of(entry: &Value) -> Option<&str> {
+    let event = &entry["record"]["event"];
+    if event["type"] == "recording" {
+        event["sha256"].as_str()
+    } else {
+        None
+    }
+}
+
+/// The recordings the records of a bundle name, each once, in the order first named.
+pub fn referenced_recordings(dir: &Path) -> Result<Vec<String>, BundleError> {
+    let records_path = dir.join("records.jsonl");
+    let records = BufReader::new(fs::File::open(&records_path).map_err(io(&records_path))?);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for line in records.split(b'\n') {
+        let line = line.map_err(io(&records_path))?;
+        let Ok(value) = serde_json::from_slice::<Value>(&line) else {
+            continue;
+        };
+        if let Some(sha256) = recording_of(&value) {
+            if seen.insert(sha256.to_owned()) {
+                out.push(sha256.to_owned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Put a recording into a bundle as `recordings/<sha256>.cast`, after checking that its
+/// content matches `sha256`.
+pub fn add_recording(dir: &Path, sha256: &str, content: &[u8]) -> Result<(), BundleError> {
+    let file = recording_file(sha256);
+    if !is_sha256(sha256) {
+        return Err(BundleError::Recording {
+            file,
+            reason: "the record's sha256 is not 64 lowercase hex digits".into(),
+        });
+    }
+    let actual = sha256_hex(content);
+    if actual != sha256 {
+        return Err(BundleError::Recording {
+            file,
+            reason: format!("content has SHA-256 {actual}"),
+        });
+    }
+    let folder = dir.join(RECORDINGS_DIR);
+    fs::create_dir_all(&folder).map_err(io(&folder))?;
+    let path = dir.join(&file);
+    fs::write(&path, content).map_err(io(&path))
+}
+
+/// The recording in a bundle whose SHA-256 starts with `prefix` (at least 4 hex digits, or a
+/// whole SHA-256). Fails when none or more than one match.
+pub fn find_recording(dir: &Path, prefix: &str) -> Result<PathBuf, BundleError> {
+    let prefix = prefix.to_ascii_lowercase();
+    let folder = dir.join(RECORDINGS_DIR);
+    let not_found = |reason: String| BundleError::Recording {
+        file: format!("{RECORDINGS_DIR}/{prefix}*.cast"),
+        reason,
+    };
+    if prefix.len() < 4 || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(not_found(
+            "name a recording by its SHA-256 or a prefix of at least 4 hex digits".into(),
+        ));
+    }
+    let mut matches = Vec::new();
+    for entry in fs::read_dir(&folder).map_err(io(&folder))? {
+        let entry = entry.map_err(io(&folder))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(sha256) = name.strip_suffix(".cast") {
+            if is_sha256(sha256) && sha256.starts_with(&prefix) {
+                matches.push(sha256.to_owned());
+            }
+        }
+    }
+    matches.sort();
+    match matches.as_slice() {
+        [one] => Ok(folder.join(file_name(one))),
+        [] => Err(not_found(format!(
+            "no recording in {} starts with {prefix}",
+            folder.display()
+        ))),
+        many => Err(not_found(format!(
+            "{prefix} is ambiguous: {}",
+            many.join(", ")
+        ))),
+    }
 }
 
 /// Write a bundle from entries already fetched with their proofs (for example from the audit
@@ -180,6 +303,8 @@ pub struct BundleReport {
     pub records: usize,
     /// Size of the signed tree they are proven against.
     pub tree_size: u64,
+    /// Recordings checked against the records that name them.
+    pub recordings: usize,
 }
 
 /// Verify a bundle offline with the log's raw ed25519 public key.
@@ -194,6 +319,8 @@ pub fn verify_bundle(dir: &Path, public_key: &[u8]) -> Result<BundleReport, Bund
     let proofs = BufReader::new(fs::File::open(&proofs_path).map_err(io(&proofs_path))?);
     let mut proof_lines = proofs.lines();
     let mut count = 0;
+    // Recordings named by verified records: SHA-256 -> the first line naming it.
+    let mut recordings: Vec<(String, usize)> = Vec::new();
     for (i, record) in records.split(b'\n').enumerate() {
         let line = i + 1;
         let record = record.map_err(io(&records_path))?;
@@ -230,6 +357,21 @@ pub fn verify_bundle(dir: &Path, public_key: &[u8]) -> Result<BundleReport, Bund
                 reason: e.to_string(),
             }
         })?;
+        if let Ok(value) = serde_json::from_slice::<Value>(&record) {
+            if value["record"]["event"]["type"] == "recording" {
+                let sha256 = value["record"]["event"]["sha256"]
+                    .as_str()
+                    .filter(|s| is_sha256(s))
+                    .ok_or_else(|| BundleError::Record {
+                        line,
+                        index: proof.index,
+                        reason: "recording record without a valid sha256".into(),
+                    })?;
+                if !recordings.iter().any(|(s, _)| s == sha256) {
+                    recordings.push((sha256.to_owned(), line));
+                }
+            }
+        }
         count += 1;
     }
     if proof_lines.next().is_some() {
@@ -237,14 +379,202 @@ pub fn verify_bundle(dir: &Path, public_key: &[u8]) -> Result<BundleReport, Bund
             "proofs.jsonl has more lines than records.jsonl".into(),
         ));
     }
+    for (sha256, line) in &recordings {
+        let file = recording_file(sha256);
+        let path = dir.join(&file);
+        let content = match fs::read(&path) {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(BundleError::Recording {
+                    file,
+                    reason: format!("missing; record {line} names it"),
+                })
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let actual = sha256_hex(&content);
+        if &actual != sha256 {
+            return Err(BundleError::Recording {
+                file,
+                reason: format!(
+                    "altered: its content has SHA-256 {actual}, record {line} names {sha256}"
+                ),
+            });
+        }
+    }
     Ok(BundleReport {
         records: count,
         tree_size: head.tree_size,
+        recordings: recordings.len(),
     })
 }
 
-/// An OCSF 1.1 Datastore Activity event (class 6005) for one log entry.
+/// The OCSF 1.1 event for one log entry: API Activity (class 6003) for Kubernetes API
+/// requests, their responses and session recordings, Datastore Activity (class 6005) for
+/// everything else.
 pub fn to_ocsf(entry: &Value) -> Value {
+    match entry["record"]["event"]["type"].as_str() {
+        Some("kubeRequest" | "kubeResponse" | "recording") => api_activity(entry),
+        _ => datastore_activity(entry),
+    }
+}
+
+fn time_ms(record: &Value) -> i64 {
+    record["time"]
+        .as_str()
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(|t| t.as_millisecond())
+        .unwrap_or(0)
+}
+
+fn ocsf_metadata(entry: &Value) -> Value {
+    serde_json::json!({
+        "version": "1.1.0",
+        "uid": entry["id"],
+        "product": {"name": "Portcullis", "vendor_name": "Portcullis"},
+        "logged_time": entry["receivedAt"],
+    })
+}
+
+/// `verb resource/subresource namespace/name`, or `verb path` for a non-resource URL.
+fn kube_request_text(event: &Value) -> String {
+    let verb = text(&event["verb"], "-");
+    let resource = match (
+        text(&event["apiGroup"], ""),
+        text(&event["resource"], ""),
+        text(&event["subresource"], ""),
+    ) {
+        (_, "", _) => return format!("{verb} {}", text(&event["path"], "/")),
+        ("", r, "") => r.to_owned(),
+        ("", r, sub) => format!("{r}/{sub}"),
+        (g, r, "") => format!("{r}.{g}"),
+        (g, r, sub) => format!("{r}.{g}/{sub}"),
+    };
+    let object = match (text(&event["namespace"], ""), text(&event["name"], "")) {
+        ("", "") => String::new(),
+        ("", n) => format!(" {n}"),
+        (ns, "") => format!(" -n {ns}"),
+        (ns, n) => format!(" {ns}/{n}"),
+    };
+    format!("{verb} {resource}{object}")
+}
+
+/// The command of an exec request, space-separated; `None` when there is none.
+fn exec_command(event: &Value) -> Option<String> {
+    let words: Vec<&str> = event["exec"]["command"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+/// An OCSF 1.1 API Activity event (class 6003) for a Kubernetes request, response or recording.
+fn api_activity(entry: &Value) -> Value {
+    let record = &entry["record"];
+    let event = &record["event"];
+    let kind = text(&event["type"], "");
+    let decision = text(&event["decision"], "");
+    let (activity_id, activity) = match (kind, text(&event["verb"], "")) {
+        ("kubeRequest", "get" | "list" | "watch") => (2, "Read"),
+        ("kubeRequest", "create") => (1, "Create"),
+        ("kubeRequest", "update" | "patch") => (3, "Update"),
+        ("kubeRequest", "delete" | "deletecollection") => (4, "Delete"),
+        _ => (99, "Other"),
+    };
+    let code = event["code"].as_u64();
+    let (status_id, status) = match (kind, decision, code) {
+        (_, "deny", _) => (2, "Failure"),
+        (_, _, Some(c)) if c >= 400 => (2, "Failure"),
+        ("recording", _, _) => match event["exitCode"].as_i64() {
+            Some(0) | None => (1, "Success"),
+            Some(_) => (2, "Failure"),
+        },
+        (_, "", None) => (0, "Unknown"),
+        _ => (1, "Success"),
+    };
+    let message = match kind {
+        "kubeRequest" => match exec_command(event) {
+            Some(cmd) => format!("{}: {cmd}", kube_request_text(event)),
+            None => kube_request_text(event),
+        },
+        "kubeResponse" => format!(
+            "request {} answered {}",
+            event["requestId"],
+            code.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
+        ),
+        _ => format!(
+            "session {} recorded as {}",
+            text(&event["target"], "-"),
+            recording_file(text(&event["sha256"], "-"))
+        ),
+    };
+    let mut out = serde_json::json!({
+        "class_uid": 6003,
+        "class_name": "API Activity",
+        "category_uid": 6,
+        "category_name": "Application Activity",
+        "activity_id": activity_id,
+        "activity_name": activity,
+        "type_uid": 6003 * 100 + activity_id,
+        "time": time_ms(record),
+        "severity_id": if decision == "deny" { 3 } else { 1 },
+        "status_id": status_id,
+        "status": status,
+        "message": message,
+        "actor": actor(&record["identity"], &record["sessionId"]),
+        "src_endpoint": {"name": entry["source"]["pod"], "namespace": entry["source"]["namespace"]},
+        "api": {
+            "operation": event["verb"],
+            "request": {"uid": event["requestId"].as_u64().map(|n| n.to_string())},
+            "service": {"name": record["resource"]},
+        },
+        "metadata": ocsf_metadata(entry),
+        "unmapped": {
+            "type": kind,
+            "decision": decision,
+            "rule": event["rule"],
+        },
+    });
+    match kind {
+        "kubeRequest" => {
+            out["resources"] = serde_json::json!([{
+                "type": event["resource"],
+                "name": event["name"],
+                "namespace": event["namespace"],
+                "group": {"name": event["apiGroup"]},
+            }]);
+            out["http_request"] = serde_json::json!({
+                "http_method": event["method"],
+                "url": {"path": event["path"]},
+            });
+            out["unmapped"]["subresource"] = event["subresource"].clone();
+            out["unmapped"]["exec"] = event["exec"].clone();
+            out["unmapped"]["reason"] = event["reason"].clone();
+        }
+        "kubeResponse" => {
+            out["api"]["response"] = serde_json::json!({"code": event["code"]});
+            out["unmapped"]["durationMicros"] = event["durationMicros"].clone();
+        }
+        _ => {
+            out["unmapped"]["recording"] = serde_json::json!({
+                "file": recording_file(text(&event["sha256"], "-")),
+                "sha256": event["sha256"],
+                "bytes": event["bytes"],
+                "events": event["events"],
+                "durationMillis": event["durationMillis"],
+                "protocol": event["protocol"],
+                "target": event["target"],
+                "exitCode": event["exitCode"],
+                "masked": event["masked"],
+            });
+        }
+    }
+    out
+}
+
+/// An OCSF 1.1 Datastore Activity event (class 6005) for a database log entry.
+fn datastore_activity(entry: &Value) -> Value {
     let record = &entry["record"];
     let event = &record["event"];
     let decision = event["decision"].as_str().unwrap_or("");
@@ -260,11 +590,6 @@ pub fn to_ocsf(entry: &Value) -> Value {
         "" => (0, "Unknown"),
         _ => (1, "Success"),
     };
-    let time_ms = record["time"]
-        .as_str()
-        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
-        .map(|t| t.as_millisecond())
-        .unwrap_or(0);
     serde_json::json!({
         "class_uid": 6005,
         "class_name": "Datastore Activity",
@@ -273,7 +598,7 @@ pub fn to_ocsf(entry: &Value) -> Value {
         "activity_id": activity_id,
         "activity_name": activity,
         "type_uid": 6005 * 100 + activity_id,
-        "time": time_ms,
+        "time": time_ms(record),
         "severity_id": if decision == "deny" { 3 } else { 1 },
         "status_id": status_id,
         "status": status,
@@ -282,12 +607,7 @@ pub fn to_ocsf(entry: &Value) -> Value {
         "src_endpoint": {"name": entry["source"]["pod"], "namespace": entry["source"]["namespace"]},
         "database": {"name": record["resource"]},
         "query_info": {"query_string": event["statement"]},
-        "metadata": {
-            "version": "1.1.0",
-            "uid": entry["id"],
-            "product": {"name": "Portcullis", "vendor_name": "Portcullis"},
-            "logged_time": entry["receivedAt"],
-        },
+        "metadata": ocsf_metadata(entry),
         "unmapped": {
             "decision": decision,
             "rule": event["rule"],
@@ -358,9 +678,18 @@ fn identity_of(record: &Value) -> String {
     }
 }
 
-/// Event types the sidecar writes for every session; anything else is listed as an event of
-/// its own (masking, approvals, and kinds this version does not know yet).
-const SESSION_EVENTS: [&str; 4] = ["sessionStart", "statement", "completion", "sessionEnd"];
+/// Event types the sidecar writes for every session, or that the summary has tables for;
+/// anything else is listed as an event of its own (masking, approvals, and kinds this version
+/// does not know yet).
+const SESSION_EVENTS: [&str; 7] = [
+    "sessionStart",
+    "statement",
+    "completion",
+    "sessionEnd",
+    "kubeRequest",
+    "kubeResponse",
+    "recording",
+];
 
 /// One line describing an event of a kind the summary has no table for: its fields, compact.
 fn event_details(event: &Value) -> String {
@@ -391,6 +720,100 @@ struct IdentitySummary {
     pods: std::collections::BTreeSet<String>,
     decisions: std::collections::BTreeMap<String, u64>,
     rows: Vec<String>,
+    kube_rows: Vec<String>,
+}
+
+/// `policy/rule` of an event, or `-`.
+fn rule_of(event: &Value) -> String {
+    match (
+        event["rule"]["policy"].as_str(),
+        event["rule"]["rule"].as_str(),
+    ) {
+        (Some(p), Some(rule)) => format!("{p}/{rule}"),
+        _ => "-".to_owned(),
+    }
+}
+
+/// Identifies a Kubernetes request within the records: its session and request id.
+type RequestKey = (String, u64);
+
+fn request_key(record: &Value) -> Option<RequestKey> {
+    Some((
+        text(&record["sessionId"], "").to_owned(),
+        record["event"]["requestId"].as_u64()?,
+    ))
+}
+
+/// The exec and attach requests, their responses and their recordings, paired by session
+/// and request id.
+#[derive(Default)]
+struct KubeIndex<'a> {
+    requests: std::collections::BTreeMap<RequestKey, &'a Value>,
+    codes: std::collections::BTreeMap<RequestKey, u64>,
+    recorded: std::collections::BTreeSet<RequestKey>,
+}
+
+impl<'a> KubeIndex<'a> {
+    fn new(entries: &'a [Value]) -> Self {
+        let mut index = Self::default();
+        for e in entries {
+            let r = &e["record"];
+            let Some(key) = request_key(r) else {
+                continue;
+            };
+            match r["event"]["type"].as_str() {
+                Some("kubeRequest") => {
+                    index.requests.insert(key, &r["event"]);
+                }
+                Some("kubeResponse") => {
+                    if let Some(code) = r["event"]["code"].as_u64() {
+                        index.codes.insert(key, code);
+                    }
+                }
+                Some("recording") => {
+                    index.recorded.insert(key);
+                }
+                _ => {}
+            }
+        }
+        index
+    }
+}
+
+fn is_exec(request: &Value) -> bool {
+    request["resource"] == "pods"
+        && matches!(request["subresource"].as_str(), Some("exec" | "attach"))
+}
+
+/// `NAMESPACE/POD[/CONTAINER]` of an exec or attach request.
+fn exec_target(request: &Value) -> String {
+    let mut target = format!(
+        "{}/{}",
+        text(&request["namespace"], "-"),
+        text(&request["name"], "-")
+    );
+    if let Some(c) = request["exec"]["container"]
+        .as_str()
+        .filter(|c| !c.is_empty())
+    {
+        target.push('/');
+        target.push_str(c);
+    }
+    target
+}
+
+/// What an exec or attach request ran: its command, `(attach)`, or `-`.
+fn exec_what(request: Option<&Value>) -> String {
+    match request {
+        Some(r) => exec_command(r).unwrap_or_else(|| {
+            if r["subresource"] == "attach" {
+                "(attach)".to_owned()
+            } else {
+                "-".to_owned()
+            }
+        }),
+        None => "- (request not in this bundle)".to_owned(),
+    }
 }
 
 fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
@@ -403,6 +826,8 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
     // policy -> rule -> decision -> count
     let mut policies: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>> = BTreeMap::new();
     let mut special = Vec::new();
+    let kube = KubeIndex::new(entries);
+    let mut exec_rows = Vec::new();
     let (mut first, mut last) = (None::<String>, None::<String>);
     for e in entries {
         let r = &e["record"];
@@ -483,6 +908,86 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
                     ));
                 }
             }
+        } else if kind == "kubeRequest" {
+            let decision = text(&event["decision"], "-").to_owned();
+            *id.decisions.entry(decision.clone()).or_default() += 1;
+            let basis = text(&event["lawfulBasis"], "(none recorded)").to_owned();
+            let purpose = text(&event["purpose"], "(none recorded)").to_owned();
+            let p = purposes.entry((basis, purpose)).or_default();
+            p.0 += 1;
+            p.1.insert(who.clone());
+            if let (Some(policy), Some(rule)) = (
+                event["rule"]["policy"].as_str(),
+                event["rule"]["rule"].as_str(),
+            ) {
+                *policies
+                    .entry(policy.to_owned())
+                    .or_default()
+                    .entry(rule.to_owned())
+                    .or_default()
+                    .entry(decision.clone())
+                    .or_default() += 1;
+            }
+            let key = request_key(r);
+            let request = match exec_command(event) {
+                Some(cmd) => format!("{}: {cmd}", kube_request_text(event)),
+                None => kube_request_text(event),
+            };
+            id.kube_rows.push(format!(
+                "| {} | {} | `{}` | {} | {} | {} |",
+                cell(&time),
+                cell(text(&r["resource"], "")),
+                cell(&request),
+                cell(&decision),
+                cell(&rule_of(event)),
+                key.as_ref()
+                    .and_then(|k| kube.codes.get(k))
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".to_owned()),
+            ));
+            // Exec and attach sessions without a recording in this bundle (refused ones, or
+            // ones whose recording is outside the exported range) are listed too.
+            if is_exec(event) && !key.as_ref().is_some_and(|k| kube.recorded.contains(k)) {
+                exec_rows.push(format!(
+                    "| {} | {} | {} | `{}` | {} | - | - |",
+                    cell(&time),
+                    cell(&who),
+                    cell(&exec_target(event)),
+                    cell(&exec_what(Some(event))),
+                    cell(&decision),
+                ));
+            }
+        } else if kind == "recording" {
+            let request = request_key(r).and_then(|k| kube.requests.get(&k).copied());
+            let sha256 = text(&event["sha256"], "-");
+            exec_rows.push(format!(
+                "| {} | {} | {} | `{}` | {} | {} | `{}` ({:.1} s, {} events) |",
+                cell(&time),
+                cell(&who),
+                cell(text(&event["target"], "-")),
+                cell(&exec_what(request)),
+                cell(request.map_or("-", |q| text(&q["decision"], "-"))),
+                event["exitCode"]
+                    .as_i64()
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".to_owned()),
+                cell(&recording_file(sha256)),
+                event["durationMillis"].as_f64().unwrap_or(0.0) / 1000.0,
+                event["events"].as_u64().unwrap_or(0),
+            ));
+            for m in event["masked"].as_array().into_iter().flatten() {
+                special.push(format!(
+                    "| {} | {} | masking | {} |",
+                    cell(&time),
+                    cell(&who),
+                    cell(&format!(
+                        "recording {}: {} values by {}",
+                        recording_file(sha256),
+                        m["values"],
+                        rule_of(m)
+                    ))
+                ));
+            }
         } else if !SESSION_EVENTS.contains(&kind) {
             let category = if kind.to_ascii_lowercase().contains("mask") {
                 "masking"
@@ -519,7 +1024,7 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
         "Check every record offline: `kubectl portcullis verify DIR --public-key KEY`.\n\n",
     );
     out.push_str("## Record of processing (GDPR Article 30)\n\n");
-    out.push_str("### Purposes and lawful basis\n\n| lawful basis | purpose | statements | identities |\n|---|---|---|---|\n");
+    out.push_str("### Purposes and lawful basis\n\n| lawful basis | purpose | operations | identities |\n|---|---|---|---|\n");
     for ((basis, purpose), (n, who)) in &purposes {
         let who: Vec<&str> = who.iter().map(String::as_str).collect();
         out.push_str(&format!(
@@ -579,6 +1084,26 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
                 out.push_str(row);
                 out.push('\n');
             }
+        }
+        if !id.kube_rows.is_empty() {
+            if !id.rows.is_empty() {
+                out.push('\n');
+            }
+            out.push_str("| time | resource | Kubernetes request | decision | rule | code |\n|---|---|---|---|---|---|\n");
+            for row in &id.kube_rows {
+                out.push_str(row);
+                out.push('\n');
+            }
+        }
+    }
+    out.push_str("\n## Exec sessions\n\n");
+    if exec_rows.is_empty() {
+        out.push_str("None in this bundle.\n");
+    } else {
+        out.push_str("Replay a recording with `kubectl portcullis replay --bundle DIR SHA256`.\n\n| time | identity | target | command | decision | exit code | recording |\n|---|---|---|---|---|---|---|\n");
+        for row in &exec_rows {
+            out.push_str(row);
+            out.push('\n');
         }
     }
     out.push_str("\n## Masking and approval events\n\n");

@@ -1,18 +1,20 @@
-//! The client side of the ingest endpoint, for the sidecar's shipper: post a batch of records
-//! with the pod's projected token and learn which sequence numbers are now durable. The
-//! shipper deletes from its spool only what this returns.
+//! The client side of the audit service. For the sidecar's shipper: post a batch of records
+//! with the pod's projected token and learn which sequence numbers are now durable (the
+//! shipper deletes from its spool only what this returns), and upload session recordings.
+//! For evidence readers: the signed tree head, entries with their proofs, and recordings.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+pub use hyper::body::Bytes;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use portcullis_crds::audit::AuditRecord;
 use thiserror::Error;
 
+use crate::recordings::{is_sha256, sha256_hex};
 use crate::service::BatchAck;
 
 /// Why a batch was not acknowledged.
@@ -55,7 +57,8 @@ type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connec
 /// A client of one audit service.
 #[derive(Clone)]
 pub struct AuditClient {
-    url: String,
+    /// `https://host:port`, without a trailing slash.
+    base: String,
     http: HttpClient<Connector, Full<Bytes>>,
     timeout: Duration,
 }
@@ -84,7 +87,7 @@ impl AuditClient {
             .enable_http1()
             .build();
         Ok(Self {
-            url: format!("{}/v1/records", base_url.trim_end_matches('/')),
+            base: base_url.trim_end_matches('/').to_owned(),
             http: HttpClient::builder(TokioExecutor::new()).build(connector),
             timeout,
         })
@@ -95,8 +98,7 @@ impl AuditClient {
         path_and_query: &str,
         token: Option<&str>,
     ) -> Result<(u16, Bytes), ShipError> {
-        let base = self.url.trim_end_matches("/v1/records");
-        let mut request = hyper::Request::get(format!("{base}{path_and_query}"));
+        let mut request = hyper::Request::get(format!("{}{path_and_query}", self.base));
         if let Some(t) = token {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {}", t.trim()));
         }
@@ -200,7 +202,7 @@ impl AuditClient {
             serde_json::to_writer(&mut body, r).map_err(|e| ShipError::Local(e.to_string()))?;
             body.push(b'\n');
         }
-        let request = hyper::Request::post(&self.url)
+        let request = hyper::Request::post(format!("{}/v1/records", self.base))
             .header(
                 hyper::header::AUTHORIZATION,
                 format!("Bearer {}", token.trim()),
@@ -218,5 +220,59 @@ impl AuditClient {
                 }),
             _ => Err(Self::failure(status, &bytes)),
         }
+    }
+
+    /// Upload a session recording (asciicast v2) under its SHA-256 (64 lowercase hex digits),
+    /// with the pod's projected token. Storing the same recording again succeeds. Errors are
+    /// classified as for [`AuditClient::ship`]: [`ShipError::retryable`] says whether to try
+    /// again later.
+    pub async fn upload_recording(
+        &self,
+        token: &str,
+        sha256: &str,
+        body: Bytes,
+    ) -> Result<(), ShipError> {
+        if !is_sha256(sha256) {
+            return Err(ShipError::Local(format!(
+                "{sha256:?} is not a SHA-256: expected 64 lowercase hex digits"
+            )));
+        }
+        let request = hyper::Request::put(format!("{}/v1/recordings/{sha256}", self.base))
+            .header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", token.trim()),
+            )
+            .header(hyper::header::CONTENT_TYPE, "application/x-asciicast")
+            .body(Full::new(body))
+            .map_err(|e| ShipError::Local(e.to_string()))?;
+        let (status, bytes) = self.send(request).await?;
+        match status {
+            200 | 201 => Ok(()),
+            _ => Err(Self::failure(status, &bytes)),
+        }
+    }
+
+    /// A stored recording, read with a token whose user may `get` the `evidence` subresource
+    /// of the service's AuditRetention. The content is checked against `sha256`.
+    pub async fn recording(&self, token: &str, sha256: &str) -> Result<Bytes, ShipError> {
+        if !is_sha256(sha256) {
+            return Err(ShipError::Local(format!(
+                "{sha256:?} is not a SHA-256: expected 64 lowercase hex digits"
+            )));
+        }
+        let (status, bytes) = self
+            .get(&format!("/v1/recordings/{sha256}"), Some(token))
+            .await?;
+        if status != 200 {
+            return Err(Self::failure(status, &bytes));
+        }
+        let actual = sha256_hex(&bytes);
+        if actual != sha256 {
+            return Err(ShipError::Failed {
+                status,
+                message: format!("recording {sha256} arrived with SHA-256 {actual}"),
+            });
+        }
+        Ok(bytes)
     }
 }

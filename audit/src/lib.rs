@@ -6,9 +6,11 @@
 //! The audit service of the operator runs on top of [`store::Log`]; the kubectl plugin's
 //! `verify` uses [`verify`].
 
+pub mod asciicast;
 pub mod auth;
 pub mod bundle;
 pub mod client;
+pub mod recordings;
 pub mod retention;
 pub mod segment;
 pub mod service;

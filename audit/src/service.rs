@@ -8,6 +8,9 @@
 //! | `GET /v1/sth` | the latest signed tree head |
 //! | `GET /v1/proofs/inclusion?index=I&size=S` | audit path of entry I in the tree of size S |
 //! | `GET /v1/proofs/consistency?old=M&size=S` | consistency proof between sizes M and S |
+//! | `GET /v1/entries?from=F&to=T&treeSize=S` | entries with their audit paths, for evidence readers (`get auditretentions/evidence`) |
+//! | `PUT /v1/recordings/{sha256}` | a session recording (asciicast v2, at most 64 MiB), same token as `POST /v1/records`; stored under its SHA-256, which must match the body |
+//! | `GET /v1/recordings/{sha256}` | a stored recording, for evidence readers |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness |
 //!
 //! Each record is stored inside an envelope that binds it to the pod the API server vouched
@@ -18,11 +21,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -38,6 +42,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Authenticator, Source};
+use crate::recordings::{is_sha256, RecordingError, RecordingStore, Stored, MAX_RECORDING_BYTES};
 use crate::store::Log;
 use crate::writer::Appender;
 
@@ -60,6 +65,7 @@ pub struct AuditService {
     appender: Appender,
     auth: Arc<Authenticator>,
     witness: Option<Witness>,
+    recordings: Arc<RecordingStore>,
 }
 
 /// An entry as stored in the log: the sidecar's record and who sent it.
@@ -116,13 +122,19 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 impl AuditService {
-    /// A service over an open log.
+    /// A service over an open log. Recordings are stored in the log's directory, under
+    /// `recordings/`.
     pub fn new(client: Client, log: Arc<Mutex<Log>>) -> Self {
+        let data_dir = match log.lock() {
+            Ok(l) => l.dir().to_path_buf(),
+            Err(poisoned) => poisoned.into_inner().dir().to_path_buf(),
+        };
         Self {
             appender: Appender::start(log.clone()),
             log,
             auth: Arc::new(Authenticator::new(client)),
             witness: None,
+            recordings: Arc::new(RecordingStore::new(&data_dir)),
         }
     }
 
@@ -141,6 +153,10 @@ impl AuditService {
             .route("/v1/proofs/inclusion", get(inclusion))
             .route("/v1/proofs/consistency", get(consistency))
             .route("/v1/entries", get(entries))
+            .route(
+                "/v1/recordings/{sha256}",
+                put(upload_recording).get(read_recording),
+            )
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(|| async { "ok" }))
             .layer(DefaultBodyLimit::max(MAX_BATCH_BYTES))
@@ -156,16 +172,49 @@ fn bearer(headers: &HeaderMap) -> &str {
         .unwrap_or("")
 }
 
-async fn ingest(State(svc): State<AuditService>, headers: HeaderMap, body: Bytes) -> Response {
-    let source = match svc.auth.authenticate(bearer(&headers)).await {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::UNAUTHORIZED, e.to_string()),
-    };
+/// A sidecar: the workload of a pod-bound projected token (audience `portcullis-audit`), and
+/// the UID of its pod. Answers 401 or 403 otherwise.
+async fn authenticate_sidecar(
+    svc: &AuditService,
+    headers: &HeaderMap,
+) -> Result<(Source, String), Response> {
+    let source = svc
+        .auth
+        .authenticate(bearer(headers))
+        .await
+        .map_err(|e| error(StatusCode::UNAUTHORIZED, e.to_string()))?;
     let Some(pod_uid) = source.pod_uid.clone() else {
-        return error(
+        return Err(error(
             StatusCode::FORBIDDEN,
             "token is not bound to a pod: send the pod's projected service-account token",
-        );
+        ));
+    };
+    Ok((source, pod_uid))
+}
+
+/// A person or tool allowed to read evidence (`get` on the `evidence` subresource of the
+/// witness AuditRetention): the user name. Answers 404 when reading is not enabled, 401 or 403
+/// otherwise.
+async fn authorize_reader(svc: &AuditService, headers: &HeaderMap) -> Result<String, Response> {
+    let Some(w) = &svc.witness else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "reading evidence is not enabled on this service",
+        ));
+    };
+    svc.auth
+        .authorize_reader(bearer(headers), &w.namespace, &w.name)
+        .await
+        .map_err(|e| match e {
+            crate::auth::AuthError::Forbidden(m) => error(StatusCode::FORBIDDEN, m),
+            e => error(StatusCode::UNAUTHORIZED, e.to_string()),
+        })
+}
+
+async fn ingest(State(svc): State<AuditService>, headers: HeaderMap, body: Bytes) -> Response {
+    let (source, pod_uid) = match authenticate_sidecar(&svc, &headers).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
     };
     let text = match std::str::from_utf8(&body) {
         Ok(t) => t,
@@ -328,20 +377,9 @@ async fn entries(
     headers: HeaderMap,
     Query(q): Query<EntriesQuery>,
 ) -> Response {
-    let Some(w) = &svc.witness else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "reading entries is not enabled on this service",
-        );
-    };
-    let reader = match svc
-        .auth
-        .authorize_reader(bearer(&headers), &w.namespace, &w.name)
-        .await
-    {
+    let reader = match authorize_reader(&svc, &headers).await {
         Ok(u) => u,
-        Err(crate::auth::AuthError::Forbidden(m)) => return error(StatusCode::FORBIDDEN, m),
-        Err(e) => return error(StatusCode::UNAUTHORIZED, e.to_string()),
+        Err(refused) => return refused,
     };
     if q.to < q.from || q.to - q.from > MAX_ENTRIES_PER_READ {
         return error(
@@ -396,6 +434,130 @@ async fn entries(
         out,
     )
         .into_response()
+}
+
+fn recording_error(e: RecordingError) -> Response {
+    match e {
+        RecordingError::BadName(_) | RecordingError::Mismatch { .. } => {
+            error(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        RecordingError::Damaged(_) | RecordingError::Io { .. } => {
+            tracing::error!(error = %e, "recording storage failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+/// The refusal of a recording name that is not a SHA-256 in lowercase hex.
+fn bad_recording_name(sha256: &str) -> Option<Response> {
+    (!is_sha256(sha256)).then(|| recording_error(RecordingError::BadName(sha256.to_owned())))
+}
+
+/// `PUT /v1/recordings/{sha256}`: the sender is authenticated before the body is read.
+async fn upload_recording(
+    State(svc): State<AuditService>,
+    Path(sha256): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (source, _) = match authenticate_sidecar(&svc, &headers).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    if let Some(refused) = bad_recording_name(&sha256) {
+        return refused;
+    }
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a recording may hold at most {MAX_RECORDING_BYTES} bytes"),
+        )
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_RECORDING_BYTES as u64) {
+        return too_large();
+    }
+    let content = match axum::body::to_bytes(body, MAX_RECORDING_BYTES).await {
+        Ok(c) => c,
+        Err(e) => {
+            let length_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if length_limit {
+                return too_large();
+            }
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the body: {e}"),
+            );
+        }
+    };
+    let store = svc.recordings.clone();
+    let name = sha256.clone();
+    let bytes = content.len();
+    let stored = tokio::task::spawn_blocking(move || store.put(&name, &content)).await;
+    match stored {
+        Ok(Ok(outcome)) => {
+            tracing::info!(
+                sha256 = %sha256,
+                bytes,
+                source = %source.user,
+                pod = source.pod.as_deref().unwrap_or("-"),
+                already_present = outcome == Stored::AlreadyPresent,
+                "recording stored"
+            );
+            let status = match outcome {
+                Stored::Created => StatusCode::CREATED,
+                Stored::AlreadyPresent => StatusCode::OK,
+            };
+            (
+                status,
+                Json(serde_json::json!({"sha256": sha256, "bytes": bytes})),
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(sha256 = %sha256, source = %source.user, error = %e, "recording refused");
+            recording_error(e)
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `GET /v1/recordings/{sha256}`, authorized like `GET /v1/entries`.
+async fn read_recording(
+    State(svc): State<AuditService>,
+    Path(sha256): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let reader = match authorize_reader(&svc, &headers).await {
+        Ok(u) => u,
+        Err(refused) => return refused,
+    };
+    if let Some(refused) = bad_recording_name(&sha256) {
+        return refused;
+    }
+    let store = svc.recordings.clone();
+    let name = sha256.clone();
+    match tokio::task::spawn_blocking(move || store.get(&name)).await {
+        Ok(Ok(Some(content))) => {
+            tracing::info!(reader = %reader, sha256 = %sha256, "recording read");
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/x-asciicast")],
+                content,
+            )
+                .into_response()
+        }
+        Ok(Ok(None)) => error(
+            StatusCode::NOT_FOUND,
+            format!("no recording {sha256} is stored"),
+        ),
+        Ok(Err(e)) => recording_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 /// Serve `router` over TLS on `listener` until `shutdown` resolves.

@@ -230,3 +230,123 @@ fn masking_approval_and_unknown_events_are_listed_in_the_summary() {
     }
     assert!(!summary.contains(&"x".repeat(200)), "long fields are cut");
 }
+
+#[test]
+fn exec_sessions_and_their_recordings_go_into_the_bundle() {
+    use portcullis_audit::bundle::find_recording;
+    use portcullis_audit::recordings::{sha256_hex, RecordingStore};
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("log");
+    let mut log = Log::open(&data, LogOptions::default()).expect("open");
+    let recording =
+        b"{\"version\": 2, \"width\": 80, \"height\": 24}\n[0.2, \"o\", \"total 0\\r\\n\"]\n"
+            .to_vec();
+    let sha = sha256_hex(&recording);
+    RecordingStore::new(&data)
+        .put(&sha, &recording)
+        .expect("store");
+    let event = |i: u64, event: Value| {
+        serde_json::json!({
+            "id": format!("uid:k:{i}"), "receivedAt": "2026-11-23T06:00:00.000000Z",
+            "source": {"user": "system:serviceaccount:agents:agent", "namespace": "agents", "serviceAccount": "agent", "pod": "agent-0"},
+            "record": {"version": "portcullis.dev/audit/v1alpha1", "seq": i, "time": format!("2026-11-23T06:00:0{i}.000000Z"),
+                       "sessionId": "k", "identity": {"kind": "ServiceAccount", "name": "agent", "namespace": "agents"},
+                       "resource": "cluster-api", "event": event}
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let batch = vec![
+        event(
+            1,
+            serde_json::json!({"type": "kubeRequest", "requestId": 1, "method": "GET", "verb": "list",
+                "resource": "pods", "namespace": "shop", "decision": "allow",
+                "lawfulBasis": "contract", "purpose": "operations"}),
+        ),
+        event(
+            2,
+            serde_json::json!({"type": "kubeResponse", "requestId": 1, "code": 200, "durationMicros": 900}),
+        ),
+        event(
+            3,
+            serde_json::json!({"type": "kubeRequest", "requestId": 2, "method": "POST", "verb": "create",
+                "resource": "pods", "subresource": "exec", "namespace": "shop", "name": "db-0",
+                "exec": {"command": ["sh", "-c", "rm -rf /data"], "analysed": ["rm -rf /data"]},
+                "decision": "deny", "rule": {"policy": "ops", "rule": "no-rm"}, "reason": "rm is not allowed"}),
+        ),
+        event(
+            4,
+            serde_json::json!({"type": "kubeRequest", "requestId": 3, "method": "POST", "verb": "create",
+                "resource": "pods", "subresource": "exec", "namespace": "shop", "name": "web-0",
+                "exec": {"container": "web", "command": ["ls", "-l"], "stdin": true, "tty": true},
+                "decision": "allow"}),
+        ),
+        event(
+            5,
+            serde_json::json!({"type": "recording", "requestId": 3, "sha256": sha, "bytes": recording.len(),
+                "events": 1, "durationMillis": 200, "protocol": "v5.channel.k8s.io",
+                "target": "shop/web-0/web", "exitCode": 2,
+                "masked": [{"rule": {"policy": "builtin", "rule": "email"}, "values": 3}]}),
+        ),
+    ];
+    log.append(&batch).expect("append");
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("key");
+    let signer = LogSigner::from_pkcs8(pkcs8.as_ref()).expect("signer");
+    let sth = signer.sign(&log.head(1_800_000_000_000));
+    let out = dir.path().join("bundle");
+    assert_eq!(
+        write_bundle(&log, &sth, &|_: &Value| true, &out).expect("bundle"),
+        5
+    );
+    let report = verify_bundle(&out, signer.public_key()).expect("verifies");
+    assert_eq!((report.records, report.recordings), (5, 1));
+    assert_eq!(
+        find_recording(&out, &sha[..8]).expect("by prefix"),
+        out.join(format!("recordings/{sha}.cast"))
+    );
+    assert!(find_recording(&out, "ffffffff").is_err());
+
+    let summary = fs::read_to_string(out.join("summary.md")).expect("summary");
+    for needle in [
+        "| contract | operations | 1 | ServiceAccount agents/agent |".to_owned(),
+        "Decisions: allow: 2, deny: 1.".to_owned(),
+        "| 2026-11-23T06:00:01.000000Z | cluster-api | `list pods -n shop` | allow | - | 200 |".to_owned(),
+        "| ops | no-rm | deny: 1 |".to_owned(),
+        "| 2026-11-23T06:00:03.000000Z | ServiceAccount agents/agent | shop/db-0 | `sh -c rm -rf /data` | deny | - | - |".to_owned(),
+        format!("| 2026-11-23T06:00:05.000000Z | ServiceAccount agents/agent | shop/web-0/web | `ls -l` | allow | 2 | `recordings/{sha}.cast` (0.2 s, 1 events) |"),
+        format!("| masking | recording recordings/{sha}.cast: 3 values by builtin/email |"),
+    ] {
+        assert!(summary.contains(&needle), "{needle}\n{summary}");
+    }
+    assert!(!summary.contains("other: kube"), "{summary}");
+
+    let ocsf: Vec<Value> = fs::read_to_string(out.join("records.ocsf.jsonl"))
+        .expect("ocsf")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(ocsf[0]["type_uid"], 600302);
+    assert_eq!(ocsf[0]["resources"][0]["namespace"], "shop");
+    assert_eq!(ocsf[1]["api"]["response"]["code"], 200);
+    assert_eq!(
+        (ocsf[2]["status"].as_str(), ocsf[2]["severity_id"].as_u64()),
+        (Some("Failure"), Some(3))
+    );
+    assert_eq!(
+        ocsf[2]["message"],
+        "create pods/exec shop/db-0: sh -c rm -rf /data"
+    );
+    assert_eq!(ocsf[4]["unmapped"]["recording"]["sha256"], sha.as_str());
+    assert_eq!(ocsf[4]["status"], "Failure", "exit code 2");
+
+    // A recording the log's data directory lost cannot go into a bundle unnoticed.
+    fs::remove_file(data.join(format!("recordings/{sha}.cast"))).expect("remove");
+    let err = write_bundle(&log, &sth, &|_: &Value| true, &dir.path().join("b2"))
+        .expect_err("recording missing");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("recordings/{sha}.cast: not stored in")),
+        "{err}"
+    );
+}

@@ -47,6 +47,67 @@ where
         .expect("create");
 }
 
+/// An asciicast v2 recording with these event lines.
+fn cast(lines: &[&str]) -> Vec<u8> {
+    let mut out =
+        b"{\"version\": 2, \"width\": 80, \"height\": 24, \"timestamp\": 1795412400}\n".to_vec();
+    for l in lines {
+        out.extend_from_slice(l.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+#[test]
+fn replay_plays_a_recording_file_and_refuses_a_damaged_one() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("session.cast");
+    std::fs::write(
+        &file,
+        cast(&[
+            r#"[0.01, "o", "$ "]"#,
+            r#"[0.02, "i", "ls\r"]"#,
+            r#"[0.03, "r", "100x30"]"#,
+            r#"[0.05, "o", "ls\r\n\u001b[0ma.txt\r\n"]"#,
+        ]),
+    )
+    .expect("write");
+    let file_s = file.to_string_lossy().into_owned();
+    let out = plugin("/nonexistent", &["replay", &file_s, "--speed", "4"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "$ ls\r\n\u{1b}[0ma.txt\r\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+
+    std::fs::write(&file, b"{\"version\": 1}\n[0.1, \"o\", \"x\"]\n").expect("write");
+    let out = plugin("/nonexistent", &["replay", &file_s, "--instant"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("line 1: asciicast version 1 is not supported (only version 2)"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&file, cast(&[r#"[0.1, "o", "x"]"#, "[0.2, \"o\""])).expect("write");
+    let out = plugin("/nonexistent", &["replay", &file_s, "--instant"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("line 3: not valid JSON"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "nothing played");
+
+    let out = plugin("/nonexistent", &["replay", "0123abcd", "--instant"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("pass --bundle DIR or --audit-url URL"),
+        "{}",
+        text(&out)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approve_and_deny_follow_rbac_and_the_api_rules() {
     let h = harness();
@@ -189,6 +250,37 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
         })
         .collect();
     log.append(&entries).expect("append");
+    // An exec session of support-agent, recorded: the sidecar stored the recording with the
+    // audit service before it wrote the record naming it.
+    let recording = cast(&[
+        r#"[0.1, "o", "$ "]"#,
+        r#"[0.4, "i", "id\r"]"#,
+        r#"[0.5, "o", "id\r\nuid=0(root)\r\n"]"#,
+    ]);
+    let sha = portcullis_audit::recordings::sha256_hex(&recording);
+    portcullis_audit::recordings::RecordingStore::new(&work.path().join("log"))
+        .put(&sha, &recording)
+        .expect("store recording");
+    let exec = |seq: u64, event: serde_json::Value| {
+        serde_json::json!({
+            "id": format!("uid:{seq}"), "receivedAt": "2026-11-23T06:50:00.000000Z",
+            "source": {"user": format!("system:serviceaccount:{ns}:support-agent"), "namespace": ns, "serviceAccount": "support-agent"},
+            "record": {"version": "portcullis.dev/audit/v1alpha1", "seq": seq, "time": format!("2026-11-23T06:{seq}:00.000000Z"),
+                       "sessionId": "k", "identity": {"kind": "ServiceAccount", "name": "support-agent", "namespace": ns},
+                       "resource": "cluster-api", "event": event}
+        })
+        .to_string()
+        .into_bytes()
+    };
+    log.append(&[
+        exec(40, serde_json::json!({"type": "kubeRequest", "requestId": 1, "method": "POST", "verb": "create",
+            "resource": "pods", "subresource": "exec", "namespace": ns, "name": "web-0",
+            "exec": {"command": ["id"], "stdin": true, "tty": true}, "decision": "allow"})),
+        exec(41, serde_json::json!({"type": "recording", "requestId": 1, "sha256": sha, "bytes": recording.len(),
+            "events": 3, "durationMillis": 500, "protocol": "v5.channel.k8s.io",
+            "target": format!("{ns}/web-0/web"), "exitCode": 0})),
+    ])
+    .expect("append exec session");
     let log = Arc::new(Mutex::new(log));
     let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
         .expect("key");
@@ -281,12 +373,17 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
-    // Records 10..40 of support-agent: the even ones, 15 of them.
+    // Records 10..40 of support-agent: the even ones, 15 of them, and its exec session.
     assert!(
-        text(&out)
-            .starts_with("wrote 15 records, proofs to the signed tree head of size 40, 1 policies"),
+        text(&out).starts_with(
+            "wrote 17 records and 1 recording, proofs to the signed tree head of size 42, 1 policies"
+        ),
         "{}",
         text(&out)
+    );
+    assert_eq!(
+        std::fs::read(bundle.join(format!("recordings/{sha}.cast"))).expect("bundled recording"),
+        recording
     );
     let policies = std::fs::read_to_string(bundle.join("policies.yaml")).expect("policies");
     assert!(policies.contains("customers-gdpr"));
@@ -297,8 +394,69 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "verified 15 records against the signed tree head of size 40"
+        "verified 17 records and 1 recording against the signed tree head of size 42"
     );
+
+    // The session replays from the bundle (by a prefix of its SHA-256) and from the service.
+    let out = plugin(
+        h.kubeconfig(),
+        &["replay", &sha[..10], "--bundle", &bundle_s, "--instant"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "$ id\r\nuid=0(root)\r\n"
+    );
+    let out = plugin(
+        h.kubeconfig(),
+        &[
+            "replay",
+            &sha,
+            "--audit-url",
+            &url,
+            "--ca",
+            &ca_s,
+            "--token-file",
+            &token_s,
+            "--instant",
+            "--show-input",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "$ id\r\nuid=0(root)\r\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "id\r");
+
+    // One flipped byte in the recording: verify names the file.
+    let bundled = bundle.join(format!("recordings/{sha}.cast"));
+    let mut altered = recording.clone();
+    altered[recording.len() - 8] ^= 0x20;
+    std::fs::write(&bundled, &altered).expect("tamper recording");
+    let out = plugin(
+        h.kubeconfig(),
+        &["verify", &bundle_s, "--public-key", &key_s],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&format!(
+            "verification failed: recordings/{sha}.cast: altered"
+        )),
+        "{}",
+        text(&out)
+    );
+    let out = plugin(
+        h.kubeconfig(),
+        &["replay", &sha[..10], "--bundle", &bundle_s],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("content does not match its name"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&bundled, &recording).expect("restore recording");
 
     // One record rewritten: verify names it.
     let records = std::fs::read_to_string(bundle.join("records.jsonl")).expect("records");

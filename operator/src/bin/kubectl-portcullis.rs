@@ -5,19 +5,27 @@
 //!   kubectl portcullis evidence --audit-url URL --ca FILE --token-file FILE -o DIR
 //!       [--from RFC3339] [--to RFC3339] [--subject NAME] [--resource NAME] [-n NAMESPACE]
 //!   kubectl portcullis verify DIR --public-key FILE
+//!   kubectl portcullis replay SESSION [--bundle DIR | --audit-url URL --ca FILE --token-file FILE]
+//!       [--speed 1.0] [--max-wait 2.0] [--instant] [--show-input]
 //!
 //! `approve`/`deny` set `spec.decision`; the API server's admission stamps who decided. The
-//! evidence bundle verifies offline with the audit log's public key alone.
+//! evidence bundle, with the recordings of the exec sessions it names, verifies offline with
+//! the audit log's public key alone. `replay` plays a recorded exec session in the terminal.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use portcullis_audit::bundle::{verify_bundle, write_bundle_from};
+use portcullis_audit::asciicast::{play, Cast, PlayOptions};
+use portcullis_audit::bundle::{
+    add_recording, find_recording, referenced_recordings, verify_bundle, write_bundle_from,
+};
 use portcullis_audit::client::AuditClient;
+use portcullis_audit::recordings::{is_sha256, sha256_hex};
 use portcullis_audit::verify::read_public_key;
 use portcullis_crds::{AccessRequest, GatewayPolicy};
 use serde_json::Value;
@@ -64,6 +72,36 @@ struct EvidenceArgs {
     output: PathBuf,
 }
 
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// A recording: a `.cast` file, or its SHA-256 (or, with --bundle, a unique prefix).
+    session: String,
+    /// Look the recording up in this evidence bundle (its `recordings/` folder).
+    #[arg(long, conflicts_with = "audit_url")]
+    bundle: Option<PathBuf>,
+    /// Fetch the recording from the audit service at this base URL.
+    #[arg(long, requires_all = ["ca", "token_file"])]
+    audit_url: Option<String>,
+    /// PEM CA of the audit service.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// File holding a bearer token of a user allowed `get auditretentions/evidence`.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Playback speed (2 plays twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Longest pause between two events, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    max_wait: f64,
+    /// Print the whole session at once.
+    #[arg(long)]
+    instant: bool,
+    /// Also print what was typed (input events) to standard error.
+    #[arg(long)]
+    show_input: bool,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Approve a pending AccessRequest.
@@ -92,6 +130,8 @@ enum Cmd {
         #[arg(long)]
         public_key: PathBuf,
     },
+    /// Replay a recorded exec or attach session.
+    Replay(ReplayArgs),
 }
 
 async fn decide(
@@ -181,6 +221,15 @@ async fn evidence(client: kube::Client, ns: &str, args: EvidenceArgs) -> Result<
         .map_err(|e| e.to_string())?;
     let select = |e: &Value| keep(e, from, to, subject.as_deref(), resource.as_deref());
     let n = write_bundle_from(entries, &sth, &select, output).map_err(|e| e.to_string())?;
+    // The recordings the exported records name; verify checks them against those records.
+    let recordings = referenced_recordings(output).map_err(|e| e.to_string())?;
+    for sha256 in &recordings {
+        let content = audit
+            .recording(token.trim(), sha256)
+            .await
+            .map_err(|e| format!("recording {sha256}: {e}"))?;
+        add_recording(output, sha256, &content).map_err(|e| e.to_string())?;
+    }
     // The policies in force and the approvals, with their generations, for the auditor.
     let policies = Api::<GatewayPolicy>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
@@ -201,12 +250,88 @@ async fn evidence(client: kube::Client, ns: &str, args: EvidenceArgs) -> Result<
         let path = output.join(file);
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
+    let recordings = match recordings.len() {
+        0 => String::new(),
+        1 => " and 1 recording".to_owned(),
+        r => format!(" and {r} recordings"),
+    };
     Ok(format!(
-        "wrote {n} records, proofs to the signed tree head of size {size}, {} policies and {} access requests to {}",
+        "wrote {n} records{recordings}, proofs to the signed tree head of size {size}, {} policies and {} access requests to {}",
         policies.items.len(),
         requests.items.len(),
         output.display()
     ))
+}
+
+/// The recording SESSION names: a file, a recording in a bundle, or one on the audit service.
+async fn load_recording(args: &ReplayArgs) -> Result<Vec<u8>, String> {
+    let session = args.session.as_str();
+    let as_path = Path::new(session);
+    if as_path.is_file() {
+        return std::fs::read(as_path).map_err(|e| format!("{session}: {e}"));
+    }
+    if let Some(bundle) = &args.bundle {
+        let path = find_recording(bundle, session).map_err(|e| e.to_string())?;
+        let content = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let named = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if sha256_hex(&content) != named {
+            return Err(format!(
+                "{}: content does not match its name; run kubectl portcullis verify on the bundle",
+                path.display()
+            ));
+        }
+        return Ok(content);
+    }
+    if let (Some(url), Some(ca), Some(token_file)) = (&args.audit_url, &args.ca, &args.token_file) {
+        let sha256 = session.to_ascii_lowercase();
+        if !is_sha256(&sha256) {
+            return Err(format!(
+                "{session}: the audit service needs the whole SHA-256 (64 hex digits)"
+            ));
+        }
+        let token = std::fs::read_to_string(token_file)
+            .map_err(|e| format!("{}: {e}", token_file.display()))?;
+        let audit =
+            AuditClient::new(url, ca, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+        return audit
+            .recording(token.trim(), &sha256)
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| e.to_string());
+    }
+    Err(format!(
+        "{session}: no such file; to name a recording by its SHA-256, pass --bundle DIR or --audit-url URL --ca FILE --token-file FILE"
+    ))
+}
+
+async fn replay(args: ReplayArgs) -> Result<String, String> {
+    let max_wait = Duration::try_from_secs_f64(args.max_wait).map_err(|_| {
+        format!(
+            "--max-wait {}: expected a number of seconds, 0 or more",
+            args.max_wait
+        )
+    })?;
+    let options = PlayOptions {
+        speed: args.speed,
+        max_wait: Some(max_wait),
+        instant: args.instant,
+    };
+    let content = load_recording(&args).await?;
+    let cast = Cast::parse(&content).map_err(|e| format!("{}: {e}", args.session))?;
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let mut out = stdout.lock();
+    let mut err = stderr.lock();
+    let input: Option<&mut dyn Write> = if args.show_input {
+        Some(&mut err)
+    } else {
+        None
+    };
+    play(&cast, &mut out, input, &options, &mut std::thread::sleep).map_err(|e| e.to_string())?;
+    Ok(String::new())
 }
 
 async fn kube_client(namespace: Option<String>) -> Result<(kube::Client, String), String> {
@@ -226,8 +351,13 @@ async fn run(cli: Cli) -> Result<String, String> {
             let key = read_public_key(&public_key)?;
             let report =
                 verify_bundle(&dir, &key).map_err(|e| format!("verification failed: {e}"))?;
+            let recordings = match report.recordings {
+                0 => String::new(),
+                1 => " and 1 recording".to_owned(),
+                r => format!(" and {r} recordings"),
+            };
             Ok(format!(
-                "verified {} records against the signed tree head of size {}",
+                "verified {} records{recordings} against the signed tree head of size {}",
                 report.records, report.tree_size
             ))
         }
@@ -243,6 +373,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             let (client, ns) = kube_client(cli.namespace).await?;
             evidence(client, &ns, args).await
         }
+        Cmd::Replay(args) => replay(args).await,
     }
 }
 
@@ -255,7 +386,9 @@ fn main() -> ExitCode {
         .and_then(|rt| rt.block_on(run(cli)));
     match result {
         Ok(message) => {
-            println!("{message}");
+            if !message.is_empty() {
+                println!("{message}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -1,0 +1,416 @@
+//! Reading and playing asciicast v2 recordings, the format the sidecar records exec and attach
+//! sessions in (<https://docs.asciinema.org/manual/asciicast/v2/>).
+//!
+//! ```text
+//! {"version": 2, "width": 80, "height": 24, "timestamp": 1700000000}   header, line 1
+//! [0.248, "o", "$ "]                                                    [time, code, data]
+//! [1.001, "i", "ls\r"]
+//! [1.020, "r", "100x40"]
+//! ```
+//!
+//! A file is parsed whole before anything is played, so a damaged file is refused, naming the
+//! line, without printing half a session.
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::Value;
+use thiserror::Error;
+
+/// Why a recording could not be read or played.
+#[derive(Debug, Error)]
+pub enum CastError {
+    /// The file is empty.
+    #[error("empty recording: no asciicast header")]
+    Empty,
+    /// The header (line 1) is not an asciicast v2 header.
+    #[error("line 1: {0}")]
+    Header(String),
+    /// An event line is not `[time, code, data]`.
+    #[error("line {line}: {reason}")]
+    Event {
+        /// 1-based line number in the file.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Playback options out of range.
+    #[error("{0}")]
+    Options(String),
+    /// Writing the output failed (for example a closed pipe).
+    #[error("writing the session: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// The header of a recording.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Header {
+    /// Terminal width in columns.
+    pub width: Option<u64>,
+    /// Terminal height in rows.
+    pub height: Option<u64>,
+    /// Start of the recording, seconds since the Unix epoch.
+    pub timestamp: Option<i64>,
+    /// The header as written, with any further fields (`env`, `title`, `command`, ...).
+    pub raw: Value,
+}
+
+/// One event of a recording.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Seconds since the start of the recording.
+    pub time: f64,
+    /// `o` (output), `i` (input), `r` (resize), `m` (marker), or another code.
+    pub code: String,
+    /// The event's data (output text, input text, `COLSxROWS`, a label).
+    pub data: String,
+}
+
+/// A parsed recording.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cast {
+    /// Its header.
+    pub header: Header,
+    /// Its events, in file order.
+    pub events: Vec<Event>,
+}
+
+impl Cast {
+    /// Parse an asciicast v2 file. Blank lines are skipped; every other line after the header
+    /// must be a JSON array `[time, code, data]`.
+    pub fn parse(bytes: &[u8]) -> Result<Self, CastError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            // Name the line the invalid byte is on.
+            let line = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            CastError::Event {
+                line,
+                reason: "not UTF-8".into(),
+            }
+        })?;
+        let mut lines = text.lines().enumerate();
+        let Some((_, header_line)) = lines.next() else {
+            return Err(CastError::Empty);
+        };
+        if header_line.trim().is_empty() {
+            return Err(CastError::Header(
+                "the first line must be the asciicast header".into(),
+            ));
+        }
+        let raw: Value = serde_json::from_str(header_line)
+            .map_err(|e| CastError::Header(format!("header is not JSON: {e}")))?;
+        if !raw.is_object() {
+            return Err(CastError::Header("header is not a JSON object".into()));
+        }
+        match raw.get("version") {
+            Some(v) if v.as_u64() == Some(2) => {}
+            Some(v) => {
+                return Err(CastError::Header(format!(
+                    "asciicast version {v} is not supported (only version 2)"
+                )))
+            }
+            None => return Err(CastError::Header("header has no version".into())),
+        }
+        let header = Header {
+            width: raw.get("width").and_then(Value::as_u64),
+            height: raw.get("height").and_then(Value::as_u64),
+            timestamp: raw.get("timestamp").and_then(Value::as_i64),
+            raw,
+        };
+        let mut events = Vec::new();
+        for (i, line) in lines {
+            let line_no = i + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let bad = |reason: String| CastError::Event {
+                line: line_no,
+                reason,
+            };
+            let value: Value =
+                serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+            let Some(items) = value.as_array() else {
+                return Err(bad("not a JSON array [time, code, data]".into()));
+            };
+            let [time, code, data] = items.as_slice() else {
+                return Err(bad(format!(
+                    "expected [time, code, data], found {} elements",
+                    items.len()
+                )));
+            };
+            let time = time
+                .as_f64()
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .ok_or_else(|| bad(format!("time {time} is not a non-negative number")))?;
+            let code = code
+                .as_str()
+                .ok_or_else(|| bad(format!("event code {code} is not a string")))?;
+            let data = data
+                .as_str()
+                .ok_or_else(|| bad(format!("event data {data} is not a string")))?;
+            events.push(Event {
+                time,
+                code: code.to_owned(),
+                data: data.to_owned(),
+            });
+        }
+        Ok(Self { header, events })
+    }
+
+    /// The session's output: the data of every `o` event, in order.
+    pub fn output(&self) -> String {
+        self.events
+            .iter()
+            .filter(|e| e.code == "o")
+            .map(|e| e.data.as_str())
+            .collect()
+    }
+
+    /// Length of the recording: the time of its last event.
+    pub fn duration(&self) -> Duration {
+        let end = self.events.iter().map(|e| e.time).fold(0.0, f64::max);
+        Duration::try_from_secs_f64(end).unwrap_or_default()
+    }
+}
+
+/// How to play a recording.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlayOptions {
+    /// Playback speed: the time between events is divided by it (2.0 plays twice as fast).
+    pub speed: f64,
+    /// Longest pause between two events, after the speed is applied; `None` keeps every
+    /// pause as recorded.
+    pub max_wait: Option<Duration>,
+    /// Print without pausing.
+    pub instant: bool,
+}
+
+impl Default for PlayOptions {
+    fn default() -> Self {
+        Self {
+            speed: 1.0,
+            max_wait: Some(Duration::from_secs(2)),
+            instant: false,
+        }
+    }
+}
+
+impl PlayOptions {
+    /// The pause before an event `gap` seconds after the previous one.
+    pub fn pause(&self, gap: f64) -> Duration {
+        if self.instant || gap.is_nan() || gap <= 0.0 {
+            return Duration::ZERO;
+        }
+        let pause = Duration::try_from_secs_f64(gap / self.speed).unwrap_or(Duration::MAX);
+        match self.max_wait {
+            Some(cap) => pause.min(cap),
+            None => pause,
+        }
+    }
+
+    fn check(&self) -> Result<(), CastError> {
+        if !(self.speed.is_finite() && self.speed > 0.0) {
+            return Err(CastError::Options(format!(
+                "speed {} must be a positive number",
+                self.speed
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Play `cast`: write the data of each `o` event to `output` (flushed after each event),
+/// pausing between events with `sleep` as `options` say. With `input`, the data of `i` events
+/// is written there. Resize and marker events are not printed.
+pub fn play(
+    cast: &Cast,
+    output: &mut dyn Write,
+    mut input: Option<&mut dyn Write>,
+    options: &PlayOptions,
+    sleep: &mut dyn FnMut(Duration),
+) -> Result<(), CastError> {
+    options.check()?;
+    let mut previous = 0.0;
+    for event in &cast.events {
+        let shown = match event.code.as_str() {
+            "o" => true,
+            "i" => input.is_some(),
+            _ => false,
+        };
+        if !shown {
+            continue;
+        }
+        let pause = options.pause(event.time - previous);
+        previous = event.time.max(previous);
+        if !pause.is_zero() {
+            sleep(pause);
+        }
+        if event.code == "o" {
+            output.write_all(event.data.as_bytes())?;
+            output.flush()?;
+        } else if let Some(w) = input.as_mut() {
+            w.write_all(event.data.as_bytes())?;
+            w.flush()?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAST: &str = concat!(
+        "{\"version\": 2, \"width\": 80, \"height\": 24, \"timestamp\": 1700000000, \"env\": {\"TERM\": \"xterm\"}}\n",
+        "[0.5, \"o\", \"$ \"]\n",
+        "[1.0, \"i\", \"ls\\r\"]\n",
+        "[1.25, \"o\", \"ls\\r\\n\"]\n",
+        "[1.5, \"r\", \"100x40\"]\n",
+        "\n",
+        "[11.5, \"o\", \"a.txt  b \\u00e9t\\u00e9\\r\\n\\u001b[1m$ \\u001b[0m\"]\n",
+        "[11.6, \"m\", \"done\"]\n",
+    );
+
+    fn played(options: &PlayOptions, show_input: bool) -> (String, String, Vec<Duration>) {
+        let cast = Cast::parse(CAST.as_bytes()).expect("parse");
+        let (mut out, mut inp, mut sleeps) = (Vec::new(), Vec::new(), Vec::new());
+        play(
+            &cast,
+            &mut out,
+            if show_input {
+                Some(&mut inp as &mut dyn Write)
+            } else {
+                None
+            },
+            options,
+            &mut |d| sleeps.push(d),
+        )
+        .expect("play");
+        (
+            String::from_utf8(out).expect("utf-8"),
+            String::from_utf8(inp).expect("utf-8"),
+            sleeps,
+        )
+    }
+
+    #[test]
+    fn replay_prints_exactly_the_output_events() {
+        let cast = Cast::parse(CAST.as_bytes()).expect("parse");
+        assert_eq!(cast.header.width, Some(80));
+        assert_eq!(cast.header.raw["env"]["TERM"], "xterm");
+        assert_eq!(cast.events.len(), 6);
+        let expected = "$ ls\r\na.txt  b \u{e9}t\u{e9}\r\n\u{1b}[1m$ \u{1b}[0m";
+        assert_eq!(cast.output(), expected);
+        let (out, inp, sleeps) = played(&PlayOptions::default(), false);
+        assert_eq!(out, expected);
+        assert_eq!(inp, "");
+        // 0.5 s, then 0.75 s, then 10 s capped at 2 s.
+        assert_eq!(
+            sleeps,
+            vec![
+                Duration::from_millis(500),
+                Duration::from_millis(750),
+                Duration::from_secs(2)
+            ]
+        );
+        assert_eq!(cast.duration(), Duration::from_millis(11_600));
+    }
+
+    #[test]
+    fn speed_max_wait_instant_and_input() {
+        let (out, _, sleeps) = played(
+            &PlayOptions {
+                speed: 2.0,
+                max_wait: None,
+                instant: false,
+            },
+            false,
+        );
+        assert_eq!(out, Cast::parse(CAST.as_bytes()).expect("parse").output());
+        assert_eq!(
+            sleeps,
+            vec![
+                Duration::from_millis(250),
+                Duration::from_millis(375),
+                // From the output at 1.25 s to the one at 11.5 s: input and resize events
+                // that are not shown do not split the pause.
+                Duration::from_millis(5125)
+            ]
+        );
+        let (_, inp, sleeps) = played(
+            &PlayOptions {
+                instant: true,
+                ..PlayOptions::default()
+            },
+            true,
+        );
+        assert_eq!(inp, "ls\r");
+        assert!(sleeps.is_empty());
+        let cast = Cast::parse(CAST.as_bytes()).expect("parse");
+        let err = play(
+            &cast,
+            &mut Vec::new(),
+            None,
+            &PlayOptions {
+                speed: 0.0,
+                ..PlayOptions::default()
+            },
+            &mut |_| {},
+        )
+        .expect_err("speed 0");
+        assert_eq!(err.to_string(), "speed 0 must be a positive number");
+    }
+
+    #[test]
+    fn bad_files_are_refused_naming_the_line() {
+        let header = "{\"version\": 2, \"width\": 80, \"height\": 24}\n";
+        for (text, message) in [
+            ("", "empty recording: no asciicast header"),
+            (
+                "{\"version\": 1, \"width\": 80}\n",
+                "line 1: asciicast version 1 is not supported (only version 2)",
+            ),
+            ("{\"width\": 80}\n", "line 1: header has no version"),
+            (
+                "[0.1, \"o\", \"x\"]\n",
+                "line 1: header is not a JSON object",
+            ),
+            ("not json\n", "line 1: header is not JSON"),
+            (
+                &format!("{header}[0.1, \"o\", \"x\"]\n{{\"o\": 1}}\n"),
+                "line 3: not a JSON array [time, code, data]",
+            ),
+            (
+                &format!("{header}[0.1, \"o\", \"x\"]\n\n[0.2, \"o\"\n"),
+                "line 4: not valid JSON",
+            ),
+            (
+                &format!("{header}[0.1, \"o\"]\n"),
+                "line 2: expected [time, code, data], found 2 elements",
+            ),
+            (
+                &format!("{header}[\"0.1\", \"o\", \"x\"]\n"),
+                "line 2: time \"0.1\" is not a non-negative number",
+            ),
+            (
+                &format!("{header}[0.1, \"o\", 7]\n"),
+                "line 2: event data 7 is not a string",
+            ),
+        ] {
+            let err = Cast::parse(text.as_bytes()).expect_err(text);
+            assert!(
+                err.to_string().starts_with(message),
+                "{text:?}: {err} (expected {message})"
+            );
+        }
+        let mut bytes = header.as_bytes().to_vec();
+        bytes.extend_from_slice(b"[0.1, \"o\", \"\xff\"]\n");
+        assert_eq!(
+            Cast::parse(&bytes).expect_err("not utf-8").to_string(),
+            "line 2: not UTF-8"
+        );
+    }
+}
