@@ -90,7 +90,11 @@ fn kubectl(kubeconfig: &str, spdy: bool, stdin: Option<&str>, args: &[&str]) -> 
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
     let mut child = cmd.spawn().expect("run kubectl");
     if let Some(input) = stdin {
         use std::io::Write;
@@ -216,11 +220,15 @@ spec:
         "rules": [{"apiGroups": ["portcullis.dev"], "resources": ["accessrequests"], "verbs": ["get", "list", "patch"]}]
     }))
     .await;
-    create::<RoleBinding>(&client, &ns, serde_json::json!({
-        "metadata": {"name": "agent"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agent"},
-        "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}]
-    }))
+    create::<RoleBinding>(
+        &client,
+        &ns,
+        serde_json::json!({
+            "metadata": {"name": "agent"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agent"},
+            "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}]
+        }),
+    )
     .await;
     create::<RoleBinding>(&client, &ns, serde_json::json!({
         "metadata": {"name": "approvers"},
@@ -277,7 +285,7 @@ resources:
   upstream:
     host: {host}
     port: {port}
-    tlsMode: verifyFull
+    tlsMode: verify-full
     caFile: {ca}
   serverTls:
     certFile: {tls}/tls.crt
@@ -468,15 +476,29 @@ policies:
     .await;
     assert_eq!(
         ar.spec.operation.command,
-        vec!["rm".to_owned(), "-f".to_owned(), victim.to_string_lossy().into_owned()]
+        vec![
+            "rm".to_owned(),
+            "-f".to_owned(),
+            victim.to_string_lossy().into_owned()
+        ]
     );
-    assert_eq!(ar.spec.operation.target.as_deref(), Some(format!("{ns}/web-0").as_str()));
+    assert_eq!(
+        ar.spec.operation.target.as_deref(),
+        Some(format!("{ns}/web-0/app").as_str())
+    );
     assert!(victim.exists(), "the exec must wait for the approval");
     let name = ar.metadata.name.clone().expect("name");
     let bob = h.kubeconfig_of(User::Approver);
     let approve = Command::new(PLUGIN)
         .env("KUBECONFIG", bob)
-        .args(["approve", &name, "-n", &ns, "--reason", "cache cleanup, ticket 77"])
+        .args([
+            "approve",
+            &name,
+            "-n",
+            &ns,
+            "--reason",
+            "cache cleanup, ticket 77",
+        ])
         .output()
         .expect("plugin");
     assert!(approve.status.success(), "{}", text(&approve));
@@ -521,7 +543,10 @@ policies:
         .expect("the approved exec's record");
     assert_eq!(approved.1.decision, Decision::RequireApproval);
     // Every forwarded request has its response.
-    for (r, k) in requests.iter().filter(|(_, k)| k.decision != Decision::Deny) {
+    for (r, k) in requests
+        .iter()
+        .filter(|(_, k)| k.decision != Decision::Deny)
+    {
         assert!(
             recs.iter().any(|x| x.session_id == r.session_id
                 && matches!(&x.event, AuditEvent::KubeResponse(resp) if resp.request_id == k.request_id)),
@@ -543,12 +568,15 @@ policies:
     let mut seen_spdy = false;
     let mut seen_websocket = false;
     for rec in &recordings {
-        let path = spool.join("recordings").join(format!("{}.cast", rec.sha256));
+        let path = spool
+            .join("recordings")
+            .join(format!("{}.cast", rec.sha256));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(hex::encode(Sha256::digest(&bytes)), rec.sha256);
         assert_eq!(bytes.len() as u64, rec.bytes);
         seen_spdy |= rec.protocol.starts_with("SPDY/3.1");
-        seen_websocket |= rec.protocol.starts_with("v5.channel") || rec.protocol.starts_with("v4.channel");
+        seen_websocket |=
+            rec.protocol.starts_with("v5.channel") || rec.protocol.starts_with("v4.channel");
         let (header, output, input) = recorded_output(&path);
         assert_eq!(header["version"], 2);
         if output.contains("hello-websocket") {
@@ -561,7 +589,10 @@ policies:
                 output,
                 "first line\ncontact: ***********************\nlast line\n"
             );
-            assert!(rec.masked.iter().any(|m| m.rule.rule == "email" && m.values == 2));
+            assert!(rec
+                .masked
+                .iter()
+                .any(|m| m.rule.rule == "email" && m.values == 2));
         }
     }
     assert!(seen_spdy && seen_websocket, "{recordings:?}");
@@ -572,8 +603,14 @@ policies:
         .filter(|e| e.path().is_file())
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .collect();
-    assert!(!spool_text.contains("alice.meyer"), "personal data in the spool");
-    assert!(!spool_text.contains(&token), "the service-account token in the spool");
+    assert!(
+        !spool_text.contains("alice.meyer"),
+        "personal data in the spool"
+    );
+    assert!(
+        !spool_text.contains(&token),
+        "the service-account token in the spool"
+    );
 
     sidecar.shutdown().await;
     common::unregister(&client, &format!("exec-flow-{ns}")).await;

@@ -139,10 +139,16 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
             &config.audit.spool_dir,
             spool.clone(),
             metrics.clone(),
-            ship,
+            ship.clone(),
             UnavailablePolicies::from_policies(&config.policies),
         )?;
         tasks.spawn(shipper.run(stopped.clone()));
+        tasks.spawn(audit::recordings::run(
+            config.audit.spool_dir.clone(),
+            ship.clone(),
+            metrics.clone(),
+            stopped.clone(),
+        ));
     } else {
         tracing::info!("no audit service configured: records stay in the local spool");
     }

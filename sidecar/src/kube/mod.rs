@@ -184,8 +184,8 @@ impl KubeProxy {
         let tls = upstream_tls(&upstream)
             .map_err(|e| invalid(&resource.name, e))?
             .ok_or_else(|| invalid(&resource.name, "TLS settings missing"))?;
-        let mut client_config = (*tls.config).clone();
-        client_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/1.1 only (the connector sets ALPN): upgrades are HTTP/1.1.
+        let client_config = (*tls.config).clone();
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(client_config)
             .https_only();
