@@ -414,6 +414,17 @@ policies:
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), sent);
 
+    // 4b. A session without personal data, over WebSocket with standard input.
+    let plain = "no personal data here\nsecond line\n";
+    let out = kubectl(
+        &agent,
+        false,
+        Some(plain),
+        &["exec", "-i", "web-0", "-c", "app", "--", "cat"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), plain);
+
     // 5. Refusals: a shell, a shell hidden in a script, and a script that cannot be analysed.
     for (args, expected) in [
         (vec!["bash"], "guardrail shells"),
@@ -515,7 +526,7 @@ policies:
                 .iter()
                 .filter(|r| matches!(r.event, AuditEvent::Recording(_)))
                 .count();
-            (n >= 4).then_some(recs)
+            (n >= 5).then_some(recs)
         }
     })
     .await;
@@ -567,6 +578,7 @@ policies:
         .collect();
     let mut seen_spdy = false;
     let mut seen_websocket = false;
+    let (mut seen_plain, mut seen_masked) = (false, false);
     for rec in &recordings {
         let path = spool
             .join("recordings")
@@ -583,6 +595,18 @@ policies:
             assert!(output.contains("err-websocket"), "{output}");
             assert_eq!(rec.exit_code, Some(3));
         }
+        let replay = Command::new(PLUGIN)
+            .args(["replay", &path.to_string_lossy(), "--instant"])
+            .output()
+            .expect("kubectl portcullis replay");
+        assert!(replay.status.success(), "{}", text(&replay));
+        assert_eq!(String::from_utf8_lossy(&replay.stdout), output);
+        if input.contains("no personal data here") {
+            // The replay shows exactly what was sent (and what the client received).
+            assert_eq!(String::from_utf8_lossy(&replay.stdout), plain);
+            assert!(rec.masked.is_empty());
+            seen_plain = true;
+        }
         if input.contains("first line") {
             assert!(!output.contains("example.com") && !input.contains("example.com"));
             assert_eq!(
@@ -596,6 +620,7 @@ policies:
         }
     }
     assert!(seen_spdy && seen_websocket, "{recordings:?}");
+    assert!(seen_plain && seen_masked, "{recordings:?}");
     assert!(recordings.iter().any(|r| r.exit_code == Some(3)));
     let spool_text: String = std::fs::read_dir(&spool)
         .expect("spool")
