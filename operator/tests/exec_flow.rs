@@ -617,6 +617,7 @@ policies:
                 .masked
                 .iter()
                 .any(|m| m.rule.rule == "email" && m.values == 2));
+            seen_masked = true;
         }
     }
     assert!(seen_spdy && seen_websocket, "{recordings:?}");
