@@ -184,8 +184,10 @@ fn targets(g: &GuardrailConfig, target: &ExecTarget) -> bool {
     if !g.exec_namespaces.is_empty() && !g.exec_namespaces.contains(&target.namespace) {
         return false;
     }
-    if !g.exec_containers.is_empty()
-        && !(target.container.is_empty() || g.exec_containers.contains(&target.container))
+    // An exec without a container goes to the pod's default one: it may be any of them.
+    if !(g.exec_containers.is_empty()
+        || target.container.is_empty()
+        || g.exec_containers.contains(&target.container))
     {
         return false;
     }
