@@ -87,12 +87,25 @@ pub async fn run(
                     }
                     tracing::info!(%sha, "recording stored by the audit service");
                 }
-                Err(e) => {
+                Err(e) if e.retryable() => {
                     tracing::warn!(%sha, error = %e, "recording upload failed; retrying later");
                     break;
                 }
+                Err(e) => {
+                    // The service refused the content (its hash is not its name): the file
+                    // was damaged in the spool. Kept aside for inspection, not sent again.
+                    let aside = path.with_extension("cast.refused");
+                    tracing::error!(%sha, error = %e, file = %aside.display(), "the audit service refused a recording; kept aside");
+                    if let Err(e) = tokio::fs::rename(&path, &aside).await {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot set a refused recording aside");
+                    }
+                }
             }
         }
+        let left = pending(&dir).len();
+        metrics
+            .recordings_pending
+            .set(i64::try_from(left).unwrap_or(i64::MAX));
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = stop.changed() => if *stop.borrow() { return },

@@ -693,3 +693,61 @@ async fn a_backlog_is_shipped_in_batches_and_its_rate_reported() {
         N as f64 / elapsed.as_secs_f64()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recordings_reach_the_audit_service_and_leave_the_spool() {
+    use sha2::{Digest, Sha256};
+    let f = fixture("recordings").await;
+    let data = f.tmp.path().join("log");
+    let spool = f.tmp.path().join("spool");
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let server = AuditServer::start(&f, &data, port).await;
+    // Two finished recordings as the exec relay leaves them, and one damaged after it was
+    // named (its content no longer has the hash of its name).
+    let dir = spool.join("recordings");
+    std::fs::create_dir_all(&dir).expect("recordings dir");
+    let mut names = Vec::new();
+    for n in 0..2 {
+        let body = format!(
+            "{{\"version\":2,\"width\":80,\"height\":24}}\n[0.1,\"o\",\"session {n}\\r\\n\"]\n"
+        );
+        let sha = hex::encode(Sha256::digest(body.as_bytes()));
+        std::fs::write(dir.join(format!("{sha}.cast")), &body).expect("recording");
+        names.push(sha);
+    }
+    let damaged = "0".repeat(64);
+    std::fs::write(dir.join(format!("{damaged}.cast")), "{\"version\":2}\n").expect("damaged");
+    let proxy = shipping_proxy(&f, &url, &spool).start().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while names.iter().any(|n| dir.join(format!("{n}.cast")).exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recordings not uploaded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in &names {
+        let stored = data.join("recordings").join(format!("{n}.cast"));
+        let bytes = std::fs::read(&stored).unwrap_or_else(|e| panic!("{}: {e}", stored.display()));
+        assert_eq!(&hex::encode(Sha256::digest(&bytes)), n);
+    }
+    assert!(
+        dir.join(format!("{damaged}.cast.refused")).exists(),
+        "the damaged file is set aside"
+    );
+    assert!(!data
+        .join("recordings")
+        .join(format!("{damaged}.cast"))
+        .exists());
+    loop {
+        let m = proxy.metrics().await;
+        if metric(&m, "portcullis_sidecar_recordings_pending") == 0.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proxy.stop().await;
+    server.stop().await;
+}
