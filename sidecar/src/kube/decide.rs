@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use portcullis_crds::audit::{Decision, RuleRef};
-use portcullis_crds::gateway_policy::{GuardrailAction, KubernetesAccess, UnanalyzableAction};
+use portcullis_crds::gateway_policy::{GuardrailAction, KubernetesAccess};
 use portcullis_crds::sidecar_config::{GuardrailConfig, PolicyConfig};
 
 use super::command::Analysis;
 use super::request::RequestInfo;
-use crate::policy::guardrails::{Guardrails, Verdict, BUILTIN_POLICY};
+use crate::policy::guardrails::{Guardrails, Verdict};
 
 /// The pod an exec or attach targets.
 #[derive(Clone, Debug, Default)]
@@ -23,25 +23,6 @@ pub struct ExecTarget {
     /// The pod's labels; `None` when they could not be read (guardrails that select on labels
     /// then match, fail closed).
     pub labels: Option<BTreeMap<String, String>>,
-}
-
-fn builtin_deny(rule: &str, reason: String) -> Verdict {
-    Verdict {
-        decision: Decision::Deny,
-        rule: Some(RuleRef {
-            policy: BUILTIN_POLICY.to_owned(),
-            rule: rule.to_owned(),
-        }),
-        reason: Some(reason),
-    }
-}
-
-fn allowed(decision: Decision) -> Verdict {
-    Verdict {
-        decision,
-        rule: None,
-        reason: None,
-    }
 }
 
 /// Whether every applicable policy allows a kind of request (none applicable: no).
@@ -66,9 +47,9 @@ pub fn decide_builtin(guardrails: &Guardrails, info: &RequestInfo) -> Option<Ver
         && matches!(info.verb.as_str(), "get" | "list" | "watch")
     {
         return Some(if all_allow(policies, |p| p.kubernetes.secret_reads) {
-            allowed(Decision::Audit)
+            Verdict::audit()
         } else {
-            builtin_deny(
+            Verdict::builtin(
                 "secret-reads",
                 format!(
                     "reading secrets is refused (rule builtin/secret-reads){}",
@@ -83,22 +64,22 @@ pub fn decide_builtin(guardrails: &Guardrails, info: &RequestInfo) -> Option<Ver
     }
     if core && (resource == "pods/portforward" || info.subresource == "proxy") {
         return Some(if all_allow(policies, |p| p.kubernetes.port_forward) {
-            allowed(Decision::Audit)
+            Verdict::audit()
         } else {
-            builtin_deny(
+            Verdict::builtin(
                 "port-forward",
                 format!("{resource} opens a tunnel past the exec guardrails and is refused (rule builtin/port-forward)"),
             )
         });
     }
     if core && resource == "serviceaccounts/token" {
-        return Some(builtin_deny(
+        return Some(Verdict::builtin(
             "token-request",
             "requesting service-account tokens through the sidecar is refused: a token would reach the API server without the sidecar (rule builtin/token-request)".into(),
         ));
     }
     if core && resource == "pods/ephemeralcontainers" && info.verb != "get" {
-        return Some(builtin_deny(
+        return Some(Verdict::builtin(
             "ephemeral-containers",
             "adding ephemeral (debug) containers is refused: they run commands past the exec guardrails (rule builtin/ephemeral-containers)".into(),
         ));
@@ -221,7 +202,7 @@ fn exec_guardrails<'a>(
 /// riskiest judgement wins. A command that cannot be analysed takes the riskiest guardrail that
 /// could apply to the target, or the unanalysable rule when none could.
 pub fn decide_exec(guardrails: &Guardrails, target: &ExecTarget, analysis: &Analysis) -> Verdict {
-    let mut verdict = allowed(Decision::Allow);
+    let mut verdict = Verdict::allow();
     for line in &analysis.commands {
         let first = exec_guardrails(guardrails, target)
             .find(|(_, g)| g.exec_commands.iter().any(|p| pattern_matches(p, line)));
@@ -237,38 +218,13 @@ pub fn decide_exec(guardrails: &Guardrails, target: &ExecTarget, analysis: &Anal
             exec_guardrails(guardrails, target).max_by_key(|(_, g)| risk(decision_of(g.action)));
         let v = match riskiest {
             Some((p, g)) => exec_verdict(p, g, &format!("cannot be analysed ({why}) and is")),
-            None => unanalysable(guardrails, why),
+            None => guardrails.unanalyzable("exec", why),
         };
         if risk(v.decision) > risk(verdict.decision) {
             verdict = v;
         }
     }
     verdict
-}
-
-fn unanalysable(guardrails: &Guardrails, why: &str) -> Verdict {
-    let policies = guardrails.policies();
-    let audit = !policies.is_empty()
-        && policies
-            .iter()
-            .all(|p| p.on_unanalyzable == UnanalyzableAction::Audit);
-    if audit {
-        Verdict {
-            decision: Decision::Audit,
-            rule: Some(RuleRef {
-                policy: policies.first().map(|p| p.name.clone()).unwrap_or_default(),
-                rule: "unanalyzable".into(),
-            }),
-            reason: Some(format!(
-                "exec cannot be analysed ({why}); recorded under onUnanalyzable: audit"
-            )),
-        }
-    } else {
-        builtin_deny(
-            "unanalyzable",
-            format!("exec cannot be analysed ({why}) and is refused (rule unanalyzable)"),
-        )
-    }
 }
 
 #[cfg(test)]

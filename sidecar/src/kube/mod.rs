@@ -362,24 +362,6 @@ impl KubeProxy {
         }
     }
 
-    fn policy_context(
-        &self,
-        guardrails: &Guardrails,
-        rule: Option<&RuleRef>,
-    ) -> (Option<String>, Option<String>) {
-        let policy = rule
-            .and_then(|r| guardrails.policies().iter().find(|p| p.name == r.policy))
-            .or_else(|| guardrails.policies().first());
-        (
-            policy.and_then(|p| {
-                p.lawful_basis
-                    .and_then(|b| serde_json::to_value(b).ok())
-                    .and_then(|v| v.as_str().map(str::to_owned))
-            }),
-            policy.and_then(|p| p.purpose.clone()),
-        )
-    }
-
     fn masked_words(&self, words: &[String]) -> Vec<String> {
         words
             .iter()
@@ -446,11 +428,7 @@ impl KubeProxy {
             && info.resource == "pods"
             && matches!(info.subresource.as_str(), "exec" | "attach");
         if !stream {
-            let verdict = decide::decide_builtin(guardrails, info).unwrap_or(Verdict {
-                decision: Decision::Allow,
-                rule: None,
-                reason: None,
-            });
+            let verdict = decide::decide_builtin(guardrails, info).unwrap_or_else(Verdict::allow);
             return Decided {
                 verdict,
                 exec: None,
@@ -571,45 +549,27 @@ async fn handle(
         .keys()
         .any(|k| k.as_str().starts_with("impersonate-"))
     {
-        decided.verdict = Verdict {
-            decision: Decision::Deny,
-            rule: Some(RuleRef {
-                policy: BUILTIN_POLICY.into(),
-                rule: "impersonation".into(),
-            }),
-            reason: Some("impersonation headers are refused: requests run as this pod's service account (rule builtin/impersonation)".into()),
-        };
+        decided.verdict = Verdict::builtin("impersonation", "impersonation headers are refused: requests run as this pod's service account (rule builtin/impersonation)".into());
     }
     let upgrade = is_upgrade(req.headers());
     if let Some(u) = &upgrade {
         let known = u.eq_ignore_ascii_case("websocket") || u.eq_ignore_ascii_case("SPDY/3.1");
         if !known || decided.exec.is_none() {
-            decided.verdict = Verdict {
-                decision: Decision::Deny,
-                rule: Some(RuleRef {
-                    policy: BUILTIN_POLICY.into(),
-                    rule: "unknown-upgrade".into(),
-                }),
-                reason: Some(format!(
+            decided.verdict = Verdict::builtin(
+                "unknown-upgrade",
+                format!(
                     "upgrade to {u} on {} is not relayed (rule builtin/unknown-upgrade)",
                     info.full_resource()
-                )),
-            };
+                ),
+            );
         }
     }
     if decided.verdict.forwards() {
         if let Err(e) = proxy.spool.check_limit(guardrails.spool_limit()) {
-            decided.verdict = Verdict {
-                decision: Decision::Deny,
-                rule: Some(RuleRef {
-                    policy: BUILTIN_POLICY.into(),
-                    rule: "audit-unavailable".into(),
-                }),
-                reason: Some(format!("request refused because the audit log cannot record it: {e} (rule builtin/audit-unavailable)")),
-            };
+            decided.verdict = Verdict::builtin("audit-unavailable", format!("request refused because the audit log cannot record it: {e} (rule builtin/audit-unavailable)"));
         }
     }
-    let (lawful_basis, purpose) = proxy.policy_context(&guardrails, decided.verdict.rule.as_ref());
+    let (lawful_basis, purpose) = guardrails.policy_context(decided.verdict.rule.as_ref());
     let exec_details = decided.exec.as_ref().map(|(p, a)| ExecDetails {
         container: p.container.clone(),
         command: proxy.masked_words(&p.command),

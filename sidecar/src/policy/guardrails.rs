@@ -52,7 +52,8 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn allow() -> Self {
+    /// No rule matched.
+    pub fn allow() -> Self {
         Verdict {
             decision: Decision::Allow,
             rule: None,
@@ -60,7 +61,18 @@ impl Verdict {
         }
     }
 
-    fn builtin(rule: &str, reason: String) -> Self {
+    /// Forwarded and recorded, by a rule that needs no name of its own (a built-in rule a
+    /// policy relaxed).
+    pub fn audit() -> Self {
+        Verdict {
+            decision: Decision::Audit,
+            rule: None,
+            reason: None,
+        }
+    }
+
+    /// Refused by the built-in rule `rule`.
+    pub fn builtin(rule: &str, reason: String) -> Self {
         Verdict {
             decision: Decision::Deny,
             rule: Some(RuleRef {
@@ -166,6 +178,11 @@ impl Guardrails {
     /// Decide on text the parser could not analyse: denied unless every applicable policy
     /// chose `onUnanalyzable: audit`.
     pub fn decide_unanalyzable(&self, parser_error: &str) -> Verdict {
+        self.unanalyzable("statement", parser_error)
+    }
+
+    /// The unanalysable-operation rule for `what` (`statement`, `exec`).
+    pub fn unanalyzable(&self, what: &str, detail: &str) -> Verdict {
         let audit = !self.policies.is_empty()
             && self
                 .policies
@@ -189,9 +206,25 @@ impl Guardrails {
                 rule: "unanalyzable".to_owned(),
             }),
             reason: Some(format!(
-                "statement cannot be analysed and is refused (rule unanalyzable): {parser_error}"
+                "{what} cannot be analysed and is refused (rule unanalyzable): {detail}"
             )),
         }
+    }
+
+    /// GDPR lawful basis and purpose recorded with an operation: those of the policy whose
+    /// rule decided it, else of the first applicable policy.
+    pub fn policy_context(&self, rule: Option<&RuleRef>) -> (Option<String>, Option<String>) {
+        let policy = rule
+            .and_then(|r| self.policies.iter().find(|p| p.name == r.policy))
+            .or_else(|| self.policies.first());
+        (
+            policy.and_then(|p| {
+                p.lawful_basis
+                    .and_then(|b| serde_json::to_value(b).ok())
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            }),
+            policy.and_then(|p| p.purpose.clone()),
+        )
     }
 
     /// Result-size limits of guardrails with `rowsOver` whose other criteria match.

@@ -575,22 +575,10 @@ impl Frontend {
         self.statements
     }
 
-    fn policy_context(&self) -> (Option<String>, Option<String>) {
-        let first = self.guardrails.policies().first();
-        (
-            first.and_then(|p| {
-                p.lawful_basis
-                    .and_then(|b| serde_json::to_value(b).ok())
-                    .and_then(|v| v.as_str().map(str::to_owned))
-            }),
-            first.and_then(|p| p.purpose.clone()),
-        )
-    }
-
     /// Analyse and decide a query string.
     fn decide(&mut self, sql: &str, protocol: Protocol) -> Decided {
         let analysis = self.res.cache.analyze(sql);
-        let (lawful_basis, purpose) = self.policy_context();
+        let (lawful_basis, purpose) = self.guardrails.policy_context(None);
         let mut records = Vec::new();
         let mut approvals = Vec::new();
         let mut refusal: Option<(&'static str, String, RuleRef)> = None;
