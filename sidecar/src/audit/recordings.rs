@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use portcullis_audit::client::{AuditClient, Bytes};
+use portcullis_audit::recordings::is_sha256;
 use tokio::sync::watch;
 
 use super::ship::ShipperOptions;
@@ -27,8 +28,7 @@ fn pending(dir: &std::path::Path) -> Vec<(String, PathBuf)> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let sha = name.strip_suffix(".cast")?;
-            (sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()))
-                .then(|| (sha.to_owned(), e.path()))
+            is_sha256(sha).then(|| (sha.to_owned(), e.path()))
         })
         .collect();
     out.sort();

@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use crate::masking::detectors::{compile_pattern, DetectorKind, Patterns};
 use crate::policy::guardrails::BUILTIN_POLICY;
 
-/// Directory of recordings under the spool directory.
-pub const RECORDINGS_DIR: &str = "recordings";
+/// Directory of recordings under the spool directory (the audit service's name for it).
+pub use portcullis_audit::recordings::RECORDINGS_DIR;
 
 /// Output longer than this without a line end is written without waiting for one.
 const MAX_PENDING: usize = 4096;
@@ -241,9 +241,7 @@ impl Recorder {
         if chunk.is_empty() {
             return;
         }
-        let mut counts = std::mem::take(&mut self.counts);
-        self.masker.mask_in_place(chunk, &mut counts);
-        self.counts = counts;
+        self.masker.mask_in_place(chunk, &mut self.counts);
         let text = String::from_utf8_lossy(chunk).into_owned();
         self.event("o", &text);
     }
@@ -251,9 +249,7 @@ impl Recorder {
     /// Input sent to the container.
     pub fn input(&mut self, data: &[u8]) {
         let mut chunk = data.to_vec();
-        let mut counts = std::mem::take(&mut self.counts);
-        self.masker.mask_in_place(&mut chunk, &mut counts);
-        self.counts = counts;
+        self.masker.mask_in_place(&mut chunk, &mut self.counts);
         let text = String::from_utf8_lossy(&chunk).into_owned();
         self.event("i", &text);
     }
@@ -261,11 +257,6 @@ impl Recorder {
     /// A terminal resize.
     pub fn resize(&mut self, width: u16, height: u16) {
         self.event("r", &format!("{width}x{height}"));
-    }
-
-    /// Masked values per rule so far (for live masking counts as well).
-    pub fn counts_mut(&mut self) -> &mut BTreeMap<(String, String), u64> {
-        &mut self.counts
     }
 
     /// The detectors.
@@ -287,7 +278,9 @@ impl Recorder {
         file.sync_all()
             .map_err(|e| format!("syncing {}: {e}", self.tmp.display()))?;
         let sha256 = hex::encode(self.hasher.finalize());
-        let path = self.dir.join(format!("{sha256}.cast"));
+        let path = self
+            .dir
+            .join(portcullis_audit::recordings::file_name(&sha256));
         std::fs::rename(&self.tmp, &path).map_err(|e| format!("naming {}: {e}", path.display()))?;
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
