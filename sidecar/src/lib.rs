@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use portcullis_crds::protected_resource::ResourceType;
-use portcullis_crds::sidecar_config::SidecarConfig;
+use portcullis_crds::sidecar_config::{ResourceConfig, SidecarConfig};
 use rand::Rng;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -157,15 +157,7 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
     for resource in &config.resources {
         if resource.r#type == ResourceType::Kubernetes {
             let proxy = Arc::new(kube::KubeProxy::new(&config, resource, &shared)?);
-            let addr = format!("{}:{}", resource.listen_address, resource.listen_port);
-            let listener = listen(&addr).await.map_err(|source| StartError::Listen {
-                addr: addr.clone(),
-                source,
-            })?;
-            let local = listener.local_addr().map_err(|source| StartError::Listen {
-                addr: addr.clone(),
-                source,
-            })?;
+            let (listener, local) = listen_on(resource).await?;
             tracing::info!(resource = %resource.name, %local, upstream = %proxy.upstream(), "serving the Kubernetes API");
             addrs.push((resource.name.clone(), local));
             tasks.spawn(kube::serve(proxy, listener, stopped.clone()));
@@ -176,15 +168,7 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
             continue;
         }
         let served = Arc::new(Resource::postgres(&config, resource, &shared)?);
-        let addr = format!("{}:{}", resource.listen_address, resource.listen_port);
-        let listener = listen(&addr).await.map_err(|source| StartError::Listen {
-            addr: addr.clone(),
-            source,
-        })?;
-        let local = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: addr.clone(),
-            source,
-        })?;
+        let (listener, local) = listen_on(resource).await?;
         tracing::info!(resource = %resource.name, %local, upstream = %format!("{}:{}", served.upstream.config.host, served.upstream.config.port), "serving PostgreSQL");
         addrs.push((resource.name.clone(), local));
         let (current, receiver) = watch::channel(served);
@@ -251,6 +235,15 @@ pub async fn run(
     shutdown.await;
     sidecar.shutdown().await;
     Ok(())
+}
+
+/// Bind the local listener of a resource; returns it with its bound address.
+async fn listen_on(resource: &ResourceConfig) -> Result<(TcpListener, SocketAddr), StartError> {
+    let addr = format!("{}:{}", resource.listen_address, resource.listen_port);
+    let bound = listen(&addr)
+        .await
+        .and_then(|l| l.local_addr().map(|local| (l, local)));
+    bound.map_err(|source| StartError::Listen { addr, source })
 }
 
 /// Bind a listener with a backlog deep enough for bursts of connections.
