@@ -816,15 +816,56 @@ fn exec_what(request: Option<&Value>) -> String {
     }
 }
 
+/// (lawful basis, purpose) -> (operations, identities).
+type Purposes =
+    std::collections::BTreeMap<(String, String), (u64, std::collections::BTreeSet<String>)>;
+/// policy -> rule -> decision -> count.
+type PolicyTally = std::collections::BTreeMap<
+    String,
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+>;
+
+/// Count a decided operation (a statement or a Kubernetes request): its decision for the
+/// identity, its purpose, and the rule that decided it. Returns (decision, lawful basis,
+/// purpose) as the summary prints them.
+fn tally(
+    event: &Value,
+    who: &str,
+    id: &mut IdentitySummary,
+    purposes: &mut Purposes,
+    policies: &mut PolicyTally,
+) -> (String, String, String) {
+    let decision = text(&event["decision"], "-").to_owned();
+    *id.decisions.entry(decision.clone()).or_default() += 1;
+    let basis = text(&event["lawfulBasis"], "(none recorded)").to_owned();
+    let purpose = text(&event["purpose"], "(none recorded)").to_owned();
+    let p = purposes
+        .entry((basis.clone(), purpose.clone()))
+        .or_default();
+    p.0 += 1;
+    p.1.insert(who.to_owned());
+    if let (Some(policy), Some(rule)) = (
+        event["rule"]["policy"].as_str(),
+        event["rule"]["rule"].as_str(),
+    ) {
+        *policies
+            .entry(policy.to_owned())
+            .or_default()
+            .entry(rule.to_owned())
+            .or_default()
+            .entry(decision.clone())
+            .or_default() += 1;
+    }
+    (decision, basis, purpose)
+}
+
 fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
     let mut identities: BTreeMap<String, IdentitySummary> = BTreeMap::new();
     let mut resources: BTreeMap<String, u64> = BTreeMap::new();
     let mut tables: BTreeMap<String, u64> = BTreeMap::new();
-    // (lawful basis, purpose) -> (statements, identities)
-    let mut purposes: BTreeMap<(String, String), (u64, BTreeSet<String>)> = BTreeMap::new();
-    // policy -> rule -> decision -> count
-    let mut policies: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>> = BTreeMap::new();
+    let mut purposes = Purposes::new();
+    let mut policies = PolicyTally::new();
     let mut special = Vec::new();
     let kube = KubeIndex::new(entries);
     let mut exec_rows = Vec::new();
@@ -854,30 +895,10 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
             .entry(text(&r["resource"], "-").to_owned())
             .or_default() += 1;
         if kind == "statement" {
-            let decision = text(&event["decision"], "-").to_owned();
-            *id.decisions.entry(decision.clone()).or_default() += 1;
             for t in event["tables"].as_array().into_iter().flatten() {
                 *tables.entry(text(t, "-").to_owned()).or_default() += 1;
             }
-            let basis = text(&event["lawfulBasis"], "(none recorded)").to_owned();
-            let purpose = text(&event["purpose"], "(none recorded)").to_owned();
-            let p = purposes
-                .entry((basis.clone(), purpose.clone()))
-                .or_default();
-            p.0 += 1;
-            p.1.insert(who.clone());
-            if let (Some(policy), Some(rule)) = (
-                event["rule"]["policy"].as_str(),
-                event["rule"]["rule"].as_str(),
-            ) {
-                *policies
-                    .entry(policy.to_owned())
-                    .or_default()
-                    .entry(rule.to_owned())
-                    .or_default()
-                    .entry(decision.clone())
-                    .or_default() += 1;
-            }
+            let (decision, basis, purpose) = tally(event, &who, id, &mut purposes, &mut policies);
             id.rows.push(format!(
                 "| {} | {} | `{}` | {} | {} | {} | {} |",
                 cell(&time),
@@ -909,25 +930,7 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
                 }
             }
         } else if kind == "kubeRequest" {
-            let decision = text(&event["decision"], "-").to_owned();
-            *id.decisions.entry(decision.clone()).or_default() += 1;
-            let basis = text(&event["lawfulBasis"], "(none recorded)").to_owned();
-            let purpose = text(&event["purpose"], "(none recorded)").to_owned();
-            let p = purposes.entry((basis, purpose)).or_default();
-            p.0 += 1;
-            p.1.insert(who.clone());
-            if let (Some(policy), Some(rule)) = (
-                event["rule"]["policy"].as_str(),
-                event["rule"]["rule"].as_str(),
-            ) {
-                *policies
-                    .entry(policy.to_owned())
-                    .or_default()
-                    .entry(rule.to_owned())
-                    .or_default()
-                    .entry(decision.clone())
-                    .or_default() += 1;
-            }
+            let (decision, _, _) = tally(event, &who, id, &mut purposes, &mut policies);
             let key = request_key(r);
             let request = match exec_command(event) {
                 Some(cmd) => format!("{}: {cmd}", kube_request_text(event)),
