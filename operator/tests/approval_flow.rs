@@ -8,13 +8,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use portcullis_crds::audit::{ApprovalStep, AuditEvent, AuditRecord, Decision};
 use portcullis_crds::{AccessRequest, AccessRequestPhase, SidecarConfig};
 use portcullis_e2e::{harness, User};
@@ -23,78 +21,11 @@ use portcullis_sidecar::config::Options;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-portcullis");
 const POLICY: &str = "customers-gdpr";
 /// Seconds a held statement waits for a decision.
 const TIMEOUT_SECONDS: u64 = 8;
 /// Seconds Denied and Expired requests are kept.
 const RETENTION_SECONDS: u64 = 5;
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn plugin(kubeconfig: &str, args: &[&str]) -> Output {
-    Command::new(PLUGIN)
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .output()
-        .expect("run kubectl-portcullis")
-}
-
-async fn create<K>(client: &kube::Client, ns: &str, value: serde_json::Value)
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + serde::Serialize,
-    K::DynamicType: Default,
-{
-    let object: K = serde_json::from_value(value).expect("object");
-    Api::<K>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &object)
-        .await
-        .expect("create");
-}
-
-/// A kubeconfig that authenticates with `token`.
-fn token_kubeconfig(dir: &Path, ns: &str, token: &str) -> String {
-    let h = harness();
-    let path = dir.join("agent.kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: harness
-  cluster:
-    server: {server}
-    certificate-authority: {ca}
-users:
-- name: agent
-  user:
-    token: {token}
-contexts:
-- name: agent
-  context:
-    cluster: harness
-    user: agent
-    namespace: {ns}
-current-context: agent
-",
-            server = h.apiserver_url(),
-            ca = h.ca_file(),
-        ),
-    )
-    .expect("write kubeconfig");
-    path.to_string_lossy().into_owned()
-}
 
 /// A client of the sidecar whose notices arrive on the returned channel.
 async fn connect(port: u16) -> (Client, mpsc::UnboundedReceiver<String>) {
@@ -129,23 +60,6 @@ async fn new_request(api: &Api<AccessRequest>, known: &[String]) -> AccessReques
             .find(|ar| !known.contains(&ar.metadata.name.clone().unwrap_or_default()))
     })
     .await
-}
-
-fn records(spool: &Path) -> Vec<AuditRecord> {
-    let mut files: Vec<_> = std::fs::read_dir(spool)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    let mut out = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap_or_default();
-        for line in text.lines() {
-            out.push(
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("bad record {line}: {e}")),
-            );
-        }
-    }
-    out
 }
 
 fn steps(records: &[AuditRecord], request: &str) -> Vec<ApprovalStep> {
@@ -224,12 +138,12 @@ spec:
     let policy_file = dir.path().join("policy.yaml");
     std::fs::write(&policy_file, &policy).expect("policy file");
     let out = h.kubectl(&["apply", "-n", &ns, "-f", &policy_file.to_string_lossy()]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
 
     // The agent's service account may create and follow AccessRequests (what the sidecar
     // does), and may patch them, so that admission, not RBAC, must refuse its self-approval.
     h.service_account(&ns, "agent").await;
-    create::<Role>(&client, &ns, serde_json::json!({
+    common::create::<Role>(&client, &ns, serde_json::json!({
         "metadata": {"name": "sidecar"},
         "rules": [
             {"apiGroups": ["portcullis.dev"], "resources": ["accessrequests"], "verbs": ["create", "get", "list", "watch", "patch"]},
@@ -237,12 +151,12 @@ spec:
         ]
     }))
     .await;
-    create::<Role>(&client, &ns, serde_json::json!({
+    common::create::<Role>(&client, &ns, serde_json::json!({
         "metadata": {"name": "approver"},
         "rules": [{"apiGroups": ["portcullis.dev"], "resources": ["accessrequests"], "verbs": ["get", "list", "patch"]}]
     }))
     .await;
-    create::<RoleBinding>(
+    common::create::<RoleBinding>(
         &client,
         &ns,
         serde_json::json!({
@@ -252,14 +166,20 @@ spec:
         }),
     )
     .await;
-    create::<RoleBinding>(&client, &ns, serde_json::json!({
+    common::create::<RoleBinding>(&client, &ns, serde_json::json!({
         "metadata": {"name": "approvers"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "approver"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "portcullis-approvers"}]
     }))
     .await;
     let token = h.token(&ns, "agent", None, None).await;
-    let agent_kubeconfig = token_kubeconfig(dir.path(), &ns, &token);
+    let agent_kubeconfig = common::token_kubeconfig(
+        &dir.path().join("agent.kubeconfig"),
+        h.apiserver_url(),
+        h.ca_file(),
+        &token,
+        &ns,
+    );
 
     // The sidecar.
     let creds = dir.path().join("creds");
@@ -366,20 +286,20 @@ policies:
     assert!(!held.is_finished(), "the write must wait for a decision");
 
     // 2. The requester cannot approve its own request (admission refuses, not RBAC).
-    let out = plugin(
+    let out = common::plugin(
         &agent_kubeconfig,
         &["approve", &name, "-n", &ns, "--reason", "I approve myself"],
     );
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("requested this operation and cannot decide it"),
+        common::text(&out).contains("requested this operation and cannot decide it"),
         "{}",
-        text(&out)
+        common::text(&out)
     );
     assert!(!held.is_finished());
 
     // 3. bob approves through the plugin; the statement runs.
-    let out = plugin(
+    let out = common::plugin(
         bob,
         &[
             "approve",
@@ -390,7 +310,7 @@ policies:
             "checked ticket 4711",
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
     let (agent, result) = tokio::time::timeout(Duration::from_secs(20), held)
         .await
         .expect("the write completes after approval")
@@ -444,7 +364,7 @@ policies:
         ar.spec.operation.statement.as_deref(),
         Some("UPDATE customers SET city = $1 WHERE id = $2")
     );
-    let out = plugin(
+    let out = common::plugin(
         bob,
         &[
             "approve",
@@ -455,7 +375,7 @@ policies:
             "ticket 4712",
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
     let (agent, result) = tokio::time::timeout(Duration::from_secs(20), held)
         .await
         .expect("the prepared write completes after approval")
@@ -487,7 +407,7 @@ policies:
         ar.spec.operation.statement.as_deref(),
         Some("UPDATE customers SET phone = $1 WHERE id = $2")
     );
-    let out = plugin(
+    let out = common::plugin(
         bob,
         &[
             "deny",
@@ -498,7 +418,7 @@ policies:
             "no ticket for this",
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
     let (agent, result) = tokio::time::timeout(Duration::from_secs(20), denied)
         .await
         .expect("the denied write returns")
@@ -544,7 +464,7 @@ policies:
     .await;
 
     // 8. The audit spool holds every step, linked by the request name.
-    let records = records(&spool);
+    let records = common::spool_records(&spool);
     assert_eq!(
         steps(&records, &name),
         vec![

@@ -4,20 +4,10 @@
 
 mod common;
 
-use std::process::Output;
-
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, PostParams};
 use portcullis_crds::AccessRequest;
 use portcullis_e2e::{harness, repo_root, User};
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_are_stamped_and_only_approvers_decide() {
@@ -37,7 +27,7 @@ async fn decisions_are_stamped_and_only_approvers_decide() {
     for f in ["gatewaypolicy.yaml", "accessrequest.yaml"] {
         let path = repo_root().join("examples/gdpr").join(f);
         let out = h.kubectl(&["apply", "-n", &ns, "-f", &path.to_string_lossy()]);
-        assert!(out.status.success(), "{f}: {}", text(&out));
+        assert!(out.status.success(), "{f}: {}", common::text(&out));
     }
     let role: Role = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "decide"},
@@ -76,9 +66,9 @@ async fn decisions_are_stamped_and_only_approvers_decide() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("alice is not an approver of GatewayPolicy customers-gdpr: ask a member of groups [portcullis-approvers]"),
+        common::text(&out).contains("alice is not an approver of GatewayPolicy customers-gdpr: ask a member of groups [portcullis-approvers]"),
         "{}",
-        text(&out)
+        common::text(&out)
     );
     // bob approves, claiming to be somebody else: the stamp says bob.
     let out = decide(
@@ -86,7 +76,7 @@ async fn decisions_are_stamped_and_only_approvers_decide() {
         "support-agent-7f3a9c",
         r#"{"spec":{"decision":{"verdict":"Approved","reason":"ticket 4711","decidedBy":"mallory","decidedAt":"2020-01-01T00:00:00Z"}}}"#,
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
     let api: Api<AccessRequest> = Api::namespaced(client.clone(), &ns);
     let decision = api
         .get("support-agent-7f3a9c")
@@ -109,7 +99,7 @@ async fn decisions_are_stamped_and_only_approvers_decide() {
         "support-agent-7f3a9c",
         r#"{"spec":{"decision":{"decidedBy":"mallory"}}}"#,
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
     let stored = api
         .get("support-agent-7f3a9c")
         .await
@@ -144,10 +134,10 @@ async fn decisions_are_stamped_and_only_approvers_decide() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out)
+        common::text(&out)
             .contains("bob requested this operation and cannot decide it: another approver must"),
         "{}",
-        text(&out)
+        common::text(&out)
     );
     // Nor can a request be created already decided by its requester's side.
     let mut pre = own.clone();

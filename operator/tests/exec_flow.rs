@@ -17,66 +17,15 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams, PostParams};
-use portcullis_crds::audit::{AuditEvent, AuditRecord, Decision};
+use portcullis_crds::audit::{AuditEvent, Decision};
 use portcullis_crds::{AccessRequest, SidecarConfig};
 use portcullis_e2e::{harness, User};
 use portcullis_sidecar::approval::KubeAccess;
 use portcullis_sidecar::config::Options;
 use sha2::{Digest, Sha256};
 
-const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-portcullis");
 const POLICY: &str = "ci-exec";
 const PLACEHOLDER: &str = "portcullis-placeholder-token";
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-async fn create<K>(client: &kube::Client, ns: &str, value: serde_json::Value)
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + serde::Serialize,
-    K::DynamicType: Default,
-{
-    let object: K = serde_json::from_value(value).expect("object");
-    Api::<K>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &object)
-        .await
-        .expect("create");
-}
-
-fn kubeconfig(path: &Path, server: &str, ca: &str, token: &str, ns: &str) -> String {
-    std::fs::write(
-        path,
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: c
-  cluster:
-    server: {server}
-    certificate-authority: {ca}
-users:
-- name: u
-  user:
-    token: {token}
-contexts:
-- name: c
-  context: {{cluster: c, user: u, namespace: {ns}}}
-current-context: c
-"
-        ),
-    )
-    .expect("write kubeconfig");
-    path.to_string_lossy().into_owned()
-}
 
 /// kubectl against the sidecar; `spdy` forces the SPDY transport.
 fn kubectl(kubeconfig: &str, spdy: bool, stdin: Option<&str>, args: &[&str]) -> Output {
@@ -102,28 +51,6 @@ fn kubectl(kubeconfig: &str, spdy: bool, stdin: Option<&str>, args: &[&str]) -> 
         pipe.write_all(input.as_bytes()).expect("write stdin");
     }
     child.wait_with_output().expect("kubectl output")
-}
-
-fn records(spool: &Path) -> Vec<AuditRecord> {
-    let mut files: Vec<_> = std::fs::read_dir(spool)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    let mut out = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap_or_default();
-        for line in text.lines() {
-            out.push(
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("bad record {line}: {e}")),
-            );
-        }
-    }
-    out
 }
 
 /// The output of an asciicast v2 recording: the data of its `o` events, in order.
@@ -200,12 +127,12 @@ spec:
     let policy_file = dir.path().join("policy.yaml");
     std::fs::write(&policy_file, &policy).expect("policy file");
     let out = h.kubectl(&["apply", "-n", &ns, "-f", &policy_file.to_string_lossy()]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
 
     // The agent's service account: what RBAC lets it do is more than the sidecar allows, so
     // every refusal below is the sidecar's.
     h.service_account(&ns, "agent").await;
-    create::<Role>(&client, &ns, serde_json::json!({
+    common::create::<Role>(&client, &ns, serde_json::json!({
         "metadata": {"name": "agent"},
         "rules": [
             {"apiGroups": [""], "resources": ["pods", "secrets"], "verbs": ["get", "list", "watch"]},
@@ -215,12 +142,12 @@ spec:
         ]
     }))
     .await;
-    create::<Role>(&client, &ns, serde_json::json!({
+    common::create::<Role>(&client, &ns, serde_json::json!({
         "metadata": {"name": "approver"},
         "rules": [{"apiGroups": ["portcullis.dev"], "resources": ["accessrequests"], "verbs": ["get", "list", "patch"]}]
     }))
     .await;
-    create::<RoleBinding>(
+    common::create::<RoleBinding>(
         &client,
         &ns,
         serde_json::json!({
@@ -230,7 +157,7 @@ spec:
         }),
     )
     .await;
-    create::<RoleBinding>(&client, &ns, serde_json::json!({
+    common::create::<RoleBinding>(&client, &ns, serde_json::json!({
         "metadata": {"name": "approvers"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "approver"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "portcullis-approvers"}]
@@ -322,7 +249,7 @@ policies:
     .expect("sidecar config");
     let mut options = Options::service_account(&ns, "agent");
     options.kube = KubeAccess::Kubeconfig(
-        kubeconfig(
+        common::token_kubeconfig(
             &dir.path().join("approvals.kubeconfig"),
             h.apiserver_url(),
             h.ca_file(),
@@ -335,7 +262,7 @@ policies:
         .await
         .expect("sidecar starts");
     let port = sidecar.addr("cluster-api").expect("listening").port();
-    let agent = kubeconfig(
+    let agent = common::token_kubeconfig(
         &dir.path().join("agent.kubeconfig"),
         &format!("https://127.0.0.1:{port}"),
         &agent_sa.join("ca.crt").to_string_lossy(),
@@ -345,8 +272,12 @@ policies:
 
     // 1. Reads pass through with the pod's own token (the placeholder is not one).
     let out = kubectl(&agent, false, None, &["get", "pods", "-o", "name"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("pod/web-0"), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(
+        common::text(&out).contains("pod/web-0"),
+        "{}",
+        common::text(&out)
+    );
     let watch = kubectl(
         &agent,
         false,
@@ -354,24 +285,24 @@ policies:
         &["get", "pods", "--watch-only", "--request-timeout=2s"],
     );
     assert!(
-        !text(&watch).contains("Forbidden"),
+        !common::text(&watch).contains("Forbidden"),
         "watch: {}",
-        text(&watch)
+        common::text(&watch)
     );
 
     // 2. Secrets and port forwarding are refused with the built-in rule's name.
     let out = kubectl(&agent, false, None, &["get", "secret", "db-credentials"]);
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("builtin/secret-reads"),
+        common::text(&out).contains("builtin/secret-reads"),
         "{}",
-        text(&out)
+        common::text(&out)
     );
     let out = kubectl(&agent, false, None, &["get", "secrets"]);
     assert!(
-        text(&out).contains("builtin/secret-reads"),
+        common::text(&out).contains("builtin/secret-reads"),
         "{}",
-        text(&out)
+        common::text(&out)
     );
 
     // 3. An allowed exec over WebSocket: output, stderr and the exit code come through.
@@ -390,16 +321,16 @@ policies:
             "echo hello-websocket; echo err-websocket >&2; exit 3",
         ],
     );
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", common::text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("hello-websocket"),
         "{}",
-        text(&out)
+        common::text(&out)
     );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("err-websocket"),
         "{}",
-        text(&out)
+        common::text(&out)
     );
 
     // 4. The same over SPDY, with standard input: `cat` echoes what it is sent, personal data
@@ -411,7 +342,7 @@ policies:
         Some(sent),
         &["exec", "-i", "web-0", "-c", "app", "--", "cat"],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), sent);
 
     // 4b. A session without personal data, over WebSocket with standard input.
@@ -422,7 +353,7 @@ policies:
         Some(plain),
         &["exec", "-i", "web-0", "-c", "app", "--", "cat"],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), plain);
 
     // 5. Refusals: a shell, a shell hidden in a script, and a script that cannot be analysed.
@@ -435,11 +366,15 @@ policies:
         full.extend(args.iter().copied());
         for spdy in [false, true] {
             let out = kubectl(&agent, spdy, None, &full);
-            assert!(!out.status.success(), "{args:?} ran: {}", text(&out));
             assert!(
-                text(&out).contains(expected),
+                !out.status.success(),
+                "{args:?} ran: {}",
+                common::text(&out)
+            );
+            assert!(
+                common::text(&out).contains(expected),
                 "{args:?} (spdy {spdy}): {}",
-                text(&out)
+                common::text(&out)
             );
         }
     }
@@ -458,7 +393,7 @@ policies:
             .output()
             .expect("run python3")
     });
-    assert!(py.status.success(), "kube_client.py: {}", text(&py));
+    assert!(py.status.success(), "kube_client.py: {}", common::text(&py));
 
     // 7. An approval-gated exec waits for an approver, then runs: the file it removes (a
     //    local file, since the peer runs commands on this machine) is gone afterwards.
@@ -500,28 +435,31 @@ policies:
     assert!(victim.exists(), "the exec must wait for the approval");
     let name = ar.metadata.name.clone().expect("name");
     let bob = h.kubeconfig_of(User::Approver);
-    let approve = Command::new(PLUGIN)
-        .env("KUBECONFIG", bob)
-        .args([
+    let approve = common::plugin(
+        bob,
+        &[
             "approve",
             &name,
             "-n",
             &ns,
             "--reason",
             "cache cleanup, ticket 77",
-        ])
-        .output()
-        .expect("plugin");
-    assert!(approve.status.success(), "{}", text(&approve));
+        ],
+    );
+    assert!(approve.status.success(), "{}", common::text(&approve));
     let out = held.await.expect("kubectl");
-    assert!(out.status.success(), "approved exec: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "approved exec: {}",
+        common::text(&out)
+    );
     assert!(!victim.exists(), "the approved exec ran");
 
     // 8. The audit spool holds every request, before forwarding, with its answer.
     let recs = common::eventually(Duration::from_secs(10), "recording records", || {
         let spool = spool.clone();
         async move {
-            let recs = records(&spool);
+            let recs = common::spool_records(&spool);
             let n = recs
                 .iter()
                 .filter(|r| matches!(r.event, AuditEvent::Recording(_)))
@@ -595,11 +533,11 @@ policies:
             assert!(output.contains("err-websocket"), "{output}");
             assert_eq!(rec.exit_code, Some(3));
         }
-        let replay = Command::new(PLUGIN)
+        let replay = Command::new(common::PLUGIN)
             .args(["replay", &path.to_string_lossy(), "--instant"])
             .output()
             .expect("kubectl portcullis replay");
-        assert!(replay.status.success(), "{}", text(&replay));
+        assert!(replay.status.success(), "{}", common::text(&replay));
         assert_eq!(String::from_utf8_lossy(&replay.stdout), output);
         if input.contains("no personal data here") {
             // The replay shows exactly what was sent (and what the client received).

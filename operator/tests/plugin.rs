@@ -2,50 +2,16 @@
 //! with `approve`/`deny` (RBAC and the API's CEL rules apply), `evidence` exports a bundle that
 //! `verify` checks offline with the public key alone, and names a tampered record.
 
-use std::process::{Command, Output};
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, PostParams};
 use portcullis_audit::service::{run_signer, serve_tls, AuditService, Witness};
 use portcullis_audit::store::{Log, LogOptions};
 use portcullis_crds::audit_log::LogSigner;
 use portcullis_e2e::{harness, repo_root, User};
-
-const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-portcullis");
-
-fn plugin(kubeconfig: &str, args: &[&str]) -> Output {
-    Command::new(PLUGIN)
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .output()
-        .expect("run kubectl-portcullis")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-async fn create<K>(client: &kube::Client, ns: &str, value: serde_json::Value)
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + serde::Serialize,
-    K::DynamicType: Default,
-{
-    let object: K = serde_json::from_value(value).expect("object");
-    Api::<K>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &object)
-        .await
-        .expect("create");
-}
 
 /// An asciicast v2 recording with these event lines.
 fn cast(lines: &[&str]) -> Vec<u8> {
@@ -73,8 +39,8 @@ fn replay_plays_a_recording_file_and_refuses_a_damaged_one() {
     )
     .expect("write");
     let file_s = file.to_string_lossy().into_owned();
-    let out = plugin("/nonexistent", &["replay", &file_s, "--speed", "4"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = common::plugin("/nonexistent", &["replay", &file_s, "--speed", "4"]);
+    assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "$ ls\r\n\u{1b}[0ma.txt\r\n"
@@ -82,29 +48,30 @@ fn replay_plays_a_recording_file_and_refuses_a_damaged_one() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 
     std::fs::write(&file, b"{\"version\": 1}\n[0.1, \"o\", \"x\"]\n").expect("write");
-    let out = plugin("/nonexistent", &["replay", &file_s, "--instant"]);
+    let out = common::plugin("/nonexistent", &["replay", &file_s, "--instant"]);
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("line 1: asciicast version 1 is not supported (only version 2)"),
+        common::text(&out)
+            .contains("line 1: asciicast version 1 is not supported (only version 2)"),
         "{}",
-        text(&out)
+        common::text(&out)
     );
     std::fs::write(&file, cast(&[r#"[0.1, "o", "x"]"#, "[0.2, \"o\""])).expect("write");
-    let out = plugin("/nonexistent", &["replay", &file_s, "--instant"]);
+    let out = common::plugin("/nonexistent", &["replay", &file_s, "--instant"]);
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("line 3: not valid JSON"),
+        common::text(&out).contains("line 3: not valid JSON"),
         "{}",
-        text(&out)
+        common::text(&out)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "", "nothing played");
 
-    let out = plugin("/nonexistent", &["replay", "0123abcd", "--instant"]);
+    let out = common::plugin("/nonexistent", &["replay", "0123abcd", "--instant"]);
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("pass --bundle DIR or --audit-url URL"),
+        common::text(&out).contains("pass --bundle DIR or --audit-url URL"),
         "{}",
-        text(&out)
+        common::text(&out)
     );
 }
 
@@ -116,11 +83,11 @@ async fn approve_and_deny_follow_rbac_and_the_api_rules() {
     let ns = h.namespace("plugin").await;
     let example = repo_root().join("examples/gdpr/accessrequest.yaml");
     let out = h.kubectl(&["apply", "-n", &ns, "-f", &example.to_string_lossy()]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
     let bob = h.kubeconfig_of(User::Approver);
 
     // Without RBAC, bob is refused by the API server.
-    let out = plugin(
+    let out = common::plugin(
         bob,
         &[
             "approve",
@@ -132,33 +99,37 @@ async fn approve_and_deny_follow_rbac_and_the_api_rules() {
         ],
     );
     assert!(!out.status.success());
-    assert!(text(&out).contains("forbidden"), "{}", text(&out));
+    assert!(
+        common::text(&out).contains("forbidden"),
+        "{}",
+        common::text(&out)
+    );
 
-    create::<Role>(&client, &ns, serde_json::json!({
+    common::create::<Role>(&client, &ns, serde_json::json!({
         "metadata": {"name": "approver"},
         "rules": [{"apiGroups": ["portcullis.dev"], "resources": ["accessrequests"], "verbs": ["get", "patch"]}]
     }))
     .await;
-    create::<RoleBinding>(&client, &ns, serde_json::json!({
+    common::create::<RoleBinding>(&client, &ns, serde_json::json!({
         "metadata": {"name": "approvers"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "approver"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "portcullis-approvers"}]
     }))
     .await;
-    let out = plugin(
+    let out = common::plugin(
         bob,
         &["approve", "support-agent-7f3a9c", "--reason", "", "-n", &ns],
     );
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("a decision needs a reason"),
+        common::text(&out).contains("a decision needs a reason"),
         "{}",
-        text(&out)
+        common::text(&out)
     );
     let mut approved = None;
     for _ in 0..50 {
         // RBAC changes take effect within moments.
-        let out = plugin(
+        let out = common::plugin(
             bob,
             &[
                 "approve",
@@ -191,7 +162,7 @@ async fn approve_and_deny_follow_rbac_and_the_api_rules() {
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "Approved/ticket 4711");
     // A decision cannot be changed.
-    let out = plugin(
+    let out = common::plugin(
         bob,
         &[
             "deny",
@@ -204,9 +175,9 @@ async fn approve_and_deny_follow_rbac_and_the_api_rules() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("a decision cannot be changed or withdrawn once made"),
+        common::text(&out).contains("a decision cannot be changed or withdrawn once made"),
         "{}",
-        text(&out)
+        common::text(&out)
     );
 }
 
@@ -217,7 +188,7 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
     h.install_crds().await;
     let client = h.client().await;
     let ns = h.namespace("evidence").await;
-    create::<portcullis_crds::AuditRetention>(
+    common::create::<portcullis_crds::AuditRetention>(
         &client,
         &ns,
         serde_json::json!({
@@ -228,7 +199,7 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
     .await;
     let policy = repo_root().join("examples/gdpr/gatewaypolicy.yaml");
     let out = h.kubectl(&["apply", "-n", &ns, "-f", &policy.to_string_lossy()]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
 
     // An audit service with records from two agents.
     let work = tempfile::tempdir().expect("tmp");
@@ -330,12 +301,12 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
 
     // An auditor allowed to read evidence.
     h.service_account(&ns, "auditor").await;
-    create::<Role>(&client, &ns, serde_json::json!({
+    common::create::<Role>(&client, &ns, serde_json::json!({
         "metadata": {"name": "evidence"},
         "rules": [{"apiGroups": ["portcullis.dev"], "resources": ["auditretentions/evidence", "gatewaypolicies", "accessrequests"], "verbs": ["get", "list"]}]
     }))
     .await;
-    create::<RoleBinding>(&client, &ns, serde_json::json!({
+    common::create::<RoleBinding>(&client, &ns, serde_json::json!({
         "metadata": {"name": "auditor"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "evidence"},
         "subjects": [{"kind": "ServiceAccount", "name": "auditor", "namespace": ns}]
@@ -352,7 +323,7 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
         bundle.to_string_lossy().into_owned(),
         key_file.to_string_lossy().into_owned(),
     );
-    let out = plugin(
+    let out = common::plugin(
         h.kubeconfig(),
         &[
             "evidence",
@@ -372,14 +343,14 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
             &bundle_s,
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
     // Records 10..40 of support-agent: the even ones, 15 of them, and its exec session.
     assert!(
-        text(&out).starts_with(
+        common::text(&out).starts_with(
             "wrote 17 records and 1 recording, proofs to the signed tree head of size 42, 1 policies"
         ),
         "{}",
-        text(&out)
+        common::text(&out)
     );
     assert_eq!(
         std::fs::read(bundle.join(format!("recordings/{sha}.cast"))).expect("bundled recording"),
@@ -387,27 +358,27 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
     );
     let policies = std::fs::read_to_string(bundle.join("policies.yaml")).expect("policies");
     assert!(policies.contains("customers-gdpr"));
-    let out = plugin(
+    let out = common::plugin(
         h.kubeconfig(),
         &["verify", &bundle_s, "--public-key", &key_s],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "verified 17 records and 1 recording against the signed tree head of size 42"
     );
 
     // The session replays from the bundle (by a prefix of its SHA-256) and from the service.
-    let out = plugin(
+    let out = common::plugin(
         h.kubeconfig(),
         &["replay", &sha[..10], "--bundle", &bundle_s, "--instant"],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "$ id\r\nuid=0(root)\r\n"
     );
-    let out = plugin(
+    let out = common::plugin(
         h.kubeconfig(),
         &[
             "replay",
@@ -422,7 +393,7 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
             "--show-input",
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "$ id\r\nuid=0(root)\r\n"
@@ -434,27 +405,27 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
     let mut altered = recording.clone();
     altered[recording.len() - 8] ^= 0x20;
     std::fs::write(&bundled, &altered).expect("tamper recording");
-    let out = plugin(
+    let out = common::plugin(
         h.kubeconfig(),
         &["verify", &bundle_s, "--public-key", &key_s],
     );
     assert!(!out.status.success());
     assert!(
-        text(&out).contains(&format!(
+        common::text(&out).contains(&format!(
             "verification failed: recordings/{sha}.cast: altered"
         )),
         "{}",
-        text(&out)
+        common::text(&out)
     );
-    let out = plugin(
+    let out = common::plugin(
         h.kubeconfig(),
         &["replay", &sha[..10], "--bundle", &bundle_s],
     );
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("content does not match its name"),
+        common::text(&out).contains("content does not match its name"),
         "{}",
-        text(&out)
+        common::text(&out)
     );
     std::fs::write(&bundled, &recording).expect("restore recording");
 
@@ -465,15 +436,16 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
         records.replacen("\"allow\"", "\"deny\"", 1),
     )
     .expect("tamper");
-    let out = plugin(
+    let out = common::plugin(
         h.kubeconfig(),
         &["verify", &bundle_s, "--public-key", &key_s],
     );
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("verification failed: record 1 (log index 10) fails verification"),
+        common::text(&out)
+            .contains("verification failed: record 1 (log index 10) fails verification"),
         "{}",
-        text(&out)
+        common::text(&out)
     );
     let _ = stop.send(true);
 }

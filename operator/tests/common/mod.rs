@@ -348,3 +348,97 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (code, body)
 }
+
+/// The `kubectl-portcullis` binary of this build.
+pub const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-portcullis");
+
+/// Run the plugin with a kubeconfig.
+pub fn plugin(kubeconfig: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(PLUGIN)
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl-portcullis")
+}
+
+/// Standard output then standard error of a finished command.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Create a namespaced object from JSON.
+pub async fn create<K>(client: &Client, ns: &str, value: serde_json::Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+    K::DynamicType: Default,
+{
+    let object: K = serde_json::from_value(value).expect("object");
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &object)
+        .await
+        .expect("create");
+}
+
+/// Write a kubeconfig at `path` that reaches `server` (trusting `ca`) with a bearer `token`.
+pub fn token_kubeconfig(
+    path: &std::path::Path,
+    server: &str,
+    ca: &str,
+    token: &str,
+    ns: &str,
+) -> String {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster:
+    server: {server}
+    certificate-authority: {ca}
+users:
+- name: u
+  user:
+    token: {token}
+contexts:
+- name: c
+  context: {{cluster: c, user: u, namespace: {ns}}}
+current-context: c
+"
+        ),
+    )
+    .expect("write kubeconfig");
+    path.to_string_lossy().into_owned()
+}
+
+/// Every record of a sidecar's audit spool (its segment files), in order.
+pub fn spool_records(spool: &std::path::Path) -> Vec<portcullis_crds::audit::AuditRecord> {
+    let mut files: Vec<_> = std::fs::read_dir(spool)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        for line in text.lines() {
+            out.push(
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("bad record {line}: {e}")),
+            );
+        }
+    }
+    out
+}
