@@ -199,7 +199,7 @@ spec:
     std::fs::write(&token_file, &token).expect("token");
     let api_url: http::Uri = h.apiserver_url().parse().expect("api url");
     let spool = dir.path().join("spool");
-    let config = SidecarConfig::from_yaml(&format!(
+    let config_text = format!(
         "apiVersion: portcullis.dev/sidecar-config/v1alpha1
 namespace: {ns}
 adminListen: 127.0.0.1:0
@@ -245,9 +245,12 @@ policies:
         ca = h.ca_file(),
         tls = tls.display(),
         token_file = token_file.display(),
-    ))
-    .expect("sidecar config");
+    );
+    let config_file = dir.path().join("sidecar.yaml");
+    std::fs::write(&config_file, &config_text).expect("config file");
+    let config = SidecarConfig::from_yaml(&config_text).expect("sidecar config");
     let mut options = Options::service_account(&ns, "agent");
+    options.config_path = Some(config_file.clone());
     options.kube = KubeAccess::Kubeconfig(
         common::token_kubeconfig(
             &dir.path().join("approvals.kubeconfig"),
@@ -575,6 +578,30 @@ policies:
         !spool_text.contains(&token),
         "the service-account token in the spool"
     );
+
+    // 10. A policy change reaches the proxy without a restart: `ls` moves from audit to deny.
+    let stricter = config_text.replace(
+        "execCommands: [bash, \"sh -i*\"]",
+        "execCommands: [bash, \"sh -i*\", \"ls*\"]",
+    );
+    assert_ne!(stricter, config_text);
+    let out = kubectl(&agent, false, None, &["exec", "web-0", "--", "ls", "/"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    std::fs::write(&config_file, &stricter).expect("rewrite config");
+    common::eventually(Duration::from_secs(15), "the reloaded exec policy", || {
+        let agent = agent.clone();
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                kubectl(&agent, false, None, &["exec", "web-0", "--", "ls", "/"])
+            })
+            .await
+            .ok()?;
+            common::text(&out)
+                .contains("guardrail shells")
+                .then_some(())
+        }
+    })
+    .await;
 
     sidecar.shutdown().await;
     common::unregister(&client, &format!("exec-flow-{ns}")).await;

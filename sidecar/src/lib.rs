@@ -160,7 +160,12 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
             let (listener, local) = listen_on(resource).await?;
             tracing::info!(resource = %resource.name, %local, upstream = %proxy.upstream(), "serving the Kubernetes API");
             addrs.push((resource.name.clone(), local));
-            tasks.spawn(kube::serve(proxy, listener, stopped.clone()));
+            let (current, receiver) = watch::channel(proxy);
+            served_resources.push(reload::Served {
+                config: resource.clone(),
+                current: reload::Current::Kubernetes(current),
+            });
+            tasks.spawn(kube::serve(receiver, listener, stopped.clone()));
             continue;
         }
         if resource.r#type != ResourceType::Postgres {
@@ -174,7 +179,7 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
         let (current, receiver) = watch::channel(served);
         served_resources.push(reload::Served {
             config: resource.clone(),
-            current,
+            current: reload::Current::Postgres(current),
         });
         tasks.spawn(accept_loop(listener, receiver, stopped.clone()));
     }

@@ -2,7 +2,9 @@
 //! changes, and the kubelet swaps the mounted file in place. The sidecar checks the file every
 //! [`RELOAD_INTERVAL`]; a new version that parses and passes its checks replaces each
 //! resource's policies, masking rules and upstream settings for the sessions that start from
-//! then on (sessions already open keep the configuration they started with). A version that
+//! then on (sessions already open keep the configuration they started with); for the
+//! Kubernetes API proxy, connections opened from then on, with its serving certificate read
+//! again. A version that
 //! does not parse or check is refused with a log line and a metric, and the last good
 //! configuration stays in force. Changes that need new listeners (resources added or removed,
 //! listen addresses) take effect when the sidecar restarts, which the log says.
@@ -11,11 +13,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_crds::protected_resource::ResourceType;
 use portcullis_crds::sidecar_config::{ResourceConfig, SidecarConfig};
 use tokio::sync::watch;
 
 use crate::config;
+use crate::kube::KubeProxy;
 use crate::runtime::{Resource, Shared};
 
 /// How often the configuration file is checked.
@@ -25,8 +27,22 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 pub struct Served {
     /// The resource's configuration when its listener was opened.
     pub config: ResourceConfig,
-    /// What new sessions of the resource use.
-    pub current: watch::Sender<Arc<Resource>>,
+    /// What new sessions (PostgreSQL) or connections (Kubernetes API) of the resource use.
+    pub current: Current,
+}
+
+/// The state of a served resource, by kind.
+pub enum Current {
+    /// A PostgreSQL resource.
+    Postgres(watch::Sender<Arc<Resource>>),
+    /// The Kubernetes API proxy.
+    Kubernetes(watch::Sender<Arc<KubeProxy>>),
+}
+
+/// A resource built from a new configuration, with the channel that switches to it.
+enum Switch<'a> {
+    Postgres(&'a watch::Sender<Arc<Resource>>, Arc<Resource>),
+    Kubernetes(&'a watch::Sender<Arc<KubeProxy>>, Arc<KubeProxy>),
 }
 
 /// Watch `path` until `stop`, applying each new valid version of the configuration.
@@ -93,19 +109,33 @@ fn apply(
         };
         if resource.listen_address != s.config.listen_address
             || resource.listen_port != s.config.listen_port
-            || resource.r#type != ResourceType::Postgres
+            || resource.r#type != s.config.r#type
         {
             tracing::warn!(resource = %resource.name, "listen address or type changed; takes effect when the sidecar restarts");
         }
-        built.push((s, Arc::new(Resource::postgres(&next, resource, shared)?)));
+        built.push(match &s.current {
+            Current::Postgres(tx) => {
+                Switch::Postgres(tx, Arc::new(Resource::postgres(&next, resource, shared)?))
+            }
+            Current::Kubernetes(tx) => {
+                Switch::Kubernetes(tx, Arc::new(KubeProxy::new(&next, resource, shared)?))
+            }
+        });
     }
     for r in &next.resources {
         if !active.resources.iter().any(|a| a.name == r.name) {
             tracing::warn!(resource = %r.name, "new resource in the configuration; served after the sidecar restarts");
         }
     }
-    for (s, resource) in built {
-        s.current.send_replace(resource);
+    for switch in built {
+        match switch {
+            Switch::Postgres(tx, r) => {
+                tx.send_replace(r);
+            }
+            Switch::Kubernetes(tx, p) => {
+                tx.send_replace(p);
+            }
+        }
     }
     Ok(next)
 }

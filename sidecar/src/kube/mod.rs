@@ -241,14 +241,20 @@ impl KubeProxy {
     }
 }
 
-/// Accept TLS connections and serve each with HTTP/1.1 (with upgrades).
-pub async fn serve(proxy: Arc<KubeProxy>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+/// Accept TLS connections and serve each with HTTP/1.1 (with upgrades); each connection runs
+/// with the proxy's configuration as it was when the connection was accepted.
+pub async fn serve(
+    proxy: watch::Receiver<Arc<KubeProxy>>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    connections.spawn(connection(proxy.clone(), tcp, peer));
+                    let current = proxy.borrow().clone();
+                    connections.spawn(connection(current, tcp, peer));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
