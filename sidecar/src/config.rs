@@ -54,6 +54,8 @@ pub struct Options {
     /// The configuration file, watched for new versions (the operator's ConfigMap, which the
     /// kubelet updates in place); `None` when the configuration was given in memory.
     pub config_path: Option<PathBuf>,
+    /// Session worker threads (see [`crate::workers`]).
+    pub workers: usize,
 }
 
 impl Options {
@@ -70,6 +72,7 @@ impl Options {
             kube: KubeAccess::Off,
             oidc: OidcOptions::default(),
             config_path: None,
+            workers: crate::workers::default_count(),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod policy;
 pub mod postgres;
 pub mod reload;
 pub mod runtime;
+pub mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ use crate::audit::spool::{Spool, SpoolError};
 use crate::config::{ConfigError, Options};
 use crate::metrics::Metrics;
 use crate::runtime::{Resource, Shared};
+use crate::workers::Workers;
 
 /// Why the sidecar could not start.
 #[derive(Debug, Error)]
@@ -69,6 +71,9 @@ pub enum StartError {
     /// The API server client for approvals cannot be built.
     #[error("approvals: {0}")]
     Approvals(#[from] approval::ApprovalError),
+    /// The session worker threads cannot be started.
+    #[error("cannot start the session workers: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A running sidecar.
@@ -132,6 +137,8 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
         process_nonce: format!("{:08x}", rand::rng().random::<u32>()),
         session_counter: Default::default(),
     };
+    let workers = Arc::new(Workers::start(options.workers).map_err(StartError::Workers)?);
+    tracing::debug!(workers = workers.len(), "session workers started");
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     if let Some(ship) = ShipperOptions::from_config(&config.audit)? {
@@ -181,7 +188,12 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
             config: resource.clone(),
             current: reload::Current::Postgres(current),
         });
-        tasks.spawn(accept_loop(listener, receiver, stopped.clone()));
+        tasks.spawn(accept_loop(
+            listener,
+            receiver,
+            workers.clone(),
+            stopped.clone(),
+        ));
     }
     if let Some(path) = &options.config_path {
         tasks.spawn(reload::watch(
@@ -267,11 +279,12 @@ async fn listen(addr: &str) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// Accept clients of one resource; each session runs with the resource's configuration as
-/// it was when the client connected.
+/// Accept clients of one resource; each session runs on a session worker, with the
+/// resource's configuration as it was when the client connected.
 async fn accept_loop(
     listener: TcpListener,
     resource: watch::Receiver<Arc<Resource>>,
+    workers: Arc<Workers>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
@@ -280,7 +293,21 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let current = resource.borrow().clone();
-                    sessions.spawn(postgres::session::serve(tcp, peer, current));
+                    // The socket moves to the worker's own I/O driver.
+                    match tcp.into_std() {
+                        Ok(socket) => {
+                            sessions.spawn_on(
+                                async move {
+                                    match tokio::net::TcpStream::from_std(socket) {
+                                        Ok(tcp) => postgres::session::serve(tcp, peer, current).await,
+                                        Err(e) => tracing::warn!(error = %e, %peer, "cannot serve a connection"),
+                                    }
+                                },
+                                workers.next(),
+                            );
+                        }
+                        Err(e) => tracing::warn!(error = %e, %peer, "cannot serve a connection"),
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: keep serving the open sessions.

@@ -47,6 +47,10 @@ struct Cli {
     /// in-cluster configuration when the pod has one), `in-cluster`, or `off` (standalone).
     #[arg(long, env = "PORTCULLIS_APPROVALS", value_parser = ["auto", "in-cluster", "off"], default_value = "auto")]
     approvals: String,
+    /// Threads that serve PostgreSQL sessions, each session on one of them (default: one per
+    /// core the process may use).
+    #[arg(long, env = "PORTCULLIS_WORKERS")]
+    workers: Option<usize>,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
@@ -89,8 +93,16 @@ fn main() -> ExitCode {
             ..OidcOptions::default()
         },
         config_path: Some(cli.config.clone()),
+        workers: cli
+            .workers
+            .unwrap_or_else(portcullis_sidecar::workers::default_count),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Sessions run on their own worker threads (see `workers`); this runtime serves the
+    // listeners, the admin endpoint, the shipper and the Kubernetes API proxy.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("portcullis-sidecar: cannot start the runtime: {e}");
