@@ -1,12 +1,13 @@
 //! A bounded cache of analyses. Drivers send the same statement again and again, either as
 //! the same text (prepared and extended-protocol statements) or with different literals
 //! (simple-protocol clients that inline their parameters). Entries are keyed by the statement's
-//! *shape*: its tokens with numeric and plain string literals replaced by `?`, which does not
-//! change any fact the guardrails look at. Statements with bodies the analyser cannot see into
+//! *shape*: its tokens with numeric and plain string literals replaced by a marker, which does
+//! not change any fact the guardrails look at. Statements with bodies the analyser cannot see into
 //! (DO blocks, function bodies), whose facts depend on the body's text, are never shared, and
 //! neither are unanalysable texts.
 
 use std::collections::HashMap;
+use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 
 use sqlparser::dialect::PostgreSqlDialect;
@@ -25,17 +26,129 @@ pub struct AnalysisCache {
     entries: Arc<Mutex<HashMap<String, Arc<Analysis>>>>,
 }
 
-/// The statement's tokens with numeric and plain string literals replaced by `?`.
+/// The statement's shape: its text with numeric and plain string literals replaced. Most
+/// statements are read by [`plain_shape`]; the rest by the SQL tokenizer.
 fn shape(sql: &str) -> Option<String> {
+    plain_shape(sql).or_else(|| token_shape(sql))
+}
+
+/// The statement's tokens with numeric and plain string literals replaced by `?`.
+fn token_shape(sql: &str) -> Option<String> {
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
-    let mut key = String::with_capacity(sql.len());
+    let mut key = String::with_capacity(sql.len() + 1);
+    key.push('T');
     for t in tokens {
         match t {
             Token::Number(..) => key.push_str("\u{0}n"),
             Token::SingleQuotedString(_) => key.push_str("\u{0}s"),
-            other => key.push_str(&other.to_string()),
+            other => {
+                let _ = write!(key, "{other}");
+            }
         }
     }
+    Some(key)
+}
+
+/// A single pass over statements made of ASCII words, operators, quoted identifiers,
+/// positional parameters, plain `'...'` strings and decimal numbers: the text as it is, with
+/// each string and number replaced by a marker. Anything else (comments, dollar quotes,
+/// escape, bit, national or Unicode strings, backslashes, non-ASCII text, numbers glued to
+/// words) is left to the tokenizer (`None`), so two texts share a shape only when they are the
+/// same sequence of tokens but for the values of those literals.
+fn plain_shape(sql: &str) -> Option<String> {
+    let b = sql.as_bytes();
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
+    let mut key = String::with_capacity(sql.len() + 1);
+    key.push('F');
+    let mut i = 0;
+    let mut copied = 0;
+    while i < b.len() {
+        let c = b[i];
+        let prev = if i > 0 { b[i - 1] } else { b' ' };
+        match c {
+            0x80.. | b'\\' => return None,
+            b'-' if b.get(i + 1) == Some(&b'-') => return None,
+            b'/' if b.get(i + 1) == Some(&b'*') => return None,
+            b'"' => {
+                // A quoted identifier, kept as it is.
+                let mut j = i + 1;
+                loop {
+                    match b.get(j) {
+                        None => return None,
+                        Some(b'"') if b.get(j + 1) == Some(&b'"') => j += 2,
+                        Some(b'"') => break,
+                        Some(_) => j += 1,
+                    }
+                }
+                i = j + 1;
+            }
+            b'\'' => {
+                // Only a plain string: not glued to a word (E'', N'', X'', B'') or to
+                // U&, another string or an identifier.
+                if word(prev) || matches!(prev, b'&' | b'\'' | b'"') {
+                    return None;
+                }
+                let mut j = i + 1;
+                loop {
+                    match b.get(j) {
+                        None => return None,
+                        Some(b'\'') if b.get(j + 1) == Some(&b'\'') => j += 2,
+                        Some(b'\'') => break,
+                        // An escape under standard_conforming_strings = off.
+                        Some(b'\\') => return None,
+                        Some(_) => j += 1,
+                    }
+                }
+                key.push_str(&sql[copied..i]);
+                key.push_str("\u{0}s");
+                i = j + 1;
+                copied = i;
+                if b.get(i)
+                    .is_some_and(|n| word(*n) || matches!(n, b'\'' | b'"'))
+                {
+                    return None;
+                }
+            }
+            b'$' if !word(prev) => {
+                // A positional parameter ($1), kept; a dollar quote is not for this pass.
+                let digits = b[i + 1..].iter().take_while(|d| d.is_ascii_digit()).count();
+                if digits == 0 || b.get(i + 1 + digits).is_some_and(|n| word(*n)) {
+                    return None;
+                }
+                i += 1 + digits;
+            }
+            b'0'..=b'9' if !word(prev) => {
+                if prev == b'.' {
+                    return None;
+                }
+                let digits =
+                    |from: usize| b[from..].iter().take_while(|d| d.is_ascii_digit()).count();
+                let mut j = i + digits(i);
+                if b.get(j) == Some(&b'.') {
+                    j += 1 + digits(j + 1);
+                }
+                if matches!(b.get(j), Some(b'e' | b'E')) {
+                    let sign = usize::from(matches!(b.get(j + 1), Some(b'+' | b'-')));
+                    let exp = digits(j + 1 + sign);
+                    if exp == 0 {
+                        return None;
+                    }
+                    j += 1 + sign + exp;
+                }
+                if b.get(j)
+                    .is_some_and(|n| word(*n) || matches!(n, b'.' | b'\'' | b'"'))
+                {
+                    return None;
+                }
+                key.push_str(&sql[copied..i]);
+                key.push_str("\u{0}n");
+                i = j;
+                copied = i;
+            }
+            _ => i += 1,
+        }
+    }
+    key.push_str(&sql[copied..]);
     Some(key)
 }
 
@@ -83,6 +196,77 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         let c = cache.analyze("SELECT abalance FROM pgbench_accounts WHERE aid = $1");
         assert!(!Arc::ptr_eq(&a, &c));
+    }
+
+    #[test]
+    fn the_plain_pass_replaces_only_literals() {
+        assert_eq!(
+            plain_shape("SELECT a1, \"x'9\" FROM t2 WHERE b = 'it''s' AND c > -4.5e-3 AND d = $12")
+                .as_deref(),
+            Some("FSELECT a1, \"x'9\" FROM t2 WHERE b = \u{0}s AND c > -\u{0}n AND d = $12")
+        );
+        for declined in [
+            "SELECT 1 -- comment",
+            "SELECT /* c */ 1",
+            "SELECT $$text$$",
+            "SELECT $tag$text$tag$",
+            "SELECT E'a\\nb'",
+            "SELECT e'x'",
+            "SELECT N'x'",
+            "SELECT X'1f'",
+            "SELECT B'101'",
+            "SELECT U&'d\\0061t'",
+            "SELECT 'a\\'",
+            "SELECT 'unterminated",
+            "SELECT \"unterminated",
+            "SELECT 0x1F",
+            "SELECT 1_000",
+            "SELECT 1e",
+            "SELECT 1.x",
+            "SELECT t.5",
+            "SELECT é1",
+            "SELECT $1abc",
+        ] {
+            assert_eq!(plain_shape(declined), None, "{declined}");
+            assert!(
+                shape(declined).is_none_or(|k| k.starts_with('T')),
+                "{declined}"
+            );
+        }
+    }
+
+    #[test]
+    fn texts_share_a_plain_shape_only_when_their_tokens_do() {
+        let texts = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 17",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4242",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = '17'",
+            "SELECT abalance FROM pgbench_accounts1 WHERE aid = 17",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1.5",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 2e10",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $2",
+            "SELECT * FROM \"t 1\" WHERE x = 'a'",
+            "SELECT * FROM \"t 2\" WHERE x = 'a'",
+            "SELECT * FROM \"t 1\" WHERE x = 'b'",
+            "UPDATE t SET v = 'x' WHERE id = 3",
+            "UPDATE t SET v = 'y''z' WHERE id = 4",
+            "UPDATE t SET v = 'x' WHERE id = 3 OR 1 = 1",
+            "SELECT pg_read_file('/etc/passwd')",
+            "SELECT pg_read_file('/tmp/x')",
+            "SELECT 1",
+            "SELECT 2",
+            "SELECT -1",
+        ];
+        for a in texts {
+            for b in texts {
+                let (Some(pa), Some(pb)) = (plain_shape(a), plain_shape(b)) else {
+                    panic!("{a} / {b} take the plain pass");
+                };
+                let (ta, tb) = (token_shape(a), token_shape(b));
+                assert_eq!(pa == pb, ta == tb, "{a} / {b}");
+            }
+        }
     }
 
     #[test]
