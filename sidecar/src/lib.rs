@@ -114,6 +114,9 @@ impl Sidecar {
         let _ = self.stop.send(true);
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        if let Err(e) = self.spool.write_later() {
+            tracing::error!(error = %e, "audit records could not be written at shutdown");
+        }
     }
 }
 

@@ -2,10 +2,14 @@
 //!
 //! [`Spool::append`] writes a record to the active segment at once (one `write(2)` under the
 //! spool's lock, so the file is in sequence order) and returns its sequence number: from then
-//! on the record survives a crash of the sidecar process. A sync thread makes written records
-//! durable with `fdatasync`, for all waiting sessions at once (group commit): on demand, when
-//! a session calls [`Spool::wait_durable`] before it forwards a statement that may change
-//! data, and otherwise at least every [`BACKGROUND_SYNC`].
+//! on the record survives a crash of the sidecar process. [`Spool::append_later`] numbers a
+//! record but leaves it in memory, to be written with the next appended record or by the sync
+//! thread within [`BACKGROUND_SYNC`], whichever comes first: completion records take this way,
+//! so a statement costs one `write(2)` rather than two (its statement record, written before
+//! it is forwarded, always goes at once). A sync thread makes written records durable with
+//! `fdatasync`, for all waiting sessions at once (group commit): on demand, when a session
+//! calls [`Spool::wait_durable`] before it forwards a statement that may change data, and
+//! otherwise at least every [`BACKGROUND_SYNC`].
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -48,6 +52,8 @@ struct Log {
     file: Option<Arc<File>>,
     file_bytes: u64,
     failed: Option<String>,
+    /// Numbered records not written yet (see [`Spool::append_later`]), in sequence order.
+    later: Vec<u8>,
 }
 
 /// What the sync thread is asked to do.
@@ -67,6 +73,34 @@ struct Inner {
     durable: watch::Sender<Durable>,
     bytes: AtomicU64,
     acknowledged: AtomicU64,
+    /// Longest time between two rounds of the sync thread.
+    background: Duration,
+}
+
+impl Inner {
+    /// Write the records left for later.
+    fn write_later(&self, log: &mut Log) -> std::io::Result<()> {
+        if log.later.is_empty() {
+            return Ok(());
+        }
+        let mut later = std::mem::take(&mut log.later);
+        let result = log.write(&later);
+        later.clear();
+        log.later = later;
+        result?;
+        self.written.store(log.next_seq, Ordering::Release);
+        Ok(())
+    }
+
+    /// Record a write failure: the spool refuses everything from now on.
+    fn fail(&self, log: &mut Log, e: std::io::Error) -> SpoolError {
+        let message = e.to_string();
+        tracing::error!(error = %message, "audit spool write failed; refusing further statements");
+        log.failed = Some(message.clone());
+        self.durable
+            .send_modify(|d| d.failed = Some(message.clone()));
+        SpoolError::Io(message)
+    }
 }
 
 /// Durability progress published by the sync thread.
@@ -105,6 +139,11 @@ fn io_error(context: &Path, e: std::io::Error) -> SpoolError {
 impl Spool {
     /// Open (create) the spool directory and start the sync thread.
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
+        Spool::open_with(dir, BACKGROUND_SYNC)
+    }
+
+    /// [`Spool::open`] with the sync thread's longest wait.
+    fn open_with(dir: &Path, background: Duration) -> Result<Spool, SpoolError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let mut existing = 0u64;
         let mut last_index = 0u64;
@@ -127,6 +166,7 @@ impl Spool {
                 file: None,
                 file_bytes: 0,
                 failed: None,
+                later: Vec::new(),
             }),
             written: AtomicU64::new(0),
             requests: Mutex::new(SyncRequest::default()),
@@ -134,6 +174,7 @@ impl Spool {
             durable,
             bytes: AtomicU64::new(existing),
             acknowledged: AtomicU64::new(0),
+            background,
         });
         let syncer = Arc::downgrade(&inner);
         thread::Builder::new()
@@ -176,10 +217,22 @@ impl Spool {
         }
     }
 
-    /// Write a record to the active segment; returns its sequence number. The record
-    /// survives a crash of this process from here on; [`Spool::wait_durable`] waits for it
-    /// to be on disk.
+    /// Write a record to the active segment (with the records [`Spool::append_later`] left
+    /// before it); returns its sequence number. The record survives a crash of this process
+    /// from here on; [`Spool::wait_durable`] waits for it to be on disk.
     pub fn append(&self, ctx: &RecordContext, event: AuditEvent) -> Result<u64, SpoolError> {
+        self.add(ctx, event, false)
+    }
+
+    /// Number a record and keep it to be written with the next [`Spool::append`] or by the
+    /// sync thread within [`BACKGROUND_SYNC`]; [`Spool::wait_durable`] on its number writes
+    /// and syncs it. For records of what already happened (completions), whose statement's
+    /// own record was written before the statement left.
+    pub fn append_later(&self, ctx: &RecordContext, event: AuditEvent) -> Result<u64, SpoolError> {
+        self.add(ctx, event, true)
+    }
+
+    fn add(&self, ctx: &RecordContext, event: AuditEvent, later: bool) -> Result<u64, SpoolError> {
         let mut log = self
             .inner
             .log
@@ -199,24 +252,48 @@ impl Spool {
             resource: ctx.resource.clone(),
             event,
         };
-        let mut line =
-            serde_json::to_vec(&record).map_err(|e| SpoolError::Io(format!("encoding: {e}")))?;
-        line.push(b'\n');
-        if let Err(e) = log.write(&line) {
-            let message = e.to_string();
-            tracing::error!(error = %message, "audit spool write failed; refusing further statements");
-            log.failed = Some(message.clone());
-            self.inner
-                .durable
-                .send_modify(|d| d.failed = Some(message.clone()));
-            return Err(SpoolError::Io(message));
+        let mut buf = std::mem::take(&mut log.later);
+        let start = buf.len();
+        if let Err(e) = serde_json::to_writer(&mut buf, &record) {
+            buf.truncate(start);
+            log.later = buf;
+            return Err(SpoolError::Io(format!("encoding: {e}")));
         }
+        buf.push(b'\n');
+        let len = (buf.len() - start) as u64;
         log.next_seq = seq;
-        self.inner.written.store(seq, Ordering::Release);
-        self.inner
-            .bytes
-            .fetch_add(line.len() as u64, Ordering::Relaxed);
-        Ok(seq)
+        self.inner.bytes.fetch_add(len, Ordering::Relaxed);
+        if later {
+            log.later = buf;
+            return Ok(seq);
+        }
+        let result = log.write(&buf);
+        buf.clear();
+        log.later = buf;
+        match result {
+            Ok(()) => {
+                self.inner.written.store(seq, Ordering::Release);
+                Ok(seq)
+            }
+            Err(e) => Err(self.inner.fail(&mut log, e)),
+        }
+    }
+
+    /// Write the records left for later now (they are written within [`BACKGROUND_SYNC`]
+    /// anyway); at shutdown, and for readers of the spool files that need every record.
+    pub fn write_later(&self) -> Result<(), SpoolError> {
+        let mut log = self
+            .inner
+            .log
+            .lock()
+            .map_err(|_| SpoolError::Io("spool lock poisoned".into()))?;
+        if let Some(failure) = &log.failed {
+            return Err(SpoolError::Io(failure.clone()));
+        }
+        match self.inner.write_later(&mut log) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.inner.fail(&mut log, e)),
+        }
     }
 
     /// Wait until every record up to `seq` is on disk.
@@ -258,6 +335,18 @@ impl Spool {
     /// Highest sequence number written (durable or not yet).
     pub fn written_seq(&self) -> u64 {
         self.inner.written.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // The last handle is gone: what was left for later is written now.
+        if self.failed.is_none() && !self.later.is_empty() {
+            let later = std::mem::take(&mut self.later);
+            if let Err(e) = self.write(&later) {
+                tracing::error!(error = %e, "audit spool records lost at close");
+            }
+        }
     }
 }
 
@@ -304,7 +393,7 @@ fn sync_once(inner: &Inner) -> bool {
         };
         if inner
             .wake
-            .wait_timeout_while(requests, BACKGROUND_SYNC, |r| {
+            .wait_timeout_while(requests, inner.background, |r| {
                 r.wanted <= inner.durable.borrow().seq
             })
             .is_err()
@@ -312,14 +401,23 @@ fn sync_once(inner: &Inner) -> bool {
             return false;
         }
     }
-    if inner.written.load(Ordering::Acquire) <= inner.durable.borrow().seq {
-        return true;
-    }
     // Everything written up to `upto` is in this file or in segments already synced.
     let (file, upto) = match inner.log.lock() {
-        Ok(log) => (log.file.clone(), log.next_seq),
+        Ok(mut log) => {
+            if log.failed.is_some() {
+                return false;
+            }
+            if let Err(e) = inner.write_later(&mut log) {
+                inner.fail(&mut log, e);
+                return false;
+            }
+            (log.file.clone(), log.next_seq)
+        }
         Err(_) => return false,
     };
+    if upto <= inner.durable.borrow().seq {
+        return true;
+    }
     let Some(file) = file else { return true };
     match file.sync_data() {
         Ok(()) => {
@@ -405,6 +503,62 @@ mod tests {
                 .unwrap()
                 .len()
         );
+    }
+
+    #[tokio::test]
+    async fn records_left_for_later_go_out_with_the_next_append_or_the_sync_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        // A slow background round, so nothing is written behind the test's back.
+        let spool = Spool::open_with(dir.path(), Duration::from_secs(1)).unwrap();
+        assert_eq!(spool.append(&ctx(), event(1)).unwrap(), 1);
+        assert_eq!(spool.append_later(&ctx(), event(2)).unwrap(), 2);
+        assert_eq!(spool.append_later(&ctx(), event(3)).unwrap(), 3);
+        // Numbered and counted, not written yet.
+        assert_eq!(lines(dir.path()).len(), 1);
+        assert_eq!(spool.written_seq(), 1);
+        let held = spool.bytes();
+        // The next record takes them along, in order, in one write.
+        assert_eq!(spool.append(&ctx(), event(4)).unwrap(), 4);
+        let records = lines(dir.path());
+        assert_eq!(
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        assert_eq!(records[2].event, event(3));
+        assert!(spool.bytes() > held);
+        assert_eq!(spool.written_seq(), 4);
+        // Without another record, the sync thread writes and syncs them.
+        assert_eq!(spool.append_later(&ctx(), event(5)).unwrap(), 5);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while spool.durable_seq() < 5 {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(lines(dir.path()).len(), 5);
+        // Waiting for one writes it at once.
+        let seq = spool.append_later(&ctx(), event(6)).unwrap();
+        spool.wait_durable(seq).await.unwrap();
+        assert_eq!(lines(dir.path()).len(), 6);
+        spool.append_later(&ctx(), event(7)).unwrap();
+        spool.write_later().unwrap();
+        assert_eq!(lines(dir.path()).len(), 7);
+        assert_eq!(
+            spool.bytes(),
+            std::fs::metadata(dir.path().join("audit-0000000001.jsonl"))
+                .unwrap()
+                .len()
+        );
+        spool.append_later(&ctx(), event(8)).unwrap();
+        drop(spool);
+        // The sync thread may hold the spool for one more round.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while lines(dir.path()).len() < 8 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not written when the spool closed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[tokio::test]

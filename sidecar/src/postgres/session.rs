@@ -1110,7 +1110,9 @@ async fn backend(
         };
         for (completion, seconds) in outcome.completions {
             res.metrics.statement_seconds.observe(seconds);
-            let _ = res.spool.append(&ctx, AuditEvent::Completion(completion));
+            let _ = res
+                .spool
+                .append_later(&ctx, AuditEvent::Completion(completion));
         }
         if reader.buffer().is_empty() || out.len() >= FLUSH_BYTES {
             if !flush_client(&client, &mut out).await {

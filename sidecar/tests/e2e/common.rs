@@ -283,8 +283,12 @@ impl Proxy {
         out
     }
 
-    /// Every record in the spool, in order.
+    /// Every record in the spool, in order (completion records the sidecar keeps for its next
+    /// write are written first).
     pub fn records(&self) -> Vec<AuditRecord> {
+        if let Some(sidecar) = &self.sidecar {
+            sidecar.spool().write_later().expect("spool");
+        }
         read_spool(&self.spool_dir())
     }
 
