@@ -78,18 +78,28 @@ struct Inner {
 }
 
 impl Inner {
-    /// Write the records left for later.
-    fn write_later(&self, log: &mut Log) -> std::io::Result<()> {
-        if log.later.is_empty() {
-            return Ok(());
+    /// Write the records left for later (and a record just added to them); a failure stops
+    /// the spool.
+    fn write_later(&self, log: &mut Log) -> Result<(), SpoolError> {
+        match log.write_later() {
+            Ok(()) => {
+                self.written.store(log.next_seq, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => Err(self.fail(log, e)),
         }
-        let mut later = std::mem::take(&mut log.later);
-        let result = log.write(&later);
-        later.clear();
-        log.later = later;
-        result?;
-        self.written.store(log.next_seq, Ordering::Release);
-        Ok(())
+    }
+
+    /// The log, unless the spool has failed.
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Log>, SpoolError> {
+        let log = self
+            .log
+            .lock()
+            .map_err(|_| SpoolError::Io("spool lock poisoned".into()))?;
+        match &log.failed {
+            Some(failure) => Err(SpoolError::Io(failure.clone())),
+            None => Ok(log),
+        }
     }
 
     /// Record a write failure: the spool refuses everything from now on.
@@ -233,14 +243,7 @@ impl Spool {
     }
 
     fn add(&self, ctx: &RecordContext, event: AuditEvent, later: bool) -> Result<u64, SpoolError> {
-        let mut log = self
-            .inner
-            .log
-            .lock()
-            .map_err(|_| SpoolError::Io("spool lock poisoned".into()))?;
-        if let Some(failure) = &log.failed {
-            return Err(SpoolError::Io(failure.clone()));
-        }
+        let mut log = self.inner.lock()?;
         // Numbered, encoded and written under one lock, so the file is in sequence order.
         let seq = log.next_seq + 1;
         let record = AuditRecord {
@@ -252,48 +255,26 @@ impl Spool {
             resource: ctx.resource.clone(),
             event,
         };
-        let mut buf = std::mem::take(&mut log.later);
-        let start = buf.len();
-        if let Err(e) = serde_json::to_writer(&mut buf, &record) {
-            buf.truncate(start);
-            log.later = buf;
+        let start = log.later.len();
+        if let Err(e) = serde_json::to_writer(&mut log.later, &record) {
+            log.later.truncate(start);
             return Err(SpoolError::Io(format!("encoding: {e}")));
         }
-        buf.push(b'\n');
-        let len = (buf.len() - start) as u64;
+        log.later.push(b'\n');
+        let len = (log.later.len() - start) as u64;
         log.next_seq = seq;
         self.inner.bytes.fetch_add(len, Ordering::Relaxed);
-        if later {
-            log.later = buf;
-            return Ok(seq);
+        if !later {
+            self.inner.write_later(&mut log)?;
         }
-        let result = log.write(&buf);
-        buf.clear();
-        log.later = buf;
-        match result {
-            Ok(()) => {
-                self.inner.written.store(seq, Ordering::Release);
-                Ok(seq)
-            }
-            Err(e) => Err(self.inner.fail(&mut log, e)),
-        }
+        Ok(seq)
     }
 
     /// Write the records left for later now (they are written within [`BACKGROUND_SYNC`]
     /// anyway); at shutdown, and for readers of the spool files that need every record.
     pub fn write_later(&self) -> Result<(), SpoolError> {
-        let mut log = self
-            .inner
-            .log
-            .lock()
-            .map_err(|_| SpoolError::Io("spool lock poisoned".into()))?;
-        if let Some(failure) = &log.failed {
-            return Err(SpoolError::Io(failure.clone()));
-        }
-        match self.inner.write_later(&mut log) {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.inner.fail(&mut log, e)),
-        }
+        let mut log = self.inner.lock()?;
+        self.inner.write_later(&mut log)
     }
 
     /// Wait until every record up to `seq` is on disk.
@@ -341,9 +322,8 @@ impl Spool {
 impl Drop for Log {
     fn drop(&mut self) {
         // The last handle is gone: what was left for later is written now.
-        if self.failed.is_none() && !self.later.is_empty() {
-            let later = std::mem::take(&mut self.later);
-            if let Err(e) = self.write(&later) {
+        if self.failed.is_none() {
+            if let Err(e) = self.write_later() {
                 tracing::error!(error = %e, "audit spool records lost at close");
             }
         }
@@ -359,6 +339,18 @@ pub fn segment_index(name: &str) -> Option<u64> {
 }
 
 impl Log {
+    /// Write the records left for later, if any, in one write.
+    fn write_later(&mut self) -> std::io::Result<()> {
+        if self.later.is_empty() {
+            return Ok(());
+        }
+        let mut later = std::mem::take(&mut self.later);
+        let result = self.write(&later);
+        later.clear();
+        self.later = later;
+        result
+    }
+
     /// Append bytes to the active segment, starting a new one when it is full. The full
     /// segment is made durable before the new one is used, so durability is a prefix.
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -404,11 +396,7 @@ fn sync_once(inner: &Inner) -> bool {
     // Everything written up to `upto` is in this file or in segments already synced.
     let (file, upto) = match inner.log.lock() {
         Ok(mut log) => {
-            if log.failed.is_some() {
-                return false;
-            }
-            if let Err(e) = inner.write_later(&mut log) {
-                inner.fail(&mut log, e);
+            if log.failed.is_some() || inner.write_later(&mut log).is_err() {
                 return false;
             }
             (log.file.clone(), log.next_seq)

@@ -32,7 +32,7 @@ fn shape(sql: &str) -> Option<String> {
     plain_shape(sql).or_else(|| token_shape(sql))
 }
 
-/// The statement's tokens with numeric and plain string literals replaced by `?`.
+/// The statement's tokens with numeric and plain string literals replaced by a marker.
 fn token_shape(sql: &str) -> Option<String> {
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
     let mut key = String::with_capacity(sql.len() + 1);
@@ -69,39 +69,18 @@ fn plain_shape(sql: &str) -> Option<String> {
             0x80.. | b'\\' => return None,
             b'-' if b.get(i + 1) == Some(&b'-') => return None,
             b'/' if b.get(i + 1) == Some(&b'*') => return None,
-            b'"' => {
-                // A quoted identifier, kept as it is.
-                let mut j = i + 1;
-                loop {
-                    match b.get(j) {
-                        None => return None,
-                        Some(b'"') if b.get(j + 1) == Some(&b'"') => j += 2,
-                        Some(b'"') => break,
-                        Some(_) => j += 1,
-                    }
-                }
-                i = j + 1;
-            }
+            // A quoted identifier, kept as it is.
+            b'"' => i = quoted_end(b, i)?,
             b'\'' => {
                 // Only a plain string: not glued to a word (E'', N'', X'', B'') or to
                 // U&, another string or an identifier.
                 if word(prev) || matches!(prev, b'&' | b'\'' | b'"') {
                     return None;
                 }
-                let mut j = i + 1;
-                loop {
-                    match b.get(j) {
-                        None => return None,
-                        Some(b'\'') if b.get(j + 1) == Some(&b'\'') => j += 2,
-                        Some(b'\'') => break,
-                        // An escape under standard_conforming_strings = off.
-                        Some(b'\\') => return None,
-                        Some(_) => j += 1,
-                    }
-                }
+                let end = quoted_end(b, i)?;
                 key.push_str(&sql[copied..i]);
                 key.push_str("\u{0}s");
-                i = j + 1;
+                i = end;
                 copied = i;
                 if b.get(i)
                     .is_some_and(|n| word(*n) || matches!(n, b'\'' | b'"'))
@@ -150,6 +129,22 @@ fn plain_shape(sql: &str) -> Option<String> {
     }
     key.push_str(&sql[copied..]);
     Some(key)
+}
+
+/// Where the quoted run starting at `b[start]` (its quote character, doubled inside) ends: the
+/// index after its closing quote. `None` when it is not closed, or when a string holds a
+/// backslash (an escape under `standard_conforming_strings = off`).
+fn quoted_end(b: &[u8], start: usize) -> Option<usize> {
+    let quote = b[start];
+    let mut j = start + 1;
+    loop {
+        match *b.get(j)? {
+            c if c == quote && b.get(j + 1) == Some(&quote) => j += 2,
+            c if c == quote => return Some(j + 1),
+            b'\\' if quote == b'\'' => return None,
+            _ => j += 1,
+        }
+    }
 }
 
 fn shareable(analysis: &Analysis) -> bool {
