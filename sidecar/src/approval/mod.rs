@@ -488,6 +488,11 @@ impl Approvals {
 /// The justification of a `SET portcullis.justification = '...'` (or `TO`) statement, when
 /// `sql` is exactly that.
 pub fn justification_from_set(sql: &str) -> Option<String> {
+    // Most statements are not a SET: look at the first word before running the pattern.
+    let first = sql.trim_start().get(..3)?;
+    if !first.eq_ignore_ascii_case("set") {
+        return None;
+    }
     static SET: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
     let re = SET
         .get_or_init(|| {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use portcullis_crds::audit::{AuditEvent, AuditRecord, Identity, AUDIT_RECORD_VERSION};
+use portcullis_crds::audit::{AuditEvent, Identity, AUDIT_RECORD_VERSION};
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -126,15 +126,62 @@ pub struct Spool {
     inner: Arc<Inner>,
 }
 
-/// Fields every record of a session shares.
+/// Fields every record of a session shares, with their JSON encoding made once per session.
 #[derive(Clone, Debug)]
 pub struct RecordContext {
+    session_id: String,
+    identity: Identity,
+    resource: String,
+    /// `"sessionId":…,"identity":{…},"resource":…`, exactly as `serde_json` writes these
+    /// fields of an [`AuditRecord`](portcullis_crds::audit::AuditRecord).
+    encoded: Arc<[u8]>,
+}
+
+/// The context fields of an [`AuditRecord`](portcullis_crds::audit::AuditRecord), in its field order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ContextFields<'a> {
+    session_id: &'a str,
+    identity: &'a Identity,
+    resource: &'a str,
+}
+
+impl RecordContext {
+    /// The context of one session's records.
+    pub fn new(session_id: String, identity: Identity, resource: String) -> RecordContext {
+        let object = serde_json::to_vec(&ContextFields {
+            session_id: &session_id,
+            identity: &identity,
+            resource: &resource,
+        })
+        .unwrap_or_default();
+        // Without the enclosing braces: the fields go between `time` and `event`.
+        let encoded = object
+            .get(1..object.len().saturating_sub(1))
+            .unwrap_or_default()
+            .into();
+        RecordContext {
+            session_id,
+            identity,
+            resource,
+            encoded,
+        }
+    }
+
     /// Session id.
-    pub session_id: String,
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
     /// Caller identity.
-    pub identity: Identity,
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
     /// Resource name.
-    pub resource: String,
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
 }
 
 /// RFC 3339 time with microseconds, UTC.
@@ -243,24 +290,20 @@ impl Spool {
     }
 
     fn add(&self, ctx: &RecordContext, event: AuditEvent, later: bool) -> Result<u64, SpoolError> {
+        // The event is encoded before the lock is taken; number and time are added under it,
+        // so the file is in sequence order.
+        let event =
+            serde_json::to_vec(&event).map_err(|e| SpoolError::Io(format!("encoding: {e}")))?;
         let mut log = self.inner.lock()?;
-        // Numbered, encoded and written under one lock, so the file is in sequence order.
         let seq = log.next_seq + 1;
-        let record = AuditRecord {
-            version: AUDIT_RECORD_VERSION.to_owned(),
-            seq,
-            time: now_rfc3339(),
-            session_id: ctx.session_id.clone(),
-            identity: ctx.identity.clone(),
-            resource: ctx.resource.clone(),
-            event,
-        };
         let start = log.later.len();
-        if let Err(e) = serde_json::to_writer(&mut log.later, &record) {
-            log.later.truncate(start);
-            return Err(SpoolError::Io(format!("encoding: {e}")));
-        }
-        log.later.push(b'\n');
+        encode_record(
+            &mut log.later,
+            seq,
+            std::time::SystemTime::now(),
+            ctx,
+            &event,
+        );
         let len = (log.later.len() - start) as u64;
         log.next_seq = seq;
         self.inner.bytes.fetch_add(len, Ordering::Relaxed);
@@ -328,6 +371,31 @@ impl Drop for Log {
             }
         }
     }
+}
+
+/// Append one record line: the JSON `serde_json` writes for an [`AuditRecord`](portcullis_crds::audit::AuditRecord) with these
+/// fields (the context and the event already encoded), and a newline.
+fn encode_record(
+    out: &mut Vec<u8>,
+    seq: u64,
+    time: std::time::SystemTime,
+    ctx: &RecordContext,
+    event: &[u8],
+) {
+    out.extend_from_slice(b"{\"version\":\"");
+    out.extend_from_slice(AUDIT_RECORD_VERSION.as_bytes());
+    out.extend_from_slice(b"\",\"seq\":");
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        out,
+        "{seq},\"time\":\"{}",
+        humantime::format_rfc3339_micros(time)
+    );
+    out.extend_from_slice(b"\",");
+    out.extend_from_slice(&ctx.encoded);
+    out.extend_from_slice(b",\"event\":");
+    out.extend_from_slice(event);
+    out.extend_from_slice(b"}\n");
 }
 
 /// The index of a spool segment file name (`audit-NNNNNNNNNN.jsonl`).
@@ -427,12 +495,12 @@ fn sync_once(inner: &Inner) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_crds::audit::SessionEnd;
+    use portcullis_crds::audit::{AuditRecord, SessionEnd};
 
     fn ctx() -> RecordContext {
-        RecordContext {
-            session_id: "s-1".into(),
-            identity: Identity {
+        RecordContext::new(
+            "s-1".into(),
+            Identity {
                 kind: "ServiceAccount".into(),
                 name: "agent".into(),
                 namespace: Some("team".into()),
@@ -440,8 +508,8 @@ mod tests {
                 pod_uid: None,
                 principal: None,
             },
-            resource: "customers-db".into(),
-        }
+            "customers-db".into(),
+        )
     }
 
     fn event(n: u64) -> AuditEvent {
@@ -468,6 +536,62 @@ mod tests {
                     .collect::<Vec<AuditRecord>>()
             })
             .collect()
+    }
+
+    #[test]
+    fn records_are_encoded_exactly_as_serde_json_encodes_an_audit_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let full = Identity {
+            kind: "User".into(),
+            name: "zoë \"quoted\" \\ name\n\u{1}".into(),
+            namespace: Some("team".into()),
+            pod: Some("agent-0".into()),
+            pod_uid: Some("0d9c".into()),
+            principal: Some(portcullis_crds::audit::Principal {
+                kind: "Pipeline".into(),
+                issuer: "https://issuer.example".into(),
+                subject: "ci|42".into(),
+                name: "ci".into(),
+                groups: vec!["dba".into(), "ops".into()],
+                claims: [("repository".to_owned(), "org/app".to_owned())].into(),
+                expires: Some(1_900_000_000),
+            }),
+        };
+        let contexts = [
+            ctx(),
+            RecordContext::new("s-\u{2028}".into(), full, "db/ü".into()),
+            RecordContext::new(String::new(), Identity::default(), String::new()),
+        ];
+        for (i, c) in contexts.iter().enumerate() {
+            spool.append(c, event(i as u64)).unwrap();
+            spool.append_later(c, event(u64::MAX)).unwrap();
+        }
+        spool.write_later().unwrap();
+        let text = std::fs::read_to_string(dir.path().join("audit-0000000001.jsonl")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6);
+        for (n, line) in lines.iter().enumerate() {
+            let record: AuditRecord = serde_json::from_str(line).unwrap();
+            assert_eq!(serde_json::to_string(&record).unwrap(), *line);
+            let c = &contexts[n / 2];
+            assert_eq!(record.seq, n as u64 + 1);
+            assert_eq!(record.version, AUDIT_RECORD_VERSION);
+            assert_eq!(
+                (
+                    record.session_id.as_str(),
+                    &record.identity,
+                    record.resource.as_str()
+                ),
+                (c.session_id(), c.identity(), c.resource())
+            );
+            let expected = if n % 2 == 0 {
+                event((n / 2) as u64)
+            } else {
+                event(u64::MAX)
+            };
+            assert_eq!(record.event, expected);
+        }
     }
 
     #[tokio::test]

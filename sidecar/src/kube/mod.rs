@@ -520,11 +520,11 @@ async fn handle(
             Ok(identity) => identity,
             Err(e) => {
                 proxy.metrics.auth_failures.inc();
-                let ctx = RecordContext {
-                    session_id: session.id.clone(),
-                    identity: proxy.identity.clone(),
-                    resource: proxy.name.clone(),
-                };
+                let ctx = RecordContext::new(
+                    session.id.clone(),
+                    proxy.identity.clone(),
+                    proxy.name.clone(),
+                );
                 proxy.record(
                     &ctx,
                     AuditEvent::AuthenticationRefused(AuthenticationRefused {
@@ -542,11 +542,7 @@ async fn handle(
         },
         None => proxy.identity.clone(),
     };
-    let ctx = RecordContext {
-        session_id: session.id.clone(),
-        identity: identity.clone(),
-        resource: proxy.name.clone(),
-    };
+    let ctx = RecordContext::new(session.id.clone(), identity.clone(), proxy.name.clone());
     let info = RequestInfo::resolve(req.method(), req.uri().path(), req.uri().query());
     let guardrails = Guardrails::for_identity(proxy.policies.clone(), &identity, &proxy.namespace);
     let mut decided = proxy.decide(&guardrails, &info, req.uri().query()).await;
@@ -880,7 +876,7 @@ async fn relay(
         title: &target,
         size: (80, 24),
     };
-    let name = format!("{}-{request_id}", ctx.session_id);
+    let name = format!("{}-{request_id}", ctx.session_id());
     let recorder = match Recorder::create(&proxy.spool_dir, &name, &header, proxy.masker.clone()) {
         Ok(r) => r,
         Err(e) => {
@@ -922,7 +918,7 @@ async fn relay(
                     masked: done.masked,
                 }),
             );
-            tracing::info!(session = %ctx.session_id, request_id, sha256 = %done.sha256, events = done.events, "exec session recorded");
+            tracing::info!(session = %ctx.session_id(), request_id, sha256 = %done.sha256, events = done.events, "exec session recorded");
         }
         Err(e) => tracing::error!(error = %e, "cannot finish a recording"),
     }
@@ -968,7 +964,7 @@ async fn approve(
     let workload = &proxy.identity;
     let requester = crate::approval::requester(
         workload,
-        &ctx.identity,
+        ctx.identity(),
         Some(approvals.namespace().to_owned()),
     );
     let key = GrantKey {
@@ -978,7 +974,7 @@ async fn approve(
         rule: rule.rule.clone(),
         fingerprint: fp.clone(),
         scope: settings.grant_scope,
-        session: ctx.session_id.clone(),
+        session: ctx.session_id().to_owned(),
         grant_seconds: settings.grant_seconds,
     };
     let step = |step, request: &str| ApprovalRecord {
@@ -1032,7 +1028,7 @@ async fn approve(
         ctx,
         AuditEvent::Approval(step(ApprovalStep::Requested, &name)),
     );
-    tracing::info!(session = %ctx.session_id, request = %name, rule = %rule.rule, "exec held for approval");
+    tracing::info!(session = %ctx.session_id(), request = %name, rule = %rule.rule, "exec held for approval");
     let _holding = approvals.holding();
     let outcome = approvals
         .wait(

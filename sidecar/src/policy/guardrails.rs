@@ -1,9 +1,13 @@
 //! Guardrail evaluation: the built-in rules, then each policy's guardrails in order (the first
 //! match decides), then the unanalysable-statement rule.
 
+use std::sync::Arc;
+
 use portcullis_crds::audit::{Decision, Identity, RuleRef};
 use portcullis_crds::gateway_policy::{GuardrailAction, StatementKind, UnanalyzableAction};
-use portcullis_crds::sidecar_config::{GuardrailConfig, MaskingRuleConfig, PolicyConfig};
+use portcullis_crds::sidecar_config::{
+    GuardrailConfig, MaskingRuleConfig, PolicyConfig, QualifiedTable,
+};
 
 use super::analyze::StatementFacts;
 use crate::identity;
@@ -108,6 +112,11 @@ pub struct Guardrails {
     policies: Vec<PolicyConfig>,
     identity: Identity,
     namespace: String,
+    /// The `rowsOver` guardrails the identity is not exempt from, by (policy, guardrail)
+    /// index, with the limit a matching statement carries (made once per session).
+    row_limits: Vec<(usize, usize, Arc<RowLimit>)>,
+    /// Lawful basis and purpose of the first policy, recorded when no rule decided.
+    default_context: (Option<String>, Option<String>),
 }
 
 fn glob_match(pattern: &str, name: &str) -> bool {
@@ -121,14 +130,28 @@ impl Guardrails {
     /// The policies (in precedence order) whose subjects include `identity` (the session's
     /// workload and, when it presented a token, its person or pipeline run).
     pub fn for_identity(policies: Vec<PolicyConfig>, identity: &Identity, namespace: &str) -> Self {
-        let policies = policies
+        let policies: Vec<PolicyConfig> = policies
             .into_iter()
             .filter(|p| identity::policy_applies(p, identity, namespace))
             .collect();
+        let mut row_limits = Vec::new();
+        for (pi, policy) in policies.iter().enumerate() {
+            for (gi, g) in policy.guardrails.iter().enumerate() {
+                let Some(limit) = g.rows_over else { continue };
+                if !g.exec_commands.is_empty()
+                    || identity::matches_any(&g.exempt, identity, namespace)
+                {
+                    continue;
+                }
+                row_limits.push((pi, gi, Arc::new(row_limit(policy, g, limit))));
+            }
+        }
         Guardrails {
+            default_context: policies.first().map(context_of).unwrap_or_default(),
             policies,
             identity: identity.clone(),
             namespace: namespace.to_owned(),
+            row_limits,
         }
     }
 
@@ -214,48 +237,25 @@ impl Guardrails {
     /// GDPR lawful basis and purpose recorded with an operation: those of the policy whose
     /// rule decided it, else of the first applicable policy.
     pub fn policy_context(&self, rule: Option<&RuleRef>) -> (Option<String>, Option<String>) {
-        let policy = rule
-            .and_then(|r| self.policies.iter().find(|p| p.name == r.policy))
-            .or_else(|| self.policies.first());
-        (
-            policy.and_then(|p| {
-                p.lawful_basis
-                    .and_then(|b| serde_json::to_value(b).ok())
-                    .and_then(|v| v.as_str().map(str::to_owned))
-            }),
-            policy.and_then(|p| p.purpose.clone()),
-        )
+        let decided = rule.and_then(|r| self.policies.iter().find(|p| p.name == r.policy));
+        match decided {
+            Some(policy) => context_of(policy),
+            None => self.default_context.clone(),
+        }
     }
 
     /// Result-size limits of guardrails with `rowsOver` whose other criteria match.
-    pub fn row_limits(&self, facts: &StatementFacts) -> Vec<RowLimit> {
-        let mut out = Vec::new();
-        for policy in &self.policies {
-            for g in &policy.guardrails {
-                let Some(limit) = g.rows_over else { continue };
-                if !g.exec_commands.is_empty() || !matches_statement(g, facts) || self.exempt(g) {
-                    continue;
-                }
-                out.push(RowLimit {
-                    limit,
-                    rule: RuleRef {
-                        policy: policy.name.clone(),
-                        rule: g.name.clone(),
-                    },
-                    action: g.action,
-                    message: format!(
-                        "result exceeds {limit} rows (guardrail {} of policy {}){}",
-                        g.name,
-                        policy.name,
-                        g.message
-                            .as_deref()
-                            .map(|m| format!(": {m}"))
-                            .unwrap_or_default()
-                    ),
-                });
-            }
-        }
-        out
+    pub fn row_limits(&self, facts: &StatementFacts) -> Vec<Arc<RowLimit>> {
+        self.row_limits
+            .iter()
+            .filter(|(pi, gi, _)| {
+                self.policies
+                    .get(*pi)
+                    .and_then(|p| p.guardrails.get(*gi))
+                    .is_some_and(|g| matches_statement(g, facts))
+            })
+            .map(|(_, _, limit)| limit.clone())
+            .collect()
     }
 
     /// Smallest spool bound of the policies that deny when the audit log is unavailable.
@@ -316,12 +316,7 @@ fn matches_statement(g: &GuardrailConfig, facts: &StatementFacts) -> bool {
     if !g.statement_kinds.is_empty() && !g.statement_kinds.iter().any(|k| facts.kinds.contains(k)) {
         return false;
     }
-    if !g.tables.is_empty()
-        && !g
-            .tables
-            .iter()
-            .any(|t| facts.tables.contains(&t.to_string()))
-    {
+    if !g.tables.is_empty() && !g.tables.iter().any(|t| touches(facts, t)) {
         return false;
     }
     if g.missing_where && !facts.missing_where {
@@ -336,6 +331,47 @@ fn matches_statement(g: &GuardrailConfig, facts: &StatementFacts) -> bool {
         return false;
     }
     true
+}
+
+/// GDPR lawful basis (as its CRD spelling) and purpose of a policy.
+fn context_of(policy: &PolicyConfig) -> (Option<String>, Option<String>) {
+    (
+        policy
+            .lawful_basis
+            .and_then(|b| serde_json::to_value(b).ok())
+            .and_then(|v| v.as_str().map(str::to_owned)),
+        policy.purpose.clone(),
+    )
+}
+
+/// The limit a `rowsOver` guardrail puts on the results of the statements it matches.
+fn row_limit(policy: &PolicyConfig, g: &GuardrailConfig, limit: u64) -> RowLimit {
+    RowLimit {
+        limit,
+        rule: RuleRef {
+            policy: policy.name.clone(),
+            rule: g.name.clone(),
+        },
+        action: g.action,
+        message: format!(
+            "result exceeds {limit} rows (guardrail {} of policy {}){}",
+            g.name,
+            policy.name,
+            g.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// Whether the statement touches `table` (facts name tables `schema.table`).
+fn touches(facts: &StatementFacts, table: &QualifiedTable) -> bool {
+    facts.tables.iter().any(|name| {
+        name.strip_prefix(table.schema.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            == Some(table.table.as_str())
+    })
 }
 
 pub(crate) fn verdict_of(policy: &PolicyConfig, g: &GuardrailConfig) -> Verdict {

@@ -31,7 +31,7 @@ pub struct Inflight {
     /// When it was forwarded.
     pub started: Instant,
     /// Result-size guardrails.
-    pub row_limits: Vec<RowLimit>,
+    pub row_limits: Vec<Arc<RowLimit>>,
     /// How its result is masked (`None`: no masking rule applies to the session).
     pub masking: Option<InflightMasking>,
 }

@@ -129,11 +129,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         Err(e) => {
             res.metrics.auth_failures.inc();
             tracing::warn!(resource = %res.name, %peer, error = %e, "refused a connection at authentication");
-            let ctx = RecordContext {
-                session_id: session_id(&res),
-                identity: res.identity.clone(),
-                resource: res.name.clone(),
-            };
+            let ctx = RecordContext::new(session_id(&res), res.identity.clone(), res.name.clone());
             let _ = res.spool.append(
                 &ctx,
                 AuditEvent::AuthenticationRefused(AuthenticationRefused {
@@ -185,11 +181,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         return;
     }
 
-    let ctx = RecordContext {
-        session_id: session_id(&res),
-        identity,
-        resource: res.name.clone(),
-    };
+    let ctx = RecordContext::new(session_id(&res), identity, res.name.clone());
     let _ = res.spool.append(
         &ctx,
         AuditEvent::SessionStart(SessionStart {
@@ -203,13 +195,13 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
             client_address: peer.to_string(),
         }),
     );
-    tracing::debug!(session = %ctx.session_id, %peer, "session started");
+    tracing::debug!(session = %ctx.session_id(), %peer, "session started");
 
     let justification = params.get("options").and_then(justification_from_options);
     let masking = match &res.masker {
         Some(m) => {
             let db = res.upstream.config.database.as_deref().unwrap_or(&database);
-            m.session(&ctx.identity, db, &user).await
+            m.session(ctx.identity(), db, &user).await
         }
         None => None,
     };
@@ -248,7 +240,7 @@ async fn relay(
         ..Tracker::default()
     }));
     let mut front = Frontend {
-        guardrails: Guardrails::for_identity(res.policies.clone(), &ctx.identity, &res.namespace),
+        guardrails: Guardrails::for_identity(res.policies.clone(), ctx.identity(), &res.namespace),
         res: res.clone(),
         ctx: ctx.clone(),
         tracker: tracker.clone(),
@@ -294,7 +286,7 @@ async fn relay(
 #[derive(Clone, Debug)]
 struct Prepared {
     template: StatementRecord,
-    row_limits: Vec<RowLimit>,
+    row_limits: Vec<Arc<RowLimit>>,
     /// What executing it can change.
     effect: Effect,
     /// The approval a held Parse obtained; each Execute checks it is still live.
@@ -355,7 +347,7 @@ enum Durable {
 
 /// A decision on one query string.
 struct Decided {
-    records: Vec<(StatementRecord, Vec<RowLimit>)>,
+    records: Vec<(StatementRecord, Vec<Arc<RowLimit>>)>,
     refusal: Option<(&'static str, String)>,
     /// What the whole string can change.
     effect: Effect,
@@ -447,7 +439,7 @@ impl Frontend {
             return format!("client connection: {e}");
         }
         self.res.metrics.protocol_errors.inc();
-        tracing::info!(session = %self.ctx.session_id, error = %e, "closing a session after a protocol error");
+        tracing::info!(session = %self.ctx.session_id(), error = %e, "closing a session after a protocol error");
         let mut out = BytesMut::new();
         put_error(&mut out, "FATAL", "08P01", &e.to_string());
         let mut w = self.client_out.lock().await;
@@ -742,7 +734,7 @@ impl Frontend {
             .inc();
         if record.decision != Decision::Allow {
             tracing::info!(
-                session = %self.ctx.session_id,
+                session = %self.ctx.session_id(),
                 decision,
                 rule = ?record.rule,
                 statement = record.statement.as_deref().unwrap_or("<unanalysable>"),

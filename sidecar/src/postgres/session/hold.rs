@@ -166,7 +166,7 @@ impl Frontend {
             .approvals
             .as_ref()
             .map(|a| a.namespace().to_owned());
-        crate::approval::requester(&self.res.identity, &self.ctx.identity, fallback)
+        crate::approval::requester(&self.res.identity, self.ctx.identity(), fallback)
     }
 
     /// A live grant for `need`: an existing one, or a new request's approval.
@@ -200,7 +200,7 @@ impl Frontend {
             rule: need.rule.rule.clone(),
             fingerprint: need.fingerprint.clone(),
             scope: settings.grant_scope,
-            session: self.ctx.session_id.clone(),
+            session: self.ctx.session_id().to_owned(),
             grant_seconds: settings.grant_seconds,
         };
         let step = |step, request: &str| ApprovalRecord {
@@ -242,7 +242,7 @@ impl Frontend {
             justification: self.justification.clone(),
             ..step(ApprovalStep::Requested, &name)
         });
-        tracing::info!(session = %self.ctx.session_id, request = %name, rule = %need.rule.rule, "statement held for approval");
+        tracing::info!(session = %self.ctx.session_id(), request = %name, rule = %need.rule.rule, "statement held for approval");
         self.notice(&format!(
             "statement held for approval (guardrail {} of policy {}): AccessRequest {name} in namespace {namespace}; waiting up to {}s for a decision. An approver runs: kubectl portcullis approve {name} -n {namespace} --reason \"...\"",
             need.rule.rule, need.rule.policy, settings.timeout_seconds
