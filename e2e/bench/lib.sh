@@ -4,7 +4,9 @@
 #   bench_init PREFIX      WORK, PIDS, cleanup on exit, log, free_port
 #   bench_postgres         PG_HOST, PG_PORT, PG_PASSWORD, DIRECT_URL
 #   bench_sidecar_build    SIDECAR (release build) and its credential files under $WORK/secrets
-#   start_sidecar NAME SPOOL_DIR POLICY_BODY [TOP_LEVEL_YAML]   prints the port it serves on
+#   start_sidecar NAME SPOOL_DIR POLICY_BODY [TOP_LEVEL_YAML]   prints the port it serves on;
+#                          its process id is in $WORK/NAME.pid
+#   cpu_ticks PID          user + system CPU time of a process, in clock ticks
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 bench_init() {
@@ -14,6 +16,8 @@ bench_init() {
     trap cleanup EXIT
 }
 cleanup() {
+    # Sidecars start in command substitutions, so their ids are in files rather than PIDS.
+    for f in "$WORK"/*.pid; do [[ -f $f ]] && PIDS+=("$(cat "$f")"); done
     for pid in "${PIDS[@]:-}"; do [[ -n $pid ]] && kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]:-}"; do [[ -n $pid ]] && wait "$pid" 2>/dev/null || true; done
     rm -rf "$WORK"
@@ -70,10 +74,12 @@ policies:
 $body
 YAML
     RUST_LOG=warn "$SIDECAR" --config "$WORK/$name.yaml" --service-account bench >"$WORK/$name.log" 2>&1 &
-    PIDS+=($!)
+    echo $! >"$WORK/$name.pid"
     for _ in $(seq 1 100); do
         curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
         sleep 0.1
     done
     echo "$port"
 }
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

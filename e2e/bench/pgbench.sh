@@ -13,6 +13,10 @@
 # built-in read/write TPC-B-like script, at 1, 8 and 32 clients, simple query protocol.
 # p50 is the median transaction latency from pgbench's per-transaction log; for select-only a
 # transaction is one query, so the p50 difference to direct is the latency added per query.
+# proxy CPU is the user + system CPU time the proxy process spent per transaction (one query
+# for select-only, seven statements for read/write): where pgbench, PostgreSQL and the proxy
+# share the cores and keep them busy, throughput falls with the sum of their CPU per
+# transaction, so this column tells what each proxy costs apart from the machine's noise.
 set -euo pipefail
 # shellcheck source=e2e/bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -67,6 +71,7 @@ BOUNCER_USER=()
 [[ $(id -u) -eq 0 ]] && { chown -R postgres "$WORK/bouncer"; BOUNCER_USER=(-u postgres); }
 pgbouncer "${BOUNCER_USER[@]}" "$WORK/bouncer/pgbouncer.ini" >"$WORK/bouncer/stdout.log" 2>&1 &
 PIDS+=($!)
+BOUNCER_PID=$!
 
 # ---- sidecar (release) --------------------------------------------------------------------
 bench_sidecar_build
@@ -91,12 +96,19 @@ declare -A URL=(
     [sidecar-tmpfs-spool]="postgresql://agent@127.0.0.1:$SIDECAR_SHM_PORT/shop?sslmode=disable"
 )
 TARGETS=(direct pgbouncer sidecar sidecar-tmpfs-spool)
+# The proxy process of each target, whose CPU time per transaction the table shows.
+declare -A PROXY_PID=(
+    [pgbouncer]=$BOUNCER_PID
+    [sidecar]=$(cat "$WORK/sidecar.pid")
+    [sidecar-tmpfs-spool]=$(cat "$WORK/sidecar-tmpfs.pid")
+)
+TICK=$(getconf CLK_TCK)
 for t in "${TARGETS[@]}"; do
     psql -X -qtA "${URL[$t]}" -c 'select 1' >/dev/null || { echo "target $t does not answer" >&2; exit 1; }
 done
 
 # ---- runs ---------------------------------------------------------------------------------
-declare -A TPS P50
+declare -A TPS P50 CPU
 for workload in select-only read-write; do
     flag=(); [[ $workload == select-only ]] && flag=(-S)
     for c in $CLIENTS; do
@@ -105,9 +117,17 @@ for workload in select-only read-write; do
             dir=$WORK/logs/$t-$workload-$c
             mkdir -p "$dir"
             log "$t $workload $c clients"
+            pid=${PROXY_PID[$t]:-}
+            [[ -n $pid ]] && before=$(cpu_ticks "$pid")
             out=$(cd "$dir" && pgbench -n "${flag[@]}" -c "$c" -j "$j" -T "$SECONDS_PER_RUN" -l --log-prefix=tx "${URL[$t]}" 2>&1) \
                 || { echo "$out" >&2; exit 1; }
             TPS[$t,$workload,$c]=$(awk '/^tps = /{printf "%.0f", $3}' <<<"$out")
+            CPU[$t,$workload,$c]=-
+            if [[ -n $pid ]]; then
+                done_tx=$(awk '/number of transactions actually processed/{split($NF, a, "/"); print a[1]}' <<<"$out")
+                CPU[$t,$workload,$c]=$(awk -v t=$(( $(cpu_ticks "$pid") - before )) -v hz="$TICK" -v n="$done_tx" \
+                    'BEGIN{printf "%.1f", t * 1e6 / hz / n}')
+            fi
             P50[$t,$workload,$c]=$(cat "$dir"/tx* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
         done
     done
@@ -115,15 +135,16 @@ done
 
 # ---- table --------------------------------------------------------------------------------
 printf '\nPostgreSQL fsync = %s; %s s per run; sidecar session workers: %s\n' "$PG_FSYNC" "$SECONDS_PER_RUN" "${PORTCULLIS_WORKERS:-one per core}"
-printf '%-12s %-7s %-20s %10s %9s %9s %12s\n' workload clients target tps "x direct" "p50 µs" "p50 added µs"
+printf '%-12s %-7s %-20s %10s %9s %9s %12s %18s\n' workload clients target tps "x direct" "p50 µs" "p50 added µs" "proxy CPU µs/tx"
 for workload in select-only read-write; do
     for c in $CLIENTS; do
         for t in "${TARGETS[@]}"; do
             d=${TPS[direct,$workload,$c]} v=${TPS[$t,$workload,$c]}
-            printf '%-12s %-7s %-20s %10s %9s %9s %12s\n' "$workload" "$c" "$t" "$v" \
+            printf '%-12s %-7s %-20s %10s %9s %9s %12s %18s\n' "$workload" "$c" "$t" "$v" \
                 "$(awk -v a="$v" -v b="$d" 'BEGIN{printf "%.2f", a/b}')" \
                 "${P50[$t,$workload,$c]}" \
-                "$(( ${P50[$t,$workload,$c]} - ${P50[direct,$workload,$c]} ))"
+                "$(( ${P50[$t,$workload,$c]} - ${P50[direct,$workload,$c]} ))" \
+                "${CPU[$t,$workload,$c]}"
         done
     done
 done
