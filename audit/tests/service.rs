@@ -69,6 +69,7 @@ impl Curl {
         token: Option<&str>,
         content_type: &str,
         body: Option<&[u8]>,
+        extra_headers: &[&str],
     ) -> (u16, Vec<u8>) {
         let mut command = Command::new("curl");
         command.args([
@@ -84,6 +85,9 @@ impl Curl {
         ]);
         if let Some(token) = token {
             command.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        for header in extra_headers {
+            command.args(["-H", header]);
         }
         if body.is_some() {
             command.args(["--data-binary", "@-"]);
@@ -119,28 +123,35 @@ impl Curl {
             Some(token),
             "application/x-ndjson",
             Some(body.as_bytes()),
+            &[],
         );
         (code, String::from_utf8_lossy(&body).into_owned())
     }
 
     fn put(&self, path: &str, token: &str, body: &[u8]) -> (u16, String) {
+        self.put_with(path, token, body, &[])
+    }
+
+    /// [`Curl::put`] with extra request headers.
+    fn put_with(&self, path: &str, token: &str, body: &[u8], headers: &[&str]) -> (u16, String) {
         let (code, body) = self.request(
             "PUT",
             path,
             Some(token),
             "application/x-asciicast",
             Some(body),
+            headers,
         );
         (code, String::from_utf8_lossy(&body).into_owned())
     }
 
     fn get(&self, path: &str) -> (u16, String) {
-        let (code, body) = self.request("GET", path, None, "application/json", None);
+        let (code, body) = self.request("GET", path, None, "application/json", None, &[]);
         (code, String::from_utf8_lossy(&body).into_owned())
     }
 
     fn get_as(&self, path: &str, token: &str) -> (u16, Vec<u8>) {
-        self.request("GET", path, Some(token), "application/json", None)
+        self.request("GET", path, Some(token), "application/json", None, &[])
     }
 }
 
@@ -470,7 +481,7 @@ async fn recordings_are_authenticated_content_addressed_and_bundled() {
         add_recording, referenced_recordings, verify_bundle, write_bundle_from, BundleError,
     };
     use portcullis_audit::client::Bytes;
-    use portcullis_audit::recordings::sha256_hex;
+    use portcullis_audit::recordings::{sha256_hex, MAX_RECORDING_BYTES};
 
     let h = harness();
     h.install_crds().await;
@@ -548,6 +559,25 @@ async fn recordings_are_authenticated_content_addressed_and_bundled() {
         std::fs::read_dir(&recordings_dir).expect("list").count(),
         1,
         "no temporary files left"
+    );
+
+    // More than a recording may hold is refused with 413, whether the length is announced
+    // (refused before the body is read) or the body streams past the bound; nothing is kept.
+    let huge = vec![b'x'; MAX_RECORDING_BYTES + 1];
+    let huge_path = format!("/v1/recordings/{}", sha256_hex(&huge));
+    for headers in [&[][..], &["Transfer-Encoding: chunked"][..]] {
+        let (code, body) = curl.put_with(&huge_path, &good, &huge, headers);
+        assert_eq!(code, 413, "{headers:?}: {body}");
+        assert!(
+            body.contains(&format!("at most {MAX_RECORDING_BYTES} bytes")),
+            "{body}"
+        );
+    }
+    drop(huge);
+    assert_eq!(
+        std::fs::read_dir(&recordings_dir).expect("list").count(),
+        1,
+        "nothing stored from refused uploads"
     );
 
     // The sidecar's client: idempotent, refusals it must not retry, and recordings larger

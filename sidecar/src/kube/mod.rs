@@ -989,6 +989,11 @@ async fn approve(
         justification: None,
         expires_at: None,
     };
+    // A failed step says why, as the client is told.
+    let failed = |message: &str, request: &str| ApprovalRecord {
+        reason: Some(message.to_owned()),
+        ..step(ApprovalStep::Failed, request)
+    };
     let unavailable = |e: &dyn std::fmt::Display| {
         format!("exec requires approval ({} of policy {}), but the approval service is unavailable: {e}", rule.rule, rule.policy)
     };
@@ -1006,8 +1011,9 @@ async fn approve(
         }
         Ok(None) => {}
         Err(e) => {
-            proxy.record(ctx, AuditEvent::Approval(step(ApprovalStep::Failed, "")));
-            return Err(unavailable(&e));
+            let message = unavailable(&e);
+            proxy.record(ctx, AuditEvent::Approval(failed(&message, "")));
+            return Err(message);
         }
     }
     let ask = Ask {
@@ -1020,8 +1026,9 @@ async fn approve(
     let name = match approvals.request(&ask).await {
         Ok(n) => n,
         Err(e) => {
-            proxy.record(ctx, AuditEvent::Approval(step(ApprovalStep::Failed, "")));
-            return Err(unavailable(&e));
+            let message = unavailable(&e);
+            proxy.record(ctx, AuditEvent::Approval(failed(&message, "")));
+            return Err(message);
         }
     };
     proxy.record(
@@ -1044,7 +1051,7 @@ async fn approve(
                 AuditEvent::Approval(ApprovalRecord {
                     decided_by: Some(grant.decided_by.clone()),
                     reason: Some(grant.reason.clone()),
-                    expires_at: Some(grant.expires_at.to_string()),
+                    expires_at: Some(format!("{:.0}", grant.expires_at)),
                     ..step(ApprovalStep::Approved, &name)
                 }),
             );
@@ -1072,18 +1079,23 @@ async fn approve(
             ))
         }
         Ok(Outcome::TimedOut) => {
+            let message = format!(
+                "exec timed out waiting for approval (AccessRequest {name}, {}s); it was not run",
+                settings.timeout_seconds
+            );
             proxy.record(
                 ctx,
-                AuditEvent::Approval(step(ApprovalStep::TimedOut, &name)),
+                AuditEvent::Approval(ApprovalRecord {
+                    reason: Some(message.clone()),
+                    ..step(ApprovalStep::TimedOut, &name)
+                }),
             );
-            Err(format!(
-                "exec timed out waiting for approval (AccessRequest {name}, {}s)",
-                settings.timeout_seconds
-            ))
+            Err(message)
         }
         Err(e) => {
-            proxy.record(ctx, AuditEvent::Approval(step(ApprovalStep::Failed, &name)));
-            Err(unavailable(&e))
+            let message = unavailable(&e);
+            proxy.record(ctx, AuditEvent::Approval(failed(&message, &name)));
+            Err(message)
         }
     }
 }
