@@ -6,6 +6,7 @@
 //! it. A file is written to a temporary name, synced and renamed into place, so a reader never
 //! sees half a recording; storing the same content again changes nothing.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -119,7 +120,15 @@ impl RecordingStore {
         }
         let path = self.path(sha256);
         match fs::read(&path) {
-            Ok(existing) if sha256_hex(&existing) == sha256 => return Ok(Stored::AlreadyPresent),
+            Ok(existing) if sha256_hex(&existing) == sha256 => {
+                // Stored again: its retention starts again (see [`RecordingStore::prune`]).
+                fs::File::options()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+                    .map_err(io(&path))?;
+                return Ok(Stored::AlreadyPresent);
+            }
             // A damaged copy is replaced by the good one below.
             Ok(_) => tracing::warn!(sha256, "replacing a damaged stored recording"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -147,6 +156,52 @@ impl RecordingStore {
         Ok(Stored::Created)
     }
 
+    /// Delete the recordings stored before `cutoff` that no record in `keep` names (the
+    /// retention of the records that name them has passed); returns how many went. Files
+    /// that are not recordings are left alone.
+    pub fn prune(
+        &self,
+        cutoff: std::time::SystemTime,
+        keep: &BTreeSet<String>,
+    ) -> Result<u64, RecordingError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io(&self.dir)(e)),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(io(&self.dir))?;
+            let name = entry.file_name();
+            let Some(sha256) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".cast"))
+                .filter(|s| is_sha256(s))
+            else {
+                continue;
+            };
+            if keep.contains(sha256) {
+                continue;
+            }
+            let path = entry.path();
+            let stored = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_err(io(&path))?;
+            if stored < cutoff {
+                fs::remove_file(&path).map_err(io(&path))?;
+                tracing::info!(sha256, "deleted a recording past retention");
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&self.dir))?;
+        }
+        Ok(removed)
+    }
+
     /// The recording named `sha256`, checked against its name; `None` when it is not stored.
     pub fn get(&self, sha256: &str) -> Result<Option<Vec<u8>>, RecordingError> {
         if !is_sha256(sha256) {
@@ -168,6 +223,56 @@ impl RecordingStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prunes_old_unnamed_recordings_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordingStore::new(dir.path());
+        let now = std::time::SystemTime::now();
+        let day = std::time::Duration::from_secs(86_400);
+        let mut names = Vec::new();
+        for (i, age_days) in [(0u8, 500u64), (1, 500), (2, 0)] {
+            let content = format!("recording {i}").into_bytes();
+            let sha = sha256_hex(&content);
+            store.put(&sha, &content).unwrap();
+            fs::File::options()
+                .append(true)
+                .open(store.path(&sha))
+                .unwrap()
+                .set_modified(now - day * age_days as u32)
+                .unwrap();
+            names.push(sha);
+        }
+        fs::write(store.dir().join("notes.txt"), "x").unwrap();
+        let keep: BTreeSet<String> = [names[0].clone()].into();
+        let cutoff = now - day * 400;
+        assert_eq!(store.prune(cutoff, &keep).unwrap(), 1);
+        // Old but still named by a kept record; old and named by none; recent.
+        assert!(store.path(&names[0]).exists());
+        assert!(!store.path(&names[1]).exists());
+        assert!(store.path(&names[2]).exists());
+        assert!(store.dir().join("notes.txt").exists());
+        // Stored again, an old recording's retention starts again.
+        fs::File::options()
+            .append(true)
+            .open(store.path(&names[2]))
+            .unwrap()
+            .set_modified(now - day * 500)
+            .unwrap();
+        assert_eq!(
+            store.put(&names[2], b"recording 2").unwrap(),
+            Stored::AlreadyPresent
+        );
+        assert_eq!(store.prune(cutoff, &BTreeSet::new()).unwrap(), 1);
+        assert!(!store.path(&names[0]).exists());
+        assert!(store.path(&names[2]).exists());
+        assert_eq!(
+            RecordingStore::new(&dir.path().join("none"))
+                .prune(cutoff, &keep)
+                .unwrap(),
+            0
+        );
+    }
 
     #[test]
     fn stores_content_addressed_and_idempotently() {

@@ -2,13 +2,16 @@
 //!
 //! Records older than `retainFor` are pruned by whole segments (a segment goes once its newest
 //! entry is older than the cut-off), never while `legalHold` is set; the pruned entries' leaf
-//! hashes stay, so the log and every signed head still verify. Every `verifyEvery` the whole
+//! hashes stay, so the log and every signed head still verify. Session recordings stored
+//! before the cut-off go too, once no kept record names them. Every `verifyEvery` the whole
 //! log is walked and checked against its own heads and the head the cluster witnessed in the
 //! AuditRetention status; the result lands in the status (`Verified` condition, record count,
 //! bytes, oldest record, last verification time) with an Event when it fails.
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -20,6 +23,9 @@ use portcullis_crds::conditions::{new_condition, set_condition, types};
 use portcullis_crds::AuditRetention;
 use serde::Deserialize;
 
+use crate::bundle::recording_of;
+use crate::recordings::RecordingStore;
+use crate::segment::{parse_segment_name, read_segment};
 use crate::service::Witness;
 use crate::store::{Log, StoreError};
 use crate::verify::{verify_log, Verified, VerifyError};
@@ -78,6 +84,49 @@ pub fn enforce(
         Some(k) => log.prune_before(k),
         None => Ok(0),
     }
+}
+
+/// The recordings that the entries kept in the log folder `dir` name. A damaged segment
+/// other than the open one is an error: what it holds cannot be known.
+fn named_recordings(dir: &Path) -> Result<BTreeSet<String>, String> {
+    let seg_dir = dir.join("segments");
+    let mut segments: Vec<(u64, PathBuf)> = std::fs::read_dir(&seg_dir)
+        .map_err(|e| format!("{}: {e}", seg_dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| parse_segment_name(&e.file_name().to_string_lossy()).map(|f| (f, e.path())))
+        .collect();
+    segments.sort();
+    let open = segments.last().map(|(first, _)| *first);
+    let mut named = BTreeSet::new();
+    for (first, path) in segments {
+        let (read, damage) = read_segment(&path, first).map_err(|e| e.to_string())?;
+        match damage {
+            // The open segment may end in a frame being written right now.
+            Some(e) if Some(first) != open => return Err(e.to_string()),
+            _ => {}
+        }
+        for entry in &read.entries {
+            let mentions = entry.windows(11).any(|w| w == b"\"recording\"");
+            if !mentions {
+                continue;
+            }
+            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(entry) {
+                if let Some(sha256) = recording_of(&value) {
+                    named.insert(sha256.to_owned());
+                }
+            }
+        }
+    }
+    Ok(named)
+}
+
+/// Delete the recordings in the log folder `dir` stored before `cutoff` that no kept entry
+/// names; returns how many went. Nothing is deleted when the log cannot be read whole.
+pub fn prune_recordings(dir: &Path, cutoff: SystemTime) -> Result<u64, String> {
+    let named = named_recordings(dir)?;
+    RecordingStore::new(dir)
+        .prune(cutoff, &named)
+        .map_err(|e| e.to_string())
 }
 
 /// Size figures of the log for the status.
@@ -141,6 +190,20 @@ pub async fn reconcile_once(
             stats(&log).map_err(|e| e.to_string())?,
         )
     };
+    if !retention.spec.legal_hold {
+        let cutoff = SystemTime::now()
+            .checked_sub(retain_for)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let log_dir = dir.clone();
+        match tokio::task::spawn_blocking(move || prune_recordings(&log_dir, cutoff)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::info!(removed, "deleted recordings past retention"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "recordings not pruned: the log could not be read")
+            }
+            Err(e) => tracing::warn!(error = %e, "recordings not pruned"),
+        }
+    }
     let witnessed: Vec<_> = retention
         .status
         .as_ref()

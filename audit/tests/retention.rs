@@ -4,10 +4,12 @@
 //! a Warning Event.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Event as CoreEvent;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use portcullis_audit::recordings::{sha256_hex, RecordingStore};
 use portcullis_audit::retention::reconcile_once;
 use portcullis_audit::service::{publish, Witness};
 use portcullis_audit::store::{Log, LogOptions};
@@ -18,16 +20,36 @@ use portcullis_e2e::harness;
 use ring::rand::SystemRandom;
 use ring::signature::Ed25519KeyPair;
 
-fn entry(i: u64, days_ago: i64) -> Vec<u8> {
+fn entry(i: u64, days_ago: i64, recording: Option<&str>) -> Vec<u8> {
     let at = Timestamp::now() - SignedDuration::from_hours(24 * days_ago);
+    let record = match recording {
+        Some(sha256) => {
+            serde_json::json!({"seq": i, "event": {"type": "recording", "sha256": sha256}})
+        }
+        None => serde_json::json!({"seq": i}),
+    };
     serde_json::json!({
         "id": format!("pod-uid:{i}"),
         "receivedAt": format!("{at:.6}"),
         "source": {"user": "system:serviceaccount:agents:agent", "namespace": "agents", "serviceAccount": "agent"},
-        "record": {"seq": i}
+        "record": record
     })
     .to_string()
     .into_bytes()
+}
+
+/// Store a recording and date it `days_ago`.
+fn recording(store: &RecordingStore, text: &str, days_ago: u64) -> String {
+    let sha = sha256_hex(text.as_bytes());
+    store.put(&sha, text.as_bytes()).expect("put");
+    std::fs::File::options()
+        .append(true)
+        .open(store.path(&sha))
+        .and_then(|f| {
+            f.set_modified(std::time::SystemTime::now() - Duration::from_secs(86_400 * days_ago))
+        })
+        .expect("date the recording");
+    sha
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,10 +81,23 @@ async fn legal_hold_retention_and_scheduled_verification() {
         },
     )
     .expect("open");
+    // Recordings: one old and named by a record kept, one old and named only by a record
+    // that retention prunes, one recent and named by none.
+    let store = RecordingStore::new(dir.path());
+    let named_kept = recording(&store, "session kept", 500);
+    let named_pruned = recording(&store, "session pruned", 500);
+    let recent = recording(&store, "session recent", 0);
     for chunk in (0..200u64).collect::<Vec<_>>().chunks(10) {
         let batch: Vec<Vec<u8>> = chunk
             .iter()
-            .map(|&i| entry(i, if i < 120 { 500 } else { 0 }))
+            .map(|&i| {
+                let named = match i {
+                    0 => Some(named_pruned.as_str()),
+                    150 => Some(named_kept.as_str()),
+                    _ => None,
+                };
+                entry(i, if i < 120 { 500 } else { 0 }, named)
+            })
             .collect();
         log.append(&batch).expect("append");
     }
@@ -90,6 +125,9 @@ async fn legal_hold_retention_and_scheduled_verification() {
     let cond = find_condition(&status.conditions, types::VERIFIED).expect("Verified");
     assert_eq!(cond.status, "True", "{cond:?}");
     assert_eq!(log.lock().expect("lock").pruned(), 0);
+    for sha in [&named_kept, &named_pruned, &recent] {
+        assert!(store.path(sha).exists(), "legal hold keeps recordings");
+    }
 
     // Hold lifted: the old segments go, the log still verifies against the witnessed head.
     api.patch(
@@ -105,6 +143,9 @@ async fn legal_hold_retention_and_scheduled_verification() {
     assert_eq!(verified.expect("verifies after pruning").entries, 200);
     let pruned = log.lock().expect("lock").pruned();
     assert!(pruned > 0 && pruned <= 120, "pruned {pruned}");
+    assert!(store.path(&named_kept).exists(), "named by a kept record");
+    assert!(!store.path(&named_pruned).exists(), "its record was pruned");
+    assert!(store.path(&recent).exists(), "stored within retention");
     let status = api
         .get("default")
         .await

@@ -44,8 +44,9 @@ use crate::protected_resource::SecretKeyRef;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AuditRetentionSpec {
-    /// How long records are kept, in days (`400d`) or hours (`72h`). Older records are pruned
-    /// by whole segments unless `legalHold` is set.
+    /// How long records are kept, in days (`400d`) or hours (`72h`). Unless `legalHold` is
+    /// set, older records are pruned by whole segments, and session recordings stored before
+    /// the cut-off are deleted once no kept record names them.
     #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.matches('^[1-9][0-9]{0,5}(d|h)$')")
         .message("retainFor must be a whole number of days or hours, for example 400d or 72h"))]
