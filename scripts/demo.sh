@@ -155,6 +155,10 @@ printf 'app' >"$sidecar_dir/credentials/username"
 printf '%s' "$PORTCULLIS_E2E_PG_PASSWORD" >"$sidecar_dir/credentials/password"
 chmod 600 "$sidecar_dir/credentials/"*
 "$KUBECTL" -n $ns get configmap portcullis-sidecar-config -o jsonpath='{.data.sidecar\.yaml}' >"$sidecar_dir/compiled.yaml"
+# The key of the hash masking strategy, which the pod mounts from the namespace's Secret.
+wait_for "the masking key" "$KUBECTL" -n $ns get secret portcullis-masking-key
+"$KUBECTL" -n $ns get secret portcullis-masking-key -o jsonpath='{.data.key}' | base64 -d >"$sidecar_dir/masking-key"
+chmod 600 "$sidecar_dir/masking-key"
 # The pod-bound token the sidecar proves itself with to the audit service (audience portcullis-audit).
 "$KUBECTL" -n $ns create token support-agent --audience portcullis-audit --duration 1h \
     --bound-object-kind Pod --bound-object-name support-agent-0 >"$sidecar_dir/audit-token"
@@ -165,6 +169,7 @@ c = yaml.safe_load(open(d + "/compiled.yaml"))
 c["audit"]["spoolDir"] = d + "/spool"
 c["audit"].update({"serviceUrl": url, "caFile": ca, "tokenFile": d + "/audit-token"})
 c["adminListen"] = "127.0.0.1:15090"
+c["masking"]["hashKeyFile"] = d + "/masking-key"
 for r in c["resources"]:
     r["credentials"] = {"usernameFile": d + "/credentials/username", "passwordFile": d + "/credentials/password"}
 yaml.safe_dump(c, open(d + "/sidecar.yaml", "w"))

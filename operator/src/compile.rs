@@ -12,14 +12,14 @@ use std::path::PathBuf;
 use kube::core::{Selector, SelectorExt};
 use kube::ResourceExt;
 use portcullis_crds::{
-    AuditConfig, CredentialFiles, Detector, GatewayPolicy, GatewayPolicySpec, PolicyConfig,
-    ProtectedResource, ResourceConfig, ResourceType, ServerTlsFiles, SidecarConfig, TlsMode,
-    UpstreamConfig, SIDECAR_CONFIG_API_VERSION,
+    AuditConfig, CredentialFiles, Detector, GatewayPolicy, GatewayPolicySpec, MaskingConfig,
+    PolicyConfig, ProtectedResource, ResourceConfig, ResourceType, ServerTlsFiles, SidecarConfig,
+    TlsMode, UpstreamConfig, SIDECAR_CONFIG_API_VERSION,
 };
 
 use crate::inject::{
-    AUDIT_TOKEN_PATH, CONFIG_DIR, CREDENTIALS_DIR, SERVICE_ACCOUNT_DIR, SIDECAR_TLS_DIR,
-    UPSTREAM_CA_DIR,
+    AUDIT_TOKEN_PATH, CONFIG_DIR, CREDENTIALS_DIR, MASKING_KEY_DIR, MASKING_KEY_KEY,
+    SERVICE_ACCOUNT_DIR, SIDECAR_TLS_DIR, UPSTREAM_CA_DIR,
 };
 
 /// Largest compiled size of a masking regex (bytes of the compiled program).
@@ -331,7 +331,12 @@ pub fn compile_namespace(
             resources: out_resources,
             policies: compiled.into_iter().map(|(pc, _)| pc).collect(),
             audit: AuditConfig::default(),
-            masking: Default::default(),
+            masking: MaskingConfig {
+                hash_key_file: Some(PathBuf::from(format!(
+                    "{MASKING_KEY_DIR}/{MASKING_KEY_KEY}"
+                ))),
+                ..MaskingConfig::default()
+            },
             admin_listen: format!("0.0.0.0:{}", crate::inject::ADMIN_PORT),
         },
         policies: outcomes,

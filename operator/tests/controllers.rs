@@ -497,6 +497,24 @@ async fn webhooks_use_the_operators_ca_refuse_bad_policies_and_stamp_the_config_
             .ok()?
     })
     .await;
+    // The key of the hash masking strategy: made once, random, where the config points.
+    let masking_key = || async {
+        let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+            .get_opt("portcullis-masking-key")
+            .await
+            .ok()??;
+        let key = secret.data?.get("key")?.0.clone();
+        Some(String::from_utf8(key).expect("text"))
+    };
+    let key = eventually(Duration::from_secs(60), "masking key secret", masking_key).await;
+    assert_eq!(key.len(), 64, "{key}");
+    assert!(key.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
+    let config =
+        SidecarConfig::from_yaml(data.get("sidecar.yaml").expect("config")).expect("parse");
+    assert_eq!(
+        config.masking.hash_key_file.as_deref(),
+        Some(std::path::Path::new("/var/run/portcullis/masking-key/key"))
+    );
     // The webhook reads the hash from its cache of the ConfigMaps, which follows the API
     // server by a watch event.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);

@@ -206,6 +206,7 @@ async fn injected_pod_has_the_exact_sidecar_and_no_credential_reaches_the_agent(
             {"name": "portcullis-config", "mountPath": "/etc/portcullis/config", "readOnly": true},
             {"name": "portcullis-spool", "mountPath": "/var/run/portcullis/spool"},
             {"name": "portcullis-tls", "mountPath": "/var/run/portcullis/tls", "readOnly": true},
+            {"name": "portcullis-masking-key", "mountPath": "/var/run/portcullis/masking-key", "readOnly": true},
             {"name": "portcullis-sidecar-token", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": true},
             {"name": "portcullis-cred-customers-db", "mountPath": "/var/run/portcullis/credentials/customers-db", "readOnly": true},
         ],
@@ -284,6 +285,10 @@ async fn injected_pod_has_the_exact_sidecar_and_no_credential_reaches_the_agent(
             .cloned()
             .unwrap_or_else(|| panic!("volume {name} in {volumes:#}"))
     };
+    assert_eq!(
+        volume("portcullis-masking-key")["secret"],
+        json!({"secretName": "portcullis-masking-key", "defaultMode": 0o644})
+    );
     assert_eq!(
         volume("portcullis-agent-serviceaccount")["projected"]["sources"],
         json!([
@@ -659,6 +664,20 @@ async fn agent_containers_asking_for_the_credential_are_refused() {
             "{name}: {msg}"
         );
     }
+
+    // So is the sidecar's masking key.
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "masking-key"}, "spec": {
+        "volumes": [{"name": "key", "secret": {"secretName": "portcullis-masking-key"}}],
+        "containers": [{"name": "agent", "image": "a", "volumeMounts": [{"name": "key", "mountPath": "/key"}]}]}}))
+    .expect("pod");
+    let msg = create_pod(&s.client, &ns, &pod)
+        .await
+        .expect_err("masking key")
+        .to_string();
+    assert!(
+        msg.contains("reads Secret \"portcullis-masking-key\" (volume key)"),
+        "{msg}"
+    );
 
     // A token of its own is refused too.
     let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "own-token"}, "spec": {

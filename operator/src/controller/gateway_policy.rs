@@ -28,8 +28,8 @@ use serde_json::json;
 use super::{Context, ReconcileError, FINALIZER};
 use crate::compile::{compile_namespace, Compiled};
 use crate::inject::{
-    CA_KEY, CONFIG_HASH_ANNOTATION, CONFIG_KEY, CONFIG_MAP, MANAGER, PLACEHOLDER_TOKEN,
-    SIDECAR_TLS_SECRET, TOKEN_KEY,
+    CA_KEY, CONFIG_HASH_ANNOTATION, CONFIG_KEY, CONFIG_MAP, MANAGER, MASKING_KEY_KEY,
+    MASKING_KEY_SECRET, PLACEHOLDER_TOKEN, SIDECAR_TLS_SECRET, TOKEN_KEY,
 };
 
 const CONTROLLER: &str = "gatewaypolicy";
@@ -176,6 +176,7 @@ async fn reconcile(
         tracing::info!(namespace, hash, "sidecar configuration updated");
     }
     ensure_sidecar_tls(ctx, &namespace).await?;
+    ensure_masking_key(ctx, &namespace).await?;
 
     for p in &policy_refs {
         if p.metadata.deletion_timestamp.is_none() {
@@ -335,6 +336,37 @@ async fn ensure_sidecar_tls(ctx: &Context, namespace: &str) -> Result<(), Reconc
     )]));
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The key of the `hash` masking strategy: 32 random bytes as hex, made once and kept, so
+/// that a value hashes the same in every pod of the namespace and across restarts.
+async fn ensure_masking_key(ctx: &Context, namespace: &str) -> Result<(), ReconcileError> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    if api.get_opt(MASKING_KEY_SECRET).await?.is_some() {
+        return Ok(());
+    }
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| ReconcileError::Random("the masking key"))?;
+    let mut secret = Secret {
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            MASKING_KEY_KEY.to_owned(),
+            ByteString(hex::encode(key).into_bytes()),
+        )])),
+        ..Secret::default()
+    };
+    secret.metadata.name = Some(MASKING_KEY_SECRET.to_owned());
+    secret.metadata.labels = Some(BTreeMap::from([(
+        "app.kubernetes.io/managed-by".to_owned(),
+        MANAGER.to_owned(),
+    )]));
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(()),
+        // Made by another reconcile in the meantime: keep that one.
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }

@@ -45,6 +45,9 @@ pub enum ReconcileError {
     /// A certificate could not be issued.
     #[error("certificate: {0}")]
     Certs(#[from] crate::certs::CertError),
+    /// The system's random number generator failed.
+    #[error("no random bytes for {0}")]
+    Random(&'static str),
 }
 
 impl ReconcileError {
@@ -53,6 +56,7 @@ impl ReconcileError {
             ReconcileError::Kube(_) => "kube",
             ReconcileError::Config(_) => "config",
             ReconcileError::Certs(_) => "certs",
+            ReconcileError::Random(_) => "random",
         }
     }
 }

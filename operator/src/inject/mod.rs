@@ -14,6 +14,7 @@
 //! | credentials | the `credentialsSecretRef` Secret of resource `R` at `/var/run/portcullis/credentials/R/` (keys as in the Secret; `CredentialFiles` in the config point there) |
 //! | upstream CA | the `tls.caSecretRef` key of resource `R` at `/var/run/portcullis/upstream-ca/R/ca.crt` |
 //! | local TLS | Secret [`SIDECAR_TLS_SECRET`] (`tls.crt`, `tls.key`: a serving certificate for `127.0.0.1` and `localhost`, signed by the CA in the ConfigMap's key [`CA_KEY`]) at [`SIDECAR_TLS_DIR`], for the Kubernetes API proxy |
+//! | masking key | Secret [`MASKING_KEY_SECRET`] (key [`MASKING_KEY_KEY`]: 64 hex digits of random key, made by the operator once per namespace and never rotated by it, so keyed hashes stay comparable across pods and restarts) at [`MASKING_KEY_DIR`]; `masking.hashKeyFile` of the config points at it |
 //! | spool | emptyDir at `/var/run/portcullis/spool` (`audit.spoolDir` of the config) |
 //! | admin | port 15090 on all interfaces (`adminListen: 0.0.0.0:15090` in the compiled config: the kubelet probes the pod IP): `/readyz` (startup and readiness probe), `/healthz`, `/metrics` |
 //! | real service-account token | projected at `/var/run/secrets/kubernetes.io/serviceaccount` in the sidecar only: `token` (audience: the API server's default), `audit-token` (audience `portcullis-audit`, for the audit service), `ca.crt` (cluster CA), `namespace` |
@@ -62,6 +63,12 @@ pub const TOKEN_KEY: &str = "token";
 pub const PLACEHOLDER_TOKEN: &str = "portcullis-placeholder-token-not-a-credential";
 /// Secret with the sidecar's local serving certificate, one per namespace.
 pub const SIDECAR_TLS_SECRET: &str = "portcullis-sidecar-tls";
+/// Secret with the key of the `hash` masking strategy, one per namespace.
+pub const MASKING_KEY_SECRET: &str = "portcullis-masking-key";
+/// Key of the hash key in [`MASKING_KEY_SECRET`].
+pub const MASKING_KEY_KEY: &str = "key";
+/// Where the sidecar finds [`MASKING_KEY_SECRET`].
+pub const MASKING_KEY_DIR: &str = "/var/run/portcullis/masking-key";
 /// Where the sidecar finds its configuration.
 pub const CONFIG_DIR: &str = "/etc/portcullis/config";
 /// Where the sidecar finds credentials: `CREDENTIALS_DIR/<resource>/<key>`.

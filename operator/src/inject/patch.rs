@@ -134,6 +134,10 @@ fn protected_secrets(resources: &[ProtectedResource]) -> BTreeMap<String, String
         SIDECAR_TLS_SECRET.to_owned(),
         "(the sidecar's serving key)".to_owned(),
     );
+    out.insert(
+        MASKING_KEY_SECRET.to_owned(),
+        "(the key of the hash masking strategy)".to_owned(),
+    );
     out
 }
 
@@ -395,6 +399,7 @@ fn sidecar_container(
         json!({"name": "portcullis-config", "mountPath": CONFIG_DIR, "readOnly": true}),
         json!({"name": "portcullis-spool", "mountPath": SPOOL_DIR}),
         json!({"name": "portcullis-tls", "mountPath": SIDECAR_TLS_DIR, "readOnly": true}),
+        json!({"name": "portcullis-masking-key", "mountPath": MASKING_KEY_DIR, "readOnly": true}),
         json!({"name": "portcullis-sidecar-token", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": true}),
     ];
     for r in bound {
@@ -480,6 +485,7 @@ fn sidecar_volumes(bound: &[&ProtectedResource]) -> Result<Vec<Volume>, InjectEr
         json!({"name": "portcullis-config", "configMap": {"name": CONFIG_MAP, "defaultMode": DEFAULT_MODE}}),
         json!({"name": "portcullis-spool", "emptyDir": {}}),
         json!({"name": "portcullis-tls", "secret": {"secretName": SIDECAR_TLS_SECRET, "defaultMode": DEFAULT_MODE}}),
+        json!({"name": "portcullis-masking-key", "secret": {"secretName": MASKING_KEY_SECRET, "defaultMode": DEFAULT_MODE}}),
         json!({"name": "portcullis-sidecar-token", "projected": {"defaultMode": DEFAULT_MODE, "sources": [
             {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
             {"serviceAccountToken": {"path": AUDIT_TOKEN_PATH, "audience": AUDIT_AUDIENCE, "expirationSeconds": 3600}},
