@@ -154,6 +154,7 @@ impl RecordContext {
             identity: &identity,
             resource: &resource,
         })
+        // Strings and string maps only: encoding cannot fail.
         .unwrap_or_default();
         // Without the enclosing braces: the fields go between `time` and `event`.
         let encoded = object
