@@ -321,24 +321,16 @@ async fn ensure_sidecar_tls(ctx: &Context, namespace: &str) -> Result<(), Reconc
         &["localhost".to_owned(), "127.0.0.1".to_owned()],
         Duration::from_secs(365 * 24 * 3600),
     )?;
-    let mut secret = Secret {
-        type_: Some("kubernetes.io/tls".to_owned()),
-        data: Some(BTreeMap::from([
+    create_managed_secret(
+        &api,
+        SIDECAR_TLS_SECRET,
+        "kubernetes.io/tls",
+        BTreeMap::from([
             ("tls.crt".to_owned(), ByteString(cert.into_bytes())),
             ("tls.key".to_owned(), ByteString(key.into_bytes())),
-        ])),
-        ..Secret::default()
-    };
-    secret.metadata.name = Some(SIDECAR_TLS_SECRET.to_owned());
-    secret.metadata.labels = Some(BTreeMap::from([(
-        "app.kubernetes.io/managed-by".to_owned(),
-        MANAGER.to_owned(),
-    )]));
-    match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+        ]),
+    )
+    .await
 }
 
 /// The key of the `hash` masking strategy: 32 random bytes as hex, made once and kept, so
@@ -351,22 +343,38 @@ async fn ensure_masking_key(ctx: &Context, namespace: &str) -> Result<(), Reconc
     let mut key = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
         .map_err(|_| ReconcileError::Random("the masking key"))?;
-    let mut secret = Secret {
-        type_: Some("Opaque".to_owned()),
-        data: Some(BTreeMap::from([(
+    create_managed_secret(
+        &api,
+        MASKING_KEY_SECRET,
+        "Opaque",
+        BTreeMap::from([(
             MASKING_KEY_KEY.to_owned(),
             ByteString(hex::encode(key).into_bytes()),
-        )])),
+        )]),
+    )
+    .await
+}
+
+/// Create a Secret the operator manages, unless it exists: one made by another reconcile in
+/// the meantime is kept.
+async fn create_managed_secret(
+    api: &Api<Secret>,
+    name: &str,
+    type_: &str,
+    data: BTreeMap<String, ByteString>,
+) -> Result<(), ReconcileError> {
+    let mut secret = Secret {
+        type_: Some(type_.to_owned()),
+        data: Some(data),
         ..Secret::default()
     };
-    secret.metadata.name = Some(MASKING_KEY_SECRET.to_owned());
+    secret.metadata.name = Some(name.to_owned());
     secret.metadata.labels = Some(BTreeMap::from([(
         "app.kubernetes.io/managed-by".to_owned(),
         MANAGER.to_owned(),
     )]));
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => Ok(()),
-        // Made by another reconcile in the meantime: keep that one.
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
