@@ -158,6 +158,17 @@ pub fn recording_of(entry: &Value) -> Option<&str> {
     }
 }
 
+/// The recording a log entry (its JSON bytes) names, if any. Entries that cannot name one
+/// (no `"recording"` in their text and no `\u` escape that could spell it) are not parsed.
+pub fn recording_named(entry: &[u8]) -> Option<String> {
+    let contains = |needle: &[u8]| entry.windows(needle.len()).any(|w| w == needle);
+    if !contains(b"\"recording\"") && !contains(b"\\u") {
+        return None;
+    }
+    let value = serde_json::from_slice::<Value>(entry).ok()?;
+    recording_of(&value).map(str::to_owned)
+}
+
 /// The recordings the records of a bundle name, each once, in the order first named.
 pub fn referenced_recordings(dir: &Path) -> Result<Vec<String>, BundleError> {
     let records_path = dir.join("records.jsonl");
@@ -166,12 +177,9 @@ pub fn referenced_recordings(dir: &Path) -> Result<Vec<String>, BundleError> {
     let mut out = Vec::new();
     for line in records.split(b'\n') {
         let line = line.map_err(io(&records_path))?;
-        let Ok(value) = serde_json::from_slice::<Value>(&line) else {
-            continue;
-        };
-        if let Some(sha256) = recording_of(&value) {
-            if seen.insert(sha256.to_owned()) {
-                out.push(sha256.to_owned());
+        if let Some(sha256) = recording_named(&line) {
+            if seen.insert(sha256.clone()) {
+                out.push(sha256);
             }
         }
     }
@@ -1120,4 +1128,22 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recording_an_entry_names_is_found_even_when_escaped() {
+        let sha = "a".repeat(64);
+        let entry = |event: &str| format!(r#"{{"id":"x","record":{{"seq":1,"event":{event}}}}}"#);
+        let plain = entry(&format!(r#"{{"type":"recording","sha256":"{sha}"}}"#));
+        let escaped = entry(&format!(r#"{{"type":"\u0072ecording","sha256":"{sha}"}}"#));
+        assert_eq!(recording_named(plain.as_bytes()), Some(sha.clone()));
+        assert_eq!(recording_named(escaped.as_bytes()), Some(sha));
+        let other = entry(r#"{"type":"statement","statement":"SELECT 'recording'"}"#);
+        assert_eq!(recording_named(other.as_bytes()), None);
+        assert_eq!(recording_named(b"not json \"recording\""), None);
+    }
 }

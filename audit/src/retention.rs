@@ -9,7 +9,7 @@
 //! bytes, oldest record, last verification time) with an Event when it fails.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -23,9 +23,9 @@ use portcullis_crds::conditions::{new_condition, set_condition, types};
 use portcullis_crds::AuditRetention;
 use serde::Deserialize;
 
-use crate::bundle::recording_of;
+use crate::bundle::recording_named;
 use crate::recordings::RecordingStore;
-use crate::segment::{parse_segment_name, read_segment};
+use crate::segment::{read_segment, segment_files};
 use crate::service::Witness;
 use crate::store::{Log, StoreError};
 use crate::verify::{verify_log, Verified, VerifyError};
@@ -90,12 +90,7 @@ pub fn enforce(
 /// other than the open one is an error: what it holds cannot be known.
 fn named_recordings(dir: &Path) -> Result<BTreeSet<String>, String> {
     let seg_dir = dir.join("segments");
-    let mut segments: Vec<(u64, PathBuf)> = std::fs::read_dir(&seg_dir)
-        .map_err(|e| format!("{}: {e}", seg_dir.display()))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| parse_segment_name(&e.file_name().to_string_lossy()).map(|f| (f, e.path())))
-        .collect();
-    segments.sort();
+    let segments = segment_files(&seg_dir).map_err(|e| format!("{}: {e}", seg_dir.display()))?;
     let open = segments.last().map(|(first, _)| *first);
     let mut named = BTreeSet::new();
     for (first, path) in segments {
@@ -105,17 +100,7 @@ fn named_recordings(dir: &Path) -> Result<BTreeSet<String>, String> {
             Some(e) if Some(first) != open => return Err(e.to_string()),
             _ => {}
         }
-        for entry in &read.entries {
-            let mentions = entry.windows(11).any(|w| w == b"\"recording\"");
-            if !mentions {
-                continue;
-            }
-            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(entry) {
-                if let Some(sha256) = recording_of(&value) {
-                    named.insert(sha256.to_owned());
-                }
-            }
-        }
+        named.extend(read.entries.iter().filter_map(|e| recording_named(e)));
     }
     Ok(named)
 }

@@ -61,6 +61,16 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     name.strip_suffix(".seg")?.parse().ok()
 }
 
+/// The segment files in `seg_dir`, by first index.
+pub fn segment_files(seg_dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(seg_dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| parse_segment_name(&e.file_name().to_string_lossy()).map(|f| (f, e.path())))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Encode one frame.
 pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) -> Result<(), SegmentError> {
     if payload.len() > MAX_ENTRY {

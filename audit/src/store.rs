@@ -26,7 +26,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::segment::{
-    encode_frame, parse_segment_name, read_segment, sync_dir, SegmentError, SegmentWriter,
+    encode_frame, read_segment, segment_files, sync_dir, SegmentError, SegmentWriter,
 };
 use crate::tree::Tree;
 
@@ -131,15 +131,7 @@ impl Log {
         let mut tree = Tree::new();
         let pruned = load_pruned(&dir.join("pruned.leaves"), &mut tree)?;
 
-        let mut names: Vec<(u64, PathBuf)> = fs::read_dir(&seg_dir)
-            .map_err(io(&seg_dir))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                parse_segment_name(&name).map(|first| (first, e.path()))
-            })
-            .collect();
-        names.sort();
+        let names = segment_files(&seg_dir).map_err(io(&seg_dir))?;
 
         let mut ids = HashMap::new();
         let mut segments = Vec::new();

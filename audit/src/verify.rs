@@ -9,7 +9,7 @@ use portcullis_crds::audit_log::{leaf_hash, verify_tree_head, TreeBuilder, TreeH
 use portcullis_crds::SignedTreeHead;
 use thiserror::Error;
 
-use crate::segment::{parse_segment_name, read_segment, SegmentError};
+use crate::segment::{read_segment, segment_files, SegmentError};
 
 /// What a successful verification covered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,16 +123,8 @@ pub fn verify_log(
         }
     }
     let seg_dir = dir.join("segments");
-    let mut names: Vec<(u64, std::path::PathBuf)> = match std::fs::read_dir(&seg_dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                parse_segment_name(&e.file_name().to_string_lossy()).map(|f| (f, e.path()))
-            })
-            .collect(),
-        Err(e) => return Err(VerifyError::Io(format!("{}: {e}", seg_dir.display()))),
-    };
-    names.sort();
+    let names = segment_files(&seg_dir)
+        .map_err(|e| VerifyError::Io(format!("{}: {e}", seg_dir.display())))?;
     for (first, path) in names {
         if first != builder.size() {
             return Err(VerifyError::Layout(format!(
