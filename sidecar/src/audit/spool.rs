@@ -185,11 +185,6 @@ impl RecordContext {
     }
 }
 
-/// RFC 3339 time with microseconds, UTC.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
-}
-
 fn io_error(context: &Path, e: std::io::Error) -> SpoolError {
     SpoolError::Io(format!("{}: {e}", context.display()))
 }

@@ -134,25 +134,25 @@ impl Guardrails {
             .into_iter()
             .filter(|p| identity::policy_applies(p, identity, namespace))
             .collect();
+        let mut guardrails = Guardrails {
+            default_context: policies.first().map(context_of).unwrap_or_default(),
+            policies,
+            identity: identity.clone(),
+            namespace: namespace.to_owned(),
+            row_limits: Vec::new(),
+        };
         let mut row_limits = Vec::new();
-        for (pi, policy) in policies.iter().enumerate() {
+        for (pi, policy) in guardrails.policies.iter().enumerate() {
             for (gi, g) in policy.guardrails.iter().enumerate() {
                 let Some(limit) = g.rows_over else { continue };
-                if !g.exec_commands.is_empty()
-                    || identity::matches_any(&g.exempt, identity, namespace)
-                {
+                if !g.exec_commands.is_empty() || guardrails.exempt(g) {
                     continue;
                 }
                 row_limits.push((pi, gi, Arc::new(row_limit(policy, g, limit))));
             }
         }
-        Guardrails {
-            default_context: policies.first().map(context_of).unwrap_or_default(),
-            policies,
-            identity: identity.clone(),
-            namespace: namespace.to_owned(),
-            row_limits,
-        }
+        guardrails.row_limits = row_limits;
+        guardrails
     }
 
     /// The session identity these guardrails were selected for.
