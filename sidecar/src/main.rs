@@ -39,6 +39,13 @@ struct Cli {
     /// Largest Query or Parse message analysed, in bytes; larger ones are refused.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     max_statement_bytes: usize,
+    /// Largest client message of any other kind (Bind, CopyData, ...), in bytes; a larger one
+    /// ends the session.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_message_bytes: usize,
+    /// Time a client has from connecting to a ready session (start-up and authentication).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    startup_timeout: std::time::Duration,
     /// Kubeconfig for approval requests (outside a pod). In a pod the sidecar uses its
     /// in-cluster configuration; without either, statements that require approval are refused.
     #[arg(long, env = "PORTCULLIS_KUBECONFIG")]
@@ -85,6 +92,8 @@ fn main() -> ExitCode {
         },
         limits: Limits {
             max_statement_bytes: cli.max_statement_bytes,
+            max_message_bytes: cli.max_message_bytes,
+            startup_timeout: cli.startup_timeout,
         },
         kube: kube_access(&cli.approvals, cli.kubeconfig),
         oidc: OidcOptions {

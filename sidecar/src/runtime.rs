@@ -22,14 +22,23 @@ use crate::postgres::upstream::Upstream;
 /// Limits on what clients send.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Largest Query or Parse message analysed; larger ones are refused (the session stays).
+    /// Largest Query or Parse message analysed; larger ones are read past without being
+    /// kept and refused (the session stays).
     pub max_statement_bytes: usize,
+    /// Largest message of any other kind (Bind with its parameters, CopyData, ...); a larger
+    /// one ends the session with a FATAL error before its body is read.
+    pub max_message_bytes: usize,
+    /// Time a client has from connecting to a ready session (start-up packets, encryption
+    /// negotiation and authentication), as PostgreSQL's `authentication_timeout`.
+    pub startup_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_statement_bytes: 16 * 1024 * 1024,
+            max_message_bytes: 64 * 1024 * 1024,
+            startup_timeout: std::time::Duration::from_secs(60),
         }
     }
 }

@@ -11,6 +11,12 @@ use std::thread;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+/// Stack of a session worker thread. Statement analysis walks parse trees recursively; a
+/// statement may be as deep as `policy::limits::MAX_CHAIN` links, and this stack holds such a
+/// walk with room to spare (the memory is reserved, and only the pages a walk touches are
+/// used).
+pub const SESSION_STACK_BYTES: usize = 256 << 20;
+
 /// The worker threads; they end when this is dropped (their sessions with them).
 pub struct Workers {
     handles: Vec<Handle>,
@@ -31,6 +37,7 @@ impl Workers {
             let mut stopped = stopped.clone();
             thread::Builder::new()
                 .name(format!("session-worker-{n}"))
+                .stack_size(SESSION_STACK_BYTES)
                 .spawn(move || {
                     // Serves the sessions spawned onto it until the workers are dropped.
                     runtime.block_on(async move { while stopped.changed().await.is_ok() {} });

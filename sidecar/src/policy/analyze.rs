@@ -104,6 +104,12 @@ pub fn kind_name(kind: StatementKind) -> &'static str {
 /// Analyse a query string (one or more statements).
 pub fn analyze(sql: &str) -> Analysis {
     let dialect = PostgreSqlDialect {};
+    if let Err(e) = super::limits::check(sql) {
+        return Analysis::Unanalyzable {
+            reason: e.to_string(),
+            fingerprint: fingerprint::of(sql),
+        };
+    }
     if let Some(facts) = do_block(sql) {
         return Analysis::Statements(vec![facts]);
     }

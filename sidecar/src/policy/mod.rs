@@ -4,3 +4,4 @@ pub mod analyze;
 pub mod cache;
 pub mod fingerprint;
 pub mod guardrails;
+pub mod limits;

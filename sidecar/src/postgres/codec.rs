@@ -79,6 +79,16 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     limit: usize,
     discardable: impl Fn(u8) -> bool,
 ) -> Result<Read, ProtocolError> {
+    read_message_limited(r, |_| limit, discardable).await
+}
+
+/// Read one tagged message whose size limit depends on its type. The limit is checked on the
+/// announced length, before anything of the body is kept.
+pub async fn read_message_limited<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit_of: impl Fn(u8) -> usize,
+    discardable: impl Fn(u8) -> bool,
+) -> Result<Read, ProtocolError> {
     let mut head = [0u8; 5];
     match r.read(&mut head[..1]).await? {
         0 => return Ok(Read::Eof),
@@ -93,6 +103,7 @@ pub async fn read_message<R: AsyncRead + Unpin>(
         )));
     }
     let body_len = (len - 4) as usize;
+    let limit = limit_of(tag);
     if body_len > limit {
         if discardable(tag) && body_len <= HARD_MAX_MESSAGE {
             let mut remaining = body_len as u64;

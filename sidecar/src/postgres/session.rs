@@ -95,7 +95,16 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
     let _active = ActiveGuard(res.clone());
     let _ = tcp.set_nodelay(true);
 
-    let hello = match startup::accept(&mut tcp).await {
+    let started = tokio::time::Instant::now();
+    let startup_timeout = res.limits.startup_timeout;
+    let hello = match tokio::time::timeout(startup_timeout, startup::accept(&mut tcp)).await {
+        Err(_) => {
+            startup_timed_out(&mut tcp, peer, &res).await;
+            return;
+        }
+        Ok(accepted) => accepted,
+    };
+    let hello = match hello {
         Ok(Some(h)) => h,
         Ok(None) => return,
         Err(e) => {
@@ -124,7 +133,17 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         .await;
         return;
     }
-    let established = match auth::establish(&mut tcp, peer, &params, &res).await {
+    let remaining = startup_timeout.saturating_sub(started.elapsed());
+    let established =
+        match tokio::time::timeout(remaining, auth::establish(&mut tcp, peer, &params, &res)).await
+        {
+            Err(_) => {
+                startup_timed_out(&mut tcp, peer, &res).await;
+                return;
+            }
+            Ok(established) => established,
+        };
+    let established = match established {
         Ok(e) => e,
         Err(e) => {
             res.metrics.auth_failures.inc();
@@ -220,6 +239,21 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         AuditEvent::SessionEnd(SessionEnd { statements, reason }),
     );
     res.metrics.spool_bytes.set(res.spool.bytes() as i64);
+}
+
+/// End a connection that did not finish its start-up within the limit.
+async fn startup_timed_out(tcp: &mut TcpStream, peer: SocketAddr, res: &Resource) {
+    res.metrics.protocol_errors.inc();
+    tracing::info!(%peer, timeout = ?res.limits.startup_timeout, "closed a connection that did not finish its start-up in time");
+    refuse(
+        tcp,
+        "08P01",
+        &format!(
+            "canceling authentication due to timeout: start-up not finished within {:?}",
+            res.limits.startup_timeout
+        ),
+    )
+    .await;
 }
 
 type ClientWriter = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
@@ -388,8 +422,11 @@ impl Frontend {
         mut upstream: WriteHalf<UpstreamStream>,
     ) -> (String, bool) {
         let limit = self.res.limits.max_statement_bytes;
+        let other_limit = self.res.limits.max_message_bytes;
+        let is_statement = |tag: u8| tag == b'Q' || tag == b'P';
+        let limit_of = |tag: u8| if is_statement(tag) { limit } else { other_limit };
         loop {
-            let read = codec::read_message(&mut reader, codec::HARD_MAX_MESSAGE, |_| false);
+            let read = codec::read_message_limited(&mut reader, limit_of, is_statement);
             let read = match read.await {
                 Ok(r) => r,
                 Err(e) => return (self.fatal(e).await, false),
@@ -402,10 +439,6 @@ impl Frontend {
                 }
                 Read::Oversized { tag, len } => {
                     self.refuse_oversized(tag, len, limit);
-                    Ok(true)
-                }
-                Read::Message(m) if (m.tag == b'Q' || m.tag == b'P') && m.body.len() > limit => {
-                    self.refuse_oversized(m.tag, m.body.len(), limit);
                     Ok(true)
                 }
                 Read::Message(m) => self.on_message(m),

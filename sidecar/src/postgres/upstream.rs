@@ -39,9 +39,12 @@ pub enum UpstreamError {
     /// The server refused TLS.
     #[error("upstream {0} does not accept TLS")]
     TlsRefused(String),
-    /// The credential files could not be read.
-    #[error("cannot read the upstream credential: {0}")]
-    Credential(String),
+    /// The server asks for a password and no credential is configured.
+    #[error("the server asks for a password and no credential is configured")]
+    NoCredential,
+    /// The credential files could not be read (the sidecar's log says which and why).
+    #[error("cannot read the upstream credential")]
+    Credential,
     /// The server asked for an authentication method the sidecar does not do.
     #[error("upstream asked for an unsupported authentication method ({0})")]
     UnsupportedAuth(String),
@@ -142,10 +145,15 @@ pub struct Credential {
     pub password: String,
 }
 
+/// Read one credential file. The file's path and the operating system's message go to the
+/// sidecar's log only; the error the client sees says that the credential is unreadable.
 fn read_trimmed(path: &Path) -> Result<String, UpstreamError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-        .map_err(|e| UpstreamError::Credential(format!("{}: {e}", path.display())))
+        .map_err(|e| {
+            tracing::error!(path = %path.display(), error = %e, "cannot read a credential file");
+            UpstreamError::Credential
+        })
 }
 
 impl Upstream {
@@ -243,11 +251,7 @@ impl Upstream {
                 credential
                     .as_ref()
                     .map(|c| c.password.clone())
-                    .ok_or_else(|| {
-                        UpstreamError::Credential(
-                            "the server asks for a password and no credential is configured".into(),
-                        )
-                    })
+                    .ok_or(UpstreamError::NoCredential)
             };
             buf.clear();
             match parsed {
