@@ -29,7 +29,9 @@ pub const MAX_STATEMENTS: usize = 10_000;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ShapeError {
     /// A statement chains more operators than [`MAX_CHAIN`].
-    #[error("statement {statement} chains more than {limit} operators (rule builtin/expression-depth)")]
+    #[error(
+        "statement {statement} chains more than {limit} operators (rule builtin/expression-depth)"
+    )]
     ChainTooLong {
         /// 1-based position of the statement in the query string.
         statement: usize,
@@ -219,9 +221,9 @@ mod tests {
 
     #[test]
     fn set_operations_concatenation_casts_and_subscripts_count() {
-        let unions = vec!["SELECT 1"; 10].join(" UNION ");
+        let unions = ["SELECT 1"; 10].join(" UNION ");
         assert!(check_with(&unions, 8, 10).is_err());
-        let concat = format!("SELECT {}", vec!["'a'"; 10].join(" || "));
+        let concat = format!("SELECT {}", ["'a'"; 10].join(" || "));
         assert!(check_with(&concat, 8, 10).is_err());
         let casts = format!("SELECT x{}", "::text".repeat(10));
         assert!(check_with(&casts, 8, 10).is_err());
@@ -247,7 +249,7 @@ mod tests {
             Err(ShapeError::TooManyStatements { limit: 10 })
         );
         // Empty statements are not statements.
-        assert!(check_with(&";;;;;;;;;;;;;SELECT 1;;;;", 8, 1).is_ok());
+        assert!(check_with(";;;;;;;;;;;;;SELECT 1;;;;", 8, 1).is_ok());
     }
 
     /// The deepest statements the limit lets through are analysed, cloned and dropped on a
@@ -291,6 +293,8 @@ mod tests {
     fn too_many_statements_are_refused_before_parsing() {
         use crate::policy::analyze::{analyze, Analysis};
         let many = "SELECT 1;".repeat(MAX_STATEMENTS + 1);
-        assert!(matches!(analyze(&many), Analysis::Unanalyzable { reason, .. } if reason.contains("builtin/statement-count")));
+        assert!(
+            matches!(analyze(&many), Analysis::Unanalyzable { reason, .. } if reason.contains("builtin/statement-count"))
+        );
     }
 }

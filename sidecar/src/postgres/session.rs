@@ -424,7 +424,13 @@ impl Frontend {
         let limit = self.res.limits.max_statement_bytes;
         let other_limit = self.res.limits.max_message_bytes;
         let is_statement = |tag: u8| tag == b'Q' || tag == b'P';
-        let limit_of = |tag: u8| if is_statement(tag) { limit } else { other_limit };
+        let limit_of = |tag: u8| {
+            if is_statement(tag) {
+                limit
+            } else {
+                other_limit
+            }
+        };
         loop {
             let read = codec::read_message_limited(&mut reader, limit_of, is_statement);
             let read = match read.await {

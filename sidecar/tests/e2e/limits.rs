@@ -246,13 +246,8 @@ async fn until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Duration)
 /// Meanwhile a normal client is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_process_bounds_memory_and_start_up_time() {
-    let sidecar = SidecarProcess::start(&[
-        "--startup-timeout",
-        "2s",
-        "--max-message-bytes",
-        "1048576",
-    ])
-    .await;
+    let sidecar =
+        SidecarProcess::start(&["--startup-timeout", "2s", "--max-message-bytes", "1048576"]).await;
     sidecar.serves().await;
     let before = sidecar.peak_kib();
 
