@@ -196,6 +196,10 @@ async fn injected_pod_has_the_exact_sidecar_and_no_credential_reaches_the_agent(
             "httpGet": {"path": "/readyz", "port": 15090, "scheme": "HTTP"},
             "periodSeconds": 5, "failureThreshold": 3, "timeoutSeconds": 1, "successThreshold": 1,
         },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": 15090, "scheme": "HTTP"},
+            "periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 1, "successThreshold": 1,
+        },
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         "securityContext": {
             "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,

@@ -453,6 +453,15 @@ fn sidecar_container(
             "timeoutSeconds": 1,
             "successThreshold": 1,
         },
+        // A failed audit spool fails liveness: the restart reopens it (nothing unrecorded is
+        // forwarded meanwhile).
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": ADMIN_PORT, "scheme": "HTTP"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+            "timeoutSeconds": 1,
+            "successThreshold": 1,
+        },
         "resources": {
             "requests": {"cpu": settings.cpu_request, "memory": settings.memory_request},
             "limits": match &settings.cpu_limit {
