@@ -77,12 +77,15 @@ fn default_verify_every() -> Duration {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("has(self.persistentVolume) != has(self.s3)")
     .message("storage needs exactly one of persistentVolume or s3"))]
+#[x_kube(validation = Rule::new("!has(self.s3)")
+    .message("storage.s3 is not implemented yet: the audit service writes to its persistentVolume only; use storage.persistentVolume"))]
 #[serde(rename_all = "camelCase")]
 pub struct AuditStorage {
     /// A PersistentVolumeClaim of the audit service (the embedded default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistent_volume: Option<PersistentVolumeStorage>,
-    /// S3-compatible object storage with Object Lock (scale-out).
+    /// S3-compatible object storage with Object Lock (scale-out). Not implemented yet: refused
+    /// at admission until the audit service can write to object storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Storage>,
 }

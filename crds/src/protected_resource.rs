@@ -88,7 +88,8 @@ pub struct ProtectedResourceSpec {
 pub enum ResourceType {
     /// A PostgreSQL server (wire protocol 3.0).
     Postgres,
-    /// A MySQL or MariaDB server.
+    /// A MySQL or MariaDB server. Not served yet: accepted, reported `Ready=False` with reason
+    /// `NotServed`, and left out of the sidecar's configuration and the agent's environment.
     Mysql,
     /// The Kubernetes API server, for `pods/exec`, `pods/attach` and everything else an
     /// agent does with the cluster.
@@ -103,6 +104,11 @@ impl ResourceType {
             ResourceType::Mysql => "mysql",
             ResourceType::Kubernetes => "kubernetes",
         }
+    }
+
+    /// Whether a sidecar of this version serves resources of this type.
+    pub fn is_served(self) -> bool {
+        !matches!(self, ResourceType::Mysql)
     }
 }
 

@@ -194,6 +194,14 @@ pub fn ship_to(config: &mut SidecarConfig, target: &AuditTarget) {
 
 /// Compile a namespace. `previous` is the configuration in force; a policy that no longer
 /// compiles keeps its version from there.
+/// Why a resource of a type that no sidecar serves yet is left out of the configuration.
+pub fn not_served(kind: ResourceType) -> String {
+    format!(
+        "type {} is not served by this version: no sidecar listens for it and agents get no address for it",
+        kind.as_str()
+    )
+}
+
 pub fn compile_namespace(
     namespace: &str,
     policies: &[&GatewayPolicy],
@@ -265,6 +273,10 @@ pub fn compile_namespace(
             skipped.insert(name.clone(), "listenPort is out of range".to_owned());
             continue;
         };
+        if !r.spec.r#type.is_served() {
+            skipped.insert(name.clone(), not_served(r.spec.r#type));
+            continue;
+        }
         let upstream = upstream(r);
         if r.spec.r#type != ResourceType::Kubernetes && upstream.is_none() {
             skipped.insert(

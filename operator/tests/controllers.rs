@@ -202,6 +202,28 @@ async fn protected_resource_conditions_follow_the_credentials_secret() {
         "{msg}: {reason}"
     );
 
+    // A MySQL resource is accepted but not served: Ready=False, NotServed, even with its
+    // credentials resolved, and the compiled sidecar configuration leaves it out.
+    let mysql: ProtectedResource = serde_json::from_value(json!({
+        "apiVersion": "portcullis.dev/v1alpha1", "kind": "ProtectedResource",
+        "metadata": {"name": "orders-db"},
+        "spec": {"type": "mysql", "endpoint": {"host": "orders.data.svc", "port": 3306},
+                 "database": "orders", "credentialsSecretRef": {"name": "customers-db-credentials"},
+                 "listenPort": 3306},
+    }))
+    .expect("mysql resource");
+    api.create(&PostParams::default(), &mysql)
+        .await
+        .expect("a mysql resource is accepted");
+    let (ready, _, msg) = eventually(Duration::from_secs(60), "NotServed", || async {
+        condition(&api, "orders-db", "Ready")
+            .await
+            .filter(|c| c.1 == "NotServed")
+    })
+    .await;
+    assert_eq!(ready, "False");
+    assert!(msg.contains("type mysql is not served"), "{msg}");
+
     // Every state change left an Event.
     let events = Api::<Event>::namespaced(client.clone(), &ns);
     let reasons = eventually(Duration::from_secs(60), "events", || async {

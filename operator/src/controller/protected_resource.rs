@@ -21,6 +21,7 @@ use portcullis_crds::{ProtectedResource, ResourceType};
 use serde_json::json;
 
 use super::{key, Context, ReconcileError};
+use crate::compile::not_served;
 use crate::inject::{BOUND_ANNOTATION, INJECTED_LABEL};
 
 const CONTROLLER: &str = "protectedresource";
@@ -307,6 +308,7 @@ async fn reconcile(
     };
     set_condition(&mut status.conditions, resolved);
     let (ready, reason, message) = match (&credentials, &endpoint) {
+        _ if !pr.spec.r#type.is_served() => (false, "NotServed", not_served(pr.spec.r#type)),
         (Ok(_), None) => (
             true,
             "Ready",

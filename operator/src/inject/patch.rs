@@ -68,6 +68,9 @@ pub enum InjectError {
     /// The pod names a resource that does not exist.
     #[error("pod annotation {RESOURCES_ANNOTATION} names ProtectedResource {0:?}, which does not exist in namespace {1}; create it or remove the name from the annotation")]
     UnknownResource(String, String),
+    /// The pod names a resource of a type that no sidecar serves yet.
+    #[error("pod annotation {RESOURCES_ANNOTATION} names ProtectedResource {0:?} of type {1}, which this version does not serve; remove the name from the annotation")]
+    NotServed(String, &'static str),
     /// Two bound resources want the same local port.
     #[error("ProtectedResources {0} and {1} both use listenPort {2}; a pod can bind only resources with distinct listen ports (choose them with the {RESOURCES_ANNOTATION} annotation)")]
     PortConflict(String, String, i32),
@@ -361,11 +364,23 @@ fn bound_resources<'a>(
                     .ok_or_else(|| {
                         InjectError::UnknownResource(name.to_owned(), input.namespace.to_owned())
                     })?;
+                if !r.spec.r#type.is_served() {
+                    return Err(InjectError::NotServed(
+                        name.to_owned(),
+                        r.spec.r#type.as_str(),
+                    ));
+                }
                 out.push(r);
             }
             out
         }
-        None => input.resources.iter().filter(live).collect(),
+        // Resources of a type no sidecar serves are left out: nothing would listen for them.
+        None => input
+            .resources
+            .iter()
+            .filter(live)
+            .filter(|r| r.spec.r#type.is_served())
+            .collect(),
     };
     bound.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     bound.dedup_by(|a, b| a.metadata.name == b.metadata.name);
@@ -684,14 +699,58 @@ mod tests {
         serde_json::from_value(value).expect("pod")
     }
 
-    fn resources() -> Vec<ProtectedResource> {
-        vec![serde_json::from_value(json!({
+    fn resource(name: &str, kind: &str, port: i32) -> ProtectedResource {
+        serde_json::from_value(json!({
             "apiVersion": "portcullis.dev/v1alpha1", "kind": "ProtectedResource",
-            "metadata": {"name": "db", "namespace": "agents"},
-            "spec": {"type": "mysql", "endpoint": {"host": "db", "port": 3306}, "database": "shop",
-                     "credentialsSecretRef": {"name": "db-creds"}, "listenPort": 3306},
+            "metadata": {"name": name, "namespace": "agents"},
+            "spec": {"type": kind, "endpoint": {"host": "db", "port": port}, "database": "shop",
+                     "credentialsSecretRef": {"name": "db-creds"}, "listenPort": port},
         }))
-        .expect("resource")]
+        .expect("resource")
+    }
+
+    fn resources() -> Vec<ProtectedResource> {
+        vec![resource("db", "postgres", 5432)]
+    }
+
+    /// MySQL is not served yet: a MySQL resource is not bound by default (the agent gets no
+    /// address nobody listens on), and a pod that names one is refused with a message.
+    #[test]
+    fn resources_of_unserved_types_are_not_bound() {
+        let settings = SidecarSettings::default();
+        let rs = vec![
+            resource("db", "postgres", 5432),
+            resource("my", "mysql", 3306),
+        ];
+        let input = InjectInput {
+            namespace: "agents",
+            resources: &rs,
+            config_hash: None,
+            sidecar: &settings,
+        };
+        let p = pod(json!({"metadata": {"name": "a"}, "spec": {
+            "containers": [{"name": "agent", "image": "a"}],
+        }}));
+        let out = inject(&p, &input).expect("inject");
+        let agent = &out.spec.as_ref().expect("spec").containers[0];
+        let env: Vec<&str> = agent
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert!(env.contains(&"PGPORT"), "{env:?}");
+        assert!(!env.iter().any(|k| k.starts_with("MYSQL")), "{env:?}");
+        let named = pod(
+            json!({"metadata": {"name": "a", "annotations": {RESOURCES_ANNOTATION: "my"}},
+            "spec": {"containers": [{"name": "agent", "image": "a"}]}}),
+        );
+        let err = inject(&named, &input).expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("which this version does not serve"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -732,8 +791,8 @@ mod tests {
             .flatten()
             .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or_default()))
             .collect();
-        assert!(env.contains(&("MYSQL_TCP_PORT", "3306")));
-        assert!(env.contains(&("DATABASE_URL", "mysql://127.0.0.1:3306/shop")));
+        assert!(env.contains(&("PGPORT", "5432")));
+        assert!(env.contains(&("DATABASE_URL", "postgresql://127.0.0.1:5432/shop")));
         assert!(!spec
             .volumes
             .iter()
