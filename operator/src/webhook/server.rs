@@ -327,10 +327,15 @@ async fn update_pod(
     let (_, new) = read_pod(req.object.as_ref())?;
     let old_spec = old.spec.clone().unwrap_or_default();
     let new_spec = new.spec.clone().unwrap_or_default();
-    let sidecar = pod_guard::stored_sidecar(&old_spec);
-    if sidecar.is_none() && !namespace_labelled {
+    // Outside labelled namespaces only pods this webhook injected (opted in) are its concern.
+    let injected = old
+        .labels()
+        .get(INJECTED_LABEL)
+        .is_some_and(|v| v == "true");
+    if !namespace_labelled && !injected {
         return Ok(None);
     }
+    let sidecar = pod_guard::stored_sidecar(&old_spec);
     if let Some(s) = sidecar {
         pod_guard::sidecar_unchanged(s, pod_guard::stored_sidecar(&new_spec))
             .map_err(|e| e.to_string())?;
