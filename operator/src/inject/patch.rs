@@ -45,7 +45,7 @@ impl Default for SidecarSettings {
             memory_request: "64Mi".to_owned(),
             memory_limit: "256Mi".to_owned(),
             cpu_limit: None,
-            run_as_user: 65532,
+            run_as_user: pod_guard::DEFAULT_SIDECAR_UID,
         }
     }
 }

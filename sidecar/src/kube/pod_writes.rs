@@ -180,3 +180,95 @@ impl PodWriteGuard {
         pod_guard::check(&spec, sidecar.as_ref(), &self.protected).map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+
+    fn guard() -> PodWriteGuard {
+        let config = SidecarConfig::from_yaml(
+            "apiVersion: portcullis.dev/sidecar-config/v1alpha1\nnamespace: shop\nprotectedSecrets: [db-creds]\n",
+        )
+        .expect("config");
+        PodWriteGuard::new(
+            &config,
+            &Identity {
+                kind: "ServiceAccount".to_owned(),
+                name: "agent".to_owned(),
+                ..Identity::default()
+            },
+        )
+    }
+
+    fn info(method: Method, path: &str) -> RequestInfo {
+        RequestInfo::resolve(&method, path, None)
+    }
+
+    #[test]
+    fn templates_of_every_workload_kind_are_checked() {
+        let g = guard();
+        let host_path = r#"{"containers": [{"name": "a"}], "volumes": [{"name": "h", "hostPath": {"path": "/var/lib/kubelet"}}]}"#;
+        let cases = [
+            (
+                "/api/v1/namespaces/shop/pods",
+                format!(r#"{{"spec": {host_path}}}"#),
+            ),
+            (
+                "/apis/apps/v1/namespaces/shop/deployments",
+                format!(r#"{{"spec": {{"template": {{"spec": {host_path}}}}}}}"#),
+            ),
+            (
+                "/apis/apps/v1/namespaces/shop/daemonsets",
+                format!(r#"{{"spec": {{"template": {{"spec": {host_path}}}}}}}"#),
+            ),
+            (
+                "/apis/batch/v1/namespaces/shop/cronjobs",
+                format!(
+                    r#"{{"spec": {{"jobTemplate": {{"spec": {{"template": {{"spec": {host_path}}}}}}}}}}}"#
+                ),
+            ),
+            (
+                "/api/v1/namespaces/shop/podtemplates",
+                format!(r#"{{"template": {{"spec": {host_path}}}}}"#),
+            ),
+        ];
+        for (path, body) in cases {
+            let i = info(Method::POST, path);
+            assert!(g.applies(&i), "{path}");
+            let err = g.check(&i, body.as_bytes()).expect_err(path);
+            assert!(err.contains("mounts host path"), "{path}: {err}");
+        }
+        let elsewhere = info(Method::POST, "/api/v1/namespaces/other/pods");
+        assert!(!g.applies(&elsewhere));
+        let read = info(Method::GET, "/api/v1/namespaces/shop/pods");
+        assert!(!g.applies(&read));
+    }
+
+    #[test]
+    fn opt_out_credentials_and_patches_are_refused_plain_pods_pass() {
+        let g = guard();
+        let pods = info(Method::POST, "/api/v1/namespaces/shop/pods");
+        let out = r#"{"metadata": {"annotations": {"portcullis.dev/inject": "disabled"}}, "spec": {"containers": [{"name": "a"}]}}"#;
+        assert!(g
+            .check(&pods, out.as_bytes())
+            .expect_err("opt-out")
+            .contains("opts a pod out"));
+        let cred =
+            "spec:\n  containers:\n  - name: a\n    envFrom:\n    - secretRef: {name: db-creds}\n";
+        assert!(g
+            .check(&pods, cred.as_bytes())
+            .expect_err("yaml body")
+            .contains("reads Secret \"db-creds\""));
+        let patch = info(Method::PATCH, "/api/v1/namespaces/shop/pods/p");
+        let sidecar =
+            r#"{"spec": {"initContainers": [{"name": "portcullis-sidecar", "image": "evil"}]}}"#;
+        assert!(g.check(&patch, sidecar.as_bytes()).is_err());
+        assert!(g.check(&pods, b"{not: [json").is_err());
+        let plain =
+            r#"{"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "a"}]}}"#;
+        assert_eq!(g.check(&pods, plain.as_bytes()), Ok(()));
+        let labels_only = r#"{"metadata": {"labels": {"x": "y"}}}"#;
+        assert_eq!(g.check(&patch, labels_only.as_bytes()), Ok(()));
+    }
+}
