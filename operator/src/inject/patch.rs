@@ -2,7 +2,11 @@
 //! namespace's ProtectedResources to the pod that is admitted.
 //!
 //! The mutation converges: applying it to its own output changes nothing, so the webhook can
-//! be reinvoked (`reinvocationPolicy: IfNeeded`) after other webhooks edited the pod.
+//! be reinvoked (`reinvocationPolicy: IfNeeded`) after other webhooks edited the pod. A
+//! container or volume of the submitted pod that carries the sidecar's name is accepted only
+//! when it equals what this mutation builds (its own earlier output, unchanged); anything else
+//! is refused. The result passes [`pod_guard::check`] with the built sidecar as the only
+//! container allowed to reach the credentials, the keys and the real token.
 
 use std::collections::{BTreeMap, BTreeSet};
 
