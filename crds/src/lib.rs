@@ -9,6 +9,7 @@ pub mod audit_retention;
 pub mod conditions;
 pub mod gateway_policy;
 pub mod manifest;
+pub mod pod_guard;
 pub mod protected_resource;
 pub mod sidecar_config;
 

@@ -47,6 +47,11 @@ pub struct SidecarConfig {
     /// Address of the sidecar's own `/metrics`, `/healthz` and `/readyz`.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
+    /// Secrets only the sidecar may read (the resources' credentials; the serving key and the
+    /// masking key are always included): the Kubernetes API proxy refuses pod, pod-template
+    /// and ephemeral-container writes that refer to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protected_secrets: Vec<String>,
 }
 
 fn default_admin_listen() -> String {
@@ -911,6 +916,7 @@ mod tests {
             audit: AuditConfig::default(),
             masking: MaskingConfig::default(),
             admin_listen: "127.0.0.1:15090".into(),
+            protected_secrets: Vec::new(),
         }
     }
 

@@ -132,9 +132,29 @@ fn values_matrix_renders_what_each_value_asks_for() {
     ]));
     assert_eq!(
         scoped.matches("team: agents").count(),
-        5,
-        "the injection, decision and validation webhooks: {scoped}"
+        6,
+        "the injection, decision and validation webhooks and the token policy: {scoped}"
     );
+    assert!(kinds(&d).contains(&"ValidatingAdmissionPolicy".to_owned()));
+    assert!(d.contains("operations: [CREATE, UPDATE], resources: [pods]"));
+    assert!(!d.contains("--opt-out-group"));
+    let trusting = text(&template(&[
+        "--set",
+        "webhook.optOut.trustedGroups={platform-admins}",
+        "--set",
+        "webhook.optOut.trustedServiceAccounts={ci/deployer}",
+        "--set",
+        "webhook.admissionPolicy.enabled=false",
+    ]));
+    assert!(
+        trusting.contains("--opt-out-group=platform-admins"),
+        "{trusting}"
+    );
+    assert!(
+        trusting.contains("--opt-out-service-account=ci/deployer"),
+        "{trusting}"
+    );
+    assert!(!trusting.contains("kind: ValidatingAdmissionPolicy"));
     assert!(scoped.contains("replicas: 3"));
 }
 

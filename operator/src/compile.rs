@@ -350,6 +350,16 @@ pub fn compile_namespace(
                 ..MaskingConfig::default()
             },
             admin_listen: format!("0.0.0.0:{}", crate::inject::ADMIN_PORT),
+            protected_secrets: {
+                let mut names: Vec<String> = resources
+                    .iter()
+                    .filter_map(|r| r.spec.credentials_secret_ref.as_ref())
+                    .map(|c| c.name.clone())
+                    .collect();
+                names.sort();
+                names.dedup();
+                names
+            },
         },
         policies: outcomes,
         skipped_resources: skipped,

@@ -20,7 +20,7 @@ pub mod notify;
 pub mod run;
 pub mod webhook;
 
-pub use run::{run, serve_webhook, Settings};
+pub use run::{run, serve_webhook, serve_webhook_trusting, Settings};
 
 /// Errors of the operator's long-running parts.
 #[derive(Debug, thiserror::Error)]

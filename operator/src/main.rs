@@ -78,6 +78,13 @@ struct Args {
         default_value_t = 168
     )]
     access_request_retention_hours: u64,
+    /// Groups whose members may opt pods out of injection in labelled namespaces (pod
+    /// annotation `portcullis.dev/inject: disabled`); nobody may when empty.
+    #[arg(long, value_delimiter = ',')]
+    opt_out_group: Vec<String>,
+    /// Service accounts (`namespace/name`) that may opt pods out of injection.
+    #[arg(long, value_delimiter = ',')]
+    opt_out_service_account: Vec<String>,
     /// Register the webhook configurations with this base URL (for example
     /// `https://127.0.0.1:8443`) before starting: for a local control plane without the Helm
     /// chart. The operator fills in their caBundle as usual.
@@ -156,6 +163,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = args.cert_dir {
         settings.cert_source = CertSource::Directory(dir);
     }
+    settings.opt_out.groups = args.opt_out_group;
+    settings.opt_out.service_accounts = args.opt_out_service_account;
     settings.sidecar.cpu_request = args.sidecar_cpu_request;
     settings.sidecar.memory_request = args.sidecar_memory_request;
     settings.sidecar.cpu_limit = args.sidecar_cpu_limit;

@@ -14,7 +14,7 @@ use crate::controller::{self, Context};
 use crate::inject::SidecarSettings;
 use crate::leader::{self, LeaseSettings};
 use crate::metrics::{self, Health, Metrics};
-use crate::webhook::{self, WebhookState};
+use crate::webhook::{self, OptOutTrust, WebhookState};
 use crate::Error;
 
 /// Everything the operator is configured with.
@@ -45,6 +45,8 @@ pub struct Settings {
     pub validating_webhooks: Vec<String>,
     /// The injected sidecar.
     pub sidecar: SidecarSettings,
+    /// Who may opt pods out of injection in labelled namespaces.
+    pub opt_out: OptOutTrust,
     /// The audit service sidecars ship their spool to; `None` keeps records in the spools.
     pub audit: Option<crate::compile::AuditTarget>,
     /// How long Denied and Expired AccessRequests are kept before they are deleted.
@@ -75,6 +77,7 @@ impl Settings {
             mutating_webhooks: vec!["portcullis-injector".to_owned()],
             validating_webhooks: vec!["portcullis-policy-validator".to_owned()],
             sidecar: SidecarSettings::default(),
+            opt_out: OptOutTrust::default(),
             audit: None,
             access_request_retention: controller::DEFAULT_ACCESS_REQUEST_RETENTION,
         }
@@ -131,7 +134,29 @@ pub async fn serve_webhook(
     metrics: Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let (state, _caches) = WebhookState::start(client, sidecar, metrics).await;
+    serve_webhook_trusting(
+        client,
+        listener,
+        cert,
+        sidecar,
+        OptOutTrust::default(),
+        metrics,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_webhook`], trusting `opt_out` to opt pods out of injection.
+pub async fn serve_webhook_trusting(
+    client: Client,
+    listener: TcpListener,
+    cert: Arc<ReloadableCert>,
+    sidecar: SidecarSettings,
+    opt_out: OptOutTrust,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let (state, _caches) = WebhookState::start(client, sidecar, opt_out, metrics).await;
     webhook::serve(listener, cert, state, shutdown).await
 }
 
@@ -199,8 +224,13 @@ pub async fn run(
     let listener = TcpListener::bind(settings.webhook_addr)
         .await
         .map_err(|e| Error::Bind(settings.webhook_addr.to_string(), e))?;
-    let (state, caches) =
-        WebhookState::start(client.clone(), settings.sidecar.clone(), metrics.clone()).await;
+    let (state, caches) = WebhookState::start(
+        client.clone(),
+        settings.sidecar.clone(),
+        settings.opt_out.clone(),
+        metrics.clone(),
+    )
+    .await;
     {
         let stop = stopped();
         let cert = cert.clone();

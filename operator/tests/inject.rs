@@ -360,6 +360,7 @@ async fn injected_pod_has_the_exact_sidecar_and_no_credential_reaches_the_agent(
             resources: &resources,
             config_hash: Some("pending".into()),
             sidecar: &SidecarSettings::default(),
+            token_secrets: Default::default(),
         },
     )
     .expect("second pass");
@@ -499,10 +500,14 @@ async fn pods_opt_out_and_opt_in_by_annotation_and_bind_named_resources() {
         "opted-out",
         json!({"metadata": {"annotations": {"portcullis.dev/inject": "disabled"}}}),
     );
-    let created = create_pod(&s.client, &labelled, &out)
+    let err = create_pod(&s.client, &labelled, &out)
         .await
-        .expect("opted-out pod");
-    assert!(!has_sidecar(&created));
+        .expect_err("opting out is a privilege nobody holds by default");
+    assert!(
+        err.to_string()
+            .contains("opts a pod out of the Portcullis sidecar, which in a protected namespace only the users the operator is configured to trust (none are configured) may do"),
+        "{err}"
+    );
 
     let named = restricted_pod(
         "named",
@@ -638,10 +643,11 @@ async fn agent_containers_asking_for_the_credential_are_refused() {
             "(projected volume creds)",
         ),
         (
-            "opted-out",
-            json!({"metadata": {"annotations": {"portcullis.dev/inject": "disabled"}}, "spec": {"containers": [{"name": "agent", "image": "a", "env": [
-            {"name": "DB_USER", "valueFrom": {"secretKeyRef": {"name": "customers-db-credentials", "key": "username"}}}]}]}}),
-            "(env var DB_USER valueFrom secretKeyRef)",
+            "unmounted",
+            json!({"spec": {
+            "volumes": [{"name": "later", "secret": {"secretName": "customers-db-credentials"}}],
+            "containers": [{"name": "agent", "image": "a"}]}}),
+            "(volume later)",
         ),
     ];
     for (name, extra, how) in cases {
@@ -789,4 +795,446 @@ async fn with_the_webhook_down_labelled_namespaces_refuse_pods_and_others_do_not
         .await
         .expect("opt-in webhook fails open outside labelled namespaces");
     unregister(&client, &name).await;
+}
+
+/// One escape attempt of the table: what is sent, and the refusal it must meet.
+struct Attempt {
+    family: &'static str,
+    how: How,
+    refused_with: &'static str,
+}
+
+enum How {
+    /// Create this pod.
+    Create(serde_json::Value),
+    /// Strategic-merge patch pod `victim`.
+    Update(serde_json::Value),
+    /// Strategic-merge patch the ephemeral containers of pod `victim`.
+    Ephemeral(serde_json::Value),
+    /// Create this Secret.
+    Secret(serde_json::Value),
+    /// Request a token for service account `default`.
+    TokenRequest,
+}
+
+/// Send an attempt as `client` into `ns`.
+async fn attempt(client: &kube::Client, ns: &str, how: &How) -> Result<(), kube::Error> {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pp = PatchParams::default();
+    match how {
+        How::Create(pod) => {
+            let pod: Pod = serde_json::from_value(pod.clone()).expect("pod");
+            pods.create(&PostParams::default(), &pod).await.map(drop)
+        }
+        How::Update(patch) => pods
+            .patch("victim", &pp, &Patch::Strategic(patch))
+            .await
+            .map(drop),
+        How::Ephemeral(patch) => pods
+            .patch_ephemeral_containers("victim", &pp, &Patch::Strategic(patch))
+            .await
+            .map(drop),
+        How::Secret(secret) => {
+            let secret: Secret = serde_json::from_value(secret.clone()).expect("secret");
+            Api::<Secret>::namespaced(client.clone(), ns)
+                .create(&PostParams::default(), &secret)
+                .await
+                .map(drop)
+        }
+        How::TokenRequest => Api::<ServiceAccount>::namespaced(client.clone(), ns)
+            .create_token_request("default", &PostParams::default(), &TokenRequest::default())
+            .await
+            .map(drop),
+    }
+}
+
+fn agent_pod(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    let mut pod = json!({"metadata": {"name": name}, "spec": {
+        "containers": [{"name": "agent", "image": "registry.example/agent:1"}]}});
+    merge(&mut pod, json!({"spec": spec}));
+    pod
+}
+
+/// Every family of escape the issue lists, as a namespace user with `edit` and
+/// `pods/ephemeralcontainers` (alice), on creation, update and ephemeral containers: each is
+/// first admitted in an unlabelled twin namespace (so the attempt is real), then refused in the
+/// labelled one. Then the agent itself tries the same through its sidecar's Kubernetes API
+/// proxy, which refuses with the webhook's message and records it.
+#[tokio::test]
+async fn escape_attempts_are_refused_on_every_path() {
+    use k8s_openapi::api::core::v1::Secret;
+    use portcullis_e2e::User;
+    use portcullis_operator::webhook::OptOutTrust;
+
+    let scope = "inject-escape";
+    let h = harness();
+    h.install_crds().await;
+    let client = h.client().await;
+    let webhook = Webhook::start_trusting(
+        client.clone(),
+        OptOutTrust {
+            groups: vec!["system:masters".to_owned()],
+            service_accounts: Vec::new(),
+        },
+    )
+    .await;
+    let name = format!("portcullis-test-{scope}");
+    register(
+        &client,
+        &options(&name, webhook.url(), Some(webhook.ca_pem.clone()), scope),
+    )
+    .await;
+
+    // Twin namespaces with the same Secrets (the token Secret is made before the
+    // ValidatingAdmissionPolicy applies to the labelled one).
+    let labelled = h.namespace(scope).await;
+    let plain = h.namespace(scope).await;
+    for ns in [&labelled, &plain] {
+        label_namespace(&client, ns, &[(TEST_LABEL, scope)]).await;
+        secret(
+            &client,
+            ns,
+            "customers-db-credentials",
+            &[("password", "s3cret")],
+        )
+        .await;
+        create::<Secret>(
+            &client,
+            ns,
+            json!({"metadata": {"name": "default-token",
+            "annotations": {"kubernetes.io/service-account.name": "default"}},
+            "type": "kubernetes.io/service-account-token"}),
+        )
+        .await;
+        h.service_account(ns, "agent").await;
+        // The rules of the built-in `edit` role these attempts use (the harness runs no
+        // controller-manager, whose aggregation fills `edit`), plus the grant on
+        // pods/ephemeralcontainers that teams add for kubectl debug.
+        let all = [
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ];
+        create::<k8s_openapi::api::rbac::v1::Role>(&client, ns, json!({"metadata": {"name": "edit-and-debug"}, "rules": [
+            {"apiGroups": [""], "resources": ["pods", "secrets", "configmaps"], "verbs": all},
+            {"apiGroups": ["apps"], "resources": ["deployments", "replicasets", "statefulsets", "daemonsets"], "verbs": all},
+            {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": all},
+            {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["get", "patch", "update"]}]}))
+        .await;
+        for (binding, role_kind, role) in [("edit-and-debug", "Role", "edit-and-debug")] {
+            create::<k8s_openapi::api::rbac::v1::RoleBinding>(&client, ns, json!({
+                "metadata": {"name": binding},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": User::Owner.name()},
+                    {"kind": "ServiceAccount", "name": "agent", "namespace": ns},
+                ]}))
+            .await;
+        }
+    }
+    postgres_resource(
+        &client,
+        &labelled,
+        "customers-db",
+        5432,
+        "customers-db-credentials",
+    )
+    .await;
+    // The sidecar's own token, requested before the policy applies.
+    let sidecar_token = h.token(&labelled, "agent", None, None).await;
+    label_namespace(&client, &labelled, &[("portcullis.dev/inject", "enabled")]).await;
+    wait_until_injecting(&client, &labelled).await;
+
+    // The chart's ValidatingAdmissionPolicy, scoped to this test's namespaces.
+    let rendered = h.state_dir().to_owned() + "/escape-vap.yaml";
+    let out = std::process::Command::new(h.helm_path())
+        .args([
+            "template",
+            "escape",
+            &portcullis_e2e::repo_root()
+                .join("charts/portcullis")
+                .to_string_lossy(),
+            "--kube-version",
+            "1.34.0",
+            "--namespace",
+            "portcullis-system",
+            "--show-only",
+            "templates/admission-policy.yaml",
+            "--set",
+            &format!("webhook.namespaceLabels.portcullis\\.dev/test={scope}"),
+        ])
+        .output()
+        .expect("helm template");
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(&rendered, &out.stdout).expect("write policy");
+    let applied = h.kubectl(&["apply", "-f", &rendered]);
+    assert!(applied.status.success(), "{}", text(&applied));
+
+    let alice = h.client_as(User::Owner).await;
+    // The pod every update and ephemeral attempt targets: injected in the labelled
+    // namespace; in the twin, a look-alike with the same container and volume names.
+    attempt(
+        &alice,
+        &labelled,
+        &How::Create(agent_pod("victim", json!({}))),
+    )
+    .await
+    .expect("victim injected");
+    attempt(&alice, &plain, &How::Create(agent_pod("victim", json!({
+        "volumes": [{"name": "portcullis-cred-customers-db", "secret": {"secretName": "customers-db-credentials"}}],
+        "initContainers": [{"name": "portcullis-sidecar", "image": "portcullis-sidecar:1", "restartPolicy": "Always",
+            "volumeMounts": [{"name": "portcullis-cred-customers-db", "mountPath": "/creds"}]}]}))))
+        .await
+        .expect("look-alike victim");
+    // The policy reaches the API server's cache asynchronously.
+    let dry = alice.clone();
+    eventually(Duration::from_secs(30), "the token policy to apply", || {
+        let dry = dry.clone();
+        let labelled = labelled.clone();
+        async move {
+            let api: Api<Secret> = Api::namespaced(dry, &labelled);
+            let s: Secret = serde_json::from_value(json!({"metadata": {"name": "probe-token",
+                "annotations": {"kubernetes.io/service-account.name": "default"}},
+                "type": "kubernetes.io/service-account-token"}))
+            .expect("secret");
+            let pp = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            api.create(&pp, &s).await.is_err().then_some(())
+        }
+    })
+    .await;
+
+    let cred_env = json!([{"name": "P", "valueFrom": {"secretKeyRef": {"name": "customers-db-credentials", "key": "password"}}}]);
+    let table = [
+        Attempt { family: "opt-out annotation by an untrusted user", refused_with: "opts a pod out of the Portcullis sidecar",
+            how: How::Create(json!({"metadata": {"name": "opt-out", "annotations": {"portcullis.dev/inject": "disabled"}},
+                "spec": {"containers": [{"name": "agent", "image": "a"}]}})) },
+        Attempt { family: "own init container named like the sidecar", refused_with: "is named like a part of the Portcullis sidecar",
+            how: How::Create(agent_pod("impostor", json!({"initContainers": [{"name": "portcullis-sidecar", "image": "evil", "restartPolicy": "Always", "env": cred_env}]}))) },
+        Attempt { family: "own volume named like the sidecar's", refused_with: "volume \"portcullis-spool\" is named like a part of the Portcullis sidecar",
+            how: How::Create(agent_pod("impostor-volume", json!({"volumes": [{"name": "portcullis-spool", "secret": {"secretName": "customers-db-credentials"}}]}))) },
+        Attempt { family: "update replaces the sidecar image", refused_with: "must stay exactly as the webhook injected it; this update changes its image",
+            how: How::Update(json!({"spec": {"initContainers": [{"name": "portcullis-sidecar", "image": "evil:1"}]}})) },
+        Attempt { family: "declared but unmounted credential volume", refused_with: "the pod (a volume no container mounts yet) reads Secret \"customers-db-credentials\" (volume later)",
+            how: How::Create(agent_pod("unmounted", json!({"volumes": [{"name": "later", "secret": {"secretName": "customers-db-credentials"}}]}))) },
+        Attempt { family: "declared but unmounted projected token", refused_with: "mounts volume \"later-token\", which projects a service-account token",
+            how: How::Create(agent_pod("unmounted-token", json!({"volumes": [{"name": "later-token", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}]}))) },
+        Attempt { family: "ephemeral container mounts the sidecar's credential volume", refused_with: "ephemeral container \"steal\" refers to portcullis-cred-customers-db",
+            how: How::Ephemeral(json!({"spec": {"ephemeralContainers": [{"name": "steal", "image": "busybox", "volumeMounts": [{"name": "portcullis-cred-customers-db", "mountPath": "/x"}]}]}})) },
+        Attempt { family: "ephemeral container reads the credential from env", refused_with: "ephemeral container \"env\" reads Secret \"customers-db-credentials\"",
+            how: How::Ephemeral(json!({"spec": {"ephemeralContainers": [{"name": "env", "image": "busybox", "env": cred_env}]}})) },
+        Attempt { family: "ephemeral container targets the sidecar", refused_with: "targets container \"portcullis-sidecar\" (targetContainerName)",
+            how: How::Ephemeral(json!({"spec": {"ephemeralContainers": [{"name": "join", "image": "busybox", "targetContainerName": "portcullis-sidecar"}]}})) },
+        Attempt { family: "ephemeral container as the sidecar's uid", refused_with: "runs as user or group 65532, the Portcullis sidecar's",
+            how: How::Ephemeral(json!({"spec": {"ephemeralContainers": [{"name": "same-uid", "image": "busybox", "securityContext": {"runAsUser": 65532}}]}})) },
+        Attempt { family: "shareProcessNamespace with agents of unknown uid", refused_with: "sets shareProcessNamespace: true, but container \"agent\" does not set runAsUser and runAsGroup",
+            how: How::Create(agent_pod("shared", json!({"shareProcessNamespace": true}))) },
+        Attempt { family: "hostPID", refused_with: "sets hostPID: true",
+            how: How::Create(agent_pod("host-pid", json!({"hostPID": true}))) },
+        Attempt { family: "agent runs as the sidecar's uid", refused_with: "runs as user or group 65532",
+            how: How::Create(agent_pod("same-uid", json!({"securityContext": {"runAsUser": 65532, "runAsGroup": 65532}}))) },
+        Attempt { family: "hostPath of the kubelet's pod directory", refused_with: "mounts host path \"/var/lib/kubelet/pods\"",
+            how: How::Create(agent_pod("kubelet-pods", json!({"volumes": [{"name": "h", "hostPath": {"path": "/var/lib/kubelet/pods"}}]}))) },
+        Attempt { family: "hostPath of a parent of it", refused_with: "mounts host path \"/var\", which is, contains or lies in /var/lib/kubelet",
+            how: How::Create(agent_pod("var", json!({"volumes": [{"name": "h", "hostPath": {"path": "/var"}}]}))) },
+        Attempt { family: "token Secret made by a namespace user", refused_with: "Secrets of type kubernetes.io/service-account-token are refused",
+            how: How::Secret(json!({"metadata": {"name": "stolen-token", "annotations": {"kubernetes.io/service-account.name": "default"}},
+                "type": "kubernetes.io/service-account-token"})) },
+        Attempt { family: "existing token Secret mounted by an agent", refused_with: "reads Secret \"default-token\" (volume tok), which is of type kubernetes.io/service-account-token",
+            how: How::Create(agent_pod("token-secret", json!({"volumes": [{"name": "tok", "secret": {"secretName": "default-token"}}]}))) },
+        Attempt { family: "existing token Secret read by an ephemeral container", refused_with: "ephemeral container \"tok\" reads Secret \"default-token\"",
+            how: How::Ephemeral(json!({"spec": {"ephemeralContainers": [{"name": "tok", "image": "busybox", "envFrom": [{"secretRef": {"name": "default-token"}}]}]}})) },
+        Attempt { family: "TokenRequest by a namespace user", refused_with: "TokenRequests for service account default are refused",
+            how: How::TokenRequest },
+        Attempt { family: "CSI nodePublishSecretRef naming the credential", refused_with: "(CSI volume csi nodePublishSecretRef)",
+            how: How::Create(agent_pod("csi", json!({"volumes": [{"name": "csi", "csi": {"driver": "secrets.example", "nodePublishSecretRef": {"name": "customers-db-credentials"}}}]}))) },
+    ];
+    let mut failures = Vec::new();
+    for a in &table {
+        if let Err(e) = attempt(&alice, &plain, &a.how).await {
+            failures.push(format!(
+                "{}: not even possible without Portcullis: {e}",
+                a.family
+            ));
+            continue;
+        }
+        match attempt(&alice, &labelled, &a.how).await {
+            Ok(()) => failures.push(format!("{}: admitted", a.family)),
+            Err(e) if e.to_string().contains(a.refused_with) => {}
+            Err(e) => failures.push(format!(
+                "{}: refused, but not with {:?}: {e}",
+                a.family, a.refused_with
+            )),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "escape table:\n{}",
+        failures.join("\n")
+    );
+
+    // Ordinary work still passes: an agent image update, a plain debug container.
+    attempt(&alice, &labelled, &How::Update(json!({"spec": {"containers": [{"name": "agent", "image": "registry.example/agent:2"}]}})))
+        .await
+        .expect("agent image update");
+    attempt(&alice, &labelled, &How::Ephemeral(json!({"spec": {"ephemeralContainers": [{"name": "debug", "image": "busybox", "targetContainerName": "agent"}]}})))
+        .await
+        .expect("a debug container next to the agent");
+
+    // A trusted user may opt out, but an opted-out pod is checked all the same.
+    let trusted_cases = [
+        (agent_pod("trusted-impostor", json!({"initContainers": [{"name": "portcullis-sidecar", "image": "evil", "restartPolicy": "Always", "env": cred_env}]})),
+            Some("init container \"portcullis-sidecar\" is named \"portcullis-sidecar\"")),
+        (agent_pod("trusted-agent-token", json!({})), Some("runs without the Portcullis sidecar as service account \"default\", which the namespace's agents run as")),
+        (agent_pod("trusted-plain", json!({"automountServiceAccountToken": false})), None),
+    ];
+    for (mut pod, refusal) in trusted_cases {
+        merge(
+            &mut pod,
+            json!({"metadata": {"annotations": {"portcullis.dev/inject": "disabled"}}}),
+        );
+        let result = attempt(&client, &labelled, &How::Create(pod.clone())).await;
+        match refusal {
+            Some(m) => {
+                let e = result.expect_err(m);
+                assert!(e.to_string().contains(m), "{e}");
+            }
+            None => result.expect("a trusted opt-out of a pod that reaches nothing"),
+        }
+    }
+
+    // The agent, through its own sidecar.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = portcullis_operator::certs::generate(
+        &["127.0.0.1".to_owned()],
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    )
+    .expect("certificates");
+    std::fs::write(dir.path().join("tls.crt"), &certs.cert_pem).expect("cert");
+    std::fs::write(dir.path().join("tls.key"), &certs.key_pem).expect("key");
+    std::fs::write(dir.path().join("ca.crt"), &certs.ca_pem).expect("ca");
+    std::fs::write(dir.path().join("token"), &sidecar_token).expect("token");
+    let api_url: http::Uri = h.apiserver_url().parse().expect("api url");
+    let config_text = format!(
+        "apiVersion: portcullis.dev/sidecar-config/v1alpha1
+namespace: {labelled}
+adminListen: 127.0.0.1:0
+protectedSecrets: [customers-db-credentials]
+audit:
+  spoolDir: {dir}/spool
+resources:
+- name: cluster-api
+  type: kubernetes
+  listenPort: 0
+  upstream: {{host: {host}, port: {port}, tlsMode: verify-full, caFile: {ca}}}
+  serverTls: {{certFile: {dir}/tls.crt, keyFile: {dir}/tls.key}}
+  tokenFile: {dir}/token
+  policies: [agents]
+policies:
+- name: agents
+  purpose: Agent work
+",
+        dir = dir.path().display(),
+        host = api_url.host().expect("host"),
+        port = api_url.port_u16().unwrap_or(443),
+        ca = h.ca_file(),
+    );
+    let config = portcullis_crds::SidecarConfig::from_yaml(&config_text).expect("sidecar config");
+    let sidecar = portcullis_sidecar::start(
+        config,
+        portcullis_sidecar::config::Options::service_account(&labelled, "agent"),
+    )
+    .await
+    .expect("sidecar starts");
+    let port = sidecar.addr("cluster-api").expect("listening").port();
+    let kubeconfig = token_kubeconfig(
+        &dir.path().join("agent.kubeconfig"),
+        &format!("https://127.0.0.1:{port}"),
+        &dir.path().join("ca.crt").to_string_lossy(),
+        inject::PLACEHOLDER_TOKEN,
+        &labelled,
+    );
+    let agent = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig"),
+            &Default::default(),
+        )
+        .await
+        .expect("config"),
+    )
+    .expect("agent client");
+    let deployment = |spec: serde_json::Value| {
+        json!({"metadata": {"name": "agent-deploy"}, "spec": {"selector": {"matchLabels": {"app": "x"}},
+            "template": {"metadata": {"labels": {"app": "x"}}, "spec": spec}}})
+    };
+    let through_proxy: Vec<(&str, Result<(), kube::Error>, &str)> = vec![
+        ("opt-out annotation", attempt(&agent, &labelled, &How::Create(json!({"metadata": {"name": "opt-out", "annotations": {"portcullis.dev/inject": "disabled"}},
+            "spec": {"containers": [{"name": "agent", "image": "a"}]}}))).await, "opts a pod out of the Portcullis sidecar"),
+        ("own container named like the sidecar", attempt(&agent, &labelled, &How::Create(agent_pod("impostor", json!({"initContainers": [{"name": "portcullis-sidecar", "image": "evil"}]})))).await,
+            "is named \"portcullis-sidecar\""),
+        ("update replaces the sidecar image", attempt(&agent, &labelled, &How::Update(json!({"spec": {"initContainers": [{"name": "portcullis-sidecar", "image": "evil:1"}]}}))).await,
+            "is named \"portcullis-sidecar\""),
+        ("ephemeral container targets the sidecar", attempt(&agent, &labelled, &How::Ephemeral(json!({"spec": {"ephemeralContainers": [{"name": "join", "image": "busybox", "targetContainerName": "portcullis-sidecar"}]}}))).await,
+            "(rule builtin/ephemeral-containers)"),
+        ("deployment template with hostPath", {
+            let d: Deployment = serde_json::from_value(deployment(json!({"containers": [{"name": "a", "image": "a"}], "volumes": [{"name": "h", "hostPath": {"path": "/var/lib/kubelet"}}]}))).expect("deployment");
+            Api::<Deployment>::namespaced(agent.clone(), &labelled).create(&PostParams::default(), &d).await.map(drop)
+        }, "mounts host path \"/var/lib/kubelet\""),
+        ("cronjob template reading the credential", {
+            let cj: k8s_openapi::api::batch::v1::CronJob = serde_json::from_value(json!({"metadata": {"name": "cj"}, "spec": {"schedule": "* * * * *",
+                "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "a", "image": "a", "env": cred_env}]}}}}}})).expect("cronjob");
+            Api::<k8s_openapi::api::batch::v1::CronJob>::namespaced(agent.clone(), &labelled).create(&PostParams::default(), &cj).await.map(drop)
+        }, "reads Secret \"customers-db-credentials\" (env var P valueFrom secretKeyRef)"),
+        ("shared process namespace", attempt(&agent, &labelled, &How::Create(agent_pod("shared", json!({"shareProcessNamespace": true})))).await,
+            "sets shareProcessNamespace: true"),
+    ];
+    let mut failures = Vec::new();
+    for (family, result, message) in through_proxy {
+        match result {
+            Ok(()) => failures.push(format!("{family}: admitted through the proxy")),
+            Err(e)
+                if e.to_string().contains(message) && e.to_string().contains("(rule builtin/") => {}
+            Err(e) => failures.push(format!(
+                "{family}: not refused by the proxy with {message:?}: {e}"
+            )),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "through the proxy:\n{}",
+        failures.join("\n")
+    );
+    attempt(
+        &agent,
+        &labelled,
+        &How::Create(agent_pod("through-proxy", json!({}))),
+    )
+    .await
+    .expect("an ordinary pod passes the proxy and is injected");
+    let spool = dir.path().join("spool");
+    eventually(
+        Duration::from_secs(10),
+        "every proxy refusal in the audit spool",
+        || {
+            let refusals = spool_records(&spool)
+                .into_iter()
+                .filter(|r| {
+                    serde_json::to_string(r)
+                        .unwrap_or_default()
+                        .contains("pod-guard")
+                })
+                .count();
+            async move { (refusals >= 6).then_some(()) }
+        },
+    )
+    .await;
+
+    sidecar.shutdown().await;
+    let _ = h.kubectl(&["delete", "-f", &rendered]);
+    unregister(&client, &name).await;
+    webhook.stop().await;
 }

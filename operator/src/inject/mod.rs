@@ -29,16 +29,15 @@
 
 pub mod patch;
 
-pub use patch::{inject, needs_injection, InjectError, InjectInput, SidecarSettings};
+pub use patch::{inject, needs_injection, protected, InjectError, InjectInput, SidecarSettings};
+pub use portcullis_crds::pod_guard::{
+    INJECT_ANNOTATION, INJECT_DISABLED, MASKING_KEY_SECRET, SIDECAR_NAME, SIDECAR_TLS_SECRET,
+};
 
 /// Namespace label that turns injection on for every pod of the namespace.
 pub const INJECT_LABEL: &str = "portcullis.dev/inject";
 /// Value of [`INJECT_LABEL`] (label or pod annotation) that enables injection.
 pub const INJECT_ENABLED: &str = "enabled";
-/// Pod annotation: `enabled` opts a pod in outside labelled namespaces, `disabled` opts it out.
-pub const INJECT_ANNOTATION: &str = "portcullis.dev/inject";
-/// Value of [`INJECT_ANNOTATION`] that opts a pod out.
-pub const INJECT_DISABLED: &str = "disabled";
 /// Pod annotation naming the ProtectedResources the pod binds (comma-separated). Omitted:
 /// every ProtectedResource of the namespace.
 pub const RESOURCES_ANNOTATION: &str = "portcullis.dev/resources";
@@ -49,8 +48,6 @@ pub const BOUND_ANNOTATION: &str = "portcullis.dev/bound-resources";
 /// Pod label set on injected pods, so controllers can find them.
 pub const INJECTED_LABEL: &str = "portcullis.dev/injected";
 
-/// Name of the sidecar container (an init container with `restartPolicy: Always`).
-pub const SIDECAR_NAME: &str = "portcullis-sidecar";
 /// ConfigMap holding the sidecar configuration, one per namespace.
 pub const CONFIG_MAP: &str = "portcullis-sidecar-config";
 /// Key of the configuration document in [`CONFIG_MAP`].
@@ -61,10 +58,6 @@ pub const CA_KEY: &str = "ca.crt";
 pub const TOKEN_KEY: &str = "token";
 /// The placeholder token agents see instead of a service-account token. Not a credential.
 pub const PLACEHOLDER_TOKEN: &str = "portcullis-placeholder-token-not-a-credential";
-/// Secret with the sidecar's local serving certificate, one per namespace.
-pub const SIDECAR_TLS_SECRET: &str = "portcullis-sidecar-tls";
-/// Secret with the key of the `hash` masking strategy, one per namespace.
-pub const MASKING_KEY_SECRET: &str = "portcullis-masking-key";
 /// Key of the hash key in [`MASKING_KEY_SECRET`].
 pub const MASKING_KEY_KEY: &str = "key";
 /// Where the sidecar finds [`MASKING_KEY_SECRET`].

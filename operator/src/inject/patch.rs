@@ -2,11 +2,16 @@
 //! namespace's ProtectedResources to the pod that is admitted.
 //!
 //! The mutation converges: applying it to its own output changes nothing, so the webhook can
-//! be reinvoked (`reinvocationPolicy: IfNeeded`) after other webhooks edited the pod.
+//! be reinvoked (`reinvocationPolicy: IfNeeded`) after other webhooks edited the pod. A
+//! container or volume of the submitted pod that carries the sidecar's name is accepted only
+//! when it equals what this mutation builds (its own earlier output, unchanged); anything else
+//! is refused. The result passes [`pod_guard::check`] with the built sidecar as the only
+//! container allowed to reach the credentials, the keys and the real token.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, Volume, VolumeMount};
+use portcullis_crds::pod_guard::{self, Protected, Violation};
 use portcullis_crds::{ProtectedResource, ResourceType};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -44,7 +49,7 @@ impl Default for SidecarSettings {
             memory_request: "64Mi".to_owned(),
             memory_limit: "256Mi".to_owned(),
             cpu_limit: None,
-            run_as_user: 65532,
+            run_as_user: pod_guard::DEFAULT_SIDECAR_UID,
         }
     }
 }
@@ -60,6 +65,8 @@ pub struct InjectInput<'a> {
     pub config_hash: Option<String>,
     /// The sidecar container settings.
     pub sidecar: &'a SidecarSettings,
+    /// Secrets of type `kubernetes.io/service-account-token` the pod refers to.
+    pub token_secrets: BTreeSet<String>,
 }
 
 /// Why a pod is refused admission.
@@ -74,36 +81,13 @@ pub enum InjectError {
     /// Two bound resources want the same local port.
     #[error("ProtectedResources {0} and {1} both use listenPort {2}; a pod can bind only resources with distinct listen ports (choose them with the {RESOURCES_ANNOTATION} annotation)")]
     PortConflict(String, String, i32),
-    /// An agent container reads a credential Secret.
-    #[error("container {container:?} reads Secret {secret:?} ({how}), which holds the credential of ProtectedResource {resource:?}. Portcullis mounts credentials into its sidecar only, so that every connection passes its policy and audit; connect through the sidecar instead (the injected environment variables {hint} point at it on 127.0.0.1) and remove the reference to the Secret")]
-    CredentialReference {
-        /// The agent container.
-        container: String,
-        /// The Secret.
-        secret: String,
-        /// The resource whose credential it is.
-        resource: String,
-        /// How it is referenced (env var, envFrom, volume).
-        how: String,
-        /// Environment variables to use instead.
-        hint: String,
-    },
-    /// An agent container mounts its own service-account token.
-    #[error("container {container:?} mounts volume {volume:?}, which projects a service-account token. In a namespace protected by Portcullis only the sidecar holds a token; agent containers reach the Kubernetes API through the sidecar with the in-cluster configuration it injects")]
-    TokenVolume {
-        /// The agent container.
-        container: String,
-        /// The volume.
-        volume: String,
-    },
-    /// An ephemeral container reaches into the sidecar's share of the pod.
-    #[error("ephemeral container {container:?} refers to {volume}, which only the Portcullis sidecar may use; debug containers get the same in-cluster configuration and addresses as agent containers")]
-    SidecarVolume {
-        /// The ephemeral container.
-        container: String,
-        /// The volume or Secret.
-        volume: String,
-    },
+    /// The pod would give a container other than the sidecar what only the sidecar may reach.
+    #[error(transparent)]
+    Refused(#[from] Violation),
+    /// The pod brings a container or volume named like the sidecar's that differs from what
+    /// the webhook injects.
+    #[error("{0} is named like a part of the Portcullis sidecar but is not what the webhook injects; a pod may not bring its own (rename it)")]
+    Impostor(String),
     /// The pod could not be represented (a bug, or an object the API server would refuse).
     #[error("cannot build the injected pod: {0}")]
     Internal(String),
@@ -125,40 +109,26 @@ pub fn needs_injection(pod: &Pod, namespace_labelled: bool) -> bool {
     }
 }
 
-/// The Secrets an agent container must never read, with the resource each belongs to.
-fn protected_secrets(resources: &[ProtectedResource]) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for r in resources {
-        if let Some(c) = &r.spec.credentials_secret_ref {
-            out.insert(c.name.clone(), r.metadata.name.clone().unwrap_or_default());
-        }
-    }
-    out.insert(
-        SIDECAR_TLS_SECRET.to_owned(),
-        "(the sidecar's serving key)".to_owned(),
-    );
-    out.insert(
-        MASKING_KEY_SECRET.to_owned(),
-        "(the key of the hash masking strategy)".to_owned(),
-    );
-    out
-}
-
-fn is_sidecar(c: &Container) -> bool {
-    c.name == SIDECAR_NAME && c.restart_policy.as_deref() == Some("Always")
-}
-
-/// Agent containers: every container and init container except the injected sidecar.
-fn agent_containers(pod: &Pod) -> Vec<&Container> {
-    let Some(spec) = &pod.spec else {
-        return Vec::new();
-    };
-    spec.init_containers
+/// What the namespace protects, for [`pod_guard::check`]: the credential Secrets of
+/// `resources`, the serving key and the masking key.
+pub fn protected(resources: &[ProtectedResource], sidecar_uid: i64) -> Protected {
+    let live: Vec<&ProtectedResource> = resources
         .iter()
-        .flatten()
-        .filter(|c| !is_sidecar(c))
-        .chain(spec.containers.iter())
-        .collect()
+        .filter(|r| r.metadata.deletion_timestamp.is_none())
+        .collect();
+    let mut p = Protected::new(
+        resources.iter().filter_map(|r| {
+            let c = r.spec.credentials_secret_ref.as_ref()?;
+            let name = r.metadata.name.clone().unwrap_or_default();
+            Some((
+                c.name.clone(),
+                format!("the credential of ProtectedResource {name:?}"),
+            ))
+        }),
+        sidecar_uid,
+    );
+    p.hint = env_hint(&live);
+    p
 }
 
 fn env_hint(resources: &[&ProtectedResource]) -> String {
@@ -179,128 +149,6 @@ fn env_hint(resources: &[&ProtectedResource]) -> String {
     } else {
         names.join(", ")
     }
-}
-
-/// Refuse agent containers that reach a credential Secret or a token of their own. Applies
-/// to every pod of a protected namespace, injected or opted out.
-pub fn check_isolation(pod: &Pod, resources: &[ProtectedResource]) -> Result<(), InjectError> {
-    let secrets = protected_secrets(resources);
-    let volumes: BTreeMap<&str, &Volume> = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.volumes.as_ref())
-        .map(|v| v.iter().map(|v| (v.name.as_str(), v)).collect())
-        .unwrap_or_default();
-    let refuse = |container: &Container, secret: &str, how: String| {
-        let resource = secrets.get(secret).cloned().unwrap_or_default();
-        let bound: Vec<&ProtectedResource> = resources
-            .iter()
-            .filter(|r| r.metadata.name.as_deref() == Some(resource.as_str()))
-            .collect();
-        InjectError::CredentialReference {
-            container: container.name.clone(),
-            secret: secret.to_owned(),
-            resource,
-            how,
-            hint: env_hint(&bound),
-        }
-    };
-    for c in agent_containers(pod) {
-        for e in c.env.iter().flatten() {
-            if let Some(s) = e
-                .value_from
-                .as_ref()
-                .and_then(|v| v.secret_key_ref.as_ref())
-            {
-                if secrets.contains_key(&s.name) {
-                    return Err(refuse(
-                        c,
-                        &s.name,
-                        format!("env var {} valueFrom secretKeyRef", e.name),
-                    ));
-                }
-            }
-        }
-        for e in c.env_from.iter().flatten() {
-            if let Some(s) = &e.secret_ref {
-                if secrets.contains_key(&s.name) {
-                    return Err(refuse(c, &s.name, "envFrom secretRef".to_owned()));
-                }
-            }
-        }
-        for m in c.volume_mounts.iter().flatten() {
-            let Some(v) = volumes.get(m.name.as_str()) else {
-                continue;
-            };
-            if let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.as_ref()) {
-                if secrets.contains_key(name) {
-                    return Err(refuse(c, name, format!("volume {}", v.name)));
-                }
-            }
-            if let Some(p) = &v.projected {
-                for source in p.sources.iter().flatten() {
-                    if let Some(s) = &source.secret {
-                        if secrets.contains_key(&s.name) {
-                            return Err(refuse(c, &s.name, format!("projected volume {}", v.name)));
-                        }
-                    }
-                    if source.service_account_token.is_some() && !is_service_account_volume(v) {
-                        return Err(InjectError::TokenVolume {
-                            container: c.name.clone(),
-                            volume: v.name.clone(),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Refuse ephemeral containers (`kubectl debug`) that would reach what only the sidecar may:
-/// a sidecar volume (credentials, the real token), a credential Secret, or a token.
-pub fn check_ephemeral(pod: &Pod, resources: &[ProtectedResource]) -> Result<(), InjectError> {
-    let secrets = protected_secrets(resources);
-    for c in pod
-        .spec
-        .iter()
-        .flat_map(|s| s.ephemeral_containers.iter().flatten())
-    {
-        for m in c.volume_mounts.iter().flatten() {
-            if m.name.starts_with("portcullis-") && m.name != AGENT_SA_VOLUME {
-                return Err(InjectError::SidecarVolume {
-                    container: c.name.clone(),
-                    volume: m.name.clone(),
-                });
-            }
-        }
-        let from_env = c
-            .env
-            .iter()
-            .flatten()
-            .filter_map(|e| {
-                e.value_from
-                    .as_ref()
-                    .and_then(|v| v.secret_key_ref.as_ref())
-            })
-            .map(|s| s.name.clone());
-        let from_env_from = c
-            .env_from
-            .iter()
-            .flatten()
-            .filter_map(|e| e.secret_ref.as_ref())
-            .map(|s| s.name.clone());
-        if let Some(secret) = from_env
-            .chain(from_env_from)
-            .find(|n| secrets.contains_key(n))
-        {
-            return Err(InjectError::SidecarVolume {
-                container: c.name.clone(),
-                volume: format!("Secret {secret}"),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// The volume the ServiceAccount admission plugin adds (`kube-api-access-*`).
@@ -617,13 +465,10 @@ const AGENT_SA_VOLUME: &str = "portcullis-agent-serviceaccount";
 fn rewrite_agent(container: &mut Container, env: &[EnvVar], removed_volumes: &BTreeSet<String>) {
     let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
     let ours = |m: &VolumeMount| m.name == AGENT_SA_VOLUME && m.mount_path == SERVICE_ACCOUNT_DIR;
-    // Agents keep no token mount, no mount at the service-account path but ours, and no
-    // mount of a sidecar volume (a volume named like ours is replaced by ours).
+    // Agents keep no mount of the token volume the API server added and no mount at the
+    // service-account path but ours; a mount of a sidecar volume is refused by the check.
     mounts.retain(|m| {
-        ours(m)
-            || !(removed_volumes.contains(&m.name)
-                || m.mount_path == SERVICE_ACCOUNT_DIR
-                || m.name.starts_with("portcullis-"))
+        ours(m) || !(removed_volumes.contains(&m.name) || m.mount_path == SERVICE_ACCOUNT_DIR)
     });
     if !mounts.iter().any(ours) {
         mounts.push(VolumeMount {
@@ -636,40 +481,72 @@ fn rewrite_agent(container: &mut Container, env: &[EnvVar], removed_volumes: &BT
     upsert_env(container, env);
 }
 
-/// The pod with the sidecar injected and the agent containers rewired. Refuses pods whose
-/// agent containers reach a credential or a token.
+/// The pod with the sidecar injected and the agent containers rewired. Refuses pods that
+/// bring their own sidecar-named container or volume (unless it is exactly the one injected
+/// here, as on a reinvocation), and pods whose other containers would reach what only the
+/// sidecar may ([`pod_guard::check`] on the result).
 pub fn inject(pod: &Pod, input: &InjectInput<'_>) -> Result<Pod, InjectError> {
-    check_isolation(pod, input.resources)?;
     let bound = bound_resources(pod, input)?;
+    let sidecar = sidecar_container(&bound, input.sidecar)?;
+    let ours = sidecar_volumes(&bound)?;
     let mut out = pod.clone();
     let spec = out
         .spec
         .as_mut()
         .ok_or_else(|| InjectError::Internal("pod has no spec".to_owned()))?;
 
+    // A sidecar-named container or volume is accepted only as this webhook's own output.
+    let brought = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == SIDECAR_NAME && **c != sidecar);
+    if let Some(c) = brought {
+        return Err(InjectError::Impostor(format!("container {:?}", c.name)));
+    }
+    if spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .any(|c| c.name == SIDECAR_NAME)
+    {
+        return Err(InjectError::Impostor(format!(
+            "ephemeral container {SIDECAR_NAME:?}"
+        )));
+    }
+    for v in spec.volumes.iter().flatten() {
+        if v.name.starts_with(pod_guard::SIDECAR_VOLUME_PREFIX) && !ours.iter().any(|o| o == v) {
+            return Err(InjectError::Impostor(format!("volume {:?}", v.name)));
+        }
+    }
+
     // Volumes: drop the plugin's token volume and our own (re-added below, so a second pass
     // converges), keep everything else in order.
     let mut removed: BTreeSet<String> = BTreeSet::new();
-    let ours = sidecar_volumes(&bound)?;
     let mut volumes = spec.volumes.take().unwrap_or_default();
     volumes.retain(|v| {
-        let drop = is_service_account_volume(v) || v.name.starts_with("portcullis-");
-        if is_service_account_volume(v) {
+        let token = is_service_account_volume(v);
+        if token {
             removed.insert(v.name.clone());
         }
-        !drop
+        !(token || v.name.starts_with(pod_guard::SIDECAR_VOLUME_PREFIX))
     });
     volumes.extend(ours);
     spec.volumes = Some(volumes);
 
     let env = agent_env(&bound);
     let mut inits: Vec<Container> = spec.init_containers.take().unwrap_or_default();
-    inits.retain(|c| !is_sidecar(c));
+    inits.retain(|c| c.name != SIDECAR_NAME);
     for c in inits.iter_mut().chain(spec.containers.iter_mut()) {
         rewrite_agent(c, &env, &removed);
     }
-    inits.insert(0, sidecar_container(&bound, input.sidecar)?);
+    inits.insert(0, sidecar.clone());
     spec.init_containers = Some(inits);
+
+    let mut guard = protected(input.resources, input.sidecar.run_as_user);
+    guard.token_secrets = input.token_secrets.clone();
+    pod_guard::check(spec, Some(&sidecar), &guard)?;
 
     let names: Vec<&str> = bound
         .iter()
@@ -754,7 +631,7 @@ mod tests {
     }
 
     #[test]
-    fn injection_converges_and_replaces_smuggled_sidecar_volumes() {
+    fn injection_converges_and_refuses_smuggled_sidecar_parts() {
         let settings = SidecarSettings::default();
         let rs = resources();
         let input = InjectInput {
@@ -762,15 +639,14 @@ mod tests {
             resources: &rs,
             config_hash: Some("abc".into()),
             sidecar: &settings,
+            token_secrets: BTreeSet::new(),
         };
         let p = pod(json!({"metadata": {"name": "a"}, "spec": {
             "volumes": [
                 {"name": "kube-api-access-x1", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}},
-                {"name": "portcullis-cred-db", "emptyDir": {}},
             ],
             "containers": [{"name": "agent", "image": "a", "volumeMounts": [
                 {"name": "kube-api-access-x1", "mountPath": SERVICE_ACCOUNT_DIR},
-                {"name": "portcullis-cred-db", "mountPath": "/steal"},
             ]}],
         }}));
         let once = inject(&p, &input).expect("inject");
@@ -798,14 +674,28 @@ mod tests {
             .iter()
             .flatten()
             .any(|v| v.name.starts_with("kube-api-access-")));
-        assert_eq!(
-            spec.volumes
-                .iter()
-                .flatten()
-                .filter(|v| v.name == "portcullis-cred-db")
-                .count(),
-            1
-        );
+
+        let smuggled = pod(json!({"metadata": {"name": "a"}, "spec": {
+            "volumes": [{"name": "portcullis-cred-db", "emptyDir": {}}],
+            "containers": [{"name": "agent", "image": "a"}],
+        }}));
+        assert!(matches!(
+            inject(&smuggled, &input),
+            Err(InjectError::Impostor(_))
+        ));
+        let mut fake = once.clone();
+        if let Some(c) = fake
+            .spec
+            .as_mut()
+            .and_then(|s| s.init_containers.as_mut())
+            .and_then(|c| c.first_mut())
+        {
+            c.image = Some("evil".to_owned());
+        }
+        assert!(matches!(
+            inject(&fake, &input),
+            Err(InjectError::Impostor(_))
+        ));
     }
 
     #[test]

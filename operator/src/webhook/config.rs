@@ -101,19 +101,17 @@ fn access_request_rules() -> Vec<RuleWithOperations> {
     }]
 }
 
-fn pod_rules() -> Vec<RuleWithOperations> {
-    let rule = |operation: &str, resource: &str| RuleWithOperations {
-        api_groups: Some(vec![String::new()]),
-        api_versions: Some(vec!["v1".to_owned()]),
-        operations: Some(vec![operation.to_owned()]),
-        resources: Some(vec![resource.to_owned()]),
-        scope: Some("Namespaced".to_owned()),
-    };
-    vec![
-        rule("CREATE", "pods"),
-        // kubectl debug: ephemeral containers must not reach the sidecar's volumes.
-        rule("UPDATE", "pods/ephemeralcontainers"),
-    ]
+/// The pod rules of the injection webhooks, shared with the Helm chart.
+pub const POD_RULES_YAML: &str =
+    include_str!("../../../charts/portcullis/files/pod-admission-rules.yaml");
+
+/// The pod rules of the injection webhooks: creation and update of pods, update of
+/// `pods/ephemeralcontainers` ([`POD_RULES_YAML`], the chart's own file).
+pub fn pod_rules() -> Vec<RuleWithOperations> {
+    // The file is part of this build and parsed by a unit test; an empty list would leave
+    // pods unchecked, so a parse failure is a build defect made loud at startup.
+    serde_yaml::from_str(POD_RULES_YAML)
+        .expect("charts/portcullis/files/pod-admission-rules.yaml parses")
 }
 
 /// The injection webhooks: `inject.portcullis.dev` for labelled namespaces (failurePolicy
@@ -206,4 +204,23 @@ pub fn validating(opts: &Options) -> ValidatingWebhookConfiguration {
     };
     cfg.metadata.name = Some(opts.name.clone());
     cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_rules_cover_create_update_and_ephemeral_containers() {
+        let rules = pod_rules();
+        let has = |op: &str, res: &str| {
+            rules.iter().any(|r| {
+                r.operations.iter().flatten().any(|o| o == op)
+                    && r.resources.iter().flatten().any(|x| x == res)
+            })
+        };
+        assert!(has("CREATE", "pods"));
+        assert!(has("UPDATE", "pods"));
+        assert!(has("UPDATE", "pods/ephemeralcontainers"));
+    }
 }

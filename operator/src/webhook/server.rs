@@ -10,7 +10,9 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Secret};
 use kube::api::{Api, ListParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
@@ -23,8 +25,11 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::certs::ReloadableCert;
-use crate::inject::{self, InjectInput, SidecarSettings, CONFIG_HASH_ANNOTATION, CONFIG_MAP};
+use crate::inject::{
+    self, InjectInput, SidecarSettings, CONFIG_HASH_ANNOTATION, CONFIG_MAP, INJECTED_LABEL,
+};
 use crate::metrics::Metrics;
+use portcullis_crds::pod_guard;
 
 /// What the webhook handlers share: caches of the ProtectedResources and sidecar
 /// ConfigMaps of every namespace, and a client for cache misses.
@@ -38,7 +43,41 @@ struct Inner {
     resources: Store<ProtectedResource>,
     configs: Store<ConfigMap>,
     sidecar: SidecarSettings,
+    opt_out: OptOutTrust,
     metrics: Metrics,
+}
+
+/// Who may opt a pod out of injection in a labelled namespace (nobody by default).
+#[derive(Clone, Debug, Default)]
+pub struct OptOutTrust {
+    /// Groups whose members may.
+    pub groups: Vec<String>,
+    /// Service accounts (`namespace/name`) that may.
+    pub service_accounts: Vec<String>,
+}
+
+impl OptOutTrust {
+    fn allows(&self, user: &str, groups: &[String]) -> bool {
+        groups.iter().any(|g| self.groups.contains(g))
+            || self.service_accounts.iter().any(|sa| {
+                sa.split_once('/')
+                    .is_some_and(|(ns, name)| user == format!("system:serviceaccount:{ns}:{name}"))
+            })
+    }
+
+    fn describe(&self) -> String {
+        let mut who: Vec<String> = self.groups.iter().map(|g| format!("group {g}")).collect();
+        who.extend(
+            self.service_accounts
+                .iter()
+                .map(|s| format!("service account {s}")),
+        );
+        if who.is_empty() {
+            "the users the operator is configured to trust (none are configured)".to_owned()
+        } else {
+            who.join(", ")
+        }
+    }
 }
 
 impl WebhookState {
@@ -47,6 +86,7 @@ impl WebhookState {
     pub async fn start(
         client: Client,
         sidecar: SidecarSettings,
+        opt_out: OptOutTrust,
         metrics: Metrics,
     ) -> (Self, JoinSet<()>) {
         let mut tasks = JoinSet::new();
@@ -85,6 +125,7 @@ impl WebhookState {
                 resources,
                 configs,
                 sidecar,
+                opt_out,
                 metrics,
             }),
         };
@@ -118,6 +159,62 @@ impl WebhookState {
         Ok(api.list(&ListParams::default()).await?.items)
     }
 
+    /// Refuse an opt-out by a user the operator does not trust to opt out.
+    fn may_opt_out(&self, req: &AdmissionRequest<DynamicObject>) -> Result<(), String> {
+        let user = req.user_info.username.clone().unwrap_or_default();
+        let groups = req.user_info.groups.clone().unwrap_or_default();
+        if self.inner.opt_out.allows(&user, &groups) {
+            return Ok(());
+        }
+        Err(pod_guard::Violation::OptOut {
+            user: format!("user {user:?}"),
+            trusted: self.inner.opt_out.describe(),
+        }
+        .to_string())
+    }
+
+    /// The Secrets `spec` refers to that are of type `kubernetes.io/service-account-token`.
+    async fn token_secrets(
+        &self,
+        namespace: &str,
+        spec: &PodSpec,
+    ) -> Result<BTreeSet<String>, String> {
+        let api: Api<Secret> = Api::namespaced(self.inner.client.clone(), namespace);
+        let mut out = BTreeSet::new();
+        for name in pod_guard::secret_names(spec) {
+            let secret = api
+                .get_opt(&name)
+                .await
+                .map_err(|e| format!("cannot read Secret {name} to check its type: {e}"))?;
+            if secret.and_then(|s| s.type_).as_deref()
+                == Some("kubernetes.io/service-account-token")
+            {
+                out.insert(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The service accounts the injected pods of `namespace` run as.
+    async fn agent_service_accounts(&self, namespace: &str) -> Result<BTreeSet<String>, String> {
+        let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), namespace);
+        let pods = api
+            .list(&ListParams::default().labels(&format!("{INJECTED_LABEL}=true")))
+            .await
+            .map_err(|e| format!("cannot list the agent pods of namespace {namespace}: {e}"))?;
+        Ok(pods
+            .items
+            .iter()
+            .filter_map(|p| p.spec.as_ref())
+            .map(|s| {
+                s.service_account_name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "default".to_owned())
+            })
+            .collect())
+    }
+
     async fn config_hash(&self, namespace: &str) -> Option<String> {
         let key = ObjectRef::<ConfigMap>::new(CONFIG_MAP).within(namespace);
         let cm = match self.inner.configs.get(&key) {
@@ -146,102 +243,119 @@ async fn mutate_pod(
     namespace_labelled: bool,
 ) -> AdmissionResponse {
     let resp = AdmissionResponse::from(req);
-    if req.operation == Operation::Update
-        && req.sub_resource.as_deref() == Some("ephemeralcontainers")
-    {
-        return ephemeral(state, req, resp).await;
+    let result = match (&req.operation, req.sub_resource.as_deref()) {
+        (Operation::Create, None) => create_pod(state, req, namespace_labelled).await,
+        (Operation::Update, None | Some("ephemeralcontainers")) => {
+            update_pod(state, req, namespace_labelled).await
+        }
+        _ => Ok(None),
+    };
+    match result {
+        Ok(None) => resp,
+        Ok(Some(patch)) => match resp.clone().with_patch(patch) {
+            Ok(r) => r,
+            Err(e) => refuse(resp, format!("cannot encode the patch: {e}")),
+        },
+        Err(message) => refuse(resp, message),
     }
-    if req.operation != Operation::Create {
-        return resp;
-    }
-    let Some(obj) = &req.object else {
-        return resp;
-    };
-    let original = match serde_json::to_value(obj) {
-        Ok(v) => v,
-        Err(e) => return refuse(resp, format!("pod cannot be read: {e}")),
-    };
-    let pod: Pod = match serde_json::from_value(original.clone()) {
-        Ok(p) => p,
-        Err(e) => return refuse(resp, format!("pod cannot be read: {e}")),
-    };
+}
+
+fn read_pod(obj: Option<&DynamicObject>) -> Result<(serde_json::Value, Pod), String> {
+    let obj = obj.ok_or_else(|| "the review carries no pod".to_owned())?;
+    let value = serde_json::to_value(obj).map_err(|e| format!("pod cannot be read: {e}"))?;
+    let pod =
+        serde_json::from_value(value.clone()).map_err(|e| format!("pod cannot be read: {e}"))?;
+    Ok((value, pod))
+}
+
+/// A new pod: injected (its other containers checked), or, opted out by a trusted user in a
+/// labelled namespace, checked as a pod without the sidecar.
+async fn create_pod(
+    state: &WebhookState,
+    req: &AdmissionRequest<DynamicObject>,
+    namespace_labelled: bool,
+) -> Result<Option<json_patch::Patch>, String> {
+    let (original, pod) = read_pod(req.object.as_ref())?;
     let namespace = req.namespace.clone().unwrap_or_default();
     let inject_it = inject::needs_injection(&pod, namespace_labelled);
     if !inject_it && !namespace_labelled {
-        return resp;
+        return Ok(None);
+    }
+    if !inject_it {
+        state.may_opt_out(req)?;
     }
     let wanted = pod
         .annotations()
         .get(inject::RESOURCES_ANNOTATION)
         .map(String::as_str);
-    let resources = match state.resources_in(&namespace, wanted).await {
-        Ok(r) => r,
-        Err(e) => {
-            return refuse(
-                resp,
-                format!("cannot read the ProtectedResources of namespace {namespace}: {e}"),
-            )
-        }
-    };
+    let resources = state
+        .resources_in(&namespace, wanted)
+        .await
+        .map_err(|e| format!("cannot read the ProtectedResources of namespace {namespace}: {e}"))?;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let token_secrets = state.token_secrets(&namespace, &spec).await?;
     if !inject_it {
-        // Opted out in a protected namespace: still never near a credential.
-        return match inject::patch::check_isolation(&pod, &resources) {
-            Ok(()) => resp,
-            Err(e) => refuse(resp, e.to_string()),
-        };
+        // Opted out in a protected namespace: still never near a credential or a token.
+        let mut guard = inject::protected(&resources, state.inner.sidecar.run_as_user);
+        guard.token_secrets = token_secrets;
+        guard.service_accounts = state.agent_service_accounts(&namespace).await?;
+        pod_guard::check(&spec, None, &guard).map_err(|e| e.to_string())?;
+        return Ok(None);
     }
     let input = InjectInput {
         namespace: &namespace,
         resources: &resources,
         config_hash: state.config_hash(&namespace).await,
         sidecar: &state.inner.sidecar,
+        token_secrets,
     };
-    let mutated = match inject::inject(&pod, &input) {
-        Ok(p) => p,
-        Err(e) => return refuse(resp, e.to_string()),
-    };
-    let mutated = match serde_json::to_value(&mutated) {
-        Ok(v) => v,
-        Err(e) => return refuse(resp, format!("cannot encode the injected pod: {e}")),
-    };
+    let mutated = inject::inject(&pod, &input).map_err(|e| e.to_string())?;
+    let mutated = serde_json::to_value(&mutated)
+        .map_err(|e| format!("cannot encode the injected pod: {e}"))?;
     let patch = json_patch::diff(&original, &mutated);
-    if patch.0.is_empty() {
-        return resp;
-    }
-    match resp.clone().with_patch(patch) {
-        Ok(r) => r,
-        Err(e) => refuse(resp, format!("cannot encode the patch: {e}")),
-    }
+    Ok((!patch.0.is_empty()).then_some(patch))
 }
 
-/// `kubectl debug` adds ephemeral containers to a running pod: they must not reach the
-/// sidecar's credentials or token.
-async fn ephemeral(
+/// An update of a pod or of its ephemeral containers: the sidecar stays exactly what was
+/// stored, and a changed spec passes the same check as at creation.
+async fn update_pod(
     state: &WebhookState,
     req: &AdmissionRequest<DynamicObject>,
-    resp: AdmissionResponse,
-) -> AdmissionResponse {
-    let Some(obj) = &req.object else {
-        return resp;
-    };
-    let pod: Pod = match serde_json::to_value(obj).and_then(serde_json::from_value) {
-        Ok(p) => p,
-        Err(e) => return refuse(resp, format!("pod cannot be read: {e}")),
-    };
-    let namespace = req.namespace.clone().unwrap_or_default();
-    let resources = match state.resources_in(&namespace, None).await {
-        Ok(r) => r,
-        Err(e) => {
-            return refuse(
-                resp,
-                format!("cannot read the ProtectedResources of namespace {namespace}: {e}"),
-            )
-        }
-    };
-    match inject::patch::check_ephemeral(&pod, &resources) {
-        Ok(()) => resp,
-        Err(e) => refuse(resp, e.to_string()),
+    namespace_labelled: bool,
+) -> Result<Option<json_patch::Patch>, String> {
+    let (_, old) = read_pod(req.old_object.as_ref())?;
+    let (_, new) = read_pod(req.object.as_ref())?;
+    let old_spec = old.spec.clone().unwrap_or_default();
+    let new_spec = new.spec.clone().unwrap_or_default();
+    // Outside labelled namespaces only pods this webhook injected (opted in) are its concern.
+    let injected = old
+        .labels()
+        .get(INJECTED_LABEL)
+        .is_some_and(|v| v == "true");
+    if !namespace_labelled && !injected {
+        return Ok(None);
     }
+    let sidecar = pod_guard::stored_sidecar(&old_spec);
+    if let Some(s) = sidecar {
+        pod_guard::sidecar_unchanged(s, pod_guard::stored_sidecar(&new_spec))
+            .map_err(|e| e.to_string())?;
+    }
+    if old_spec == new_spec {
+        // Labels, annotations, finalizers: nothing that runs changes.
+        return Ok(None);
+    }
+    let namespace = req.namespace.clone().unwrap_or_default();
+    let resources = state
+        .resources_in(&namespace, None)
+        .await
+        .map_err(|e| format!("cannot read the ProtectedResources of namespace {namespace}: {e}"))?;
+    let mut guard = inject::protected(&resources, state.inner.sidecar.run_as_user);
+    guard.token_secrets = state.token_secrets(&namespace, &new_spec).await?;
+    if sidecar.is_none() {
+        guard.service_accounts = state.agent_service_accounts(&namespace).await?;
+    }
+    pod_guard::check(&new_spec, sidecar, &guard).map_err(|e| e.to_string())?;
+    Ok(None)
 }
 
 async fn handle(

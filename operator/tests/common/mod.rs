@@ -33,6 +33,14 @@ pub struct Webhook {
 impl Webhook {
     /// Start the webhook server with a fresh CA and a certificate for 127.0.0.1.
     pub async fn start(client: Client) -> Webhook {
+        Self::start_trusting(client, Default::default()).await
+    }
+
+    /// [`Webhook::start`], trusting `opt_out` to opt pods out of injection.
+    pub async fn start_trusting(
+        client: Client,
+        opt_out: portcullis_operator::webhook::OptOutTrust,
+    ) -> Webhook {
         let bundle = certs::generate(
             &["127.0.0.1".to_owned()],
             Duration::from_secs(3600),
@@ -46,11 +54,12 @@ impl Webhook {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let m = metrics.clone();
         let task = tokio::spawn(async move {
-            portcullis_operator::serve_webhook(
+            portcullis_operator::serve_webhook_trusting(
                 client,
                 listener,
                 cert,
                 SidecarSettings::default(),
+                opt_out,
                 m,
                 async {
                     let _ = rx.await;

@@ -7,6 +7,8 @@
 //!   subresource) and recorded before they are forwarded; the response code follows.
 //! - Built-in rules refuse reads of secrets, port forwarding and proxying, token requests and
 //!   ephemeral containers unless a policy allows them ([`decide`]).
+//! - Pod, pod-template and ephemeral-container writes in the sidecar's namespace pass the
+//!   injection webhook's checks before they are forwarded ([`pod_writes`]).
 //! - `pods/exec` and `pods/attach` pass the exec guardrails ([`command`], [`decide`]); an
 //!   approval-gated exec waits for an AccessRequest decision.
 //! - Upgraded streams (WebSocket channel protocols and SPDY/3.1) are relayed and recorded in
@@ -15,6 +17,7 @@
 
 pub mod command;
 pub mod decide;
+mod pod_writes;
 pub mod recording;
 pub mod request;
 mod spdy_dictionary;
@@ -106,6 +109,7 @@ pub struct KubeProxy {
     session_counter: Arc<AtomicU64>,
     process_nonce: String,
     masker: Arc<OutputMasker>,
+    pod_writes: pod_writes::PodWriteGuard,
 }
 
 fn invalid(resource: &str, what: impl std::fmt::Display) -> ConfigError {
@@ -232,6 +236,7 @@ impl KubeProxy {
             session_counter: shared.session_counter.clone(),
             process_nonce: shared.process_nonce.clone(),
             masker: Arc::new(masker),
+            pod_writes: pod_writes::PodWriteGuard::new(config, &shared.identity),
         })
     }
 
@@ -510,7 +515,7 @@ fn is_upgrade(headers: &HeaderMap) -> Option<String> {
 async fn handle(
     proxy: Arc<KubeProxy>,
     session: Arc<Session>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
     let request_id = session.requests.fetch_add(1, Ordering::Relaxed) + 1;
@@ -552,6 +557,16 @@ async fn handle(
         .any(|k| k.as_str().starts_with("impersonate-"))
     {
         decided.verdict = Verdict::builtin("impersonation", "impersonation headers are refused: requests run as this pod's service account (rule builtin/impersonation)".into());
+    }
+    // Pod and pod-template writes pass the injection webhook's checks here too.
+    let mut req = req.map(BodyExt::boxed);
+    if decided.verdict.forwards() && proxy.pod_writes.applies(&info) {
+        let (screened, verdict) = proxy.pod_writes.screen(&info, req).await;
+        req = screened;
+        if let Err(message) = verdict {
+            decided.verdict =
+                Verdict::builtin("pod-guard", format!("{message} (rule builtin/pod-guard)"));
+        }
     }
     let upgrade = is_upgrade(req.headers());
     if let Some(u) = &upgrade {
@@ -774,7 +789,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Forward the request with the sidecar's credentials.
 async fn forward_request(
     proxy: &KubeProxy,
-    req: Request<Incoming>,
+    req: Request<Body>,
     upgrade: bool,
 ) -> Result<Response<Incoming>, String> {
     let token = proxy.token().await?;
@@ -843,7 +858,7 @@ async fn forward_request(
             }
         }
     }
-    let request = Request::from_parts(parts, body.boxed());
+    let request = Request::from_parts(parts, body);
     proxy.client.request(request).await.map_err(|e| {
         format!(
             "cannot reach the Kubernetes API server at {}: {e}",
