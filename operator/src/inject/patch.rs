@@ -604,6 +604,7 @@ mod tests {
             resources: &rs,
             config_hash: None,
             sidecar: &settings,
+            token_secrets: BTreeSet::new(),
         };
         let p = pod(json!({"metadata": {"name": "a"}, "spec": {
             "containers": [{"name": "agent", "image": "a"}],
