@@ -6,11 +6,15 @@
 //! The audit service of the operator runs on top of [`store::Log`]; the kubectl plugin's
 //! `verify` uses [`verify`].
 
+pub mod anchor;
 pub mod asciicast;
+pub mod attribution;
 pub mod auth;
 pub mod bundle;
 pub mod client;
+pub mod manifest;
 pub mod recordings;
+pub mod prune;
 pub mod retention;
 pub mod segment;
 pub mod service;

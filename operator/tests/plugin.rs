@@ -262,7 +262,9 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
         namespace: ns.clone(),
         name: "default".into(),
     };
-    let service = AuditService::new(client.clone(), log.clone()).with_witness(witness.clone());
+    let service = AuditService::new(client.clone(), log.clone())
+        .with_witness(witness.clone())
+        .with_manifest_signer(LogSigner::from_pkcs8(pkcs8.as_ref()).expect("signer"));
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
     let ca = work.path().join("ca.crt");
     std::fs::write(&ca, cert.cert.pem()).expect("ca");
@@ -383,6 +385,8 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
         &[
             "replay",
             &sha,
+            "-n",
+            &ns,
             "--audit-url",
             &url,
             "--ca",

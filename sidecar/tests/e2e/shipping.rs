@@ -588,9 +588,15 @@ async fn no_personal_data_reaches_the_spool_or_the_log_and_the_bundle_verifies_o
     assert_eq!(verified.entries, log.size());
 
     let bundle = f.tmp.path().join("bundle");
-    let n =
-        portcullis_audit::bundle::write_bundle(&log, &sth, &|_: &serde_json::Value| true, &bundle)
-            .expect("bundle");
+    let signer = LogSigner::from_pkcs8(&f.key).expect("signer");
+    let n = portcullis_audit::bundle::write_bundle(
+        &log,
+        &sth,
+        &portcullis_audit::manifest::Selection::default(),
+        &signer,
+        &bundle,
+    )
+    .expect("bundle");
     assert_eq!(n as u64, log.size());
     let report =
         portcullis_audit::bundle::verify_bundle(&bundle, &f.public_key).expect("bundle verifies");
