@@ -38,7 +38,7 @@ const POD_CACHE_FOR: Duration = Duration::from_secs(300);
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum AttributionError {
     /// The record states a workload other than the token's.
-    #[error("record claims {field} {claimed:?} but the token proves {proven:?}")]
+    #[error("record claims {field} {claimed} but the token proves {proven}")]
     Workload {
         /// Which field.
         field: &'static str,
@@ -48,10 +48,10 @@ pub enum AttributionError {
         proven: String,
     },
     /// The resource is not a ProtectedResource name.
-    #[error("record names resource {0:?}, which is not a ProtectedResource name")]
+    #[error("record names resource '{0}', which is not a ProtectedResource name")]
     Resource(String),
     /// A principal from a pod without a Portcullis sidecar.
-    #[error("record names the principal {principal:?} but pod {pod} has no Portcullis sidecar: only a sidecar may name a person")]
+    #[error("record names the principal {principal} but pod {pod} has no Portcullis sidecar: only a sidecar may name a person")]
     PrincipalNotFromSidecar {
         /// The principal's name.
         principal: String,
@@ -59,7 +59,7 @@ pub enum AttributionError {
         pod: String,
     },
     /// A principal other than the one the session started with.
-    #[error("record names the principal {principal:?} in session {session}, which began as {began}")]
+    #[error("record names the principal {principal} in session {session}, which began as {began}")]
     PrincipalChanged {
         /// The principal's name (or `none`).
         principal: String,

@@ -21,6 +21,9 @@ pub const MAX_RECORDING_BYTES: usize = 64 << 20;
 /// Folder of the recordings, in the data directory and in an evidence bundle.
 pub const RECORDINGS_DIR: &str = "recordings";
 
+/// Folder (inside the recordings folder) noting which pod uploaded which recording.
+const SENDERS_DIR: &str = "senders";
+
 /// Why a recording was not stored or read.
 #[derive(Debug, Error)]
 pub enum RecordingError {
@@ -169,16 +172,17 @@ impl RecordingStore {
         if path.exists() {
             return Ok(());
         }
-        fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let senders = self.dir.join(SENDERS_DIR);
+        fs::create_dir_all(&senders).map_err(io(&senders))?;
         fs::File::create(&path)
             .and_then(|mut f| {
                 f.write_all(namespace.as_bytes())?;
                 f.sync_all()
             })
             .map_err(io(&path))?;
-        fs::File::open(&self.dir)
+        fs::File::open(&senders)
             .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))
+            .map_err(io(&senders))
     }
 
     /// Whether the pod with UID `pod_uid` uploaded the recording `sha256` and it is stored.
@@ -189,7 +193,7 @@ impl RecordingStore {
 
     /// The namespaces of the pods that uploaded the recording `sha256`.
     pub fn sender_namespaces(&self, sha256: &str) -> Vec<String> {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
+        let Ok(entries) = fs::read_dir(self.dir.join(SENDERS_DIR)) else {
             return Vec::new();
         };
         let prefix = format!("{sha256}.");
@@ -215,7 +219,10 @@ impl RecordingStore {
         {
             return Err(RecordingError::BadName(pod_uid.to_owned()));
         }
-        Ok(self.dir.join(format!("{sha256}.{pod_uid}.sender")))
+        Ok(self
+            .dir
+            .join(SENDERS_DIR)
+            .join(format!("{sha256}.{pod_uid}.sender")))
     }
 
     /// Delete the recordings stored before `cutoff` that no record in `keep` names (the

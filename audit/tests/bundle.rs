@@ -225,13 +225,14 @@ fn masking_approval_and_unknown_events_are_listed_in_the_summary() {
     for needle in [
         "| masking | statement 1: maskedColumns [\"public.customers.email\"] |",
         "| ServiceAccount agents/agent | masking: masking | columns: [\"email\"]; statementId: 1; strategy: redact |",
-        "| Pipeline nightly | approval: approvalGranted | accessRequest: ar-1; approver: bob |",
-        "| Pipeline nightly | other: somethingNew |",
-        "### Pipeline nightly",
+        // Attributed by the authenticated sender, not by the identity the records state.
+        "| ServiceAccount agents/agent | approval: approvalGranted | accessRequest: ar-1; approver: bob |",
+        "| ServiceAccount agents/agent | other: somethingNew |",
         "| contract | support | 1 | ServiceAccount agents/agent |",
     ] {
         assert!(summary.contains(needle), "{needle}\n{summary}");
     }
+    assert!(!summary.contains("Pipeline nightly"), "{summary}");
     assert!(!summary.contains(&"x".repeat(200)), "long fields are cut");
 }
 
@@ -315,7 +316,7 @@ fn exec_sessions_and_their_recordings_go_into_the_bundle() {
     for needle in [
         "| contract | operations | 1 | ServiceAccount agents/agent |".to_owned(),
         "Decisions: allow: 2, deny: 1.".to_owned(),
-        "| 2026-11-23T06:00:01.000000Z | cluster-api | `list pods -n shop` | allow | - | 200 |".to_owned(),
+        "| 2026-11-23T06:00:01.000000Z | agents/cluster-api | `list pods -n shop` | allow | - | 200 |".to_owned(),
         "| ops | no-rm | deny: 1 |".to_owned(),
         "| 2026-11-23T06:00:03.000000Z | ServiceAccount agents/agent | shop/db-0 | `sh -c rm -rf /data` | deny | - | - |".to_owned(),
         format!("| 2026-11-23T06:00:05.000000Z | ServiceAccount agents/agent | shop/web-0/web | `ls -l` | allow | 2 | `recordings/{sha}.cast` (0.2 s, 1 events) |"),
