@@ -214,8 +214,11 @@ pub fn verify_signature(
         }
         .into());
     }
-    verify_other(&payload(manifest_bytes), &signature.signature, public_key)?;
-    Ok(())
+    verify_other(&payload(manifest_bytes), &signature.signature, public_key).map_err(|_| {
+        ManifestError::Invalid(format!(
+            "the signature does not verify with the given public key: {MANIFEST_FILE} was changed after the service signed it, or another key signed it"
+        ))
+    })
 }
 
 /// SHA-256 of every file below `dir` except the manifest and its signature, by path relative

@@ -1028,7 +1028,7 @@ pub async fn publish_extending(
         .status
         .as_ref()
         .and_then(|s| s.latest_signed_tree_head.clone());
-    if let Some(w) = &witnessed {
+    if let Some(w) = witnessed.as_ref().filter(|w| !anchor.given_up_matches(w)) {
         if w == sth {
             return Ok(());
         }
@@ -1038,8 +1038,7 @@ pub async fn publish_extending(
                 w.tree_size, sth.tree_size
             )));
         }
-        let given_up = anchor.given_up_matches(w);
-        if !given_up {
+        {
             let checked = anchor.check_witnessed(w).and_then(|head| {
                 let l = log
                     .lock()
