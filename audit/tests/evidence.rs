@@ -581,7 +581,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     t.row(family, "rolled-back log: tree heads refused", caught(svc.client.latest_head().await, DIVERGED_REASON));
     t.row(family, "rolled-back log: no smaller head published", match witnessed(&retentions).await {
-        Some(h) if h == before => Ok("the witness still holds the head of size 30".into()),
+        Some(h) if h == before => Ok(format!("the witness still holds the head of size {}", h.tree_size)),
         other => Err(format!("witness now {other:?}")),
     });
     let cond = retentions.get("default").await.ok().and_then(|r| r.status).and_then(|s| find_condition(&s.conditions, types::VERIFIED).cloned());

@@ -229,9 +229,11 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
         r#"[0.5, "o", "id\r\nuid=0(root)\r\n"]"#,
     ]);
     let sha = portcullis_audit::recordings::sha256_hex(&recording);
-    portcullis_audit::recordings::RecordingStore::new(&work.path().join("log"))
-        .put(&sha, &recording)
-        .expect("store recording");
+    let store = portcullis_audit::recordings::RecordingStore::new(&work.path().join("log"));
+    store.put(&sha, &recording).expect("store recording");
+    store
+        .mark_sender(&sha, "uid", &ns)
+        .expect("uploaded from the namespace");
     let exec = |seq: u64, event: serde_json::Value| {
         serde_json::json!({
             "id": format!("uid:{seq}"), "receivedAt": "2026-11-23T06:50:00.000000Z",
