@@ -39,7 +39,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Resource;
 use portcullis_crds::conditions::{new_condition, set_condition, types};
 use kube::Client;
-use portcullis_crds::audit::AuditRecord;
+use portcullis_crds::audit::{AuditRecord, MAX_RECORD_BYTES};
 use portcullis_crds::audit_log::LogSigner;
 use portcullis_crds::{AuditRetention, SignedTreeHead};
 use serde::{Deserialize, Serialize};
@@ -309,6 +309,21 @@ async fn ingest(State(svc): State<AuditService>, headers: HeaderMap, body: Bytes
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
+        if line.len() > MAX_RECORD_BYTES {
+            let seq = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+                .map(|s| format!(" (seq {s})"))
+                .unwrap_or_default();
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "line {}{seq}: a record of {} bytes exceeds the limit of {MAX_RECORD_BYTES} bytes; send a stand-in (oversize) record naming its hash and size",
+                    i + 1,
+                    line.len()
+                ),
+            );
+        }
         let record: AuditRecord = match serde_json::from_str(line) {
             Ok(r) => r,
             Err(e) => {

@@ -440,6 +440,20 @@ async fn evidence_attacks_are_refused_or_caught() {
     );
     assert_eq!(svc.log.lock().expect("lock").size(), size, "refused records wrote nothing");
 
+    // A record too large for the log is refused with 413 (not retried forever); the stand-in
+    // the sidecar sends instead names its hash and size.
+    let mut huge = record(&ns_a, sa("agent"), "customers-db", "o-1", 1, statement("allow"));
+    if let portcullis_crds::audit::AuditEvent::Statement(s) = &mut huge.event {
+        s.statement = Some("x".repeat(portcullis_crds::audit::MAX_RECORD_BYTES));
+    }
+    t.row("oversize record", "a record over the limit", refused_any(svc.client.ship(&token_a, &[huge.clone()]).await, 413, "send a stand-in"));
+    let line = serde_json::to_vec(&huge).expect("json");
+    svc.client
+        .ship(&token_a, &[huge.stand_in(&line)])
+        .await
+        .expect("the stand-in is taken");
+    let size = svc.log.lock().expect("lock").size();
+
     // Cross-namespace readers.
     let family = "cross-namespace reader";
     let only = |ns: &str| vec![ns.to_owned()];
@@ -452,7 +466,7 @@ async fn evidence_attacks_are_refused_or_caught() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let fetched_a = fetched_a.expect("reader a reads namespace a");
-    assert_eq!(fetched_a.len(), 22, "all of team a's records, none of team b's");
+    assert_eq!(fetched_a.len(), 23, "all of team a's records, none of team b's");
     let fetched_b = svc.client.entries_in(&reader_b, 0, size, size, Some(&only(&ns_b))).await.expect("reader b reads b");
     assert_eq!(fetched_b.len(), 1, "team b reads its own record");
     t.row(family, "reader of a asks for b's records", refused_any(svc.client.entries_in(&reader_a, 0, size, size, Some(&only(&ns_b))).await, 403, "in namespace"));
@@ -485,7 +499,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     let signed = svc.client.sign_manifest(&reader_a, &unsigned).await.expect("signed manifest");
     manifest::write(&exported, &signed).expect("write manifest");
     let report = verify_bundle(&exported, &public_key).expect("the exported bundle verifies");
-    assert_eq!((report.records, report.recordings), (22, 1));
+    assert_eq!((report.records, report.recordings), (23, 1));
 
     // Bundles changed after export.
     let scratch = work.path().join("scratch");
