@@ -371,6 +371,20 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "verified 17 records and 1 recording against the signed tree head of size 42"
     );
+    // Pinned to the head the cluster witnesses.
+    let out = common::plugin(
+        h.kubeconfig(),
+        &[
+            "verify",
+            &bundle_s,
+            "--public-key",
+            &key_s,
+            "--from-cluster",
+            "-n",
+            &ns,
+        ],
+    );
+    assert!(out.status.success(), "{}", common::text(&out));
 
     // The session replays from the bundle (by a prefix of its SHA-256) and from the service.
     let out = common::plugin(
