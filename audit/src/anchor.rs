@@ -196,10 +196,7 @@ impl Anchor {
                 )
             }
         }
-        for (head, which) in [
-            (witnessed_head, "witnessed"),
-            (anchor, "last signed"),
-        ] {
+        for (head, which) in [(witnessed_head, "witnessed"), (anchor, "last signed")] {
             if let Some(h) = head {
                 if let Err(d) = log_extends(log, &h, which) {
                     return self.diverge(d, witnessed_head);

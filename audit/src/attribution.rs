@@ -100,11 +100,7 @@ pub fn bind_workload(record: &mut AuditRecord, source: &Source) -> Result<(), At
         return Err(differ("identity kind", &id.kind, "ServiceAccount"));
     }
     if id.name != source.service_account {
-        return Err(differ(
-            "service account",
-            &id.name,
-            &source.service_account,
-        ));
+        return Err(differ("service account", &id.name, &source.service_account));
     }
     check_fill(&mut id.namespace, Some(&source.namespace), "namespace")?;
     check_fill(&mut id.pod, source.pod.as_ref(), "pod")?;
@@ -243,7 +239,11 @@ impl Attributor {
         }
     }
 
-    async fn is_sidecar_pod(&self, source: &Source, pod_uid: &str) -> Result<bool, AttributionError> {
+    async fn is_sidecar_pod(
+        &self,
+        source: &Source,
+        pod_uid: &str,
+    ) -> Result<bool, AttributionError> {
         if let Ok(cache) = self.sidecar_pods.lock() {
             if let Some((yes, at)) = cache.get(pod_uid) {
                 if at.elapsed() < POD_CACHE_FOR {
@@ -382,7 +382,10 @@ mod tests {
             .check_principal(&source(), "uid-1", &person)
             .await
             .expect_err("not a sidecar's pod");
-        assert!(matches!(err, AttributionError::PrincipalNotFromSidecar { .. }));
+        assert!(matches!(
+            err,
+            AttributionError::PrincipalNotFromSidecar { .. }
+        ));
         // A session that began without a principal cannot gain one.
         a.sidecar_pods
             .lock()

@@ -393,11 +393,10 @@ fn read_manifest(
         Err(e) => return Err(io(&manifest_path)(e)),
     };
     let sig_path = dir.join(SIGNATURE_FILE);
-    let sig: ManifestSignature =
-        serde_json::from_slice(&fs::read(&sig_path).map_err(|e| {
-            bad(format!("{SIGNATURE_FILE}: {e}"))
-        })?)
-        .map_err(|e| bad(format!("{SIGNATURE_FILE}: {e}")))?;
+    let sig: ManifestSignature = serde_json::from_slice(
+        &fs::read(&sig_path).map_err(|e| bad(format!("{SIGNATURE_FILE}: {e}")))?,
+    )
+    .map_err(|e| bad(format!("{SIGNATURE_FILE}: {e}")))?;
     verify_signature(&bytes, &sig, public_key).map_err(|e| bad(e.to_string()))?;
     let manifest: Manifest =
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("{MANIFEST_FILE}: {e}")))?;
@@ -437,7 +436,9 @@ fn check_trust(head: &TreeHead, trust: &Trust, public_key: &[u8]) -> Result<(), 
             )));
         }
         verify_consistency(head, &trusted, &trust.consistency).map_err(|e| {
-            bad(format!("the bundle's head is not a prefix of the trusted head: {e}"))
+            bad(format!(
+                "the bundle's head is not a prefix of the trusted head: {e}"
+            ))
         })?;
         if !trust.allow_older {
             return Err(bad(format!(
@@ -528,7 +529,9 @@ pub fn verify_bundle_trusting(
         }
         indexes.push(proof.index);
         let parsed = serde_json::from_slice::<Value>(&record).ok();
-        let in_selection = parsed.as_ref().is_some_and(|v| manifest.selection.matches(v))
+        let in_selection = parsed
+            .as_ref()
+            .is_some_and(|v| manifest.selection.matches(v))
             && proof.index >= manifest.selection.from_index
             && proof.index < manifest.selection.to_index;
         if !in_selection {
@@ -660,7 +663,8 @@ fn check_files(
     }
     let mut ocsf = Vec::new();
     for v in values {
-        serde_json::to_writer(&mut ocsf, &to_ocsf(v)).map_err(|e| BundleError::Io(e.to_string()))?;
+        serde_json::to_writer(&mut ocsf, &to_ocsf(v))
+            .map_err(|e| BundleError::Io(e.to_string()))?;
         ocsf.push(b'\n');
     }
     let ocsf_path = dir.join("records.ocsf.jsonl");

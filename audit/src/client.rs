@@ -244,7 +244,10 @@ impl AuditClient {
         size: u64,
     ) -> Result<Vec<portcullis_crds::audit_log::Hash>, ShipError> {
         let (status, bytes) = self
-            .get(&format!("/v1/proofs/consistency?old={old}&size={size}"), None)
+            .get(
+                &format!("/v1/proofs/consistency?old={old}&size={size}"),
+                None,
+            )
             .await?;
         if status != 200 {
             return Err(Self::failure(status, &bytes));

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use portcullis_audit::retention::run_retention;
 use portcullis_audit::anchor::Anchor;
+use portcullis_audit::retention::run_retention;
 use portcullis_audit::service::{run_anchored_signer, serve_tls, AuditService, Witness};
 use portcullis_audit::store::{Log, LogOptions};
 use portcullis_audit::verify::{read_public_key, verify_log};
@@ -148,9 +148,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if segment_bytes < 4096 {
         return Err("--segment-bytes must be at least 4096".into());
     }
-    let anchor = Arc::new(
-        Anchor::new(signer.public_key(), head_file).map_err(|e| e.to_string())?,
-    );
+    let anchor = Arc::new(Anchor::new(signer.public_key(), head_file).map_err(|e| e.to_string())?);
     let log = Log::open(&data_dir, LogOptions { segment_bytes }).map_err(|e| e.to_string())?;
     let report = log.open_report();
     tracing::info!(

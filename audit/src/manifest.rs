@@ -229,7 +229,8 @@ pub fn file_digests(dir: &Path) -> Result<BTreeMap<String, String>, ManifestErro
         dir: &Path,
         out: &mut BTreeMap<String, String>,
     ) -> Result<(), ManifestError> {
-        let entries = fs::read_dir(dir).map_err(|e| ManifestError::Io(format!("{}: {e}", dir.display())))?;
+        let entries =
+            fs::read_dir(dir).map_err(|e| ManifestError::Io(format!("{}: {e}", dir.display())))?;
         for entry in entries {
             let entry = entry.map_err(|e| ManifestError::Io(format!("{}: {e}", dir.display())))?;
             let path = entry.path();
@@ -250,7 +251,8 @@ pub fn file_digests(dir: &Path) -> Result<BTreeMap<String, String>, ManifestErro
             if rel == MANIFEST_FILE || rel == SIGNATURE_FILE {
                 continue;
             }
-            let bytes = fs::read(&path).map_err(|e| ManifestError::Io(format!("{}: {e}", path.display())))?;
+            let bytes = fs::read(&path)
+                .map_err(|e| ManifestError::Io(format!("{}: {e}", path.display())))?;
             out.insert(rel, sha256_hex(&bytes));
         }
         Ok(())
@@ -263,7 +265,8 @@ pub fn file_digests(dir: &Path) -> Result<BTreeMap<String, String>, ManifestErro
 /// The indexes of the records of a bundle, from its `proofs.jsonl`.
 pub fn bundle_indexes(dir: &Path) -> Result<Vec<u64>, ManifestError> {
     let path = dir.join("proofs.jsonl");
-    let text = fs::read_to_string(&path).map_err(|e| ManifestError::Io(format!("{}: {e}", path.display())))?;
+    let text = fs::read_to_string(&path)
+        .map_err(|e| ManifestError::Io(format!("{}: {e}", path.display())))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -296,16 +299,22 @@ pub fn build(
 /// Write a signed manifest into the bundle `dir`.
 pub fn write(dir: &Path, signed: &SignedManifest) -> Result<(), ManifestError> {
     let m = dir.join(MANIFEST_FILE);
-    fs::write(&m, signed.manifest.as_bytes()).map_err(|e| ManifestError::Io(format!("{}: {e}", m.display())))?;
+    fs::write(&m, signed.manifest.as_bytes())
+        .map_err(|e| ManifestError::Io(format!("{}: {e}", m.display())))?;
     let s = dir.join(SIGNATURE_FILE);
-    let sig = serde_json::to_vec_pretty(&signed.signature).map_err(|e| ManifestError::Io(e.to_string()))?;
+    let sig = serde_json::to_vec_pretty(&signed.signature)
+        .map_err(|e| ManifestError::Io(e.to_string()))?;
     fs::write(&s, sig).map_err(|e| ManifestError::Io(format!("{}: {e}", s.display())))
 }
 
 /// Sign a manifest locally with the log's key (for a bundle written next to the log, by the
 /// service's own tools).
-pub fn sign_manifest(signer: &LogSigner, manifest: &Manifest) -> Result<SignedManifest, ManifestError> {
-    let text = serde_json::to_string_pretty(manifest).map_err(|e| ManifestError::Io(e.to_string()))?;
+pub fn sign_manifest(
+    signer: &LogSigner,
+    manifest: &Manifest,
+) -> Result<SignedManifest, ManifestError> {
+    let text =
+        serde_json::to_string_pretty(manifest).map_err(|e| ManifestError::Io(e.to_string()))?;
     let signature = sign(signer, text.as_bytes())?;
     Ok(SignedManifest {
         manifest: text,
@@ -321,7 +330,9 @@ pub fn expected_indexes<'a>(
 ) -> Vec<u64> {
     entries
         .into_iter()
-        .filter(|(i, e)| *i >= selection.from_index && *i < selection.to_index && selection.matches(e))
+        .filter(|(i, e)| {
+            *i >= selection.from_index && *i < selection.to_index && selection.matches(e)
+        })
         .map(|(i, _)| i)
         .collect()
 }

@@ -173,7 +173,8 @@ pub async fn reconcile_anchored(
     if diverged.is_none() {
         let mut awaiting = {
             let mut log = log.lock().map_err(|_| "log lock poisoned".to_owned())?;
-            let done = prune::enforce(&mut log, &rule, Timestamp::now()).map_err(|e| e.to_string())?;
+            let done =
+                prune::enforce(&mut log, &rule, Timestamp::now()).map_err(|e| e.to_string())?;
             if done.pruned > 0 {
                 tracing::info!(pruned = done.pruned, "pruned audit records past retention");
             }
@@ -183,9 +184,13 @@ pub async fn reconcile_anchored(
         while awaiting.is_some() && started.elapsed() < PRUNE_SIGNATURE_WAIT {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let mut log = log.lock().map_err(|_| "log lock poisoned".to_owned())?;
-            let done = prune::enforce(&mut log, &rule, Timestamp::now()).map_err(|e| e.to_string())?;
+            let done =
+                prune::enforce(&mut log, &rule, Timestamp::now()).map_err(|e| e.to_string())?;
             if done.pruned > 0 {
-                tracing::info!(pruned = done.pruned, "pruned audit records past retention after the signed prune entry");
+                tracing::info!(
+                    pruned = done.pruned,
+                    "pruned audit records past retention after the signed prune entry"
+                );
             }
             awaiting = done.awaiting_signature;
         }

@@ -36,11 +36,11 @@ use hyper_util::service::TowerToHyperService;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::Resource;
-use portcullis_crds::conditions::{new_condition, set_condition, types};
 use kube::Client;
+use kube::Resource;
 use portcullis_crds::audit::{AuditRecord, MAX_RECORD_BYTES};
 use portcullis_crds::audit_log::LogSigner;
+use portcullis_crds::conditions::{new_condition, set_condition, types};
 use portcullis_crds::{AuditRetention, SignedTreeHead};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -577,12 +577,11 @@ async fn sign_manifest(
     headers: HeaderMap,
     Json(mut manifest): Json<Manifest>,
 ) -> Response {
-    let reader = match authorize_reader(&svc, &headers, manifest.selection.namespaces.as_deref())
-        .await
-    {
-        Ok(u) => u,
-        Err(refused) => return refused,
-    };
+    let reader =
+        match authorize_reader(&svc, &headers, manifest.selection.namespaces.as_deref()).await {
+            Ok(u) => u,
+            Err(refused) => return refused,
+        };
     if let Some(refused) = svc.refuse_if_diverged() {
         return refused;
     }
@@ -597,9 +596,12 @@ async fn sign_manifest(
         let bad = |m: String| (StatusCode::CONFLICT, m);
         let head = portcullis_crds::audit_log::verify_tree_head(&manifest.sth, signer.public_key())
             .map_err(|e| bad(format!("sth: {e}")))?;
-        let log = log
-            .lock()
-            .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "log lock poisoned".to_owned()))?;
+        let log = log.lock().map_err(|_| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "log lock poisoned".to_owned(),
+            )
+        })?;
         if log.root_at(head.tree_size) != Some(head.root_hash) {
             return Err(bad(format!(
                 "the signed tree head of size {} is not a head of this log",
@@ -612,8 +614,7 @@ async fn sign_manifest(
             return Err(bad("the selection is not a range of the signed head".into()));
         }
         let mut expected = Vec::new();
-        for index in manifest.selection.from_index.max(log.pruned())..manifest.selection.to_index
-        {
+        for index in manifest.selection.from_index.max(log.pruned())..manifest.selection.to_index {
             let entry = match log.entry(index) {
                 Ok(Some(e)) => e,
                 Ok(None) => continue,
@@ -633,8 +634,12 @@ async fn sign_manifest(
                 "the selection holds {} records, the manifest names {}{}{}",
                 expected.len(),
                 manifest.indexes.len(),
-                missing.map(|i| format!("; log index {i} is missing")).unwrap_or_default(),
-                extra.map(|i| format!("; log index {i} is not selected")).unwrap_or_default(),
+                missing
+                    .map(|i| format!("; log index {i} is missing"))
+                    .unwrap_or_default(),
+                extra
+                    .map(|i| format!("; log index {i} is not selected"))
+                    .unwrap_or_default(),
             )));
         }
         manifest.first_kept = log.pruned();
@@ -649,7 +654,10 @@ async fn sign_manifest(
     manifest.exported_by = reader.clone();
     manifest.exported_at = format!("{:.3}", Timestamp::now());
     let Some(signer) = svc.manifest_signer.as_deref() else {
-        return error(StatusCode::NOT_FOUND, "signing evidence manifests is not enabled");
+        return error(
+            StatusCode::NOT_FOUND,
+            "signing evidence manifests is not enabled",
+        );
     };
     match crate::manifest::sign_manifest(signer, &manifest) {
         Ok(signed) => {
@@ -943,7 +951,10 @@ pub async fn run_anchored_signer(
                     }
                     _ => String::new(),
                 };
-                if report_divergence(client, w, api, &reason, &value).await.is_ok() {
+                if report_divergence(client, w, api, &reason, &value)
+                    .await
+                    .is_ok()
+                {
                     reported_divergence = Some(reason);
                 }
             }
@@ -1010,7 +1021,10 @@ async fn accept_log(log: &Arc<Mutex<Log>>, anchor: &Anchor, value: &str) {
     });
     match serde_json::to_vec(&entry).map(|e| l.append(&[e])) {
         Ok(Ok(_)) => {
-            tracing::warn!(size = accepted.tree_size, "a person accepted the log as the new anchor")
+            tracing::warn!(
+                size = accepted.tree_size,
+                "a person accepted the log as the new anchor"
+            )
         }
         Ok(Err(e)) => tracing::error!(error = %e, "could not record the accepted log"),
         Err(e) => tracing::error!(error = %e, "could not record the accepted log"),
@@ -1055,13 +1069,11 @@ pub async fn publish_extending(
         }
         {
             let checked = anchor.check_witnessed(w).and_then(|head| {
-                let l = log
-                    .lock()
-                    .map_err(|_| crate::anchor::Divergence::BadHead {
-                        which: "witnessed",
-                        size: w.tree_size,
-                        reason: "log lock poisoned".into(),
-                    })?;
+                let l = log.lock().map_err(|_| crate::anchor::Divergence::BadHead {
+                    which: "witnessed",
+                    size: w.tree_size,
+                    reason: "log lock poisoned".into(),
+                })?;
                 crate::anchor::log_extends(&l, &head, "witnessed").map(|_| head)
             });
             if let Err(d) = checked {

@@ -347,8 +347,14 @@ fn exec_sessions_and_their_recordings_go_into_the_bundle() {
 
     // A recording the log's data directory lost cannot go into a bundle unnoticed.
     fs::remove_file(data.join(format!("recordings/{sha}.cast"))).expect("remove");
-    let err = write_bundle(&log, &sth, &Selection::default(), &signer, &dir.path().join("b2"))
-        .expect_err("recording missing");
+    let err = write_bundle(
+        &log,
+        &sth,
+        &Selection::default(),
+        &signer,
+        &dir.path().join("b2"),
+    )
+    .expect_err("recording missing");
     assert!(
         err.to_string()
             .starts_with(&format!("recordings/{sha}.cast: not stored in")),

@@ -690,10 +690,7 @@ async fn recordings_are_authenticated_content_addressed_and_bundled() {
     assert_eq!(code, 401);
     let (code, _) = curl.get(&in_ns);
     assert_eq!(code, 401);
-    let (code, body) = curl.get_as(
-        &format!("/v1/recordings/{other}?namespace={ns}"),
-        &auditor,
-    );
+    let (code, body) = curl.get_as(&format!("/v1/recordings/{other}?namespace={ns}"), &auditor);
     assert_eq!(code, 404, "{}", String::from_utf8_lossy(&body));
     assert_eq!(
         shipper
@@ -753,7 +750,10 @@ async fn recordings_are_authenticated_content_addressed_and_bundled() {
     assert_eq!(sth.tree_size, 3);
     assert_eq!(log.lock().expect("lock").size(), 3);
     let bundle = tempfile::tempdir().expect("tmp");
-    assert_eq!(export(&shipper, &auditor, &ns, &sth, bundle.path()).await, 3);
+    assert_eq!(
+        export(&shipper, &auditor, &ns, &sth, bundle.path()).await,
+        3
+    );
     let report = verify_bundle(bundle.path(), &public_key).expect("bundle verifies");
     assert_eq!((report.records, report.recordings), (3, 1));
     let summary = std::fs::read_to_string(bundle.path().join("summary.md")).expect("summary");

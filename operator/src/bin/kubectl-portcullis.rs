@@ -27,8 +27,8 @@ use portcullis_audit::bundle::{
     add_recording, find_recording, referenced_recordings, verify_bundle_trusting,
     write_bundle_from, Trust,
 };
-use portcullis_audit::manifest::Selection;
 use portcullis_audit::client::AuditClient;
+use portcullis_audit::manifest::Selection;
 use portcullis_audit::recordings::{is_sha256, sha256_hex};
 use portcullis_audit::verify::read_public_key;
 use portcullis_crds::{AccessRequest, AuditRetention, GatewayPolicy, SignedTreeHead};
@@ -294,7 +294,11 @@ async fn evidence(client: kube::Client, ns: &str, args: EvidenceArgs) -> Result<
 
 /// The trusted head for `verify`: from a file, or the witness in the cluster; with a
 /// consistency proof from the audit service when the sizes differ and it is reachable.
-async fn trust(args: &VerifyArgs, namespace: Option<String>, bundle: &Path) -> Result<Trust, String> {
+async fn trust(
+    args: &VerifyArgs,
+    namespace: Option<String>,
+    bundle: &Path,
+) -> Result<Trust, String> {
     let expect_head: Option<SignedTreeHead> = if let Some(file) = &args.expect_head {
         let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
         Some(serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", file.display()))?)
@@ -307,7 +311,12 @@ async fn trust(args: &VerifyArgs, namespace: Option<String>, bundle: &Path) -> R
         let head = witness
             .status
             .and_then(|s| s.latest_signed_tree_head)
-            .ok_or_else(|| format!("AuditRetention {ns}/{} has no signed tree head", args.witness))?;
+            .ok_or_else(|| {
+                format!(
+                    "AuditRetention {ns}/{} has no signed tree head",
+                    args.witness
+                )
+            })?;
         Some(head)
     } else {
         None
@@ -331,7 +340,8 @@ async fn trust(args: &VerifyArgs, namespace: Option<String>, bundle: &Path) -> R
         u64::try_from(expected.tree_size).unwrap_or(0),
     );
     if a != b && a.min(b) > 0 {
-        let audit = AuditClient::new(url, ca, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+        let audit =
+            AuditClient::new(url, ca, Duration::from_secs(60)).map_err(|e| e.to_string())?;
         trust.consistency = audit
             .consistency(a.min(b), a.max(b))
             .await

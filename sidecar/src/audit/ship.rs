@@ -729,7 +729,10 @@ mod tests {
             }
             other => panic!("no stand-in: {other:?}"),
         }
-        assert_eq!(b.records[1].seq, 2, "the stand-in keeps the sequence number");
+        assert_eq!(
+            b.records[1].seq, 2,
+            "the stand-in keeps the sequence number"
+        );
     }
 
     #[test]
