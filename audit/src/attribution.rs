@@ -154,6 +154,11 @@ pub fn recording_of(record: &AuditRecord) -> Option<&str> {
 
 type Digest32 = [u8; 32];
 
+/// A session of a pod: (pod UID, session id).
+type SessionKey = (String, String);
+/// What a session began with: its principal's digest (or none) and its name for messages.
+type SessionStart = (Option<Digest32>, String);
+
 fn principal_digest(p: Option<&Principal>) -> Option<Digest32> {
     p.map(|p| {
         let mut h = Sha256::new();
@@ -174,7 +179,7 @@ fn principal_name(p: Option<&Principal>) -> String {
 pub struct Attributor {
     client: Option<Client>,
     sidecar_pods: Mutex<HashMap<String, (bool, Instant)>>,
-    sessions: Mutex<HashMap<(String, String), (Option<Digest32>, String)>>,
+    sessions: Mutex<HashMap<SessionKey, SessionStart>>,
 }
 
 impl Attributor {

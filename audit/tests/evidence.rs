@@ -466,7 +466,7 @@ async fn evidence_attacks_are_refused_or_caught() {
         statement("allow"),
     );
     svc.client
-        .ship(&token_sidecar, &[principal_session.clone()])
+        .ship(&token_sidecar, std::slice::from_ref(&principal_session))
         .await
         .expect("a sidecar names the person of its session");
     let size = svc.log.lock().expect("lock").size();
