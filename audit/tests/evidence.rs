@@ -1115,6 +1115,17 @@ async fn evidence_attacks_are_refused_or_caught() {
         diverged.ok_or_else(|| "the rewritten log was accepted".to_owned()),
     );
     let _ = svc.stop.send(true);
+    // A recording deleted from the volume: scheduled verification names it.
+    portcullis_audit::retention::verify_recordings(&data).expect("recordings intact");
+    std::fs::remove_file(data.join("recordings").join(format!("{cast_sha}.cast"))).expect("rm");
+    t.row(
+        family,
+        "a recording deleted from the volume",
+        caught(
+            portcullis_audit::retention::verify_recordings(&data),
+            "is missing",
+        ),
+    );
 
     // Unsigned pruning, offline: entries from 500 days ago in small segments.
     let family = "unsigned pruning";
