@@ -11,6 +11,7 @@
 //!  "newestPruned": "...", "retainFor": "400d", "legalHold": false, "retention": "ns/name"}}
 //! ```
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -33,6 +34,22 @@ pub struct Prune {
     pub legal_hold: bool,
     /// The AuditRetention (`namespace/name`) whose rule allowed it.
     pub retention: String,
+    /// The rules of namespaces with an AuditRetention of their own whose records it retired:
+    /// their `retainFor`, legal hold and newest retired record.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, NamespacePrune>,
+}
+
+/// A namespace's rule as a prune followed it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespacePrune {
+    /// The namespace's `retainFor` (the longer of it and the log's applies).
+    pub retain_for: String,
+    /// Its legal hold (always false for a prune the service writes).
+    pub legal_hold: bool,
+    /// When its newest retired record was received.
+    pub newest_pruned: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -111,6 +128,31 @@ pub fn check_rule(p: &FoundPrune) -> Result<(), String> {
             p.index, p.prune.retain_for
         ));
     }
+    for (ns, rule) in &p.prune.namespaces {
+        if rule.legal_hold {
+            return Err(format!(
+                "prune entry {} retired records of namespace {ns} under its legal hold",
+                p.index
+            ));
+        }
+        let own = parse_retain_for(&rule.retain_for).ok_or_else(|| {
+            format!(
+                "prune entry {}: namespace {ns} names retainFor {:?}",
+                p.index, rule.retain_for
+            )
+        })?;
+        let newest: Timestamp = rule
+            .newest_pruned
+            .parse()
+            .map_err(|e| format!("prune entry {}: {ns} newestPruned: {e}", p.index))?;
+        let cutoff = at - SignedDuration::try_from(own.max(retain)).unwrap_or(SignedDuration::MAX);
+        if newest >= cutoff {
+            return Err(format!(
+                "prune entry {} retired a record of namespace {ns} received {newest}, within its retainFor {}",
+                p.index, rule.retain_for
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -150,6 +192,20 @@ pub struct Rule {
     pub legal_hold: bool,
     /// `namespace/name` of the AuditRetention.
     pub retention: String,
+    /// AuditRetention objects of team namespaces: their records are kept for the longer of
+    /// the two `retainFor`s, and not at all pruned while the namespace holds them.
+    pub namespaces: BTreeMap<String, NamespaceRule>,
+}
+
+/// A namespace's own retention.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceRule {
+    /// `retainFor` as written.
+    pub retain_for: String,
+    /// Parsed.
+    pub retain: Duration,
+    /// Legal hold.
+    pub legal_hold: bool,
 }
 
 /// What [`enforce`] did.
@@ -173,17 +229,54 @@ pub fn enforce(log: &mut Log, rule: &Rule, now: Timestamp) -> Result<Enforced, S
     let segments = log.segments();
     let mut keep_from = None;
     let mut newest_pruned = None;
+    let mut by_namespace: BTreeMap<String, Timestamp> = BTreeMap::new();
     for (first, count, _) in &segments {
         let newest = match count.checked_sub(1) {
             Some(last) => log.entry(first + last)?.as_deref().and_then(received_at),
             None => None,
         };
         match newest {
-            Some(t) if t < cutoff => {
-                keep_from = Some(first + count);
-                newest_pruned = Some(t);
-            }
+            Some(t) if t < cutoff => {}
             _ => break,
+        }
+        // Namespaces with a rule of their own: every record of theirs in the segment must be
+        // past their (longer) retention, and none may be on hold.
+        let mut segment_newest: BTreeMap<String, Timestamp> = BTreeMap::new();
+        if !rule.namespaces.is_empty() {
+            let path = log
+                .dir()
+                .join("segments")
+                .join(crate::segment::segment_name(*first));
+            let (read, _) = crate::segment::read_segment(&path, *first)?;
+            for entry in &read.entries {
+                let Some(ns) = source_namespace(entry) else {
+                    continue;
+                };
+                if rule.namespaces.contains_key(&ns) {
+                    if let Some(t) = received_at(entry) {
+                        let e = segment_newest.entry(ns).or_insert(t);
+                        *e = (*e).max(t);
+                    }
+                }
+            }
+        }
+        let held = segment_newest.iter().any(|(ns, t)| {
+            rule.namespaces.get(ns).is_some_and(|r| {
+                r.legal_hold
+                    || *t
+                        >= now
+                            - SignedDuration::try_from(r.retain.max(rule.retain))
+                                .unwrap_or(SignedDuration::MAX)
+            })
+        });
+        if held {
+            break;
+        }
+        keep_from = Some(first + count);
+        newest_pruned = newest;
+        for (ns, t) in segment_newest {
+            let e = by_namespace.entry(ns).or_insert(t);
+            *e = (*e).max(t);
         }
     }
     let (Some(keep_from), Some(newest)) = (keep_from, newest_pruned) else {
@@ -204,6 +297,20 @@ pub fn enforce(log: &mut Log, rule: &Rule, now: Timestamp) -> Result<Enforced, S
             retain_for: rule.retain_for.clone(),
             legal_hold: false,
             retention: rule.retention.clone(),
+            namespaces: by_namespace
+                .into_iter()
+                .filter_map(|(ns, t)| {
+                    let r = rule.namespaces.get(&ns)?;
+                    Some((
+                        ns,
+                        NamespacePrune {
+                            retain_for: r.retain_for.clone(),
+                            legal_hold: false,
+                            newest_pruned: format!("{t:.6}"),
+                        },
+                    ))
+                })
+                .collect(),
         },
     };
     let bytes = serde_json::to_vec(&entry).map_err(|e| StoreError::BadEntry {
@@ -236,5 +343,20 @@ pub fn rule(retain_for: &str, legal_hold: bool, retention: &str) -> Option<Rule>
         retain: parse_retain_for(retain_for)?,
         legal_hold,
         retention: retention.to_owned(),
+        namespaces: BTreeMap::new(),
     })
+}
+
+fn source_namespace(entry: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Source {
+        namespace: String,
+    }
+    #[derive(Deserialize)]
+    struct WithSource {
+        source: Source,
+    }
+    serde_json::from_slice::<WithSource>(entry)
+        .ok()
+        .map(|e| e.source.namespace)
 }

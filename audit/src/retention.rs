@@ -2,7 +2,10 @@
 //!
 //! Records older than `retainFor` are pruned by whole segments (a segment goes once its newest
 //! entry is older than the cut-off; the open segment is sealed first when it qualifies), never
-//! while `legalHold` is set and never while the log does not extend the witnessed head. A
+//! while `legalHold` is set and never while the log does not extend the witnessed head. An
+//! AuditRetention in a team namespace applies to the records sent from that namespace: they
+//! are kept for the longer of its `retainFor` and the log's, and a segment holding any of them
+//! is not pruned while its `legalHold` is set. A
 //! prune is a signed act (see `prune`): the segments go only after a signed head covers the
 //! prune entry; the pruned entries' leaf hashes stay, so the log and every signed head still
 //! verify. Session recordings stored before the cut-off go too, once no kept record names
@@ -20,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use portcullis_crds::conditions::{new_condition, set_condition, types};
@@ -169,6 +172,40 @@ pub async fn reconcile_anchored(
             retention.spec.retain_for
         )
     })?;
+    let mut rule = rule;
+    // Team namespaces' own AuditRetention objects: their records are kept for the longer
+    // retention and never pruned under their legal hold. When they cannot be read, nothing is
+    // pruned this round.
+    match Api::<AuditRetention>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => {
+            for r in list.items {
+                let ns = r.metadata.namespace.clone().unwrap_or_default();
+                if ns == witness.namespace && r.metadata.name.as_deref() == Some(&witness.name) {
+                    continue;
+                }
+                let Some(retain) = parse_retain_for(&r.spec.retain_for) else {
+                    continue;
+                };
+                let e = rule.namespaces.entry(ns).or_insert(prune::NamespaceRule {
+                    retain_for: r.spec.retain_for.clone(),
+                    retain,
+                    legal_hold: false,
+                });
+                if retain > e.retain {
+                    e.retain = retain;
+                    e.retain_for = r.spec.retain_for.clone();
+                }
+                e.legal_hold |= r.spec.legal_hold;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "namespace AuditRetentions unreadable; nothing pruned this round");
+            rule.legal_hold = true;
+        }
+    }
     let diverged = anchor.and_then(Anchor::diverged);
     if diverged.is_none() {
         let mut awaiting = {

@@ -1219,5 +1219,62 @@ async fn evidence_attacks_are_refused_or_caught() {
         ),
     );
 
+    // Team namespaces' own AuditRetention objects apply to their records.
+    let family = "namespace retention";
+    let dir = work.path().join("prune-ns");
+    let mut log = Log::open(
+        &dir,
+        LogOptions {
+            segment_bytes: 2048,
+        },
+    )
+    .expect("log");
+    for i in 0..80u64 {
+        let at = Timestamp::now() - SignedDuration::from_hours(24 * if i < 60 { 500 } else { 1 });
+        let ns = if i % 2 == 0 { "team-a" } else { "team-b" };
+        let e = serde_json::json!({"id": format!("n:{i}"), "receivedAt": format!("{at:.6}"),
+            "source": {"namespace": ns}, "record": {"seq": i}});
+        log.append(&[e.to_string().into_bytes()]).expect("append");
+    }
+    log.record_head(&signer.sign(&log.head(1))).expect("head");
+    let team_rule = |retain_for: &str, legal_hold: bool| {
+        let mut r = rule("400d", false, "a/default").expect("rule");
+        r.namespaces.insert(
+            "team-b".into(),
+            portcullis_audit::prune::NamespaceRule {
+                retain_for: retain_for.into(),
+                retain: portcullis_audit::retention::parse_retain_for(retain_for).expect("retain"),
+                legal_hold,
+            },
+        );
+        r
+    };
+    let done = enforce(&mut log, &team_rule("30d", true), Timestamp::now()).expect("enforce");
+    t.row(
+        family,
+        "pruning records of a namespace under its own legal hold",
+        if done == Default::default() {
+            Ok("nothing retired".into())
+        } else {
+            Err(format!("{done:?}"))
+        },
+    );
+    let done = enforce(&mut log, &team_rule("1000d", false), Timestamp::now()).expect("enforce");
+    t.row(
+        family,
+        "pruning records a namespace keeps longer than the log",
+        if done == Default::default() {
+            Ok("nothing retired".into())
+        } else {
+            Err(format!("{done:?}"))
+        },
+    );
+    enforce(&mut log, &team_rule("450d", false), Timestamp::now()).expect("enforce");
+    log.record_head(&signer.sign(&log.head(2))).expect("head");
+    let done = enforce(&mut log, &team_rule("450d", false), Timestamp::now()).expect("enforce");
+    assert!(done.pruned > 0, "records past both retentions go: {done:?}");
+    drop(log);
+    verify_log(&dir, &public_key, &[]).expect("the prune names the namespace's rule and verifies");
+
     t.assert_all_caught();
 }
