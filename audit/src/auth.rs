@@ -105,13 +105,13 @@ impl Authenticator {
     }
 
     /// Authenticate a person or tool reading evidence: any token the API server accepts for its
-    /// own audience, then a SubjectAccessReview for `get` on the `evidence` subresource of the
-    /// AuditRetention in `namespace`/`name`. Returns the user name.
+    /// own audience, then one SubjectAccessReview for `get` on `auditretentions/evidence` in
+    /// each namespace of `namespaces`, or, for `None` (the whole log), cluster-wide. Returns the
+    /// user name.
     pub async fn authorize_reader(
         &self,
         token: &str,
-        namespace: &str,
-        name: &str,
+        namespaces: Option<&[String]>,
     ) -> Result<String, AuthError> {
         use k8s_openapi::api::authorization::v1::{
             ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -119,36 +119,50 @@ impl Authenticator {
         let status = self.review(token, None).await?;
         let user = status.user.unwrap_or_default();
         let username = user.username.clone().unwrap_or_default();
-        let sar = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: user.username,
-                groups: user.groups,
-                uid: user.uid,
-                extra: user.extra,
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some(portcullis_crds::GROUP.to_owned()),
-                    resource: Some("auditretentions".to_owned()),
-                    subresource: Some("evidence".to_owned()),
-                    verb: Some("get".to_owned()),
-                    namespace: Some(namespace.to_owned()),
-                    name: Some(name.to_owned()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
+        let scopes: Vec<Option<String>> = match namespaces {
+            None => vec![None],
+            Some([]) => {
+                return Err(AuthError::Forbidden(
+                    "name at least one namespace, or ask for the whole log".into(),
+                ))
+            }
+            Some(list) => list.iter().cloned().map(Some).collect(),
         };
-        let decision = Api::<SubjectAccessReview>::all(self.client.clone())
-            .create(&PostParams::default(), &sar)
-            .await
-            .map_err(|e| AuthError::Review(e.to_string()))?;
-        if decision.status.is_some_and(|s| s.allowed) {
-            Ok(username)
-        } else {
-            Err(AuthError::Forbidden(format!(
-                "{username} may not get auditretentions/evidence {namespace}/{name}"
-            )))
+        for namespace in scopes {
+            let sar = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: user.username.clone(),
+                    groups: user.groups.clone(),
+                    uid: user.uid.clone(),
+                    extra: user.extra.clone(),
+                    resource_attributes: Some(ResourceAttributes {
+                        group: Some(portcullis_crds::GROUP.to_owned()),
+                        resource: Some("auditretentions".to_owned()),
+                        subresource: Some("evidence".to_owned()),
+                        verb: Some("get".to_owned()),
+                        namespace: namespace.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let decision = Api::<SubjectAccessReview>::all(self.client.clone())
+                .create(&PostParams::default(), &sar)
+                .await
+                .map_err(|e| AuthError::Review(e.to_string()))?;
+            if !decision.status.is_some_and(|s| s.allowed) {
+                return Err(AuthError::Forbidden(match namespace {
+                    Some(ns) => format!(
+                        "{username} may not get auditretentions/evidence in namespace {ns}"
+                    ),
+                    None => format!(
+                        "{username} may not get auditretentions/evidence in every namespace: reading the whole log needs a cluster-wide binding; ask for your namespaces"
+                    ),
+                }));
+            }
         }
+        Ok(username)
     }
 
     /// Authenticate a bearer token.

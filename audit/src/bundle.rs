@@ -18,12 +18,18 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-use portcullis_crds::audit_log::{verify_inclusion, verify_tree_head, Hash};
+use portcullis_crds::audit_log::{
+    verify_consistency, verify_inclusion, verify_tree_head, Hash, LogSigner, TreeHead,
+};
 use portcullis_crds::SignedTreeHead;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::manifest::{
+    file_digests, verify_signature, Manifest, ManifestSignature, Selection, MANIFEST_FILE,
+    MANIFEST_VERSION, SIGNATURE_FILE,
+};
 use crate::recordings::{file_name, is_sha256, sha256_hex, RecordingStore, RECORDINGS_DIR};
 use crate::store::Log;
 
@@ -61,6 +67,19 @@ pub enum BundleError {
     /// records.jsonl and proofs.jsonl do not line up.
     #[error("bundle layout: {0}")]
     Layout(String),
+    /// The manifest is missing, unsigned, or does not describe this bundle.
+    #[error("manifest: {0}")]
+    Manifest(String),
+    /// The records are not the set the manifest names (missing, repeated, reordered, extra).
+    #[error("record set: {0}")]
+    Set(String),
+    /// A file derived from the records (OCSF copy, summary) or listed in the manifest was
+    /// changed, added or removed.
+    #[error("{0}")]
+    Files(String),
+    /// The bundle's head is not the trusted head or a proven prefix of it.
+    #[error("trusted head: {0}")]
+    Trust(String),
     /// A recording a record names is missing or does not match the record.
     #[error("{file}: {reason}")]
     Recording {
@@ -98,18 +117,42 @@ pub struct ProvenEntry {
     pub proof: Vec<Hash>,
 }
 
-/// Write a bundle of the entries `select` keeps, with proofs to `sth` (which must be a head of
-/// `log`). Returns the number of records written.
+/// Write a bundle of the entries `selection` keeps, with proofs to `sth` (which must be a head
+/// of `log`), and its manifest signed with the log's key (`signer`). Returns the number of
+/// records written.
 pub fn write_bundle(
     log: &Log,
     sth: &SignedTreeHead,
-    select: &dyn Select,
+    selection: &Selection,
+    signer: &LogSigner,
+    dir: &Path,
+) -> Result<usize, BundleError> {
+    let mut selection = selection.clone();
+    let size =
+        u64::try_from(sth.tree_size).map_err(|_| BundleError::Head("negative tree size".into()))?;
+    if selection.to_index == 0 || selection.to_index > size {
+        selection.to_index = size;
+    }
+    let n = write_bundle_files(log, sth, &selection, dir)?;
+    let manifest = crate::manifest::build(dir, sth, &selection, log.pruned())
+        .map_err(|e| BundleError::Manifest(e.to_string()))?;
+    let signed = crate::manifest::sign_manifest(signer, &manifest)
+        .map_err(|e| BundleError::Manifest(e.to_string()))?;
+    crate::manifest::write(dir, &signed).map_err(|e| BundleError::Manifest(e.to_string()))?;
+    Ok(n)
+}
+
+fn write_bundle_files(
+    log: &Log,
+    sth: &SignedTreeHead,
+    select: &Selection,
     dir: &Path,
 ) -> Result<usize, BundleError> {
     let size =
         u64::try_from(sth.tree_size).map_err(|_| BundleError::Head("negative tree size".into()))?;
     let mut entries = Vec::new();
-    for index in log.pruned()..size.min(log.size()) {
+    let from = log.pruned().max(select.from_index);
+    for index in from..size.min(log.size()).min(select.to_index) {
         let Some(bytes) = log
             .entry(index)
             .map_err(|e| BundleError::Io(e.to_string()))?
@@ -315,12 +358,123 @@ pub struct BundleReport {
     pub recordings: usize,
 }
 
+/// What an auditor trusts besides the public key.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    /// A head the auditor trusts (the cluster's witness): the bundle's head must be it, or a
+    /// prefix of it proven by `consistency`, or extend it by `consistency`.
+    pub expect_head: Option<SignedTreeHead>,
+    /// Consistency proof between the bundle's head and `expect_head` (smaller to larger).
+    pub consistency: Vec<Hash>,
+    /// Accept a bundle whose head is a proven prefix of the trusted head (its records stop
+    /// before the trusted head; it is older).
+    pub allow_older: bool,
+}
+
 /// Verify a bundle offline with the log's raw ed25519 public key.
 pub fn verify_bundle(dir: &Path, public_key: &[u8]) -> Result<BundleReport, BundleError> {
+    verify_bundle_trusting(dir, public_key, &Trust::default())
+}
+
+fn read_manifest(
+    dir: &Path,
+    public_key: &[u8],
+    sth: &SignedTreeHead,
+) -> Result<Manifest, BundleError> {
+    let bad = |m: String| BundleError::Manifest(m);
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let bytes = match fs::read(&manifest_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad(format!(
+                "{MANIFEST_FILE} is missing: without a signed manifest the bundle does not prove which records it should hold"
+            )))
+        }
+        Err(e) => return Err(io(&manifest_path)(e)),
+    };
+    let sig_path = dir.join(SIGNATURE_FILE);
+    let sig: ManifestSignature = serde_json::from_slice(
+        &fs::read(&sig_path).map_err(|e| bad(format!("{SIGNATURE_FILE}: {e}")))?,
+    )
+    .map_err(|e| bad(format!("{SIGNATURE_FILE}: {e}")))?;
+    verify_signature(&bytes, &sig, public_key).map_err(|e| bad(e.to_string()))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("{MANIFEST_FILE}: {e}")))?;
+    if manifest.version != MANIFEST_VERSION {
+        return Err(bad(format!("unknown version {:?}", manifest.version)));
+    }
+    if &manifest.sth != sth {
+        return Err(bad(
+            "sth.json is not the signed tree head the manifest names".into(),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// Check the bundle's head against a trusted head.
+fn check_trust(head: &TreeHead, trust: &Trust, public_key: &[u8]) -> Result<(), BundleError> {
+    let Some(expected) = &trust.expect_head else {
+        return Ok(());
+    };
+    let bad = |m: String| BundleError::Trust(m);
+    let trusted = verify_tree_head(expected, public_key).map_err(|e| bad(e.to_string()))?;
+    if trusted.tree_size == head.tree_size {
+        return if trusted.root_hash == head.root_hash {
+            Ok(())
+        } else {
+            Err(bad(format!(
+                "the bundle's head of size {} has another root than the trusted head: the log was rewritten",
+                head.tree_size
+            )))
+        };
+    }
+    if trusted.tree_size > head.tree_size {
+        if trust.consistency.is_empty() {
+            return Err(bad(format!(
+                "the bundle's head covers {} entries, the trusted head {}: the bundle is older than the log (give a consistency proof and --allow-older to accept an older bundle)",
+                head.tree_size, trusted.tree_size
+            )));
+        }
+        verify_consistency(head, &trusted, &trust.consistency).map_err(|e| {
+            bad(format!(
+                "the bundle's head is not a prefix of the trusted head: {e}"
+            ))
+        })?;
+        if !trust.allow_older {
+            return Err(bad(format!(
+                "the bundle's head covers {} entries, the trusted head {}: the bundle is older than the log",
+                head.tree_size, trusted.tree_size
+            )));
+        }
+        return Ok(());
+    }
+    verify_consistency(&trusted, head, &trust.consistency).map_err(|e| {
+        bad(format!(
+            "the bundle's head does not extend the trusted head of size {}: {e}",
+            trusted.tree_size
+        ))
+    })
+}
+
+/// Verify a bundle offline with the log's raw ed25519 public key and a trusted head: the
+/// head's signature; the manifest's signature and that it names this head; every record's
+/// inclusion proof; that the records are exactly the manifest's indexes (distinct,
+/// increasing, and every index of an unfiltered range), each inside the selection; that every
+/// file is the one the manifest names, and the OCSF copy and the summary are those the records
+/// give; each recording against the record naming it; and the head against `trust`.
+pub fn verify_bundle_trusting(
+    dir: &Path,
+    public_key: &[u8],
+    trust: &Trust,
+) -> Result<BundleReport, BundleError> {
     let sth_path = dir.join("sth.json");
     let sth: SignedTreeHead = serde_json::from_slice(&fs::read(&sth_path).map_err(io(&sth_path))?)
         .map_err(|e| BundleError::Head(e.to_string()))?;
     let head = verify_tree_head(&sth, public_key).map_err(|e| BundleError::Head(e.to_string()))?;
+    let manifest = read_manifest(dir, public_key, &sth)?;
+    check_trust(&head, trust, public_key)?;
+    let mut indexes: Vec<u64> = Vec::new();
+    let mut values: Vec<Value> = Vec::new();
     let records_path = dir.join("records.jsonl");
     let proofs_path = dir.join("proofs.jsonl");
     let records = BufReader::new(fs::File::open(&records_path).map_err(io(&records_path))?);
@@ -365,7 +519,29 @@ pub fn verify_bundle(dir: &Path, public_key: &[u8]) -> Result<BundleReport, Bund
                 reason: e.to_string(),
             }
         })?;
-        if let Ok(value) = serde_json::from_slice::<Value>(&record) {
+        if let Some(prev) = indexes.last() {
+            if proof.index <= *prev {
+                return Err(BundleError::Set(format!(
+                    "record {line} has log index {}, not after {prev}: records are repeated or out of order",
+                    proof.index
+                )));
+            }
+        }
+        indexes.push(proof.index);
+        let parsed = serde_json::from_slice::<Value>(&record).ok();
+        let in_selection = parsed
+            .as_ref()
+            .is_some_and(|v| manifest.selection.matches(v))
+            && proof.index >= manifest.selection.from_index
+            && proof.index < manifest.selection.to_index;
+        if !in_selection {
+            return Err(BundleError::Set(format!(
+                "record {line} (log index {}) is not part of the selection the manifest names",
+                proof.index
+            )));
+        }
+        if let Some(value) = parsed {
+            values.push(value.clone());
             if value["record"]["event"]["type"] == "recording" {
                 let sha256 = value["record"]["event"]["sha256"]
                     .as_str()
@@ -387,6 +563,7 @@ pub fn verify_bundle(dir: &Path, public_key: &[u8]) -> Result<BundleReport, Bund
             "proofs.jsonl has more lines than records.jsonl".into(),
         ));
     }
+
     for (sha256, line) in &recordings {
         let file = recording_file(sha256);
         let path = dir.join(&file);
@@ -410,11 +587,99 @@ pub fn verify_bundle(dir: &Path, public_key: &[u8]) -> Result<BundleReport, Bund
             });
         }
     }
+    check_set(&manifest, &indexes, head.tree_size)?;
+    check_files(dir, &manifest, &values, &sth)?;
     Ok(BundleReport {
         records: count,
         tree_size: head.tree_size,
         recordings: recordings.len(),
     })
+}
+
+/// The records are the manifest's indexes, and all of an unfiltered range.
+fn check_set(manifest: &Manifest, indexes: &[u64], tree_size: u64) -> Result<(), BundleError> {
+    let first_difference = |expected: &[u64]| -> Option<String> {
+        let missing = expected.iter().find(|i| indexes.binary_search(i).is_err());
+        let extra = indexes.iter().find(|i| expected.binary_search(i).is_err());
+        match (missing, extra) {
+            (Some(i), _) => Some(format!("log index {i} is missing")),
+            (None, Some(i)) => Some(format!("log index {i} was added")),
+            (None, None) => None,
+        }
+    };
+    if let Some(d) = first_difference(&manifest.indexes) {
+        return Err(BundleError::Set(format!(
+            "the manifest names {} records, the bundle holds {}: {d}",
+            manifest.indexes.len(),
+            indexes.len()
+        )));
+    }
+    if manifest.selection.to_index > tree_size {
+        return Err(BundleError::Set(format!(
+            "the selection ends at {}, beyond the signed head of size {tree_size}",
+            manifest.selection.to_index
+        )));
+    }
+    if !manifest.selection.filtered() {
+        let from = manifest.selection.from_index.max(manifest.first_kept);
+        let expected: Vec<u64> = (from..manifest.selection.to_index).collect();
+        if let Some(d) = first_difference(&expected) {
+            return Err(BundleError::Set(format!(
+                "an unfiltered range {from}..{} must hold every record: {d}",
+                manifest.selection.to_index
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every file is the one the manifest names; the derived files are those the records give.
+fn check_files(
+    dir: &Path,
+    manifest: &Manifest,
+    values: &[Value],
+    sth: &SignedTreeHead,
+) -> Result<(), BundleError> {
+    let present = file_digests(dir).map_err(|e| BundleError::Io(e.to_string()))?;
+    for (file, digest) in &manifest.files {
+        match present.get(file) {
+            None => {
+                return Err(BundleError::Files(format!(
+                    "{file}: missing; the manifest names it"
+                )))
+            }
+            Some(d) if d != digest => {
+                return Err(BundleError::Files(format!(
+                    "{file}: changed since export (SHA-256 {d}, the manifest names {digest})"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = present.keys().find(|f| !manifest.files.contains_key(*f)) {
+        return Err(BundleError::Files(format!(
+            "{extra}: not part of the exported bundle"
+        )));
+    }
+    let mut ocsf = Vec::new();
+    for v in values {
+        serde_json::to_writer(&mut ocsf, &to_ocsf(v))
+            .map_err(|e| BundleError::Io(e.to_string()))?;
+        ocsf.push(b'\n');
+    }
+    let ocsf_path = dir.join("records.ocsf.jsonl");
+    if fs::read(&ocsf_path).map_err(io(&ocsf_path))? != ocsf {
+        return Err(BundleError::Files(
+            "records.ocsf.jsonl: not the OCSF events of the verified records".into(),
+        ));
+    }
+    let summary_path = dir.join("summary.md");
+    if fs::read(&summary_path).map_err(io(&summary_path))? != summary(values, sth).into_bytes() {
+        return Err(BundleError::Files(
+            "summary.md: not the summary of the verified records".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The OCSF 1.1 event for one log entry: API Activity (class 6003) for Kubernetes API
@@ -530,12 +795,12 @@ fn api_activity(entry: &Value) -> Value {
         "status_id": status_id,
         "status": status,
         "message": message,
-        "actor": actor(&record["identity"], &record["sessionId"]),
+        "actor": actor(entry),
         "src_endpoint": {"name": entry["source"]["pod"], "namespace": entry["source"]["namespace"]},
         "api": {
             "operation": event["verb"],
             "request": {"uid": event["requestId"].as_u64().map(|n| n.to_string())},
-            "service": {"name": record["resource"]},
+            "service": {"name": resource_of(entry)},
         },
         "metadata": ocsf_metadata(entry),
         "unmapped": {
@@ -611,9 +876,9 @@ fn datastore_activity(entry: &Value) -> Value {
         "status_id": status_id,
         "status": status,
         "message": event["statement"].as_str().unwrap_or(event["type"].as_str().unwrap_or("")),
-        "actor": actor(&record["identity"], &record["sessionId"]),
+        "actor": actor(entry),
         "src_endpoint": {"name": entry["source"]["pod"], "namespace": entry["source"]["namespace"]},
-        "database": {"name": record["resource"]},
+        "database": {"name": resource_of(entry)},
         "query_info": {"query_string": event["statement"]},
         "metadata": ocsf_metadata(entry),
         "unmapped": {
@@ -626,11 +891,14 @@ fn datastore_activity(entry: &Value) -> Value {
 
 /// The OCSF actor: the person or pipeline run of a validated OIDC token when there is one
 /// (with the workload it acted through), else the workload.
-fn actor(identity: &Value, session: &Value) -> Value {
+fn actor(entry: &Value) -> Value {
+    let identity = &entry["record"]["identity"];
+    let session = &entry["record"]["sessionId"];
+    let source = &entry["source"];
     let workload = format!(
         "{}/{}",
-        identity["namespace"].as_str().unwrap_or("-"),
-        identity["name"].as_str().unwrap_or("-")
+        text(&source["namespace"], "-"),
+        text(&source["serviceAccount"], "-")
     );
     match identity.get("principal").filter(|p| p.is_object()) {
         Some(p) => serde_json::json!({
@@ -649,8 +917,9 @@ fn actor(identity: &Value, session: &Value) -> Value {
         }),
         None => serde_json::json!({
             "user": {
-                "name": identity["name"],
-                "type": identity["kind"],
+                "name": workload,
+                "type": "ServiceAccount",
+                "uid": source["user"],
             },
             "session": {"uid": session},
         }),
@@ -666,17 +935,34 @@ fn text<'a>(v: &'a Value, default: &'a str) -> &'a str {
     v.as_str().unwrap_or(default)
 }
 
-/// `ServiceAccount ns/name`, `User alice`, and the person or pipeline run behind the
-/// workload when a validated token named one: `ServiceAccount ns/name as User alice`.
-fn identity_of(record: &Value) -> String {
-    let id = &record["identity"];
-    let kind = text(&id["kind"], "unknown");
-    let name = text(&id["name"], "-");
-    let workload = match id["namespace"].as_str() {
-        Some(ns) => format!("{kind} {ns}/{name}"),
-        None => format!("{kind} {name}"),
-    };
-    match id.get("principal").filter(|p| p.is_object()) {
+/// The workload that sent an entry, as its token proved it: `ServiceAccount ns/name`.
+fn workload_of(entry: &Value) -> String {
+    let source = &entry["source"];
+    format!(
+        "ServiceAccount {}/{}",
+        text(&source["namespace"], "-"),
+        text(&source["serviceAccount"], "-")
+    )
+}
+
+/// The resource of an entry in the sender's namespace: `ns/resource`.
+pub fn resource_of(entry: &Value) -> String {
+    format!(
+        "{}/{}",
+        text(&entry["source"]["namespace"], "-"),
+        text(&entry["record"]["resource"], "-")
+    )
+}
+
+/// `ServiceAccount ns/name` of the authenticated sender, and the person or pipeline run
+/// behind it when its sidecar named one (accepted only as the principal of that sidecar's
+/// session): `ServiceAccount ns/name as User alice`.
+fn identity_of(entry: &Value) -> String {
+    let workload = workload_of(entry);
+    match entry["record"]["identity"]
+        .get("principal")
+        .filter(|p| p.is_object())
+    {
         Some(p) => format!(
             "{workload} as {} {}",
             text(&p["kind"], "-"),
@@ -891,7 +1177,7 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
                 last = Some(time.clone());
             }
         }
-        let who = identity_of(r);
+        let who = identity_of(e);
         let id = identities.entry(who.clone()).or_default();
         if let Some(pod) = e["source"]["pod"]
             .as_str()
@@ -899,9 +1185,7 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
         {
             id.pods.insert(pod.to_owned());
         }
-        *resources
-            .entry(text(&r["resource"], "-").to_owned())
-            .or_default() += 1;
+        *resources.entry(resource_of(e)).or_default() += 1;
         if kind == "statement" {
             for t in event["tables"].as_array().into_iter().flatten() {
                 *tables.entry(text(t, "-").to_owned()).or_default() += 1;
@@ -910,7 +1194,7 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
             id.rows.push(format!(
                 "| {} | {} | `{}` | {} | {} | {} | {} |",
                 cell(&time),
-                cell(text(&r["resource"], "")),
+                cell(&resource_of(e)),
                 cell(text(&event["statement"], "(not parsed; text not recorded)")),
                 cell(&decision),
                 cell(&match (
@@ -947,7 +1231,7 @@ fn summary(entries: &[Value], sth: &SignedTreeHead) -> String {
             id.kube_rows.push(format!(
                 "| {} | {} | `{}` | {} | {} | {} |",
                 cell(&time),
-                cell(text(&r["resource"], "")),
+                cell(&resource_of(e)),
                 cell(&request),
                 cell(&decision),
                 cell(&rule_of(event)),

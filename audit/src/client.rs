@@ -156,13 +156,29 @@ impl AuditClient {
         to: u64,
         tree_size: u64,
     ) -> Result<Vec<crate::bundle::ProvenEntry>, ShipError> {
+        self.entries_in(token, from, to, tree_size, None).await
+    }
+
+    /// [`AuditClient::entries`] of the records sent from `namespaces` only (`None`: the whole
+    /// log, which needs a cluster-wide binding).
+    pub async fn entries_in(
+        &self,
+        token: &str,
+        from: u64,
+        to: u64,
+        tree_size: u64,
+        namespaces: Option<&[String]>,
+    ) -> Result<Vec<crate::bundle::ProvenEntry>, ShipError> {
+        let scope = namespaces
+            .map(|n| format!("&namespaces={}", n.join(",")))
+            .unwrap_or_default();
         let mut out = Vec::new();
         let mut at = from;
         while at < to {
             let end = to.min(at + crate::service::MAX_ENTRIES_PER_READ);
             let (status, bytes) = self
                 .get(
-                    &format!("/v1/entries?from={at}&to={end}&treeSize={tree_size}"),
+                    &format!("/v1/entries?from={at}&to={end}&treeSize={tree_size}{scope}"),
                     Some(token),
                 )
                 .await?;
@@ -193,6 +209,63 @@ impl AuditClient {
             at = end;
         }
         Ok(out)
+    }
+
+    /// Have the service check and sign the manifest of a bundle (its selection recomputed over
+    /// the log), with a token allowed to read the namespaces it selects.
+    pub async fn sign_manifest(
+        &self,
+        token: &str,
+        manifest: &crate::manifest::Manifest,
+    ) -> Result<crate::manifest::SignedManifest, ShipError> {
+        let body = serde_json::to_vec(manifest).map_err(|e| ShipError::Local(e.to_string()))?;
+        let request = hyper::Request::post(format!("{}/v1/manifests", self.base))
+            .header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", token.trim()),
+            )
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ShipError::Local(e.to_string()))?;
+        let (status, bytes) = self.send(request).await?;
+        if status != 200 {
+            return Err(Self::failure(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ShipError::Failed {
+            status,
+            message: format!("unreadable signed manifest: {e}"),
+        })
+    }
+
+    /// A consistency proof between the trees of sizes `old` and `size`.
+    pub async fn consistency(
+        &self,
+        old: u64,
+        size: u64,
+    ) -> Result<Vec<portcullis_crds::audit_log::Hash>, ShipError> {
+        let (status, bytes) = self
+            .get(
+                &format!("/v1/proofs/consistency?old={old}&size={size}"),
+                None,
+            )
+            .await?;
+        if status != 200 {
+            return Err(Self::failure(status, &bytes));
+        }
+        let proof: crate::service::ProofResponse =
+            serde_json::from_slice(&bytes).map_err(|e| ShipError::Failed {
+                status,
+                message: e.to_string(),
+            })?;
+        proof
+            .hashes
+            .iter()
+            .map(|h| hex::decode(h).ok().and_then(|v| v.try_into().ok()))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ShipError::Failed {
+                status,
+                message: "malformed consistency proof".into(),
+            })
     }
 
     /// Post a batch; on success, the sequence numbers now durable in the log.
@@ -253,15 +326,29 @@ impl AuditClient {
     }
 
     /// A stored recording, read with a token whose user may `get` the `evidence` subresource
-    /// of the service's AuditRetention. The content is checked against `sha256`.
+    /// of AuditRetentions in every namespace. The content is checked against `sha256`.
     pub async fn recording(&self, token: &str, sha256: &str) -> Result<Bytes, ShipError> {
+        self.recording_in(token, sha256, None).await
+    }
+
+    /// A stored recording sent from `namespace`, read with a token allowed evidence there
+    /// (`None`: cluster-wide).
+    pub async fn recording_in(
+        &self,
+        token: &str,
+        sha256: &str,
+        namespace: Option<&str>,
+    ) -> Result<Bytes, ShipError> {
         if !is_sha256(sha256) {
             return Err(ShipError::Local(format!(
                 "{sha256:?} is not a SHA-256: expected 64 lowercase hex digits"
             )));
         }
+        let scope = namespace
+            .map(|n| format!("?namespace={n}"))
+            .unwrap_or_default();
         let (status, bytes) = self
-            .get(&format!("/v1/recordings/{sha256}"), Some(token))
+            .get(&format!("/v1/recordings/{sha256}{scope}"), Some(token))
             .await?;
         if status != 200 {
             return Err(Self::failure(status, &bytes));

@@ -6,10 +6,14 @@
 //! The audit service of the operator runs on top of [`store::Log`]; the kubectl plugin's
 //! `verify` uses [`verify`].
 
+pub mod anchor;
 pub mod asciicast;
+pub mod attribution;
 pub mod auth;
 pub mod bundle;
 pub mod client;
+pub mod manifest;
+pub mod prune;
 pub mod recordings;
 pub mod retention;
 pub mod segment;

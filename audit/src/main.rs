@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use portcullis_audit::anchor::Anchor;
 use portcullis_audit::retention::run_retention;
-use portcullis_audit::service::{run_signer, serve_tls, AuditService, Witness};
+use portcullis_audit::service::{run_anchored_signer, serve_tls, AuditService, Witness};
 use portcullis_audit::store::{Log, LogOptions};
 use portcullis_audit::verify::{read_public_key, verify_log};
 use portcullis_crds::audit_log::LogSigner;
@@ -52,6 +53,13 @@ struct ServeArgs {
     /// AuditRetention (NAMESPACE/NAME) whose status receives each signed tree head.
     #[arg(long)]
     witness: Option<String>,
+    /// File (outside the data directory, on other storage) that keeps the last signed tree
+    /// head; on start the log must extend it as well as the witnessed head.
+    #[arg(long, env = "PORTCULLIS_AUDIT_HEAD_FILE")]
+    head_file: Option<PathBuf>,
+    /// Size at which a log segment is closed and a new one started, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    segment_bytes: u64,
 }
 
 #[derive(Subcommand)]
@@ -100,6 +108,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         signing_key_secret,
         sign_every_ms,
         witness,
+        head_file,
+        segment_bytes,
     } = args;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default()
@@ -113,6 +123,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         }
     };
     let signer = LogSigner::from_pkcs8(&key).map_err(|e| e.to_string())?;
+    let manifest_signer = LogSigner::from_pkcs8(&key).map_err(|e| e.to_string())?;
     tracing::info!(public_key = %hex::encode(signer.public_key()), "signing tree heads");
     let witness = match witness {
         Some(w) => {
@@ -126,7 +137,19 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         }
         None => None,
     };
-    let log = Log::open(&data_dir, LogOptions::default()).map_err(|e| e.to_string())?;
+    if let Some(h) = &head_file {
+        if h.starts_with(&data_dir) {
+            return Err(format!(
+                "--head-file {} is inside the data directory; keep it on other storage",
+                h.display()
+            ));
+        }
+    }
+    if segment_bytes < 4096 {
+        return Err("--segment-bytes must be at least 4096".into());
+    }
+    let anchor = Arc::new(Anchor::new(signer.public_key(), head_file).map_err(|e| e.to_string())?);
+    let log = Log::open(&data_dir, LogOptions { segment_bytes }).map_err(|e| e.to_string())?;
     let report = log.open_report();
     tracing::info!(
         entries = report.entries,
@@ -140,7 +163,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("listen on {listen}: {e}"))?;
     tracing::info!(%listen, "audit service listening");
-    let mut service = AuditService::new(client.clone(), log.clone());
+    let mut service = AuditService::new(client.clone(), log.clone())
+        .with_anchor(anchor.clone())
+        .with_manifest_signer(manifest_signer);
     if let Some(w) = &witness {
         service = service.with_witness(w.clone());
     }
@@ -150,15 +175,17 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             w,
             log.clone(),
             signer.public_key().to_vec(),
+            Some(anchor.clone()),
             shutdown_signal(),
         ))
     });
-    let signer_task = tokio::spawn(run_signer(
+    let signer_task = tokio::spawn(run_anchored_signer(
         log,
         signer,
         Duration::from_millis(sign_every_ms),
         Some(client),
         witness,
+        anchor,
         shutdown_signal(),
     ));
     serve_tls(listener, tls, service.router(), shutdown_signal()).await;

@@ -21,6 +21,9 @@ pub const MAX_RECORDING_BYTES: usize = 64 << 20;
 /// Folder of the recordings, in the data directory and in an evidence bundle.
 pub const RECORDINGS_DIR: &str = "recordings";
 
+/// Folder (inside the recordings folder) noting which pod uploaded which recording.
+const SENDERS_DIR: &str = "senders";
+
 /// Why a recording was not stored or read.
 #[derive(Debug, Error)]
 pub enum RecordingError {
@@ -154,6 +157,72 @@ impl RecordingStore {
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
         Ok(Stored::Created)
+    }
+
+    /// Note durably that the pod with UID `pod_uid` of `namespace` uploaded the recording
+    /// `sha256`, so its `recording` records are accepted (see [`RecordingStore::sent_by`]) and
+    /// readers of that namespace may read it.
+    pub fn mark_sender(
+        &self,
+        sha256: &str,
+        pod_uid: &str,
+        namespace: &str,
+    ) -> Result<(), RecordingError> {
+        let path = self.sender_path(sha256, pod_uid)?;
+        if path.exists() {
+            return Ok(());
+        }
+        let senders = self.dir.join(SENDERS_DIR);
+        fs::create_dir_all(&senders).map_err(io(&senders))?;
+        fs::File::create(&path)
+            .and_then(|mut f| {
+                f.write_all(namespace.as_bytes())?;
+                f.sync_all()
+            })
+            .map_err(io(&path))?;
+        fs::File::open(&senders)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&senders))
+    }
+
+    /// Whether the pod with UID `pod_uid` uploaded the recording `sha256` and it is stored.
+    pub fn sent_by(&self, sha256: &str, pod_uid: &str) -> bool {
+        self.sender_path(sha256, pod_uid)
+            .is_ok_and(|p| p.exists() && self.path(sha256).exists())
+    }
+
+    /// The namespaces of the pods that uploaded the recording `sha256`.
+    pub fn sender_namespaces(&self, sha256: &str) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.dir.join(SENDERS_DIR)) else {
+            return Vec::new();
+        };
+        let prefix = format!("{sha256}.");
+        entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with(&prefix) && name.ends_with(".sender")
+            })
+            .filter_map(|e| fs::read_to_string(e.path()).ok())
+            .collect()
+    }
+
+    fn sender_path(&self, sha256: &str, pod_uid: &str) -> Result<PathBuf, RecordingError> {
+        if !is_sha256(sha256) {
+            return Err(RecordingError::BadName(sha256.to_owned()));
+        }
+        if pod_uid.is_empty()
+            || pod_uid.len() > 64
+            || !pod_uid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(RecordingError::BadName(pod_uid.to_owned()));
+        }
+        Ok(self
+            .dir
+            .join(SENDERS_DIR)
+            .join(format!("{sha256}.{pod_uid}.sender")))
     }
 
     /// Delete the recordings stored before `cutoff` that no record in `keep` names (the

@@ -1,12 +1,19 @@
 //! Retention and scheduled verification, driven by an AuditRetention object.
 //!
 //! Records older than `retainFor` are pruned by whole segments (a segment goes once its newest
-//! entry is older than the cut-off), never while `legalHold` is set; the pruned entries' leaf
-//! hashes stay, so the log and every signed head still verify. Session recordings stored
-//! before the cut-off go too, once no kept record names them. Every `verifyEvery` the whole
-//! log is walked and checked against its own heads and the head the cluster witnessed in the
-//! AuditRetention status; the result lands in the status (`Verified` condition, record count,
-//! bytes, oldest record, last verification time) with an Event when it fails.
+//! entry is older than the cut-off; the open segment is sealed first when it qualifies), never
+//! while `legalHold` is set and never while the log does not extend the witnessed head. An
+//! AuditRetention in a team namespace applies to the records sent from that namespace: they
+//! are kept for the longer of its `retainFor` and the log's, and a segment holding any of them
+//! is not pruned while its `legalHold` is set. A
+//! prune is a signed act (see `prune`): the segments go only after a signed head covers the
+//! prune entry; the pruned entries' leaf hashes stay, so the log and every signed head still
+//! verify. Session recordings stored before the cut-off go too, once no kept record names
+//! them. Every `verifyEvery` the whole log is walked and checked against its own heads, the
+//! head the cluster witnessed in the AuditRetention status and its prune entries, and every
+//! recording a kept record names is checked against its hash; the result lands in the status
+//! (`Verified` condition, record count, bytes, oldest record, last verification time) with an
+//! Event when it fails.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -15,15 +22,17 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use portcullis_crds::conditions::{new_condition, set_condition, types};
 use portcullis_crds::AuditRetention;
 use serde::Deserialize;
 
+use crate::anchor::{Anchor, DIVERGED_REASON};
 use crate::bundle::recording_named;
+use crate::prune;
 use crate::recordings::RecordingStore;
 use crate::segment::{read_segment, segment_files};
 use crate::service::Witness;
@@ -55,35 +64,19 @@ fn received_at(entry: &[u8]) -> Option<Timestamp> {
         .ok()
 }
 
-/// Prune the segments whose newest entry is older than `now - retain_for`, unless
-/// `legal_hold`. Returns the entries pruned.
-pub fn enforce(
-    log: &mut Log,
-    retain_for: Duration,
-    legal_hold: bool,
-    now: Timestamp,
-) -> Result<u64, StoreError> {
-    if legal_hold {
-        return Ok(0);
-    }
-    let cutoff = now - SignedDuration::try_from(retain_for).unwrap_or(SignedDuration::MAX);
-    let segments = log.segments();
-    let mut keep_from = None;
-    // Never the open (last) segment.
-    for (first, count, _) in segments.iter().take(segments.len().saturating_sub(1)) {
-        let newest = match count.checked_sub(1) {
-            Some(last) => log.entry(first + last)?.as_deref().and_then(received_at),
-            None => None,
-        };
-        match newest {
-            Some(t) if t < cutoff => keep_from = Some(first + count),
-            _ => break,
+/// Check every recording the kept entries of the log folder `dir` name: stored, and its
+/// content still hashing to its name. Returns how many were checked.
+pub fn verify_recordings(dir: &Path) -> Result<u64, String> {
+    let named = named_recordings(dir)?;
+    let store = RecordingStore::new(dir);
+    for sha256 in &named {
+        match store.get(sha256) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(format!("recording {sha256} named by the log is missing")),
+            Err(e) => return Err(e.to_string()),
         }
     }
-    match keep_from {
-        Some(k) => log.prune_before(k),
-        None => Ok(0),
-    }
+    Ok(named.len() as u64)
 }
 
 /// The recordings that the entries kept in the log folder `dir` name. A damaged segment
@@ -150,34 +143,105 @@ pub async fn reconcile_once(
     log: &Arc<Mutex<Log>>,
     public_key: &[u8],
 ) -> Result<Result<Verified, VerifyError>, String> {
+    reconcile_anchored(client, witness, log, public_key, None).await
+}
+
+/// How long a round waits for the signer to cover its prune entry before deleting segments
+/// (otherwise they go in a later round).
+const PRUNE_SIGNATURE_WAIT: Duration = Duration::from_secs(30);
+
+/// [`reconcile_once`] that also honours the anchor: while the log does not extend the
+/// witnessed head nothing is pruned and `Verified` stays `False` with its reason.
+pub async fn reconcile_anchored(
+    client: &Client,
+    witness: &Witness,
+    log: &Arc<Mutex<Log>>,
+    public_key: &[u8],
+    anchor: Option<&Anchor>,
+) -> Result<Result<Verified, VerifyError>, String> {
     let api: Api<AuditRetention> = Api::namespaced(client.clone(), &witness.namespace);
     let retention = api.get(&witness.name).await.map_err(|e| e.to_string())?;
-    let retain_for = parse_retain_for(&retention.spec.retain_for).ok_or_else(|| {
+    let rule = prune::rule(
+        &retention.spec.retain_for,
+        retention.spec.legal_hold,
+        &format!("{}/{}", witness.namespace, witness.name),
+    )
+    .ok_or_else(|| {
         format!(
             "retainFor {:?} is not NNNd or NNNh",
             retention.spec.retain_for
         )
     })?;
-    let (dir, stats) = {
-        let mut log = log.lock().map_err(|_| "log lock poisoned".to_owned())?;
-        let pruned = enforce(
-            &mut log,
-            retain_for,
-            retention.spec.legal_hold,
-            Timestamp::now(),
-        )
-        .map_err(|e| e.to_string())?;
-        if pruned > 0 {
-            tracing::info!(pruned, "pruned audit records past retention");
+    let mut rule = rule;
+    // Team namespaces' own AuditRetention objects: their records are kept for the longer
+    // retention and never pruned under their legal hold. When they cannot be read, nothing is
+    // pruned this round.
+    match Api::<AuditRetention>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => {
+            for r in list.items {
+                let ns = r.metadata.namespace.clone().unwrap_or_default();
+                if ns == witness.namespace && r.metadata.name.as_deref() == Some(&witness.name) {
+                    continue;
+                }
+                let Some(retain) = parse_retain_for(&r.spec.retain_for) else {
+                    continue;
+                };
+                let e = rule.namespaces.entry(ns).or_insert(prune::NamespaceRule {
+                    retain_for: r.spec.retain_for.clone(),
+                    retain,
+                    legal_hold: false,
+                });
+                if retain > e.retain {
+                    e.retain = retain;
+                    e.retain_for = r.spec.retain_for.clone();
+                }
+                e.legal_hold |= r.spec.legal_hold;
+            }
         }
+        Err(e) => {
+            tracing::warn!(error = %e, "namespace AuditRetentions unreadable; nothing pruned this round");
+            rule.legal_hold = true;
+        }
+    }
+    let diverged = anchor.and_then(Anchor::diverged);
+    if diverged.is_none() {
+        let mut awaiting = {
+            let mut log = log.lock().map_err(|_| "log lock poisoned".to_owned())?;
+            let done =
+                prune::enforce(&mut log, &rule, Timestamp::now()).map_err(|e| e.to_string())?;
+            if done.pruned > 0 {
+                tracing::info!(pruned = done.pruned, "pruned audit records past retention");
+            }
+            done.awaiting_signature
+        };
+        let started = std::time::Instant::now();
+        while awaiting.is_some() && started.elapsed() < PRUNE_SIGNATURE_WAIT {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut log = log.lock().map_err(|_| "log lock poisoned".to_owned())?;
+            let done =
+                prune::enforce(&mut log, &rule, Timestamp::now()).map_err(|e| e.to_string())?;
+            if done.pruned > 0 {
+                tracing::info!(
+                    pruned = done.pruned,
+                    "pruned audit records past retention after the signed prune entry"
+                );
+            }
+            awaiting = done.awaiting_signature;
+        }
+    }
+    let (dir, stats) = {
+        let log = log.lock().map_err(|_| "log lock poisoned".to_owned())?;
         (
             log.dir().to_path_buf(),
             stats(&log).map_err(|e| e.to_string())?,
         )
     };
-    if !retention.spec.legal_hold {
+    if !retention.spec.legal_hold && diverged.is_none() {
         let cutoff = SystemTime::now()
-            .checked_sub(retain_for)
+            .checked_sub(rule.retain)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let log_dir = dir.clone();
         match tokio::task::spawn_blocking(move || prune_recordings(&log_dir, cutoff)).await {
@@ -196,9 +260,13 @@ pub async fn reconcile_once(
         .into_iter()
         .collect();
     let key = public_key.to_vec();
-    let result = tokio::task::spawn_blocking(move || verify_log(&dir, &key, &witnessed))
-        .await
-        .map_err(|e| e.to_string())?;
+    let result = tokio::task::spawn_blocking(move || -> Result<(Verified, u64), VerifyError> {
+        let verified = verify_log(&dir, &key, &witnessed)?;
+        let recordings = verify_recordings(&dir).map_err(VerifyError::Recording)?;
+        Ok((verified, recordings))
+    })
+    .await
+    .map_err(|e| e.to_string())?;
 
     let generation = retention.metadata.generation;
     let mut conditions = retention
@@ -206,18 +274,25 @@ pub async fn reconcile_once(
         .as_ref()
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
-    let verified = match &result {
-        Ok(v) => new_condition(
+    let verified = match (&result, &diverged) {
+        (_, Some(reason)) => new_condition(
+            types::VERIFIED,
+            false,
+            DIVERGED_REASON,
+            reason.clone(),
+            generation,
+        ),
+        (Ok((v, recordings)), None) => new_condition(
             types::VERIFIED,
             true,
             "LogVerified",
             format!(
-                "{} entries verified against {} signed tree heads",
+                "{} entries verified against {} signed tree heads; {recordings} recordings checked",
                 v.entries, v.heads
             ),
             generation,
         ),
-        Err(e) => new_condition(
+        (Err(e), None) => new_condition(
             types::VERIFIED,
             false,
             "VerificationFailed",
@@ -277,7 +352,7 @@ pub async fn reconcile_once(
             )
             .await;
     }
-    Ok(result)
+    Ok(result.map(|(v, _)| v))
 }
 
 /// Run [`reconcile_once`] every `verifyEvery` of the AuditRetention (re-read each round) until
@@ -287,11 +362,14 @@ pub async fn run_retention(
     witness: Witness,
     log: Arc<Mutex<Log>>,
     public_key: Vec<u8>,
+    anchor: Option<Arc<Anchor>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     loop {
-        let wait = match reconcile_once(&client, &witness, &log, &public_key).await {
+        let round =
+            reconcile_anchored(&client, &witness, &log, &public_key, anchor.as_deref()).await;
+        let wait = match round {
             Ok(Ok(v)) => {
                 tracing::info!(entries = v.entries, heads = v.heads, "audit log verified");
                 next_interval(&client, &witness).await

@@ -14,7 +14,9 @@
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness |
 //!
 //! Each record is stored inside an envelope that binds it to the pod the API server vouched
-//! for; a record that claims another namespace or pod than its token's is refused.
+//! for, with its workload identity filled from the token (see `attribution`): a record that
+//! states another workload, a principal it may not name, or a recording its pod did not
+//! upload is refused.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,16 +34,22 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Client;
-use portcullis_crds::audit::AuditRecord;
+use kube::Resource;
+use portcullis_crds::audit::{AuditRecord, MAX_RECORD_BYTES};
 use portcullis_crds::audit_log::LogSigner;
+use portcullis_crds::conditions::{new_condition, set_condition, types};
 use portcullis_crds::{AuditRetention, SignedTreeHead};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::anchor::{Anchor, State as AnchorState, ACCEPT_ANNOTATION, DIVERGED_REASON};
+use crate::attribution::{bind_workload, recording_of, AttributionError, Attributor};
 use crate::auth::{Authenticator, Source};
+use crate::manifest::Manifest;
 use crate::recordings::{is_sha256, RecordingError, RecordingStore, Stored, MAX_RECORDING_BYTES};
 use crate::store::Log;
 use crate::writer::Appender;
@@ -66,6 +74,10 @@ pub struct AuditService {
     auth: Arc<Authenticator>,
     witness: Option<Witness>,
     recordings: Arc<RecordingStore>,
+    attributor: Arc<Attributor>,
+    anchor: Option<Arc<Anchor>>,
+    registry: prometheus::Registry,
+    manifest_signer: Option<Arc<LogSigner>>,
 }
 
 /// An entry as stored in the log: the sidecar's record and who sent it.
@@ -129,12 +141,18 @@ impl AuditService {
             Ok(l) => l.dir().to_path_buf(),
             Err(poisoned) => poisoned.into_inner().dir().to_path_buf(),
         };
+        let attributor = Attributor::new(Some(client.clone()));
+        remember_sessions(&data_dir, &attributor);
         Self {
             appender: Appender::start(log.clone()),
             log,
             auth: Arc::new(Authenticator::new(client)),
             witness: None,
             recordings: Arc::new(RecordingStore::new(&data_dir)),
+            attributor: Arc::new(attributor),
+            anchor: None,
+            registry: prometheus::Registry::new(),
+            manifest_signer: None,
         }
     }
 
@@ -145,6 +163,31 @@ impl AuditService {
         self
     }
 
+    /// Sign evidence bundle manifests (`POST /v1/manifests`) with the log's key.
+    pub fn with_manifest_signer(mut self, signer: LogSigner) -> Self {
+        self.manifest_signer = Some(Arc::new(signer));
+        self
+    }
+
+    /// Refuse tree heads and evidence while `anchor` says the log does not extend the
+    /// witnessed head, and export its gauge on `GET /metrics`.
+    pub fn with_anchor(mut self, anchor: Arc<Anchor>) -> Self {
+        if let Err(e) = self.registry.register(Box::new(anchor.gauge())) {
+            tracing::warn!(error = %e, "witness gauge not registered");
+        }
+        self.anchor = Some(anchor);
+        self
+    }
+
+    /// The refusal while the log does not extend the witnessed head.
+    fn refuse_if_diverged(&self) -> Option<Response> {
+        let reason = self.anchor.as_ref()?.diverged()?;
+        Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{DIVERGED_REASON}: {reason}; nothing is exported as verified until a person accepts the log (annotation {ACCEPT_ANNOTATION})"),
+        ))
+    }
+
     /// The HTTP routes.
     pub fn router(&self) -> Router {
         Router::new()
@@ -153,14 +196,37 @@ impl AuditService {
             .route("/v1/proofs/inclusion", get(inclusion))
             .route("/v1/proofs/consistency", get(consistency))
             .route("/v1/entries", get(entries))
+            .route("/v1/manifests", post(sign_manifest))
             .route(
                 "/v1/recordings/{sha256}",
                 put(upload_recording).get(read_recording),
             )
+            .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(|| async { "ok" }))
             .layer(DefaultBodyLimit::max(MAX_BATCH_BYTES))
             .with_state(self.clone())
+    }
+}
+
+/// Rebuild the principal each stored session began with, from the log's segments.
+fn remember_sessions(data_dir: &std::path::Path, attributor: &Attributor) {
+    let seg_dir = data_dir.join("segments");
+    let Ok(files) = crate::segment::segment_files(&seg_dir) else {
+        return;
+    };
+    for (first, path) in files {
+        let Ok((read, _)) = crate::segment::read_segment(&path, first) else {
+            tracing::warn!(segment = %path.display(), "sessions of an unreadable segment not rebuilt");
+            continue;
+        };
+        for bytes in &read.entries {
+            if let Ok(entry) = serde_json::from_slice::<LogEntry>(bytes) {
+                if let Some(uid) = &entry.source.pod_uid {
+                    attributor.remember(uid, &entry.record);
+                }
+            }
+        }
     }
 }
 
@@ -192,23 +258,38 @@ async fn authenticate_sidecar(
     Ok((source, pod_uid))
 }
 
-/// A person or tool allowed to read evidence (`get` on the `evidence` subresource of the
-/// witness AuditRetention): the user name. Answers 404 when reading is not enabled, 401 or 403
-/// otherwise.
-async fn authorize_reader(svc: &AuditService, headers: &HeaderMap) -> Result<String, Response> {
-    let Some(w) = &svc.witness else {
+/// A person or tool allowed to read evidence of `namespaces` (`None`: the whole log, which
+/// needs a cluster-wide binding): the user name. Answers 404 when reading is not enabled, 401
+/// or 403 otherwise.
+async fn authorize_reader(
+    svc: &AuditService,
+    headers: &HeaderMap,
+    namespaces: Option<&[String]>,
+) -> Result<String, Response> {
+    if svc.witness.is_none() {
         return Err(error(
             StatusCode::NOT_FOUND,
             "reading evidence is not enabled on this service",
         ));
-    };
+    }
     svc.auth
-        .authorize_reader(bearer(headers), &w.namespace, &w.name)
+        .authorize_reader(bearer(headers), namespaces)
         .await
         .map_err(|e| match e {
             crate::auth::AuthError::Forbidden(m) => error(StatusCode::FORBIDDEN, m),
             e => error(StatusCode::UNAUTHORIZED, e.to_string()),
         })
+}
+
+/// The namespaces of a `namespaces=a,b` query parameter (`None`: the whole log).
+fn namespace_list(q: &Option<String>) -> Option<Vec<String>> {
+    q.as_ref().map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
 }
 
 async fn ingest(State(svc): State<AuditService>, headers: HeaderMap, body: Bytes) -> Response {
@@ -228,6 +309,21 @@ async fn ingest(State(svc): State<AuditService>, headers: HeaderMap, body: Bytes
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
+        if line.len() > MAX_RECORD_BYTES {
+            let seq = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+                .map(|s| format!(" (seq {s})"))
+                .unwrap_or_default();
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "line {}{seq}: a record of {} bytes exceeds the limit of {MAX_RECORD_BYTES} bytes; send a stand-in (oversize) record naming its hash and size",
+                    i + 1,
+                    line.len()
+                ),
+            );
+        }
         let record: AuditRecord = match serde_json::from_str(line) {
             Ok(r) => r,
             Err(e) => {
@@ -237,25 +333,30 @@ async fn ingest(State(svc): State<AuditService>, headers: HeaderMap, body: Bytes
                 )
             }
         };
-        if let Some(ns) = &record.identity.namespace {
-            if ns != &source.namespace {
-                return error(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "line {}: record claims namespace {ns} but the token is of {}",
-                        i + 1,
-                        source.user
-                    ),
-                );
-            }
+        let mut record = record;
+        if let Err(e) = bind_workload(&mut record, &source) {
+            return error(StatusCode::FORBIDDEN, format!("line {}: {e}", i + 1));
         }
-        if let (Some(pod), Some(token_pod)) = (&record.identity.pod, &source.pod) {
-            if pod != token_pod {
+        if let Err(e) = svc
+            .attributor
+            .check_principal(&source, &pod_uid, &record)
+            .await
+        {
+            let status = if e.retry_later() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            return error(status, format!("line {}: {e}", i + 1));
+        }
+        if let Some(sha256) = recording_of(&record) {
+            if !svc.recordings.sent_by(sha256, &pod_uid) {
                 return error(
-                    StatusCode::FORBIDDEN,
+                    StatusCode::CONFLICT,
                     format!(
-                        "line {}: record claims pod {pod} but the token is bound to pod {token_pod}",
-                        i + 1
+                        "line {}: {}",
+                        i + 1,
+                        AttributionError::RecordingNotUploaded(sha256.to_owned())
                     ),
                 );
             }
@@ -286,7 +387,24 @@ async fn ingest(State(svc): State<AuditService>, headers: HeaderMap, body: Bytes
     }
 }
 
+async fn metrics(State(svc): State<AuditService>) -> Response {
+    use prometheus::Encoder;
+    let mut out = Vec::new();
+    match prometheus::TextEncoder::new().encode(&svc.registry.gather(), &mut out) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            out,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 async fn latest_head(State(svc): State<AuditService>) -> Response {
+    if let Some(refused) = svc.refuse_if_diverged() {
+        return refused;
+    }
     let head = svc.log.lock().ok().and_then(|l| l.heads().last().cloned());
     match head {
         Some(h) => Json(h).into_response(),
@@ -355,6 +473,9 @@ struct EntriesQuery {
     from: u64,
     to: u64,
     tree_size: u64,
+    /// Only entries sent from these namespaces (comma-separated); omitted: the whole log.
+    #[serde(default)]
+    namespaces: Option<String>,
 }
 
 /// Most entries returned by one `GET /v1/entries`.
@@ -377,10 +498,14 @@ async fn entries(
     headers: HeaderMap,
     Query(q): Query<EntriesQuery>,
 ) -> Response {
-    let reader = match authorize_reader(&svc, &headers).await {
+    let namespaces = namespace_list(&q.namespaces);
+    let reader = match authorize_reader(&svc, &headers, namespaces.as_deref()).await {
         Ok(u) => u,
         Err(refused) => return refused,
     };
+    if let Some(refused) = svc.refuse_if_diverged() {
+        return refused;
+    }
     if q.to < q.from || q.to - q.from > MAX_ENTRIES_PER_READ {
         return error(
             StatusCode::BAD_REQUEST,
@@ -403,6 +528,14 @@ async fn entries(
             Ok(None) => continue,
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
+        if let Some(list) = &namespaces {
+            let ns = serde_json::from_slice::<serde_json::Value>(&entry)
+                .ok()
+                .and_then(|v| v["source"]["namespace"].as_str().map(str::to_owned));
+            if !ns.is_some_and(|ns| list.contains(&ns)) {
+                continue;
+            }
+        }
         let Ok(raw) =
             serde_json::value::RawValue::from_string(String::from_utf8_lossy(&entry).into_owned())
         else {
@@ -436,6 +569,105 @@ async fn entries(
         .into_response()
 }
 
+/// `POST /v1/manifests`: sign the manifest of an evidence bundle after recomputing its
+/// selection over the log. The reader must be allowed to read every namespace it selects (the
+/// whole log when it names none).
+async fn sign_manifest(
+    State(svc): State<AuditService>,
+    headers: HeaderMap,
+    Json(mut manifest): Json<Manifest>,
+) -> Response {
+    let reader =
+        match authorize_reader(&svc, &headers, manifest.selection.namespaces.as_deref()).await {
+            Ok(u) => u,
+            Err(refused) => return refused,
+        };
+    if let Some(refused) = svc.refuse_if_diverged() {
+        return refused;
+    }
+    let Some(signer) = svc.manifest_signer.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "signing evidence manifests is not enabled on this service",
+        );
+    };
+    let log = svc.log.clone();
+    let checked = tokio::task::spawn_blocking(move || -> Result<Manifest, (StatusCode, String)> {
+        let bad = |m: String| (StatusCode::CONFLICT, m);
+        let head = portcullis_crds::audit_log::verify_tree_head(&manifest.sth, signer.public_key())
+            .map_err(|e| bad(format!("sth: {e}")))?;
+        let log = log.lock().map_err(|_| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "log lock poisoned".to_owned(),
+            )
+        })?;
+        if log.root_at(head.tree_size) != Some(head.root_hash) {
+            return Err(bad(format!(
+                "the signed tree head of size {} is not a head of this log",
+                head.tree_size
+            )));
+        }
+        if manifest.selection.to_index > head.tree_size
+            || manifest.selection.from_index > manifest.selection.to_index
+        {
+            return Err(bad("the selection is not a range of the signed head".into()));
+        }
+        let mut expected = Vec::new();
+        for index in manifest.selection.from_index.max(log.pruned())..manifest.selection.to_index {
+            let entry = match log.entry(index) {
+                Ok(Some(e)) => e,
+                Ok(None) => continue,
+                Err(e) => return Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+            };
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&entry) else {
+                continue;
+            };
+            if manifest.selection.matches(&value) {
+                expected.push(index);
+            }
+        }
+        if expected != manifest.indexes {
+            let missing = expected.iter().find(|i| !manifest.indexes.contains(i));
+            let extra = manifest.indexes.iter().find(|i| !expected.contains(i));
+            return Err(bad(format!(
+                "the selection holds {} records, the manifest names {}{}{}",
+                expected.len(),
+                manifest.indexes.len(),
+                missing
+                    .map(|i| format!("; log index {i} is missing"))
+                    .unwrap_or_default(),
+                extra
+                    .map(|i| format!("; log index {i} is not selected"))
+                    .unwrap_or_default(),
+            )));
+        }
+        manifest.first_kept = log.pruned();
+        Ok(manifest)
+    })
+    .await;
+    let mut manifest = match checked {
+        Ok(Ok(m)) => m,
+        Ok(Err((status, m))) => return error(status, m),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    manifest.exported_by = reader.clone();
+    manifest.exported_at = format!("{:.3}", Timestamp::now());
+    let Some(signer) = svc.manifest_signer.as_deref() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "signing evidence manifests is not enabled",
+        );
+    };
+    match crate::manifest::sign_manifest(signer, &manifest) {
+        Ok(signed) => {
+            tracing::info!(reader = %reader, records = manifest.indexes.len(), "evidence manifest signed");
+            Json(signed).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 fn recording_error(e: RecordingError) -> Response {
     match e {
         RecordingError::BadName(_) | RecordingError::Mismatch { .. } => {
@@ -460,7 +692,7 @@ async fn upload_recording(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (source, _) = match authenticate_sidecar(&svc, &headers).await {
+    let (source, pod_uid) = match authenticate_sidecar(&svc, &headers).await {
         Ok(s) => s,
         Err(refused) => return refused,
     };
@@ -496,8 +728,14 @@ async fn upload_recording(
     };
     let store = svc.recordings.clone();
     let name = sha256.clone();
+    let namespace = source.namespace.clone();
     let bytes = content.len();
-    let stored = tokio::task::spawn_blocking(move || store.put(&name, &content)).await;
+    let stored = tokio::task::spawn_blocking(move || {
+        let outcome = store.put(&name, &content)?;
+        store.mark_sender(&name, &pod_uid, &namespace)?;
+        Ok::<_, RecordingError>(outcome)
+    })
+    .await;
     match stored {
         Ok(Ok(outcome)) => {
             tracing::info!(
@@ -527,17 +765,34 @@ async fn upload_recording(
 }
 
 /// `GET /v1/recordings/{sha256}`, authorized like `GET /v1/entries`.
+#[derive(Deserialize)]
+struct RecordingQuery {
+    /// The namespace the reader reads in; omitted: the whole log.
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
 async fn read_recording(
     State(svc): State<AuditService>,
     Path(sha256): Path<String>,
+    Query(q): Query<RecordingQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let reader = match authorize_reader(&svc, &headers).await {
+    let scope = q.namespace.clone().map(|n| vec![n]);
+    let reader = match authorize_reader(&svc, &headers, scope.as_deref()).await {
         Ok(u) => u,
         Err(refused) => return refused,
     };
     if let Some(refused) = bad_recording_name(&sha256) {
         return refused;
+    }
+    if let Some(ns) = &q.namespace {
+        if !svc.recordings.sender_namespaces(&sha256).contains(ns) {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no recording {sha256} was sent from namespace {ns}"),
+            );
+        }
     }
     let store = svc.recordings.clone();
     let name = sha256.clone();
@@ -601,7 +856,9 @@ pub async fn serve_tls(
 }
 
 /// Sign a tree head whenever the log grew (checked every `every`), record it with the log and
-/// publish it into the witness AuditRetention's status. Runs until `shutdown` resolves.
+/// publish it into the witness AuditRetention's status. Runs until `shutdown` resolves. The
+/// log is anchored on the witnessed head (see [`run_anchored_signer`]); its head file is not
+/// kept.
 pub async fn run_signer(
     log: Arc<Mutex<Log>>,
     signer: LogSigner,
@@ -610,39 +867,292 @@ pub async fn run_signer(
     witness: Option<Witness>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let anchor = match Anchor::new(signer.public_key(), None) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            tracing::error!(error = %e, "signer cannot start");
+            return;
+        }
+    };
+    run_anchored_signer(log, signer, every, client, witness, anchor, shutdown).await
+}
+
+/// Sign and publish tree heads, each only after proving that the log extends the anchor (the
+/// witnessed head, or the last signed one): on start the anchor is established from the
+/// witness status and the head file; while the log does not extend it, nothing is signed or
+/// published and the status says so until a person accepts the log (see `anchor`). The
+/// witness status is written with optimistic concurrency (its resourceVersion) and never
+/// replaced by a smaller head or one its log does not extend.
+pub async fn run_anchored_signer(
+    log: Arc<Mutex<Log>>,
+    signer: LogSigner,
+    every: Duration,
+    client: Option<Client>,
+    witness: Option<Witness>,
+    anchor: Arc<Anchor>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
+    let witness_api = match (&client, &witness) {
+        (Some(c), Some(w)) => Some((
+            c.clone(),
+            w.clone(),
+            Api::<AuditRetention>::namespaced(c.clone(), &w.namespace),
+        )),
+        _ => None,
+    };
     let mut last_signed: Option<u64> = None;
+    let mut unpublished: Option<SignedTreeHead> = None;
+    let mut reported_divergence: Option<String> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(every) => {}
         }
+        // Read the witness once a round: the anchor on start, a person's acceptance while
+        // diverged, and what publishing must extend.
+        let witnessed = match &witness_api {
+            Some((_, w, api)) => match api.get(&w.name).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, retention = %w.name, "could not read the witness");
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let witnessed_head = witnessed
+            .as_ref()
+            .and_then(|r| r.status.as_ref())
+            .and_then(|s| s.latest_signed_tree_head.clone());
+        match anchor.state() {
+            AnchorState::Unknown => {
+                let Ok(l) = log.lock() else { return };
+                anchor.establish(&l, witnessed_head.as_ref());
+            }
+            AnchorState::Diverged { .. } => {
+                let value = witnessed.as_ref().and_then(|r| {
+                    r.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(ACCEPT_ANNOTATION).cloned())
+                });
+                if let Some(value) = value {
+                    accept_log(&log, &anchor, &value).await;
+                }
+            }
+            AnchorState::Anchored(_) => {}
+        }
+        if let (Some(reason), Some((client, w, api))) = (anchor.diverged(), &witness_api) {
+            if reported_divergence.as_ref() != Some(&reason) {
+                let value = match (anchor.state(), log.lock()) {
+                    (AnchorState::Diverged { witnessed, .. }, Ok(l)) => {
+                        Anchor::accept_value(witnessed.as_ref(), &l)
+                    }
+                    _ => String::new(),
+                };
+                if report_divergence(client, w, api, &reason, &value)
+                    .await
+                    .is_ok()
+                {
+                    reported_divergence = Some(reason);
+                }
+            }
+            continue;
+        }
+        reported_divergence = None;
         let signed = {
             let Ok(mut log) = log.lock() else {
                 tracing::error!("audit log lock poisoned; signer stops");
                 return;
             };
             if last_signed == Some(log.size()) {
+                None
+            } else if let Err(reason) = anchor.before_signing(&log) {
+                tracing::error!(%reason, "not signing: the log does not extend its anchor");
                 continue;
+            } else {
+                let now = u64::try_from(Timestamp::now().as_millisecond()).unwrap_or(0);
+                let sth = signer.sign(&log.head(now));
+                if let Err(e) = log.record_head(&sth) {
+                    tracing::error!(error = %e, "could not record a signed tree head");
+                    continue;
+                }
+                if let Err(e) = anchor.signed(&sth) {
+                    tracing::error!(error = %e, "could not keep the signed tree head");
+                    continue;
+                }
+                last_signed = Some(log.size());
+                Some(sth)
             }
-            let now = u64::try_from(Timestamp::now().as_millisecond()).unwrap_or(0);
-            let sth = signer.sign(&log.head(now));
-            if let Err(e) = log.record_head(&sth) {
-                tracing::error!(error = %e, "could not record a signed tree head");
-                continue;
-            }
-            last_signed = Some(log.size());
-            sth
         };
-        if let (Some(client), Some(w)) = (&client, &witness) {
-            if let Err(e) = publish(client, w, &signed).await {
-                tracing::warn!(error = %e, retention = %w.name, "could not publish the signed tree head");
+        if let Some(sth) = signed {
+            unpublished = Some(sth);
+        }
+        let (Some(sth), Some((_, w, api))) = (unpublished.clone(), &witness_api) else {
+            continue;
+        };
+        let Some(current) = witnessed else { continue };
+        match publish_extending(api, current, &sth, &log, &anchor).await {
+            Ok(()) => unpublished = None,
+            Err(e) => {
+                tracing::warn!(error = %e, retention = %w.name, "signed tree head not published yet")
             }
         }
     }
 }
 
-/// Write a signed tree head into the status of the witness AuditRetention.
+/// A person's acceptance of the log as it is: the anchor moves, and the log records it.
+async fn accept_log(log: &Arc<Mutex<Log>>, anchor: &Anchor, value: &str) {
+    let Ok(mut l) = log.lock() else { return };
+    let Some((given_up, accepted)) = anchor.accept(&l, value) else {
+        return;
+    };
+    let entry = serde_json::json!({
+        "id": format!("witness-reset:{}:{}", accepted.tree_size, hex::encode(accepted.root_hash)),
+        "receivedAt": format!("{:.6}", Timestamp::now()),
+        "witnessReset": {
+            "givenUp": given_up.map(|h| serde_json::json!({
+                "treeSize": h.tree_size, "rootHash": hex::encode(h.root_hash)
+            })),
+            "accepted": {"treeSize": accepted.tree_size, "rootHash": hex::encode(accepted.root_hash)},
+            "annotation": ACCEPT_ANNOTATION,
+        }
+    });
+    match serde_json::to_vec(&entry).map(|e| l.append(&[e])) {
+        Ok(Ok(_)) => {
+            tracing::warn!(
+                size = accepted.tree_size,
+                "a person accepted the log as the new anchor"
+            )
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "could not record the accepted log"),
+        Err(e) => tracing::error!(error = %e, "could not record the accepted log"),
+    }
+    anchor.give_up(given_up);
+}
+
+/// Why a head was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The API server refused or was unreachable (409: someone else wrote first).
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    /// The witness holds a head this head does not extend.
+    #[error("{0}")]
+    NotExtending(String),
+}
+
+/// Write `sth` into the status of the witness object `current` (as read, with its
+/// resourceVersion), after checking that the log extends the head it holds and that `sth` is
+/// not smaller. A concurrent write makes the API server answer 409 and nothing is written.
+pub async fn publish_extending(
+    api: &Api<AuditRetention>,
+    mut current: AuditRetention,
+    sth: &SignedTreeHead,
+    log: &Arc<Mutex<Log>>,
+    anchor: &Anchor,
+) -> Result<(), PublishError> {
+    let witnessed = current
+        .status
+        .as_ref()
+        .and_then(|s| s.latest_signed_tree_head.clone());
+    if let Some(w) = witnessed.as_ref().filter(|w| !anchor.given_up_matches(w)) {
+        if w == sth {
+            return Ok(());
+        }
+        if w.tree_size > sth.tree_size {
+            return Err(PublishError::NotExtending(format!(
+                "the witness holds a head of size {}, larger than {}",
+                w.tree_size, sth.tree_size
+            )));
+        }
+        {
+            let checked = anchor.check_witnessed(w).and_then(|head| {
+                let l = log.lock().map_err(|_| crate::anchor::Divergence::BadHead {
+                    which: "witnessed",
+                    size: w.tree_size,
+                    reason: "log lock poisoned".into(),
+                })?;
+                crate::anchor::log_extends(&l, &head, "witnessed").map(|_| head)
+            });
+            if let Err(d) = checked {
+                let reason = d.to_string();
+                let head = anchor.check_witnessed(w).ok();
+                anchor.diverge(d, head);
+                return Err(PublishError::NotExtending(reason));
+            }
+        }
+    }
+    let status = current.status.get_or_insert_with(Default::default);
+    status.latest_signed_tree_head = Some(sth.clone());
+    status.record_count = sth.tree_size;
+    let name = current.metadata.name.clone().unwrap_or_default();
+    api.replace_status(&name, &PostParams::default(), &current)
+        .await?;
+    anchor.give_up(None);
+    Ok(())
+}
+
+/// Set `Verified=False` (reason [`DIVERGED_REASON`]) and write a Warning Event.
+async fn report_divergence(
+    client: &Client,
+    w: &Witness,
+    api: &Api<AuditRetention>,
+    reason: &str,
+    accept_value: &str,
+) -> Result<(), kube::Error> {
+    let message = format!(
+        "{reason}. Signing and evidence export are stopped; new records are still stored. \
+         When a person has established what happened and accepts the log as it is, annotate this \
+         AuditRetention with {ACCEPT_ANNOTATION}={accept_value}"
+    );
+    let current = api.get(&w.name).await?;
+    let mut conditions = current
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    set_condition(
+        &mut conditions,
+        new_condition(
+            types::VERIFIED,
+            false,
+            DIVERGED_REASON,
+            message.clone(),
+            current.metadata.generation,
+        ),
+    );
+    api.patch_status(
+        &w.name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {"conditions": conditions}})),
+    )
+    .await?;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "portcullis-audit".into(),
+            instance: None,
+        },
+    );
+    let _ = recorder
+        .publish(
+            &Event {
+                type_: EventType::Warning,
+                reason: DIVERGED_REASON.into(),
+                note: Some(message.chars().take(1000).collect()),
+                action: "Anchor".into(),
+                secondary: None,
+            },
+            &current.object_ref(&()),
+        )
+        .await;
+    Ok(())
+}
+
+/// Write a signed tree head into the status of the witness AuditRetention, unconditionally.
+/// For tests and tools that set up a witness; the service itself uses [`publish_extending`].
 pub async fn publish(
     client: &Client,
     w: &Witness,

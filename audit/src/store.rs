@@ -110,6 +110,7 @@ pub struct Log {
     pruned: u64,
     heads: Vec<SignedTreeHead>,
     repaired_tail: bool,
+    seal: bool,
 }
 
 /// What opening a log found.
@@ -190,6 +191,7 @@ impl Log {
             pruned,
             heads,
             repaired_tail,
+            seal: false,
         })
     }
 
@@ -266,9 +268,10 @@ impl Log {
     fn writer_for_append(&mut self) -> Result<&mut SegmentWriter, StoreError> {
         let roll = match &self.writer {
             None => true,
-            Some(w) => w.len() >= self.options.segment_bytes && !w.is_empty(),
+            Some(w) => (self.seal || w.len() >= self.options.segment_bytes) && !w.is_empty(),
         };
         if roll {
+            self.seal = false;
             let seg_dir = self.dir.join("segments");
             let first = self.tree.size();
             let w = SegmentWriter::create(&seg_dir, first)?;
@@ -282,6 +285,11 @@ impl Log {
         self.writer
             .as_mut()
             .ok_or_else(|| StoreError::Inconsistent("no open segment".into()))
+    }
+
+    /// Seal the open segment: the next append starts a new one, so this one can be pruned.
+    pub fn seal(&mut self) {
+        self.seal = true;
     }
 
     /// Read entry `index` (`None` if pruned or beyond the end).
@@ -365,7 +373,8 @@ impl Log {
 
     /// Delete whole segments whose entries all come before `keep_from`, keeping their leaf
     /// hashes so the tree and every signed head still verify. The open segment is never
-    /// deleted. Returns the number of entries pruned by this call.
+    /// deleted (seal it first, see [`Log::seal`]). The audit service calls this only through
+    /// `prune::enforce`, after a signed prune entry. Returns the number of entries pruned by this call.
     pub fn prune_before(&mut self, keep_from: u64) -> Result<u64, StoreError> {
         let mut removed = 0;
         while self.segments.len() > 1 {

@@ -1,7 +1,8 @@
 //! Offline verification of a log directory: every frame's checksum, the Merkle tree rebuilt
 //! from the entries, and every signed tree head (those stored with the log and those the
 //! caller trusts from elsewhere, such as the AuditRetention status) checked for its signature
-//! and its root. The first failure is named by its position.
+//! and its root, and the entries the log no longer holds checked against the signed prune
+//! entries that retired them (see `prune`). The first failure is named by its position.
 
 use std::path::Path;
 
@@ -9,6 +10,7 @@ use portcullis_crds::audit_log::{leaf_hash, verify_tree_head, TreeBuilder, TreeH
 use portcullis_crds::SignedTreeHead;
 use thiserror::Error;
 
+use crate::prune::{check_pruned, parse_prune};
 use crate::segment::{read_segment, segment_files, SegmentError};
 
 /// What a successful verification covered.
@@ -66,6 +68,12 @@ pub enum VerifyError {
     /// Segments are missing or out of order.
     #[error("segment layout: {0}")]
     Layout(String),
+    /// A recording the log names is missing or damaged.
+    #[error("recordings: {0}")]
+    Recording(String),
+    /// Entries are gone without a signed prune entry that retired them within its rule.
+    #[error("pruning: {0}")]
+    Prune(String),
 }
 
 /// Verify the log in `dir` against its own heads and `trusted` heads, with `public_key`.
@@ -114,6 +122,7 @@ pub fn verify_log(
         };
     check_heads(&builder, &mut verified_to)?;
 
+    let mut prunes = Vec::new();
     if let Ok(bytes) = std::fs::read(dir.join("pruned.leaves")) {
         for chunk in bytes.chunks_exact(32) {
             let mut h = [0u8; 32];
@@ -122,6 +131,7 @@ pub fn verify_log(
             check_heads(&builder, &mut verified_to)?;
         }
     }
+    let pruned = builder.size();
     let seg_dir = dir.join("segments");
     let names = segment_files(&seg_dir)
         .map_err(|e| VerifyError::Io(format!("{}: {e}", seg_dir.display())))?;
@@ -137,6 +147,9 @@ pub fn verify_log(
         let (read, damage) =
             read_segment(&path, first).map_err(|e| VerifyError::Io(e.to_string()))?;
         for entry in &read.entries {
+            if let Some(p) = parse_prune(builder.size(), entry) {
+                prunes.push(p);
+            }
             builder.push(leaf_hash(entry));
             check_heads(&builder, &mut verified_to)?;
         }
@@ -150,6 +163,7 @@ pub fn verify_log(
             head_size: head.tree_size,
         });
     }
+    check_pruned(pruned, &prunes, verified_to).map_err(VerifyError::Prune)?;
     Ok(Verified {
         entries: builder.size(),
         heads: checked,

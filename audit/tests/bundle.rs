@@ -4,6 +4,7 @@
 use std::fs;
 
 use portcullis_audit::bundle::{verify_bundle, write_bundle, BundleError};
+use portcullis_audit::manifest::Selection;
 use portcullis_audit::store::{Log, LogOptions};
 use portcullis_crds::audit_log::LogSigner;
 use ring::rand::SystemRandom;
@@ -68,8 +69,11 @@ fn a_bundle_verifies_with_the_public_key_alone() {
     let (dir, log, signer) = setup();
     let sth = signer.sign(&log.head(1_800_000_000_000));
     let out = dir.path().join("bundle");
-    let only_customers = |e: &Value| e["record"]["resource"] == "customers-db";
-    let n = write_bundle(&log, &sth, &only_customers, &out).expect("bundle");
+    let only_customers = Selection {
+        resource: Some("customers-db".into()),
+        ..Selection::default()
+    };
+    let n = write_bundle(&log, &sth, &only_customers, &signer, &out).expect("bundle");
     assert_eq!(n, 60);
     let report = verify_bundle(&out, signer.public_key()).expect("verifies");
     assert_eq!((report.records, report.tree_size), (60, 90));
@@ -78,7 +82,7 @@ fn a_bundle_verifies_with_the_public_key_alone() {
     let first: Value = serde_json::from_str(ocsf.lines().next().expect("line")).expect("json");
     assert_eq!(first["class_uid"], 6005);
     assert_eq!(first["type_uid"], 600502);
-    assert_eq!(first["actor"]["user"]["name"], "agent");
+    assert_eq!(first["actor"]["user"]["name"], "agents/agent");
     let by_alice: Value = serde_json::from_str(ocsf.lines().nth(2).expect("line")).expect("json");
     assert_eq!(by_alice["actor"]["user"]["name"], "alice");
     assert_eq!(by_alice["actor"]["user"]["uid"], "u-17");
@@ -124,7 +128,7 @@ fn altered_reordered_or_foreign_records_are_named() {
     let (dir, log, signer) = setup();
     let sth = signer.sign(&log.head(1_800_000_000_000));
     let out = dir.path().join("bundle");
-    write_bundle(&log, &sth, &|_: &Value| true, &out).expect("bundle");
+    write_bundle(&log, &sth, &Selection::default(), &signer, &out).expect("bundle");
     let records = fs::read_to_string(out.join("records.jsonl")).expect("records");
 
     // One decision rewritten from deny to allow on line 5.
@@ -213,7 +217,7 @@ fn masking_approval_and_unknown_events_are_listed_in_the_summary() {
     let sth = signer.sign(&log.head(1_800_000_000_000));
     let out = dir.path().join("bundle");
     assert_eq!(
-        write_bundle(&log, &sth, &|_: &Value| true, &out).expect("bundle"),
+        write_bundle(&log, &sth, &Selection::default(), &signer, &out).expect("bundle"),
         5
     );
     verify_bundle(&out, signer.public_key()).expect("verifies");
@@ -221,13 +225,14 @@ fn masking_approval_and_unknown_events_are_listed_in_the_summary() {
     for needle in [
         "| masking | statement 1: maskedColumns [\"public.customers.email\"] |",
         "| ServiceAccount agents/agent | masking: masking | columns: [\"email\"]; statementId: 1; strategy: redact |",
-        "| Pipeline nightly | approval: approvalGranted | accessRequest: ar-1; approver: bob |",
-        "| Pipeline nightly | other: somethingNew |",
-        "### Pipeline nightly",
+        // Attributed by the authenticated sender, not by the identity the records state.
+        "| ServiceAccount agents/agent | approval: approvalGranted | accessRequest: ar-1; approver: bob |",
+        "| ServiceAccount agents/agent | other: somethingNew |",
         "| contract | support | 1 | ServiceAccount agents/agent |",
     ] {
         assert!(summary.contains(needle), "{needle}\n{summary}");
     }
+    assert!(!summary.contains("Pipeline nightly"), "{summary}");
     assert!(!summary.contains(&"x".repeat(200)), "long fields are cut");
 }
 
@@ -296,7 +301,7 @@ fn exec_sessions_and_their_recordings_go_into_the_bundle() {
     let sth = signer.sign(&log.head(1_800_000_000_000));
     let out = dir.path().join("bundle");
     assert_eq!(
-        write_bundle(&log, &sth, &|_: &Value| true, &out).expect("bundle"),
+        write_bundle(&log, &sth, &Selection::default(), &signer, &out).expect("bundle"),
         5
     );
     let report = verify_bundle(&out, signer.public_key()).expect("verifies");
@@ -311,7 +316,7 @@ fn exec_sessions_and_their_recordings_go_into_the_bundle() {
     for needle in [
         "| contract | operations | 1 | ServiceAccount agents/agent |".to_owned(),
         "Decisions: allow: 2, deny: 1.".to_owned(),
-        "| 2026-11-23T06:00:01.000000Z | cluster-api | `list pods -n shop` | allow | - | 200 |".to_owned(),
+        "| 2026-11-23T06:00:01.000000Z | agents/cluster-api | `list pods -n shop` | allow | - | 200 |".to_owned(),
         "| ops | no-rm | deny: 1 |".to_owned(),
         "| 2026-11-23T06:00:03.000000Z | ServiceAccount agents/agent | shop/db-0 | `sh -c rm -rf /data` | deny | - | - |".to_owned(),
         format!("| 2026-11-23T06:00:05.000000Z | ServiceAccount agents/agent | shop/web-0/web | `ls -l` | allow | 2 | `recordings/{sha}.cast` (0.2 s, 1 events) |"),
@@ -342,8 +347,14 @@ fn exec_sessions_and_their_recordings_go_into_the_bundle() {
 
     // A recording the log's data directory lost cannot go into a bundle unnoticed.
     fs::remove_file(data.join(format!("recordings/{sha}.cast"))).expect("remove");
-    let err = write_bundle(&log, &sth, &|_: &Value| true, &dir.path().join("b2"))
-        .expect_err("recording missing");
+    let err = write_bundle(
+        &log,
+        &sth,
+        &Selection::default(),
+        &signer,
+        &dir.path().join("b2"),
+    )
+    .expect_err("recording missing");
     assert!(
         err.to_string()
             .starts_with(&format!("recordings/{sha}.cast: not stored in")),

@@ -1,6 +1,6 @@
 //! The durable log on a real file system: appends survive reopening, resends are idempotent,
-//! a torn tail is cut, proofs verify with the public key alone, pruning keeps the log
-//! verifiable, and every kind of tampering is found with its position.
+//! a torn tail is cut, proofs verify with the public key alone, pruning keeps proofs working
+//! (and verification refuses pruning without a signed prune entry), and every kind of tampering is found with its position.
 
 use std::fs::{self, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -127,7 +127,7 @@ fn proofs_verify_with_the_public_key_alone() {
 }
 
 #[test]
-fn pruning_by_segment_keeps_the_log_verifiable() {
+fn pruning_by_segment_keeps_proofs_and_unsigned_pruning_is_refused() {
     let dir = tempfile::tempdir().expect("tmp");
     let key = signer();
     let mut log = fill(dir.path(), 300, &key);
@@ -147,9 +147,15 @@ fn pruning_by_segment_keeps_the_log_verifiable() {
     let log = Log::open(dir.path(), small_segments()).expect("reopen");
     assert_eq!(log.pruned(), pruned);
     assert_eq!(log.root_at(300), root);
-    let v = verify_log(dir.path(), key.public_key(), &[]).expect("verifies after pruning");
-    assert_eq!(v.entries, 300);
-    assert_eq!(v.heads, 12);
+    // Segments deleted without a signed prune entry: the tree still matches every head, but
+    // verification refuses the missing entries (pruning is a signed act, see prune::enforce).
+    match verify_log(dir.path(), key.public_key(), &[]) {
+        Err(VerifyError::Prune(m)) => assert!(
+            m.contains("no prune entry covered by a signed tree head"),
+            "{m}"
+        ),
+        other => panic!("unsigned pruning accepted: {other:?}"),
+    }
     // Proofs for kept entries still work.
     let head = log.head(0);
     let proof = log.inclusion_proof(299, 300).expect("proof");

@@ -11,7 +11,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use portcullis_audit::recordings::{sha256_hex, RecordingStore};
 use portcullis_audit::retention::reconcile_once;
-use portcullis_audit::service::{publish, Witness};
+use portcullis_audit::service::{publish, run_signer, Witness};
 use portcullis_audit::store::{Log, LogOptions};
 use portcullis_crds::audit_log::LogSigner;
 use portcullis_crds::conditions::{find_condition, types};
@@ -107,6 +107,19 @@ async fn legal_hold_retention_and_scheduled_verification() {
     log.record_head(&sth).expect("record head");
     publish(&client, &witness, &sth).await.expect("publish");
     let log = Arc::new(Mutex::new(log));
+    // The signer covers prune entries with signed heads (pruning waits for that).
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut stopped1 = stopped.clone();
+    tokio::spawn(run_signer(
+        log.clone(),
+        LogSigner::from_pkcs8(pkcs8.as_ref()).expect("signer"),
+        Duration::from_millis(100),
+        None,
+        None,
+        async move {
+            let _ = stopped1.changed().await;
+        },
+    ));
 
     // Legal hold: nothing pruned, verified.
     let verified = reconcile_once(&client, &witness, &log, signer.public_key())
@@ -140,7 +153,8 @@ async fn legal_hold_retention_and_scheduled_verification() {
     let verified = reconcile_once(&client, &witness, &log, signer.public_key())
         .await
         .expect("round");
-    assert_eq!(verified.expect("verifies after pruning").entries, 200);
+    // 200 records and the signed prune entry that retired the old segments.
+    assert_eq!(verified.expect("verifies after pruning").entries, 201);
     let pruned = log.lock().expect("lock").pruned();
     assert!(pruned > 0 && pruned <= 120, "pruned {pruned}");
     assert!(store.path(&named_kept).exists(), "named by a kept record");
@@ -152,7 +166,7 @@ async fn legal_hold_retention_and_scheduled_verification() {
         .expect("get")
         .status
         .expect("status");
-    assert_eq!(status.record_count as u64, 200 - pruned);
+    assert_eq!(status.record_count as u64, 201 - pruned);
     let oldest = status.oldest_record.expect("oldest").0;
     assert!(Timestamp::now().duration_since(oldest) < SignedDuration::from_hours(24 * 501));
 
@@ -204,4 +218,5 @@ async fn legal_hold_retention_and_scheduled_verification() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(found, "a VerificationFailed event was published");
+    let _ = stop.send(true);
 }

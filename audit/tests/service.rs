@@ -178,7 +178,9 @@ async fn start(client: &kube::Client, ns: &str) -> Running {
         namespace: ns.to_owned(),
         name: "default".into(),
     };
-    let service = AuditService::new(client.clone(), log.clone()).with_witness(witness.clone());
+    let service = AuditService::new(client.clone(), log.clone())
+        .with_witness(witness.clone())
+        .with_manifest_signer(LogSigner::from_pkcs8(pkcs8.as_ref()).expect("signer"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -254,6 +256,55 @@ async fn grant_evidence(client: &kube::Client, ns: &str, reader: &str) {
         .expect("binding");
 }
 
+/// Export the records of `ns` as an auditor would: entries with their proofs, the bundle
+/// files, the recordings they name, and the manifest the service signs.
+async fn export(
+    shipper: &AuditClient,
+    auditor: &str,
+    ns: &str,
+    sth: &portcullis_crds::SignedTreeHead,
+    dir: &std::path::Path,
+) -> usize {
+    use portcullis_audit::bundle::{add_recording, referenced_recordings, write_bundle_from};
+    use portcullis_audit::manifest::{self, Selection};
+    let size = sth.tree_size as u64;
+    let namespaces = vec![ns.to_owned()];
+    let mut fetched = None;
+    for _ in 0..50 {
+        // RBAC changes take effect within moments.
+        match shipper
+            .entries_in(auditor, 0, size, size, Some(&namespaces))
+            .await
+        {
+            Ok(f) => {
+                fetched = Some(f);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let selection = Selection {
+        to_index: size,
+        namespaces: Some(namespaces),
+        ..Selection::default()
+    };
+    let n = write_bundle_from(fetched.expect("entries"), sth, &selection, dir).expect("bundle");
+    for s in referenced_recordings(dir).expect("references") {
+        let content = shipper
+            .recording_in(auditor, &s, Some(ns))
+            .await
+            .expect("recording");
+        add_recording(dir, &s, &content).expect("add");
+    }
+    let unsigned = manifest::build(dir, sth, &selection, 0).expect("manifest");
+    let signed = shipper
+        .sign_manifest(auditor, &unsigned)
+        .await
+        .expect("signed manifest");
+    manifest::write(dir, &signed).expect("write manifest");
+    n
+}
+
 // curl runs as a blocking child process; the server needs threads of its own meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_batches_are_authenticated_durable_idempotent_and_witnessed() {
@@ -309,12 +360,15 @@ async fn sidecar_batches_are_authenticated_durable_idempotent_and_witnessed() {
     let (code, body) = curl.post("/v1/records", &good, &record("kube-system", "agent-0", 100));
     assert_eq!(code, 403, "{body}");
     assert!(
-        body.contains("record claims namespace kube-system"),
+        body.contains("record claims namespace kube-system but the token proves"),
         "{body}"
     );
     let (code, body) = curl.post("/v1/records", &good, &record(&ns, "other-pod", 101));
     assert_eq!(code, 403, "{body}");
-    assert!(body.contains("bound to pod agent-0"), "{body}");
+    assert!(
+        body.contains("record claims pod other-pod but the token proves agent-0"),
+        "{body}"
+    );
     let (code, body) = curl.post("/v1/records", &good, "{not json\n");
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("line 1: not an audit record"), "{body}");
@@ -397,22 +451,15 @@ async fn sidecar_batches_are_authenticated_durable_idempotent_and_witnessed() {
         sth = shipper.latest_head().await.expect("sth");
     }
     assert_eq!(sth.tree_size, 30);
-    let fetched = shipper.entries(&auditor, 0, 30, 30).await.expect("entries");
-    assert_eq!(fetched.len(), 30);
     let bundle_dir = tempfile::tempdir().expect("tmp");
-    let n = portcullis_audit::bundle::write_bundle_from(
-        fetched,
-        &sth,
-        &|_: &serde_json::Value| true,
-        bundle_dir.path(),
-    )
-    .expect("bundle");
+    let n = export(&shipper, &auditor, &ns, &sth, bundle_dir.path()).await;
     assert_eq!(n, 30);
     let report = portcullis_audit::bundle::verify_bundle(bundle_dir.path(), &public_key)
         .expect("bundle verifies offline");
     assert_eq!(report.records, 30);
+    let only_ns = [ns.clone()];
     let err = shipper
-        .entries(&nosy, 0, 30, 30)
+        .entries_in(&nosy, 0, 30, 30, Some(&only_ns))
         .await
         .expect_err("nosy is refused");
     assert!(
@@ -421,7 +468,7 @@ async fn sidecar_batches_are_authenticated_durable_idempotent_and_witnessed() {
         "{err}"
     );
     let err = shipper
-        .entries("garbage", 0, 30, 30)
+        .entries_in("garbage", 0, 30, 30, Some(&only_ns))
         .await
         .expect_err("no valid token");
     assert!(err.to_string().contains("(401)"), "{err}");
@@ -477,9 +524,7 @@ fn kube_record(ns: &str, pod: &str, seq: u64, event: serde_json::Value) -> Audit
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recordings_are_authenticated_content_addressed_and_bundled() {
     use portcullis_audit::asciicast::Cast;
-    use portcullis_audit::bundle::{
-        add_recording, referenced_recordings, verify_bundle, write_bundle_from, BundleError,
-    };
+    use portcullis_audit::bundle::{verify_bundle, BundleError};
     use portcullis_audit::client::Bytes;
     use portcullis_audit::recordings::{sha256_hex, MAX_RECORDING_BYTES};
 
@@ -556,7 +601,10 @@ async fn recordings_are_authenticated_content_addressed_and_bundled() {
     let (code, body) = curl.put(&path, &good, &recording);
     assert_eq!(code, 200, "{body}");
     assert_eq!(
-        std::fs::read_dir(&recordings_dir).expect("list").count(),
+        std::fs::read_dir(&recordings_dir)
+            .expect("list")
+            .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_file()))
+            .count(),
         1,
         "no temporary files left"
     );
@@ -575,7 +623,10 @@ async fn recordings_are_authenticated_content_addressed_and_bundled() {
     }
     drop(huge);
     assert_eq!(
-        std::fs::read_dir(&recordings_dir).expect("list").count(),
+        std::fs::read_dir(&recordings_dir)
+            .expect("list")
+            .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_file()))
+            .count(),
         1,
         "nothing stored from refused uploads"
     );
@@ -618,10 +669,11 @@ async fn recordings_are_authenticated_content_addressed_and_bundled() {
     h.service_account(&ns, "nosy").await;
     let auditor = h.token(&ns, "auditor", None, None).await;
     let nosy = h.token(&ns, "nosy", None, None).await;
+    let in_ns = format!("{path}?namespace={ns}");
     let mut read = None;
     for _ in 0..50 {
         // RBAC changes take effect within moments.
-        let (code, body) = curl.get_as(&path, &auditor);
+        let (code, body) = curl.get_as(&in_ns, &auditor);
         if code == 200 {
             read = Some(body);
             break;
@@ -629,20 +681,26 @@ async fn recordings_are_authenticated_content_addressed_and_bundled() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(read.expect("auditor reads the recording"), recording);
-    let (code, body) = curl.get_as(&path, &nosy);
+    let (code, body) = curl.get_as(&in_ns, &nosy);
     assert_eq!(code, 403, "{}", String::from_utf8_lossy(&body));
-    let (code, _) = curl.get_as(&path, "garbage");
+    // Reading without naming the namespace is reading the whole log: cluster-wide only.
+    let (code, body) = curl.get_as(&path, &auditor);
+    assert_eq!(code, 403, "{}", String::from_utf8_lossy(&body));
+    let (code, _) = curl.get_as(&in_ns, "garbage");
     assert_eq!(code, 401);
-    let (code, _) = curl.get(&path);
+    let (code, _) = curl.get(&in_ns);
     assert_eq!(code, 401);
-    let (code, body) = curl.get_as(&format!("/v1/recordings/{other}"), &auditor);
+    let (code, body) = curl.get_as(&format!("/v1/recordings/{other}?namespace={ns}"), &auditor);
     assert_eq!(code, 404, "{}", String::from_utf8_lossy(&body));
     assert_eq!(
-        shipper.recording(&auditor, &big_sha).await.expect("read"),
+        shipper
+            .recording_in(&auditor, &big_sha, Some(&ns))
+            .await
+            .expect("read"),
         Bytes::from(big)
     );
     let err = shipper
-        .recording(&auditor, &other)
+        .recording_in(&auditor, &other, Some(&ns))
         .await
         .expect_err("absent");
     assert!(err.to_string().contains("(404)"), "{err}");
@@ -691,15 +749,11 @@ async fn recordings_are_authenticated_content_addressed_and_bundled() {
     let sth = sth.expect("sth");
     assert_eq!(sth.tree_size, 3);
     assert_eq!(log.lock().expect("lock").size(), 3);
-    let fetched = shipper.entries(&auditor, 0, 3, 3).await.expect("entries");
     let bundle = tempfile::tempdir().expect("tmp");
-    write_bundle_from(fetched, &sth, &|_: &serde_json::Value| true, bundle.path()).expect("bundle");
-    let referenced = referenced_recordings(bundle.path()).expect("references");
-    assert_eq!(referenced, vec![sha.clone()]);
-    for s in &referenced {
-        let content = shipper.recording(&auditor, s).await.expect("recording");
-        add_recording(bundle.path(), s, &content).expect("add");
-    }
+    assert_eq!(
+        export(&shipper, &auditor, &ns, &sth, bundle.path()).await,
+        3
+    );
     let report = verify_bundle(bundle.path(), &public_key).expect("bundle verifies");
     assert_eq!((report.records, report.recordings), (3, 1));
     let summary = std::fs::read_to_string(bundle.path().join("summary.md")).expect("summary");

@@ -110,6 +110,46 @@ pub enum AuditEvent {
     /// A recorded exec or attach session (asciicast v2), stored through the audit service;
     /// the record carries the recording's SHA-256, so the log vouches for its content.
     Recording(RecordingRecord),
+    /// Stands in for a record larger than [`MAX_RECORD_BYTES`], which the audit service does
+    /// not take: it names the original's kind, SHA-256 and size, so the loss is visible.
+    Oversize(OversizeRecord),
+}
+
+/// Largest audit record (its JSON line) the audit service takes; the sidecar ships a
+/// [`OversizeRecord`] stand-in for a larger one.
+pub const MAX_RECORD_BYTES: usize = 768 << 10;
+
+/// A stand-in for a record too large to ship.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OversizeRecord {
+    /// Event type of the original record.
+    pub original_type: String,
+    /// Hex SHA-256 of the original record's JSON line.
+    pub sha256: String,
+    /// Size of the original record's JSON line in bytes.
+    pub bytes: u64,
+}
+
+impl AuditRecord {
+    /// The stand-in for this record when its JSON line `line` is larger than
+    /// [`MAX_RECORD_BYTES`]: the same sequence number, session, time, identity and resource,
+    /// with an [`AuditEvent::Oversize`] event naming the original's hash and size.
+    pub fn stand_in(&self, line: &[u8]) -> AuditRecord {
+        use sha2::Digest;
+        let original_type = serde_json::to_value(&self.event)
+            .ok()
+            .and_then(|v| v["type"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        AuditRecord {
+            event: AuditEvent::Oversize(OversizeRecord {
+                original_type,
+                sha256: hex::encode(sha2::Sha256::digest(line)),
+                bytes: line.len() as u64,
+            }),
+            ..self.clone()
+        }
+    }
 }
 
 /// A Kubernetes API request and the decision on it.

@@ -255,6 +255,17 @@ impl LogSigner {
         self.pair.public_key().as_ref()
     }
 
+    /// Sign a payload of another kind than a tree head (its first line must name that kind,
+    /// never [`LOG_ORIGIN`]); the signature in base64.
+    pub fn sign_other(&self, payload: &[u8]) -> Result<String, LogError> {
+        if payload.starts_with(LOG_ORIGIN.as_bytes()) {
+            return Err(LogError::Malformed(
+                "only tree heads are signed under the log origin".into(),
+            ));
+        }
+        Ok(BASE64.encode(self.pair.sign(payload).as_ref()))
+    }
+
     /// Sign a tree head.
     pub fn sign(&self, head: &TreeHead) -> SignedTreeHead {
         let signature = self.pair.sign(&head.signing_payload());
@@ -311,6 +322,16 @@ pub fn verify_tree_head(sth: &SignedTreeHead, public_key: &[u8]) -> Result<TreeH
         .verify(&head.signing_payload(), &signature)
         .map_err(|_| LogError::BadSignature(tree_size))?;
     Ok(head)
+}
+
+/// Check a base64 ed25519 signature over `payload` made by [`LogSigner::sign_other`].
+pub fn verify_other(payload: &[u8], signature: &str, public_key: &[u8]) -> Result<(), LogError> {
+    let signature = BASE64
+        .decode(signature)
+        .map_err(|e| LogError::Malformed(format!("signature: {e}")))?;
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(payload, &signature)
+        .map_err(|_| LogError::BadSignature(0))
 }
 
 fn root_hash(head: &TreeHead) -> RootHash<Sha256> {

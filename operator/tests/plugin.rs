@@ -229,9 +229,11 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
         r#"[0.5, "o", "id\r\nuid=0(root)\r\n"]"#,
     ]);
     let sha = portcullis_audit::recordings::sha256_hex(&recording);
-    portcullis_audit::recordings::RecordingStore::new(&work.path().join("log"))
-        .put(&sha, &recording)
-        .expect("store recording");
+    let store = portcullis_audit::recordings::RecordingStore::new(&work.path().join("log"));
+    store.put(&sha, &recording).expect("store recording");
+    store
+        .mark_sender(&sha, "uid", &ns)
+        .expect("uploaded from the namespace");
     let exec = |seq: u64, event: serde_json::Value| {
         serde_json::json!({
             "id": format!("uid:{seq}"), "receivedAt": "2026-11-23T06:50:00.000000Z",
@@ -262,7 +264,9 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
         namespace: ns.clone(),
         name: "default".into(),
     };
-    let service = AuditService::new(client.clone(), log.clone()).with_witness(witness.clone());
+    let service = AuditService::new(client.clone(), log.clone())
+        .with_witness(witness.clone())
+        .with_manifest_signer(LogSigner::from_pkcs8(pkcs8.as_ref()).expect("signer"));
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
     let ca = work.path().join("ca.crt");
     std::fs::write(&ca, cert.cert.pem()).expect("ca");
@@ -367,6 +371,20 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "verified 17 records and 1 recording against the signed tree head of size 42"
     );
+    // Pinned to the head the cluster witnesses.
+    let out = common::plugin(
+        h.kubeconfig(),
+        &[
+            "verify",
+            &bundle_s,
+            "--public-key",
+            &key_s,
+            "--from-cluster",
+            "-n",
+            &ns,
+        ],
+    );
+    assert!(out.status.success(), "{}", common::text(&out));
 
     // The session replays from the bundle (by a prefix of its SHA-256) and from the service.
     let out = common::plugin(
@@ -383,6 +401,8 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
         &[
             "replay",
             &sha,
+            "-n",
+            &ns,
             "--audit-url",
             &url,
             "--ca",

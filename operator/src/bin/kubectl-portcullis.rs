@@ -3,14 +3,16 @@
 //!   kubectl portcullis approve NAME --reason "..." [-n NAMESPACE]
 //!   kubectl portcullis deny NAME --reason "..." [-n NAMESPACE]
 //!   kubectl portcullis evidence --audit-url URL --ca FILE --token-file FILE -o DIR
-//!       [--from RFC3339] [--to RFC3339] [--subject NAME] [--resource NAME] [-n NAMESPACE]
+//!       [--from RFC3339] [--to RFC3339] [--subject NAME] [--resource NAME] [-n NAMESPACE | -A]
 //!   kubectl portcullis verify DIR --public-key FILE
+//!       [--expect-head FILE | --from-cluster [-n NAMESPACE]] [--audit-url URL --ca FILE] [--allow-older]
 //!   kubectl portcullis replay SESSION [--bundle DIR | --audit-url URL --ca FILE --token-file FILE]
 //!       [--speed 1.0] [--max-wait 2.0] [--instant] [--show-input]
 //!
 //! `approve`/`deny` set `spec.decision`; the API server's admission stamps who decided. The
-//! evidence bundle, with the recordings of the exec sessions it names, verifies offline with
-//! the audit log's public key alone. `replay` plays a recorded exec session in the terminal.
+//! evidence bundle, with the recordings of the exec sessions it names and a manifest the audit
+//! service signs after recomputing the selection, verifies offline with the audit log's public
+//! key; `--expect-head` or `--from-cluster` also pin it to a trusted head. `replay` plays a recorded exec session in the terminal.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,13 +24,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use portcullis_audit::asciicast::{play, Cast, PlayOptions};
 use portcullis_audit::bundle::{
-    add_recording, find_recording, referenced_recordings, verify_bundle, write_bundle_from,
+    add_recording, find_recording, referenced_recordings, verify_bundle_trusting,
+    write_bundle_from, Trust,
 };
 use portcullis_audit::client::AuditClient;
+use portcullis_audit::manifest::Selection;
 use portcullis_audit::recordings::{is_sha256, sha256_hex};
 use portcullis_audit::verify::read_public_key;
-use portcullis_crds::{AccessRequest, GatewayPolicy};
-use serde_json::Value;
+use portcullis_crds::{AccessRequest, AuditRetention, GatewayPolicy, SignedTreeHead};
 
 #[derive(Parser)]
 #[command(
@@ -61,12 +64,17 @@ struct EvidenceArgs {
     /// Only records before this time (RFC 3339).
     #[arg(long)]
     to: Option<Timestamp>,
-    /// Only records of this subject (service account or user name).
+    /// Only records of this subject, as the audit service authenticated it: a service account
+    /// (NAME or NAMESPACE/NAME, or its user name), or the person its sidecar named.
     #[arg(long)]
     subject: Option<String>,
     /// Only records of this ProtectedResource.
     #[arg(long)]
     resource: Option<String>,
+    /// Export the records of every namespace (needs a cluster-wide binding); otherwise only
+    /// those sent from -n NAMESPACE.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
     /// Output directory.
     #[arg(short = 'o', long)]
     output: PathBuf,
@@ -102,6 +110,34 @@ struct ReplayArgs {
     show_input: bool,
 }
 
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// Bundle directory.
+    dir: PathBuf,
+    /// File with the raw 32-byte ed25519 public key, or its hex.
+    #[arg(long)]
+    public_key: PathBuf,
+    /// A signed tree head (JSON) the bundle's head must be, or be proven consistent with.
+    #[arg(long, conflicts_with = "from_cluster")]
+    expect_head: Option<PathBuf>,
+    /// Trust the head the cluster witnesses (the AuditRetention status in -n NAMESPACE).
+    #[arg(long)]
+    from_cluster: bool,
+    /// The witness AuditRetention read by --from-cluster.
+    #[arg(long, default_value = "default")]
+    witness: String,
+    /// Fetch the consistency proof between the bundle's head and the trusted head from the
+    /// audit service at this base URL (with --ca).
+    #[arg(long, requires = "ca")]
+    audit_url: Option<String>,
+    /// PEM CA of the audit service.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Accept a bundle older than the trusted head once its head is proven a prefix of it.
+    #[arg(long)]
+    allow_older: bool,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Approve a pending AccessRequest.
@@ -123,13 +159,7 @@ enum Cmd {
     /// Export an evidence bundle from the audit service.
     Evidence(EvidenceArgs),
     /// Verify an evidence bundle offline.
-    Verify {
-        /// Bundle directory.
-        dir: PathBuf,
-        /// File with the raw 32-byte ed25519 public key, or its hex.
-        #[arg(long)]
-        public_key: PathBuf,
-    },
+    Verify(VerifyArgs),
     /// Replay a recorded exec or attach session.
     Replay(ReplayArgs),
 }
@@ -158,40 +188,6 @@ async fn decide(
     ))
 }
 
-fn keep(
-    entry: &Value,
-    from: Option<Timestamp>,
-    to: Option<Timestamp>,
-    subject: Option<&str>,
-    resource: Option<&str>,
-) -> bool {
-    let r = &entry["record"];
-    let time = r["time"].as_str().and_then(|t| t.parse::<Timestamp>().ok());
-    if let (Some(f), Some(t)) = (from, time) {
-        if t < f {
-            return false;
-        }
-    }
-    if let (Some(end), Some(t)) = (to, time) {
-        if t >= end {
-            return false;
-        }
-    }
-    if let Some(s) = subject {
-        let name = r["identity"]["name"].as_str().unwrap_or("");
-        let user = entry["source"]["user"].as_str().unwrap_or("");
-        if name != s && user != s {
-            return false;
-        }
-    }
-    if let Some(res) = resource {
-        if r["resource"].as_str() != Some(res) {
-            return false;
-        }
-    }
-    true
-}
-
 async fn evidence(client: kube::Client, ns: &str, args: EvidenceArgs) -> Result<String, String> {
     let EvidenceArgs {
         audit_url,
@@ -201,6 +197,7 @@ async fn evidence(client: kube::Client, ns: &str, args: EvidenceArgs) -> Result<
         to,
         subject,
         resource,
+        all_namespaces,
         output,
     } = args;
     let (audit_url, ca, token_file, output) = (
@@ -211,31 +208,54 @@ async fn evidence(client: kube::Client, ns: &str, args: EvidenceArgs) -> Result<
     );
     let token = std::fs::read_to_string(token_file)
         .map_err(|e| format!("{}: {e}", token_file.display()))?;
+    let token = token.trim();
     let audit =
         AuditClient::new(audit_url, ca, Duration::from_secs(60)).map_err(|e| e.to_string())?;
     let sth = audit.latest_head().await.map_err(|e| e.to_string())?;
     let size = u64::try_from(sth.tree_size).unwrap_or(0);
+    // The records of this namespace, or of every namespace (a cluster-wide binding).
+    let namespaces = (!all_namespaces).then(|| vec![ns.to_owned()]);
     let entries = audit
-        .entries(token.trim(), 0, size, size)
+        .entries_in(token, 0, size, size, namespaces.as_deref())
         .await
         .map_err(|e| e.to_string())?;
-    let select = |e: &Value| keep(e, from, to, subject.as_deref(), resource.as_deref());
-    let n = write_bundle_from(entries, &sth, &select, output).map_err(|e| e.to_string())?;
+    let selection = Selection {
+        from_index: 0,
+        to_index: size,
+        from_time: from.map(|t| t.to_string()),
+        to_time: to.map(|t| t.to_string()),
+        subject,
+        resource,
+        namespaces: namespaces.clone(),
+    };
+    let n = write_bundle_from(entries, &sth, &selection, output).map_err(|e| e.to_string())?;
     // The recordings the exported records name; verify checks them against those records.
     let recordings = referenced_recordings(output).map_err(|e| e.to_string())?;
+    let scope = (!all_namespaces).then_some(ns);
     for sha256 in &recordings {
         let content = audit
-            .recording(token.trim(), sha256)
+            .recording_in(token, sha256, scope)
             .await
             .map_err(|e| format!("recording {sha256}: {e}"))?;
         add_recording(output, sha256, &content).map_err(|e| e.to_string())?;
     }
     // The policies in force and the approvals, with their generations, for the auditor.
-    let policies = Api::<GatewayPolicy>::namespaced(client.clone(), ns)
+    let (policies, requests) = if all_namespaces {
+        (
+            Api::<GatewayPolicy>::all(client.clone()),
+            Api::<AccessRequest>::all(client),
+        )
+    } else {
+        (
+            Api::<GatewayPolicy>::namespaced(client.clone(), ns),
+            Api::<AccessRequest>::namespaced(client, ns),
+        )
+    };
+    let policies = policies
         .list(&ListParams::default())
         .await
         .map_err(|e| format!("list GatewayPolicies: {e}"))?;
-    let requests = Api::<AccessRequest>::namespaced(client, ns)
+    let requests = requests
         .list(&ListParams::default())
         .await
         .map_err(|e| format!("list AccessRequests: {e}"))?;
@@ -250,6 +270,15 @@ async fn evidence(client: kube::Client, ns: &str, args: EvidenceArgs) -> Result<
         let path = output.join(file);
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
+    // The manifest binds every file and names the selection; the service signs it after
+    // recomputing the selection over its log.
+    let manifest = portcullis_audit::manifest::build(output, &sth, &selection, 0)
+        .map_err(|e| e.to_string())?;
+    let signed = audit
+        .sign_manifest(token, &manifest)
+        .await
+        .map_err(|e| format!("manifest: {e}"))?;
+    portcullis_audit::manifest::write(output, &signed).map_err(|e| e.to_string())?;
     let recordings = match recordings.len() {
         0 => String::new(),
         1 => " and 1 recording".to_owned(),
@@ -263,8 +292,66 @@ async fn evidence(client: kube::Client, ns: &str, args: EvidenceArgs) -> Result<
     ))
 }
 
+/// The trusted head for `verify`: from a file, or the witness in the cluster; with a
+/// consistency proof from the audit service when the sizes differ and it is reachable.
+async fn trust(
+    args: &VerifyArgs,
+    namespace: Option<String>,
+    bundle: &Path,
+) -> Result<Trust, String> {
+    let expect_head: Option<SignedTreeHead> = if let Some(file) = &args.expect_head {
+        let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        Some(serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", file.display()))?)
+    } else if args.from_cluster {
+        let (client, ns) = kube_client(namespace).await?;
+        let witness = Api::<AuditRetention>::namespaced(client, &ns)
+            .get(&args.witness)
+            .await
+            .map_err(|e| format!("AuditRetention {ns}/{}: {e}", args.witness))?;
+        let head = witness
+            .status
+            .and_then(|s| s.latest_signed_tree_head)
+            .ok_or_else(|| {
+                format!(
+                    "AuditRetention {ns}/{} has no signed tree head",
+                    args.witness
+                )
+            })?;
+        Some(head)
+    } else {
+        None
+    };
+    let mut trust = Trust {
+        expect_head,
+        consistency: Vec::new(),
+        allow_older: args.allow_older,
+    };
+    let (Some(expected), Some(url), Some(ca)) = (&trust.expect_head, &args.audit_url, &args.ca)
+    else {
+        return Ok(trust);
+    };
+    let sth_path = bundle.join("sth.json");
+    let bundled: SignedTreeHead = std::fs::read(&sth_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| format!("{}: unreadable", sth_path.display()))?;
+    let (a, b) = (
+        u64::try_from(bundled.tree_size).unwrap_or(0),
+        u64::try_from(expected.tree_size).unwrap_or(0),
+    );
+    if a != b && a.min(b) > 0 {
+        let audit =
+            AuditClient::new(url, ca, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+        trust.consistency = audit
+            .consistency(a.min(b), a.max(b))
+            .await
+            .map_err(|e| format!("consistency proof: {e}"))?;
+    }
+    Ok(trust)
+}
+
 /// The recording SESSION names: a file, a recording in a bundle, or one on the audit service.
-async fn load_recording(args: &ReplayArgs) -> Result<Vec<u8>, String> {
+async fn load_recording(args: &ReplayArgs, namespace: Option<&str>) -> Result<Vec<u8>, String> {
     let session = args.session.as_str();
     let as_path = Path::new(session);
     if as_path.is_file() {
@@ -297,7 +384,7 @@ async fn load_recording(args: &ReplayArgs) -> Result<Vec<u8>, String> {
         let audit =
             AuditClient::new(url, ca, Duration::from_secs(60)).map_err(|e| e.to_string())?;
         return audit
-            .recording(token.trim(), &sha256)
+            .recording_in(token.trim(), &sha256, namespace)
             .await
             .map(|b| b.to_vec())
             .map_err(|e| e.to_string());
@@ -307,7 +394,7 @@ async fn load_recording(args: &ReplayArgs) -> Result<Vec<u8>, String> {
     ))
 }
 
-async fn replay(args: ReplayArgs) -> Result<String, String> {
+async fn replay(args: ReplayArgs, namespace: Option<String>) -> Result<String, String> {
     let max_wait = Duration::try_from_secs_f64(args.max_wait).map_err(|_| {
         format!(
             "--max-wait {}: expected a number of seconds, 0 or more",
@@ -319,7 +406,7 @@ async fn replay(args: ReplayArgs) -> Result<String, String> {
         max_wait: Some(max_wait),
         instant: args.instant,
     };
-    let content = load_recording(&args).await?;
+    let content = load_recording(&args, namespace.as_deref()).await?;
     let cast = Cast::parse(&content).map_err(|e| format!("{}: {e}", args.session))?;
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
@@ -347,10 +434,11 @@ async fn kube_client(namespace: Option<String>) -> Result<(kube::Client, String)
 
 async fn run(cli: Cli) -> Result<String, String> {
     match cli.command {
-        Cmd::Verify { dir, public_key } => {
-            let key = read_public_key(&public_key)?;
-            let report =
-                verify_bundle(&dir, &key).map_err(|e| format!("verification failed: {e}"))?;
+        Cmd::Verify(args) => {
+            let key = read_public_key(&args.public_key)?;
+            let trust = trust(&args, cli.namespace, &args.dir).await?;
+            let report = verify_bundle_trusting(&args.dir, &key, &trust)
+                .map_err(|e| format!("verification failed: {e}"))?;
             let recordings = match report.recordings {
                 0 => String::new(),
                 1 => " and 1 recording".to_owned(),
@@ -373,7 +461,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             let (client, ns) = kube_client(cli.namespace).await?;
             evidence(client, &ns, args).await
         }
-        Cmd::Replay(args) => replay(args).await,
+        Cmd::Replay(args) => replay(args, cli.namespace).await,
     }
 }
 

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use portcullis_audit::client::{AuditClient, ShipError};
-use portcullis_crds::audit::AuditRecord;
+use portcullis_crds::audit::{AuditRecord, MAX_RECORD_BYTES};
 use portcullis_crds::gateway_policy::AuditUnavailableAction;
 use portcullis_crds::sidecar_config::{AuditConfig, PolicyConfig};
 use rand::Rng;
@@ -603,6 +603,18 @@ fn read_batch(
         }
         match serde_json::from_slice::<AuditRecord>(body) {
             Ok(record) => {
+                // The service does not take records this large: ship a stand-in naming the
+                // original's hash and size instead of retrying forever.
+                let record = if body.len() > MAX_RECORD_BYTES {
+                    tracing::warn!(
+                        seq = record.seq,
+                        bytes = body.len(),
+                        "audit record too large to ship; shipping a stand-in with its hash and size"
+                    );
+                    record.stand_in(body)
+                } else {
+                    record
+                };
                 batch.records.push(record);
                 batch.consumed += n as u64;
                 bytes += n;
@@ -694,6 +706,33 @@ mod tests {
         let b = read_batch(&path, b.consumed, 10, 1 << 20).expect("batch");
         assert_eq!((b.records.len(), b.rejected.len()), (0, 1));
         assert_eq!(b.consumed, 9);
+    }
+
+    #[test]
+    fn a_record_too_large_to_ship_goes_as_a_stand_in_naming_its_hash_and_size() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("audit-0000000001.jsonl");
+        let mut big = record(2).replace(
+            "\"reason\":\"terminate\"",
+            &format!("\"reason\":\"{}\"", "x".repeat(MAX_RECORD_BYTES)),
+        );
+        assert!(big.len() > MAX_RECORD_BYTES);
+        std::fs::write(&path, format!("{}{big}{}", record(1), record(3))).expect("write");
+        let b = read_batch(&path, 0, 10, 4 << 20).expect("batch");
+        assert_eq!(b.records.len(), 3);
+        big.pop();
+        match &b.records[1].event {
+            portcullis_crds::audit::AuditEvent::Oversize(o) => {
+                assert_eq!(o.bytes as usize, big.len());
+                assert_eq!(o.original_type, "sessionEnd");
+                assert_eq!(o.sha256.len(), 64);
+            }
+            other => panic!("no stand-in: {other:?}"),
+        }
+        assert_eq!(
+            b.records[1].seq, 2,
+            "the stand-in keeps the sequence number"
+        );
     }
 
     #[test]

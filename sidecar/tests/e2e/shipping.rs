@@ -294,7 +294,7 @@ async fn every_record_arrives_exactly_once_across_service_and_sidecar_restarts()
     expected.extend(read_spool(&spool));
     server.stop().await;
 
-    // Every record is in the log exactly once, byte-for-byte as spooled, bound to the pod.
+    // Every record is in the log exactly once, as spooled, bound to the pod.
     let entries = log_entries(&data);
     let ids: HashSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids.len(), entries.len(), "no duplicate ids");
@@ -308,8 +308,18 @@ async fn every_record_arrives_exactly_once_across_service_and_sidecar_restarts()
             key(&e.record)
         );
     }
-    let spooled: BTreeMap<(String, u64), AuditRecord> =
-        expected.into_iter().map(|r| (key(&r), r)).collect();
+    // The service fills the workload identity the token proves (here the pod UID).
+    let pod_uid = entries.first().and_then(|e| e.source.pod_uid.clone());
+    assert!(pod_uid.is_some());
+    let spooled: BTreeMap<(String, u64), AuditRecord> = expected
+        .into_iter()
+        .map(|mut r| {
+            if r.identity.pod_uid.is_none() {
+                r.identity.pod_uid = pod_uid.clone();
+            }
+            (key(&r), r)
+        })
+        .collect();
     assert_eq!(logged.len(), spooled.len(), "every record arrives");
     assert_eq!(logged, spooled);
     eprintln!(
@@ -588,9 +598,15 @@ async fn no_personal_data_reaches_the_spool_or_the_log_and_the_bundle_verifies_o
     assert_eq!(verified.entries, log.size());
 
     let bundle = f.tmp.path().join("bundle");
-    let n =
-        portcullis_audit::bundle::write_bundle(&log, &sth, &|_: &serde_json::Value| true, &bundle)
-            .expect("bundle");
+    let signer = LogSigner::from_pkcs8(&f.key).expect("signer");
+    let n = portcullis_audit::bundle::write_bundle(
+        &log,
+        &sth,
+        &portcullis_audit::manifest::Selection::default(),
+        &signer,
+        &bundle,
+    )
+    .expect("bundle");
     assert_eq!(n as u64, log.size());
     let report =
         portcullis_audit::bundle::verify_bundle(&bundle, &f.public_key).expect("bundle verifies");
