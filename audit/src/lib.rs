@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod client;
 pub mod recordings;
 pub mod retention;
+pub mod sanitize;
 pub mod segment;
 pub mod service;
 pub mod store;
