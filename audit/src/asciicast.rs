@@ -388,7 +388,7 @@ mod tests {
             },
             true,
         );
-        assert_eq!(inp, "ls\r");
+        assert_eq!(inp, "ls^M", "input is shown, control characters as text");
         assert!(sleeps.is_empty());
         let cast = Cast::parse(CAST.as_bytes()).expect("parse");
         let err = play(

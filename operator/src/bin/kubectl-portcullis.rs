@@ -327,7 +327,11 @@ async fn replay(args: ReplayArgs) -> Result<String, String> {
         speed: args.speed,
         max_wait: Some(max_wait),
         instant: args.instant,
-        render: if args.raw { Render::Raw } else { Render::Visible },
+        render: if args.raw {
+            Render::Raw
+        } else {
+            Render::Visible
+        },
         show_input: !args.hide_input,
     };
     let content = load_recording(&args).await?;

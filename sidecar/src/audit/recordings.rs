@@ -103,7 +103,8 @@ pub async fn run(
                     // was damaged in the spool. Kept aside for inspection, not sent again.
                     let aside = path.with_extension("cast.refused");
                     tracing::error!(%sha, error = %e, file = %aside.display(), "the audit service refused a recording; kept aside");
-                    let ctx = RecordContext::new("recordings".into(), identity.clone(), String::new());
+                    let ctx =
+                        RecordContext::new("recordings".into(), identity.clone(), String::new());
                     let event = AuditEvent::RecordingUnavailable(RecordingUnavailable {
                         sha256: sha.clone(),
                         reason: format!("the audit service refused the recording ({e}); it is kept aside in the sidecar's spool as {}", aside.display()),

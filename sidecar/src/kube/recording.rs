@@ -557,7 +557,11 @@ fn recover_one(dir: &Path, path: &Path, stem: &str) -> Result<Recovered, String>
         content = head.to_string().into_bytes();
         content.push(b'\n');
     }
-    let events = content.iter().filter(|b| **b == b'\n').count().saturating_sub(1) as u64;
+    let events = content
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        .saturating_sub(1) as u64;
     let last_time = content
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
@@ -565,9 +569,13 @@ fn recover_one(dir: &Path, path: &Path, stem: &str) -> Result<Recovered, String>
         .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
         .filter_map(|v| v[0].as_f64())
         .fold(0.0, f64::max);
-    let mut marker = json!([last_time, "m", format!("recording cut short: {CUT_SHORT_RESTART}")])
-        .to_string()
-        .into_bytes();
+    let mut marker = json!([
+        last_time,
+        "m",
+        format!("recording cut short: {CUT_SHORT_RESTART}")
+    ])
+    .to_string()
+    .into_bytes();
     marker.push(b'\n');
     content.extend_from_slice(&marker);
     let sha256 = hex::encode(Sha256::digest(&content));
@@ -667,7 +675,9 @@ mod tests {
         assert_eq!(done.masked[0].values, 2);
         assert_eq!((done.part, done.continued), (0, false));
         assert!(events.iter().any(|e| e[1] == "r" && e[2] == "120x40"));
-        assert!(events.iter().any(|e| e[1] == "i" && e[2] == "echo ***************\n"));
+        assert!(events
+            .iter()
+            .any(|e| e[1] == "i" && e[2] == "echo ***************\n"));
     }
 
     #[test]
@@ -698,7 +708,9 @@ mod tests {
         assert_eq!(events.last().expect("marker")[1], "m");
         assert!(events.iter().any(|e| e[2] == "ls\n"));
         assert_eq!(
-            hex::encode(Sha256::digest(std::fs::read(&r.finished.path).expect("read"))),
+            hex::encode(Sha256::digest(
+                std::fs::read(&r.finished.path).expect("read")
+            )),
             r.finished.sha256
         );
     }

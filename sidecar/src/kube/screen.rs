@@ -453,7 +453,10 @@ pub fn mask_text(masker: &OutputMasker, text: &str, direction: Direction) -> (St
     let mut scanner = Scanner::new(direction);
     let mut out = scanner.push(masker, text.as_bytes());
     out.extend(scanner.flush(masker));
-    (String::from_utf8_lossy(&out).into_owned(), scanner.take_counts())
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        scanner.take_counts(),
+    )
 }
 
 #[cfg(test)]
@@ -500,7 +503,11 @@ mod tests {
         line.extend_from_slice(b" alice.meyer@example.com tail\n");
         let (a, b) = line.split_at(MAX_PENDING + 2);
         let out = run(Direction::Output, &[a, b]);
-        assert!(!out.contains("meyer@example"), "{}", &out[MAX_PENDING - 20..]);
+        assert!(
+            !out.contains("meyer@example"),
+            "{}",
+            &out[MAX_PENDING - 20..]
+        );
     }
 
     #[test]

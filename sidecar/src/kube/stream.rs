@@ -149,8 +149,7 @@ impl ResizeDecoder {
         self.buf.extend_from_slice(data);
         let mut sizes = Vec::new();
         let mut used = 0;
-        let mut values =
-            serde_json::Deserializer::from_slice(&self.buf).into_iter::<Json>();
+        let mut values = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Json>();
         let result = loop {
             match values.next() {
                 None => break Ok(()),
@@ -397,7 +396,9 @@ where
     let ws = |e: tokio_tungstenite::tungstenite::Error| RelayError::Protocol(e.to_string());
     let v5 = protocol == "v5.channel.k8s.io";
     let result = if !protocol.is_empty() && !WEBSOCKET_PROTOCOLS.contains(&protocol) {
-        Err(session.refuse(format!("subprotocol {protocol:?} is not one the relay reads")))
+        Err(session.refuse(format!(
+            "subprotocol {protocol:?} is not one the relay reads"
+        )))
     } else {
         loop {
             let deadline = session.live.as_ref().and_then(LiveMask::deadline);
@@ -858,7 +859,14 @@ mod tests {
         assert_eq!(classify_client(b"\x04{}", false), Ok(ClientFrame::Resize));
         assert_eq!(classify_client(b"", true), Ok(ClientFrame::Pass));
         assert_eq!(classify_client(b"\xff\0", true), Ok(ClientFrame::Close(0)));
-        for bad in [&b"\xff"[..], b"\xff\0\0", b"\xff\x09", b"\x01x", b"\x03x", b"\x05x"] {
+        for bad in [
+            &b"\xff"[..],
+            b"\xff\0\0",
+            b"\xff\x09",
+            b"\x01x",
+            b"\x03x",
+            b"\x05x",
+        ] {
             assert!(classify_client(bad, true).is_err(), "{bad:?}");
         }
         // Before v5, 255 is not a close: an unknown channel.

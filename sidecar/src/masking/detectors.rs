@@ -79,7 +79,9 @@ impl Patterns {
                 .find_iter(text)
                 .flat_map(|m| {
                     let at = m.start();
-                    cards_in(m.as_str()).into_iter().map(move |r| at + r.start..at + r.end)
+                    cards_in(m.as_str())
+                        .into_iter()
+                        .map(move |r| at + r.start..at + r.end)
                 })
                 .collect(),
             DetectorKind::Iban => self
@@ -87,7 +89,9 @@ impl Patterns {
                 .find_iter(text)
                 .flat_map(|m| {
                     let at = m.start();
-                    ibans_in(m.as_str()).into_iter().map(move |r| at + r.start..at + r.end)
+                    ibans_in(m.as_str())
+                        .into_iter()
+                        .map(move |r| at + r.start..at + r.end)
                 })
                 .collect(),
             DetectorKind::Phone => self
@@ -263,14 +267,23 @@ mod tests {
         }
         // Text after the value, even text an IBAN could continue with, does not hide it.
         for (text, iban) in [
-            ("DE89370400440532013000 BIC COBADEFFXXX", "DE89370400440532013000"),
-            ("DE89 3704 0044 0532 0130 00 AB12 x", "DE89 3704 0044 0532 0130 00"),
+            (
+                "DE89370400440532013000 BIC COBADEFFXXX",
+                "DE89370400440532013000",
+            ),
+            (
+                "DE89 3704 0044 0532 0130 00 AB12 x",
+                "DE89 3704 0044 0532 0130 00",
+            ),
             ("iban=GB82WEST12345698765432 2026", "GB82WEST12345698765432"),
         ] {
             assert_eq!(found(DetectorKind::Iban, text), vec![iban], "{text}");
         }
         assert_eq!(
-            found(DetectorKind::PaymentCard, "card 4111 1111 1111 1111 12 2026"),
+            found(
+                DetectorKind::PaymentCard,
+                "card 4111 1111 1111 1111 12 2026"
+            ),
             vec!["4111 1111 1111 1111"]
         );
         assert_eq!(
