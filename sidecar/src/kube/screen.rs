@@ -221,13 +221,11 @@ impl vte::Perform for View {
                         self.line.drain(self.cursor..end);
                     }
                 }
-                '@' => {
-                    if self.cursor < self.line.len() {
-                        let blanks = n.min(MAX_COLUMNS);
-                        self.line
-                            .splice(self.cursor..self.cursor, std::iter::repeat_n(None, blanks));
-                        self.line.truncate(MAX_COLUMNS);
-                    }
+                '@' if self.cursor < self.line.len() => {
+                    let blanks = n.min(MAX_COLUMNS);
+                    self.line
+                        .splice(self.cursor..self.cursor, std::iter::repeat_n(None, blanks));
+                    self.line.truncate(MAX_COLUMNS);
                 }
                 // Moves to another row, or clears the screen: the line ends here.
                 'A' | 'B' | 'E' | 'F' | 'H' | 'f' | 'd' | 'J' | 'S' | 'T' => {

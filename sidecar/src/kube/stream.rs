@@ -414,8 +414,8 @@ where
                             match classify_client(data, v5) {
                                 Ok(ClientFrame::Stdin) => session.stdin(&data[1..]),
                                 Ok(ClientFrame::Resize) => session.resize(&data[1..]),
-                                Ok(ClientFrame::Close(c)) => session.recorder.marker(&format!("client closed channel {c}")),
-                                Ok(ClientFrame::Pass) => {}
+                                // A half-close (the end of standard input) is not an event of the recording.
+                                Ok(ClientFrame::Close(_)) | Ok(ClientFrame::Pass) => {}
                                 Err(reason) => break Err(session.refuse(reason)),
                             }
                         }
