@@ -885,4 +885,96 @@ mod tests {
         assert!(d.push(br#"{"Width":70000,"Height":1}"#).is_err());
         assert_eq!(d.push(br#"{"Width":1,"Height":1}"#).expect("dead"), vec![]);
     }
+
+    fn syn_stream(c: &mut Compress, id: u32, pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut headers = Vec::with_capacity(4096);
+        c.compress_vec(&block(pairs), &mut headers, FlushCompress::Sync)
+            .expect("compress");
+        let mut f = vec![0x80, 3, 0, 1, 0];
+        let len = (10 + headers.len()) as u32;
+        f.extend_from_slice(&len.to_be_bytes()[1..]);
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        f.extend_from_slice(&headers);
+        f
+    }
+
+    #[test]
+    fn spdy_client_frames_are_recorded_or_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let masker = Arc::new(OutputMasker::new(&[]).expect("detectors"));
+        let header = super::super::recording::Header {
+            command: "cat",
+            title: "ns/pod/c",
+            size: (80, 24),
+            session: "s",
+            request_id: 1,
+            resource: "api",
+            protocol: "SPDY/3.1+v4.channel.k8s.io",
+        };
+        let new_session = |name: &str| {
+            let recorder =
+                Recorder::create(dir.path(), name, &header, masker.clone(), Box::new(|_| {}))
+                    .expect("recorder");
+            StreamSession::new(recorder, None)
+        };
+        // A stream whose type is a NUL-separated list is the first item's: stdin, recorded.
+        let mut c = Compress::new(Compression::default(), true);
+        c.set_dictionary(&HEADER_DICTIONARY).expect("dictionary");
+        let mut reader = SpdyReader::new();
+        let mut channels = HashMap::new();
+        let mut session = new_session("a");
+        let frame = syn_stream(&mut c, 1, &[("streamtype", "stdin\0stdout")]);
+        client_spdy_frame(&frame, &mut reader, &mut channels, &mut session).expect("stdin stream");
+        client_spdy_frame(
+            &data_frame(1, false, b"id\n"),
+            &mut reader,
+            &mut channels,
+            &mut session,
+        )
+        .expect("stdin data");
+        let done = session.recorder.finish().expect("finish");
+        let text = std::fs::read_to_string(done.path).expect("read");
+        assert!(text.contains("\"i\",\"id\\n\""), "{text}");
+        // Refused: an unknown stream type, data on a stream never opened, client data on an
+        // output stream, a second SYN_STREAM for an id, an unknown control frame.
+        let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+            (
+                "stream of type",
+                vec![syn_stream(&mut c, 3, &[("streamtype", "data")])],
+            ),
+            ("never opened", vec![data_frame(9, false, b"x")]),
+            (
+                "Stdout stream",
+                vec![
+                    syn_stream(&mut c, 5, &[("streamtype", "stdout")]),
+                    data_frame(5, false, b"x"),
+                ],
+            ),
+            (
+                "opened twice",
+                vec![
+                    syn_stream(&mut c, 7, &[("streamtype", "stdin")]),
+                    syn_stream(&mut c, 7, &[("streamtype", "stdin")]),
+                ],
+            ),
+            (
+                "control frame type",
+                vec![vec![0x80, 3, 0, 0x0a, 0, 0, 0, 0]],
+            ),
+        ];
+        for (i, (expected, frames)) in cases.into_iter().enumerate() {
+            let mut session = new_session(&format!("r{i}"));
+            let mut result = Ok(());
+            for f in &frames {
+                result = client_spdy_frame(f, &mut reader, &mut channels, &mut session);
+                if result.is_err() {
+                    break;
+                }
+            }
+            let err = result.expect_err(expected).to_string();
+            assert!(err.contains(expected), "{err}");
+            assert!(session.refused.is_some());
+        }
+    }
 }
