@@ -44,6 +44,7 @@ use portcullis_crds::audit::{
     Identity, KubeRequestRecord, KubeResponseRecord, RecordingRecord, RecordingStart,
     RecordingUnavailable, RuleRef,
 };
+use portcullis_crds::gateway_policy::RecordingLimit;
 use portcullis_crds::protected_resource::TlsMode;
 use portcullis_crds::sidecar_config::{
     PolicyConfig, ResourceConfig, SidecarConfig, UpstreamConfig,
@@ -909,7 +910,7 @@ async fn relay(
             );
         })
     };
-    let recorder = match Recorder::create(
+    let mut recorder = match Recorder::create(
         &proxy.spool_dir,
         &name,
         &header,
@@ -932,6 +933,12 @@ async fn relay(
             return;
         }
     };
+    recorder.set_end_at_limit(
+        proxy
+            .policies
+            .iter()
+            .any(|p| p.kubernetes.recording_limit == RecordingLimit::EndSession),
+    );
     let live = proxy
         .policies
         .iter()

@@ -197,7 +197,12 @@ pub struct Recorder {
     input: Scanner,
     failed: Option<String>,
     on_part: PartSink,
+    end_at_limit: bool,
+    ended: Option<String>,
 }
+
+/// Bytes kept free at the end of a part for the marker that says why a session ended.
+const MARKER_ROOM: u64 = 512;
 
 impl Recorder {
     /// Start a recording in `<spool_dir>/recordings/` named `name` until it is finished.
@@ -262,6 +267,8 @@ impl Recorder {
             input: Scanner::new(Direction::Input),
             failed: None,
             on_part,
+            end_at_limit: false,
+            ended: None,
         };
         recorder.open_part()?;
         Ok(recorder)
@@ -270,6 +277,17 @@ impl Recorder {
     /// The name the recording was started under.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// End the session at the size limit instead of going on in a next part.
+    pub fn set_end_at_limit(&mut self, end: bool) {
+        self.end_at_limit = end;
+    }
+
+    /// Why the session must end now (the recording reached its size limit and the policy
+    /// says `endSession`); nothing more is recorded, so nothing more may be relayed.
+    pub fn ended(&self) -> Option<&str> {
+        self.ended.as_deref()
     }
 
     fn open_part(&mut self) -> std::io::Result<()> {
@@ -315,7 +333,21 @@ impl Recorder {
             .to_string()
             .into_bytes();
         line.push(b'\n');
-        if part.bytes + line.len() as u64 > self.limit && part.events > 0 {
+        if self.ended.is_some() {
+            return;
+        }
+        if self.end_at_limit && part.bytes + line.len() as u64 > self.limit - MARKER_ROOM {
+            let message = format!(
+                "session ended: its recording reached the size limit of {} bytes (policy recordingLimit: endSession)",
+                self.limit
+            );
+            let mut marker = json!([(t * 1e6).round() / 1e6, "m", message])
+                .to_string()
+                .into_bytes();
+            marker.push(b'\n');
+            self.ended = Some(message);
+            line = marker;
+        } else if part.bytes + line.len() as u64 > self.limit && part.events > 0 {
             if let Err(e) = self.roll_over() {
                 self.failed = Some(e);
                 return;
@@ -713,6 +745,33 @@ mod tests {
             )),
             r.finished.sha256
         );
+    }
+
+    #[test]
+    fn a_session_past_the_limit_ends_when_the_policy_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Recorder::with_limit(
+            dir.path(),
+            "s4-1",
+            &header(),
+            masker(),
+            Box::new(|_| panic!("no second part")),
+            8192,
+        )
+        .expect("create");
+        r.set_end_at_limit(true);
+        let mut lines = 0;
+        while r.ended().is_none() {
+            r.output(format!("line {lines} of the output\n").as_bytes());
+            lines += 1;
+            assert!(lines < 1000);
+        }
+        let done = r.finish().expect("finish");
+        assert!(done.bytes <= 8192, "{}", done.bytes);
+        let (_, events) = events(&done.path);
+        let last = events.last().expect("marker");
+        assert_eq!(last[1], "m");
+        assert!(last[2].as_str().unwrap_or_default().contains("size limit"));
     }
 
     #[test]

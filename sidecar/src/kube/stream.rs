@@ -305,6 +305,25 @@ impl StreamSession {
         }
     }
 
+    /// The error-channel message that ends a session the recording cannot go on with.
+    fn ended(&self) -> Option<Vec<u8>> {
+        let message = self.recorder.ended()?;
+        tracing::warn!(reason = %message, "exec session ended at the recording limit");
+        Some(
+            serde_json::json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": message,
+                "reason": "Forbidden",
+                "code": 403,
+            })
+            .to_string()
+            .into_bytes(),
+        )
+    }
+
     fn refuse(&mut self, reason: String) -> RelayError {
         tracing::warn!(reason = %reason, "exec stream frame refused; session ended");
         self.recorder.marker(&format!("frame refused: {reason}"));
@@ -419,6 +438,9 @@ where
                                 Err(reason) => break Err(session.refuse(reason)),
                             }
                         }
+                        if let Some(status) = session.ended() {
+                            break end_websocket(&mut client_tx, status).await;
+                        }
                         let closing = matches!(msg, Message::Close(_));
                         up_tx.send(msg).await.map_err(ws)?;
                         if closing {
@@ -434,6 +456,9 @@ where
                             Message::Binary(b) => match b.first().copied() {
                                 Some(c @ (1 | 2)) => {
                                     session.output(&b[1..]);
+                                    if let Some(status) = session.ended() {
+                                        break end_websocket(&mut client_tx, status).await;
+                                    }
                                     match session.live.as_mut() {
                                         Some(live) => {
                                             let out = live.push(u32::from(c), &b[1..]);
@@ -478,6 +503,36 @@ where
     let _ = client_tx.close().await;
     let _ = up_tx.close().await;
     result
+}
+
+/// Tell the client on the error channel why its session ends, and end it.
+async fn end_websocket<S>(tx: &mut S, status: Vec<u8>) -> Result<(), RelayError>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let mut data = Vec::with_capacity(status.len() + 1);
+    data.push(3);
+    data.extend_from_slice(&status);
+    tx.send(Message::Binary(data.into()))
+        .await
+        .map_err(|e| RelayError::Protocol(e.to_string()))?;
+    Err(RelayError::Refused(
+        "the recording reached its size limit".into(),
+    ))
+}
+
+/// Tell a SPDY client on its error stream why its session ends, and end it.
+async fn end_spdy<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    channels: &HashMap<u32, Channel>,
+    status: Vec<u8>,
+) -> Result<(), RelayError> {
+    if let Some((id, _)) = channels.iter().find(|(_, c)| **c == Channel::Error) {
+        client.write_all(&data_frame(*id, true, &status)).await?;
+    }
+    Err(RelayError::Refused(
+        "the recording reached its size limit".into(),
+    ))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -754,6 +809,9 @@ where
                 from_client.buf.extend_from_slice(&cbuf[..n]);
                 while let Some(frame) = from_client.next_frame()? {
                     client_spdy_frame(&frame, &mut from_client, &mut channels, session)?;
+                    if let Some(status) = session.ended() {
+                        return end_spdy(client, &channels, status).await;
+                    }
                     upstream.write_all(&frame).await?;
                 }
             }
@@ -769,6 +827,9 @@ where
                         match channels.get(&id) {
                             Some(Channel::Stdout | Channel::Stderr) => {
                                 session.output(&frame[8..]);
+                                if let Some(status) = session.ended() {
+                                    return end_spdy(client, &channels, status).await;
+                                }
                                 if let Some(live) = session.live.as_mut() {
                                     let fin = frame[4] & 0x01 != 0;
                                     let mut out = live.push(id, &frame[8..]);
