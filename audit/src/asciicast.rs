@@ -10,12 +10,21 @@
 //!
 //! A file is parsed whole before anything is played, so a damaged file is refused, naming the
 //! line, without printing half a session.
+//!
+//! Playing renders the recorded data with [`crate::sanitize`]: by default control sequences
+//! are shown as text and nothing reaches the reviewer's terminal that could move the cursor,
+//! erase, retitle, follow a link or write the clipboard; [`Render::Raw`] is an explicit
+//! choice, and even then OSC and DCS strings are dropped. Typed input is shown by default,
+//! inline and marked apart from output (`⟦in: ...⟧`), and markers (`⟦marker: ...⟧`).
 
 use std::io::Write;
 use std::time::Duration;
 
 use serde_json::Value;
 use thiserror::Error;
+
+pub use crate::sanitize::Render;
+use crate::sanitize::Sanitizer;
 
 /// Why a recording could not be read or played.
 #[derive(Debug, Error)]
@@ -186,6 +195,10 @@ pub struct PlayOptions {
     pub max_wait: Option<Duration>,
     /// Print without pausing.
     pub instant: bool,
+    /// How recorded data reaches the terminal.
+    pub render: Render,
+    /// Show typed input (inline, marked) when no separate writer is given for it.
+    pub show_input: bool,
 }
 
 impl Default for PlayOptions {
@@ -194,6 +207,8 @@ impl Default for PlayOptions {
             speed: 1.0,
             max_wait: Some(Duration::from_secs(2)),
             instant: false,
+            render: Render::Visible,
+            show_input: true,
         }
     }
 }
@@ -222,9 +237,10 @@ impl PlayOptions {
     }
 }
 
-/// Play `cast`: write the data of each `o` event to `output` (flushed after each event),
-/// pausing between events with `sleep` as `options` say. With `input`, the data of `i` events
-/// is written there. Resize and marker events are not printed.
+/// Play `cast`: write the rendered data of each `o` event to `output` (flushed after each
+/// event), pausing between events with `sleep` as `options` say. Input (`i` events) goes to
+/// `input` when given, else inline and marked when `options.show_input`; markers (`m`) are
+/// shown marked; resizes are not printed.
 pub fn play(
     cast: &Cast,
     output: &mut dyn Write,
@@ -233,11 +249,13 @@ pub fn play(
     sleep: &mut dyn FnMut(Duration),
 ) -> Result<(), CastError> {
     options.check()?;
+    let mut out_render = Sanitizer::new(options.render);
+    let mut in_render = Sanitizer::new(Render::Visible);
     let mut previous = 0.0;
     for event in &cast.events {
         let shown = match event.code.as_str() {
-            "o" => true,
-            "i" => input.is_some(),
+            "o" | "m" => true,
+            "i" => input.is_some() || options.show_input,
             _ => false,
         };
         if !shown {
@@ -248,14 +266,30 @@ pub fn play(
         if !pause.is_zero() {
             sleep(pause);
         }
-        if event.code == "o" {
-            output.write_all(event.data.as_bytes())?;
-            output.flush()?;
-        } else if let Some(w) = input.as_mut() {
-            w.write_all(event.data.as_bytes())?;
-            w.flush()?;
+        match event.code.as_str() {
+            "o" => output.write_all(out_render.render(event.data.as_bytes()).as_bytes())?,
+            "i" => {
+                let mut text = in_render.render(event.data.as_bytes());
+                text.push_str(&in_render.finish());
+                match input.as_mut() {
+                    Some(w) => {
+                        w.write_all(text.as_bytes())?;
+                        w.flush()?;
+                    }
+                    None => write!(output, "\u{27e6}in: {text}\u{27e7}")?,
+                }
+            }
+            _ => {
+                let mut marker = Sanitizer::new(Render::Visible);
+                let mut text = marker.render(event.data.as_bytes());
+                text.push_str(&marker.finish());
+                write!(output, "\u{27e6}marker: {text}\u{27e7}")?;
+            }
         }
+        output.flush()?;
     }
+    output.write_all(out_render.finish().as_bytes())?;
+    output.flush()?;
     Ok(())
 }
 
@@ -271,11 +305,16 @@ mod tests {
         "[1.5, \"r\", \"100x40\"]\n",
         "\n",
         "[11.5, \"o\", \"a.txt  b \\u00e9t\\u00e9\\r\\n\\u001b[1m$ \\u001b[0m\"]\n",
-        "[11.6, \"m\", \"done\"]\n",
+        "[11.7, \"r\", \"90x40\"]\n",
     );
 
     fn played(options: &PlayOptions, show_input: bool) -> (String, String, Vec<Duration>) {
         let cast = Cast::parse(CAST.as_bytes()).expect("parse");
+        let options = &PlayOptions {
+            render: Render::Raw,
+            show_input: false,
+            ..options.clone()
+        };
         let (mut out, mut inp, mut sleeps) = (Vec::new(), Vec::new(), Vec::new());
         play(
             &cast,
@@ -302,9 +341,11 @@ mod tests {
         assert_eq!(cast.header.width, Some(80));
         assert_eq!(cast.header.raw["env"]["TERM"], "xterm");
         assert_eq!(cast.events.len(), 6);
+        let (out, _, _) = played(&PlayOptions::default(), false);
         let expected = "$ ls\r\na.txt  b \u{e9}t\u{e9}\r\n\u{1b}[1m$ \u{1b}[0m";
         assert_eq!(cast.output(), expected);
-        let (out, inp, sleeps) = played(&PlayOptions::default(), false);
+        let (out2, inp, sleeps) = played(&PlayOptions::default(), false);
+        assert_eq!(out, out2);
         assert_eq!(out, expected);
         assert_eq!(inp, "");
         // 0.5 s, then 0.75 s, then 10 s capped at 2 s.
@@ -316,7 +357,7 @@ mod tests {
                 Duration::from_secs(2)
             ]
         );
-        assert_eq!(cast.duration(), Duration::from_millis(11_600));
+        assert_eq!(cast.duration(), Duration::from_millis(11_700));
     }
 
     #[test]
@@ -325,7 +366,7 @@ mod tests {
             &PlayOptions {
                 speed: 2.0,
                 max_wait: None,
-                instant: false,
+                ..PlayOptions::default()
             },
             false,
         );
@@ -347,7 +388,7 @@ mod tests {
             },
             true,
         );
-        assert_eq!(inp, "ls\r");
+        assert_eq!(inp, "ls^M", "input is shown, control characters as text");
         assert!(sleeps.is_empty());
         let cast = Cast::parse(CAST.as_bytes()).expect("parse");
         let err = play(
@@ -362,6 +403,37 @@ mod tests {
         )
         .expect_err("speed 0");
         assert_eq!(err.to_string(), "speed 0 must be a positive number");
+    }
+
+    #[test]
+    fn default_replay_shows_input_marked_and_sequences_visibly() {
+        let cast = Cast::parse(
+            concat!(
+                "{\"version\": 2}\n",
+                "[0.1, \"o\", \"$ \"]\n",
+                "[0.2, \"i\", \"rm -rf /data\\r\"]\n",
+                "[0.3, \"o\", \"\\u001b[1A\\u001b[2K\\u001b]52;c;eA==\\u0007done\\r\\n\"]\n",
+                "[0.4, \"m\", \"recording cut short\"]\n",
+            )
+            .as_bytes(),
+        )
+        .expect("parse");
+        let mut out = Vec::new();
+        play(
+            &cast,
+            &mut out,
+            None,
+            &PlayOptions {
+                instant: true,
+                ..PlayOptions::default()
+            },
+            &mut |_| {},
+        )
+        .expect("play");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "$ \u{27e6}in: rm -rf /data^M\u{27e7}^[[1A^[[2K^[]52;c;eA==^Gdone\n\u{27e6}marker: recording cut short\u{27e7}"
+        );
     }
 
     #[test]

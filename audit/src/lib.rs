@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod prune;
 pub mod recordings;
 pub mod retention;
+pub mod sanitize;
 pub mod segment;
 pub mod service;
 pub mod store;

@@ -113,6 +113,11 @@ pub enum AuditEvent {
     /// Stands in for a record larger than [`MAX_RECORD_BYTES`], which the audit service does
     /// not take: it names the original's kind, SHA-256 and size, so the loss is visible.
     Oversize(OversizeRecord),
+    /// An exec or attach session's recording began; written when the stream opens, before
+    /// any of it is relayed, so a recording that never finishes is still known.
+    RecordingStarted(RecordingStart),
+    /// A recording a `recording` record names cannot be served by the audit service, and why.
+    RecordingUnavailable(RecordingUnavailable),
 }
 
 /// Largest audit record (its JSON line) the audit service takes; the sidecar ships a
@@ -263,6 +268,47 @@ pub struct RecordingRecord {
     /// Personal data masked in the recording, per detector. Never holds a value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masked: Vec<MaskedOutput>,
+    /// Name the recording was started under (see [`RecordingStart::name`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Part number (from 1) of a session recorded in several parts; 0 for a single part.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub part: u32,
+    /// Another part follows this one (the session went on past the size limit).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continued: bool,
+    /// Why the recording ends before the session did (the sidecar stopped, writing failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_short: Option<String>,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The start of a session recording.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingStart {
+    /// The request that opened the session.
+    pub request_id: u64,
+    /// Name of the recording until it is finished and named by its hash
+    /// (`<session>-<request>`); the `recording` records of its parts carry it.
+    pub name: String,
+    /// Stream protocol.
+    pub protocol: String,
+    /// `NAMESPACE/POD/CONTAINER`.
+    pub target: String,
+}
+
+/// A recording the audit service cannot serve.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingUnavailable {
+    /// Hex SHA-256 of the recording.
+    pub sha256: String,
+    /// Why the service does not have it.
+    pub reason: String,
 }
 
 /// Values one detector masked in a recording.

@@ -647,6 +647,23 @@ pub struct KubernetesSettings {
     /// is always masked). Matches are replaced in place by `*` of the same length.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mask_live_output: bool,
+    /// What happens when an exec session's recording reaches the audit service's size limit
+    /// for one file (64 MiB): `rollOver` (default) records on in a next part, each part
+    /// hashed, uploaded and linked from its own record; `endSession` ends the session with a
+    /// message to the client and a marker in the recording.
+    #[serde(default)]
+    pub recording_limit: RecordingLimit,
+}
+
+/// What happens at the recording size limit.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum RecordingLimit {
+    /// The recording goes on in a next part.
+    #[default]
+    RollOver,
+    /// The session ends.
+    EndSession,
 }
 
 /// Whether a kind of Kubernetes request is refused or allowed and recorded.

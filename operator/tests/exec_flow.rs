@@ -537,7 +537,13 @@ policies:
             assert_eq!(rec.exit_code, Some(3));
         }
         let replay = Command::new(common::PLUGIN)
-            .args(["replay", &path.to_string_lossy(), "--instant"])
+            .args([
+                "replay",
+                &path.to_string_lossy(),
+                "--instant",
+                "--raw",
+                "--hide-input",
+            ])
             .output()
             .expect("kubectl portcullis replay");
         assert!(replay.status.success(), "{}", common::text(&replay));
@@ -606,4 +612,629 @@ policies:
     sidecar.shutdown().await;
     common::unregister(&client, &format!("exec-flow-{ns}")).await;
     webhook.stop().await;
+}
+
+/// kubectl exec with raw bytes on standard input.
+fn kubectl_bytes(kubeconfig: &str, spdy: bool, stdin: &[u8], args: &[&str]) -> Output {
+    use std::io::Write;
+    let h = harness();
+    let mut child = Command::new(h.kubectl_path())
+        .env("KUBECONFIG", kubeconfig)
+        .env(
+            "KUBECTL_REMOTE_COMMAND_WEBSOCKETS",
+            if spdy { "false" } else { "true" },
+        )
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    let mut pipe = child.stdin.take().expect("stdin");
+    pipe.write_all(stdin).expect("write stdin");
+    drop(pipe);
+    child.wait_with_output().expect("kubectl output")
+}
+
+/// How an attack reaches the exec stream.
+#[derive(Clone, Copy, Debug)]
+enum Client {
+    /// kubectl over WebSocket (`v5.channel.k8s.io`).
+    KubectlWebSocket,
+    /// kubectl over SPDY/3.1.
+    KubectlSpdy,
+    /// The Python kubernetes client's stream(), in one of recording_attacks.py's modes.
+    Python(&'static str),
+}
+
+/// Where a client connects.
+struct Target<'a> {
+    /// A kubeconfig (kubectl; Python when `sa_dir` is `None`).
+    kubeconfig: &'a str,
+    /// The sidecar's port and the agent's service-account directory (Python in-cluster).
+    in_cluster: Option<(u16, &'a Path)>,
+    namespace: &'a str,
+}
+
+/// Run `cat` in the target pod with `stdin`; returns (success, standard output).
+fn run_cat(client: Client, target: &Target<'_>, stdin: &[u8]) -> (bool, String) {
+    match client {
+        Client::KubectlWebSocket | Client::KubectlSpdy => {
+            let out = kubectl_bytes(
+                target.kubeconfig,
+                matches!(client, Client::KubectlSpdy),
+                stdin,
+                &[
+                    "exec",
+                    "-i",
+                    "-n",
+                    target.namespace,
+                    "web-0",
+                    "-c",
+                    "app",
+                    "--",
+                    "cat",
+                ],
+            );
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }
+        Client::Python(mode) => {
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/recording_attacks.py");
+            let value = String::from_utf8_lossy(stdin)
+                .trim_end_matches('\n')
+                .to_owned();
+            let mut cmd = Command::new("python3");
+            cmd.arg(&script)
+                .arg(mode)
+                .arg(&value)
+                .env("NAMESPACE", target.namespace)
+                .env("POD", "web-0");
+            match target.in_cluster {
+                Some((port, sa)) => {
+                    cmd.env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+                        .env("KUBERNETES_SERVICE_PORT", port.to_string())
+                        .env("SA_DIR", sa);
+                }
+                None => {
+                    cmd.env("KUBECONFIG_FILE", target.kubeconfig);
+                }
+            }
+            let out = cmd.output().expect("run python3");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let result: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+                panic!("recording_attacks.py {mode}: {e}: {}", common::text(&out))
+            });
+            (
+                result["open"].as_bool().unwrap_or(false),
+                result["stdout"].as_str().unwrap_or_default().to_owned(),
+            )
+        }
+    }
+}
+
+/// One attack of the table.
+struct Attack {
+    family: &'static str,
+    client: Client,
+    /// Sent to `cat`; holds a unique word that names the attack's recording.
+    stdin: Vec<u8>,
+    /// A value that the screen shows and the direct session returns, and that must not be in
+    /// the recording, the records or (live masking on) the client's output.
+    secret: Option<&'static str>,
+}
+
+/// The recording (file text, input, output) whose input holds `word`.
+fn recording_with(spool: &Path, word: &str) -> Option<(String, String, String, serde_json::Value)> {
+    let dir = spool.join("recordings");
+    for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+        if !entry.file_name().to_string_lossy().ends_with(".cast") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).ok()?;
+        let (header, output, input) = recorded_output(&entry.path());
+        if input.contains(word) || output.contains(word) {
+            return Some((text, input, output, header));
+        }
+    }
+    None
+}
+
+/// The families of issue "recordings a reviewer can trust", each with kubectl (WebSocket and
+/// SPDY) or the Python client, first directly against the API server (the attack's data runs
+/// and shows), then through the sidecar (recorded, masked, refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recordings_hold_every_input_and_no_masked_value() {
+    let h = harness();
+    h.install_crds().await;
+    let client = h.client().await;
+    let ns = h.namespace("recording-attacks").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    h.service_account(&ns, "agent").await;
+    common::create::<Role>(
+        &client,
+        &ns,
+        serde_json::json!({
+            "metadata": {"name": "agent"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+                {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]}
+            ]
+        }),
+    )
+    .await;
+    common::create::<RoleBinding>(
+        &client,
+        &ns,
+        serde_json::json!({
+            "metadata": {"name": "agent"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agent"},
+            "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}]
+        }),
+    )
+    .await;
+    let target: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-0"},
+        "spec": {"nodeName": h.exec_node(), "containers": [{"name": "app", "image": "app:1"}]}
+    }))
+    .expect("pod");
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &target)
+        .await
+        .expect("create the target pod");
+    let certs = portcullis_operator::certs::generate(
+        &["127.0.0.1".to_owned(), "localhost".to_owned()],
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    )
+    .expect("certificates");
+    let tls = dir.path().join("tls");
+    std::fs::create_dir_all(&tls).expect("tls dir");
+    std::fs::write(tls.join("tls.crt"), &certs.cert_pem).expect("cert");
+    std::fs::write(tls.join("tls.key"), &certs.key_pem).expect("key");
+    let agent_sa = dir.path().join("agent-sa");
+    std::fs::create_dir_all(&agent_sa).expect("agent sa dir");
+    std::fs::write(agent_sa.join("ca.crt"), &certs.ca_pem).expect("agent ca");
+    std::fs::write(agent_sa.join("token"), PLACEHOLDER).expect("placeholder");
+    let token = h.token(&ns, "agent", None, None).await;
+    let token_file = dir.path().join("sidecar-token");
+    std::fs::write(&token_file, &token).expect("token");
+    let api_url: http::Uri = h.apiserver_url().parse().expect("api url");
+    let spool = dir.path().join("spool");
+    let config_text = format!(
+        "apiVersion: portcullis.dev/sidecar-config/v1alpha1
+namespace: {ns}
+adminListen: 127.0.0.1:0
+audit:
+  spoolDir: {spool}
+resources:
+- name: cluster-api
+  type: kubernetes
+  listenPort: 0
+  upstream:
+    host: {host}
+    port: {port}
+    tlsMode: verify-full
+    caFile: {ca}
+  serverTls:
+    certFile: {tls}/tls.crt
+    keyFile: {tls}/tls.key
+  tokenFile: {token_file}
+  policies: [gdpr-exec]
+policies:
+- name: gdpr-exec
+  masking:
+  - name: ssn
+    detector: regex
+    pattern: '\\b\\d{{3}}-\\d{{2}}-\\d{{4}}\\b'
+    strategy: redact
+  guardrails:
+  - name: destructive
+    execCommands: [\"rm *\"]
+    action: deny
+  kubernetes:
+    maskLiveOutput: true
+",
+        spool = spool.display(),
+        host = api_url.host().expect("host"),
+        port = api_url.port_u16().unwrap_or(443),
+        ca = h.ca_file(),
+        tls = tls.display(),
+        token_file = token_file.display(),
+    );
+    let start = |config_text: String| async move {
+        let config = SidecarConfig::from_yaml(&config_text).expect("sidecar config");
+        let options = Options::service_account(&ns_of(&config_text), "agent");
+        portcullis_sidecar::start(config, options)
+            .await
+            .expect("sidecar starts")
+    };
+    let sidecar = start(config_text.clone()).await;
+    let port = sidecar.addr("cluster-api").expect("listening").port();
+    let agent = common::token_kubeconfig(
+        &dir.path().join("agent.kubeconfig"),
+        &format!("https://127.0.0.1:{port}"),
+        &agent_sa.join("ca.crt").to_string_lossy(),
+        PLACEHOLDER,
+        &ns,
+    );
+    let direct = Target {
+        kubeconfig: h.kubeconfig(),
+        in_cluster: None,
+        namespace: &ns,
+    };
+    let through = |python: bool| Target {
+        kubeconfig: if python { "" } else { &agent },
+        in_cluster: python.then_some((port, agent_sa.as_path())),
+        namespace: &ns,
+    };
+
+    let email = "alice.meyer@example.com";
+    let long_line = {
+        let mut l = b"fam-long ".to_vec();
+        l.extend(std::iter::repeat_n(b'w', 4080));
+        l.extend_from_slice(format!(" {email} end\n").as_bytes());
+        l
+    };
+    let mut attacks = Vec::new();
+    for client in [Client::KubectlWebSocket, Client::KubectlSpdy] {
+        for (family, stdin, secret) in [
+            (
+                "colour codes inside a value",
+                b"fam-colour \x1b[1malice\x1b[0m.meyer@example.com end\n".to_vec(),
+                "meyer@example.com",
+            ),
+            (
+                "backspace overstrike",
+                b"fam-bs xxxxx\x08\x08\x08\x08\x08alice.meyer@example.com\n".to_vec(),
+                email,
+            ),
+            (
+                "carriage-return overstrike",
+                b"fam-cr xxxxx.meyer@example.com\rfam-cr alice\n".to_vec(),
+                "meyer@example.com",
+            ),
+            (
+                "zero-width character inside a value",
+                "fam-zw alice.me\u{200b}yer@example.com\n"
+                    .as_bytes()
+                    .to_vec(),
+                "yer@example.com",
+            ),
+            (
+                "invalid UTF-8 earlier in the line",
+                b"fam-utf8 \xff\xfe alice.meyer@example.com\n".to_vec(),
+                email,
+            ),
+            (
+                "value straddling the 4096-byte flush",
+                long_line.clone(),
+                email,
+            ),
+            (
+                "IBAN followed by the next column",
+                b"fam-iban DE89370400440532013000 COBADEFFXXX\n".to_vec(),
+                "DE89370400440532013000",
+            ),
+            (
+                "policy regex detector (SSN)",
+                b"fam-ssn 123-45-6789 x\n".to_vec(),
+                "123-45-6789",
+            ),
+        ] {
+            attacks.push(Attack {
+                family,
+                client,
+                stdin,
+                secret: Some(secret),
+            });
+        }
+    }
+    attacks.push(Attack {
+        family: "stdin as WebSocket text frames",
+        client: Client::Python("text-stdin"),
+        stdin: b"fam-text ran-by-the-server\n".to_vec(),
+        secret: None,
+    });
+    attacks.push(Attack {
+        family: "colour codes in text frames",
+        client: Client::Python("text-stdin"),
+        stdin: b"fam-pycolour \x1b[1malice\x1b[0m.meyer@example.com end\n".to_vec(),
+        secret: Some("meyer@example.com"),
+    });
+    attacks.push(Attack {
+        family: "input typed one character per frame (live output split across frames)",
+        client: Client::Python("per-char"),
+        stdin: format!("fam-char {email}\n").into_bytes(),
+        secret: Some(email),
+    });
+    attacks.push(Attack {
+        family: "resize as a text frame",
+        client: Client::Python("resize"),
+        stdin: b"fam-resize\n".to_vec(),
+        secret: None,
+    });
+
+    for attack in &attacks {
+        let word = String::from_utf8_lossy(&attack.stdin)
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let what = format!("{} ({:?})", attack.family, attack.client);
+        // Without the sidecar: the server runs it and the screen shows the value.
+        let (ok, out) =
+            tokio::task::block_in_place(|| run_cat(attack.client, &direct, &attack.stdin));
+        assert!(
+            ok || matches!(attack.client, Client::Python(_)),
+            "{what}: direct session failed"
+        );
+        assert!(out.contains(&word), "{what}: direct output {out:?}");
+        if let Some(secret) = attack.secret {
+            assert!(out.contains(secret), "{what}: direct output {out:?}");
+        }
+        // Through the sidecar.
+        let python = matches!(attack.client, Client::Python(_));
+        let (_, out) =
+            tokio::task::block_in_place(|| run_cat(attack.client, &through(python), &attack.stdin));
+        assert!(
+            out.contains(&word),
+            "{what}: output through the sidecar {out:?}"
+        );
+        let (text, input, _output, header) = common::eventually(
+            Duration::from_secs(15),
+            &format!("the recording of {what}"),
+            || {
+                let spool = spool.clone();
+                let word = word.clone();
+                async move { recording_with(&spool, &word) }
+            },
+        )
+        .await;
+        assert!(
+            input.contains(&word),
+            "{what}: input not recorded: {input:?}"
+        );
+        if let Some(secret) = attack.secret {
+            assert!(
+                !text.contains(secret),
+                "{what}: recording holds {secret}: {text}"
+            );
+            assert!(
+                !out.contains(secret),
+                "{what}: live output holds {secret}: {out:?}"
+            );
+        }
+        if attack.family == "resize as a text frame" {
+            assert!(text.contains("\"r\",\"123x45\""), "{what}: {text}");
+        }
+        assert_eq!(header["version"], 2);
+        // The recording is moved out of the way so the next attack finds its own.
+        for entry in std::fs::read_dir(spool.join("recordings"))
+            .expect("recordings")
+            .flatten()
+        {
+            if std::fs::read_to_string(entry.path()).is_ok_and(|t| t == text) {
+                let done = spool.join("checked");
+                std::fs::create_dir_all(&done).expect("checked dir");
+                std::fs::rename(entry.path(), done.join(entry.file_name())).expect("move");
+            }
+        }
+    }
+
+    // A frame on a channel a client never writes: the API server ignores it, the relay
+    // refuses it and ends the session; nothing sent after it runs.
+    let (open, out) = tokio::task::block_in_place(|| {
+        run_cat(Client::Python("bad-channel"), &direct, b"fam-after\n")
+    });
+    assert!(
+        open && out.contains("fam-after"),
+        "direct: open {open}, {out:?}"
+    );
+    let (_, out) = tokio::task::block_in_place(|| {
+        run_cat(
+            Client::Python("bad-channel"),
+            &through(true),
+            b"fam-after\n",
+        )
+    });
+    assert!(!out.contains("fam-after"), "through the sidecar: {out:?}");
+    let refused = common::eventually(
+        Duration::from_secs(15),
+        "the refused frame's recording",
+        || {
+            let spool = spool.clone();
+            async move {
+                let dir = spool.join("recordings");
+                std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+                    if !e.file_name().to_string_lossy().ends_with(".cast") {
+                        return None;
+                    }
+                    let t = std::fs::read_to_string(e.path()).ok()?;
+                    t.contains("frame refused").then_some(t)
+                })
+            }
+        },
+    )
+    .await;
+    assert!(
+        refused.contains("client data on output channel 1"),
+        "{refused}"
+    );
+
+    // A command that is refused: its value is masked in every field of the record.
+    let out = kubectl(
+        &agent,
+        false,
+        None,
+        &[
+            "exec",
+            "web-0",
+            "--",
+            "sh",
+            "-c",
+            &format!("rm -f /tmp/{email}"),
+        ],
+    );
+    assert!(
+        !out.status.success() && common::text(&out).contains("guardrail destructive"),
+        "{}",
+        common::text(&out)
+    );
+
+    // Replay: cursor-up-and-erase, clipboard and title sequences are shown as text; input
+    // is shown, marked.
+    let hostile =
+        b"fam-replay hidden-line\n\x1b[1A\x1b[2K\x1b]52;c;aGk=\x07\x1b]0;pwned\x07shown\n";
+    let out = kubectl_bytes(
+        &agent,
+        false,
+        hostile,
+        &["exec", "-i", "web-0", "--", "cat"],
+    );
+    assert!(out.status.success(), "{}", common::text(&out));
+    let (path, _) = common::eventually(Duration::from_secs(15), "the hostile recording", || {
+        let spool = spool.clone();
+        async move {
+            let dir = spool.join("recordings");
+            std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+                if !e.file_name().to_string_lossy().ends_with(".cast") {
+                    return None;
+                }
+                let t = std::fs::read_to_string(e.path()).ok()?;
+                t.contains("fam-replay").then_some((e.path(), t))
+            })
+        }
+    })
+    .await;
+    let replay = Command::new(common::PLUGIN)
+        .args(["replay", &path.to_string_lossy(), "--instant"])
+        .output()
+        .expect("replay");
+    let shown = String::from_utf8_lossy(&replay.stdout);
+    assert!(replay.status.success(), "{}", common::text(&replay));
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains("hidden-line\n^[[1A^[[2K^[]52;c;aGk=^G^[]0;pwned^Gshown"),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains("\u{27e6}in: fam-replay hidden-line"),
+        "{shown:?}"
+    );
+    let raw = Command::new(common::PLUGIN)
+        .args([
+            "replay",
+            &path.to_string_lossy(),
+            "--instant",
+            "--raw",
+            "--hide-input",
+        ])
+        .output()
+        .expect("replay --raw");
+    let raw = String::from_utf8_lossy(&raw.stdout);
+    assert!(
+        raw.contains("\u{1b}[1A") && !raw.contains("\u{1b}]52") && !raw.contains("\u{1b}]0;"),
+        "{raw:?}"
+    );
+
+    // A sidecar stopped mid-session: the start is in the log, and the next start finishes,
+    // reports and marks the partial recording.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/recording_attacks.py");
+    let mut held = Command::new("python3")
+        .arg(&script)
+        .args(["hold", &format!("fam-kill {email}")])
+        .env("NAMESPACE", &ns)
+        .env("POD", "web-0")
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", port.to_string())
+        .env("SA_DIR", &agent_sa)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 hold");
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(held.stdout.take().expect("stdout")));
+    let first = tokio::task::block_in_place(|| lines.next())
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    assert!(first.contains("fam-kill"), "{first}");
+    // What a killed sidecar leaves: the partial file as it is on disk now, and the spool.
+    let partial = std::fs::read_dir(spool.join("recordings"))
+        .expect("recordings")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".cast.partial"))
+        .expect("the session's recording is on disk while it runs");
+    let partial_name = partial.file_name();
+    let snapshot = std::fs::read(partial.path()).expect("partial");
+    assert!(String::from_utf8_lossy(&snapshot).contains("fam-kill"));
+    let records = common::spool_records(&spool);
+    let name = partial_name
+        .to_string_lossy()
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        records
+            .iter()
+            .any(|r| matches!(&r.event, AuditEvent::RecordingStarted(s) if s.name == name)),
+        "the recording's start is in the log while the session runs"
+    );
+    sidecar.shutdown().await;
+    let _ = held.kill();
+    let _ = held.wait();
+    let spool2 = dir.path().join("spool-after-kill");
+    std::fs::create_dir_all(spool2.join("recordings")).expect("spool2");
+    std::fs::write(spool2.join("recordings").join(&partial_name), &snapshot).expect("snapshot");
+    let sidecar = start(config_text.replace(
+        &format!("spoolDir: {}", spool.display()),
+        &format!("spoolDir: {}", spool2.display()),
+    ))
+    .await;
+    let records = common::spool_records(&spool2);
+    let recovered = records
+        .iter()
+        .find_map(|r| match &r.event {
+            AuditEvent::Recording(rec) if rec.name == name => Some(rec.clone()),
+            _ => None,
+        })
+        .expect("the partial recording is reported after the restart");
+    assert!(recovered.cut_short.is_some(), "{recovered:?}");
+    assert!(!spool2.join("recordings").join(&partial_name).exists());
+    let file = spool2
+        .join("recordings")
+        .join(format!("{}.cast", recovered.sha256));
+    let text = std::fs::read_to_string(&file).expect("recovered recording");
+    assert_eq!(
+        hex::encode(Sha256::digest(text.as_bytes())),
+        recovered.sha256
+    );
+    assert!(text.contains("fam-kill") && !text.contains(email), "{text}");
+    assert!(text.contains("recording cut short"), "{text}");
+
+    // No masked value in any record of the spool.
+    let spool_text: String = std::fs::read_dir(&spool)
+        .expect("spool")
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    for secret in ["meyer@example", "DE89370400440532013000", "123-45-6789"] {
+        assert!(!spool_text.contains(secret), "{secret} in the audit spool");
+    }
+    sidecar.shutdown().await;
+}
+
+fn ns_of(config_text: &str) -> String {
+    config_text
+        .lines()
+        .find_map(|l| l.strip_prefix("namespace: "))
+        .unwrap_or_default()
+        .to_owned()
 }

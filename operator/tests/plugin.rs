@@ -39,13 +39,23 @@ fn replay_plays_a_recording_file_and_refuses_a_damaged_one() {
     )
     .expect("write");
     let file_s = file.to_string_lossy().into_owned();
-    let out = common::plugin("/nonexistent", &["replay", &file_s, "--speed", "4"]);
+    let out = common::plugin(
+        "/nonexistent",
+        &["replay", &file_s, "--speed", "4", "--raw", "--hide-input"],
+    );
     assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "$ ls\r\n\u{1b}[0ma.txt\r\n"
     );
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    // By default: input inline and marked, control sequences as text, colours dropped.
+    let out = common::plugin("/nonexistent", &["replay", &file_s, "--instant"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "$ \u{27e6}in: ls^M\u{27e7}ls\na.txt\n"
+    );
 
     std::fs::write(&file, b"{\"version\": 1}\n[0.1, \"o\", \"x\"]\n").expect("write");
     let out = common::plugin("/nonexistent", &["replay", &file_s, "--instant"]);
@@ -389,7 +399,15 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
     // The session replays from the bundle (by a prefix of its SHA-256) and from the service.
     let out = common::plugin(
         h.kubeconfig(),
-        &["replay", &sha[..10], "--bundle", &bundle_s, "--instant"],
+        &[
+            "replay",
+            &sha[..10],
+            "--bundle",
+            &bundle_s,
+            "--instant",
+            "--raw",
+            "--hide-input",
+        ],
     );
     assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(
@@ -414,11 +432,8 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
         ],
     );
     assert!(out.status.success(), "{}", common::text(&out));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "$ id\r\nuid=0(root)\r\n"
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "id\r");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "$ id\nuid=0(root)\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "id^M");
 
     // One flipped byte in the recording: verify names the file.
     let bundled = bundle.join(format!("recordings/{sha}.cast"));

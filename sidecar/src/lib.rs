@@ -140,6 +140,9 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
         process_nonce: format!("{:08x}", rand::rng().random::<u32>()),
         session_counter: Default::default(),
     };
+    // Recordings a stopped sidecar left unfinished are finished, reported and then uploaded
+    // like any other, marked as cut short.
+    kube::recover_recordings(&spool, &config.audit.spool_dir, &options.identity);
     let workers = Arc::new(Workers::start(options.workers).map_err(StartError::Workers)?);
     tracing::debug!(workers = workers.len(), "session workers started");
     let (stop, stopped) = watch::channel(false);
@@ -155,6 +158,8 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
         tasks.spawn(shipper.run(stopped.clone()));
         tasks.spawn(audit::recordings::run(
             config.audit.spool_dir.clone(),
+            spool.clone(),
+            options.identity.clone(),
             ship.clone(),
             metrics.clone(),
             stopped.clone(),

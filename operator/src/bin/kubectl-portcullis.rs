@@ -7,7 +7,7 @@
 //!   kubectl portcullis verify DIR --public-key FILE
 //!       [--expect-head FILE | --from-cluster [-n NAMESPACE]] [--audit-url URL --ca FILE] [--allow-older]
 //!   kubectl portcullis replay SESSION [--bundle DIR | --audit-url URL --ca FILE --token-file FILE]
-//!       [--speed 1.0] [--max-wait 2.0] [--instant] [--show-input]
+//!       [--speed 1.0] [--max-wait 2.0] [--instant] [--show-input | --hide-input] [--raw]
 //!
 //! `approve`/`deny` set `spec.decision`; the API server's admission stamps who decided. The
 //! evidence bundle, with the recordings of the exec sessions it names and a manifest the audit
@@ -22,7 +22,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use portcullis_audit::asciicast::{play, Cast, PlayOptions};
+use portcullis_audit::asciicast::{play, Cast, PlayOptions, Render};
 use portcullis_audit::bundle::{
     add_recording, find_recording, referenced_recordings, verify_bundle_trusting,
     write_bundle_from, Trust,
@@ -105,9 +105,18 @@ struct ReplayArgs {
     /// Print the whole session at once.
     #[arg(long)]
     instant: bool,
-    /// Also print what was typed (input events) to standard error.
-    #[arg(long)]
+    /// Print what was typed (input events) to standard error instead of inline; typed input
+    /// is shown inline, marked `⟦in: ...⟧`, by default.
+    #[arg(long, conflicts_with = "hide_input")]
     show_input: bool,
+    /// Do not show typed input.
+    #[arg(long)]
+    hide_input: bool,
+    /// Write the recorded output to the terminal as recorded (cursor moves, erases, colours)
+    /// instead of showing control sequences as text; window titles, clipboard writes,
+    /// hyperlinks and other OSC and DCS strings are dropped even then.
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(clap::Args)]
@@ -405,6 +414,12 @@ async fn replay(args: ReplayArgs, namespace: Option<String>) -> Result<String, S
         speed: args.speed,
         max_wait: Some(max_wait),
         instant: args.instant,
+        render: if args.raw {
+            Render::Raw
+        } else {
+            Render::Visible
+        },
+        show_input: !args.hide_input,
     };
     let content = load_recording(&args, namespace.as_deref()).await?;
     let cast = Cast::parse(&content).map_err(|e| format!("{}: {e}", args.session))?;

@@ -3,7 +3,9 @@
 //! A recording is written to `<spool>/recordings/<sha256>.cast` and made durable before its
 //! audit record (which carries the hash) is appended, so the record never names a file that
 //! could be lost. This task uploads each file (the service checks the hash against the name)
-//! and deletes it once the service has stored it; until then it stays in the spool.
+//! and deletes it once the service has stored it; until then it stays in the spool. A file
+//! the service refuses is set aside in the spool, and a `recordingUnavailable` record says
+//! which recording the service will not have, and why.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +14,10 @@ use portcullis_audit::client::{AuditClient, Bytes};
 use portcullis_audit::recordings::is_sha256;
 use tokio::sync::watch;
 
+use portcullis_crds::audit::{AuditEvent, Identity, RecordingUnavailable};
+
 use super::ship::ShipperOptions;
+use super::spool::{RecordContext, Spool};
 use crate::kube::recording::RECORDINGS_DIR;
 use crate::metrics::Metrics;
 
@@ -38,6 +43,8 @@ fn pending(dir: &std::path::Path) -> Vec<(String, PathBuf)> {
 /// Upload recordings until `stop`.
 pub async fn run(
     spool_dir: PathBuf,
+    spool: Spool,
+    identity: Identity,
     options: ShipperOptions,
     metrics: Metrics,
     mut stop: watch::Receiver<bool>,
@@ -96,6 +103,15 @@ pub async fn run(
                     // was damaged in the spool. Kept aside for inspection, not sent again.
                     let aside = path.with_extension("cast.refused");
                     tracing::error!(%sha, error = %e, file = %aside.display(), "the audit service refused a recording; kept aside");
+                    let ctx =
+                        RecordContext::new("recordings".into(), identity.clone(), String::new());
+                    let event = AuditEvent::RecordingUnavailable(RecordingUnavailable {
+                        sha256: sha.clone(),
+                        reason: format!("the audit service refused the recording ({e}); it is kept aside in the sidecar's spool as {}", aside.display()),
+                    });
+                    if let Err(e) = spool.append(&ctx, event) {
+                        tracing::error!(error = %e, "cannot record a refused recording");
+                    }
                     if let Err(e) = tokio::fs::rename(&path, &aside).await {
                         tracing::warn!(file = %path.display(), error = %e, "cannot set a refused recording aside");
                     }

@@ -20,6 +20,7 @@ pub mod decide;
 mod pod_writes;
 pub mod recording;
 pub mod request;
+pub mod screen;
 mod spdy_dictionary;
 pub mod stream;
 
@@ -43,8 +44,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis_crds::audit::{
     ApprovalRecord, ApprovalStep, AuditEvent, AuthenticationRefused, Decision, ExecDetails,
-    Identity, KubeRequestRecord, KubeResponseRecord, RecordingRecord, RuleRef,
+    Identity, KubeRequestRecord, KubeResponseRecord, RecordingRecord, RecordingStart,
+    RecordingUnavailable, RuleRef,
 };
+use portcullis_crds::gateway_policy::RecordingLimit;
 use portcullis_crds::protected_resource::TlsMode;
 use portcullis_crds::sidecar_config::{
     PolicyConfig, ResourceConfig, SidecarConfig, UpstreamConfig,
@@ -374,14 +377,12 @@ impl KubeProxy {
     }
 
     fn masked_words(&self, words: &[String]) -> Vec<String> {
-        words
-            .iter()
-            .map(|w| {
-                let mut b = w.as_bytes().to_vec();
-                self.masker.mask_in_place(&mut b, &mut BTreeMap::new());
-                String::from_utf8_lossy(&b).into_owned()
-            })
-            .collect()
+        words.iter().map(|w| self.masker.mask_text(w)).collect()
+    }
+
+    /// A text bound for an audit record (a reason, an error) with every value masked.
+    fn masked(&self, text: Option<String>) -> Option<String> {
+        text.map(|t| self.masker.mask_text(&t))
     }
 
     /// The sidecar's own service-account token, read afresh (the kubelet rotates it).
@@ -534,7 +535,7 @@ async fn handle(
                     &ctx,
                     AuditEvent::AuthenticationRefused(AuthenticationRefused {
                         client_address: session.peer.to_string(),
-                        reason: e.to_string(),
+                        reason: proxy.masker.mask_text(&e.to_string()),
                     }),
                 );
                 return status(
@@ -591,7 +592,7 @@ async fn handle(
         container: p.container.clone(),
         command: proxy.masked_words(&p.command),
         analysed: proxy.masked_words(&a.commands),
-        unanalysable: a.unanalysable.clone(),
+        unanalysable: proxy.masked(a.unanalysable.clone()),
         stdin: p.stdin,
         tty: p.tty,
     });
@@ -608,7 +609,7 @@ async fn handle(
         exec: exec_details,
         decision: decided.verdict.decision,
         rule: decided.verdict.rule.clone(),
-        reason: decided.verdict.reason.clone(),
+        reason: proxy.masked(decided.verdict.reason.clone()),
         lawful_basis,
         purpose,
         access_request: None,
@@ -660,7 +661,7 @@ async fn handle(
                 Ok(name) => record.access_request = Some(name),
                 Err(message) => {
                     record.decision = Decision::Deny;
-                    record.reason = Some(message.clone());
+                    record.reason = proxy.masked(Some(message.clone()));
                     proxy.record(&ctx, AuditEvent::KubeRequest(record));
                     return status(StatusCode::FORBIDDEN, "Forbidden", &message, Some(&info));
                 }
@@ -886,26 +887,79 @@ async fn relay(
     } else {
         command::join(&params.command)
     };
+    let name = format!("{}-{request_id}", ctx.session_id());
     let header = Header {
         command: &command,
         title: &target,
         size: (80, 24),
+        session: ctx.session_id(),
+        request_id,
+        resource: &proxy.name,
+        protocol: &protocol,
     };
-    let name = format!("{}-{request_id}", ctx.session_id());
-    let recorder = match Recorder::create(&proxy.spool_dir, &name, &header, proxy.masker.clone()) {
+    // The start is in the log before any of the stream is relayed: a recording that never
+    // finishes is still known, and a restarted sidecar finishes it (see `recording::recover`).
+    let started = proxy.record(
+        &ctx,
+        AuditEvent::RecordingStarted(RecordingStart {
+            request_id,
+            name: name.clone(),
+            protocol: protocol.clone(),
+            target: target.clone(),
+        }),
+    );
+    if started.is_none() {
+        tracing::error!("cannot record the start of a recording; exec stream closed");
+        return;
+    }
+    let on_part: recording::PartSink = {
+        let proxy = proxy.clone();
+        let ctx = ctx.clone();
+        let (protocol, target, name) = (protocol.clone(), target.clone(), name.clone());
+        Box::new(move |done: recording::Finished| {
+            proxy.record(
+                &ctx,
+                AuditEvent::Recording(recording_record(
+                    request_id, &done, &protocol, &target, &name, None,
+                )),
+            );
+        })
+    };
+    let mut recorder = match Recorder::create(
+        &proxy.spool_dir,
+        &name,
+        &header,
+        proxy.masker.clone(),
+        on_part,
+    ) {
         Ok(r) => r,
         Err(e) => {
             // No recording, no session (fail closed): both ends are dropped.
             tracing::error!(error = %e, "cannot start a recording; exec stream closed");
+            proxy.record(
+                &ctx,
+                AuditEvent::RecordingUnavailable(RecordingUnavailable {
+                    sha256: String::new(),
+                    reason: format!(
+                        "recording {name} could not be started, so the session was closed: {e}"
+                    ),
+                }),
+            );
             return;
         }
     };
-    let live_mask = proxy.policies.iter().any(|p| p.kubernetes.mask_live_output);
-    let mut session = StreamSession {
-        recorder,
-        live_mask,
-        exit_code: None,
-    };
+    recorder.set_end_at_limit(
+        proxy
+            .policies
+            .iter()
+            .any(|p| p.kubernetes.recording_limit == RecordingLimit::EndSession),
+    );
+    let live = proxy
+        .policies
+        .iter()
+        .any(|p| p.kubernetes.mask_live_output)
+        .then(|| stream::LiveMask::new(proxy.masker.clone()));
+    let mut session = StreamSession::new(recorder, live);
     proxy
         .metrics
         .exec_sessions
@@ -914,28 +968,77 @@ async fn relay(
     if spdy {
         stream::relay_spdy(client, upstream, &mut session).await;
     } else {
-        stream::relay_websocket(client, upstream, &mut session).await;
+        let sub = protocol.as_str();
+        stream::relay_websocket(client, upstream, sub, &mut session).await;
     }
     let exit_code = session.exit_code;
     match session.recorder.finish() {
         Ok(done) => {
+            tracing::info!(session = %ctx.session_id(), request_id, sha256 = %done.sha256, events = done.events, "exec session recorded");
             proxy.record(
                 &ctx,
-                AuditEvent::Recording(RecordingRecord {
-                    request_id,
-                    sha256: done.sha256.clone(),
-                    bytes: done.bytes,
-                    events: done.events,
-                    duration_millis: done.duration_millis,
-                    protocol,
-                    target,
-                    exit_code,
-                    masked: done.masked,
+                AuditEvent::Recording(recording_record(
+                    request_id, &done, &protocol, &target, &name, exit_code,
+                )),
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot finish a recording");
+            proxy.record(
+                &ctx,
+                AuditEvent::RecordingUnavailable(RecordingUnavailable {
+                    sha256: String::new(),
+                    reason: proxy
+                        .masker
+                        .mask_text(&format!("recording {name} could not be finished: {e}")),
                 }),
             );
-            tracing::info!(session = %ctx.session_id(), request_id, sha256 = %done.sha256, events = done.events, "exec session recorded");
         }
-        Err(e) => tracing::error!(error = %e, "cannot finish a recording"),
+    }
+}
+
+/// The record of a finished recording (or part).
+fn recording_record(
+    request_id: u64,
+    done: &recording::Finished,
+    protocol: &str,
+    target: &str,
+    name: &str,
+    exit_code: Option<i32>,
+) -> RecordingRecord {
+    RecordingRecord {
+        request_id,
+        sha256: done.sha256.clone(),
+        bytes: done.bytes,
+        events: done.events,
+        duration_millis: done.duration_millis,
+        protocol: protocol.to_owned(),
+        target: target.to_owned(),
+        exit_code: if done.continued { None } else { exit_code },
+        masked: done.masked.clone(),
+        name: name.to_owned(),
+        part: done.part,
+        continued: done.continued,
+        cut_short: done.cut_short.clone(),
+    }
+}
+
+/// Finish the recordings a stopped sidecar left (cut short) and record each.
+pub fn recover_recordings(spool: &Spool, spool_dir: &std::path::Path, identity: &Identity) {
+    for r in recording::recover(spool_dir) {
+        tracing::warn!(recording = %r.name, sha256 = %r.finished.sha256, "finished a recording cut short by a sidecar stop");
+        let ctx = RecordContext::new(r.session.clone(), identity.clone(), r.resource.clone());
+        let record = recording_record(
+            r.request_id,
+            &r.finished,
+            &r.protocol,
+            &r.target,
+            &r.name,
+            None,
+        );
+        if let Err(e) = spool.append(&ctx, AuditEvent::Recording(record)) {
+            tracing::error!(error = %e, "cannot record a recovered recording");
+        }
     }
 }
 
@@ -1006,7 +1109,7 @@ async fn approve(
     };
     // A failed step says why, as the client is told.
     let failed = |message: &str, request: &str| ApprovalRecord {
-        reason: Some(message.to_owned()),
+        reason: proxy.masked(Some(message.to_owned())),
         ..step(ApprovalStep::Failed, request)
     };
     let unavailable = |e: &dyn std::fmt::Display| {
@@ -1065,7 +1168,7 @@ async fn approve(
                 ctx,
                 AuditEvent::Approval(ApprovalRecord {
                     decided_by: Some(grant.decided_by.clone()),
-                    reason: Some(grant.reason.clone()),
+                    reason: proxy.masked(Some(grant.reason.clone())),
                     expires_at: Some(format!("{:.0}", grant.expires_at)),
                     ..step(ApprovalStep::Approved, &name)
                 }),
@@ -1085,7 +1188,7 @@ async fn approve(
                 ctx,
                 AuditEvent::Approval(ApprovalRecord {
                     decided_by: Some(decided_by.clone()),
-                    reason: Some(reason.clone()),
+                    reason: proxy.masked(Some(reason.clone())),
                     ..step(ApprovalStep::Denied, &name)
                 }),
             );
@@ -1101,7 +1204,7 @@ async fn approve(
             proxy.record(
                 ctx,
                 AuditEvent::Approval(ApprovalRecord {
-                    reason: Some(message.clone()),
+                    reason: proxy.masked(Some(message.clone())),
                     ..step(ApprovalStep::TimedOut, &name)
                 }),
             );

@@ -2,7 +2,11 @@
 //!
 //! Each candidate found by a pattern is confirmed the way the data itself is checked (a Luhn
 //! check digit for payment cards, the ISO 13616 checksum and per-country length for IBANs), so
-//! order numbers and other digit runs are not masked by accident.
+//! order numbers and other digit runs are not masked by accident. A pattern finds a candidate
+//! run (digit groups, or a country code and check digits with the groups that follow); the
+//! value is then the longest valid part of the run from each possible start, so text that
+//! follows or precedes a value in the same run (the next column, a BIC, a year) does not
+//! hide it.
 
 use std::ops::Range;
 
@@ -57,8 +61,8 @@ impl Patterns {
     pub fn new() -> Result<Self, regex::Error> {
         Ok(Self {
             email: Regex::new(r"(?i)[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}")?,
-            card: Regex::new(r"\b\d(?:[ -]?\d){12,18}\b")?,
-            iban: Regex::new(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")?,
+            card: Regex::new(r"\d(?:[ -]?\d)*")?,
+            iban: Regex::new(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9])+")?,
             phone: Regex::new(r"(?:\+|\b00)\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){1,6}")?,
         })
     }
@@ -73,14 +77,22 @@ impl Patterns {
             DetectorKind::PaymentCard => self
                 .card
                 .find_iter(text)
-                .filter(|m| is_card_number(m.as_str()))
-                .map(|m| m.range())
+                .flat_map(|m| {
+                    let at = m.start();
+                    cards_in(m.as_str())
+                        .into_iter()
+                        .map(move |r| at + r.start..at + r.end)
+                })
                 .collect(),
             DetectorKind::Iban => self
                 .iban
                 .find_iter(text)
-                .filter(|m| is_iban(m.as_str()))
-                .map(|m| m.range())
+                .flat_map(|m| {
+                    let at = m.start();
+                    ibans_in(m.as_str())
+                        .into_iter()
+                        .map(move |r| at + r.start..at + r.end)
+                })
                 .collect(),
             DetectorKind::Phone => self
                 .phone
@@ -116,6 +128,68 @@ fn may_match(kind: &DetectorKind, text: &str) -> bool {
         }
         DetectorKind::Regex(_) => true,
     }
+}
+
+/// The card numbers in a run of digit groups: from each group start, the longest run of whole
+/// groups (13 to 19 digits, not preceded by a digit) that is Luhn-valid; a digit run with no
+/// separators is only a card number whole.
+fn cards_in(run: &str) -> Vec<Range<usize>> {
+    let b = run.as_bytes();
+    if b.iter().filter(|c| c.is_ascii_digit()).count() < 13 {
+        return Vec::new();
+    }
+    let starts: Vec<usize> = (0..b.len())
+        .filter(|&i| b[i].is_ascii_digit() && (i == 0 || !b[i - 1].is_ascii_digit()))
+        .collect();
+    let ends: Vec<usize> = (1..=b.len())
+        .filter(|&i| b[i - 1].is_ascii_digit() && (i == b.len() || !b[i].is_ascii_digit()))
+        .collect();
+    let mut out = Vec::new();
+    let mut from = 0;
+    for &start in &starts {
+        if start < from {
+            continue;
+        }
+        let found = ends
+            .iter()
+            .rev()
+            .filter(|&&end| end > start && end <= start + 38)
+            .find(|&&end| is_card_number(&run[start..end]));
+        if let Some(&end) = found {
+            out.push(start..end);
+            from = end;
+        }
+    }
+    out
+}
+
+/// The IBANs in a candidate run: from each start (two capitals and two digits after a space
+/// or at the run's start), the longest prefix that is a valid IBAN.
+fn ibans_in(run: &str) -> Vec<Range<usize>> {
+    let b = run.as_bytes();
+    let mut out = Vec::new();
+    let mut from = 0;
+    for start in 0..b.len() {
+        if start < from
+            || !(start == 0 || b[start - 1] == b' ')
+            || b.len() < start + 4
+            || !(b[start].is_ascii_uppercase()
+                && b[start + 1].is_ascii_uppercase()
+                && b[start + 2].is_ascii_digit()
+                && b[start + 3].is_ascii_digit())
+        {
+            continue;
+        }
+        let found = (start + 15..=b.len().min(start + 42))
+            .rev()
+            .filter(|&end| b[end - 1] != b' ')
+            .find(|&end| is_iban(&run[start..end]));
+        if let Some(end) = found {
+            out.push(start..end);
+            from = end;
+        }
+    }
+    out
 }
 
 /// Whether `s` (digits with optional spaces or dashes) is a Luhn-valid card number.
@@ -191,6 +265,31 @@ mod tests {
                 "{iban}"
             );
         }
+        // Text after the value, even text an IBAN could continue with, does not hide it.
+        for (text, iban) in [
+            (
+                "DE89370400440532013000 BIC COBADEFFXXX",
+                "DE89370400440532013000",
+            ),
+            (
+                "DE89 3704 0044 0532 0130 00 AB12 x",
+                "DE89 3704 0044 0532 0130 00",
+            ),
+            ("iban=GB82WEST12345698765432 2026", "GB82WEST12345698765432"),
+        ] {
+            assert_eq!(found(DetectorKind::Iban, text), vec![iban], "{text}");
+        }
+        assert_eq!(
+            found(
+                DetectorKind::PaymentCard,
+                "card 4111 1111 1111 1111 12 2026"
+            ),
+            vec!["4111 1111 1111 1111"]
+        );
+        assert_eq!(
+            found(DetectorKind::PaymentCard, "qty 12 4111111111111111 7"),
+            vec!["4111111111111111"]
+        );
         for not_iban in [
             "DE89370400440532013001",
             "GB82WEST1234569876543",

@@ -1,0 +1,653 @@
+//! Masking of terminal streams as the screen shows them.
+//!
+//! The detectors do not run over the raw bytes of a stream but over the text a terminal would
+//! display from them. The bytes go through a terminal parser ([`vte`], the one Alacritty uses)
+//! one at a time, so every character the terminal draws is known with the raw bytes that
+//! produced it (escape sequences, C0 controls and invalid UTF-8 are never part of a character;
+//! invalid bytes are drawn as U+FFFD, one per bad sequence, as a terminal does). Two views are
+//! kept and both are searched:
+//!
+//! - the **stream view**: the drawn characters in the order they arrive, without escape
+//!   sequences and without zero-width characters (zero-width spaces and joiners, combining
+//!   marks, byte-order marks), split at line ends and tabs;
+//! - the **line view**: the current screen line as cells, with backspace, carriage return,
+//!   tabs, horizontal cursor moves, erase and insert/delete sequences applied, so overstrikes
+//!   show the value the screen shows. For typed input the line editor's keys apply instead:
+//!   backspace and DEL erase the character before the cursor, `^U` clears the line.
+//!
+//! A value found in either view masks every raw byte from the first byte of its first character
+//! to the last byte of its last character (escape sequences inside it included) with `*`, so
+//! the length of the stream is unchanged.
+//!
+//! A [`Scanner`] holds back what could still be the start of a value: bytes are released at a
+//! line end, or, for a line longer than [`MAX_PENDING`], all but the last [`WINDOW`]
+//! characters, which stay as the carry-over window for the next bytes. A value is masked
+//! whatever frames, flushes or escape sequences it is split by, as long as its characters are
+//! drawn within [`WINDOW`] characters of each other.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+
+use unicode_width::UnicodeWidthChar;
+
+use super::recording::OutputMasker;
+
+/// Bytes of one unfinished line held before the oldest part is released.
+pub const MAX_PENDING: usize = 4096;
+
+/// Characters kept back, and kept as context, when a long line is released in parts: longer
+/// than any value a detector finds.
+pub const WINDOW: usize = 256;
+
+/// A line view wider than this is not grown further (cursor moves are clamped).
+const MAX_COLUMNS: usize = 4 * MAX_PENDING;
+
+/// Whether the stream is a terminal's output or what is typed into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Output: the terminal's own rules (backspace and carriage return move the cursor).
+    Output,
+    /// Input: a line editor's rules (backspace and DEL erase, `^U` clears the line).
+    Input,
+}
+
+/// A drawn character and the absolute offsets of the raw bytes that drew it.
+#[derive(Clone, Copy, Debug)]
+struct Cell {
+    c: char,
+    start: u64,
+    end: u64,
+}
+
+/// The terminal state the parser drives.
+struct View {
+    direction: Direction,
+    /// Absolute offset of the byte being parsed.
+    pos: u64,
+    /// Where the raw bytes of the next drawn character begin.
+    span_start: u64,
+    /// Drawn characters in arrival order (separators included as cells).
+    stream: Vec<Cell>,
+    /// The current screen line.
+    line: Vec<Option<Cell>>,
+    cursor: usize,
+    /// Screen lines ended since the last search.
+    done: Vec<Vec<Option<Cell>>>,
+    /// Absolute offset just past the last line end seen.
+    line_end: Option<u64>,
+}
+
+impl View {
+    fn new(direction: Direction) -> Self {
+        View {
+            direction,
+            pos: 0,
+            span_start: 0,
+            stream: Vec::new(),
+            line: Vec::new(),
+            cursor: 0,
+            done: Vec::new(),
+            line_end: None,
+        }
+    }
+
+    fn separator(&mut self, c: char) {
+        self.stream.push(Cell {
+            c,
+            start: self.pos,
+            end: self.pos + 1,
+        });
+    }
+
+    fn end_line(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        if line.iter().any(Option::is_some) {
+            self.done.push(line);
+        }
+        self.cursor = 0;
+        self.line_end = Some(self.pos + 1);
+    }
+
+    fn put(&mut self, cell: Cell) {
+        if self.cursor >= MAX_COLUMNS {
+            self.cursor = MAX_COLUMNS - 1;
+        }
+        if self.line.len() <= self.cursor {
+            self.line.resize(self.cursor + 1, None);
+        }
+        match self.direction {
+            // A line editor inserts at the cursor.
+            Direction::Input => self.line.insert(self.cursor, Some(cell)),
+            Direction::Output => self.line[self.cursor] = Some(cell),
+        }
+        self.cursor += 1;
+    }
+
+    fn erase_before_cursor(&mut self) {
+        if self.cursor > 0 && self.cursor <= self.line.len() {
+            self.line.remove(self.cursor - 1);
+            self.cursor -= 1;
+        } else {
+            self.cursor = self.cursor.saturating_sub(1);
+        }
+    }
+
+    fn done_with_sequence(&mut self) {
+        self.span_start = self.pos + 1;
+    }
+}
+
+/// Characters a terminal draws with no width: zero-width spaces and joiners, byte-order marks,
+/// combining marks, format characters.
+fn invisible(c: char) -> bool {
+    matches!(c.width(), Some(0) | None) || matches!(c, '\u{00ad}' | '\u{115f}' | '\u{1160}')
+}
+
+impl vte::Perform for View {
+    fn print(&mut self, c: char) {
+        if invisible(c) {
+            // Its bytes join the next character's span.
+            return;
+        }
+        let cell = Cell {
+            c,
+            start: self.span_start,
+            end: self.pos + 1,
+        };
+        self.stream.push(cell);
+        self.put(cell);
+        self.span_start = self.pos + 1;
+    }
+
+    fn execute(&mut self, byte: u8) {
+        match (byte, self.direction) {
+            (b'\n' | 0x0b | 0x0c, _) | (b'\r', Direction::Input) => {
+                self.separator('\n');
+                self.end_line();
+            }
+            (b'\r', Direction::Output) => self.cursor = 0,
+            (0x08, Direction::Output) => self.cursor = self.cursor.saturating_sub(1),
+            (0x08, Direction::Input) => self.erase_before_cursor(),
+            (0x15, Direction::Input) => {
+                self.line.drain(..self.cursor.min(self.line.len()));
+                self.cursor = 0;
+            }
+            (b'\t', _) => {
+                self.separator('\t');
+                self.cursor = (self.cursor / 8 + 1) * 8;
+            }
+            _ => {}
+        }
+        self.done_with_sequence();
+    }
+
+    fn csi_dispatch(
+        &mut self,
+        params: &vte::Params,
+        intermediates: &[u8],
+        _ignore: bool,
+        action: char,
+    ) {
+        let first = params
+            .iter()
+            .next()
+            .and_then(|p| p.first().copied())
+            .unwrap_or(0);
+        let n = usize::from(first.max(1));
+        if intermediates.is_empty() {
+            match action {
+                'C' | 'a' => self.cursor = (self.cursor + n).min(MAX_COLUMNS),
+                'D' => self.cursor = self.cursor.saturating_sub(n),
+                'G' | '`' => self.cursor = (n - 1).min(MAX_COLUMNS),
+                'K' => match first {
+                    0 => self.line.truncate(self.cursor),
+                    1 => {
+                        let end = (self.cursor + 1).min(self.line.len());
+                        self.line[..end].iter_mut().for_each(|c| *c = None);
+                    }
+                    _ => self.line.clear(),
+                },
+                'X' => {
+                    let end = (self.cursor + n).min(self.line.len());
+                    if self.cursor < end {
+                        self.line[self.cursor..end]
+                            .iter_mut()
+                            .for_each(|c| *c = None);
+                    }
+                }
+                'P' => {
+                    let end = (self.cursor + n).min(self.line.len());
+                    if self.cursor < end {
+                        self.line.drain(self.cursor..end);
+                    }
+                }
+                '@' if self.cursor < self.line.len() => {
+                    let blanks = n.min(MAX_COLUMNS);
+                    self.line
+                        .splice(self.cursor..self.cursor, std::iter::repeat_n(None, blanks));
+                    self.line.truncate(MAX_COLUMNS);
+                }
+                // Moves to another row, or clears the screen: the line ends here.
+                'A' | 'B' | 'E' | 'F' | 'H' | 'f' | 'd' | 'J' | 'S' | 'T' => {
+                    let column = self.cursor;
+                    self.separator('\n');
+                    self.end_line();
+                    self.line_end = None;
+                    self.cursor = match action {
+                        'H' | 'f' => params
+                            .iter()
+                            .nth(1)
+                            .and_then(|p| p.first().copied())
+                            .map_or(0, |c| usize::from(c.max(1)) - 1),
+                        'E' | 'F' => 0,
+                        _ => column,
+                    };
+                }
+                _ => {}
+            }
+        }
+        self.done_with_sequence();
+    }
+
+    fn esc_dispatch(&mut self, _intermediates: &[u8], _ignore: bool, _byte: u8) {
+        self.done_with_sequence();
+    }
+
+    fn osc_dispatch(&mut self, _params: &[&[u8]], _bell_terminated: bool) {
+        self.done_with_sequence();
+    }
+
+    fn hook(&mut self, _params: &vte::Params, _i: &[u8], _ignore: bool, _action: char) {
+        self.done_with_sequence();
+    }
+
+    fn put(&mut self, _byte: u8) {
+        self.done_with_sequence();
+    }
+
+    fn unhook(&mut self) {
+        self.done_with_sequence();
+    }
+}
+
+/// A found value: its rule (index into the masker's detectors) and raw byte range.
+type Found = (usize, Range<u64>);
+
+/// Search a sequence of cells (gaps read as spaces); returns the raw ranges of what is found.
+fn search(masker: &OutputMasker, cells: &[Option<Cell>], out: &mut Vec<Found>) {
+    if cells.iter().all(Option::is_none) {
+        return;
+    }
+    let mut text = String::with_capacity(cells.len());
+    let mut index = Vec::with_capacity(cells.len());
+    for (i, cell) in cells.iter().enumerate() {
+        let c = cell.map_or(' ', |c| c.c);
+        for _ in 0..c.len_utf8() {
+            index.push(i);
+        }
+        text.push(c);
+    }
+    for (rule, range) in masker.find(&text) {
+        let Some(first) = index.get(range.start).copied() else {
+            continue;
+        };
+        let Some(last) = range.end.checked_sub(1).and_then(|e| index.get(e).copied()) else {
+            continue;
+        };
+        let spans = cells[first..=last].iter().flatten();
+        let start = spans.clone().map(|c| c.start).min();
+        let end = spans.map(|c| c.end).max();
+        if let (Some(start), Some(end)) = (start, end) {
+            out.push((rule, start..end));
+        }
+    }
+}
+
+/// A stream being masked as the screen shows it; see the module documentation.
+pub struct Scanner {
+    parser: vte::Parser,
+    view: View,
+    /// Raw bytes not yet released; `raw[0]` is at absolute offset `base`.
+    raw: Vec<u8>,
+    base: u64,
+    /// Ranges found that reach past what was released.
+    masks: Vec<Range<u64>>,
+    /// Values already counted (rule, start), so a value seen again is counted once.
+    counted: BTreeSet<(usize, u64)>,
+    /// Values found per detector since the last [`Scanner::take_counts`].
+    counts: Vec<u64>,
+}
+
+impl Scanner {
+    /// A scanner for one stream.
+    pub fn new(direction: Direction) -> Self {
+        Scanner {
+            parser: vte::Parser::new(),
+            view: View::new(direction),
+            raw: Vec::new(),
+            base: 0,
+            masks: Vec::new(),
+            counted: BTreeSet::new(),
+            counts: Vec::new(),
+        }
+    }
+
+    /// Bytes held back.
+    pub fn pending(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Take in `data`; returns the masked bytes that can be released now (possibly none).
+    pub fn push(&mut self, masker: &OutputMasker, data: &[u8]) -> Vec<u8> {
+        for &b in data {
+            self.parser.advance(&mut self.view, &[b]);
+            self.view.pos += 1;
+        }
+        self.raw.extend_from_slice(data);
+        let end = self.base + self.raw.len() as u64;
+        let cut = if let Some(line_end) = self.view.line_end.filter(|e| *e > self.base) {
+            // Everything up to the last line end, unless what follows on the new line is
+            // already long.
+            if end - line_end >= MAX_PENDING as u64 {
+                self.window_cut().max(line_end)
+            } else {
+                line_end
+            }
+        } else if self.raw.len() >= MAX_PENDING {
+            self.window_cut()
+        } else {
+            return Vec::new();
+        };
+        self.release(masker, cut)
+    }
+
+    /// Release everything held (the stream ended or has been idle).
+    pub fn flush(&mut self, masker: &OutputMasker) -> Vec<u8> {
+        let end = self.base + self.raw.len() as u64;
+        self.release(masker, end)
+    }
+
+    /// Values found per detector (by index in the masker) since the last call.
+    pub fn take_counts(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.counts)
+    }
+
+    /// Where a long line is cut: at the first byte of the character [`WINDOW`] characters
+    /// from the end; everything when the held bytes hold too few characters to keep a window
+    /// (escape sequences without text).
+    fn window_cut(&self) -> u64 {
+        let end = self.base + self.raw.len() as u64;
+        let stream = &self.view.stream;
+        if stream.len() > WINDOW {
+            let cut = stream[stream.len() - WINDOW].start;
+            if cut > self.base && end - cut <= 4 * MAX_PENDING as u64 {
+                return cut;
+            }
+        }
+        end
+    }
+
+    fn release(&mut self, masker: &OutputMasker, cut: u64) -> Vec<u8> {
+        let mut found = Vec::new();
+        let stream: Vec<Option<Cell>> = self.view.stream.iter().copied().map(Some).collect();
+        search(masker, &stream, &mut found);
+        for line in &self.view.done {
+            search(masker, line, &mut found);
+        }
+        search(masker, &self.view.line, &mut found);
+        for (rule, range) in found {
+            if range.end <= self.base {
+                continue;
+            }
+            if self.counted.insert((rule, range.start)) {
+                if self.counts.len() <= rule {
+                    self.counts.resize(rule + 1, 0);
+                }
+                self.counts[rule] += 1;
+            }
+            self.masks.push(range);
+        }
+        let take = usize::try_from(cut.saturating_sub(self.base))
+            .unwrap_or(usize::MAX)
+            .min(self.raw.len());
+        let mut out: Vec<u8> = self.raw.drain(..take).collect();
+        for m in &self.masks {
+            let from = m.start.max(self.base);
+            let to = m.end.min(cut);
+            if from < to {
+                let (a, b) = ((from - self.base) as usize, (to - self.base) as usize);
+                out[a..b].fill(b'*');
+            }
+        }
+        self.base = cut;
+        self.masks.retain(|m| m.end > cut);
+        // What stays as context: the lines ended before the cut are done with; the stream
+        // view keeps the characters after the cut and a window before it.
+        self.view.done.clear();
+        let keep_from = self
+            .view
+            .stream
+            .iter()
+            .position(|c| c.end > cut)
+            .unwrap_or(self.view.stream.len());
+        let keep_from = if self.view.line_end.is_some_and(|e| e >= cut) {
+            keep_from
+        } else {
+            keep_from.saturating_sub(WINDOW)
+        };
+        self.view.stream.drain(..keep_from);
+        if self.view.stream.len() > 2 * WINDOW + MAX_PENDING {
+            let extra = self.view.stream.len() - (2 * WINDOW + MAX_PENDING);
+            self.view.stream.drain(..extra);
+        }
+        let oldest = self.base.saturating_sub(4 * MAX_PENDING as u64);
+        self.counted.retain(|(_, start)| *start >= oldest);
+        out
+    }
+}
+
+/// Mask a whole text at once (a command line, a reason): the same views, nothing held back.
+pub fn mask_text(masker: &OutputMasker, text: &str, direction: Direction) -> (String, Vec<u64>) {
+    let mut scanner = Scanner::new(direction);
+    let mut out = scanner.push(masker, text.as_bytes());
+    out.extend(scanner.flush(masker));
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        scanner.take_counts(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masker() -> OutputMasker {
+        OutputMasker::new(&[]).expect("detectors")
+    }
+
+    fn run(direction: Direction, frames: &[&[u8]]) -> String {
+        let m = masker();
+        let mut s = Scanner::new(direction);
+        let mut out = Vec::new();
+        for f in frames {
+            out.extend(s.push(&m, f));
+        }
+        out.extend(s.flush(&m));
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn values_decorated_or_split_are_masked_and_length_kept() {
+        let email = "alice.meyer@example.com";
+        for frames in [
+            vec![&b"mail \x1b[1malice\x1b[0m.meyer@example.com done\n"[..]],
+            vec![&b"mail alice.me\xe2\x80\x8byer@example.com\n"[..]],
+            vec![&b"mail xxxxx.meyer@example.com\ralice\n"[..]],
+            vec![&b"mail alice.mXX\x08\x08eyer@example.com\n"[..]],
+            vec![&b"bad \xff byte alice.meyer@example.com\n"[..]],
+            vec![&b"mail alice.m"[..], &b"eyer@exa"[..], &b"mple.com\n"[..]],
+        ] {
+            let raw: Vec<u8> = frames.concat();
+            let out = run(Direction::Output, &frames);
+            assert_eq!(out.len(), String::from_utf8_lossy(&raw).len(), "{out:?}");
+            assert!(!out.contains("meyer@"), "{out:?}");
+            assert!(!out.contains(email), "{out:?}");
+        }
+    }
+
+    #[test]
+    fn a_value_across_the_long_line_flush_is_masked() {
+        let mut line = "x".repeat(MAX_PENDING - 10).into_bytes();
+        line.extend_from_slice(b" alice.meyer@example.com tail\n");
+        let (a, b) = line.split_at(MAX_PENDING + 2);
+        let out = run(Direction::Output, &[a, b]);
+        assert!(
+            !out.contains("meyer@example"),
+            "{}",
+            &out[MAX_PENDING - 20..]
+        );
+    }
+
+    #[test]
+    fn typed_input_one_key_at_a_time_with_corrections() {
+        let typed = b"echo alice.meyer@examplx\x7f\x08e.com\r";
+        let frames: Vec<&[u8]> = typed.chunks(1).collect();
+        let out = run(Direction::Input, &frames);
+        assert!(out.starts_with("echo "), "{out:?}");
+        assert!(!out.contains("meyer"), "{out:?}");
+    }
+
+    #[test]
+    fn whole_texts_are_masked_with_counts() {
+        let (text, counts) = mask_text(
+            &masker(),
+            "sh -c 'grep alice.meyer@example.com /data'",
+            Direction::Input,
+        );
+        assert_eq!(text, "sh -c 'grep *********************** /data'");
+        assert_eq!(counts.iter().sum::<u64>(), 1);
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Samples of every detector the recordings apply: the built-in ones and a policy's
+        /// regular expression (a US SSN).
+        const SAMPLES: &[&str] = &[
+            "alice.meyer@example.com",
+            "Olga.Popescu1@mail.example.org",
+            "4111 1111 1111 1111",
+            "5500-0000-0000-0004",
+            "378282246310005",
+            "DE89370400440532013000",
+            "DE89 3704 0044 0532 0130 00",
+            "GB82WEST12345698765432",
+            "FR1420041010050500013M02606",
+            "+49 876 5566038",
+            "123-45-6789",
+        ];
+
+        const SEPARATORS: &[&str] = &[" ", ", ", "\t", " | ", ": ", "; ", " (", ") ", "\""];
+
+        /// What may sit between two characters of a value without changing the screen.
+        const DECORATIONS: &[&str] = &[
+            "",
+            "\x1b[31m",
+            "\x1b[0m",
+            "\x1b[1;38;5;208m",
+            "\u{200b}",
+            "\u{2060}",
+            "\u{feff}",
+            "#\x08",
+        ];
+
+        fn masker() -> OutputMasker {
+            let policy: portcullis_crds::sidecar_config::PolicyConfig =
+                serde_json::from_value(serde_json::json!({
+                    "name": "gdpr",
+                    "masking": [{"name": "ssn", "detector": "regex",
+                                 "pattern": "\\b\\d{3}-\\d{2}-\\d{4}\\b", "strategy": "redact"}]
+                }))
+                .expect("policy");
+            OutputMasker::new(&[policy]).expect("detectors")
+        }
+
+        /// The text with the decorations taken out (what the screen shows of it).
+        fn undecorated(text: &str) -> String {
+            let mut out = text.to_owned();
+            for d in DECORATIONS.iter().filter(|d| !d.is_empty()) {
+                out = out.replace(d, "");
+            }
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn every_sample_is_masked_however_surrounded_decorated_or_split(
+                sample in prop::sample::select(SAMPLES),
+                prefix in "[a-zA-Z0-9 ]{0,24}",
+                suffix in "[a-zA-Z0-9 ]{0,24}",
+                before in prop::sample::select(SEPARATORS),
+                after in prop::sample::select(SEPARATORS),
+                decorations in prop::collection::vec(0..DECORATIONS.len(), 40),
+                filler in prop_oneof![Just(0usize), 4000usize..4200],
+                bad_byte in any::<bool>(),
+                cuts in prop::collection::vec(1usize..300, 0..12),
+                input in any::<bool>(),
+            ) {
+                let mut line = Vec::new();
+                line.extend_from_slice("w".repeat(filler).as_bytes());
+                if bad_byte {
+                    line.extend_from_slice(b"\xff\xc3 ");
+                }
+                line.extend_from_slice(prefix.as_bytes());
+                line.extend_from_slice(before.as_bytes());
+                for (i, c) in sample.chars().enumerate() {
+                    if i > 0 {
+                        line.extend_from_slice(DECORATIONS[decorations[i % 40]].as_bytes());
+                    }
+                    line.extend_from_slice(c.to_string().as_bytes());
+                }
+                line.extend_from_slice(after.as_bytes());
+                line.extend_from_slice(suffix.as_bytes());
+                line.extend_from_slice(if input { b"\r" } else { b"\r\n" });
+                let m = masker();
+                let mut scanner = Scanner::new(if input { Direction::Input } else { Direction::Output });
+                let mut out = Vec::new();
+                let mut at = 0;
+                for cut in cuts {
+                    let end = (at + cut).min(line.len());
+                    out.extend(scanner.push(&m, &line[at..end]));
+                    at = end;
+                }
+                out.extend(scanner.push(&m, &line[at..]));
+                out.extend(scanner.flush(&m));
+                prop_assert_eq!(out.len(), line.len());
+                let shown = undecorated(&String::from_utf8_lossy(&out));
+                prop_assert!(!shown.contains(sample), "{:?}", shown);
+                let compact: String = sample.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+                let shown_compact: String = shown.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+                if compact.len() >= 8 {
+                    prop_assert!(!shown_compact.contains(&compact), "{:?}", shown);
+                }
+                prop_assert!(scanner.take_counts().iter().sum::<u64>() >= 1);
+            }
+
+            #[test]
+            fn record_fields_are_masked_whole(
+                sample in prop::sample::select(SAMPLES),
+                prefix in "[a-zA-Z0-9 ]{0,24}",
+                suffix in "[a-zA-Z0-9 ]{0,24}",
+                before in prop::sample::select(SEPARATORS),
+                after in prop::sample::select(SEPARATORS),
+            ) {
+                let text = format!("{prefix}{before}{sample}{after}{suffix}");
+                let masked = masker().mask_text(&text);
+                prop_assert!(!masked.contains(sample), "{}", masked);
+            }
+        }
+    }
+}
