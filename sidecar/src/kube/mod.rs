@@ -94,6 +94,7 @@ pub struct KubeProxy {
     namespace: String,
     policies: Vec<PolicyConfig>,
     auth: Option<Authenticator>,
+    allow_remote_clients: bool,
     base: String,
     client: HttpClient,
     token_file: PathBuf,
@@ -209,6 +210,8 @@ impl KubeProxy {
             upstream.host.clone()
         };
         let policies: Vec<PolicyConfig> = config.policies_for(resource).cloned().collect();
+        let policies =
+            crate::identity::bind_policies(policies).map_err(|e| invalid(&resource.name, e))?;
         let auth = Authenticator::for_policies(&policies, &config.namespace, shared.oidc)
             .map_err(|e| invalid(&resource.name, e))?;
         let masker = OutputMasker::new(&policies).map_err(|e| invalid(&resource.name, e))?;
@@ -217,6 +220,7 @@ impl KubeProxy {
             namespace: config.namespace.clone(),
             policies,
             auth,
+            allow_remote_clients: resource.allow_remote_clients,
             base: format!("https://{host}:{}", upstream.port),
             client,
             token_file: resource
@@ -515,9 +519,29 @@ async fn handle(
     let started = Instant::now();
     let request_id = session.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let token = bearer(req.headers()).map(str::to_owned);
-    let identity = match &proxy.auth {
-        Some(auth) => match auth.authenticate(&proxy.identity, token.as_deref()).await {
-            Ok(identity) => identity,
+    if !crate::identity::is_loopback(&session.peer) && !proxy.allow_remote_clients {
+        let e = crate::identity::AuthError::RemoteClient {
+            peer: session.peer.to_string(),
+        };
+        proxy.metrics.auth_failures.inc();
+        let ctx = RecordContext::new(
+            session.id.clone(),
+            proxy.identity.clone(),
+            proxy.name.clone(),
+        );
+        proxy.record(
+            &ctx,
+            AuditEvent::AuthenticationRefused(AuthenticationRefused {
+                client_address: session.peer.to_string(),
+                reason: e.to_string(),
+            }),
+        );
+        return status(StatusCode::FORBIDDEN, "Forbidden", &e.to_string(), None);
+    }
+    // Every request is authenticated on its own: an expired token stops working at once.
+    let (identity, identity_source) = match &proxy.auth {
+        Some(auth) => match auth.resolve(&proxy.identity, token.as_deref()).await {
+            Ok((identity, source)) => (identity, Some(source)),
             Err(e) => {
                 proxy.metrics.auth_failures.inc();
                 let ctx = RecordContext::new(
@@ -540,7 +564,7 @@ async fn handle(
                 );
             }
         },
-        None => proxy.identity.clone(),
+        None => (proxy.identity.clone(), None),
     };
     let ctx = RecordContext::new(session.id.clone(), identity.clone(), proxy.name.clone());
     let info = RequestInfo::resolve(req.method(), req.uri().path(), req.uri().query());
@@ -597,6 +621,7 @@ async fn handle(
         lawful_basis,
         purpose,
         access_request: None,
+        identity_source,
     };
     let verb_class = if decided.exec.is_some() {
         info.subresource.as_str()
@@ -789,6 +814,7 @@ async fn forward_request(
         .map_err(|e| format!("cannot build the upstream URL: {e}"))?;
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
+    crate::identity::http::strip_identity_headers(&mut parts.headers);
     parts.headers.remove(header::HOST);
     parts.headers.remove(header::AUTHORIZATION);
     let auth = HeaderValue::from_str(&format!("Bearer {token}"))
