@@ -486,10 +486,17 @@ identity:
             }
         },
     };
-    let ended = proxy
-        .records()
-        .into_iter()
-        .any(|r| matches!(&r.event, AuditEvent::SessionEnd(s) if s.reason.contains("expired at")));
+    // The session end is written once the relay has stopped: wait for it.
+    let mut ended = false;
+    for _ in 0..30 {
+        ended = proxy.records().into_iter().any(
+            |r| matches!(&r.event, AuditEvent::SessionEnd(s) if s.reason.contains("expired at")),
+        );
+        if ended {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     results.push((
         "token lifetime",
         "a session ends with FATAL when its token expires, and the audit log says why".into(),
