@@ -314,7 +314,7 @@ pub fn numeric_date(v: &Value) -> Option<u64> {
     let f = v.as_f64()?;
     // Truncation is intended: NumericDate seconds, fractions dropped.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    (f.is_finite() && f >= 0.0).then(|| f as u64)
+    (f.is_finite() && f >= 0.0).then_some(f as u64)
 }
 
 fn time_suffix(claims: &Map<String, Value>, claim: &str, word: &str) -> String {

@@ -187,11 +187,11 @@ fn last_source(proxy: &Proxy) -> Option<IdentitySource> {
     proxy
         .records()
         .into_iter()
-        .filter_map(|r| match r.event {
+        .rev()
+        .find_map(|r| match r.event {
             AuditEvent::SessionStart(s) => Some(s.identity_source),
             _ => None,
         })
-        .last()
         .flatten()
 }
 
@@ -555,7 +555,7 @@ identity:
             .await;
         let mut config = tokio_postgres::Config::new();
         config
-            .host(&remote_ip.to_string())
+            .host(remote_ip.to_string())
             .port(remote.port)
             .user("agent")
             .dbname("shop");
@@ -588,5 +588,242 @@ identity:
             if r.is_ok() { "ok" } else { "FAIL" }
         );
     }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// `kubectl get --raw PATH` through the sidecar with `token` as the bearer token; `as_user`
+/// adds impersonation. Returns whether it succeeded and what it printed.
+async fn kubectl_raw(
+    dir: &std::path::Path,
+    port: u16,
+    ca: &std::path::Path,
+    token: &str,
+    as_user: Option<&str>,
+) -> (bool, String) {
+    let kubeconfig = dir.join(format!("kubeconfig-{}", rand_suffix()));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: sidecar
+  cluster:
+    server: https://127.0.0.1:{port}
+    certificate-authority: {ca}
+users:
+- name: person
+  user:
+    token: {token}
+contexts:
+- name: sidecar
+  context: {{cluster: sidecar, user: person}}
+current-context: sidecar
+",
+            ca = ca.display()
+        ),
+    )
+    .expect("kubeconfig");
+    let kubectl = portcullis_e2e::harness().kubectl_path().to_owned();
+    let as_user = as_user.map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(kubectl);
+        cmd.env("KUBECONFIG", &kubeconfig)
+            .args(["get", "--raw", "/api"]);
+        if let Some(u) = as_user {
+            cmd.arg(format!("--as={u}"));
+        }
+        let out = cmd.output().expect("run kubectl");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .expect("kubectl")
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn identity_families_in_the_kubernetes_proxy() {
+    let h = portcullis_e2e::harness();
+    let realms = Realms::start().await;
+    let staff = realms.url("staff");
+    let partner = realms.url("partner");
+    let staff_key = TestKey::generate("staff-1");
+    let partner_key = TestKey::generate("partner-1");
+    realms.publish("staff", &[&staff_key]);
+    realms.publish("partner", &[&partner_key]);
+
+    // A Kubernetes resource in front of the harness's API server, forwarding with a real
+    // service-account token; OIDC required, of the staff realm only.
+    let ns = h.namespace("identity-kube").await;
+    h.service_account(&ns, "agent").await;
+    let sa_token = h.token(&ns, "agent", None, None).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let sa_file = dir.path().join("sa-token");
+    std::fs::write(&sa_file, sa_token).expect("sa token");
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_file, cert.cert.pem()).expect("cert file");
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).expect("key file");
+    let api: http::Uri = h.apiserver_url().parse().expect("api url");
+    let issuer = |url: &str| {
+        format!(
+            "    - url: {url}\n      audiences: [{AUDIENCE}]\n      usernameClaim: email\n      algorithms: [ES256]\n      clockSkewSeconds: 0\n"
+        )
+    };
+    let yaml = format!(
+        "apiVersion: portcullis.dev/sidecar-config/v1alpha1
+namespace: {ns}
+adminListen: 127.0.0.1:0
+audit:
+  spoolDir: {spool}
+resources:
+- name: cluster-api
+  type: kubernetes
+  listenPort: 0
+  upstream:
+    host: {host}
+    port: {port}
+    tlsMode: verify-full
+    caFile: {ca}
+  serverTls:
+    certFile: {cert}
+    keyFile: {key}
+  tokenFile: {sa}
+  policies: [staff, partner]
+policies:
+- name: staff
+  identity:
+    requireOidc: true
+    issuers:
+{staff_issuer}- name: partner
+  identity:
+    issuers:
+{partner_issuer}",
+        spool = dir.path().join("spool").display(),
+        host = api.host().expect("host"),
+        port = api.port_u16().unwrap_or(443),
+        ca = h.ca_file(),
+        cert = cert_file.display(),
+        key = key_file.display(),
+        sa = sa_file.display(),
+        staff_issuer = issuer(&staff),
+        partner_issuer = issuer(&partner),
+    );
+    let config =
+        portcullis_crds::SidecarConfig::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let mut options = portcullis_sidecar::config::Options::service_account(&ns, "agent");
+    options.oidc = OidcOptions {
+        jwks_min_refresh: Duration::from_millis(100),
+        ..OidcOptions::default()
+    };
+    let sidecar = portcullis_sidecar::start(config, options)
+        .await
+        .expect("sidecar starts");
+    let port = sidecar.addr("cluster-api").expect("listening").port();
+    let records = || {
+        sidecar.spool().write_later().expect("spool");
+        crate::common::read_spool(&dir.path().join("spool"))
+    };
+
+    let mut results: Vec<(&str, String, Result<(), String>)> = Vec::new();
+    let dora = || person(&staff, "dora@staff.example", json!(true), &["dpo"]);
+    let mut short = dora();
+    short["exp"] = json!(now() + 2);
+    let short = staff_key.sign(&short);
+    let (ok, out) = kubectl_raw(dir.path(), port, &cert_file, &short, None).await;
+    let recorded = records().into_iter().rev().find_map(|r| match r.event {
+        AuditEvent::KubeRequest(k) => Some((k.identity_source, r.identity.principal)),
+        _ => None,
+    });
+    results.push((
+        "token precedence",
+        "a staff token as the bearer token: the person, recorded as the client's token".into(),
+        match (ok, recorded) {
+            (true, Some((Some(IdentitySource::ClientToken), Some(p)))) if p.issuer == staff => {
+                Ok(())
+            }
+            (ok, r) => Err(format!("{ok} {r:?} {out}")),
+        },
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (ok, out) = kubectl_raw(dir.path(), port, &cert_file, &short, None).await;
+    let refused = records().into_iter().any(|r| {
+        matches!(&r.event, AuditEvent::AuthenticationRefused(a) if a.reason.contains("has expired"))
+    });
+    results.push((
+        "token lifetime",
+        "the same token once it expired: the next request is refused".into(),
+        if !ok && refused {
+            Ok(())
+        } else {
+            Err(format!("succeeded {ok}, refusal recorded {refused}: {out}"))
+        },
+    ));
+    let (ok, out) = kubectl_raw(
+        dir.path(),
+        port,
+        &cert_file,
+        &partner_key.sign(&person(
+            &partner,
+            "dora@staff.example",
+            json!(true),
+            &["dpo"],
+        )),
+        None,
+    )
+    .await;
+    let refused = records().into_iter().any(|r| {
+        matches!(&r.event, AuditEvent::AuthenticationRefused(a) if a.reason.contains("is not trusted by policy staff"))
+    });
+    results.push((
+        "issuer-bound principals",
+        "a partner token where requireOidc trusts the staff realm only".into(),
+        if !ok && refused {
+            Ok(())
+        } else {
+            Err(format!("succeeded {ok}, refusal recorded {refused}: {out}"))
+        },
+    ));
+    let (ok, out) = kubectl_raw(
+        dir.path(),
+        port,
+        &cert_file,
+        &staff_key.sign(&dora()),
+        Some("system:admin"),
+    )
+    .await;
+    results.push((
+        "claimed identities",
+        "a valid staff token with Impersonate-User: system:admin".into(),
+        if !ok && out.contains("impersonation") {
+            Ok(())
+        } else {
+            Err(format!("succeeded {ok}: {out}"))
+        },
+    ));
+    sidecar.shutdown().await;
+
+    for (family, case, r) in &results {
+        eprintln!(
+            "{:<4} [{family}] {case}",
+            if r.is_ok() { "ok" } else { "FAIL" }
+        );
+    }
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|(family, case, r)| r.as_ref().err().map(|e| format!("[{family}] {case}: {e}")))
+        .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
