@@ -339,6 +339,26 @@ impl IdentityConfig {
                 let mappings = i.claim_mappings.clone().unwrap_or_default();
                 let username = mappings.username.unwrap_or_default();
                 let groups = mappings.groups.unwrap_or_default();
+                let expressions = [
+                    ("claimMappings.username.expression", &username.expression),
+                    ("claimMappings.groups.expression", &groups.expression),
+                ]
+                .into_iter()
+                .chain(
+                    i.claim_validation_rules
+                        .iter()
+                        .map(|r| ("claimValidationRules[].expression", &r.expression)),
+                );
+                for (field, expression) in expressions {
+                    if let Some(source) = expression {
+                        cel::Program::compile(source).map_err(|e| {
+                            CompileError::Range(format!(
+                                "identity issuer {}: {field} {source:?} is not valid CEL: {e}",
+                                i.url
+                            ))
+                        })?;
+                    }
+                }
                 Ok(OidcIssuerConfig {
                     url: i.url.clone(),
                     audiences: i.audiences.clone(),
@@ -1015,6 +1035,26 @@ mod tests {
         assert_eq!(issuer.username_claim, "sub");
         assert_eq!(issuer.groups_claim, "roles");
         assert_eq!(issuer.groups_prefix, "gh:");
+        let mut spec = policy_spec();
+        if let Some(id) = spec.identity.as_mut() {
+            id.issuers[0].claim_validation_rules = vec![ClaimValidationRule {
+                claim: None,
+                required_value: None,
+                expression: Some("claims.(".into()),
+                message: None,
+            }];
+        }
+        let err = PolicyConfig::compile("p", 1, &spec).expect_err("bad CEL");
+        assert!(err.to_string().contains("is not valid CEL"), "{err}");
+        let mut spec = policy_spec();
+        spec.subjects[0].issuer = Some("https://elsewhere.example".into());
+        spec.subjects[0].kind = SubjectKind::Group;
+        let err = PolicyConfig::compile("p", 1, &spec).expect_err("foreign issuer");
+        assert!(
+            err.to_string()
+                .contains("not among this policy's identity.issuers"),
+            "{err}"
+        );
         assert_eq!(
             issuer.algorithms,
             vec![SigningAlgorithm::RS256, SigningAlgorithm::ES256]
