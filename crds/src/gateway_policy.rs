@@ -127,14 +127,16 @@ pub struct IdentitySettings {
     pub issuers: Vec<OidcIssuer>,
 
     /// Refuse connections to the selected resources that do not present a valid ID token of
-    /// one of `issuers`. When the policy names User, Group or Pipeline subjects, the token's
-    /// identity must also match one of them.
+    /// one of this policy's `issuers` (tokens of issuers only other policies list do not
+    /// count). When the policy names User, Group or Pipeline subjects, the token's identity
+    /// must also match one of them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_oidc: bool,
 
     /// File (path inside the sidecar container) holding an ID token, for CI jobs that mount
-    /// their pipeline token instead of sending it as the password. Read at every connection;
-    /// while it holds a token, no password is asked for.
+    /// their pipeline token instead of sending it as the password. Read at every connection
+    /// whose client sends no token (a password that is not a JWT, for example `-`): the
+    /// client's own token always comes first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     #[x_kube(validation = Rule::new("self.startsWith('/')")

@@ -922,10 +922,20 @@ async fn relay(
         .exec_sessions
         .with_label_values(&[if spdy { "spdy" } else { "websocket" }])
         .inc();
-    if spdy {
-        stream::relay_spdy(client, upstream, &mut session).await;
-    } else {
-        stream::relay_websocket(client, upstream, &mut session).await;
+    // The stream lasts no longer than the token of the person who opened it.
+    let deadline = proxy.auth.as_ref().and_then(|a| a.deadline(ctx.identity()));
+    let relayed = async {
+        if spdy {
+            stream::relay_spdy(client, upstream, &mut session).await;
+        } else {
+            stream::relay_websocket(client, upstream, &mut session).await;
+        }
+    };
+    tokio::select! {
+        () = relayed => {}
+        reason = crate::identity::expiry::until(deadline, ctx.identity().clone()) => {
+            tracing::info!(session = %ctx.session_id(), request_id, %reason, "closed an exec stream whose token expired");
+        }
     }
     let exit_code = session.exit_code;
     match session.recorder.finish() {

@@ -591,14 +591,14 @@ identity:
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
-/// `kubectl get --raw PATH` through the sidecar with `token` as the bearer token; `as_user`
-/// adds impersonation. Returns whether it succeeded and what it printed.
-async fn kubectl_raw(
+/// kubectl through the sidecar with `token` as the bearer token. Returns whether it
+/// succeeded and what it printed.
+async fn kubectl_with(
     dir: &std::path::Path,
     port: u16,
     ca: &std::path::Path,
     token: &str,
-    as_user: Option<&str>,
+    args: &[&str],
 ) -> (bool, String) {
     let kubeconfig = dir.join(format!("kubeconfig-{}", rand_suffix()));
     std::fs::write(
@@ -625,15 +625,13 @@ current-context: sidecar
     )
     .expect("kubeconfig");
     let kubectl = portcullis_e2e::harness().kubectl_path().to_owned();
-    let as_user = as_user.map(str::to_owned);
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     tokio::task::spawn_blocking(move || {
-        let mut cmd = std::process::Command::new(kubectl);
-        cmd.env("KUBECONFIG", &kubeconfig)
-            .args(["get", "--raw", "/api"]);
-        if let Some(u) = as_user {
-            cmd.arg(format!("--as={u}"));
-        }
-        let out = cmd.output().expect("run kubectl");
+        let out = std::process::Command::new(kubectl)
+            .env("KUBECONFIG", &kubeconfig)
+            .args(&args)
+            .output()
+            .expect("run kubectl");
         (
             out.status.success(),
             format!(
@@ -645,6 +643,18 @@ current-context: sidecar
     })
     .await
     .expect("kubectl")
+}
+
+/// A read every authenticated user may make.
+const RAW: [&str; 3] = ["get", "--raw", "/api"];
+
+/// A fresh file name for a manifest.
+fn dir_for_pod() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "identity-kube-pod-{}-{}.json",
+        std::process::id(),
+        rand_suffix()
+    ))
 }
 
 fn rand_suffix() -> u64 {
@@ -668,6 +678,41 @@ async fn identity_families_in_the_kubernetes_proxy() {
     // service-account token; OIDC required, of the staff realm only.
     let ns = h.namespace("identity-kube").await;
     h.service_account(&ns, "agent").await;
+    for args in [
+        vec![
+            "create",
+            "role",
+            "exec",
+            "--verb=get,create",
+            "--resource=pods,pods/exec",
+        ],
+        vec!["create", "rolebinding", "exec", "--role=exec"],
+    ] {
+        let mut args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        if args[1] == "rolebinding" {
+            args.push(format!("--serviceaccount={ns}:agent"));
+        }
+        args.extend(["-n".to_owned(), ns.clone()]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = h.kubectl(&refs);
+        assert!(out.status.success(), "{out:?}");
+    }
+    // A pod on the node whose exec the harness serves (commands run as local processes).
+    let pod_file = dir_for_pod();
+    std::fs::write(
+        &pod_file,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "web-0", "namespace": ns},
+            "spec": {"nodeName": h.exec_node(), "containers": [{"name": "app", "image": "app:1"}]}
+        })
+        .to_string(),
+    )
+    .expect("pod manifest");
+    let out = h.kubectl(&["apply", "-f", &pod_file.to_string_lossy()]);
+    let _ = std::fs::remove_file(&pod_file);
+    assert!(out.status.success(), "{out:?}");
     let sa_token = h.token(&ns, "agent", None, None).await;
     let dir = tempfile::tempdir().expect("dir");
     let sa_file = dir.path().join("sa-token");
@@ -742,7 +787,7 @@ policies:
     let mut short = dora();
     short["exp"] = json!(now() + 2);
     let short = staff_key.sign(&short);
-    let (ok, out) = kubectl_raw(dir.path(), port, &cert_file, &short, None).await;
+    let (ok, out) = kubectl_with(dir.path(), port, &cert_file, &short, &RAW).await;
     let recorded = records().into_iter().rev().find_map(|r| match r.event {
         AuditEvent::KubeRequest(k) => Some((k.identity_source, r.identity.principal)),
         _ => None,
@@ -758,7 +803,7 @@ policies:
         },
     ));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (ok, out) = kubectl_raw(dir.path(), port, &cert_file, &short, None).await;
+    let (ok, out) = kubectl_with(dir.path(), port, &cert_file, &short, &RAW).await;
     let refused = records().into_iter().any(|r| {
         matches!(&r.event, AuditEvent::AuthenticationRefused(a) if a.reason.contains("has expired"))
     });
@@ -771,7 +816,7 @@ policies:
             Err(format!("succeeded {ok}, refusal recorded {refused}: {out}"))
         },
     ));
-    let (ok, out) = kubectl_raw(
+    let (ok, out) = kubectl_with(
         dir.path(),
         port,
         &cert_file,
@@ -781,7 +826,7 @@ policies:
             json!(true),
             &["dpo"],
         )),
-        None,
+        &RAW,
     )
     .await;
     let refused = records().into_iter().any(|r| {
@@ -796,12 +841,12 @@ policies:
             Err(format!("succeeded {ok}, refusal recorded {refused}: {out}"))
         },
     ));
-    let (ok, out) = kubectl_raw(
+    let (ok, out) = kubectl_with(
         dir.path(),
         port,
         &cert_file,
         &staff_key.sign(&dora()),
-        Some("system:admin"),
+        &["get", "--raw", "/api", "--as=system:admin"],
     )
     .await;
     results.push((
@@ -811,6 +856,32 @@ policies:
             Ok(())
         } else {
             Err(format!("succeeded {ok}: {out}"))
+        },
+    ));
+    // An exec stream opened with a token ends when the token does, whatever runs in it.
+    let mut short = dora();
+    short["exp"] = json!(now() + 3);
+    let started = std::time::Instant::now();
+    let (_, out) = kubectl_with(
+        dir.path(),
+        port,
+        &cert_file,
+        &staff_key.sign(&short),
+        &["exec", "-n", &ns, "web-0", "--", "sleep", "30"],
+    )
+    .await;
+    let took = started.elapsed();
+    let recorded = records().into_iter().any(
+        |r| matches!(&r.event, AuditEvent::Recording(rec) if rec.target.ends_with("web-0/app")),
+    );
+    results.push((
+        "token lifetime",
+        "an exec stream (sleep 30) closes when its token expires".into(),
+        // It ran until the token expired (two to three seconds), not to the command's end.
+        if took >= Duration::from_secs(2) && took < Duration::from_secs(15) && recorded {
+            Ok(())
+        } else {
+            Err(format!("took {took:?}, recording kept {recorded}: {out}"))
         },
     ));
     sidecar.shutdown().await;
