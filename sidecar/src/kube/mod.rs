@@ -783,7 +783,14 @@ async fn handle(
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.boxed())
+    // A watch (or any long response) ends when the token that asked for it does.
+    match proxy.auth.as_ref().and_then(|a| a.deadline(&identity)) {
+        Some(deadline) => Response::from_parts(
+            parts,
+            crate::identity::expiry::UntilDeadline::new(body, deadline).boxed(),
+        ),
+        None => Response::from_parts(parts, body.boxed()),
+    }
 }
 
 fn micros(since: Instant) -> u64 {

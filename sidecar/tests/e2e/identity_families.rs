@@ -683,7 +683,7 @@ async fn identity_families_in_the_kubernetes_proxy() {
             "create",
             "role",
             "exec",
-            "--verb=get,create",
+            "--verb=get,list,watch,create",
             "--resource=pods,pods/exec",
         ],
         vec!["create", "rolebinding", "exec", "--role=exec"],
@@ -882,6 +882,30 @@ policies:
             Ok(())
         } else {
             Err(format!("took {took:?}, recording kept {recorded}: {out}"))
+        },
+    ));
+    // So does a watch: the API server would keep it open for 30 seconds.
+    let mut short = dora();
+    short["exp"] = json!(now() + 3);
+    let started = std::time::Instant::now();
+    let watch = format!("/api/v1/namespaces/{ns}/pods?watch=1&timeoutSeconds=30");
+    let (_, out) = kubectl_with(
+        dir.path(),
+        port,
+        &cert_file,
+        &staff_key.sign(&short),
+        &["get", "--raw", &watch],
+    )
+    .await;
+    let took = started.elapsed();
+    results.push((
+        "token lifetime",
+        "a watch (timeoutSeconds 30) ends when its token expires".into(),
+        if took >= Duration::from_secs(2) && took < Duration::from_secs(15) && out.contains("ADDED")
+        {
+            Ok(())
+        } else {
+            Err(format!("took {took:?}: {out}"))
         },
     ));
     sidecar.shutdown().await;
