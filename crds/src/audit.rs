@@ -205,6 +205,9 @@ pub struct KubeRequestRecord {
     /// The AccessRequest whose approval let the request run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_request: Option<String>,
+    /// Where the request's identity came from, when the resource accepts OIDC ID tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_source: Option<IdentitySource>,
 }
 
 /// What an exec or attach asked for.
@@ -394,6 +397,22 @@ pub struct SessionStart {
     pub application_name: Option<String>,
     /// Address of the client (loopback in a pod).
     pub client_address: String,
+    /// Where the session's identity came from (`clientToken`, `tokenFile`, `workload`), when
+    /// the resource accepts OIDC ID tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_source: Option<IdentitySource>,
+}
+
+/// Where the identity of a session or request came from, in the order the sidecar tries them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum IdentitySource {
+    /// An ID token the client sent (the PostgreSQL password, the Kubernetes bearer token).
+    ClientToken,
+    /// The token in the file a policy's `identity.tokenFile` names (the client sent none).
+    TokenFile,
+    /// No token: the workload (the pod's service account) alone.
+    Workload,
 }
 
 /// A session ended.

@@ -127,14 +127,16 @@ pub struct IdentitySettings {
     pub issuers: Vec<OidcIssuer>,
 
     /// Refuse connections to the selected resources that do not present a valid ID token of
-    /// one of `issuers`. When the policy names User, Group or Pipeline subjects, the token's
-    /// identity must also match one of them.
+    /// one of this policy's `issuers` (tokens of issuers only other policies list do not
+    /// count). When the policy names User, Group or Pipeline subjects, the token's identity
+    /// must also match one of them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_oidc: bool,
 
     /// File (path inside the sidecar container) holding an ID token, for CI jobs that mount
-    /// their pipeline token instead of sending it as the password. Read at every connection;
-    /// while it holds a token, no password is asked for.
+    /// their pipeline token instead of sending it as the password. Read at every connection
+    /// whose client sends no token (a password that is not a JWT, for example `-`): the
+    /// client's own token always comes first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     #[x_kube(validation = Rule::new("self.startsWith('/')")
@@ -166,15 +168,18 @@ pub struct OidcIssuer {
     #[serde(default)]
     pub principal: PrincipalKind,
 
-    /// Claim holding the user name matched by `User` subjects. Defaults to `sub`.
+    /// How the user name and groups are read from a token, as in the Kubernetes API server's
+    /// structured authentication configuration. Defaults: user name from `sub`, groups from
+    /// `groups`, no prefixes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 128))]
-    pub username_claim: Option<String>,
+    pub claim_mappings: Option<ClaimMappings>,
 
-    /// Claim holding the list of groups matched by `Group` subjects. Defaults to `groups`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 128))]
-    pub groups_claim: Option<String>,
+    /// Rules every token of this issuer must satisfy (a claim with a required value, or a CEL
+    /// expression over `claims`), as in the Kubernetes API server's structured authentication
+    /// configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub claim_validation_rules: Vec<ClaimValidationRule>,
 
     /// Signature algorithms accepted. Defaults to RS256 and ES256. Symmetric algorithms and
     /// `none` are never accepted.
@@ -182,11 +187,79 @@ pub struct OidcIssuer {
     #[schemars(length(max = 9))]
     pub algorithms: Vec<SigningAlgorithm>,
 
-    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds. Defaults to 30; at most
-    /// 300.
+    /// The one leeway of this issuer's tokens: clock skew tolerated on `exp`, `nbf` and
+    /// `iat`, and after `exp` before an open session ends, in seconds. Defaults to 30; at
+    /// most 300.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 300").message("clockSkewSeconds must be between 0 and 300"))]
     pub clock_skew_seconds: Option<i64>,
+}
+
+/// How the user name and groups of a principal are read from its token.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimMappings {
+    /// The user name matched by `User` subjects. Defaults to the `sub` claim without a
+    /// prefix. The `email` claim counts only in tokens whose `email_verified` is `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<PrefixedClaim>,
+    /// The groups matched by `Group` subjects. Defaults to the `groups` claim without a
+    /// prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<PrefixedClaim>,
+}
+
+/// A claim, or a CEL expression over `claims`, with a prefix put before every value.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[x_kube(validation = Rule::new("has(self.claim) != has(self.expression)")
+    .message("a claim mapping needs exactly one of claim and expression"))]
+#[x_kube(validation = Rule::new("!has(self.prefix) || has(self.claim)")
+    .message("prefix applies to claim only (an expression builds the whole value)"))]
+#[serde(rename_all = "camelCase")]
+pub struct PrefixedClaim {
+    /// Name of the claim (a string; for groups, a string or a list of strings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub claim: Option<String>,
+    /// Put before every value read from `claim` (for example `staff:`), so that names from
+    /// different issuers cannot coincide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub prefix: Option<String>,
+    /// CEL expression over `claims` giving the value (a string; for groups, a string or a
+    /// list of strings), for example `claims.preferred_username + "@staff"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub expression: Option<String>,
+}
+
+/// A rule every token of an issuer must satisfy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("has(self.claim) != has(self.expression)")
+    .message("a claim validation rule needs exactly one of claim (with requiredValue) and expression"))]
+#[x_kube(validation = Rule::new("has(self.claim) == has(self.requiredValue)")
+    .message("requiredValue goes with claim, and claim needs requiredValue"))]
+#[x_kube(validation = Rule::new("!has(self.message) || has(self.expression)")
+    .message("message goes with expression (a claim rule names the claim itself)"))]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimValidationRule {
+    /// A claim that must be present with `requiredValue` (a string, or a list that holds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub claim: Option<String>,
+    /// The value `claim` must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub required_value: Option<String>,
+    /// CEL expression over `claims` that must be `true`, for example
+    /// `claims.hd == "example.com"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub expression: Option<String>,
+    /// Shown in the refusal when `expression` is not `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub message: Option<String>,
 }
 
 /// What an issuer's tokens identify.
@@ -247,10 +320,13 @@ impl SigningAlgorithm {
     .message("a Pipeline subject needs claims to match, for example repository: org/repo and ref: refs/heads/main"))]
 #[x_kube(validation = Rule::new("self.kind == 'ServiceAccount' || !has(self.namespace)")
     .message("subject namespace applies to kind ServiceAccount only"))]
+#[x_kube(validation = Rule::new("self.kind != 'ServiceAccount' || !has(self.issuer)")
+    .message("subject issuer applies to kinds User, Group and Pipeline (OIDC principals) only"))]
 #[serde(rename_all = "camelCase")]
 pub struct Subject {
-    /// `ServiceAccount` (the agent pod's workload identity), `User` (OIDC subject or email),
-    /// `Group` (OIDC group claim), or `Pipeline` (CI token claims).
+    /// `ServiceAccount` (the agent pod's workload identity), `User` (the user name an issuer's
+    /// `claimMappings` give), `Group` (its groups), or `Pipeline` (CI token claims). User,
+    /// Group and Pipeline subjects match tokens of this policy's own issuers only.
     pub kind: SubjectKind,
     /// Name of the service account, user or group. `*` matches any name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -260,6 +336,12 @@ pub struct Subject {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
     pub namespace: Option<String>,
+    /// For User, Group and Pipeline subjects: the issuer (one of `identity.issuers[].url`)
+    /// whose tokens name this user, group or pipeline. Omitted: any issuer of this policy.
+    /// Tokens of issuers this policy does not list never match its subjects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub issuer: Option<String>,
     /// Claims a Pipeline token must carry, each matched exactly (for example
     /// `repository: acme/agents`, `ref: refs/heads/main`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::gateway_policy::{
-    AuditUnavailableAction, Detector, GatewayPolicySpec, GrantScope, GuardrailAction,
-    IdentitySettings, KubernetesSettings, LawfulBasis, MaskingStrategy, PrincipalKind,
-    SigningAlgorithm, StatementKind, Subject, UnanalyzableAction,
+    AuditUnavailableAction, ClaimValidationRule, Detector, GatewayPolicySpec, GrantScope,
+    GuardrailAction, IdentitySettings, KubernetesSettings, LawfulBasis, MaskingStrategy,
+    PrincipalKind, SigningAlgorithm, StatementKind, Subject, SubjectKind, UnanalyzableAction,
 };
 use crate::protected_resource::{ResourceType, TlsMode};
 
@@ -88,6 +88,11 @@ pub struct ResourceConfig {
     /// token path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// Accept clients from addresses other than loopback (a standalone sidecar listening on
+    /// a network address). Off by default: such clients are refused, since they would act
+    /// with the workload's identity.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_remote_clients: bool,
 }
 
 /// PEM files of a local TLS server.
@@ -268,12 +273,27 @@ pub struct OidcIssuerConfig {
     /// What the tokens identify.
     #[serde(default)]
     pub principal: PrincipalKind,
-    /// Claim with the user name.
+    /// Claim with the user name (unless `usernameExpression` is set).
     #[serde(default = "default_username_claim")]
     pub username_claim: String,
-    /// Claim with the groups.
+    /// Put before the user name read from `usernameClaim`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username_prefix: String,
+    /// CEL expression over `claims` giving the user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_expression: Option<String>,
+    /// Claim with the groups (unless `groupsExpression` is set).
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
+    /// Put before every group read from `groupsClaim`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub groups_prefix: String,
+    /// CEL expression over `claims` giving the groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups_expression: Option<String>,
+    /// Rules every token must satisfy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claim_validation_rules: Vec<ClaimValidationRule>,
     /// Accepted signature algorithms.
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<SigningAlgorithm>,
@@ -321,15 +341,40 @@ impl IdentityConfig {
                         )))
                     }
                 };
+                let mappings = i.claim_mappings.clone().unwrap_or_default();
+                let username = mappings.username.unwrap_or_default();
+                let groups = mappings.groups.unwrap_or_default();
+                let expressions = [
+                    ("claimMappings.username.expression", &username.expression),
+                    ("claimMappings.groups.expression", &groups.expression),
+                ]
+                .into_iter()
+                .chain(
+                    i.claim_validation_rules
+                        .iter()
+                        .map(|r| ("claimValidationRules[].expression", &r.expression)),
+                );
+                for (field, expression) in expressions {
+                    if let Some(source) = expression {
+                        cel::Program::compile(source).map_err(|e| {
+                            CompileError::Range(format!(
+                                "identity issuer {}: {field} {source:?} is not valid CEL: {e}",
+                                i.url
+                            ))
+                        })?;
+                    }
+                }
                 Ok(OidcIssuerConfig {
                     url: i.url.clone(),
                     audiences: i.audiences.clone(),
                     principal: i.principal,
-                    username_claim: i
-                        .username_claim
-                        .clone()
-                        .unwrap_or_else(default_username_claim),
-                    groups_claim: i.groups_claim.clone().unwrap_or_else(default_groups_claim),
+                    username_claim: username.claim.unwrap_or_else(default_username_claim),
+                    username_prefix: username.prefix.unwrap_or_default(),
+                    username_expression: username.expression,
+                    groups_claim: groups.claim.unwrap_or_else(default_groups_claim),
+                    groups_prefix: groups.prefix.unwrap_or_default(),
+                    groups_expression: groups.expression,
+                    claim_validation_rules: i.claim_validation_rules.clone(),
                     algorithms: if i.algorithms.is_empty() {
                         default_algorithms()
                     } else {
@@ -583,6 +628,36 @@ pub enum CompileError {
     Range(String),
 }
 
+/// Every subject that names an issuer names one the policy trusts (`identity.issuers`).
+fn check_subject_issuers(spec: &GatewayPolicySpec) -> Result<(), CompileError> {
+    let trusted: Vec<&str> = spec
+        .identity
+        .iter()
+        .flat_map(|i| i.issuers.iter().map(|i| i.url.as_str()))
+        .collect();
+    let subjects = spec
+        .subjects
+        .iter()
+        .chain(spec.masking.iter().flat_map(|m| m.exempt.iter()))
+        .chain(spec.guardrails.iter().flat_map(|g| g.exempt.iter()));
+    for s in subjects {
+        match (&s.issuer, s.kind) {
+            (Some(_), SubjectKind::ServiceAccount) => {
+                return Err(CompileError::Range(
+                    "subject issuer applies to kinds User, Group and Pipeline only".into(),
+                ))
+            }
+            (Some(issuer), _) if !trusted.contains(&issuer.as_str()) => {
+                return Err(CompileError::Range(format!(
+                    "a subject names issuer {issuer}, which is not among this policy's identity.issuers"
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl PolicyConfig {
     /// Compile a GatewayPolicy spec into the form the sidecar applies.
     pub fn compile(
@@ -590,6 +665,7 @@ impl PolicyConfig {
         generation: i64,
         spec: &GatewayPolicySpec,
     ) -> Result<Self, CompileError> {
+        check_subject_issuers(spec)?;
         let masking = spec
             .masking
             .iter()
@@ -822,6 +898,7 @@ mod tests {
                 kind: SubjectKind::ServiceAccount,
                 name: Some("support-agent".into()),
                 namespace: None,
+                issuer: None,
                 claims: Default::default(),
             }],
             masking: vec![MaskingRule {
@@ -858,6 +935,7 @@ mod tests {
                         kind: SubjectKind::Pipeline,
                         name: None,
                         namespace: None,
+                        issuer: None,
                         claims: [("ref".to_owned(), "refs/heads/main".to_owned())].into(),
                     }],
                 },
@@ -875,8 +953,15 @@ mod tests {
                     url: "https://token.actions.githubusercontent.com".into(),
                     audiences: vec!["portcullis".into()],
                     principal: PrincipalKind::Pipeline,
-                    username_claim: None,
-                    groups_claim: Some("roles".into()),
+                    claim_mappings: Some(crate::gateway_policy::ClaimMappings {
+                        username: None,
+                        groups: Some(crate::gateway_policy::PrefixedClaim {
+                            claim: Some("roles".into()),
+                            prefix: Some("gh:".into()),
+                            expression: None,
+                        }),
+                    }),
+                    claim_validation_rules: vec![],
                     algorithms: vec![],
                     clock_skew_seconds: None,
                 }],
@@ -911,6 +996,7 @@ mod tests {
                 policies: vec!["gdpr".into()],
                 server_tls: None,
                 token_file: None,
+                allow_remote_clients: false,
             }],
             policies: vec![PolicyConfig::compile("gdpr", 3, &policy_spec()).expect("compiles")],
             audit: AuditConfig::default(),
@@ -954,6 +1040,27 @@ mod tests {
         let issuer = &id.issuers[0];
         assert_eq!(issuer.username_claim, "sub");
         assert_eq!(issuer.groups_claim, "roles");
+        assert_eq!(issuer.groups_prefix, "gh:");
+        let mut spec = policy_spec();
+        if let Some(id) = spec.identity.as_mut() {
+            id.issuers[0].claim_validation_rules = vec![ClaimValidationRule {
+                claim: None,
+                required_value: None,
+                expression: Some("claims.(".into()),
+                message: None,
+            }];
+        }
+        let err = PolicyConfig::compile("p", 1, &spec).expect_err("bad CEL");
+        assert!(err.to_string().contains("is not valid CEL"), "{err}");
+        let mut spec = policy_spec();
+        spec.subjects[0].issuer = Some("https://elsewhere.example".into());
+        spec.subjects[0].kind = SubjectKind::Group;
+        let err = PolicyConfig::compile("p", 1, &spec).expect_err("foreign issuer");
+        assert!(
+            err.to_string()
+                .contains("not among this policy's identity.issuers"),
+            "{err}"
+        );
         assert_eq!(
             issuer.algorithms,
             vec![SigningAlgorithm::RS256, SigningAlgorithm::ES256]

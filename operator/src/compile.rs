@@ -333,6 +333,7 @@ pub fn compile_namespace(
             }),
             token_file: (r.spec.r#type == ResourceType::Kubernetes)
                 .then(|| PathBuf::from(format!("{SERVICE_ACCOUNT_DIR}/token"))),
+            allow_remote_clients: false,
         });
     }
 

@@ -33,8 +33,9 @@ struct Cli {
     /// Least time between two fetches of an OIDC issuer's keys caused by unknown key ids.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     jwks_min_refresh: std::time::Duration,
-    /// Age after which an OIDC issuer's cached keys are fetched again.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    /// Age after which an OIDC issuer's cached keys are fetched again (a key the issuer
+    /// withdrew is trusted at most this long).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     jwks_max_age: std::time::Duration,
     /// Largest Query or Parse message analysed, in bytes; larger ones are refused.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]

@@ -56,6 +56,8 @@ pub struct Resource {
     pub namespace: String,
     /// OIDC token validation, when the resource's policies name issuers.
     pub auth: Option<Authenticator>,
+    /// Whether clients that are not on loopback are served.
+    pub allow_remote_clients: bool,
     /// The audit spool.
     pub spool: Spool,
     /// Metrics.
@@ -116,6 +118,8 @@ impl Resource {
         let tls = upstream_tls(&upstream_config)
             .map_err(|e| ConfigError::Invalid(format!("resource {}: {e}", resource.name)))?;
         let policies: Vec<PolicyConfig> = config.policies_for(resource).cloned().collect();
+        let policies = crate::identity::bind_policies(policies)
+            .map_err(|e| ConfigError::Invalid(format!("resource {}: {e}", resource.name)))?;
         let auth = Authenticator::for_policies(&policies, &config.namespace, shared.oidc)
             .map_err(|e| ConfigError::Invalid(format!("resource {}: {e}", resource.name)))?;
         let upstream = Arc::new(Upstream {
@@ -139,6 +143,7 @@ impl Resource {
             policies,
             namespace: config.namespace.clone(),
             auth,
+            allow_remote_clients: resource.allow_remote_clients,
             spool: shared.spool.clone(),
             metrics: shared.metrics.clone(),
             identity: shared.identity.clone(),

@@ -1,6 +1,7 @@
 //! Fetching an issuer's discovery document and key set: HTTPS with the system's trust store
 //! (Mozilla's roots when the system has none), plain HTTP on loopback only, bounded in time
-//! and size.
+//! and size. Also the request headers that claim an identity, which the Kubernetes API proxy
+//! never relays ([`strip_identity_headers`]).
 
 use std::time::Duration;
 
@@ -52,6 +53,24 @@ pub fn allowed_url(url: &str) -> Result<http::Uri, String> {
             }
         }
         _ => Err(format!("{url} must use https://")),
+    }
+}
+
+/// Remove every header by which a request could name another identity to the API server:
+/// impersonation (`Impersonate-User`, `-Group`, `-Uid`, `-Extra-*`) and the front-proxy
+/// headers (`X-Remote-User`, `-Group`, `-Extra-*`). Requests run as the pod's service
+/// account and nothing the client writes changes that.
+pub fn strip_identity_headers(headers: &mut http::HeaderMap) {
+    let names: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            k.starts_with("impersonate-") || k.starts_with("x-remote-")
+        })
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
     }
 }
 
@@ -108,7 +127,32 @@ impl HttpClient {
 
 #[cfg(test)]
 mod tests {
-    use super::allowed_url;
+    use super::{allowed_url, strip_identity_headers};
+
+    #[test]
+    fn identity_headers_are_stripped() {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("X-Remote-User", "system:admin"),
+            ("x-remote-group", "system:masters"),
+            ("X-Remote-Extra-Scopes", "all"),
+            ("Impersonate-User", "admin"),
+            ("Impersonate-Group", "system:masters"),
+            ("Impersonate-Uid", "1"),
+            ("Impersonate-Extra-Scopes", "all"),
+            ("Accept", "application/json"),
+            ("X-Request-Id", "7"),
+        ] {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                http::HeaderValue::from_static(v),
+            );
+        }
+        strip_identity_headers(&mut h);
+        let mut left: Vec<&str> = h.keys().map(http::HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["accept", "x-request-id"]);
+    }
 
     #[test]
     fn plain_http_is_for_loopback_only() {

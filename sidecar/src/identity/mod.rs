@@ -1,13 +1,22 @@
 //! Who is behind a session: the workload (the pod's service account, from the downward API)
-//! and, when the client presents a valid OIDC ID token, the person or pipeline run that
-//! started it. Policies select sessions by these identities (`subjects`), exempt them from
-//! guardrails and masking rules (`exempt`), and may require a token (`requireOidc`).
+//! and, when an OIDC ID token is presented, the person or pipeline run that started it.
+//! Policies select sessions by these identities (`subjects`), exempt them from guardrails
+//! and masking rules (`exempt`), and may require a token (`requireOidc`).
 //!
-//! A token arrives as the PostgreSQL password: when a resource's policies name OIDC issuers,
-//! the sidecar asks a loopback client for a cleartext password (the token never leaves the
-//! pod) and validates it against the issuer's published keys. A CI job may instead mount its
-//! token in a file named by the policy.
+//! A principal is (issuer, subject): a User, Group or Pipeline subject of a policy matches
+//! only principals of the issuers that policy lists (or of the one issuer the subject
+//! names), never those of an issuer that another policy of the same resource trusts.
+//! [`bind_policies`] resolves every such subject to its issuers when a resource is loaded.
+//!
+//! The token is taken, in this order, from the client (the PostgreSQL password, asked of
+//! loopback clients; the Kubernetes bearer token), from the file a policy's `tokenFile`
+//! names, or not at all (the workload alone); the choice is recorded with the session or
+//! request ([`IdentitySource`]). A token that is presented and fails is refused, never
+//! passed over. Clients that are not on loopback are refused unless the resource allows
+//! them. A session's rights end when its token expires ([`Authenticator::deadline`]).
 
+pub mod claims;
+pub mod expiry;
 pub mod http;
 pub mod oidc;
 
@@ -15,8 +24,9 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use portcullis_crds::audit::Identity;
+use portcullis_crds::audit::{Identity, IdentitySource};
 use portcullis_crds::gateway_policy::{Subject, SubjectKind};
 use portcullis_crds::sidecar_config::{MaskingRuleConfig, OidcIssuerConfig, PolicyConfig};
 use thiserror::Error;
@@ -60,7 +70,11 @@ pub fn subject_matches(subject: &Subject, identity: &Identity, default_ns: &str)
         Some(n) => n == "*" || n == candidate,
         None => false,
     };
-    let principal = identity.principal.as_ref();
+    // A principal counts only for subjects bound to its own issuer (see `bind_policies`).
+    let principal = identity
+        .principal
+        .as_ref()
+        .filter(|p| subject.issuer.as_deref() == Some(p.issuer.as_str()));
     match subject.kind {
         SubjectKind::ServiceAccount => {
             identity.kind == "ServiceAccount"
@@ -105,6 +119,58 @@ pub fn policy_applies(policy: &PolicyConfig, identity: &Identity, default_ns: &s
     policy.subjects.is_empty() || matches_any(&policy.subjects, identity, default_ns)
 }
 
+/// Bind every User, Group and Pipeline subject of each policy (its `subjects` and the
+/// `exempt` lists of its masking rules and guardrails) to the issuers that policy trusts:
+/// a subject without `issuer` stands for one subject per issuer of the policy. A subject of
+/// a policy that trusts no issuer stays unbound and matches no principal. A subject that
+/// names an issuer its policy does not list is an error.
+pub fn bind_policies(mut policies: Vec<PolicyConfig>) -> Result<Vec<PolicyConfig>, String> {
+    for p in &mut policies {
+        let trusted: Vec<String> = p
+            .identity
+            .iter()
+            .flat_map(|i| i.issuers.iter().map(|i| i.url.clone()))
+            .collect();
+        let name = p.name.clone();
+        let bind = |list: &mut Vec<Subject>| -> Result<(), String> {
+            let mut bound = Vec::with_capacity(list.len());
+            for s in list.drain(..) {
+                if s.kind == SubjectKind::ServiceAccount {
+                    bound.push(s);
+                    continue;
+                }
+                match &s.issuer {
+                    Some(issuer) if !trusted.contains(issuer) => {
+                        return Err(format!(
+                            "policy {name}: subject {} names issuer {issuer}, which is not among the policy's identity.issuers",
+                            describe_subject(&s)
+                        ));
+                    }
+                    Some(_) => bound.push(s),
+                    None if trusted.is_empty() => {
+                        tracing::warn!(policy = %name, subject = %describe_subject(&s), "a subject of a policy without identity.issuers matches no OIDC principal");
+                        bound.push(s);
+                    }
+                    None => bound.extend(trusted.iter().map(|url| Subject {
+                        issuer: Some(url.clone()),
+                        ..s.clone()
+                    })),
+                }
+            }
+            *list = bound;
+            Ok(())
+        };
+        bind(&mut p.subjects)?;
+        for m in &mut p.masking {
+            bind(&mut m.exempt)?;
+        }
+        for g in &mut p.guardrails {
+            bind(&mut g.exempt)?;
+        }
+    }
+    Ok(policies)
+}
+
 /// Why a connection is refused at start-up. The messages are shown to the client.
 #[derive(Debug, Error)]
 pub enum AuthError {
@@ -138,15 +204,41 @@ pub enum AuthError {
         /// Its subjects.
         subjects: String,
     },
+    /// The token is valid, but its issuer is not one a policy that requires OIDC trusts.
+    #[error("OIDC identity {who} of issuer {issuer} is not trusted by policy {policy}, which requires a token of {trusted}")]
+    UntrustedByPolicy {
+        /// The principal.
+        who: String,
+        /// Its issuer.
+        issuer: String,
+        /// The policy.
+        policy: String,
+        /// The policy's issuers.
+        trusted: String,
+    },
+    /// The client is not on loopback and the resource does not accept such clients.
+    #[error("connections from {peer} are refused: this resource accepts clients on loopback only (allowRemoteClients is off)")]
+    RemoteClient {
+        /// The client's address.
+        peer: String,
+    },
     /// The client broke the password exchange.
     #[error("{0}")]
     Protocol(String),
 }
 
+/// A policy that requires a token: of one of its issuers, naming one of its subjects.
+#[derive(Debug)]
+struct Required {
+    policy: String,
+    issuers: Vec<String>,
+    subjects: Vec<Subject>,
+}
+
 /// The OIDC settings of one resource, gathered from its policies.
 pub struct Authenticator {
     verifiers: Vec<Arc<IssuerVerifier>>,
-    required: Vec<(String, Vec<Subject>)>,
+    required: Vec<Required>,
     token_files: Vec<PathBuf>,
     recorded_claims: BTreeSet<String>,
     namespace: String,
@@ -185,13 +277,15 @@ fn subjects_of(policy: &PolicyConfig) -> impl Iterator<Item = &Subject> {
 }
 
 impl Authenticator {
-    /// The OIDC settings of a resource's policies; `None` when no policy names an issuer.
+    /// The OIDC settings of a resource's policies (bound by [`bind_policies`]); `None` when no
+    /// policy names an issuer. Two policies that list the same issuer URL must give it the
+    /// same settings, so that a principal means one thing on the resource.
     pub fn for_policies(
         policies: &[PolicyConfig],
         namespace: &str,
         options: OidcOptions,
     ) -> Result<Option<Authenticator>, String> {
-        let mut configs: Vec<OidcIssuerConfig> = Vec::new();
+        let mut configs: Vec<(OidcIssuerConfig, String)> = Vec::new();
         let mut required = Vec::new();
         let mut token_files = Vec::new();
         for p in policies {
@@ -199,8 +293,15 @@ impl Authenticator {
             for issuer in &id.issuers {
                 http::allowed_url(&issuer.url)
                     .map_err(|e| format!("policy {}: issuer {e}", p.name))?;
-                if !configs.contains(issuer) {
-                    configs.push(issuer.clone());
+                match configs.iter().find(|(c, _)| c.url == issuer.url) {
+                    Some((c, _)) if c == issuer => {}
+                    Some((_, other)) => {
+                        return Err(format!(
+                            "policies {other} and {} list issuer {} with different settings; give it the same audiences, claim mappings, rules, algorithms and leeway in both",
+                            p.name, issuer.url
+                        ))
+                    }
+                    None => configs.push((issuer.clone(), p.name.clone())),
                 }
             }
             if id.require_oidc {
@@ -210,7 +311,11 @@ impl Authenticator {
                     .filter(|s| s.kind != SubjectKind::ServiceAccount)
                     .cloned()
                     .collect();
-                required.push((p.name.clone(), people));
+                required.push(Required {
+                    policy: p.name.clone(),
+                    issuers: id.issuers.iter().map(|i| i.url.clone()).collect(),
+                    subjects: people,
+                });
             }
             if let Some(f) = &id.token_file {
                 token_files.push(f.clone());
@@ -229,11 +334,12 @@ impl Authenticator {
                 recorded_claims.extend(s.claims.keys().cloned());
             }
         }
+        let verifiers = configs
+            .into_iter()
+            .map(|(c, _)| IssuerVerifier::new(c, http.clone(), options).map(Arc::new))
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(Some(Authenticator {
-            verifiers: configs
-                .into_iter()
-                .map(|c| Arc::new(IssuerVerifier::new(c, http.clone(), options)))
-                .collect(),
+            verifiers,
             required,
             token_files,
             recorded_claims,
@@ -276,54 +382,78 @@ impl Authenticator {
         None
     }
 
+    /// The identity of a session or request, by the one precedence: the client's token (a
+    /// JWT it sent), else the token in a policy's `tokenFile`, else the workload alone. A
+    /// token that is presented and fails validation is refused; where a token is required,
+    /// the workload alone is refused.
+    pub async fn resolve(
+        &self,
+        workload: &Identity,
+        client: Option<&str>,
+    ) -> Result<(Identity, IdentitySource), AuthError> {
+        let client = client.map(str::trim).filter(|t| !t.is_empty());
+        let mut not_a_token = false;
+        if let Some(token) = client {
+            if matches!(oidc::peek(token), Err(TokenError::NotAJwt)) {
+                // A password that is not a token at all means "no token from the client".
+                not_a_token = true;
+            } else {
+                let identity = self.authenticate(workload, token).await?;
+                return Ok((identity, IdentitySource::ClientToken));
+            }
+        }
+        if let Some(token) = self.token_from_file().await {
+            let identity = self.authenticate(workload, &token).await?;
+            return Ok((identity, IdentitySource::TokenFile));
+        }
+        if self.required() {
+            return Err(if not_a_token {
+                AuthError::Token {
+                    source: TokenError::NotAJwt,
+                    expected: self.expected(),
+                }
+            } else {
+                AuthError::Required {
+                    expected: self.expected(),
+                }
+            });
+        }
+        Ok((workload.clone(), IdentitySource::Workload))
+    }
+
+    /// When the rights of an identity end: the expiry of its principal's token plus the
+    /// issuer's leeway. `None` for the workload alone.
+    pub fn deadline(&self, identity: &Identity) -> Option<SystemTime> {
+        let p = identity.principal.as_ref()?;
+        let exp = p.expires?;
+        let leeway = self
+            .verifiers
+            .iter()
+            .find(|v| v.config().url == p.issuer)
+            .map_or(0, |v| v.config().clock_skew_seconds);
+        Some(UNIX_EPOCH + Duration::from_secs(exp.saturating_add(leeway)))
+    }
+
     /// Validate a token and return the session identity: the workload with the token's
-    /// principal. Checks `requireOidc` subjects.
+    /// principal. Checks the issuers and subjects of policies that require OIDC.
     pub async fn authenticate(
         &self,
         workload: &Identity,
-        token: Option<&str>,
+        token: &str,
     ) -> Result<Identity, AuthError> {
-        let token = token.map(str::trim).filter(|t| !t.is_empty());
-        let Some(token) = token else {
-            return if self.required() {
-                Err(AuthError::Required {
-                    expected: self.expected(),
-                })
-            } else {
-                Ok(workload.clone())
-            };
-        };
-        let peeked = match oidc::peek(token) {
-            Ok(p) => p,
-            // Where a token is optional, a password that is not a token at all means "none".
-            Err(TokenError::NotAJwt) if !self.required() => return Ok(workload.clone()),
-            Err(source) => {
-                return Err(AuthError::Token {
-                    source,
-                    expected: self.expected(),
-                })
-            }
-        };
+        let token = token.trim();
+        let peeked = oidc::peek(token).map_err(|source| AuthError::Token {
+            source,
+            expected: self.expected(),
+        })?;
         let iss = peeked
             .claims
             .get("iss")
             .and_then(claim_string)
             .unwrap_or_default();
-        let mut first_error = None;
-        let mut verified = None;
-        for v in self.verifiers.iter().filter(|v| v.config().url == iss) {
-            match v.verify(token, &peeked).await {
-                Ok(ok) => {
-                    verified = Some(ok);
-                    break;
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        let Some(verified) = verified else {
-            let source = first_error.unwrap_or_else(|| TokenError::UntrustedIssuer {
+        let verified = match self.verifiers.iter().find(|v| v.config().url == iss) {
+            Some(v) => v.verify(token, &peeked).await,
+            None => Err(TokenError::UntrustedIssuer {
                 found: iss,
                 trusted: self
                     .verifiers
@@ -331,12 +461,12 @@ impl Authenticator {
                     .map(|v| v.config().url.clone())
                     .collect::<Vec<_>>()
                     .join(", "),
-            });
-            return Err(AuthError::Token {
-                source,
-                expected: self.expected(),
-            });
-        };
+            }),
+        }
+        .map_err(|source| AuthError::Token {
+            source,
+            expected: self.expected(),
+        })?;
         let mut principal = verified.principal;
         for (k, v) in &verified.claims {
             let recorded = self.recorded_claims.contains(k)
@@ -347,27 +477,36 @@ impl Authenticator {
                 }
             }
         }
+        let who = if principal.groups.is_empty() {
+            format!("{} {}", principal.kind, principal.name)
+        } else {
+            format!(
+                "{} {} (groups {})",
+                principal.kind,
+                principal.name,
+                principal.groups.join(", ")
+            )
+        };
+        let issuer = principal.issuer.clone();
         let identity = Identity {
             principal: Some(principal),
             ..workload.clone()
         };
-        for (policy, subjects) in &self.required {
-            if !subjects.is_empty() && !matches_any(subjects, &identity, &self.namespace) {
-                let who = identity
-                    .principal
-                    .as_ref()
-                    .map(|p| {
-                        if p.groups.is_empty() {
-                            format!("{} {}", p.kind, p.name)
-                        } else {
-                            format!("{} {} (groups {})", p.kind, p.name, p.groups.join(", "))
-                        }
-                    })
-                    .unwrap_or_default();
+        for r in &self.required {
+            if !r.issuers.contains(&issuer) {
+                return Err(AuthError::UntrustedByPolicy {
+                    who,
+                    issuer,
+                    policy: r.policy.clone(),
+                    trusted: r.issuers.join(", "),
+                });
+            }
+            if !r.subjects.is_empty() && !matches_any(&r.subjects, &identity, &self.namespace) {
                 return Err(AuthError::NotASubject {
                     who,
-                    policy: policy.clone(),
-                    subjects: subjects
+                    policy: r.policy.clone(),
+                    subjects: r
+                        .subjects
                         .iter()
                         .map(describe_subject)
                         .collect::<Vec<_>>()
@@ -399,6 +538,7 @@ mod tests {
             kind,
             name: name.map(str::to_owned),
             namespace: None,
+            issuer: (kind != SubjectKind::ServiceAccount).then(|| "https://issuer".to_owned()),
             claims: claims
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -492,17 +632,66 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_subject_matches_principals_of_its_own_issuer_only() {
+        let alice = with_principal("User", "alice", &["dpo"], &[]);
+        let mut dpo = subject(SubjectKind::Group, Some("dpo"), &[]);
+        assert!(subject_matches(&dpo, &alice, "agents"));
+        dpo.issuer = Some("https://partner".into());
+        assert!(!subject_matches(&dpo, &alice, "agents"));
+        dpo.issuer = None;
+        assert!(!subject_matches(&dpo, &alice, "agents"), "unbound");
+        let mut user = subject(SubjectKind::User, Some("alice"), &[]);
+        user.issuer = Some("https://partner".into());
+        assert!(!subject_matches(&user, &alice, "agents"));
+    }
+
+    #[test]
+    fn binding_gives_each_policy_its_own_issuers() {
+        let yaml = |issuers: &[&str], exempt_issuer: Option<&str>| -> PolicyConfig {
+            let mut p: PolicyConfig = serde_yaml::from_str(&format!(
+                "name: p\nsubjects:\n- kind: ServiceAccount\n  name: agent\nguardrails:\n- name: g\n  tables: [t]\n  action: deny\n  exempt:\n  - kind: Group\n    name: dpo\n{}",
+                exempt_issuer.map(|i| format!("    issuer: {i}\n")).unwrap_or_default()
+            ))
+            .expect("policy");
+            if !issuers.is_empty() {
+                p.identity = Some(
+                    serde_yaml::from_str(&format!(
+                        "issuers:\n{}",
+                        issuers
+                            .iter()
+                            .map(|u| format!("- url: {u}\n  audiences: [db]\n"))
+                            .collect::<String>()
+                    ))
+                    .expect("identity"),
+                );
+            }
+            p
+        };
+        let bound = bind_policies(vec![yaml(&["https://a", "https://b"], None)]).expect("binds");
+        let issuers: Vec<_> = bound[0].guardrails[0]
+            .exempt
+            .iter()
+            .map(|s| s.issuer.clone())
+            .collect();
+        assert_eq!(
+            issuers,
+            vec![Some("https://a".to_owned()), Some("https://b".to_owned())]
+        );
+        assert_eq!(bound[0].subjects[0].issuer, None, "service accounts stay");
+        let bound = bind_policies(vec![yaml(&[], None)]).expect("binds");
+        assert_eq!(bound[0].guardrails[0].exempt[0].issuer, None, "unbound");
+        let err = bind_policies(vec![yaml(&["https://a"], Some("https://b"))])
+            .expect_err("foreign issuer");
+        assert!(err.contains("names issuer https://b"), "{err}");
+    }
+
     #[tokio::test]
     async fn without_a_token_the_workload_stays_or_the_connection_is_refused() {
-        let issuer = OidcIssuerConfig {
-            url: "https://issuer.example".into(),
-            audiences: vec!["db".into()],
-            principal: Default::default(),
-            username_claim: "sub".into(),
-            groups_claim: "groups".into(),
-            algorithms: vec![portcullis_crds::gateway_policy::SigningAlgorithm::RS256],
-            clock_skew_seconds: 30,
-        };
+        let issuer: OidcIssuerConfig = serde_yaml::from_str(
+            "url: https://issuer.example\naudiences: [db]\nalgorithms: [RS256]\n",
+        )
+        .expect("issuer");
         let mut policy: PolicyConfig = serde_yaml::from_str("name: p\n").expect("policy");
         policy.identity = Some(portcullis_crds::sidecar_config::IdentityConfig {
             issuers: vec![issuer],
@@ -513,16 +702,14 @@ mod tests {
             .expect("builds")
             .expect("enabled");
         assert_eq!(
-            auth.authenticate(&workload(), None)
-                .await
-                .expect("optional"),
-            workload()
+            auth.resolve(&workload(), None).await.expect("optional"),
+            (workload(), IdentitySource::Workload)
         );
         assert_eq!(
-            auth.authenticate(&workload(), Some("not-a-token"))
+            auth.resolve(&workload(), Some("not-a-token"))
                 .await
                 .expect("optional"),
-            workload()
+            (workload(), IdentitySource::Workload)
         );
         if let Some(id) = policy.identity.as_mut() {
             id.require_oidc = true;
@@ -531,7 +718,7 @@ mod tests {
             .expect("builds")
             .expect("enabled");
         let err = auth
-            .authenticate(&workload(), None)
+            .resolve(&workload(), None)
             .await
             .expect_err("required")
             .to_string();
@@ -540,7 +727,7 @@ mod tests {
             "{err}"
         );
         let err = auth
-            .authenticate(&workload(), Some("not-a-token"))
+            .resolve(&workload(), Some("not-a-token"))
             .await
             .expect_err("required")
             .to_string();

@@ -1,8 +1,13 @@
 //! OIDC ID-token validation for one issuer: the discovery document and key set (JWKS) are
-//! fetched on first use and cached, fetched again when they are older than the maximum age or
-//! when a token names a key the cache does not know (at most once per minimum interval, so
-//! tokens with made-up key ids cannot flood the issuer), and every token is checked for its
-//! signature, algorithm, `iss`, `aud`, `exp` and `nbf` by `jsonwebtoken`.
+//! fetched on first use and cached, fetched again when they are older than the maximum age
+//! (default five minutes) or when a token names a key the cache does not know (at most once
+//! per minimum interval, so tokens with made-up key ids cannot flood the issuer). Each
+//! successful fetch replaces the cached keys, so a key the issuer withdrew is no longer
+//! trusted after the next fetch. Every token is checked for its signature, algorithm (the
+//! issuer's allowed list), `iss`, `aud`, `exp` and `nbf` by `jsonwebtoken`; here, `exp`,
+//! `nbf` and `iat` must be JSON numbers, `iat` must not lie in the future, and a token with
+//! several audiences must name an accepted one as its authorized party (`azp`). The issuer's
+//! claim mappings and validation rules ([`super::claims`]) then give the principal.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -16,6 +21,7 @@ use portcullis_crds::sidecar_config::OidcIssuerConfig;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use super::claims::ClaimRules;
 use super::http::HttpClient;
 
 /// Largest token accepted.
@@ -36,7 +42,7 @@ impl Default for OidcOptions {
     fn default() -> Self {
         OidcOptions {
             jwks_min_refresh: Duration::from_secs(10),
-            jwks_max_age: Duration::from_secs(3600),
+            jwks_max_age: Duration::from_secs(300),
             http_timeout: Duration::from_secs(5),
         }
     }
@@ -116,6 +122,28 @@ pub enum TokenError {
     /// A required claim is missing or of the wrong type.
     #[error("the token lacks a valid {0:?} claim")]
     Claim(String),
+    /// `exp`, `nbf` or `iat` is not a JSON number (RFC 7519 NumericDate).
+    #[error("the token's {0:?} claim is not a NumericDate (a JSON number of seconds)")]
+    NotNumericDate(String),
+    /// `iat` lies in the future beyond the leeway.
+    #[error("the token was issued in the future{0}")]
+    IssuedInFuture(String),
+    /// Several audiences and no accepted authorized party.
+    #[error("the token has several audiences ({found}) and its authorized party (azp) {azp} is not an accepted audience ({accepted})")]
+    AuthorizedParty {
+        /// The token's `aud`.
+        found: String,
+        /// The token's `azp`.
+        azp: String,
+        /// The configured audiences.
+        accepted: String,
+    },
+    /// The user name is read from `email` but the issuer does not vouch for the address.
+    #[error("the token's email is not verified (email_verified is not true), so it names nobody")]
+    UnverifiedEmail,
+    /// One of the issuer's claim validation rules does not hold.
+    #[error("the token fails a claim validation rule of its issuer: {0}")]
+    Rule(String),
     /// Any other validation failure.
     #[error("the token is not valid: {0}")]
     Invalid(String),
@@ -236,6 +264,7 @@ struct KeyCache {
 /// Validates the tokens of one issuer.
 pub struct IssuerVerifier {
     config: OidcIssuerConfig,
+    rules: ClaimRules,
     http: HttpClient,
     options: OidcOptions,
     cache: tokio::sync::Mutex<KeyCache>,
@@ -279,10 +308,19 @@ fn describe_aud(claims: &Map<String, Value>) -> String {
     }
 }
 
+/// A NumericDate claim as whole seconds since the epoch (fractions dropped), if it is a
+/// non-negative JSON number.
+pub fn numeric_date(v: &Value) -> Option<u64> {
+    let f = v.as_f64()?;
+    // Truncation is intended: NumericDate seconds, fractions dropped.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    (f.is_finite() && f >= 0.0).then_some(f as u64)
+}
+
 fn time_suffix(claims: &Map<String, Value>, claim: &str, word: &str) -> String {
     claims
         .get(claim)
-        .and_then(Value::as_u64)
+        .and_then(numeric_date)
         .map(|t| {
             let at = std::time::UNIX_EPOCH + Duration::from_secs(t);
             format!(" ({word} {})", humantime::format_rfc3339_seconds(at))
@@ -291,14 +329,21 @@ fn time_suffix(claims: &Map<String, Value>, claim: &str, word: &str) -> String {
 }
 
 impl IssuerVerifier {
-    /// A verifier for one configured issuer.
-    pub fn new(config: OidcIssuerConfig, http: HttpClient, options: OidcOptions) -> Self {
-        IssuerVerifier {
+    /// A verifier for one configured issuer; fails when its claim mappings or rules do not
+    /// compile.
+    pub fn new(
+        config: OidcIssuerConfig,
+        http: HttpClient,
+        options: OidcOptions,
+    ) -> Result<Self, String> {
+        let rules = ClaimRules::new(&config).map_err(|e| format!("issuer {}: {e}", config.url))?;
+        Ok(IssuerVerifier {
             config,
+            rules,
             http,
             options,
             cache: tokio::sync::Mutex::new(KeyCache::default()),
-        }
+        })
     }
 
     /// The issuer's settings.
@@ -452,6 +497,15 @@ impl IssuerVerifier {
                 accepted: accepted(),
             });
         };
+        // NumericDate claims are JSON numbers; a string or anything else is refused rather
+        // than skipped.
+        for claim in ["exp", "nbf", "iat"] {
+            if let Some(v) = peeked.claims.get(claim) {
+                if numeric_date(v).is_none() {
+                    return Err(TokenError::NotNumericDate(claim.to_owned()));
+                }
+            }
+        }
         let key = self.key_for(peeked.kid.as_deref(), alg).await?;
 
         let mut validation = Validation::new(algorithm(alg));
@@ -497,34 +551,41 @@ impl IssuerVerifier {
                 }
             })?;
         let claims = data.claims;
-        // `iat` in the future beyond the skew is as suspicious as a future `nbf`.
-        if let Some(iat) = claims.get("iat").and_then(Value::as_u64) {
+        // `iat` in the future beyond the leeway is as suspicious as a future `nbf`.
+        if let Some(iat) = claims.get("iat") {
+            let iat = numeric_date(iat).ok_or_else(|| TokenError::NotNumericDate("iat".into()))?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or_default();
             if iat > now.saturating_add(self.config.clock_skew_seconds) {
-                return Err(TokenError::NotYetValid(time_suffix(
-                    &claims,
-                    "iat",
-                    "issued at",
+                return Err(TokenError::IssuedInFuture(time_suffix(
+                    &claims, "iat", "at",
                 )));
             }
         }
+        // Several audiences: the party the token was issued to (azp) must be one of ours.
+        if let Some(Value::Array(aud)) = claims.get("aud") {
+            if aud.len() > 1 {
+                let azp = claims.get("azp").and_then(Value::as_str);
+                if !azp.is_some_and(|a| self.config.audiences.iter().any(|x| x == a)) {
+                    return Err(TokenError::AuthorizedParty {
+                        found: describe_aud(&claims),
+                        azp: azp.map_or_else(|| "(none)".to_owned(), |a| format!("{a:?}")),
+                        accepted: self.config.audiences.join(", "),
+                    });
+                }
+            }
+        }
+        self.rules.check(&claims)?;
         let subject = claims
             .get("sub")
-            .and_then(claim_string)
-            .ok_or_else(|| TokenError::Claim("sub".into()))?;
-        let name = claims
-            .get(&self.config.username_claim)
-            .and_then(claim_string)
-            .ok_or_else(|| TokenError::Claim(self.config.username_claim.clone()))?;
-        let groups = match claims.get(&self.config.groups_claim) {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(list)) => list.iter().filter_map(claim_string).collect(),
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(_) => return Err(TokenError::Claim(self.config.groups_claim.clone())),
-        };
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| TokenError::Claim("sub".into()))?
+            .to_owned();
+        let name = self.rules.username(&claims)?;
+        let groups = self.rules.groups(&claims)?;
         let principal = Principal {
             kind: match self.config.principal {
                 PrincipalKind::User => "User",
@@ -536,7 +597,7 @@ impl IssuerVerifier {
             name,
             groups,
             claims: BTreeMap::new(),
-            expires: claims.get("exp").and_then(Value::as_u64),
+            expires: claims.get("exp").and_then(numeric_date),
         };
         Ok(Verified { principal, claims })
     }

@@ -100,6 +100,7 @@ pub struct KubeProxy {
     namespace: String,
     policies: Vec<PolicyConfig>,
     auth: Option<Authenticator>,
+    allow_remote_clients: bool,
     base: String,
     client: HttpClient,
     token_file: PathBuf,
@@ -216,6 +217,8 @@ impl KubeProxy {
             upstream.host.clone()
         };
         let policies: Vec<PolicyConfig> = config.policies_for(resource).cloned().collect();
+        let policies =
+            crate::identity::bind_policies(policies).map_err(|e| invalid(&resource.name, e))?;
         let auth = Authenticator::for_policies(&policies, &config.namespace, shared.oidc)
             .map_err(|e| invalid(&resource.name, e))?;
         let masker = OutputMasker::new(&policies).map_err(|e| invalid(&resource.name, e))?;
@@ -224,6 +227,7 @@ impl KubeProxy {
             namespace: config.namespace.clone(),
             policies,
             auth,
+            allow_remote_clients: resource.allow_remote_clients,
             base: format!("https://{host}:{}", upstream.port),
             client,
             token_file: resource
@@ -521,9 +525,29 @@ async fn handle(
     let started = Instant::now();
     let request_id = session.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let token = bearer(req.headers()).map(str::to_owned);
-    let identity = match &proxy.auth {
-        Some(auth) => match auth.authenticate(&proxy.identity, token.as_deref()).await {
-            Ok(identity) => identity,
+    if !crate::identity::is_loopback(&session.peer) && !proxy.allow_remote_clients {
+        let e = crate::identity::AuthError::RemoteClient {
+            peer: session.peer.to_string(),
+        };
+        proxy.metrics.auth_failures.inc();
+        let ctx = RecordContext::new(
+            session.id.clone(),
+            proxy.identity.clone(),
+            proxy.name.clone(),
+        );
+        proxy.record(
+            &ctx,
+            AuditEvent::AuthenticationRefused(AuthenticationRefused {
+                client_address: session.peer.to_string(),
+                reason: e.to_string(),
+            }),
+        );
+        return status(StatusCode::FORBIDDEN, "Forbidden", &e.to_string(), None);
+    }
+    // Every request is authenticated on its own: an expired token stops working at once.
+    let (identity, identity_source) = match &proxy.auth {
+        Some(auth) => match auth.resolve(&proxy.identity, token.as_deref()).await {
+            Ok((identity, source)) => (identity, Some(source)),
             Err(e) => {
                 proxy.metrics.auth_failures.inc();
                 let ctx = RecordContext::new(
@@ -546,7 +570,7 @@ async fn handle(
                 );
             }
         },
-        None => proxy.identity.clone(),
+        None => (proxy.identity.clone(), None),
     };
     let ctx = RecordContext::new(session.id.clone(), identity.clone(), proxy.name.clone());
     let info = RequestInfo::resolve(req.method(), req.uri().path(), req.uri().query());
@@ -613,6 +637,7 @@ async fn handle(
         lawful_basis,
         purpose,
         access_request: None,
+        identity_source,
     };
     let verb_class = if decided.exec.is_some() {
         info.subresource.as_str()
@@ -774,7 +799,14 @@ async fn handle(
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.boxed())
+    // A watch (or any long response) ends when the token that asked for it does.
+    match proxy.auth.as_ref().and_then(|a| a.deadline(&identity)) {
+        Some(deadline) => Response::from_parts(
+            parts,
+            crate::identity::expiry::UntilDeadline::new(body, deadline).boxed(),
+        ),
+        None => Response::from_parts(parts, body.boxed()),
+    }
 }
 
 fn micros(since: Instant) -> u64 {
@@ -805,6 +837,7 @@ async fn forward_request(
         .map_err(|e| format!("cannot build the upstream URL: {e}"))?;
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
+    crate::identity::http::strip_identity_headers(&mut parts.headers);
     parts.headers.remove(header::HOST);
     parts.headers.remove(header::AUTHORIZATION);
     let auth = HeaderValue::from_str(&format!("Bearer {token}"))
@@ -965,11 +998,21 @@ async fn relay(
         .exec_sessions
         .with_label_values(&[if spdy { "spdy" } else { "websocket" }])
         .inc();
-    if spdy {
-        stream::relay_spdy(client, upstream, &mut session).await;
-    } else {
-        let sub = protocol.as_str();
-        stream::relay_websocket(client, upstream, sub, &mut session).await;
+    // The stream lasts no longer than the token of the person who opened it.
+    let deadline = proxy.auth.as_ref().and_then(|a| a.deadline(ctx.identity()));
+    let relayed = async {
+        if spdy {
+            stream::relay_spdy(client, upstream, &mut session).await;
+        } else {
+            let sub = protocol.as_str();
+            stream::relay_websocket(client, upstream, sub, &mut session).await;
+        }
+    };
+    tokio::select! {
+        () = relayed => {}
+        reason = crate::identity::expiry::until(deadline, ctx.identity().clone()) => {
+            tracing::info!(session = %ctx.session_id(), request_id, %reason, "closed an exec stream whose token expired");
+        }
     }
     let exit_code = session.exit_code;
     match session.recorder.finish() {

@@ -1,13 +1,17 @@
-//! The client side of authentication: when the resource's policies name OIDC issuers, a
-//! loopback client is asked for a cleartext password (AuthenticationCleartextPassword) that
-//! carries its ID token; a token mounted in a file by a CI job is used instead when present.
-//! Without OIDC settings, local clients are accepted as before: the workload's identity holds.
+//! The client side of authentication. Clients that are not on loopback are refused unless
+//! the resource allows them. When the resource's policies name OIDC issuers, a loopback
+//! client is asked for a cleartext password (AuthenticationCleartextPassword) that carries
+//! its ID token; the token is taken from the client, else from a policy's `tokenFile`, else
+//! the workload's identity holds (where no token is required). A client that uses a mounted
+//! token file answers the password request with anything that is not a token (for example
+//! `-`). Without OIDC settings, local clients are accepted as before: the workload's
+//! identity holds.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use portcullis_crds::audit::Identity;
+use portcullis_crds::audit::{Identity, IdentitySource};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -30,6 +34,8 @@ pub struct Established {
     pub identity: Identity,
     /// Whether NegotiateProtocolVersion was already sent (before the password request).
     pub negotiated: bool,
+    /// Where the identity came from, when the resource accepts OIDC ID tokens.
+    pub source: Option<IdentitySource>,
 }
 
 /// Establish who is behind a new session, asking for a token when the policies want one.
@@ -39,29 +45,32 @@ pub async fn establish(
     params: &StartupParams,
     res: &Resource,
 ) -> Result<Established, AuthError> {
+    if !is_loopback(&peer) && !res.allow_remote_clients {
+        return Err(AuthError::RemoteClient {
+            peer: peer.to_string(),
+        });
+    }
     let Some(auth) = &res.auth else {
         return Ok(Established {
             identity: res.identity.clone(),
             negotiated: false,
+            source: None,
         });
     };
-    if let Some(token) = auth.token_from_file().await {
-        let identity = auth.authenticate(&res.identity, Some(&token)).await?;
+    if !is_loopback(&peer) {
+        // A cleartext password is asked for over loopback only: a remote client has the
+        // token file or the workload.
+        let (identity, source) = auth
+            .resolve(&res.identity, None)
+            .await
+            .map_err(|e| match e {
+                AuthError::Required { expected } => AuthError::NotLoopback { expected },
+                other => other,
+            })?;
         return Ok(Established {
             identity,
             negotiated: false,
-        });
-    }
-    if !is_loopback(&peer) {
-        // A cleartext password is asked for over loopback only.
-        if auth.required() {
-            return Err(AuthError::NotLoopback {
-                expected: auth.expected(),
-            });
-        }
-        return Ok(Established {
-            identity: res.identity.clone(),
-            negotiated: false,
+            source: Some(source),
         });
     }
     let mut out = BytesMut::new();
@@ -99,9 +108,10 @@ pub async fn establish(
         .cstr()
         .map_err(|e| AuthError::Protocol(format!("password message: {e}")))?
         .to_owned();
-    let identity = auth.authenticate(&res.identity, Some(&password)).await?;
+    let (identity, source) = auth.resolve(&res.identity, Some(&password)).await?;
     Ok(Established {
         identity,
         negotiated: true,
+        source: Some(source),
     })
 }

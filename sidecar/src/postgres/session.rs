@@ -32,7 +32,7 @@ use super::startup::{self, Hello};
 use super::upstream::{UpstreamError, UpstreamStream};
 use crate::approval::justification_from_options;
 use crate::audit::spool::RecordContext;
-use crate::identity::SQLSTATE_AUTH;
+use crate::identity::{expiry, SQLSTATE_AUTH};
 use crate::masking::engine::{bind_result_formats, SessionMasking, StatementPlan};
 use crate::policy::analyze::{kind_name, Analysis, Effect};
 use crate::policy::guardrails::{Guardrails, RowLimit, Verdict, BUILTIN_POLICY};
@@ -162,6 +162,8 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
     };
     let identity = established.identity;
     let negotiated = established.negotiated;
+    let identity_source = established.source;
+    let deadline = res.auth.as_ref().and_then(|a| a.deadline(&identity));
     let user = params.get("user").unwrap_or_default().to_owned();
     let database = params.get("database").unwrap_or(&user).to_owned();
     let passed: Vec<(String, String)> = params
@@ -212,6 +214,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
                 .unwrap_or(database.clone()),
             application_name: params.get("application_name").map(str::to_owned),
             client_address: peer.to_string(),
+            identity_source,
         }),
     );
     tracing::debug!(session = %ctx.session_id(), %peer, "session started");
@@ -231,6 +234,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         ctx.clone(),
         justification,
         masking,
+        deadline,
     )
     .await;
     res.cancel.unregister(pid);
@@ -265,10 +269,13 @@ async fn relay(
     ctx: RecordContext,
     justification: Option<String>,
     masking: Option<Arc<SessionMasking>>,
+    deadline: Option<std::time::SystemTime>,
 ) -> (String, u64) {
     let (cr, cw) = tcp.into_split();
     let (ur, uw) = tokio::io::split(upstream);
     let cw: ClientWriter = Arc::new(tokio::sync::Mutex::new(cw));
+    let cw_end = cw.clone();
+    let expires = expiry::until(deadline, ctx.identity().clone());
     let tracker = Arc::new(Mutex::new(Tracker {
         masking: masking.clone(),
         ..Tracker::default()
@@ -312,6 +319,16 @@ async fn relay(
             reason
         }
         r = &mut back => r,
+        reason = expires => {
+            // The person's rights end with their token: so does the session.
+            tracing::info!(%reason, "closing a session whose token expired");
+            let mut out = BytesMut::new();
+            put_error(&mut out, "FATAL", crate::identity::SQLSTATE_AUTH, &reason);
+            let mut w = cw_end.lock().await;
+            let _ = w.write_all(&out).await;
+            let _ = w.shutdown().await;
+            reason
+        }
     };
     (reason, front.statements)
 }

@@ -27,6 +27,7 @@ pub struct ProxyBuilder {
     audit: Option<(String, PathBuf, PathBuf)>,
     oidc: Option<OidcOptions>,
     hash_key: Option<String>,
+    resource_yaml: String,
 }
 
 /// A running proxy.
@@ -59,6 +60,7 @@ impl Default for ProxyBuilder {
             audit: None,
             oidc: None,
             hash_key: None,
+            resource_yaml: String::new(),
         }
     }
 }
@@ -103,6 +105,12 @@ impl ProxyBuilder {
     /// Key of the masking `hash` strategy (written to a file the configuration names).
     pub fn hash_key(mut self, key: &str) -> Self {
         self.hash_key = Some(key.to_owned());
+        self
+    }
+
+    /// Further settings of the resource (YAML lines indented by two spaces).
+    pub fn resource_settings(mut self, yaml: &str) -> Self {
+        self.resource_yaml.push_str(yaml);
         self
     }
 
@@ -195,7 +203,8 @@ adminListen: 127.0.0.1:0
     usernameFile: {creds}/username
     passwordFile: {creds}/password
   policies: [{names}]
-policies:{policies}",
+{resource_yaml}policies:{policies}",
+            resource_yaml = self.resource_yaml,
             namespace = self.identity.0,
             spool = spool.display(),
             creds = creds.display(),

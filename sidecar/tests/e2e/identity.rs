@@ -20,21 +20,21 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::common::{Proxy, ProxyBuilder};
 
-const AUDIENCE: &str = "portcullis-db";
+pub(crate) const AUDIENCE: &str = "portcullis-db";
 
-fn b64(bytes: &[u8]) -> String {
+pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// An ES256 signing key generated for the test.
-struct TestKey {
+pub(crate) struct TestKey {
     kid: String,
     pkcs8: Vec<u8>,
     public: Vec<u8>,
 }
 
 impl TestKey {
-    fn generate(kid: &str) -> TestKey {
+    pub(crate) fn generate(kid: &str) -> TestKey {
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
             .expect("generate key");
@@ -47,7 +47,7 @@ impl TestKey {
         }
     }
 
-    fn jwk(&self) -> Value {
+    pub(crate) fn jwk(&self) -> Value {
         json!({
             "kty": "EC",
             "crv": "P-256",
@@ -59,7 +59,7 @@ impl TestKey {
         })
     }
 
-    fn sign(&self, claims: &Value) -> String {
+    pub(crate) fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(&self.pkcs8)).expect("sign")
@@ -140,7 +140,7 @@ impl Drop for Issuer {
     }
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
@@ -198,7 +198,10 @@ fn issuer_yaml(url: &str, principal: &str) -> String {
     )
 }
 
-async fn connect_with(proxy: &Proxy, password: &str) -> Result<Client, tokio_postgres::Error> {
+pub(crate) async fn connect_with(
+    proxy: &Proxy,
+    password: &str,
+) -> Result<Client, tokio_postgres::Error> {
     let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")
@@ -214,7 +217,7 @@ async fn connect_with(proxy: &Proxy, password: &str) -> Result<Client, tokio_pos
 }
 
 /// Connect and expect a refusal at authentication; returns the server's message.
-async fn refused(proxy: &Proxy, password: &str) -> String {
+pub(crate) async fn refused(proxy: &Proxy, password: &str) -> String {
     let err = match connect_with(proxy, password).await {
         Ok(_) => panic!("connection with password {password:.40}... was accepted"),
         Err(e) => e,
@@ -227,7 +230,7 @@ async fn refused(proxy: &Proxy, password: &str) -> String {
     db.message().to_owned()
 }
 
-fn assert_contains(message: &str, needle: &str) {
+pub(crate) fn assert_contains(message: &str, needle: &str) {
     assert!(
         message.contains(needle),
         "expected {needle:?} in the client's error: {message}"
@@ -675,8 +678,8 @@ async fn identity_from_a_mounted_token_file() {
     // Before the job writes its token, the password is asked for (and required).
     assert_contains(&refused(&proxy, "").await, "requires an OIDC ID token");
     std::fs::write(&file, format!("{}\n", k1.sign(&pipeline(&url, "main")))).expect("token");
-    // With the file in place no password is needed.
-    let client = crate::common::connect(&proxy.conn_str()).await;
+    // With the file in place, a password that is not a token selects it.
+    let client = connect_with(&proxy, "-").await.expect("token file");
     client.query_one("SELECT 1", &[]).await.expect("query");
     let last = principals(&proxy).pop().flatten().expect("principal");
     assert_eq!(

@@ -5,6 +5,7 @@ mod common;
 mod durability;
 mod guardrails;
 mod identity;
+mod identity_families;
 mod limits;
 mod masking;
 mod passthrough;
