@@ -39,6 +39,8 @@ struct Inner {
     configs: Store<ConfigMap>,
     sidecar: SidecarSettings,
     metrics: Metrics,
+    /// The operator's own API-server user: the only writer of AccessRequest status.
+    operator_user: Option<String>,
 }
 
 impl WebhookState {
@@ -79,6 +81,7 @@ impl WebhookState {
         // The writers live in the tasks; ready fails only when a task ended.
         let _ = resources.wait_until_ready().await;
         let _ = configs.wait_until_ready().await;
+        let operator_user = super::access_request::own_user(&client).await;
         let state = Self {
             inner: Arc::new(Inner {
                 client,
@@ -86,6 +89,7 @@ impl WebhookState {
                 configs,
                 sidecar,
                 metrics,
+                operator_user,
             }),
         };
         (state, tasks)
@@ -258,7 +262,12 @@ async fn handle(
             "inject-opt-in" => mutate_pod(state, &req, false).await,
             "stamp-decision" => super::access_request::stamp(&req),
             "authorize-decision" => {
-                super::access_request::authorize(&state.inner.client, &req).await
+                super::access_request::authorize(
+                    &state.inner.client,
+                    state.inner.operator_user.as_deref(),
+                    &req,
+                )
+                .await
             }
             _ => super::validate::review(&req),
         },

@@ -615,7 +615,14 @@ impl Frontend {
                         ..self.verdict_record(protocol, &verdict)
                     };
                     if held && self.res.approvals.is_some() {
-                        approvals.push(hold::Need::new(records.len(), facts, &verdict));
+                        approvals.push(hold::Need::new(
+                            records.len(),
+                            facts,
+                            &verdict,
+                            &self.guardrails,
+                            sql,
+                            !matches!(protocol, Protocol::Simple),
+                        ));
                     } else if !verdict.forwards() && refusal.is_none() {
                         refusal = Some((
                             SQLSTATE_REFUSED,

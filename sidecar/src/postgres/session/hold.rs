@@ -1,15 +1,17 @@
 //! Statements held for approval.
 //!
 //! A statement whose guardrail says `requireApproval` runs under a live grant (an approved
-//! AccessRequest for the same fingerprint, or for the session when the policy's `grantScope`
-//! is `session`). Without one, the sidecar creates an AccessRequest, tells the client in a
+//! AccessRequest for exactly the query string shown to the approver, values included; for
+//! its shape when the guardrail says `grantCovers: shape`; or for the guardrail in the
+//! session when the policy's `grantScope` is `session`). Without one, the sidecar creates an AccessRequest, tells the client in a
 //! NoticeResponse how to approve it, and holds the statement until an approver decides or
 //! the policy's timeout passes. The hold is an await point of the session's own task, taken
 //! after what preceded the statement was flushed upstream: other sessions are not blocked,
 //! and the statement (with the rest of its batch) is forwarded or refused in protocol order.
 //!
 //! Simple queries are held at the Query message. Extended-protocol statements are held at
-//! Parse: the prepared statement remembers the grant, and each Execute of it checks that the
+//! Parse (a statement with `$n` parameters only under a shape grant, since its values come
+//! later): the prepared statement remembers the grant, and each Execute of it checks that the
 //! grant is still live (refusing the Execute once it has run out, so that the client prepares
 //! the statement again and a new request is made) and records the use.
 //!
@@ -23,13 +25,13 @@ use k8s_openapi::jiff::Timestamp;
 use portcullis_crds::audit::{
     ApprovalRecord, ApprovalStep, AuditEvent, Decision, RuleRef, StatementRecord,
 };
-use portcullis_crds::Requester;
+use portcullis_crds::{GrantCovers, Operation, Requester};
 use tokio::io::AsyncWriteExt;
 
 use super::{Decided, Durable, Frontend, Message, BUILTIN_POLICY};
-use crate::approval::{ApprovalError, Ask, Grant, GrantKey, Outcome};
-use crate::policy::analyze::StatementFacts;
-use crate::policy::guardrails::Verdict;
+use crate::approval::{sql_operation, ApprovalError, Ask, Grant, GrantKey, Outcome};
+use crate::policy::analyze::{Effect, StatementFacts};
+use crate::policy::guardrails::{Guardrails, Verdict};
 use crate::postgres::codec::{put_error, put_message};
 use crate::postgres::results::SQLSTATE_REFUSED;
 
@@ -40,23 +42,65 @@ const SQLSTATE_SHUTDOWN: &str = "57P01";
 #[derive(Debug)]
 pub(super) struct Need {
     index: usize,
-    statement: String,
     fingerprint: String,
     rule: RuleRef,
+    /// What the approver is shown and the grant covers, or why no grant can cover it.
+    operation: Result<Operation, String>,
 }
 
 impl Need {
-    /// The statement at `index` of the decided records.
-    pub(super) fn new(index: usize, facts: &StatementFacts, verdict: &Verdict) -> Need {
+    /// The statement at `index` of the decided records, part of the query string `sql`
+    /// (`extended`: the text of a Parse, whose values come with Bind).
+    pub(super) fn new(
+        index: usize,
+        facts: &StatementFacts,
+        verdict: &Verdict,
+        guardrails: &Guardrails,
+        sql: &str,
+        extended: bool,
+    ) -> Need {
+        let rule = verdict.rule.clone().unwrap_or(RuleRef {
+            policy: BUILTIN_POLICY.into(),
+            rule: "require-approval".into(),
+        });
+        let opted = guardrails
+            .policies()
+            .iter()
+            .find(|p| p.name == rule.policy)
+            .and_then(|p| p.guardrails.iter().find(|g| g.name == rule.rule))
+            .map_or(GrantCovers::Values, |g| g.grant_covers);
+        // Shape grants cover only row reads and writes calling known read-only functions;
+        // code (DO, CREATE FUNCTION, CALL, other functions) is always granted by value.
+        let shape =
+            opted == GrantCovers::Shape && facts.effect <= Effect::Writes && !facts.opaque_body;
+        let operation = if shape {
+            Ok(sql_operation(facts.normalized.clone(), GrantCovers::Shape))
+        } else if extended && has_parameters(sql) {
+            Err(format!(
+                "statement requires approval of its values (guardrail {} of policy {}), but a prepared statement's values are bound after it is held: send it with its values in a simple query, or set grantCovers: shape on the guardrail to approve its shape",
+                rule.rule, rule.policy
+            ))
+        } else {
+            Ok(sql_operation(sql.to_owned(), GrantCovers::Values))
+        };
         Need {
             index,
-            statement: facts.normalized.clone(),
             fingerprint: facts.fingerprint.clone(),
-            rule: verdict.rule.clone().unwrap_or(RuleRef {
-                policy: BUILTIN_POLICY.into(),
-                rule: "require-approval".into(),
-            }),
+            rule,
+            operation,
         }
+    }
+}
+
+/// Whether `sql` has `$n` parameters.
+fn has_parameters(sql: &str) -> bool {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    match Tokenizer::new(&sqlparser::dialect::PostgreSqlDialect {}, sql).tokenize() {
+        Ok(tokens) => tokens
+            .iter()
+            .any(|t| matches!(t, Token::Placeholder(p) if p.starts_with('$'))),
+        // Text the tokenizer cannot read is treated as having them (fail closed).
+        Err(_) => true,
     }
 }
 
@@ -192,13 +236,22 @@ impl Frontend {
                 request: None,
             });
         };
+        let operation = match &need.operation {
+            Ok(op) => op.clone(),
+            Err(message) => {
+                return Err(Refused {
+                    message: message.clone(),
+                    request: None,
+                })
+            }
+        };
         let requester = self.requester();
         let key = GrantKey {
             resource: self.res.name.clone(),
             service_account: requester.service_account.clone(),
             policy: need.rule.policy.clone(),
             rule: need.rule.rule.clone(),
-            fingerprint: need.fingerprint.clone(),
+            fingerprint: operation.fingerprint.clone(),
             scope: settings.grant_scope,
             session: self.ctx.session_id().to_owned(),
             grant_seconds: settings.grant_seconds,
@@ -229,19 +282,31 @@ impl Frontend {
         let ask = Ask {
             key,
             requester,
-            statement: need.statement.clone(),
+            operation,
             justification: self.justification.clone(),
-            exec: None,
+            timeout_seconds: settings.timeout_seconds,
+            max_pending: settings.max_pending,
         };
         let name = match approvals.request(&ask).await {
-            Ok(n) => n,
+            Ok((n, reused)) => {
+                if !reused {
+                    self.approval_record(ApprovalRecord {
+                        justification: self.justification.clone(),
+                        ..step(ApprovalStep::Requested, &n)
+                    });
+                }
+                n
+            }
+            Err(e @ ApprovalError::TooManyPending(_)) => {
+                let message = format!(
+                    "statement requires approval (guardrail {} of policy {}), but no new AccessRequest is made: {e}",
+                    need.rule.rule, need.rule.policy
+                );
+                return Err(self.unavailable(step(ApprovalStep::Failed, ""), message));
+            }
             Err(e) => return Err(self.unavailable(step(ApprovalStep::Failed, ""), failed(&e))),
         };
         let namespace = approvals.namespace().to_owned();
-        self.approval_record(ApprovalRecord {
-            justification: self.justification.clone(),
-            ..step(ApprovalStep::Requested, &name)
-        });
         tracing::info!(session = %self.ctx.session_id(), request = %name, rule = %need.rule.rule, "statement held for approval");
         self.notice(&format!(
             "statement held for approval (guardrail {} of policy {}): AccessRequest {name} in namespace {namespace}; waiting up to {}s for a decision. An approver runs: kubectl portcullis approve {name} -n {namespace} --reason \"...\"",
@@ -339,7 +404,6 @@ impl Frontend {
             justification: None,
             expires_at: Some(format!("{:.0}", grant.expires_at)),
         });
-        approvals.count_use(&grant.name);
     }
 
     /// An Execute of a statement prepared under `grant`: `true` (and the use recorded) while
@@ -371,7 +435,6 @@ impl Frontend {
         record.access_request = Some(grant.name.clone());
         if Timestamp::now() < grant.expires_at {
             self.approval_record(base);
-            approvals.count_use(&grant.name);
             return true;
         }
         let message = format!(
