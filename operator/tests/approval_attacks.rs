@@ -91,6 +91,13 @@ impl Table {
     }
 }
 
+/// The server's message of a PostgreSQL error.
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}
+
 fn first_line(s: &str) -> String {
     s.lines()
         .find(|l| !l.trim().is_empty())
@@ -196,7 +203,7 @@ impl Env {
         let Some(ar) = new_request(&self.api, &known).await else {
             return match task.await {
                 Ok(Ok(_)) => Err("it ran without a new approval".into()),
-                Ok(Err(e)) => Err(format!("refused without a request: {e}")),
+                Ok(Err(e)) => Err(format!("refused without a request: {}", pg_message(&e))),
                 Err(e) => Err(e.to_string()),
             };
         };
@@ -206,7 +213,7 @@ impl Env {
             return Err(format!("cannot deny {name}: {}", common::text(&out)));
         }
         match tokio::time::timeout(Duration::from_secs(20), task).await {
-            Ok(Ok(Err(e))) if e.to_string().contains("Denied by bob") => Ok(ar),
+            Ok(Ok(Err(e))) if pg_message(&e).contains("Denied by bob") => Ok(ar),
             other => Err(format!("held statement ended with {other:?}")),
         }
     }
@@ -395,7 +402,7 @@ spec:
             format!(
                 "- name: cluster-api
   type: kubernetes
-  listenPort: 0
+  listenPort: {}
   upstream:
     host: {host}
     port: {port}
@@ -407,6 +414,7 @@ spec:
   tokenFile: {token_file}
   policies: [shop]
 ",
+                common::free_port(),
                 host = api_url.host().expect("host"),
                 port = api_url.port_u16().unwrap_or(443),
                 ca = h.ca_file(),
@@ -425,7 +433,7 @@ audit:
 resources:
 - name: shop-db
   type: postgres
-  listenPort: 0
+  listenPort: {pg_listen}
   upstream:
     host: {pg_host}
     port: {pg_port}
@@ -469,6 +477,7 @@ resources:
     grantScope: session
 ",
             spool = spool.display(),
+            pg_listen = common::free_port(),
             pg_host = h.pg_host(),
             pg_port = h.pg_port(),
             creds = creds.display(),
@@ -675,7 +684,7 @@ resources:
         AGENT_SQL,
         "a third pending request with approval.maxPending: 2",
         match &third {
-            Err(e) if e.to_string().contains("approval.maxPending is 2") => {
+            Err(e) if pg_message(e).contains("approval.maxPending is 2") => {
                 Ok("refused at once".to_owned())
             }
             other => Err(format!("{other:?}")),
@@ -830,45 +839,41 @@ resources:
 
     // Status: written by the operator only, and never a grant.
     let expired = r#"{"status":{"phase":"Approved","expiresAt":"2099-01-01T00:00:00Z"}}"#;
+    // kubectl patch reads the object first, which RBAC already refuses: the write itself is
+    // sent raw (an update of the status subresource).
+    let mut revived = env.api.get(&ar1_name).await.expect("request");
+    revived.status = serde_json::from_value(
+        serde_json::json!({"phase": "Approved", "expiresAt": "2099-01-01T00:00:00Z"}),
+    )
+    .expect("status");
+    let revived_file = dir.path().join("revived.json");
+    std::fs::write(
+        &revived_file,
+        serde_json::to_string(&revived).expect("json"),
+    )
+    .expect("file");
+    let status_path =
+        format!("/apis/portcullis.dev/v1alpha1/namespaces/{ns}/accessrequests/{ar1_name}/status");
+    let revived_file = revived_file.to_string_lossy().into_owned();
     let out = kubectl(
         &proxy,
-        &[
-            "patch",
-            "ar",
-            &ar1_name,
-            "-n",
-            &ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            expired,
-        ],
+        &["replace", "--raw", &status_path, "-f", &revived_file],
     );
     t.refused(
         "status",
         AGENT_PROXY,
-        "patch accessrequests/status to Approved until 2099",
+        "update accessrequests/status to Approved until 2099",
         &out,
         "builtin/approval-objects",
     );
     let out = kubectl(
         &direct,
-        &[
-            "patch",
-            "ar",
-            &ar1_name,
-            "-n",
-            &ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            expired,
-        ],
+        &["replace", "--raw", &status_path, "-f", &revived_file],
     );
     t.refused(
         "status",
         "agent's token, direct (chart RBAC)",
-        "patch accessrequests/status",
+        "update accessrequests/status",
         &out,
         "forbidden",
     );
@@ -930,7 +935,7 @@ resources:
         path.to_string_lossy().into_owned()
     };
     let mismatched = write(&forged(shown, wider, &agent_sa), "mismatched.json");
-    let out = kubectl(&proxy, &["create", "-f", &mismatched]);
+    let out = kubectl(&proxy, &["create", "-n", &ns, "-f", &mismatched]);
     t.refused(
         "agent creates a request",
         AGENT_PROXY,
@@ -938,6 +943,14 @@ resources:
         &out,
         "builtin/approval-objects",
     );
+    let gp_path = format!("/apis/portcullis.dev/v1alpha1/namespaces/{ns}/gatewaypolicies/shop");
+    let gp = Api::<portcullis_crds::GatewayPolicy>::namespaced(client.clone(), &ns)
+        .get("shop")
+        .await
+        .expect("policy");
+    let gp_file = dir.path().join("gp.json");
+    std::fs::write(&gp_file, serde_json::to_string(&gp).expect("json")).expect("file");
+    let gp_file = gp_file.to_string_lossy().into_owned();
     for (attempt, args) in [
         (
             "delete an AccessRequest",
@@ -957,17 +970,8 @@ resources:
             ],
         ),
         (
-            "patch a GatewayPolicy",
-            vec![
-                "patch",
-                "gp",
-                "shop",
-                "-n",
-                ns.as_str(),
-                "--type=merge",
-                "-p",
-                r#"{"spec":{"approval":{"maxPending":100}}}"#,
-            ],
+            "replace a GatewayPolicy",
+            vec!["replace", "--raw", gp_path.as_str(), "-f", gp_file.as_str()],
         ),
     ] {
         let out = kubectl(&proxy, &args);
@@ -1000,7 +1004,7 @@ resources:
             .then(|| "KubeRequest deny, rule builtin/approval-objects".to_owned())
             .ok_or_else(|| "no audit record".to_owned()),
     );
-    let out = kubectl(&direct, &["create", "-f", &mismatched]);
+    let out = kubectl(&direct, &["create", "-n", &ns, "-f", &mismatched]);
     t.refused(
         "agent creates a request",
         AGENT_DIRECT,
@@ -1012,7 +1016,7 @@ resources:
         &forged(wider, wider, &format!("system:serviceaccount:{ns}:other")),
         "other.json",
     );
-    let out = kubectl(&direct, &["create", "-f", &other_requester]);
+    let out = kubectl(&direct, &["create", "-n", &ns, "-f", &other_requester]);
     t.refused(
         "agent creates a request",
         AGENT_DIRECT,
@@ -1021,7 +1025,7 @@ resources:
         "creates this AccessRequest",
     );
     let as_agent = write(&forged(wider, wider, &agent_sa), "as-agent.json");
-    let out = kubectl(&alice, &["create", "-f", &as_agent]);
+    let out = kubectl(&alice, &["create", "-n", &ns, "-f", &as_agent]);
     t.refused(
         "agent creates a request",
         EDITOR,
@@ -1029,7 +1033,10 @@ resources:
         &out,
         "creates this AccessRequest",
     );
-    let out = kubectl(&direct, &["create", "-f", &as_agent, "-o", "name"]);
+    let out = kubectl(
+        &direct,
+        &["create", "-n", &ns, "-f", &as_agent, "-o", "name"],
+    );
     t.allowed(
         "agent creates a request",
         AGENT_DIRECT,
@@ -1112,7 +1119,7 @@ resources:
         "another service account, through its sidecar",
         write_sql,
         match unnamed.simple_query(write_sql).await {
-            Err(e) if e.to_string().contains("standalone mode") => {
+            Err(e) if pg_message(&e).contains("standalone mode") => {
                 Ok("held by the resource's policies (refused: no approvals here)".into())
             }
             other => Err(format!("{other:?}")),
