@@ -815,6 +815,10 @@ impl SidecarConfig {
     }
 }
 
+fn default_max_pending() -> u32 {
+    crate::gateway_policy::DEFAULT_MAX_PENDING
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1094,8 +1098,4 @@ mod tests {
         let err = SidecarConfig::from_yaml(&no_token).expect_err("refused");
         assert!(err.to_string().contains("audit.tokenFile"), "{err}");
     }
-}
-
-fn default_max_pending() -> u32 {
-    crate::gateway_policy::DEFAULT_MAX_PENDING
 }
