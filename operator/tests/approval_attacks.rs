@@ -547,6 +547,54 @@ resources:
             .map(|_| "held for a new approval".into()),
     );
 
+    // A prepared statement asks at Bind, with the values (tokio-postgres binds them binary).
+    let prepared = "UPDATE customers SET city = $1 WHERE id = $2";
+    let bind = |client: &Arc<Client>, id: i32| {
+        let client = client.clone();
+        tokio::spawn(async move { client.execute(prepared, &[&"Leuven", &id]).await })
+    };
+    let known = names(&env.api).await;
+    let task = bind(&c1, 12);
+    let ar = new_request(&env.api, &known).await.expect("held at Bind");
+    let name = ar.metadata.name.clone().expect("name");
+    let statement = ar.spec.operation.statement.clone().unwrap_or_default();
+    let out = env.decide("approve", &name, "checked");
+    assert!(out.status.success(), "{}", common::text(&out));
+    let ran = tokio::time::timeout(Duration::from_secs(20), task).await;
+    t.row(
+        "placeholders hide values",
+        AGENT_SQL,
+        "a prepared statement is shown with its bound values",
+        (statement.contains(
+            "-- bound values: $1 = '\\x4c657576656e' (binary), $2 = '\\x0000000c' (binary)",
+        ) && matches!(ran, Ok(Ok(Ok(1)))))
+        .then(|| statement.replace('\n', " "))
+        .ok_or_else(|| format!("{statement:?}, {ran:?}")),
+    );
+    let known = names(&env.api).await;
+    let task = bind(&c1, 13);
+    let held = new_request(&env.api, &known).await;
+    if let Some(ar) = &held {
+        let out = env.decide(
+            "deny",
+            ar.metadata.name.as_deref().unwrap_or(""),
+            "other values",
+        );
+        assert!(out.status.success(), "{}", common::text(&out));
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(20), task).await;
+    t.row(
+        "placeholders hide values",
+        AGENT_SQL,
+        "the same prepared statement bound to other values",
+        match (&held, &ended) {
+            (Some(_), Ok(Ok(Err(e)))) if pg_message(e).contains("Denied by bob") => {
+                Ok("held at Bind for a new approval".to_owned())
+            }
+            other => Err(format!("{other:?}")),
+        },
+    );
+
     // DO blocks: the body is shown and hashed.
     let harmless = "DO $$ BEGIN PERFORM 1; END $$";
     let ar = env.approved(&c1, harmless).await;

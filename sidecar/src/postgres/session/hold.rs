@@ -10,8 +10,9 @@
 //! and the statement (with the rest of its batch) is forwarded or refused in protocol order.
 //!
 //! Simple queries are held at the Query message. Extended-protocol statements are held at
-//! Parse (a statement with `$n` parameters only under a shape grant, since its values come
-//! later): the prepared statement remembers the grant, and each Execute of it checks that the
+//! Parse, except those with `$n` parameters whose grant covers values: they are held at each
+//! Bind, and the approver is shown the statement with the bound values. Either way the
+//! prepared statement (or portal) remembers the grant, and each Execute of it checks that the
 //! grant is still live (refusing the Execute once it has run out, so that the client prepares
 //! the statement again and a new request is made) and records the use.
 //!
@@ -28,7 +29,7 @@ use portcullis_crds::audit::{
 use portcullis_crds::{GrantCovers, Operation, Requester};
 use tokio::io::AsyncWriteExt;
 
-use super::{Decided, Durable, Frontend, Message, BUILTIN_POLICY};
+use super::{Decided, Durable, Frontend, Message, Prepared, BUILTIN_POLICY};
 use crate::approval::{sql_operation, ApprovalError, Ask, Grant, GrantKey, Outcome};
 use crate::policy::analyze::{Effect, StatementFacts};
 use crate::policy::guardrails::{Guardrails, Verdict};
@@ -39,13 +40,16 @@ use crate::postgres::results::SQLSTATE_REFUSED;
 const SQLSTATE_SHUTDOWN: &str = "57P01";
 
 /// A statement of a query string that needs an approval.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Need {
     index: usize,
     fingerprint: String,
     rule: RuleRef,
-    /// What the approver is shown and the grant covers, or why no grant can cover it.
-    operation: Result<Operation, String>,
+    /// What the approver is shown and the grant covers; `None` until the values of a
+    /// prepared statement are bound.
+    operation: Option<Operation>,
+    /// The statement text.
+    sql: String,
 }
 
 impl Need {
@@ -74,22 +78,91 @@ impl Need {
         let shape =
             opted == GrantCovers::Shape && facts.effect <= Effect::Writes && !facts.opaque_body;
         let operation = if shape {
-            Ok(sql_operation(facts.normalized.clone(), GrantCovers::Shape))
+            Some(sql_operation(facts.normalized.clone(), GrantCovers::Shape))
         } else if extended && has_parameters(sql) {
-            Err(format!(
-                "statement requires approval of its values (guardrail {} of policy {}), but a prepared statement's values are bound after it is held: send it with its values in a simple query, or set grantCovers: shape on the guardrail to approve its shape",
-                rule.rule, rule.policy
-            ))
+            // Asked for at Bind, with the values.
+            None
         } else {
-            Ok(sql_operation(sql.to_owned(), GrantCovers::Values))
+            Some(sql_operation(sql.to_owned(), GrantCovers::Values))
         };
         Need {
             index,
             fingerprint: facts.fingerprint.clone(),
             rule,
             operation,
+            sql: sql.to_owned(),
         }
     }
+
+    /// Whether the approval is asked for when the values are bound.
+    pub(super) fn at_bind(&self) -> bool {
+        self.operation.is_none()
+    }
+
+    /// This need with the values of a Bind: the approver is shown, and the grant covers, the
+    /// statement with exactly these values.
+    pub(super) fn bound(&self, values: &str) -> Need {
+        Need {
+            operation: Some(sql_operation(
+                format!("{}\n-- bound values: {values}", self.sql),
+                GrantCovers::Values,
+            )),
+            ..self.clone()
+        }
+    }
+}
+
+/// The parameter values of a Bind message, as shown to an approver: text values as SQL
+/// literals, binary ones as hex, `NULL`; `None` when the message cannot be read.
+pub(super) fn bound_values(body: &[u8]) -> Option<String> {
+    fn cstr(b: &[u8], at: &mut usize) -> Option<()> {
+        let end = b.get(*at..)?.iter().position(|c| *c == 0)?;
+        *at += end + 1;
+        Some(())
+    }
+    fn int(b: &[u8], at: &mut usize, n: usize) -> Option<i64> {
+        let bytes = b.get(*at..*at + n)?;
+        *at += n;
+        Some(match n {
+            2 => i64::from(i16::from_be_bytes([bytes[0], bytes[1]])),
+            _ => i64::from(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])),
+        })
+    }
+    let mut at = 0;
+    cstr(body, &mut at)?;
+    cstr(body, &mut at)?;
+    let nformats = usize::try_from(int(body, &mut at, 2)?).ok()?;
+    let mut formats = Vec::with_capacity(nformats);
+    for _ in 0..nformats {
+        formats.push(int(body, &mut at, 2)?);
+    }
+    let nparams = usize::try_from(int(body, &mut at, 2)?).ok()?;
+    let mut shown = Vec::with_capacity(nparams);
+    for i in 0..nparams {
+        let len = int(body, &mut at, 4)?;
+        let format = match formats.len() {
+            0 => 0,
+            1 => formats[0],
+            _ => *formats.get(i)?,
+        };
+        let value = if len < 0 {
+            "NULL".to_owned()
+        } else {
+            let n = usize::try_from(len).ok()?;
+            let bytes = body.get(at..at + n)?;
+            at += n;
+            match (format, std::str::from_utf8(bytes)) {
+                (0, Ok(text)) => format!("'{}'", text.replace('\'', "''")),
+                _ => format!("'\\x{}' (binary)", hex::encode(bytes)),
+            }
+        };
+        shown.push(format!("${} = {value}", i + 1));
+    }
+    Some(if shown.is_empty() {
+        "none".to_owned()
+    } else {
+        shown.join(", ")
+    })
 }
 
 /// Whether `sql` has `$n` parameters.
@@ -113,6 +186,13 @@ pub(super) enum Held {
         name: String,
         message: Message,
         decided: Decided,
+    },
+    /// A Bind of a prepared statement whose approval covers its values.
+    Bind {
+        portal: String,
+        prepared: Box<Prepared>,
+        message: Message,
+        needs: Vec<Need>,
     },
 }
 
@@ -169,7 +249,38 @@ impl Frontend {
                         })
                         .min_by_key(|g| g.expires_at)
                 });
-                self.finish_parse(name, decided, &message, grant);
+                self.finish_parse(name, decided, &message, grant, Vec::new());
+            }
+            Held::Bind {
+                portal,
+                mut prepared,
+                message,
+                needs,
+            } => {
+                let statement_id = prepared.template.statement_id;
+                let mut grant: Option<GrantRef> = None;
+                for need in &needs {
+                    match self.obtain(need, statement_id).await {
+                        Ok(g) => {
+                            let g = GrantRef {
+                                name: g.name,
+                                expires_at: g.expires_at,
+                            };
+                            if grant.as_ref().is_none_or(|h| g.expires_at < h.expires_at) {
+                                grant = Some(g);
+                            }
+                        }
+                        Err(refused) => {
+                            // The portal is not made; the server skips to the next Sync.
+                            self.portals.insert(portal, None);
+                            self.refuse(true, SQLSTATE_REFUSED, refused.message);
+                            return;
+                        }
+                    }
+                }
+                prepared.grant = grant;
+                self.portals.insert(portal, Some(*prepared));
+                put_message(&mut self.out, message.tag, &message.body);
             }
         }
     }
@@ -236,14 +347,14 @@ impl Frontend {
                 request: None,
             });
         };
-        let operation = match &need.operation {
-            Ok(op) => op.clone(),
-            Err(message) => {
-                return Err(Refused {
-                    message: message.clone(),
-                    request: None,
-                })
-            }
+        let Some(operation) = need.operation.clone() else {
+            return Err(Refused {
+                message: format!(
+                    "statement requires approval (guardrail {} of policy {}), and its values are not bound yet",
+                    need.rule.rule, need.rule.policy
+                ),
+                request: None,
+            });
         };
         let requester = self.requester();
         let key = GrantKey {
