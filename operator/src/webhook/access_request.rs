@@ -249,3 +249,43 @@ pub async fn authorize(
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::creation_refusal;
+    use portcullis_crds::AccessRequest;
+
+    fn request(statement: &str, requester: &str, name: &str) -> AccessRequest {
+        let mut ar: AccessRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "portcullis.dev/v1alpha1", "kind": "AccessRequest",
+            "metadata": {"name": "r", "namespace": "agents"},
+            "spec": {
+                "requester": {"name": name, "serviceAccount": requester},
+                "resource": "db", "policy": "p", "rule": "writes",
+                "operation": {"kind": "sql", "statement": statement, "fingerprint": "f"}
+            }
+        }))
+        .expect("request");
+        ar.spec.operation.fingerprint = ar.spec.operation.grant_fingerprint();
+        ar
+    }
+
+    #[test]
+    fn only_the_requester_creates_what_it_shows() {
+        let sa = "system:serviceaccount:agents:agent";
+        let ok = request("DELETE FROM t WHERE id = 1", sa, "agent");
+        assert_eq!(creation_refusal(&ok, sa), None);
+        let why = creation_refusal(&ok, "alice").expect("another creator");
+        assert!(why.contains("creates this AccessRequest"), "{why}");
+        let mut shown_other = ok.clone();
+        shown_other.spec.operation.statement = Some("DELETE FROM t".into());
+        let why = creation_refusal(&shown_other, sa).expect("fingerprint of another statement");
+        assert!(
+            why.contains("not the fingerprint of the shown operation"),
+            "{why}"
+        );
+        let hidden = request("DELETE FROM t WHERE id = 1", sa, "agent\u{202e}");
+        let why = creation_refusal(&hidden, sa).expect("bidi override in a column");
+        assert!(why.contains("spec.requester.name"), "{why}");
+    }
+}

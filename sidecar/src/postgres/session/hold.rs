@@ -638,3 +638,45 @@ fn refuse_all(decided: &mut Decided, need: &Need, refused: Refused) {
     }
     decided.refusal = Some((SQLSTATE_REFUSED, refused.message));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::bound_values;
+
+    fn bind(formats: &[i16], params: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = b"portal\0stmt\0".to_vec();
+        b.extend((formats.len() as i16).to_be_bytes());
+        for f in formats {
+            b.extend(f.to_be_bytes());
+        }
+        b.extend((params.len() as i16).to_be_bytes());
+        for p in params {
+            match p {
+                None => b.extend((-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend((v.len() as i32).to_be_bytes());
+                    b.extend(*v);
+                }
+            }
+        }
+        b.extend(0i16.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn bound_values_are_shown_exactly() {
+        assert_eq!(
+            bound_values(&bind(&[], &[Some(b"it's"), None])).as_deref(),
+            Some("$1 = 'it''s', $2 = NULL")
+        );
+        assert_eq!(
+            bound_values(&bind(&[0, 1], &[Some(b"7"), Some(&[0, 0, 0, 12])])).as_deref(),
+            Some("$1 = '7', $2 = '\\x0000000c' (binary)")
+        );
+        assert_eq!(bound_values(&bind(&[], &[])).as_deref(), Some("none"));
+        // A truncated message is not read.
+        let mut short = bind(&[], &[Some(b"abc")]);
+        short.truncate(short.len() - 4);
+        assert_eq!(bound_values(&short), None);
+    }
+}
