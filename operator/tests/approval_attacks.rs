@@ -200,7 +200,20 @@ impl Env {
     ) -> Result<AccessRequest, String> {
         let known = names(&self.api).await;
         let task = run(client, sql);
-        let Some(ar) = new_request(&self.api, &known).await else {
+        let mut found = None;
+        for _ in 0..200 {
+            let list = self.api.list(&ListParams::default()).await.ok();
+            found = list.and_then(|l| {
+                l.items
+                    .into_iter()
+                    .find(|ar| !known.contains(&ar.metadata.name.clone().unwrap_or_default()))
+            });
+            if found.is_some() || task.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let Some(ar) = found else {
             return match task.await {
                 Ok(Ok(_)) => Err("it ran without a new approval".into()),
                 Ok(Err(e)) => Err(format!("refused without a request: {}", pg_message(&e))),
@@ -215,6 +228,18 @@ impl Env {
         match tokio::time::timeout(Duration::from_secs(20), task).await {
             Ok(Ok(Err(e))) if pg_message(&e).contains("Denied by bob") => Ok(ar),
             other => Err(format!("held statement ended with {other:?}")),
+        }
+    }
+
+    /// Run `sql`, which must not run: held (then denied) or refused at once (by the denial
+    /// of the same operation moments ago).
+    async fn not_run(&self, client: &Arc<Client>, sql: &str) -> Result<String, String> {
+        match self.held_then_denied(client, sql).await {
+            Ok(_) => Ok("held for a new approval".into()),
+            Err(e) if e.starts_with("refused without a request: Denied by") => {
+                Ok(format!("refused: {e}"))
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -284,6 +309,9 @@ spec:
     action: requireApproval
   - name: code
     match: {{statementKinds: [doBlock]}}
+    action: requireApproval
+  - name: removals
+    match: {{execCommands: [\"rm *\"]}}
     action: requireApproval
   approval:
     approverGroups: [portcullis-approvers, agent-owners]
@@ -370,6 +398,39 @@ spec:
     )
     .await;
 
+    // What else the agent may do with its token: read pods and exec into them.
+    common::create::<Role>(
+        &client,
+        &ns,
+        serde_json::json!({
+            "metadata": {"name": "agent-exec"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+                {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]}
+            ]
+        }),
+    )
+    .await;
+    common::create::<RoleBinding>(
+        &client,
+        &ns,
+        bind(
+            "agent-exec",
+            "agent-exec",
+            serde_json::json!([{"kind": "ServiceAccount", "name": "agent", "namespace": ns}]),
+        ),
+    )
+    .await;
+    let target: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-0"},
+        "spec": {"nodeName": h.exec_node(), "containers": [{"name": "app", "image": "app:1"}]}
+    }))
+    .expect("pod");
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &ns)
+        .create(&Default::default(), &target)
+        .await
+        .expect("create the target pod");
+
     // The sidecar: PostgreSQL and the Kubernetes API, with the agent's token.
     let token = h.token(&ns, "agent", None, None).await;
     let direct = common::token_kubeconfig(
@@ -452,6 +513,9 @@ resources:
     action: requireApproval
   - name: code
     statementKinds: [doBlock]
+    action: requireApproval
+  - name: removals
+    execCommands: [\"rm *\"]
     action: requireApproval
   approval:
     approverGroups: [portcullis-approvers, agent-owners]
@@ -771,6 +835,60 @@ resources:
         assert!(r.is_err(), "denied: {r:?}");
     }
 
+    // A retried kubectl exec waits on the request already made.
+    // kubectl's own fallback from WebSocket to SPDY after the refusal asks again too.
+    let exec = |proxy: String, ns: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(harness().kubectl_path())
+                .env("KUBECONFIG", &proxy)
+                .args([
+                    "exec",
+                    "web-0",
+                    "-n",
+                    &ns,
+                    "--",
+                    "rm",
+                    "-f",
+                    "/nonexistent/portcullis",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run kubectl")
+        })
+    };
+    let known = names(&env.api).await;
+    let first = exec(proxy.clone(), ns.clone());
+    let ar = new_request(&env.api, &known).await.expect("exec held");
+    let retry = exec(proxy.clone(), ns.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let out = env.decide(
+        "deny",
+        ar.metadata.name.as_deref().unwrap_or(""),
+        "limits row",
+    );
+    assert!(out.status.success(), "{}", common::text(&out));
+    let (a, b) = (first.await.expect("kubectl"), retry.await.expect("kubectl"));
+    let after = names(&env.api).await;
+    t.row(
+        "limits",
+        "agent, kubectl exec through its proxy",
+        "a retried kubectl exec",
+        (after.len() == known.len() + 1
+            && common::text(&a).contains("exec denied by bob")
+            && common::text(&b).contains("exec denied by bob"))
+        .then(|| {
+            "one request for both and kubectl's fallbacks; all refused on the denial".to_owned()
+        })
+        .ok_or_else(|| {
+            format!(
+                "{} new requests; {} / {}",
+                after.len() - known.len(),
+                common::text(&a),
+                common::text(&b)
+            )
+        }),
+    );
+
     // Session grants: only the guardrail and the session they name, from the spec.
     let c6 = connect(pg_port).await;
     let ar8 = env
@@ -827,7 +945,7 @@ resources:
         "session grant by labels",
         AGENT_SQL,
         "the relabelled grant in the other session",
-        env.held_then_denied(&c7, "UPDATE orders SET status = status WHERE id = 3")
+        env.held_then_denied(&c7, "UPDATE orders SET status = status WHERE id = 4")
             .await
             .map(|_| "held: the grant's session is read from its sealed spec".into()),
     );
@@ -1108,9 +1226,9 @@ resources:
         "agent creates a request",
         AGENT_SQL,
         "the statement of the approved forged request",
-        env.held_then_denied(&c1, wider)
+        env.not_run(&c1, wider)
             .await
-            .map(|_| "held: the sidecar honours only requests it sealed".into()),
+            .map(|r| format!("not run ({r}): the sidecar honours only requests it sealed")),
     );
     // Status that says Approved does not make a denied request a grant.
     let denied = env.api.get(&ar6_name).await.expect("denied request");
@@ -1125,7 +1243,7 @@ resources:
         "status",
         AGENT_SQL,
         "a denied request whose status says Approved until 2099",
-        env.held_then_denied(
+        env.not_run(
             &c2,
             denied
                 .spec
@@ -1135,7 +1253,7 @@ resources:
                 .unwrap_or(retried),
         )
         .await
-        .map(|_| "held: grants come from the stamped decision, not status".into()),
+        .map(|r| format!("not run ({r}): grants come from the stamped decision, not status")),
     );
 
     // Workloads no policy names get the resource's policies, not none.

@@ -320,6 +320,16 @@ fn covers(ar: &AccessRequest, key: &GrantKey) -> bool {
     }
 }
 
+/// Whether `ar` was denied less than `seconds` before `now`.
+fn just_denied(ar: &AccessRequest, seconds_: u64, now: Timestamp) -> bool {
+    ar.spec.decision.as_ref().is_some_and(|d| {
+        d.verdict == Verdict::Denied
+            && d.decided_at
+                .as_ref()
+                .is_some_and(|t| now < t.0 + seconds(seconds_))
+    })
+}
+
 /// Whether `ar` still waits for a decision at `now` (no decision, not expired, younger than
 /// `timeout_seconds`).
 fn waiting(ar: &AccessRequest, timeout_seconds: u64, now: Timestamp) -> bool {
@@ -437,7 +447,8 @@ impl Approvals {
     }
 
     /// The request to wait on for `ask`: the one of this sidecar that already waits for the
-    /// same operation (second value `true`), or a new one. Refuses a new one when
+    /// same operation, or denied it less than the approval timeout ago (second value `true`),
+    /// or a new one. Refuses a new one when
     /// `ask.max_pending` requests of the requester already wait (a session waits on one at a
     /// time, so this bounds the requests of every session of the requester).
     pub async fn request(&self, ask: &Ask) -> Result<(String, bool), ApprovalError> {
@@ -450,11 +461,14 @@ impl Approvals {
             ask.key.scope == GrantScope::Statement
                 || ar.spec.session.as_deref() == Some(ask.key.session.as_str())
         };
+        // ... or was just denied: a client that retries at once (kubectl falls back from
+        // WebSocket to SPDY) gets the same answer instead of a second request.
         if let Some(ar) = same_operation.iter().filter(ours).find(|ar| {
             covers(ar, &ask.key)
                 && ar.spec.operation == ask.operation
                 && same_session(ar)
-                && waiting(ar, ask.timeout_seconds, now)
+                && (waiting(ar, ask.timeout_seconds, now)
+                    || just_denied(ar, ask.timeout_seconds, now))
         }) {
             return Ok((ar.name_any(), true));
         }
