@@ -183,7 +183,6 @@ kind: ClusterRole
 metadata: {name: portcullis-sidecar-approvals}
 rules:
 - {apiGroups: [portcullis.dev], resources: [accessrequests], verbs: [create, get, list, watch]}
-- {apiGroups: [portcullis.dev], resources: [accessrequests/status], verbs: [get, patch]}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -258,7 +257,7 @@ writer=$!
 wait_for "the access request" sh -c "'$KUBECTL' -n $ns get accessrequests -o name | grep -q ."
 request=$("$KUBECTL" -n $ns get accessrequests -o jsonpath='{.items[0].metadata.name}')
 run "$KUBECTL" -n $ns get accessrequests | sed 's/^/  /'
-run "$KUBECTL" -n $ns get accessrequest "$request" -o jsonpath='{.spec.operation.statement}{"\n"}{.spec.justification}{"\n"}' | sed 's/^/  /'
+run "$KUBECTL" portcullis -n $ns show "$request" | sed 's/^/  /'
 say "alice owns the agent but is no approver: admission refuses her decision; bob (portcullis-approvers) approves"
 show "kubectl portcullis approve $request --reason mine   # as alice"
 as_alice "$KUBECTL" portcullis -n $ns approve "$request" --reason "mine" 2>&1 | sed 's/^/  /' || true

@@ -9,12 +9,18 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::gateway_policy::GrantScope;
+
 /// A request to run one operation that a guardrail holds for approval.
 ///
-/// The sidecar creates it; an approver decides with
+/// The sidecar creates it (admission checks that `spec.requester.serviceAccount` is the
+/// creating user and that the fingerprint is that of the shown operation; the sidecar seals
+/// the spec and honours only requests it sealed itself); an approver decides with
 /// `kubectl portcullis approve|deny NAME --reason ...`, which sets `spec.decision`. The
 /// decider is stamped by admission from the authenticated API-server user, never taken from
-/// what the client wrote, and a decision once made cannot change.
+/// what the client wrote. Before the decision only the decision may be added; after it the
+/// whole spec is fixed. Inspect a request with `kubectl portcullis show NAME`, which escapes
+/// control characters, escape sequences, bidi overrides and zero-width characters.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "portcullis.dev",
@@ -35,6 +41,11 @@ use serde::{Deserialize, Serialize};
     ),
     printcolumn(name = "Resource", type_ = "string", json_path = ".spec.resource"),
     printcolumn(
+        name = "Covers",
+        type_ = "string",
+        json_path = ".spec.operation.covers"
+    ),
+    printcolumn(
         name = "Rule",
         type_ = "string",
         json_path = ".spec.rule",
@@ -53,8 +64,10 @@ use serde::{Deserialize, Serialize};
 )]
 #[x_kube(validation = Rule::new("!has(oldSelf.decision) || (has(self.decision) && self.decision == oldSelf.decision)")
     .message("a decision cannot be changed or withdrawn once made: create a new AccessRequest instead"))]
-#[x_kube(validation = Rule::new("self.requester == oldSelf.requester && self.resource == oldSelf.resource && self.policy == oldSelf.policy && self.rule == oldSelf.rule && self.operation == oldSelf.operation")
-    .message("only spec.decision may change after an AccessRequest is created: requester, resource, policy, rule and operation are fixed"))]
+#[x_kube(validation = Rule::new("self.requester == oldSelf.requester && self.resource == oldSelf.resource && self.policy == oldSelf.policy && self.rule == oldSelf.rule && self.operation == oldSelf.operation && has(self.justification) == has(oldSelf.justification) && (!has(self.justification) || self.justification == oldSelf.justification) && has(self.requestedDuration) == has(oldSelf.requestedDuration) && (!has(self.requestedDuration) || self.requestedDuration == oldSelf.requestedDuration) && has(self.session) == has(oldSelf.session) && (!has(self.session) || self.session == oldSelf.session) && has(self.scope) == has(oldSelf.scope) && (!has(self.scope) || self.scope == oldSelf.scope) && has(self.seal) == has(oldSelf.seal) && (!has(self.seal) || self.seal == oldSelf.seal)")
+    .message("only spec.decision may change after an AccessRequest is created, and only by being added: requester, resource, policy, rule, operation, justification, requestedDuration, session, scope and seal are fixed"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.decision) || self == oldSelf")
+    .message("a decided AccessRequest cannot change: its whole spec is the evidence of what was approved"))]
 #[serde(rename_all = "camelCase")]
 pub struct AccessRequestSpec {
     /// Who asks: the workload and, when present, the person or pipeline behind it.
@@ -84,6 +97,22 @@ pub struct AccessRequestSpec {
     /// How long the requester asks the approval to hold. The policy's `grantDuration` caps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_duration: Option<Duration>,
+
+    /// The sidecar session that asked. A `session`-scoped grant covers only this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub session: Option<String>,
+
+    /// What an approval covers: `statement` (this operation) or `session` (the operations the
+    /// guardrail `rule` matches in `session`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<GrantScope>,
+
+    /// The requesting sidecar's seal over this spec (HMAC-SHA256 with a key only that sidecar
+    /// process holds). A sidecar honours only requests that carry its own seal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub seal: Option<String>,
 
     /// The approver's decision. Set with `kubectl portcullis approve|deny`; cannot change once
     /// set.
@@ -130,11 +159,20 @@ pub struct Requester {
 pub struct Operation {
     /// `sql` (a database statement) or `exec` (a command in a pod).
     pub kind: OperationKind,
-    /// The statement with every literal replaced by a placeholder (no personal data).
+    /// The statement as it will run (`covers: values`), or with every literal replaced by a
+    /// placeholder (`covers: shape`). Code bodies (DO blocks, function bodies) are always
+    /// shown in full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 65536))]
     pub statement: Option<String>,
-    /// Stable fingerprint of the statement or command; an approval covers this fingerprint.
+    /// What an approval of this request covers: `values` (exactly the statement shown, the
+    /// default) or `shape` (the statement shown with any values in place of its placeholders,
+    /// when the guardrail opts in with `grantCovers: shape`).
+    #[serde(default)]
+    pub covers: GrantCovers,
+    /// Fingerprint of the shown operation ([`Operation::grant_fingerprint`]); an approval
+    /// covers this fingerprint. Admission refuses a fingerprint that is not the one of the
+    /// shown statement or command.
     #[schemars(length(min = 1, max = 128))]
     pub fingerprint: String,
     /// Command vector of an exec.
@@ -145,6 +183,69 @@ pub struct Operation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     pub target: Option<String>,
+}
+
+/// What an approval covers.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum GrantCovers {
+    /// Exactly the operation shown, with its values.
+    #[default]
+    Values,
+    /// The statement shown with any values in its placeholders.
+    Shape,
+}
+
+impl GrantCovers {
+    /// Whether this is the default, [`GrantCovers::Values`].
+    pub fn is_values(&self) -> bool {
+        *self == GrantCovers::Values
+    }
+
+    /// The camelCase name, as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantCovers::Values => "values",
+            GrantCovers::Shape => "shape",
+        }
+    }
+}
+
+impl Operation {
+    /// The fingerprint an approval of this operation covers: SHA-256 over its kind, what it
+    /// covers, the shown statement, the command vector and the target, each length-prefixed
+    /// (hex, 32 characters). Admission and the sidecar compute it with this one function.
+    pub fn grant_fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut part = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        };
+        part(b"portcullis.dev/grant/v1");
+        part(match self.kind {
+            OperationKind::Sql => b"sql",
+            OperationKind::Exec => b"exec",
+        });
+        part(self.covers.as_str().as_bytes());
+        part(self.statement.as_deref().unwrap_or("").as_bytes());
+        part(&(self.command.len() as u64).to_be_bytes());
+        for word in &self.command {
+            part(word.as_bytes());
+        }
+        part(self.target.as_deref().unwrap_or("").as_bytes());
+        hex::encode(&h.finalize()[..16])
+    }
+}
+
+impl AccessRequestSpec {
+    /// The bytes a seal covers: the spec without its decision and seal, as JSON.
+    pub fn sealed_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut spec = self.clone();
+        spec.decision = None;
+        spec.seal = None;
+        serde_json::to_vec(&spec)
+    }
 }
 
 /// Kind of held operation.
@@ -213,10 +314,9 @@ pub struct AccessRequestStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// When a Pending request times out, or an Approved grant runs out.
+    /// When a Pending request times out, or an Approved grant runs out. Shown for people;
+    /// the sidecar computes a grant's end from the stamped decision time and the durations in
+    /// the spec, never from status. Each use of a grant is an audit record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
-    /// How many operations ran under this grant.
-    #[serde(default)]
-    pub uses: i64,
 }

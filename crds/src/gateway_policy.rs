@@ -59,7 +59,8 @@ pub struct GatewayPolicySpec {
     pub resource_selector: Option<LabelSelector>,
 
     /// The identities this policy applies to. Omitted or empty: every subject in the
-    /// namespace.
+    /// namespace. A subject that no policy of a resource names gets all of the resource's
+    /// policies (fail closed), never none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub subjects: Vec<Subject>,
@@ -469,6 +470,16 @@ pub struct Guardrail {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub exempt: Vec<Subject>,
+
+    /// What an approval under this guardrail covers: `values` (default: exactly the statement
+    /// the approver saw, with its values) or `shape` (the statement with any values; the
+    /// approver is shown placeholders and that the grant covers any values). Statements with
+    /// code bodies (DO, CREATE FUNCTION, CALL) are always granted by value.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::access_request::GrantCovers::is_values"
+    )]
+    pub grant_covers: crate::access_request::GrantCovers,
 }
 
 /// Criteria of a guardrail. Every criterion given must hold for the guardrail to match.
@@ -611,6 +622,12 @@ pub struct ApprovalSettings {
     #[serde(default)]
     pub grant_scope: GrantScope,
 
+    /// At most this many undecided requests per requester (default 5; each session waits on
+    /// one at a time); an operation that is already waiting reuses its request.
+    #[serde(default = "default_max_pending")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_pending: u32,
+
     /// Optional URL that receives a Slack-compatible JSON message for each new request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')")
@@ -623,6 +640,13 @@ fn default_approval_timeout() -> Duration {
     Duration::from(std::time::Duration::from_secs(15 * 60))
 }
 
+/// Undecided requests per requester when a policy does not say.
+pub const DEFAULT_MAX_PENDING: u32 = 5;
+
+fn default_max_pending() -> u32 {
+    DEFAULT_MAX_PENDING
+}
+
 fn default_grant_duration() -> Duration {
     Duration::from(std::time::Duration::from_secs(60 * 60))
 }
@@ -631,10 +655,10 @@ fn default_grant_duration() -> Duration {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[serde(rename_all = "camelCase")]
 pub enum GrantScope {
-    /// The same statement fingerprint (literals ignored).
+    /// The operation shown (with its values, or its shape under `grantCovers: shape`).
     #[default]
     Statement,
-    /// Every operation the guardrail matches in the requesting session.
+    /// Every operation the named guardrail matches in the requesting session.
     Session,
 }
 

@@ -464,6 +464,12 @@ pub struct GuardrailConfig {
     /// Subjects the guardrail does not apply to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exempt: Vec<Subject>,
+    /// What an approval under the guardrail covers.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::access_request::GrantCovers::is_values"
+    )]
+    pub grant_covers: crate::access_request::GrantCovers,
 }
 
 /// Approval settings in seconds.
@@ -482,6 +488,9 @@ pub struct ApprovalConfig {
     pub grant_seconds: u64,
     /// What an approval covers.
     pub grant_scope: GrantScope,
+    /// Undecided requests allowed per requester.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: u32,
     /// Notification webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_url: Option<String>,
@@ -738,6 +747,7 @@ impl PolicyConfig {
                     action: g.action,
                     message: g.message.clone(),
                     exempt: g.exempt.clone(),
+                    grant_covers: g.grant_covers,
                 })
             })
             .collect::<Result<Vec<_>, CompileError>>()?;
@@ -748,6 +758,7 @@ impl PolicyConfig {
             timeout_seconds: std::time::Duration::from(a.timeout).as_secs(),
             grant_seconds: std::time::Duration::from(a.grant_duration).as_secs(),
             grant_scope: a.grant_scope,
+            max_pending: a.max_pending,
             notify_url: a.notify_url.clone(),
         });
         let (on_audit_unavailable, spool_limit_bytes) = match &spec.on_audit_unavailable {
@@ -885,6 +896,10 @@ impl SidecarConfig {
     }
 }
 
+fn default_max_pending() -> u32 {
+    crate::gateway_policy::DEFAULT_MAX_PENDING
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -920,6 +935,7 @@ mod tests {
                     action: GuardrailAction::Deny,
                     message: None,
                     exempt: vec![],
+                    grant_covers: Default::default(),
                 },
                 Guardrail {
                     name: "writes".into(),
@@ -938,6 +954,7 @@ mod tests {
                         issuer: None,
                         claims: [("ref".to_owned(), "refs/heads/main".to_owned())].into(),
                     }],
+                    grant_covers: Default::default(),
                 },
             ],
             approval: Some(ApprovalSettings {
@@ -946,6 +963,7 @@ mod tests {
                 timeout: "5m".parse().expect("duration"),
                 grant_duration: "2h".parse().expect("duration"),
                 grant_scope: GrantScope::Session,
+                max_pending: 5,
                 notify_url: None,
             }),
             identity: Some(IdentitySettings {

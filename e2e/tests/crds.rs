@@ -215,6 +215,7 @@ async fn printer_columns_show_in_kubectl_get() {
                     "PHASE",
                     "REQUESTER",
                     "RESOURCE",
+                    "COVERS",
                     "DECIDED-BY",
                     "AGE"
                 ]),

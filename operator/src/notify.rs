@@ -10,6 +10,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use kube::ResourceExt;
+use portcullis_crds::display::escape;
 use portcullis_crds::AccessRequest;
 
 /// Attempts before a notification is given up.
@@ -20,17 +21,29 @@ pub fn message(ar: &AccessRequest) -> serde_json::Value {
     let ns = ar.namespace().unwrap_or_default();
     let name = ar.name_any();
     let op = &ar.spec.operation;
-    let what = op.statement.clone().unwrap_or_else(|| op.command.join(" "));
+    // Everything the requester's side wrote is shown with hidden characters escaped.
+    let what = escape(
+        &op.statement.clone().unwrap_or_else(|| op.command.join(" ")),
+        false,
+    )
+    .replace('`', "\\`");
     let why = ar
         .spec
         .justification
         .as_deref()
-        .map(|j| format!("\nJustification: {j}"))
+        .map(|j| format!("\nJustification: {}", escape(j, false)))
         .unwrap_or_default();
+    let covers = match op.covers {
+        portcullis_crds::GrantCovers::Values => "",
+        portcullis_crds::GrantCovers::Shape => " (the grant covers ANY values in the placeholders)",
+    };
     serde_json::json!({
         "text": format!(
-            "Approval needed: {} wants to run `{what}` on {} (policy {}, rule {}).{why}\nApprove: kubectl portcullis approve {name} -n {ns} --reason \"...\"\nDeny: kubectl portcullis deny {name} -n {ns} --reason \"...\"",
-            ar.spec.requester.name, ar.spec.resource, ar.spec.policy, ar.spec.rule
+            "Approval needed: {} wants to run `{what}`{covers} on {} (policy {}, rule {}).{why}\nInspect: kubectl portcullis show {name} -n {ns}\nApprove: kubectl portcullis approve {name} -n {ns} --reason \"...\"\nDeny: kubectl portcullis deny {name} -n {ns} --reason \"...\"",
+            escape(&ar.spec.requester.name, false),
+            escape(&ar.spec.resource, false),
+            escape(&ar.spec.policy, false),
+            escape(&ar.spec.rule, false)
         )
     })
 }

@@ -24,11 +24,27 @@ async fn decisions_are_stamped_and_only_approvers_decide() {
     )
     .await;
 
-    for f in ["gatewaypolicy.yaml", "accessrequest.yaml"] {
-        let path = repo_root().join("examples/gdpr").join(f);
-        let out = h.kubectl(&["apply", "-n", &ns, "-f", &path.to_string_lossy()]);
-        assert!(out.status.success(), "{f}: {}", common::text(&out));
-    }
+    let path = repo_root().join("examples/gdpr/gatewaypolicy.yaml");
+    let out = h.kubectl(&["apply", "-n", &ns, "-f", &path.to_string_lossy()]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    // The example request, created as the sidecar creates it: by the requester's own account
+    // (admission checks that the requester is the creating user and the fingerprint is the
+    // shown statement's, which the example carries).
+    let rights = serde_json::json!([{"apiGroups": ["portcullis.dev"], "resources": ["accessrequests"], "verbs": ["create"]}]);
+    let agent = common::service_account_client(&client, &ns, "support-agent", rights.clone()).await;
+    let text = std::fs::read_to_string(repo_root().join("examples/gdpr/accessrequest.yaml"))
+        .expect("example");
+    let mut example: AccessRequest = serde_yaml::from_str(&text).expect("example request");
+    assert_eq!(
+        example.spec.operation.fingerprint,
+        example.spec.operation.grant_fingerprint(),
+        "the example's fingerprint is the one of its statement"
+    );
+    example.spec.requester.service_account = format!("system:serviceaccount:{ns}:support-agent");
+    Api::<AccessRequest>::namespaced(agent, &ns)
+        .create(&PostParams::default(), &example)
+        .await
+        .expect("create the example request");
     let role: Role = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "decide"},
         "rules": [{"apiGroups": ["portcullis.dev"], "resources": ["accessrequests"], "verbs": ["get", "patch", "create"]}]
@@ -114,17 +130,21 @@ async fn decisions_are_stamped_and_only_approvers_decide() {
     );
 
     // bob cannot decide a request he made himself (through a pipeline token, say).
-    let own: AccessRequest = serde_json::from_value(serde_json::json!({
+    let own: AccessRequest = common::with_fingerprint(serde_json::from_value(serde_json::json!({
         "apiVersion": "portcullis.dev/v1alpha1", "kind": "AccessRequest",
         "metadata": {"name": "bobs-own"},
         "spec": {
             "requester": {"name": "bob", "serviceAccount": format!("system:serviceaccount:{ns}:ci"), "user": "bob"},
             "resource": "customers-db", "policy": "customers-gdpr", "rule": "customer-writes",
-            "operation": {"kind": "sql", "statement": "DELETE FROM customers WHERE id = $1", "fingerprint": "f1"}
+            "operation": {"kind": "sql", "statement": "DELETE FROM customers WHERE id = 1", "fingerprint": "f1"}
         }
     }))
-    .expect("request");
-    api.create(&PostParams::default(), &own)
+    .expect("request"));
+    let ci = Api::<AccessRequest>::namespaced(
+        common::service_account_client(&client, &ns, "ci", rights).await,
+        &ns,
+    );
+    ci.create(&PostParams::default(), &own)
         .await
         .expect("create");
     let out = decide(
@@ -149,13 +169,13 @@ async fn decisions_are_stamped_and_only_approvers_decide() {
         decided_by: None,
         decided_at: None,
     });
-    let err = api
+    let err = ci
         .create(&PostParams::default(), &pre)
         .await
         .expect_err("pre-decided");
     assert!(
         err.to_string()
-            .contains("is not an approver of GatewayPolicy customers-gdpr"),
+            .contains("requested this operation and cannot decide it"),
         "{err}"
     );
 

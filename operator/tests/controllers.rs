@@ -615,7 +615,7 @@ async fn access_requests_move_through_their_phases_with_events() {
         "metadata": {"name": "writes"},
         "spec": {
             "guardrails": [{"name": "writes", "match": {"statementKinds": ["delete"]}, "action": "requireApproval"}],
-            "approval": {"approverUsers": ["e2e-admin"], "timeout": "3s", "grantDuration": "4s"}
+            "approval": {"approverUsers": ["e2e-admin"], "timeout": "8s", "grantDuration": "4s"}
         }
     }))
     .expect("policy");
@@ -626,20 +626,30 @@ async fn access_requests_move_through_their_phases_with_events() {
     })
     .await;
     let api: Api<portcullis_crds::AccessRequest> = Api::namespaced(client.clone(), &ns);
+    // Requests are created by the requester's own account (admission checks it).
+    let agent = common::service_account_client(
+        &client,
+        &ns,
+        "agent",
+        json!([{"apiGroups": ["portcullis.dev"], "resources": ["accessrequests"], "verbs": ["create"]}]),
+    )
+    .await;
+    let agent_api: Api<portcullis_crds::AccessRequest> = Api::namespaced(agent, &ns);
     let request = |name: &str| -> portcullis_crds::AccessRequest {
-        serde_json::from_value(json!({
+        common::with_fingerprint(serde_json::from_value(json!({
             "apiVersion": "portcullis.dev/v1alpha1", "kind": "AccessRequest",
             "metadata": {"name": name},
             "spec": {
                 "requester": {"name": "agent", "serviceAccount": format!("system:serviceaccount:{ns}:agent")},
                 "resource": "db", "policy": "writes", "rule": "writes",
-                "operation": {"kind": "sql", "statement": "DELETE FROM t WHERE id = $1", "fingerprint": "f"}
+                "operation": {"kind": "sql", "statement": "DELETE FROM t WHERE id = 1", "fingerprint": "f"}
             }
         }))
-        .expect("request")
+        .expect("request"))
     };
     for name in ["times-out", "approved", "denied"] {
-        api.create(&PostParams::default(), &request(name))
+        agent_api
+            .create(&PostParams::default(), &request(name))
             .await
             .expect("create");
     }
@@ -687,7 +697,7 @@ async fn access_requests_move_through_their_phases_with_events() {
             .filter(|(p, _)| *p == portcullis_crds::AccessRequestPhase::Denied)
     })
     .await;
-    // The 3 s approval timeout and the 4 s grant run out.
+    // The 8 s approval timeout and the 4 s grant run out.
     eventually(Duration::from_secs(30), "times-out Expired", || async {
         phase("times-out")
             .await

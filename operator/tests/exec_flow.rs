@@ -137,8 +137,7 @@ spec:
         "rules": [
             {"apiGroups": [""], "resources": ["pods", "secrets"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["pods/exec", "pods/attach", "pods/portforward"], "verbs": ["create", "get"]},
-            {"apiGroups": ["portcullis.dev"], "resources": ["accessrequests"], "verbs": ["create", "get", "list", "watch"]},
-            {"apiGroups": ["portcullis.dev"], "resources": ["accessrequests/status"], "verbs": ["get", "patch"]}
+            {"apiGroups": ["portcullis.dev"], "resources": ["accessrequests"], "verbs": ["create", "get", "list", "watch"]}
         ]
     }))
     .await;

@@ -1,5 +1,6 @@
 //! `kubectl-portcullis`: the kubectl plugin (`kubectl portcullis ...`).
 //!
+//!   kubectl portcullis show NAME [-n NAMESPACE]
 //!   kubectl portcullis approve NAME --reason "..." [-n NAMESPACE]
 //!   kubectl portcullis deny NAME --reason "..." [-n NAMESPACE]
 //!   kubectl portcullis evidence --audit-url URL --ca FILE --token-file FILE -o DIR
@@ -9,6 +10,8 @@
 //!   kubectl portcullis replay SESSION [--bundle DIR | --audit-url URL --ca FILE --token-file FILE]
 //!       [--speed 1.0] [--max-wait 2.0] [--instant] [--show-input | --hide-input] [--raw]
 //!
+//! `show` prints a request with every control character, escape sequence, bidi override and
+//! zero-width character written as a visible escape: what it prints is what the grant covers.
 //! `approve`/`deny` set `spec.decision`; the API server's admission stamps who decided. The
 //! evidence bundle, with the recordings of the exec sessions it names and a manifest the audit
 //! service signs after recomputing the selection, verifies offline with the audit log's public
@@ -31,7 +34,7 @@ use portcullis_audit::client::AuditClient;
 use portcullis_audit::manifest::Selection;
 use portcullis_audit::recordings::{is_sha256, sha256_hex};
 use portcullis_audit::verify::read_public_key;
-use portcullis_crds::{AccessRequest, AuditRetention, GatewayPolicy, SignedTreeHead};
+use portcullis_crds::{display, AccessRequest, AuditRetention, GatewayPolicy, SignedTreeHead};
 
 #[derive(Parser)]
 #[command(
@@ -149,6 +152,11 @@ struct VerifyArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Show an AccessRequest safely (hidden characters escaped visibly).
+    Show {
+        /// AccessRequest name.
+        name: String,
+    },
     /// Approve a pending AccessRequest.
     Approve {
         /// AccessRequest name.
@@ -195,6 +203,109 @@ async fn decide(
         "accessrequest.portcullis.dev/{name} {}",
         verdict.to_lowercase()
     ))
+}
+
+/// A request as text for a terminal: every value escaped with [`display::escape`].
+fn show(ar: &AccessRequest) -> String {
+    let line = |s: &str| display::escape(s, false);
+    let spec = &ar.spec;
+    let op = &spec.operation;
+    let status = ar.status.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    out.push(format!(
+        "Name:          {}/{}",
+        line(ar.metadata.namespace.as_deref().unwrap_or("")),
+        line(ar.metadata.name.as_deref().unwrap_or(""))
+    ));
+    out.push(format!("Phase:         {:?}", status.phase));
+    let r = &spec.requester;
+    out.push(format!("Requester:     {}", line(&r.name)));
+    out.push(format!("  account:     {}", line(&r.service_account)));
+    for (what, value) in [
+        ("  pod:", &r.pod),
+        ("  user:", &r.user),
+        ("  pipeline:", &r.pipeline),
+    ] {
+        if let Some(v) = value {
+            out.push(format!("{what:<15}{}", line(v)));
+        }
+    }
+    out.push(format!("Resource:      {}", line(&spec.resource)));
+    out.push(format!(
+        "Guardrail:     {} (policy {})",
+        line(&spec.rule),
+        line(&spec.policy)
+    ));
+    let scope = match spec.scope.unwrap_or_default() {
+        portcullis_crds::GrantScope::Statement => "this operation".to_owned(),
+        portcullis_crds::GrantScope::Session => format!(
+            "every operation guardrail {} matches in session {}",
+            line(&spec.rule),
+            line(spec.session.as_deref().unwrap_or("?"))
+        ),
+    };
+    out.push(format!("Grant covers:  {scope}"));
+    match op.covers {
+        portcullis_crds::GrantCovers::Values => out.push(
+            "Values:        exactly the values shown below".to_owned(),
+        ),
+        portcullis_crds::GrantCovers::Shape => out.push(
+            "Values:        ANY values in the placeholders (?) below: the guardrail grants by shape".to_owned(),
+        ),
+    }
+    if let Some(d) = spec.requested_duration {
+        out.push(format!(
+            "Duration:      {}s asked (the policy's grantDuration caps it)",
+            std::time::Duration::from(d).as_secs()
+        ));
+    }
+    if let Some(j) = &spec.justification {
+        out.push(format!("Justification: {}", line(j)));
+    }
+    if let Some(target) = &op.target {
+        out.push(format!("Target:        {}", line(target)));
+    }
+    if !op.command.is_empty() {
+        out.push("Command (one argument a line):".to_owned());
+        for (i, word) in op.command.iter().enumerate() {
+            out.push(format!("  [{i}] {}", line(word)));
+        }
+    }
+    if let Some(statement) = &op.statement {
+        out.push("Statement:".to_owned());
+        for l in display::escape(statement, true).lines() {
+            out.push(format!("  | {l}"));
+        }
+    }
+    out.push(format!("Fingerprint:   {}", line(&op.fingerprint)));
+    if let Some(d) = &spec.decision {
+        out.push(format!(
+            "Decision:      {:?} by {} at {}: {}",
+            d.verdict,
+            line(d.decided_by.as_deref().unwrap_or("(unstamped)")),
+            d.decided_at
+                .as_ref()
+                .map(|t| format!("{:.0}", t.0))
+                .unwrap_or_default(),
+            line(&d.reason)
+        ));
+    }
+    let mut texts: Vec<&str> = vec![&r.name, &spec.rule, &spec.resource, &op.fingerprint];
+    texts.extend(spec.justification.as_deref());
+    texts.extend(op.statement.as_deref());
+    texts.extend(op.target.as_deref());
+    texts.extend(op.command.iter().map(String::as_str));
+    texts.extend(spec.decision.as_ref().map(|d| d.reason.as_str()));
+    let hidden = texts
+        .iter()
+        .any(|t| t.chars().any(|c| c != '\n' && display::is_hidden(c)));
+    if hidden {
+        out.push(
+            "Warning:       this request holds hidden characters, shown above as \\e, \\n or \\u{...}"
+                .to_owned(),
+        );
+    }
+    out.join("\n")
 }
 
 async fn evidence(client: kube::Client, ns: &str, args: EvidenceArgs) -> Result<String, String> {
@@ -463,6 +574,17 @@ async fn run(cli: Cli) -> Result<String, String> {
                 "verified {} records{recordings} against the signed tree head of size {}",
                 report.records, report.tree_size
             ))
+        }
+        Cmd::Show { name } => {
+            let (client, ns) = kube_client(cli.namespace).await?;
+            let ar = Api::<AccessRequest>::namespaced(client, &ns)
+                .get(&name)
+                .await
+                .map_err(|e| match e {
+                    kube::Error::Api(s) => s.message,
+                    other => other.to_string(),
+                })?;
+            Ok(show(&ar))
         }
         Cmd::Approve { name, reason } => {
             let (client, ns) = kube_client(cli.namespace).await?;

@@ -1,7 +1,8 @@
 //! The AccessRequest lifecycle: `Pending` until decided or until the policy's approval
 //! timeout; `Approved` for the grant duration (the policy's `grantDuration`, capped by what the
-//! requester asked for), then `Expired`; `Denied` for good. Every transition is an Event, and
-//! the status carries when the current phase ends.
+//! requester asked for, counted from the admission-stamped decision time), then `Expired`;
+//! `Denied` for good. Every transition is an Event (text written by others escaped visibly),
+//! and the status carries when the current phase ends; nothing grants on status.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::ResourceExt;
+use portcullis_crds::display::escape;
 use portcullis_crds::{AccessRequest, AccessRequestPhase, GatewayPolicy, Verdict};
 
 use super::{key, Context, ReconcileError};
@@ -71,15 +73,16 @@ pub fn next_phase(ar: &AccessRequest, now: Timestamp, timeout: Duration, grant: 
             reason: "Denied",
             message: format!(
                 "denied by {}: {}",
-                d.decided_by.as_deref().unwrap_or("an approver"),
-                d.reason
+                escape(d.decided_by.as_deref().unwrap_or("an approver"), false),
+                escape(&d.reason, false)
             ),
         },
-        (Some(d), phase) => {
-            let start = match (phase, status.expires_at.as_ref()) {
-                (AccessRequestPhase::Approved, Some(e)) => e.0 - span(grant),
-                _ => d.decided_at.as_ref().map_or(now, |t| t.0),
-            };
+        (Some(d), _) => {
+            // From the admission-stamped decision time, never from status.
+            let start = d.decided_at.as_ref().map_or(
+                ar.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0),
+                |t| t.0,
+            );
             let expires = start + span(grant);
             if now >= expires {
                 Next {
@@ -95,8 +98,8 @@ pub fn next_phase(ar: &AccessRequest, now: Timestamp, timeout: Duration, grant: 
                     reason: "Approved",
                     message: format!(
                         "approved by {} until {expires:.0}: {}",
-                        d.decided_by.as_deref().unwrap_or("an approver"),
-                        d.reason
+                        escape(d.decided_by.as_deref().unwrap_or("an approver"), false),
+                        escape(&d.reason, false)
                     ),
                 }
             }

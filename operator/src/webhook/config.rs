@@ -96,7 +96,11 @@ fn access_request_rules() -> Vec<RuleWithOperations> {
         api_groups: Some(vec![portcullis_crds::GROUP.to_owned()]),
         api_versions: Some(vec![portcullis_crds::VERSION.to_owned()]),
         operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
-        resources: Some(vec!["accessrequests".to_owned()]),
+        // The status subresource too: only the operator writes it.
+        resources: Some(vec![
+            "accessrequests".to_owned(),
+            "accessrequests/status".to_owned(),
+        ]),
         scope: Some("Namespaced".to_owned()),
     }]
 }

@@ -45,6 +45,8 @@ struct Inner {
     sidecar: SidecarSettings,
     opt_out: OptOutTrust,
     metrics: Metrics,
+    /// The operator's own API-server user: the only writer of AccessRequest status.
+    operator_user: Option<String>,
 }
 
 /// Who may opt a pod out of injection in a labelled namespace (nobody by default).
@@ -119,6 +121,7 @@ impl WebhookState {
         // The writers live in the tasks; ready fails only when a task ended.
         let _ = resources.wait_until_ready().await;
         let _ = configs.wait_until_ready().await;
+        let operator_user = super::access_request::own_user(&client).await;
         let state = Self {
             inner: Arc::new(Inner {
                 client,
@@ -127,6 +130,7 @@ impl WebhookState {
                 sidecar,
                 opt_out,
                 metrics,
+                operator_user,
             }),
         };
         (state, tasks)
@@ -372,7 +376,12 @@ async fn handle(
             "inject-opt-in" => mutate_pod(state, &req, false).await,
             "stamp-decision" => super::access_request::stamp(&req),
             "authorize-decision" => {
-                super::access_request::authorize(&state.inner.client, &req).await
+                super::access_request::authorize(
+                    &state.inner.client,
+                    state.inner.operator_user.as_deref(),
+                    &req,
+                )
+                .await
             }
             _ => super::validate::review(&req),
         },

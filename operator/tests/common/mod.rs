@@ -451,3 +451,54 @@ pub fn spool_records(spool: &std::path::Path) -> Vec<portcullis_crds::audit::Aud
     }
     out
 }
+
+/// A client of service account `sa` of `ns` (created here) that RBAC allows `rules` in `ns`:
+/// what a sidecar holding that account's token can do.
+pub async fn service_account_client(
+    client: &Client,
+    ns: &str,
+    sa: &str,
+    rules: serde_json::Value,
+) -> Client {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let h = portcullis_e2e::harness();
+    h.service_account(ns, sa).await;
+    let name = format!("{sa}-rights");
+    create::<Role>(
+        client,
+        ns,
+        json!({"metadata": {"name": name}, "rules": rules}),
+    )
+    .await;
+    create::<RoleBinding>(
+        client,
+        ns,
+        json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]
+        }),
+    )
+    .await;
+    let token = h.token(ns, sa, None, None).await;
+    let dir = std::env::temp_dir().join(format!("portcullis-test-{ns}-{sa}"));
+    std::fs::create_dir_all(&dir).expect("kubeconfig dir");
+    let path = token_kubeconfig(
+        &dir.join("kubeconfig"),
+        h.apiserver_url(),
+        h.ca_file(),
+        &token,
+        ns,
+    );
+    let kc = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("client config");
+    Client::try_from(config).expect("client")
+}
+
+/// `ar` with the fingerprint of its shown operation, as the sidecar writes it.
+pub fn with_fingerprint(mut ar: portcullis_crds::AccessRequest) -> portcullis_crds::AccessRequest {
+    ar.spec.operation.fingerprint = ar.spec.operation.grant_fingerprint();
+    ar
+}

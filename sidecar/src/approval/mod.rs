@@ -1,25 +1,37 @@
-//! Just-in-time approval against the API server: find a live grant, create an AccessRequest,
-//! wait for its decision, count the uses of a grant.
+//! Just-in-time approval against the API server: find a live grant, create an AccessRequest
+//! (or reuse the one already waiting for the same operation), wait for its decision.
 //!
-//! The sidecar trusts only what admission stamped: a decision counts when it carries
-//! `decidedBy` (set by the operator's mutating webhook from the authenticated user) and that
-//! user is not the requester. Everything else (no decision before the timeout, an API server
-//! that cannot be reached, a request deleted while waiting) refuses the held statement.
+//! The sidecar trusts only what admission stamped and what it sealed itself:
+//! - every request it creates carries a seal (HMAC-SHA256 over the spec, with a key made at
+//!   start and held only in this process); a request without this process's seal is never a
+//!   grant, whoever created or changed it;
+//! - a decision counts when it carries `decidedBy` and `decidedAt` (set by the operator's
+//!   mutating webhook from the authenticated user) and that user is not the requester;
+//! - the grant ends at `decidedAt` plus the shorter of the requested and the policy's grant
+//!   duration; status is never a reason to honour a grant, only (Denied, Expired) to stop;
+//! - the session, guardrail and resource a grant covers are read from the sealed spec;
+//!   labels only narrow the list call.
+//!
+//! Everything else (no decision before the timeout, an API server that cannot be reached, a
+//! request deleted while waiting) refuses the held operation. Uses of a grant are audit
+//! records; nothing is written to the request after it is created.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::await_condition;
 use kube::{Client, Config, ResourceExt};
 use portcullis_crds::audit::Identity;
+use portcullis_crds::display;
 use portcullis_crds::gateway_policy::GrantScope;
 use portcullis_crds::{
-    AccessRequest, AccessRequestPhase, AccessRequestSpec, Operation, OperationKind, Requester,
-    Verdict,
+    AccessRequest, AccessRequestPhase, AccessRequestSpec, GrantCovers, Operation, OperationKind,
+    Requester, Verdict,
 };
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -62,6 +74,15 @@ pub enum ApprovalError {
     /// The request disappeared before it was decided.
     #[error("AccessRequest {0} was deleted before a decision")]
     Deleted(String),
+    /// The request was changed so that it no longer carries this sidecar's seal.
+    #[error("AccessRequest {0} does not carry this sidecar's seal: it is not honoured")]
+    Unsealed(String),
+    /// Too many requests of this requester wait for a decision.
+    #[error("{0} AccessRequests of this requester already wait for a decision (approval.maxPending is {0}): wait for them to be decided or to time out")]
+    TooManyPending(u32),
+    /// The spec could not be encoded for its seal.
+    #[error("cannot encode the AccessRequest for its seal: {0}")]
+    Encode(#[from] serde_json::Error),
     /// The sidecar is stopping; held statements are not run.
     #[error("the sidecar is shutting down")]
     ShuttingDown,
@@ -73,6 +94,44 @@ pub struct Approvals {
     namespace: String,
     closing: tokio::sync::watch::Sender<bool>,
     held: std::sync::atomic::AtomicUsize,
+    seal_key: Seal,
+}
+
+/// The key this process seals its requests with.
+#[derive(Clone)]
+pub struct Seal([u8; 32]);
+
+impl Seal {
+    /// A new random key.
+    pub fn new() -> Seal {
+        Seal(rand::random())
+    }
+
+    fn mac(&self, spec: &AccessRequestSpec) -> Result<Hmac<Sha256>, ApprovalError> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .map_err(|e| ApprovalError::Config(format!("seal key: {e}")))?;
+        mac.update(&spec.sealed_bytes()?);
+        Ok(mac)
+    }
+
+    /// The seal of `spec` (hex).
+    pub fn seal(&self, spec: &AccessRequestSpec) -> Result<String, ApprovalError> {
+        Ok(hex::encode(self.mac(spec)?.finalize().into_bytes()))
+    }
+
+    /// Whether `spec` carries this key's seal (compared in constant time).
+    pub fn verifies(&self, spec: &AccessRequestSpec) -> bool {
+        let Some(Ok(tag)) = spec.seal.as_deref().map(hex::decode) else {
+            return false;
+        };
+        self.mac(spec).is_ok_and(|m| m.verify_slice(&tag).is_ok())
+    }
+}
+
+impl Default for Seal {
+    fn default() -> Self {
+        Seal::new()
+    }
 }
 
 /// Counts a statement as held while it lives (see [`Approvals::holding`]).
@@ -84,7 +143,7 @@ impl Drop for HeldGuard<'_> {
     }
 }
 
-/// What identifies a grant that may cover a statement.
+/// What identifies a grant that may cover an operation.
 #[derive(Clone, Debug)]
 pub struct GrantKey {
     /// ProtectedResource name.
@@ -95,7 +154,7 @@ pub struct GrantKey {
     pub policy: String,
     /// The guardrail.
     pub rule: String,
-    /// Fingerprint of the statement.
+    /// Grant fingerprint of the operation ([`Operation::grant_fingerprint`]).
     pub fingerprint: String,
     /// What an approval covers.
     pub scope: GrantScope,
@@ -141,12 +200,42 @@ pub struct Ask {
     pub key: GrantKey,
     /// Who asks.
     pub requester: Requester,
-    /// The statement with placeholders.
-    pub statement: String,
+    /// The operation as shown to the approver (see [`sql_operation`], [`exec_operation`]).
+    pub operation: Operation,
     /// What the client said it needs this for.
     pub justification: Option<String>,
-    /// For an exec: the command vector and the target `NAMESPACE/POD[/CONTAINER]`.
-    pub exec: Option<(Vec<String>, String)>,
+    /// Seconds the request waits for a decision (the policy's timeout).
+    pub timeout_seconds: u64,
+    /// Undecided requests allowed per requester.
+    pub max_pending: u32,
+}
+
+/// A statement operation as shown to the approver, with its grant fingerprint.
+pub fn sql_operation(statement: String, covers: GrantCovers) -> Operation {
+    let mut op = Operation {
+        kind: OperationKind::Sql,
+        statement: Some(statement),
+        covers,
+        fingerprint: String::new(),
+        command: Vec::new(),
+        target: None,
+    };
+    op.fingerprint = op.grant_fingerprint();
+    op
+}
+
+/// An exec operation as shown to the approver, with its grant fingerprint.
+pub fn exec_operation(command: Vec<String>, target: String) -> Operation {
+    let mut op = Operation {
+        kind: OperationKind::Exec,
+        statement: None,
+        covers: GrantCovers::Values,
+        fingerprint: String::new(),
+        command,
+        target: Some(target),
+    };
+    op.fingerprint = op.grant_fingerprint();
+    op
 }
 
 /// A label value for `s`: itself when it is a valid label value, otherwise a digest.
@@ -177,7 +266,9 @@ fn seconds(s: u64) -> SignedDuration {
 }
 
 /// The grant a request carries at `now`, if it is approved, stamped by admission, not decided
-/// by the requester, and not run out.
+/// by the requester, and not run out. The end is computed from the stamped decision time and
+/// the spec's requested duration, capped by `grant_seconds`; status only ends a grant early
+/// (Denied, Expired), it never makes one.
 pub fn live_grant(ar: &AccessRequest, grant_seconds: u64, now: Timestamp) -> Option<Grant> {
     let decision = ar.spec.decision.as_ref()?;
     if decision.verdict != Verdict::Approved {
@@ -189,20 +280,19 @@ pub fn live_grant(ar: &AccessRequest, grant_seconds: u64, now: Timestamp) -> Opt
     {
         return None;
     }
-    let status = ar.status.clone().unwrap_or_default();
-    let expires_at = match status.phase {
-        AccessRequestPhase::Denied | AccessRequestPhase::Expired => return None,
-        AccessRequestPhase::Approved => status.expires_at.map(|t| t.0)?,
-        // Decided but not yet seen by the operator: the grant runs from the decision.
-        AccessRequestPhase::Pending => {
-            let asked = ar
-                .spec
-                .requested_duration
-                .map(|d| Duration::from(d).as_secs())
-                .unwrap_or(grant_seconds);
-            decision.decided_at.as_ref()?.0 + seconds(asked.min(grant_seconds))
-        }
-    };
+    let phase = ar.status.as_ref().map(|s| s.phase);
+    if matches!(
+        phase,
+        Some(AccessRequestPhase::Denied | AccessRequestPhase::Expired)
+    ) {
+        return None;
+    }
+    let asked = ar
+        .spec
+        .requested_duration
+        .map(|d| Duration::from(d).as_secs())
+        .unwrap_or(grant_seconds);
+    let expires_at = decision.decided_at.as_ref()?.0 + seconds(asked.min(grant_seconds));
     (now < expires_at).then(|| Grant {
         name: ar.name_any(),
         decided_by: decided_by.to_owned(),
@@ -211,25 +301,48 @@ pub fn live_grant(ar: &AccessRequest, grant_seconds: u64, now: Timestamp) -> Opt
     })
 }
 
-/// Whether `ar` is the kind of request that may cover `key`.
+/// Whether `ar` asks for what `key` needs: the same requester, resource, policy and guardrail,
+/// and the same operation (statement scope) or the same session (session scope), all read
+/// from the spec.
 fn covers(ar: &AccessRequest, key: &GrantKey) -> bool {
     let spec = &ar.spec;
-    let same_requester =
-        spec.requester.service_account == key.service_account && spec.resource == key.resource;
-    match key.scope {
+    let same = spec.requester.service_account == key.service_account
+        && spec.resource == key.resource
+        && spec.policy == key.policy
+        && spec.rule == key.rule
+        && spec.scope.unwrap_or_default() == key.scope;
+    same && match key.scope {
         GrantScope::Statement => {
-            same_requester
-                && spec.policy == key.policy
-                && spec.rule == key.rule
-                && spec.operation.kind == OperationKind::Sql
-                && spec.operation.fingerprint == key.fingerprint
+            spec.operation.fingerprint == key.fingerprint
+                && spec.operation.grant_fingerprint() == key.fingerprint
         }
-        GrantScope::Session => {
-            same_requester
-                && spec.policy == key.policy
-                && ar.labels().get(LABEL_SESSION) == Some(&label_value(&key.session))
-        }
+        GrantScope::Session => spec.session.as_deref() == Some(key.session.as_str()),
     }
+}
+
+/// Whether `ar` was denied less than `seconds` before `now`.
+fn just_denied(ar: &AccessRequest, seconds_: u64, now: Timestamp) -> bool {
+    ar.spec.decision.as_ref().is_some_and(|d| {
+        d.verdict == Verdict::Denied
+            && d.decided_at
+                .as_ref()
+                .is_some_and(|t| now < t.0 + seconds(seconds_))
+    })
+}
+
+/// Whether `ar` still waits for a decision at `now` (no decision, not expired, younger than
+/// `timeout_seconds`).
+fn waiting(ar: &AccessRequest, timeout_seconds: u64, now: Timestamp) -> bool {
+    let expired = ar
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase == AccessRequestPhase::Expired);
+    let young = ar
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .is_none_or(|t| now < t.0 + seconds(timeout_seconds));
+    ar.spec.decision.is_none() && !expired && young
 }
 
 impl Approvals {
@@ -258,6 +371,7 @@ impl Approvals {
             namespace: namespace.to_owned(),
             closing: tokio::sync::watch::Sender::new(false),
             held: std::sync::atomic::AtomicUsize::new(0),
+            seal_key: Seal::new(),
         }))
     }
 
@@ -289,41 +403,96 @@ impl Approvals {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// A live grant that covers `key`, the one that runs longest.
-    pub async fn find_grant(&self, key: &GrantKey) -> Result<Option<Grant>, ApprovalError> {
+    async fn list(&self, selector: &str) -> Result<Vec<AccessRequest>, ApprovalError> {
+        Ok(self
+            .api()
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|source| ApprovalError::Api {
+                what: "cannot list AccessRequests".into(),
+                source,
+            })?
+            .items)
+    }
+
+    fn selector(key: &GrantKey, by_operation: bool) -> String {
         let mut selector = format!(
             "{LABEL_RESOURCE}={},{LABEL_REQUESTER}={}",
             label_value(&key.resource),
             label_value(short_name(&key.service_account))
         );
-        match key.scope {
-            GrantScope::Statement => selector.push_str(&format!(
+        if by_operation {
+            selector.push_str(&format!(
                 ",{LABEL_FINGERPRINT}={}",
                 label_value(&key.fingerprint)
-            )),
-            GrantScope::Session => {
-                selector.push_str(&format!(",{LABEL_SESSION}={}", label_value(&key.session)))
-            }
+            ));
+        } else {
+            selector.push_str(&format!(",{LABEL_SESSION}={}", label_value(&key.session)));
         }
-        let list = self
-            .api()
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|source| ApprovalError::Api {
-                what: "cannot list AccessRequests".into(),
-                source,
-            })?;
+        selector
+    }
+
+    /// A live grant that covers `key`, the one that runs longest. Only requests sealed by
+    /// this process count.
+    pub async fn find_grant(&self, key: &GrantKey) -> Result<Option<Grant>, ApprovalError> {
+        let selector = Self::selector(key, key.scope == GrantScope::Statement);
         let now = Timestamp::now();
-        Ok(list
-            .items
+        Ok(self
+            .list(&selector)
+            .await?
             .iter()
-            .filter(|ar| covers(ar, key))
+            .filter(|ar| self.seal_key.verifies(&ar.spec) && covers(ar, key))
             .filter_map(|ar| live_grant(ar, key.grant_seconds, now))
             .max_by_key(|g| g.expires_at))
     }
 
-    /// Create the AccessRequest; returns its name.
-    pub async fn request(&self, ask: &Ask) -> Result<String, ApprovalError> {
+    /// The request to wait on for `ask`: the one of this sidecar that already waits for the
+    /// same operation, or denied it less than the approval timeout ago (second value `true`),
+    /// or a new one. Refuses a new one when
+    /// `ask.max_pending` requests of the requester already wait (a session waits on one at a
+    /// time, so this bounds the requests of every session of the requester).
+    pub async fn request(&self, ask: &Ask) -> Result<(String, bool), ApprovalError> {
+        let now = Timestamp::now();
+        let ours = |ar: &&AccessRequest| self.seal_key.verifies(&ar.spec);
+        let same_operation = self.list(&Self::selector(&ask.key, true)).await?;
+        // A statement-scoped request covers any session of this sidecar; a session-scoped
+        // one only its own.
+        let same_session = |ar: &AccessRequest| {
+            ask.key.scope == GrantScope::Statement
+                || ar.spec.session.as_deref() == Some(ask.key.session.as_str())
+        };
+        // ... or was just denied: a client that retries at once (kubectl falls back from
+        // WebSocket to SPDY) gets the same answer instead of a second request.
+        if let Some(ar) = same_operation.iter().filter(ours).find(|ar| {
+            covers(ar, &ask.key)
+                && ar.spec.operation == ask.operation
+                && same_session(ar)
+                && (waiting(ar, ask.timeout_seconds, now)
+                    || just_denied(ar, ask.timeout_seconds, now))
+        }) {
+            return Ok((ar.name_any(), true));
+        }
+        // A session waits on one request at a time: the limit counts the requester's.
+        let requester = format!(
+            "{LABEL_RESOURCE}={},{LABEL_REQUESTER}={}",
+            label_value(&ask.key.resource),
+            label_value(short_name(&ask.key.service_account))
+        );
+        let pending = self
+            .list(&requester)
+            .await?
+            .iter()
+            .filter(ours)
+            .filter(|ar| ar.spec.requester.service_account == ask.key.service_account)
+            .filter(|ar| waiting(ar, ask.timeout_seconds, now))
+            .count();
+        if pending >= usize::try_from(ask.max_pending).unwrap_or(usize::MAX) {
+            return Err(ApprovalError::TooManyPending(ask.max_pending));
+        }
+        self.create(ask).await.map(|name| (name, false))
+    }
+
+    async fn create(&self, ask: &Ask) -> Result<String, ApprovalError> {
         let labels = BTreeMap::from([
             (
                 LABEL_FINGERPRINT.to_owned(),
@@ -347,6 +516,26 @@ impl Approvals {
             .justification
             .as_ref()
             .map(|j| j.chars().take(1024).collect::<String>());
+        let mut requester = ask.requester.clone();
+        // The display name is a printer column: shown escaped, as admission requires.
+        requester.name = display::escape(&requester.name, false)
+            .chars()
+            .take(512)
+            .collect();
+        let mut spec = AccessRequestSpec {
+            requester,
+            resource: ask.key.resource.clone(),
+            policy: ask.key.policy.clone(),
+            rule: ask.key.rule.clone(),
+            operation: ask.operation.clone(),
+            justification,
+            requested_duration: Some(Duration::from_secs(ask.key.grant_seconds).into()),
+            session: Some(ask.key.session.clone()),
+            scope: Some(ask.key.scope),
+            seal: None,
+            decision: None,
+        };
+        spec.seal = Some(self.seal_key.seal(&spec)?);
         let ar = AccessRequest {
             metadata: ObjectMeta {
                 generate_name: Some(format!(
@@ -356,31 +545,7 @@ impl Approvals {
                 labels: Some(labels),
                 ..ObjectMeta::default()
             },
-            spec: AccessRequestSpec {
-                requester: ask.requester.clone(),
-                resource: ask.key.resource.clone(),
-                policy: ask.key.policy.clone(),
-                rule: ask.key.rule.clone(),
-                operation: match &ask.exec {
-                    None => Operation {
-                        kind: OperationKind::Sql,
-                        statement: Some(ask.statement.clone()),
-                        fingerprint: ask.key.fingerprint.clone(),
-                        command: Vec::new(),
-                        target: None,
-                    },
-                    Some((command, target)) => Operation {
-                        kind: OperationKind::Exec,
-                        statement: None,
-                        fingerprint: ask.key.fingerprint.clone(),
-                        command: command.clone(),
-                        target: Some(target.clone()),
-                    },
-                },
-                justification,
-                requested_duration: Some(Duration::from_secs(ask.key.grant_seconds).into()),
-                decision: None,
-            },
+            spec,
             status: None,
         };
         let created = self
@@ -429,6 +594,9 @@ impl Approvals {
         let Some(ar) = found else {
             return Err(ApprovalError::Deleted(name.to_owned()));
         };
+        if !self.seal_key.verifies(&ar.spec) {
+            return Err(ApprovalError::Unsealed(name.to_owned()));
+        }
         let Some(decision) = ar.spec.decision.as_ref() else {
             return Ok(Outcome::TimedOut);
         };
@@ -449,39 +617,6 @@ impl Approvals {
                 }),
             },
         }
-    }
-
-    /// Count one use of a grant in its status (best effort, in the background).
-    pub fn count_use(&self, name: &str) {
-        let api = self.api();
-        let name = name.to_owned();
-        tokio::spawn(async move {
-            for _ in 0..5 {
-                let ar = match api.get_status(&name).await {
-                    Ok(ar) => ar,
-                    Err(e) => {
-                        tracing::warn!(request = %name, error = %e, "cannot read AccessRequest to count a use");
-                        return;
-                    }
-                };
-                let uses = ar.status.as_ref().map_or(0, |s| s.uses) + 1;
-                let patch = serde_json::json!({
-                    "metadata": {"resourceVersion": ar.resource_version()},
-                    "status": {"uses": uses},
-                });
-                match api
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
-                    Ok(_) => return,
-                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                    Err(e) => {
-                        tracing::warn!(request = %name, error = %e, "cannot count a use of AccessRequest");
-                        return;
-                    }
-                }
-            }
-        });
     }
 }
 
@@ -634,19 +769,23 @@ mod tests {
     }
 
     fn request(phase: AccessRequestPhase, decided_by: Option<&str>) -> AccessRequest {
-        serde_json::from_value(serde_json::json!({
+        let mut ar: AccessRequest = serde_json::from_value(serde_json::json!({
             "apiVersion": "portcullis.dev/v1alpha1", "kind": "AccessRequest",
             "metadata": {"name": "agent-x", "namespace": "agents"},
             "spec": {
                 "requester": {"name": "agent", "serviceAccount": "system:serviceaccount:agents:agent"},
                 "resource": "db", "policy": "p", "rule": "writes",
-                "operation": {"kind": "sql", "statement": "DELETE FROM t WHERE id = ?", "fingerprint": "f"},
+                "operation": {"kind": "sql", "statement": "DELETE FROM t WHERE id = 7", "fingerprint": "f"},
+                "session": "s-1", "scope": "statement",
+                "requestedDuration": "30m",
                 "decision": {"verdict": "Approved", "reason": "ok", "decidedBy": decided_by,
                              "decidedAt": "2026-11-23T06:00:00Z"}
             },
-            "status": {"phase": phase, "expiresAt": "2026-11-23T07:00:00Z"}
+            "status": {"phase": phase, "expiresAt": "2099-11-23T07:00:00Z"}
         }))
-        .expect("request")
+        .expect("request");
+        ar.spec.operation = sql_operation("DELETE FROM t WHERE id = 7".into(), GrantCovers::Values);
+        ar
     }
 
     fn at(s: &str) -> Timestamp {
@@ -667,39 +806,42 @@ mod tests {
     }
 
     #[test]
-    fn a_grant_covers_its_fingerprint_or_its_session() {
+    fn a_grant_covers_its_operation_or_its_session_and_guardrail() {
         let mut ar = request(AccessRequestPhase::Approved, Some("bob"));
-        ar.metadata.labels = Some(BTreeMap::from([(
-            LABEL_SESSION.to_owned(),
-            "s-1".to_owned(),
-        )]));
-        assert!(covers(&ar, &key(GrantScope::Statement, "f", "s-2")));
+        let f = ar.spec.operation.fingerprint.clone();
+        assert!(covers(&ar, &key(GrantScope::Statement, &f, "s-2")));
         assert!(!covers(&ar, &key(GrantScope::Statement, "g", "s-1")));
+        // Another statement's fingerprint written into the request is not the shown one.
+        ar.spec.operation.fingerprint = "g".into();
+        assert!(!covers(&ar, &key(GrantScope::Statement, "g", "s-1")));
+        let mut ar = request(AccessRequestPhase::Approved, Some("bob"));
+        ar.spec.scope = Some(GrantScope::Session);
         assert!(covers(&ar, &key(GrantScope::Session, "g", "s-1")));
-        assert!(!covers(&ar, &key(GrantScope::Session, "f", "s-2")));
-        let mut other = key(GrantScope::Statement, "f", "s-1");
+        assert!(!covers(&ar, &key(GrantScope::Session, "g", "s-2")));
+        // A session label does not count: the spec names the session.
+        ar.metadata.labels = Some(BTreeMap::from([(LABEL_SESSION.to_owned(), "s-2".into())]));
+        assert!(!covers(&ar, &key(GrantScope::Session, "g", "s-2")));
+        // A session grant covers only the guardrail it names.
+        let mut other_rule = key(GrantScope::Session, "g", "s-1");
+        other_rule.rule = "steward-writes".into();
+        assert!(!covers(&ar, &other_rule));
+        let mut other = key(GrantScope::Statement, &f, "s-1");
         other.service_account = "system:serviceaccount:agents:other".into();
         assert!(!covers(&ar, &other));
     }
 
     #[test]
     fn only_stamped_unexpired_approvals_by_others_are_grants() {
-        let now = at("2026-11-23T06:30:00Z");
+        let now = at("2026-11-23T06:20:00Z");
+        // The end comes from the stamped decision and the requested duration, not status.
         let g = live_grant(
             &request(AccessRequestPhase::Approved, Some("bob")),
             3600,
             now,
         );
-        assert_eq!(g.map(|g| g.expires_at), Some(at("2026-11-23T07:00:00Z")));
-        // Before the operator saw the decision: from the decision time.
+        assert_eq!(g.map(|g| g.expires_at), Some(at("2026-11-23T06:30:00Z")));
         let g = live_grant(&request(AccessRequestPhase::Pending, Some("bob")), 600, now);
         assert_eq!(g, None);
-        let g = live_grant(
-            &request(AccessRequestPhase::Pending, Some("bob")),
-            3600,
-            now,
-        );
-        assert!(g.is_some());
         for ar in [
             request(AccessRequestPhase::Approved, None),
             request(
@@ -707,6 +849,7 @@ mod tests {
                 Some("system:serviceaccount:agents:agent"),
             ),
             request(AccessRequestPhase::Expired, Some("bob")),
+            request(AccessRequestPhase::Denied, Some("bob")),
         ] {
             assert_eq!(live_grant(&ar, 3600, now), None);
         }
@@ -714,9 +857,32 @@ mod tests {
             live_grant(
                 &request(AccessRequestPhase::Approved, Some("bob")),
                 3600,
-                at("2026-11-23T07:00:00Z")
+                at("2026-11-23T06:30:00Z")
             ),
             None
         );
+    }
+
+    #[test]
+    fn only_this_process_seal_is_honoured() {
+        let seal = Seal::new();
+        let mut ar = request(AccessRequestPhase::Pending, Some("bob"));
+        ar.spec.decision = None;
+        ar.spec.seal = Some(seal.seal(&ar.spec).expect("seal"));
+        assert!(seal.verifies(&ar.spec));
+        // The decision is not sealed: it is added later by the approver.
+        ar.spec.decision = request(AccessRequestPhase::Pending, Some("bob"))
+            .spec
+            .decision;
+        assert!(seal.verifies(&ar.spec));
+        assert!(!Seal::new().verifies(&ar.spec));
+        let mut changed = ar.clone();
+        changed.spec.session = Some("s-2".into());
+        assert!(!seal.verifies(&changed.spec));
+        let mut changed = ar.clone();
+        changed.spec.justification = Some("rewritten".into());
+        assert!(!seal.verifies(&changed.spec));
+        changed.spec.seal = None;
+        assert!(!seal.verifies(&changed.spec));
     }
 }

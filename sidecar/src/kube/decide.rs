@@ -248,6 +248,7 @@ mod tests {
             action,
             message: None,
             exempt: vec![],
+            grant_covers: Default::default(),
         }
     }
 

@@ -15,6 +15,7 @@
 //!   asciicast v2 ([`stream`], [`recording`]); the finished recording is named by its SHA-256,
 //!   which the audit record carries, and uploaded to the audit service.
 
+mod approval_objects;
 pub mod command;
 pub mod decide;
 mod pod_writes;
@@ -583,6 +584,9 @@ async fn handle(
     {
         decided.verdict = Verdict::builtin("impersonation", "impersonation headers are refused: requests run as this pod's service account (rule builtin/impersonation)".into());
     }
+    if let Some(refused) = approval_objects::refusal(req.method(), req.uri().path()) {
+        decided.verdict = refused;
+    }
     // Pod and pod-template writes pass the injection webhook's checks here too.
     let mut req = req.map(BodyExt::boxed);
     if decided.verdict.forwards() && proxy.pod_writes.applies(&info) {
@@ -1119,8 +1123,21 @@ async fn approve(
     } else {
         format!("{}/{}/{}", info.namespace, info.name, params.container)
     };
-    let command = proxy.masked_words(&params.command);
-    let statement = format!("{} {target}: {}", info.subresource, command::join(&command));
+    // The approver is shown, and the grant covers, the command as it will run.
+    let mut shown = crate::approval::exec_operation(params.command.clone(), target);
+    shown.statement = Some(format!(
+        "pods/{}{}{}",
+        info.subresource,
+        if params.stdin { " with stdin" } else { "" },
+        if params.tty { " and a terminal" } else { "" }
+    ));
+    shown.fingerprint = shown.grant_fingerprint();
+    let statement = format!(
+        "{} {}: {}",
+        info.subresource,
+        shown.target.as_deref().unwrap_or_default(),
+        command::join(&proxy.masked_words(&params.command))
+    );
     let fp = fingerprint::of(&statement);
     let workload = &proxy.identity;
     let requester = crate::approval::requester(
@@ -1133,7 +1150,7 @@ async fn approve(
         service_account: requester.service_account.clone(),
         policy: rule.policy.clone(),
         rule: rule.rule.clone(),
-        fingerprint: fp.clone(),
+        fingerprint: shown.fingerprint.clone(),
         scope: settings.grant_scope,
         session: ctx.session_id().to_owned(),
         grant_seconds: settings.grant_seconds,
@@ -1160,7 +1177,6 @@ async fn approve(
     };
     match approvals.find_grant(&key).await {
         Ok(Some(grant)) => {
-            approvals.count_use(&grant.name);
             proxy.record(
                 ctx,
                 AuditEvent::Approval(ApprovalRecord {
@@ -1180,22 +1196,24 @@ async fn approve(
     let ask = Ask {
         key,
         requester,
-        statement: statement.clone(),
+        operation: shown,
         justification: None,
-        exec: Some((command, target)),
+        timeout_seconds: settings.timeout_seconds,
+        max_pending: settings.max_pending,
     };
     let name = match approvals.request(&ask).await {
-        Ok(n) => n,
+        Ok((n, reused)) => {
+            if !reused {
+                proxy.record(ctx, AuditEvent::Approval(step(ApprovalStep::Requested, &n)));
+            }
+            n
+        }
         Err(e) => {
             let message = unavailable(&e);
             proxy.record(ctx, AuditEvent::Approval(failed(&message, "")));
             return Err(message);
         }
     };
-    proxy.record(
-        ctx,
-        AuditEvent::Approval(step(ApprovalStep::Requested, &name)),
-    );
     tracing::info!(session = %ctx.session_id(), request = %name, rule = %rule.rule, "exec held for approval");
     let _holding = approvals.holding();
     let outcome = approvals
@@ -1216,7 +1234,6 @@ async fn approve(
                     ..step(ApprovalStep::Approved, &name)
                 }),
             );
-            approvals.count_use(&name);
             proxy.record(
                 ctx,
                 AuditEvent::Approval(ApprovalRecord {

@@ -128,12 +128,16 @@ fn glob_match(pattern: &str, name: &str) -> bool {
 
 impl Guardrails {
     /// The policies (in precedence order) whose subjects include `identity` (the session's
-    /// workload and, when it presented a token, its person or pipeline run).
+    /// workload and, when it presented a token, its person or pipeline run). A workload that
+    /// no policy of the resource names gets every policy of the resource, the strictest
+    /// default (fail closed), never none.
     pub fn for_identity(policies: Vec<PolicyConfig>, identity: &Identity, namespace: &str) -> Self {
-        let policies: Vec<PolicyConfig> = policies
-            .into_iter()
+        let named: Vec<PolicyConfig> = policies
+            .iter()
             .filter(|p| identity::policy_applies(p, identity, namespace))
+            .cloned()
             .collect();
+        let policies = if named.is_empty() { policies } else { named };
         let mut guardrails = Guardrails {
             default_context: policies.first().map(context_of).unwrap_or_default(),
             policies,

@@ -340,8 +340,10 @@ struct Prepared {
     row_limits: Vec<Arc<RowLimit>>,
     /// What executing it can change.
     effect: Effect,
-    /// The approval a held Parse obtained; each Execute checks it is still live.
+    /// The approval a held Parse (or Bind) obtained; each Execute checks it is still live.
     grant: Option<hold::GrantRef>,
+    /// Approvals asked for at each Bind, with the bound values.
+    at_bind: Vec<hold::Need>,
     /// Masking plan, statement name and parse generation, and (for a portal) Bind's result
     /// formats.
     masking: Option<Arc<StatementPlan>>,
@@ -569,8 +571,32 @@ impl Frontend {
                     p.formats = bind_result_formats(&m.body).unwrap_or_default();
                     p
                 });
-                self.portals.insert(portal, prepared);
-                put_message(&mut self.out, m.tag, &m.body);
+                match prepared {
+                    Some(p) if !p.at_bind.is_empty() => match hold::bound_values(&m.body) {
+                        Some(values) => {
+                            let needs = p.at_bind.iter().map(|n| n.bound(&values)).collect();
+                            self.held = Some(hold::Held::Bind {
+                                portal,
+                                prepared: Box::new(p),
+                                message: m.clone(),
+                                needs,
+                            });
+                        }
+                        None => {
+                            self.portals.insert(portal, None);
+                            self.refuse(
+                                true,
+                                SQLSTATE_REFUSED,
+                                "the values of a Bind that requires approval cannot be read"
+                                    .to_owned(),
+                            );
+                        }
+                    },
+                    prepared => {
+                        self.portals.insert(portal, prepared);
+                        put_message(&mut self.out, m.tag, &m.body);
+                    }
+                }
             }
             b'E' => {
                 let portal = Fields::new(&m.body).cstr()?;
@@ -671,7 +697,14 @@ impl Frontend {
                         ..self.verdict_record(protocol, &verdict)
                     };
                     if held && self.res.approvals.is_some() {
-                        approvals.push(hold::Need::new(records.len(), facts, &verdict));
+                        approvals.push(hold::Need::new(
+                            records.len(),
+                            facts,
+                            &verdict,
+                            &self.guardrails,
+                            sql,
+                            !matches!(protocol, Protocol::Simple),
+                        ));
                     } else if !verdict.forwards() && refusal.is_none() {
                         refusal = Some((
                             SQLSTATE_REFUSED,
@@ -936,7 +969,12 @@ impl Frontend {
     }
 
     fn on_parse(&mut self, name: String, sql: &str, m: &Message) {
-        let decided = self.decide(sql, Protocol::Parse);
+        let mut decided = self.decide(sql, Protocol::Parse);
+        if decided.refusal.is_none() && decided.approvals.iter().any(hold::Need::at_bind) {
+            let at_bind = std::mem::take(&mut decided.approvals);
+            self.finish_parse(name, decided, m, None, at_bind);
+            return;
+        }
         if decided.refusal.is_none() && !decided.approvals.is_empty() {
             self.held = Some(hold::Held::Parse {
                 name,
@@ -945,7 +983,7 @@ impl Frontend {
             });
             return;
         }
-        self.finish_parse(name, decided, m, None);
+        self.finish_parse(name, decided, m, None, Vec::new());
     }
 
     fn finish_parse(
@@ -954,6 +992,7 @@ impl Frontend {
         decided: Decided,
         m: &Message,
         grant: Option<hold::GrantRef>,
+        at_bind: Vec<hold::Need>,
     ) {
         self.parse_gen += 1;
         let plan = if decided.refusal.is_none() {
@@ -972,6 +1011,7 @@ impl Frontend {
                     row_limits,
                     effect: decided.effect,
                     grant: grant.clone(),
+                    at_bind: at_bind.clone(),
                     masking: plan.clone(),
                     name: name.clone(),
                     generation: self.parse_gen,
@@ -992,6 +1032,7 @@ impl Frontend {
                     row_limits: Vec::new(),
                     effect: Effect::Reads,
                     grant: None,
+                    at_bind: Vec::new(),
                     masking: plan.clone(),
                     name: name.clone(),
                     generation: self.parse_gen,
@@ -1020,6 +1061,15 @@ impl Frontend {
             if !self.use_prepared_grant(grant, &mut record) {
                 return false;
             }
+        } else if !prepared.at_bind.is_empty() {
+            // Approved at Bind or not at all: a portal without its grant does not run.
+            let message =
+                "statement requires approval of its bound values, and this portal has none"
+                    .to_owned();
+            record.reason = Some(message.clone());
+            self.record(record, Durable::Written);
+            self.refuse(true, SQLSTATE_REFUSED, message);
+            return false;
         }
         let durable = self.durability(prepared.effect);
         self.record(record, durable);

@@ -1,15 +1,18 @@
 //! Statements held for approval.
 //!
 //! A statement whose guardrail says `requireApproval` runs under a live grant (an approved
-//! AccessRequest for the same fingerprint, or for the session when the policy's `grantScope`
-//! is `session`). Without one, the sidecar creates an AccessRequest, tells the client in a
+//! AccessRequest for exactly the query string shown to the approver, values included; for
+//! its shape when the guardrail says `grantCovers: shape`; or for the guardrail in the
+//! session when the policy's `grantScope` is `session`). Without one, the sidecar creates an AccessRequest, tells the client in a
 //! NoticeResponse how to approve it, and holds the statement until an approver decides or
 //! the policy's timeout passes. The hold is an await point of the session's own task, taken
 //! after what preceded the statement was flushed upstream: other sessions are not blocked,
 //! and the statement (with the rest of its batch) is forwarded or refused in protocol order.
 //!
 //! Simple queries are held at the Query message. Extended-protocol statements are held at
-//! Parse: the prepared statement remembers the grant, and each Execute of it checks that the
+//! Parse, except those with `$n` parameters whose grant covers values: they are held at each
+//! Bind, and the approver is shown the statement with the bound values. Either way the
+//! prepared statement (or portal) remembers the grant, and each Execute of it checks that the
 //! grant is still live (refusing the Execute once it has run out, so that the client prepares
 //! the statement again and a new request is made) and records the use.
 //!
@@ -23,13 +26,13 @@ use k8s_openapi::jiff::Timestamp;
 use portcullis_crds::audit::{
     ApprovalRecord, ApprovalStep, AuditEvent, Decision, RuleRef, StatementRecord,
 };
-use portcullis_crds::Requester;
+use portcullis_crds::{GrantCovers, Operation, Requester};
 use tokio::io::AsyncWriteExt;
 
-use super::{Decided, Durable, Frontend, Message, BUILTIN_POLICY};
-use crate::approval::{ApprovalError, Ask, Grant, GrantKey, Outcome};
-use crate::policy::analyze::StatementFacts;
-use crate::policy::guardrails::Verdict;
+use super::{Decided, Durable, Frontend, Message, Prepared, BUILTIN_POLICY};
+use crate::approval::{sql_operation, ApprovalError, Ask, Grant, GrantKey, Outcome};
+use crate::policy::analyze::{Effect, StatementFacts};
+use crate::policy::guardrails::{Guardrails, Verdict};
 use crate::postgres::codec::{put_error, put_message};
 use crate::postgres::results::SQLSTATE_REFUSED;
 
@@ -37,26 +40,140 @@ use crate::postgres::results::SQLSTATE_REFUSED;
 const SQLSTATE_SHUTDOWN: &str = "57P01";
 
 /// A statement of a query string that needs an approval.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Need {
     index: usize,
-    statement: String,
     fingerprint: String,
     rule: RuleRef,
+    /// What the approver is shown and the grant covers; `None` until the values of a
+    /// prepared statement are bound.
+    operation: Option<Operation>,
+    /// The statement text.
+    sql: String,
 }
 
 impl Need {
-    /// The statement at `index` of the decided records.
-    pub(super) fn new(index: usize, facts: &StatementFacts, verdict: &Verdict) -> Need {
+    /// The statement at `index` of the decided records, part of the query string `sql`
+    /// (`extended`: the text of a Parse, whose values come with Bind).
+    pub(super) fn new(
+        index: usize,
+        facts: &StatementFacts,
+        verdict: &Verdict,
+        guardrails: &Guardrails,
+        sql: &str,
+        extended: bool,
+    ) -> Need {
+        let rule = verdict.rule.clone().unwrap_or(RuleRef {
+            policy: BUILTIN_POLICY.into(),
+            rule: "require-approval".into(),
+        });
+        let opted = guardrails
+            .policies()
+            .iter()
+            .find(|p| p.name == rule.policy)
+            .and_then(|p| p.guardrails.iter().find(|g| g.name == rule.rule))
+            .map_or(GrantCovers::Values, |g| g.grant_covers);
+        // Shape grants cover only row reads and writes calling known read-only functions;
+        // code (DO, CREATE FUNCTION, CALL, other functions) is always granted by value.
+        let shape =
+            opted == GrantCovers::Shape && facts.effect <= Effect::Writes && !facts.opaque_body;
+        let operation = if shape {
+            Some(sql_operation(facts.normalized.clone(), GrantCovers::Shape))
+        } else if extended && has_parameters(sql) {
+            // Asked for at Bind, with the values.
+            None
+        } else {
+            Some(sql_operation(sql.to_owned(), GrantCovers::Values))
+        };
         Need {
             index,
-            statement: facts.normalized.clone(),
             fingerprint: facts.fingerprint.clone(),
-            rule: verdict.rule.clone().unwrap_or(RuleRef {
-                policy: BUILTIN_POLICY.into(),
-                rule: "require-approval".into(),
-            }),
+            rule,
+            operation,
+            sql: sql.to_owned(),
         }
+    }
+
+    /// Whether the approval is asked for when the values are bound.
+    pub(super) fn at_bind(&self) -> bool {
+        self.operation.is_none()
+    }
+
+    /// This need with the values of a Bind: the approver is shown, and the grant covers, the
+    /// statement with exactly these values.
+    pub(super) fn bound(&self, values: &str) -> Need {
+        Need {
+            operation: Some(sql_operation(
+                format!("{}\n-- bound values: {values}", self.sql),
+                GrantCovers::Values,
+            )),
+            ..self.clone()
+        }
+    }
+}
+
+/// The parameter values of a Bind message, as shown to an approver: text values as SQL
+/// literals, binary ones as hex, `NULL`; `None` when the message cannot be read.
+pub(super) fn bound_values(body: &[u8]) -> Option<String> {
+    fn cstr(b: &[u8], at: &mut usize) -> Option<()> {
+        let end = b.get(*at..)?.iter().position(|c| *c == 0)?;
+        *at += end + 1;
+        Some(())
+    }
+    fn int(b: &[u8], at: &mut usize, n: usize) -> Option<i64> {
+        let bytes = b.get(*at..*at + n)?;
+        *at += n;
+        Some(match n {
+            2 => i64::from(i16::from_be_bytes([bytes[0], bytes[1]])),
+            _ => i64::from(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])),
+        })
+    }
+    let mut at = 0;
+    cstr(body, &mut at)?;
+    cstr(body, &mut at)?;
+    let nformats = usize::try_from(int(body, &mut at, 2)?).ok()?;
+    let mut formats = Vec::with_capacity(nformats);
+    for _ in 0..nformats {
+        formats.push(int(body, &mut at, 2)?);
+    }
+    let nparams = usize::try_from(int(body, &mut at, 2)?).ok()?;
+    let mut shown = Vec::with_capacity(nparams);
+    for i in 0..nparams {
+        let len = int(body, &mut at, 4)?;
+        let format = match formats.len() {
+            0 => 0,
+            1 => formats[0],
+            _ => *formats.get(i)?,
+        };
+        let value = if len < 0 {
+            "NULL".to_owned()
+        } else {
+            let n = usize::try_from(len).ok()?;
+            let bytes = body.get(at..at + n)?;
+            at += n;
+            match (format, std::str::from_utf8(bytes)) {
+                (0, Ok(text)) => format!("'{}'", text.replace('\'', "''")),
+                _ => format!("'\\x{}' (binary)", hex::encode(bytes)),
+            }
+        };
+        shown.push(format!("${} = {value}", i + 1));
+    }
+    Some(if shown.is_empty() {
+        "none".to_owned()
+    } else {
+        shown.join(", ")
+    })
+}
+
+/// Whether `sql` has `$n` parameters.
+fn has_parameters(sql: &str) -> bool {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    match Tokenizer::new(&sqlparser::dialect::PostgreSqlDialect {}, sql).tokenize() {
+        Ok(tokens) => tokens
+            .iter()
+            .any(|t| matches!(t, Token::Placeholder(p) if p.starts_with('$'))),
+        // Text the tokenizer cannot read is treated as having them (fail closed).
+        Err(_) => true,
     }
 }
 
@@ -69,6 +186,13 @@ pub(super) enum Held {
         name: String,
         message: Message,
         decided: Decided,
+    },
+    /// A Bind of a prepared statement whose approval covers its values.
+    Bind {
+        portal: String,
+        prepared: Box<Prepared>,
+        message: Message,
+        needs: Vec<Need>,
     },
 }
 
@@ -125,7 +249,38 @@ impl Frontend {
                         })
                         .min_by_key(|g| g.expires_at)
                 });
-                self.finish_parse(name, decided, &message, grant);
+                self.finish_parse(name, decided, &message, grant, Vec::new());
+            }
+            Held::Bind {
+                portal,
+                mut prepared,
+                message,
+                needs,
+            } => {
+                let statement_id = prepared.template.statement_id;
+                let mut grant: Option<GrantRef> = None;
+                for need in &needs {
+                    match self.obtain(need, statement_id).await {
+                        Ok(g) => {
+                            let g = GrantRef {
+                                name: g.name,
+                                expires_at: g.expires_at,
+                            };
+                            if grant.as_ref().is_none_or(|h| g.expires_at < h.expires_at) {
+                                grant = Some(g);
+                            }
+                        }
+                        Err(refused) => {
+                            // The portal is not made; the server skips to the next Sync.
+                            self.portals.insert(portal, None);
+                            self.refuse(true, SQLSTATE_REFUSED, refused.message);
+                            return;
+                        }
+                    }
+                }
+                prepared.grant = grant;
+                self.portals.insert(portal, Some(*prepared));
+                put_message(&mut self.out, message.tag, &message.body);
             }
         }
     }
@@ -192,13 +347,22 @@ impl Frontend {
                 request: None,
             });
         };
+        let Some(operation) = need.operation.clone() else {
+            return Err(Refused {
+                message: format!(
+                    "statement requires approval (guardrail {} of policy {}), and its values are not bound yet",
+                    need.rule.rule, need.rule.policy
+                ),
+                request: None,
+            });
+        };
         let requester = self.requester();
         let key = GrantKey {
             resource: self.res.name.clone(),
             service_account: requester.service_account.clone(),
             policy: need.rule.policy.clone(),
             rule: need.rule.rule.clone(),
-            fingerprint: need.fingerprint.clone(),
+            fingerprint: operation.fingerprint.clone(),
             scope: settings.grant_scope,
             session: self.ctx.session_id().to_owned(),
             grant_seconds: settings.grant_seconds,
@@ -229,19 +393,31 @@ impl Frontend {
         let ask = Ask {
             key,
             requester,
-            statement: need.statement.clone(),
+            operation,
             justification: self.justification.clone(),
-            exec: None,
+            timeout_seconds: settings.timeout_seconds,
+            max_pending: settings.max_pending,
         };
         let name = match approvals.request(&ask).await {
-            Ok(n) => n,
+            Ok((n, reused)) => {
+                if !reused {
+                    self.approval_record(ApprovalRecord {
+                        justification: self.justification.clone(),
+                        ..step(ApprovalStep::Requested, &n)
+                    });
+                }
+                n
+            }
+            Err(e @ ApprovalError::TooManyPending(_)) => {
+                let message = format!(
+                    "statement requires approval (guardrail {} of policy {}), but no new AccessRequest is made: {e}",
+                    need.rule.rule, need.rule.policy
+                );
+                return Err(self.unavailable(step(ApprovalStep::Failed, ""), message));
+            }
             Err(e) => return Err(self.unavailable(step(ApprovalStep::Failed, ""), failed(&e))),
         };
         let namespace = approvals.namespace().to_owned();
-        self.approval_record(ApprovalRecord {
-            justification: self.justification.clone(),
-            ..step(ApprovalStep::Requested, &name)
-        });
         tracing::info!(session = %self.ctx.session_id(), request = %name, rule = %need.rule.rule, "statement held for approval");
         self.notice(&format!(
             "statement held for approval (guardrail {} of policy {}): AccessRequest {name} in namespace {namespace}; waiting up to {}s for a decision. An approver runs: kubectl portcullis approve {name} -n {namespace} --reason \"...\"",
@@ -339,7 +515,6 @@ impl Frontend {
             justification: None,
             expires_at: Some(format!("{:.0}", grant.expires_at)),
         });
-        approvals.count_use(&grant.name);
     }
 
     /// An Execute of a statement prepared under `grant`: `true` (and the use recorded) while
@@ -371,7 +546,6 @@ impl Frontend {
         record.access_request = Some(grant.name.clone());
         if Timestamp::now() < grant.expires_at {
             self.approval_record(base);
-            approvals.count_use(&grant.name);
             return true;
         }
         let message = format!(
@@ -463,4 +637,46 @@ fn refuse_all(decided: &mut Decided, need: &Need, refused: Refused) {
         }
     }
     decided.refusal = Some((SQLSTATE_REFUSED, refused.message));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bound_values;
+
+    fn bind(formats: &[i16], params: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = b"portal\0stmt\0".to_vec();
+        b.extend((formats.len() as i16).to_be_bytes());
+        for f in formats {
+            b.extend(f.to_be_bytes());
+        }
+        b.extend((params.len() as i16).to_be_bytes());
+        for p in params {
+            match p {
+                None => b.extend((-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend((v.len() as i32).to_be_bytes());
+                    b.extend(*v);
+                }
+            }
+        }
+        b.extend(0i16.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn bound_values_are_shown_exactly() {
+        assert_eq!(
+            bound_values(&bind(&[], &[Some(b"it's"), None])).as_deref(),
+            Some("$1 = 'it''s', $2 = NULL")
+        );
+        assert_eq!(
+            bound_values(&bind(&[0, 1], &[Some(b"7"), Some(&[0, 0, 0, 12])])).as_deref(),
+            Some("$1 = '7', $2 = '\\x0000000c' (binary)")
+        );
+        assert_eq!(bound_values(&bind(&[], &[])).as_deref(), Some("none"));
+        // A truncated message is not read.
+        let mut short = bind(&[], &[Some(b"abc")]);
+        short.truncate(short.len() - 4);
+        assert_eq!(bound_values(&short), None);
+    }
 }
