@@ -7,6 +7,7 @@ pub mod audit;
 pub mod audit_log;
 pub mod audit_retention;
 pub mod conditions;
+pub mod exec_policy;
 pub mod gateway_policy;
 pub mod manifest;
 pub mod protected_resource;

@@ -7,13 +7,14 @@
 //!   subresource) and recorded before they are forwarded; the response code follows.
 //! - Built-in rules refuse reads of secrets, port forwarding and proxying, token requests and
 //!   ephemeral containers unless a policy allows them ([`decide`]).
-//! - `pods/exec` and `pods/attach` pass the exec guardrails ([`command`], [`decide`]); an
-//!   approval-gated exec waits for an AccessRequest decision.
+//! - `pods/exec` and `pods/attach` are read as kube-apiserver reads them ([`request`]); the
+//!   command is analysed with the shell's semantics ([`crate::shell`]) and judged by the exec
+//!   guardrails and allow-lists ([`decide`]); an approval-gated exec waits for an
+//!   AccessRequest decision.
 //! - Upgraded streams (WebSocket channel protocols and SPDY/3.1) are relayed and recorded in
 //!   asciicast v2 ([`stream`], [`recording`]); the finished recording is named by its SHA-256,
 //!   which the audit record carries, and uploaded to the audit service.
 
-pub mod command;
 pub mod decide;
 pub mod recording;
 pub mod request;
@@ -63,7 +64,7 @@ use crate::policy::fingerprint;
 use crate::policy::guardrails::{Guardrails, Verdict, BUILTIN_POLICY};
 use crate::postgres::tls::upstream_tls;
 use crate::runtime::Shared;
-use command::Analysis;
+use crate::shell::{self, Analysis};
 use decide::ExecTarget;
 use recording::{Header, OutputMasker, Recorder};
 use request::{ExecParams, RequestInfo};
@@ -441,22 +442,34 @@ impl KubeProxy {
             };
         }
         let params = ExecParams::from_query(query);
-        let analysis = if info.subresource == "exec" {
-            command::analyse(&params.command, params.stdin)
-        } else {
-            Analysis {
-                commands: vec!["attach".to_owned()],
-                unanalysable: params.stdin.then(|| {
-                    "attach with standard input types into the container's running process"
-                        .to_owned()
-                }),
+        let attach = info.subresource == "attach";
+        let analysis = if attach {
+            let mut a = Analysis {
+                commands: vec![shell::Command {
+                    argv: vec![shell::Word::Known("attach".into())],
+                    own: 1,
+                    ..Default::default()
+                }],
+                unproven: Vec::new(),
+            };
+            if params.stdin {
+                a.unproven.push(shell::Unproven {
+                    word: "stdin".into(),
+                    why: "attach with standard input types into the container's running process"
+                        .into(),
+                });
             }
+            a
+        } else {
+            shell::analyse(&params.command, params.stdin)
         };
-        let wants_labels = guardrails
-            .policies()
-            .iter()
-            .flat_map(|p| &p.guardrails)
-            .any(|g| !g.exec_pod_labels.is_empty());
+        let wants_labels = guardrails.policies().iter().any(|p| {
+            p.guardrails.iter().any(|g| !g.exec_pod_labels.is_empty())
+                || p.exec
+                    .iter()
+                    .flat_map(|e| &e.allow)
+                    .any(|a| !a.pod_labels.is_empty())
+        });
         let labels = if wants_labels {
             self.pod_labels(&info.namespace, &info.name).await
         } else {
@@ -468,7 +481,7 @@ impl KubeProxy {
             container: params.container.clone(),
             labels,
         };
-        let verdict = decide::decide_exec(guardrails, &target, &analysis);
+        let verdict = decide::decide_exec(guardrails, &target, &analysis, attach);
         Decided {
             verdict,
             exec: Some((params, analysis)),
@@ -575,8 +588,8 @@ async fn handle(
     let exec_details = decided.exec.as_ref().map(|(p, a)| ExecDetails {
         container: p.container.clone(),
         command: proxy.masked_words(&p.command),
-        analysed: proxy.masked_words(&a.commands),
-        unanalysable: a.unanalysable.clone(),
+        analysed: proxy.masked_words(&a.lines()),
+        unanalysable: a.first_unproven(),
         stdin: p.stdin,
         tty: p.tty,
     });
@@ -869,7 +882,7 @@ async fn relay(
     let command = if info.subresource == "attach" {
         "attach".to_owned()
     } else {
-        command::join(&params.command)
+        shell::join(params.command.iter().map(String::as_str))
     };
     let header = Header {
         command: &command,
@@ -959,7 +972,11 @@ async fn approve(
         format!("{}/{}/{}", info.namespace, info.name, params.container)
     };
     let command = proxy.masked_words(&params.command);
-    let statement = format!("{} {target}: {}", info.subresource, command::join(&command));
+    let statement = format!(
+        "{} {target}: {}",
+        info.subresource,
+        shell::join(command.iter().map(String::as_str))
+    );
     let fp = fingerprint::of(&statement);
     let workload = &proxy.identity;
     let requester = crate::approval::requester(
