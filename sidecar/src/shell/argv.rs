@@ -17,6 +17,8 @@ pub(crate) struct Context {
     pub functions: Vec<String>,
     /// Files the script's redirections wrote.
     pub written: Vec<String>,
+    /// The dialect of the script being analysed (`None` outside scripts).
+    pub dialect: Option<Dialect>,
 }
 
 impl Context {
@@ -269,6 +271,12 @@ fn wrapper(
             if let Some(v) = &o.value {
                 scripts.push(v.clone());
             }
+        }
+        if name == "exec" && ctx.dialect != Some(Dialect::Bash) {
+            out.unproven(
+                o.name.as_str(),
+                "exec options are read differently by bash, dash and busybox sh",
+            );
         }
         if name == "watch" && matches!(o.name.as_str(), "-x" | "--exec") {
             runs = Runs::Exec;

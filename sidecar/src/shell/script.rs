@@ -38,7 +38,8 @@ pub(super) fn script(code: &str, dialect: Dialect, ctx: &mut Context, out: &mut 
         }
     };
     ctx.depth += 1;
-    let saved = ctx.stdin;
+    let saved = (ctx.stdin, ctx.dialect);
+    ctx.dialect = Some(dialect);
     // Within a script every command has standard input (a pipe, a here-document or the
     // script's own).
     ctx.stdin = true;
@@ -46,7 +47,7 @@ pub(super) fn script(code: &str, dialect: Dialect, ctx: &mut Context, out: &mut 
     for list in &program.complete_commands {
         walker.list(list);
     }
-    ctx.stdin = saved;
+    (ctx.stdin, ctx.dialect) = saved;
     ctx.depth -= 1;
 }
 
@@ -79,6 +80,12 @@ impl Walker<'_> {
     }
 
     fn pipeline(&mut self, p: &ast::Pipeline) {
+        if p.timed.is_some() && self.dialect != Dialect::Bash {
+            self.out.unproven(
+                "time",
+                "time is a keyword in bash and a program (with its own options) in POSIX shells",
+            );
+        }
         for c in &p.seq {
             self.command(c);
         }
