@@ -112,8 +112,7 @@ pub fn parse(table: &Options, words: &[String]) -> Result<(Vec<Opt>, usize), Opt
             i += 1;
             continue;
         }
-        let mut chars = cluster.char_indices();
-        while let Some((at, c)) = chars.next() {
+        for (at, c) in cluster.char_indices() {
             let rest = &cluster[at + c.len_utf8()..];
             if table.short_arg.contains(c) {
                 let value = if rest.is_empty() {

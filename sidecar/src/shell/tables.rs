@@ -635,7 +635,6 @@ pub const INTERPRETERS: &[Interpreter] = &[
         short_arg: "vFW",
         long_arg: &["assign", "field-separator"],
         positional_code: true,
-        ..INTERPRETER
     },
 ];
 
