@@ -963,4 +963,42 @@ mod tests {
             &[Some('r'), Some('m'), Some(' '), None]
         ));
     }
+
+    #[test]
+    fn allow_list_default_and_attach() {
+        let mut p = example_policy("allowlist.yaml");
+        if let Some(e) = p.exec.as_mut() {
+            e.default = ExecDefault::RequireApproval;
+        }
+        let v = decide(&p, &["rm", "-rf", "/tmp/v"], false);
+        assert_eq!(v.decision, Decision::RequireApproval);
+        assert!(v.reason.unwrap_or_default().contains("\"rm -rf /tmp/v\""));
+        // Attach runs nothing new: reading output is allowed, typing into the process is not
+        // proven.
+        let gs = Guardrails::for_identity(vec![p], &Identity::default(), "ci");
+        let target = ExecTarget::default();
+        let attach = |stdin: bool| Analysis {
+            commands: vec![Command {
+                argv: vec![Word::Known("attach".into())],
+                own: 1,
+                ..Default::default()
+            }],
+            unproven: if stdin {
+                vec![crate::shell::Unproven {
+                    word: "stdin".into(),
+                    why: "attach with standard input".into(),
+                }]
+            } else {
+                vec![]
+            },
+        };
+        assert_eq!(
+            decide_exec(&gs, &target, &attach(false), true).decision,
+            Decision::Allow
+        );
+        assert_eq!(
+            decide_exec(&gs, &target, &attach(true), true).decision,
+            Decision::RequireApproval
+        );
+    }
 }
