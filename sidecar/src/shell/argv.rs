@@ -19,6 +19,24 @@ pub(crate) struct Context {
     pub written: Vec<String>,
     /// The dialect of the script being analysed (`None` outside scripts).
     pub dialect: Option<Dialect>,
+    /// Words and scripts analysed so far (bounded by [`MAX_WORK`]).
+    pub work: usize,
+}
+
+/// Most words and scripts one analysis expands (brace expansions and nested substitutions
+/// multiply); past it the command is unproven.
+pub(crate) const MAX_WORK: usize = 20_000;
+
+impl Context {
+    /// Count one unit of work; `false` (and the command unproven) once the bound is passed.
+    pub fn spend(&mut self, out: &mut Analysis) -> bool {
+        self.work += 1;
+        if self.work > MAX_WORK {
+            out.unproven("", "the command is too large to analyse");
+            return false;
+        }
+        true
+    }
 }
 
 impl Context {

@@ -168,18 +168,33 @@ pub fn analyse(argv: &[String], stdin: bool) -> Analysis {
         return out;
     }
     let words: Vec<Word> = argv.iter().map(|w| Word::Known(w.clone())).collect();
-    let mut ctx = argv::Context::new(stdin);
-    argv::command(&words, Vec::new(), Vec::new(), &mut ctx, &mut out);
-    out
+    guarded(out, |out| {
+        let mut ctx = argv::Context::new(stdin);
+        argv::command(&words, Vec::new(), Vec::new(), &mut ctx, out);
+    })
+}
+
+/// Run an analysis; should the parser panic on some input, the command is unproven.
+fn guarded(out: Analysis, analyse: impl FnOnce(&mut Analysis)) -> Analysis {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let mut out = out;
+        analyse(&mut out);
+        out
+    }));
+    result.unwrap_or_else(|_| {
+        let mut out = Analysis::default();
+        out.unproven("", "the command could not be analysed");
+        out
+    })
 }
 
 /// Analyse a shell script as `sh -c SCRIPT` would run it (for protocols that hand a command
 /// line to the user's shell, such as SSH).
 pub fn analyse_script(code: &str, stdin: bool) -> Analysis {
-    let mut out = Analysis::default();
-    let mut ctx = argv::Context::new(stdin);
-    script::script(code, tables::Dialect::Unknown, &mut ctx, &mut out);
-    out
+    guarded(Analysis::default(), |out| {
+        let mut ctx = argv::Context::new(stdin);
+        script::script(code, tables::Dialect::Unknown, &mut ctx, out);
+    })
 }
 
 /// Words joined by spaces.

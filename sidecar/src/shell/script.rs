@@ -26,6 +26,9 @@ pub(super) fn script(code: &str, dialect: Dialect, ctx: &mut Context, out: &mut 
         out.unproven(code, "scripts are nested too deeply");
         return;
     }
+    if !ctx.spend(out) {
+        return;
+    }
     let mut parser = Parser::new(
         std::io::Cursor::new(code.as_bytes()),
         &ParserOptions::default(),

@@ -214,3 +214,26 @@ fn unknown_words_are_reported_as_such() {
     let a = analyse(&v(&["xargs", "rm"]), false);
     assert!(!a.commands[1].fully_known());
 }
+
+#[test]
+fn any_input_is_analysed_without_panicking_and_within_bounds() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    let alphabet: Vec<char> = "ab rm$'\"\\`(){}[]*?~;&|<>=!#\n\t-xc0,.{}"
+        .chars()
+        .collect();
+    for _ in 0..3000 {
+        let len = rng.random_range(0..40);
+        let code: String = (0..len)
+            .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+            .collect();
+        let _ = analyse(&v(&["bash", "-c", &code]), true);
+        let _ = analyse_script(&code, false);
+    }
+    // Brace expansions that multiply through nested substitutions stay bounded.
+    let bomb = "{1..200}$(x{1..200}$(y{1..200}$(z{1..200})))";
+    let started = std::time::Instant::now();
+    let a = bash(bomb);
+    assert!(!a.unproven.is_empty());
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}

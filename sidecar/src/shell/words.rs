@@ -153,6 +153,9 @@ fn member_texts(m: &BraceExpressionMember) -> Option<Vec<String>> {
 
 /// Expand one word (after brace expansion).
 fn one(raw: &str, dialect: Dialect, ctx: &mut Context, out: &mut Analysis) -> Word {
+    if !ctx.spend(out) {
+        return Word::Unknown(raw.to_owned());
+    }
     let options = ParserOptions::default();
     let pieces = match word::parse(raw, &options) {
         Ok(p) => p,
