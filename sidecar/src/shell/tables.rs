@@ -823,11 +823,18 @@ pub const DANGEROUS_VARIABLES: &[&str] = &[
     "AWKPATH",
     "AWKLIBPATH",
     "POSIXLY_CORRECT",
+    "TEXTDOMAIN",
+    "TEXTDOMAINDIR",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_MESSAGES",
+    "EXECIGNORE",
 ];
 
 /// Prefixes of such variables.
 pub const DANGEROUS_PREFIXES: &[&str] = &[
-    "BASH_FUNC_",
+    "BASH_",
     "LD_",
     "DYLD_",
     "GIT_",

@@ -99,6 +99,8 @@ fn files_shells_run_without_naming_them() {
         ),
         (v(&["sh", "-c", "HOME=/tmp bash -lc ls"]), false),
         (v(&["bash"]), true),
+        (v(&["bash", "-c", "BASH_CMDS[ls]=/tmp/x; ls"]), false),
+        (v(&["bash", "-c", "TEXTDOMAINDIR=/tmp ls"]), false),
         (v(&["sh", "/tmp/script"]), false),
     ] {
         let a = analyse(&argv, stdin);
