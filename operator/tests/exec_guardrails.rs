@@ -427,7 +427,7 @@ resources:
 
     // Ordinary read-only commands still run, unchanged, under both policies.
     let ordinary: &[&[&str]] = &[
-        &["ls", "-l", "/"],
+        &["ls", "-l", "/etc/hostname"],
         &["cat", "/etc/os-release"],
         &["id"],
         &["date"],

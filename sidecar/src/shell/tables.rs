@@ -825,10 +825,6 @@ pub const DANGEROUS_VARIABLES: &[&str] = &[
     "POSIXLY_CORRECT",
     "TEXTDOMAIN",
     "TEXTDOMAINDIR",
-    "LANG",
-    "LANGUAGE",
-    "LC_ALL",
-    "LC_MESSAGES",
     "EXECIGNORE",
 ];
 

@@ -217,12 +217,19 @@ fn piece(
             }
             true
         }
-        WordPiece::DoubleQuotedSequence(inner) | WordPiece::GettextDoubleQuotedSequence(inner) => {
+        WordPiece::DoubleQuotedSequence(inner) => {
             let mut known = true;
             for q in inner {
                 known &= piece(q, raw, true, dialect, value, ctx, out);
             }
             known
+        }
+        // `$"..."` is translated through the locale's message catalog when the command runs.
+        WordPiece::GettextDoubleQuotedSequence(inner) => {
+            for q in inner {
+                piece(q, raw, true, dialect, value, ctx, out);
+            }
+            false
         }
         WordPiece::TildeExpansion(_) => {
             value.push_str(source);
