@@ -51,6 +51,8 @@ use serde::{Deserialize, Serialize};
 )]
 #[x_kube(validation = Rule::new("!has(self.guardrails) || !self.guardrails.exists(g, g.action == 'requireApproval') || has(self.approval)")
     .message("a guardrail with action requireApproval needs spec.approval: set approval.approverGroups (or approverUsers) and approval.timeout"))]
+#[x_kube(validation = Rule::new("!has(self.exec) || !has(self.exec.default) || self.exec.default != 'requireApproval' || has(self.approval)")
+    .message("exec.default requireApproval needs spec.approval: set approval.approverGroups (or approverUsers) and approval.timeout"))]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayPolicySpec {
     /// Selects the ProtectedResources (in the policy's namespace) this policy governs, by
@@ -102,6 +104,12 @@ pub struct GatewayPolicySpec {
     /// Kubernetes API requests that are refused unless the policy allows them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesSettings>,
+
+    /// The exec allow-list: the commands that may run, and what happens to every other
+    /// command (allow-list style). Omitted: only the guardrails judge exec commands
+    /// (denylist style).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<crate::exec_policy::ExecSettings>,
 
     /// What the sidecar does while the audit service is unreachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]

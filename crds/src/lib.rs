@@ -8,6 +8,7 @@ pub mod audit_log;
 pub mod audit_retention;
 pub mod conditions;
 pub mod display;
+pub mod exec_policy;
 pub mod gateway_policy;
 pub mod manifest;
 pub mod pod_guard;

@@ -241,6 +241,9 @@ pub struct PolicyConfig {
     /// output masking).
     #[serde(default, skip_serializing_if = "is_default")]
     pub kubernetes: KubernetesSettings,
+    /// The exec allow-list (allow-list style), when the policy has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<crate::exec_policy::ExecSettings>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -791,6 +794,18 @@ impl PolicyConfig {
                 .map(IdentityConfig::compile)
                 .transpose()?,
             kubernetes: spec.kubernetes.clone().unwrap_or_default(),
+            exec: match &spec.exec {
+                Some(e)
+                    if e.default == crate::exec_policy::ExecDefault::RequireApproval
+                        && spec.approval.is_none() =>
+                {
+                    return Err(CompileError::Range(
+                        "exec.default requireApproval needs spec.approval (approvers and timeout)"
+                            .into(),
+                    ))
+                }
+                other => other.clone(),
+            },
         })
     }
 }

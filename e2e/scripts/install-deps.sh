@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the build and the test suite need on a Debian machine, skipping what is there:
 #   - Debian packages: PostgreSQL server and client (the e2e database), pgbouncer (benchmark
-#     baseline), openssl (harness certificates), curl, python3-venv
+#     baseline), openssl (harness certificates), curl, python3-venv, and the shells and tools
+#     the shell analysis is compared with (dash, busybox, mawk, GNU time)
 #   - Rust components rustfmt and clippy
 #   - Python clients for the e2e tests (e2e/requirements.txt) in $PORTCULLIS_CACHE/venv
 # Go and Rust themselves must already be installed (see README).
@@ -17,6 +18,11 @@ command -v pgbench >/dev/null || need_apt+=(postgresql-contrib)
 command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || need_apt+=(pgbouncer)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
+# The shell analysis is compared with what bash, dash and busybox sh really run.
+command -v dash >/dev/null || need_apt+=(dash)
+command -v busybox >/dev/null || need_apt+=(busybox)
+command -v mawk >/dev/null || need_apt+=(mawk)
+[[ -x /usr/bin/time ]] || need_apt+=(time)
 if (( ${#need_apt[@]} )); then
     log "apt-get install ${need_apt[*]}"
     SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo

@@ -362,7 +362,10 @@ policies:
     for (args, expected) in [
         (vec!["bash"], "guardrail shells"),
         (vec!["sh", "-c", "echo x; bash"], "guardrail shells"),
-        (vec!["sh", "-c", "echo $(id)"], "cannot be analysed"),
+        (
+            vec!["sh", "-c", "eval \"$(printf id)\""],
+            "cannot be analysed",
+        ),
     ] {
         let mut full = vec!["exec", "web-0", "--"];
         full.extend(args.iter().copied());

@@ -23,6 +23,7 @@ pub mod policy;
 pub mod postgres;
 pub mod reload;
 pub mod runtime;
+pub mod shell;
 pub mod workers;
 
 use std::future::Future;

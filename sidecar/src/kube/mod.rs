@@ -9,14 +9,15 @@
 //!   ephemeral containers unless a policy allows them ([`decide`]).
 //! - Pod, pod-template and ephemeral-container writes in the sidecar's namespace pass the
 //!   injection webhook's checks before they are forwarded ([`pod_writes`]).
-//! - `pods/exec` and `pods/attach` pass the exec guardrails ([`command`], [`decide`]); an
-//!   approval-gated exec waits for an AccessRequest decision.
+//! - `pods/exec` and `pods/attach` are read as kube-apiserver reads them ([`request`]); the
+//!   command is analysed with the shell's semantics ([`crate::shell`]) and judged by the exec
+//!   guardrails and allow-lists ([`decide`]); an approval-gated exec waits for an
+//!   AccessRequest decision.
 //! - Upgraded streams (WebSocket channel protocols and SPDY/3.1) are relayed and recorded in
 //!   asciicast v2 ([`stream`], [`recording`]); the finished recording is named by its SHA-256,
 //!   which the audit record carries, and uploaded to the audit service.
 
 mod approval_objects;
-pub mod command;
 pub mod decide;
 mod pod_writes;
 pub mod recording;
@@ -70,7 +71,7 @@ use crate::policy::fingerprint;
 use crate::policy::guardrails::{Guardrails, Verdict, BUILTIN_POLICY};
 use crate::postgres::tls::upstream_tls;
 use crate::runtime::Shared;
-use command::Analysis;
+use crate::shell::{self, Analysis};
 use decide::ExecTarget;
 use recording::{Header, OutputMasker, Recorder};
 use request::{ExecParams, RequestInfo};
@@ -452,22 +453,34 @@ impl KubeProxy {
             };
         }
         let params = ExecParams::from_query(query);
-        let analysis = if info.subresource == "exec" {
-            command::analyse(&params.command, params.stdin)
-        } else {
-            Analysis {
-                commands: vec!["attach".to_owned()],
-                unanalysable: params.stdin.then(|| {
-                    "attach with standard input types into the container's running process"
-                        .to_owned()
-                }),
+        let attach = info.subresource == "attach";
+        let analysis = if attach {
+            let mut a = Analysis {
+                commands: vec![shell::Command {
+                    argv: vec![shell::Word::Known("attach".into())],
+                    own: 1,
+                    ..Default::default()
+                }],
+                unproven: Vec::new(),
+            };
+            if params.stdin {
+                a.unproven.push(shell::Unproven {
+                    word: "stdin".into(),
+                    why: "attach with standard input types into the container's running process"
+                        .into(),
+                });
             }
+            a
+        } else {
+            shell::analyse(&params.command, params.stdin)
         };
-        let wants_labels = guardrails
-            .policies()
-            .iter()
-            .flat_map(|p| &p.guardrails)
-            .any(|g| !g.exec_pod_labels.is_empty());
+        let wants_labels = guardrails.policies().iter().any(|p| {
+            p.guardrails.iter().any(|g| !g.exec_pod_labels.is_empty())
+                || p.exec
+                    .iter()
+                    .flat_map(|e| &e.allow)
+                    .any(|a| !a.pod_labels.is_empty())
+        });
         let labels = if wants_labels {
             self.pod_labels(&info.namespace, &info.name).await
         } else {
@@ -479,7 +492,7 @@ impl KubeProxy {
             container: params.container.clone(),
             labels,
         };
-        let verdict = decide::decide_exec(guardrails, &target, &analysis);
+        let verdict = decide::decide_exec(guardrails, &target, &analysis, attach);
         Decided {
             verdict,
             exec: Some((params, analysis)),
@@ -619,8 +632,8 @@ async fn handle(
     let exec_details = decided.exec.as_ref().map(|(p, a)| ExecDetails {
         container: p.container.clone(),
         command: proxy.masked_words(&p.command),
-        analysed: proxy.masked_words(&a.commands),
-        unanalysable: proxy.masked(a.unanalysable.clone()),
+        analysed: proxy.masked_words(&a.lines()),
+        unanalysable: proxy.masked(a.first_unproven()),
         stdin: p.stdin,
         tty: p.tty,
     });
@@ -922,7 +935,7 @@ async fn relay(
     let command = if info.subresource == "attach" {
         "attach".to_owned()
     } else {
-        command::join(&params.command)
+        shell::join(params.command.iter().map(String::as_str))
     };
     let name = format!("{}-{request_id}", ctx.session_id());
     let header = Header {
@@ -1136,7 +1149,12 @@ async fn approve(
         "{} {}: {}",
         info.subresource,
         shown.target.as_deref().unwrap_or_default(),
-        command::join(&proxy.masked_words(&params.command))
+        shell::join(
+            proxy
+                .masked_words(&params.command)
+                .iter()
+                .map(String::as_str)
+        )
     );
     let fp = fingerprint::of(&statement);
     let workload = &proxy.identity;

@@ -35,21 +35,64 @@ pub struct ExecParams {
     pub tty: bool,
 }
 
-/// Query parameters in order, decoded (`application/x-www-form-urlencoded`).
+/// Query parameters in order, decoded the way Go's `url.ParseQuery` decodes them (which is
+/// what kube-apiserver reads): pairs are split on `&`; a pair that contains `;` or an invalid
+/// `%` escape is dropped; `+` is a space.
 pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .into_owned()
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.contains(';'))
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((go_unescape(k)?, go_unescape(v)?))
+        })
         .collect()
 }
 
-fn flag(pairs: &[(String, String)], key: &str) -> bool {
-    pairs
-        .iter()
-        .any(|(k, v)| k == key && matches!(v.as_str(), "1" | "true" | "True" | ""))
+/// Go's `url.QueryUnescape`: `+` is a space, `%XX` a byte; anything else after `%` fails.
+fn go_unescape(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    // Go strings hold bytes; invalid UTF-8 reaches the container as it is, so it is kept
+    // (replaced, which only makes the analysis see a word that runs nowhere).
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A boolean query parameter as kube-apiserver converts it into `PodExecOptions`,
+/// `PodAttachOptions` or `ListOptions` (`runtime.Convert_Slice_string_To_bool`): absent is
+/// `false`; the first value counts; only `0` and `false` (any case) are `false`, every other
+/// value (`t`, `f`, `no`, empty) is `true`.
+pub fn query_bool(pairs: &[(String, String)], key: &str) -> bool {
+    match pairs.iter().find(|(k, _)| k == key) {
+        None => false,
+        Some((_, v)) => !(v == "0" || v.eq_ignore_ascii_case("false")),
+    }
 }
 
 impl ExecParams {
-    /// Read the exec or attach parameters from the query.
+    /// Read the exec or attach parameters from the query, as kube-apiserver reads them.
     pub fn from_query(query: Option<&str>) -> Self {
         let pairs = query_pairs(query);
         ExecParams {
@@ -63,8 +106,8 @@ impl ExecParams {
                 .find(|(k, _)| k == "container")
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default(),
-            stdin: flag(&pairs, "stdin"),
-            tty: flag(&pairs, "tty"),
+            stdin: query_bool(&pairs, "stdin"),
+            tty: query_bool(&pairs, "tty"),
         }
     }
 }
@@ -72,6 +115,9 @@ impl ExecParams {
 impl RequestInfo {
     /// Resolve a request.
     pub fn resolve(method: &Method, path: &str, query: Option<&str>) -> Self {
+        // The API server resolves the decoded path (`ex%65c` is `exec`).
+        let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+        let path: &str = &decoded;
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         let (api_group, rest) = match parts.as_slice() {
             ["api", _version, rest @ ..] => (String::new(), rest),
@@ -97,7 +143,7 @@ impl RequestInfo {
             namespace = name.clone();
         }
         let pairs = query_pairs(query);
-        let watch = flag(&pairs, "watch");
+        let watch = query_bool(&pairs, "watch");
         let verb = match *method {
             Method::GET | Method::HEAD if watch => "watch",
             Method::GET | Method::HEAD if name.is_empty() => "list",
@@ -175,5 +221,36 @@ mod tests {
         assert_eq!(p.command, vec!["sh", "-c", "echo \"a b\""]);
         assert_eq!(p.container, "app");
         assert!(p.stdin && p.tty);
+    }
+
+    #[test]
+    fn booleans_and_pairs_are_read_as_kube_apiserver_reads_them() {
+        for (value, expected) in [
+            ("1", true),
+            ("t", true),
+            ("T", true),
+            ("TRUE", true),
+            ("true", true),
+            ("True", true),
+            ("f", true),
+            ("", true),
+            ("yes", true),
+            ("0", false),
+            ("false", false),
+            ("FALSE", false),
+            ("False", false),
+        ] {
+            let p = ExecParams::from_query(Some(&format!("command=sh&stdin={value}")));
+            assert_eq!(p.stdin, expected, "stdin={value}");
+        }
+        assert!(!ExecParams::from_query(Some("command=sh")).stdin);
+        // The first value counts.
+        assert!(!ExecParams::from_query(Some("stdin=0&stdin=1")).stdin);
+        // Pairs Go drops: a semicolon, a bad escape.
+        let p = ExecParams::from_query(Some("command=ls&command=x;y&command=%zz&command=a+b"));
+        assert_eq!(p.command, vec!["ls", "a b"]);
+        // Percent-encoded path segments resolve like the API server resolves them.
+        let r = RequestInfo::resolve(&Method::POST, "/api/v1/namespaces/a/pods/p/ex%65c", None);
+        assert_eq!(r.full_resource(), "pods/exec");
     }
 }
