@@ -376,9 +376,13 @@ impl SessionMasking {
 
     /// Plan a statement before it is forwarded. Records what it writes into tables and
     /// marks the catalog stale for DDL, both before the statement runs.
-    pub fn plan(&self, facts: &StatementFacts) -> Arc<StatementPlan> {
+    pub fn plan(
+        &self,
+        facts: &StatementFacts,
+        path: &crate::policy::names::SearchPath,
+    ) -> Arc<StatementPlan> {
         let ddl = facts.kinds.contains(&StatementKind::Ddl);
-        if facts.functions.contains("set_config") {
+        if facts.functions.iter().any(|f| f.name == "set_config") {
             self.settings_tainted.store(true, Ordering::Release);
         }
         let Some(ast) = facts.ast.as_deref() else {
@@ -400,7 +404,8 @@ impl SessionMasking {
         let shape = match &self.catalog {
             Some(cat) => {
                 let view = cat.view();
-                let analyzer = Analyzer::new(&view);
+                let analyzer =
+                    Analyzer::new(&view).with_shadowed_builtins(path.builtins_may_be_shadowed());
                 let lineage = analyzer.statement(ast);
                 for (table, taint) in &writes_of(&analyzer, ast, 0) {
                     let taint = self.active(taint);

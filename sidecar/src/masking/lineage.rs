@@ -319,6 +319,9 @@ const PLACEHOLDER: &str = "\u{0}portcullis-subquery-";
 /// The lineage analysis over one catalog.
 pub struct Analyzer<'c> {
     catalog: &'c dyn Catalog,
+    // The session's search_path may put another schema before pg_catalog: an unqualified
+    // call of a built-in's name may run another function.
+    shadowed_builtins: bool,
     // Subqueries lifted out of expressions, addressed by placeholder identifiers.
     lifted: RefCell<Vec<Query>>,
 }
@@ -348,13 +351,9 @@ struct Scope<'p> {
 
 type Ctes = BTreeMap<String, Shape>;
 
-/// Fold an identifier the way PostgreSQL does: unquoted names to lower case.
+/// Fold an identifier the way PostgreSQL does (see [`crate::policy::names::fold`]).
 pub fn fold(ident: &Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_lowercase()
-    }
+    crate::policy::names::fold(ident)
 }
 
 fn object_name(name: &ObjectName) -> Vec<String> {
@@ -372,8 +371,27 @@ impl<'c> Analyzer<'c> {
     pub fn new(catalog: &'c dyn Catalog) -> Self {
         Self {
             catalog,
+            shadowed_builtins: false,
             lifted: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Treat unqualified calls of built-in names as unknown functions (the session's
+    /// search_path may resolve them elsewhere).
+    pub fn with_shadowed_builtins(mut self, shadowed: bool) -> Self {
+        self.shadowed_builtins = shadowed;
+        self
+    }
+
+    /// Why a function's result is not proven to derive from its arguments alone, if it is not.
+    fn impure(&self, name: &[String]) -> Option<String> {
+        if self.shadowed_builtins && name.len() == 1 {
+            return Some(format!(
+                "function {} may resolve to another schema's function through search_path",
+                name.join(".")
+            ));
+        }
+        impure(name)
     }
 
     /// Lineage of a statement.
@@ -595,10 +613,10 @@ impl<'c> Analyzer<'c> {
             SetExpr::Table(t) => {
                 let mut name = Vec::new();
                 if let Some(schema) = &t.schema_name {
-                    name.push(schema.to_lowercase());
+                    name.push(schema.to_ascii_lowercase());
                 }
                 if let Some(table) = &t.table_name {
-                    name.push(table.to_lowercase());
+                    name.push(table.to_ascii_lowercase());
                 }
                 let rel = self.named_relation(&name, ctes, "");
                 match rel.columns {
@@ -893,7 +911,7 @@ impl<'c> Analyzer<'c> {
         ctes: &Ctes,
     ) -> Taint {
         let mut taint = Taint::default();
-        if let Some(reason) = impure(name) {
+        if let Some(reason) = self.impure(name) {
             taint.unproven.insert(reason);
         }
         for arg in args {
@@ -989,7 +1007,7 @@ impl<'c> Analyzer<'c> {
                     // Arguments are expressions the walk visits on its own; add the function's
                     // own verdict and what its wildcard arguments carry.
                     let name = object_name(&f.name);
-                    if let Some(reason) = impure(&name) {
+                    if let Some(reason) = self.impure(&name) {
                         taint.unproven.insert(reason);
                     }
                     if let FunctionArguments::List(list) = &f.args {
@@ -1185,7 +1203,7 @@ fn target_name(name: &str) -> Vec<String> {
             if p.starts_with('"') {
                 p.trim_matches('"').to_owned()
             } else {
-                p.to_lowercase()
+                p.to_ascii_lowercase()
             }
         })
         .collect()

@@ -10,6 +10,7 @@ use portcullis_crds::sidecar_config::{
 };
 
 use super::analyze::StatementFacts;
+use super::names::{Qualified, SearchPath};
 use crate::identity;
 
 /// Functions denied whatever the policy says: they read or write server files, spawn
@@ -175,8 +176,8 @@ impl Guardrails {
         &self.policies
     }
 
-    /// Decide on a parsed statement.
-    pub fn decide(&self, facts: &StatementFacts) -> Verdict {
+    /// Decide on a parsed statement, its unqualified names resolved through `path`.
+    pub fn decide(&self, facts: &StatementFacts, path: &SearchPath) -> Verdict {
         if let Some(v) = builtin(facts) {
             return v;
         }
@@ -185,7 +186,7 @@ impl Guardrails {
                 if g.rows_over.is_some() || !g.exec_commands.is_empty() || self.exempt(g) {
                     continue;
                 }
-                if matches_statement(g, facts) {
+                if matches_statement(g, facts, path) {
                     return verdict_of(policy, g);
                 }
             }
@@ -245,14 +246,14 @@ impl Guardrails {
     }
 
     /// Result-size limits of guardrails with `rowsOver` whose other criteria match.
-    pub fn row_limits(&self, facts: &StatementFacts) -> Vec<Arc<RowLimit>> {
+    pub fn row_limits(&self, facts: &StatementFacts, path: &SearchPath) -> Vec<Arc<RowLimit>> {
         self.row_limits
             .iter()
             .filter(|(pi, gi, _)| {
                 self.policies
                     .get(*pi)
                     .and_then(|p| p.guardrails.get(*gi))
-                    .is_some_and(|g| matches_statement(g, facts))
+                    .is_some_and(|g| matches_statement(g, facts, path))
             })
             .map(|(_, _, limit)| limit.clone())
             .collect()
@@ -284,8 +285,13 @@ fn builtin(facts: &StatementFacts) -> Option<Verdict> {
             "COPY TO/FROM a server file is refused; use STDIN/STDOUT (rule builtin/copy-server-file)".to_owned(),
         ));
     }
+    // Matched on the function's own name whatever schema is written: a function of that
+    // name in another schema is refused too.
     for f in &facts.functions {
-        if BUILTIN_DENIED_FUNCTIONS.iter().any(|p| glob_match(p, f)) {
+        if BUILTIN_DENIED_FUNCTIONS
+            .iter()
+            .any(|p| glob_match(p, &f.name))
+        {
             return Some(Verdict::builtin(
                 "server-file-access",
                 format!("function {f} reads or writes server files, runs programs or opens connections and is refused (rule builtin/server-file-access)"),
@@ -305,7 +311,7 @@ fn builtin(facts: &StatementFacts) -> Option<Verdict> {
     None
 }
 
-fn matches_statement(g: &GuardrailConfig, facts: &StatementFacts) -> bool {
+fn matches_statement(g: &GuardrailConfig, facts: &StatementFacts, path: &SearchPath) -> bool {
     let has_criteria = !g.statement_kinds.is_empty()
         || !g.tables.is_empty()
         || g.missing_where
@@ -316,7 +322,7 @@ fn matches_statement(g: &GuardrailConfig, facts: &StatementFacts) -> bool {
     if !g.statement_kinds.is_empty() && !g.statement_kinds.iter().any(|k| facts.kinds.contains(k)) {
         return false;
     }
-    if !g.tables.is_empty() && !g.tables.iter().any(|t| touches(facts, t)) {
+    if !g.tables.is_empty() && !g.tables.iter().any(|t| touches(facts, t, path)) {
         return false;
     }
     if g.missing_where && !facts.missing_where {
@@ -326,7 +332,7 @@ fn matches_statement(g: &GuardrailConfig, facts: &StatementFacts) -> bool {
         && !g
             .functions
             .iter()
-            .any(|p| facts.functions.iter().any(|f| glob_match(p, f)))
+            .any(|p| facts.functions.iter().any(|f| function_matches(p, f, path)))
     {
         return false;
     }
@@ -365,13 +371,29 @@ fn row_limit(policy: &PolicyConfig, g: &GuardrailConfig, limit: u64) -> RowLimit
     }
 }
 
-/// Whether the statement touches `table` (facts name tables `schema.table`).
-fn touches(facts: &StatementFacts, table: &QualifiedTable) -> bool {
-    facts.tables.iter().any(|name| {
-        name.strip_prefix(table.schema.as_str())
-            .and_then(|rest| rest.strip_prefix('.'))
-            == Some(table.table.as_str())
-    })
+/// Whether the statement may touch `table`: a name written with its schema names it, an
+/// unqualified name when `path` may resolve it to the table's schema.
+fn touches(facts: &StatementFacts, table: &QualifiedTable, path: &SearchPath) -> bool {
+    facts
+        .tables
+        .iter()
+        .any(|name| name.may_be(&table.schema, &table.table, path))
+}
+
+/// Whether a call may run a function a policy pattern names: `name` (any schema) or
+/// `schema.name` (that schema, or an unqualified call `path` may resolve to it); a trailing
+/// `*` matches a prefix of the name.
+fn function_matches(pattern: &str, f: &Qualified, path: &SearchPath) -> bool {
+    match pattern.split_once('.') {
+        None => glob_match(pattern, &f.name),
+        Some((schema, name)) => {
+            glob_match(name, &f.name)
+                && match &f.schema {
+                    Some(s) => s == schema,
+                    None => path.may_resolve_to(schema),
+                }
+        }
+    }
 }
 
 pub(crate) fn verdict_of(policy: &PolicyConfig, g: &GuardrailConfig) -> Verdict {

@@ -1,6 +1,7 @@
-//! The policy engine: statement analysis, guardrails and fingerprints.
+//! The policy engine: statement analysis, name resolution, guardrails and fingerprints.
 
 pub mod analyze;
 pub mod cache;
 pub mod fingerprint;
 pub mod guardrails;
+pub mod names;

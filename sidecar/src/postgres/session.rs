@@ -36,6 +36,7 @@ use crate::identity::SQLSTATE_AUTH;
 use crate::masking::engine::{bind_result_formats, SessionMasking, StatementPlan};
 use crate::policy::analyze::{kind_name, Analysis, Effect};
 use crate::policy::guardrails::{Guardrails, RowLimit, Verdict, BUILTIN_POLICY};
+use crate::policy::names::{PathChange, SearchPath};
 use crate::runtime::Resource;
 
 mod hold;
@@ -152,7 +153,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         .cloned()
         .collect();
 
-    let established = match res.upstream.connect(&user, &database, &passed).await {
+    let mut established = match res.upstream.connect(&user, &database, &passed).await {
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(resource = %res.name, error = %e, "upstream session failed");
@@ -165,6 +166,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         }
     };
 
+    let search_path = session_search_path(&mut established.stream).await;
     let (pid, secret) = res
         .cancel
         .register(res.upstream.clone(), established.key.unwrap_or((0, 0)));
@@ -212,6 +214,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         ctx.clone(),
         justification,
         masking,
+        search_path,
     )
     .await;
     res.cancel.unregister(pid);
@@ -224,6 +227,29 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
 
 type ClientWriter = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
 
+/// The `search_path` the upstream session starts with (set by the server's configuration,
+/// the role, the database or the client's start-up parameter), asked of the server before
+/// the client's first message; every schema is possible when it cannot be read.
+async fn session_search_path(stream: &mut UpstreamStream) -> SearchPath {
+    let query = "SELECT pg_catalog.current_setting('search_path'), current_user, (pg_catalog.current_schemas(false))[1]";
+    let mut reader = tokio::io::BufReader::new(stream);
+    match crate::masking::catalog::simple_query(&mut reader, query).await {
+        Ok(sets) => match sets.first().and_then(|rows| rows.first()) {
+            Some(row) => match (row.first(), row.get(1)) {
+                (Some(Some(setting)), Some(Some(user))) => {
+                    SearchPath::from_setting(setting, user, row.get(2).cloned().flatten())
+                }
+                _ => SearchPath::unknown(),
+            },
+            None => SearchPath::unknown(),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the session's search_path; every schema is assumed");
+            SearchPath::unknown()
+        }
+    }
+}
+
 async fn relay(
     tcp: TcpStream,
     upstream: UpstreamStream,
@@ -231,6 +257,7 @@ async fn relay(
     ctx: RecordContext,
     justification: Option<String>,
     masking: Option<Arc<SessionMasking>>,
+    search_path: SearchPath,
 ) -> (String, u64) {
     let (cr, cw) = tcp.into_split();
     let (ur, uw) = tokio::io::split(upstream);
@@ -258,6 +285,7 @@ async fn relay(
         justification,
         masking,
         parse_gen: 0,
+        search_path,
     };
     let back = backend(
         BufReader::with_capacity(64 * 1024, ur),
@@ -325,6 +353,9 @@ struct Frontend {
     justification: Option<String>,
     masking: Option<Arc<SessionMasking>>,
     parse_gen: u64,
+    /// The schemas unqualified names may resolve to, following every change the session's
+    /// statements make to `search_path`.
+    search_path: SearchPath,
 }
 
 /// When a statement's audit record must be durable (it is always written to the spool
@@ -585,14 +616,14 @@ impl Frontend {
                 for facts in list {
                     let mut verdict = match self.masking.as_ref().and_then(|m| m.refusal(facts)) {
                         Some(refused) => refused,
-                        None => self.guardrails.decide(facts),
+                        None => self.guardrails.decide(facts, &self.search_path),
                     };
                     let held = verdict.decision == Decision::RequireApproval;
                     if held && self.res.approvals.is_none() {
                         verdict.reason = Some(hold::standalone_refusal(&verdict));
                     }
                     let row_limits = if verdict.forwards() || held {
-                        self.guardrails.row_limits(facts)
+                        self.guardrails.row_limits(facts, &self.search_path)
                     } else {
                         Vec::new()
                     };
@@ -608,8 +639,12 @@ impl Frontend {
                             k.sort();
                             k
                         },
-                        tables: facts.tables.iter().cloned().collect(),
-                        functions: facts.functions.iter().cloned().collect(),
+                        tables: facts
+                            .tables
+                            .iter()
+                            .map(|t| self.search_path.record(t))
+                            .collect(),
+                        functions: facts.functions.iter().map(ToString::to_string).collect(),
                         lawful_basis: lawful_basis.clone(),
                         purpose: purpose.clone(),
                         ..self.verdict_record(protocol, &verdict)
@@ -627,6 +662,10 @@ impl Frontend {
                         ));
                     }
                     records.push((record, row_limits));
+                    // The statements after this one resolve names with its changes.
+                    for change in &facts.path_changes {
+                        self.search_path.apply(change);
+                    }
                 }
             }
             Analysis::Unanalyzable {
@@ -634,6 +673,10 @@ impl Frontend {
                 fingerprint,
             } => {
                 let verdict = self.guardrails.decide_unanalyzable(reason);
+                if verdict.forwards() {
+                    // What it does to search_path is not known.
+                    self.search_path.apply(&PathChange::Unknown);
+                }
                 let record = StatementRecord {
                     fingerprint: fingerprint.clone(),
                     lawful_basis,
@@ -990,7 +1033,10 @@ impl Frontend {
             return Vec::new();
         };
         match analysis {
-            Analysis::Statements(list) => list.iter().map(|f| Some(m.plan(f))).collect(),
+            Analysis::Statements(list) => list
+                .iter()
+                .map(|f| Some(m.plan(f, &self.search_path)))
+                .collect(),
             Analysis::Unanalyzable { .. } => vec![Some(m.plan_unknown())],
         }
     }
@@ -1052,6 +1098,7 @@ impl Frontend {
         };
         self.record(record, durable);
         if verdict.forwards() {
+            self.search_path.apply(&PathChange::Unknown);
             let mut t = self.lock();
             t.batches_sent += 1;
             drop(t);

@@ -1,0 +1,297 @@
+//! Bypass families: each attempt is first run on a direct connection (as the role the sidecar
+//! uses), where it must have its effect, and then through the sidecar, where it must be
+//! refused and have none.
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use crate::common::{admin, connect, ProxyBuilder};
+
+/// Superuser the sidecar and the direct connections of these cases log in as (server
+/// functions that write files need it).
+const SUPERUSER: &str = "bypass_su";
+
+const POLICY: &str = r#"guardrails:
+- name: crm-deletes
+  statementKinds: [delete]
+  tables: [crm.contacts]
+  action: requireApproval
+- name: no-crm-purge
+  functions: [crm.purge]
+  action: deny
+"#;
+
+/// One attempt: statements run in order on one session; the sidecar must refuse one of
+/// them (naming `rule`, usually at the last step). `effect` is a query (run as superuser afterwards)
+/// that is true when the attempt did what it wanted; `{file}` stands for a fresh path.
+struct Attempt {
+    family: &'static str,
+    steps: &'static [&'static str],
+    rule: &'static str,
+    effect: &'static str,
+}
+
+const CONTACT_1_GONE: &str = "SELECT NOT EXISTS (SELECT 1 FROM crm.contacts WHERE id = 1)";
+const FILE_WRITTEN: &str = "SELECT (pg_catalog.pg_stat_file('{file}', true)).size IS NOT NULL";
+const PURGED: &str = "SELECT EXISTS (SELECT 1 FROM crm.purges)";
+
+const NAMES: &[Attempt] = &[
+    Attempt {
+        family: "1 escaped function name",
+        steps: &[r#"SELECT U&"\006Co_export"(4242, '{file}')"#],
+        rule: "server-file-access",
+        effect: FILE_WRITTEN,
+    },
+    Attempt {
+        family: "1 escaped function name with UESCAPE",
+        steps: &[r#"SELECT pg_catalog.U&"!006C!+00006F_export" UESCAPE '!' (4242, '{file}')"#],
+        rule: "server-file-access",
+        effect: FILE_WRITTEN,
+    },
+    Attempt {
+        family: "1 escaped table name",
+        steps: &[r#"DELETE FROM U&"crm".U&"cont\0061cts" WHERE id = 1"#],
+        rule: "crm-deletes",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "1 case folding",
+        steps: &[r#"DELETE FROM CRM."contacts" WHERE id = 1"#],
+        rule: "crm-deletes",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "1 search_path in the same query string",
+        steps: &["SET search_path = crm, public; DELETE FROM contacts WHERE id = 1"],
+        rule: "crm-deletes",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "1 search_path set earlier",
+        steps: &[
+            "SET search_path TO 'crm'",
+            "DELETE FROM contacts WHERE id = 1",
+        ],
+        rule: "crm-deletes",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "1 SET SCHEMA (not analysable: refused)",
+        steps: &["SET SCHEMA 'crm'", "DELETE FROM contacts WHERE id = 1"],
+        rule: "unanalyzable",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "1 set_config",
+        steps: &[
+            "SELECT pg_catalog.set_config('search_path', 'crm', false)",
+            "DELETE FROM contacts WHERE id = 1",
+        ],
+        rule: "crm-deletes",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "1 SET LOCAL",
+        steps: &[
+            "BEGIN",
+            "SET LOCAL search_path = crm",
+            "DELETE FROM contacts WHERE id = 1; COMMIT",
+        ],
+        rule: "crm-deletes",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "1 rollback restores a path",
+        steps: &[
+            "SET search_path = crm",
+            "BEGIN",
+            "SET search_path = public",
+            "ROLLBACK",
+            "DELETE FROM contacts WHERE id = 1",
+        ],
+        rule: "crm-deletes",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "1 server function that sets the path",
+        steps: &[
+            "SELECT public.bypass_use_crm()",
+            "DELETE FROM contacts WHERE id = 1",
+        ],
+        rule: "crm-deletes",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "1 function deny list by resolved identity",
+        steps: &["SET search_path = crm, public", "SELECT purge()"],
+        rule: "no-crm-purge",
+        effect: PURGED,
+    },
+    Attempt {
+        family: "1 function deny list, escaped qualified name",
+        steps: &[r#"SELECT U&"\0063rm".PURGE()"#],
+        rule: "no-crm-purge",
+        effect: PURGED,
+    },
+];
+
+fn admin_password() -> String {
+    // postgresql://postgres:PASSWORD@host:port/postgres
+    let url = portcullis_e2e::harness().pg_admin_url();
+    url.split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('@').next())
+        .and_then(|userinfo| userinfo.split(':').nth(1))
+        .expect("admin password in the harness URL")
+        .to_owned()
+}
+
+fn superuser_conn_str() -> String {
+    let h = portcullis_e2e::harness();
+    format!(
+        "host={} port={} user={SUPERUSER} password={} dbname=shop sslmode=disable",
+        h.pg_host(),
+        h.pg_port(),
+        admin_password()
+    )
+}
+
+/// Schema `crm` with `contacts` and `purges`, function `crm.purge()`, a function that sets
+/// the caller's search_path, and the superuser role.
+async fn setup() -> Client {
+    let a = admin().await;
+    let password = admin_password();
+    a.batch_execute(&format!(
+        "DO $$ BEGIN CREATE ROLE {SUPERUSER} SUPERUSER LOGIN PASSWORD '{password}';
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    ))
+    .await
+    .expect("role");
+    let shop = connect(&superuser_conn_str()).await;
+    shop.batch_execute(
+        "DO $$ BEGIN CREATE SCHEMA IF NOT EXISTS crm;
+           EXCEPTION WHEN unique_violation OR duplicate_object THEN NULL; END $$;
+         CREATE TABLE IF NOT EXISTS crm.contacts (id int PRIMARY KEY, name text);
+         CREATE TABLE IF NOT EXISTS crm.purges (at timestamptz);
+         CREATE OR REPLACE FUNCTION crm.purge() RETURNS void LANGUAGE sql
+           AS $$ INSERT INTO crm.purges VALUES (now()) $$;
+         CREATE OR REPLACE FUNCTION public.bypass_use_crm() RETURNS text LANGUAGE sql
+           AS $$ SELECT pg_catalog.set_config('search_path', 'crm', false) $$;
+         SELECT pg_catalog.lo_from_bytea(4242, 'x')
+           WHERE NOT EXISTS (SELECT 1 FROM pg_largeobject_metadata WHERE oid = 4242);",
+    )
+    .await
+    .ok();
+    shop
+}
+
+async fn restore(shop: &Client) {
+    shop.batch_execute(
+        "INSERT INTO crm.contacts SELECT g, 'contact ' || g FROM generate_series(1, 5) g
+           ON CONFLICT DO NOTHING;
+         DELETE FROM crm.purges;",
+    )
+    .await
+    .expect("restore");
+}
+
+async fn effect(shop: &Client, attempt: &Attempt, file: &str) -> bool {
+    let sql = attempt.effect.replace("{file}", file);
+    shop.query_one(sql.as_str(), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{}: effect query: {e}", attempt.family))
+        .get(0)
+}
+
+fn file_for(attempt: usize, via: &str) -> String {
+    format!(
+        "/tmp/portcullis-bypass-{}-{attempt}-{via}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    )
+}
+
+/// Run a table of attempts: each must work directly and be refused by the sidecar.
+async fn run_attempts(attempts: &[Attempt], policy: &str) {
+    let shop = setup().await;
+    let proxy = ProxyBuilder::default()
+        .credential(SUPERUSER, &admin_password())
+        .policy("bypass", policy)
+        .start()
+        .await;
+    for (i, attempt) in attempts.iter().enumerate() {
+        // Directly: every step runs and the effect happens.
+        restore(&shop).await;
+        let file = file_for(i, "direct");
+        let direct = connect(&superuser_conn_str()).await;
+        for step in attempt.steps {
+            let sql = step.replace("{file}", &file);
+            direct.simple_query(&sql).await.unwrap_or_else(|e| {
+                panic!(
+                    "{}: {sql} fails on a direct connection: {e:?}",
+                    attempt.family
+                )
+            });
+        }
+        drop(direct);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            effect(&shop, attempt, &file).await,
+            "{}: no effect on a direct connection",
+            attempt.family
+        );
+        let _ = std::fs::remove_file(&file);
+
+        // Through the sidecar: the last step is refused and nothing happens.
+        restore(&shop).await;
+        let file = file_for(i, "proxy");
+        let client = proxy.client().await;
+        let mut refusal = None;
+        for step in attempt.steps {
+            let sql = step.replace("{file}", &file);
+            if let Err(e) = client.simple_query(&sql).await {
+                refusal = Some(e);
+                break;
+            }
+        }
+        let err = refusal.unwrap_or_else(|| {
+            panic!(
+                "{}: every step was forwarded by the sidecar",
+                attempt.family
+            )
+        });
+        let db = err
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{}: {err:?}", attempt.family));
+        assert_eq!(
+            db.code(),
+            &SqlState::INSUFFICIENT_PRIVILEGE,
+            "{}: {db:?}",
+            attempt.family
+        );
+        assert!(
+            db.message().contains(attempt.rule),
+            "{}: refusal {:?} does not name {}",
+            attempt.family,
+            db.message(),
+            attempt.rule
+        );
+        drop(client);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !effect(&shop, attempt, &file).await,
+            "{}: the refused statement had its effect",
+            attempt.family
+        );
+    }
+    restore(&shop).await;
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_are_resolved_before_they_are_matched() {
+    run_attempts(NAMES, POLICY).await;
+}
