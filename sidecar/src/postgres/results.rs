@@ -100,7 +100,12 @@ pub struct Tracker {
     pub descriptions: HashMap<String, (u64, Arc<Vec<ResultColumn>>)>,
     /// The session's masking, for messages outside results (errors, notices, notifications).
     pub masking: Option<Arc<SessionMasking>>,
+    /// Recent batches whose answer held an error (a statement of them may not have run).
+    pub failed_batches: std::collections::BTreeSet<u64>,
 }
+
+/// Failed batches remembered.
+const FAILED_BATCHES_KEPT: usize = 65536;
 
 /// Result state of the statement at the head of the queue.
 #[derive(Debug, Default)]
@@ -346,6 +351,10 @@ impl ResultPath {
                 }
             }
             b'E' => {
+                tracker.failed_batches.insert(tracker.batches_done + 1);
+                if tracker.failed_batches.len() > FAILED_BATCHES_KEPT {
+                    tracker.failed_batches.pop_first();
+                }
                 let mut replaced = false;
                 if !tracker.markers.is_empty() {
                     let fields = codec::parse_error_fields(&msg.body);

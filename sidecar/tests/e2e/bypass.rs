@@ -295,3 +295,86 @@ async fn run_attempts(attempts: &[Attempt], policy: &str) {
 async fn names_are_resolved_before_they_are_matched() {
     run_attempts(NAMES, POLICY).await;
 }
+
+const MASK_SSN: &str = "masking:
+- name: national-id
+  columns: [customers.ssn]
+  strategy: redact
+";
+
+/// Run `tests/clients/named_statements.py` against `url`: variant to what the client saw.
+fn named_statements(url: &str) -> serde_json::Map<String, serde_json::Value> {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    let (ok, out, err) = crate::common::run(
+        std::process::Command::new("python3")
+            .arg("named_statements.py")
+            .arg(url)
+            .current_dir(dir),
+    );
+    assert!(ok, "named_statements.py failed:\n{out}\n{err}");
+    match serde_json::from_str(out.trim()) {
+        Ok(serde_json::Value::Object(m)) => m,
+        other => panic!("unexpected output {out}: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_carry_their_definition() {
+    let shop = setup().await;
+    shop.batch_execute(
+        "CREATE TABLE IF NOT EXISTS public.b13_log (v text);
+         GRANT ALL ON public.b13_log TO app;
+         CREATE OR REPLACE FUNCTION public.b13_prepare() RETURNS void LANGUAGE plpgsql
+           AS $$ BEGIN EXECUTE 'PREPARE b13f AS SELECT ssn FROM customers WHERE id = 1'; END $$;",
+    )
+    .await
+    .expect("named statement setup");
+    let clear: String = shop
+        .query_one("SELECT ssn FROM customers WHERE id = 1", &[])
+        .await
+        .expect("ssn")
+        .get(0);
+    let h = portcullis_e2e::harness();
+    let direct = tokio::task::block_in_place(|| named_statements(h.pg_url()));
+    let proxy = ProxyBuilder::default()
+        .policy("mask", MASK_SSN)
+        .start()
+        .await;
+    let url = proxy.url();
+    let via = tokio::task::block_in_place(|| named_statements(&url));
+    const INSERTS: &str = "SQL PREPARE of an INSERT, five protocol Executes";
+    for (variant, seen) in &direct {
+        let seen = seen.as_str().unwrap_or_default();
+        let through = via[variant].as_str().unwrap_or_default();
+        eprintln!("{variant}: directly {seen:?}, through the sidecar {through:?}");
+        if variant == INSERTS {
+            assert_eq!(seen, "5", "{variant} directly");
+            assert_eq!(through, "5", "{variant} through the sidecar");
+            continue;
+        }
+        // Family 13: each variant returns the clear value directly...
+        assert_eq!(seen, clear, "13 {variant}: direct connection");
+        // ...and never through the sidecar.
+        assert!(
+            !through.contains(&clear),
+            "13 {variant}: clear value through the sidecar: {through}"
+        );
+        if variant.starts_with("prepared by server code") {
+            assert!(
+                through.contains("unknown-statement"),
+                "13 {variant}: {through}"
+            );
+        }
+    }
+    // Every Execute of the INSERT prepared in SQL has its own write-ahead record.
+    let inserts = proxy
+        .statements()
+        .into_iter()
+        .filter(|s| {
+            s.protocol == portcullis_crds::audit::Protocol::Execute
+                && s.kinds.iter().any(|k| k == "insert")
+        })
+        .count();
+    assert_eq!(inserts, 5, "execution records of the prepared INSERT");
+    proxy.stop().await;
+}
