@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::gateway_policy::{
-    AuditUnavailableAction, Detector, GatewayPolicySpec, GrantScope, GuardrailAction,
-    IdentitySettings, KubernetesSettings, LawfulBasis, MaskingStrategy, PrincipalKind,
-    SigningAlgorithm, StatementKind, Subject, UnanalyzableAction,
+    AuditUnavailableAction, Detector, FunctionSettings, GatewayPolicySpec, GrantScope,
+    GuardrailAction, IdentitySettings, KubernetesSettings, LawfulBasis, MaskingStrategy,
+    PrincipalKind, SigningAlgorithm, StatementKind, Subject, UnanalyzableAction,
 };
 use crate::protected_resource::{ResourceType, TlsMode};
 
@@ -231,6 +231,9 @@ pub struct PolicyConfig {
     /// output masking).
     #[serde(default, skip_serializing_if = "is_default")]
     pub kubernetes: KubernetesSettings,
+    /// Which functions statements may call (allow-list entries lower-cased).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub functions: FunctionSettings,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -699,6 +702,14 @@ impl PolicyConfig {
                 .map(IdentityConfig::compile)
                 .transpose()?,
             kubernetes: spec.kubernetes.clone().unwrap_or_default(),
+            functions: spec
+                .functions
+                .as_ref()
+                .map(|f| FunctionSettings {
+                    mode: f.mode,
+                    allow: f.allow.iter().map(|a| a.to_ascii_lowercase()).collect(),
+                })
+                .unwrap_or_default(),
         })
     }
 }

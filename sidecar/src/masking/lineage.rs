@@ -276,7 +276,7 @@ pub(crate) const PURE_FUNCTIONS: &[&str] = &[
 
 /// Functions that describe the schema or the session (what psql's `\d` and drivers ask), not
 /// the rows of tables: like pure functions, their result carries only their arguments' taint.
-const CATALOG_FUNCTIONS: &[&str] = &[
+pub(crate) const CATALOG_FUNCTIONS: &[&str] = &[
     "col_description",
     "format_type",
     "has_column_privilege",

@@ -266,6 +266,18 @@ const NO_PATH_CHANGE_FUNCTIONS: &[&str] = &[
     "pg_notify",
 ];
 
+/// Whether a call runs one of the built-in functions the sidecar knows (read-only ones,
+/// catalog functions, and those of [`NO_PATH_CHANGE_FUNCTIONS`] and `set_config`, whose
+/// effects the analysis follows).
+pub fn is_known_builtin(name: &Qualified) -> bool {
+    is_read_only_function(name)
+        || name.is_builtin("set_config")
+        || NO_PATH_CHANGE_FUNCTIONS.iter().any(|f| name.is_builtin(f))
+        || crate::masking::lineage::CATALOG_FUNCTIONS
+            .iter()
+            .any(|f| name.is_builtin(f))
+}
+
 /// Whether a function is a built-in known to change nothing.
 pub fn is_read_only_function(name: &Qualified) -> bool {
     name.schema.as_deref().is_none_or(|s| s == "pg_catalog")

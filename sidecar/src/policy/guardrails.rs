@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use portcullis_crds::audit::{Decision, Identity, RuleRef};
-use portcullis_crds::gateway_policy::{GuardrailAction, StatementKind, UnanalyzableAction};
+use portcullis_crds::gateway_policy::{
+    FunctionMode, GuardrailAction, StatementKind, UnanalyzableAction,
+};
 use portcullis_crds::sidecar_config::{
     GuardrailConfig, MaskingRuleConfig, PolicyConfig, QualifiedTable,
 };
@@ -182,6 +184,11 @@ impl Guardrails {
             return v;
         }
         for policy in &self.policies {
+            if let Some(v) = function_allow_list(policy, facts, path) {
+                return v;
+            }
+        }
+        for policy in &self.policies {
             for g in &policy.guardrails {
                 if g.rows_over.is_some() || !g.exec_commands.is_empty() || self.exempt(g) {
                     continue;
@@ -306,6 +313,55 @@ fn builtin(facts: &StatementFacts) -> Option<Verdict> {
                 "protected-setting",
                 format!("changing setting {s} is refused (rule builtin/protected-setting)"),
             ));
+        }
+    }
+    None
+}
+
+/// The refusal of a statement that calls a function a policy in `allowList` mode does not
+/// allow, or runs code in a DO block.
+fn function_allow_list(
+    policy: &PolicyConfig,
+    facts: &StatementFacts,
+    path: &SearchPath,
+) -> Option<Verdict> {
+    if policy.functions.mode != FunctionMode::AllowList {
+        return None;
+    }
+    let refuse = |what: String| {
+        Verdict {
+        decision: Decision::Deny,
+        rule: Some(RuleRef {
+            policy: policy.name.clone(),
+            rule: "functions".to_owned(),
+        }),
+        reason: Some(format!(
+            "{what} is not on the function allow list of policy {} and is refused (rule {}/functions)",
+            policy.name, policy.name
+        )),
+    }
+    };
+    if facts.kinds.contains(&StatementKind::DoBlock) {
+        return Some(refuse("a DO block".to_owned()));
+    }
+    for f in &facts.functions {
+        // A built-in's name resolves elsewhere when the session put a schema first.
+        let builtin = crate::policy::analyze::is_known_builtin(f)
+            && (f.schema.is_some() || !path.catalog_not_first());
+        // An entry with a schema allows only calls that name that schema: an unqualified
+        // call could resolve elsewhere.
+        let listed = policy
+            .functions
+            .allow
+            .iter()
+            .any(|p| match p.split_once('.') {
+                None => glob_match(p, &f.name),
+                Some((schema, name)) => {
+                    f.schema.as_deref() == Some(schema) && glob_match(name, &f.name)
+                }
+            });
+        if !builtin && !listed {
+            return Some(refuse(format!("function {f}")));
         }
     }
     None

@@ -208,6 +208,11 @@ impl SearchPath {
             || self.schemas.contains(schema)
     }
 
+    /// Whether a path set in the session lists `pg_catalog` after another schema.
+    pub fn catalog_not_first(&self) -> bool {
+        self.shadowed
+    }
+
     /// Whether an unqualified call of a built-in function's name may run a function of
     /// another schema: the path puts a schema before `pg_catalog`, or is not known.
     pub fn builtins_may_be_shadowed(&self) -> bool {

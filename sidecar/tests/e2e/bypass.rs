@@ -135,6 +135,54 @@ const NAMES: &[Attempt] = &[
     },
 ];
 
+const ALLOW_LIST: &str = r#"functions:
+  mode: allowList
+  allow: [crm.safe_*]
+"#;
+
+const SERVER_CODE: &[Attempt] = &[
+    Attempt {
+        family: "4 dynamic DELETE inside a function",
+        steps: &["SELECT public.b4_purge()"],
+        rule: "functions",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "4 the same function, unqualified",
+        steps: &["SELECT lower('A'), b4_purge()"],
+        rule: "functions",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "4 procedure",
+        steps: &["CALL public.b4_purge_proc()"],
+        rule: "functions",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "4 function in FROM",
+        steps: &["SELECT * FROM public.b4_purge()"],
+        rule: "functions",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "4 DO block",
+        steps: &["DO $$ BEGIN EXECUTE 'DELETE FROM crm.contacts WHERE id = 1'; END $$"],
+        rule: "functions",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "4 an allowed name reached through search_path",
+        steps: &[
+            "SELECT crm.safe_count()",
+            "SET search_path = public, crm",
+            "SELECT safe_count(), b4_purge()",
+        ],
+        rule: "functions",
+        effect: CONTACT_1_GONE,
+    },
+];
+
 fn admin_password() -> String {
     // postgresql://postgres:PASSWORD@host:port/postgres
     let url = portcullis_e2e::harness().pg_admin_url();
@@ -177,6 +225,12 @@ async fn setup() -> Client {
            AS $$ INSERT INTO crm.purges VALUES (now()) $$;
          CREATE OR REPLACE FUNCTION public.bypass_use_crm() RETURNS text LANGUAGE sql
            AS $$ SELECT pg_catalog.set_config('search_path', 'crm', false) $$;
+         CREATE OR REPLACE FUNCTION public.b4_purge() RETURNS void LANGUAGE plpgsql
+           AS $$ BEGIN EXECUTE format('DELETE FROM %I.%I WHERE id = %s', 'crm', 'contacts', 1); END $$;
+         CREATE OR REPLACE PROCEDURE public.b4_purge_proc() LANGUAGE plpgsql
+           AS $$ BEGIN EXECUTE 'DELETE FROM crm.contacts WHERE id = 1'; END $$;
+         CREATE OR REPLACE FUNCTION crm.safe_count() RETURNS bigint LANGUAGE sql
+           AS $$ SELECT count(*) FROM crm.contacts $$;
          SELECT pg_catalog.lo_from_bytea(4242, 'x')
            WHERE NOT EXISTS (SELECT 1 FROM pg_largeobject_metadata WHERE oid = 4242);",
     )
@@ -214,8 +268,12 @@ fn file_for(attempt: usize, via: &str) -> String {
     )
 }
 
+/// The attempt tables share the `crm` schema: one runs at a time.
+static CRM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Run a table of attempts: each must work directly and be refused by the sidecar.
 async fn run_attempts(attempts: &[Attempt], policy: &str) {
+    let _crm = CRM.lock().await;
     let shop = setup().await;
     let proxy = ProxyBuilder::default()
         .credential(SUPERUSER, &admin_password())
@@ -294,6 +352,11 @@ async fn run_attempts(attempts: &[Attempt], policy: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_are_resolved_before_they_are_matched() {
     run_attempts(NAMES, POLICY).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_allow_lists_keep_out_server_code() {
+    run_attempts(SERVER_CODE, ALLOW_LIST).await;
 }
 
 const MASK_SSN: &str = "masking:
