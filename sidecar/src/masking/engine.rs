@@ -480,6 +480,10 @@ impl SessionMasking {
             if let Some(r) = self.rule(key) {
                 let s = match r.strategy {
                     Strategy::Hash if self.masker.key.is_none() => Strategy::Redact,
+                    // A keyed hash of a computed value (one character, a constant joined to
+                    // the column) builds a dictionary that decodes the column: only direct
+                    // references are hashed.
+                    Strategy::Hash if !direct => Strategy::Redact,
                     // Keeping "part" of a computed value could keep the wrong part.
                     Strategy::Partial if !direct => Strategy::Redact,
                     s => s,
@@ -1141,7 +1145,14 @@ impl CopyMasking {
 /// offending value in data errors (`invalid input syntax for type integer: "..."`) and
 /// repeats key values in constraint details (`Key (email)=(...)`), and user code raises
 /// whatever it likes. Detectors run over what remains.
-pub fn scrub_notice(session: &SessionMasking, body: &[u8], out: &mut BytesMut, tag: u8) {
+pub fn scrub_notice(
+    session: &SessionMasking,
+    body: &[u8],
+    out: &mut BytesMut,
+    tag: u8,
+    known: &str,
+) {
+    const WITHHELD: &str = "(withheld by the sidecar: may carry masked data)";
     let fields = split_fields(body);
     let code = fields
         .iter()
@@ -1150,17 +1161,43 @@ pub fn scrub_notice(session: &SessionMasking, body: &[u8], out: &mut BytesMut, t
         .unwrap_or_default();
     let class = code.get(..2).unwrap_or("");
     let user_raised = class == "P0" || (tag == b'N' && !code.is_empty());
+    // Names the client wrote (identifiers, not strings or comments) may be quoted back.
+    let names: std::collections::HashSet<String> = if session.has_columns() {
+        sqlparser::tokenizer::Tokenizer::new(&sqlparser::dialect::PostgreSqlDialect {}, known)
+            .tokenize()
+            .map(|tokens| {
+                tokens
+                    .into_iter()
+                    .filter_map(|t| match t {
+                        sqlparser::tokenizer::Token::Word(w) => Some(w.value),
+                        _ => None,
+                    })
+                    .flat_map(|w| [w.to_ascii_lowercase(), w])
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    let keep = |s: &str| names.contains(s);
     let mut body_out = Vec::with_capacity(body.len());
     for (t, v) in &fields {
-        let v = match (*t, session.has_columns()) {
-            (b'M' | b'D' | b'H' | b'W' | b'q', true) if user_raised => {
-                "(withheld by the sidecar: text raised by code may carry masked data)".to_owned()
+        let v = if session.has_columns() {
+            match *t {
+                // Severity, code, positions and the server's source location carry no data.
+                b'S' | b'V' | b'C' | b'P' | b'p' | b'F' | b'L' | b'R' => v.clone(),
+                b'M' if user_raised => {
+                    "(withheld by the sidecar: text raised by code may carry masked data)"
+                        .to_owned()
+                }
+                // The message keeps its words and what the client wrote itself.
+                b'M' => crate::postgres::results::without_values_except(v, &keep),
+                // Detail, hint, context, internal query and object names: withheld.
+                b'D' | b'H' | b'W' | b'q' => WITHHELD.to_owned(),
+                _ => continue,
             }
-            (b'M', true) if matches!(class, "22" | "23") => redact_quoted(v),
-            (b'D', true) if matches!(class, "22" | "23") => {
-                "(withheld by the sidecar: may carry masked data)".to_owned()
-            }
-            _ => v.clone(),
+        } else {
+            v.clone()
         };
         let v = session.detect_in_text(&v);
         body_out.push(*t);
@@ -1183,25 +1220,6 @@ fn split_fields(body: &[u8]) -> Vec<(u8, String)> {
             .map_or(body.len(), |e| p + e);
         out.push((t, String::from_utf8_lossy(&body[p..end]).into_owned()));
         p = end + 1;
-    }
-    out
-}
-
-fn redact_quoted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut inside = false;
-    for c in s.chars() {
-        if c == '"' {
-            inside = !inside;
-            out.push(c);
-            if inside {
-                out.push_str(strategy::REDACTED);
-            }
-            continue;
-        }
-        if !inside {
-            out.push(c);
-        }
     }
     out
 }
@@ -1249,10 +1267,21 @@ mod tests {
     }
 
     #[test]
-    fn quoted_values_are_redacted() {
+    fn quoted_values_are_redacted_unless_the_client_wrote_them() {
+        let known = |s: &str| s == "custmers";
         assert_eq!(
-            redact_quoted(r#"invalid input syntax for type integer: "olga@example.com""#),
-            r#"invalid input syntax for type integer: "***""#
+            crate::postgres::results::without_values_except(
+                r#"invalid input syntax for type integer: "olga@example.com""#,
+                &known
+            ),
+            r#"invalid input syntax for type integer: "?""#
+        );
+        assert_eq!(
+            crate::postgres::results::without_values_except(
+                r#"relation "custmers" does not exist"#,
+                &known
+            ),
+            r#"relation "custmers" does not exist"#
         );
     }
 

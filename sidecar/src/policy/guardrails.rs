@@ -208,8 +208,15 @@ impl Guardrails {
 
     /// Decide on text the parser could not analyse: denied unless every applicable policy
     /// chose `onUnanalyzable: audit`.
+    /// The parser's message is recorded: it keeps no token of the text (what it found and
+    /// anything after the first word that is not plain).
     pub fn decide_unanalyzable(&self, parser_error: &str) -> Verdict {
-        self.unanalyzable("statement", parser_error)
+        let detail = match parser_error.find("found:") {
+            Some(i) => &parser_error[..i],
+            None => parser_error,
+        };
+        let detail = crate::policy::fingerprint::value_free(detail.trim_end_matches([' ', ',']));
+        self.unanalyzable("statement", &detail)
     }
 
     /// The unanalysable-operation rule for `what` (`statement`, `exec`).

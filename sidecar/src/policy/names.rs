@@ -19,8 +19,8 @@ use thiserror::Error;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum NameError {
     /// A `U&"..."` identifier with an escape that is not a valid code point.
-    #[error("invalid Unicode escape in identifier U&\"{0}\"")]
-    BadEscape(String),
+    #[error("invalid Unicode escape in a U&\"...\" identifier")]
+    BadEscape,
     /// A `UESCAPE` clause the decoder does not accept.
     #[error("invalid UESCAPE clause")]
     BadUescape,
@@ -426,7 +426,7 @@ pub fn decode_unicode_identifiers(sql: &str) -> Result<Cow<'_, str>, NameError> 
 /// Decode the escapes of a Unicode identifier body: `\XXXX`, `\+XXXXXX` and `\\` (with
 /// `escape` in place of the backslash).
 fn decode_escapes(raw: &str, escape: char) -> Result<String, NameError> {
-    let bad = || NameError::BadEscape(raw.to_owned());
+    let bad = || NameError::BadEscape;
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars().peekable();
     while let Some(c) = chars.next() {

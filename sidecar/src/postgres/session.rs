@@ -196,7 +196,10 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
                 .database
                 .clone()
                 .unwrap_or(database.clone()),
-            application_name: params.get("application_name").map(str::to_owned),
+            // Chosen by the client: kept only as far as it carries no value.
+            application_name: params
+                .get("application_name")
+                .map(crate::policy::fingerprint::value_free),
             client_address: peer.to_string(),
         }),
     );
@@ -1072,7 +1075,18 @@ impl Frontend {
         self.refuse(tag == b'P', code, message);
     }
 
+    /// Keep what the client wrote in the batch, to tell its own names in server messages
+    /// from masked values.
+    fn note_text(&mut self, sql: &str) {
+        if self.masking.as_ref().is_some_and(|m| m.has_columns()) {
+            let mut t = self.lock();
+            let batch = t.batches_sent + 1;
+            t.batch_texts.push_back((batch, Arc::from(sql)));
+        }
+    }
+
     fn on_query(&mut self, sql: &str, m: &Message) {
+        self.note_text(sql);
         let decided = self.decide(sql, Protocol::Simple);
         if decided.refusal.is_none() {
             if !decided.approvals.is_empty() {
@@ -1185,6 +1199,7 @@ impl Frontend {
     }
 
     fn on_parse(&mut self, name: String, sql: &str, m: &Message) {
+        self.note_text(sql);
         let decided = self.decide(sql, Protocol::Parse);
         if decided.refusal.is_none() && !decided.approvals.is_empty() {
             self.held = Some(hold::Held::Parse {
