@@ -350,10 +350,14 @@ impl SessionMasking {
     /// it (code bodies it cannot read, MERGE), when column rules apply to the session.
     pub fn refusal(&self, facts: &StatementFacts) -> Option<crate::policy::guardrails::Verdict> {
         self.catalog.as_ref()?;
+        let carried;
         let what = if facts.opaque_body {
             "statements with code bodies the sidecar cannot analyse (DO, CREATE FUNCTION, CREATE PROCEDURE)"
         } else if facts.kinds.contains(&StatementKind::Merge) {
             "MERGE"
+        } else if let Some(c) = self.carriers(facts).into_iter().next() {
+            carried = format!("statements where a {c}");
+            carried.as_str()
         } else {
             return None;
         };
@@ -367,6 +371,31 @@ impl SessionMasking {
                 "{what} are refused while masking rules apply: they could copy masked data to where results would not be masked (rule {BUILTIN_POLICY}/{OPAQUE_RULE})"
             )),
         })
+    }
+
+    /// Calls of a statement that carry masked data outside result values (row counts of
+    /// set-returning functions, side effects of functions not known to be pure). The lineage
+    /// runs only for statements calling such a function.
+    fn carriers(&self, facts: &StatementFacts) -> Vec<String> {
+        let Some(cat) = &self.catalog else {
+            return Vec::new();
+        };
+        let suspect = facts.functions.iter().any(|f| {
+            !crate::policy::analyze::is_read_only_function(f)
+                || super::lineage::SET_RETURNING.contains(&f.name.as_str())
+        });
+        let Some(ast) = facts.ast.as_deref().filter(|_| suspect) else {
+            return Vec::new();
+        };
+        let view = cat.view();
+        let analyzer = Analyzer::new(&view);
+        let _ = analyzer.statement(ast);
+        analyzer
+            .carriers()
+            .into_iter()
+            .filter(|(_, taint)| !self.active(taint).rules.is_empty())
+            .map(|(what, _)| what)
+            .collect()
     }
 
     /// Whether column rules apply (results need a lineage).
@@ -395,7 +424,7 @@ impl SessionMasking {
         };
         let copy = copy_format(ast);
         let clean = match ast {
-            Statement::Explain { .. } | Statement::ExplainTable { .. } => true,
+            Statement::ExplainTable { .. } => true,
             Statement::ShowVariable { .. } | Statement::ShowVariables { .. } => {
                 !self.settings_tainted.load(Ordering::Acquire)
             }
@@ -406,7 +435,28 @@ impl SessionMasking {
                 let view = cat.view();
                 let analyzer =
                     Analyzer::new(&view).with_shadowed_builtins(path.builtins_may_be_shadowed());
-                let lineage = analyzer.statement(ast);
+                let mut lineage = analyzer.statement(ast);
+                // A plan shows constants the planner folded, filters and output expressions
+                // of the statement explained: it is as masked as anything that statement
+                // could return.
+                if let Statement::Explain { statement, .. } = ast {
+                    let mut inner = match analyzer.statement(statement).output {
+                        Some(shape) => shape.total(),
+                        None => Taint::unproven("the explained statement's output is not known"),
+                    };
+                    // Filters are not in the output's lineage: a value a server function
+                    // computed (and the planner folded) can show in any plan line.
+                    if facts
+                        .functions
+                        .iter()
+                        .any(|f| !crate::policy::analyze::is_read_only_function(f))
+                    {
+                        inner.unproven.insert(
+                            "the plan may show values server functions computed".to_owned(),
+                        );
+                    }
+                    lineage.output = Some(Shape::Opaque(inner));
+                }
                 for (table, taint) in &writes_of(&analyzer, ast, 0) {
                     let taint = self.active(taint);
                     if taint.must_mask() {

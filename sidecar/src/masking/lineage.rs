@@ -268,6 +268,9 @@ pub(crate) const PURE_FUNCTIONS: &[&str] = &[
     "stddev",
     "variance",
     "encode",
+    "convert",
+    "convert_from",
+    "convert_to",
     "decode",
     "sha256",
     "sha512",
@@ -316,12 +319,41 @@ const VALUE_FREE_AGGREGATES: &[&str] = &["count"];
 
 const PLACEHOLDER: &str = "\u{0}portcullis-subquery-";
 
+/// Built-in set-returning functions: the number of rows they return is derived from their
+/// arguments.
+pub(crate) const SET_RETURNING: &[&str] = &[
+    "generate_series",
+    "generate_subscripts",
+    "unnest",
+    "regexp_matches",
+    "regexp_split_to_table",
+    "string_to_table",
+    "json_array_elements",
+    "jsonb_array_elements",
+    "json_array_elements_text",
+    "jsonb_array_elements_text",
+    "json_each",
+    "jsonb_each",
+    "json_each_text",
+    "jsonb_each_text",
+    "json_object_keys",
+    "jsonb_object_keys",
+    "jsonb_path_query",
+    "json_to_recordset",
+    "jsonb_to_recordset",
+    "json_populate_recordset",
+    "jsonb_populate_recordset",
+];
+
 /// The lineage analysis over one catalog.
 pub struct Analyzer<'c> {
     catalog: &'c dyn Catalog,
     // The session's search_path may put another schema before pg_catalog: an unqualified
     // call of a built-in's name may run another function.
     shadowed_builtins: bool,
+    // Calls whose number of rows or side effects depend on masked data (see
+    // [`Analyzer::carriers`]).
+    carriers: RefCell<Vec<(String, Taint)>>,
     // Subqueries lifted out of expressions, addressed by placeholder identifiers.
     lifted: RefCell<Vec<Query>>,
 }
@@ -372,6 +404,7 @@ impl<'c> Analyzer<'c> {
         Self {
             catalog,
             shadowed_builtins: false,
+            carriers: RefCell::new(Vec::new()),
             lifted: RefCell::new(Vec::new()),
         }
     }
@@ -381,6 +414,32 @@ impl<'c> Analyzer<'c> {
     pub fn with_shadowed_builtins(mut self, shadowed: bool) -> Self {
         self.shadowed_builtins = shadowed;
         self
+    }
+
+    /// Calls seen so far that carry masked data out of the result columns: a set-returning
+    /// function whose arguments carry masked data (its number of rows is derived from them),
+    /// or a function not known to be pure called with masked data (its side effects may store
+    /// the value where a catalog view returns it).
+    pub fn carriers(&self) -> Vec<(String, Taint)> {
+        self.carriers.borrow().clone()
+    }
+
+    fn note_call(&self, name: &[String], args_taint: &Taint) {
+        if args_taint.rules.is_empty() {
+            return;
+        }
+        let fname = name.last().map(String::as_str).unwrap_or("");
+        let what = if SET_RETURNING.contains(&fname) && self.impure(name).is_none() {
+            "set-returning function"
+        } else if self.impure(name).is_some() {
+            "function not known to be pure"
+        } else {
+            return;
+        };
+        self.carriers.borrow_mut().push((
+            format!("{what} {} is called with masked data", name.join(".")),
+            args_taint.clone(),
+        ));
     }
 
     /// Why a function's result is not proven to derive from its arguments alone, if it is not.
@@ -930,6 +989,7 @@ impl<'c> Analyzer<'c> {
         }
         let fname = name.last().map(String::as_str).unwrap_or("");
         taint.absorb(&self.wildcard_args(fname, args, scope));
+        self.note_call(name, &taint);
         taint
     }
 
@@ -1007,12 +1067,18 @@ impl<'c> Analyzer<'c> {
                     // Arguments are expressions the walk visits on its own; add the function's
                     // own verdict and what its wildcard arguments carry.
                     let name = object_name(&f.name);
-                    if let Some(reason) = self.impure(&name) {
-                        taint.unproven.insert(reason);
-                    }
+                    let impure = self.impure(&name);
+                    let fname = name.last().map(String::as_str).unwrap_or("");
                     if let FunctionArguments::List(list) = &f.args {
-                        let fname = name.last().map(String::as_str).unwrap_or("");
                         taint.absorb(&self.wildcard_args(fname, &list.args, scope));
+                        if impure.is_some() || SET_RETURNING.contains(&fname) {
+                            // What the arguments carry decides whether the call carries
+                            // masked data outside its value.
+                            let _ = self.function_taint(&name, &list.args, scope, ctes);
+                        }
+                    }
+                    if let Some(reason) = impure {
+                        taint.unproven.insert(reason);
                     }
                 }
                 Expr::Wildcard(_) => {
