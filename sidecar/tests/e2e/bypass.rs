@@ -446,12 +446,12 @@ async fn named_statements_carry_their_definition() {
 fn error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!(
-            "{} | {} | {} | {} | {} | {}",
+            "{} | {} | {} | {} | {:?} | {}",
             db.message(),
             db.detail().unwrap_or_default(),
             db.hint().unwrap_or_default(),
             db.where_().unwrap_or_default(),
-            format!("{:?}", db.position()),
+            db.position(),
             [
                 db.schema(),
                 db.table(),

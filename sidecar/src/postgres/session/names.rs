@@ -196,14 +196,11 @@ pub(super) fn uses(ast: &Statement) -> Uses {
         match s {
             Statement::Prepare {
                 name, statement, ..
-            } => {
-                if u.prepare.is_none() {
-                    u.prepare =
-                        Some((crate::policy::names::fold(name), statement.as_ref().clone()));
-                }
+            } if u.prepare.is_none() => {
+                u.prepare = Some((crate::policy::names::fold(name), statement.as_ref().clone()));
             }
             Statement::Execute { name, .. } => {
-                match name.as_ref().map(|n| crate::policy::names::parts(n)) {
+                match name.as_ref().map(crate::policy::names::parts) {
                     Some(parts) if parts.len() == 1 => u.executes.extend(parts),
                     // Not a PostgreSQL prepared statement name: nothing can match it.
                     _ => u.executes.push(String::new()),
