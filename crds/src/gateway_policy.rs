@@ -120,6 +120,41 @@ pub struct GatewayPolicySpec {
     /// PostgreSQL password, and whether a token is required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentitySettings>,
+
+    /// Which functions statements may call. Omitted: `mode: any`. Code inside functions
+    /// runs on the server, where the sidecar cannot see it: `allowList` keeps statements to
+    /// the built-in functions the sidecar knows and the functions named here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functions: Option<FunctionSettings>,
+}
+
+/// Which functions a policy lets statements call.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionSettings {
+    /// `any` (default): every function may be called (guardrails with `functions` still
+    /// apply). `allowList`: a statement may call only the built-in functions the sidecar
+    /// knows (text, number, date, JSON, aggregate, window and catalog functions, sequences,
+    /// `set_config`, advisory locks) and the functions listed in `allow`; any other function
+    /// or procedure call and every DO block is refused.
+    #[serde(default)]
+    pub mode: FunctionMode,
+    /// Functions that may be called in `allowList` mode: `name` (in any schema) or
+    /// `schema.name`. A trailing `*` matches a prefix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 127)))]
+    pub allow: Vec<String>,
+}
+
+/// How a policy treats function calls.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum FunctionMode {
+    /// Any function may be called.
+    #[default]
+    Any,
+    /// Only known built-ins and the listed functions may be called.
+    AllowList,
 }
 
 /// OIDC identity settings of a policy.
@@ -515,8 +550,9 @@ pub struct GuardrailMatch {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub missing_where: bool,
 
-    /// Functions called, by name (for example `pg_read_file`, `dblink*`). A trailing `*`
-    /// matches a prefix.
+    /// Functions called, by name in any schema (for example `pg_read_file`, `dblink*`) or as
+    /// `schema.name` (also matching unqualified calls the session's search_path may resolve
+    /// to that schema). A trailing `*` matches a prefix of the name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(max = 127)))]
     pub functions: Vec<String>,

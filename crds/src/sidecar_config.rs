@@ -15,9 +15,10 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::gateway_policy::{
-    AuditUnavailableAction, ClaimValidationRule, Detector, GatewayPolicySpec, GrantScope,
-    GuardrailAction, IdentitySettings, KubernetesSettings, LawfulBasis, MaskingStrategy,
-    PrincipalKind, SigningAlgorithm, StatementKind, Subject, SubjectKind, UnanalyzableAction,
+    AuditUnavailableAction, ClaimValidationRule, Detector, FunctionSettings, GatewayPolicySpec,
+    GrantScope, GuardrailAction, IdentitySettings, KubernetesSettings, LawfulBasis,
+    MaskingStrategy, PrincipalKind, SigningAlgorithm, StatementKind, Subject, SubjectKind,
+    UnanalyzableAction,
 };
 use crate::protected_resource::{ResourceType, TlsMode};
 
@@ -244,6 +245,9 @@ pub struct PolicyConfig {
     /// The exec allow-list (allow-list style), when the policy has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<crate::exec_policy::ExecSettings>,
+    /// Which functions statements may call (allow-list entries lower-cased).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub functions: FunctionSettings,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -806,6 +810,14 @@ impl PolicyConfig {
                 }
                 other => other.clone(),
             },
+            functions: spec
+                .functions
+                .as_ref()
+                .map(|f| FunctionSettings {
+                    mode: f.mode,
+                    allow: f.allow.iter().map(|a| a.to_ascii_lowercase()).collect(),
+                })
+                .unwrap_or_default(),
         })
     }
 }

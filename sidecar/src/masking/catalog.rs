@@ -590,7 +590,8 @@ WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjsubi
 AND d.refobjid <> r.ev_class";
 const INHERITS_SQL: &str = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits";
 
-type Rows = Vec<Vec<Option<String>>>;
+/// The text rows of one result set.
+pub(crate) type Rows = Vec<Vec<Option<String>>>;
 
 /// Read the catalog over a fresh upstream connection. An empty `search_path` makes
 /// `pg_get_viewdef` qualify every relation name.
@@ -658,7 +659,7 @@ pub async fn read_catalog(
 }
 
 /// Run a simple query and collect the text rows of every result set that has rows.
-async fn simple_query<S>(stream: &mut S, sql: &str) -> Result<Vec<Rows>, CatalogError>
+pub(crate) async fn simple_query<S>(stream: &mut S, sql: &str) -> Result<Vec<Rows>, CatalogError>
 where
     S: tokio::io::AsyncBufRead + tokio::io::AsyncWrite + Unpin,
 {

@@ -350,10 +350,14 @@ impl SessionMasking {
     /// it (code bodies it cannot read, MERGE), when column rules apply to the session.
     pub fn refusal(&self, facts: &StatementFacts) -> Option<crate::policy::guardrails::Verdict> {
         self.catalog.as_ref()?;
+        let carried;
         let what = if facts.opaque_body {
             "statements with code bodies the sidecar cannot analyse (DO, CREATE FUNCTION, CREATE PROCEDURE)"
         } else if facts.kinds.contains(&StatementKind::Merge) {
             "MERGE"
+        } else if let Some(c) = self.carriers(facts).into_iter().next() {
+            carried = format!("statements where a {c}");
+            carried.as_str()
         } else {
             return None;
         };
@@ -369,6 +373,31 @@ impl SessionMasking {
         })
     }
 
+    /// Calls of a statement that carry masked data outside result values (row counts of
+    /// set-returning functions, side effects of functions not known to be pure). The lineage
+    /// runs only for statements calling such a function.
+    fn carriers(&self, facts: &StatementFacts) -> Vec<String> {
+        let Some(cat) = &self.catalog else {
+            return Vec::new();
+        };
+        let suspect = facts.functions.iter().any(|f| {
+            !crate::policy::analyze::is_read_only_function(f)
+                || super::lineage::SET_RETURNING.contains(&f.name.as_str())
+        });
+        let Some(ast) = facts.ast.as_deref().filter(|_| suspect) else {
+            return Vec::new();
+        };
+        let view = cat.view();
+        let analyzer = Analyzer::new(&view);
+        let _ = analyzer.statement(ast);
+        analyzer
+            .carriers()
+            .into_iter()
+            .filter(|(_, taint)| !self.active(taint).rules.is_empty())
+            .map(|(what, _)| what)
+            .collect()
+    }
+
     /// Whether column rules apply (results need a lineage).
     pub fn has_columns(&self) -> bool {
         self.catalog.is_some()
@@ -376,9 +405,13 @@ impl SessionMasking {
 
     /// Plan a statement before it is forwarded. Records what it writes into tables and
     /// marks the catalog stale for DDL, both before the statement runs.
-    pub fn plan(&self, facts: &StatementFacts) -> Arc<StatementPlan> {
+    pub fn plan(
+        &self,
+        facts: &StatementFacts,
+        path: &crate::policy::names::SearchPath,
+    ) -> Arc<StatementPlan> {
         let ddl = facts.kinds.contains(&StatementKind::Ddl);
-        if facts.functions.contains("set_config") {
+        if facts.functions.iter().any(|f| f.name == "set_config") {
             self.settings_tainted.store(true, Ordering::Release);
         }
         let Some(ast) = facts.ast.as_deref() else {
@@ -391,7 +424,7 @@ impl SessionMasking {
         };
         let copy = copy_format(ast);
         let clean = match ast {
-            Statement::Explain { .. } | Statement::ExplainTable { .. } => true,
+            Statement::ExplainTable { .. } => true,
             Statement::ShowVariable { .. } | Statement::ShowVariables { .. } => {
                 !self.settings_tainted.load(Ordering::Acquire)
             }
@@ -400,8 +433,30 @@ impl SessionMasking {
         let shape = match &self.catalog {
             Some(cat) => {
                 let view = cat.view();
-                let analyzer = Analyzer::new(&view);
-                let lineage = analyzer.statement(ast);
+                let analyzer =
+                    Analyzer::new(&view).with_shadowed_builtins(path.builtins_may_be_shadowed());
+                let mut lineage = analyzer.statement(ast);
+                // A plan shows constants the planner folded, filters and output expressions
+                // of the statement explained: it is as masked as anything that statement
+                // could return.
+                if let Statement::Explain { statement, .. } = ast {
+                    let mut inner = match analyzer.statement(statement).output {
+                        Some(shape) => shape.total(),
+                        None => Taint::unproven("the explained statement's output is not known"),
+                    };
+                    // Filters are not in the output's lineage: a value a server function
+                    // computed (and the planner folded) can show in any plan line.
+                    if facts
+                        .functions
+                        .iter()
+                        .any(|f| !crate::policy::analyze::is_read_only_function(f))
+                    {
+                        inner.unproven.insert(
+                            "the plan may show values server functions computed".to_owned(),
+                        );
+                    }
+                    lineage.output = Some(Shape::Opaque(inner));
+                }
                 for (table, taint) in &writes_of(&analyzer, ast, 0) {
                     let taint = self.active(taint);
                     if taint.must_mask() {
@@ -475,6 +530,10 @@ impl SessionMasking {
             if let Some(r) = self.rule(key) {
                 let s = match r.strategy {
                     Strategy::Hash if self.masker.key.is_none() => Strategy::Redact,
+                    // A keyed hash of a computed value (one character, a constant joined to
+                    // the column) builds a dictionary that decodes the column: only direct
+                    // references are hashed.
+                    Strategy::Hash if !direct => Strategy::Redact,
                     // Keeping "part" of a computed value could keep the wrong part.
                     Strategy::Partial if !direct => Strategy::Redact,
                     s => s,
@@ -1136,7 +1195,14 @@ impl CopyMasking {
 /// offending value in data errors (`invalid input syntax for type integer: "..."`) and
 /// repeats key values in constraint details (`Key (email)=(...)`), and user code raises
 /// whatever it likes. Detectors run over what remains.
-pub fn scrub_notice(session: &SessionMasking, body: &[u8], out: &mut BytesMut, tag: u8) {
+pub fn scrub_notice(
+    session: &SessionMasking,
+    body: &[u8],
+    out: &mut BytesMut,
+    tag: u8,
+    known: &str,
+) {
+    const WITHHELD: &str = "(withheld by the sidecar: may carry masked data)";
     let fields = split_fields(body);
     let code = fields
         .iter()
@@ -1145,17 +1211,43 @@ pub fn scrub_notice(session: &SessionMasking, body: &[u8], out: &mut BytesMut, t
         .unwrap_or_default();
     let class = code.get(..2).unwrap_or("");
     let user_raised = class == "P0" || (tag == b'N' && !code.is_empty());
+    // Names the client wrote (identifiers, not strings or comments) may be quoted back.
+    let names: std::collections::HashSet<String> = if session.has_columns() {
+        sqlparser::tokenizer::Tokenizer::new(&sqlparser::dialect::PostgreSqlDialect {}, known)
+            .tokenize()
+            .map(|tokens| {
+                tokens
+                    .into_iter()
+                    .filter_map(|t| match t {
+                        sqlparser::tokenizer::Token::Word(w) => Some(w.value),
+                        _ => None,
+                    })
+                    .flat_map(|w| [w.to_ascii_lowercase(), w])
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    let keep = |s: &str| names.contains(s);
     let mut body_out = Vec::with_capacity(body.len());
     for (t, v) in &fields {
-        let v = match (*t, session.has_columns()) {
-            (b'M' | b'D' | b'H' | b'W' | b'q', true) if user_raised => {
-                "(withheld by the sidecar: text raised by code may carry masked data)".to_owned()
+        let v = if session.has_columns() {
+            match *t {
+                // Severity, code, positions and the server's source location carry no data.
+                b'S' | b'V' | b'C' | b'P' | b'p' | b'F' | b'L' | b'R' => v.clone(),
+                b'M' if user_raised => {
+                    "(withheld by the sidecar: text raised by code may carry masked data)"
+                        .to_owned()
+                }
+                // The message keeps its words and what the client wrote itself.
+                b'M' => crate::postgres::results::without_values_except(v, &keep),
+                // Detail, hint, context, internal query and object names: withheld.
+                b'D' | b'H' | b'W' | b'q' => WITHHELD.to_owned(),
+                _ => continue,
             }
-            (b'M', true) if matches!(class, "22" | "23") => redact_quoted(v),
-            (b'D', true) if matches!(class, "22" | "23") => {
-                "(withheld by the sidecar: may carry masked data)".to_owned()
-            }
-            _ => v.clone(),
+        } else {
+            v.clone()
         };
         let v = session.detect_in_text(&v);
         body_out.push(*t);
@@ -1178,25 +1270,6 @@ fn split_fields(body: &[u8]) -> Vec<(u8, String)> {
             .map_or(body.len(), |e| p + e);
         out.push((t, String::from_utf8_lossy(&body[p..end]).into_owned()));
         p = end + 1;
-    }
-    out
-}
-
-fn redact_quoted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut inside = false;
-    for c in s.chars() {
-        if c == '"' {
-            inside = !inside;
-            out.push(c);
-            if inside {
-                out.push_str(strategy::REDACTED);
-            }
-            continue;
-        }
-        if !inside {
-            out.push(c);
-        }
     }
     out
 }
@@ -1244,10 +1317,21 @@ mod tests {
     }
 
     #[test]
-    fn quoted_values_are_redacted() {
+    fn quoted_values_are_redacted_unless_the_client_wrote_them() {
+        let known = |s: &str| s == "custmers";
         assert_eq!(
-            redact_quoted(r#"invalid input syntax for type integer: "olga@example.com""#),
-            r#"invalid input syntax for type integer: "***""#
+            crate::postgres::results::without_values_except(
+                r#"invalid input syntax for type integer: "olga@example.com""#,
+                &known
+            ),
+            r#"invalid input syntax for type integer: "?""#
+        );
+        assert_eq!(
+            crate::postgres::results::without_values_except(
+                r#"relation "custmers" does not exist"#,
+                &known
+            ),
+            r#"relation "custmers" does not exist"#
         );
     }
 

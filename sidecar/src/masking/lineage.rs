@@ -268,6 +268,9 @@ pub(crate) const PURE_FUNCTIONS: &[&str] = &[
     "stddev",
     "variance",
     "encode",
+    "convert",
+    "convert_from",
+    "convert_to",
     "decode",
     "sha256",
     "sha512",
@@ -276,7 +279,7 @@ pub(crate) const PURE_FUNCTIONS: &[&str] = &[
 
 /// Functions that describe the schema or the session (what psql's `\d` and drivers ask), not
 /// the rows of tables: like pure functions, their result carries only their arguments' taint.
-const CATALOG_FUNCTIONS: &[&str] = &[
+pub(crate) const CATALOG_FUNCTIONS: &[&str] = &[
     "col_description",
     "format_type",
     "has_column_privilege",
@@ -316,9 +319,41 @@ const VALUE_FREE_AGGREGATES: &[&str] = &["count"];
 
 const PLACEHOLDER: &str = "\u{0}portcullis-subquery-";
 
+/// Built-in set-returning functions: the number of rows they return is derived from their
+/// arguments.
+pub(crate) const SET_RETURNING: &[&str] = &[
+    "generate_series",
+    "generate_subscripts",
+    "unnest",
+    "regexp_matches",
+    "regexp_split_to_table",
+    "string_to_table",
+    "json_array_elements",
+    "jsonb_array_elements",
+    "json_array_elements_text",
+    "jsonb_array_elements_text",
+    "json_each",
+    "jsonb_each",
+    "json_each_text",
+    "jsonb_each_text",
+    "json_object_keys",
+    "jsonb_object_keys",
+    "jsonb_path_query",
+    "json_to_recordset",
+    "jsonb_to_recordset",
+    "json_populate_recordset",
+    "jsonb_populate_recordset",
+];
+
 /// The lineage analysis over one catalog.
 pub struct Analyzer<'c> {
     catalog: &'c dyn Catalog,
+    // The session's search_path may put another schema before pg_catalog: an unqualified
+    // call of a built-in's name may run another function.
+    shadowed_builtins: bool,
+    // Calls whose number of rows or side effects depend on masked data (see
+    // [`Analyzer::carriers`]).
+    carriers: RefCell<Vec<(String, Taint)>>,
     // Subqueries lifted out of expressions, addressed by placeholder identifiers.
     lifted: RefCell<Vec<Query>>,
 }
@@ -348,13 +383,9 @@ struct Scope<'p> {
 
 type Ctes = BTreeMap<String, Shape>;
 
-/// Fold an identifier the way PostgreSQL does: unquoted names to lower case.
+/// Fold an identifier the way PostgreSQL does (see [`crate::policy::names::fold`]).
 pub fn fold(ident: &Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_lowercase()
-    }
+    crate::policy::names::fold(ident)
 }
 
 fn object_name(name: &ObjectName) -> Vec<String> {
@@ -372,8 +403,54 @@ impl<'c> Analyzer<'c> {
     pub fn new(catalog: &'c dyn Catalog) -> Self {
         Self {
             catalog,
+            shadowed_builtins: false,
+            carriers: RefCell::new(Vec::new()),
             lifted: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Treat unqualified calls of built-in names as unknown functions (the session's
+    /// search_path may resolve them elsewhere).
+    pub fn with_shadowed_builtins(mut self, shadowed: bool) -> Self {
+        self.shadowed_builtins = shadowed;
+        self
+    }
+
+    /// Calls seen so far that carry masked data out of the result columns: a set-returning
+    /// function whose arguments carry masked data (its number of rows is derived from them),
+    /// or a function not known to be pure called with masked data (its side effects may store
+    /// the value where a catalog view returns it).
+    pub fn carriers(&self) -> Vec<(String, Taint)> {
+        self.carriers.borrow().clone()
+    }
+
+    fn note_call(&self, name: &[String], args_taint: &Taint) {
+        if args_taint.rules.is_empty() {
+            return;
+        }
+        let fname = name.last().map(String::as_str).unwrap_or("");
+        let what = if SET_RETURNING.contains(&fname) && self.impure(name).is_none() {
+            "set-returning function"
+        } else if self.impure(name).is_some() {
+            "function not known to be pure"
+        } else {
+            return;
+        };
+        self.carriers.borrow_mut().push((
+            format!("{what} {} is called with masked data", name.join(".")),
+            args_taint.clone(),
+        ));
+    }
+
+    /// Why a function's result is not proven to derive from its arguments alone, if it is not.
+    fn impure(&self, name: &[String]) -> Option<String> {
+        if self.shadowed_builtins && name.len() == 1 {
+            return Some(format!(
+                "function {} may resolve to another schema's function through search_path",
+                name.join(".")
+            ));
+        }
+        impure(name)
     }
 
     /// Lineage of a statement.
@@ -595,10 +672,10 @@ impl<'c> Analyzer<'c> {
             SetExpr::Table(t) => {
                 let mut name = Vec::new();
                 if let Some(schema) = &t.schema_name {
-                    name.push(schema.to_lowercase());
+                    name.push(schema.to_ascii_lowercase());
                 }
                 if let Some(table) = &t.table_name {
-                    name.push(table.to_lowercase());
+                    name.push(table.to_ascii_lowercase());
                 }
                 let rel = self.named_relation(&name, ctes, "");
                 match rel.columns {
@@ -893,7 +970,7 @@ impl<'c> Analyzer<'c> {
         ctes: &Ctes,
     ) -> Taint {
         let mut taint = Taint::default();
-        if let Some(reason) = impure(name) {
+        if let Some(reason) = self.impure(name) {
             taint.unproven.insert(reason);
         }
         for arg in args {
@@ -912,6 +989,7 @@ impl<'c> Analyzer<'c> {
         }
         let fname = name.last().map(String::as_str).unwrap_or("");
         taint.absorb(&self.wildcard_args(fname, args, scope));
+        self.note_call(name, &taint);
         taint
     }
 
@@ -989,12 +1067,18 @@ impl<'c> Analyzer<'c> {
                     // Arguments are expressions the walk visits on its own; add the function's
                     // own verdict and what its wildcard arguments carry.
                     let name = object_name(&f.name);
-                    if let Some(reason) = impure(&name) {
-                        taint.unproven.insert(reason);
-                    }
+                    let impure = self.impure(&name);
+                    let fname = name.last().map(String::as_str).unwrap_or("");
                     if let FunctionArguments::List(list) = &f.args {
-                        let fname = name.last().map(String::as_str).unwrap_or("");
                         taint.absorb(&self.wildcard_args(fname, &list.args, scope));
+                        if impure.is_some() || SET_RETURNING.contains(&fname) {
+                            // What the arguments carry decides whether the call carries
+                            // masked data outside its value.
+                            let _ = self.function_taint(&name, &list.args, scope, ctes);
+                        }
+                    }
+                    if let Some(reason) = impure {
+                        taint.unproven.insert(reason);
                     }
                 }
                 Expr::Wildcard(_) => {
@@ -1185,7 +1269,7 @@ fn target_name(name: &str) -> Vec<String> {
             if p.starts_with('"') {
                 p.trim_matches('"').to_owned()
             } else {
-                p.to_lowercase()
+                p.to_ascii_lowercase()
             }
         })
         .collect()

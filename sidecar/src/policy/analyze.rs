@@ -6,17 +6,16 @@ use std::collections::{BTreeSet, HashSet};
 use std::ops::ControlFlow;
 
 use portcullis_crds::gateway_policy::StatementKind;
-use portcullis_crds::DEFAULT_SCHEMA;
 use sqlparser::ast::{
     visit_expressions, visit_relations, visit_statements, BinaryOperator, CopyTarget, Expr,
-    FunctionArguments, ObjectName, ObjectNamePart, Set, SetExpr, Statement, TableFactor,
-    UnaryOperator, Value,
+    FunctionArguments, ObjectName, Set, SetExpr, Statement, TableFactor, UnaryOperator, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 use super::fingerprint;
+use super::names::{self, PathChange, Qualified};
 
 /// Nesting depth the parser accepts before giving up (deeper input is unanalysable).
 const RECURSION_LIMIT: usize = 64;
@@ -26,10 +25,13 @@ const RECURSION_LIMIT: usize = 64;
 pub struct StatementFacts {
     /// Kinds of the statement and of every statement nested in it (CTEs, EXPLAIN, PREPARE).
     pub kinds: HashSet<StatementKind>,
-    /// Tables touched, as `schema.table` (lower-cased unless quoted).
-    pub tables: BTreeSet<String>,
-    /// Functions called (lower-case, without schema), including table functions.
-    pub functions: BTreeSet<String>,
+    /// Tables touched, as written (folded, escapes decoded); an unqualified name is
+    /// resolved per session through its `search_path`.
+    pub tables: BTreeSet<Qualified>,
+    /// Functions called, including table functions, as written (folded, escapes decoded).
+    pub functions: BTreeSet<Qualified>,
+    /// How the statement changes the session's `search_path`, in order.
+    pub path_changes: Vec<PathChange>,
     /// An UPDATE or DELETE without WHERE, or with a WHERE that is always true.
     pub missing_where: bool,
     /// `COPY ... TO/FROM PROGRAM`.
@@ -102,14 +104,26 @@ pub fn kind_name(kind: StatementKind) -> &'static str {
 }
 
 /// Analyse a query string (one or more statements).
-pub fn analyze(sql: &str) -> Analysis {
+pub fn analyze(raw: &str) -> Analysis {
     let dialect = PostgreSqlDialect {};
-    if let Err(e) = super::limits::check(sql) {
+    if let Err(e) = super::limits::check(raw) {
         return Analysis::Unanalyzable {
             reason: e.to_string(),
-            fingerprint: fingerprint::of(sql),
+            fingerprint: fingerprint::of(raw),
         };
     }
+    // The parser reads `U&"..."` as `U & "..."`: decode such names first, so that every
+    // name is the one the server will use.
+    let decoded = match names::decode_unicode_identifiers(raw) {
+        Ok(d) => d,
+        Err(e) => {
+            return Analysis::Unanalyzable {
+                reason: e.to_string(),
+                fingerprint: fingerprint::of(raw),
+            }
+        }
+    };
+    let sql: &str = &decoded;
     if let Some(facts) = do_block(sql) {
         return Analysis::Statements(vec![facts]);
     }
@@ -130,7 +144,7 @@ pub fn analyze(sql: &str) -> Analysis {
             // Includes a DO block behind other statements: the whole string is unanalysable.
             Analysis::Unanalyzable {
                 reason: e.to_string(),
-                fingerprint: fingerprint::of(sql),
+                fingerprint: fingerprint::of(raw),
             }
         }
     }
@@ -175,47 +189,51 @@ fn do_block(sql: &str) -> Option<StatementFacts> {
 
 /// Function names of the built-in deny list that occur anywhere in a text (used for bodies
 /// the parser cannot see into).
-fn dangerous_names_in(sql: &str) -> BTreeSet<String> {
+fn dangerous_names_in(sql: &str) -> BTreeSet<Qualified> {
     let lower = sql.to_ascii_lowercase();
     super::guardrails::BUILTIN_DENIED_FUNCTIONS
         .iter()
         .filter(|f| lower.contains(f.trim_end_matches('*')))
-        .map(|f| f.trim_end_matches('*').to_owned())
+        .map(|f| Qualified::bare(f.trim_end_matches('*')))
         .collect()
-}
-
-fn ident_name(ident: &sqlparser::ast::Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_lowercase()
-    }
 }
 
 fn name_parts(name: &ObjectName) -> Vec<String> {
-    name.0
-        .iter()
-        .map(|p| match p {
-            ObjectNamePart::Identifier(i) => ident_name(i),
-            ObjectNamePart::Function(f) => f.name.value.to_lowercase(),
-        })
-        .collect()
+    names::parts(name)
 }
 
-fn qualified_table(name: &ObjectName) -> String {
-    let parts = name_parts(name);
-    match parts.as_slice() {
-        [table] => format!("{DEFAULT_SCHEMA}.{table}"),
-        [.., schema, table] => format!("{schema}.{table}"),
-        [] => String::new(),
+fn function_name(name: &ObjectName) -> Option<Qualified> {
+    Qualified::of(name)
+}
+
+/// The string constant of a function argument, if it is one.
+fn literal_arg(arg: Option<&sqlparser::ast::FunctionArg>) -> Option<&str> {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr};
+    match arg? {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))) => match &v.value {
+            Value::SingleQuotedString(s)
+            | Value::EscapedStringLiteral(s)
+            | Value::UnicodeStringLiteral(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
-fn function_name(name: &ObjectName) -> String {
-    name_parts(name)
-        .last()
-        .map(|s| s.to_lowercase())
-        .unwrap_or_default()
+/// How a `set_config(name, value, local)` call changes `search_path` (`None`: it sets
+/// another setting).
+fn set_config_change(f: &sqlparser::ast::Function) -> Option<PathChange> {
+    let FunctionArguments::List(list) = &f.args else {
+        return Some(PathChange::Unknown);
+    };
+    match literal_arg(list.args.first()) {
+        Some(name) if !name.trim().eq_ignore_ascii_case("search_path") => None,
+        Some(_) => Some(match literal_arg(list.args.get(1)) {
+            Some(value) => names::split_setting(value).map_or(PathChange::Unknown, PathChange::Set),
+            None => PathChange::Unknown,
+        }),
+        None => Some(PathChange::Unknown),
+    }
 }
 
 /// Built-in functions that neither change data nor reach outside the database, besides the
@@ -231,10 +249,46 @@ const MORE_READ_ONLY_FUNCTIONS: &[&str] = &[
     "version",
 ];
 
-/// Whether a function (lower-case, without schema) is known to change nothing.
-pub fn is_read_only_function(name: &str) -> bool {
-    crate::masking::lineage::PURE_FUNCTIONS.contains(&name)
-        || MORE_READ_ONLY_FUNCTIONS.contains(&name)
+/// Built-ins that change state but never `search_path` (besides the read-only ones).
+const NO_PATH_CHANGE_FUNCTIONS: &[&str] = &[
+    "nextval",
+    "currval",
+    "setval",
+    "lastval",
+    "now",
+    "clock_timestamp",
+    "random",
+    "gen_random_uuid",
+    "pg_sleep",
+    "pg_backend_pid",
+    "txid_current",
+    "pg_current_xact_id",
+    "pg_cancel_backend",
+    "pg_terminate_backend",
+    "pg_advisory_lock",
+    "pg_advisory_unlock",
+    "pg_try_advisory_lock",
+    "pg_advisory_xact_lock",
+    "pg_notify",
+];
+
+/// Whether a call runs one of the built-in functions the sidecar knows (read-only ones,
+/// catalog functions, and those of [`NO_PATH_CHANGE_FUNCTIONS`] and `set_config`, whose
+/// effects the analysis follows).
+pub fn is_known_builtin(name: &Qualified) -> bool {
+    is_read_only_function(name)
+        || name.is_builtin("set_config")
+        || NO_PATH_CHANGE_FUNCTIONS.iter().any(|f| name.is_builtin(f))
+        || crate::masking::lineage::CATALOG_FUNCTIONS
+            .iter()
+            .any(|f| name.is_builtin(f))
+}
+
+/// Whether a function is a built-in known to change nothing.
+pub fn is_read_only_function(name: &Qualified) -> bool {
+    name.schema.as_deref().is_none_or(|s| s == "pg_catalog")
+        && (crate::masking::lineage::PURE_FUNCTIONS.contains(&name.name.as_str())
+            || MORE_READ_ONLY_FUNCTIONS.contains(&name.name.as_str()))
 }
 
 fn facts_of(mut statement: Statement, sql: &str) -> StatementFacts {
@@ -245,24 +299,30 @@ fn facts_of(mut statement: Statement, sql: &str) -> StatementFacts {
         ControlFlow::<()>::Continue(())
     });
     let _ = visit_relations(&statement, |name| {
-        let table = qualified_table(name);
-        if !table.is_empty() {
+        if let Some(table) = Qualified::of(name) {
             facts.tables.insert(table);
         }
         ControlFlow::<()>::Continue(())
     });
     let _ = visit_expressions(&statement, |e| {
         if let Expr::Function(f) = e {
-            facts.functions.insert(function_name(&f.name));
+            if let Some(name) = function_name(&f.name) {
+                if name.is_builtin("set_config") {
+                    if let Some(change) = set_config_change(f) {
+                        facts.path_changes.push(change);
+                    }
+                }
+                facts.functions.insert(name);
+            }
         }
         ControlFlow::<()>::Continue(())
     });
     // Table functions in FROM (`SELECT * FROM pg_ls_dir('.')`).
     collect_table_functions(&statement, &mut facts);
-    facts.functions.retain(|f| !f.is_empty());
+    facts.functions.retain(|f| !f.name.is_empty());
 
     // set_config('role', ...) changes the role like SET ROLE does.
-    if facts.functions.contains("set_config") {
+    if facts.functions.iter().any(|f| f.name == "set_config") {
         facts.kinds.insert(StatementKind::SetRole);
     }
     if facts.opaque_body {
@@ -271,7 +331,22 @@ fn facts_of(mut statement: Statement, sql: &str) -> StatementFacts {
     if facts.kinds.is_empty() {
         facts.kinds.insert(StatementKind::Other);
     }
-    let known_functions = facts.functions.iter().all(|f| is_read_only_function(f));
+    // Server code can change search_path for the rest of the session (a function that calls
+    // set_config, a DO block): after it, every schema is possible.
+    let path_safe = |f: &Qualified| {
+        is_read_only_function(f)
+            || f.is_builtin("set_config")
+            || NO_PATH_CHANGE_FUNCTIONS
+                .iter()
+                .any(|name| f.is_builtin(name))
+    };
+    if facts.opaque_body
+        || facts.kinds.contains(&StatementKind::Call)
+        || !facts.functions.iter().all(path_safe)
+    {
+        facts.path_changes.push(PathChange::Unknown);
+    }
+    let known_functions = facts.functions.iter().all(is_read_only_function);
     if facts.opaque_body || !known_functions {
         facts.effect = Effect::Other;
     }
@@ -289,20 +364,20 @@ fn collect_table_functions(statement: &Statement, facts: &mut StatementFacts) {
         fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
             match factor {
                 TableFactor::Function { name, .. } => {
-                    self.0.functions.insert(function_name(name));
+                    self.0.functions.extend(function_name(name));
                 }
                 TableFactor::TableFunction {
                     expr: Expr::Function(f),
                     ..
                 } => {
-                    self.0.functions.insert(function_name(&f.name));
+                    self.0.functions.extend(function_name(&f.name));
                 }
                 TableFactor::Table {
                     name,
                     args: Some(_),
                     ..
                 } => {
-                    self.0.functions.insert(function_name(name));
+                    self.0.functions.extend(function_name(name));
                 }
                 _ => {}
             }
@@ -366,7 +441,7 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
         Statement::Truncate { .. } => K::Truncate,
         Statement::Copy { source, target, .. } => {
             if let sqlparser::ast::CopySource::Table { table_name, .. } = source {
-                facts.tables.insert(qualified_table(table_name));
+                facts.tables.extend(Qualified::of(table_name));
             }
             match target {
                 CopyTarget::Program { .. } => facts.copy_program = true,
@@ -376,24 +451,52 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
             K::Copy
         }
         Statement::Call(f) => {
-            facts.functions.insert(function_name(&f.name));
+            facts.functions.extend(function_name(&f.name));
             K::Call
         }
         Statement::Set(set) => match set {
             Set::SetRole { .. } | Set::SetSessionAuthorization(_) => K::SetRole,
-            Set::SingleAssignment { variable, .. } => {
-                let name = name_parts(variable).join(".").to_lowercase();
+            Set::SingleAssignment {
+                variable, values, ..
+            } => {
+                let name = name_parts(variable).join(".").to_ascii_lowercase();
                 let kind = if name == "role" || name == "session_authorization" {
                     K::SetRole
                 } else {
                     K::Other
                 };
+                // `SET SCHEMA 'x'` is `SET search_path TO 'x'`.
+                if name == "search_path" || name == "schema" {
+                    facts.path_changes.push(names::set_values(values));
+                }
                 facts.settings.insert(name);
                 kind
             }
-            _ => K::Other,
+            Set::SetTimeZone { .. } | Set::SetNames { .. } | Set::SetNamesDefault {} => K::Other,
+            // Other forms are not PostgreSQL's; whatever they set is not known.
+            _ => {
+                facts.path_changes.push(PathChange::Unknown);
+                K::Other
+            }
         },
-        Statement::Reset { .. } => K::Other,
+        Statement::Reset(r) => {
+            let all_or_path = match &r.reset {
+                sqlparser::ast::Reset::ALL => true,
+                sqlparser::ast::Reset::ConfigurationParameter(name) => {
+                    let name = name_parts(name).join(".").to_ascii_lowercase();
+                    name == "search_path"
+                }
+                sqlparser::ast::Reset::SessionAuthorization => false,
+            };
+            if all_or_path {
+                facts.path_changes.push(PathChange::Default);
+            }
+            K::Other
+        }
+        Statement::Discard { .. } => {
+            facts.path_changes.push(PathChange::Default);
+            K::Other
+        }
         Statement::Grant { .. }
         | Statement::Revoke { .. }
         | Statement::Deny { .. }
@@ -580,14 +683,14 @@ mod tests {
                 [0];
         assert!(f.kinds.contains(&StatementKind::Select));
         assert_eq!(
-            f.tables.iter().cloned().collect::<Vec<_>>(),
-            vec!["public.Orders".to_owned(), "public.customers".to_owned()]
+            f.tables.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec!["Orders".to_owned(), "public.customers".to_owned()]
         );
-        assert!(f.functions.contains("lower"));
+        assert!(f.functions.contains(&Qualified::bare("lower")));
         let f = &facts("WITH d AS (DELETE FROM orders RETURNING id) SELECT * FROM d")[0];
         assert!(f.kinds.contains(&StatementKind::Delete) && f.missing_where);
         let f = &facts("COPY customers TO PROGRAM 'gzip > /tmp/x'")[0];
-        assert!(f.copy_program && f.tables.contains("public.customers"));
+        assert!(f.copy_program && f.tables.contains(&Qualified::bare("customers")));
     }
 
     #[test]
@@ -629,7 +732,7 @@ mod tests {
     fn do_blocks_are_opaque_and_scanned() {
         let f = &facts("DO $$ BEGIN PERFORM pg_read_file('/etc/passwd'); END $$;")[0];
         assert!(f.kinds.contains(&StatementKind::DoBlock) && f.opaque_body);
-        assert!(f.functions.contains("pg_read_file"));
+        assert!(f.functions.contains(&Qualified::bare("pg_read_file")));
         assert!(matches!(
             analyze("SELECT 1; DO $$ BEGIN NULL; END $$"),
             Analysis::Unanalyzable { .. }

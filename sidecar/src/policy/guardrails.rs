@@ -4,12 +4,15 @@
 use std::sync::Arc;
 
 use portcullis_crds::audit::{Decision, Identity, RuleRef};
-use portcullis_crds::gateway_policy::{GuardrailAction, StatementKind, UnanalyzableAction};
+use portcullis_crds::gateway_policy::{
+    FunctionMode, GuardrailAction, StatementKind, UnanalyzableAction,
+};
 use portcullis_crds::sidecar_config::{
     GuardrailConfig, MaskingRuleConfig, PolicyConfig, QualifiedTable,
 };
 
 use super::analyze::StatementFacts;
+use super::names::{Qualified, SearchPath};
 use crate::identity;
 
 /// Functions denied whatever the policy says: they read or write server files, spawn
@@ -179,17 +182,22 @@ impl Guardrails {
         &self.policies
     }
 
-    /// Decide on a parsed statement.
-    pub fn decide(&self, facts: &StatementFacts) -> Verdict {
+    /// Decide on a parsed statement, its unqualified names resolved through `path`.
+    pub fn decide(&self, facts: &StatementFacts, path: &SearchPath) -> Verdict {
         if let Some(v) = builtin(facts) {
             return v;
+        }
+        for policy in &self.policies {
+            if let Some(v) = function_allow_list(policy, facts, path) {
+                return v;
+            }
         }
         for policy in &self.policies {
             for g in &policy.guardrails {
                 if g.rows_over.is_some() || !g.exec_commands.is_empty() || self.exempt(g) {
                     continue;
                 }
-                if matches_statement(g, facts) {
+                if matches_statement(g, facts, path) {
                     return verdict_of(policy, g);
                 }
             }
@@ -204,8 +212,15 @@ impl Guardrails {
 
     /// Decide on text the parser could not analyse: denied unless every applicable policy
     /// chose `onUnanalyzable: audit`.
+    /// The parser's message is recorded: it keeps no token of the text (what it found and
+    /// anything after the first word that is not plain).
     pub fn decide_unanalyzable(&self, parser_error: &str) -> Verdict {
-        self.unanalyzable("statement", parser_error)
+        let detail = match parser_error.find("found:") {
+            Some(i) => &parser_error[..i],
+            None => parser_error,
+        };
+        let detail = crate::policy::fingerprint::value_free(detail.trim_end_matches([' ', ',']));
+        self.unanalyzable("statement", &detail)
     }
 
     /// The unanalysable-operation rule for `what` (`statement`, `exec`).
@@ -249,14 +264,14 @@ impl Guardrails {
     }
 
     /// Result-size limits of guardrails with `rowsOver` whose other criteria match.
-    pub fn row_limits(&self, facts: &StatementFacts) -> Vec<Arc<RowLimit>> {
+    pub fn row_limits(&self, facts: &StatementFacts, path: &SearchPath) -> Vec<Arc<RowLimit>> {
         self.row_limits
             .iter()
             .filter(|(pi, gi, _)| {
                 self.policies
                     .get(*pi)
                     .and_then(|p| p.guardrails.get(*gi))
-                    .is_some_and(|g| matches_statement(g, facts))
+                    .is_some_and(|g| matches_statement(g, facts, path))
             })
             .map(|(_, _, limit)| limit.clone())
             .collect()
@@ -288,8 +303,13 @@ fn builtin(facts: &StatementFacts) -> Option<Verdict> {
             "COPY TO/FROM a server file is refused; use STDIN/STDOUT (rule builtin/copy-server-file)".to_owned(),
         ));
     }
+    // Matched on the function's own name whatever schema is written: a function of that
+    // name in another schema is refused too.
     for f in &facts.functions {
-        if BUILTIN_DENIED_FUNCTIONS.iter().any(|p| glob_match(p, f)) {
+        if BUILTIN_DENIED_FUNCTIONS
+            .iter()
+            .any(|p| glob_match(p, &f.name))
+        {
             return Some(Verdict::builtin(
                 "server-file-access",
                 format!("function {f} reads or writes server files, runs programs or opens connections and is refused (rule builtin/server-file-access)"),
@@ -309,7 +329,56 @@ fn builtin(facts: &StatementFacts) -> Option<Verdict> {
     None
 }
 
-fn matches_statement(g: &GuardrailConfig, facts: &StatementFacts) -> bool {
+/// The refusal of a statement that calls a function a policy in `allowList` mode does not
+/// allow, or runs code in a DO block.
+fn function_allow_list(
+    policy: &PolicyConfig,
+    facts: &StatementFacts,
+    path: &SearchPath,
+) -> Option<Verdict> {
+    if policy.functions.mode != FunctionMode::AllowList {
+        return None;
+    }
+    let refuse = |what: String| {
+        Verdict {
+        decision: Decision::Deny,
+        rule: Some(RuleRef {
+            policy: policy.name.clone(),
+            rule: "functions".to_owned(),
+        }),
+        reason: Some(format!(
+            "{what} is not on the function allow list of policy {} and is refused (rule {}/functions)",
+            policy.name, policy.name
+        )),
+    }
+    };
+    if facts.kinds.contains(&StatementKind::DoBlock) {
+        return Some(refuse("a DO block".to_owned()));
+    }
+    for f in &facts.functions {
+        // A built-in's name resolves elsewhere when the session put a schema first.
+        let builtin = crate::policy::analyze::is_known_builtin(f)
+            && (f.schema.is_some() || !path.catalog_not_first());
+        // An entry with a schema allows only calls that name that schema: an unqualified
+        // call could resolve elsewhere.
+        let listed = policy
+            .functions
+            .allow
+            .iter()
+            .any(|p| match p.split_once('.') {
+                None => glob_match(p, &f.name),
+                Some((schema, name)) => {
+                    f.schema.as_deref() == Some(schema) && glob_match(name, &f.name)
+                }
+            });
+        if !builtin && !listed {
+            return Some(refuse(format!("function {f}")));
+        }
+    }
+    None
+}
+
+fn matches_statement(g: &GuardrailConfig, facts: &StatementFacts, path: &SearchPath) -> bool {
     let has_criteria = !g.statement_kinds.is_empty()
         || !g.tables.is_empty()
         || g.missing_where
@@ -320,7 +389,7 @@ fn matches_statement(g: &GuardrailConfig, facts: &StatementFacts) -> bool {
     if !g.statement_kinds.is_empty() && !g.statement_kinds.iter().any(|k| facts.kinds.contains(k)) {
         return false;
     }
-    if !g.tables.is_empty() && !g.tables.iter().any(|t| touches(facts, t)) {
+    if !g.tables.is_empty() && !g.tables.iter().any(|t| touches(facts, t, path)) {
         return false;
     }
     if g.missing_where && !facts.missing_where {
@@ -330,7 +399,7 @@ fn matches_statement(g: &GuardrailConfig, facts: &StatementFacts) -> bool {
         && !g
             .functions
             .iter()
-            .any(|p| facts.functions.iter().any(|f| glob_match(p, f)))
+            .any(|p| facts.functions.iter().any(|f| function_matches(p, f, path)))
     {
         return false;
     }
@@ -369,13 +438,29 @@ fn row_limit(policy: &PolicyConfig, g: &GuardrailConfig, limit: u64) -> RowLimit
     }
 }
 
-/// Whether the statement touches `table` (facts name tables `schema.table`).
-fn touches(facts: &StatementFacts, table: &QualifiedTable) -> bool {
-    facts.tables.iter().any(|name| {
-        name.strip_prefix(table.schema.as_str())
-            .and_then(|rest| rest.strip_prefix('.'))
-            == Some(table.table.as_str())
-    })
+/// Whether the statement may touch `table`: a name written with its schema names it, an
+/// unqualified name when `path` may resolve it to the table's schema.
+fn touches(facts: &StatementFacts, table: &QualifiedTable, path: &SearchPath) -> bool {
+    facts
+        .tables
+        .iter()
+        .any(|name| name.may_be(&table.schema, &table.table, path))
+}
+
+/// Whether a call may run a function a policy pattern names: `name` (any schema) or
+/// `schema.name` (that schema, or an unqualified call `path` may resolve to it); a trailing
+/// `*` matches a prefix of the name.
+fn function_matches(pattern: &str, f: &Qualified, path: &SearchPath) -> bool {
+    match pattern.split_once('.') {
+        None => glob_match(pattern, &f.name),
+        Some((schema, name)) => {
+            glob_match(name, &f.name)
+                && match &f.schema {
+                    Some(s) => s == schema,
+                    None => path.may_resolve_to(schema),
+                }
+        }
+    }
 }
 
 pub(crate) fn verdict_of(policy: &PolicyConfig, g: &GuardrailConfig) -> Verdict {

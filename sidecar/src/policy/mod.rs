@@ -1,7 +1,8 @@
-//! The policy engine: statement analysis, guardrails and fingerprints.
+//! The policy engine: statement analysis, name resolution, guardrails and fingerprints.
 
 pub mod analyze;
 pub mod cache;
 pub mod fingerprint;
 pub mod guardrails;
 pub mod limits;
+pub mod names;

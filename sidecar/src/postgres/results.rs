@@ -100,7 +100,15 @@ pub struct Tracker {
     pub descriptions: HashMap<String, (u64, Arc<Vec<ResultColumn>>)>,
     /// The session's masking, for messages outside results (errors, notices, notifications).
     pub masking: Option<Arc<SessionMasking>>,
+    /// Statement texts the client sent, by batch, while column masking applies: a quoted
+    /// name in a server message that the client wrote itself is no masked value.
+    pub batch_texts: VecDeque<(u64, Arc<str>)>,
+    /// Recent batches whose answer held an error (a statement of them may not have run).
+    pub failed_batches: std::collections::BTreeSet<u64>,
 }
+
+/// Failed batches remembered.
+const FAILED_BATCHES_KEPT: usize = 65536;
 
 /// Result state of the statement at the head of the queue.
 #[derive(Debug, Default)]
@@ -203,6 +211,17 @@ impl ResultPath {
             _ => Vec::new(),
         }
     }
+}
+
+/// What the client wrote in the batch being answered.
+fn known_text(tracker: &Tracker) -> String {
+    let answering = tracker.batches_done + 1;
+    let mut text = String::new();
+    for (_, t) in tracker.batch_texts.iter().filter(|(b, _)| *b == answering) {
+        text.push_str(t);
+        text.push('\n');
+    }
+    text
 }
 
 fn unknown_columns(n: usize) -> Vec<ResultColumn> {
@@ -346,6 +365,10 @@ impl ResultPath {
                 }
             }
             b'E' => {
+                tracker.failed_batches.insert(tracker.batches_done + 1);
+                if tracker.failed_batches.len() > FAILED_BATCHES_KEPT {
+                    tracker.failed_batches.pop_first();
+                }
                 let mut replaced = false;
                 if !tracker.markers.is_empty() {
                     let fields = codec::parse_error_fields(&msg.body);
@@ -362,13 +385,13 @@ impl ResultPath {
                 }
                 if !replaced {
                     match &tracker.masking {
-                        Some(m) => scrub_notice(m, &msg.body, out, msg.tag),
+                        Some(m) => scrub_notice(m, &msg.body, out, msg.tag, &known_text(tracker)),
                         None => put_message(out, msg.tag, &msg.body),
                     }
                     let fields = codec::parse_error_fields(&msg.body);
                     let error = Some(StatementError {
                         sqlstate: fields.code,
-                        message: without_values(&fields.message),
+                        message: crate::policy::fingerprint::value_free(&fields.message),
                     });
                     let current_batch = tracker.batches_done + 1;
                     if tracker
@@ -402,6 +425,9 @@ impl ResultPath {
                     }
                 }
                 tracker.markers.retain(|m| m.batch > done);
+                while tracker.batch_texts.front().is_some_and(|(b, _)| *b <= done) {
+                    tracker.batch_texts.pop_front();
+                }
                 // Describes of the finished batch that got no answer were skipped.
                 tracker.describes.retain(|d| d.batch > done);
                 self.columns = None;
@@ -427,7 +453,7 @@ impl ResultPath {
                 }
             }
             b'N' => match &tracker.masking {
-                Some(m) => scrub_notice(m, &msg.body, out, msg.tag),
+                Some(m) => scrub_notice(m, &msg.body, out, msg.tag, &known_text(tracker)),
                 None => put_message(out, msg.tag, &msg.body),
             },
             b'A' => match &tracker.masking {
@@ -555,19 +581,35 @@ pub fn completion_event(c: CompletionRecord) -> AuditEvent {
 /// names, so every quoted part becomes `"?"`, and runs of six or more digits (card and account
 /// numbers outside quotes) become `?`. The SQLSTATE and the normalised statement say the rest.
 pub fn without_values(message: &str) -> String {
+    without_values_except(message, &|_| false)
+}
+
+/// [`without_values`], keeping quoted parts and numbers for which `keep` holds (names the
+/// client wrote itself).
+pub fn without_values_except(message: &str, keep: &dyn Fn(&str) -> bool) -> String {
     let mut out = String::with_capacity(message.len());
     let mut chars = message.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             '"' | '\'' => {
-                out.push(c);
-                out.push('?');
                 // Up to the closing quote; an unterminated quote hides the rest.
+                let mut inner = String::new();
+                let mut closed = false;
                 for d in chars.by_ref() {
                     if d == c {
-                        out.push(c);
+                        closed = true;
                         break;
                     }
+                    inner.push(d);
+                }
+                out.push(c);
+                if closed && !inner.is_empty() && keep(&inner) {
+                    out.push_str(&inner);
+                } else {
+                    out.push('?');
+                }
+                if closed {
+                    out.push(c);
                 }
             }
             c if c.is_ascii_digit() => {
@@ -582,10 +624,11 @@ pub fn without_values(message: &str) -> String {
                     .take_while(|d| !d.is_ascii_digit())
                     .collect();
                 let digits = run.chars().filter(char::is_ascii_digit).count();
-                if digits >= 6 {
+                let number = run.trim_end_matches(|d: char| !d.is_ascii_digit());
+                if digits >= 6 && !keep(number) {
                     out.push('?');
                 } else {
-                    out.push_str(run.trim_end_matches(|d: char| !d.is_ascii_digit()));
+                    out.push_str(number);
                 }
                 out.extend(trailing.chars().rev());
             }

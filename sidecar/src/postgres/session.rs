@@ -34,11 +34,15 @@ use crate::approval::justification_from_options;
 use crate::audit::spool::RecordContext;
 use crate::identity::{expiry, SQLSTATE_AUTH};
 use crate::masking::engine::{bind_result_formats, SessionMasking, StatementPlan};
-use crate::policy::analyze::{kind_name, Analysis, Effect};
+use crate::policy::analyze::{kind_name, Analysis, Effect, StatementFacts};
 use crate::policy::guardrails::{Guardrails, RowLimit, Verdict, BUILTIN_POLICY};
+use crate::policy::names::{PathChange, SearchPath};
 use crate::runtime::Resource;
 
 mod hold;
+mod names;
+
+use names::{NameChange, Statements};
 
 /// Flush to the peer once this much output is buffered, even mid-batch.
 const FLUSH_BYTES: usize = 64 * 1024;
@@ -173,7 +177,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         .cloned()
         .collect();
 
-    let established = match res.upstream.connect(&user, &database, &passed).await {
+    let mut established = match res.upstream.connect(&user, &database, &passed).await {
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(resource = %res.name, error = %e, "upstream session failed");
@@ -186,6 +190,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         }
     };
 
+    let search_path = session_search_path(&mut established.stream).await;
     let (pid, secret) = res
         .cancel
         .register(res.upstream.clone(), established.key.unwrap_or((0, 0)));
@@ -212,7 +217,10 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
                 .database
                 .clone()
                 .unwrap_or(database.clone()),
-            application_name: params.get("application_name").map(str::to_owned),
+            // Chosen by the client: kept only as far as it carries no value.
+            application_name: params
+                .get("application_name")
+                .map(crate::policy::fingerprint::value_free),
             client_address: peer.to_string(),
             identity_source,
         }),
@@ -232,9 +240,12 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
         established.stream,
         res.clone(),
         ctx.clone(),
-        justification,
-        masking,
-        deadline,
+        SessionState {
+            justification,
+            masking,
+            deadline,
+            search_path,
+        },
     )
     .await;
     res.cancel.unregister(pid);
@@ -262,15 +273,54 @@ async fn startup_timed_out(tcp: &mut TcpStream, peer: SocketAddr, res: &Resource
 
 type ClientWriter = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
 
+/// The `search_path` the upstream session starts with (set by the server's configuration,
+/// the role, the database or the client's start-up parameter), asked of the server before
+/// the client's first message; every schema is possible when it cannot be read.
+async fn session_search_path(stream: &mut UpstreamStream) -> SearchPath {
+    let query = "SELECT pg_catalog.current_setting('search_path'), current_user, (pg_catalog.current_schemas(false))[1]";
+    let mut reader = tokio::io::BufReader::new(stream);
+    match crate::masking::catalog::simple_query(&mut reader, query).await {
+        Ok(sets) => match sets.first().and_then(|rows| rows.first()) {
+            Some(row) => match (row.first(), row.get(1)) {
+                (Some(Some(setting)), Some(Some(user))) => {
+                    SearchPath::from_setting(setting, user, row.get(2).cloned().flatten())
+                }
+                _ => SearchPath::unknown(),
+            },
+            None => SearchPath::unknown(),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the session's search_path; every schema is assumed");
+            SearchPath::unknown()
+        }
+    }
+}
+
+/// What a session starts its relay with, beyond its connections and resource.
+struct SessionState {
+    /// The justification given in the start-up options.
+    justification: Option<String>,
+    /// The session's masking, when the resource masks.
+    masking: Option<Arc<SessionMasking>>,
+    /// When the principal's token expires.
+    deadline: Option<std::time::SystemTime>,
+    /// The server's `search_path` at the start.
+    search_path: SearchPath,
+}
+
 async fn relay(
     tcp: TcpStream,
     upstream: UpstreamStream,
     res: Arc<Resource>,
     ctx: RecordContext,
-    justification: Option<String>,
-    masking: Option<Arc<SessionMasking>>,
-    deadline: Option<std::time::SystemTime>,
+    state: SessionState,
 ) -> (String, u64) {
+    let SessionState {
+        justification,
+        masking,
+        deadline,
+        search_path,
+    } = state;
     let (cr, cw) = tcp.into_split();
     let (ur, uw) = tokio::io::split(upstream);
     let cw: ClientWriter = Arc::new(tokio::sync::Mutex::new(cw));
@@ -289,7 +339,7 @@ async fn relay(
         nonce: format!("{:016x}", rand::rng().random::<u64>()),
         markers: 0,
         statements: 0,
-        prepared: HashMap::new(),
+        statements_named: Statements::default(),
         portals: HashMap::new(),
         pending_seq: 0,
         deferred_seq: 0,
@@ -299,6 +349,7 @@ async fn relay(
         justification,
         masking,
         parse_gen: 0,
+        search_path,
     };
     let back = backend(
         BufReader::with_capacity(64 * 1024, ur),
@@ -350,6 +401,11 @@ struct Prepared {
     name: String,
     generation: u64,
     formats: Vec<i16>,
+    /// The analysed definitions a use may run (one, or several when the server may hold
+    /// either), decided again when SQL `EXECUTE` runs it.
+    definitions: Vec<Arc<StatementFacts>>,
+    /// The server may hold another definition under the same name.
+    ambiguous: bool,
 }
 
 struct Frontend {
@@ -362,7 +418,8 @@ struct Frontend {
     nonce: String,
     markers: u64,
     statements: u64,
-    prepared: HashMap<String, Prepared>,
+    /// Prepared statement names (SQL and protocol share them).
+    statements_named: Statements,
     portals: HashMap<String, Option<Prepared>>,
     /// Highest audit record that must be durable before the buffered messages leave.
     pending_seq: u64,
@@ -378,6 +435,9 @@ struct Frontend {
     justification: Option<String>,
     masking: Option<Arc<SessionMasking>>,
     parse_gen: u64,
+    /// The schemas unqualified names may resolve to, following every change the session's
+    /// statements make to `search_path`.
+    search_path: SearchPath,
 }
 
 /// When a statement's audit record must be durable (it is always written to the spool
@@ -407,6 +467,65 @@ struct Decided {
     /// Statements that may run only with an approval.
     approvals: Vec<hold::Need>,
     analysis: Arc<Analysis>,
+    /// Per statement: what it does to prepared statement and portal names.
+    changes: Vec<Staged>,
+}
+
+/// A `PREPARE` of a query string, registered when the string is forwarded.
+#[derive(Debug)]
+struct StagedPrepare {
+    name: String,
+    /// Facts of the PREPARE statement (its kinds, tables and functions are the inner one's).
+    facts: Arc<StatementFacts>,
+    /// The statement prepared.
+    inner: sqlparser::ast::Statement,
+    template: StatementRecord,
+    row_limits: Vec<Arc<RowLimit>>,
+    effect: Effect,
+}
+
+impl StagedPrepare {
+    fn prepared(&self, masking: Option<Arc<StatementPlan>>, generation: u64) -> Prepared {
+        Prepared {
+            template: self.template.clone(),
+            row_limits: self.row_limits.clone(),
+            effect: self.effect,
+            grant: None,
+            masking,
+            name: self.name.clone(),
+            generation,
+            formats: Vec::new(),
+            definitions: vec![self.facts.clone()],
+            ambiguous: false,
+            // A SQL PREPARE that needed approval was approved as written, placeholders
+            // included.
+            at_bind: Vec::new(),
+        }
+    }
+}
+
+/// Severity of a decision, for running the strictest of several.
+fn severity(d: Decision) -> u8 {
+    match d {
+        Decision::Allow => 0,
+        Decision::Audit => 1,
+        Decision::RequireApproval => 2,
+        Decision::Deny => 3,
+    }
+}
+
+/// Name changes of one statement, applied when its query string is forwarded.
+#[derive(Debug, Default)]
+struct Staged {
+    /// `PREPARE`.
+    prepare: Option<StagedPrepare>,
+    /// Other namespace changes.
+    names: Vec<NameChange>,
+    /// Portals (cursors) it opens, or `None` for every portal (server code may open any).
+    portals: Option<Vec<String>>,
+    /// The statement runs this definition (`EXECUTE name`): its result has the definition's
+    /// masking plan.
+    executes: Option<String>,
 }
 
 fn empty_record(protocol: Protocol) -> StatementRecord {
@@ -557,64 +676,68 @@ impl Frontend {
                 let name = f.cstr()?.to_owned();
                 match std::str::from_utf8(f.cstr_bytes()?) {
                     Ok(sql) => self.on_parse(name, sql, &m),
-                    Err(_) => {
-                        self.prepared.remove(&name);
-                        self.refuse_undecodable(m.tag);
-                    }
+                    Err(_) => self.refuse_undecodable(m.tag),
                 }
             }
             b'B' => {
                 let mut f = Fields::new(&m.body);
                 let portal = f.cstr()?.to_owned();
-                let statement = f.cstr()?;
-                let prepared = self.prepared.get(statement).cloned().map(|mut p| {
-                    p.formats = bind_result_formats(&m.body).unwrap_or_default();
-                    p
-                });
-                match prepared {
-                    Some(p) if !p.at_bind.is_empty() => match hold::bound_values(&m.body) {
-                        Some(values) => {
-                            let needs = p.at_bind.iter().map(|n| n.bound(&values)).collect();
-                            self.held = Some(hold::Held::Bind {
-                                portal,
-                                prepared: Box::new(p),
-                                message: m.clone(),
-                                needs,
-                            });
+                let statement = f.cstr()?.to_owned();
+                match self.resolve_statement(&statement) {
+                    Some(mut p) => {
+                        p.formats = bind_result_formats(&m.body).unwrap_or_default();
+                        if p.at_bind.is_empty() {
+                            self.portals.insert(portal, Some(p));
+                            put_message(&mut self.out, m.tag, &m.body);
+                        } else {
+                            match hold::bound_values(&m.body) {
+                                Some(values) => {
+                                    let needs =
+                                        p.at_bind.iter().map(|n| n.bound(&values)).collect();
+                                    self.held = Some(hold::Held::Bind {
+                                        portal,
+                                        prepared: Box::new(p),
+                                        message: m.clone(),
+                                        needs,
+                                    });
+                                }
+                                None => {
+                                    self.portals.insert(portal, None);
+                                    self.refuse(
+                                        true,
+                                        SQLSTATE_REFUSED,
+                                        "the values of a Bind that requires approval cannot be read"
+                                            .to_owned(),
+                                    );
+                                }
+                            }
                         }
-                        None => {
-                            self.portals.insert(portal, None);
-                            self.refuse(
-                                true,
-                                SQLSTATE_REFUSED,
-                                "the values of a Bind that requires approval cannot be read"
-                                    .to_owned(),
-                            );
-                        }
-                    },
-                    prepared => {
-                        self.portals.insert(portal, prepared);
-                        put_message(&mut self.out, m.tag, &m.body);
+                    }
+                    None => {
+                        self.portals.insert(portal, None);
+                        self.refuse_unknown("prepared statement", &statement);
                     }
                 }
             }
             b'E' => {
-                let portal = Fields::new(&m.body).cstr()?;
-                let prepared = self.portals.get(portal).cloned().flatten();
-                if self.on_execute(prepared) {
-                    put_message(&mut self.out, m.tag, &m.body);
+                let portal = Fields::new(&m.body).cstr()?.to_owned();
+                match self.portals.get(&portal).cloned().flatten() {
+                    Some(prepared) => {
+                        if self.on_execute(prepared) {
+                            put_message(&mut self.out, m.tag, &m.body);
+                        }
+                    }
+                    None => self.refuse_unknown("portal", &portal),
                 }
             }
             b'C' => {
                 let mut f = Fields::new(&m.body);
                 let kind = f.byte()?;
-                let name = f.cstr()?;
+                let name = f.cstr()?.to_owned();
                 match kind {
-                    b'S' => {
-                        self.prepared.remove(name);
-                    }
+                    b'S' => self.change_names(NameChange::Remove(name)),
                     b'P' => {
-                        self.portals.remove(name);
+                        self.portals.remove(&name);
                     }
                     _ => return Err(ProtocolError::Invalid("Close of an unknown kind".into())),
                 }
@@ -649,6 +772,36 @@ impl Frontend {
         self.statements
     }
 
+    /// The batch the next forwarded message belongs to.
+    fn current_batch(&self) -> u64 {
+        self.lock().batches_sent + 1
+    }
+
+    /// The definition a use of the prepared statement `name` now runs.
+    fn resolve_statement(&self, name: &str) -> Option<Prepared> {
+        let now = self.current_batch();
+        let t = self.lock();
+        self.statements_named
+            .resolve(name, now, &t, self.masking.as_ref())
+    }
+
+    fn change_names(&mut self, change: NameChange) {
+        let now = self.current_batch();
+        let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        self.statements_named
+            .apply(change, now, &t, self.masking.as_ref());
+    }
+
+    /// Refuse the use of a statement or portal name the sidecar has no definition for: it
+    /// was not made through the sidecar (server code, a refused or unanalysable statement),
+    /// so what it runs is not known.
+    fn refuse_unknown(&mut self, what: &str, name: &str) {
+        let message = format!(
+            "{what} {name:?} was not prepared through the sidecar (or its preparation was refused), so what it runs is not known and it is refused (rule builtin/unknown-statement)"
+        );
+        self.refuse_builtin(b'P', "unknown-statement", SQLSTATE_REFUSED, message);
+    }
+
     /// Analyse and decide a query string.
     fn decide(&mut self, sql: &str, protocol: Protocol) -> Decided {
         let analysis = self.res.cache.analyze(sql);
@@ -657,6 +810,7 @@ impl Frontend {
         let mut approvals = Vec::new();
         let mut refusal: Option<(&'static str, String, RuleRef)> = None;
         let mut effect = Effect::Other;
+        let mut changes: Vec<Staged> = Vec::new();
         match analysis.as_ref() {
             Analysis::Statements(list) => {
                 effect = list.iter().map(|f| f.effect).max().unwrap_or(Effect::Reads);
@@ -665,20 +819,53 @@ impl Frontend {
                     effect = Effect::Other;
                 }
                 for facts in list {
-                    let mut verdict = match self.masking.as_ref().and_then(|m| m.refusal(facts)) {
-                        Some(refused) => refused,
-                        None => self.guardrails.decide(facts),
-                    };
+                    let uses = facts.ast.as_deref().map(names::uses).unwrap_or_default();
+                    // The definitions the statement runs (`EXECUTE name`, also under EXPLAIN).
+                    let mut runs: Vec<Prepared> = Vec::new();
+                    let mut unknown: Option<String> = None;
+                    for name in &uses.executes {
+                        match self.lookup_staged(name, &changes) {
+                            Some(p) => runs.push(p),
+                            None => unknown = Some(name.clone()),
+                        }
+                    }
+                    let mut decided_on: Arc<StatementFacts> = Arc::new(facts.clone());
+                    let mut verdict = self.decide_one(facts);
+                    if let Some(name) = &unknown {
+                        verdict = Verdict::builtin(
+                            "unknown-statement",
+                            format!("prepared statement {name:?} was not prepared through the sidecar (or its preparation was refused), so what it runs is not known and it is refused (rule builtin/unknown-statement)"),
+                        );
+                    } else {
+                        // Running a definition is decided as the definition is.
+                        for d in runs.iter().flat_map(|p| p.definitions.iter()) {
+                            let v = self.decide_one(d);
+                            if severity(v.decision) > severity(verdict.decision) {
+                                verdict = v;
+                                decided_on = d.clone();
+                            }
+                        }
+                        let masked = self.masking.as_ref().is_some_and(|m| m.has_columns());
+                        if !runs.is_empty() && !uses.top_execute && masked && verdict.forwards() {
+                            verdict = Verdict::builtin(
+                                crate::masking::engine::OPAQUE_RULE,
+                                format!("a prepared statement run inside another statement (EXPLAIN EXECUTE) is refused while masking rules apply: its output would not be masked (rule {BUILTIN_POLICY}/{})", crate::masking::engine::OPAQUE_RULE),
+                            );
+                        }
+                    }
                     let held = verdict.decision == Decision::RequireApproval;
                     if held && self.res.approvals.is_none() {
                         verdict.reason = Some(hold::standalone_refusal(&verdict));
                     }
-                    let row_limits = if verdict.forwards() || held {
-                        self.guardrails.row_limits(facts)
+                    let mut row_limits = if verdict.forwards() || held {
+                        self.guardrails.row_limits(facts, &self.search_path)
                     } else {
                         Vec::new()
                     };
-                    let record = StatementRecord {
+                    for p in &runs {
+                        row_limits.extend(p.row_limits.iter().cloned());
+                    }
+                    let mut record = StatementRecord {
                         statement: Some(facts.normalized.clone()),
                         fingerprint: facts.fingerprint.clone(),
                         kinds: {
@@ -690,16 +877,61 @@ impl Frontend {
                             k.sort();
                             k
                         },
-                        tables: facts.tables.iter().cloned().collect(),
-                        functions: facts.functions.iter().cloned().collect(),
+                        tables: facts
+                            .tables
+                            .iter()
+                            .map(|t| self.search_path.record(t))
+                            .collect(),
+                        functions: facts.functions.iter().map(ToString::to_string).collect(),
                         lawful_basis: lawful_basis.clone(),
                         purpose: purpose.clone(),
                         ..self.verdict_record(protocol, &verdict)
                     };
+                    // `EXECUTE name` is recorded as what it runs.
+                    if let ([def], true) = (runs.as_slice(), uses.top_execute) {
+                        record.statement = def.template.statement.clone();
+                        record.fingerprint = def.template.fingerprint.clone();
+                        record.kinds = def.template.kinds.clone();
+                        record.tables = def.template.tables.clone();
+                        record.functions = def.template.functions.clone();
+                    }
+                    let mut staged = Staged {
+                        names: uses
+                            .deallocate
+                            .iter()
+                            .map(|n| NameChange::Remove(n.clone()))
+                            .collect(),
+                        // Server code may open cursors of any name.
+                        portals: if facts.path_changes.contains(&PathChange::Unknown) {
+                            None
+                        } else {
+                            Some(uses.cursors.clone())
+                        },
+                        executes: if uses.top_execute {
+                            uses.executes.first().cloned()
+                        } else {
+                            None
+                        },
+                        ..Staged::default()
+                    };
+                    if uses.remove_all {
+                        staged.names.push(NameChange::RemoveAll);
+                    }
+                    if let Some((name, inner)) = uses.prepare {
+                        staged.prepare = Some(StagedPrepare {
+                            name,
+                            facts: Arc::new(facts.clone()),
+                            inner,
+                            template: record.clone(),
+                            row_limits: row_limits.clone(),
+                            effect: facts.effect,
+                        });
+                    }
+                    changes.push(staged);
                     if held && self.res.approvals.is_some() {
                         approvals.push(hold::Need::new(
                             records.len(),
-                            facts,
+                            &decided_on,
                             &verdict,
                             &self.guardrails,
                             sql,
@@ -716,6 +948,10 @@ impl Frontend {
                         ));
                     }
                     records.push((record, row_limits));
+                    // The statements after this one resolve names with its changes.
+                    for change in &facts.path_changes {
+                        self.search_path.apply(change);
+                    }
                 }
             }
             Analysis::Unanalyzable {
@@ -723,6 +959,16 @@ impl Frontend {
                 fingerprint,
             } => {
                 let verdict = self.guardrails.decide_unanalyzable(reason);
+                if verdict.forwards() {
+                    // What it does to search_path, prepared statements and cursors is not
+                    // known.
+                    self.search_path.apply(&PathChange::Unknown);
+                }
+                changes.push(Staged {
+                    names: vec![NameChange::RemoveAll],
+                    portals: None,
+                    ..Staged::default()
+                });
                 let record = StatementRecord {
                     fingerprint: fingerprint.clone(),
                     lawful_basis,
@@ -776,7 +1022,34 @@ impl Frontend {
             effect,
             approvals,
             analysis,
+            changes,
         }
+    }
+
+    /// The guardrail (or masking) verdict on one statement.
+    fn decide_one(&self, facts: &StatementFacts) -> Verdict {
+        match self.masking.as_ref().and_then(|m| m.refusal(facts)) {
+            Some(refused) => refused,
+            None => self.guardrails.decide(facts, &self.search_path),
+        }
+    }
+
+    /// What `name` runs for a statement after the `staged` changes of the statements before
+    /// it in the same query string.
+    fn lookup_staged(&self, name: &str, staged: &[Staged]) -> Option<Prepared> {
+        for s in staged.iter().rev() {
+            if let Some(p) = s.prepare.as_ref().filter(|p| p.name == name) {
+                return Some(p.prepared(None, 0));
+            }
+            if s.names.iter().any(|c| match c {
+                NameChange::Remove(n) => n == name,
+                NameChange::RemoveAll => true,
+                NameChange::Define(n, _) => n == name,
+            }) {
+                return None;
+            }
+        }
+        self.resolve_statement(name)
     }
 
     fn verdict_record(&self, protocol: Protocol, verdict: &Verdict) -> StatementRecord {
@@ -875,6 +1148,8 @@ impl Frontend {
         } else {
             put_message(&mut self.out, b'Q', &codec::query_body(&token));
         }
+        // The stand-in replaces the unnamed statement on the server.
+        self.change_names(NameChange::Remove(String::new()));
     }
 
     fn refuse_undecodable(&mut self, tag: u8) {
@@ -909,7 +1184,18 @@ impl Frontend {
         self.refuse(tag == b'P', code, message);
     }
 
+    /// Keep what the client wrote in the batch, to tell its own names in server messages
+    /// from masked values.
+    fn note_text(&mut self, sql: &str) {
+        if self.masking.as_ref().is_some_and(|m| m.has_columns()) {
+            let mut t = self.lock();
+            let batch = t.batches_sent + 1;
+            t.batch_texts.push_back((batch, Arc::from(sql)));
+        }
+    }
+
     fn on_query(&mut self, sql: &str, m: &Message) {
+        self.note_text(sql);
         let decided = self.decide(sql, Protocol::Simple);
         if decided.refusal.is_none() {
             if !decided.approvals.is_empty() {
@@ -939,17 +1225,20 @@ impl Frontend {
             Durable::Written
         };
         let now = Instant::now();
-        let mut plans = if forwards {
-            self.masking_plans(&decided.analysis)
-        } else {
-            Vec::new()
-        }
-        .into_iter();
-        for (record, row_limits) in decided.records {
+        let analysis = decided.analysis.clone();
+        let list = match analysis.as_ref() {
+            Analysis::Statements(list) => Some(list),
+            Analysis::Unanalyzable { .. } => None,
+        };
+        let mut changes = decided.changes.into_iter();
+        for (i, (record, row_limits)) in decided.records.into_iter().enumerate() {
             let statement_id = record.statement_id;
             self.record(record, durable);
             if forwards {
-                let masking = self.inflight_masking(plans.next().flatten(), None);
+                let staged = changes.next().unwrap_or_default();
+                let plan = self.plan_of(list.and_then(|l| l.get(i)), &staged);
+                self.apply_staged(staged);
+                let masking = self.inflight_masking(plan, None);
                 self.lock().inflight.push_back(Inflight {
                     statement_id,
                     batch,
@@ -962,13 +1251,64 @@ impl Frontend {
         match decided.refusal {
             Some((code, message)) => self.refuse(false, code, message),
             None => {
+                // A simple Query replaces the unnamed statement on the server.
+                self.change_names(NameChange::Remove(String::new()));
                 self.lock().batches_sent += 1;
                 put_message(&mut self.out, m.tag, &m.body);
             }
         }
     }
 
+    /// The masking plan of a forwarded statement: that of the definition it runs
+    /// (`EXECUTE name`), or its own.
+    fn plan_of(
+        &self,
+        facts: Option<&StatementFacts>,
+        staged: &Staged,
+    ) -> Option<Arc<StatementPlan>> {
+        let m = self.masking.as_ref()?;
+        if let Some(name) = &staged.executes {
+            return Some(
+                self.resolve_statement(name)
+                    .and_then(|p| p.masking)
+                    .unwrap_or_else(|| m.plan_unknown()),
+            );
+        }
+        Some(match facts {
+            Some(f) => m.plan(f, &self.search_path),
+            None => m.plan_unknown(),
+        })
+    }
+
+    /// Apply the name changes of a statement that is forwarded.
+    fn apply_staged(&mut self, staged: Staged) {
+        if let Some(p) = staged.prepare {
+            self.parse_gen += 1;
+            let plan = self.masking.as_ref().map(|m| {
+                let inner = StatementFacts {
+                    ast: Some(Arc::new(p.inner.clone())),
+                    ..(*p.facts).clone()
+                };
+                m.plan(&inner, &self.search_path)
+            });
+            let def = p.prepared(plan, self.parse_gen);
+            self.change_names(NameChange::Define(p.name.clone(), Box::new(def)));
+        }
+        for change in staged.names {
+            self.change_names(change);
+        }
+        match staged.portals {
+            Some(names) => {
+                for n in names {
+                    self.portals.remove(&n);
+                }
+            }
+            None => self.portals.clear(),
+        }
+    }
+
     fn on_parse(&mut self, name: String, sql: &str, m: &Message) {
+        self.note_text(sql);
         let mut decided = self.decide(sql, Protocol::Parse);
         if decided.refusal.is_none() && decided.approvals.iter().any(hold::Need::at_bind) {
             let at_bind = std::mem::take(&mut decided.approvals);
@@ -994,15 +1334,31 @@ impl Frontend {
         grant: Option<hold::GrantRef>,
         at_bind: Vec<hold::Need>,
     ) {
-        self.parse_gen += 1;
-        let plan = if decided.refusal.is_none() {
-            self.masking_plans(&decided.analysis)
-                .into_iter()
-                .next()
-                .flatten()
-        } else {
-            None
+        let analysis = decided.analysis.clone();
+        let first_facts = match analysis.as_ref() {
+            Analysis::Statements(list) => list.first(),
+            Analysis::Unanalyzable { .. } => None,
         };
+        let mut plan = None;
+        if decided.refusal.is_none() {
+            // What the statement does to names is applied at Parse (a later Execute of it
+            // could only do the same again).
+            let mut changes = decided.changes.into_iter();
+            if let Some(staged) = changes.next() {
+                plan = self.plan_of(first_facts, &staged);
+                self.apply_staged(staged);
+            } else {
+                plan = self.plan_of(first_facts, &Staged::default());
+            }
+            for staged in changes {
+                self.apply_staged(staged);
+            }
+        }
+        self.parse_gen += 1;
+        let definitions: Vec<Arc<StatementFacts>> = first_facts
+            .map(|f| Arc::new(f.clone()))
+            .into_iter()
+            .collect();
         let mut first: Option<Prepared> = None;
         for (record, row_limits) in decided.records {
             if first.is_none() {
@@ -1016,16 +1372,16 @@ impl Frontend {
                     name: name.clone(),
                     generation: self.parse_gen,
                     formats: Vec::new(),
+                    definitions: definitions.clone(),
+                    ambiguous: false,
                 });
             }
             // Parsing changes nothing; each Execute is recorded and waited for.
             self.record(record, Durable::Written);
         }
         match decided.refusal {
-            Some((code, message)) => {
-                self.prepared.remove(&name);
-                self.refuse(true, code, message);
-            }
+            // The server keeps what the name held; the stand-in replaces the unnamed one.
+            Some((code, message)) => self.refuse(true, code, message),
             None => {
                 let prepared = first.unwrap_or_else(|| Prepared {
                     template: empty_record(Protocol::Parse),
@@ -1037,20 +1393,17 @@ impl Frontend {
                     name: name.clone(),
                     generation: self.parse_gen,
                     formats: Vec::new(),
+                    definitions: Vec::new(),
+                    ambiguous: false,
                 });
-                self.prepared.insert(name, prepared);
+                self.change_names(NameChange::Define(name, Box::new(prepared)));
                 put_message(&mut self.out, m.tag, &m.body);
             }
         }
     }
 
     /// Record an Execute; `false` when it was refused instead of forwarded.
-    fn on_execute(&mut self, prepared: Option<Prepared>) -> bool {
-        // A portal of a statement the sidecar refused does not exist upstream either; the
-        // server answers the Execute with an error. Record what runs.
-        let Some(prepared) = prepared else {
-            return true;
-        };
+    fn on_execute(&mut self, prepared: Prepared) -> bool {
         let statement_id = self.next_statement_id();
         let mut record = StatementRecord {
             statement_id,
@@ -1089,18 +1442,6 @@ impl Frontend {
         true
     }
 
-    /// Masking plans of the statements of an analysed query string, in order (`None` for
-    /// each when no masking rule applies to the session).
-    fn masking_plans(&self, analysis: &Analysis) -> Vec<Option<Arc<StatementPlan>>> {
-        let Some(m) = &self.masking else {
-            return Vec::new();
-        };
-        match analysis {
-            Analysis::Statements(list) => list.iter().map(|f| Some(m.plan(f))).collect(),
-            Analysis::Unanalyzable { .. } => vec![Some(m.plan_unknown())],
-        }
-    }
-
     fn inflight_masking(
         &self,
         plan: Option<Arc<StatementPlan>>,
@@ -1126,8 +1467,7 @@ impl Frontend {
         let name = f.cstr()?;
         let statement = match kind {
             b'S' => self
-                .prepared
-                .get(name)
+                .resolve_statement(name)
                 .map(|p| (p.name.clone(), p.generation)),
             _ => self
                 .portals
@@ -1158,6 +1498,7 @@ impl Frontend {
         };
         self.record(record, durable);
         if verdict.forwards() {
+            self.search_path.apply(&PathChange::Unknown);
             let mut t = self.lock();
             t.batches_sent += 1;
             drop(t);

@@ -1,5 +1,6 @@
 //! End-to-end tests of the sidecar against the harness PostgreSQL.
 
+mod bypass;
 mod clients;
 mod common;
 mod durability;

@@ -200,7 +200,7 @@ pub(super) enum Held {
 #[derive(Clone, Debug)]
 pub(super) struct GrantRef {
     name: String,
-    expires_at: Timestamp,
+    pub(super) expires_at: Timestamp,
 }
 
 /// The refusal of a statement that requires approval when the sidecar cannot ask for one.
