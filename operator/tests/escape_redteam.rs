@@ -9,7 +9,8 @@
 //! the attempt is real), then to the labelled one. Attempts with `escapes: true` are ADMITTED
 //! in the labelled namespace although they reach what the claim protects (see each `note`);
 //! the table asserts today's behaviour, so the suite stays green and an escape that gets
-//! fixed shows up as a failing row to flip.
+//! fixed shows up as a failing row to flip. Rows with `fixed: true` were escapes and are now
+//! refused, by the webhook and by the sidecar's proxy.
 
 mod common;
 
@@ -41,6 +42,8 @@ struct Attempt {
     how: How,
     /// Admitted in the labelled namespace although it reaches a protected thing.
     escapes: bool,
+    /// An escape that is now refused (also sent through the sidecar's proxy).
+    fixed: bool,
     /// For refused attempts: part of the refusal message.
     refused_with: &'static str,
     /// Why it matters (for escapes: what the container gets).
@@ -112,164 +115,164 @@ fn table() -> Vec<Attempt> {
         // ---- escapes -------------------------------------------------------------------
         Attempt { family: "shareProcessNamespace + agent runAsUser 0/runAsGroup 0 (root keeps the runtime's default CAP_SETUID/CAP_SETGID)",
             how: How::Create(shared("shared-root", json!({"name": "agent", "image": "registry.example/agent:1", "securityContext": {"runAsUser": 0, "runAsGroup": 0}}))),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "sets shareProcessNamespace: true, which puts every container",
             note: "ids are set and differ from 65532, so the check passes; root calls setgid/setuid(65532) (default capabilities) and then, as the sidecar's uid, reads /proc/<sidecar pid>/environ, /proc/<pid>/root/<credential mount> and /proc/<pid>/mem (the sidecar is dumpable: no prctl)" },
         Attempt { family: "shareProcessNamespace + runAsUser 1000/1000 + capabilities.add [SETUID, SETGID]",
             how: How::Create(shared("shared-setuid", json!({"name": "agent", "image": "registry.example/agent:1", "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "capabilities": {"add": ["SETUID", "SETGID"]}}}))),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "sets shareProcessNamespace: true, which puts every container",
             note: "a binary with file capabilities cap_setuid,cap_setgid+ep in the image switches to 65532 and reaches the sidecar's /proc entries (SETUID/SETGID are even allowed by PodSecurity baseline)" },
         Attempt { family: "shareProcessNamespace + runAsUser 1000/1000, allowPrivilegeEscalation unset (setuid-root binary in the image)",
             how: How::Create(shared("shared-suid", json!({"name": "agent", "image": "registry.example/agent-with-sudo:1", "securityContext": {"runAsUser": 1000, "runAsGroup": 1000}}))),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "sets shareProcessNamespace: true, which puts every container",
             note: "no_new_privs is off, so sudo/su (setuid root) in the image gives root with the default CAP_SETUID, then uid 65532 as above" },
         Attempt { family: "ephemeral container runAsUser 0/runAsGroup 0 into a shared-PID pod (kubectl debug)",
             how: How::Ephemeral("victim-shared", json!({"spec": {"ephemeralContainers": [{"name": "root-debug", "image": "busybox", "targetContainerName": "agent", "securityContext": {"runAsUser": 0, "runAsGroup": 0}}]}})),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "sets shareProcessNamespace: true",
             note: "an existing, legitimately shared-PID agent pod gets a root debug container that setuid()s to 65532 and reads the sidecar's /proc/<pid>/root" },
         Attempt { family: "capability spelled cap_sys_ptrace (lower case with prefix)",
-            how: How::Create(pod("cap-lower-prefix", json!({"shareProcessNamespace": true, "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+            how: How::Create(pod("cap-lower-prefix", json!({"securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
                 "containers": [{"name": "agent", "image": "registry.example/agent:1", "securityContext": {"capabilities": {"add": ["cap_sys_ptrace"]}}}]}))),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "asks for capability cap_sys_ptrace (CAP_SYS_PTRACE at run time)",
             note: "the check strips \"CAP_\" before upper-casing, so \"cap_sys_ptrace\" becomes CAP_SYS_PTRACE and misses the list; CRI-O (toCAPPrefixed: upper-case, then prefix) grants CAP_SYS_PTRACE (containerd would make CAP_CAP_SYS_PTRACE and fail the container)" },
         Attempt { family: "capability Cap_Sys_Admin (mixed case with prefix)",
             how: How::Create(caps("cap-mixed", &["Cap_Sys_Admin"])),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "asks for capability Cap_Sys_Admin (CAP_",
             note: "same normalisation gap as cap_sys_ptrace, for SYS_ADMIN (on CRI-O)" },
         Attempt { family: "capability SYS_MODULE (not in the list)",
             how: How::Create(caps("cap-module", &["SYS_MODULE"])),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "asks for capability SYS_MODULE (CAP_",
             note: "root with CAP_SYS_MODULE loads a kernel module from its image: the whole node, every pod's tmpfs Secrets and the sidecar's memory" },
         Attempt { family: "capabilities BPF + PERFMON (not in the list)",
             how: How::Create(caps("cap-bpf", &["BPF", "PERFMON"])),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "asks for capability BPF (CAP_",
             note: "a kprobe/uprobe BPF program reads any process's memory with bpf_probe_read_user, the sidecar's credential included" },
         Attempt { family: "capability SYS_RAWIO (not in the list)",
             how: How::Create(caps("cap-rawio", &["SYS_RAWIO", "MKNOD"])),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "asks for capability SYS_RAWIO (CAP_",
             note: "with mknod of /dev/mem-like devices (MKNOD is a default capability) raw memory/disk I/O; weaker than the others on hardened kernels" },
         Attempt { family: "hostPath /var/lib/etcd (control-plane node, tolerations: Exists)",
             how: How::Create(host_path("etcd", "/var/lib/etcd")),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "mounts host path \"/var/lib/etcd\"; hostPath volumes are refused",
             note: "etcd's data directory holds every Secret of the cluster (unencrypted unless encryption at rest is configured), the credential and the masking key included" },
         Attempt { family: "hostPath /run/k3s/containerd/containerd.sock (k3s)",
             how: How::Create(host_path("k3s-sock", "/run/k3s/containerd/containerd.sock")),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "mounts host path \"/run/k3s/containerd/containerd.sock\"; hostPath volumes are refused",
             note: "k3s's containerd socket: `ctr -n k8s.io task exec` into the sidecar container" },
         Attempt { family: "hostPath /var/lib/rancher (k3s / RKE2 data, kine state.db, agent containerd)",
             how: How::Create(host_path("rancher", "/var/lib/rancher")),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "mounts host path \"/var/lib/rancher\"; hostPath volumes are refused",
             note: "server/db/state.db holds every Secret on k3s servers; agent/containerd holds every container" },
         Attempt { family: "hostPath /etc/rancher (k3s admin kubeconfig)",
             how: How::Create(host_path("rancher-etc", "/etc/rancher")),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "mounts host path \"/etc/rancher\"; hostPath volumes are refused",
             note: "/etc/rancher/k3s/k3s.yaml is a cluster-admin kubeconfig on k3s servers" },
         Attempt { family: "hostPath /var/snap/microk8s (MicroK8s kubelet and containerd)",
             how: How::Create(host_path("microk8s", "/var/snap/microk8s")),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "mounts host path \"/var/snap/microk8s\"; hostPath volumes are refused",
             note: "MicroK8s keeps kubelet pods (tmpfs Secrets) under common/var/lib/kubelet and containerd under common/run" },
         Attempt { family: "hostPath /var/lib/k0s (k0s kubelet root and containerd)",
             how: How::Create(host_path("k0s", "/var/lib/k0s")),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "mounts host path \"/var/lib/k0s\"; hostPath volumes are refused",
             note: "k0s's kubelet root dir is /var/lib/k0s/kubelet (every pod's Secret volumes)" },
         Attempt { family: "hostPath /run/cri-dockerd.sock (cri-dockerd)",
             how: How::Create(host_path("cri-dockerd", "/run/cri-dockerd.sock")),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "mounts host path \"/run/cri-dockerd.sock\"; hostPath volumes are refused",
             note: "the CRI socket of Docker-based nodes: ExecSync into the sidecar" },
         Attempt { family: "hostPath /etc/srv/kubernetes (GKE node: kubelet client credentials)",
             how: How::Create(host_path("gke-kubelet", "/etc/srv/kubernetes")),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "mounts host path \"/etc/srv/kubernetes\"; hostPath volumes are refused",
             note: "/etc is refused only as a parent of /etc/kubernetes; the kubelet's credential lets the node authorizer read every Secret a pod on that node references, the sidecar's credential included" },
         Attempt { family: "hostPath /system/secrets (Talos: kubelet and node secrets)",
             how: How::Create(host_path("talos", "/system/secrets")),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "mounts host path \"/system/secrets\"; hostPath volumes are refused",
             note: "Talos keeps the kubelet's credentials outside the listed paths" },
         Attempt { family: "hostPath /opt/cni/bin (writable CNI plugin directory)",
             how: How::Create(host_path("cni-bin", "/opt/cni/bin")),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "mounts host path \"/opt/cni/bin\"; hostPath volumes are refused",
             note: "a replaced CNI plugin runs as root on the node at the next pod sandbox: node root, then /var/lib/kubelet" },
         Attempt { family: "hostPath /etc/ld.so.preload (File)",
             how: How::Create(host_path("preload", "/etc/ld.so.preload")),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "mounts host path \"/etc/ld.so.preload\"; hostPath volumes are refused",
             note: "every dynamically linked process the node starts as root loads the agent's library" },
         Attempt { family: "hostPath /etc/cron.d",
             how: How::Create(host_path("cron", "/etc/cron.d")),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "mounts host path \"/etc/cron.d\"; hostPath volumes are refused",
             note: "a cron entry runs as root on the node" },
         Attempt { family: "capability NET_ADMIN (not in the list)",
             how: How::Create(caps("cap-net-admin", &["NET_ADMIN"])),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "asks for capability NET_ADMIN (CAP_",
             note: "the agent shares the sidecar's network namespace: an iptables DNAT in OUTPUT sends the sidecar's upstream connection (tlsMode require: any certificate) to the agent's listener, which asks for a cleartext password" },
         Attempt { family: "hostAliases pointing the database host name at 127.0.0.2 (the pod's shared loopback)",
             how: How::Create(pod("host-alias", json!({"hostAliases": [{"ip": "127.0.0.2", "hostnames": ["customers-db.data.svc.cluster.local"]}]}))),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "the pod sets hostAliases, which the kubelet writes into the /etc/hosts",
             note: "the kubelet writes one /etc/hosts for every container of the pod, the sidecar's included: the sidecar dials the agent's own listener on 127.0.0.2:5432 (the sidecar holds 127.0.0.1:<listenPort> only; the ip may as well be any host the attacker runs outside the cluster) as its upstream; with the default tlsMode `require` it accepts any certificate and answers AuthenticationCleartextPassword with the credential (see hostaliases_hand_the_credential_to_the_agent)" },
         Attempt { family: "dnsPolicy None + dnsConfig.nameservers [127.0.0.1]",
             how: How::Create(pod("dns-config", json!({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["127.0.0.1"], "searches": ["data.svc.cluster.local"]}}))),
-            escapes: true, refused_with: "",
+            escapes: false, fixed: true, refused_with: "the pod sets dnsPolicy: None",
             note: "same as hostAliases through the pod-wide resolv.conf: the agent (root binds :53 in the shared network namespace) answers the sidecar's DNS queries for the endpoint host" },
         // ---- admitted, not an escape on its own (gaps against the README's wording) ---------
         Attempt { family: "agent without runAsUser, image USER 65532 (distroless :nonroot)",
             how: How::Create(pod("image-user", json!({"containers": [{"name": "agent", "image": "gcr.io/distroless/static:nonroot"}]}))),
-            escapes: false, refused_with: "",
+            escapes: false, fixed: false, refused_with: "",
             note: "GAP: runs as the sidecar's uid although the README says such containers are refused; no shared PID namespace, so nothing reached by itself" },
         Attempt { family: "imagePullSecrets naming the credential Secret",
             how: How::Create(pod("pull-secret", json!({"imagePullSecrets": [{"name": "customers-db-credentials"}]}))),
-            escapes: false, refused_with: "",
+            escapes: false, fixed: false, refused_with: "",
             note: "GAP: the check never looks at imagePullSecrets; the kubelet uses only dockerconfig-shaped Secrets, so an Opaque user/password Secret is not sent anywhere" },
         // ---- refused (variants of the documented families) ---------------------------------
         Attempt { family: "hostPath with trailing slash /var/lib/kubelet/", how: How::Create(host_path("hp-slash", "/var/lib/kubelet/")),
-            escapes: false, refused_with: "mounts host path", note: "" },
+            escapes: false, fixed: false, refused_with: "mounts host path", note: "" },
         Attempt { family: "hostPath //var//lib//kubelet", how: How::Create(host_path("hp-double", "//var//lib//kubelet")),
-            escapes: false, refused_with: "mounts host path", note: "" },
+            escapes: false, fixed: false, refused_with: "mounts host path", note: "" },
         Attempt { family: "hostPath /run", how: How::Create(host_path("hp-run", "/run")),
-            escapes: false, refused_with: "mounts host path", note: "" },
+            escapes: false, fixed: false, refused_with: "mounts host path", note: "" },
         Attempt { family: "hostPath /var/run/containerd/containerd.sock", how: How::Create(host_path("hp-sock", "/var/run/containerd/containerd.sock")),
-            escapes: false, refused_with: "mounts host path", note: "" },
+            escapes: false, fixed: false, refused_with: "mounts host path", note: "" },
         Attempt { family: "projected configMap + masking key", how: How::Create(pod("proj-mask", json!({"volumes": [{"name": "p", "projected": {"sources": [
                 {"configMap": {"name": "cm"}}, {"secret": {"name": "portcullis-masking-key"}}]}}],
                 "containers": [{"name": "agent", "image": "a", "volumeMounts": [{"name": "p", "mountPath": "/p"}]}]}))),
-            escapes: false, refused_with: "reads Secret \"portcullis-masking-key\"", note: "" },
+            escapes: false, fixed: false, refused_with: "reads Secret \"portcullis-masking-key\"", note: "" },
         Attempt { family: "projected downwardAPI + serviceAccountToken with audience", how: How::Create(pod("proj-token", json!({"volumes": [{"name": "p", "projected": {"sources": [
                 {"downwardAPI": {"items": [{"path": "n", "fieldRef": {"fieldPath": "metadata.name"}}]}}, {"serviceAccountToken": {"path": "t", "audience": "api"}}]}}],
                 "containers": [{"name": "agent", "image": "a", "volumeMounts": [{"name": "p", "mountPath": "/p"}]}]}))),
-            escapes: false, refused_with: "projects a service-account token", note: "" },
+            escapes: false, fixed: false, refused_with: "projects a service-account token", note: "" },
         Attempt { family: "init container envFrom the sidecar TLS Secret", how: How::Create(pod("init-tls", json!({"initContainers": [{"name": "setup", "image": "a", "envFrom": [{"secretRef": {"name": "portcullis-sidecar-tls"}}]}]}))),
-            escapes: false, refused_with: "reads Secret \"portcullis-sidecar-tls\"", note: "" },
+            escapes: false, fixed: false, refused_with: "reads Secret \"portcullis-sidecar-tls\"", note: "" },
         Attempt { family: "native sidecar (restartPolicy Always) named portcullis-sidecar2 with secretKeyRef", how: How::Create(pod("init-cred", json!({"initContainers": [{"name": "portcullis-sidecar2", "image": "a", "restartPolicy": "Always", "env": cred("customers-db-credentials")}]}))),
-            escapes: false, refused_with: "reads Secret \"customers-db-credentials\"", note: "" },
+            escapes: false, fixed: false, refused_with: "reads Secret \"customers-db-credentials\"", note: "" },
         Attempt { family: "secret volume with subPath of the credential", how: How::Create(pod("subpath", json!({"volumes": [{"name": "s", "secret": {"secretName": "customers-db-credentials"}}],
                 "containers": [{"name": "agent", "image": "a", "volumeMounts": [{"name": "s", "mountPath": "/p", "subPath": "password"}]}]}))),
-            escapes: false, refused_with: "reads Secret \"customers-db-credentials\"", note: "" },
+            escapes: false, fixed: false, refused_with: "reads Secret \"customers-db-credentials\"", note: "" },
         Attempt { family: "capability CAP_SYS_PTRACE (prefixed)", how: How::Create(caps("cap-prefixed", &["CAP_SYS_PTRACE"])),
-            escapes: false, refused_with: "asks for capability CAP_SYS_PTRACE", note: "" },
+            escapes: false, fixed: false, refused_with: "asks for capability CAP_SYS_PTRACE", note: "" },
         Attempt { family: "capability sys_admin (lower case)", how: How::Create(caps("cap-lower", &["sys_admin"])),
-            escapes: false, refused_with: "asks for capability sys_admin", note: "" },
+            escapes: false, fixed: false, refused_with: "asks for capability sys_admin", note: "" },
         Attempt { family: "capability all (lower case)", how: How::Create(caps("cap-all", &["all"])),
-            escapes: false, refused_with: "asks for capability all", note: "" },
+            escapes: false, fixed: false, refused_with: "asks for capability all", note: "" },
         Attempt { family: "pod runAsGroup 65532 only (uid 1000)", how: How::Create(pod("gid", json!({"securityContext": {"runAsUser": 1000, "runAsGroup": 65532}}))),
-            escapes: false, refused_with: "runs as user or group 65532", note: "" },
+            escapes: false, fixed: false, refused_with: "runs as user or group 65532", note: "" },
         Attempt { family: "shareProcessNamespace, container runAsUser set, pod runAsGroup unset", how: How::Create(shared("shared-nogid", json!({"name": "agent", "image": "a", "securityContext": {"runAsUser": 1000}}))),
-            escapes: false, refused_with: "sets shareProcessNamespace: true", note: "" },
+            escapes: false, fixed: false, refused_with: "sets shareProcessNamespace: true", note: "" },
         Attempt { family: "opt-out annotation Disabled (odd case) is not an opt-out: injected", how: How::Create(json!({"metadata": {"name": "opt-out-case", "annotations": {"portcullis.dev/inject": "Disabled"}},
                 "spec": {"containers": [{"name": "agent", "image": "a", "env": cred("customers-db-credentials")}]}})),
-            escapes: false, refused_with: "reads Secret \"customers-db-credentials\"", note: "" },
+            escapes: false, fixed: false, refused_with: "reads Secret \"customers-db-credentials\"", note: "" },
         Attempt { family: "automountServiceAccountToken + serviceAccountName agent + explicit projected token (named kube-api-access-x)", how: How::Create(pod("sa-token", json!({"serviceAccountName": "agent",
                 "volumes": [{"name": "kube-api-access-x", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}],
                 "containers": [{"name": "agent", "image": "a", "volumeMounts": [{"name": "kube-api-access-x", "mountPath": "/t"}]}]}))),
-            escapes: false, refused_with: "",
+            escapes: false, fixed: false, refused_with: "",
             note: "neutralised, not refused: the webhook drops every kube-api-access-* token volume and the agents' mounts of it" },
         Attempt { family: "pod update: strategic merge changes the sidecar image", how: How::Update("victim", json!({"spec": {"initContainers": [{"name": "portcullis-sidecar", "image": "evil:1"}]}})),
-            escapes: false, refused_with: "changes its image", note: "" },
+            escapes: false, fixed: false, refused_with: "changes its image", note: "" },
         Attempt { family: "pod update: JSON patch replaces the sidecar image", how: How::JsonPatch("victim", json!([{"op": "replace", "path": "/spec/initContainers/0/image", "value": "evil:2"}])),
-            escapes: false, refused_with: "changes its image", note: "" },
+            escapes: false, fixed: false, refused_with: "changes its image", note: "" },
         Attempt { family: "ephemeral via merge patch mounting the credential volume", how: How::EphemeralMerge("victim", json!({"spec": {"ephemeralContainers": [{"name": "m", "image": "busybox", "volumeMounts": [{"name": "portcullis-cred-customers-db", "mountPath": "/x"}]}]}})),
-            escapes: false, refused_with: "refers to portcullis-cred-customers-db", note: "" },
+            escapes: false, fixed: false, refused_with: "refers to portcullis-cred-customers-db", note: "" },
         Attempt { family: "ephemeral container with capability SYS_PTRACE targeting the agent", how: How::Ephemeral("victim", json!({"spec": {"ephemeralContainers": [{"name": "ptrace", "image": "busybox", "targetContainerName": "agent", "securityContext": {"capabilities": {"add": ["SYS_PTRACE"]}}}]}})),
-            escapes: false, refused_with: "asks for capability SYS_PTRACE", note: "" },
+            escapes: false, fixed: false, refused_with: "asks for capability SYS_PTRACE", note: "" },
         Attempt { family: "ephemeral container runAsGroup 65532", how: How::Ephemeral("victim", json!({"spec": {"ephemeralContainers": [{"name": "gid", "image": "busybox", "securityContext": {"runAsUser": 1000, "runAsGroup": 65532}}]}})),
-            escapes: false, refused_with: "runs as user or group 65532", note: "" },
+            escapes: false, fixed: false, refused_with: "runs as user or group 65532", note: "" },
         Attempt { family: "ephemeral container envFrom masking key", how: How::Ephemeral("victim", json!({"spec": {"ephemeralContainers": [{"name": "mk", "image": "busybox", "envFrom": [{"secretRef": {"name": "portcullis-masking-key"}}]}]}})),
-            escapes: false, refused_with: "reads Secret \"portcullis-masking-key\"", note: "" },
+            escapes: false, fixed: false, refused_with: "reads Secret \"portcullis-masking-key\"", note: "" },
     ]
 }
 
@@ -337,16 +340,23 @@ async fn redteam_escape_table() {
     )
     .await;
     let sidecar_token = h.token(&labelled, "agent", None, None).await;
+    // A shared-PID pod that existed before the namespace was labelled (the webhook refuses
+    // new ones): target of the ephemeral-container row.
+    let shared_victim = pod(
+        "victim-shared",
+        json!({"shareProcessNamespace": true, "securityContext": {"runAsUser": 1000, "runAsGroup": 1000}}),
+    );
+    for ns in [&labelled, &plain] {
+        attempt(&client, ns, &How::Create(shared_victim.clone()))
+            .await
+            .expect("shared-PID victim, created before the label");
+    }
     label_namespace(&client, &labelled, &[("portcullis.dev/inject", "enabled")]).await;
     wait_until_injecting(&client, &labelled).await;
 
     let alice = h.client_as(User::Owner).await;
     // Targets of the update and ephemeral attempts: injected in the labelled namespace,
     // look-alikes in the twin.
-    let shared_victim = pod(
-        "victim-shared",
-        json!({"shareProcessNamespace": true, "securityContext": {"runAsUser": 1000, "runAsGroup": 1000}}),
-    );
     for (ns, extra) in [
         (&labelled, json!({})),
         (
@@ -360,9 +370,6 @@ async fn redteam_escape_table() {
         attempt(&alice, ns, &How::Create(pod("victim", extra)))
             .await
             .expect("victim");
-        attempt(&alice, ns, &How::Create(shared_victim.clone()))
-            .await
-            .expect("shared-PID victim (ids set, so admitted)");
     }
 
     let shared = |name: &str, c: serde_json::Value| {
@@ -402,24 +409,6 @@ async fn redteam_escape_table() {
         };
         report.push(line);
     }
-    // Whatever the injected pod of an escape looks like: the webhook did inject the sidecar.
-    let injected: Pod = Api::<Pod>::namespaced(alice.clone(), &labelled)
-        .get("shared-root")
-        .await
-        .expect("shared-root stored");
-    let spec = injected.spec.as_ref().expect("spec");
-    assert_eq!(spec.share_process_namespace, Some(true));
-    assert!(spec
-        .init_containers
-        .iter()
-        .flatten()
-        .any(|c| c.name == "portcullis-sidecar"));
-    let agent_ctx = spec.containers[0].security_context.as_ref().expect("ctx");
-    assert_eq!(
-        agent_ctx.run_as_user,
-        Some(0),
-        "the root agent is stored as sent"
-    );
     // The neutralised token volume: nothing but the sidecar's own volumes projects a token.
     let sa: Pod = Api::<Pod>::namespaced(alice.clone(), &labelled)
         .get("sa-token")
@@ -500,20 +489,29 @@ policies:
         v["metadata"]["name"] = json!(format!("proxy-{n}"));
         v
     };
-    for a in table().into_iter().filter(|a| a.escapes) {
+    for a in table().into_iter().filter(|a| a.escapes || a.fixed) {
         // The proxy refuses every ephemeral-container write (rule builtin/ephemeral-containers).
         let How::Create(p) = a.how else { continue };
         let how = How::Create(rename(p));
-        match attempt(&agent, &labelled, &how).await {
-            Ok(()) => report.push(format!("ESCAPED  (agent via proxy) {}", a.family)),
-            Err(e) => {
-                failures.push(format!("{} via proxy: refused: {e}", a.family));
+        match (attempt(&agent, &labelled, &how).await, a.escapes) {
+            (Ok(()), true) => report.push(format!("ESCAPED  (agent via proxy) {}", a.family)),
+            (Err(e), false)
+                if e.to_string().contains(a.refused_with)
+                    && e.to_string().contains("(rule builtin/pod-guard)") =>
+            {
+                report.push(format!("refused  (agent via proxy) {}", a.family))
+            }
+            (Ok(()), false) => {
+                failures.push(format!("{} via proxy: admitted", a.family));
+                report.push(format!("ADMITTED?! (agent via proxy) {}", a.family));
+            }
+            (Err(e), _) => {
+                failures.push(format!("{} via proxy: refused otherwise: {e}", a.family));
                 report.push(format!("refused?! (agent via proxy) {}: {e}", a.family));
             }
         }
     }
-    // A Deployment template with the shared-PID root escape passes the proxy too (its pods
-    // would pass the webhook as shared-root did).
+    // A Deployment template with the shared-PID root escape is refused by the proxy too.
     let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({"metadata": {"name": "shared-root"},
         "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": {"metadata": {"labels": {"app": "x"}},
         "spec": {"shareProcessNamespace": true, "containers": [{"name": "agent", "image": "a", "securityContext": {"runAsUser": 0, "runAsGroup": 0}}]}}}}))
@@ -522,11 +520,12 @@ policies:
         .create(&PostParams::default(), &d)
         .await
     {
-        Ok(_) => report.push(
-            "ESCAPED  (agent via proxy) Deployment template shareProcessNamespace + root"
+        Ok(_) => failures.push("deployment via proxy: shareProcessNamespace admitted".to_owned()),
+        Err(e) if e.to_string().contains("sets shareProcessNamespace: true") => report.push(
+            "refused  (agent via proxy) Deployment template shareProcessNamespace + root"
                 .to_owned(),
         ),
-        Err(e) => failures.push(format!("deployment via proxy refused: {e}")),
+        Err(e) => failures.push(format!("deployment via proxy refused otherwise: {e}")),
     }
 
     // The agent itself (service account with `edit`'s configmaps rights) rewrites the
@@ -573,9 +572,12 @@ policies:
     )
     .await)
     {
-        Ok(()) => report
-            .push("ESCAPED  (PodSecurity baseline) shareProcessNamespace + root agent".to_owned()),
-        Err(e) => failures.push(format!("baseline refused shared-root: {e}")),
+        Ok(()) => failures.push("PodSecurity baseline + webhook: shared-root admitted".to_owned()),
+        Err(e) if e.contains("sets shareProcessNamespace: true") => report.push(
+            "refused  (webhook, PodSecurity baseline admits it) shareProcessNamespace + root agent"
+                .to_owned(),
+        ),
+        Err(e) => failures.push(format!("baseline: shared-root refused otherwise: {e}")),
     }
     label_namespace(
         &client,
@@ -583,20 +585,25 @@ policies:
         &[("pod-security.kubernetes.io/enforce", "restricted")],
     )
     .await;
-    for (name, spec) in [
+    for (name, spec, refused_with) in [
         (
             "pss-restricted-host-alias",
             json!({"hostAliases": [{"ip": "127.0.0.2", "hostnames": ["customers-db.data.svc.cluster.local"]}]}),
+            "the pod sets hostAliases",
         ),
         (
             "pss-restricted-dns",
             json!({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["192.0.2.53"]}}),
+            "the pod sets dnsPolicy: None",
         ),
     ] {
         let p = serde_json::to_value(restricted_pod(name, json!({"spec": spec}))).expect("pod");
         match pss(attempt(&alice, &labelled, &How::Create(p)).await) {
-            Ok(()) => report.push(format!("ESCAPED  (PodSecurity restricted) {name}")),
-            Err(e) => failures.push(format!("restricted refused {name}: {e}")),
+            Ok(()) => failures.push(format!("PodSecurity restricted + webhook: {name} admitted")),
+            Err(e) if e.contains(refused_with) => report.push(format!(
+                "refused  (webhook, PodSecurity restricted admits it) {name}"
+            )),
+            Err(e) => failures.push(format!("restricted: {name} refused otherwise: {e}")),
         }
     }
     eprintln!("\n==== rt-30 red-team table ====\n{}\n", report.join("\n"));
