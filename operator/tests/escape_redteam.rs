@@ -528,8 +528,8 @@ policies:
         Err(e) => failures.push(format!("deployment via proxy refused otherwise: {e}")),
     }
 
-    // The agent itself (service account with `edit`'s configmaps rights) rewrites the
-    // sidecar's configuration through its own proxy: no built-in rule stops it.
+    // The agent itself (service account with `edit`'s configmaps rights) may not rewrite the
+    // sidecar's configuration through its own proxy (rule builtin/operator-objects).
     {
         use k8s_openapi::api::core::v1::ConfigMap;
         let admin_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &labelled);
@@ -546,11 +546,22 @@ policies:
             let _ = admin_cms.create(&PostParams::default(), &cm).await;
         }
         match Api::<ConfigMap>::namespaced(agent.clone(), &labelled)
-            .patch("portcullis-sidecar-config", &PatchParams::default(), &Patch::Merge(json!({"data": {"rt30-probe": "written by the agent"}})))
+            .patch(
+                "portcullis-sidecar-config",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"rt30-probe": "written by the agent"}})),
+            )
             .await
         {
-            Ok(_) => report.push("ESCAPED  (agent via proxy) merge patch of ConfigMap portcullis-sidecar-config admitted (see namespace_user_rewrites_the_sidecar_configuration)".to_owned()),
-            Err(e) => failures.push(format!("agent config map write refused: {e}")),
+            Ok(_) => failures.push(
+                "agent's merge patch of ConfigMap portcullis-sidecar-config admitted by the proxy"
+                    .to_owned(),
+            ),
+            Err(e) if e.to_string().contains("(rule builtin/operator-objects)") => report.push(
+                "refused  (agent via proxy) merge patch of ConfigMap portcullis-sidecar-config"
+                    .to_owned(),
+            ),
+            Err(e) => failures.push(format!("agent config map write refused otherwise: {e}")),
         }
     }
     // The README's advice, PodSecurity on the agents' namespace, against the worst rows.
@@ -771,15 +782,14 @@ policies:
     eprintln!("ESCAPED  the agent's fake upstream received the database password {stolen:?}");
 }
 
-/// Not a pod write, so outside the claim's letter, but it gives the same thing: the sidecar's
-/// whole configuration (upstream hosts, tlsMode, credential file paths, policies, masking)
-/// lives in ConfigMap `portcullis-sidecar-config` of the agents' namespace, which `edit` and
-/// the README's recommended `agent-owner` Role (configmaps: create/update/patch) may write.
-/// The sidecar hot-reloads it; the operator rewrites it only when its
-/// `portcullis.dev/config-hash` annotation differs from the compiled hash, so a change of the
-/// data that keeps the annotation stays. Pointing `upstream.host` at the attacker's server with
-/// `tlsMode: disable` hands the credential over as in
-/// `hostaliases_hand_the_credential_to_the_agent`.
+/// Not a pod write, so outside the claim's letter, but it would give the same thing: the
+/// sidecar's whole configuration (upstream hosts, tlsMode, credential file paths, policies,
+/// masking) lives in ConfigMap `portcullis-sidecar-config` of the agents' namespace, which
+/// `edit` and the README's recommended `agent-owner` Role (configmaps: create/update/patch)
+/// may write. Pointing `upstream.host` at the attacker's server with `tlsMode: disable` would
+/// hand the credential over as in `hostaliases_hand_the_credential_to_the_agent`. The
+/// operator compares the ConfigMap's data with what it compiled (not only the
+/// `portcullis.dev/config-hash` annotation) and puts it back.
 #[tokio::test]
 async fn namespace_user_rewrites_the_sidecar_configuration() {
     use k8s_openapi::api::core::v1::ConfigMap;
@@ -878,24 +888,26 @@ async fn namespace_user_rewrites_the_sidecar_configuration() {
         .await
         .expect("ESCAPE expected: the namespace user may rewrite the sidecar's configuration");
 
-    // Give the operator every chance to put it back (its ConfigMap watch fires on the change).
-    tokio::time::sleep(Duration::from_secs(15)).await;
-    let after = cms
-        .get("portcullis-sidecar-config")
-        .await
-        .expect("config map");
-    let text = after
-        .data
-        .as_ref()
-        .and_then(|d| d.get("sidecar.yaml"))
-        .cloned()
-        .unwrap_or_default();
-    eprintln!("sidecar.yaml 15 s after alice's change:\n{text}");
-    assert!(
-        text.contains("db.attacker.example") && text.contains("tlsMode: disable"),
-        "the operator restored the configuration: {text}"
-    );
-    eprintln!("ESCAPED  the sidecar configuration keeps alice's upstream db.attacker.example with tlsMode disable");
+    // The operator's ConfigMap watch fires on the change and restores the compiled data.
+    eventually(
+        Duration::from_secs(30),
+        "the operator restores the compiled sidecar configuration",
+        || {
+            let cms = cms.clone();
+            let original = original.clone();
+            async move {
+                let cm = cms
+                    .get_opt("portcullis-sidecar-config")
+                    .await
+                    .ok()
+                    .flatten()?;
+                let text = cm.data.as_ref()?.get("sidecar.yaml")?.clone();
+                (text == original).then_some(())
+            }
+        },
+    )
+    .await;
+    eprintln!("refused  the operator restored the sidecar configuration after alice's change");
 
     operator.abort();
     unregister(&client, webhooks).await;

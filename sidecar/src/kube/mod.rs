@@ -583,6 +583,12 @@ async fn handle(
     {
         decided.verdict = Verdict::builtin("impersonation", "impersonation headers are refused: requests run as this pod's service account (rule builtin/impersonation)".into());
     }
+    if let Some(message) = pod_writes::managed_object_write(&info) {
+        decided.verdict = Verdict::builtin(
+            "operator-objects",
+            format!("{message} (rule builtin/operator-objects)"),
+        );
+    }
     // Pod and pod-template writes pass the injection webhook's checks here too.
     let mut req = req.map(BodyExt::boxed);
     if decided.verdict.forwards() && proxy.pod_writes.applies(&info) {
