@@ -628,7 +628,8 @@ policies:
     );
 }
 
-/// What the hostAliases / dnsConfig rows give the agent at run time, with the real sidecar: its
+/// What the hostAliases / dnsConfig rows (now refused by the webhook and the proxy) would give
+/// the agent at run time, with the real sidecar: its
 /// upstream name resolves (through the pod-wide /etc/hosts or resolv.conf the agent chose) to
 /// a listener of the agent on the pod's loopback. Here the sidecar's upstream is that
 /// listener's address directly (the in-process sidecar cannot have a pod's /etc/hosts), with
