@@ -1,6 +1,6 @@
 //! The rules that keep every container of a protected pod, except the operator's sidecar, away
 //! from the protected credentials, the masking key, the sidecar's serving key, real
-//! service-account tokens and the sidecar's processes.
+//! service-account tokens, the sidecar's processes and the sidecar's name resolution.
 //!
 //! One check ([`check`]) runs over the containers, init containers and ephemeral containers of
 //! a pod spec and over every volume the spec declares, mounted or not. The operator's injection
@@ -37,36 +37,10 @@ pub const INJECT_DISABLED: &str = "disabled";
 /// User and group id the sidecar runs as unless configured otherwise.
 pub const DEFAULT_SIDECAR_UID: i64 = 65532;
 
-/// Host paths where a node keeps what the sidecar alone may read: the kubelet's pod
-/// directories (mounted Secrets and projected tokens of every pod), the container runtimes'
-/// state and sockets (every container's root file system and environment), pod logs, the
-/// host's process and device trees, and Portcullis' own paths. A hostPath volume on one of
-/// these, inside one, or on a parent of one is refused.
-pub const PROTECTED_HOST_PATHS: &[&str] = &[
-    "/var/lib/kubelet",
-    "/var/lib/containerd",
-    "/run/containerd",
-    "/var/run/containerd",
-    "/var/lib/docker",
-    "/run/docker.sock",
-    "/var/run/docker.sock",
-    "/run/crio",
-    "/var/run/crio",
-    "/var/lib/containers",
-    "/run/containers",
-    "/var/run/containers",
-    "/var/log/pods",
-    "/var/log/containers",
-    "/etc/kubernetes",
-    "/proc",
-    "/sys",
-    "/dev",
-    "/run/portcullis",
-    "/var/run/portcullis",
-];
-
-/// Capabilities with which a container reaches other containers' processes or the node.
-const DANGEROUS_CAPABILITIES: &[&str] = &["ALL", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"];
+/// The only capability a container other than the sidecar may add: the PodSecurity
+/// `restricted` allow-list. Every other one reaches the sidecar's processes, its network
+/// namespace (shared by every container of the pod) or the node.
+pub const ALLOWED_CAPABILITY: &str = "NET_BIND_SERVICE";
 
 /// What a namespace protects.
 #[derive(Clone, Debug, Default)]
@@ -163,26 +137,35 @@ pub enum Violation {
         /// The volume.
         volume: String,
     },
-    /// A hostPath volume on a protected node path, in one or on a parent of one.
-    #[error("volume {volume:?} mounts host path {path:?}, which is, contains or lies in {protected}, where the node keeps other pods' Secrets, tokens or containers; such hostPath volumes are refused in a namespace protected by Portcullis")]
+    /// A hostPath volume, whatever its path.
+    #[error("volume {volume:?} mounts host path {path:?}; hostPath volumes are refused in a namespace protected by Portcullis: the node's files hold other pods' Secrets and tokens, every container and the node's own credentials, in places no list of paths covers on every distribution. Use a PersistentVolumeClaim, emptyDir, configMap or image volume instead")]
     HostPath {
         /// The volume.
         volume: String,
         /// Its path.
         path: String,
-        /// The protected path it meets.
-        protected: String,
     },
     /// `hostPID: true`.
     #[error("the pod sets hostPID: true, which shows it every process of the node, the Portcullis sidecar's included (/proc/<pid>/root, /proc/<pid>/environ); refused in a namespace protected by Portcullis")]
     HostPid,
-    /// `shareProcessNamespace: true` with a container that may run as the sidecar's user.
-    #[error("the pod sets shareProcessNamespace: true, but {subject} does not set runAsUser and runAsGroup (on itself or the pod) to ids other than the Portcullis sidecar's ({uid}); in a shared process namespace such a container reaches the sidecar's files through /proc/<pid>/root. Set both ids, or leave the process namespace unshared")]
-    SharedProcesses {
+    /// `shareProcessNamespace: true`.
+    #[error("the pod sets shareProcessNamespace: true, which puts every container in the Portcullis sidecar's process namespace: any process that gains the sidecar's user id (as root, through a setuid binary or file capabilities) reads its files, environment and memory through /proc/<pid>; refused in a namespace protected by Portcullis")]
+    SharedProcesses,
+    /// Settings the kubelet writes into the pod-wide /etc/hosts or resolv.conf.
+    #[error("the pod sets {what}, which the kubelet writes into the /etc/hosts or resolv.conf that every container of the pod shares, the Portcullis sidecar's included: it would choose where the sidecar connects with the credentials. Refused in a namespace protected by Portcullis; use the cluster's DNS (dnsPolicy ClusterFirst, no dnsConfig, no hostAliases)")]
+    NameResolution {
+        /// The setting.
+        what: String,
+    },
+    /// An added capability other than [`ALLOWED_CAPABILITY`].
+    #[error("{subject} asks for capability {requested} ({normalised} at run time); in a namespace protected by Portcullis a container may add only {ALLOWED_CAPABILITY} (the PodSecurity restricted allow-list): the others reach the Portcullis sidecar's processes, its network or the node")]
+    Capability {
         /// The container.
         subject: String,
-        /// The sidecar's id.
-        uid: i64,
+        /// The capability as written.
+        requested: String,
+        /// What the runtime makes of it.
+        normalised: String,
     },
     /// A container runs as the sidecar's user or group.
     #[error("{subject} runs as user or group {uid}, the Portcullis sidecar's; agent and debug containers must run as another user and group")]
@@ -192,7 +175,7 @@ pub enum Violation {
         /// The id.
         uid: i64,
     },
-    /// A privileged container or one with a capability that reaches other processes.
+    /// A privileged container.
     #[error("{subject} asks for {what}, with which it could reach the Portcullis sidecar's files and processes; refused in a namespace protected by Portcullis")]
     Privileged {
         /// The container.
@@ -269,35 +252,6 @@ fn views<'a>(
     (out, genuine)
 }
 
-/// The path's components, or `None` when it is not a plain absolute path.
-fn components(path: &str) -> Option<Vec<&str>> {
-    if !path.starts_with('/') {
-        return None;
-    }
-    let mut out = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => return None,
-            p => out.push(p),
-        }
-    }
-    Some(out)
-}
-
-/// The protected host path a hostPath meets (equal, parent or inside), if any.
-pub fn protected_host_path(path: &str) -> Option<&'static str> {
-    let Some(parts) = components(path) else {
-        // Relative or with `..`: nothing can be proven about it.
-        return Some("/");
-    };
-    PROTECTED_HOST_PATHS.iter().copied().find(|p| {
-        let protected = components(p).unwrap_or_default();
-        let n = parts.len().min(protected.len());
-        parts[..n] == protected[..n]
-    })
-}
-
 /// The check: `spec` with `sidecar` as the one container allowed to reach what the namespace
 /// protects (`None`: a pod without the sidecar, or a pod template).
 pub fn check(spec: &PodSpec, sidecar: Option<&Container>, p: &Protected) -> Result<(), Violation> {
@@ -312,6 +266,10 @@ pub fn check(spec: &PodSpec, sidecar: Option<&Container>, p: &Protected) -> Resu
     if spec.host_pid == Some(true) {
         return Err(Violation::HostPid);
     }
+    if spec.share_process_namespace == Some(true) {
+        return Err(Violation::SharedProcesses);
+    }
+    check_name_resolution(spec)?;
     for c in &containers {
         if c.name == SIDECAR_NAME {
             return Err(Violation::SidecarName {
@@ -516,13 +474,10 @@ fn check_volume(
         }
     }
     if let Some(h) = &v.host_path {
-        if let Some(protected) = protected_host_path(&h.path) {
-            return Err(Violation::HostPath {
-                volume: v.name.clone(),
-                path: h.path.clone(),
-                protected: protected.to_owned(),
-            });
-        }
+        return Err(Violation::HostPath {
+            volume: v.name.clone(),
+            path: h.path.clone(),
+        });
     }
     Ok(())
 }
@@ -545,12 +500,6 @@ fn check_security(c: &View<'_>, spec: &PodSpec, p: &Protected) -> Result<(), Vio
             });
         }
     }
-    if spec.share_process_namespace == Some(true) && (uid.is_none() || gid.is_none()) {
-        return Err(Violation::SharedProcesses {
-            subject: c.subject.clone(),
-            uid: p.sidecar_uid,
-        });
-    }
     let Some(s) = c.security else {
         return Ok(());
     };
@@ -561,13 +510,45 @@ fn check_security(c: &View<'_>, spec: &PodSpec, p: &Protected) -> Result<(), Vio
         });
     }
     for cap in s.capabilities.iter().flat_map(|c| c.add.iter().flatten()) {
-        let bare = cap.trim_start_matches("CAP_").to_ascii_uppercase();
-        if DANGEROUS_CAPABILITIES.contains(&bare.as_str()) {
-            return Err(Violation::Privileged {
+        let bare = capability_name(cap);
+        if bare != ALLOWED_CAPABILITY {
+            return Err(Violation::Capability {
                 subject: c.subject.clone(),
-                what: format!("capability {cap}"),
+                requested: cap.clone(),
+                normalised: format!("CAP_{bare}"),
             });
         }
+    }
+    Ok(())
+}
+
+/// A capability as the container runtimes read it: upper case first, then without an optional
+/// `CAP_` prefix (`cap_sys_ptrace`, `Cap_Sys_Ptrace` and `SYS_PTRACE` are one capability).
+pub fn capability_name(cap: &str) -> String {
+    let upper = cap.trim().to_ascii_uppercase();
+    upper
+        .strip_prefix("CAP_")
+        .map(str::to_owned)
+        .unwrap_or(upper)
+}
+
+/// `hostAliases`, `dnsPolicy: None` and `dnsConfig` end up in the /etc/hosts and resolv.conf
+/// the sidecar shares with every other container of the pod.
+fn check_name_resolution(spec: &PodSpec) -> Result<(), Violation> {
+    if spec.host_aliases.as_ref().is_some_and(|h| !h.is_empty()) {
+        return Err(Violation::NameResolution {
+            what: "hostAliases".to_owned(),
+        });
+    }
+    if spec.dns_policy.as_deref() == Some("None") {
+        return Err(Violation::NameResolution {
+            what: "dnsPolicy: None".to_owned(),
+        });
+    }
+    if spec.dns_config.is_some() {
+        return Err(Violation::NameResolution {
+            what: "dnsConfig (nameservers, searches or options)".to_owned(),
+        });
     }
     Ok(())
 }
@@ -676,23 +657,41 @@ mod tests {
     }
 
     #[test]
-    fn host_paths_on_parents_and_children_of_protected_paths_are_refused() {
-        for path in [
-            "/",
-            "/var",
-            "/var/lib",
-            "/var/lib/kubelet",
-            "/var/lib/kubelet/pods",
-            "/var//lib/./kubelet/",
-            "/run",
-            "/var/run/containerd/containerd.sock",
-            "var/lib",
-            "/var/../var/lib",
+    fn capabilities_are_read_as_the_runtime_reads_them() {
+        for (cap, bare) in [
+            ("SYS_PTRACE", "SYS_PTRACE"),
+            ("cap_sys_ptrace", "SYS_PTRACE"),
+            ("Cap_Sys_Admin", "SYS_ADMIN"),
+            ("CAP_NET_BIND_SERVICE", "NET_BIND_SERVICE"),
+            ("all", "ALL"),
         ] {
-            assert!(protected_host_path(path).is_some(), "{path}");
+            assert_eq!(capability_name(cap), bare, "{cap}");
         }
-        for path in ["/data", "/var/data", "/opt/models", "/var/lib/agent-cache"] {
-            assert_eq!(protected_host_path(path), None, "{path}");
+        let p = protected();
+        let with = |cap: &str| {
+            spec(
+                json!({"containers": [{"name": "a", "securityContext": {"capabilities": {"add": [cap]}}}]}),
+            )
+        };
+        for cap in [
+            "cap_sys_ptrace",
+            "Cap_Sys_Admin",
+            "SYS_MODULE",
+            "BPF",
+            "NET_ADMIN",
+            "SETUID",
+            "NET_RAW",
+        ] {
+            assert!(
+                matches!(
+                    check(&with(cap), None, &p),
+                    Err(Violation::Capability { .. })
+                ),
+                "{cap}"
+            );
+        }
+        for cap in ["NET_BIND_SERVICE", "cap_net_bind_service"] {
+            assert_eq!(check(&with(cap), None, &p), Ok(()), "{cap}");
         }
     }
 
@@ -705,6 +704,11 @@ mod tests {
             json!({"volumes": [{"name": "c", "csi": {"driver": "d", "nodePublishSecretRef": {"name": "db-creds"}}}], "containers": [{"name": "a"}]}),
             json!({"volumes": [{"name": "portcullis-cred-db", "emptyDir": {}}], "containers": [{"name": "a"}]}),
             json!({"volumes": [{"name": "h", "hostPath": {"path": "/var/lib"}}], "containers": [{"name": "a"}]}),
+            json!({"volumes": [{"name": "h", "hostPath": {"path": "/opt/cni/bin"}}], "containers": [{"name": "a"}]}),
+            json!({"hostAliases": [{"ip": "127.0.0.2", "hostnames": ["db"]}], "containers": [{"name": "a"}]}),
+            json!({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["127.0.0.1"]}, "containers": [{"name": "a"}]}),
+            json!({"dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}, "containers": [{"name": "a"}]}),
+            json!({"shareProcessNamespace": true, "securityContext": {"runAsUser": 1000, "runAsGroup": 1000}, "containers": [{"name": "a"}]}),
             json!({"hostPID": true, "containers": [{"name": "a"}]}),
             json!({"shareProcessNamespace": true, "containers": [{"name": "a"}]}),
             json!({"containers": [{"name": "a", "securityContext": {"runAsUser": 65532}}]}),
@@ -716,8 +720,8 @@ mod tests {
             assert!(check(&spec(case.clone()), None, &p).is_err(), "{case}");
         }
         let fine = spec(
-            json!({"shareProcessNamespace": true, "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
-            "volumes": [{"name": "h", "hostPath": {"path": "/data"}}, {"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}],
+            json!({"securityContext": {"runAsUser": 1000, "runAsGroup": 1000}, "dnsPolicy": "ClusterFirst",
+            "volumes": [{"name": "h", "emptyDir": {}}, {"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}],
             "serviceAccountName": "batch", "containers": [{"name": "a"}]}),
         );
         assert_eq!(check(&fine, None, &p), Ok(()));

@@ -171,9 +171,27 @@ async fn reconcile(
     let current_hash = current
         .as_ref()
         .and_then(|cm| cm.annotations().get(CONFIG_HASH_ANNOTATION).cloned());
-    if current_hash.as_deref() != Some(hash.as_str()) {
-        write_config(ctx, &cm_api, &compiled, &hash).await?;
-        tracing::info!(namespace, hash, "sidecar configuration updated");
+    let data = config_data(ctx, &compiled)?;
+    // The data itself is compared, not only the annotation: a change that keeps the
+    // annotation (a namespace user editing the ConfigMap) is put back.
+    let data_differs = data.iter().any(|(key, value)| {
+        current
+            .as_ref()
+            .and_then(|cm| cm.data.as_ref())
+            .and_then(|d| d.get(key))
+            != Some(value)
+    });
+    if current_hash.as_deref() != Some(hash.as_str()) || data_differs {
+        write_config(&cm_api, data, &hash).await?;
+        if data_differs && current_hash.as_deref() == Some(hash.as_str()) {
+            tracing::warn!(
+                namespace,
+                hash,
+                "sidecar configuration was changed outside the operator; restored"
+            );
+        } else {
+            tracing::info!(namespace, hash, "sidecar configuration updated");
+        }
     }
     ensure_sidecar_tls(ctx, &namespace).await?;
     ensure_masking_key(ctx, &namespace).await?;
@@ -271,22 +289,36 @@ where
     }
 }
 
-async fn write_config(
+/// The data of [`CONFIG_MAP`] for a compiled configuration.
+fn config_data(
     ctx: &Context,
-    api: &Api<ConfigMap>,
     compiled: &Compiled,
-    hash: &str,
-) -> Result<(), ReconcileError> {
+) -> Result<BTreeMap<String, String>, ReconcileError> {
     let yaml = compiled.config.to_yaml()?;
     let ca = ctx
         .ca
         .as_ref()
         .map(|c| c.ca_pem.clone())
         .unwrap_or_default();
-    let mut data = json!({CONFIG_KEY: yaml, CA_KEY: ca, TOKEN_KEY: PLACEHOLDER_TOKEN});
+    let mut data = BTreeMap::from([
+        (CONFIG_KEY.to_owned(), yaml),
+        (CA_KEY.to_owned(), ca),
+        (TOKEN_KEY.to_owned(), PLACEHOLDER_TOKEN.to_owned()),
+    ]);
     if let Some(audit) = &ctx.audit {
-        data[crate::compile::AUDIT_CA_KEY] = json!(audit.ca_pem);
+        data.insert(
+            crate::compile::AUDIT_CA_KEY.to_owned(),
+            audit.ca_pem.clone(),
+        );
     }
+    Ok(data)
+}
+
+async fn write_config(
+    api: &Api<ConfigMap>,
+    data: BTreeMap<String, String>,
+    hash: &str,
+) -> Result<(), ReconcileError> {
     let cm = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -600,6 +600,12 @@ async fn handle(
     if let Some(refused) = approval_objects::refusal(req.method(), req.uri().path()) {
         decided.verdict = refused;
     }
+    if let Some(message) = pod_writes::managed_object_write(&info) {
+        decided.verdict = Verdict::builtin(
+            "operator-objects",
+            format!("{message} (rule builtin/operator-objects)"),
+        );
+    }
     // Pod and pod-template writes pass the injection webhook's checks here too.
     let mut req = req.map(BodyExt::boxed);
     if decided.verdict.forwards() && proxy.pod_writes.applies(&info) {

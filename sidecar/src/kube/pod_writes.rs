@@ -181,6 +181,41 @@ impl PodWriteGuard {
     }
 }
 
+/// Prefix of the ConfigMaps and Secrets the operator manages in an agents' namespace: the
+/// sidecar's configuration (`portcullis-sidecar-config`), its serving key
+/// (`portcullis-sidecar-tls`) and the masking key (`portcullis-masking-key`).
+pub const MANAGED_PREFIX: &str = "portcullis-";
+
+/// Why a write to an operator-managed ConfigMap or Secret is refused, `None` for every other
+/// request. Updates, patches (apply included) and deletes of a `portcullis-*` ConfigMap or
+/// Secret are refused, and so are collection deletes of ConfigMaps and Secrets, which would
+/// take them along. The sidecar's configuration decides where the credentials go, so the
+/// agent may not rewrite it.
+pub fn managed_object_write(info: &RequestInfo) -> Option<String> {
+    if !info.api_group.is_empty()
+        || !matches!(info.resource.as_str(), "configmaps" | "secrets")
+        || !info.subresource.is_empty()
+    {
+        return None;
+    }
+    let kind = if info.resource == "secrets" {
+        "Secret"
+    } else {
+        "ConfigMap"
+    };
+    match info.verb.as_str() {
+        "update" | "patch" | "delete" if info.name.starts_with(MANAGED_PREFIX) => Some(format!(
+            "{kind} {:?} is managed by the Portcullis operator (the sidecar's configuration or keys); the agent may not {} it",
+            info.name, info.verb
+        )),
+        "deletecollection" => Some(format!(
+            "deleting every {} of the namespace would delete the ones the Portcullis operator manages (the sidecar's configuration or keys); delete them one by one",
+            info.resource
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,5 +305,54 @@ mod tests {
         assert_eq!(g.check(&pods, plain.as_bytes()), Ok(()));
         let labels_only = r#"{"metadata": {"labels": {"x": "y"}}}"#;
         assert_eq!(g.check(&patch, labels_only.as_bytes()), Ok(()));
+    }
+
+    #[test]
+    fn writes_to_operator_managed_objects_are_refused() {
+        for (method, path) in [
+            (
+                Method::PATCH,
+                "/api/v1/namespaces/shop/configmaps/portcullis-sidecar-config",
+            ),
+            (
+                Method::PUT,
+                "/api/v1/namespaces/shop/configmaps/portcullis-sidecar-config",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/shop/configmaps/portcullis-sidecar-config",
+            ),
+            (
+                Method::PATCH,
+                "/api/v1/namespaces/shop/secrets/portcullis-masking-key",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/shop/secrets/portcullis-sidecar-tls",
+            ),
+            (Method::DELETE, "/api/v1/namespaces/shop/configmaps"),
+        ] {
+            assert!(
+                managed_object_write(&info(method.clone(), path)).is_some(),
+                "{method} {path}"
+            );
+        }
+        for (method, path) in [
+            (
+                Method::GET,
+                "/api/v1/namespaces/shop/configmaps/portcullis-sidecar-config",
+            ),
+            (
+                Method::PATCH,
+                "/api/v1/namespaces/shop/configmaps/agent-settings",
+            ),
+            (Method::POST, "/api/v1/namespaces/shop/configmaps"),
+            (Method::PATCH, "/api/v1/namespaces/shop/pods/portcullis-x"),
+        ] {
+            assert!(
+                managed_object_write(&info(method.clone(), path)).is_none(),
+                "{method} {path}"
+            );
+        }
     }
 }
