@@ -11,18 +11,21 @@ use portcullis_crds::audit::Identity;
 
 /// Why a session ends at its deadline, for the client and the audit log.
 pub fn message(identity: &Identity, deadline: SystemTime) -> String {
+    let at = || {
+        deadline.duration_since(std::time::UNIX_EPOCH).map_or_else(
+            |_| "1970-01-01T00:00:00Z".to_owned(),
+            |d| super::oidc::format_date(d.as_secs()),
+        )
+    };
     let (who, expired) = match &identity.principal {
         Some(p) => (
             format!("{} {} of issuer {}", p.kind, p.name, p.issuer),
-            p.expires
-                .map(|e| std::time::UNIX_EPOCH + std::time::Duration::from_secs(e))
-                .unwrap_or(deadline),
+            p.expires.map_or_else(at, super::oidc::format_date),
         ),
-        None => ("the session's principal".to_owned(), deadline),
+        None => ("the session's principal".to_owned(), at()),
     };
     format!(
-        "the OIDC ID token of {who} expired at {}; the session ends with it (reconnect with a fresh token)",
-        humantime::format_rfc3339_seconds(expired)
+        "the OIDC ID token of {who} expired at {expired}; the session ends with it (reconnect with a fresh token)"
     )
 }
 

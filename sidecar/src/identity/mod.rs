@@ -431,7 +431,15 @@ impl Authenticator {
             .iter()
             .find(|v| v.config().url == p.issuer)
             .map_or(0, |v| v.config().clock_skew_seconds);
-        Some(UNIX_EPOCH + Duration::from_secs(exp.saturating_add(leeway)))
+        // Verified tokens carry no exp past the year 9999; should one, the rights end at
+        // the latest time this platform holds rather than never.
+        let secs = exp.saturating_add(leeway);
+        Some(
+            UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .or_else(|| oidc::date_time(oidc::MAX_NUMERIC_DATE))
+                .unwrap_or(UNIX_EPOCH),
+        )
     }
 
     /// Validate a token and return the session identity: the workload with the token's
