@@ -442,6 +442,19 @@ impl Authenticator {
         )
     }
 
+    /// The issuer's key that signed the principal's token, to watch for its withdrawal.
+    /// `None` for the workload alone, or when the token named no key id.
+    pub fn signing_key(&self, identity: &Identity) -> Option<expiry::SigningKey> {
+        let p = identity.principal.as_ref()?;
+        let kid = p.key_id.clone()?;
+        let verifier = self
+            .verifiers
+            .iter()
+            .find(|v| v.config().url == p.issuer)?
+            .clone();
+        Some(expiry::SigningKey { verifier, kid })
+    }
+
     /// Validate a token and return the session identity: the workload with the token's
     /// principal. Checks the issuers and subjects of policies that require OIDC.
     pub async fn authenticate(
@@ -581,6 +594,7 @@ mod tests {
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect(),
                 expires: None,
+                key_id: None,
             }),
             ..workload()
         }

@@ -3,7 +3,8 @@
 //! (default five minutes) or when a token names a key the cache does not know (at most once
 //! per minimum interval, so tokens with made-up key ids cannot flood the issuer). Each
 //! successful fetch replaces the cached keys, so a key the issuer withdrew is no longer
-//! trusted after the next fetch. Every token is checked for its signature, algorithm (the
+//! trusted after the next fetch (and sessions opened with a token it signed end: see
+//! [`super::expiry`]). Every token is checked for its signature, algorithm (the
 //! issuer's allowed list), `iss`, `aud`, `exp` and `nbf` by `jsonwebtoken`; here, `exp`,
 //! `nbf` and `iat` must be JSON numbers no later than the year 9999 ([`MAX_NUMERIC_DATE`]),
 //! `iat` must not lie in the future, and a token with
@@ -497,6 +498,34 @@ impl IssuerVerifier {
         })
     }
 
+    /// How often a session checks that the key of its token is still published: the key
+    /// set's maximum age.
+    pub fn key_check_interval(&self) -> Duration {
+        self.options.jwks_max_age.max(Duration::from_millis(100))
+    }
+
+    /// Whether the key `kid` is still among the issuer's published keys, reading the key
+    /// set again when the cached one is older than its maximum age. When the issuer cannot
+    /// be reached, the keys fetched before stand (as for new tokens).
+    pub async fn publishes(&self, kid: &str) -> bool {
+        let mut cache = self.cache.lock().await;
+        let stale = cache
+            .fetched
+            .is_none_or(|t| t.elapsed() >= self.options.jwks_max_age);
+        let may_refresh = cache
+            .last_attempt
+            .is_none_or(|t| t.elapsed() >= self.options.jwks_min_refresh);
+        if stale && may_refresh {
+            if let Err(e) = self.refresh(&mut cache).await {
+                tracing::warn!(issuer = %self.config.url, error = %e, "key set not re-read; the keys fetched before stand");
+            }
+        }
+        cache
+            .keys
+            .iter()
+            .any(|k| k.common.key_id.as_deref() == Some(kid))
+    }
+
     /// Verify a token whose header and payload were read by [`peek`].
     pub async fn verify(&self, token: &str, peeked: &Unverified) -> Result<Verified, TokenError> {
         let accepted = || {
@@ -624,6 +653,7 @@ impl IssuerVerifier {
             groups,
             claims: BTreeMap::new(),
             expires: claims.get("exp").and_then(numeric_date),
+            key_id: peeked.kid.clone(),
         };
         Ok(Verified { principal, claims })
     }

@@ -1191,12 +1191,11 @@ policies:
     (sidecar, port, dir, ns)
 }
 
-// BROKEN: a Kubernetes watch opened with a token whose signing key the issuer then withdraws
-// keeps streaming after the next key-set read (a fresh request with the same token is
-// refused): streams are bounded by the token's exp only, which a holder of a compromised
+// A Kubernetes watch opened with a token whose signing key the issuer then withdraws must
+// stop at the next key-set read, as a fresh request with the same token is refused: a
+// stream bounded by the token's exp alone would last as long as a holder of a compromised
 // key chooses.
 #[tokio::test]
-#[ignore = "BROKEN: a watch outlives the withdrawal of its token's key"]
 async fn identity_redteam_kube_watch_outlives_withdrawn_key() {
     let h = portcullis_e2e::harness();
     let realms = Realms::start().await;
@@ -1235,12 +1234,11 @@ async fn identity_redteam_kube_watch_outlives_withdrawn_key() {
     );
 }
 
-// BROKEN: a PostgreSQL session opened with a token whose signing key the issuer then
-// withdraws keeps the person's rights after the next key-set read (new sessions with that
-// token are refused). Only the token's exp ends it, and a holder of a compromised key picks
-// exp (here ten years).
+// A PostgreSQL session opened with a token whose signing key the issuer then withdraws
+// must lose the person's rights at the next key-set read (as new sessions with that token
+// are refused), not at the token's exp, which a holder of a compromised key picks (here ten
+// years).
 #[tokio::test]
-#[ignore = "BROKEN: a PostgreSQL session outlives the withdrawal of its token's key"]
 async fn identity_redteam_pg_session_outlives_withdrawn_key() {
     let realms = Realms::start().await;
     let staff = realms.url("staff");
