@@ -815,7 +815,7 @@ async fn identity_redteam_kubernetes_proxy() {
     let partner_key = Key::generate("partner-1");
     realms.publish("staff", &[&staff_key]);
     realms.publish("partner", &[&partner_key]);
-    let (sidecar, port, _dir, ns) = kube_sidecar(&h, &staff, &partner).await;
+    let (sidecar, port, _dir, ns) = kube_sidecar(h, &staff, &partner).await;
     let st = staff_key.sign(&person(&staff, "dora@staff.example", json!(true), &["dpo"]));
     let pt = partner_key.sign(&person(
         &partner,
@@ -848,7 +848,9 @@ async fn identity_redteam_kubernetes_proxy() {
         /// 2xx and the API server saw the workload's service account, nobody else.
         AsWorkload,
     }
-    let rows: Vec<(&str, &str, Vec<String>, Vec<String>, K)> = vec![
+    /// Family, attempt, headers, extra curl arguments, expected outcome.
+    type Row<'a> = (&'a str, &'a str, Vec<String>, Vec<String>, K);
+    let rows: Vec<Row> = vec![
         (
             "control: staff bearer, SelfSubjectReview shows the workload",
             review,
@@ -1205,7 +1207,7 @@ async fn identity_redteam_kube_watch_outlives_withdrawn_key() {
     let partner_key = Key::generate("partner-1");
     realms.publish("staff", &[&staff_key]);
     realms.publish("partner", &[&partner_key]);
-    let (sidecar, port, _dir, ns) = kube_sidecar(&h, &staff, &partner).await;
+    let (sidecar, port, _dir, ns) = kube_sidecar(h, &staff, &partner).await;
     let st = staff_key.sign(&person(&staff, "dora@staff.example", json!(true), &["dpo"]));
     let watch = format!("/api/v1/namespaces/{ns}/pods?watch=1&timeoutSeconds=14");
     let started = std::time::Instant::now();
