@@ -82,6 +82,9 @@ pub struct Principal {
     /// Expiry of the token (seconds since the Unix epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<u64>,
+    /// Id (`kid`) of the issuer's key that signed the token, when the token names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 /// The event an audit record describes.

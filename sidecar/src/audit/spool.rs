@@ -552,6 +552,7 @@ mod tests {
                 groups: vec!["dba".into(), "ops".into()],
                 claims: [("repository".to_owned(), "org/app".to_owned())].into(),
                 expires: Some(1_900_000_000),
+                key_id: None,
             }),
         };
         let contexts = [

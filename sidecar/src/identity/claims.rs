@@ -4,8 +4,13 @@
 //! with the `cel` crate), and its claim validation rules must all hold (a claim with a
 //! required value, or a CEL expression that must be `true`).
 //!
-//! Only claims the issuer vouches for name a person: a user name read from `email` (or from
-//! an expression that reads `email`) needs `email_verified: true` in the same token.
+//! Only claims the issuer vouches for name a person: a user name read from the `email`
+//! claim needs `email_verified: true` in the same token, and unless `email_verified` is
+//! exactly JSON `true`, every CEL expression (user name, groups, validation rules) is
+//! evaluated over the claims with `email` removed, so no expression can read an unverified
+//! address, however it spells the key.
+
+use std::borrow::Cow;
 
 use cel::{Context, Program, Value as CelValue};
 use portcullis_crds::sidecar_config::OidcIssuerConfig;
@@ -41,7 +46,7 @@ pub struct ClaimRules {
     username: Mapping,
     groups: Mapping,
     rules: Vec<Rule>,
-    /// The user name comes from `email`: `email_verified` must be `true`.
+    /// The user name is the `email` claim: `email_verified` must be `true`.
     needs_verified_email: bool,
 }
 
@@ -49,19 +54,44 @@ fn compile(what: &str, source: &str) -> Result<Program, String> {
     Program::compile(source).map_err(|e| format!("{what} {source:?} is not valid CEL: {e}"))
 }
 
-/// Evaluate an expression with `claims` bound to the token's payload.
+/// Whether the issuer vouches for the token's `email`: `email_verified` is JSON `true`.
+fn email_verified(claims: &Map<String, Value>) -> bool {
+    claims.get("email_verified") == Some(&Value::Bool(true))
+}
+
+/// The claims an expression sees: all of them, but without `email` unless it is verified.
+fn visible(claims: &Map<String, Value>) -> Cow<'_, Map<String, Value>> {
+    if email_verified(claims) || !claims.contains_key("email") {
+        Cow::Borrowed(claims)
+    } else {
+        let mut shown = claims.clone();
+        shown.remove("email");
+        Cow::Owned(shown)
+    }
+}
+
+/// Evaluate an expression with `claims` bound to the token's payload, less an unverified
+/// `email` ([`visible`]).
 fn evaluate(
     program: &Program,
     source: &str,
     claims: &Map<String, Value>,
 ) -> Result<CelValue, TokenError> {
-    let value = cel::to_value(claims)
+    let shown = visible(claims);
+    let withheld = shown.len() != claims.len();
+    let value = cel::to_value(shown.as_ref())
         .map_err(|e| TokenError::Rule(format!("the claims cannot be given to {source:?}: {e}")))?;
     let mut context = Context::default();
     context.add_variable_from_value("claims", value);
-    program
-        .execute(&context)
-        .map_err(|e| TokenError::Rule(format!("{source:?} cannot be evaluated: {e}")))
+    program.execute(&context).map_err(|e| {
+        TokenError::Rule(if withheld {
+            format!(
+                "{source:?} cannot be evaluated: {e} (the token's email is not verified, so expressions do not see it)"
+            )
+        } else {
+            format!("{source:?} cannot be evaluated: {e}")
+        })
+    })
 }
 
 impl ClaimRules {
@@ -87,10 +117,9 @@ impl ClaimRules {
                 prefix: config.groups_prefix.clone(),
             },
         };
-        let needs_verified_email = match &username {
-            Mapping::Claim { claim, .. } => claim == "email",
-            Mapping::Expression { source, .. } => source.contains("email"),
-        };
+        // Expressions never see an unverified email (`evaluate`), whatever they read.
+        let needs_verified_email =
+            matches!(&username, Mapping::Claim { claim, .. } if claim == "email");
         let mut rules = Vec::new();
         for (i, r) in config.claim_validation_rules.iter().enumerate() {
             match (&r.claim, &r.required_value, &r.expression) {
@@ -120,7 +149,7 @@ impl ClaimRules {
 
     /// Check the issuer's validation rules and that an `email` user name is verified.
     pub fn check(&self, claims: &Map<String, Value>) -> Result<(), TokenError> {
-        if self.needs_verified_email && claims.get("email_verified") != Some(&Value::Bool(true)) {
+        if self.needs_verified_email && !email_verified(claims) {
             return Err(TokenError::UnverifiedEmail);
         }
         for rule in &self.rules {
@@ -309,13 +338,37 @@ mod tests {
         let t = claims(json!({"sub": "bob", "roles": [1]}));
         assert!(rules.groups(&t).is_err());
 
-        let mut c = config();
-        c.username_expression = Some("claims.email".into());
-        let rules = ClaimRules::new(&c).expect("rules");
-        assert_eq!(
-            rules.check(&claims(json!({"email": "a@b"}))),
-            Err(TokenError::UnverifiedEmail)
-        );
+        // However an expression spells `email`, it does not see an unverified one.
+        for expr in [
+            "claims.email",
+            r#"claims["em" + "ail"]"#,
+            r#"claims["\x65mail"]"#,
+            r#"claims[claims.k]"#,
+        ] {
+            let mut c = config();
+            c.username_expression = Some(expr.into());
+            c.groups_expression = Some(format!("[{expr}]"));
+            c.claim_validation_rules = vec![ClaimValidationRule {
+                claim: None,
+                required_value: None,
+                expression: Some(format!("{expr} == \"a@b\"")),
+                message: None,
+            }];
+            let rules = ClaimRules::new(&c).expect("rules");
+            for verified in [json!(false), json!("true"), json!(1), Value::Null] {
+                let t = claims(json!({"email": "a@b", "k": "email", "email_verified": verified}));
+                assert!(rules.check(&t).is_err(), "{expr} {verified}");
+                assert!(
+                    matches!(rules.username(&t), Err(TokenError::Rule(m)) if m.contains("not verified")),
+                    "{expr} {verified}"
+                );
+                assert!(rules.groups(&t).is_err(), "{expr} {verified}");
+            }
+            let t = claims(json!({"email": "a@b", "k": "email", "email_verified": true}));
+            rules.check(&t).expect("verified");
+            assert_eq!(rules.username(&t).expect("name"), "a@b", "{expr}");
+            assert_eq!(rules.groups(&t).expect("groups"), vec!["a@b"], "{expr}");
+        }
 
         let mut c = config();
         c.username_expression = Some("claims.(".into());

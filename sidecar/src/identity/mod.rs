@@ -431,7 +431,28 @@ impl Authenticator {
             .iter()
             .find(|v| v.config().url == p.issuer)
             .map_or(0, |v| v.config().clock_skew_seconds);
-        Some(UNIX_EPOCH + Duration::from_secs(exp.saturating_add(leeway)))
+        // Verified tokens carry no exp past the year 9999; should one, the rights end at
+        // the latest time this platform holds rather than never.
+        let secs = exp.saturating_add(leeway);
+        Some(
+            UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .or_else(|| oidc::date_time(oidc::MAX_NUMERIC_DATE))
+                .unwrap_or(UNIX_EPOCH),
+        )
+    }
+
+    /// The issuer's key that signed the principal's token, to watch for its withdrawal.
+    /// `None` for the workload alone, or when the token named no key id.
+    pub fn signing_key(&self, identity: &Identity) -> Option<expiry::SigningKey> {
+        let p = identity.principal.as_ref()?;
+        let kid = p.key_id.clone()?;
+        let verifier = self
+            .verifiers
+            .iter()
+            .find(|v| v.config().url == p.issuer)?
+            .clone();
+        Some(expiry::SigningKey { verifier, kid })
     }
 
     /// Validate a token and return the session identity: the workload with the token's
@@ -573,6 +594,7 @@ mod tests {
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect(),
                 expires: None,
+                key_id: None,
             }),
             ..workload()
         }

@@ -3,9 +3,11 @@
 //! (default five minutes) or when a token names a key the cache does not know (at most once
 //! per minimum interval, so tokens with made-up key ids cannot flood the issuer). Each
 //! successful fetch replaces the cached keys, so a key the issuer withdrew is no longer
-//! trusted after the next fetch. Every token is checked for its signature, algorithm (the
+//! trusted after the next fetch (and sessions opened with a token it signed end: see
+//! [`super::expiry`]). Every token is checked for its signature, algorithm (the
 //! issuer's allowed list), `iss`, `aud`, `exp` and `nbf` by `jsonwebtoken`; here, `exp`,
-//! `nbf` and `iat` must be JSON numbers, `iat` must not lie in the future, and a token with
+//! `nbf` and `iat` must be JSON numbers no later than the year 9999 ([`MAX_NUMERIC_DATE`]),
+//! `iat` must not lie in the future, and a token with
 //! several audiences must name an accepted one as its authorized party (`azp`). The issuer's
 //! claim mappings and validation rules ([`super::claims`]) then give the principal.
 
@@ -23,6 +25,10 @@ use thiserror::Error;
 
 use super::claims::ClaimRules;
 use super::http::HttpClient;
+
+/// Largest NumericDate accepted: 9999-12-31T23:59:59Z. Later dates are refused rather than
+/// turned into times, so that every accepted date is a time and can be printed.
+pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
 
 /// Largest token accepted.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -125,6 +131,10 @@ pub enum TokenError {
     /// `exp`, `nbf` or `iat` is not a JSON number (RFC 7519 NumericDate).
     #[error("the token's {0:?} claim is not a NumericDate (a JSON number of seconds)")]
     NotNumericDate(String),
+    /// `exp`, `nbf` or `iat` lies beyond the last second of year 9999, which no clock or
+    /// RFC 3339 timestamp holds.
+    #[error("the token's {0:?} claim lies beyond the year 9999 ({MAX_NUMERIC_DATE} seconds), which is not a time this gateway accepts")]
+    DateOutOfRange(String),
     /// `iat` lies in the future beyond the leeway.
     #[error("the token was issued in the future{0}")]
     IssuedInFuture(String),
@@ -317,14 +327,27 @@ pub fn numeric_date(v: &Value) -> Option<u64> {
     (f.is_finite() && f >= 0.0).then_some(f as u64)
 }
 
+/// A NumericDate as a time, if it is at most [`MAX_NUMERIC_DATE`].
+pub fn date_time(secs: u64) -> Option<std::time::SystemTime> {
+    if secs > MAX_NUMERIC_DATE {
+        return None;
+    }
+    std::time::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// A NumericDate in RFC 3339, or its number of seconds when it is no printable time.
+pub fn format_date(secs: u64) -> String {
+    date_time(secs).map_or_else(
+        || format!("{secs} seconds after 1970"),
+        |at| humantime::format_rfc3339_seconds(at).to_string(),
+    )
+}
+
 fn time_suffix(claims: &Map<String, Value>, claim: &str, word: &str) -> String {
     claims
         .get(claim)
         .and_then(numeric_date)
-        .map(|t| {
-            let at = std::time::UNIX_EPOCH + Duration::from_secs(t);
-            format!(" ({word} {})", humantime::format_rfc3339_seconds(at))
-        })
+        .map(|t| format!(" ({word} {})", format_date(t)))
         .unwrap_or_default()
 }
 
@@ -475,6 +498,34 @@ impl IssuerVerifier {
         })
     }
 
+    /// How often a session checks that the key of its token is still published: the key
+    /// set's maximum age.
+    pub fn key_check_interval(&self) -> Duration {
+        self.options.jwks_max_age.max(Duration::from_millis(100))
+    }
+
+    /// Whether the key `kid` is still among the issuer's published keys, reading the key
+    /// set again when the cached one is older than its maximum age. When the issuer cannot
+    /// be reached, the keys fetched before stand (as for new tokens).
+    pub async fn publishes(&self, kid: &str) -> bool {
+        let mut cache = self.cache.lock().await;
+        let stale = cache
+            .fetched
+            .is_none_or(|t| t.elapsed() >= self.options.jwks_max_age);
+        let may_refresh = cache
+            .last_attempt
+            .is_none_or(|t| t.elapsed() >= self.options.jwks_min_refresh);
+        if stale && may_refresh {
+            if let Err(e) = self.refresh(&mut cache).await {
+                tracing::warn!(issuer = %self.config.url, error = %e, "key set not re-read; the keys fetched before stand");
+            }
+        }
+        cache
+            .keys
+            .iter()
+            .any(|k| k.common.key_id.as_deref() == Some(kid))
+    }
+
     /// Verify a token whose header and payload were read by [`peek`].
     pub async fn verify(&self, token: &str, peeked: &Unverified) -> Result<Verified, TokenError> {
         let accepted = || {
@@ -501,8 +552,12 @@ impl IssuerVerifier {
         // than skipped.
         for claim in ["exp", "nbf", "iat"] {
             if let Some(v) = peeked.claims.get(claim) {
-                if numeric_date(v).is_none() {
-                    return Err(TokenError::NotNumericDate(claim.to_owned()));
+                match numeric_date(v) {
+                    None => return Err(TokenError::NotNumericDate(claim.to_owned())),
+                    Some(t) if t > MAX_NUMERIC_DATE => {
+                        return Err(TokenError::DateOutOfRange(claim.to_owned()))
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -598,6 +653,7 @@ impl IssuerVerifier {
             groups,
             claims: BTreeMap::new(),
             expires: claims.get("exp").and_then(numeric_date),
+            key_id: peeked.kid.clone(),
         };
         Ok(Verified { principal, claims })
     }

@@ -822,14 +822,16 @@ async fn handle(
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    // A watch (or any long response) ends when the token that asked for it does.
-    match proxy.auth.as_ref().and_then(|a| a.deadline(&identity)) {
-        Some(deadline) => Response::from_parts(
-            parts,
-            crate::identity::expiry::UntilDeadline::new(body, deadline).boxed(),
-        ),
-        None => Response::from_parts(parts, body.boxed()),
+    // A watch (or any long response) ends when the rights of the token that asked for it do.
+    let deadline = proxy.auth.as_ref().and_then(|a| a.deadline(&identity));
+    let key = proxy.auth.as_ref().and_then(|a| a.signing_key(&identity));
+    if deadline.is_none() && key.is_none() {
+        return Response::from_parts(parts, body.boxed());
     }
+    Response::from_parts(
+        parts,
+        crate::identity::expiry::UntilDeadline::new(body, deadline, identity.clone(), key).boxed(),
+    )
 }
 
 fn micros(since: Instant) -> u64 {
@@ -1023,6 +1025,10 @@ async fn relay(
         .inc();
     // The stream lasts no longer than the token of the person who opened it.
     let deadline = proxy.auth.as_ref().and_then(|a| a.deadline(ctx.identity()));
+    let key = proxy
+        .auth
+        .as_ref()
+        .and_then(|a| a.signing_key(ctx.identity()));
     let relayed = async {
         if spdy {
             stream::relay_spdy(client, upstream, &mut session).await;
@@ -1033,7 +1039,7 @@ async fn relay(
     };
     tokio::select! {
         () = relayed => {}
-        reason = crate::identity::expiry::until(deadline, ctx.identity().clone()) => {
+        reason = crate::identity::expiry::until(deadline, ctx.identity().clone(), key) => {
             tracing::info!(session = %ctx.session_id(), request_id, %reason, "closed an exec stream whose token expired");
         }
     }

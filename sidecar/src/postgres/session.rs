@@ -168,6 +168,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
     let negotiated = established.negotiated;
     let identity_source = established.source;
     let deadline = res.auth.as_ref().and_then(|a| a.deadline(&identity));
+    let signing_key = res.auth.as_ref().and_then(|a| a.signing_key(&identity));
     let user = params.get("user").unwrap_or_default().to_owned();
     let database = params.get("database").unwrap_or(&user).to_owned();
     let passed: Vec<(String, String)> = params
@@ -244,6 +245,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
             justification,
             masking,
             deadline,
+            signing_key,
             search_path,
         },
     )
@@ -304,6 +306,8 @@ struct SessionState {
     masking: Option<Arc<SessionMasking>>,
     /// When the principal's token expires.
     deadline: Option<std::time::SystemTime>,
+    /// The issuer key that signed the principal's token: the session ends if it is withdrawn.
+    signing_key: Option<expiry::SigningKey>,
     /// The server's `search_path` at the start.
     search_path: SearchPath,
 }
@@ -319,13 +323,14 @@ async fn relay(
         justification,
         masking,
         deadline,
+        signing_key,
         search_path,
     } = state;
     let (cr, cw) = tcp.into_split();
     let (ur, uw) = tokio::io::split(upstream);
     let cw: ClientWriter = Arc::new(tokio::sync::Mutex::new(cw));
     let cw_end = cw.clone();
-    let expires = expiry::until(deadline, ctx.identity().clone());
+    let expires = expiry::until(deadline, ctx.identity().clone(), signing_key);
     let tracker = Arc::new(Mutex::new(Tracker {
         masking: masking.clone(),
         ..Tracker::default()

@@ -7,6 +7,7 @@ mod durability;
 mod guardrails;
 mod identity;
 mod identity_families;
+mod identity_redteam;
 mod limits;
 mod masking;
 mod passthrough;
