@@ -1007,6 +1007,46 @@ async fn escape_attempts_are_refused_on_every_path() {
     })
     .await;
 
+    // The operator's own objects (the chart's managed-objects policy): the twin namespace's
+    // RBAC lets alice create them there; in the labelled one every create, update and delete
+    // is refused, so nobody but the operator can point the sidecar elsewhere.
+    let managed_refusal = "is managed by the Portcullis operator in namespaces it protects";
+    for (kind, name) in [
+        ("configmaps", "portcullis-sidecar-config"),
+        ("secrets", "portcullis-masking-key"),
+        ("secrets", "portcullis-sidecar-tls"),
+    ] {
+        write_managed(&alice, &plain, kind, name, false)
+            .await
+            .unwrap_or_else(|e| panic!("{kind}/{name} in the twin namespace: {e}"));
+        for delete in [false, true] {
+            if delete {
+                // A cluster administrator may still write it (here: make sure it exists).
+                write_managed(&client, &labelled, kind, name, false)
+                    .await
+                    .unwrap_or_else(|e| panic!("{kind}/{name} as an administrator: {e}"));
+            }
+            let refused = eventually(
+                Duration::from_secs(30),
+                "the managed-objects policy",
+                || {
+                    let alice = alice.clone();
+                    let labelled = labelled.clone();
+                    async move {
+                        write_managed(&alice, &labelled, kind, name, delete)
+                            .await
+                            .err()
+                    }
+                },
+            )
+            .await;
+            assert!(
+                refused.contains(managed_refusal),
+                "{kind}/{name} (delete: {delete}): {refused}"
+            );
+        }
+    }
+
     let cred_env = json!([{"name": "P", "valueFrom": {"secretKeyRef": {"name": "customers-db-credentials", "key": "password"}}}]);
     let table = [
         Attempt { family: "opt-out annotation by an untrusted user", refused_with: "opts a pod out of the Portcullis sidecar",
@@ -1247,4 +1287,53 @@ policies:
     let _ = h.kubectl(&["delete", "-f", &rendered]);
     unregister(&client, &name).await;
     webhook.stop().await;
+}
+
+/// Write (patch, or create when missing) or delete an operator-managed ConfigMap or Secret.
+async fn write_managed(
+    client: &kube::Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    delete: bool,
+) -> Result<(), String> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use kube::api::DeleteParams;
+    let patch = Patch::Merge(json!({"metadata": {"labels": {"tampered": "yes"}}}));
+    let pp = PatchParams::default();
+    let result = match kind {
+        "configmaps" => {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+            if delete {
+                api.delete(name, &DeleteParams::default()).await.map(|_| ())
+            } else {
+                match api.patch(name, &pp, &patch).await {
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        let cm = serde_json::from_value(json!({"metadata": {"name": name}}))
+                            .map_err(|e| e.to_string())?;
+                        api.create(&PostParams::default(), &cm).await.map(|_| ())
+                    }
+                    other => other.map(|_| ()),
+                }
+            }
+        }
+        _ => {
+            let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+            if delete {
+                api.delete(name, &DeleteParams::default()).await.map(|_| ())
+            } else {
+                match api.patch(name, &pp, &patch).await {
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        let secret = serde_json::from_value(json!({"metadata": {"name": name}}))
+                            .map_err(|e| e.to_string())?;
+                        api.create(&PostParams::default(), &secret)
+                            .await
+                            .map(|_| ())
+                    }
+                    other => other.map(|_| ()),
+                }
+            }
+        }
+    };
+    result.map_err(|e| e.to_string())
 }
