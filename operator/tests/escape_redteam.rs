@@ -205,7 +205,7 @@ fn table() -> Vec<Attempt> {
         Attempt { family: "hostAliases pointing the database host name at 127.0.0.2 (the pod's shared loopback)",
             how: How::Create(pod("host-alias", json!({"hostAliases": [{"ip": "127.0.0.2", "hostnames": ["customers-db.data.svc.cluster.local"]}]}))),
             escapes: false, fixed: true, refused_with: "the pod sets hostAliases, which the kubelet writes into the /etc/hosts",
-            note: "the kubelet writes one /etc/hosts for every container of the pod, the sidecar's included: the sidecar dials the agent's own listener on 127.0.0.2:5432 (the sidecar holds 127.0.0.1:<listenPort> only; the ip may as well be any host the attacker runs outside the cluster) as its upstream; with the default tlsMode `require` it accepts any certificate and answers AuthenticationCleartextPassword with the credential (see hostaliases_hand_the_credential_to_the_agent)" },
+            note: "the kubelet writes one /etc/hosts for every container of the pod, the sidecar's included: the sidecar dials the agent's own listener on 127.0.0.2:5432 (the sidecar holds 127.0.0.1:<listenPort> only; the ip may as well be any host the attacker runs outside the cluster) as its upstream; with the default tlsMode `require` it accepts any certificate and answers AuthenticationCleartextPassword with the credential (closed: see a_redirected_upstream_gets_no_cleartext_credential)" },
         Attempt { family: "dnsPolicy None + dnsConfig.nameservers [127.0.0.1]",
             how: How::Create(pod("dns-config", json!({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["127.0.0.1"], "searches": ["data.svc.cluster.local"]}}))),
             escapes: false, fixed: true, refused_with: "the pod sets dnsPolicy: None",
@@ -634,10 +634,11 @@ policies:
 /// a listener of the agent on the pod's loopback. Here the sidecar's upstream is that
 /// listener's address directly (the in-process sidecar cannot have a pod's /etc/hosts), with
 /// the tlsMode the operator compiles for a postgres ProtectedResource without `tls`
-/// (`require`). The agent's fake server offers TLS with its own certificate, asks for a
-/// cleartext password and receives the database credential.
+/// (`require`). The agent's fake server offers TLS with its own certificate and asks for a
+/// cleartext password; it used to receive the database credential. The sidecar now sends a
+/// cleartext password only to a server whose certificate it verified.
 #[tokio::test]
-async fn hostaliases_hand_the_credential_to_the_agent() {
+async fn a_redirected_upstream_gets_no_cleartext_credential() {
     let dir = tempfile::tempdir().expect("tempdir");
     let creds = dir.path().join("creds");
     std::fs::create_dir_all(&creds).expect("creds dir");
@@ -760,7 +761,7 @@ policies:
             .map_err(|e| e.to_string())
     });
     let mut seen = Vec::new();
-    let stolen = tokio::time::timeout(Duration::from_secs(30), async {
+    let stolen = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(m) = rx.recv().await {
             seen.push(m.clone());
             if let Some(p) = m.strip_prefix("PASSWORD ") {
@@ -775,12 +776,12 @@ policies:
     agent.abort();
     sidecar.shutdown().await;
     eprintln!("fake upstream saw: {seen:?}");
+    // Closed: the sidecar sends a cleartext password only to a server whose certificate it
+    // verified, so an upstream it reaches by a redirected name gets nothing.
     assert_eq!(
-        stolen.as_deref(),
-        Some("the-real-db-password"),
-        "ESCAPE expected: the sidecar sends its credential to the agent's listener; saw {seen:?}"
+        stolen, None,
+        "the sidecar sent its credential to an unverified upstream; saw {seen:?}"
     );
-    eprintln!("ESCAPED  the agent's fake upstream received the database password {stolen:?}");
 }
 
 /// Not a pod write, so outside the claim's letter, but it would give the same thing: the
@@ -788,7 +789,7 @@ policies:
 /// masking) lives in ConfigMap `portcullis-sidecar-config` of the agents' namespace, which
 /// `edit` and the README's recommended `agent-owner` Role (configmaps: create/update/patch)
 /// may write. Pointing `upstream.host` at the attacker's server with `tlsMode: disable` would
-/// hand the credential over as in `hostaliases_hand_the_credential_to_the_agent`. The
+/// hand the credential over as `a_redirected_upstream_gets_no_cleartext_credential` shows is now closed. The
 /// operator compares the ConfigMap's data with what it compiled (not only the
 /// `portcullis.dev/config-hash` annotation) and puts it back.
 #[tokio::test]
@@ -916,10 +917,11 @@ async fn namespace_user_rewrites_the_sidecar_configuration() {
 
 /// What the rewritten ConfigMap of `namespace_user_rewrites_the_sidecar_configuration` does to
 /// the Kubernetes resource: `upstream` set to the attacker's server with `tlsMode: disable`
-/// (the configuration check accepts it). The agent's next API call through its sidecar
-/// carries the sidecar's REAL service-account token to that server.
+/// (the configuration check accepts it). With `tlsMode: require` the agent's next API call
+/// through its sidecar used to carry the sidecar's REAL service-account token to that server;
+/// the sidecar now refuses a Kubernetes upstream it cannot verify.
 #[tokio::test]
-async fn tampered_configuration_sends_the_real_token_away() {
+async fn an_unverified_kubernetes_upstream_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = portcullis_operator::certs::generate(
         &["127.0.0.1".to_owned()],
@@ -941,7 +943,7 @@ async fn tampered_configuration_sends_the_real_token_away() {
         .await
         .expect("bind");
     let fake_port = fake.local_addr().expect("addr").port();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = fake.accept().await else {
@@ -992,50 +994,16 @@ policies:
         dir = dir.path().display(),
     ))
     .expect("the configuration check accepts an unverified Kubernetes upstream");
-    let sidecar = portcullis_sidecar::start(
+    // Closed: a Kubernetes upstream is reached only over verified TLS, so the sidecar
+    // refuses this configuration instead of sending its token to a server it cannot verify.
+    let refused = portcullis_sidecar::start(
         config,
         portcullis_sidecar::config::Options::service_account("agents", "agent"),
     )
     .await
-    .expect("sidecar starts");
-    let port = sidecar.addr("cluster-api").expect("listening").port();
-    let kubeconfig = token_kubeconfig(
-        &dir.path().join("agent.kubeconfig"),
-        &format!("https://127.0.0.1:{port}"),
-        &dir.path().join("ca.crt").to_string_lossy(),
-        inject::PLACEHOLDER_TOKEN,
-        "agents",
-    );
-    let agent = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig"),
-            &Default::default(),
-        )
-        .await
-        .expect("config"),
-    )
-    .expect("agent client");
-    let call = tokio::spawn(async move {
-        Api::<Pod>::namespaced(agent, "agents")
-            .list(&Default::default())
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
-    });
-    let seen = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(request) = rx.recv().await {
-            if request.contains("REAL-SERVICE-ACCOUNT-TOKEN") {
-                return Some(request);
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten();
-    call.abort();
-    sidecar.shutdown().await;
-    let request =
-        seen.expect("ESCAPE expected: the sidecar sends its token to the configured upstream");
-    eprintln!("ESCAPED  the attacker's 'API server' received:\n{request}");
+    .err()
+    .map(|e| e.to_string())
+    .expect("the sidecar refuses an unverified Kubernetes upstream");
+    assert!(refused.contains("verified TLS only"), "{refused}");
+    drop(rx);
 }

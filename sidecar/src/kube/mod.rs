@@ -185,10 +185,10 @@ impl KubeProxy {
                     "no upstream, and KUBERNETES_SERVICE_HOST/PORT are not set",
                 )
             })?;
-        if upstream.tls_mode == TlsMode::Disable {
+        if upstream.tls_mode != TlsMode::VerifyFull {
             return Err(invalid(
                 &resource.name,
-                "the Kubernetes API is reached over TLS only (tls mode disable is not supported)",
+                "the Kubernetes API is reached over verified TLS only (tls mode verify-full): the sidecar's service-account token must never go to a server it cannot verify",
             ));
         }
         let tls = upstream_tls(&upstream)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
+use portcullis_crds::protected_resource::TlsMode;
 use portcullis_crds::sidecar_config::{CredentialFiles, UpstreamConfig};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
@@ -257,6 +258,13 @@ impl Upstream {
             match parsed {
                 Backend::AuthenticationOk => {}
                 Backend::AuthenticationCleartextPassword => {
+                    // The password itself would go to whoever answers: only to a server
+                    // whose certificate was verified.
+                    if self.config.tls_mode != TlsMode::VerifyFull {
+                        return Err(UpstreamError::UnsupportedAuth(
+                            "a cleartext password to a server whose certificate is not verified (use SCRAM-SHA-256, or tls mode verify-full)".into(),
+                        ));
+                    }
                     frontend::password_message(password()?.as_bytes(), &mut buf)?;
                 }
                 Backend::AuthenticationMd5Password(body) => {
