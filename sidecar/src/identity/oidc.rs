@@ -271,6 +271,18 @@ struct KeyCache {
     last_attempt: Option<Instant>,
 }
 
+impl KeyCache {
+    /// Whether the keys are older than `max_age` (or were never fetched).
+    fn stale(&self, max_age: Duration) -> bool {
+        self.fetched.is_none_or(|t| t.elapsed() >= max_age)
+    }
+
+    /// Whether a fetch may be tried: the last attempt is at least `min_refresh` ago.
+    fn may_refresh(&self, min_refresh: Duration) -> bool {
+        self.last_attempt.is_none_or(|t| t.elapsed() >= min_refresh)
+    }
+}
+
 /// Validates the tokens of one issuer.
 pub struct IssuerVerifier {
     config: OidcIssuerConfig,
@@ -462,12 +474,8 @@ impl IssuerVerifier {
         alg: SigningAlgorithm,
     ) -> Result<DecodingKey, TokenError> {
         let mut cache = self.cache.lock().await;
-        let stale = cache
-            .fetched
-            .is_none_or(|t| t.elapsed() >= self.options.jwks_max_age);
-        let may_refresh = cache
-            .last_attempt
-            .is_none_or(|t| t.elapsed() >= self.options.jwks_min_refresh);
+        let stale = cache.stale(self.options.jwks_max_age);
+        let may_refresh = cache.may_refresh(self.options.jwks_min_refresh);
         let mut refreshed = false;
         if stale && may_refresh {
             refreshed = true;
@@ -483,9 +491,7 @@ impl IssuerVerifier {
             return found;
         }
         // Unknown key: the issuer may have rotated. Fetch again, unless that just happened.
-        let may_refresh = cache
-            .last_attempt
-            .is_none_or(|t| t.elapsed() >= self.options.jwks_min_refresh);
+        let may_refresh = cache.may_refresh(self.options.jwks_min_refresh);
         if !refreshed && may_refresh {
             self.refresh(&mut cache).await?;
             if let Some(found) = Self::find(&cache.keys, kid, alg) {
@@ -509,12 +515,8 @@ impl IssuerVerifier {
     /// be reached, the keys fetched before stand (as for new tokens).
     pub async fn publishes(&self, kid: &str) -> bool {
         let mut cache = self.cache.lock().await;
-        let stale = cache
-            .fetched
-            .is_none_or(|t| t.elapsed() >= self.options.jwks_max_age);
-        let may_refresh = cache
-            .last_attempt
-            .is_none_or(|t| t.elapsed() >= self.options.jwks_min_refresh);
+        let stale = cache.stale(self.options.jwks_max_age);
+        let may_refresh = cache.may_refresh(self.options.jwks_min_refresh);
         if stale && may_refresh {
             if let Err(e) = self.refresh(&mut cache).await {
                 tracing::warn!(issuer = %self.config.url, error = %e, "key set not re-read; the keys fetched before stand");

@@ -531,6 +531,23 @@ fn is_upgrade(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Count and record a request refused at authentication, under the workload's identity.
+fn refuse_authentication(proxy: &KubeProxy, session: &Session, reason: String) {
+    proxy.metrics.auth_failures.inc();
+    let ctx = RecordContext::new(
+        session.id.clone(),
+        proxy.identity.clone(),
+        proxy.name.clone(),
+    );
+    proxy.record(
+        &ctx,
+        AuditEvent::AuthenticationRefused(AuthenticationRefused {
+            client_address: session.peer.to_string(),
+            reason,
+        }),
+    );
+}
+
 async fn handle(
     proxy: Arc<KubeProxy>,
     session: Arc<Session>,
@@ -543,19 +560,7 @@ async fn handle(
         let e = crate::identity::AuthError::RemoteClient {
             peer: session.peer.to_string(),
         };
-        proxy.metrics.auth_failures.inc();
-        let ctx = RecordContext::new(
-            session.id.clone(),
-            proxy.identity.clone(),
-            proxy.name.clone(),
-        );
-        proxy.record(
-            &ctx,
-            AuditEvent::AuthenticationRefused(AuthenticationRefused {
-                client_address: session.peer.to_string(),
-                reason: e.to_string(),
-            }),
-        );
+        refuse_authentication(&proxy, &session, e.to_string());
         return status(StatusCode::FORBIDDEN, "Forbidden", &e.to_string(), None);
     }
     // Every request is authenticated on its own: an expired token stops working at once.
@@ -563,19 +568,7 @@ async fn handle(
         Some(auth) => match auth.resolve(&proxy.identity, token.as_deref()).await {
             Ok((identity, source)) => (identity, Some(source)),
             Err(e) => {
-                proxy.metrics.auth_failures.inc();
-                let ctx = RecordContext::new(
-                    session.id.clone(),
-                    proxy.identity.clone(),
-                    proxy.name.clone(),
-                );
-                proxy.record(
-                    &ctx,
-                    AuditEvent::AuthenticationRefused(AuthenticationRefused {
-                        client_address: session.peer.to_string(),
-                        reason: proxy.masker.mask_text(&e.to_string()),
-                    }),
-                );
+                refuse_authentication(&proxy, &session, proxy.masker.mask_text(&e.to_string()));
                 return status(
                     StatusCode::UNAUTHORIZED,
                     "Unauthorized",

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::SimpleQueryMessage;
 
-use crate::common::{direct, Proxy, ProxyBuilder};
+use crate::common::{direct, startup_packet, Proxy, ProxyBuilder};
 
 const POLICY: &str = "masking:
 - name: contact
@@ -216,18 +216,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
-}
-
-fn startup_packet() -> Vec<u8> {
-    let mut body = 196_608i32.to_be_bytes().to_vec();
-    for s in ["user", "agent", "database", "shop"] {
-        body.extend_from_slice(s.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    out.extend(body);
-    out
 }
 
 /// Read until the sidecar closes the connection; returns what it sent and when it closed.

@@ -8,20 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::error::SqlState;
 
-use crate::common::{Proxy, ProxyBuilder};
-
-fn startup_packet() -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&196_608i32.to_be_bytes());
-    for s in ["user", "agent", "database", "shop"] {
-        body.extend_from_slice(s.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    out.extend(body);
-    out
-}
+use crate::common::{startup_packet, Proxy, ProxyBuilder};
 
 /// Everything the proxy sends until it closes the connection (or 10 s pass).
 async fn exchange(port: u16, chunks: &[Vec<u8>]) -> Vec<u8> {
