@@ -1157,66 +1157,7 @@ async fn escape_attempts_are_refused_on_every_path() {
     }
 
     // The agent, through its own sidecar.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = portcullis_operator::certs::generate(
-        &["127.0.0.1".to_owned()],
-        Duration::from_secs(3600),
-        Duration::from_secs(3600),
-    )
-    .expect("certificates");
-    std::fs::write(dir.path().join("tls.crt"), &certs.cert_pem).expect("cert");
-    std::fs::write(dir.path().join("tls.key"), &certs.key_pem).expect("key");
-    std::fs::write(dir.path().join("ca.crt"), &certs.ca_pem).expect("ca");
-    std::fs::write(dir.path().join("token"), &sidecar_token).expect("token");
-    let api_url: http::Uri = h.apiserver_url().parse().expect("api url");
-    let config_text = format!(
-        "apiVersion: portcullis.dev/sidecar-config/v1alpha1
-namespace: {labelled}
-adminListen: 127.0.0.1:0
-protectedSecrets: [customers-db-credentials]
-audit:
-  spoolDir: {dir}/spool
-resources:
-- name: cluster-api
-  type: kubernetes
-  listenPort: 0
-  upstream: {{host: {host}, port: {port}, tlsMode: verify-full, caFile: {ca}}}
-  serverTls: {{certFile: {dir}/tls.crt, keyFile: {dir}/tls.key}}
-  tokenFile: {dir}/token
-  policies: [agents]
-policies:
-- name: agents
-  purpose: Agent work
-",
-        dir = dir.path().display(),
-        host = api_url.host().expect("host"),
-        port = api_url.port_u16().unwrap_or(443),
-        ca = h.ca_file(),
-    );
-    let config = portcullis_crds::SidecarConfig::from_yaml(&config_text).expect("sidecar config");
-    let sidecar = portcullis_sidecar::start(
-        config,
-        portcullis_sidecar::config::Options::service_account(&labelled, "agent"),
-    )
-    .await
-    .expect("sidecar starts");
-    let port = sidecar.addr("cluster-api").expect("listening").port();
-    let kubeconfig = token_kubeconfig(
-        &dir.path().join("agent.kubeconfig"),
-        &format!("https://127.0.0.1:{port}"),
-        &dir.path().join("ca.crt").to_string_lossy(),
-        inject::PLACEHOLDER_TOKEN,
-        &labelled,
-    );
-    let agent = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig"),
-            &Default::default(),
-        )
-        .await
-        .expect("config"),
-    )
-    .expect("agent client");
+    let (dir, sidecar, agent) = agent_through_sidecar(&labelled, &sidecar_token).await;
     let deployment = |spec: serde_json::Value| {
         json!({"metadata": {"name": "agent-deploy"}, "spec": {"selector": {"matchLabels": {"app": "x"}},
             "template": {"metadata": {"labels": {"app": "x"}}, "spec": spec}}})

@@ -502,3 +502,75 @@ pub fn with_fingerprint(mut ar: portcullis_crds::AccessRequest) -> portcullis_cr
     ar.spec.operation.fingerprint = ar.spec.operation.grant_fingerprint();
     ar
 }
+
+/// The agent's view through its own sidecar: a sidecar whose Kubernetes API proxy forwards to
+/// the harness API server with `sidecar_token` (the pod's real token) for `namespace`, and a
+/// client configured as an injected agent is (placeholder token, the sidecar's CA). The
+/// directory holds the sidecar's files and must outlive it.
+pub async fn agent_through_sidecar(
+    namespace: &str,
+    sidecar_token: &str,
+) -> (tempfile::TempDir, portcullis_sidecar::Sidecar, kube::Client) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = portcullis_operator::certs::generate(
+        &["127.0.0.1".to_owned()],
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    )
+    .expect("certificates");
+    std::fs::write(dir.path().join("tls.crt"), &certs.cert_pem).expect("cert");
+    std::fs::write(dir.path().join("tls.key"), &certs.key_pem).expect("key");
+    std::fs::write(dir.path().join("ca.crt"), &certs.ca_pem).expect("ca");
+    std::fs::write(dir.path().join("token"), sidecar_token).expect("token");
+    let h = portcullis_e2e::harness();
+    let api_url: http::Uri = h.apiserver_url().parse().expect("api url");
+    let config_text = format!(
+        "apiVersion: portcullis.dev/sidecar-config/v1alpha1
+namespace: {namespace}
+adminListen: 127.0.0.1:0
+protectedSecrets: [customers-db-credentials]
+audit:
+  spoolDir: {dir}/spool
+resources:
+- name: cluster-api
+  type: kubernetes
+  listenPort: 0
+  upstream: {{host: {host}, port: {port}, tlsMode: verify-full, caFile: {ca}}}
+  serverTls: {{certFile: {dir}/tls.crt, keyFile: {dir}/tls.key}}
+  tokenFile: {dir}/token
+  policies: [agents]
+policies:
+- name: agents
+  purpose: Agent work
+",
+        dir = dir.path().display(),
+        host = api_url.host().expect("host"),
+        port = api_url.port_u16().unwrap_or(443),
+        ca = h.ca_file(),
+    );
+    let config = portcullis_crds::SidecarConfig::from_yaml(&config_text).expect("sidecar config");
+    let sidecar = portcullis_sidecar::start(
+        config,
+        portcullis_sidecar::config::Options::service_account(namespace, "agent"),
+    )
+    .await
+    .expect("sidecar starts");
+    let port = sidecar.addr("cluster-api").expect("listening").port();
+    let kubeconfig = token_kubeconfig(
+        &dir.path().join("agent.kubeconfig"),
+        &format!("https://127.0.0.1:{port}"),
+        &dir.path().join("ca.crt").to_string_lossy(),
+        portcullis_operator::inject::PLACEHOLDER_TOKEN,
+        namespace,
+    );
+    let agent = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig"),
+            &Default::default(),
+        )
+        .await
+        .expect("config"),
+    )
+    .expect("agent client");
+    (dir, sidecar, agent)
+}

@@ -23,6 +23,18 @@ use crate::identity::{connect_with, now, TestKey, AUDIENCE};
 const STAFF_READ: &str = "SELECT count(*) FROM customers";
 const GUARDRAIL: &str = "guardrail customers-dpo-only of policy staff";
 
+/// A signing key an issuer realm publishes in its key set.
+pub(crate) trait PublishedKey {
+    /// The key's public JWK.
+    fn jwk(&self) -> Value;
+}
+
+impl PublishedKey for TestKey {
+    fn jwk(&self) -> Value {
+        TestKey::jwk(self)
+    }
+}
+
 struct RealmsState {
     base: String,
     keys: Mutex<HashMap<String, Vec<Value>>>,
@@ -30,7 +42,7 @@ struct RealmsState {
 
 /// An OIDC issuer with several realms on loopback (`<base>/realms/<name>`), each with its
 /// own discovery document and key set.
-struct Realms {
+pub(crate) struct Realms {
     state: Arc<RealmsState>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -69,7 +81,7 @@ async fn jwks(
 }
 
 impl Realms {
-    async fn start() -> Realms {
+    pub(crate) async fn start() -> Realms {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind issuer");
@@ -91,11 +103,11 @@ impl Realms {
         Realms { state, task }
     }
 
-    fn url(&self, realm: &str) -> String {
+    pub(crate) fn url(&self, realm: &str) -> String {
         format!("{}/realms/{realm}", self.state.base)
     }
 
-    fn publish(&self, realm: &str, keys: &[&TestKey]) {
+    pub(crate) fn publish<K: PublishedKey>(&self, realm: &str, keys: &[&K]) {
         self.state
             .keys
             .lock()

@@ -3,14 +3,8 @@
 //! Each row is an attack; a passing row means the attack was refused. Attacks that
 //! succeeded are separate `#[ignore]`d tests marked `BROKEN:`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::header;
-use axum::routing::get;
-use axum::Router;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis_sidecar::identity::oidc::OidcOptions;
@@ -19,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::common::{Proxy, ProxyBuilder};
 use crate::identity::{connect_with, now, AUDIENCE};
+use crate::identity_families::{PublishedKey, Realms};
 
 const READ: &str = "SELECT count(*) FROM customers";
 const GUARDRAIL: &str = "guardrail customers-dpo-only of policy staff";
@@ -31,6 +26,12 @@ struct Key {
     kid: String,
     pkcs8: Vec<u8>,
     public: Vec<u8>,
+}
+
+impl PublishedKey for Key {
+    fn jwk(&self) -> Value {
+        Key::jwk(self)
+    }
 }
 
 impl Key {
@@ -60,85 +61,6 @@ impl Key {
         let mut h = Header::new(Algorithm::ES256);
         h.kid = Some(self.kid.clone());
         self.sign_with(&h, claims)
-    }
-}
-
-struct RealmsState {
-    base: String,
-    keys: Mutex<HashMap<String, Vec<Value>>>,
-}
-
-struct Realms {
-    state: Arc<RealmsState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn discovery(
-    State(s): State<Arc<RealmsState>>,
-    Path(realm): Path<String>,
-) -> impl axum::response::IntoResponse {
-    let url = format!("{}/realms/{realm}", s.base);
-    let body = json!({ "issuer": url, "jwks_uri": format!("{url}/keys") });
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-}
-
-async fn jwks(
-    State(s): State<Arc<RealmsState>>,
-    Path(realm): Path<String>,
-) -> impl axum::response::IntoResponse {
-    let keys = s
-        .keys
-        .lock()
-        .expect("keys")
-        .get(&realm)
-        .cloned()
-        .unwrap_or_default();
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        json!({ "keys": keys }).to_string(),
-    )
-}
-
-impl Realms {
-    async fn start() -> Realms {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let state = Arc::new(RealmsState {
-            base: format!("http://127.0.0.1:{}", addr.port()),
-            keys: Mutex::new(HashMap::new()),
-        });
-        let router = Router::new()
-            .route(
-                "/realms/{realm}/.well-known/openid-configuration",
-                get(discovery),
-            )
-            .route("/realms/{realm}/keys", get(jwks))
-            .with_state(state.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        Realms { state, task }
-    }
-    fn url(&self, realm: &str) -> String {
-        format!("{}/realms/{realm}", self.state.base)
-    }
-    fn publish(&self, realm: &str, keys: &[&Key]) {
-        self.state
-            .keys
-            .lock()
-            .expect("keys")
-            .insert(realm.to_owned(), keys.iter().map(|k| k.jwk()).collect());
-    }
-}
-
-impl Drop for Realms {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
