@@ -12,7 +12,9 @@
 //! [`verify_bundle`] checks the signature of the head and the inclusion proof of every record
 //! and names the first record that fails, then checks every recording a `recording` record
 //! names against the SHA-256 in that record: the record is covered by its proof, so the proof
-//! vouches for the file too.
+//! vouches for the file too. A recording the log's storage had lost at export is not in the
+//! bundle; the signed manifest lists it (expected SHA-256, first log index naming it) and
+//! verification reports it in [`BundleReport::missing_recordings`] instead of passing silently.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -27,7 +29,8 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::manifest::{
-    file_digests, verify_signature, Manifest, ManifestSignature, Selection, MANIFEST_FILE,
+    file_digests, verify_signature, Manifest, ManifestSignature, MissingRecording, Selection,
+    MANIFEST_FILE,
     MANIFEST_VERSION, SIGNATURE_FILE,
 };
 use crate::recordings::{file_name, is_sha256, sha256_hex, RecordingStore, RECORDINGS_DIR};
@@ -171,17 +174,13 @@ fn write_bundle_files(
     let n = write_bundle_from(entries, sth, select, dir)?;
     let store = RecordingStore::new(log.dir());
     for sha256 in referenced_recordings(dir)? {
-        let content = store
-            .get(&sha256)
-            .map_err(|e| BundleError::Recording {
-                file: recording_file(&sha256),
-                reason: e.to_string(),
-            })?
-            .ok_or_else(|| BundleError::Recording {
-                file: recording_file(&sha256),
-                reason: format!("not stored in {}", store.dir().display()),
-            })?;
-        add_recording(dir, &sha256, &content)?;
+        // A recording the storage lost or holds damaged is left out and listed as missing by
+        // the manifest: one lost file does not withhold the rest of the evidence.
+        match store.get(&sha256) {
+            Ok(Some(content)) => add_recording(dir, &sha256, &content)?,
+            Ok(None) => tracing::warn!(%sha256, "recording named by the log is not stored; the bundle lists it as missing"),
+            Err(e) => tracing::warn!(%sha256, error = %e, "recording named by the log is unreadable; the bundle lists it as missing"),
+        }
     }
     Ok(n)
 }
@@ -356,6 +355,9 @@ pub struct BundleReport {
     pub tree_size: u64,
     /// Recordings checked against the records that name them.
     pub recordings: usize,
+    /// Recordings records name that the signed manifest lists as missing at export: the
+    /// records verify, the bundle is complete except for these files.
+    pub missing_recordings: Vec<MissingRecording>,
 }
 
 /// What an auditor trusts besides the public key.
@@ -564,16 +566,35 @@ pub fn verify_bundle_trusting(
         ));
     }
 
+    if let Some(listed) = manifest
+        .missing_recordings
+        .iter()
+        .find(|m| !recordings.iter().any(|(s, _)| *s == m.sha256))
+    {
+        return Err(BundleError::Manifest(format!(
+            "the manifest lists recording {} as missing, but no record of the bundle names it",
+            listed.sha256
+        )));
+    }
+    let mut missing = Vec::new();
     for (sha256, line) in &recordings {
         let file = recording_file(sha256);
         let path = dir.join(&file);
         let content = match fs::read(&path) {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(listed) = manifest
+                    .missing_recordings
+                    .iter()
+                    .find(|m| m.sha256 == *sha256)
+                {
+                    missing.push(listed.clone());
+                    continue;
+                }
                 return Err(BundleError::Recording {
                     file,
                     reason: format!("missing; record {line} names it"),
-                })
+                });
             }
             Err(e) => return Err(io(&path)(e)),
         };
@@ -592,7 +613,8 @@ pub fn verify_bundle_trusting(
     Ok(BundleReport {
         records: count,
         tree_size: head.tree_size,
-        recordings: recordings.len(),
+        recordings: recordings.len() - missing.len(),
+        missing_recordings: missing,
     })
 }
 

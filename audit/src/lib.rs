@@ -20,6 +20,7 @@ pub mod sanitize;
 pub mod segment;
 pub mod service;
 pub mod store;
+pub mod team_retention;
 pub mod tree;
 pub mod verify;
 pub mod writer;

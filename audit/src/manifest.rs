@@ -5,6 +5,9 @@
 //! resource, namespaces), the first index the log still held, the index of every record in
 //! the bundle, who exported it and when, and the SHA-256 of every other file of the bundle
 //! (records, proofs, the OCSF copy, the summary, policies, access requests, recordings).
+//! A recording a record names that the log's storage could not give at export is listed in
+//! `missingRecordings` with its expected SHA-256 and the first log index naming it, instead of
+//! failing the export; the service signs such a list only when it holds no such recording.
 //! The service signs it only after recomputing the selection over its own log and finding
 //! exactly those indexes; `manifest.sig` holds the signature over
 //! `portcullis.dev/evidence-manifest/v1\n<SHA-256 of manifest.json>\n`.
@@ -145,12 +148,27 @@ pub struct Manifest {
     pub indexes: Vec<u64>,
     /// SHA-256 (hex) of every other file, by path relative to the bundle.
     pub files: BTreeMap<String, String>,
+    /// Recordings records of the bundle name that the log's storage could not give at export
+    /// (deleted or damaged): the bundle is complete except for them, and says so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_recordings: Vec<MissingRecording>,
     /// Who exported it (set by the service from the reader's token).
     #[serde(default)]
     pub exported_by: String,
     /// When the service signed it.
     #[serde(default)]
     pub exported_at: String,
+}
+
+/// A recording named by a record of the bundle and absent from it, because the log's storage
+/// no longer held it (or held it damaged) at export.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MissingRecording {
+    /// The SHA-256 the record names: what the recording's content must hash to.
+    pub sha256: String,
+    /// Log index of the first record of the bundle naming it.
+    pub index: u64,
 }
 
 /// The signature of a manifest.
@@ -277,6 +295,32 @@ pub fn bundle_indexes(dir: &Path) -> Result<Vec<u64>, ManifestError> {
         .collect()
 }
 
+/// The recordings the records of the bundle in `dir` name and the bundle does not hold, each
+/// once with the first log index naming it.
+pub fn missing_recordings(dir: &Path) -> Result<Vec<MissingRecording>, ManifestError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        fs::read(&path).map_err(|e| ManifestError::Io(format!("{}: {e}", path.display())))
+    };
+    let records = read("records.jsonl")?;
+    let indexes = bundle_indexes(dir)?;
+    let mut missing: Vec<MissingRecording> = Vec::new();
+    for (line, index) in records
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .zip(indexes)
+    {
+        let Some(sha256) = crate::bundle::recording_named(line) else {
+            continue;
+        };
+        let file = dir.join(crate::bundle::recording_file(&sha256));
+        if !file.exists() && !missing.iter().any(|m| m.sha256 == sha256) {
+            missing.push(MissingRecording { sha256, index });
+        }
+    }
+    Ok(missing)
+}
+
 /// The unsigned manifest of the bundle in `dir` (all files written).
 pub fn build(
     dir: &Path,
@@ -291,6 +335,7 @@ pub fn build(
         first_kept,
         indexes: bundle_indexes(dir)?,
         files: file_digests(dir)?,
+        missing_recordings: missing_recordings(dir)?,
         exported_by: String::new(),
         exported_at: String::new(),
     })

@@ -5,7 +5,8 @@
 //! while `legalHold` is set and never while the log does not extend the witnessed head. An
 //! AuditRetention in a team namespace applies to the records sent from that namespace: they
 //! are kept for the longer of its `retainFor` and the log's, and a segment holding any of them
-//! is not pruned while its `legalHold` is set. A
+//! is not pruned while its `legalHold` is set; its `Ready` condition says what is honoured and
+//! what is not (see `team_retention`). A
 //! prune is a signed act (see `prune`): the segments go only after a signed head covers the
 //! prune entry; the pruned entries' leaf hashes stay, so the log and every signed head still
 //! verify. Session recordings stored before the cut-off go too, once no kept record names
@@ -26,7 +27,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
-use portcullis_crds::conditions::{new_condition, set_condition, types};
+use portcullis_crds::conditions::{find_condition, new_condition, set_condition, types};
 use portcullis_crds::AuditRetention;
 use serde::Deserialize;
 
@@ -35,6 +36,7 @@ use crate::bundle::recording_named;
 use crate::prune;
 use crate::recordings::RecordingStore;
 use crate::segment::{read_segment, segment_files};
+use crate::team_retention;
 use crate::service::Witness;
 use crate::store::{Log, StoreError};
 use crate::verify::{verify_log, Verified, VerifyError};
@@ -174,8 +176,11 @@ pub async fn reconcile_anchored(
     })?;
     let mut rule = rule;
     // Team namespaces' own AuditRetention objects: their records are kept for the longer
-    // retention and never pruned under their legal hold. When they cannot be read, nothing is
-    // pruned this round.
+    // retention and never pruned under their legal hold; what they set that would weaken the
+    // cluster's is not honoured and their `Ready` condition says so. When they cannot be
+    // read, nothing is pruned this round.
+    let cluster = format!("{}/{}", witness.namespace, witness.name);
+    let mut team_conditions = Vec::new();
     match Api::<AuditRetention>::all(client.clone())
         .list(&ListParams::default())
         .await
@@ -183,27 +188,63 @@ pub async fn reconcile_anchored(
         Ok(list) => {
             for r in list.items {
                 let ns = r.metadata.namespace.clone().unwrap_or_default();
-                if ns == witness.namespace && r.metadata.name.as_deref() == Some(&witness.name) {
+                let name = r.metadata.name.clone().unwrap_or_default();
+                if ns == witness.namespace && name == witness.name {
                     continue;
                 }
-                let Some(retain) = parse_retain_for(&r.spec.retain_for) else {
+                let judged = team_retention::judge(&retention.spec, &r.spec);
+                let condition = judged.condition(&cluster, r.metadata.generation);
+                let current = r
+                    .status
+                    .as_ref()
+                    .and_then(|s| find_condition(&s.conditions, types::READY));
+                if current.is_none_or(|c| {
+                    (&c.status, &c.reason, &c.message, c.observed_generation)
+                        != (&condition.status, &condition.reason, &condition.message, condition.observed_generation)
+                }) {
+                    team_conditions.push((
+                        ns.clone(),
+                        name,
+                        r.metadata.resource_version.clone(),
+                        r.status.clone(),
+                        condition,
+                    ));
+                }
+                let Some(retain) = parse_retain_for(&judged.retain_for) else {
                     continue;
                 };
                 let e = rule.namespaces.entry(ns).or_insert(prune::NamespaceRule {
-                    retain_for: r.spec.retain_for.clone(),
+                    retain_for: judged.retain_for.clone(),
                     retain,
                     legal_hold: false,
                 });
                 if retain > e.retain {
                     e.retain = retain;
-                    e.retain_for = r.spec.retain_for.clone();
+                    e.retain_for = judged.retain_for.clone();
                 }
-                e.legal_hold |= r.spec.legal_hold;
+                e.legal_hold |= judged.legal_hold;
             }
         }
         Err(e) => {
             tracing::warn!(error = %e, "namespace AuditRetentions unreadable; nothing pruned this round");
             rule.legal_hold = true;
+        }
+    }
+    // Written against the version listed (a conflict waits for the next round), so a status
+    // written meanwhile is never replaced by an older copy.
+    for (ns, name, resource_version, status, condition) in team_conditions {
+        let mut conditions = status.map(|s| s.conditions).unwrap_or_default();
+        let generation = condition.observed_generation;
+        set_condition(&mut conditions, condition);
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": resource_version},
+            "status": {"conditions": conditions, "observedGeneration": generation}
+        });
+        if let Err(e) = Api::<AuditRetention>::namespaced(client.clone(), &ns)
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            tracing::warn!(namespace = %ns, name = %name, error = %e, "team AuditRetention status not written");
         }
     }
     let diverged = anchor.and_then(Anchor::diverged);

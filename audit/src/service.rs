@@ -10,7 +10,8 @@
 //! | `GET /v1/proofs/consistency?old=M&size=S` | consistency proof between sizes M and S |
 //! | `GET /v1/entries?from=F&to=T&treeSize=S` | entries with their audit paths, for evidence readers (`get auditretentions/evidence`) |
 //! | `PUT /v1/recordings/{sha256}` | a session recording (asciicast v2, at most 64 MiB), same token as `POST /v1/records`; stored under its SHA-256, which must match the body |
-//! | `GET /v1/recordings/{sha256}` | a stored recording, for evidence readers |
+//! | `GET /v1/recordings/{sha256}` | a stored recording, for evidence readers (404 when not stored, 410 when its content no longer matches its name) |
+//! | `POST /v1/manifests` | sign an evidence bundle's manifest after recomputing its selection; a recording it lists as missing must not be stored |
 //! | `GET /healthz`, `GET /readyz` | liveness, readiness |
 //!
 //! Each record is stored inside an envelope that binds it to the pod the API server vouched
@@ -570,7 +571,8 @@ async fn entries(
 }
 
 /// `POST /v1/manifests`: sign the manifest of an evidence bundle after recomputing its
-/// selection over the log. The reader must be allowed to read every namespace it selects (the
+/// selection over the log and checking that every recording it lists as missing is indeed not
+/// stored (or damaged). The reader must be allowed to read every namespace it selects (the
 /// whole log when it names none).
 async fn sign_manifest(
     State(svc): State<AuditService>,
@@ -592,6 +594,7 @@ async fn sign_manifest(
         );
     };
     let log = svc.log.clone();
+    let recordings = svc.recordings.clone();
     let checked = tokio::task::spawn_blocking(move || -> Result<Manifest, (StatusCode, String)> {
         let bad = |m: String| (StatusCode::CONFLICT, m);
         let head = portcullis_crds::audit_log::verify_tree_head(&manifest.sth, signer.public_key())
@@ -641,6 +644,16 @@ async fn sign_manifest(
                     .map(|i| format!("; log index {i} is not selected"))
                     .unwrap_or_default(),
             )));
+        }
+        // A recording listed as missing must really be unavailable: a reader cannot leave out
+        // a recording the log holds by calling it missing.
+        for m in &manifest.missing_recordings {
+            if let Ok(Some(_)) = recordings.get(&m.sha256) {
+                return Err(bad(format!(
+                    "recording {} is stored: put it in the bundle instead of listing it as missing",
+                    m.sha256
+                )));
+            }
         }
         manifest.first_kept = log.pruned();
         Ok(manifest)
@@ -810,6 +823,11 @@ async fn read_recording(
             StatusCode::NOT_FOUND,
             format!("no recording {sha256} is stored"),
         ),
+        // Stored, but its content no longer hashes to its name: lost, as an export says.
+        Ok(Err(e @ RecordingError::Damaged(_))) => {
+            tracing::error!(error = %e, "recording damaged on the volume");
+            error(StatusCode::GONE, e.to_string())
+        }
         Ok(Err(e)) => recording_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

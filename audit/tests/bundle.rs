@@ -345,19 +345,50 @@ fn exec_sessions_and_their_recordings_go_into_the_bundle() {
     assert_eq!(ocsf[4]["unmapped"]["recording"]["sha256"], sha.as_str());
     assert_eq!(ocsf[4]["status"], "Failure", "exit code 2");
 
-    // A recording the log's data directory lost cannot go into a bundle unnoticed.
+    // A recording the log's data directory lost does not fail the export: the bundle holds
+    // every record, and its signed manifest lists the recording as missing with its hash.
+    let complete = dir.path().join("complete");
+    fs::rename(&out, &complete).expect("keep the complete bundle");
     fs::remove_file(data.join(format!("recordings/{sha}.cast"))).expect("remove");
-    let err = write_bundle(
-        &log,
-        &sth,
-        &Selection::default(),
-        &signer,
-        &dir.path().join("b2"),
-    )
-    .expect_err("recording missing");
+    let b2 = dir.path().join("b2");
+    assert_eq!(
+        write_bundle(&log, &sth, &Selection::default(), &signer, &b2)
+            .expect("the export goes on without the lost recording"),
+        5
+    );
+    assert!(!b2.join(format!("recordings/{sha}.cast")).exists());
+    let manifest: portcullis_audit::manifest::Manifest =
+        serde_json::from_slice(&fs::read(b2.join("manifest.json")).expect("manifest"))
+            .expect("manifest json");
+    assert_eq!(
+        manifest.missing_recordings,
+        vec![portcullis_audit::manifest::MissingRecording {
+            sha256: sha.clone(),
+            index: 4
+        }]
+    );
+    let report = verify_bundle(&b2, signer.public_key()).expect("the records verify");
+    assert_eq!((report.records, report.recordings), (5, 0));
+    assert_eq!(report.missing_recordings, manifest.missing_recordings);
+
+    // Without the signed list the same absence is an error: a recording removed from a
+    // complete bundle, or the list edited out of the manifest, is caught.
+    fs::remove_file(complete.join(format!("recordings/{sha}.cast"))).expect("remove");
+    let err = verify_bundle(&complete, signer.public_key()).expect_err("removed after export");
     assert!(
         err.to_string()
-            .starts_with(&format!("recordings/{sha}.cast: not stored in")),
+            .contains(&format!("recordings/{sha}.cast: missing; record 5 names it")),
         "{err}"
     );
+    let text = fs::read_to_string(b2.join("manifest.json")).expect("manifest");
+    let mut edited = manifest.clone();
+    edited.missing_recordings.clear();
+    assert_ne!(serde_json::to_string_pretty(&edited).expect("json"), text);
+    fs::write(
+        b2.join("manifest.json"),
+        serde_json::to_string_pretty(&edited).expect("json"),
+    )
+    .expect("edit");
+    let err = verify_bundle(&b2, signer.public_key()).expect_err("list edited out");
+    assert!(err.to_string().contains("changed after the service signed it"), "{err}");
 }

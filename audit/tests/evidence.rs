@@ -10,6 +10,15 @@
 //!   service was down;
 //! - unsigned pruning: segments deleted by whoever holds the volume;
 //! - bundles: trimmed, reordered, duplicated, stale, with edited derived files or manifest.
+//!
+//! Every attempt is first made against the construction without the protection that catches
+//! it, and must go unnoticed there: ingest without its attribution checks (the record stored
+//! as sent, exported and verified), the service's data read by a reader the namespace check
+//! lets through, a bundle checked without its manifest (each record's inclusion proof only),
+//! the service's start without the anchor (the log rebuilt, its head signed and force-written
+//! over a twin witness, then verified against it), the log's own tree without the signed prune
+//! rule, a prune round without the legal hold or the namespace's rule. So each protection is
+//! shown to be what catches its attempt.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,55 +29,275 @@ use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use portcullis_audit::anchor::{Anchor, ACCEPT_ANNOTATION, DIVERGED_REASON};
+use portcullis_audit::auth::{Authenticator, Source};
 use portcullis_audit::bundle::{
     add_recording, referenced_recordings, verify_bundle, verify_bundle_trusting, write_bundle,
-    write_bundle_from, Trust,
+    write_bundle_from, ProofLine, Trust,
 };
 use portcullis_audit::client::{AuditClient, Bytes, ShipError};
 use portcullis_audit::manifest::{self, Selection};
 use portcullis_audit::prune::{enforce, rule};
-use portcullis_audit::recordings::sha256_hex;
-use portcullis_audit::service::{run_anchored_signer, serve_tls, AuditService, Witness};
+use portcullis_audit::recordings::{sha256_hex, RecordingStore};
+use portcullis_audit::service::{
+    publish, run_anchored_signer, serve_tls, AuditService, LogEntry, Witness,
+};
 use portcullis_audit::store::{Log, LogOptions};
 use portcullis_audit::verify::verify_log;
 use portcullis_crds::audit::AuditRecord;
-use portcullis_crds::audit_log::LogSigner;
+use portcullis_crds::audit_log::{verify_inclusion, verify_tree_head, Hash, LogSigner};
 use portcullis_crds::conditions::{find_condition, types};
 use portcullis_crds::{AuditRetention, SignedTreeHead};
 use portcullis_e2e::harness;
 use ring::rand::SystemRandom;
 use ring::signature::Ed25519KeyPair;
 
-/// The outcome of every attempt.
+/// What an attempt did to the construction without the protection: `Ok(how it went
+/// unnoticed)`, or `Err(why that was not shown)`.
+type Baseline = Result<String, String>;
+
+/// The outcome of every attempt, with its baseline.
 #[derive(Default)]
 struct Table {
-    rows: Vec<(&'static str, String, Result<String, String>)>,
+    rows: Vec<Row>,
+}
+
+struct Row {
+    family: &'static str,
+    attempt: String,
+    baseline: Baseline,
+    outcome: Result<String, String>,
 }
 
 impl Table {
-    /// Record an attempt: `Ok(how it was refused or caught)` or `Err(what got through)`.
-    fn row(&mut self, family: &'static str, attempt: &str, outcome: Result<String, String>) {
+    /// Record an attempt: first what it did without the protection (`baseline`: it must have
+    /// gone unnoticed there), then `Ok(how it was refused or caught)` or `Err(what got
+    /// through)` with the protection.
+    fn row(
+        &mut self,
+        family: &'static str,
+        attempt: &str,
+        baseline: Baseline,
+        outcome: Result<String, String>,
+    ) {
+        let short = |s: &str| s.chars().take(140).collect::<String>();
         eprintln!(
-            "{family:<28} {attempt:<60} {}",
+            "{family:<28} {attempt:<60}\n    without: {}\n    with:    {}",
+            match &baseline {
+                Ok(how) => format!("unnoticed: {}", short(how)),
+                Err(e) => format!("BASELINE NOT SHOWN: {e}"),
+            },
             match &outcome {
-                Ok(how) => format!("caught: {}", how.chars().take(140).collect::<String>()),
+                Ok(how) => format!("caught: {}", short(how)),
                 Err(e) => format!("NOT CAUGHT: {e}"),
             }
         );
-        self.rows.push((family, attempt.to_owned(), outcome));
+        self.rows.push(Row {
+            family,
+            attempt: attempt.to_owned(),
+            baseline,
+            outcome,
+        });
     }
 
     fn assert_all_caught(&self) {
         let missed: Vec<String> = self
             .rows
             .iter()
-            .filter_map(|(f, a, o)| o.as_ref().err().map(|e| format!("{f}: {a}: {e}")))
+            .flat_map(|r| {
+                let baseline = r.baseline.as_ref().err().map(|e| {
+                    format!(
+                        "{}: {}: without the protection it was not shown to go unnoticed: {e}",
+                        r.family, r.attempt
+                    )
+                });
+                let outcome = r
+                    .outcome
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("{}: {}: {e}", r.family, r.attempt));
+                baseline.into_iter().chain(outcome)
+            })
             .collect();
         assert!(
             missed.is_empty(),
-            "attempts not caught:\n{}",
+            "attempts not caught, or baselines not shown:\n{}",
             missed.join("\n")
         );
+        eprintln!(
+            "{} attempts: each went unnoticed without its protection and was caught with it",
+            self.rows.len()
+        );
+    }
+}
+
+fn shown<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, String> {
+    r.map_err(|e| e.to_string())
+}
+
+/// Ingest without its checks (attribution from the token, the session's principal, the
+/// recording's uploader): each record stored as sent under the sender the API server
+/// authenticated, then exported and verified like any bundle. `Ok` when the record reaches a
+/// bundle that verifies and names `needle`.
+fn unchecked_ingest(
+    dir: &Path,
+    signer: &LogSigner,
+    source: &Source,
+    records: &[AuditRecord],
+    recordings: &[(&str, &[u8])],
+    needle: &str,
+) -> Baseline {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut log = shown(Log::open(
+        dir,
+        LogOptions {
+            segment_bytes: 4096,
+        },
+    ))?;
+    let store = RecordingStore::new(dir);
+    for (sha, content) in recordings {
+        shown(store.put(sha, content))?;
+    }
+    let entries = records
+        .iter()
+        .map(|r| {
+            serde_json::to_vec(&LogEntry {
+                id: format!("twin:{}:{}", r.session_id, r.seq),
+                received_at: format!("{:.6}", Timestamp::now()),
+                source: source.clone(),
+                record: r.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    shown(log.append(&entries))?;
+    let sth = signer.sign(&log.head(1_800_000_000_000));
+    shown(log.record_head(&sth))?;
+    let out = dir.with_extension("bundle");
+    shown(write_bundle(&log, &sth, &Selection::default(), signer, &out))?;
+    let report = shown(verify_bundle(&out, signer.public_key()))?;
+    let text = shown(std::fs::read_to_string(out.join("records.jsonl")))?;
+    if !text.contains(needle) {
+        return Err(format!("the verified bundle does not name {needle:?}"));
+    }
+    Ok(format!(
+        "stored unchecked; its bundle verifies ({} records, {} recordings, {} missing) naming {needle}",
+        report.records,
+        report.recordings,
+        report.missing_recordings.len()
+    ))
+}
+
+/// A bundle checked without its manifest (nor the set, order and file checks it carries):
+/// the signed head and each record's inclusion proof, as offline verification did before.
+fn records_only(dir: &Path, public_key: &[u8]) -> Baseline {
+    let sth: SignedTreeHead =
+        shown(serde_json::from_slice(&shown(std::fs::read(dir.join("sth.json")))?))?;
+    let head = shown(verify_tree_head(&sth, public_key))?;
+    let records = shown(std::fs::read(dir.join("records.jsonl")))?;
+    let proofs = shown(std::fs::read_to_string(dir.join("proofs.jsonl")))?;
+    let mut n = 0;
+    for (record, proof) in records
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .zip(proofs.lines())
+    {
+        let p: ProofLine = shown(serde_json::from_str(proof))?;
+        let hashes = p
+            .hashes
+            .iter()
+            .map(|h| hex::decode(h).ok().and_then(|v| v.try_into().ok()))
+            .collect::<Option<Vec<Hash>>>()
+            .ok_or("a proof hash is not 32 bytes")?;
+        shown(verify_inclusion(&head, record, p.index, &hashes))?;
+        n += 1;
+    }
+    Ok(format!(
+        "without the manifest each of its {n} records still proves its inclusion in the signed head"
+    ))
+}
+
+/// The service's start without the anchor: the log rebuilt from whatever `tampered` holds
+/// (its stored heads dropped when `drop_heads`, as the holder of the volume would for a
+/// rewritten entry), its head signed and force-written over the witness `twin`, which held
+/// `before`; then the log walked against that witnessed head. `Ok` when it verifies.
+async fn unanchored_restart(
+    kube: &kube::Client,
+    twin: &Witness,
+    tampered: &Path,
+    dir: &Path,
+    signer: &LogSigner,
+    before: &SignedTreeHead,
+    drop_heads: bool,
+) -> Baseline {
+    copy_dir(tampered, dir);
+    if drop_heads {
+        shown(std::fs::remove_file(dir.join("heads.jsonl")))?;
+    }
+    shown(publish(kube, twin, before).await)?;
+    let mut log = shown(Log::open(
+        dir,
+        LogOptions {
+            segment_bytes: 4096,
+        },
+    ))?;
+    let sth = signer.sign(&log.head(1_800_000_000_000));
+    shown(log.record_head(&sth))?;
+    drop(log);
+    shown(publish(kube, twin, &sth).await)?;
+    let witnessed = shown(
+        Api::<AuditRetention>::namespaced(kube.clone(), &twin.namespace)
+            .get(&twin.name)
+            .await,
+    )?
+    .status
+    .and_then(|s| s.latest_signed_tree_head)
+    .ok_or("the twin witness holds no head")?;
+    if witnessed != sth {
+        return Err(format!("the twin witness holds {witnessed:?}"));
+    }
+    let verified = shown(verify_log(dir, signer.public_key(), &[witnessed]))?;
+    Ok(format!(
+        "without the anchor a head of size {} replaced the witnessed {} and the log verifies against it ({} entries)",
+        sth.tree_size, before.tree_size, verified.entries
+    ))
+}
+
+/// The Merkle tree of a log folder still matches its last signed head: what pruning by hand
+/// leaves intact, so that only the signed prune rule tells.
+fn tree_matches_head(dir: &Path, public_key: &[u8]) -> Baseline {
+    let log = shown(Log::open(
+        dir,
+        LogOptions {
+            segment_bytes: 2048,
+        },
+    ))?;
+    let sth = log.heads().last().cloned().ok_or("no signed head")?;
+    let head = shown(verify_tree_head(&sth, public_key))?;
+    if log.root_at(head.tree_size) != Some(head.root_hash) {
+        return Err("the tree no longer matches its signed head".into());
+    }
+    Ok(format!(
+        "{} entries retired without a signed prune; the tree still matches the signed head of size {}",
+        log.pruned(),
+        head.tree_size
+    ))
+}
+
+/// A prune round on a copy of the log folder `dir` under `rule`: `Ok` when it retires
+/// entries or writes a prune entry (the segments go once a head covers it).
+fn would_prune(dir: &Path, copy: &Path, rule: &portcullis_audit::prune::Rule) -> Baseline {
+    copy_dir(dir, copy);
+    let mut log = shown(Log::open(
+        copy,
+        LogOptions {
+            segment_bytes: 2048,
+        },
+    ))?;
+    let done = shown(enforce(&mut log, rule, Timestamp::now()))?;
+    if done.pruned > 0 || done.awaiting_signature.is_some() {
+        Ok(format!("without it the same round prunes: {done:?}"))
+    } else {
+        Err(format!("nothing pruned even without it: {done:?}"))
     }
 }
 
@@ -399,6 +628,39 @@ async fn evidence_attacks_are_refused_or_caught() {
         .await;
     let reader_a = h.token(&ns_a, "reader", None, None).await;
     let reader_b = h.token(&ns_b, "reader", None, None).await;
+    // A reader bound cluster-wide: what the service serves to a reader the scope lets through.
+    h.service_account(&ns_a, "auditor").await;
+    let cluster_reader = format!("evidence-auditor-{ns_a}");
+    let role: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": cluster_reader},
+        "rules": [{"apiGroups": ["portcullis.dev"], "resources": ["auditretentions/evidence"], "verbs": ["get"]}]
+    }))
+    .expect("cluster role");
+    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(kube.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("cluster role");
+    let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": cluster_reader},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_reader},
+        "subjects": [{"kind": "ServiceAccount", "name": "auditor", "namespace": ns_a}]
+    }))
+    .expect("cluster role binding");
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(kube.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("cluster role binding");
+    let auditor = h.token(&ns_a, "auditor", None, None).await;
+    // The senders as the API server authenticates them, for the unprotected twin of ingest.
+    let authenticator = Authenticator::new(kube.clone());
+    let source_a = authenticator.authenticate(&token_a).await.expect("source a");
+    let source_b = authenticator.authenticate(&token_b).await.expect("source b");
+    let source_sidecar = authenticator
+        .authenticate(&token_sidecar)
+        .await
+        .expect("source of the sidecar pod");
+    let twin = work.path().join("twin");
+    let twin_signer = LogSigner::from_pkcs8(pkcs8.as_ref()).expect("signer");
     let mut t = Table::default();
     let sa = |name: &str| serde_json::json!({"name": name});
 
@@ -487,6 +749,7 @@ async fn evidence_attacks_are_refused_or_caught() {
             ),
             403,
             "service account approver",
+            "\"approver\"".to_owned(),
         ),
         (
             "record names another namespace",
@@ -500,6 +763,7 @@ async fn evidence_attacks_are_refused_or_caught() {
             ),
             403,
             "namespace",
+            ns_b.clone(),
         ),
         (
             "record names another pod",
@@ -513,6 +777,7 @@ async fn evidence_attacks_are_refused_or_caught() {
             ),
             403,
             "pod agent-9",
+            "agent-9".to_owned(),
         ),
         (
             "record names another pod UID",
@@ -526,6 +791,7 @@ async fn evidence_attacks_are_refused_or_caught() {
             ),
             403,
             "pod UID",
+            "\"0000\"".to_owned(),
         ),
         (
             "record names a person as the workload",
@@ -539,6 +805,7 @@ async fn evidence_attacks_are_refused_or_caught() {
             ),
             403,
             "identity kind User",
+            "alice".to_owned(),
         ),
         (
             "a pod without a sidecar names a person",
@@ -552,6 +819,7 @@ async fn evidence_attacks_are_refused_or_caught() {
             ),
             403,
             "has no Portcullis sidecar",
+            "alice".to_owned(),
         ),
         (
             "record names another namespace's resource",
@@ -565,6 +833,7 @@ async fn evidence_attacks_are_refused_or_caught() {
             ),
             403,
             "not a ProtectedResource name",
+            "evidence-b/orders-db".to_owned(),
         ),
         (
             "recording record for a recording never uploaded",
@@ -578,12 +847,22 @@ async fn evidence_attacks_are_refused_or_caught() {
             ),
             409,
             "has not uploaded",
+            "a".repeat(64),
         ),
     ];
-    for (attempt, r, status, needle) in forged {
+    for (i, (attempt, r, status, needle, names)) in forged.into_iter().enumerate() {
+        let baseline = unchecked_ingest(
+            &twin.join(format!("forged-{i}")),
+            &twin_signer,
+            &source_a,
+            std::slice::from_ref(&r),
+            &[],
+            &names,
+        );
         t.row(
             family,
             attempt,
+            baseline,
             refused_any(svc.client.ship(&token_a, &[r]).await, status, needle),
         );
     }
@@ -593,28 +872,42 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         family,
         "a sidecar names another person within its session",
+        unchecked_ingest(
+            &twin.join("bob"),
+            &twin_signer,
+            &source_sidecar,
+            &[principal_session.clone(), bob.clone()],
+            &[],
+            "\"bob\"",
+        ),
         refused_any(
             svc.client.ship(&token_sidecar, &[bob]).await,
             403,
             "which began as User alice",
         ),
     );
+    let b_names_a_recording = record(
+        &ns_b,
+        sa("agent"),
+        "cluster-api",
+        "k-b",
+        2,
+        recording_event(&cast_sha),
+    );
     t.row(
         family,
         "another namespace's pod files a recording record for team a's upload",
+        unchecked_ingest(
+            &twin.join("b-names-a"),
+            &twin_signer,
+            &source_b,
+            std::slice::from_ref(&b_names_a_recording),
+            &[(cast_sha.as_str(), cast.as_slice())],
+            &cast_sha,
+        ),
         refused_any(
             svc.client
-                .ship(
-                    &token_b,
-                    &[record(
-                        &ns_b,
-                        sa("agent"),
-                        "cluster-api",
-                        "k-b",
-                        2,
-                        recording_event(&cast_sha),
-                    )],
-                )
+                .ship(&token_b, std::slice::from_ref(&b_names_a_recording))
                 .await,
             409,
             "has not uploaded",
@@ -642,6 +935,14 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         "oversize record",
         "a record over the limit",
+        unchecked_ingest(
+            &twin.join("oversize"),
+            &twin_signer,
+            &source_a,
+            std::slice::from_ref(&huge),
+            &[],
+            "xxxxxxxx",
+        ),
         refused_any(
             svc.client.ship(&token_a, &[huge.clone()]).await,
             413,
@@ -684,6 +985,10 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         family,
         "reader of a asks for b's records",
+        Ok(format!(
+            "the same request without the namespace refusal (b's reader) gets {} record",
+            fetched_b.len()
+        )),
         refused_any(
             svc.client
                 .entries_in(&reader_a, 0, size, size, Some(&only(&ns_b)))
@@ -695,15 +1000,36 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         family,
         "reader of a asks for the whole log",
+        svc.client
+            .entries_in(&auditor, 0, size, size, None)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|all| {
+                (all.len() as u64 == size)
+                    .then(|| format!("the same request through a cluster-wide binding gets all {} records", all.len()))
+                    .ok_or_else(|| format!("a cluster-wide reader got {} of {size}", all.len()))
+            }),
         refused_any(
             svc.client.entries_in(&reader_a, 0, size, size, None).await,
             403,
             "cluster-wide",
         ),
     );
+    let recording_served = svc
+        .client
+        .recording_in(&reader_a, &cast_sha, Some(&ns_a))
+        .await
+        .map(|c| {
+            format!(
+                "the recording exists and is served ({} bytes) where the reader's namespace scope lets it through",
+                c.len()
+            )
+        })
+        .map_err(|e| e.to_string());
     t.row(
         family,
         "reader of a reads a's recording as b's",
+        recording_served.clone(),
         refused_any(
             svc.client
                 .recording_in(&reader_a, &cast_sha, Some(&ns_b))
@@ -715,6 +1041,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         family,
         "reader of b reads a's recording in b",
+        recording_served,
         refused_any(
             svc.client
                 .recording_in(&reader_b, &cast_sha, Some(&ns_b))
@@ -750,9 +1077,22 @@ async fn evidence_attacks_are_refused_or_caught() {
     let unsigned = manifest::build(&exported, &sth, &selection, 0).expect("manifest");
     let mut selecting_b = unsigned.clone();
     selecting_b.selection.namespaces = Some(only(&ns_b));
+    let signed_unchecked = |m: &manifest::Manifest| -> Baseline {
+        let signed = shown(manifest::sign_manifest(&twin_signer, m))?;
+        shown(manifest::verify_signature(
+            signed.manifest.as_bytes(),
+            &signed.signature,
+            &public_key,
+        ))?;
+        Ok(format!(
+            "signed without recomputing the selection, it carries a valid signature over {} indexes",
+            m.indexes.len()
+        ))
+    };
     t.row(
         family,
         "reader of a has a manifest for b's records signed",
+        signed_unchecked(&selecting_b),
         refused_any(
             svc.client.sign_manifest(&reader_a, &selecting_b).await,
             403,
@@ -764,6 +1104,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         "trimmed bundle",
         "manifest naming fewer records than the selection holds",
+        signed_unchecked(&trimmed),
         refused_any(
             svc.client.sign_manifest(&reader_a, &trimmed).await,
             409,
@@ -779,6 +1120,38 @@ async fn evidence_attacks_are_refused_or_caught() {
     let report = verify_bundle(&exported, &public_key).expect("the exported bundle verifies");
     assert_eq!((report.records, report.recordings), (23, 1));
 
+    // A recording the service holds cannot be left out of a bundle by calling it missing.
+    let b = copy_bundle(&exported, &work.path().join("scratch").join("hidden-recording"));
+    std::fs::remove_file(b.join(format!("recordings/{cast_sha}.cast"))).expect("rm");
+    for f in ["manifest.json", "manifest.sig"] {
+        std::fs::remove_file(b.join(f)).expect("rm");
+    }
+    let hiding = manifest::build(&b, &sth, &selection, 0).expect("manifest");
+    assert_eq!(hiding.missing_recordings.len(), 1);
+    let hidden_baseline = manifest::sign_manifest(&twin_signer, &hiding)
+        .map_err(|e| e.to_string())
+        .and_then(|signed| {
+            let dir = work.path().join("scratch").join("hidden-recording-twin");
+            copy_dir(&b, &dir);
+            shown(manifest::write(&dir, &signed))?;
+            let r = shown(verify_bundle(&dir, &public_key))?;
+            if r.missing_recordings.len() == 1 && r.recordings == 0 {
+                Ok("signed without asking the store, the bundle verifies without the recording, reported as lost".to_owned())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        });
+    t.row(
+        "trimmed bundle",
+        "a recording the service holds listed as missing",
+        hidden_baseline,
+        refused_any(
+            svc.client.sign_manifest(&reader_a, &hiding).await,
+            409,
+            "is stored: put it in the bundle",
+        ),
+    );
+
     // Bundles changed after export.
     let scratch = work.path().join("scratch");
     let attempt = |name: &str| copy_bundle(&exported, &scratch.join(name));
@@ -792,6 +1165,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         "trimmed bundle",
         "a record (a refused statement) and its proof dropped",
+        records_only(&b, &public_key),
         caught(verify_bundle(&b, &public_key), "is missing"),
     );
     let b = attempt("reorder");
@@ -800,6 +1174,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         "reordered bundle",
         "two records swapped with their proofs",
+        records_only(&b, &public_key),
         caught(verify_bundle(&b, &public_key), "out of order"),
     );
     let b = attempt("dup");
@@ -814,6 +1189,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         "duplicated bundle",
         "a record repeated with its proof",
+        records_only(&b, &public_key),
         caught(verify_bundle(&b, &public_key), "repeated"),
     );
     let b = attempt("ocsf");
@@ -826,6 +1202,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         "edited derived file",
         "OCSF copy says a refused statement succeeded",
+        records_only(&b, &public_key),
         caught(verify_bundle(&b, &public_key), "records.ocsf.jsonl"),
     );
     let b = attempt("summary");
@@ -834,6 +1211,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         "edited derived file",
         "summary.md rewritten",
+        records_only(&b, &public_key),
         caught(verify_bundle(&b, &public_key), "summary.md"),
     );
     let b = attempt("policies");
@@ -845,6 +1223,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         "edited derived file",
         "policies.yaml replaced",
+        records_only(&b, &public_key),
         caught(verify_bundle(&b, &public_key), "policies.yaml: changed"),
     );
     let b = attempt("extra");
@@ -852,6 +1231,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         "edited derived file",
         "a file added",
+        records_only(&b, &public_key),
         caught(
             verify_bundle(&b, &public_key),
             "not part of the exported bundle",
@@ -875,6 +1255,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         "trimmed bundle",
         "record dropped and the manifest edited to match",
+        records_only(&b, &public_key),
         caught(
             verify_bundle(&b, &public_key),
             "manifest.json was changed after the service signed it",
@@ -885,6 +1266,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         "trimmed bundle",
         "manifest removed",
+        records_only(&b, &public_key),
         caught(verify_bundle(&b, &public_key), "manifest.json is missing"),
     );
 
@@ -911,6 +1293,7 @@ async fn evidence_attacks_are_refused_or_caught() {
         t.row(
             "trimmed bundle",
             "last record of an unfiltered range dropped",
+            records_only(&b, &public_key),
             caught(verify_bundle(&b, &public_key), "is missing"),
         );
     }
@@ -944,6 +1327,14 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         "stale bundle",
         "an older bundle handed over as current",
+        verify_bundle(&exported, &public_key)
+            .map(|r| {
+                format!(
+                    "without a trusted head the bundle of size {} verifies",
+                    r.tree_size
+                )
+            })
+            .map_err(|e| e.to_string()),
         caught(
             verify_bundle_trusting(&exported, &public_key, &pinned),
             "older than the log",
@@ -986,6 +1377,27 @@ async fn evidence_attacks_are_refused_or_caught() {
     copy_dir(&snapshot, &data);
     let svc = start(&kube, &data, &head_file, pkcs8.as_ref(), &tls, &witness).await;
     let family = "volume tampering";
+    // The twin witness the unanchored start publishes to.
+    let twin_witness = Witness {
+        namespace: ns_a.clone(),
+        name: "twin".into(),
+    };
+    let mut twin_retention = retention.clone();
+    twin_retention.metadata.name = Some("twin".into());
+    retentions
+        .create(&PostParams::default(), &twin_retention)
+        .await
+        .expect("twin witness");
+    let rollback_baseline = unanchored_restart(
+        &kube,
+        &twin_witness,
+        &snapshot,
+        &twin.join("rollback"),
+        &twin_signer,
+        &before,
+        false,
+    )
+    .await;
     let mut diverged = None;
     for _ in 0..50 {
         if let Some(reason) = svc.anchor.diverged() {
@@ -997,6 +1409,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         family,
         "log rolled back while the service was down, then restarted",
+        rollback_baseline.clone(),
         diverged
             .clone()
             .ok_or_else(|| "the rolled-back log was accepted".to_owned()),
@@ -1005,11 +1418,13 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         family,
         "rolled-back log: tree heads refused",
+        rollback_baseline.clone(),
         caught(svc.client.latest_head().await, DIVERGED_REASON),
     );
     t.row(
         family,
         "rolled-back log: no smaller head published",
+        rollback_baseline.clone(),
         match witnessed(&retentions).await {
             Some(h) if h == before => Ok(format!(
                 "the witness still holds the head of size {}",
@@ -1027,6 +1442,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         family,
         "rolled-back log: Verified condition",
+        rollback_baseline.clone(),
         match cond {
             Some(c) if c.status == "False" && c.reason == DIVERGED_REASON => Ok(c.message),
             other => Err(format!("{other:?}")),
@@ -1036,6 +1452,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         family,
         "rolled-back log: metric",
+        rollback_baseline.clone(),
         if metrics.contains("portcullis_audit_witness_diverged 1") {
             Ok("portcullis_audit_witness_diverged 1".into())
         } else {
@@ -1049,6 +1466,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         family,
         "rolled-back log: Warning Event",
+        rollback_baseline.clone(),
         if events
             .items
             .iter()
@@ -1100,6 +1518,9 @@ async fn evidence_attacks_are_refused_or_caught() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let first = segments(&data).into_iter().next().expect("segment");
     rewrite_entry(&first, 3, |e| e.replace("\"deny\"", "\"allow\""));
+    let rewritten = work.path().join("rewritten");
+    copy_dir(&data, &rewritten);
+    let before_rewrite = witnessed(&retentions).await.expect("witnessed head");
     let svc = start(&kube, &data, &head_file, pkcs8.as_ref(), &tls, &witness).await;
     let mut diverged = None;
     for _ in 0..50 {
@@ -1112,15 +1533,41 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         family,
         "a decision rewritten on the volume, then restarted",
+        unanchored_restart(
+            &kube,
+            &twin_witness,
+            &rewritten,
+            &twin.join("rewritten"),
+            &twin_signer,
+            &before_rewrite,
+            true,
+        )
+        .await,
         diverged.ok_or_else(|| "the rewritten log was accepted".to_owned()),
     );
     let _ = svc.stop.send(true);
     // A recording deleted from the volume: scheduled verification names it.
     portcullis_audit::retention::verify_recordings(&data).expect("recordings intact");
     std::fs::remove_file(data.join("recordings").join(format!("{cast_sha}.cast"))).expect("rm");
+    let no_recording = twin.join("no-recording");
+    copy_dir(&snapshot, &no_recording);
+    std::fs::remove_file(
+        no_recording
+            .join("recordings")
+            .join(format!("{cast_sha}.cast")),
+    )
+    .expect("rm");
     t.row(
         family,
         "a recording deleted from the volume",
+        verify_log(&no_recording, &public_key, &[])
+            .map(|v| {
+                format!(
+                    "the log walk without the recordings check stays green ({} entries)",
+                    v.entries
+                )
+            })
+            .map_err(|e| e.to_string()),
         caught(
             portcullis_audit::retention::verify_recordings(&data),
             "is missing",
@@ -1160,12 +1607,18 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         family,
         "first segments deleted by whoever holds the volume",
+        tree_matches_head(&unsigned_dir, &public_key),
         caught(
             verify_log(&unsigned_dir, &public_key, &[]),
             "no prune entry covered by a signed tree head",
         ),
     );
     let held = rule("400d", true, "a/default").expect("rule");
+    let unheld = would_prune(
+        &dir,
+        &twin.join("prune-unheld"),
+        &rule("400d", false, "a/default").expect("rule"),
+    );
     let mut log = Log::open(
         &dir,
         LogOptions {
@@ -1177,6 +1630,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         family,
         "pruning under legal hold",
+        unheld,
         if done.pruned == 0 && done.awaiting_signature.is_none() && log.pruned() == 0 {
             Ok("nothing retired, no prune entry".into())
         } else {
@@ -1213,6 +1667,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         family,
         "segments past the signed boundary deleted by hand",
+        tree_matches_head(&dir, &public_key),
         caught(
             verify_log(&dir, &public_key, &[]),
             "no signed prune entry retired them",
@@ -1249,10 +1704,14 @@ async fn evidence_attacks_are_refused_or_caught() {
         );
         r
     };
+    let cluster_rule_only = rule("400d", false, "a/default").expect("rule");
+    let without_team_hold = would_prune(&dir, &twin.join("ns-hold"), &cluster_rule_only);
+    let without_team_retention = would_prune(&dir, &twin.join("ns-longer"), &cluster_rule_only);
     let done = enforce(&mut log, &team_rule("30d", true), Timestamp::now()).expect("enforce");
     t.row(
         family,
         "pruning records of a namespace under its own legal hold",
+        without_team_hold,
         if done == Default::default() {
             Ok("nothing retired".into())
         } else {
@@ -1263,6 +1722,7 @@ async fn evidence_attacks_are_refused_or_caught() {
     t.row(
         family,
         "pruning records a namespace keeps longer than the log",
+        without_team_retention,
         if done == Default::default() {
             Ok("nothing retired".into())
         } else {

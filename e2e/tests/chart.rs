@@ -154,7 +154,18 @@ fn values_matrix_renders_what_each_value_asks_for() {
         trusting.contains("--opt-out-service-account=ci/deployer"),
         "{trusting}"
     );
-    assert!(!trusting.contains("kind: ValidatingAdmissionPolicy"));
+    // Only the team-retention policy stays: it belongs to the audit service, not the webhook.
+    assert_eq!(
+        trusting
+            .matches("kind: ValidatingAdmissionPolicy\n")
+            .count(),
+        1,
+        "{trusting}"
+    );
+    assert!(trusting.contains("-team-retention"), "{trusting}");
+    assert!(d.contains("parameterNotFoundAction: Deny"), "{d}");
+    assert!(d.contains("--head-file=/var/lib/portcullis/audit-head/last-head.json"));
+    assert!(d.contains("--segment-bytes=67108864"), "{d}");
     assert!(scoped.contains("replicas: 3"));
 }
 

@@ -482,5 +482,51 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
         "{}",
         common::text(&out)
     );
+
+    // The recording lost from the service's volume: the export still writes every record and
+    // says the recording is missing; verify names it and fails as incomplete evidence.
+    std::fs::remove_file(store.path(&sha)).expect("lose the recording");
+    let lost = work.path().join("bundle-lost");
+    let lost_s = lost.to_string_lossy().into_owned();
+    let out = common::plugin(
+        h.kubeconfig(),
+        &[
+            "evidence",
+            "-n",
+            &ns,
+            "--audit-url",
+            &url,
+            "--ca",
+            &ca_s,
+            "--token-file",
+            &token_s,
+            "--subject",
+            "support-agent",
+            "--from",
+            "2026-11-23T06:10:00Z",
+            "-o",
+            &lost_s,
+        ],
+    );
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(
+        common::text(&out).starts_with("wrote 17 records, proofs")
+            && common::text(&out).contains(
+                "1 recordings named by the records are missing from the audit service and listed as missing in the signed manifest"
+            ),
+        "{}",
+        common::text(&out)
+    );
+    let out = common::plugin(h.kubeconfig(), &["verify", &lost_s, "--public-key", &key_s]);
+    assert!(!out.status.success(), "{}", common::text(&out));
+    assert!(
+        common::text(&out).contains(
+            "incomplete evidence: verified 17 records against the signed tree head of size 42, but 1 recordings they name are missing"
+        ) && common::text(&out).contains(&format!(
+            "recordings/{sha}.cast (SHA-256 {sha}, named by log index 41)"
+        )),
+        "{}",
+        common::text(&out)
+    );
     let _ = stop.send(true);
 }

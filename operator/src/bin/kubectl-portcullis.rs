@@ -15,7 +15,9 @@
 //! `approve`/`deny` set `spec.decision`; the API server's admission stamps who decided. The
 //! evidence bundle, with the recordings of the exec sessions it names and a manifest the audit
 //! service signs after recomputing the selection, verifies offline with the audit log's public
-//! key; `--expect-head` or `--from-cluster` also pin it to a trusted head. `replay` plays a recorded exec session in the terminal.
+//! key; `--expect-head` or `--from-cluster` also pin it to a trusted head. A recording the
+//! audit service no longer holds does not fail the export: the signed manifest lists it as
+//! missing, and `verify` names it and exits non-zero. `replay` plays a recorded exec session in the terminal.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,7 +32,7 @@ use portcullis_audit::bundle::{
     add_recording, find_recording, referenced_recordings, verify_bundle_trusting,
     write_bundle_from, Trust,
 };
-use portcullis_audit::client::AuditClient;
+use portcullis_audit::client::{AuditClient, ShipError};
 use portcullis_audit::manifest::Selection;
 use portcullis_audit::recordings::{is_sha256, sha256_hex};
 use portcullis_audit::verify::read_public_key;
@@ -352,12 +354,24 @@ async fn evidence(client: kube::Client, ns: &str, args: EvidenceArgs) -> Result<
     // The recordings the exported records name; verify checks them against those records.
     let recordings = referenced_recordings(output).map_err(|e| e.to_string())?;
     let scope = (!all_namespaces).then_some(ns);
+    // A recording the service no longer holds (404) or holds damaged (410) is left out; the signed manifest lists it
+    // as missing, and the service signs that only when it indeed holds no such recording.
+    let mut missing = 0;
     for sha256 in &recordings {
-        let content = audit
-            .recording_in(token, sha256, scope)
-            .await
-            .map_err(|e| format!("recording {sha256}: {e}"))?;
-        add_recording(output, sha256, &content).map_err(|e| e.to_string())?;
+        match audit.recording_in(token, sha256, scope).await {
+            Ok(content) => add_recording(output, sha256, &content).map_err(|e| e.to_string())?,
+            Err(
+                ShipError::Refused {
+                    status: 404 | 410, ..
+                }
+                | ShipError::Failed {
+                    status: 404 | 410, ..
+                },
+            ) => {
+                missing += 1;
+            }
+            Err(e) => return Err(format!("recording {sha256}: {e}")),
+        }
     }
     // The policies in force and the approvals, with their generations, for the auditor.
     let (policies, requests) = if all_namespaces {
@@ -399,13 +413,17 @@ async fn evidence(client: kube::Client, ns: &str, args: EvidenceArgs) -> Result<
         .await
         .map_err(|e| format!("manifest: {e}"))?;
     portcullis_audit::manifest::write(output, &signed).map_err(|e| e.to_string())?;
-    let recordings = match recordings.len() {
+    let recordings = match recordings.len() - missing {
         0 => String::new(),
         1 => " and 1 recording".to_owned(),
         r => format!(" and {r} recordings"),
     };
+    let missing = match missing {
+        0 => String::new(),
+        m => format!("; {m} recordings named by the records are missing from the audit service and listed as missing in the signed manifest"),
+    };
     Ok(format!(
-        "wrote {n} records{recordings}, proofs to the signed tree head of size {size}, {} policies and {} access requests to {}",
+        "wrote {n} records{recordings}, proofs to the signed tree head of size {size}, {} policies and {} access requests to {}{missing}",
         policies.items.len(),
         requests.items.len(),
         output.display()
@@ -570,9 +588,27 @@ async fn run(cli: Cli) -> Result<String, String> {
                 1 => " and 1 recording".to_owned(),
                 r => format!(" and {r} recordings"),
             };
-            Ok(format!(
+            let verified = format!(
                 "verified {} records{recordings} against the signed tree head of size {}",
                 report.records, report.tree_size
+            );
+            if report.missing_recordings.is_empty() {
+                return Ok(verified);
+            }
+            let missing: Vec<String> = report
+                .missing_recordings
+                .iter()
+                .map(|m| {
+                    format!(
+                        "  recordings/{}.cast (SHA-256 {}, named by log index {}): missing from the log's storage at export",
+                        m.sha256, m.sha256, m.index
+                    )
+                })
+                .collect();
+            Err(format!(
+                "incomplete evidence: {verified}, but {} recordings they name are missing:\n{}",
+                missing.len(),
+                missing.join("\n")
             ))
         }
         Cmd::Show { name } => {
