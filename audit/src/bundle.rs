@@ -30,8 +30,7 @@ use thiserror::Error;
 
 use crate::manifest::{
     file_digests, verify_signature, Manifest, ManifestSignature, MissingRecording, Selection,
-    MANIFEST_FILE,
-    MANIFEST_VERSION, SIGNATURE_FILE,
+    MANIFEST_FILE, MANIFEST_VERSION, SIGNATURE_FILE,
 };
 use crate::recordings::{file_name, is_sha256, sha256_hex, RecordingStore, RECORDINGS_DIR};
 use crate::store::Log;
@@ -178,8 +177,12 @@ fn write_bundle_files(
         // the manifest: one lost file does not withhold the rest of the evidence.
         match store.get(&sha256) {
             Ok(Some(content)) => add_recording(dir, &sha256, &content)?,
-            Ok(None) => tracing::warn!(%sha256, "recording named by the log is not stored; the bundle lists it as missing"),
-            Err(e) => tracing::warn!(%sha256, error = %e, "recording named by the log is unreadable; the bundle lists it as missing"),
+            Ok(None) => {
+                tracing::warn!(%sha256, "recording named by the log is not stored; the bundle lists it as missing")
+            }
+            Err(e) => {
+                tracing::warn!(%sha256, error = %e, "recording named by the log is unreadable; the bundle lists it as missing")
+            }
         }
     }
     Ok(n)

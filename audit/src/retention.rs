@@ -36,9 +36,9 @@ use crate::bundle::recording_named;
 use crate::prune;
 use crate::recordings::RecordingStore;
 use crate::segment::{read_segment, segment_files};
-use crate::team_retention;
 use crate::service::Witness;
 use crate::store::{Log, StoreError};
+use crate::team_retention;
 use crate::verify::{verify_log, Verified, VerifyError};
 
 /// Parse `retainFor` (`400d`, `72h`).
@@ -200,7 +200,12 @@ pub async fn reconcile_anchored(
                     .and_then(|s| find_condition(&s.conditions, types::READY));
                 if current.is_none_or(|c| {
                     (&c.status, &c.reason, &c.message, c.observed_generation)
-                        != (&condition.status, &condition.reason, &condition.message, condition.observed_generation)
+                        != (
+                            &condition.status,
+                            &condition.reason,
+                            &condition.message,
+                            condition.observed_generation,
+                        )
                 }) {
                     team_conditions.push((
                         ns.clone(),

@@ -85,7 +85,10 @@ pub fn judge(cluster: &AuditRetentionSpec, team: &AuditRetentionSpec) -> Judgeme
             cluster.retain_for.clone()
         }
         _ => {
-            not_honoured.push(format!("retainFor {:?} is not NNNd or NNNh", team.retain_for));
+            not_honoured.push(format!(
+                "retainFor {:?} is not NNNd or NNNh",
+                team.retain_for
+            ));
             cluster.retain_for.clone()
         }
     };
@@ -119,9 +122,15 @@ mod tests {
             &spec(serde_json::json!({"retainFor": "500d", "legalHold": true})),
         );
         assert_eq!(longer.not_honoured, Vec::<String>::new());
-        assert_eq!((longer.retain_for.as_str(), longer.legal_hold), ("500d", true));
+        assert_eq!(
+            (longer.retain_for.as_str(), longer.legal_hold),
+            ("500d", true)
+        );
         let c = longer.condition("portcullis-system/default", Some(1));
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", HONOURED_REASON));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", HONOURED_REASON)
+        );
 
         let weaker = judge(
             &cluster,
@@ -131,8 +140,15 @@ mod tests {
         assert_eq!(weaker.retain_for, "400d", "the cluster's retention applies");
         assert_eq!(weaker.not_honoured.len(), 3, "{:?}", weaker.not_honoured);
         let c = weaker.condition("portcullis-system/default", Some(1));
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", NOT_HONOURED_REASON));
-        for needle in ["spec.storage", "retainFor 72h is shorter than the cluster's 400d", "verifyEvery"] {
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", NOT_HONOURED_REASON)
+        );
+        for needle in [
+            "spec.storage",
+            "retainFor 72h is shorter than the cluster's 400d",
+            "verifyEvery",
+        ] {
             assert!(c.message.contains(needle), "{needle}: {}", c.message);
         }
     }

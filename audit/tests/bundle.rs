@@ -376,8 +376,9 @@ fn exec_sessions_and_their_recordings_go_into_the_bundle() {
     fs::remove_file(complete.join(format!("recordings/{sha}.cast"))).expect("remove");
     let err = verify_bundle(&complete, signer.public_key()).expect_err("removed after export");
     assert!(
-        err.to_string()
-            .contains(&format!("recordings/{sha}.cast: missing; record 5 names it")),
+        err.to_string().contains(&format!(
+            "recordings/{sha}.cast: missing; record 5 names it"
+        )),
         "{err}"
     );
     let text = fs::read_to_string(b2.join("manifest.json")).expect("manifest");
@@ -390,5 +391,9 @@ fn exec_sessions_and_their_recordings_go_into_the_bundle() {
     )
     .expect("edit");
     let err = verify_bundle(&b2, signer.public_key()).expect_err("list edited out");
-    assert!(err.to_string().contains("changed after the service signed it"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("changed after the service signed it"),
+        "{err}"
+    );
 }

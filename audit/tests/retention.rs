@@ -255,13 +255,20 @@ async fn team_retention_that_weakens_the_cluster_s_is_refused_or_reported() {
         .patch(
             &team,
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"portcullis.dev/test": scope}}})),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"labels": {"portcullis.dev/test": scope}}}),
+            ),
         )
         .await
         .expect("label");
-    create_retention(&client, &system, "default", serde_json::json!({"retainFor": "400d"}))
-        .await
-        .expect("the cluster's AuditRetention");
+    create_retention(
+        &client,
+        &system,
+        "default",
+        serde_json::json!({"retainFor": "400d"}),
+    )
+    .await
+    .expect("the cluster's AuditRetention");
     // alice edits AuditRetentions in the team namespace (nothing else of portcullis.dev).
     let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "retention-editor"},
@@ -326,7 +333,11 @@ async fn team_retention_that_weakens_the_cluster_s_is_refused_or_reported() {
         ])
         .output()
         .expect("helm template");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rendered = String::from_utf8(out.stdout).expect("utf-8");
     let anchor = "    namespaceSelector:\n";
     assert_eq!(rendered.matches(anchor).count(), 1, "{rendered}");
@@ -394,7 +405,8 @@ async fn team_retention_that_weakens_the_cluster_s_is_refused_or_reported() {
         .await
         .expect_err("shortening by update is refused");
     assert!(
-        err.to_string().contains("retainFor 30d is shorter than the cluster's 400d"),
+        err.to_string()
+            .contains("retainFor 30d is shorter than the cluster's 400d"),
         "{err}"
     );
     // alice cannot claim her object is honoured: the status is the audit service's.
@@ -402,12 +414,17 @@ async fn team_retention_that_weakens_the_cluster_s_is_refused_or_reported() {
         .patch_status(
             "stored-shorter",
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"status": {"conditions": [{"type": "Ready",
+            &Patch::Merge(
+                serde_json::json!({"status": {"conditions": [{"type": "Ready",
                 "status": "True", "reason": "Honoured", "message": "x",
-                "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})),
+                "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}),
+            ),
         )
         .await;
-    assert!(claimed.is_err(), "a namespace user wrote the status: {claimed:?}");
+    assert!(
+        claimed.is_err(),
+        "a namespace user wrote the status: {claimed:?}"
+    );
 
     // What was stored before the policy is reported by the audit service's round.
     let dir = tempfile::tempdir().expect("tmp");
@@ -455,12 +472,21 @@ async fn team_retention_that_weakens_the_cluster_s_is_refused_or_reported() {
     }
     let c = ready(api.get("stored-shorter").await.expect("get"));
     assert!(
-        c.message.contains("retainFor 72h is shorter than the cluster's 400d")
+        c.message
+            .contains("retainFor 72h is shorter than the cluster's 400d")
             && c.message.contains("kept for 400d"),
         "{c:?}"
     );
     let c = ready(api.get("longer").await.expect("get"));
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Honoured"), "{c:?}");
-    assert!(c.message.contains("kept for 2000d and not pruned while legalHold is set"), "{c:?}");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "Honoured"),
+        "{c:?}"
+    );
+    assert!(
+        c.message
+            .contains("kept for 2000d and not pruned while legalHold is set"),
+        "{c:?}"
+    );
     let _ = h.kubectl(&["delete", "-f", &path]);
 }
