@@ -330,6 +330,8 @@ async fn team_retention_that_weakens_the_cluster_s_is_refused_or_reported() {
             &system,
             "--show-only",
             "templates/retention-policy.yaml",
+            "--set",
+            &format!("webhook.namespaceLabels.portcullis\\.dev/test={scope}"),
         ])
         .output()
         .expect("helm template");
@@ -339,11 +341,9 @@ async fn team_retention_that_weakens_the_cluster_s_is_refused_or_reported() {
         String::from_utf8_lossy(&out.stderr)
     );
     let rendered = String::from_utf8(out.stdout).expect("utf-8");
-    let anchor = "    namespaceSelector:\n";
-    assert_eq!(rendered.matches(anchor).count(), 1, "{rendered}");
-    let rendered = rendered.replace(
-        anchor,
-        &format!("{anchor}      matchLabels: {{portcullis.dev/test: {scope}}}\n"),
+    assert!(
+        rendered.contains(&format!("portcullis.dev/test: {scope}")),
+        "{rendered}"
     );
     let path = format!("{}/team-retention-{scope}.yaml", h.state_dir());
     std::fs::write(&path, rendered).expect("write policy");
@@ -387,6 +387,23 @@ async fn team_retention_that_weakens_the_cluster_s_is_refused_or_reported() {
             ),
             other => panic!("{name}: expected a refusal naming {needle:?}, got {other:?}"),
         }
+    }
+    // The team examples shipped with the project pass the policy.
+    for example in [
+        vec!["-f", "examples/gdpr/auditretention.yaml"],
+        vec!["-k", "examples/gitops/base"],
+        vec!["-k", "examples/gitops/overlays/prod"],
+    ] {
+        let path = portcullis_e2e::repo_root().join(example[1]);
+        let path = path.to_string_lossy();
+        let out = h.kubectl(&["apply", "-n", &team, "--dry-run=server", example[0], &path]);
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("auditretention"),
+            "{}: {}{}",
+            example[1],
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // An update that shortens a stored, honoured object is refused too.
     let longer = create_retention(

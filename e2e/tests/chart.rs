@@ -132,8 +132,8 @@ fn values_matrix_renders_what_each_value_asks_for() {
     ]));
     assert_eq!(
         scoped.matches("team: agents").count(),
-        7,
-        "the injection, decision and validation webhooks, the token and managed-objects policies: {scoped}"
+        8,
+        "the injection, decision and validation webhooks, the token, managed-objects and team-retention policies: {scoped}"
     );
     assert!(kinds(&d).contains(&"ValidatingAdmissionPolicy".to_owned()));
     assert!(d.contains("operations: [CREATE, UPDATE], resources: [pods]"));

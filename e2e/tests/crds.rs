@@ -135,7 +135,11 @@ async fn the_gitops_layout_builds_and_is_accepted_by_the_server() {
         .iter()
         .find(|d| d["kind"] == "AuditRetention")
         .expect("retention");
-    assert_eq!(retention["spec"]["retainFor"], "400d");
+    assert_eq!(retention["spec"]["retainFor"], "2555d");
+    assert!(
+        retention["spec"]["storage"].is_null(),
+        "a team's AuditRetention leaves storage to the cluster's"
+    );
 }
 
 #[tokio::test]
