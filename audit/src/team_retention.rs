@@ -92,11 +92,11 @@ pub fn judge(cluster: &AuditRetentionSpec, team: &AuditRetentionSpec) -> Judgeme
             cluster.retain_for.clone()
         }
     };
-    let every = Duration::from(team.verify_every.clone());
-    if every != DEFAULT_VERIFY_EVERY && every != Duration::from(cluster.verify_every.clone()) {
+    let every = Duration::from(team.verify_every);
+    if every != DEFAULT_VERIFY_EVERY && every != Duration::from(cluster.verify_every) {
         not_honoured.push(format!(
             "verifyEvery {every:?} (the whole log is verified on the cluster's schedule, every {:?})",
-            Duration::from(cluster.verify_every.clone())
+            Duration::from(cluster.verify_every)
         ));
     }
     Judgement {
