@@ -657,9 +657,13 @@ impl<'c> Analyzer<'c> {
             }
         }
         if !t.rules.is_empty() {
-            let name = name.unwrap_or_else(|| match ordinal {
-                Some(i) => format!("output column {i}"),
-                None => self.masked_name(e, scope),
+            let name = name.unwrap_or_else(|| match (ordinal, shape) {
+                (Some(i), Shape::Columns(cols)) => cols
+                    .get(i.saturating_sub(1))
+                    .map(|c| c.name.clone())
+                    .unwrap_or_else(|| format!("output column {i}")),
+                (Some(i), _) => format!("output column {i}"),
+                (None, _) => self.masked_name(e, scope),
             });
             self.record_use(name, t.rules, false, place);
         }

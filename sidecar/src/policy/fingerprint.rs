@@ -51,6 +51,15 @@ pub fn looks_like_value(name: &str) -> bool {
     }
 }
 
+/// A table or function name as the audit record keeps it: `?` when it looks like a value.
+pub fn name_for_record(name: String) -> String {
+    if looks_like_value(&name) {
+        "?".to_owned()
+    } else {
+        name
+    }
+}
+
 fn looks_like_value_with(patterns: &crate::masking::detectors::Patterns, name: &str) -> bool {
     use crate::masking::detectors::DetectorKind;
     name.split(|c: char| !c.is_ascii_digit())

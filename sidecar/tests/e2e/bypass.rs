@@ -969,11 +969,6 @@ async fn masked_values_carry_nothing_through_where_limit_and_tags() {
             last4.to_string(),
         ),
         (
-            "8 FETCH FIRST computed from a masked value",
-            format!("SELECT count(*)::text FROM (SELECT 1 FROM generate_series(1, 10000) FETCH FIRST (SELECT {DIGITS} FROM customers WHERE id = 1) ROWS ONLY) s"),
-            last4.to_string(),
-        ),
-        (
             "8 set-returning function in WHERE",
             format!("SELECT count(*)::text FROM generate_series(1, 10000) g WHERE g IN (SELECT generate_series(1, {DIGITS}) FROM customers WHERE id = 1)"),
             last4.to_string(),
