@@ -423,7 +423,10 @@ impl SessionMasking {
     }
 
     /// A refusal for a use of a masked column its rule's `predicates` mode does not allow.
-    fn predicate_refusal(&self, uses: &[PredicateUse]) -> Option<crate::policy::guardrails::Verdict> {
+    fn predicate_refusal(
+        &self,
+        uses: &[PredicateUse],
+    ) -> Option<crate::policy::guardrails::Verdict> {
         for u in uses {
             for key in &u.rules {
                 let Some(rule) = self.rule(key) else {
@@ -1358,9 +1361,9 @@ impl SessionMasking {
             Some(s) => {
                 let t = self.active(&s.total());
                 !t.rules.is_empty()
-                    || t.unproven
-                        .iter()
-                        .any(|r| !(r.starts_with("relation ") && r.ends_with("is not in the catalog")))
+                    || t.unproven.iter().any(|r| {
+                        !(r.starts_with("relation ") && r.ends_with("is not in the catalog"))
+                    })
             }
             None => true,
         };

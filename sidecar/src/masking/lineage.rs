@@ -582,11 +582,9 @@ impl<'c> Analyzer<'c> {
                 let l = self.column_ref(left, scope, ctes);
                 let r = self.column_ref(right, scope, ctes);
                 match (l, r) {
-                    (Some(l), Some(r)) => self.join_equality(
-                        (left.to_string(), &l),
-                        (right.to_string(), &r),
-                        place,
-                    ),
+                    (Some(l), Some(r)) => {
+                        self.join_equality((left.to_string(), &l), (right.to_string(), &r), place)
+                    }
                     (Some(l), None) if is_constant(right) => {
                         self.equality_use(left.to_string(), &l, place)
                     }
@@ -1115,7 +1113,13 @@ impl<'c> Analyzer<'c> {
         }
     }
 
-    fn select(&self, select: &Select, ctes: &Ctes, outer: &Scope<'_>, tail: Option<&Query>) -> Shape {
+    fn select(
+        &self,
+        select: &Select,
+        ctes: &Ctes,
+        outer: &Scope<'_>,
+        tail: Option<&Query>,
+    ) -> Shape {
         let scope = self.scope_of_from(&select.from, ctes, outer);
         self.join_conditions(&select.from, &scope, ctes);
         if let Some(w) = &select.selection {

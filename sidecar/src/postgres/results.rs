@@ -281,8 +281,11 @@ impl ResultPath {
                         .front()
                         .and_then(|h| h.masking.as_ref())
                         .and_then(|m| {
-                            m.session
-                                .scrub_row_description(&m.plan, &msg.body, &known_text(tracker))
+                            m.session.scrub_row_description(
+                                &m.plan,
+                                &msg.body,
+                                &known_text(tracker),
+                            )
                         });
                     let body = scrubbed.as_deref().unwrap_or(&msg.body);
                     self.columns = parse_row_description(body);

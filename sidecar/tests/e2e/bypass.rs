@@ -894,9 +894,19 @@ async fn predicates_on_masked_columns_follow_the_rule() {
             Ok(rows) => panic!("{what}: forwarded, answered {:?}", answer(&rows)),
             Err(e) => e,
         };
-        let db = err.as_db_error().unwrap_or_else(|| panic!("{what}: {err:?}"));
-        assert_eq!(db.code(), &SqlState::INSUFFICIENT_PRIVILEGE, "{what}: {db:?}");
-        let mode = if *column == "card_number" { "deny" } else { "equality" };
+        let db = err
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{what}: {err:?}"));
+        assert_eq!(
+            db.code(),
+            &SqlState::INSUFFICIENT_PRIVILEGE,
+            "{what}: {db:?}"
+        );
+        let mode = if *column == "card_number" {
+            "deny"
+        } else {
+            "equality"
+        };
         assert!(
             db.message().contains(column) && db.message().contains(&format!("predicates: {mode}")),
             "{what}: {}",
@@ -906,7 +916,10 @@ async fn predicates_on_masked_columns_follow_the_rule() {
     // Looking a person up by e-mail keeps working, with parameters and literals, and the
     // e-mail itself still comes back masked.
     let by_param = client
-        .query_one("SELECT id, email FROM customers WHERE email = $1", &[&truth.email])
+        .query_one(
+            "SELECT id, email FROM customers WHERE email = $1",
+            &[&truth.email],
+        )
         .await
         .expect("lookup by e-mail with a parameter");
     assert_eq!(by_param.get::<_, i32>(0), 1);
@@ -1027,8 +1040,16 @@ async fn masked_values_carry_nothing_through_where_limit_and_tags() {
             Ok(rows) => panic!("{family}: forwarded, answered {:?}", answer(&rows)),
             Err(e) => {
                 let db = e.as_db_error().unwrap_or_else(|| panic!("{family}: {e:?}"));
-                assert_eq!(db.code(), &SqlState::INSUFFICIENT_PRIVILEGE, "{family}: {db:?}");
-                assert!(db.message().contains("masked data"), "{family}: {}", db.message());
+                assert_eq!(
+                    db.code(),
+                    &SqlState::INSUFFICIENT_PRIVILEGE,
+                    "{family}: {db:?}"
+                );
+                assert!(
+                    db.message().contains("masked data"),
+                    "{family}: {}",
+                    db.message()
+                );
             }
         }
     }
@@ -1061,18 +1082,31 @@ async fn column_names_built_from_masked_values_are_withheld() {
             })
             .unwrap_or_default()
     };
-    const STEPS: [&str; 2] = ["BEGIN; SELECT public.b19_cursor(1)", "FETCH ALL FROM b19cur"];
+    const STEPS: [&str; 2] = [
+        "BEGIN; SELECT public.b19_cursor(1)",
+        "FETCH ALL FROM b19cur",
+    ];
     let direct = crate::common::direct().await;
     direct.simple_query(STEPS[0]).await.expect("open directly");
     let d = direct.simple_query(STEPS[1]).await.expect("fetch directly");
-    assert_eq!(names(&d), vec![clear.clone(), "plain".to_owned()], "5: directly");
+    assert_eq!(
+        names(&d),
+        vec![clear.clone(), "plain".to_owned()],
+        "5: directly"
+    );
     let proxy = ProxyBuilder::default()
         .policy("mask", MASK_SSN)
         .start()
         .await;
     let client = proxy.client().await;
-    client.simple_query(STEPS[0]).await.expect("open through the sidecar");
-    let p = client.simple_query(STEPS[1]).await.expect("fetch through the sidecar");
+    client
+        .simple_query(STEPS[0])
+        .await
+        .expect("open through the sidecar");
+    let p = client
+        .simple_query(STEPS[1])
+        .await
+        .expect("fetch through the sidecar");
     let seen = names(&p);
     assert!(!seen.contains(&clear), "5: column name {seen:?}");
     // The statement that reads the cursor did not write `plain` either.
@@ -1082,7 +1116,10 @@ async fn column_names_built_from_masked_values_are_withheld() {
         .simple_query("SELECT ssn AS national_id, id AS \"Customer\" FROM customers WHERE id = 1")
         .await
         .expect("aliases");
-    assert_eq!(names(&rows), vec!["national_id".to_owned(), "Customer".to_owned()]);
+    assert_eq!(
+        names(&rows),
+        vec!["national_id".to_owned(), "Customer".to_owned()]
+    );
     proxy.stop().await;
 }
 
@@ -1098,7 +1135,9 @@ async fn audit_records_hold_no_values_in_identifiers() {
     ];
     let direct = crate::common::direct().await;
     let rows = direct.simple_query(cases[0]).await.expect("alias directly");
-    assert!(matches!(&rows[0], tokio_postgres::SimpleQueryMessage::RowDescription(c) if c[0].name() == "dave.secret@example.com"));
+    assert!(
+        matches!(&rows[0], tokio_postgres::SimpleQueryMessage::RowDescription(c) if c[0].name() == "dave.secret@example.com")
+    );
     for sql in cases {
         let _ = client.simple_query(sql).await;
     }
@@ -1108,7 +1147,10 @@ async fn audit_records_hold_no_values_in_identifiers() {
     assert!(statements.len() >= cases.len(), "{statements:?}");
     let spool = serde_json::to_string(&proxy.records()).expect("records");
     for secret in ["dave.secret", "4111 1111", "7946", "DE8937"] {
-        assert!(!spool.contains(secret), "12: {secret} reached the audit spool: {spool}");
+        assert!(
+            !spool.contains(secret),
+            "12: {secret} reached the audit spool: {spool}"
+        );
     }
     // The records keep the leading keyword, a length and a fingerprint.
     assert!(
