@@ -411,6 +411,8 @@ pub enum SubjectKind {
     .message("a masking rule must name at least one column (schema.table.column or table.column) or a detector (email, paymentCard, iban, phone, regex)"))]
 #[x_kube(validation = Rule::new("has(self.detector) && self.detector == 'regex' ? has(self.pattern) : !has(self.pattern)")
     .message("pattern is required with detector regex, and only allowed with it"))]
+#[x_kube(validation = Rule::new("!has(self.predicates) || self.predicates == 'allow' || (has(self.columns) && self.columns.size() > 0)")
+    .message("predicates applies to the columns of a rule: a rule with only a detector cannot restrict predicates"))]
 #[serde(rename_all = "camelCase")]
 pub struct MaskingRule {
     /// Name of the rule, unique in the policy; recorded in audit records of masked values.
@@ -449,6 +451,44 @@ pub struct MaskingRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub exempt: Vec<Subject>,
+
+    /// Where statements may use the rule's columns outside the select list: `allow`
+    /// (default: anywhere; each query can still answer a question about the masked values),
+    /// `equality` (only `=` and `IN` against parameters or literals, `IS [NOT] NULL`, and
+    /// join equality between column references; no function over the column, no ordering,
+    /// grouping, window, range, pattern, `CASE` condition or `HAVING`), or `deny` (nowhere but
+    /// the select list). A statement that uses a column otherwise is refused.
+    #[serde(default, skip_serializing_if = "PredicateMode::is_allow")]
+    pub predicates: PredicateMode,
+}
+
+/// Where a masking rule's columns may be used outside the select list.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum PredicateMode {
+    /// Anywhere (filters, ordering, grouping, joins).
+    #[default]
+    Allow,
+    /// Only in equality with a parameter or a literal, or in a join equality.
+    Equality,
+    /// Only in the select list.
+    Deny,
+}
+
+impl PredicateMode {
+    /// Whether this is the default mode.
+    pub fn is_allow(&self) -> bool {
+        *self == PredicateMode::Allow
+    }
+
+    /// The mode as written in a policy.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PredicateMode::Allow => "allow",
+            PredicateMode::Equality => "equality",
+            PredicateMode::Deny => "deny",
+        }
+    }
 }
 
 /// A column written `table.column` or `schema.table.column`.

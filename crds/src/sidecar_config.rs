@@ -17,8 +17,8 @@ use thiserror::Error;
 use crate::gateway_policy::{
     AuditUnavailableAction, ClaimValidationRule, Detector, FunctionSettings, GatewayPolicySpec,
     GrantScope, GuardrailAction, IdentitySettings, KubernetesSettings, LawfulBasis,
-    MaskingStrategy, PrincipalKind, SigningAlgorithm, StatementKind, Subject, SubjectKind,
-    UnanalyzableAction,
+    MaskingStrategy, PredicateMode, PrincipalKind, SigningAlgorithm, StatementKind, Subject,
+    SubjectKind, UnanalyzableAction,
 };
 use crate::protected_resource::{ResourceType, TlsMode};
 
@@ -428,6 +428,9 @@ pub struct MaskingRuleConfig {
     /// Subjects that see the data in clear.
     #[serde(default)]
     pub exempt: Vec<Subject>,
+    /// Where the columns may be used outside the select list.
+    #[serde(default, skip_serializing_if = "PredicateMode::is_allow")]
+    pub predicates: PredicateMode,
 }
 
 /// A guardrail with its tables resolved to qualified names.
@@ -702,6 +705,7 @@ impl PolicyConfig {
                     pattern: rule.pattern.clone(),
                     strategy: rule.strategy,
                     exempt: rule.exempt.clone(),
+                    predicates: rule.predicates,
                 })
             })
             .collect::<Result<Vec<_>, CompileError>>()?;
@@ -950,6 +954,7 @@ mod tests {
                 pattern: None,
                 strategy: MaskingStrategy::Partial,
                 exempt: vec![],
+                predicates: Default::default(),
             }],
             guardrails: vec![
                 Guardrail {

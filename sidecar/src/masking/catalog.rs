@@ -282,6 +282,7 @@ impl Snapshot {
                     // references.
                     t.unproven.clear();
                     t.rules.extend(fallback.rules.iter().cloned());
+                    t.computed.extend(fallback.rules.iter().cloned());
                 }
                 t
             })
@@ -340,6 +341,7 @@ impl Catalog for Snapshot {
                 name: c.name.clone(),
                 rules: c.taint.rules.clone(),
                 unproven: c.taint.unproven.clone(),
+                computed: c.taint.computed.clone(),
             })
             .collect();
         if candidates.len() > 1 {
@@ -353,6 +355,7 @@ impl Catalog for Snapshot {
             for c in &mut cols {
                 c.rules.extend(all.rules.iter().cloned());
                 c.unproven.extend(all.unproven.iter().cloned());
+                c.computed.extend(all.rules.iter().cloned());
             }
         }
         Some(cols)

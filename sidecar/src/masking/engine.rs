@@ -9,14 +9,14 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use portcullis_crds::audit::{Identity, MaskedColumn, RuleRef};
-use portcullis_crds::gateway_policy::{Detector, MaskingStrategy, Subject};
+use portcullis_crds::gateway_policy::{Detector, MaskingStrategy, PredicateMode, Subject};
 use portcullis_crds::sidecar_config::{MaskingConfig, PolicyConfig, QualifiedColumn};
 use portcullis_crds::StatementKind;
 use sqlparser::ast::{CopyLegacyOption, CopyOption, Statement};
 
 use super::catalog::{Catalogs, DbCatalog, View};
 use super::detectors::{compile_pattern, DetectorKind, Patterns};
-use super::lineage::{Analyzer, Shape, Taint};
+use super::lineage::{Analyzer, PredicateUse, Shape, Taint};
 use super::strategy::{self, Strategy};
 use crate::policy::analyze::StatementFacts;
 use crate::postgres::upstream::Upstream;
@@ -71,6 +71,8 @@ pub struct Rule {
     pub columns: Vec<QualifiedColumn>,
     /// Subjects that see the data in clear.
     pub exempt: Vec<Subject>,
+    /// Where statements may use the columns outside the select list.
+    pub predicates: PredicateMode,
 }
 
 /// The masking rules of one resource.
@@ -134,6 +136,7 @@ impl Masker {
                     detector,
                     columns: r.columns.clone(),
                     exempt: r.exempt.clone(),
+                    predicates: r.predicates,
                 });
             }
         }
@@ -355,11 +358,14 @@ impl SessionMasking {
             "statements with code bodies the sidecar cannot analyse (DO, CREATE FUNCTION, CREATE PROCEDURE)"
         } else if facts.kinds.contains(&StatementKind::Merge) {
             "MERGE"
-        } else if let Some(c) = self.carriers(facts).into_iter().next() {
-            carried = format!("statements where a {c}");
-            carried.as_str()
         } else {
-            return None;
+            let (carriers, uses) = self.uses(facts);
+            if let Some(c) = carriers.into_iter().next() {
+                carried = format!("statements where a {c}");
+                carried.as_str()
+            } else {
+                return self.predicate_refusal(&uses);
+            }
         };
         Some(crate::policy::guardrails::Verdict {
             decision: portcullis_crds::audit::Decision::Deny,
@@ -373,29 +379,86 @@ impl SessionMasking {
         })
     }
 
-    /// Calls of a statement that carry masked data outside result values (row counts of
-    /// set-returning functions, side effects of functions not known to be pure). The lineage
-    /// runs only for statements calling such a function.
-    fn carriers(&self, facts: &StatementFacts) -> Vec<String> {
-        let Some(cat) = &self.catalog else {
-            return Vec::new();
+    /// What of a statement carries masked data outside result values (row counts of
+    /// set-returning functions and of `LIMIT`/`OFFSET`/`FETCH`, side effects of functions not
+    /// known to be pure, anywhere in the statement), and its uses of masked data outside the
+    /// select list, both restricted to the rules that apply to the session.
+    fn uses(&self, facts: &StatementFacts) -> (Vec<String>, Vec<PredicateUse>) {
+        let (Some(cat), Some(ast)) = (&self.catalog, facts.ast.as_deref()) else {
+            return (Vec::new(), Vec::new());
         };
+        // The analysis runs for statements that call a function that may carry masked data,
+        // that bound their rows, or when a rule restricts predicates.
         let suspect = facts.functions.iter().any(|f| {
             !crate::policy::analyze::is_read_only_function(f)
                 || super::lineage::SET_RETURNING.contains(&f.name.as_str())
-        });
-        let Some(ast) = facts.ast.as_deref().filter(|_| suspect) else {
-            return Vec::new();
-        };
+        }) || ["LIMIT", "OFFSET", "FETCH"]
+            .iter()
+            .any(|k| facts.normalized.contains(k))
+            || self.active_keys.iter().any(|k| {
+                self.rule(k)
+                    .is_some_and(|r| r.predicates != PredicateMode::Allow)
+            });
+        if !suspect {
+            return (Vec::new(), Vec::new());
+        }
         let view = cat.view();
         let analyzer = Analyzer::new(&view);
         let _ = analyzer.statement(ast);
-        analyzer
+        let carriers = analyzer
             .carriers()
             .into_iter()
             .filter(|(_, taint)| !self.active(taint).rules.is_empty())
             .map(|(what, _)| what)
-            .collect()
+            .collect();
+        let uses = analyzer
+            .predicate_uses()
+            .into_iter()
+            .filter_map(|mut u| {
+                u.rules.retain(|r| self.active_keys.contains(r));
+                (!u.rules.is_empty()).then_some(u)
+            })
+            .collect();
+        (carriers, uses)
+    }
+
+    /// A refusal for a use of a masked column its rule's `predicates` mode does not allow.
+    fn predicate_refusal(
+        &self,
+        uses: &[PredicateUse],
+    ) -> Option<crate::policy::guardrails::Verdict> {
+        for u in uses {
+            for key in &u.rules {
+                let Some(rule) = self.rule(key) else {
+                    continue;
+                };
+                let allowed = match rule.predicates {
+                    PredicateMode::Allow => true,
+                    PredicateMode::Equality => u.equality,
+                    PredicateMode::Deny => false,
+                };
+                if allowed {
+                    continue;
+                }
+                let what = match rule.predicates {
+                    PredicateMode::Equality => "may be used outside the select list only in = or IN against parameters or literals, IS [NOT] NULL, or a join equality, with no function over it",
+                    _ => "may be used only in the select list",
+                };
+                return Some(crate::policy::guardrails::Verdict {
+                    decision: portcullis_crds::audit::Decision::Deny,
+                    rule: Some(rule.rule.clone()),
+                    reason: Some(format!(
+                        "column {} is masked by rule {} with predicates: {}: it {what}; refused for its use in {} (rule {})",
+                        u.column,
+                        rule.key,
+                        rule.predicates.as_str(),
+                        u.place,
+                        rule.key
+                    )),
+                });
+            }
+        }
+        None
     }
 
     /// Whether column rules apply (results need a lineage).
@@ -512,6 +575,7 @@ impl SessionMasking {
                 .cloned()
                 .collect(),
             unproven: t.unproven.clone(),
+            computed: t.computed.clone(),
         }
     }
 
@@ -920,11 +984,17 @@ impl ResultMasking {
     pub fn report(&self) -> Vec<MaskedColumn> {
         let mut out = Vec::new();
         for (i, c) in self.cols.iter().enumerate() {
+            // A column name that looks like a value stays out of the audit record.
+            let name = if crate::policy::fingerprint::looks_like_value(&c.name) {
+                WITHHELD_COLUMN_NAME.to_owned()
+            } else {
+                c.name.clone()
+            };
             if let Some(m) = &c.mask {
                 for (rule, reason) in &m.rules {
                     out.push(MaskedColumn {
                         column: i as u32,
-                        name: c.name.clone(),
+                        name: name.clone(),
                         rule: rule.clone(),
                         reason: reason.clone(),
                         strategy: strategy::name(m.strategy).to_owned(),
@@ -937,7 +1007,7 @@ impl ResultMasking {
                 let r = &self.session.masker.rules[*d];
                 out.push(MaskedColumn {
                     column: i as u32,
-                    name: c.name.clone(),
+                    name: name.clone(),
                     rule: r.rule.clone(),
                     reason: format!(
                         "value matched the {} detector",
@@ -1213,19 +1283,7 @@ pub fn scrub_notice(
     let user_raised = class == "P0" || (tag == b'N' && !code.is_empty());
     // Names the client wrote (identifiers, not strings or comments) may be quoted back.
     let names: std::collections::HashSet<String> = if session.has_columns() {
-        sqlparser::tokenizer::Tokenizer::new(&sqlparser::dialect::PostgreSqlDialect {}, known)
-            .tokenize()
-            .map(|tokens| {
-                tokens
-                    .into_iter()
-                    .filter_map(|t| match t {
-                        sqlparser::tokenizer::Token::Word(w) => Some(w.value),
-                        _ => None,
-                    })
-                    .flat_map(|w| [w.to_ascii_lowercase(), w])
-                    .collect()
-            })
-            .unwrap_or_default()
+        client_words(known)
     } else {
         Default::default()
     };
@@ -1256,6 +1314,92 @@ pub fn scrub_notice(
     }
     body_out.push(0);
     crate::postgres::codec::put_message(out, tag, &body_out);
+}
+
+/// The words (identifiers and keywords, not strings or comments) of what the client wrote, as
+/// written and folded to lower case.
+fn client_words(known: &str) -> std::collections::HashSet<String> {
+    sqlparser::tokenizer::Tokenizer::new(&sqlparser::dialect::PostgreSqlDialect {}, known)
+        .tokenize()
+        .map(|tokens| {
+            tokens
+                .into_iter()
+                .filter_map(|t| match t {
+                    sqlparser::tokenizer::Token::Word(w) => Some(w.value),
+                    _ => None,
+                })
+                .flat_map(|w| [w.to_ascii_lowercase(), w])
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Name given to result columns whose name the sidecar withholds (PostgreSQL's own name for
+/// an unnamed column).
+pub const WITHHELD_COLUMN_NAME: &str = "?column?";
+
+impl SessionMasking {
+    /// RowDescription field names are a result channel: server code can name a column after a
+    /// value (`EXECUTE format('SELECT 1 AS %I', ssn)` behind a cursor). When the statement's
+    /// output may carry masked data, a name is kept only if the client wrote it (`known`) or
+    /// the lineage predicts it for that column (an alias, a catalog column); any other name is
+    /// replaced by `?column?`. Returns the rewritten body when a name changed.
+    pub fn scrub_row_description(
+        &self,
+        plan: &StatementPlan,
+        body: &[u8],
+        known: &str,
+    ) -> Option<Vec<u8>> {
+        self.catalog.as_ref()?;
+        if plan.clean {
+            return None;
+        }
+        // Names of relations the catalog does not know (system views) come from their
+        // definitions; what can name a column at run time is server code and output the
+        // analysis could not see.
+        let reaches = match &plan.shape {
+            Some(s) => {
+                let t = self.active(&s.total());
+                !t.rules.is_empty()
+                    || t.unproven.iter().any(|r| {
+                        !(r.starts_with("relation ") && r.ends_with("is not in the catalog"))
+                    })
+            }
+            None => true,
+        };
+        if !reaches {
+            return None;
+        }
+        let predicted: Vec<&str> = match &plan.shape {
+            Some(Shape::Columns(cols)) => cols.iter().map(|c| c.name.as_str()).collect(),
+            _ => Vec::new(),
+        };
+        let words = client_words(known);
+        let n = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
+        let mut out = Vec::with_capacity(body.len());
+        out.extend_from_slice(&body[..2]);
+        let mut p = 2usize;
+        let mut changed = false;
+        for i in 0..n {
+            let end = p + body.get(p..)?.iter().position(|b| *b == 0)?;
+            let name = String::from_utf8_lossy(&body[p..end]);
+            let keep = name == WITHHELD_COLUMN_NAME
+                || name == "QUERY PLAN"
+                || predicted.get(i).is_some_and(|x| *x == name)
+                || words.contains(name.as_ref());
+            if keep {
+                out.extend_from_slice(&body[p..end]);
+            } else {
+                out.extend_from_slice(WITHHELD_COLUMN_NAME.as_bytes());
+                changed = true;
+            }
+            out.push(0);
+            p = end + 1;
+            out.extend_from_slice(body.get(p..p + 18)?);
+            p += 18;
+        }
+        changed.then_some(out)
+    }
 }
 
 fn split_fields(body: &[u8]) -> Vec<(u8, String)> {

@@ -7,9 +7,13 @@
 //! not known to compute its result from its arguments alone, an identifier it cannot resolve)
 //! makes the column *unproven*, and an unproven column is masked like a masked one.
 //!
-//! Known limitation, by design: predicates (`WHERE`, `HAVING`, `JOIN ... ON`) are not outputs,
-//! so a query can still learn *about* masked values by filtering on them; guardrails, not
-//! masking, govern that.
+//! Predicates are not outputs: the analysis records every use of masked data outside the
+//! result's values ([`PredicateUse`]: `WHERE`, `JOIN ... ON`/`USING`, `HAVING`, `GROUP BY`,
+//! `DISTINCT ON`, `ORDER BY`, window partitions and orderings, `FILTER (WHERE ...)`, `CASE`
+//! conditions in any clause, `LIMIT`/`OFFSET`/`FETCH`, the `WHERE` of `UPDATE` and `DELETE`),
+//! in subqueries, CTEs, derived tables and `LATERAL` alike, telling equality of a column with a
+//! parameter, a literal or another column apart from every other use. The rules' `predicates`
+//! setting decides which uses a statement may make.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +35,9 @@ pub struct CatalogColumn {
     /// Why the column's content is not proven free of masked sources (a view column whose
     /// definition could not be followed, a catalog refresh pending after DDL).
     pub unproven: BTreeSet<String>,
+    /// Rules whose columns reach this one only through a computation (a view column such as
+    /// `lower(email)`).
+    pub computed: BTreeSet<String>,
 }
 
 /// What the analysis knows about relations. Implemented by the sidecar's catalog cache.
@@ -47,6 +54,9 @@ pub struct Taint {
     pub rules: BTreeSet<String>,
     /// Why the column's lineage could not be proven free of masked sources.
     pub unproven: BTreeSet<String>,
+    /// Rules of `rules` whose columns reach this value through a computation (a function,
+    /// an operator, a cast, a whole row), not as the column's own value.
+    pub computed: BTreeSet<String>,
 }
 
 impl Taint {
@@ -66,7 +76,35 @@ impl Taint {
     pub fn absorb(&mut self, other: &Taint) {
         self.rules.extend(other.rules.iter().cloned());
         self.unproven.extend(other.unproven.iter().cloned());
+        self.computed.extend(other.computed.iter().cloned());
     }
+
+    /// The same taint, with every rule reached through a computation.
+    pub fn as_computed(mut self) -> Self {
+        self.computed = self.rules.clone();
+        self
+    }
+}
+
+/// A use of masked data outside the values of the result.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PredicateUse {
+    /// The column as the statement names it (`c.ssn`), or what carries the value.
+    pub column: String,
+    /// Masking rules of the value used.
+    pub rules: BTreeSet<String>,
+    /// The value is compared as is, with `=` or `IN`, against parameters or literals, tested
+    /// with `IS [NOT] NULL`, or joined by equality with another column.
+    pub equality: bool,
+    /// Where the value is used (`WHERE`, `ORDER BY`, ...).
+    pub place: String,
+}
+
+/// What a predicate-position expression inside a value is: a condition (equality allowed)
+/// or any other use.
+enum Side {
+    Condition(&'static str),
+    Used(&'static str),
 }
 
 /// One output column.
@@ -356,6 +394,8 @@ pub struct Analyzer<'c> {
     carriers: RefCell<Vec<(String, Taint)>>,
     // Subqueries lifted out of expressions, addressed by placeholder identifiers.
     lifted: RefCell<Vec<Query>>,
+    // Uses of masked data outside result values (see [`Analyzer::predicate_uses`]).
+    uses: RefCell<Vec<PredicateUse>>,
 }
 
 #[derive(Clone, Debug)]
@@ -406,6 +446,7 @@ impl<'c> Analyzer<'c> {
             shadowed_builtins: false,
             carriers: RefCell::new(Vec::new()),
             lifted: RefCell::new(Vec::new()),
+            uses: RefCell::new(Vec::new()),
         }
     }
 
@@ -422,6 +463,358 @@ impl<'c> Analyzer<'c> {
     /// the value where a catalog view returns it).
     pub fn carriers(&self) -> Vec<(String, Taint)> {
         self.carriers.borrow().clone()
+    }
+
+    /// Uses of masked data outside result values seen so far, each once.
+    pub fn predicate_uses(&self) -> Vec<PredicateUse> {
+        let set: BTreeSet<PredicateUse> = self.uses.borrow().iter().cloned().collect();
+        set.into_iter().collect()
+    }
+
+    fn record_use(&self, column: String, rules: BTreeSet<String>, equality: bool, place: &str) {
+        if rules.is_empty() {
+            return;
+        }
+        self.uses.borrow_mut().push(PredicateUse {
+            column,
+            rules,
+            equality,
+            place: place.to_owned(),
+        });
+    }
+
+    /// An equality use of a column reference: rules that reach it through a computation are
+    /// not compared as is.
+    fn equality_use(&self, column: String, taint: &Taint, place: &str) {
+        let direct: BTreeSet<String> = taint.rules.difference(&taint.computed).cloned().collect();
+        let computed: BTreeSet<String> =
+            taint.rules.intersection(&taint.computed).cloned().collect();
+        self.record_use(column.clone(), direct, true, place);
+        self.record_use(
+            column,
+            computed,
+            false,
+            &format!("{place} (over a value computed from the column)"),
+        );
+    }
+
+    /// Equality between two column references (a join): an equality use when both carry
+    /// masked data as is; a masked column compared with a clear one could be matched against
+    /// every value a generator produces, so that is not an equality use.
+    fn join_equality(&self, a: (String, &Taint), b: (String, &Taint), place: &str) {
+        let masked_as_is = |t: &Taint| t.rules.difference(&t.computed).next().is_some();
+        if masked_as_is(a.1) && masked_as_is(b.1) {
+            self.equality_use(a.0, a.1, place);
+            self.equality_use(b.0, b.1, place);
+        } else {
+            let place = format!("{place} (= with a column that is not masked)");
+            for (name, t) in [a, b] {
+                self.record_use(name, t.rules.clone(), false, &place);
+            }
+        }
+    }
+
+    /// Any use of an expression's masked data at `place` (not an equality).
+    fn used(&self, e: &Expr, scope: &Scope<'_>, ctes: &Ctes, place: &str) {
+        let t = self.expr(e, scope, ctes);
+        if !t.rules.is_empty() {
+            let name = self.masked_name(e, scope);
+            self.record_use(name, t.rules, false, place);
+        }
+    }
+
+    /// The first column reference of `e` that carries masked data, as written.
+    fn masked_name(&self, e: &Expr, scope: &Scope<'_>) -> String {
+        let mut found = None;
+        let _ = visit_expressions(e, |node| {
+            let t = match node {
+                Expr::Identifier(id) if !id.value.starts_with(PLACEHOLDER) => {
+                    scope.resolve_column(&fold(id))
+                }
+                Expr::CompoundIdentifier(parts) => Some(self.compound(parts, scope)),
+                _ => None,
+            };
+            if t.is_some_and(|t| !t.rules.is_empty()) {
+                found = Some(node.to_string());
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        found.unwrap_or_else(|| "a value computed from masked data".to_owned())
+    }
+
+    /// A column reference (`ssn`, `c.ssn`), with what it carries.
+    fn column_ref(&self, e: &Expr, scope: &Scope<'_>, ctes: &Ctes) -> Option<Taint> {
+        match e {
+            Expr::Nested(inner) => self.column_ref(inner, scope, ctes),
+            Expr::Identifier(id) if !id.value.starts_with(PLACEHOLDER) => {
+                Some(self.expr(e, scope, ctes))
+            }
+            Expr::CompoundIdentifier(_) => Some(self.expr(e, scope, ctes)),
+            _ => None,
+        }
+    }
+
+    /// Record the uses of masked data in a condition (`WHERE`, `JOIN ... ON`, `FILTER`):
+    /// equality of a column with parameters, literals or another column, and `IS [NOT]
+    /// NULL`, are told apart from every other use.
+    fn condition(&self, e: &Expr, scope: &Scope<'_>, ctes: &Ctes, place: &str) {
+        use sqlparser::ast::{BinaryOperator, UnaryOperator};
+        match e {
+            Expr::Nested(inner) => self.condition(inner, scope, ctes, place),
+            Expr::UnaryOp {
+                op: UnaryOperator::Not,
+                expr,
+            } => self.condition(expr, scope, ctes, place),
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::And | BinaryOperator::Or,
+                right,
+            } => {
+                self.condition(left, scope, ctes, place);
+                self.condition(right, scope, ctes, place);
+            }
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } => {
+                let l = self.column_ref(left, scope, ctes);
+                let r = self.column_ref(right, scope, ctes);
+                match (l, r) {
+                    (Some(l), Some(r)) => {
+                        self.join_equality((left.to_string(), &l), (right.to_string(), &r), place)
+                    }
+                    (Some(l), None) if is_constant(right) => {
+                        self.equality_use(left.to_string(), &l, place)
+                    }
+                    (None, Some(r)) if is_constant(left) => {
+                        self.equality_use(right.to_string(), &r, place)
+                    }
+                    _ => self.used(e, scope, ctes, place),
+                }
+            }
+            Expr::InList { expr, list, .. } if list.iter().all(is_constant) => {
+                match self.column_ref(expr, scope, ctes) {
+                    Some(t) => self.equality_use(expr.to_string(), &t, place),
+                    None => self.used(e, scope, ctes, place),
+                }
+            }
+            Expr::IsNull(x) | Expr::IsNotNull(x) => match self.column_ref(x, scope, ctes) {
+                Some(t) => self.equality_use(x.to_string(), &t, place),
+                None => self.used(e, scope, ctes, place),
+            },
+            Expr::InSubquery { expr, subquery, .. } => {
+                let out = self.query(subquery, ctes, scope).total();
+                match self.column_ref(expr, scope, ctes) {
+                    Some(t) => self.join_equality(
+                        (expr.to_string(), &t),
+                        ("the result of a subquery".to_owned(), &out),
+                        place,
+                    ),
+                    None => {
+                        self.used(e, scope, ctes, place);
+                        self.record_use(
+                            "the result of a subquery".to_owned(),
+                            out.rules,
+                            false,
+                            place,
+                        );
+                    }
+                }
+            }
+            _ => self.used(e, scope, ctes, place),
+        }
+    }
+
+    /// An ordering or grouping key: an ordinal or an output name stands for that output
+    /// column.
+    fn sort_key(&self, e: &Expr, shape: &Shape, scope: &Scope<'_>, ctes: &Ctes, place: &str) {
+        let ordinal = match e {
+            Expr::Value(v) => match &v.value {
+                sqlparser::ast::Value::Number(n, _) => n.parse::<usize>().ok(),
+                _ => None,
+            },
+            _ => None,
+        };
+        let mut t = match ordinal {
+            Some(i) => shape.column(i.saturating_sub(1)),
+            None => self.expr(e, scope, ctes),
+        };
+        let mut name = None;
+        if let Expr::Identifier(id) = e {
+            let wanted = fold(id);
+            match shape {
+                Shape::Columns(cols) => {
+                    for c in cols.iter().filter(|c| c.name == wanted) {
+                        t.absorb(&c.taint);
+                        name = Some(c.name.clone());
+                    }
+                }
+                Shape::Opaque(o) => t.absorb(o),
+            }
+        }
+        if !t.rules.is_empty() {
+            let name = name.unwrap_or_else(|| match (ordinal, shape) {
+                (Some(i), Shape::Columns(cols)) => cols
+                    .get(i.saturating_sub(1))
+                    .map(|c| c.name.clone())
+                    .unwrap_or_else(|| format!("output column {i}")),
+                (Some(i), _) => format!("output column {i}"),
+                (None, _) => self.masked_name(e, scope),
+            });
+            self.record_use(name, t.rules, false, place);
+        }
+    }
+
+    /// A row count bound (`LIMIT`, `OFFSET`, `FETCH`): masked data there is a carrier.
+    fn row_bound(&self, e: &Expr, scope: &Scope<'_>, ctes: &Ctes, place: &str) {
+        let t = self.expr(e, scope, ctes);
+        if !t.rules.is_empty() {
+            self.record_use(self.masked_name(e, scope), t.rules.clone(), false, place);
+            self.carriers.borrow_mut().push((
+                format!("row count ({place}) is computed from masked data"),
+                t,
+            ));
+        }
+    }
+
+    /// `ORDER BY`, `LIMIT`, `OFFSET` and `FETCH` of a query.
+    fn tail(&self, q: &Query, shape: &Shape, scope: &Scope<'_>, ctes: &Ctes) {
+        if let Some(ob) = &q.order_by {
+            if let sqlparser::ast::OrderByKind::Expressions(items) = &ob.kind {
+                for o in items {
+                    self.sort_key(&o.expr, shape, scope, ctes, "ORDER BY");
+                }
+            }
+        }
+        match &q.limit_clause {
+            Some(sqlparser::ast::LimitClause::LimitOffset {
+                limit,
+                offset,
+                limit_by,
+            }) => {
+                if let Some(l) = limit {
+                    self.row_bound(l, scope, ctes, "LIMIT");
+                }
+                if let Some(o) = offset {
+                    self.row_bound(&o.value, scope, ctes, "OFFSET");
+                }
+                for e in limit_by {
+                    self.row_bound(e, scope, ctes, "LIMIT BY");
+                }
+            }
+            Some(sqlparser::ast::LimitClause::OffsetCommaLimit { offset, limit }) => {
+                self.row_bound(offset, scope, ctes, "OFFSET");
+                self.row_bound(limit, scope, ctes, "LIMIT");
+            }
+            None => {}
+        }
+        if let Some(q) = q.fetch.as_ref().and_then(|f| f.quantity.as_ref()) {
+            self.row_bound(q, scope, ctes, "FETCH");
+        }
+    }
+
+    fn window(&self, spec: &sqlparser::ast::WindowSpec, scope: &Scope<'_>, ctes: &Ctes) {
+        for p in &spec.partition_by {
+            self.used(p, scope, ctes, "window PARTITION BY");
+        }
+        for o in &spec.order_by {
+            self.used(&o.expr, scope, ctes, "window ORDER BY");
+        }
+    }
+
+    /// A column name joined by equality across the relations of a scope (`USING`,
+    /// `NATURAL`): an equality use when every relation's column carries masked data as is.
+    fn shared_column(&self, col: &str, scope: &Scope<'_>, place: &str) {
+        let taints: Vec<&Taint> = scope
+            .relations
+            .iter()
+            .flat_map(|r| r.columns.iter().flatten())
+            .filter(|c| c.name == col)
+            .map(|c| &c.taint)
+            .collect();
+        let mut all = Taint::default();
+        for t in &taints {
+            all.absorb(t);
+        }
+        if taints
+            .iter()
+            .all(|t| t.rules.difference(&t.computed).next().is_some())
+        {
+            self.equality_use(col.to_owned(), &all, place);
+        } else {
+            self.record_use(
+                col.to_owned(),
+                all.rules,
+                false,
+                &format!("{place} (= with a column that is not masked)"),
+            );
+        }
+    }
+
+    /// Join conditions of a FROM list (nested joins included).
+    fn join_conditions(&self, from: &[TableWithJoins], scope: &Scope<'_>, ctes: &Ctes) {
+        use sqlparser::ast::{JoinConstraint, JoinOperator as J};
+        for twj in from {
+            let mut factors = vec![&twj.relation];
+            for join in &twj.joins {
+                factors.push(&join.relation);
+                let constraint = match &join.join_operator {
+                    J::Join(c)
+                    | J::Inner(c)
+                    | J::Left(c)
+                    | J::LeftOuter(c)
+                    | J::Right(c)
+                    | J::RightOuter(c)
+                    | J::FullOuter(c)
+                    | J::CrossJoin(c)
+                    | J::Semi(c)
+                    | J::LeftSemi(c)
+                    | J::RightSemi(c)
+                    | J::Anti(c)
+                    | J::LeftAnti(c)
+                    | J::RightAnti(c) => Some(c),
+                    J::AsOf {
+                        match_condition,
+                        constraint,
+                    } => {
+                        self.used(match_condition, scope, ctes, "JOIN MATCH_CONDITION");
+                        Some(constraint)
+                    }
+                    _ => None,
+                };
+                match constraint {
+                    Some(JoinConstraint::On(e)) => self.condition(e, scope, ctes, "JOIN ON"),
+                    Some(JoinConstraint::Using(names)) => {
+                        for n in names {
+                            let col = object_name(n).last().cloned().unwrap_or_default();
+                            self.shared_column(&col, scope, "JOIN USING");
+                        }
+                    }
+                    Some(JoinConstraint::Natural) => {
+                        // Every column name the relations share is compared.
+                        let mut seen = BTreeSet::new();
+                        for rel in &scope.relations {
+                            for c in rel.columns.iter().flatten() {
+                                if !seen.insert(c.name.clone()) {
+                                    self.shared_column(&c.name, scope, "NATURAL JOIN");
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for f in factors {
+                if let TableFactor::NestedJoin {
+                    table_with_joins, ..
+                } = f
+                {
+                    self.join_conditions(std::slice::from_ref(table_with_joins), scope, ctes);
+                }
+            }
+        }
     }
 
     fn note_call(&self, name: &[String], args_taint: &Taint) {
@@ -517,7 +910,19 @@ impl<'c> Analyzer<'c> {
                 }
             }
             Statement::Update(update) => {
-                let scope = self.scope_of_from(std::slice::from_ref(&update.table), &ctes, &root);
+                let mut from = vec![update.table.clone()];
+                if let Some(
+                    sqlparser::ast::UpdateTableFromKind::BeforeSet(f)
+                    | sqlparser::ast::UpdateTableFromKind::AfterSet(f),
+                ) = &update.from
+                {
+                    from.extend(f.iter().cloned());
+                }
+                let scope = self.scope_of_from(&from, &ctes, &root);
+                self.join_conditions(&from, &scope, &ctes);
+                if let Some(w) = &update.selection {
+                    self.condition(w, &scope, &ctes, "WHERE");
+                }
                 let mut written = Taint::default();
                 for a in &update.assignments {
                     written.absorb(&self.expr(&a.value, &scope, &ctes));
@@ -535,7 +940,13 @@ impl<'c> Analyzer<'c> {
                     sqlparser::ast::FromTable::WithFromKeyword(t)
                     | sqlparser::ast::FromTable::WithoutKeyword(t) => t.clone(),
                 };
+                let mut tables = tables;
+                tables.extend(delete.using.iter().flatten().cloned());
                 let scope = self.scope_of_from(&tables, &ctes, &root);
+                self.join_conditions(&tables, &scope, &ctes);
+                if let Some(w) = &delete.selection {
+                    self.condition(w, &scope, &ctes, "WHERE");
+                }
                 StatementLineage {
                     output: delete
                         .returning
@@ -605,7 +1016,18 @@ impl<'c> Analyzer<'c> {
                 ctes.insert(name, shape);
             }
         }
-        self.set_expr(&q.body, &ctes, outer)
+        match q.body.as_ref() {
+            SetExpr::Select(select) => self.select(select, &ctes, outer, Some(q)),
+            body => {
+                let shape = self.set_expr(body, &ctes, outer);
+                let scope = Scope {
+                    relations: Vec::new(),
+                    parent: Some(outer),
+                };
+                self.tail(q, &shape, &scope, &ctes);
+                shape
+            }
+        }
     }
 
     fn recursive_cte(
@@ -641,7 +1063,7 @@ impl<'c> Analyzer<'c> {
 
     fn set_expr(&self, body: &SetExpr, ctes: &Ctes, outer: &Scope<'_>) -> Shape {
         match body {
-            SetExpr::Select(select) => self.select(select, ctes, outer),
+            SetExpr::Select(select) => self.select(select, ctes, outer, None),
             SetExpr::Query(q) => self.query(q, ctes, outer),
             SetExpr::SetOperation { left, right, .. } => self
                 .set_expr(left, ctes, outer)
@@ -691,9 +1113,44 @@ impl<'c> Analyzer<'c> {
         }
     }
 
-    fn select(&self, select: &Select, ctes: &Ctes, outer: &Scope<'_>) -> Shape {
+    fn select(
+        &self,
+        select: &Select,
+        ctes: &Ctes,
+        outer: &Scope<'_>,
+        tail: Option<&Query>,
+    ) -> Shape {
         let scope = self.scope_of_from(&select.from, ctes, outer);
-        self.projection(&select.projection, &scope, ctes)
+        self.join_conditions(&select.from, &scope, ctes);
+        if let Some(w) = &select.selection {
+            self.condition(w, &scope, ctes, "WHERE");
+        }
+        let shape = self.projection(&select.projection, &scope, ctes);
+        if let sqlparser::ast::GroupByExpr::Expressions(exprs, _) = &select.group_by {
+            for e in exprs {
+                self.sort_key(e, &shape, &scope, ctes, "GROUP BY");
+            }
+        }
+        if let Some(sqlparser::ast::Distinct::On(exprs)) = &select.distinct {
+            for e in exprs {
+                self.sort_key(e, &shape, &scope, ctes, "DISTINCT ON");
+            }
+        }
+        if let Some(h) = &select.having {
+            self.used(h, &scope, ctes, "HAVING");
+        }
+        if let Some(q) = &select.qualify {
+            self.used(q, &scope, ctes, "QUALIFY");
+        }
+        for sqlparser::ast::NamedWindowDefinition(_, w) in &select.named_window {
+            if let sqlparser::ast::NamedWindowExpr::WindowSpec(spec) = w {
+                self.window(spec, &scope, ctes);
+            }
+        }
+        if let Some(q) = tail {
+            self.tail(q, &shape, &scope, ctes);
+        }
+        shape
     }
 
     fn projection(&self, items: &[SelectItem], scope: &Scope<'_>, ctes: &Ctes) -> Shape {
@@ -945,6 +1402,7 @@ impl<'c> Analyzer<'c> {
                             taint: Taint {
                                 rules: c.rules,
                                 unproven: c.unproven,
+                                computed: c.computed,
                             },
                         })
                         .collect(),
@@ -1026,7 +1484,11 @@ impl<'c> Analyzer<'c> {
 
     /// Taint of one expression in a scope.
     fn expr(&self, e: &Expr, scope: &Scope<'_>, ctes: &Ctes) -> Taint {
+        let plain = is_column_reference(e);
         let mut e = e.clone();
+        // Conditions, orderings and partitions inside the expression: uses of masked data
+        // outside values, recorded once the subqueries in them are lifted.
+        let mut side: Vec<(Expr, Side)> = Vec::new();
         // Lift subqueries out (innermost first) so identifiers inside them are resolved in
         // their own scope, not in this one.
         let _ = visit_expressions_mut(&mut e, |node| {
@@ -1042,12 +1504,47 @@ impl<'c> Analyzer<'c> {
                 Expr::Function(f) => {
                     // OVER (PARTITION BY / ORDER BY) and FILTER (WHERE) choose rows and their
                     // order; like WHERE they are predicates, not values.
-                    f.over = None;
-                    f.filter = None;
+                    if let Some(filter) = f.filter.take() {
+                        side.push((*filter, Side::Condition("FILTER (WHERE ...)")));
+                    }
+                    if let Some(sqlparser::ast::WindowType::WindowSpec(spec)) = f.over.take() {
+                        for p in spec.partition_by {
+                            side.push((p, Side::Used("window PARTITION BY")));
+                        }
+                        for o in spec.order_by {
+                            side.push((o.expr, Side::Used("window ORDER BY")));
+                        }
+                    }
+                    if let FunctionArguments::List(list) = &f.args {
+                        for c in &list.clauses {
+                            if let sqlparser::ast::FunctionArgumentClause::OrderBy(items) = c {
+                                for o in items {
+                                    side.push((
+                                        o.expr.clone(),
+                                        Side::Used("ORDER BY inside an aggregate"),
+                                    ));
+                                }
+                            }
+                        }
+                    }
                     match &f.args {
                         FunctionArguments::Subquery(q) => Some((**q).clone()),
                         _ => None,
                     }
+                }
+                Expr::Case {
+                    operand,
+                    conditions,
+                    ..
+                } => {
+                    // A CASE condition chooses the value: a predicate even in the select list.
+                    if let Some(o) = operand {
+                        side.push(((**o).clone(), Side::Used("CASE operand")));
+                    }
+                    for c in conditions.iter() {
+                        side.push((c.condition.clone(), Side::Used("CASE condition")));
+                    }
+                    None
                 }
                 _ => None,
             };
@@ -1057,6 +1554,12 @@ impl<'c> Analyzer<'c> {
             }
             ControlFlow::<()>::Continue(())
         });
+        for (x, kind) in side {
+            match kind {
+                Side::Condition(place) => self.condition(&x, scope, ctes, place),
+                Side::Used(place) => self.used(&x, scope, ctes, place),
+            }
+        }
 
         let mut taint = Taint::default();
         let _ = visit_expressions(&e, |node| {
@@ -1099,8 +1602,13 @@ impl<'c> Analyzer<'c> {
         });
         if is_value_free_aggregate(&e) {
             taint.rules.clear();
+            taint.computed.clear();
         }
-        taint
+        if plain {
+            taint
+        } else {
+            taint.as_computed()
+        }
     }
 
     fn lift(&self, q: Query) -> usize {
@@ -1126,7 +1634,7 @@ impl<'c> Analyzer<'c> {
         }
         // A relation name used as a value is the whole row: `SELECT u FROM users u`.
         if let Some(rel) = scope.find_relation(&name) {
-            return rel.whole_row();
+            return rel.whole_row().as_computed();
         }
         Taint::unproven(format!("cannot resolve column {name}"))
     }
@@ -1170,6 +1678,26 @@ fn impure(name: &[String]) -> Option<String> {
             "function {} is not known to compute its result from its arguments alone",
             name.join(".")
         ))
+    }
+}
+
+/// A parameter or a literal, possibly cast or negated.
+fn is_constant(e: &Expr) -> bool {
+    match e {
+        Expr::Value(_) | Expr::TypedString(_) => true,
+        Expr::Nested(inner) => is_constant(inner),
+        Expr::Cast { expr, .. } => is_constant(expr),
+        Expr::UnaryOp { expr, .. } => is_constant(expr),
+        _ => false,
+    }
+}
+
+/// A column reference as written (`ssn`, `c.ssn`), in parentheses or not.
+fn is_column_reference(e: &Expr) -> bool {
+    match e {
+        Expr::Nested(inner) => is_column_reference(inner),
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => true,
+        _ => false,
     }
 }
 
@@ -1310,6 +1838,7 @@ mod tests {
             name: n.into(),
             rules: rule.into_iter().map(String::from).collect::<BTreeSet<_>>(),
             unproven: BTreeSet::new(),
+            computed: BTreeSet::new(),
         };
         let mut m = BTreeMap::new();
         m.insert(
@@ -1409,6 +1938,82 @@ mod tests {
         let mut failures = Vec::new();
         for (sql, want) in cases {
             let got = verdict(sql);
+            if got != want {
+                failures.push(format!("{sql}\n   want {want} got {got}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// How a statement uses masked data outside its values: `-` no use, `=` equality uses
+    /// only, `!` some other use (with the place of the first).
+    fn uses(sql: &str) -> String {
+        let c = cat();
+        let a = Analyzer::new(&c);
+        let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).expect("parse");
+        let _ = a.statement(&stmts[0]);
+        let uses = a.predicate_uses();
+        match uses.iter().find(|u| !u.equality) {
+            Some(u) => format!("! {}", u.place),
+            None if uses.is_empty() => "-".into(),
+            None => "=".into(),
+        }
+    }
+
+    #[test]
+    fn predicate_uses_are_found_wherever_they_hide() {
+        let cases = [
+            ("SELECT id FROM customers WHERE email = $1", "="),
+            ("SELECT id FROM customers WHERE email = 'a@b.example' AND id > 3", "="),
+            ("SELECT id FROM customers WHERE (email) IN ('a', 'b') OR ssn IS NULL", "="),
+            ("SELECT id FROM customers WHERE email = $1::text", "="),
+            ("SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id", "-"),
+            ("SELECT a.id FROM customers a JOIN customers b ON a.email = b.email", "="),
+            ("SELECT a.id FROM customers a JOIN customers b USING (email)", "="),
+            ("SELECT id FROM customers WHERE id = 1 ORDER BY id", "-"),
+            ("SELECT email, ssn FROM customers", "-"),
+            ("SELECT id FROM customers WHERE ssn LIKE '3%'", "! WHERE"),
+            ("SELECT id FROM customers WHERE ssn > '3'", "! WHERE"),
+            ("SELECT id FROM customers WHERE md5(ssn) = 'x'", "! WHERE"),
+            ("SELECT id FROM customers WHERE lower(email) = 'x'", "! WHERE"),
+            ("SELECT id FROM customers WHERE email::varchar(1) = 'x'", "! WHERE"),
+            ("SELECT id FROM customers ORDER BY ssn", "! ORDER BY"),
+            ("SELECT ssn FROM customers ORDER BY 1", "! ORDER BY"),
+            ("SELECT ssn AS s FROM customers ORDER BY s", "! ORDER BY"),
+            ("SELECT count(*) FROM customers GROUP BY ssn", "! GROUP BY"),
+            ("SELECT DISTINCT ON (ssn) id FROM customers", "! DISTINCT ON"),
+            ("SELECT id FROM customers GROUP BY id HAVING max(ssn) > '5'", "! HAVING"),
+            ("SELECT row_number() OVER (ORDER BY ssn) FROM customers", "! window ORDER BY"),
+            ("SELECT rank() OVER w FROM customers WINDOW w AS (PARTITION BY ssn)", "! window PARTITION BY"),
+            ("SELECT count(*) FILTER (WHERE ssn LIKE '3%') FROM customers", "! FILTER (WHERE ...)"),
+            ("SELECT count(*) FILTER (WHERE email = $1) FROM customers", "="),
+            ("SELECT CASE WHEN ssn LIKE '3%' THEN 1 END FROM customers", "! CASE condition"),
+            ("SELECT CASE WHEN ssn = '3' THEN 1 END FROM customers", "! CASE condition"),
+            ("SELECT id FROM customers WHERE id IN (SELECT id FROM customers WHERE ssn < '5')", "! WHERE"),
+            ("SELECT id FROM customers c WHERE EXISTS (SELECT 1 FROM customers d WHERE d.ssn LIKE c.city)", "! WHERE"),
+            ("WITH t AS (SELECT id FROM customers WHERE ssn ~ '^3') SELECT * FROM t", "! WHERE"),
+            ("SELECT x FROM (SELECT ssn AS x FROM customers) s WHERE x LIKE '3%'", "! WHERE"),
+            ("SELECT x FROM (SELECT ssn AS x FROM customers) s WHERE x = $1", "="),
+            ("SELECT x FROM (SELECT left(ssn, 1) AS x FROM customers) s WHERE x = '3'", "! WHERE (over a value computed from the column)"),
+            ("SELECT l.n FROM orders o, LATERAL (SELECT 1 AS n FROM customers c WHERE c.ssn SIMILAR TO '3%') l", "! WHERE"),
+            ("SELECT id FROM customers WHERE (SELECT ssn FROM customers LIMIT 1) = '1'", "! WHERE"),
+            ("SELECT id FROM orders LIMIT (SELECT length(ssn) FROM customers LIMIT 1)", "! LIMIT"),
+            ("SELECT id FROM orders OFFSET (SELECT length(ssn) FROM customers LIMIT 1)", "! OFFSET"),
+            ("UPDATE orders SET amount = 1 WHERE id < (SELECT length(ssn) FROM customers LIMIT 1)", "! WHERE"),
+            ("DELETE FROM customers WHERE ssn ILIKE '3%'", "! WHERE"),
+            ("DELETE FROM customers WHERE email = $1", "="),
+            ("UPDATE customers SET city = 'x' WHERE email = $1", "="),
+            ("SELECT string_agg(id::text, ',' ORDER BY ssn) FROM customers", "! ORDER BY inside an aggregate"),
+            ("SELECT id FROM customers WHERE ssn = city", "! WHERE (= with a column that is not masked)"),
+            ("SELECT id FROM customers WHERE ssn IN (SELECT city FROM customers)", "! WHERE (= with a column that is not masked)"),
+            ("SELECT id FROM customers WHERE ssn IN (SELECT ssn FROM customers WHERE email = $1)", "="),
+            ("SELECT id FROM customers c WHERE c = c", "! WHERE (= with a column that is not masked)"),
+            ("SELECT id FROM customers WHERE NOT (email = $1)", "="),
+            ("CREATE VIEW v AS SELECT id FROM customers WHERE ssn LIKE '3%'", "! WHERE"),
+        ];
+        let mut failures = Vec::new();
+        for (sql, want) in cases {
+            let got = uses(sql);
             if got != want {
                 failures.push(format!("{sql}\n   want {want} got {got}"));
             }

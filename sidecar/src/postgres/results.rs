@@ -271,12 +271,26 @@ impl ResultPath {
                         let cols = parse_row_description(&msg.body).unwrap_or_default();
                         tracker.descriptions.insert(name, (gen, Arc::new(cols)));
                     }
+                    self.row_description = Some(msg.body.clone());
+                    put_message(out, msg.tag, &msg.body);
                 } else {
-                    self.columns = parse_row_description(&msg.body);
                     self.mask = MaskState::Unset;
+                    self.row_description = Some(msg.body.clone());
+                    let scrubbed = tracker
+                        .inflight
+                        .front()
+                        .and_then(|h| h.masking.as_ref())
+                        .and_then(|m| {
+                            m.session.scrub_row_description(
+                                &m.plan,
+                                &msg.body,
+                                &known_text(tracker),
+                            )
+                        });
+                    let body = scrubbed.as_deref().unwrap_or(&msg.body);
+                    self.columns = parse_row_description(body);
+                    put_message(out, msg.tag, body);
                 }
-                self.row_description = Some(msg.body.clone());
-                put_message(out, msg.tag, &msg.body);
             }
             b'n' => {
                 if describing(tracker) {

@@ -35,6 +35,7 @@ use crate::audit::spool::RecordContext;
 use crate::identity::{expiry, SQLSTATE_AUTH};
 use crate::masking::engine::{bind_result_formats, SessionMasking, StatementPlan};
 use crate::policy::analyze::{kind_name, Analysis, Effect, StatementFacts};
+use crate::policy::fingerprint;
 use crate::policy::guardrails::{Guardrails, RowLimit, Verdict, BUILTIN_POLICY};
 use crate::policy::names::{PathChange, SearchPath};
 use crate::runtime::Resource;
@@ -885,9 +886,13 @@ impl Frontend {
                         tables: facts
                             .tables
                             .iter()
-                            .map(|t| self.search_path.record(t))
+                            .map(|t| fingerprint::name_for_record(self.search_path.record(t)))
                             .collect(),
-                        functions: facts.functions.iter().map(ToString::to_string).collect(),
+                        functions: facts
+                            .functions
+                            .iter()
+                            .map(|f| fingerprint::name_for_record(f.to_string()))
+                            .collect(),
                         lawful_basis: lawful_basis.clone(),
                         purpose: purpose.clone(),
                         ..self.verdict_record(protocol, &verdict)

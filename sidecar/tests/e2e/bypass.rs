@@ -737,3 +737,428 @@ async fn counts_and_side_effects_of_masked_data_are_refused() {
     }
     proxy.stop().await;
 }
+
+/// What a query string answered: the first column of its last row, or `tag N` (the row count
+/// of its last command) when it returned no row.
+fn answer(messages: &[tokio_postgres::SimpleQueryMessage]) -> String {
+    let row = messages.iter().rev().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
+        _ => None,
+    });
+    row.unwrap_or_else(|| {
+        messages
+            .iter()
+            .rev()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(format!("tag {n}")),
+                _ => None,
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// The clear data the predicate attempts ask about, read on a direct connection.
+struct Truth {
+    ssn: String,
+    email: String,
+    card_id: i32,
+    card: String,
+    min_ssn_id: i32,
+    first_digit_count: i64,
+    distinct_ssns: i64,
+}
+
+impl Truth {
+    async fn read(direct: &Client) -> Truth {
+        let one = direct
+            .query_one("SELECT ssn, email FROM customers WHERE id = 1", &[])
+            .await
+            .expect("customer 1");
+        let card = direct
+            .query_one(
+                "SELECT id, card_number FROM customers WHERE card_number IS NOT NULL ORDER BY id LIMIT 1",
+                &[],
+            )
+            .await
+            .expect("a card");
+        let mut all: Vec<(String, i32)> = direct
+            .query("SELECT ssn, id FROM customers", &[])
+            .await
+            .expect("all")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        all.sort();
+        let ssn: String = one.get(0);
+        let first = ssn.chars().next().unwrap_or('0');
+        let distinct: std::collections::BTreeSet<&String> = all.iter().map(|(s, _)| s).collect();
+        Truth {
+            first_digit_count: all.iter().filter(|(s, _)| s.starts_with(first)).count() as i64,
+            distinct_ssns: distinct.len() as i64,
+            min_ssn_id: all[0].1,
+            ssn,
+            email: one.get(1),
+            card_id: card.get(0),
+            card: card.get(1),
+        }
+    }
+
+    /// `sql` and its expected answer with the clear values filled in.
+    fn fill(&self, text: &str) -> String {
+        let first = self.ssn.chars().next().unwrap_or('0').to_string();
+        text.replace("{d}", &first)
+            .replace("{ssn}", &self.ssn)
+            .replace("{rest}", &self.ssn[3..])
+            .replace("{email}", &self.email)
+            .replace("{card_id}", &self.card_id.to_string())
+            .replace("{card}", &self.card)
+            .replace("{min_ssn_id}", &self.min_ssn_id.to_string())
+            .replace("{first_digit_count}", &self.first_digit_count.to_string())
+            .replace("{distinct_ssns}", &self.distinct_ssns.to_string())
+    }
+}
+
+const PREDICATES: &str = "masking:
+- name: national-id
+  columns: [customers.ssn]
+  strategy: redact
+  predicates: equality
+- name: contact
+  columns: [customers.email]
+  strategy: partial
+  predicates: equality
+- name: payment
+  columns: [customers.card_number]
+  strategy: redact
+  predicates: deny
+";
+
+/// (what, statement, answer on a direct connection, column and mode the refusal names).
+const PREDICATE_ATTEMPTS: &[(&str, &str, &str, &str)] = &[
+    ("LIKE", "SELECT count(*)::text FROM customers WHERE id = 1 AND ssn LIKE '{d}%'", "1", "ssn"),
+    ("ILIKE", "SELECT count(*)::text FROM customers WHERE id = 1 AND ssn ILIKE '{d}%'", "1", "ssn"),
+    ("regular expression", "SELECT count(*)::text FROM customers WHERE id = 1 AND ssn ~ '^{d}'", "1", "ssn"),
+    ("SIMILAR TO", "SELECT count(*)::text FROM customers WHERE id = 1 AND ssn SIMILAR TO '{d}%'", "1", "ssn"),
+    ("range", "SELECT count(*)::text FROM customers WHERE id = 1 AND ssn BETWEEN '{d}' AND '{d}~'", "1", "ssn"),
+    ("function over the column", "SELECT count(*)::text FROM customers WHERE id = 1 AND left(ssn, 1) = '{d}'", "1", "ssn"),
+    ("hash compared with a guess", "SELECT count(*)::text FROM customers WHERE id = 1 AND md5(ssn) = md5('{ssn}')", "1", "ssn"),
+    ("cast that truncates", "SELECT count(*)::text FROM customers WHERE id = 1 AND ssn::char(1) = '{d}'", "1", "ssn"),
+    ("ORDER BY", "SELECT id::text FROM customers ORDER BY ssn, id LIMIT 1", "{min_ssn_id}", "ssn"),
+    ("ORDER BY an ordinal in a derived table", "SELECT s.id::text FROM (SELECT id, ssn FROM customers ORDER BY 2, 1 LIMIT 1) s", "{min_ssn_id}", "ssn"),
+    ("window ordering", "SELECT id::text FROM (SELECT id, row_number() OVER (ORDER BY ssn, id) AS r FROM customers) s WHERE r = 1", "{min_ssn_id}", "ssn"),
+    ("GROUP BY", "SELECT count(*)::text FROM customers GROUP BY left(ssn, 1) HAVING left(max(ssn), 1) = '{d}'", "{first_digit_count}", "ssn"),
+    ("DISTINCT ON", "SELECT count(*)::text FROM (SELECT DISTINCT ON (ssn) id FROM customers) d", "{distinct_ssns}", "ssn"),
+    ("HAVING", "SELECT count(*)::text FROM customers WHERE id = 1 GROUP BY id HAVING max(ssn) = '{ssn}'", "1", "ssn"),
+    ("FILTER (WHERE)", "SELECT (count(*) FILTER (WHERE ssn LIKE '{d}%'))::text FROM customers WHERE id = 1", "1", "ssn"),
+    ("CASE in the select list", "SELECT sum(CASE WHEN ssn LIKE '{d}%' THEN 1 ELSE 0 END)::text FROM customers WHERE id = 1", "1", "ssn"),
+    ("EXISTS subquery", "SELECT EXISTS (SELECT 1 FROM customers WHERE id = 1 AND ssn LIKE '{d}%')::text", "true", "ssn"),
+    ("CTE", "WITH x AS (SELECT id FROM customers WHERE ssn LIKE '{d}%') SELECT count(*)::text FROM x WHERE id = 1", "1", "ssn"),
+    ("LATERAL", "SELECT count(*)::text FROM (VALUES (1)) v(n), LATERAL (SELECT 1 FROM customers c WHERE c.id = v.n AND c.ssn LIKE '{d}%') l", "1", "ssn"),
+    ("JOIN ON", "SELECT count(*)::text FROM customers c JOIN (VALUES (1)) v(n) ON c.id = v.n AND c.ssn LIKE '{d}%'", "1", "ssn"),
+    ("view", "SELECT count(*)::text FROM public.b19_people WHERE id = 1 AND ssn LIKE '{d}%'", "1", "ssn"),
+    ("equality with a generated column", "SELECT g.x FROM customers c JOIN (SELECT to_char(n, 'FM000') || '{rest}' AS x FROM generate_series(100, 999) n) g ON c.ssn = g.x WHERE c.id = 1", "{ssn}", "ssn"),
+    ("equality with a scalar subquery", "SELECT count(*)::text FROM customers WHERE id = 1 AND ssn = (SELECT '{ssn}'::text)", "1", "ssn"),
+    ("UPDATE row count", "UPDATE customers SET city = city WHERE id = 1 AND ssn LIKE '{d}%'", "tag 1", "ssn"),
+    ("e-mail domain", "SELECT count(*)::text FROM customers WHERE id = 1 AND email LIKE '%' || split_part('{email}', '@', 2)", "1", "email"),
+    ("deny: equality", "SELECT count(*)::text FROM customers WHERE id = {card_id} AND card_number = '{card}'", "1", "card_number"),
+    ("deny: IS NOT NULL", "SELECT count(*)::text FROM customers WHERE id = {card_id} AND card_number IS NOT NULL", "1", "card_number"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predicates_on_masked_columns_follow_the_rule() {
+    let shop = setup().await;
+    shop.batch_execute(
+        "CREATE OR REPLACE VIEW public.b19_people AS SELECT id, ssn FROM customers;
+         GRANT SELECT ON public.b19_people TO app;
+         GRANT UPDATE ON customers TO app;",
+    )
+    .await
+    .expect("view");
+    let direct = crate::common::direct().await;
+    let truth = Truth::read(&direct).await;
+    let proxy = ProxyBuilder::default()
+        .policy("people", PREDICATES)
+        .start()
+        .await;
+    let client = proxy.client().await;
+    for (what, sql, expected, column) in PREDICATE_ATTEMPTS {
+        let sql = truth.fill(sql);
+        // Directly, the statement answers the question about the masked value.
+        let d = direct
+            .simple_query(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {sql} directly: {e:?}"));
+        assert_eq!(answer(&d), truth.fill(expected), "{what}: directly");
+        // Through the sidecar it is refused, naming the column and the mode.
+        let err = match client.simple_query(&sql).await {
+            Ok(rows) => panic!("{what}: forwarded, answered {:?}", answer(&rows)),
+            Err(e) => e,
+        };
+        let db = err
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{what}: {err:?}"));
+        assert_eq!(
+            db.code(),
+            &SqlState::INSUFFICIENT_PRIVILEGE,
+            "{what}: {db:?}"
+        );
+        let mode = if *column == "card_number" {
+            "deny"
+        } else {
+            "equality"
+        };
+        assert!(
+            db.message().contains(column) && db.message().contains(&format!("predicates: {mode}")),
+            "{what}: {}",
+            db.message()
+        );
+    }
+    // Looking a person up by e-mail keeps working, with parameters and literals, and the
+    // e-mail itself still comes back masked.
+    let by_param = client
+        .query_one(
+            "SELECT id, email FROM customers WHERE email = $1",
+            &[&truth.email],
+        )
+        .await
+        .expect("lookup by e-mail with a parameter");
+    assert_eq!(by_param.get::<_, i32>(0), 1);
+    assert_ne!(by_param.get::<_, String>(1), truth.email);
+    for sql in [
+        "SELECT id::text FROM customers WHERE email = '{email}'",
+        "SELECT id::text FROM customers WHERE email IN ('{email}', 'nobody@example.com')",
+        "SELECT c.id::text FROM customers c LEFT JOIN orders o ON o.customer_id = c.id WHERE c.email = '{email}' LIMIT 1",
+        "UPDATE customers SET city = city WHERE email = '{email}' RETURNING id::text",
+        "SELECT a.id::text FROM customers a JOIN customers b ON a.email = b.email WHERE a.id = 1",
+        "SELECT id::text FROM customers WHERE ssn = '{ssn}' AND email IS NOT NULL",
+    ] {
+        let sql = truth.fill(sql);
+        let rows = client
+            .simple_query(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        assert_eq!(answer(&rows), "1", "{sql}");
+    }
+    // Under `deny`, the column still reads (masked) in the select list.
+    let rows = client
+        .simple_query(&truth.fill("SELECT card_number FROM customers WHERE id = {card_id}"))
+        .await
+        .expect("select list");
+    assert_ne!(answer(&rows), truth.card);
+    // The refusal is in the audit record, naming the masking rule.
+    let refused = proxy
+        .statements()
+        .into_iter()
+        .filter(|s| {
+            s.decision == portcullis_crds::audit::Decision::Deny
+                && s.rule.as_ref().is_some_and(|r| r.rule == "national-id")
+        })
+        .count();
+    assert!(refused >= 20, "refusals recorded: {refused}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masked_values_carry_nothing_through_where_limit_and_tags() {
+    let shop = setup().await;
+    let clear: String = shop
+        .query_one("SELECT ssn FROM customers WHERE id = 1", &[])
+        .await
+        .expect("ssn")
+        .get(0);
+    let digits: String = clear.chars().filter(char::is_ascii_digit).collect();
+    let last4: u32 = digits[digits.len() - 4..].parse().expect("digits");
+    let last3 = last4 % 1000;
+    const DIGITS: &str = "right(regexp_replace(ssn, '[^0-9]', '', 'g'), 4)::int";
+    let attempts = [
+        (
+            "8 LIMIT computed from a masked value",
+            format!("SELECT count(*)::text FROM (SELECT 1 FROM generate_series(1, 10000) LIMIT (SELECT {DIGITS} FROM customers WHERE id = 1)) s"),
+            last4.to_string(),
+        ),
+        (
+            "8 OFFSET computed from a masked value",
+            format!("SELECT count(*)::text FROM (SELECT 1 FROM generate_series(1, 10000) OFFSET (SELECT 10000 - {DIGITS} FROM customers WHERE id = 1)) s"),
+            last4.to_string(),
+        ),
+        (
+            "8 set-returning function in WHERE",
+            format!("SELECT count(*)::text FROM generate_series(1, 10000) g WHERE g IN (SELECT generate_series(1, {DIGITS}) FROM customers WHERE id = 1)"),
+            last4.to_string(),
+        ),
+        (
+            "8 row count in the tag of an UPDATE",
+            format!("UPDATE orders SET status = status WHERE id IN (SELECT generate_series(1, {DIGITS} % 1000) FROM customers WHERE id = 1)"),
+            format!("tag {last3}"),
+        ),
+        (
+            "9 advisory lock in WHERE, read back from pg_locks",
+            format!("SELECT count(*) FROM customers WHERE id = 1 AND pg_advisory_lock({DIGITS}::bigint) IS NOT NULL; SELECT objid::text FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"),
+            last4.to_string(),
+        ),
+        (
+            "9 advisory lock of a hash in a JOIN condition",
+            format!("SELECT count(*) FROM customers c JOIN (VALUES (1)) v(n) ON c.id = v.n AND pg_try_advisory_lock({DIGITS}); SELECT objid::text FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"),
+            last4.to_string(),
+        ),
+        (
+            "9 set_config in WHERE",
+            format!("SELECT count(*) FROM customers WHERE id = 1 AND set_config('b19.x', {DIGITS}::text, false) IS NOT NULL; SELECT current_setting('b19.x')"),
+            last4.to_string(),
+        ),
+        (
+            "9 set_config in ORDER BY",
+            format!("SELECT id FROM customers WHERE id = 1 ORDER BY set_config('b19.y', {DIGITS}::text, false); SELECT current_setting('b19.y')"),
+            last4.to_string(),
+        ),
+        (
+            "9 sequence advanced in HAVING",
+            format!("SELECT setval('public.b19_seq', 1); SELECT count(*) FROM customers WHERE id = 1 GROUP BY id HAVING setval('public.b19_seq', max({DIGITS})) > 0; SELECT last_value::text FROM public.b19_seq"),
+            last4.to_string(),
+        ),
+    ];
+    shop.batch_execute(
+        "CREATE SEQUENCE IF NOT EXISTS public.b19_seq;
+         GRANT ALL ON SEQUENCE public.b19_seq TO app;
+         GRANT UPDATE ON orders TO app;",
+    )
+    .await
+    .expect("sequence");
+    let proxy = ProxyBuilder::default()
+        .policy("mask", MASK_SSN)
+        .start()
+        .await;
+    for (family, sql, expected) in &attempts {
+        let direct = crate::common::direct().await;
+        let d = direct
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{family}: {e:?}"));
+        assert_eq!(&answer(&d), expected, "{family}: directly");
+        let client = proxy.client().await;
+        match client.simple_query(sql).await {
+            Ok(rows) => panic!("{family}: forwarded, answered {:?}", answer(&rows)),
+            Err(e) => {
+                let db = e.as_db_error().unwrap_or_else(|| panic!("{family}: {e:?}"));
+                assert_eq!(
+                    db.code(),
+                    &SqlState::INSUFFICIENT_PRIVILEGE,
+                    "{family}: {db:?}"
+                );
+                assert!(
+                    db.message().contains("masked data"),
+                    "{family}: {}",
+                    db.message()
+                );
+            }
+        }
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_names_built_from_masked_values_are_withheld() {
+    let shop = setup().await;
+    shop.batch_execute(
+        "CREATE OR REPLACE FUNCTION public.b19_cursor(i int) RETURNS refcursor LANGUAGE plpgsql AS $$
+           DECLARE c refcursor := 'b19cur'; v text;
+           BEGIN SELECT ssn INTO v FROM customers WHERE id = i;
+             OPEN c FOR EXECUTE format('SELECT 1 AS %I, 2 AS plain', v); RETURN c; END $$;",
+    )
+    .await
+    .expect("function");
+    let clear: String = shop
+        .query_one("SELECT ssn FROM customers WHERE id = 1", &[])
+        .await
+        .expect("ssn")
+        .get(0);
+    let names = |rows: &[tokio_postgres::SimpleQueryMessage]| -> Vec<String> {
+        rows.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::RowDescription(cols) => {
+                    Some(cols.iter().map(|c| c.name().to_owned()).collect())
+                }
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    const STEPS: [&str; 2] = [
+        "BEGIN; SELECT public.b19_cursor(1)",
+        "FETCH ALL FROM b19cur",
+    ];
+    let direct = crate::common::direct().await;
+    direct.simple_query(STEPS[0]).await.expect("open directly");
+    let d = direct.simple_query(STEPS[1]).await.expect("fetch directly");
+    assert_eq!(
+        names(&d),
+        vec![clear.clone(), "plain".to_owned()],
+        "5: directly"
+    );
+    let proxy = ProxyBuilder::default()
+        .policy("mask", MASK_SSN)
+        .start()
+        .await;
+    let client = proxy.client().await;
+    client
+        .simple_query(STEPS[0])
+        .await
+        .expect("open through the sidecar");
+    let p = client
+        .simple_query(STEPS[1])
+        .await
+        .expect("fetch through the sidecar");
+    let seen = names(&p);
+    assert!(!seen.contains(&clear), "5: column name {seen:?}");
+    // The statement that reads the cursor did not write `plain` either.
+    assert_eq!(seen, vec!["?column?".to_owned(), "?column?".to_owned()]);
+    // Names the client wrote stay.
+    let rows = client
+        .simple_query("SELECT ssn AS national_id, id AS \"Customer\" FROM customers WHERE id = 1")
+        .await
+        .expect("aliases");
+    assert_eq!(
+        names(&rows),
+        vec!["national_id".to_owned(), "Customer".to_owned()]
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_hold_no_values_in_identifiers() {
+    let proxy = crate::common::Proxy::plain().await;
+    let client = proxy.client().await;
+    let cases = [
+        r#"SELECT 1 AS "dave.secret@example.com""#,
+        r#"SELECT id AS "4111 1111 1111 1111" FROM customers WHERE id = 1"#,
+        r#"SELECT 1 AS "+44 20 7946 0958""#,
+        r#"SELECT * FROM "DE89370400440532013000""#,
+    ];
+    let direct = crate::common::direct().await;
+    let rows = direct.simple_query(cases[0]).await.expect("alias directly");
+    assert!(
+        matches!(&rows[0], tokio_postgres::SimpleQueryMessage::RowDescription(c) if c[0].name() == "dave.secret@example.com")
+    );
+    for sql in cases {
+        let _ = client.simple_query(sql).await;
+    }
+    drop(client);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let statements = proxy.statements();
+    assert!(statements.len() >= cases.len(), "{statements:?}");
+    let spool = serde_json::to_string(&proxy.records()).expect("records");
+    for secret in ["dave.secret", "4111 1111", "7946", "DE8937"] {
+        assert!(
+            !spool.contains(secret),
+            "12: {secret} reached the audit spool: {spool}"
+        );
+    }
+    // The records keep the leading keyword, a length and a fingerprint.
+    assert!(
+        statements
+            .iter()
+            .filter_map(|s| s.statement.as_deref())
+            .any(|s| s.starts_with("SELECT") && s.contains("fingerprint")),
+        "{statements:?}"
+    );
+    proxy.stop().await;
+}
