@@ -7,8 +7,8 @@ use std::ops::ControlFlow;
 
 use portcullis_crds::gateway_policy::StatementKind;
 use sqlparser::ast::{
-    visit_expressions, visit_relations, visit_statements, BinaryOperator, CopyTarget, Expr,
-    FunctionArguments, ObjectName, Set, SetExpr, Statement, TableFactor, UnaryOperator, Value,
+    visit_expressions, visit_relations, visit_statements, CopyTarget, Expr, FunctionArguments,
+    ObjectName, Set, SetExpr, Statement, TableFactor, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;

