@@ -198,8 +198,7 @@ fn do_block(sql: &str) -> Option<StatementFacts> {
 fn move_statement(sql: &str) -> Option<StatementFacts> {
     let trimmed = sql.trim_start();
     let rest = trimmed.get(4..)?;
-    if !trimmed.get(..4)?.eq_ignore_ascii_case("move") || !rest.starts_with(char::is_whitespace)
-    {
+    if !trimmed.get(..4)?.eq_ignore_ascii_case("move") || !rest.starts_with(char::is_whitespace) {
         return None;
     }
     let fetch = format!("FETCH{rest}");
@@ -455,15 +454,19 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
             K::Ddl
         }
         Statement::Query(_) => K::Select,
-        Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_)
+        Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_)
             if super::bounded::unbounded_write(s) =>
         {
             facts.missing_where = true;
             write_kind(s, facts)
         }
-        Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Merge(_) => {
-            write_kind(s, facts)
-        }
+        Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_) => write_kind(s, facts),
         Statement::Truncate { .. } => K::Truncate,
         Statement::Copy {
             source, target, to, ..

@@ -177,7 +177,10 @@ fn unbounded_upsert(i: &Insert) -> bool {
     }
     let scope = Scope {
         target,
-        others: vec![("excluded".to_owned(), BTreeSet::from(["excluded".to_owned()]))],
+        others: vec![(
+            "excluded".to_owned(),
+            BTreeSet::from(["excluded".to_owned()]),
+        )],
         bare_is_target: false,
     };
     !target_restricted(&scope, selection, &[])
@@ -239,14 +242,12 @@ fn source_bounded(f: &TableFactor) -> bool {
 fn factor_names(f: &TableFactor) -> Option<BTreeSet<String>> {
     let mut out = BTreeSet::new();
     match f {
-        TableFactor::Table { name, alias, .. } => {
-            match alias {
-                Some(a) => {
-                    out.insert(names::fold(&a.name));
-                }
-                None => out.extend(last_part(name)),
+        TableFactor::Table { name, alias, .. } => match alias {
+            Some(a) => {
+                out.insert(names::fold(&a.name));
             }
-        }
+            None => out.extend(last_part(name)),
+        },
         TableFactor::Derived { alias, .. } | TableFactor::Function { alias, .. } => {
             out.insert(names::fold(&alias.as_ref()?.name));
         }
@@ -380,16 +381,16 @@ fn restricts(scope: &Scope, e: &Expr) -> BTreeSet<Rel> {
             let r = restricts(scope, right);
             l.intersection(&r).cloned().collect()
         }
-        Expr::BinaryOp { left, op, right }
-            if matches!(
-                op,
+        Expr::BinaryOp {
+            left,
+            op:
                 BinaryOperator::Eq
-                    | BinaryOperator::Lt
-                    | BinaryOperator::LtEq
-                    | BinaryOperator::Gt
-                    | BinaryOperator::GtEq
-            ) =>
-        {
+                | BinaryOperator::Lt
+                | BinaryOperator::LtEq
+                | BinaryOperator::Gt
+                | BinaryOperator::GtEq,
+            right,
+        } => {
             if independent(scope, right) {
                 one(column_side(scope, left))
             } else if independent(scope, left) {
@@ -466,23 +467,21 @@ fn column_side(scope: &Scope, e: &Expr) -> Option<Rel> {
         Expr::Nested(inner) | Expr::Cast { expr: inner, .. } => column_side(scope, inner),
         Expr::UnaryOp { expr, .. } => column_side(scope, expr),
         Expr::Collate { expr, .. } => column_side(scope, expr),
-        Expr::BinaryOp { left, op, right }
-            if matches!(
-                op,
+        Expr::BinaryOp {
+            left,
+            op:
                 BinaryOperator::Plus
-                    | BinaryOperator::Minus
-                    | BinaryOperator::Multiply
-                    | BinaryOperator::Divide
-                    | BinaryOperator::Modulo
-                    | BinaryOperator::StringConcat
-            ) =>
-        {
-            match (column_side(scope, left), column_side(scope, right)) {
-                (Some(r), None) if independent(scope, right) => Some(r),
-                (None, Some(r)) if independent(scope, left) => Some(r),
-                _ => None,
-            }
-        }
+                | BinaryOperator::Minus
+                | BinaryOperator::Multiply
+                | BinaryOperator::Divide
+                | BinaryOperator::Modulo
+                | BinaryOperator::StringConcat,
+            right,
+        } => match (column_side(scope, left), column_side(scope, right)) {
+            (Some(r), None) if independent(scope, right) => Some(r),
+            (None, Some(r)) if independent(scope, left) => Some(r),
+            _ => None,
+        },
         Expr::Function(f) => {
             let name = names::Qualified::of(&f.name)?;
             if !super::analyze::is_read_only_function(&name)
@@ -649,11 +648,7 @@ fn bounded_set(body: &SetExpr) -> bool {
             let single = rels.len() == 1;
             let (first_key, first_names) = rels[0].clone();
             let scope = Scope {
-                target: if single {
-                    first_names
-                } else {
-                    BTreeSet::new()
-                },
+                target: if single { first_names } else { BTreeSet::new() },
                 others: if single { Vec::new() } else { rels.clone() },
                 bare_is_target: single,
             };

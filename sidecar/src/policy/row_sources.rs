@@ -113,7 +113,12 @@ impl RowSources {
 
     /// Whether a statement may return rows of `table` through a relation other than the
     /// table written by its name.
-    pub fn may_read(&self, facts: &StatementFacts, table: &QualifiedTable, path: &SearchPath) -> bool {
+    pub fn may_read(
+        &self,
+        facts: &StatementFacts,
+        table: &QualifiedTable,
+        path: &SearchPath,
+    ) -> bool {
         if facts.opaque_body {
             return true;
         }

@@ -1132,7 +1132,10 @@ impl Frontend {
         }
         changes.extend(uses.closes.into_iter().map(CursorChange::Close));
         for name in uses.declares {
-            changes.push(CursorChange::Open(name, PortalRows::new(row_limits.clone())));
+            changes.push(CursorChange::Open(
+                name,
+                PortalRows::new(row_limits.clone()),
+            ));
         }
         (portal_rows, changes)
     }

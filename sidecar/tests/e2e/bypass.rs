@@ -1073,7 +1073,10 @@ async fn row_limits_count_every_way_rows_leave() {
     for (sql, expected) in [
         ("SELECT * FROM crm.leads WHERE id <= 40", 40),
         ("SELECT * FROM generate_series(1, 100)", 100),
-        ("SELECT * FROM crm.contacts_import, generate_series(1, 20)", 100),
+        (
+            "SELECT * FROM crm.contacts_import, generate_series(1, 20)",
+            100,
+        ),
     ] {
         let m = client
             .simple_query(sql)
