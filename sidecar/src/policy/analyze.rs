@@ -7,8 +7,8 @@ use std::ops::ControlFlow;
 
 use portcullis_crds::gateway_policy::StatementKind;
 use sqlparser::ast::{
-    visit_expressions, visit_relations, visit_statements, BinaryOperator, CopyTarget, Expr,
-    FunctionArguments, ObjectName, Set, SetExpr, Statement, TableFactor, UnaryOperator, Value,
+    visit_expressions, visit_relations, visit_statements, CopyTarget, Expr, FunctionArguments,
+    ObjectName, Set, SetExpr, Statement, TableFactor, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -32,7 +32,9 @@ pub struct StatementFacts {
     pub functions: BTreeSet<Qualified>,
     /// How the statement changes the session's `search_path`, in order.
     pub path_changes: Vec<PathChange>,
-    /// An UPDATE or DELETE without WHERE, or with a WHERE that is always true.
+    /// A write that changes existing rows without a bound (see [`super::bounded`]): UPDATE
+    /// or DELETE whose WHERE does not restrict the table, an upsert fed from a whole table, a
+    /// MERGE, also inside data-modifying CTEs.
     pub missing_where: bool,
     /// `COPY ... TO/FROM PROGRAM`.
     pub copy_program: bool,
@@ -127,6 +129,9 @@ pub fn analyze(raw: &str) -> Analysis {
     if let Some(facts) = do_block(sql) {
         return Analysis::Statements(vec![facts]);
     }
+    if let Some(facts) = move_statement(sql) {
+        return Analysis::Statements(vec![facts]);
+    }
     let parsed = Parser::new(&dialect)
         .with_recursion_limit(RECURSION_LIMIT)
         .try_with_sql(sql)
@@ -184,6 +189,31 @@ fn do_block(sql: &str) -> Option<StatementFacts> {
     };
     facts.kinds.insert(StatementKind::DoBlock);
     facts.functions = dangerous_names_in(sql);
+    Some(facts)
+}
+
+/// `MOVE` is not understood by sqlparser. It takes FETCH's arguments and returns no rows: a
+/// query string that is one MOVE is analysed as the FETCH it mirrors (so the cursor it names
+/// is known) and recorded as MOVE.
+fn move_statement(sql: &str) -> Option<StatementFacts> {
+    let trimmed = sql.trim_start();
+    let rest = trimmed.get(4..)?;
+    if !trimmed.get(..4)?.eq_ignore_ascii_case("move") || !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let fetch = format!("FETCH{rest}");
+    let statements = Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(&fetch)
+        .and_then(|mut p| p.parse_statements())
+        .ok()?;
+    let [statement] = <[Statement; 1]>::try_from(statements).ok()?;
+    if !matches!(statement, Statement::Fetch { .. }) {
+        return None;
+    }
+    let mut facts = facts_of(statement, &fetch);
+    facts.normalized = facts.normalized.replacen("FETCH", "MOVE", 1);
+    facts.fingerprint = fingerprint::of(&facts.normalized);
     Some(facts)
 }
 
@@ -424,24 +454,29 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
             K::Ddl
         }
         Statement::Query(_) => K::Select,
-        Statement::Insert(_) => K::Insert,
-        Statement::Update(u) => {
-            if u.selection.as_ref().is_none_or(is_always_true) {
-                facts.missing_where = true;
-            }
-            K::Update
+        Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_)
+            if super::bounded::unbounded_write(s) =>
+        {
+            facts.missing_where = true;
+            write_kind(s, facts)
         }
-        Statement::Delete(d) => {
-            if d.selection.as_ref().is_none_or(is_always_true) {
-                facts.missing_where = true;
-            }
-            K::Delete
-        }
-        Statement::Merge { .. } => K::Merge,
+        Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_) => write_kind(s, facts),
         Statement::Truncate { .. } => K::Truncate,
-        Statement::Copy { source, target, .. } => {
+        Statement::Copy {
+            source, target, to, ..
+        } => {
             if let sqlparser::ast::CopySource::Table { table_name, .. } = source {
                 facts.tables.extend(Qualified::of(table_name));
+            }
+            // COPY ... TO reads like a query.
+            if *to {
+                facts.kinds.insert(K::Select);
             }
             match target {
                 CopyTarget::Program { .. } => facts.copy_program = true,
@@ -454,6 +489,8 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
             facts.functions.extend(function_name(&f.name));
             K::Call
         }
+        // A cursor runs its query: rows leave through FETCH.
+        Statement::Declare { stmts } if stmts.iter().any(|d| d.for_query.is_some()) => K::Select,
         Statement::Set(set) => match set {
             Set::SetRole { .. } | Set::SetSessionAuthorization(_) => K::SetRole,
             Set::SingleAssignment {
@@ -566,48 +603,23 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
     facts.kinds.insert(kind);
 }
 
-/// Whether a WHERE expression holds for every row: a constant (no column reference), `x = x`,
-/// or an OR with such a branch.
-pub fn is_always_true(e: &Expr) -> bool {
-    match e {
-        Expr::Nested(inner) => is_always_true(inner),
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::Or,
-            right,
-        } => is_always_true(left) || is_always_true(right),
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::And,
-            right,
-        } => is_always_true(left) && is_always_true(right),
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::Eq | BinaryOperator::GtEq | BinaryOperator::LtEq,
-            right,
-        } if left == right => true,
-        Expr::UnaryOp {
-            op: UnaryOperator::Not,
-            expr,
-        } => is_constant(expr),
-        Expr::IsNotNull(inner) | Expr::IsNull(inner) => is_constant(inner),
-        Expr::Value(v) => !matches!(v.value, Value::Boolean(false) | Value::Null),
-        other => is_constant(other),
+/// The kinds of a write statement: its own, and UPDATE/DELETE for the row changes of an
+/// upsert or a MERGE (so that guardrails on updates and deletes see them).
+fn write_kind(s: &Statement, facts: &mut StatementFacts) -> StatementKind {
+    use StatementKind as K;
+    match s {
+        Statement::Insert(_) => {
+            facts.kinds.extend(super::bounded::updates_rows(s));
+            K::Insert
+        }
+        Statement::Update(_) => K::Update,
+        Statement::Delete(_) => K::Delete,
+        Statement::Merge(m) => {
+            facts.kinds.extend(super::bounded::merge_kinds(m));
+            K::Merge
+        }
+        _ => K::Other,
     }
-}
-
-/// An expression that references no column and runs no subquery.
-fn is_constant(e: &Expr) -> bool {
-    let found = visit_expressions(e, |x| match x {
-        Expr::Identifier(_)
-        | Expr::CompoundIdentifier(_)
-        | Expr::Subquery(_)
-        | Expr::Exists { .. }
-        | Expr::InSubquery { .. } => ControlFlow::Break(()),
-        Expr::Function(f) if !matches!(f.args, FunctionArguments::None) => ControlFlow::Break(()),
-        _ => ControlFlow::Continue(()),
-    });
-    found.is_continue()
 }
 
 #[cfg(test)]
@@ -703,12 +715,13 @@ mod tests {
             "DELETE FROM t WHERE id = 3 OR 'a' = 'a'",
             "UPDATE t SET a = 1 WHERE a = a",
             "UPDATE t SET a = 1 WHERE NOT false",
+            "DELETE FROM t WHERE id IN (SELECT id FROM u)",
         ] {
             assert!(facts(sql)[0].missing_where, "{sql}");
         }
         for sql in [
             "DELETE FROM t WHERE id = 3",
-            "DELETE FROM t WHERE id IN (SELECT id FROM u)",
+            "DELETE FROM t WHERE id IN (SELECT u.id FROM u WHERE u.k = 1)",
             "UPDATE t SET a = 1 WHERE a = 2 AND 1 = 1",
         ] {
             assert!(!facts(sql)[0].missing_where, "{sql}");

@@ -13,6 +13,7 @@ use portcullis_crds::sidecar_config::{
 
 use super::analyze::StatementFacts;
 use super::names::{Qualified, SearchPath};
+use super::row_sources::RowSources;
 use crate::identity;
 
 /// Functions denied whatever the policy says: they read or write server files, spawn
@@ -263,18 +264,50 @@ impl Guardrails {
         }
     }
 
-    /// Result-size limits of guardrails with `rowsOver` whose other criteria match.
-    pub fn row_limits(&self, facts: &StatementFacts, path: &SearchPath) -> Vec<Arc<RowLimit>> {
+    /// Result-size limits of guardrails with `rowsOver` whose other criteria match. A
+    /// `tables` criterion matches a statement that may return the table's rows by any way
+    /// `sources` knows (views, children, functions, relations it does not know).
+    pub fn row_limits(
+        &self,
+        facts: &StatementFacts,
+        path: &SearchPath,
+        sources: &RowSources,
+    ) -> Vec<Arc<RowLimit>> {
         self.row_limits
             .iter()
             .filter(|(pi, gi, _)| {
                 self.policies
                     .get(*pi)
                     .and_then(|p| p.guardrails.get(*gi))
-                    .is_some_and(|g| matches_statement(g, facts, path))
+                    .is_some_and(|g| {
+                        matches_criteria(g, facts, path, &|t| {
+                            touches(facts, t, path) || sources.may_read(facts, t, path)
+                        })
+                    })
             })
             .map(|(_, _, limit)| limit.clone())
             .collect()
+    }
+
+    /// Every result-size limit of the session (for rows whose statement is not known: a
+    /// cursor opened by server code).
+    pub fn all_row_limits(&self) -> Vec<Arc<RowLimit>> {
+        self.row_limits.iter().map(|(_, _, l)| l.clone()).collect()
+    }
+
+    /// The tables `rowsOver` guardrails of these policies limit.
+    pub fn limited_tables(policies: &[PolicyConfig]) -> Vec<QualifiedTable> {
+        let mut out: Vec<QualifiedTable> = Vec::new();
+        for g in policies.iter().flat_map(|p| &p.guardrails) {
+            if g.rows_over.is_some() {
+                for t in &g.tables {
+                    if !out.contains(t) {
+                        out.push(t.clone());
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Smallest spool bound of the policies that deny when the audit log is unavailable.
@@ -379,6 +412,15 @@ fn function_allow_list(
 }
 
 fn matches_statement(g: &GuardrailConfig, facts: &StatementFacts, path: &SearchPath) -> bool {
+    matches_criteria(g, facts, path, &|t| touches(facts, t, path))
+}
+
+fn matches_criteria(
+    g: &GuardrailConfig,
+    facts: &StatementFacts,
+    path: &SearchPath,
+    table_matches: &dyn Fn(&QualifiedTable) -> bool,
+) -> bool {
     let has_criteria = !g.statement_kinds.is_empty()
         || !g.tables.is_empty()
         || g.missing_where
@@ -389,7 +431,7 @@ fn matches_statement(g: &GuardrailConfig, facts: &StatementFacts, path: &SearchP
     if !g.statement_kinds.is_empty() && !g.statement_kinds.iter().any(|k| facts.kinds.contains(k)) {
         return false;
     }
-    if !g.tables.is_empty() && !g.tables.iter().any(|t| touches(facts, t, path)) {
+    if !g.tables.is_empty() && !g.tables.iter().any(table_matches) {
         return false;
     }
     if g.missing_where && !facts.missing_where {

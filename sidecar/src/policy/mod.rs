@@ -1,8 +1,10 @@
 //! The policy engine: statement analysis, name resolution, guardrails and fingerprints.
 
 pub mod analyze;
+pub mod bounded;
 pub mod cache;
 pub mod fingerprint;
 pub mod guardrails;
 pub mod limits;
 pub mod names;
+pub mod row_sources;

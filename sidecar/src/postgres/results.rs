@@ -4,6 +4,7 @@
 //! that sees RowDescription and DataRow, so that result rewriting can be added here.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,6 +33,10 @@ pub struct Inflight {
     pub started: Instant,
     /// Result-size guardrails.
     pub row_limits: Vec<Arc<RowLimit>>,
+    /// Rows already sent through the portal or cursor the statement reads from (a protocol
+    /// portal executed in several Executes, a cursor FETCHed several times): its limits count
+    /// them all.
+    pub portal_rows: Option<Arc<AtomicU64>>,
     /// How its result is masked (`None`: no masking rule applies to the session).
     pub masking: Option<InflightMasking>,
 }
@@ -315,20 +320,8 @@ impl ResultPath {
                         .unwrap_or(0);
                     self.mask = self.start_rows(tracker, fields);
                 }
-                self.current.rows += 1;
                 self.current.bytes += msg.body.len() as u64 + 5;
-                if self.current.cut.is_none() {
-                    if let Some(head) = tracker.inflight.front() {
-                        for limit in &head.row_limits {
-                            if self.current.rows > limit.limit {
-                                match limit.action {
-                                    GuardrailAction::Audit => self.current.flagged = true,
-                                    _ => self.current.cut = Some(limit.message.clone()),
-                                }
-                            }
-                        }
-                    }
-                }
+                self.count_row(tracker);
                 if self.current.cut.is_none() {
                     match &mut self.mask {
                         MaskState::Rows(m) => {
@@ -450,6 +443,11 @@ impl ResultPath {
             }
             b'd' => {
                 self.current.bytes += msg.body.len() as u64 + 5;
+                // COPY TO STDOUT sends one row per message; the binary format's trailer is
+                // no row.
+                if msg.body.as_ref() != [0xff, 0xff] {
+                    self.count_row(tracker);
+                }
                 if self.current.cut.is_none() {
                     match &mut self.mask {
                         MaskState::Copy(c) => match c.data(&msg.body) {
@@ -486,6 +484,30 @@ impl ResultPath {
             _ => put_message(out, msg.tag, &msg.body),
         }
         Outcome { completions }
+    }
+
+    /// Count one row of the result in progress against the row limits of its statement
+    /// (and of the portal or cursor it reads from), and cut the result past a denying limit.
+    fn count_row(&mut self, tracker: &Tracker) {
+        self.current.rows += 1;
+        let Some(head) = tracker.inflight.front() else {
+            return;
+        };
+        let seen = match &head.portal_rows {
+            Some(sent) => sent.fetch_add(1, Ordering::Relaxed) + 1,
+            None => self.current.rows,
+        };
+        if self.current.cut.is_some() {
+            return;
+        }
+        for limit in &head.row_limits {
+            if seen > limit.limit {
+                match limit.action {
+                    GuardrailAction::Audit => self.current.flagged = true,
+                    _ => self.current.cut = Some(limit.message.clone()),
+                }
+            }
+        }
     }
 
     fn complete(

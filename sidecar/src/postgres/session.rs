@@ -38,11 +38,14 @@ use crate::policy::analyze::{kind_name, Analysis, Effect, StatementFacts};
 use crate::policy::fingerprint;
 use crate::policy::guardrails::{Guardrails, RowLimit, Verdict, BUILTIN_POLICY};
 use crate::policy::names::{PathChange, SearchPath};
+use crate::policy::row_sources::RowSources;
 use crate::runtime::Resource;
 
+mod cursors;
 mod hold;
 mod names;
 
+use cursors::{CursorChange, Cursors, PortalRows};
 use names::{NameChange, Statements};
 
 /// Flush to the peer once this much output is buffered, even mid-batch.
@@ -193,6 +196,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
     };
 
     let search_path = session_search_path(&mut established.stream).await;
+    let row_sources = session_row_sources(&mut established.stream, &res).await;
     let (pid, secret) = res
         .cancel
         .register(res.upstream.clone(), established.key.unwrap_or((0, 0)));
@@ -248,6 +252,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, res: Arc<Resource>) {
             deadline,
             signing_key,
             search_path,
+            row_sources,
         },
     )
     .await;
@@ -299,6 +304,30 @@ async fn session_search_path(stream: &mut UpstreamStream) -> SearchPath {
     }
 }
 
+/// The relations that may return rows of the tables the resource's `rowsOver` guardrails
+/// limit, read from the server before the client's first message (no query when no
+/// guardrail limits a table); every relation may when it cannot be read.
+async fn session_row_sources(stream: &mut UpstreamStream, res: &Resource) -> RowSources {
+    let tables = Guardrails::limited_tables(&res.policies);
+    let Some(query) = crate::policy::row_sources::query(&tables) else {
+        return RowSources::unknown();
+    };
+    let mut reader = tokio::io::BufReader::new(stream);
+    match crate::masking::catalog::simple_query(&mut reader, &query).await {
+        Ok(sets) => match sets.first().and_then(|rows| RowSources::from_rows(rows)) {
+            Some(sources) => sources,
+            None => {
+                tracing::warn!("unexpected answer to the row source query; every relation is assumed to return limited rows");
+                RowSources::unknown()
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read which relations return limited rows; every relation is assumed to");
+            RowSources::unknown()
+        }
+    }
+}
+
 /// What a session starts its relay with, beyond its connections and resource.
 struct SessionState {
     /// The justification given in the start-up options.
@@ -311,6 +340,8 @@ struct SessionState {
     signing_key: Option<expiry::SigningKey>,
     /// The server's `search_path` at the start.
     search_path: SearchPath,
+    /// Relations that may return rows of limited tables.
+    row_sources: RowSources,
 }
 
 async fn relay(
@@ -326,6 +357,7 @@ async fn relay(
         deadline,
         signing_key,
         search_path,
+        row_sources,
     } = state;
     let (cr, cw) = tcp.into_split();
     let (ur, uw) = tokio::io::split(upstream);
@@ -356,6 +388,8 @@ async fn relay(
         masking,
         parse_gen: 0,
         search_path,
+        row_sources,
+        cursors: Cursors::default(),
     };
     let back = backend(
         BufReader::with_capacity(64 * 1024, ur),
@@ -407,6 +441,9 @@ struct Prepared {
     name: String,
     generation: u64,
     formats: Vec<i16>,
+    /// Cursors it fetches from (a Parse of `FETCH`): each Execute counts its rows against the
+    /// cursor's limits as they are when it runs.
+    fetches: Vec<String>,
     /// The analysed definitions a use may run (one, or several when the server may hold
     /// either), decided again when SQL `EXECUTE` runs it.
     definitions: Vec<Arc<StatementFacts>>,
@@ -444,6 +481,10 @@ struct Frontend {
     /// The schemas unqualified names may resolve to, following every change the session's
     /// statements make to `search_path`.
     search_path: SearchPath,
+    /// Relations that may return rows of limited tables.
+    row_sources: RowSources,
+    /// Open portals and cursors, with their row limits and the rows they sent.
+    cursors: Cursors,
 }
 
 /// When a statement's audit record must be durable (it is always written to the spool
@@ -503,6 +544,7 @@ impl StagedPrepare {
             formats: Vec::new(),
             definitions: vec![self.facts.clone()],
             ambiguous: false,
+            fetches: Vec::new(),
             // A SQL PREPARE that needed approval was approved as written, placeholders
             // included.
             at_bind: Vec::new(),
@@ -532,6 +574,10 @@ struct Staged {
     /// The statement runs this definition (`EXECUTE name`): its result has the definition's
     /// masking plan.
     executes: Option<String>,
+    /// Rows already sent through the cursor it fetches from.
+    portal_rows: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Cursors it opens and closes.
+    cursors: Vec<CursorChange>,
 }
 
 fn empty_record(protocol: Protocol) -> StatementRecord {
@@ -692,6 +738,10 @@ impl Frontend {
                 match self.resolve_statement(&statement) {
                     Some(mut p) => {
                         p.formats = bind_result_formats(&m.body).unwrap_or_default();
+                        self.cursors.apply(CursorChange::Open(
+                            portal.clone(),
+                            PortalRows::new(p.row_limits.clone()),
+                        ));
                         if p.at_bind.is_empty() {
                             self.portals.insert(portal, Some(p));
                             put_message(&mut self.out, m.tag, &m.body);
@@ -720,6 +770,7 @@ impl Frontend {
                         }
                     }
                     None => {
+                        self.cursors.apply(CursorChange::Close(portal.clone()));
                         self.portals.insert(portal, None);
                         self.refuse_unknown("prepared statement", &statement);
                     }
@@ -729,7 +780,7 @@ impl Frontend {
                 let portal = Fields::new(&m.body).cstr()?.to_owned();
                 match self.portals.get(&portal).cloned().flatten() {
                     Some(prepared) => {
-                        if self.on_execute(prepared) {
+                        if self.on_execute(&portal, prepared) {
                             put_message(&mut self.out, m.tag, &m.body);
                         }
                     }
@@ -744,6 +795,7 @@ impl Frontend {
                     b'S' => self.change_names(NameChange::Remove(name)),
                     b'P' => {
                         self.portals.remove(&name);
+                        self.cursors.apply(CursorChange::Close(name));
                     }
                     _ => return Err(ProtocolError::Invalid("Close of an unknown kind".into())),
                 }
@@ -864,13 +916,16 @@ impl Frontend {
                         verdict.reason = Some(hold::standalone_refusal(&verdict));
                     }
                     let mut row_limits = if verdict.forwards() || held {
-                        self.guardrails.row_limits(facts, &self.search_path)
+                        self.guardrails
+                            .row_limits(facts, &self.search_path, &self.row_sources)
                     } else {
                         Vec::new()
                     };
                     for p in &runs {
                         row_limits.extend(p.row_limits.iter().cloned());
                     }
+                    let (portal_rows, cursor_changes) =
+                        self.cursor_changes(facts, &mut row_limits, &changes);
                     let mut record = StatementRecord {
                         statement: Some(facts.normalized.clone()),
                         fingerprint: facts.fingerprint.clone(),
@@ -922,6 +977,8 @@ impl Frontend {
                         } else {
                             None
                         },
+                        portal_rows,
+                        cursors: cursor_changes,
                         ..Staged::default()
                     };
                     if uses.remove_all {
@@ -977,6 +1034,7 @@ impl Frontend {
                 changes.push(Staged {
                     names: vec![NameChange::RemoveAll],
                     portals: None,
+                    cursors: vec![CursorChange::CloseAll],
                     ..Staged::default()
                 });
                 let record = StatementRecord {
@@ -1042,6 +1100,77 @@ impl Frontend {
             Some(refused) => refused,
             None => self.guardrails.decide(facts, &self.search_path),
         }
+    }
+
+    /// The cursor changes of a statement, and the rows count of the cursor it fetches from;
+    /// adds that cursor's limits to `row_limits`.
+    fn cursor_changes(
+        &self,
+        facts: &StatementFacts,
+        row_limits: &mut Vec<Arc<RowLimit>>,
+        staged: &[Staged],
+    ) -> (Option<Arc<std::sync::atomic::AtomicU64>>, Vec<CursorChange>) {
+        let mut changes = Vec::new();
+        // Server code may open or close cursors of any name.
+        if facts.path_changes.contains(&PathChange::Unknown) {
+            changes.push(CursorChange::CloseAll);
+        }
+        let Some(ast) = facts.ast.as_deref() else {
+            return (None, changes);
+        };
+        let uses = cursors::uses(ast);
+        let mut portal_rows = None;
+        for name in &uses.fetches {
+            let rows = match self.lookup_cursor(name, staged) {
+                Some(rows) => rows,
+                None => {
+                    let rows = PortalRows::new(self.guardrails.all_row_limits());
+                    changes.push(CursorChange::Open(name.clone(), rows.clone()));
+                    rows
+                }
+            };
+            row_limits.extend(rows.limits.iter().cloned());
+            portal_rows = Some(rows.sent.clone());
+        }
+        if uses.close_all {
+            changes.push(CursorChange::CloseAll);
+        }
+        changes.extend(uses.closes.into_iter().map(CursorChange::Close));
+        for name in uses.declares {
+            changes.push(CursorChange::Open(
+                name,
+                PortalRows::new(row_limits.clone()),
+            ));
+        }
+        (portal_rows, changes)
+    }
+
+    /// The open cursor `name` for a statement after the `staged` changes of the statements
+    /// before it in the same query string.
+    fn lookup_cursor(&self, name: &str, staged: &[Staged]) -> Option<Arc<PortalRows>> {
+        for s in staged.iter().rev() {
+            for c in s.cursors.iter().rev() {
+                match c {
+                    CursorChange::Open(n, rows) if n == name => return Some(rows.clone()),
+                    CursorChange::Close(n) if n == name => return None,
+                    CursorChange::CloseAll => return None,
+                    _ => {}
+                }
+            }
+        }
+        self.cursors.get(name)
+    }
+
+    /// The open cursor an Execute fetches from; one the sidecar did not see opened (by
+    /// server code) carries every row limit of the session.
+    fn fetched(&mut self, name: &str) -> Arc<PortalRows> {
+        if let Some(rows) = self.cursors.get(name) {
+            return rows;
+        }
+        let rows = PortalRows::new(self.guardrails.all_row_limits());
+        self.cursors
+            .apply(CursorChange::Open(name.to_owned(), rows.clone()));
+        rows
     }
 
     /// What `name` runs for a statement after the `staged` changes of the statements before
@@ -1247,6 +1376,7 @@ impl Frontend {
             if forwards {
                 let staged = changes.next().unwrap_or_default();
                 let plan = self.plan_of(list.and_then(|l| l.get(i)), &staged);
+                let portal_rows = staged.portal_rows.clone();
                 self.apply_staged(staged);
                 let masking = self.inflight_masking(plan, None);
                 self.lock().inflight.push_back(Inflight {
@@ -1254,6 +1384,7 @@ impl Frontend {
                     batch,
                     started: now,
                     row_limits,
+                    portal_rows,
                     masking,
                 });
             }
@@ -1306,6 +1437,9 @@ impl Frontend {
         }
         for change in staged.names {
             self.change_names(change);
+        }
+        for change in staged.cursors {
+            self.cursors.apply(change);
         }
         match staged.portals {
             Some(names) => {
@@ -1365,6 +1499,10 @@ impl Frontend {
             }
         }
         self.parse_gen += 1;
+        let fetches = first_facts
+            .and_then(|f| f.ast.as_deref())
+            .map(|a| cursors::uses(a).fetches)
+            .unwrap_or_default();
         let definitions: Vec<Arc<StatementFacts>> = first_facts
             .map(|f| Arc::new(f.clone()))
             .into_iter()
@@ -1384,6 +1522,7 @@ impl Frontend {
                     formats: Vec::new(),
                     definitions: definitions.clone(),
                     ambiguous: false,
+                    fetches: fetches.clone(),
                 });
             }
             // Parsing changes nothing; each Execute is recorded and waited for.
@@ -1405,6 +1544,7 @@ impl Frontend {
                     formats: Vec::new(),
                     definitions: Vec::new(),
                     ambiguous: false,
+                    fetches: fetches.clone(),
                 });
                 self.change_names(NameChange::Define(name, Box::new(prepared)));
                 put_message(&mut self.out, m.tag, &m.body);
@@ -1413,7 +1553,7 @@ impl Frontend {
     }
 
     /// Record an Execute; `false` when it was refused instead of forwarded.
-    fn on_execute(&mut self, prepared: Prepared) -> bool {
+    fn on_execute(&mut self, portal: &str, prepared: Prepared) -> bool {
         let statement_id = self.next_statement_id();
         let mut record = StatementRecord {
             statement_id,
@@ -1440,13 +1580,22 @@ impl Frontend {
             prepared.masking.clone(),
             Some((prepared.name, prepared.generation, prepared.formats)),
         );
+        // Rows count per portal, across its Executes, and per cursor it fetches from.
+        let mut row_limits = prepared.row_limits;
+        let mut portal_rows = self.cursors.get(portal).map(|p| p.sent.clone());
+        for name in &prepared.fetches {
+            let rows = self.fetched(name);
+            row_limits.extend(rows.limits.iter().cloned());
+            portal_rows = Some(rows.sent.clone());
+        }
         let mut t = self.lock();
         let batch = t.batches_sent + 1;
         t.inflight.push_back(Inflight {
             statement_id,
             batch,
             started: Instant::now(),
-            row_limits: prepared.row_limits,
+            row_limits,
+            portal_rows,
             masking,
         });
         true

@@ -183,6 +183,111 @@ const SERVER_CODE: &[Attempt] = &[
     },
 ];
 
+const UNBOUNDED: &str = r#"guardrails:
+- name: unbounded-writes
+  missingWhere: true
+  action: deny
+"#;
+
+const ALL_GONE: &str = "SELECT NOT EXISTS (SELECT 1 FROM crm.contacts)";
+const ALL_RENAMED: &str = "SELECT bool_and(name = 'x') FROM crm.contacts";
+const ALL_IMPORTED: &str = "SELECT bool_and(name = 'imported') FROM crm.contacts";
+
+/// Writes with a WHERE (or a source) that every row passes: each changes every row of
+/// `crm.contacts` directly.
+const UNBOUNDED_WRITES: &[Attempt] = &[
+    Attempt {
+        family: "2 constant expression",
+        steps: &["DELETE FROM crm.contacts WHERE now() IS NOT NULL"],
+        rule: "unbounded-writes",
+        effect: ALL_GONE,
+    },
+    Attempt {
+        family: "2 NOT NULL test on the primary key",
+        steps: &["UPDATE crm.contacts SET name = 'x' WHERE id IS NOT NULL"],
+        rule: "unbounded-writes",
+        effect: ALL_RENAMED,
+    },
+    Attempt {
+        family: "2 column compared with itself",
+        steps: &["UPDATE crm.contacts SET name = 'x' WHERE id = id"],
+        rule: "unbounded-writes",
+        effect: ALL_RENAMED,
+    },
+    Attempt {
+        family: "2 OR with a constant branch",
+        steps: &["DELETE FROM crm.contacts WHERE id = 1 OR 2 > 1"],
+        rule: "unbounded-writes",
+        effect: ALL_GONE,
+    },
+    Attempt {
+        family: "2 a predicate compared with a constant",
+        steps: &["UPDATE crm.contacts SET name = 'x' WHERE (id IS NOT NULL) = true"],
+        rule: "unbounded-writes",
+        effect: ALL_RENAMED,
+    },
+    Attempt {
+        family: "2 LIKE that every value matches",
+        steps: &["UPDATE crm.contacts SET name = 'x' WHERE name LIKE '%%'"],
+        rule: "unbounded-writes",
+        effect: ALL_RENAMED,
+    },
+    Attempt {
+        family: "2 IN a whole table",
+        steps: &["DELETE FROM crm.contacts WHERE id IN (SELECT id FROM crm.contacts_import)"],
+        rule: "unbounded-writes",
+        effect: ALL_GONE,
+    },
+    Attempt {
+        family: "2 DELETE USING a join on every row",
+        steps: &["DELETE FROM crm.contacts c USING crm.contacts_import i WHERE c.id = i.id"],
+        rule: "unbounded-writes",
+        effect: ALL_GONE,
+    },
+    Attempt {
+        family: "2 UPDATE FROM a join on every row",
+        steps: &["UPDATE crm.contacts c SET name = i.name FROM crm.contacts_import i WHERE c.id = i.id"],
+        rule: "unbounded-writes",
+        effect: ALL_IMPORTED,
+    },
+    Attempt {
+        family: "2 upsert fed from a whole table",
+        steps: &["INSERT INTO crm.contacts SELECT * FROM crm.contacts_import ON CONFLICT (id) DO UPDATE SET name = excluded.name"],
+        rule: "unbounded-writes",
+        effect: ALL_IMPORTED,
+    },
+    Attempt {
+        family: "2 upsert fed from a CTE",
+        steps: &["WITH s AS (SELECT * FROM crm.contacts_import) INSERT INTO crm.contacts SELECT * FROM s ON CONFLICT (id) DO UPDATE SET name = excluded.name"],
+        rule: "unbounded-writes",
+        effect: ALL_IMPORTED,
+    },
+    Attempt {
+        family: "2 MERGE of a whole table",
+        steps: &["MERGE INTO crm.contacts c USING crm.contacts_import i ON c.id = i.id WHEN MATCHED THEN DELETE"],
+        rule: "unbounded-writes",
+        effect: ALL_GONE,
+    },
+    Attempt {
+        family: "2 MERGE from a subquery of a whole table",
+        steps: &["MERGE INTO crm.contacts c USING (SELECT id FROM crm.contacts_import) i ON c.id = i.id WHEN MATCHED THEN UPDATE SET name = 'x'"],
+        rule: "unbounded-writes",
+        effect: ALL_RENAMED,
+    },
+    Attempt {
+        family: "2 data-modifying CTE",
+        steps: &["WITH d AS (DELETE FROM crm.contacts WHERE id <> -1 RETURNING id) SELECT count(*) FROM d"],
+        rule: "unbounded-writes",
+        effect: ALL_GONE,
+    },
+    Attempt {
+        family: "2 prepared and executed",
+        steps: &["PREPARE b2 AS UPDATE crm.contacts SET name = $1 WHERE id = id", "EXECUTE b2('x')"],
+        rule: "unbounded-writes",
+        effect: ALL_RENAMED,
+    },
+];
+
 fn admin_password() -> String {
     // postgresql://postgres:PASSWORD@host:port/postgres
     let url = portcullis_e2e::harness().pg_admin_url();
@@ -231,6 +336,16 @@ async fn setup() -> Client {
            AS $$ BEGIN EXECUTE 'DELETE FROM crm.contacts WHERE id = 1'; END $$;
          CREATE OR REPLACE FUNCTION crm.safe_count() RETURNS bigint LANGUAGE sql
            AS $$ SELECT count(*) FROM crm.contacts $$;
+         CREATE TABLE IF NOT EXISTS crm.contacts_import (id int PRIMARY KEY, name text);
+         INSERT INTO crm.contacts_import SELECT g, 'imported' FROM generate_series(1, 5) g
+           ON CONFLICT DO NOTHING;
+         CREATE TABLE IF NOT EXISTS crm.leads (id int PRIMARY KEY, email text);
+         INSERT INTO crm.leads SELECT g, 'lead' || g || '@example.com'
+           FROM generate_series(1, 100) g ON CONFLICT DO NOTHING;
+         CREATE OR REPLACE VIEW crm.leads_view AS SELECT id, email FROM crm.leads;
+         CREATE OR REPLACE VIEW crm.leads_view2 AS SELECT email FROM crm.leads_view;
+         CREATE OR REPLACE FUNCTION crm.all_leads() RETURNS SETOF crm.leads LANGUAGE sql
+           AS $$ SELECT * FROM crm.leads $$;
          SELECT pg_catalog.lo_from_bytea(4242, 'x')
            WHERE NOT EXISTS (SELECT 1 FROM pg_largeobject_metadata WHERE oid = 4242);",
     )
@@ -243,6 +358,7 @@ async fn restore(shop: &Client) {
     shop.batch_execute(
         "INSERT INTO crm.contacts SELECT g, 'contact ' || g FROM generate_series(1, 5) g
            ON CONFLICT DO NOTHING;
+         UPDATE crm.contacts SET name = 'contact ' || id WHERE name <> 'contact ' || id;
          DELETE FROM crm.purges;",
     )
     .await
@@ -352,6 +468,41 @@ async fn run_attempts(attempts: &[Attempt], policy: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_are_resolved_before_they_are_matched() {
     run_attempts(NAMES, POLICY).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_change_every_row_are_unbounded() {
+    run_attempts(UNBOUNDED_WRITES, UNBOUNDED).await;
+    // Writes that name their rows are forwarded.
+    let _crm = CRM.lock().await;
+    let shop = setup().await;
+    restore(&shop).await;
+    let proxy = ProxyBuilder::default()
+        .credential(SUPERUSER, &admin_password())
+        .policy("bypass", UNBOUNDED)
+        .start()
+        .await;
+    let client = proxy.client().await;
+    for sql in [
+        "UPDATE crm.contacts SET name = 'x' WHERE id = 1",
+        "UPDATE crm.contacts c SET name = 'x' FROM crm.contacts_import i WHERE c.id = i.id AND i.id = 2",
+        "INSERT INTO crm.contacts VALUES (3, 'x') ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+        "MERGE INTO crm.contacts c USING (VALUES (4)) s(id) ON c.id = s.id WHEN MATCHED THEN UPDATE SET name = 'x'",
+        "DELETE FROM crm.contacts WHERE id > 4",
+    ] {
+        client
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+    let left: i64 = shop
+        .query_one("SELECT count(*) FROM crm.contacts WHERE name <> 'x'", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "the bounded writes ran");
+    restore(&shop).await;
+    proxy.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1160,5 +1311,203 @@ async fn audit_records_hold_no_values_in_identifiers() {
             .any(|s| s.starts_with("SELECT") && s.contains("fingerprint")),
         "{statements:?}"
     );
+    proxy.stop().await;
+}
+
+const LEADS_LIMIT: &str = r#"guardrails:
+- name: leads-export
+  tables: [crm.leads]
+  rowsOver: 40
+  action: deny
+"#;
+
+/// Ways the 100 rows of `crm.leads` (limited to 40 per statement, portal or cursor) leave
+/// other than a plain SELECT of the table; each step list returns more than 40 rows directly.
+const ROW_CARRIERS: &[(&str, &[&str])] = &[
+    ("3 view", &["SELECT * FROM crm.leads_view"]),
+    ("3 view over a view", &["SELECT email FROM crm.leads_view2"]),
+    ("3 set-returning function", &["SELECT * FROM crm.all_leads()"]),
+    (
+        "3 set-returning function in the select list",
+        &["SELECT crm.all_leads()"],
+    ),
+    (
+        "3 view created in the session",
+        &[
+            "CREATE TEMP VIEW b3_leads AS SELECT * FROM crm.leads",
+            "SELECT * FROM b3_leads",
+        ],
+    ),
+    (
+        "3 prepared statement",
+        &["PREPARE b3p AS SELECT * FROM crm.leads", "EXECUTE b3p"],
+    ),
+    (
+        "3 cursor fetched in pieces",
+        &[
+            "BEGIN",
+            "DECLARE b3c CURSOR FOR SELECT * FROM crm.leads",
+            "FETCH 30 FROM b3c",
+            "FETCH 30 FROM b3c",
+        ],
+    ),
+    (
+        "3 FETCH ALL repeated after MOVE",
+        &[
+            "BEGIN",
+            "DECLARE b3s SCROLL CURSOR FOR SELECT * FROM crm.leads WHERE id <= 30",
+            "FETCH ALL FROM b3s",
+            "MOVE ABSOLUTE 0 IN b3s",
+            "FETCH ALL FROM b3s",
+        ],
+    ),
+    (
+        "3 cursor over a view in one query string",
+        &["BEGIN; DECLARE b3v CURSOR FOR SELECT * FROM crm.leads_view; FETCH 25 FROM b3v; FETCH 25 FROM b3v"],
+    ),
+    (
+        "3 cursor held past its transaction",
+        &[
+            "BEGIN; DECLARE b3h CURSOR WITH HOLD FOR SELECT * FROM crm.leads; COMMIT",
+            "FETCH 30 FROM b3h",
+            "FETCH 30 FROM b3h",
+        ],
+    ),
+];
+
+fn rows_of(messages: &[tokio_postgres::SimpleQueryMessage]) -> usize {
+    messages
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count()
+}
+
+fn assert_cut(family: &str, err: &tokio_postgres::Error) {
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{family}: {err:?}"));
+    assert_eq!(
+        db.code(),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+        "{family}: {db:?}"
+    );
+    assert!(
+        db.message().contains("leads-export"),
+        "{family}: {}",
+        db.message()
+    );
+}
+
+/// All rows a COPY TO STDOUT sends, or its error.
+async fn copy_lines(client: &Client, sql: &str) -> Result<usize, tokio_postgres::Error> {
+    use futures_util::StreamExt;
+    let stream = client.copy_out(sql).await?;
+    futures_util::pin_mut!(stream);
+    let mut lines = 0;
+    while let Some(chunk) = stream.next().await {
+        lines += chunk?.iter().filter(|b| **b == b'\n').count();
+    }
+    Ok(lines)
+}
+
+/// All rows of `sql` read through one portal, 30 per Execute, or the error.
+async fn portal_rows(client: &mut Client, sql: &str) -> Result<usize, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let statement = tx.prepare(sql).await?;
+    let portal = tx.bind(&statement, &[]).await?;
+    let mut total = 0;
+    loop {
+        let rows = tx.query_portal(&portal, 30).await?;
+        if rows.is_empty() {
+            break;
+        }
+        total += rows.len();
+    }
+    tx.rollback().await?;
+    Ok(total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_limits_count_every_way_rows_leave() {
+    let _crm = CRM.lock().await;
+    let _shop = setup().await;
+    let proxy = ProxyBuilder::default()
+        .credential(SUPERUSER, &admin_password())
+        .policy("bypass", LEADS_LIMIT)
+        .start()
+        .await;
+    for (family, steps) in ROW_CARRIERS {
+        let direct = connect(&superuser_conn_str()).await;
+        let mut rows = 0;
+        for step in *steps {
+            let m = direct
+                .simple_query(step)
+                .await
+                .unwrap_or_else(|e| panic!("{family}: {step} fails directly: {e:?}"));
+            rows += rows_of(&m);
+        }
+        assert!(rows > 40, "{family}: only {rows} rows directly");
+        let client = proxy.client().await;
+        let mut through = 0;
+        let mut cut = None;
+        for step in *steps {
+            match client.simple_query(step).await {
+                Ok(m) => through += rows_of(&m),
+                Err(e) => {
+                    cut = Some(e);
+                    break;
+                }
+            }
+        }
+        let err = cut.unwrap_or_else(|| panic!("{family}: {through} rows through the sidecar"));
+        assert_cut(family, &err);
+        assert!(through <= 40, "{family}: {through} rows before the cut");
+    }
+
+    // COPY, text format: one line per row.
+    for (family, sql) in [
+        ("3 COPY of the table", "COPY crm.leads TO STDOUT"),
+        (
+            "3 COPY of a query over a view",
+            "COPY (SELECT * FROM crm.leads_view) TO STDOUT (FORMAT csv)",
+        ),
+    ] {
+        let direct = connect(&superuser_conn_str()).await;
+        let lines = copy_lines(&direct, sql).await.expect(family);
+        assert_eq!(lines, 100, "{family}: directly");
+        let client = proxy.client().await;
+        let err = copy_lines(&client, sql)
+            .await
+            .expect_err("COPY over the limit is cut");
+        assert_cut(family, &err);
+    }
+
+    // One portal executed 30 rows at a time.
+    let family = "3 portal executed in several Executes";
+    let sql = "SELECT * FROM crm.leads";
+    let mut direct = connect(&superuser_conn_str()).await;
+    assert_eq!(portal_rows(&mut direct, sql).await.expect(family), 100);
+    let mut client = proxy.client().await;
+    let err = portal_rows(&mut client, sql)
+        .await
+        .expect_err("portal over the limit is cut");
+    assert_cut(family, &err);
+
+    // Under the limit, and other relations, nothing is cut.
+    let client = proxy.client().await;
+    for (sql, expected) in [
+        ("SELECT * FROM crm.leads WHERE id <= 40", 40),
+        ("SELECT * FROM generate_series(1, 100)", 100),
+        (
+            "SELECT * FROM crm.contacts_import, generate_series(1, 20)",
+            100,
+        ),
+    ] {
+        let m = client
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        assert_eq!(rows_of(&m), expected, "{sql}");
+    }
     proxy.stop().await;
 }

@@ -164,6 +164,7 @@ fn merge(a: &Prepared, b: &Prepared, masking: Option<&Arc<SessionMasking>>) -> P
         (x, y) => x.clone().or_else(|| y.clone()),
     };
     merged.definitions.extend(b.definitions.iter().cloned());
+    merged.fetches.extend(b.fetches.iter().cloned());
     // Which columns come back is not known: every one is masked.
     merged.masking = masking.map(|m| m.plan_unknown());
     merged
