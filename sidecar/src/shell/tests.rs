@@ -265,7 +265,6 @@ fn a_shape_keeps_program_and_options_and_hides_operands_only_of_plain_programs()
         &["tar", "xf", "a.tar"],
         &["busybox", "rm", "x"],
         &["eval", "rm x"],
-        &["$(id)"],
     ] {
         assert_eq!(super::shape(&v(argv), false), None, "{argv:?}");
     }
