@@ -1002,6 +1002,8 @@ mod tests {
                 grant_duration: "2h".parse().expect("duration"),
                 grant_scope: GrantScope::Session,
                 max_pending: 5,
+                required_approvals: 1,
+                owner_groups: vec![],
                 notify_url: None,
             }),
             identity: Some(IdentitySettings {
