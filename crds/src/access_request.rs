@@ -52,6 +52,11 @@ use crate::gateway_policy::GrantScope;
         priority = "1"
     ),
     printcolumn(
+        name = "Approvers",
+        type_ = "integer",
+        json_path = ".spec.requiredApprovals"
+    ),
+    printcolumn(
         name = "Decided-By",
         type_ = "string",
         json_path = ".spec.decision.decidedBy"
@@ -66,6 +71,10 @@ use crate::gateway_policy::GrantScope;
     .message("a decision cannot be changed or withdrawn once made: create a new AccessRequest instead"))]
 #[x_kube(validation = Rule::new("self.requester == oldSelf.requester && self.resource == oldSelf.resource && self.policy == oldSelf.policy && self.rule == oldSelf.rule && self.operation == oldSelf.operation && has(self.justification) == has(oldSelf.justification) && (!has(self.justification) || self.justification == oldSelf.justification) && has(self.requestedDuration) == has(oldSelf.requestedDuration) && (!has(self.requestedDuration) || self.requestedDuration == oldSelf.requestedDuration) && has(self.session) == has(oldSelf.session) && (!has(self.session) || self.session == oldSelf.session) && has(self.scope) == has(oldSelf.scope) && (!has(self.scope) || self.scope == oldSelf.scope) && has(self.seal) == has(oldSelf.seal) && (!has(self.seal) || self.seal == oldSelf.seal)")
     .message("only spec.decision may change after an AccessRequest is created, and only by being added: requester, resource, policy, rule, operation, justification, requestedDuration, session, scope and seal are fixed"))]
+#[x_kube(validation = Rule::new("has(self.requiredApprovals) == has(oldSelf.requiredApprovals) && (!has(self.requiredApprovals) || self.requiredApprovals == oldSelf.requiredApprovals)")
+    .message("spec.requiredApprovals is fixed when the AccessRequest is created"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.approvals) || (has(self.approvals) && self.approvals.size() >= oldSelf.approvals.size())")
+    .message("an approval cannot be withdrawn: deny the request instead"))]
 #[x_kube(validation = Rule::new("!has(oldSelf.decision) || self == oldSelf")
     .message("a decided AccessRequest cannot change: its whole spec is the evidence of what was approved"))]
 #[serde(rename_all = "camelCase")]
@@ -113,6 +122,22 @@ pub struct AccessRequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
     pub seal: Option<String>,
+
+    /// How many distinct approvers must approve (the policy's `approval.requiredApprovals`
+    /// when the request was made). Sealed with the spec.
+    #[serde(default = "one_approval")]
+    #[schemars(range(min = 1, max = 5))]
+    pub required_approvals: u32,
+
+    /// The approvals given before the decision when more than one approver is required,
+    /// oldest first: `kubectl portcullis approve` adds one while approvals are missing, and
+    /// sets `decision` with the last. Admission stamps each with the authenticated user and
+    /// refuses a second approval by the same user, one by the requester, by a member of the
+    /// policy's `ownerGroups` or by anyone who is not an approver; an approval cannot change
+    /// or be withdrawn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub approvals: Vec<Approval>,
 
     /// The approver's decision. Set with `kubectl portcullis approve|deny`; cannot change once
     /// set.
@@ -239,12 +264,38 @@ impl Operation {
 }
 
 impl AccessRequestSpec {
-    /// The bytes a seal covers: the spec without its decision and seal, as JSON.
+    /// The bytes a seal covers: the spec without its approvals, decision and seal, as JSON.
     pub fn sealed_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut spec = self.clone();
+        spec.approvals = Vec::new();
         spec.decision = None;
         spec.seal = None;
         serde_json::to_vec(&spec)
+    }
+
+    /// The distinct users whose stamped approval counts for this request: the approvers of
+    /// `approvals` and the decider of an Approved decision, none of them the requester (its
+    /// service account or its user). Unstamped entries do not count.
+    pub fn approvers(&self) -> Vec<&str> {
+        let requester = &self.requester;
+        let mut out: Vec<&str> = Vec::new();
+        let decided = self
+            .decision
+            .as_ref()
+            .filter(|d| d.verdict == Verdict::Approved && d.decided_at.is_some())
+            .and_then(|d| d.decided_by.as_deref());
+        let given = self
+            .approvals
+            .iter()
+            .filter(|a| a.approved_at.is_some())
+            .filter_map(|a| a.approved_by.as_deref());
+        for user in given.chain(decided) {
+            let own = user == requester.service_account || requester.user.as_deref() == Some(user);
+            if !user.is_empty() && !own && !out.contains(&user) {
+                out.push(user);
+            }
+        }
+        out
     }
 }
 
@@ -256,6 +307,28 @@ pub enum OperationKind {
     Sql,
     /// A command run in a pod (`pods/exec` or `pods/attach`).
     Exec,
+}
+
+fn one_approval() -> u32 {
+    1
+}
+
+/// One approver's approval, before the decision.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    /// Why, in the approver's words. Required.
+    #[x_kube(validation = Rule::new("self.trim().size() > 0").message("an approval needs a reason: pass --reason \"...\""))]
+    #[schemars(length(max = 1024))]
+    pub reason: String,
+    /// Kubernetes user who approved. Stamped by the admission webhook from the authenticated
+    /// user; any value a client writes is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub approved_by: Option<String>,
+    /// When. Stamped by the admission webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_at: Option<Time>,
 }
 
 /// An approver's decision.

@@ -712,6 +712,25 @@ pub struct ApprovalSettings {
     #[schemars(range(min = 1, max = 100))]
     pub max_pending: u32,
 
+    /// How many distinct approvers must approve an operation before it runs (default 1, at
+    /// most 5). None of them may be the requester; a single denial denies. Each approver runs
+    /// `kubectl portcullis approve`: admission records every approval in the request's
+    /// `spec.approvals`, stamped with the authenticated user, and the last one is the
+    /// decision, accepted only when the approvals before it come from other approvers.
+    #[serde(
+        default = "default_required_approvals",
+        skip_serializing_if = "is_one_approval"
+    )]
+    #[schemars(range(min = 1, max = 5))]
+    pub required_approvals: u32,
+
+    /// Groups that own the workloads this policy governs (for example the team that runs an
+    /// agent). Separation of duties: their members may not approve these workloads'
+    /// requests, even when they are approvers too; they may still deny them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 253)))]
+    pub owner_groups: Vec<String>,
+
     /// Optional URL that receives a Slack-compatible JSON message for each new request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')")
@@ -722,6 +741,17 @@ pub struct ApprovalSettings {
 
 fn default_approval_timeout() -> Duration {
     Duration::from(std::time::Duration::from_secs(15 * 60))
+}
+
+/// Distinct approvers an operation needs when a policy does not say.
+pub const DEFAULT_REQUIRED_APPROVALS: u32 = 1;
+
+fn default_required_approvals() -> u32 {
+    DEFAULT_REQUIRED_APPROVALS
+}
+
+pub(crate) fn is_one_approval(n: &u32) -> bool {
+    *n == DEFAULT_REQUIRED_APPROVALS
 }
 
 /// Undecided requests per requester when a policy does not say.

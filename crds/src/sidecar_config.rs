@@ -501,6 +501,12 @@ pub struct ApprovalConfig {
     /// Undecided requests allowed per requester.
     #[serde(default = "default_max_pending")]
     pub max_pending: u32,
+    /// Distinct approvers an operation needs (none of them the requester).
+    #[serde(
+        default = "default_required_approvals",
+        skip_serializing_if = "crate::gateway_policy::is_one_approval"
+    )]
+    pub required_approvals: u32,
     /// Notification webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_url: Option<String>,
@@ -770,6 +776,7 @@ impl PolicyConfig {
             grant_seconds: std::time::Duration::from(a.grant_duration).as_secs(),
             grant_scope: a.grant_scope,
             max_pending: a.max_pending,
+            required_approvals: a.required_approvals,
             notify_url: a.notify_url.clone(),
         });
         let (on_audit_unavailable, spool_limit_bytes) = match &spec.on_audit_unavailable {
@@ -927,6 +934,10 @@ impl SidecarConfig {
     }
 }
 
+fn default_required_approvals() -> u32 {
+    crate::gateway_policy::DEFAULT_REQUIRED_APPROVALS
+}
+
 fn default_max_pending() -> u32 {
     crate::gateway_policy::DEFAULT_MAX_PENDING
 }
@@ -996,6 +1007,8 @@ mod tests {
                 grant_duration: "2h".parse().expect("duration"),
                 grant_scope: GrantScope::Session,
                 max_pending: 5,
+                required_approvals: 1,
+                owner_groups: vec![],
                 notify_url: None,
             }),
             identity: Some(IdentitySettings {

@@ -614,3 +614,316 @@ policies:
     webhook.stop().await;
     common::unregister(&client, &hook_name).await;
 }
+
+/// A sidecar of the test below, with a values-granting guardrail on writes to `customers`.
+struct Flow {
+    ns: String,
+    api: Api<AccessRequest>,
+    bob: String,
+    kubeconfig: String,
+    dir: tempfile::TempDir,
+}
+
+impl Flow {
+    fn config(&self, spool: &std::path::Path) -> SidecarConfig {
+        let h = harness();
+        let creds = self.dir.path().join("creds");
+        SidecarConfig::from_yaml(&format!(
+            "apiVersion: portcullis.dev/sidecar-config/v1alpha1
+namespace: {ns}
+adminListen: 127.0.0.1:0
+audit:
+  spoolDir: {spool}
+resources:
+- name: shop-db
+  type: postgres
+  listenPort: 0
+  upstream:
+    host: {host}
+    port: {port}
+    tlsMode: disable
+  credentials:
+    usernameFile: {creds}/username
+    passwordFile: {creds}/password
+  policies: [{POLICY}]
+policies:
+- name: {POLICY}
+  guardrails:
+  - name: customer-writes
+    statementKinds: [insert, update, delete]
+    tables: [customers]
+    action: requireApproval
+  approval:
+    approverGroups: [portcullis-approvers]
+    timeoutSeconds: 20
+    grantSeconds: 3600
+    grantScope: statement
+",
+            ns = self.ns,
+            spool = spool.display(),
+            host = h.pg_host(),
+            port = h.pg_port(),
+            creds = creds.display(),
+        ))
+        .expect("sidecar config")
+    }
+
+    async fn sidecar(&self, spool: &std::path::Path) -> portcullis_sidecar::Sidecar {
+        let mut options = Options::service_account(&self.ns, "agent");
+        options.kube = KubeAccess::Kubeconfig(self.kubeconfig.clone().into());
+        portcullis_sidecar::start(self.config(spool), options)
+            .await
+            .expect("sidecar starts")
+    }
+
+    async fn names(&self) -> Vec<String> {
+        self.api
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .filter_map(|a| a.metadata.name)
+            .collect()
+    }
+
+    /// Decide the next new request with `verb`; its shown statement.
+    async fn decide_next(&self, known: &[String], verb: &str) -> String {
+        let ar = new_request(&self.api, known).await;
+        let name = ar.metadata.name.clone().expect("name");
+        let out = common::plugin(
+            &self.bob,
+            &[
+                verb,
+                &name,
+                "-n",
+                &self.ns,
+                "--reason",
+                "checked the values",
+            ],
+        );
+        assert!(out.status.success(), "{}", common::text(&out));
+        ar.spec.operation.statement.unwrap_or_default()
+    }
+}
+
+/// `prepared_values.py` against `url`.
+fn prepared(
+    url: String,
+    mode: &'static str,
+    low: u32,
+    high: u32,
+    rollback: bool,
+) -> tokio::task::JoinHandle<serde_json::Value> {
+    tokio::task::spawn_blocking(move || {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/clients/prepared_values.py");
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(&script)
+            .arg(&url)
+            .arg(mode)
+            .arg(low.to_string())
+            .arg(high.to_string());
+        if rollback {
+            cmd.arg("rollback");
+        }
+        let out = cmd.output().expect("run python3");
+        assert!(
+            out.status.success(),
+            "prepared_values.py: {}",
+            common::text(&out)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    })
+}
+
+/// A statement prepared with SQL `PREPARE` asks at each use, with the values bound through
+/// the protocol or given to SQL `EXECUTE`: an approval of one row does not run 500. And a
+/// sealed, approved grant survives a restart of the sidecar that keeps its spool (as a
+/// restarted sidecar container keeps its emptyDir), but not one with another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_values_are_asked_for_and_grants_survive_a_sidecar_restart() {
+    let h = harness();
+    h.install_crds().await;
+    let client = h.client().await;
+    let ns = h.namespace("prepared-values").await;
+    common::label_namespace(&client, &ns, &[(common::TEST_LABEL, &ns)]).await;
+    let webhook = common::Webhook::start(client.clone()).await;
+    let hook_name = format!("prepared-values-{ns}");
+    common::register(
+        &client,
+        &common::options(&hook_name, webhook.url(), Some(webhook.ca_pem.clone()), &ns),
+    )
+    .await;
+    let policy = format!(
+        "apiVersion: portcullis.dev/v1alpha1
+kind: GatewayPolicy
+metadata:
+  name: {POLICY}
+spec:
+  subjects: [{{kind: ServiceAccount, name: agent}}]
+  guardrails:
+  - name: customer-writes
+    match: {{statementKinds: [insert, update, delete], tables: [customers]}}
+    action: requireApproval
+  approval:
+    approverGroups: [portcullis-approvers]
+    timeout: 20s
+    grantDuration: 1h
+"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy_file = dir.path().join("policy.yaml");
+    std::fs::write(&policy_file, &policy).expect("policy file");
+    let out = h.kubectl(&["apply", "-n", &ns, "-f", &policy_file.to_string_lossy()]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    h.service_account(&ns, "agent").await;
+    for (name, rules) in [
+        (
+            "sidecar",
+            serde_json::json!([{"apiGroups": ["portcullis.dev"], "resources": ["accessrequests"], "verbs": ["create", "get", "list", "watch"]}]),
+        ),
+        (
+            "approver",
+            serde_json::json!([{"apiGroups": ["portcullis.dev"], "resources": ["accessrequests"], "verbs": ["get", "list", "patch"]}]),
+        ),
+    ] {
+        common::create::<Role>(
+            &client,
+            &ns,
+            serde_json::json!({"metadata": {"name": name}, "rules": rules}),
+        )
+        .await;
+    }
+    common::create::<RoleBinding>(
+        &client,
+        &ns,
+        serde_json::json!({
+            "metadata": {"name": "sidecar"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sidecar"},
+            "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}]
+        }),
+    )
+    .await;
+    common::create::<RoleBinding>(&client, &ns, serde_json::json!({
+        "metadata": {"name": "approvers"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "approver"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "portcullis-approvers"}]
+    }))
+    .await;
+    let token = h.token(&ns, "agent", None, None).await;
+    let kubeconfig = common::token_kubeconfig(
+        &dir.path().join("agent.kubeconfig"),
+        h.apiserver_url(),
+        h.ca_file(),
+        &token,
+        &ns,
+    );
+    let creds = dir.path().join("creds");
+    std::fs::create_dir_all(&creds).expect("creds dir");
+    std::fs::write(creds.join("username"), "app\n").expect("user file");
+    std::fs::write(creds.join("password"), format!("{}\n", h.pg_password())).expect("password");
+    let flow = Flow {
+        ns: ns.clone(),
+        api: Api::namespaced(client.clone(), &ns),
+        bob: h.kubeconfig_of(User::Approver).to_owned(),
+        kubeconfig,
+        dir,
+    };
+    let spool = flow.dir.path().join("spool");
+    let sidecar = flow.sidecar(&spool).await;
+    let url = |s: &portcullis_sidecar::Sidecar| {
+        format!(
+            "postgresql://agent@127.0.0.1:{}/shop?sslmode=disable",
+            s.addr("shop-db").expect("listening").port()
+        )
+    };
+    let through = url(&sidecar);
+
+    // Without the sidecar, the prepared update touches every row its bound range names.
+    for mode in ["bind", "execute"] {
+        let direct = prepared(h.pg_url().to_owned(), mode, 1, 500, true)
+            .await
+            .expect("direct");
+        assert!(
+            direct["run"]["rows"].as_u64().is_some_and(|n| n > 1),
+            "direct {mode}: {direct}"
+        );
+    }
+
+    // Through it: PREPARE runs nothing and is not held; the Bind is, with its values.
+    let known = flow.names().await;
+    let one = prepared(through.clone(), "bind", 1, 1, false);
+    let shown = flow.decide_next(&known, "approve").await;
+    let one = one.await.expect("client");
+    assert_eq!(one["run"]["rows"], 1, "{one}");
+    assert!(
+        shown.contains("PREPARE pv AS UPDATE customers")
+            && shown.contains("-- bound values: $1 = '1', $2 = '1'"),
+        "{shown}"
+    );
+    // The same prepared statement bound to 1..500 asks again, and is refused when denied.
+    let known = flow.names().await;
+    let wide = prepared(through.clone(), "bind", 1, 500, false);
+    let shown = flow.decide_next(&known, "deny").await;
+    let wide = wide.await.expect("client");
+    assert!(shown.contains("$2 = '500'"), "{shown}");
+    assert!(
+        wide["run"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Denied by bob")),
+        "{wide}"
+    );
+    // SQL EXECUTE with its arguments: asked for with them, the definition shown.
+    let known = flow.names().await;
+    let wide = prepared(through.clone(), "execute", 1, 500, false);
+    let shown = flow.decide_next(&known, "deny").await;
+    let wide = wide.await.expect("client");
+    assert!(
+        shown.starts_with("EXECUTE pv(1, 500)") && shown.contains("-- runs: PREPARE pv AS UPDATE"),
+        "{shown}"
+    );
+    assert!(
+        wide["run"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Denied by bob")),
+        "{wide}"
+    );
+
+    // A grant survives a restart of the sidecar with its spool (and so its seal key).
+    let one_row = "UPDATE customers SET full_name = full_name WHERE id = 41";
+    let (agent, _notices) = connect(sidecar.addr("shop-db").expect("listening").port()).await;
+    let known = flow.names().await;
+    let held = tokio::spawn(async move { agent.simple_query(one_row).await.map(|_| ()) });
+    flow.decide_next(&known, "approve").await;
+    held.await.expect("task").expect("runs when approved");
+    sidecar.shutdown().await;
+    let restarted = flow.sidecar(&spool).await;
+    let (agent, _notices) = connect(restarted.addr("shop-db").expect("listening").port()).await;
+    let before = flow.names().await;
+    agent
+        .simple_query(one_row)
+        .await
+        .expect("the grant sealed before the restart is honoured");
+    assert_eq!(flow.names().await.len(), before.len(), "no new request");
+    restarted.shutdown().await;
+    // A sidecar with another spool has another key: the same statement asks again.
+    let fresh = flow.sidecar(&flow.dir.path().join("other-spool")).await;
+    let (agent, _notices) = connect(fresh.addr("shop-db").expect("listening").port()).await;
+    let known = flow.names().await;
+    let held = tokio::spawn(async move { agent.simple_query(one_row).await.map(|_| ()) });
+    flow.decide_next(&known, "deny").await;
+    let refused = held.await.expect("task");
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("Denied by bob")
+                || e.as_db_error()
+                    .is_some_and(|d| d.message().contains("Denied by bob"))),
+        "{refused:?}"
+    );
+    fresh.shutdown().await;
+
+    common::unregister(&client, &hook_name).await;
+    webhook.stop().await;
+}

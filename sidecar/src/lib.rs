@@ -126,9 +126,10 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
     config.check().map_err(ConfigError::from)?;
     let spool = Spool::open(&config.audit.spool_dir)?;
     let metrics = Metrics::new()?;
-    let approvals = approval::Approvals::connect(&options.kube, &config.namespace)
-        .await?
-        .map(Arc::new);
+    let approvals =
+        approval::Approvals::connect(&options.kube, &config.namespace, &config.audit.spool_dir)
+            .await?
+            .map(Arc::new);
     let shared = Shared {
         approvals: approvals.clone(),
         spool: spool.clone(),

@@ -194,6 +194,37 @@ async fn decide(
         return Err("a decision needs a reason: pass --reason \"...\"".into());
     }
     let api: Api<AccessRequest> = Api::namespaced(client, ns);
+    if verdict == "Approved" {
+        // While other approvers' approvals are missing, this approval is added to
+        // spec.approvals; the last one is the decision.
+        let ar = api.get(name).await.map_err(|e| match e {
+            kube::Error::Api(s) => s.message,
+            other => other.to_string(),
+        })?;
+        let given = ar.spec.approvals.len();
+        let required = usize::try_from(ar.spec.required_approvals).unwrap_or(usize::MAX);
+        if ar.spec.decision.is_none() && given + 1 < required {
+            let mut list = serde_json::to_value(&ar.spec.approvals).map_err(|e| e.to_string())?;
+            if let Some(items) = list.as_array_mut() {
+                items.push(serde_json::json!({"reason": reason}));
+            }
+            // The resource version makes a concurrent approval a conflict, not a lost one.
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": ar.metadata.resource_version},
+                "spec": {"approvals": list}
+            });
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| match e {
+                    kube::Error::Api(s) => s.message,
+                    other => other.to_string(),
+                })?;
+            return Ok(format!(
+                "accessrequest.portcullis.dev/{name} approval {} of {required} recorded: another approver decides",
+                given + 1
+            ));
+        }
+    }
     let patch = serde_json::json!({"spec": {"decision": {"verdict": verdict, "reason": reason}}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -280,6 +311,22 @@ fn show(ar: &AccessRequest) -> String {
         }
     }
     out.push(format!("Fingerprint:   {}", line(&op.fingerprint)));
+    out.push(format!(
+        "Approvers:     {} distinct approvers required, none of them the requester",
+        spec.required_approvals
+    ));
+    for (i, a) in spec.approvals.iter().enumerate() {
+        out.push(format!(
+            "  approval {}:  by {} at {}: {}",
+            i + 1,
+            line(a.approved_by.as_deref().unwrap_or("(unstamped)")),
+            a.approved_at
+                .as_ref()
+                .map(|t| format!("{:.0}", t.0))
+                .unwrap_or_default(),
+            line(&a.reason)
+        ));
+    }
     if let Some(d) = &spec.decision {
         out.push(format!(
             "Decision:      {:?} by {} at {}: {}",
@@ -298,6 +345,7 @@ fn show(ar: &AccessRequest) -> String {
     texts.extend(op.target.as_deref());
     texts.extend(op.command.iter().map(String::as_str));
     texts.extend(spec.decision.as_ref().map(|d| d.reason.as_str()));
+    texts.extend(spec.approvals.iter().map(|a| a.reason.as_str()));
     let hidden = texts
         .iter()
         .any(|t| t.chars().any(|c| c != '\n' && display::is_hidden(c)));

@@ -32,6 +32,14 @@ fn decision(obj: Option<&DynamicObject>) -> Option<Value> {
         .cloned()
 }
 
+fn approvals(obj: Option<&DynamicObject>) -> Vec<Value> {
+    obj.and_then(|o| o.data.get("spec"))
+        .and_then(|s| s.get("approvals"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn same_verdict(a: &Value, b: &Value) -> bool {
     a.get("verdict") == b.get("verdict") && a.get("reason") == b.get("reason")
 }
@@ -45,31 +53,55 @@ fn newly_decided(req: &AdmissionRequest<DynamicObject>) -> Option<Value> {
     }
 }
 
-/// Stamp who decided and when; keep the stamp of an unchanged decision.
+/// Stamp who decided (or approved) and when; keep the stamps of an unchanged decision and of
+/// the approvals given before.
 pub fn stamp(req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
     let resp = AdmissionResponse::from(req);
     if !matches!(req.operation, Operation::Create | Operation::Update) {
         return resp;
     }
-    let (Some(obj), Some(new)) = (req.object.as_ref(), decision(req.object.as_ref())) else {
+    let Some(obj) = req.object.as_ref() else {
         return resp;
     };
-    let (by, at) = match decision(req.old_object.as_ref()) {
-        Some(old) if same_verdict(&old, &new) => {
-            (old["decidedBy"].clone(), old["decidedAt"].clone())
-        }
-        _ => (
-            json!(req.user_info.username.clone().unwrap_or_default()),
-            json!(format!("{:.0}", Timestamp::now())),
-        ),
-    };
+    let user = json!(req.user_info.username.clone().unwrap_or_default());
+    let now = json!(format!("{:.0}", Timestamp::now()));
     let original = match serde_json::to_value(obj) {
         Ok(v) => v,
         Err(e) => return refuse(resp, format!("AccessRequest cannot be read: {e}")),
     };
     let mut stamped = original.clone();
-    stamped["spec"]["decision"]["decidedBy"] = by;
-    stamped["spec"]["decision"]["decidedAt"] = at;
+    let given = approvals(req.object.as_ref());
+    if !given.is_empty() {
+        let before = approvals(req.old_object.as_ref());
+        let stamped_list: Vec<Value> = given
+            .iter()
+            .enumerate()
+            .map(|(i, a)| match before.get(i) {
+                // What was approved before stays as it was stamped.
+                Some(old) => old.clone(),
+                None => {
+                    let mut a = a.clone();
+                    a["approvedBy"] = user.clone();
+                    a["approvedAt"] = now.clone();
+                    a
+                }
+            })
+            .collect();
+        stamped["spec"]["approvals"] = Value::Array(stamped_list);
+    }
+    if let Some(new) = decision(req.object.as_ref()) {
+        let (by, at) = match decision(req.old_object.as_ref()) {
+            Some(old) if same_verdict(&old, &new) => {
+                (old["decidedBy"].clone(), old["decidedAt"].clone())
+            }
+            _ => (user, now),
+        };
+        stamped["spec"]["decision"]["decidedBy"] = by;
+        stamped["spec"]["decision"]["decidedAt"] = at;
+    }
+    if stamped == original {
+        return resp;
+    }
     let patch = json_patch::diff(&original, &stamped);
     match resp.clone().with_patch(patch) {
         Ok(r) => r,
@@ -105,6 +137,9 @@ pub fn creation_refusal(ar: &AccessRequest, user: &str) -> Option<String> {
             display::escape(&spec.requester.service_account, false)
         ));
     }
+    if !spec.approvals.is_empty() {
+        return Some("a new AccessRequest carries no approvals: approvers add them".to_owned());
+    }
     let expected = spec.operation.grant_fingerprint();
     if spec.operation.fingerprint != expected {
         return Some(format!(
@@ -123,6 +158,61 @@ pub fn creation_refusal(ar: &AccessRequest, user: &str) -> Option<String> {
                 display::escape(value, false)
             ));
         }
+    }
+    None
+}
+
+/// Why an approval by `user` (a new entry of `spec.approvals` when `entry`, otherwise an
+/// Approved decision) is refused, if it is: a member of the policy's `ownerGroups`, a user who
+/// already approved, or a decision that comes before the other required approvals.
+pub fn approval_refusal(
+    ar: &AccessRequest,
+    approval: &portcullis_crds::gateway_policy::ApprovalSettings,
+    user: &str,
+    groups: &[String],
+    entry: bool,
+) -> Option<String> {
+    let policy = &ar.spec.policy;
+    if let Some(owner) = approval
+        .owner_groups
+        .iter()
+        .find(|g| groups.iter().any(|mine| mine == *g))
+    {
+        return Some(format!(
+            "{user} is a member of {owner}, an owner group of GatewayPolicy {policy}: owners may not approve their own workloads' requests (they may deny them); ask another approver"
+        ));
+    }
+    let before: Vec<&str> = ar
+        .spec
+        .approvals
+        .iter()
+        .take(ar.spec.approvals.len() - usize::from(entry))
+        .filter_map(|a| a.approved_by.as_deref())
+        .collect();
+    if before.contains(&user) {
+        return Some(format!(
+            "{user} already approved this AccessRequest: another approver must approve it"
+        ));
+    }
+    let required = approval
+        .required_approvals
+        .max(ar.spec.required_approvals)
+        .max(1);
+    let mut distinct = before.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let so_far = distinct.len() + 1;
+    let required_n = usize::try_from(required).unwrap_or(usize::MAX);
+    if entry && so_far >= required_n {
+        return Some(format!(
+            "this approval completes the {required} required: it is the decision (kubectl portcullis approve sets spec.decision)"
+        ));
+    }
+    if !entry && so_far < required_n {
+        return Some(format!(
+            "GatewayPolicy {policy} requires {required} distinct approvers and {} approved before: add your approval with kubectl portcullis approve (spec.approvals) and let another approver decide",
+            distinct.len()
+        ));
     }
     None
 }
@@ -176,9 +266,35 @@ pub async fn authorize(
             None => return refuse(resp, "the request carries no AccessRequest".to_owned()),
         }
     }
-    if newly_decided(req).is_none() {
+    let before = approvals(req.old_object.as_ref());
+    let after = approvals(req.object.as_ref());
+    if after.len() < before.len() || before.iter().zip(&after).any(|(b, a)| b != a) {
+        return refuse(
+            resp,
+            "an approval cannot be changed or withdrawn: deny the request instead".to_owned(),
+        );
+    }
+    let added = after.len() - before.len();
+    let decided = newly_decided(req);
+    if decided.is_none() && added == 0 {
         return resp;
     }
+    if added > 1 || (added == 1 && decided.is_some()) {
+        return refuse(
+            resp,
+            "one approver adds one approval at a time, or decides: not both".to_owned(),
+        );
+    }
+    if added == 1 && decision(req.old_object.as_ref()).is_some() {
+        return refuse(
+            resp,
+            "this AccessRequest is already decided: no approval can be added".to_owned(),
+        );
+    }
+    let approves = added == 1
+        || decided
+            .as_ref()
+            .is_some_and(|d| d.get("verdict") == Some(&json!("Approved")));
     let Some(obj) = &req.object else {
         return resp;
     };
@@ -221,6 +337,11 @@ pub async fn authorize(
             .approver_groups
             .iter()
             .any(|g| groups.iter().any(|mine| mine == g));
+    if allowed && approves {
+        if let Some(why) = approval_refusal(&ar, &approval, &user, &groups, added == 1) {
+            return refuse(resp, why);
+        }
+    }
     let timeout = SignedDuration::try_from(std::time::Duration::from(approval.timeout))
         .unwrap_or(SignedDuration::MAX);
     let created = ar.metadata.creation_timestamp.as_ref().map(|t| t.0);

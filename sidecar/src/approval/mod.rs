@@ -2,9 +2,10 @@
 //! (or reuse the one already waiting for the same operation), wait for its decision.
 //!
 //! The sidecar trusts only what admission stamped and what it sealed itself:
-//! - every request it creates carries a seal (HMAC-SHA256 over the spec, with a key made at
-//!   start and held only in this process); a request without this process's seal is never a
-//!   grant, whoever created or changed it;
+//! - every request it creates carries a seal (HMAC-SHA256 over the spec, with a key that
+//!   only the sidecar container holds: made on first start in the audit spool, an emptyDir no
+//!   other container mounts, so a restarted sidecar keeps its grants); a request without
+//!   this sidecar's seal is never a grant, whoever created or changed it;
 //! - a decision counts when it carries `decidedBy` and `decidedAt` (set by the operator's
 //!   mutating webhook from the authenticated user) and that user is not the requester;
 //! - the grant ends at `decidedAt` plus the shorter of the requested and the policy's grant
@@ -80,6 +81,9 @@ pub enum ApprovalError {
     /// Too many requests of this requester wait for a decision.
     #[error("{0} AccessRequests of this requester already wait for a decision (approval.maxPending is {0}): wait for them to be decided or to time out")]
     TooManyPending(u32),
+    /// The seal key cannot be read or kept.
+    #[error("approval seal key: {0}")]
+    SealKey(String),
     /// The spec could not be encoded for its seal.
     #[error("cannot encode the AccessRequest for its seal: {0}")]
     Encode(#[from] serde_json::Error),
@@ -97,14 +101,56 @@ pub struct Approvals {
     seal_key: Seal,
 }
 
-/// The key this process seals its requests with.
+/// The key this sidecar seals its requests with.
 #[derive(Clone)]
 pub struct Seal([u8; 32]);
+
+/// File name of the seal key in the audit spool directory.
+pub const SEAL_KEY_FILE: &str = "approval-seal.key";
 
 impl Seal {
     /// A new random key.
     pub fn new() -> Seal {
         Seal(rand::random())
+    }
+
+    /// The key kept in `dir` (the audit spool, an emptyDir that only the sidecar container
+    /// mounts), made there on first use with mode 0600: a restarted sidecar container keeps
+    /// honouring the grants it sealed before, and nothing outside the sidecar container reads
+    /// or writes the key. A key file that is not exactly 32 bytes is refused, not replaced.
+    pub fn load_or_create(dir: &std::path::Path) -> Result<Seal, ApprovalError> {
+        use std::io::Write;
+        let path = dir.join(SEAL_KEY_FILE);
+        let io = |e: std::io::Error| ApprovalError::SealKey(format!("{}: {e}", path.display()));
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    ApprovalError::SealKey(format!(
+                        "{} holds {} bytes, not a 32-byte key: remove it to make a new key (grants sealed with the old one are then asked for again)",
+                        path.display(),
+                        bytes.len()
+                    ))
+                })?;
+                Ok(Seal(key))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let seal = Seal::new();
+                let tmp = dir.join(format!("{SEAL_KEY_FILE}.tmp"));
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create(true).truncate(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    options.mode(0o600);
+                }
+                let mut file = options.open(&tmp).map_err(io)?;
+                file.write_all(&seal.0).map_err(io)?;
+                file.sync_all().map_err(io)?;
+                std::fs::rename(&tmp, &path).map_err(io)?;
+                Ok(seal)
+            }
+            Err(e) => Err(io(e)),
+        }
     }
 
     fn mac(&self, spec: &AccessRequestSpec) -> Result<Hmac<Sha256>, ApprovalError> {
@@ -162,6 +208,8 @@ pub struct GrantKey {
     pub session: String,
     /// Seconds an approval holds (the policy's grant duration).
     pub grant_seconds: u64,
+    /// Distinct approvers a grant needs (the policy's `requiredApprovals`).
+    pub required_approvals: u32,
 }
 
 /// A live approval.
@@ -224,12 +272,14 @@ pub fn sql_operation(statement: String, covers: GrantCovers) -> Operation {
     op
 }
 
-/// An exec operation as shown to the approver, with its grant fingerprint.
-pub fn exec_operation(command: Vec<String>, target: String) -> Operation {
+/// An exec operation as shown to the approver, with its grant fingerprint: the command
+/// vector as it runs (`covers: values`) or its shape (`covers: shape`, see
+/// [`crate::shell::shape`]).
+pub fn exec_operation(command: Vec<String>, target: String, covers: GrantCovers) -> Operation {
     let mut op = Operation {
         kind: OperationKind::Exec,
         statement: None,
-        covers: GrantCovers::Values,
+        covers,
         fingerprint: String::new(),
         command,
         target: Some(target),
@@ -266,10 +316,16 @@ fn seconds(s: u64) -> SignedDuration {
 }
 
 /// The grant a request carries at `now`, if it is approved, stamped by admission, not decided
-/// by the requester, and not run out. The end is computed from the stamped decision time and
-/// the spec's requested duration, capped by `grant_seconds`; status only ends a grant early
-/// (Denied, Expired), it never makes one.
-pub fn live_grant(ar: &AccessRequest, grant_seconds: u64, now: Timestamp) -> Option<Grant> {
+/// by the requester, approved by at least `required` distinct users other than the requester
+/// (and as many as the sealed spec asks), and not run out. The end is computed from the
+/// stamped decision time and the spec's requested duration, capped by `grant_seconds`;
+/// status only ends a grant early (Denied, Expired), it never makes one.
+pub fn live_grant(
+    ar: &AccessRequest,
+    grant_seconds: u64,
+    required: u32,
+    now: Timestamp,
+) -> Option<Grant> {
     let decision = ar.spec.decision.as_ref()?;
     if decision.verdict != Verdict::Approved {
         return None;
@@ -280,6 +336,13 @@ pub fn live_grant(ar: &AccessRequest, grant_seconds: u64, now: Timestamp) -> Opt
     {
         return None;
     }
+    let approvers = ar.spec.approvers();
+    let needed = required.max(ar.spec.required_approvals).max(1);
+    if approvers.len() < usize::try_from(needed).unwrap_or(usize::MAX) {
+        return None;
+    }
+    let decided_by = approvers.join(", ");
+    let decided_by = decided_by.as_str();
     let phase = ar.status.as_ref().map(|s| s.phase);
     if matches!(
         phase,
@@ -346,10 +409,12 @@ fn waiting(ar: &AccessRequest, timeout_seconds: u64, now: Timestamp) -> bool {
 }
 
 impl Approvals {
-    /// Connect according to `access`; `None` in standalone mode.
+    /// Connect according to `access`; `None` in standalone mode. The seal key is kept in
+    /// `key_dir` ([`Seal::load_or_create`]).
     pub async fn connect(
         access: &KubeAccess,
         namespace: &str,
+        key_dir: &std::path::Path,
     ) -> Result<Option<Approvals>, ApprovalError> {
         let config = match access {
             KubeAccess::Off => return Ok(None),
@@ -371,7 +436,7 @@ impl Approvals {
             namespace: namespace.to_owned(),
             closing: tokio::sync::watch::Sender::new(false),
             held: std::sync::atomic::AtomicUsize::new(0),
-            seal_key: Seal::new(),
+            seal_key: Seal::load_or_create(key_dir)?,
         }))
     }
 
@@ -442,7 +507,7 @@ impl Approvals {
             .await?
             .iter()
             .filter(|ar| self.seal_key.verifies(&ar.spec) && covers(ar, key))
-            .filter_map(|ar| live_grant(ar, key.grant_seconds, now))
+            .filter_map(|ar| live_grant(ar, key.grant_seconds, key.required_approvals, now))
             .max_by_key(|g| g.expires_at))
     }
 
@@ -532,6 +597,8 @@ impl Approvals {
             requested_duration: Some(Duration::from_secs(ask.key.grant_seconds).into()),
             session: Some(ask.key.session.clone()),
             scope: Some(ask.key.scope),
+            required_approvals: ask.key.required_approvals.max(1),
+            approvals: Vec::new(),
             seal: None,
             decision: None,
         };
@@ -559,12 +626,14 @@ impl Approvals {
         Ok(created.name_any())
     }
 
-    /// Wait up to `timeout` for a decision on `name`.
+    /// Wait up to `timeout` for a decision on `name`; an approval is a grant when it holds
+    /// for `grant_seconds` and `required` distinct approvers approved.
     pub async fn wait(
         &self,
         name: &str,
         timeout: Duration,
         grant_seconds: u64,
+        required: u32,
     ) -> Result<Outcome, ApprovalError> {
         let settled = |o: Option<&AccessRequest>| match o {
             None => true,
@@ -606,13 +675,14 @@ impl Approvals {
                 decided_by,
                 reason: decision.reason.clone(),
             }),
-            Verdict::Approved => match live_grant(&ar, grant_seconds, Timestamp::now()) {
+            Verdict::Approved => match live_grant(&ar, grant_seconds, required, Timestamp::now()) {
                 Some(g) => Ok(Outcome::Approved(g)),
-                // Approved but unstamped, by the requester, or already run out: not a grant.
+                // Approved but unstamped, by the requester, by too few approvers, or already
+                // run out: not a grant.
                 None => Ok(Outcome::Denied {
                     decided_by,
                     reason:
-                        "the approval is not valid (unstamped, self-approved or already expired)"
+                        "the approval is not valid (unstamped, self-approved, fewer distinct approvers than required, or already expired)"
                             .into(),
                 }),
             },
@@ -802,6 +872,7 @@ mod tests {
             scope,
             session: session.into(),
             grant_seconds: 3600,
+            required_approvals: 1,
         }
     }
 
@@ -837,10 +908,16 @@ mod tests {
         let g = live_grant(
             &request(AccessRequestPhase::Approved, Some("bob")),
             3600,
+            1,
             now,
         );
         assert_eq!(g.map(|g| g.expires_at), Some(at("2026-11-23T06:30:00Z")));
-        let g = live_grant(&request(AccessRequestPhase::Pending, Some("bob")), 600, now);
+        let g = live_grant(
+            &request(AccessRequestPhase::Pending, Some("bob")),
+            600,
+            1,
+            now,
+        );
         assert_eq!(g, None);
         for ar in [
             request(AccessRequestPhase::Approved, None),
@@ -851,16 +928,98 @@ mod tests {
             request(AccessRequestPhase::Expired, Some("bob")),
             request(AccessRequestPhase::Denied, Some("bob")),
         ] {
-            assert_eq!(live_grant(&ar, 3600, now), None);
+            assert_eq!(live_grant(&ar, 3600, 1, now), None);
         }
         assert_eq!(
             live_grant(
                 &request(AccessRequestPhase::Approved, Some("bob")),
                 3600,
+                1,
                 at("2026-11-23T06:30:00Z")
             ),
             None
         );
+    }
+
+    #[test]
+    fn a_grant_needs_the_required_distinct_approvers() {
+        let now = at("2026-11-23T06:20:00Z");
+        let approval = |by: &str| portcullis_crds::Approval {
+            reason: "looked".into(),
+            approved_by: Some(by.into()),
+            approved_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(
+                "2026-11-23T06:01:00Z",
+            ))),
+        };
+        let ar = request(AccessRequestPhase::Approved, Some("bob"));
+        // One approver is not two, whether the policy or the sealed spec asks for two.
+        assert_eq!(live_grant(&ar, 3600, 2, now), None);
+        let mut two = ar.clone();
+        two.spec.required_approvals = 2;
+        assert_eq!(live_grant(&two, 3600, 1, now), None);
+        // The same approver twice is one approver; the requester does not count.
+        for by in ["bob", "system:serviceaccount:agents:agent", ""] {
+            let mut again = two.clone();
+            again.spec.approvals = vec![approval(by)];
+            assert_eq!(live_grant(&again, 3600, 2, now), None, "{by:?}");
+        }
+        // An unstamped approval does not count.
+        let mut unstamped = two.clone();
+        unstamped.spec.approvals = vec![portcullis_crds::Approval {
+            approved_at: None,
+            ..approval("carol")
+        }];
+        assert_eq!(live_grant(&unstamped, 3600, 2, now), None);
+        let mut both = two.clone();
+        both.spec.approvals = vec![approval("carol")];
+        let g = live_grant(&both, 3600, 2, now).expect("two distinct approvers");
+        assert_eq!(g.decided_by, "carol, bob");
+        // A denial denies, whatever was approved before.
+        let mut denied = both.clone();
+        if let Some(d) = denied.spec.decision.as_mut() {
+            d.verdict = Verdict::Denied;
+        }
+        assert_eq!(live_grant(&denied, 3600, 2, now), None);
+        // Approvals are not sealed: they are added after the request is made.
+        let seal = Seal::new();
+        let mut sealed = two.clone();
+        sealed.spec.seal = Some(seal.seal(&sealed.spec).expect("seal"));
+        sealed.spec.approvals = vec![approval("carol")];
+        assert!(seal.verifies(&sealed.spec));
+        let mut lowered = sealed.clone();
+        lowered.spec.required_approvals = 1;
+        assert!(!seal.verifies(&lowered.spec));
+    }
+
+    #[test]
+    fn the_seal_key_survives_a_restart_and_stays_private() {
+        let dir = tempfile::tempdir().expect("dir");
+        let first = Seal::load_or_create(dir.path()).expect("made");
+        let mut ar = request(AccessRequestPhase::Pending, Some("bob"));
+        ar.spec.seal = Some(first.seal(&ar.spec).expect("seal"));
+        // A restarted sidecar reads the same key and honours what it sealed before ...
+        let again = Seal::load_or_create(dir.path()).expect("read");
+        assert!(again.verifies(&ar.spec));
+        // ... a sidecar with another spool does not.
+        let other = tempfile::tempdir().expect("dir");
+        assert!(!Seal::load_or_create(other.path())
+            .expect("made")
+            .verifies(&ar.spec));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(SEAL_KEY_FILE))
+                .expect("key file")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A damaged key is refused, not silently replaced.
+        std::fs::write(dir.path().join(SEAL_KEY_FILE), b"short").expect("write");
+        assert!(matches!(
+            Seal::load_or_create(dir.path()),
+            Err(ApprovalError::SealKey(_))
+        ));
     }
 
     #[test]

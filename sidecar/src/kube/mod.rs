@@ -54,6 +54,7 @@ use portcullis_crds::protected_resource::TlsMode;
 use portcullis_crds::sidecar_config::{
     PolicyConfig, ResourceConfig, SidecarConfig, UpstreamConfig,
 };
+use portcullis_crds::GrantCovers;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -1141,8 +1142,24 @@ async fn approve(
     } else {
         format!("{}/{}/{}", info.namespace, info.name, params.container)
     };
-    // The approver is shown, and the grant covers, the command as it will run.
-    let mut shown = crate::approval::exec_operation(params.command.clone(), target);
+    // The approver is shown, and the grant covers, the command as it will run; under a
+    // guardrail with `grantCovers: shape`, its program and options with any operands, when
+    // the command is one plain program (code, commands and scripts are granted by value).
+    let opted = guardrails
+        .policies()
+        .iter()
+        .find(|p| p.name == rule.policy)
+        .and_then(|p| p.guardrails.iter().find(|g| g.name == rule.rule))
+        .map_or(GrantCovers::Values, |g| g.grant_covers);
+    let shape = (opted == GrantCovers::Shape)
+        .then(|| shell::shape(&params.command, params.stdin))
+        .flatten();
+    let mut shown = match shape {
+        Some(words) => crate::approval::exec_operation(words, target, GrantCovers::Shape),
+        None => {
+            crate::approval::exec_operation(params.command.clone(), target, GrantCovers::Values)
+        }
+    };
     shown.statement = Some(format!(
         "pods/{}{}{}",
         info.subresource,
@@ -1177,6 +1194,7 @@ async fn approve(
         scope: settings.grant_scope,
         session: ctx.session_id().to_owned(),
         grant_seconds: settings.grant_seconds,
+        required_approvals: settings.required_approvals,
     };
     let step = |step, request: &str| ApprovalRecord {
         step,
@@ -1244,6 +1262,7 @@ async fn approve(
             &name,
             Duration::from_secs(settings.timeout_seconds),
             settings.grant_seconds,
+            settings.required_approvals,
         )
         .await;
     match outcome {

@@ -529,6 +529,11 @@ struct StagedPrepare {
     template: StatementRecord,
     row_limits: Vec<Arc<RowLimit>>,
     effect: Effect,
+    /// Approvals asked for at each use (Bind, or SQL `EXECUTE`), with the bound values: a
+    /// `PREPARE` of a held statement with `$n` parameters whose grant covers values.
+    at_bind: Vec<hold::Need>,
+    /// The approval the `PREPARE` itself was held for; each Execute checks it is still live.
+    grant: Option<hold::GrantRef>,
 }
 
 impl StagedPrepare {
@@ -537,7 +542,7 @@ impl StagedPrepare {
             template: self.template.clone(),
             row_limits: self.row_limits.clone(),
             effect: self.effect,
-            grant: None,
+            grant: self.grant.clone(),
             masking,
             name: self.name.clone(),
             generation,
@@ -545,9 +550,7 @@ impl StagedPrepare {
             definitions: vec![self.facts.clone()],
             ambiguous: false,
             fetches: Vec::new(),
-            // A SQL PREPARE that needed approval was approved as written, placeholders
-            // included.
-            at_bind: Vec::new(),
+            at_bind: self.at_bind.clone(),
         }
     }
 }
@@ -984,7 +987,36 @@ impl Frontend {
                     if uses.remove_all {
                         staged.names.push(NameChange::RemoveAll);
                     }
+                    let mut need = (held && self.res.approvals.is_some()).then(|| {
+                        // A use of a definition shows the definition it runs.
+                        let shown = if runs.is_empty() {
+                            sql.to_owned()
+                        } else {
+                            hold::with_definitions(
+                                sql,
+                                runs.iter().flat_map(|p| p.definitions.iter()),
+                            )
+                        };
+                        hold::Need::new(
+                            records.len(),
+                            &decided_on,
+                            &verdict,
+                            &self.guardrails,
+                            &shown,
+                            !matches!(protocol, Protocol::Simple),
+                        )
+                    });
                     if let Some((name, inner)) = uses.prepare {
+                        // A PREPARE with `$n` parameters is asked for at each use, with the
+                        // bound values, like a Parse: preparing runs nothing.
+                        let at_use = need.as_ref().and_then(|n| n.at_use(facts));
+                        if at_use.is_some() {
+                            record.reason = Some(format!(
+                                "{}; approval is asked for at each use (Bind or EXECUTE) of {name:?}, with the bound values",
+                                record.reason.as_deref().unwrap_or("statement requires approval")
+                            ));
+                            need = None;
+                        }
                         staged.prepare = Some(StagedPrepare {
                             name,
                             facts: Arc::new(facts.clone()),
@@ -992,18 +1024,15 @@ impl Frontend {
                             template: record.clone(),
                             row_limits: row_limits.clone(),
                             effect: facts.effect,
+                            at_bind: at_use.into_iter().collect(),
+                            grant: None,
                         });
                     }
                     changes.push(staged);
-                    if held && self.res.approvals.is_some() {
-                        approvals.push(hold::Need::new(
-                            records.len(),
-                            &decided_on,
-                            &verdict,
-                            &self.guardrails,
-                            sql,
-                            !matches!(protocol, Protocol::Simple),
-                        ));
+                    if let Some(need) = need {
+                        approvals.push(need);
+                    } else if held && self.res.approvals.is_some() {
+                        // Asked for at each use of the prepared statement.
                     } else if !verdict.forwards() && refusal.is_none() {
                         refusal = Some((
                             SQLSTATE_REFUSED,
@@ -1487,7 +1516,13 @@ impl Frontend {
         if decided.refusal.is_none() {
             // What the statement does to names is applied at Parse (a later Execute of it
             // could only do the same again).
-            let mut changes = decided.changes.into_iter();
+            let mut changes = decided.changes.into_iter().map(|mut staged| {
+                // A PREPARE held at Parse runs under the Parse's grant.
+                if let (Some(p), Some(g)) = (staged.prepare.as_mut(), &grant) {
+                    p.grant = Some(g.clone());
+                }
+                staged
+            });
             if let Some(staged) = changes.next() {
                 plan = self.plan_of(first_facts, &staged);
                 self.apply_staged(staged);

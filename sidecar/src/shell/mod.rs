@@ -197,6 +197,64 @@ pub fn analyse_script(code: &str, stdin: bool) -> Analysis {
     })
 }
 
+/// Placeholder of an operand in a command's shape.
+pub const OPERAND: &str = "?";
+
+/// The shape of a command vector, for a grant that covers any operands: the program and
+/// every option word as written (`-rf`, `--force`; the value of `--name=value` replaced by
+/// [`OPERAND`]), every other word replaced by [`OPERAND`]. `None` when a shape would hide
+/// what runs, and the grant must cover the values: the analysis does not prove the whole
+/// command, it runs more than one program, writes files, sets environment variables, or its
+/// program is a shell, an interpreter or a wrapper (their operands are code or commands).
+pub fn shape(argv: &[String], stdin: bool) -> Option<Vec<String>> {
+    let analysis = analyse(argv, stdin);
+    let [command] = analysis.commands.as_slice() else {
+        return None;
+    };
+    if !analysis.unproven.is_empty()
+        || !command.fully_known()
+        || !command.env.is_empty()
+        || !command.writes.is_empty()
+        || command.own != command.argv.len()
+        || command.argv.len() != argv.len()
+    {
+        return None;
+    }
+    let program = basename(argv.first()?);
+    let name = tables::normalise(program);
+    // Programs whose operands are code, commands or scripts the analysis reads.
+    let reads_operands = matches!(
+        program,
+        "busybox" | "find" | "sed" | "tar" | "rsync" | "git" | "ssh" | "scp" | "sftp"
+    ) || tables::CODE_BUILTINS.contains(&program)
+        || tables::OPAQUE_RUNNERS.contains(&program)
+        || tables::OPAQUE_RUNNERS.contains(&name)
+        || tables::INTERACTIVE_RUNNERS.contains(&name);
+    if reads_operands
+        || tables::shell(name).is_some()
+        || tables::interpreter(name).is_some()
+        || tables::wrapper(program).is_some()
+    {
+        return None;
+    }
+    let mut out = vec![argv[0].clone()];
+    let mut options = true;
+    for word in &argv[1..] {
+        if options && word == "--" {
+            options = false;
+            out.push(word.clone());
+        } else if options && word.starts_with('-') && word.len() > 1 {
+            out.push(match word.split_once('=') {
+                Some((name, _)) if word.starts_with("--") => format!("{name}={OPERAND}"),
+                _ => word.clone(),
+            });
+        } else {
+            out.push(OPERAND.to_owned());
+        }
+    }
+    Some(out)
+}
+
 /// Words joined by spaces.
 pub fn join<'a>(words: impl IntoIterator<Item = &'a str>) -> String {
     words.into_iter().collect::<Vec<_>>().join(" ")

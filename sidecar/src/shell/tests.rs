@@ -239,3 +239,33 @@ fn any_input_is_analysed_without_panicking_and_within_bounds() {
     assert!(!a.unproven.is_empty());
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
+
+#[test]
+fn a_shape_keeps_program_and_options_and_hides_operands_only_of_plain_programs() {
+    let v = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        super::shape(&v(&["rm", "-rf", "/tmp/a", "--one-file-system"]), false),
+        Some(v(&["rm", "-rf", "?", "--one-file-system"]))
+    );
+    assert_eq!(
+        super::shape(&v(&["ls", "--color=always", "--", "-x"]), false),
+        Some(v(&["ls", "--color=?", "--", "?"]))
+    );
+    // Code, commands and scripts are never hidden behind a placeholder.
+    for argv in [
+        &["sh", "-c", "rm -rf /"][..],
+        &["bash", "script.sh"],
+        &["python3", "-c", "print(1)"],
+        &["env", "rm", "x"],
+        &["timeout", "5", "rm", "x"],
+        &["xargs", "rm"],
+        &["find", "/", "-delete"],
+        &["sed", "-i", "s/a/b/", "f"],
+        &["git", "-c", "core.pager=sh", "log"],
+        &["tar", "xf", "a.tar"],
+        &["busybox", "rm", "x"],
+        &["eval", "rm x"],
+    ] {
+        assert_eq!(super::shape(&v(argv), false), None, "{argv:?}");
+    }
+}

@@ -11,10 +11,13 @@
 //!
 //! Simple queries are held at the Query message. Extended-protocol statements are held at
 //! Parse, except those with `$n` parameters whose grant covers values: they are held at each
-//! Bind, and the approver is shown the statement with the bound values. Either way the
-//! prepared statement (or portal) remembers the grant, and each Execute of it checks that the
-//! grant is still live (refusing the Execute once it has run out, so that the client prepares
-//! the statement again and a new request is made) and records the use.
+//! Bind, and the approver is shown the statement with the bound values. A SQL `PREPARE` of
+//! such a statement is not held: each use of it is, a Bind with its bound values, a SQL
+//! `EXECUTE` as written (its arguments are its values), and the approver is shown the
+//! definition it runs. Either way the prepared statement (or portal) remembers the grant,
+//! and each Execute of it checks that the grant is still live (refusing the Execute once it
+//! has run out, so that the client prepares the statement again and a new request is made)
+//! and records the use.
 //!
 //! When the sidecar stops while a statement is held, the client gets a FATAL error saying
 //! the statement did not run; the request is left to the operator, which expires it at the
@@ -94,6 +97,26 @@ impl Need {
         }
     }
 
+    /// The need of each use of the `PREPARE` statement `facts` when its statement has `$n`
+    /// parameters and the grant covers values: asked for at Bind or `EXECUTE`, with the bound
+    /// values, the approver shown the `PREPARE` statement. `None` for a shape grant or a
+    /// statement without parameters (held at `PREPARE`, granted as shown).
+    pub(super) fn at_use(&self, facts: &StatementFacts) -> Option<Need> {
+        if self
+            .operation
+            .as_ref()
+            .is_some_and(|o| o.covers == GrantCovers::Shape)
+        {
+            return None;
+        }
+        let text = facts.ast.as_ref()?.to_string();
+        has_parameters(&text).then(|| Need {
+            operation: None,
+            sql: text,
+            ..self.clone()
+        })
+    }
+
     /// Whether the approval is asked for when the values are bound.
     pub(super) fn at_bind(&self) -> bool {
         self.operation.is_none()
@@ -165,6 +188,22 @@ pub(super) fn bound_values(body: &[u8]) -> Option<String> {
     })
 }
 
+/// `sql` (a use of prepared statements, `EXECUTE name`) with the definitions it runs, as
+/// shown to the approver: a grant then covers this use of exactly these definitions.
+pub(super) fn with_definitions<'a>(
+    sql: &str,
+    definitions: impl Iterator<Item = &'a std::sync::Arc<StatementFacts>>,
+) -> String {
+    let mut shown = sql.to_owned();
+    for d in definitions {
+        match &d.ast {
+            Some(ast) => shown.push_str(&format!("\n-- runs: {ast}")),
+            None => shown.push_str(&format!("\n-- runs: {}", d.normalized)),
+        }
+    }
+    shown
+}
+
 /// Whether `sql` has `$n` parameters.
 fn has_parameters(sql: &str) -> bool {
     use sqlparser::tokenizer::{Token, Tokenizer};
@@ -230,6 +269,17 @@ impl Frontend {
             } => {
                 if let Some(grants) = self.obtain_all(&mut decided).await {
                     for (grant, statement_id, need) in grants {
+                        // A PREPARE held here: each Execute of it checks this grant.
+                        if let Some(p) = decided
+                            .changes
+                            .get_mut(need.index)
+                            .and_then(|c| c.prepare.as_mut())
+                        {
+                            p.grant = Some(GrantRef {
+                                name: grant.name.clone(),
+                                expires_at: grant.expires_at,
+                            });
+                        }
                         self.used(statement_id, &grant, &need);
                     }
                 }
@@ -366,6 +416,7 @@ impl Frontend {
             scope: settings.grant_scope,
             session: self.ctx.session_id().to_owned(),
             grant_seconds: settings.grant_seconds,
+            required_approvals: settings.required_approvals,
         };
         let step = |step, request: &str| ApprovalRecord {
             step,
@@ -426,7 +477,14 @@ impl Frontend {
         .await;
         let timeout = Duration::from_secs(settings.timeout_seconds);
         let _holding = approvals.holding();
-        let outcome = approvals.wait(&name, timeout, settings.grant_seconds).await;
+        let outcome = approvals
+            .wait(
+                &name,
+                timeout,
+                settings.grant_seconds,
+                settings.required_approvals,
+            )
+            .await;
         match outcome {
             Ok(Outcome::Approved(grant)) => {
                 self.approval_record(ApprovalRecord {
