@@ -744,12 +744,15 @@ const NOTES_POLICY: &str = "masking:
 - name: notes-email
   columns: [crm.b10_notes.notes]
   detector: email
+  strategy: redact
 - name: notes-iban
   columns: [crm.b10_notes.notes]
   detector: iban
+  strategy: redact
 - name: notes-card
   columns: [crm.b10_notes.notes]
   detector: paymentCard
+  strategy: redact
 ";
 
 const NOTE: &str = "Call alice.notes@example.com, pay to DE89 3704 0044 0532 0130 00, \
