@@ -552,8 +552,14 @@ impl SessionMasking {
         let publish = self
             .pending()
             .completed(&plan.marks, plan.control.as_ref(), ran, tag);
-        if let Publish::Commit(marks) = publish {
-            c.commit_written(marks);
+        // The transaction ended: before the client hears of it, other sessions see what it
+        // committed and no longer what it did not.
+        if let Publish::Commit(marks) = &publish {
+            c.commit_written(marks.clone());
+        }
+        if publish != Publish::Nothing {
+            let own = self.pending().own();
+            c.written(|w| w.narrow_in_flight(self.id, own));
         }
     }
 

@@ -135,6 +135,13 @@ impl Written {
         }
     }
 
+    /// Marks of `session` in flight become `marks`, if it has any in flight.
+    pub fn narrow_in_flight(&mut self, session: u64, marks: Vec<Mark>) {
+        if self.in_flight.contains_key(&session) {
+            self.set_in_flight(session, marks);
+        }
+    }
+
     /// Marks every session sees, with the OIDs of the relations they apply to (none: every
     /// relation of the mark's name).
     pub fn marks(&self) -> Vec<(Mark, Vec<u32>)> {
@@ -202,6 +209,9 @@ pub enum Publish {
     Nothing,
     /// These marks are committed.
     Commit(Vec<Mark>),
+    /// The transaction ended without committing: what the session has in flight shrinks to
+    /// what it still holds.
+    Abandon,
 }
 
 impl Pending {
@@ -239,7 +249,9 @@ impl Pending {
             // a failure outside an explicit block (its implicit transaction).
             if matches!(control, Some(Control::Commit { .. })) || !self.explicit {
                 self.frames.clear();
+                self.planned.clear();
                 self.explicit = false;
+                return Publish::Abandon;
             }
             return Publish::Nothing;
         }
@@ -252,10 +264,12 @@ impl Pending {
                 if tag.is_some_and(|t| t.starts_with("COMMIT")) && !marks.is_empty() {
                     return Publish::Commit(marks);
                 }
+                return Publish::Abandon;
             }
             Some(Control::Rollback { chain }) => {
                 self.frames.clear();
                 self.explicit = *chain;
+                return Publish::Abandon;
             }
             Some(Control::Savepoint(name)) => self.frames.push(Frame {
                 savepoint: Some(name.clone()),
@@ -338,7 +352,7 @@ mod tests {
 
         // A failed autocommit write is forgotten.
         p.planned(&[mark("b")], None);
-        p.completed(&[mark("b")], None, false, None);
+        assert_eq!(p.completed(&[mark("b")], None, false, None), Publish::Abandon);
         assert_eq!(p.ready(b'I'), Publish::Nothing);
         assert!(p.own().is_empty());
 
@@ -349,7 +363,10 @@ mod tests {
         p.completed(&[mark("c")], None, true, Some("INSERT 0 1"));
         p.ready(b'T');
         assert_eq!(p.own(), vec![mark("c")]);
-        p.completed(&[], Some(&Control::Rollback { chain: false }), true, Some("ROLLBACK"));
+        assert_eq!(
+            p.completed(&[], Some(&Control::Rollback { chain: false }), true, Some("ROLLBACK")),
+            Publish::Abandon
+        );
         assert_eq!(p.ready(b'I'), Publish::Nothing);
 
         // BEGIN; write a; SAVEPOINT s; write b; ROLLBACK TO s; COMMIT: only a.
@@ -367,10 +384,10 @@ mod tests {
         // COMMIT of a failed block answers ROLLBACK: nothing is committed.
         p.completed(&[], Some(&Control::Begin), true, Some("BEGIN"));
         p.completed(&[mark("a")], None, true, Some("INSERT 0 1"));
-        p.completed(&[mark("b")], None, false, None);
+        assert_eq!(p.completed(&[mark("b")], None, false, None), Publish::Nothing);
         assert_eq!(
             p.completed(&[], Some(&Control::Commit { chain: false }), true, Some("ROLLBACK")),
-            Publish::Nothing
+            Publish::Abandon
         );
         assert_eq!(p.ready(b'I'), Publish::Nothing);
 
