@@ -17,8 +17,8 @@ use sqlparser::ast::{CopyLegacyOption, CopyOption, Statement};
 use super::catalog::{Catalogs, DbCatalog, View};
 use super::detectors::{compile_pattern, DetectorKind, Patterns};
 use super::lineage::{Analyzer, Shape, Taint};
-use super::written::{control_of, Control, Mark, Pending, Publish};
 use super::strategy::{self, Strategy};
+use super::written::{control_of, Control, Mark, Pending, Publish};
 use crate::policy::analyze::StatementFacts;
 use crate::postgres::upstream::Upstream;
 
@@ -351,11 +351,7 @@ fn copy_format(statement: &Statement) -> Option<CopyFormat> {
 /// What a statement writes into tables, including statements it carries (`EXPLAIN ANALYZE`
 /// runs its statement; `PREPARE` is recorded as if it ran). A view's columns are followed
 /// through its definition when the catalog is read again: only tables keep what was written.
-fn writes_of(
-    analyzer: &Analyzer<'_>,
-    ast: &Statement,
-    depth: usize,
-) -> Vec<super::lineage::Write> {
+fn writes_of(analyzer: &Analyzer<'_>, ast: &Statement, depth: usize) -> Vec<super::lineage::Write> {
     match ast {
         Statement::CreateView(_) => Vec::new(),
         Statement::Explain { statement, .. } | Statement::Prepare { statement, .. }

@@ -229,8 +229,8 @@ impl Pending {
     /// the marks other sessions must see while it is in flight (it may commit them), if any.
     pub fn planned(&mut self, marks: &[Mark], control: Option<&Control>) -> Option<Vec<Mark>> {
         self.planned.extend(marks.iter().cloned());
-        let may_commit =
-            matches!(control, Some(Control::Commit { .. })) || (!self.explicit && !marks.is_empty());
+        let may_commit = matches!(control, Some(Control::Commit { .. }))
+            || (!self.explicit && !marks.is_empty());
         let all = self.own();
         (may_commit && !all.is_empty()).then_some(all)
     }
@@ -352,7 +352,10 @@ mod tests {
 
         // A failed autocommit write is forgotten.
         p.planned(&[mark("b")], None);
-        assert_eq!(p.completed(&[mark("b")], None, false, None), Publish::Abandon);
+        assert_eq!(
+            p.completed(&[mark("b")], None, false, None),
+            Publish::Abandon
+        );
         assert_eq!(p.ready(b'I'), Publish::Nothing);
         assert!(p.own().is_empty());
 
@@ -364,7 +367,12 @@ mod tests {
         p.ready(b'T');
         assert_eq!(p.own(), vec![mark("c")]);
         assert_eq!(
-            p.completed(&[], Some(&Control::Rollback { chain: false }), true, Some("ROLLBACK")),
+            p.completed(
+                &[],
+                Some(&Control::Rollback { chain: false }),
+                true,
+                Some("ROLLBACK")
+            ),
             Publish::Abandon
         );
         assert_eq!(p.ready(b'I'), Publish::Nothing);
@@ -376,7 +384,12 @@ mod tests {
         p.completed(&[mark("b")], None, true, Some("INSERT 0 1"));
         p.completed(&[], Some(&Control::RollbackTo("s".into())), true, None);
         assert_eq!(
-            p.completed(&[], Some(&Control::Commit { chain: false }), true, Some("COMMIT")),
+            p.completed(
+                &[],
+                Some(&Control::Commit { chain: false }),
+                true,
+                Some("COMMIT")
+            ),
             Publish::Commit(vec![mark("a")])
         );
         assert_eq!(p.ready(b'I'), Publish::Nothing);
@@ -384,9 +397,17 @@ mod tests {
         // COMMIT of a failed block answers ROLLBACK: nothing is committed.
         p.completed(&[], Some(&Control::Begin), true, Some("BEGIN"));
         p.completed(&[mark("a")], None, true, Some("INSERT 0 1"));
-        assert_eq!(p.completed(&[mark("b")], None, false, None), Publish::Nothing);
         assert_eq!(
-            p.completed(&[], Some(&Control::Commit { chain: false }), true, Some("ROLLBACK")),
+            p.completed(&[mark("b")], None, false, None),
+            Publish::Nothing
+        );
+        assert_eq!(
+            p.completed(
+                &[],
+                Some(&Control::Commit { chain: false }),
+                true,
+                Some("ROLLBACK")
+            ),
             Publish::Abandon
         );
         assert_eq!(p.ready(b'I'), Publish::Nothing);
@@ -397,7 +418,12 @@ mod tests {
         p.completed(&[mark("b")], None, true, Some("INSERT 0 1"));
         p.completed(&[], Some(&Control::Release("s".into())), true, None);
         assert_eq!(
-            p.completed(&[], Some(&Control::Commit { chain: false }), true, Some("COMMIT")),
+            p.completed(
+                &[],
+                Some(&Control::Commit { chain: false }),
+                true,
+                Some("COMMIT")
+            ),
             Publish::Commit(vec![mark("b")])
         );
     }

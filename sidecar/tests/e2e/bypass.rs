@@ -758,7 +758,11 @@ const NOTES_POLICY: &str = "masking:
 const NOTE: &str = "Call alice.notes@example.com, pay to DE89 3704 0044 0532 0130 00, \
                     card 4111 1111 1111 1111";
 /// The personal values in `NOTE`, letters and digits only.
-const NOTE_SECRETS: &[&str] = &["alicenotesexamplecom", "de89370400440532013000", "4111111111111111"];
+const NOTE_SECRETS: &[&str] = &[
+    "alicenotesexamplecom",
+    "de89370400440532013000",
+    "4111111111111111",
+];
 
 fn alnum_lower(s: &str) -> String {
     s.chars()
@@ -790,8 +794,11 @@ fn unbase64(s: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Family 10: a reversible transform of a free-text column, and how to undo it.
-const TRANSFORMS: &[(&str, &str, fn(&str) -> String)] = &[
+/// Variant, query, and how to undo its transform.
+type Transform = (&'static str, &'static str, fn(&str) -> String);
+
+/// Reversible transforms of a free-text column.
+const TRANSFORMS: &[Transform] = &[
     (
         "replace",
         "SELECT replace(notes, '@', ' at ') FROM crm.b10_notes WHERE id = 1",
@@ -962,8 +969,10 @@ const BLINDINGS: &[Blinding] = &[
     },
     Blinding {
         family: "11 failure later in the same query string",
-        steps: &["INSERT INTO {t} SELECT id, full_name, ssn FROM customers WHERE id = 1; \
-                  INSERT INTO {t} VALUES (0, 'again', 'again')"],
+        steps: &[
+            "INSERT INTO {t} SELECT id, full_name, ssn FROM customers WHERE id = 1; \
+                  INSERT INTO {t} VALUES (0, 'again', 'again')",
+        ],
         clear: (true, true),
     },
     Blinding {
@@ -1006,7 +1015,9 @@ const BLINDINGS: &[Blinding] = &[
     },
     Blinding {
         family: "11 committed in autocommit, another column",
-        steps: &["UPDATE {t} SET full_name = (SELECT ssn FROM customers WHERE id = 1) WHERE id = 0"],
+        steps: &[
+            "UPDATE {t} SET full_name = (SELECT ssn FROM customers WHERE id = 1) WHERE id = 0",
+        ],
         clear: (false, true),
     },
 ];
@@ -1023,7 +1034,9 @@ async fn one_session_cannot_blind_the_others() {
         )
     };
     for i in 0..=BLINDINGS.len() {
-        shop.batch_execute(&make(&table(i))).await.expect("copy table");
+        shop.batch_execute(&make(&table(i)))
+            .await
+            .expect("copy table");
     }
     let (name, ssn): (String, String) = {
         let r = shop
@@ -1058,7 +1071,12 @@ async fn one_session_cannot_blind_the_others() {
         let reader = proxy.client().await;
         // The reader's own customers row stays clear before and after.
         let before = row0(reader.simple_query(read).await.expect(read));
-        assert_eq!(before, ("Clear Name".into(), "000-00-0000".into()), "{}", b.family);
+        assert_eq!(
+            before,
+            ("Clear Name".into(), "000-00-0000".into()),
+            "{}",
+            b.family
+        );
         for step in b.steps {
             let _ = writer.simple_query(&step.replace("{t}", &t)).await;
         }
@@ -1117,7 +1135,10 @@ async fn one_session_cannot_blind_the_others() {
     let reader = proxy.client().await;
     assert_ne!(row0(reader.simple_query(read).await.expect(read)).1, ssn);
     assert_eq!(row0(direct.simple_query(read).await.expect(read)).1, ssn);
-    writer.batch_execute(&make(&t)).await.expect("drop and create");
+    writer
+        .batch_execute(&make(&t))
+        .await
+        .expect("drop and create");
     let mut cleared = false;
     for _ in 0..50 {
         if row0(reader.simple_query(read).await.expect(read)).1 == "000-00-0000" {
