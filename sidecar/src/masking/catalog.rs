@@ -1,14 +1,14 @@
 //! The upstream catalog as masking needs it: every relation's columns by (table OID,
 //! attribute number) with the masking rules that cover them, view columns resolved to the base
-//! columns they are computed from, and tables that received masked data (`CREATE TABLE AS`,
-//! `INSERT ... SELECT`).
+//! columns they are computed from, and the columns that received masked data (see
+//! [`super::written`]).
 //!
 //! The sidecar reads the catalog over its own upstream connection (the resource's credential),
 //! keeps one snapshot per database, and reads it again after DDL and on a timer. Everything it
 //! is unsure about is *unproven* and therefore masked: a view whose definition it cannot follow,
 //! any view while a refresh after DDL is pending, a relation it does not know.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -20,6 +20,7 @@ use sqlparser::parser::Parser;
 use tokio::io::{AsyncWriteExt, BufReader};
 
 use super::lineage::{Analyzer, Catalog, CatalogColumn, Taint};
+use super::written::{Mark, Written};
 use crate::postgres::codec::{self, put_message, Fields, Read};
 use crate::postgres::upstream::{Upstream, UpstreamError};
 
@@ -362,7 +363,7 @@ impl Catalog for Snapshot {
     }
 }
 
-/// The catalog of one database as sessions see it: the latest snapshot, tables that received
+/// The catalog of one database as sessions see it: the latest snapshot, columns that received
 /// masked data, and the DDL mark.
 pub struct DbCatalog {
     database: String,
@@ -370,31 +371,56 @@ pub struct DbCatalog {
     upstream: Arc<Upstream>,
     rules: Arc<Vec<(String, QualifiedColumn)>>,
     snapshot: RwLock<Option<Arc<Snapshot>>>,
-    /// Relation name (as written, last part) to what was written into it.
-    derived: RwLock<BTreeMap<String, Taint>>,
+    /// Columns that received masked data.
+    written: RwLock<Written>,
     ddl: AtomicU64,
     refresh: tokio::sync::Notify,
     loaded: tokio::sync::watch::Sender<bool>,
 }
 
-/// What a session consults: one snapshot plus the derived taints and the DDL state.
+/// What a session consults: one snapshot plus the columns that received masked data and the
+/// DDL state.
 pub struct View {
     snapshot: Option<Arc<Snapshot>>,
-    derived: BTreeMap<String, Taint>,
+    marks: Vec<(Mark, Vec<u32>)>,
     stale: bool,
 }
 
 impl DbCatalog {
-    /// A consistent view for one statement.
-    pub fn view(&self) -> View {
+    /// A consistent view for one statement of a session whose own uncommitted writes are
+    /// `own`.
+    pub fn view(&self, own: Vec<Mark>) -> View {
         let snapshot = self.snapshot.read().ok().and_then(|s| s.clone());
         let stale = snapshot
             .as_ref()
             .is_none_or(|s| s.ddl_mark < self.ddl.load(Ordering::Acquire));
+        let mut marks = self.written.read().map(|w| w.marks()).unwrap_or_default();
+        marks.extend(own.into_iter().map(|m| (m, Vec::new())));
         View {
             snapshot,
-            derived: self.derived.read().map(|d| d.clone()).unwrap_or_default(),
+            marks,
             stale,
+        }
+    }
+
+    /// Marks of a committed transaction, bound to the relations the current snapshot has
+    /// under their names.
+    pub fn commit_written(&self, marks: Vec<Mark>) {
+        let snap = self.snapshot.read().ok().and_then(|s| s.clone());
+        self.written(|w| {
+            w.commit(marks, &|name| {
+                snap.as_ref()
+                    .and_then(|s| s.by_name.get(name).cloned())
+                    .unwrap_or_default()
+            })
+        });
+    }
+
+    /// Change the marks every session sees.
+    pub fn written(&self, change: impl FnOnce(&mut Written)) {
+        match self.written.write() {
+            Ok(mut w) => change(&mut w),
+            Err(p) => change(&mut p.into_inner()),
         }
     }
 
@@ -410,35 +436,20 @@ impl DbCatalog {
         self.refresh.notify_one();
     }
 
-    /// A statement writes rows that may carry masked data into `relation`: every column of
-    /// it is masked from now on (by name, in every schema).
-    pub fn tainted_write(&self, relation: &str, taint: &Taint) {
-        let name = relation
-            .rsplit('.')
-            .next()
-            .unwrap_or(relation)
-            .trim_matches('"')
-            .to_owned();
-        let folded = if relation
-            .rsplit('.')
-            .next()
-            .is_some_and(|p| p.starts_with('"'))
-        {
-            name
-        } else {
-            name.to_lowercase()
-        };
-        if let Ok(mut d) = self.derived.write() {
-            d.entry(folded).or_default().absorb(taint);
-        }
-    }
-
     async fn load(&self) -> Result<(), CatalogError> {
         let mark = self.ddl.load(Ordering::Acquire);
+        let started = std::time::Instant::now();
         let raw = read_catalog(&self.upstream, &self.user, &self.database).await?;
         let previous = self.snapshot.read().ok().and_then(|s| s.clone());
         let snap = Snapshot::build(raw, &self.rules, previous.as_deref(), mark);
         tracing::debug!(database = %self.database, relations = snap.len(), "catalog read");
+        self.written(|w| {
+            w.expire(
+                started,
+                &|name| snap.by_name.get(name).cloned().unwrap_or_default(),
+                &|oid| snap.relations.contains_key(&oid),
+            )
+        });
         if let Ok(mut s) = self.snapshot.write() {
             *s = Some(Arc::new(snap));
         }
@@ -455,8 +466,16 @@ impl View {
         let rel = snap.relation_by_oid(oid)?;
         let col = rel.columns.iter().find(|c| c.attnum == attnum)?;
         let mut t = col.taint.clone();
-        if let Some(d) = self.derived.get(&rel.name) {
-            t.absorb(d);
+        let names: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
+        for (m, oids) in &self.marks {
+            let applies = if oids.is_empty() {
+                m.table == rel.name
+            } else {
+                oids.contains(&oid)
+            };
+            if applies && reaches(m, &col.name, &names) {
+                t.absorb(&m.taint);
+            }
         }
         if self.stale && rel.is_view() {
             t.unproven
@@ -470,10 +489,25 @@ impl Catalog for View {
     fn relation(&self, name: &[String]) -> Option<Vec<CatalogColumn>> {
         let snap = self.snapshot.as_ref()?;
         let mut cols = snap.relation(name)?;
-        if let Some(d) = name.last().and_then(|n| self.derived.get(n)) {
+        let last = name.last().map(String::as_str).unwrap_or("");
+        let oids = snap.by_name.get(last).cloned().unwrap_or_default();
+        let names: Vec<String> = cols.iter().map(|c| c.name.clone()).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        for (m, marked) in &self.marks {
+            let applies = if marked.is_empty() {
+                m.table == last
+            } else {
+                marked.iter().any(|o| oids.contains(o))
+            };
+            if !applies {
+                continue;
+            }
             for c in &mut cols {
-                c.rules.extend(d.rules.iter().cloned());
-                c.unproven.extend(d.unproven.iter().cloned());
+                if reaches(m, &c.name, &names) {
+                    c.rules.extend(m.taint.rules.iter().cloned());
+                    c.unproven.extend(m.taint.unproven.iter().cloned());
+                    c.computed.extend(m.taint.computed.iter().cloned());
+                }
             }
         }
         if self.stale {
@@ -491,6 +525,16 @@ impl Catalog for View {
             }
         }
         Some(cols)
+    }
+}
+
+/// Whether mark `m` of a relation with columns `names` covers column `column`: a mark of
+/// every column, of this column, or of a column the relation no longer has (renamed: which
+/// one holds the values is not known).
+fn reaches(m: &Mark, column: &str, names: &[&str]) -> bool {
+    match &m.column {
+        None => true,
+        Some(c) => c == column || !names.contains(&c.as_str()),
     }
 }
 
@@ -533,7 +577,7 @@ impl Catalogs {
                         upstream: self.upstream.clone(),
                         rules: self.rules.clone(),
                         snapshot: RwLock::new(None),
-                        derived: Default::default(),
+                        written: Default::default(),
                         ddl: AtomicU64::new(0),
                         refresh: tokio::sync::Notify::new(),
                         loaded,

@@ -18,6 +18,7 @@ use super::catalog::{Catalogs, DbCatalog, View};
 use super::detectors::{compile_pattern, DetectorKind, Patterns};
 use super::lineage::{Analyzer, PredicateUse, Shape, Taint};
 use super::strategy::{self, Strategy};
+use super::written::{control_of, Control, Mark, Pending, Publish};
 use crate::policy::analyze::StatementFacts;
 use crate::postgres::upstream::Upstream;
 
@@ -192,12 +193,15 @@ impl Masker {
             .copied()
             .filter(|i| self.rules[*i].detector.is_some())
             .collect();
+        static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Some(Arc::new(SessionMasking {
             masker: self.clone(),
             active_keys: active.iter().map(|i| self.rules[*i].key.clone()).collect(),
             detectors,
             catalog,
             settings_tainted: AtomicBool::new(false),
+            id: SESSIONS.fetch_add(1, Ordering::Relaxed),
+            pending: std::sync::Mutex::new(Pending::default()),
         }))
     }
 }
@@ -225,6 +229,19 @@ pub struct SessionMasking {
     detectors: Vec<usize>,
     catalog: Option<Arc<DbCatalog>>,
     settings_tainted: AtomicBool,
+    /// Identifies the session's marks in flight.
+    id: u64,
+    /// The session's writes of masked data that are not committed.
+    pending: std::sync::Mutex<Pending>,
+}
+
+impl Drop for SessionMasking {
+    fn drop(&mut self) {
+        // The server rolls back what the session left open.
+        if let Some(c) = &self.catalog {
+            c.written(|w| w.set_in_flight(self.id, Vec::new()));
+        }
+    }
 }
 
 impl std::fmt::Debug for SessionMasking {
@@ -270,6 +287,10 @@ pub struct StatementPlan {
     pub copy: Option<CopyFormat>,
     /// The statement changes the schema: re-read the catalog when it completes.
     pub ddl: bool,
+    /// Columns it writes masked data into.
+    pub marks: Vec<Mark>,
+    /// What it does to the transaction.
+    pub control: Option<Control>,
 }
 
 fn copy_format(statement: &Statement) -> Option<CopyFormat> {
@@ -333,7 +354,7 @@ fn copy_format(statement: &Statement) -> Option<CopyFormat> {
 /// What a statement writes into tables, including statements it carries (`EXPLAIN ANALYZE`
 /// runs its statement; `PREPARE` is recorded as if it ran). A view's columns are followed
 /// through its definition when the catalog is read again: only tables keep what was written.
-fn writes_of(analyzer: &Analyzer<'_>, ast: &Statement, depth: usize) -> Vec<(String, Taint)> {
+fn writes_of(analyzer: &Analyzer<'_>, ast: &Statement, depth: usize) -> Vec<super::lineage::Write> {
     match ast {
         Statement::CreateView(_) => Vec::new(),
         Statement::Explain { statement, .. } | Statement::Prepare { statement, .. }
@@ -483,6 +504,8 @@ impl SessionMasking {
                 clean: false,
                 copy: None,
                 ddl,
+                marks: Vec::new(),
+                control: None,
             });
         };
         let copy = copy_format(ast);
@@ -493,9 +516,11 @@ impl SessionMasking {
             }
             _ => false,
         };
+        let control = control_of(ast);
+        let mut marks = Vec::new();
         let shape = match &self.catalog {
             Some(cat) => {
-                let view = cat.view();
+                let view = self.view(cat);
                 let analyzer =
                     Analyzer::new(&view).with_shadowed_builtins(path.builtins_may_be_shadowed());
                 let mut lineage = analyzer.statement(ast);
@@ -518,13 +543,19 @@ impl SessionMasking {
                             "the plan may show values server functions computed".to_owned(),
                         );
                     }
+                    // Plan lines are text computed from the statement, not its values.
+                    inner = inner.as_computed();
                     lineage.output = Some(Shape::Opaque(inner));
                 }
-                for (table, taint) in &writes_of(&analyzer, ast, 0) {
-                    let taint = self.active(taint);
+                for w in writes_of(&analyzer, ast, 0) {
+                    let taint = self.active(&w.taint);
                     if taint.must_mask() {
-                        cat.tainted_write(table, &taint);
+                        marks.push(Mark::new(&w.table, w.column, taint));
                     }
+                }
+                let in_flight = self.pending().planned(&marks, control.as_ref());
+                if let Some(in_flight) = in_flight {
+                    cat.written(|w| w.set_in_flight(self.id, in_flight));
                 }
                 if ddl {
                     cat.ddl_forwarded();
@@ -539,6 +570,8 @@ impl SessionMasking {
             clean,
             copy,
             ddl,
+            marks,
+            control,
         })
     }
 
@@ -553,16 +586,50 @@ impl SessionMasking {
             clean: false,
             copy: None,
             ddl: false,
+            marks: Vec::new(),
+            control: None,
         })
     }
 
-    /// A DDL statement completed: re-read the catalog.
-    pub fn completed(&self, plan: &StatementPlan) {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The catalog as this session sees it: with its own uncommitted writes.
+    fn view(&self, cat: &DbCatalog) -> View {
+        cat.view(self.pending().own())
+    }
+
+    /// A statement completed: `ran` when the server executed it (its command tag `tag`),
+    /// not when it failed or was skipped. Commits the marks of a committed transaction and
+    /// re-reads the catalog after DDL.
+    pub fn completed(&self, plan: &StatementPlan, ran: bool, tag: Option<&str>) {
+        let Some(c) = &self.catalog else { return };
         if plan.ddl {
-            if let Some(c) = &self.catalog {
-                c.request_refresh();
-            }
+            c.request_refresh();
         }
+        let publish = self
+            .pending()
+            .completed(&plan.marks, plan.control.as_ref(), ran, tag);
+        // The transaction ended: before the client hears of it, other sessions see what it
+        // committed and no longer what it did not.
+        if let Publish::Commit(marks) = &publish {
+            c.commit_written(marks.clone());
+        }
+        if publish != Publish::Nothing {
+            let own = self.pending().own();
+            c.written(|w| w.narrow_in_flight(self.id, own));
+        }
+    }
+
+    /// ReadyForQuery with transaction status `status`: what the ended transaction wrote is
+    /// committed, and nothing of this session is in flight any more.
+    pub fn ready(&self, status: u8) {
+        let Some(c) = &self.catalog else { return };
+        if let Publish::Commit(marks) = self.pending().ready(status) {
+            c.commit_written(marks);
+        }
+        c.written(|w| w.set_in_flight(self.id, Vec::new()));
     }
 
     /// The rules of `t` that apply to this session (exempt rules dropped).
@@ -591,8 +658,21 @@ impl SessionMasking {
         let mut strategy: Option<Strategy> = None;
         let mut rules = Vec::new();
         for key in &taint.rules {
-            if let Some(r) = self.rule(key) {
+            let Some(r) = self.rule(key) else {
+                // A rule this session does not know: fail closed.
+                strategy = Some(Strategy::Redact);
+                continue;
+            };
+            {
+                // The columns of a detector rule hold free text: the detector masks what it
+                // finds in the column's own values, and anything computed from them (which
+                // the detector may no longer recognise) is redacted, or null.
+                if r.detector.is_some() && !taint.computed.contains(key) {
+                    continue;
+                }
                 let s = match r.strategy {
+                    Strategy::Null if r.detector.is_some() => Strategy::Null,
+                    _ if r.detector.is_some() => Strategy::Redact,
                     Strategy::Hash if self.masker.key.is_none() => Strategy::Redact,
                     // A keyed hash of a computed value (one character, a constant joined to
                     // the column) builds a dictionary that decodes the column: only direct
@@ -639,7 +719,7 @@ impl SessionMasking {
             ));
         }
         Some(ColumnMask {
-            strategy: strategy.unwrap_or(Strategy::Redact),
+            strategy: strategy?,
             rules,
         })
     }
@@ -664,6 +744,7 @@ impl SessionMasking {
                     // A direct reference carries exactly that column; the lineage's rules
                     // are added in case the server's origin is coarser than it looks.
                     t.rules.extend(lineage.rules.iter().cloned());
+                    t.computed.extend(lineage.computed.iter().cloned());
                     return (t, true);
                 }
             }
@@ -673,7 +754,7 @@ impl SessionMasking {
 
     /// The masking of a result with the given columns (from RowDescription, or unknown).
     pub fn result(&self, plan: &StatementPlan, columns: &[ResultColumn]) -> ResultMasking {
-        let view = self.catalog.as_ref().map(|c| c.view());
+        let view = self.catalog.as_ref().map(|c| self.view(c));
         let cols = columns
             .iter()
             .enumerate()
@@ -1518,6 +1599,8 @@ masking:
             clean: false,
             copy: None,
             ddl: false,
+            marks: Vec::new(),
+            control: None,
         }
     }
 

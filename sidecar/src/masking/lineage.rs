@@ -174,9 +174,54 @@ impl Shape {
 pub struct StatementLineage {
     /// Rows returned to the client (SELECT, VALUES, RETURNING, COPY ... TO STDOUT).
     pub output: Option<Shape>,
-    /// Tables the statement writes rows into, with what those rows may carry
+    /// Columns the statement writes values into, with what those values may carry
     /// (`CREATE TABLE AS`, `SELECT INTO`, `INSERT ... SELECT`, `UPDATE ... SET`).
-    pub writes: Vec<(String, Taint)>,
+    pub writes: Vec<Write>,
+}
+
+/// Values a statement writes into one column of a table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    /// The table as written in the statement.
+    pub table: String,
+    /// The column (folded); `None` when which column receives the values is not known, so
+    /// that every column of the table may.
+    pub column: Option<String>,
+    /// What the values may carry.
+    pub taint: Taint,
+}
+
+/// The writes of a query's output into `table`: output column `i` goes to `targets[i]`
+/// (`None`: not known, every column may receive it).
+fn writes_into(table: &str, targets: &[Option<String>], shape: Shape) -> Vec<Write> {
+    match shape {
+        Shape::Columns(cols) => cols
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| Write {
+                table: table.to_owned(),
+                column: targets.get(i).cloned().flatten(),
+                taint: c.taint,
+            })
+            .collect(),
+        Shape::Opaque(taint) => vec![Write {
+            table: table.to_owned(),
+            column: None,
+            taint,
+        }],
+    }
+}
+
+/// Output column names as the server names the columns of a table created from them; a
+/// name the server may choose differently (`?column?`) is not known.
+fn created_names(shape: &Shape) -> Vec<Option<String>> {
+    match shape {
+        Shape::Columns(cols) => cols
+            .iter()
+            .map(|c| (c.name != "?column?").then(|| c.name.clone()))
+            .collect(),
+        Shape::Opaque(_) => Vec::new(),
+    }
 }
 
 /// Functions that compute their result from their arguments (and the session) alone: their
@@ -407,11 +452,14 @@ struct Relation {
 }
 
 impl Relation {
+    /// A whole row as one value (a record, its JSON): computed from every column.
     fn whole_row(&self) -> Taint {
-        match &self.columns {
+        let mut t = match &self.columns {
             Some(cols) => Shape::Columns(cols.clone()).total(),
             None => self.opaque.clone(),
-        }
+        };
+        t.computed = true;
+        t
     }
 }
 
@@ -858,14 +906,18 @@ impl<'c> Analyzer<'c> {
                 };
                 if let SetExpr::Select(select) = q.body.as_ref() {
                     if let Some(into) = &select.into {
-                        let taint = lineage.output.take().map(|s| s.total()).unwrap_or_default();
+                        let shape = lineage
+                            .output
+                            .take()
+                            .unwrap_or(Shape::Opaque(Taint::default()));
                         let target = into
                             .targets
                             .iter()
                             .map(ToString::to_string)
                             .collect::<Vec<_>>()
                             .join(", ");
-                        lineage.writes.push((target, taint));
+                        let names = created_names(&shape);
+                        lineage.writes = writes_into(&target, &names, shape);
                     }
                 }
                 lineage
@@ -875,10 +927,13 @@ impl<'c> Analyzer<'c> {
                     .query
                     .as_ref()
                     .map(|q| {
-                        vec![(
-                            object_name(&ct.name).join("."),
-                            self.query(q, &ctes, &root).total(),
-                        )]
+                        let shape = self.query(q, &ctes, &root);
+                        let names = if ct.columns.is_empty() {
+                            created_names(&shape)
+                        } else {
+                            ct.columns.iter().map(|c| Some(fold(&c.name))).collect()
+                        };
+                        writes_into(&object_name(&ct.name).join("."), &names, shape)
                     })
                     .unwrap_or_default();
                 StatementLineage {
@@ -888,25 +943,40 @@ impl<'c> Analyzer<'c> {
             }
             Statement::CreateView(cv) => StatementLineage {
                 output: None,
-                writes: vec![(
-                    object_name(&cv.name).join("."),
-                    self.query(&cv.query, &ctes, &root).total(),
-                )],
+                writes: vec![Write {
+                    table: object_name(&cv.name).join("."),
+                    column: None,
+                    taint: self.query(&cv.query, &ctes, &root).total(),
+                }],
             },
             Statement::Insert(insert) => {
                 let target = insert.table.to_string();
-                let source = insert
+                let parts = target_name(&target);
+                // Values go to the listed columns, or to the table's columns in order.
+                let targets: Vec<Option<String>> = if insert.columns.is_empty() {
+                    self.catalog
+                        .relation(&parts)
+                        .map(|cols| cols.into_iter().map(|c| Some(c.name)).collect())
+                        .unwrap_or_default()
+                } else {
+                    insert
+                        .columns
+                        .iter()
+                        .map(|c| object_name(c).last().cloned())
+                        .collect()
+                };
+                let writes = insert
                     .source
                     .as_ref()
-                    .map(|q| self.query(q, &ctes, &root).total())
+                    .map(|q| writes_into(&target, &targets, self.query(q, &ctes, &root)))
                     .unwrap_or_default();
-                let scope = self.table_scope(&target_name(&insert.table.to_string()), &root);
+                let scope = self.table_scope(&parts, &root);
                 StatementLineage {
                     output: insert
                         .returning
                         .as_ref()
                         .map(|items| self.projection(items, &scope, &ctes)),
-                    writes: vec![(target, source)],
+                    writes,
                 }
             }
             Statement::Update(update) => {
@@ -923,16 +993,28 @@ impl<'c> Analyzer<'c> {
                 if let Some(w) = &update.selection {
                     self.condition(w, &scope, &ctes, "WHERE");
                 }
-                let mut written = Taint::default();
+                let table = update.table.relation.to_string();
+                let mut writes = Vec::new();
                 for a in &update.assignments {
-                    written.absorb(&self.expr(&a.value, &scope, &ctes));
+                    let taint = self.expr(&a.value, &scope, &ctes);
+                    let columns: Vec<&ObjectName> = match &a.target {
+                        sqlparser::ast::AssignmentTarget::ColumnName(c) => vec![c],
+                        sqlparser::ast::AssignmentTarget::Tuple(cs) => cs.iter().collect(),
+                    };
+                    for c in columns {
+                        writes.push(Write {
+                            table: table.clone(),
+                            column: object_name(c).last().cloned(),
+                            taint: taint.clone(),
+                        });
+                    }
                 }
                 StatementLineage {
                     output: update
                         .returning
                         .as_ref()
                         .map(|items| self.projection(items, &scope, &ctes)),
-                    writes: vec![(update.table.relation.to_string(), written)],
+                    writes,
                 }
             }
             Statement::Delete(delete) => {
@@ -1448,6 +1530,8 @@ impl<'c> Analyzer<'c> {
         let fname = name.last().map(String::as_str).unwrap_or("");
         taint.absorb(&self.wildcard_args(fname, args, scope));
         self.note_call(name, &taint);
+        // A function's rows are computed from its arguments.
+        taint.computed = true;
         taint
     }
 
@@ -1703,6 +1787,16 @@ fn is_column_reference(e: &Expr) -> bool {
 
 fn placeholder(id: usize) -> Expr {
     Expr::Identifier(Ident::new(format!("{PLACEHOLDER}{id}")))
+}
+
+/// A column reference as written (`notes`, `c.notes`), or a scalar subquery, whose value is
+/// its source's unchanged (the subquery's own lineage says whether it computes it).
+fn is_plain_reference(e: &Expr) -> bool {
+    match e {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => true,
+        Expr::Nested(inner) => is_plain_reference(inner),
+        _ => false,
+    }
 }
 
 fn is_value_free_aggregate(e: &Expr) -> bool {
@@ -2034,7 +2128,7 @@ mod tests {
         ] {
             let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).expect("parse");
             let l = a.statement(&stmts[0]);
-            assert!(l.writes.iter().any(|(_, t)| t.must_mask()), "{sql}: {l:?}");
+            assert!(l.writes.iter().any(|w| w.taint.must_mask()), "{sql}: {l:?}");
         }
         let stmts = Parser::parse_sql(
             &PostgreSqlDialect {},
@@ -2050,5 +2144,75 @@ mod tests {
         let out = a.statement(&stmts[0]).output.expect("copy out");
         assert!(!out.column(0).must_mask());
         assert!(out.column(1).must_mask());
+    }
+
+    #[test]
+    fn writes_name_the_columns_they_fill() {
+        let c = cat();
+        let a = Analyzer::new(&c);
+        let masked = |sql: &str| -> Vec<Option<String>> {
+            let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).expect("parse");
+            a.statement(&stmts[0])
+                .writes
+                .into_iter()
+                .filter(|w| w.taint.must_mask())
+                .map(|w| w.column)
+                .collect()
+        };
+        assert_eq!(
+            masked("INSERT INTO orders (amount, id) SELECT ssn, id FROM customers"),
+            vec![Some("amount".to_owned())]
+        );
+        // Without a column list, the table's columns in order.
+        assert_eq!(
+            masked("INSERT INTO orders SELECT id, id, ssn FROM customers"),
+            vec![Some("amount".to_owned())]
+        );
+        assert_eq!(
+            masked("UPDATE orders SET amount = (SELECT ssn FROM customers LIMIT 1), id = 2"),
+            vec![Some("amount".to_owned())]
+        );
+        assert_eq!(
+            masked("CREATE TABLE x AS SELECT id, ssn AS s FROM customers"),
+            vec![Some("s".to_owned())]
+        );
+        // A name the server may choose otherwise: any column.
+        assert_eq!(
+            masked("CREATE TABLE x AS SELECT id, ssn || '' FROM customers"),
+            vec![None]
+        );
+    }
+
+    #[test]
+    fn only_plain_references_are_not_computed() {
+        let c = cat();
+        let a = Analyzer::new(&c);
+        let computed = |sql: &str| -> Vec<bool> {
+            let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).expect("parse");
+            match a.statement(&stmts[0]).output.expect("output") {
+                Shape::Columns(cols) => cols.iter().map(|c| c.taint.computed).collect(),
+                Shape::Opaque(t) => vec![t.computed],
+            }
+        };
+        assert_eq!(
+            computed("SELECT email, c.email, (email) FROM customers c"),
+            vec![false, false, false]
+        );
+        assert_eq!(
+            computed("SELECT e FROM (SELECT email AS e FROM customers) s"),
+            vec![false]
+        );
+        for sql in [
+            "SELECT replace(email, '@', ' at ') FROM customers",
+            "SELECT reverse(email) FROM customers",
+            "SELECT email || '' FROM customers",
+            "SELECT email::bytea FROM customers",
+            "SELECT c FROM customers c",
+            "SELECT row_to_json(c) FROM customers c",
+            "SELECT r FROM (SELECT upper(email) AS r FROM customers) s",
+            "SELECT string_agg(email, ',') FROM customers",
+        ] {
+            assert_eq!(computed(sql), vec![true], "{sql}");
+        }
     }
 }

@@ -367,7 +367,7 @@ impl ResultPath {
                     sqlstate: SQLSTATE_REFUSED.to_owned(),
                     message,
                 });
-                if let Some(c) = self.complete(tracker, rows, tag, error, false) {
+                if let Some(c) = self.complete(tracker, rows, tag, error, Ran::Yes) {
                     completions.push(c);
                 }
             }
@@ -406,7 +406,7 @@ impl ResultPath {
                         .front()
                         .is_some_and(|f| f.batch == current_batch)
                     {
-                        if let Some(c) = self.complete(tracker, 0, None, error, false) {
+                        if let Some(c) = self.complete(tracker, 0, None, error, Ran::Failed) {
                             completions.push(c);
                         }
                     }
@@ -423,7 +423,7 @@ impl ResultPath {
                         sqlstate: "00000".to_owned(),
                         message: "not executed".to_owned(),
                     });
-                    match self.complete(tracker, 0, None, error, true) {
+                    match self.complete(tracker, 0, None, error, Ran::Skipped) {
                         Some(c) => completions.push(c),
                         // An entry of an older batch: drop it so the loop always advances.
                         None => {
@@ -437,6 +437,9 @@ impl ResultPath {
                 }
                 // Describes of the finished batch that got no answer were skipped.
                 tracker.describes.retain(|d| d.batch > done);
+                if let Some(m) = &tracker.masking {
+                    m.ready(tracker.transaction);
+                }
                 self.columns = None;
                 self.mask = MaskState::Unset;
                 put_message(out, msg.tag, &msg.body);
@@ -516,8 +519,9 @@ impl ResultPath {
         rows: u64,
         command_tag: Option<String>,
         error: Option<StatementError>,
-        at_ready: bool,
+        ran: Ran,
     ) -> Option<(CompletionRecord, f64)> {
+        let at_ready = ran == Ran::Skipped;
         // Only a statement of the batch being answered can complete (at ReadyForQuery the
         // finished batch has already been counted).
         let answering = if at_ready {
@@ -538,7 +542,8 @@ impl ResultPath {
         let masked = self.take_report();
         let head = tracker.inflight.pop_front()?;
         if let Some(m) = &head.masking {
-            m.session.completed(&m.plan);
+            m.session
+                .completed(&m.plan, ran == Ran::Yes, command_tag.as_deref());
         }
         let elapsed = head.started.elapsed();
         let mut error = error;
@@ -561,6 +566,17 @@ impl ResultPath {
             elapsed.as_secs_f64(),
         ))
     }
+}
+
+/// Whether the server executed a statement whose completion is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ran {
+    /// It completed (even if the sidecar then withheld its result).
+    Yes,
+    /// It failed.
+    Failed,
+    /// It was skipped after an earlier error (found at ReadyForQuery).
+    Skipped,
 }
 
 /// Parameters a client can set to any text with `set_config`, which reports them back.

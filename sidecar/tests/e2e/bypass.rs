@@ -1511,3 +1511,416 @@ async fn row_limits_count_every_way_rows_leave() {
     }
     proxy.stop().await;
 }
+
+/// Free text under detector rules: the detectors keep the text readable and mask what they
+/// find in the column's own values.
+const NOTES_POLICY: &str = "masking:
+- name: notes-email
+  columns: [crm.b10_notes.notes]
+  detector: email
+  strategy: redact
+- name: notes-iban
+  columns: [crm.b10_notes.notes]
+  detector: iban
+  strategy: redact
+- name: notes-card
+  columns: [crm.b10_notes.notes]
+  detector: paymentCard
+  strategy: redact
+";
+
+const NOTE: &str = "Call alice.notes@example.com, pay to DE89 3704 0044 0532 0130 00, \
+                    card 4111 1111 1111 1111";
+/// The personal values in `NOTE`, letters and digits only.
+const NOTE_SECRETS: &[&str] = &[
+    "alicenotesexamplecom",
+    "de89370400440532013000",
+    "4111111111111111",
+];
+
+fn alnum_lower(s: &str) -> String {
+    s.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// The secrets `text` still gives away once `undo` reverses the transform.
+fn secrets_in(text: &str, undo: fn(&str) -> String) -> Vec<&'static str> {
+    let plain = alnum_lower(&undo(text));
+    NOTE_SECRETS
+        .iter()
+        .copied()
+        .filter(|s| plain.contains(s))
+        .collect()
+}
+
+fn same(s: &str) -> String {
+    s.to_owned()
+}
+
+fn unbase64(s: &str) -> String {
+    use base64::Engine;
+    let compact: String = s.split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Variant, query, and how to undo its transform.
+type Transform = (&'static str, &'static str, fn(&str) -> String);
+
+/// Reversible transforms of a free-text column.
+const TRANSFORMS: &[Transform] = &[
+    (
+        "replace",
+        "SELECT replace(notes, '@', ' at ') FROM crm.b10_notes WHERE id = 1",
+        |s| s.replace(" at ", "@"),
+    ),
+    (
+        "reverse",
+        "SELECT reverse(notes) FROM crm.b10_notes WHERE id = 1",
+        |s| s.chars().rev().collect(),
+    ),
+    (
+        "translate",
+        "SELECT translate(notes, '@0123456789', 'ZKQRSTUVWXY') FROM crm.b10_notes WHERE id = 1",
+        |s| {
+            s.chars()
+                .map(|c| match "KQRSTUVWXY".find(c) {
+                    Some(d) => char::from(b'0' + d as u8),
+                    None if c == 'Z' => '@',
+                    None => c,
+                })
+                .collect()
+        },
+    ),
+    (
+        "upper",
+        "SELECT upper(notes) FROM crm.b10_notes WHERE id = 1",
+        same,
+    ),
+    (
+        "regexp_replace between digits",
+        r"SELECT regexp_replace(notes, '(\d)', '\1-', 'g') FROM crm.b10_notes WHERE id = 1",
+        same,
+    ),
+    (
+        "overlay",
+        "SELECT overlay(notes placing '#' from position('@' in notes) for 1) FROM crm.b10_notes WHERE id = 1",
+        |s| s.replace('#', "@"),
+    ),
+    (
+        "substr pieces re-joined",
+        "SELECT substr(notes, 1, 16) || '|' || substr(notes, 17) FROM crm.b10_notes WHERE id = 1",
+        same,
+    ),
+    (
+        "base64 of the bytes",
+        "SELECT encode(convert_to(notes, 'UTF8'), 'base64') FROM crm.b10_notes WHERE id = 1",
+        unbase64,
+    ),
+    (
+        "characters split and re-joined",
+        "SELECT array_to_string(regexp_split_to_array(notes, ''), ' ') FROM crm.b10_notes WHERE id = 1",
+        same,
+    ),
+    (
+        "digit groups re-joined",
+        "SELECT regexp_replace(notes, '[^0-9A-Za-z@.]', '', 'g') FROM crm.b10_notes WHERE id = 1",
+        same,
+    ),
+    (
+        "JSON of the row",
+        "SELECT row_to_json(n)::text FROM crm.b10_notes n WHERE id = 1",
+        same,
+    ),
+    (
+        "a view that reverses",
+        "SELECT r FROM crm.b10_reversed WHERE id = 1",
+        |s| s.chars().rev().collect(),
+    ),
+    (
+        "a table written from a transform",
+        "INSERT INTO crm.b10_copy SELECT id, reverse(notes) FROM crm.b10_notes WHERE id = 1; \
+         SELECT r FROM crm.b10_copy WHERE id = 1",
+        |s| s.chars().rev().collect(),
+    ),
+];
+
+fn last_text(rows: &[tokio_postgres::SimpleQueryMessage]) -> String {
+    rows.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .last()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transforms_of_detector_columns_are_redacted() {
+    let shop = setup().await;
+    shop.batch_execute(&format!(
+        "DROP TABLE IF EXISTS crm.b10_notes CASCADE;
+         DROP TABLE IF EXISTS crm.b10_copy;
+         CREATE TABLE crm.b10_notes (id int PRIMARY KEY, notes text);
+         INSERT INTO crm.b10_notes VALUES (1, '{NOTE}');
+         CREATE VIEW crm.b10_reversed AS SELECT id, reverse(notes) AS r FROM crm.b10_notes;
+         CREATE TABLE crm.b10_copy (id int, r text);"
+    ))
+    .await
+    .expect("notes table");
+    let proxy = ProxyBuilder::default()
+        .credential(SUPERUSER, &admin_password())
+        .policy("notes", NOTES_POLICY)
+        .start()
+        .await;
+    let direct = connect(&superuser_conn_str()).await;
+    let client = proxy.client().await;
+    for (variant, sql, undo) in TRANSFORMS {
+        shop.batch_execute("DELETE FROM crm.b10_copy")
+            .await
+            .expect("empty copy");
+        let d = last_text(&direct.simple_query(sql).await.expect(sql));
+        assert_eq!(
+            secrets_in(&d, *undo),
+            NOTE_SECRETS.to_vec(),
+            "10 {variant}: a direct connection gives the values away: {d}"
+        );
+        shop.batch_execute("DELETE FROM crm.b10_copy")
+            .await
+            .expect("empty copy");
+        match client.simple_query(sql).await {
+            Ok(rows) => {
+                let p = last_text(&rows);
+                assert!(
+                    secrets_in(&p, *undo).is_empty(),
+                    "10 {variant}: through the sidecar: {p}"
+                );
+            }
+            // Refused (a set-returning function of masked data) is safe too.
+            Err(e) => assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{e:?}"),
+        }
+    }
+    // The column itself stays readable text with the values masked in place.
+    let p = last_text(
+        &client
+            .simple_query("SELECT notes FROM crm.b10_notes WHERE id = 1")
+            .await
+            .expect("notes"),
+    );
+    assert!(p.starts_with("Call ") && p.contains(", pay to "), "{p}");
+    assert!(secrets_in(&p, same).is_empty(), "10 plain column: {p}");
+    proxy.stop().await;
+}
+
+/// Masked data copied into a table by one session, as another session sees that table.
+struct Blinding {
+    family: &'static str,
+    /// Run by the writing session, one query string each (errors are expected in some);
+    /// `{t}` is the variant's own table.
+    steps: &'static [&'static str],
+    /// Through the sidecar, another session sees row 0's `full_name` and `ssn` in clear.
+    clear: (bool, bool),
+}
+
+const BLINDINGS: &[Blinding] = &[
+    Blinding {
+        family: "11 rolled back",
+        steps: &[
+            "BEGIN",
+            "INSERT INTO {t} SELECT id, full_name, ssn FROM customers WHERE id = 1",
+            "ROLLBACK",
+        ],
+        clear: (true, true),
+    },
+    Blinding {
+        family: "11 failed statement",
+        steps: &["INSERT INTO {t} SELECT 0, full_name, ssn FROM customers WHERE id = 1"],
+        clear: (true, true),
+    },
+    Blinding {
+        family: "11 failure later in the same query string",
+        steps: &[
+            "INSERT INTO {t} SELECT id, full_name, ssn FROM customers WHERE id = 1; \
+                  INSERT INTO {t} VALUES (0, 'again', 'again')",
+        ],
+        clear: (true, true),
+    },
+    Blinding {
+        family: "11 failed transaction committed",
+        steps: &[
+            "BEGIN",
+            "INSERT INTO {t} SELECT id, full_name, ssn FROM customers WHERE id = 1",
+            "SELECT 1/0",
+            "COMMIT",
+        ],
+        clear: (true, true),
+    },
+    Blinding {
+        family: "11 rolled back to a savepoint",
+        steps: &[
+            "BEGIN",
+            "SAVEPOINT s",
+            "INSERT INTO {t} SELECT id, full_name, ssn FROM customers WHERE id = 1",
+            "ROLLBACK TO SAVEPOINT s",
+            "COMMIT",
+        ],
+        clear: (true, true),
+    },
+    Blinding {
+        family: "11 transaction still open",
+        steps: &[
+            "BEGIN",
+            "UPDATE {t} SET ssn = (SELECT ssn FROM customers WHERE id = 1) WHERE id = 0",
+        ],
+        clear: (true, true),
+    },
+    Blinding {
+        family: "11 committed: only the written column",
+        steps: &[
+            "BEGIN",
+            "UPDATE {t} SET ssn = (SELECT ssn FROM customers WHERE id = 1) WHERE id = 0",
+            "COMMIT",
+        ],
+        clear: (true, false),
+    },
+    Blinding {
+        family: "11 committed in autocommit, another column",
+        steps: &[
+            "UPDATE {t} SET full_name = (SELECT ssn FROM customers WHERE id = 1) WHERE id = 0",
+        ],
+        clear: (false, true),
+    },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_session_cannot_blind_the_others() {
+    let shop = setup().await;
+    let table = |i: usize| format!("crm.b11_{i}");
+    let make = |t: &str| {
+        format!(
+            "DROP TABLE IF EXISTS {t};
+             CREATE TABLE {t} (id int PRIMARY KEY, full_name text, ssn text);
+             INSERT INTO {t} VALUES (0, 'Clear Name', '000-00-0000');"
+        )
+    };
+    for i in 0..=BLINDINGS.len() {
+        shop.batch_execute(&make(&table(i)))
+            .await
+            .expect("copy table");
+    }
+    let (name, ssn): (String, String) = {
+        let r = shop
+            .query_one("SELECT full_name, ssn FROM customers WHERE id = 1", &[])
+            .await
+            .expect("customer");
+        (r.get(0), r.get(1))
+    };
+    let read_of = |t: &str| format!("SELECT full_name, ssn FROM {t} WHERE id = 0");
+    let row0 = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> (String, String) {
+        rows.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some((
+                    r.get(0).unwrap_or_default().to_owned(),
+                    r.get(1).unwrap_or_default().to_owned(),
+                )),
+                _ => None,
+            })
+            .expect("row 0")
+    };
+    let proxy = ProxyBuilder::default()
+        .credential(SUPERUSER, &admin_password())
+        .policy("mask", MASK_SSN)
+        .start()
+        .await;
+    let direct = connect(&superuser_conn_str()).await;
+    for (i, b) in BLINDINGS.iter().enumerate() {
+        let t = table(i);
+        let read = read_of(&t);
+        let read = read.as_str();
+        let writer = proxy.client().await;
+        let reader = proxy.client().await;
+        // The reader's own customers row stays clear before and after.
+        let before = row0(reader.simple_query(read).await.expect(read));
+        assert_eq!(
+            before,
+            ("Clear Name".into(), "000-00-0000".into()),
+            "{}",
+            b.family
+        );
+        for step in b.steps {
+            let _ = writer.simple_query(&step.replace("{t}", &t)).await;
+        }
+        // What the table holds now, directly.
+        let held = row0(direct.simple_query(read).await.expect(read));
+        let seen = row0(reader.simple_query(read).await.expect(read));
+        let fresh = row0(proxy.client().await.simple_query(read).await.expect(read));
+        for (who, got) in [("the reader", &seen), ("a new session", &fresh)] {
+            assert_eq!(
+                got.0 == held.0,
+                b.clear.0,
+                "{}: {who} sees full_name {:?}, the table holds {:?}",
+                b.family,
+                got.0,
+                held.0
+            );
+            assert_eq!(
+                got.1 == held.1,
+                b.clear.1,
+                "{}: {who} sees ssn {:?}, the table holds {:?}",
+                b.family,
+                got.1,
+                held.1
+            );
+        }
+        // A masked value copied and committed is in the table in clear (a direct connection
+        // reads it) and masked through the sidecar.
+        if !b.clear.1 {
+            assert_eq!(held.1, ssn, "{}", b.family);
+        }
+        if !b.clear.0 {
+            assert_eq!(held.0, ssn, "{}", b.family);
+        }
+        // Customers' clear columns stay clear for everyone.
+        let n = last_text(
+            &reader
+                .simple_query("SELECT full_name FROM customers WHERE id = 1")
+                .await
+                .expect("name"),
+        );
+        assert_eq!(n, name, "{}", b.family);
+    }
+
+    // The mark expires with the data: dropping the table (and making a new one of the same
+    // name) clears it once the catalog is read again.
+    let t = table(BLINDINGS.len());
+    let read = read_of(&t);
+    let read = read.as_str();
+    let writer = proxy.client().await;
+    writer
+        .simple_query(&format!(
+            "UPDATE {t} SET ssn = (SELECT ssn FROM customers WHERE id = 1) WHERE id = 0"
+        ))
+        .await
+        .expect("copy");
+    let reader = proxy.client().await;
+    assert_ne!(row0(reader.simple_query(read).await.expect(read)).1, ssn);
+    assert_eq!(row0(direct.simple_query(read).await.expect(read)).1, ssn);
+    writer
+        .batch_execute(&make(&t))
+        .await
+        .expect("drop and create");
+    let mut cleared = false;
+    for _ in 0..50 {
+        if row0(reader.simple_query(read).await.expect(read)).1 == "000-00-0000" {
+            cleared = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(cleared, "11: the mark outlived the dropped table");
+    proxy.stop().await;
+}
