@@ -42,6 +42,13 @@ use crate::runtime::Resource;
 mod hold;
 mod names;
 
+/// Readers of client messages that the session keeps to itself, reachable for the fuzz
+/// targets.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::hold::bound_values;
+}
+
 use names::{NameChange, Statements};
 
 /// Flush to the peer once this much output is buffered, even mid-batch.
