@@ -815,7 +815,11 @@ impl ResultMasking {
         if col.binary && !text_like && !copy_text && col.type_oid != 0 {
             return Field::Value(raw.into());
         }
-        let offset = usize::from(col.binary && strategy::is_jsonb(col.type_oid));
+        // Binary jsonb starts with its version byte (1); a value that does not is scanned
+        // whole rather than trusted to hold one.
+        let offset = usize::from(
+            col.binary && strategy::is_jsonb(col.type_oid) && raw.first() == Some(&1),
+        );
         let Some(payload) = raw.get(offset..) else {
             return Field::Value(raw.into());
         };
@@ -1445,6 +1449,28 @@ masking:
             .iter()
             .any(|m| m.column == 0 && m.rule.rule == "mails"));
         assert!(r.data_row(&body[..5], &mut out).is_err());
+    }
+
+    #[test]
+    fn binary_jsonb_without_its_version_byte_is_scanned_whole() {
+        let s = detectors_only();
+        let cols = vec![ResultColumn {
+            name: "doc".into(),
+            type_oid: 3802,
+            binary: true,
+            origin: None,
+        }];
+        let mut r = s.result(&plan(), &cols);
+        // With its version byte the rest is the document; without one, the first byte is
+        // text too (skipping it left 15 digits the card detector did not take for a card).
+        let mut out = BytesMut::new();
+        r.data_row(&row(&[Some(b"\x01\"4111111111111111\"")]), &mut out)
+            .expect("row");
+        assert_eq!(&out[5..], &row(&[Some(b"\x01\"***\"")])[..]);
+        let mut out = BytesMut::new();
+        r.data_row(&row(&[Some(b"4111111111111111")]), &mut out)
+            .expect("row");
+        assert_eq!(&out[5..], &row(&[Some(b"***")])[..]);
     }
 
     #[test]

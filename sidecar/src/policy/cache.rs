@@ -176,12 +176,14 @@ fn quoted_end(b: &[u8], start: usize) -> Option<usize> {
 
 /// Whether an analysis may serve every text of its shape: no statement has a body the
 /// analyser cannot see into, or facts that keep a literal's value (COPY, whose options the
-/// masking reads from the statement; a search path change, whose schemas are its literals).
+/// masking reads from the statement; a search path change, whose schemas are its literals;
+/// a `set_config` call, whose first literal says whether it changes the search path).
 fn shareable(analysis: &Analysis) -> bool {
     match analysis {
         Analysis::Statements(list) => list.iter().all(|f| {
             !f.opaque_body
                 && f.path_changes.is_empty()
+                && !f.functions.iter().any(|q| q.name == "set_config")
                 && !f.kinds.contains(&StatementKind::Copy)
         }),
         Analysis::Unanalyzable { .. } => false,
@@ -357,6 +359,12 @@ mod tests {
             ("SET search_path = 'public'", "SET search_path = 'evil'", "evil"),
             (
                 "SELECT set_config('search_path', 'public', false)",
+                "SELECT set_config('search_path', 'evil', false)",
+                "evil",
+            ),
+            // Another setting first: the same shape, no path change.
+            (
+                "SELECT set_config('application_name', 'public', false)",
                 "SELECT set_config('search_path', 'evil', false)",
                 "evil",
             ),
