@@ -968,6 +968,72 @@ fn detector_name(d: Option<&DetectorKind>) -> &'static str {
     }
 }
 
+/// The fields of a COPY text row: split at each delimiter that no backslash escapes (the
+/// server writes a delimiter inside a value as `\` and the delimiter).
+fn text_fields(body: &[u8], delimiter: u8) -> Vec<&[u8]> {
+    let mut fields = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'\\' => i += 2,
+            b if b == delimiter => {
+                fields.push(&body[start..i]);
+                i += 1;
+                start = i;
+            }
+            _ => i += 1,
+        }
+    }
+    fields.push(&body[start.min(body.len())..]);
+    fields
+}
+
+/// A COPY text field as the client reads it: `\b \f \n \r \t \v`, octal and `\x` hex escapes
+/// resolved, any other escaped byte taken as itself.
+fn unescape_text(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] != b'\\' || i + 1 == field.len() {
+            out.push(field[i]);
+            i += 1;
+            continue;
+        }
+        let c = field[i + 1];
+        i += 2;
+        let digits = |from: usize, max: usize, radix: u32| {
+            field[from..]
+                .iter()
+                .take(max)
+                .take_while(|d| char::from(**d).is_digit(radix))
+                .count()
+        };
+        out.push(match c {
+            b'b' => 8,
+            b'f' => 12,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'v' => 11,
+            b'0'..=b'7' => {
+                let n = 1 + digits(i, 2, 8);
+                let text = std::str::from_utf8(&field[i - 1..i - 1 + n]).unwrap_or("0");
+                i += n - 1;
+                u8::from_str_radix(text, 8).unwrap_or(0)
+            }
+            b'x' if digits(i, 2, 16) > 0 => {
+                let n = digits(i, 2, 16);
+                let text = std::str::from_utf8(&field[i..i + n]).unwrap_or("0");
+                i += n;
+                u8::from_str_radix(text, 16).unwrap_or(0)
+            }
+            other => other,
+        });
+    }
+    out
+}
+
 /// Rewriting of a COPY TO STDOUT stream.
 pub struct CopyMasking {
     result: ResultMasking,
@@ -1028,7 +1094,7 @@ impl CopyMasking {
             None => (row, false),
         };
         let mut out = Vec::with_capacity(row.len());
-        for (i, field) in body.split(|b| *b == delimiter).enumerate() {
+        for (i, field) in text_fields(body, delimiter).into_iter().enumerate() {
             if i > 0 {
                 out.push(delimiter);
             }
@@ -1036,9 +1102,12 @@ impl CopyMasking {
                 out.extend_from_slice(field);
                 continue;
             }
-            match self.result.mask_value(i, field, true) {
+            // The detectors read the value the client will read (escapes resolved); a field
+            // they leave alone goes out as the server wrote it.
+            let value = unescape_text(field);
+            match self.result.mask_value(i, &value, true) {
                 Field::Null => out.extend_from_slice(b"\\N"),
-                Field::Value(v) => out.extend_from_slice(&v),
+                Field::Value(_) => out.extend_from_slice(field),
             }
         }
         if eol {
@@ -1471,6 +1540,30 @@ masking:
         r.data_row(&row(&[Some(b"4111111111111111")]), &mut out)
             .expect("row");
         assert_eq!(&out[5..], &row(&[Some(b"***")])[..]);
+    }
+
+    #[test]
+    fn copy_text_fields_split_only_at_unescaped_delimiters() {
+        let s = detectors_only();
+        // A delimiter inside a value is escaped: splitting there would cut the card number
+        // in parts that no detector takes for a card, and shift the fields after it.
+        let text = s.copy(&plan(), 2, false);
+        let mut c = CopyMasking::new(text, CopyFormat::Text { delimiter: b' ' });
+        assert_eq!(
+            c.data(b"4111\\ 1111\\ 1111\\ 1111 x\n").expect("row"),
+            b"\\N x\n"
+        );
+        // The detectors read the value with its escapes resolved.
+        assert_eq!(
+            c.data(b"4111\\0401111\\x201111\\0401111 x\n").expect("row"),
+            b"\\N x\n"
+        );
+        assert_eq!(c.data(b"a\\ b\\\\ c\n").expect("row"), b"a\\ b\\\\ c\n");
+        assert_eq!(
+            text_fields(b"a\\,b,c\\\\,d", b','),
+            vec![&b"a\\,b"[..], &b"c\\\\"[..], &b"d"[..]]
+        );
+        assert_eq!(unescape_text(b"a\\tb\\101\\x41\\\\\\,"), b"a\tbAA\\,");
     }
 
     #[test]
