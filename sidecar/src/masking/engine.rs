@@ -882,8 +882,18 @@ impl ResultMasking {
         Field::Value(v.into())
     }
 
-    /// Rewrite one DataRow body into a framed DataRow appended to `out`.
+    /// Rewrite one DataRow body into a framed DataRow appended to `out`. A row that does not
+    /// parse leaves `out` as it was (no partial message reaches the client).
     pub fn data_row(&mut self, body: &[u8], out: &mut BytesMut) -> Result<(), MalformedRow> {
+        let start = out.len();
+        let written = self.write_row(body, out);
+        if written.is_err() {
+            out.truncate(start);
+        }
+        written
+    }
+
+    fn write_row(&mut self, body: &[u8], out: &mut BytesMut) -> Result<(), MalformedRow> {
         let n = u16::from_be_bytes([
             *body.first().ok_or(MalformedRow)?,
             *body.get(1).ok_or(MalformedRow)?,
@@ -1517,7 +1527,9 @@ masking:
         assert!(report
             .iter()
             .any(|m| m.column == 0 && m.rule.rule == "mails"));
+        let before = out.len();
         assert!(r.data_row(&body[..5], &mut out).is_err());
+        assert_eq!(out.len(), before, "a malformed row leaves no partial message");
     }
 
     #[test]
