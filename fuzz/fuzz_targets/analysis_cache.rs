@@ -24,8 +24,20 @@ fn other_literals(sql: &str) -> String {
             }
             '0'..='8' if !in_string => char::from(c as u8 + 1),
             '9' if !in_string => '0',
-            c if in_string && c.is_ascii_alphanumeric() => if c == 'z' { 'y' } else { 'z' },
-            c if in_string && c.is_ascii_punctuation() => if c == '|' { ';' } else { '|' },
+            c if in_string && c.is_ascii_alphanumeric() => {
+                if c == 'z' {
+                    'y'
+                } else {
+                    'z'
+                }
+            }
+            c if in_string && c.is_ascii_punctuation() => {
+                if c == '|' {
+                    ';'
+                } else {
+                    '|'
+                }
+            }
             c => c,
         });
     }
@@ -37,13 +49,24 @@ fn decided_on(f: &StatementFacts) -> String {
     let mut kinds: Vec<String> = f.kinds.iter().map(|k| format!("{k:?}")).collect();
     kinds.sort();
     let copy = match f.ast.as_deref() {
-        Some(Statement::Copy { options, legacy_options, .. }) => format!("{options:?} {legacy_options:?}"),
+        Some(Statement::Copy {
+            options,
+            legacy_options,
+            ..
+        }) => format!("{options:?} {legacy_options:?}"),
         _ => String::new(),
     };
     format!(
         "{kinds:?} {:?} {:?} {:?} {} {} {} {:?} {} {:?} {copy}",
-        f.tables, f.functions, f.path_changes, f.missing_where, f.copy_program, f.copy_file,
-        f.settings, f.opaque_body, f.effect
+        f.tables,
+        f.functions,
+        f.path_changes,
+        f.missing_where,
+        f.copy_program,
+        f.copy_file,
+        f.settings,
+        f.opaque_body,
+        f.effect
     )
 }
 

@@ -43,20 +43,35 @@ fn bundle() -> &'static Bundle {
     B.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tmp");
         let data = dir.path().join("log");
-        let mut log = Log::open(&data, LogOptions { segment_bytes: 2048 }).expect("log");
-        let recording = b"{\"version\": 2, \"width\": 80, \"height\": 24}\n[0.2, \"o\", \"ok\\r\\n\"]\n";
+        let mut log = Log::open(
+            &data,
+            LogOptions {
+                segment_bytes: 2048,
+            },
+        )
+        .expect("log");
+        let recording =
+            b"{\"version\": 2, \"width\": 80, \"height\": 24}\n[0.2, \"o\", \"ok\\r\\n\"]\n";
         let sha = sha256_hex(recording);
-        RecordingStore::new(&data).put(&sha, recording).expect("recording");
+        RecordingStore::new(&data)
+            .put(&sha, recording)
+            .expect("recording");
         let mut batch = Vec::new();
         for i in 0..6 {
-            batch.push(entry(i, serde_json::json!({"type": "statement", "statementId": i,
+            batch.push(entry(
+                i,
+                serde_json::json!({"type": "statement", "statementId": i,
                 "protocol": "simple", "statement": "SELECT email FROM customers WHERE id = ?",
                 "fingerprint": "abc", "kinds": ["select"], "tables": ["public.customers"],
-                "decision": if i % 2 == 0 { "allow" } else { "deny" }})));
+                "decision": if i % 2 == 0 { "allow" } else { "deny" }}),
+            ));
         }
-        batch.push(entry(6, serde_json::json!({"type": "recording", "requestId": 3, "sha256": sha,
+        batch.push(entry(
+            6,
+            serde_json::json!({"type": "recording", "requestId": 3, "sha256": sha,
             "bytes": recording.len(), "events": 1, "durationMillis": 200,
-            "protocol": "v5.channel.k8s.io", "target": "shop/web-0/web", "exitCode": 0})));
+            "protocol": "v5.channel.k8s.io", "target": "shop/web-0/web", "exitCode": 0}),
+        ));
         log.append(&batch).expect("append");
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("key");
         let signer = LogSigner::from_pkcs8(pkcs8.as_ref()).expect("signer");
@@ -124,13 +139,15 @@ fn apply(content: &mut Vec<u8>, change: &Change) -> bool {
         }
         Change::Truncate { at: n } => content.truncate(at(*n, content.len())),
         Change::SwapLines { a, b } => {
-            let mut lines: Vec<Vec<u8>> = content.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
+            let mut lines: Vec<Vec<u8>> =
+                content.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
             let n = lines.len();
             lines.swap(usize::from(*a) % n, usize::from(*b) % n);
             *content = lines.join(&b'\n');
         }
         Change::RepeatLine { line } => {
-            let mut lines: Vec<Vec<u8>> = content.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
+            let mut lines: Vec<Vec<u8>> =
+                content.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
             let i = usize::from(*line) % lines.len();
             let l = lines[i].clone();
             lines.insert(i, l);

@@ -13,15 +13,26 @@ use portcullis_sidecar::masking::lineage::{Shape, Taint};
 
 #[derive(Arbitrary, Debug)]
 enum Format {
-    Text { delimiter: u8 },
-    Csv { delimiter: u8, quote: u8, escape: u8, header: bool },
+    Text {
+        delimiter: u8,
+    },
+    Csv {
+        delimiter: u8,
+        quote: u8,
+        escape: u8,
+        header: bool,
+    },
     Binary,
 }
 
 #[derive(Arbitrary, Debug)]
 enum Value {
     Null,
-    Secret { n: u32, before: String, after: String },
+    Secret {
+        n: u32,
+        before: String,
+        after: String,
+    },
     Text(String),
 }
 
@@ -39,7 +50,9 @@ struct Input {
 fn value_text(v: &Value) -> Option<String> {
     match v {
         Value::Null => None,
-        Value::Secret { n, before, after } => Some(format!("{before}SECRET-{:06}{after}", n % 1_000_000)),
+        Value::Secret { n, before, after } => {
+            Some(format!("{before}SECRET-{:06}{after}", n % 1_000_000))
+        }
         Value::Text(t) => Some(t.clone()),
     }
 }
@@ -118,12 +131,20 @@ fuzz_target!(|input: Input| {
     // Delimiters and quotes PostgreSQL accepts: one single-byte character, not a line end.
     let ok = |b: u8| b.is_ascii() && b != b'\n' && b != b'\r' && b != 0;
     let format = match input.format {
-        Format::Text { delimiter } if ok(delimiter) && delimiter != b'\\' => CopyFormat::Text { delimiter },
-        Format::Csv { delimiter, quote, escape, header }
-            if ok(delimiter) && ok(quote) && ok(escape) && delimiter != quote =>
-        {
-            CopyFormat::Csv { delimiter, quote, escape, header }
+        Format::Text { delimiter } if ok(delimiter) && delimiter != b'\\' => {
+            CopyFormat::Text { delimiter }
         }
+        Format::Csv {
+            delimiter,
+            quote,
+            escape,
+            header,
+        } if ok(delimiter) && ok(quote) && ok(escape) && delimiter != quote => CopyFormat::Csv {
+            delimiter,
+            quote,
+            escape,
+            header,
+        },
         Format::Binary => CopyFormat::Binary,
         _ => return,
     };
@@ -131,9 +152,15 @@ fuzz_target!(|input: Input| {
     let rows: Vec<Vec<Value>> = input.rows.into_iter().take(32).collect();
     let payloads: Vec<Vec<u8>> = match &format {
         CopyFormat::Text { delimiter } => rows.iter().map(|r| text_row(r, *delimiter)).collect(),
-        CopyFormat::Csv { delimiter, quote, escape, .. } => {
-            rows.iter().map(|r| csv_row(r, *delimiter, *quote, *escape)).collect()
-        }
+        CopyFormat::Csv {
+            delimiter,
+            quote,
+            escape,
+            ..
+        } => rows
+            .iter()
+            .map(|r| csv_row(r, *delimiter, *quote, *escape))
+            .collect(),
         CopyFormat::Binary => {
             let stream = binary_stream(&rows);
             let mut out = Vec::new();

@@ -15,10 +15,21 @@ use portcullis_sidecar::kube::stream::fuzzing::{
 
 #[derive(Arbitrary, Debug)]
 enum Input {
-    Raw { chunks: Vec<Vec<u8>> },
-    Headers { blocks: Vec<Vec<(String, Vec<String>)>>, cuts: Vec<u16> },
-    Resize { data: Vec<u8>, cut: u16 },
-    WebSocket { data: Vec<u8>, v5: bool },
+    Raw {
+        chunks: Vec<Vec<u8>>,
+    },
+    Headers {
+        blocks: Vec<Vec<(String, Vec<String>)>>,
+        cuts: Vec<u16>,
+    },
+    Resize {
+        data: Vec<u8>,
+        cut: u16,
+    },
+    WebSocket {
+        data: Vec<u8>,
+        v5: bool,
+    },
 }
 
 fn header_block(headers: &[(String, Vec<String>)]) -> Vec<u8> {
@@ -46,9 +57,11 @@ fuzz_target!(|input: Input| match input {
             .map(|b| {
                 let mut seen = Vec::new();
                 b.into_iter()
-                    .filter(|(n, _)| *n == n.to_lowercase() && !seen.contains(n) && {
-                        seen.push(n.clone());
-                        true
+                    .filter(|(n, _)| {
+                        *n == n.to_lowercase() && !seen.contains(n) && {
+                            seen.push(n.clone());
+                            true
+                        }
                     })
                     .map(|(n, v)| {
                         let v: Vec<String> = v.into_iter().filter(|s| !s.contains('\0')).collect();
@@ -63,10 +76,12 @@ fuzz_target!(|input: Input| match input {
         for (i, headers) in blocks.iter().enumerate() {
             let plain = header_block(headers);
             let mut packed = Vec::with_capacity(plain.len() + 1024);
-            z.compress_vec(&plain, &mut packed, FlushCompress::Sync).expect("compress");
+            z.compress_vec(&plain, &mut packed, FlushCompress::Sync)
+                .expect("compress");
             while packed.capacity() == packed.len() {
                 packed.reserve(1024);
-                z.compress_vec(&[], &mut packed, FlushCompress::Sync).expect("compress");
+                z.compress_vec(&[], &mut packed, FlushCompress::Sync)
+                    .expect("compress");
             }
             // SYN_STREAM v3: control bit and version, type 1, flags, length, stream id,
             // associated stream id, priority and slot, header block.
@@ -91,7 +106,10 @@ fuzz_target!(|input: Input| match input {
         assert_eq!(frames.len(), blocks.len());
         for (frame, headers) in frames.iter().zip(&blocks) {
             match frame {
-                SpdyFrame::Control { headers: Some(read), .. } => assert_eq!(read, headers),
+                SpdyFrame::Control {
+                    headers: Some(read),
+                    ..
+                } => assert_eq!(read, headers),
                 other => panic!("SYN_STREAM read as {other:?}"),
             }
         }

@@ -18,17 +18,16 @@ struct Request {
     query: Option<String>,
 }
 
-const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT"];
+const METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT",
+];
 
 fn guardrails() -> &'static Guardrails {
     static G: std::sync::OnceLock<Guardrails> = std::sync::OnceLock::new();
     G.get_or_init(|| {
-        let policy = serde_yaml::from_str("name: ops")
-        .expect("policy");
-        let identity = serde_yaml::from_str(
-            "{kind: ServiceAccount, name: agent, namespace: shop}",
-        )
-        .expect("identity");
+        let policy = serde_yaml::from_str("name: ops").expect("policy");
+        let identity = serde_yaml::from_str("{kind: ServiceAccount, name: agent, namespace: shop}")
+            .expect("identity");
         Guardrails::for_identity(vec![policy], &identity, "shop")
     })
 }
@@ -37,7 +36,10 @@ fuzz_target!(|r: Request| {
     let method = Method::from_bytes(METHODS[usize::from(r.method) % METHODS.len()].as_bytes())
         .expect("method");
     let info = RequestInfo::resolve(&method, &r.path, r.query.as_deref());
-    assert_eq!(info, RequestInfo::resolve(&method, &r.path, r.query.as_deref()));
+    assert_eq!(
+        info,
+        RequestInfo::resolve(&method, &r.path, r.query.as_deref())
+    );
     let _ = info.full_resource();
     let pairs = query_pairs(r.query.as_deref());
     let _ = query_bool(&pairs, "stdin");
@@ -47,6 +49,9 @@ fuzz_target!(|r: Request| {
         .filter(|(k, _)| k == "command")
         .map(|(_, v)| v.as_str())
         .collect();
-    assert_eq!(params.command, commands, "exec command differs from the query's");
+    assert_eq!(
+        params.command, commands,
+        "exec command differs from the query's"
+    );
     let _ = decide_builtin(guardrails(), &info);
 });

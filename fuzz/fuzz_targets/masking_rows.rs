@@ -13,7 +13,10 @@ use portcullis_sidecar::masking::engine::{ResultColumn, StatementPlan};
 use portcullis_sidecar::masking::lineage::{Shape, Taint};
 use portcullis_sidecar::masking::strategy::{mask_field, HashKey, Masked, Strategy};
 
-const TYPES: &[u32] = &[0, 16, 17, 18, 19, 20, 21, 23, 25, 114, 700, 701, 1042, 1043, 1082, 1114, 1184, 1700, 2950, 3802];
+const TYPES: &[u32] = &[
+    0, 16, 17, 18, 19, 20, 21, 23, 25, 114, 700, 701, 1042, 1043, 1082, 1114, 1184, 1700, 2950,
+    3802,
+];
 
 #[derive(Arbitrary, Debug)]
 struct Column {
@@ -24,8 +27,14 @@ struct Column {
 #[derive(Arbitrary, Debug)]
 enum Value {
     Null,
-    Secret { n: u32, before: String, after: String },
-    Email { user: String },
+    Secret {
+        n: u32,
+        before: String,
+        after: String,
+    },
+    Email {
+        user: String,
+    },
     Text(String),
     Raw(Vec<u8>),
 }
@@ -44,7 +53,9 @@ fn secret(n: u32) -> String {
 fn bytes_of(v: &Value) -> Option<Vec<u8>> {
     match v {
         Value::Null => None,
-        Value::Secret { n, before, after } => Some(format!("{before}{}{after}", secret(*n)).into_bytes()),
+        Value::Secret { n, before, after } => {
+            Some(format!("{before}{}{after}", secret(*n)).into_bytes())
+        }
         Value::Email { user } => Some(format!("{user}@example.com").into_bytes()),
         Value::Text(t) => Some(t.clone().into_bytes()),
         Value::Raw(r) => Some(r.clone()),
@@ -84,7 +95,9 @@ fuzz_target!(|input: Input| {
             }
         }
         let mut out = BytesMut::new();
-        masking.data_row(&body, &mut out).expect("a well-formed row is masked");
+        masking
+            .data_row(&body, &mut out)
+            .expect("a well-formed row is masked");
         // Framed DataRow: tag, length, field count, fields.
         assert_eq!(out[0], b'D');
         let mut q = 7;
@@ -97,7 +110,9 @@ fuzz_target!(|input: Input| {
             let v = &out[q..q + l as usize];
             q += l as usize;
             // A field beyond the described columns is sent as NULL (fail closed).
-            let text = columns.get(i).is_none_or(|c| text_column(c.type_oid, c.binary));
+            let text = columns
+                .get(i)
+                .is_none_or(|c| text_column(c.type_oid, c.binary));
             assert!(!(text && holds_secret(v)), "value {i} leaks: {v:?}");
         }
         assert_eq!(q, out.len());
@@ -106,10 +121,16 @@ fuzz_target!(|input: Input| {
 
     let value = secret(input.strategy_value);
     let key = HashKey::new(b"fuzz key");
-    for strategy in [Strategy::Redact, Strategy::Null, Strategy::Partial, Strategy::Hash] {
+    for strategy in [
+        Strategy::Redact,
+        Strategy::Null,
+        Strategy::Partial,
+        Strategy::Hash,
+    ] {
         for oid in TYPES {
             for binary in [false, true] {
-                if let Masked::Value(v) = mask_field(strategy, *oid, binary, value.as_bytes(), &key) {
+                if let Masked::Value(v) = mask_field(strategy, *oid, binary, value.as_bytes(), &key)
+                {
                     assert!(!holds_secret(&v), "{strategy:?} of type {oid} leaks: {v:?}");
                 }
             }

@@ -6,15 +6,16 @@
 use libfuzzer_sys::fuzz_target;
 use portcullis_crds::sidecar_config::OidcIssuerConfig;
 use portcullis_sidecar::identity::claims::ClaimRules;
-use portcullis_sidecar::identity::oidc::{claim_string, format_date, numeric_date, peek, TokenError};
+use portcullis_sidecar::identity::oidc::{
+    claim_string, format_date, numeric_date, peek, TokenError,
+};
 
 fn rules() -> &'static [ClaimRules] {
     static RULES: std::sync::OnceLock<Vec<ClaimRules>> = std::sync::OnceLock::new();
     RULES.get_or_init(|| {
-        let plain: OidcIssuerConfig = serde_yaml::from_str(
-            "{url: 'https://sso.example.com', audiences: [portcullis]}",
-        )
-        .expect("issuer");
+        let plain: OidcIssuerConfig =
+            serde_yaml::from_str("{url: 'https://sso.example.com', audiences: [portcullis]}")
+                .expect("issuer");
         let mapped: OidcIssuerConfig = serde_yaml::from_str(
             r#"
 url: https://sso.example.com

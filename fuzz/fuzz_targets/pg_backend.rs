@@ -26,7 +26,12 @@ fn plan(choice: u8) -> StatementPlan {
         copy: match choice % 4 {
             0 => None,
             1 => Some(CopyFormat::Text { delimiter: b'\t' }),
-            2 => Some(CopyFormat::Csv { delimiter: b',', quote: b'"', escape: b'"', header: choice & 4 != 0 }),
+            2 => Some(CopyFormat::Csv {
+                delimiter: b',',
+                quote: b'"',
+                escape: b'"',
+                header: choice & 4 != 0,
+            }),
             _ => Some(CopyFormat::Binary),
         },
         ddl: false,
@@ -65,7 +70,11 @@ fn check(out: &[u8], columns: &mut Option<Vec<(u32, bool)>>) {
                 }
             }
             b'd' | b'E' | b'N' | b'A' => {
-                assert!(!holds_secret(body), "message {:?} leaks: {body:?}", char::from(tag));
+                assert!(
+                    !holds_secret(body),
+                    "message {:?} leaks: {body:?}",
+                    char::from(tag)
+                );
             }
             _ => {}
         }

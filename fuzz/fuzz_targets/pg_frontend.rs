@@ -64,7 +64,13 @@ fuzz_target!(|data: &[u8]| {
             let before = input;
             let read = read_message_limited(
                 &mut input,
-                |tag| if matches!(tag, b'Q' | b'P') { STATEMENT_LIMIT } else { MESSAGE_LIMIT },
+                |tag| {
+                    if matches!(tag, b'Q' | b'P') {
+                        STATEMENT_LIMIT
+                    } else {
+                        MESSAGE_LIMIT
+                    }
+                },
                 |tag| matches!(tag, b'Q' | b'P'),
             )
             .await;

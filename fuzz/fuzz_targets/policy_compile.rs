@@ -23,9 +23,11 @@ const STATEMENTS: &str = "SELECT email FROM customers; DELETE FROM orders; UPDAT
     COPY customers TO PROGRAM 'sh'; SELECT pg_read_file('/etc/passwd'); SET ROLE admin; DROP TABLE orders";
 
 fn identity() -> Identity {
-    serde_json::from_str(r#"{"kind": "ServiceAccount", "name": "agent", "namespace": "shop",
+    serde_json::from_str(
+        r#"{"kind": "ServiceAccount", "name": "agent", "namespace": "shop",
         "principal": {"kind": "User", "issuer": "https://sso.example.com", "subject": "u-1",
-                      "name": "alice", "groups": ["dpo"]}}"#)
+                      "name": "alice", "groups": ["dpo"]}}"#,
+    )
     .expect("identity")
 }
 
@@ -38,7 +40,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let json = serde_json::to_vec(&policy).expect("config serializes");
     let back: PolicyConfig = serde_json::from_slice(&json).expect("config reads back");
-    assert_eq!(back, policy, "compiled policy changes through the configuration");
+    assert_eq!(
+        back, policy,
+        "compiled policy changes through the configuration"
+    );
 
     let identity = identity();
     let guardrails = Guardrails::for_identity(vec![policy.clone()], &identity, "shop");
@@ -53,8 +58,16 @@ fuzz_target!(|data: &[u8]| {
     let _ = guardrails.spool_limit();
     for (method, path, query) in [
         (http::Method::GET, "/api/v1/namespaces/shop/secrets", None),
-        (http::Method::DELETE, "/apis/apps/v1/namespaces/shop/deployments/web", None),
-        (http::Method::POST, "/api/v1/namespaces/shop/pods/db-0/exec", Some("command=sh&command=-c&command=rm+-rf+/data&stdin=true")),
+        (
+            http::Method::DELETE,
+            "/apis/apps/v1/namespaces/shop/deployments/web",
+            None,
+        ),
+        (
+            http::Method::POST,
+            "/api/v1/namespaces/shop/pods/db-0/exec",
+            Some("command=sh&command=-c&command=rm+-rf+/data&stdin=true"),
+        ),
     ] {
         let info = RequestInfo::resolve(&method, path, query);
         let _ = decide_builtin(&guardrails, &info);
@@ -65,13 +78,19 @@ fuzz_target!(|data: &[u8]| {
         container: "db".into(),
         labels: None,
     };
-    for script in ["rm -rf /data", "psql -c 'DROP TABLE x' | tee /tmp/out", "ls -l $HOME"] {
+    for script in [
+        "rm -rf /data",
+        "psql -c 'DROP TABLE x' | tee /tmp/out",
+        "ls -l $HOME",
+    ] {
         let analysis = portcullis_sidecar::shell::analyse_script(script, false);
         let _ = decide_exec(&guardrails, &target, &analysis, false);
     }
     let upstream = Arc::new(Upstream {
-        config: serde_json::from_str(r#"{"host": "localhost", "port": 5432, "tlsMode": "disable"}"#)
-            .expect("upstream"),
+        config: serde_json::from_str(
+            r#"{"host": "localhost", "port": 5432, "tlsMode": "disable"}"#,
+        )
+        .expect("upstream"),
         tls: None,
         credentials: None,
     });

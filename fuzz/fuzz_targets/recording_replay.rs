@@ -17,13 +17,20 @@ fn check_visible(text: &str) {
     }
     // A carriage return only ever ends a line.
     for (i, _) in text.match_indices('\r') {
-        assert_eq!(text.as_bytes().get(i + 1), Some(&b'\n'), "bare CR in {text:?}");
+        assert_eq!(
+            text.as_bytes().get(i + 1),
+            Some(&b'\n'),
+            "bare CR in {text:?}"
+        );
     }
 }
 
 fn check_raw(text: &str) {
     for seq in ["\x1b]", "\x1bP", "\u{9d}", "\u{90}"] {
-        assert!(!text.contains(seq), "raw rendering passed {seq:?} in {text:?}");
+        assert!(
+            !text.contains(seq),
+            "raw rendering passed {seq:?} in {text:?}"
+        );
     }
 }
 

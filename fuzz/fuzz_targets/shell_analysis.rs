@@ -67,7 +67,15 @@ fn node(u: &mut Unstructured<'_>, depth: u32) -> arbitrary::Result<Node> {
         6 => Node::Not(sub(u)?),
         7 => Node::Subshell(sub(u)?),
         8 => Node::Group(sub(u)?),
-        9 => Node::If(sub(u)?, sub(u)?, if bool::arbitrary(u)? { Some(sub(u)?) } else { None }),
+        9 => Node::If(
+            sub(u)?,
+            sub(u)?,
+            if bool::arbitrary(u)? {
+                Some(sub(u)?)
+            } else {
+                None
+            },
+        ),
         10 => Node::While(sub(u)?, sub(u)?),
         11 => Node::For(vec![u.choose_index(WORDS.len())?; 2], sub(u)?),
         _ => Node::Case(u.choose_index(WORDS.len())?, sub(u)?),

@@ -50,8 +50,7 @@ masking:
                 credentials: None,
             });
             let masker = Arc::new(
-                Masker::new(&[policy], &MaskingConfig::default(), "ns", upstream)
-                    .expect("masker"),
+                Masker::new(&[policy], &MaskingConfig::default(), "ns", upstream).expect("masker"),
             );
             let identity: Identity =
                 serde_yaml::from_str("{kind: ServiceAccount, name: agent, namespace: ns}")
@@ -70,8 +69,9 @@ pub fn text_column(type_oid: u32, binary: bool) -> bool {
 /// analysed), and wait for it. A panic in `f` aborts the process, as libFuzzer expects.
 pub fn on_session_stack(f: impl FnOnce() + Send + 'static) {
     type Job = Box<dyn FnOnce() + Send>;
-    static WORKER: OnceLock<std::sync::Mutex<(std::sync::mpsc::Sender<Job>, std::sync::mpsc::Receiver<()>)>> =
-        OnceLock::new();
+    static WORKER: OnceLock<
+        std::sync::Mutex<(std::sync::mpsc::Sender<Job>, std::sync::mpsc::Receiver<()>)>,
+    > = OnceLock::new();
     let worker = WORKER.get_or_init(|| {
         let (jobs, next) = std::sync::mpsc::channel::<Job>();
         let (done, finished) = std::sync::mpsc::channel();

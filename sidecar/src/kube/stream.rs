@@ -870,7 +870,9 @@ where
 #[doc(hidden)]
 pub mod fuzzing {
     pub use super::super::spdy_dictionary::HEADER_DICTIONARY;
-    use super::{classify_client, stream_id, stream_type, Channel, ClientFrame, ResizeDecoder, SpdyReader};
+    use super::{
+        classify_client, stream_id, stream_type, Channel, ClientFrame, ResizeDecoder, SpdyReader,
+    };
 
     /// One frame of a SPDY direction as the relay reads it.
     #[derive(Debug, PartialEq, Eq)]

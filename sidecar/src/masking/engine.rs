@@ -817,9 +817,8 @@ impl ResultMasking {
         }
         // Binary jsonb starts with its version byte (1); a value that does not is scanned
         // whole rather than trusted to hold one.
-        let offset = usize::from(
-            col.binary && strategy::is_jsonb(col.type_oid) && raw.first() == Some(&1),
-        );
+        let offset =
+            usize::from(col.binary && strategy::is_jsonb(col.type_oid) && raw.first() == Some(&1));
         let Some(payload) = raw.get(offset..) else {
             return Field::Value(raw.into());
         };
@@ -1529,7 +1528,11 @@ masking:
             .any(|m| m.column == 0 && m.rule.rule == "mails"));
         let before = out.len();
         assert!(r.data_row(&body[..5], &mut out).is_err());
-        assert_eq!(out.len(), before, "a malformed row leaves no partial message");
+        assert_eq!(
+            out.len(),
+            before,
+            "a malformed row leaves no partial message"
+        );
     }
 
     #[test]

@@ -347,7 +347,10 @@ mod tests {
         let cache = AnalysisCache::default();
         // COPY options are read from the statement: a cached ',' must not stand for '|'.
         let _ = cache.analyze("COPY customers TO STDOUT (DELIMITER ',')");
-        match cache.analyze("COPY customers TO STDOUT (DELIMITER '|')").as_ref() {
+        match cache
+            .analyze("COPY customers TO STDOUT (DELIMITER '|')")
+            .as_ref()
+        {
             Analysis::Statements(s) => {
                 let ast = s[0].ast.as_deref().map(ToString::to_string);
                 assert!(ast.is_some_and(|a| a.contains("'|'")), "{s:?}");
@@ -356,7 +359,11 @@ mod tests {
         }
         // The search path a statement sets is its literal.
         for (first, then, wanted) in [
-            ("SET search_path = 'public'", "SET search_path = 'evil'", "evil"),
+            (
+                "SET search_path = 'public'",
+                "SET search_path = 'evil'",
+                "evil",
+            ),
             (
                 "SELECT set_config('search_path', 'public', false)",
                 "SELECT set_config('search_path', 'evil', false)",
