@@ -11,7 +11,9 @@
 //!   the cursor, erases, retitles or reaches the clipboard; invisible characters (zero-width,
 //!   bidirectional controls) shown as `<U+XXXX>`.
 //! - [`Render::Raw`]: the bytes as recorded, except operating system commands (titles,
-//!   clipboard, hyperlinks, ...) and device control strings, which are never passed.
+//!   clipboard, hyperlinks, ...) and device control strings, which are never passed, and C1
+//!   control characters written as UTF-8 (which some terminals read as the start of such
+//!   strings), shown as `<U+XXXX>`.
 
 use vte::{Params, Parser, Perform};
 
@@ -174,6 +176,11 @@ impl Perform for State {
                 }
                 push_visible_char(&mut self.out, c);
             }
+            // C1 controls written as UTF-8 (U+0090 starts a DCS, U+009D an OSC, U+009B a CSI
+            // for terminals that read them) are shown, never passed.
+            Render::Raw if ('\u{80}'..='\u{9f}').contains(&c) => {
+                self.out.push_str(&format!("<U+{:04X}>", c as u32));
+            }
             Render::Raw => self.out.push(c),
         }
     }
@@ -275,5 +282,21 @@ mod tests {
     fn invisible_characters_are_named() {
         let out = render(Render::Visible, &["a\u{200b}b\u{202e}c".as_bytes()]);
         assert_eq!(out, "a<U+200B>b<U+202E>c");
+    }
+
+    #[test]
+    fn raw_replay_shows_c1_controls_written_as_utf8() {
+        let out = render(
+            Render::Raw,
+            &["a\u{90}q;evil\u{9c}b\u{9d}0;title\u{9c}".as_bytes()],
+        );
+        assert!(
+            !out.contains('\u{90}') && !out.contains('\u{9d}'),
+            "{out:?}"
+        );
+        assert!(
+            out.contains("<U+0090>") && out.contains("<U+009D>"),
+            "{out:?}"
+        );
     }
 }

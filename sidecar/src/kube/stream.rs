@@ -866,6 +866,101 @@ where
     result
 }
 
+/// The decoders of exec streams, reachable for the fuzz targets.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::super::spdy_dictionary::HEADER_DICTIONARY;
+    use super::{
+        classify_client, stream_id, stream_type, Channel, ClientFrame, ResizeDecoder, SpdyReader,
+    };
+
+    /// One frame of a SPDY direction as the relay reads it.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum SpdyFrame {
+        /// A control frame; `headers` for SYN_STREAM, SYN_REPLY and HEADERS.
+        Control {
+            /// Frame type.
+            kind: u16,
+            /// Stream id (SYN_STREAM, SYN_REPLY, HEADERS).
+            id: u32,
+            /// The decompressed header block.
+            headers: Option<Vec<(String, Vec<String>)>>,
+            /// Whether a SYN_STREAM names a channel the relay knows.
+            known_channel: bool,
+        },
+        /// A data frame.
+        Data {
+            /// Stream id.
+            id: u32,
+            /// Payload length.
+            len: usize,
+        },
+    }
+
+    /// Read the frames of one direction fed in `chunks`, as the relay reads them; the error is
+    /// the relay's.
+    pub fn spdy_frames(chunks: &[&[u8]]) -> Result<Vec<SpdyFrame>, String> {
+        let mut reader = SpdyReader::new();
+        let mut frames = Vec::new();
+        for chunk in chunks {
+            reader.buf.extend_from_slice(chunk);
+            while let Some(frame) = reader.next_frame().map_err(|e| e.to_string())? {
+                if frame[0] & 0x80 == 0 {
+                    frames.push(SpdyFrame::Data {
+                        id: stream_id(&frame, 0),
+                        len: frame.len() - 8,
+                    });
+                    continue;
+                }
+                let kind = u16::from_be_bytes([frame[2], frame[3]]);
+                let at = match kind {
+                    1 => Some(18),
+                    2 | 8 => Some(12),
+                    _ => None,
+                };
+                let headers = match at {
+                    Some(at) => Some(
+                        reader
+                            .headers(frame.get(at..).unwrap_or_default())
+                            .map_err(|e| e.to_string())?,
+                    ),
+                    None => None,
+                };
+                let known_channel = kind == 1
+                    && headers
+                        .as_ref()
+                        .and_then(stream_type)
+                        .and_then(Channel::from_stream_type)
+                        .is_some();
+                frames.push(SpdyFrame::Control {
+                    kind,
+                    id: stream_id(&frame, 8),
+                    headers,
+                    known_channel,
+                });
+            }
+        }
+        Ok(frames)
+    }
+
+    /// Terminal sizes of a resize stream fed in `chunks`; each chunk's result.
+    pub fn resize_sizes(chunks: &[&[u8]]) -> Vec<Result<Vec<(u16, u16)>, String>> {
+        let mut decoder = ResizeDecoder::default();
+        chunks.iter().map(|c| decoder.push(c)).collect()
+    }
+
+    /// How the relay reads a WebSocket data message from the client: `Ok(None)` passes it,
+    /// `Ok(Some(channel))` is standard input (0), a resize (4) or a v5 close of `256 + c`.
+    pub fn classify(data: &[u8], v5: bool) -> Result<Option<u16>, String> {
+        classify_client(data, v5).map(|f| match f {
+            ClientFrame::Pass => None,
+            ClientFrame::Stdin => Some(0),
+            ClientFrame::Resize => Some(4),
+            ClientFrame::Close(c) => Some(256 + u16::from(c)),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

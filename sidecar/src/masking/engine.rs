@@ -960,7 +960,10 @@ impl ResultMasking {
         if col.binary && !text_like && !copy_text && col.type_oid != 0 {
             return Field::Value(raw.into());
         }
-        let offset = usize::from(col.binary && strategy::is_jsonb(col.type_oid));
+        // Binary jsonb starts with its version byte (1); a value that does not is scanned
+        // whole rather than trusted to hold one.
+        let offset =
+            usize::from(col.binary && strategy::is_jsonb(col.type_oid) && raw.first() == Some(&1));
         let Some(payload) = raw.get(offset..) else {
             return Field::Value(raw.into());
         };
@@ -1023,8 +1026,18 @@ impl ResultMasking {
         Field::Value(v.into())
     }
 
-    /// Rewrite one DataRow body into a framed DataRow appended to `out`.
+    /// Rewrite one DataRow body into a framed DataRow appended to `out`. A row that does not
+    /// parse leaves `out` as it was (no partial message reaches the client).
     pub fn data_row(&mut self, body: &[u8], out: &mut BytesMut) -> Result<(), MalformedRow> {
+        let start = out.len();
+        let written = self.write_row(body, out);
+        if written.is_err() {
+            out.truncate(start);
+        }
+        written
+    }
+
+    fn write_row(&mut self, body: &[u8], out: &mut BytesMut) -> Result<(), MalformedRow> {
         let n = u16::from_be_bytes([
             *body.first().ok_or(MalformedRow)?,
             *body.get(1).ok_or(MalformedRow)?,
@@ -1115,6 +1128,72 @@ fn detector_name(d: Option<&DetectorKind>) -> &'static str {
     }
 }
 
+/// The fields of a COPY text row: split at each delimiter that no backslash escapes (the
+/// server writes a delimiter inside a value as `\` and the delimiter).
+fn text_fields(body: &[u8], delimiter: u8) -> Vec<&[u8]> {
+    let mut fields = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'\\' => i += 2,
+            b if b == delimiter => {
+                fields.push(&body[start..i]);
+                i += 1;
+                start = i;
+            }
+            _ => i += 1,
+        }
+    }
+    fields.push(&body[start.min(body.len())..]);
+    fields
+}
+
+/// A COPY text field as the client reads it: `\b \f \n \r \t \v`, octal and `\x` hex escapes
+/// resolved, any other escaped byte taken as itself.
+fn unescape_text(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] != b'\\' || i + 1 == field.len() {
+            out.push(field[i]);
+            i += 1;
+            continue;
+        }
+        let c = field[i + 1];
+        i += 2;
+        let digits = |from: usize, max: usize, radix: u32| {
+            field[from..]
+                .iter()
+                .take(max)
+                .take_while(|d| char::from(**d).is_digit(radix))
+                .count()
+        };
+        out.push(match c {
+            b'b' => 8,
+            b'f' => 12,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'v' => 11,
+            b'0'..=b'7' => {
+                let n = 1 + digits(i, 2, 8);
+                let text = std::str::from_utf8(&field[i - 1..i - 1 + n]).unwrap_or("0");
+                i += n - 1;
+                u8::from_str_radix(text, 8).unwrap_or(0)
+            }
+            b'x' if digits(i, 2, 16) > 0 => {
+                let n = digits(i, 2, 16);
+                let text = std::str::from_utf8(&field[i..i + n]).unwrap_or("0");
+                i += n;
+                u8::from_str_radix(text, 16).unwrap_or(0)
+            }
+            other => other,
+        });
+    }
+    out
+}
+
 /// Rewriting of a COPY TO STDOUT stream.
 pub struct CopyMasking {
     result: ResultMasking,
@@ -1175,7 +1254,7 @@ impl CopyMasking {
             None => (row, false),
         };
         let mut out = Vec::with_capacity(row.len());
-        for (i, field) in body.split(|b| *b == delimiter).enumerate() {
+        for (i, field) in text_fields(body, delimiter).into_iter().enumerate() {
             if i > 0 {
                 out.push(delimiter);
             }
@@ -1183,9 +1262,12 @@ impl CopyMasking {
                 out.extend_from_slice(field);
                 continue;
             }
-            match self.result.mask_value(i, field, true) {
+            // The detectors read the value the client will read (escapes resolved); a field
+            // they leave alone goes out as the server wrote it.
+            let value = unescape_text(field);
+            match self.result.mask_value(i, &value, true) {
                 Field::Null => out.extend_from_slice(b"\\N"),
-                Field::Value(v) => out.extend_from_slice(&v),
+                Field::Value(_) => out.extend_from_slice(field),
             }
         }
         if eol {
@@ -1671,7 +1753,59 @@ masking:
         assert!(report
             .iter()
             .any(|m| m.column == 0 && m.rule.rule == "mails"));
+        let before = out.len();
         assert!(r.data_row(&body[..5], &mut out).is_err());
+        assert_eq!(
+            out.len(),
+            before,
+            "a malformed row leaves no partial message"
+        );
+    }
+
+    #[test]
+    fn binary_jsonb_without_its_version_byte_is_scanned_whole() {
+        let s = detectors_only();
+        let cols = vec![ResultColumn {
+            name: "doc".into(),
+            type_oid: 3802,
+            binary: true,
+            origin: None,
+        }];
+        let mut r = s.result(&plan(), &cols);
+        // With its version byte the rest is the document; without one, the first byte is
+        // text too (skipping it left 15 digits the card detector did not take for a card).
+        let mut out = BytesMut::new();
+        r.data_row(&row(&[Some(b"\x01\"4111111111111111\"")]), &mut out)
+            .expect("row");
+        assert_eq!(&out[5..], &row(&[Some(b"\x01\"***\"")])[..]);
+        let mut out = BytesMut::new();
+        r.data_row(&row(&[Some(b"4111111111111111")]), &mut out)
+            .expect("row");
+        assert_eq!(&out[5..], &row(&[Some(b"***")])[..]);
+    }
+
+    #[test]
+    fn copy_text_fields_split_only_at_unescaped_delimiters() {
+        let s = detectors_only();
+        // A delimiter inside a value is escaped: splitting there would cut the card number
+        // in parts that no detector takes for a card, and shift the fields after it.
+        let text = s.copy(&plan(), 2, false);
+        let mut c = CopyMasking::new(text, CopyFormat::Text { delimiter: b' ' });
+        assert_eq!(
+            c.data(b"4111\\ 1111\\ 1111\\ 1111 x\n").expect("row"),
+            b"\\N x\n"
+        );
+        // The detectors read the value with its escapes resolved.
+        assert_eq!(
+            c.data(b"4111\\0401111\\x201111\\0401111 x\n").expect("row"),
+            b"\\N x\n"
+        );
+        assert_eq!(c.data(b"a\\ b\\\\ c\n").expect("row"), b"a\\ b\\\\ c\n");
+        assert_eq!(
+            text_fields(b"a\\,b,c\\\\,d", b','),
+            vec![&b"a\\,b"[..], &b"c\\\\"[..], &b"d"[..]]
+        );
+        assert_eq!(unescape_text(b"a\\tb\\101\\x41\\\\\\,"), b"a\tbAA\\,");
     }
 
     #[test]

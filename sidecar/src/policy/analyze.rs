@@ -183,6 +183,8 @@ fn do_block(sql: &str) -> Option<StatementFacts> {
     }
     let mut facts = StatementFacts {
         opaque_body: true,
+        // The body can do anything: its record is durable before it runs.
+        effect: Effect::Other,
         normalized: "DO ?".to_owned(),
         fingerprint: fingerprint::of("DO ?"),
         ..StatementFacts::default()
@@ -756,5 +758,17 @@ mod tests {
     fn deep_nesting_is_unanalysable_not_a_crash() {
         let sql = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
         assert!(matches!(analyze(&sql), Analysis::Unanalyzable { .. }));
+    }
+
+    #[test]
+    fn a_do_block_is_never_read_only() {
+        for sql in [
+            "DO $$ BEGIN DELETE FROM orders; END $$",
+            "DO LANGUAGE plpgsql $$ BEGIN NULL; END $$",
+        ] {
+            let f = facts(sql);
+            assert!(f[0].kinds.contains(&StatementKind::DoBlock), "{sql}");
+            assert_eq!(f[0].effect, Effect::Other, "{sql}");
+        }
     }
 }

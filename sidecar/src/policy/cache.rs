@@ -4,7 +4,13 @@
 //! *shape*: its tokens with numeric and plain string literals replaced by a marker, which does
 //! not change any fact the guardrails look at. Statements with bodies the analyser cannot see into
 //! (DO blocks, function bodies), whose facts depend on the body's text, are never shared, and
-//! neither are unanalysable texts.
+//! neither are unanalysable texts, nor analyses whose facts keep the value of a literal (COPY
+//! options, the search path a statement sets): a text of the same shape with other literals
+//! would get them.
+//!
+//! The cache is bounded by bytes: each entry is charged an estimate of the memory its analysis
+//! holds (the parse tree dominates, and grows with the text: see [`cost`]), and the cache is
+//! emptied when the next entry would take it past [`MAX_BYTES`] or [`MAX_ENTRIES`].
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -13,17 +19,38 @@ use std::sync::{Arc, Mutex};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
+use portcullis_crds::gateway_policy::StatementKind;
+
 use super::analyze::{analyze, Analysis};
 
 /// Texts longer than this are analysed every time and not kept.
 const MAX_KEY_BYTES: usize = 8 * 1024;
 /// Entries kept before the cache is emptied.
-const MAX_ENTRIES: usize = 4096;
+pub const MAX_ENTRIES: usize = 4096;
+/// Estimated bytes of analyses kept before the cache is emptied.
+pub const MAX_BYTES: usize = 32 << 20;
+/// Heap bytes an analysis holds per byte of its text, at most, over the statement shapes that
+/// build the largest parse trees for their length (lists of one-character literals or names,
+/// operator chains, nested parentheses, calls); the memory test of the cache measures them.
+const BYTES_PER_TEXT_BYTE: usize = 256;
+/// Bytes charged to every entry besides its text (the map slot, the facts' sets).
+const ENTRY_BYTES: usize = 2048;
+
+/// What keeping the analysis of a text with shape `key` costs, as the cache counts it.
+pub fn cost(key: &str) -> usize {
+    ENTRY_BYTES + key.len() * (1 + BYTES_PER_TEXT_BYTE)
+}
+
+#[derive(Default)]
+struct Entries {
+    map: HashMap<String, Arc<Analysis>>,
+    bytes: usize,
+}
 
 /// Shared analysis cache.
 #[derive(Clone, Default)]
 pub struct AnalysisCache {
-    entries: Arc<Mutex<HashMap<String, Arc<Analysis>>>>,
+    entries: Arc<Mutex<Entries>>,
 }
 
 /// The statement's shape: its text with numeric and plain string literals replaced. Most
@@ -147,9 +174,18 @@ fn quoted_end(b: &[u8], start: usize) -> Option<usize> {
     }
 }
 
+/// Whether an analysis may serve every text of its shape: no statement has a body the
+/// analyser cannot see into, or facts that keep a literal's value (COPY, whose options the
+/// masking reads from the statement; a search path change, whose schemas are its literals;
+/// a `set_config` call, whose first literal says whether it changes the search path).
 fn shareable(analysis: &Analysis) -> bool {
     match analysis {
-        Analysis::Statements(list) => list.iter().all(|f| !f.opaque_body),
+        Analysis::Statements(list) => list.iter().all(|f| {
+            !f.opaque_body
+                && f.path_changes.is_empty()
+                && !f.functions.iter().any(|q| q.name == "set_config")
+                && !f.kinds.contains(&StatementKind::Copy)
+        }),
         Analysis::Unanalyzable { .. } => false,
     }
 }
@@ -163,19 +199,36 @@ impl AnalysisCache {
         let Some(key) = shape(sql) else {
             return Arc::new(analyze(sql));
         };
-        if let Some(hit) = self.entries.lock().ok().and_then(|e| e.get(&key).cloned()) {
+        if let Some(hit) = self
+            .entries
+            .lock()
+            .ok()
+            .and_then(|e| e.map.get(&key).cloned())
+        {
             return hit;
         }
         let analysis = Arc::new(analyze(sql));
         if shareable(&analysis) {
             if let Ok(mut entries) = self.entries.lock() {
-                if entries.len() >= MAX_ENTRIES {
-                    entries.clear();
+                let cost = cost(&key);
+                if entries.map.len() >= MAX_ENTRIES || entries.bytes + cost > MAX_BYTES {
+                    entries.map.clear();
+                    entries.bytes = 0;
                 }
-                entries.insert(key, analysis.clone());
+                if entries.map.insert(key, analysis.clone()).is_none() {
+                    entries.bytes += cost;
+                }
             }
         }
         analysis
+    }
+
+    /// Entries kept and the bytes charged for them.
+    pub fn usage(&self) -> (usize, usize) {
+        self.entries
+            .lock()
+            .map(|e| (e.map.len(), e.bytes))
+            .unwrap_or_default()
     }
 }
 
@@ -285,6 +338,53 @@ mod tests {
                 assert!(s[0].functions.iter().any(|f| f.name == "lo_import"))
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn literal_values_that_facts_keep_are_never_shared() {
+        use super::super::names::PathChange;
+        let cache = AnalysisCache::default();
+        // COPY options are read from the statement: a cached ',' must not stand for '|'.
+        let _ = cache.analyze("COPY customers TO STDOUT (DELIMITER ',')");
+        match cache
+            .analyze("COPY customers TO STDOUT (DELIMITER '|')")
+            .as_ref()
+        {
+            Analysis::Statements(s) => {
+                let ast = s[0].ast.as_deref().map(ToString::to_string);
+                assert!(ast.is_some_and(|a| a.contains("'|'")), "{s:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The search path a statement sets is its literal.
+        for (first, then, wanted) in [
+            (
+                "SET search_path = 'public'",
+                "SET search_path = 'evil'",
+                "evil",
+            ),
+            (
+                "SELECT set_config('search_path', 'public', false)",
+                "SELECT set_config('search_path', 'evil', false)",
+                "evil",
+            ),
+            // Another setting first: the same shape, no path change.
+            (
+                "SELECT set_config('application_name', 'public', false)",
+                "SELECT set_config('search_path', 'evil', false)",
+                "evil",
+            ),
+        ] {
+            let _ = cache.analyze(first);
+            match cache.analyze(then).as_ref() {
+                Analysis::Statements(s) => assert_eq!(
+                    s[0].path_changes,
+                    vec![PathChange::Set(vec![wanted.to_owned()])],
+                    "{then}"
+                ),
+                other => panic!("{other:?}"),
+            }
         }
     }
 }

@@ -45,6 +45,13 @@ mod cursors;
 mod hold;
 mod names;
 
+/// Readers of client messages that the session keeps to itself, reachable for the fuzz
+/// targets.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::hold::bound_values;
+}
+
 use cursors::{CursorChange, Cursors, PortalRows};
 use names::{NameChange, Statements};
 

@@ -4,8 +4,7 @@
 //! options are answered with NegotiateProtocolVersion.
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{self, Fields, ProtocolError};
 
@@ -58,7 +57,9 @@ impl StartupParams {
 
 /// Read start-up packets until the client asks for a session or a cancel.
 /// Returns `None` when the client closes the connection.
-pub async fn accept(stream: &mut TcpStream) -> Result<Option<Hello>, ProtocolError> {
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> Result<Option<Hello>, ProtocolError> {
     // SSLRequest, then GSSENCRequest (or the reverse) at most once each.
     for _ in 0..3 {
         let Some(packet) = codec::read_startup_packet(stream).await? else {

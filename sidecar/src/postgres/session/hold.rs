@@ -137,7 +137,7 @@ impl Need {
 
 /// The parameter values of a Bind message, as shown to an approver: text values as SQL
 /// literals, binary ones as hex, `NULL`; `None` when the message cannot be read.
-pub(super) fn bound_values(body: &[u8]) -> Option<String> {
+pub fn bound_values(body: &[u8]) -> Option<String> {
     fn cstr(b: &[u8], at: &mut usize) -> Option<()> {
         let end = b.get(*at..)?.iter().position(|c| *c == 0)?;
         *at += end + 1;
