@@ -11,6 +11,7 @@ pub mod asciicast;
 pub mod attribution;
 pub mod auth;
 pub mod bundle;
+pub mod emulator;
 pub mod client;
 pub mod manifest;
 pub mod prune;

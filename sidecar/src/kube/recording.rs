@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::screen::{self, Direction, Scanner};
 use crate::masking::detectors::{compile_pattern, DetectorKind, Patterns};
+use crate::masking::prefix::Prefix;
 use crate::policy::guardrails::BUILTIN_POLICY;
 
 /// Directory of recordings under the spool directory (the audit service's name for it).
@@ -48,6 +49,8 @@ const PARTIAL: &str = ".cast.partial";
 pub struct OutputMasker {
     patterns: Patterns,
     detectors: Vec<(RuleRef, DetectorKind)>,
+    /// Each detector's pattern as a prefix automaton (see [`crate::masking::prefix`]).
+    prefixes: Vec<Prefix>,
 }
 
 impl OutputMasker {
@@ -99,9 +102,28 @@ impl OutputMasker {
                 ));
             }
         }
+        let prefixes = detectors
+            .iter()
+            .map(|(_, kind)| Prefix::new(patterns.pattern(kind)))
+            .collect();
         Ok(OutputMasker {
             patterns,
             detectors,
+            prefixes,
+        })
+    }
+
+    /// The first of `starts` (ascending byte offsets into `text`) from which the rest of
+    /// `text` could still grow into a value some detector finds.
+    pub fn first_unfinished(&self, text: &[u8], starts: &[usize]) -> Option<usize> {
+        let mut caches: Vec<_> = self.prefixes.iter().map(Prefix::cache).collect();
+        starts.iter().copied().find(|&i| {
+            let before = i.checked_sub(1).and_then(|j| text.get(j).copied());
+            let rest = text.get(i..).unwrap_or_default();
+            self.prefixes
+                .iter()
+                .zip(caches.iter_mut())
+                .any(|(p, c)| p.could_grow(c.as_mut(), before, rest))
         })
     }
 

@@ -15,4 +15,5 @@ pub mod catalog;
 pub mod detectors;
 pub mod engine;
 pub mod lineage;
+pub mod prefix;
 pub mod strategy;
