@@ -4,8 +4,8 @@
 //! middle of a value: `alice@exa` now, `mple.com` later. Each detector's pattern is compiled a
 //! second time into a lazy DFA ([`regex_automata::hybrid`], the engine inside `regex`), which
 //! is run anchored from a start position to the end of the text: if it has not reached its
-//! dead state there, more text could complete a match, and the text from that position is a
-//! possible value. Whatever the automaton cannot answer (a pattern it cannot compile, a
+//! dead state there and some next byte keeps it alive, more text could complete a match, and
+//! the text from that position is a possible value. Whatever the automaton cannot answer (a pattern it cannot compile, a
 //! non-ASCII byte where a Unicode word boundary matters, a cache that gives up) counts as a
 //! possible value: the caller masks rather than passes.
 
@@ -66,7 +66,13 @@ impl Prefix {
                 return false;
             }
         }
-        !state.is_dead()
+        // Matches are reported one byte late, so a state can be alive only to report a match
+        // that already ended: it could grow only if some next byte keeps it alive. (A byte
+        // the automaton quits on is not counted here: it is judged when it arrives.)
+        (0..=u8::MAX).any(|b| {
+            dfa.next_state(cache, state, b)
+                .map_or(true, |next| !next.is_dead() && !next.is_quit())
+        })
     }
 }
 
