@@ -26,8 +26,8 @@ use std::time::Duration;
 use serde_json::Value;
 use thiserror::Error;
 
-pub use crate::sanitize::Render;
 use crate::emulator::Emulator;
+pub use crate::sanitize::Render;
 use crate::sanitize::Sanitizer;
 
 /// Why a recording could not be read or played.
@@ -285,7 +285,9 @@ pub fn play(
         let own_line = screen.is_some();
         match event.code.as_str() {
             "o" => match screen.as_mut() {
-                Some(e) => output.write_all(e.output(event.time, event.data.as_bytes()).as_bytes())?,
+                Some(e) => {
+                    output.write_all(e.output(event.time, event.data.as_bytes()).as_bytes())?
+                }
                 None => output.write_all(out_render.render(event.data.as_bytes()).as_bytes())?,
             },
             "i" => {
@@ -296,7 +298,9 @@ pub fn play(
                         w.write_all(text.as_bytes())?;
                         w.flush()?;
                     }
-                    None if own_line => writeln!(output, "\u{27e6}in {:.3} s: {text}\u{27e7}", event.time)?,
+                    None if own_line => {
+                        writeln!(output, "\u{27e6}in {:.3} s: {text}\u{27e7}", event.time)?
+                    }
                     None => write!(output, "\u{27e6}in: {text}\u{27e7}")?,
                 }
             }

@@ -143,13 +143,9 @@ impl Emulator {
                 }
                 Action::Draw(c) => {
                     let (row, col) = self.screen.screen().cursor_position();
-                    let overwrites = self
-                        .screen
-                        .screen()
-                        .cell(row, col)
-                        .is_some_and(|cell| {
-                            cell.has_contents() && cell.contents() != c.to_string().as_str()
-                        });
+                    let overwrites = self.screen.screen().cell(row, col).is_some_and(|cell| {
+                        cell.has_contents() && cell.contents() != c.to_string().as_str()
+                    });
                     if overwrites && !self.overwriting {
                         self.show_screen("before it was overwritten");
                         self.overwriting = true;
@@ -290,9 +286,17 @@ mod tests {
     #[test]
     fn the_final_screen_is_what_the_user_saw() {
         let out = play(&[b"secret-one\rpublic    \n", b"abc\x08\x08XY\n", b"done"]);
-        assert!(out.ends_with("\u{27e6}screen at the end\u{27e7}\npublic\naXY\ndone\n"), "{out}");
+        assert!(
+            out.ends_with("\u{27e6}screen at the end\u{27e7}\npublic\naXY\ndone\n"),
+            "{out}"
+        );
         // What was overwritten is shown as the screen before it changed.
-        assert!(out.contains("\u{27e6}screen at 0.000 s, before it was overwritten\u{27e7}\nsecret-one\n"), "{out}");
+        assert!(
+            out.contains(
+                "\u{27e6}screen at 0.000 s, before it was overwritten\u{27e7}\nsecret-one\n"
+            ),
+            "{out}"
+        );
         assert!(out.contains("abc\n"), "{out}");
     }
 
@@ -304,10 +308,19 @@ mod tests {
             b"\x1b[?1049hfull-screen app\x1b[?1049l",
         ]);
         assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
-        assert!(out.contains("rm -rf /data\nhidden-line\n\u{27e6}end of screen"), "{out}");
-        assert!(out.contains("rm -rf /data\nshown\n\u{27e6}end of screen"), "{out}");
+        assert!(
+            out.contains("rm -rf /data\nhidden-line\n\u{27e6}end of screen"),
+            "{out}"
+        );
+        assert!(
+            out.contains("rm -rf /data\nshown\n\u{27e6}end of screen"),
+            "{out}"
+        );
         assert!(out.contains("full-screen app"), "{out}");
-        assert!(out.ends_with("\u{27e6}screen at the end\u{27e7}\nclean\n"), "{out}");
+        assert!(
+            out.ends_with("\u{27e6}screen at the end\u{27e7}\nclean\n"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -316,7 +329,10 @@ mod tests {
         let out = play(&[lines.as_bytes()]);
         let expected: String = (0..8).map(|i| format!("line {i}\n")).collect();
         assert!(out.starts_with(&expected), "{out}");
-        assert!(out.ends_with("\u{27e6}screen at the end\u{27e7}\nline 8\nline 9\nline 10\nline 11\n"), "{out}");
+        assert!(
+            out.ends_with("\u{27e6}screen at the end\u{27e7}\nline 8\nline 9\nline 10\nline 11\n"),
+            "{out}"
+        );
     }
 
     #[test]

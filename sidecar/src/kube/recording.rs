@@ -343,6 +343,27 @@ impl Recorder {
         Ok(())
     }
 
+    /// Write `data` as events small enough that each fits in a part (JSON escapes at most
+    /// sextuple a byte), so no part grows past the limit, however much is released at once.
+    fn events(&mut self, code: &str, data: &str) {
+        let max = usize::try_from((self.limit - MARKER_ROOM) / 8)
+            .unwrap_or(usize::MAX)
+            .max(64);
+        let mut rest = data;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(max);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            if cut == 0 {
+                cut = rest.chars().next().map_or(rest.len(), char::len_utf8);
+            }
+            let (piece, tail) = rest.split_at(cut);
+            self.event(code, piece);
+            rest = tail;
+        }
+    }
+
     fn event(&mut self, code: &str, data: &str) {
         if self.failed.is_some() {
             return;
@@ -485,7 +506,7 @@ impl Recorder {
         let counts = self.output.take_counts();
         self.add_counts(counts);
         if !chunk.is_empty() {
-            self.event("o", &String::from_utf8_lossy(&chunk));
+            self.events("o", &String::from_utf8_lossy(&chunk));
         }
     }
 
@@ -496,7 +517,7 @@ impl Recorder {
         let counts = self.input.take_counts();
         self.add_counts(counts);
         if !chunk.is_empty() {
-            self.event("i", &String::from_utf8_lossy(&chunk));
+            self.events("i", &String::from_utf8_lossy(&chunk));
         }
     }
 
@@ -523,13 +544,13 @@ impl Recorder {
         let counts = self.input.take_counts();
         self.add_counts(counts);
         if !rest.is_empty() {
-            self.event("i", &String::from_utf8_lossy(&rest));
+            self.events("i", &String::from_utf8_lossy(&rest));
         }
         let rest = self.output.flush(&masker);
         let counts = self.output.take_counts();
         self.add_counts(counts);
         if !rest.is_empty() {
-            self.event("o", &String::from_utf8_lossy(&rest));
+            self.events("o", &String::from_utf8_lossy(&rest));
         }
         let cut_short = self.failed.take();
         if let Some(e) = &cut_short {
@@ -816,6 +837,10 @@ mod tests {
             sent.push_str(&line);
             r.output(line.as_bytes());
         }
+        // Released at once, more than a part holds: written in pieces across parts.
+        let block: String = (0..800).map(|i| format!("block line {i}\n")).collect();
+        sent.push_str(&block);
+        r.output(block.as_bytes());
         let last = r.finish().expect("finish");
         let mut all = parts.lock().expect("lock").clone();
         assert!(all.len() >= 2, "{all:?}");

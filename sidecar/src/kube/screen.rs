@@ -150,7 +150,9 @@ impl View {
     /// Row `n` (from 1) of the screen.
     fn screen_row(&self, n: usize) -> i64 {
         let top = (self.bottom - SCREEN_ROWS + 1).max(0);
-        top + i64::try_from(n.max(1) - 1).unwrap_or(0).min(SCREEN_ROWS - 1)
+        top + i64::try_from(n.max(1) - 1)
+            .unwrap_or(0)
+            .min(SCREEN_ROWS - 1)
     }
 
     fn put(&mut self, cell: Cell) {
@@ -494,7 +496,10 @@ impl Scanner {
             let Some(k) = masker.first_unfinished(&text, &starts) else {
                 continue;
             };
-            let Some(&column) = starts.iter().position(|s| *s == k).and_then(|i| columns.get(i))
+            let Some(&column) = starts
+                .iter()
+                .position(|s| *s == k)
+                .and_then(|i| columns.get(i))
             else {
                 continue;
             };
@@ -674,7 +679,10 @@ mod tests {
         ] {
             let out = run(Direction::Output, &[data]);
             assert_eq!(out.len(), data.len());
-            assert!(!out.contains("alice") && !out.contains("example.com"), "{out:?}");
+            assert!(
+                !out.contains("alice") && !out.contains("example.com"),
+                "{out:?}"
+            );
         }
     }
 
@@ -686,7 +694,10 @@ mod tests {
         assert_eq!(s.release_quiet(&m, false), b"$ ");
         assert!(s.push(&m, b"contact: alice@exa").is_empty());
         assert_eq!(s.release_quiet(&m, false), b"contact: ");
-        assert!(s.release_quiet(&m, false).is_empty(), "the possible value stays held");
+        assert!(
+            s.release_quiet(&m, false).is_empty(),
+            "the possible value stays held"
+        );
         let rest = s.push(&m, b"mple.com, ok\n");
         assert_eq!(String::from_utf8_lossy(&rest), "*****************, ok\n");
     }
@@ -704,7 +715,10 @@ mod tests {
         // The rest arrives after a cursor move back: the screen shows alice@example.com.
         let rest = s.push(&m, b"\x1b[3Dexample.com\n");
         let rest = String::from_utf8_lossy(&rest);
-        assert!(!rest.contains("example") && !rest.contains("mple.com"), "{rest:?}");
+        assert!(
+            !rest.contains("example") && !rest.contains("mple.com"),
+            "{rest:?}"
+        );
         // And one that never becomes a value is masked all the same (fail closed).
         assert!(s.push(&m, b"4111 1111").is_empty());
         assert_eq!(s.release_quiet(&m, true), b"*********");

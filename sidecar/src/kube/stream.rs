@@ -159,9 +159,7 @@ impl LiveMask {
     /// What the deadline releases: the held text that cannot be the start of a value, or,
     /// once [`LIVE_HOLD`] has passed, everything with the possible values masked.
     fn release_due(&mut self) -> Vec<(u32, Vec<u8>)> {
-        let hold_over = self
-            .held_since
-            .is_some_and(|t| t.elapsed() >= LIVE_HOLD);
+        let hold_over = self.held_since.is_some_and(|t| t.elapsed() >= LIVE_HOLD);
         self.quiet_done = true;
         let masker = self.masker.clone();
         let mut keys: Vec<u32> = self.scanners.keys().copied().collect();
@@ -169,10 +167,7 @@ impl LiveMask {
         let out = keys
             .into_iter()
             .filter_map(|k| {
-                let out = self
-                    .scanners
-                    .get_mut(&k)?
-                    .release_quiet(&masker, hold_over);
+                let out = self.scanners.get_mut(&k)?.release_quiet(&masker, hold_over);
                 (!out.is_empty()).then_some((k, out))
             })
             .collect();

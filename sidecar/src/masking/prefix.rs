@@ -85,10 +85,16 @@ mod tests {
         let email = Prefix::new(r"(?i)[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}");
         let mut cache = email.cache();
         for text in ["alice", "alice@exa", "alice@example.", "alice@example.com"] {
-            assert!(email.could_grow(cache.as_mut(), None, text.as_bytes()), "{text}");
+            assert!(
+                email.could_grow(cache.as_mut(), None, text.as_bytes()),
+                "{text}"
+            );
         }
         for text in ["$ ", "alice ", "a:b", "alice@example.com "] {
-            assert!(!email.could_grow(cache.as_mut(), None, text.as_bytes()), "{text}");
+            assert!(
+                !email.could_grow(cache.as_mut(), None, text.as_bytes()),
+                "{text}"
+            );
         }
         let ssn = Prefix::new(r"\b\d{3}-\d{2}-\d{4}\b");
         let mut cache = ssn.cache();
