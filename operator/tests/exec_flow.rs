@@ -1239,9 +1239,8 @@ policies:
             replayed, long_masked,
             "spdy {spdy}: replaying the parts replays the session"
         );
-        assert!(parts
-            .iter()
-            .all(|p| p.masked.iter().map(|m| m.values).sum::<u64>() > 0));
+        let masked: u64 = parts.iter().flat_map(|p| &p.masked).map(|m| m.values).sum();
+        assert!(masked >= 2500, "spdy {spdy}: {masked} values counted");
     }
     parts_sidecar.shutdown().await;
 
