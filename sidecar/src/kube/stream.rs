@@ -573,6 +573,14 @@ where
     tx.send(Message::Binary(data.into()))
         .await
         .map_err(|e| RelayError::Protocol(e.to_string()))?;
+    // A normal close, so the client reads the error channel to its end and shows the message.
+    let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    };
+    tx.send(Message::Close(Some(close)))
+        .await
+        .map_err(|e| RelayError::Protocol(e.to_string()))?;
     Err(RelayError::Refused(
         "the recording reached its size limit".into(),
     ))
