@@ -11,11 +11,14 @@
 //! A file is parsed whole before anything is played, so a damaged file is refused, naming the
 //! line, without printing half a session.
 //!
-//! Playing renders the recorded data with [`crate::sanitize`]: by default control sequences
-//! are shown as text and nothing reaches the reviewer's terminal that could move the cursor,
-//! erase, retitle, follow a link or write the clipboard; [`Render::Raw`] is an explicit
-//! choice, and even then OSC and DCS strings are dropped. Typed input is shown by default,
-//! inline and marked apart from output (`⟦in: ...⟧`), and markers (`⟦marker: ...⟧`).
+//! Playing renders the output by default through a terminal emulator ([`crate::emulator`]):
+//! the reviewer reads plain-text screen states (the lines that scrolled off, the screen
+//! before anything on it was overwritten, erased or hidden, and the final screen), and no
+//! escape sequence reaches their terminal. [`Render::Visible`] shows control sequences as
+//! text instead ([`crate::sanitize`]); [`Render::Raw`] is an explicit choice, and even then
+//! OSC and DCS strings are dropped. Typed input is shown by default, marked apart from
+//! output (`⟦in: ...⟧`, on a line of its own with the screen), and markers
+//! (`⟦marker: ...⟧`).
 
 use std::io::Write;
 use std::time::Duration;
@@ -23,6 +26,7 @@ use std::time::Duration;
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::emulator::Emulator;
 pub use crate::sanitize::Render;
 use crate::sanitize::Sanitizer;
 
@@ -207,7 +211,7 @@ impl Default for PlayOptions {
             speed: 1.0,
             max_wait: Some(Duration::from_secs(2)),
             instant: false,
-            render: Render::Visible,
+            render: Render::Screen,
             show_input: true,
         }
     }
@@ -249,6 +253,12 @@ pub fn play(
     sleep: &mut dyn FnMut(Duration),
 ) -> Result<(), CastError> {
     options.check()?;
+    let mut screen = (options.render == Render::Screen).then(|| {
+        Emulator::new(
+            cast.header.width.unwrap_or(80),
+            cast.header.height.unwrap_or(24),
+        )
+    });
     let mut out_render = Sanitizer::new(options.render);
     let mut in_render = Sanitizer::new(Render::Visible);
     let mut previous = 0.0;
@@ -258,6 +268,11 @@ pub fn play(
             "i" => input.is_some() || options.show_input,
             _ => false,
         };
+        if event.code == "r" {
+            if let (Some(e), Some((w, h))) = (screen.as_mut(), terminal_size(&event.data)) {
+                output.write_all(e.resize(event.time, w, h).as_bytes())?;
+            }
+        }
         if !shown {
             continue;
         }
@@ -266,8 +281,15 @@ pub fn play(
         if !pause.is_zero() {
             sleep(pause);
         }
+        // On a screen, marked input and markers go on lines of their own.
+        let own_line = screen.is_some();
         match event.code.as_str() {
-            "o" => output.write_all(out_render.render(event.data.as_bytes()).as_bytes())?,
+            "o" => match screen.as_mut() {
+                Some(e) => {
+                    output.write_all(e.output(event.time, event.data.as_bytes()).as_bytes())?
+                }
+                None => output.write_all(out_render.render(event.data.as_bytes()).as_bytes())?,
+            },
             "i" => {
                 let mut text = in_render.render(event.data.as_bytes());
                 text.push_str(&in_render.finish());
@@ -276,6 +298,9 @@ pub fn play(
                         w.write_all(text.as_bytes())?;
                         w.flush()?;
                     }
+                    None if own_line => {
+                        writeln!(output, "\u{27e6}in {:.3} s: {text}\u{27e7}", event.time)?
+                    }
                     None => write!(output, "\u{27e6}in: {text}\u{27e7}")?,
                 }
             }
@@ -283,14 +308,27 @@ pub fn play(
                 let mut marker = Sanitizer::new(Render::Visible);
                 let mut text = marker.render(event.data.as_bytes());
                 text.push_str(&marker.finish());
-                write!(output, "\u{27e6}marker: {text}\u{27e7}")?;
+                if own_line {
+                    writeln!(output, "\u{27e6}marker {:.3} s: {text}\u{27e7}", event.time)?;
+                } else {
+                    write!(output, "\u{27e6}marker: {text}\u{27e7}")?;
+                }
             }
         }
         output.flush()?;
     }
-    output.write_all(out_render.finish().as_bytes())?;
+    match screen.as_mut() {
+        Some(e) => output.write_all(e.finish().as_bytes())?,
+        None => output.write_all(out_render.finish().as_bytes())?,
+    }
     output.flush()?;
     Ok(())
+}
+
+/// The size a resize event names (`COLSxROWS`).
+fn terminal_size(data: &str) -> Option<(u64, u64)> {
+    let (w, h) = data.split_once('x')?;
+    Some((w.trim().parse().ok()?, h.trim().parse().ok()?))
 }
 
 #[cfg(test)]
@@ -406,7 +444,7 @@ mod tests {
     }
 
     #[test]
-    fn default_replay_shows_input_marked_and_sequences_visibly() {
+    fn default_replay_shows_screens_and_input_marked_escaped_shows_sequences() {
         let cast = Cast::parse(
             concat!(
                 "{\"version\": 2}\n",
@@ -418,20 +456,33 @@ mod tests {
             .as_bytes(),
         )
         .expect("parse");
-        let mut out = Vec::new();
-        play(
-            &cast,
-            &mut out,
-            None,
-            &PlayOptions {
-                instant: true,
-                ..PlayOptions::default()
-            },
-            &mut |_| {},
-        )
-        .expect("play");
+        let run = |render: Render| {
+            let mut out = Vec::new();
+            play(
+                &cast,
+                &mut out,
+                None,
+                &PlayOptions {
+                    instant: true,
+                    render,
+                    ..PlayOptions::default()
+                },
+                &mut |_| {},
+            )
+            .expect("play");
+            String::from_utf8(out).expect("utf-8")
+        };
         assert_eq!(
-            String::from_utf8(out).expect("utf-8"),
+            run(PlayOptions::default().render),
+            concat!(
+                "\u{27e6}in 0.200 s: rm -rf /data^M\u{27e7}\n",
+                "\u{27e6}screen at 0.300 s, before it changed\u{27e7}\n$\n\u{27e6}end of screen\u{27e7}\n",
+                "\u{27e6}marker 0.400 s: recording cut short\u{27e7}\n",
+                "\u{27e6}screen at the end\u{27e7}\n  done\n"
+            )
+        );
+        assert_eq!(
+            run(Render::Visible),
             "$ \u{27e6}in: rm -rf /data^M\u{27e7}^[[1A^[[2K^[]52;c;eA==^Gdone\n\u{27e6}marker: recording cut short\u{27e7}"
         );
     }

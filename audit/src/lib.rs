@@ -12,6 +12,7 @@ pub mod attribution;
 pub mod auth;
 pub mod bundle;
 pub mod client;
+pub mod emulator;
 pub mod manifest;
 pub mod prune;
 pub mod recordings;

@@ -5,7 +5,9 @@
 //! titles (OSC 0/2), clipboard writes (OSC 52), hyperlinks (OSC 8), device control strings.
 //! The data is parsed with [`vte`] (the terminal parser of Alacritty) and written back as:
 //!
-//! - [`Render::Visible`] (the default): text as it is; line ends (`\n`, `\r\n`) and tabs as
+//! - [`Render::Screen`] (the default for output) is not done here but by a terminal
+//!   emulator ([`crate::emulator`]); a [`Sanitizer`] asked for it renders as `Visible`.
+//! - [`Render::Visible`]: text as it is; line ends (`\n`, `\r\n`) and tabs as
 //!   they are; colour and style (SGR) sequences dropped; every other control character and
 //!   sequence shown as visible text (`^M`, `^H`, `^[[2J`, `^[]52;c;...^G`), so nothing moves
 //!   the cursor, erases, retitles or reaches the clipboard; invisible characters (zero-width,
@@ -20,8 +22,12 @@ use vte::{Params, Parser, Perform};
 /// How recorded terminal data is written to the reviewer's terminal.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Render {
-    /// Control sequences shown as text (colours dropped).
+    /// Output run through a terminal emulator and printed as plain-text screen states, with
+    /// the history of what scrolled off or was overwritten ([`crate::emulator`]); input and
+    /// markers as [`Render::Visible`].
     #[default]
+    Screen,
+    /// Control sequences shown as text (colours dropped).
     Visible,
     /// As recorded, without OSC and DCS strings.
     Raw,
@@ -88,7 +94,7 @@ impl Sanitizer {
             s.out.push_str("^M");
         }
         let carried = std::mem::take(&mut s.carried);
-        if !carried.is_empty() && s.render == Render::Visible {
+        if !carried.is_empty() && s.render != Render::Raw {
             s.out.push_str(&visible(&carried));
         }
         std::mem::take(&mut s.out)
@@ -105,7 +111,9 @@ fn visible(bytes: &[u8]) -> String {
     out
 }
 
-fn push_visible_char(out: &mut String, c: char) {
+/// Push `c` as text: C0 and C1 controls in caret or `<U+XXXX>` notation, invisible and
+/// reordering characters named.
+pub(crate) fn push_visible_char(out: &mut String, c: char) {
     match c {
         '\u{0}'..='\u{1f}' => {
             out.push('^');
@@ -141,7 +149,7 @@ impl State {
     fn flush_cr(&mut self) {
         if self.pending_cr {
             self.pending_cr = false;
-            if self.render == Render::Visible {
+            if self.render != Render::Raw {
                 self.out.push_str("^M");
             } else {
                 self.out.push('\r');
@@ -154,7 +162,7 @@ impl State {
         self.flush_cr();
         let seq = self.sequence();
         match self.render {
-            Render::Visible if show => self.out.push_str(&visible(&seq)),
+            Render::Screen | Render::Visible if show => self.out.push_str(&visible(&seq)),
             Render::Raw if pass_raw => self.out.push_str(&String::from_utf8_lossy(&seq)),
             _ => {}
         }
@@ -170,7 +178,7 @@ impl Perform for State {
         let own = c.len_utf8().min(seq.len());
         let before = &seq[..seq.len() - own];
         match self.render {
-            Render::Visible => {
+            Render::Screen | Render::Visible => {
                 if !before.is_empty() && c != char::REPLACEMENT_CHARACTER {
                     self.out.push_str(&visible(before));
                 }

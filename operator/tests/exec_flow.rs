@@ -745,6 +745,20 @@ fn recording_with(spool: &Path, word: &str) -> Option<(String, String, String, s
     None
 }
 
+/// Move the recording whose text is `text` out of the way, so the next case finds its own.
+fn set_aside(spool: &Path, text: &str) {
+    for entry in std::fs::read_dir(spool.join("recordings"))
+        .expect("recordings")
+        .flatten()
+    {
+        if std::fs::read_to_string(entry.path()).is_ok_and(|t| t == text) {
+            let done = spool.join("checked");
+            std::fs::create_dir_all(&done).expect("checked dir");
+            std::fs::rename(entry.path(), done.join(entry.file_name())).expect("move");
+        }
+    }
+}
+
 /// The families of issue "recordings a reviewer can trust", each with kubectl (WebSocket and
 /// SPDY) or the Python client, first directly against the API server (the attack's data runs
 /// and shows), then through the sidecar (recorded, masked, refused).
@@ -1015,17 +1029,308 @@ policies:
         }
         assert_eq!(header["version"], 2);
         // The recording is moved out of the way so the next attack finds its own.
-        for entry in std::fs::read_dir(spool.join("recordings"))
-            .expect("recordings")
-            .flatten()
-        {
-            if std::fs::read_to_string(entry.path()).is_ok_and(|t| t == text) {
-                let done = spool.join("checked");
-                std::fs::create_dir_all(&done).expect("checked dir");
-                std::fs::rename(entry.path(), done.join(entry.file_name())).expect("move");
+        set_aside(&spool, &text);
+    }
+
+    // Live output split across frames with a pause, decorated with colour codes or put
+    // together by moving the cursor back: the screen shows the value (directly), the client
+    // and the recording never get it in clear (through the sidecar), whether the pause is
+    // shorter or longer than the longest hold.
+    for (family, script, shown) in [
+        (
+            "live-pause",
+            "printf 'fam-live-pause alice.meyer@exa'; sleep 0.3; printf 'mple.com end\\n'",
+            "alice.meyer@example.com",
+        ),
+        (
+            "live-long-pause",
+            "printf 'fam-live-long-pause alice.meyer@exa'; sleep 1.5; printf 'mple.com end\\n'",
+            "alice.meyer@example.com",
+        ),
+        (
+            "live-colour",
+            "printf 'fam-live-colour \\033[31malice.meyer@\\033[0mexa'; sleep 0.3; printf '\\033[1mmple\\033[0m.com end\\n'",
+            "alice.meyer@",
+        ),
+        (
+            "live-cursor",
+            "printf 'fam-live-cursor alice.meyer@exaXY'; sleep 0.3; printf '\\033[2Dmple.com end\\n'",
+            "alice.meyer@exa",
+        ),
+        (
+            "live-drawn",
+            "printf 'fam-live-drawn       @example.com'; sleep 0.3; printf '\\033[17D\\033[32malice\\033[0m\\n'",
+            "@example.com",
+        ),
+    ] {
+        for spdy in [false, true] {
+            let what = format!("{family} (spdy {spdy})");
+            let args = |ns: Option<&str>| {
+                let mut a = vec!["exec".to_owned()];
+                if let Some(ns) = ns {
+                    a.extend(["-n".to_owned(), ns.to_owned()]);
+                }
+                a.extend(["web-0", "-c", "app", "--", "sh", "-c", script].map(str::to_owned));
+                a
+            };
+            let direct_args = args(Some(&ns));
+            let direct_args: Vec<&str> = direct_args.iter().map(String::as_str).collect();
+            let out = tokio::task::block_in_place(|| kubectl(h.kubeconfig(), spdy, None, &direct_args));
+            let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "{what}: direct {}", common::text(&out));
+            assert!(screen.contains(shown), "{what}: direct output {screen:?}");
+            let through_args = args(None);
+            let through_args: Vec<&str> = through_args.iter().map(String::as_str).collect();
+            let out = tokio::task::block_in_place(|| kubectl(&agent, spdy, None, &through_args));
+            let live = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "{what}: {}", common::text(&out));
+            assert!(live.contains(&format!("fam-{family} ")), "{what}: {live:?}");
+            assert!(
+                live.contains(" end") || !script.contains(" end"),
+                "{what}: {live:?}"
+            );
+            for part in ["alice", "meyer", "example", "mple.com"] {
+                assert!(!live.contains(part), "{what}: live output holds {part}: {live:?}");
             }
+            let word = format!("fam-{family}");
+            let (text, _, _, _) = common::eventually(
+                Duration::from_secs(15),
+                &format!("the recording of {what}"),
+                || {
+                    let spool = spool.clone();
+                    let word = word.clone();
+                    async move { recording_with(&spool, &word) }
+                },
+            )
+            .await;
+            // The events (the header's command is the script as written, in fragments).
+            let events = text.split_once('\n').map(|(_, e)| e).unwrap_or_default();
+            for part in ["alice", "meyer", "example", "mple.com"] {
+                assert!(!events.contains(part), "{what}: recording holds {part}: {text}");
+            }
+            set_aside(&spool, &text);
         }
     }
+
+    // A session longer than a recording part: it rolls over into parts, each hashed, named
+    // by its hash and reported in order; replaying the parts one after the other gives the
+    // whole session. With `recordingLimit: endSession` the session ends at the limit instead,
+    // with a message to the client. (Parts are ordinary finished recordings, which the
+    // shipper uploads; see the sidecar's shipping tests.)
+    const PART: u64 = 16 * 1024;
+    let start_small = |config_text: String| async move {
+        let config = SidecarConfig::from_yaml(&config_text).expect("sidecar config");
+        let mut options = Options::service_account(&ns_of(&config_text), "agent");
+        options.limits.max_recording_part_bytes = PART;
+        portcullis_sidecar::start(config, options)
+            .await
+            .expect("sidecar starts")
+    };
+    let long_input: String = (0..2500)
+        .map(|i| format!("roll-{i:05} contact alice.meyer@example.com\n"))
+        .collect();
+    let long_masked = long_input.replace("alice.meyer@example.com", &"*".repeat(23));
+    let spool_parts = dir.path().join("spool-parts");
+    let parts_sidecar = start_small(config_text.replace(
+        &format!("spoolDir: {}", spool.display()),
+        &format!("spoolDir: {}", spool_parts.display()),
+    ))
+    .await;
+    let parts_port = parts_sidecar.addr("cluster-api").expect("listening").port();
+    let parts_agent = common::token_kubeconfig(
+        &dir.path().join("parts.kubeconfig"),
+        &format!("https://127.0.0.1:{parts_port}"),
+        &agent_sa.join("ca.crt").to_string_lossy(),
+        PLACEHOLDER,
+        &ns,
+    );
+    for spdy in [false, true] {
+        let out = tokio::task::block_in_place(|| {
+            kubectl_bytes(
+                &parts_agent,
+                spdy,
+                long_input.as_bytes(),
+                &["exec", "-i", "web-0", "-c", "app", "--", "cat"],
+            )
+        });
+        assert!(out.status.success(), "spdy {spdy}: {}", common::text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            long_masked,
+            "spdy {spdy}: live output"
+        );
+        let protocol = if spdy { "SPDY" } else { "v" };
+        let parts = common::eventually(Duration::from_secs(20), "the parts' records", || {
+            let spool = spool_parts.clone();
+            async move {
+                let records = common::spool_records(&spool);
+                let mut parts: Vec<_> = records
+                    .iter()
+                    .filter_map(|r| match &r.event {
+                        AuditEvent::Recording(rec) if rec.protocol.starts_with(protocol) => {
+                            Some(rec.clone())
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                parts.sort_by_key(|p| p.part);
+                parts.last().is_some_and(|p| !p.continued).then_some(parts)
+            }
+        })
+        .await;
+        assert!(parts.len() >= 4, "spdy {spdy}: {} parts", parts.len());
+        let name = parts[0].name.clone();
+        let (mut input, mut output, mut replayed) = (String::new(), String::new(), String::new());
+        for (i, rec) in parts.iter().enumerate() {
+            assert_eq!(
+                rec.part as usize,
+                i + 1,
+                "spdy {spdy}: parts numbered in order"
+            );
+            assert_eq!(
+                rec.name, name,
+                "spdy {spdy}: every part names the session's recording"
+            );
+            assert_eq!(
+                rec.continued,
+                i + 1 < parts.len(),
+                "spdy {spdy}: part {}",
+                rec.part
+            );
+            assert!(
+                rec.bytes <= PART,
+                "spdy {spdy}: part {} of {} bytes",
+                rec.part,
+                rec.bytes
+            );
+            let path = spool_parts
+                .join("recordings")
+                .join(format!("{}.cast", rec.sha256));
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(hex::encode(Sha256::digest(&bytes)), rec.sha256);
+            assert_eq!(bytes.len() as u64, rec.bytes);
+            let (header, o, inp) = recorded_output(&path);
+            assert_eq!(header["portcullis"]["part"], rec.part);
+            output.push_str(&o);
+            input.push_str(&inp);
+            let replay = Command::new(common::PLUGIN)
+                .args([
+                    "replay",
+                    &path.to_string_lossy(),
+                    "--instant",
+                    "--raw",
+                    "--hide-input",
+                ])
+                .output()
+                .expect("replay a part");
+            assert!(replay.status.success(), "{}", common::text(&replay));
+            replayed.push_str(&String::from_utf8_lossy(&replay.stdout));
+        }
+        assert_eq!(parts.last().and_then(|p| p.exit_code), Some(0));
+        assert_eq!(
+            output, long_masked,
+            "spdy {spdy}: the parts hold the whole output"
+        );
+        assert_eq!(
+            input, long_masked,
+            "spdy {spdy}: the parts hold the whole input"
+        );
+        assert_eq!(
+            replayed, long_masked,
+            "spdy {spdy}: replaying the parts replays the session"
+        );
+        let masked: u64 = parts.iter().flat_map(|p| &p.masked).map(|m| m.values).sum();
+        assert!(masked >= 2500, "spdy {spdy}: {masked} values counted");
+    }
+    parts_sidecar.shutdown().await;
+
+    let spool_end = dir.path().join("spool-end");
+    let end_config = config_text
+        .replace(
+            &format!("spoolDir: {}", spool.display()),
+            &format!("spoolDir: {}", spool_end.display()),
+        )
+        .replace(
+            "    maskLiveOutput: true\n",
+            "    maskLiveOutput: true\n    recordingLimit: endSession\n",
+        );
+    assert!(end_config.contains("recordingLimit: endSession"));
+    let end_sidecar = start_small(end_config).await;
+    let end_port = end_sidecar.addr("cluster-api").expect("listening").port();
+    let end_agent = common::token_kubeconfig(
+        &dir.path().join("end.kubeconfig"),
+        &format!("https://127.0.0.1:{end_port}"),
+        &agent_sa.join("ca.crt").to_string_lossy(),
+        PLACEHOLDER,
+        &ns,
+    );
+    for spdy in [false, true] {
+        let out = tokio::task::block_in_place(|| {
+            kubectl_bytes(
+                &end_agent,
+                spdy,
+                long_input.as_bytes(),
+                &["exec", "-i", "web-0", "-c", "app", "--", "cat"],
+            )
+        });
+        assert!(
+            !out.status.success(),
+            "spdy {spdy}: the session went on past the limit"
+        );
+        assert!(
+            common::text(&out).contains("recording reached the size limit"),
+            "spdy {spdy}: {}",
+            common::text(&out)
+        );
+        let live = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            live.len() < long_masked.len(),
+            "spdy {spdy}: {} bytes",
+            live.len()
+        );
+        let protocol = if spdy { "SPDY" } else { "v" };
+        let rec = common::eventually(
+            Duration::from_secs(20),
+            "the ended session's record",
+            || {
+                let spool = spool_end.clone();
+                async move {
+                    common::spool_records(&spool)
+                        .iter()
+                        .find_map(|r| match &r.event {
+                            AuditEvent::Recording(rec) if rec.protocol.starts_with(protocol) => {
+                                Some(rec.clone())
+                            }
+                            _ => None,
+                        })
+                }
+            },
+        )
+        .await;
+        assert!(
+            rec.bytes <= PART && !rec.continued && rec.part == 0,
+            "{rec:?}"
+        );
+        let path = spool_end
+            .join("recordings")
+            .join(format!("{}.cast", rec.sha256));
+        let text = std::fs::read_to_string(&path).expect("recording");
+        let last: serde_json::Value =
+            serde_json::from_str(text.lines().last().unwrap_or_default()).expect("last event");
+        assert_eq!(last[1], "m", "{text}");
+        assert!(
+            last[2].as_str().unwrap_or_default().contains("endSession"),
+            "{last}"
+        );
+        // Nothing reached the client that the recording does not hold.
+        let (_, recorded, _) = recorded_output(&path);
+        assert!(
+            recorded.starts_with(&live) || live.len() <= recorded.len(),
+            "spdy {spdy}"
+        );
+        assert!(!text.contains("alice.meyer"), "{text}");
+    }
+    end_sidecar.shutdown().await;
 
     // A frame on a channel a client never writes: the API server ignores it, the relay
     // refuses it and ends the session; nothing sent after it runs.
@@ -1112,12 +1417,34 @@ policies:
         }
     })
     .await;
+    // By default the output is run through a terminal emulator: the erased line is shown as
+    // the screen before it changed, the final screen is what the user saw, nothing of the
+    // sequences reaches the reviewer's terminal.
     let replay = Command::new(common::PLUGIN)
         .args(["replay", &path.to_string_lossy(), "--instant"])
         .output()
         .expect("replay");
     let shown = String::from_utf8_lossy(&replay.stdout);
     assert!(replay.status.success(), "{}", common::text(&replay));
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains("before it changed\u{27e7}\nfam-replay hidden-line\n\u{27e6}end of screen"),
+        "{shown:?}"
+    );
+    assert!(
+        shown.ends_with("\u{27e6}screen at the end\u{27e7}\nshown\n"),
+        "{shown:?}"
+    );
+    assert!(shown.contains(" s: fam-replay hidden-line"), "{shown:?}");
+    // With --escaped, the sequences are shown as text.
+    let replay = Command::new(common::PLUGIN)
+        .args(["replay", &path.to_string_lossy(), "--instant", "--escaped"])
+        .output()
+        .expect("replay --escaped");
+    let shown = String::from_utf8_lossy(&replay.stdout);
     assert!(
         !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
         "{shown:?}"

@@ -432,7 +432,10 @@ async fn evidence_exports_a_bundle_that_verifies_offline() {
         ],
     );
     assert!(out.status.success(), "{}", common::text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "$ id\nuid=0(root)\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "\u{27e6}screen at the end\u{27e7}\n$ id\nuid=0(root)\n"
+    );
     assert_eq!(String::from_utf8_lossy(&out.stderr), "id^M");
 
     // One flipped byte in the recording: verify names the file.

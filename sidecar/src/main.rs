@@ -47,6 +47,11 @@ struct Cli {
     /// Time a client has from connecting to a ready session (start-up and authentication).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     startup_timeout: std::time::Duration,
+    /// Largest part of an exec session's recording, in bytes (at least 4096, at most the
+    /// audit service's limit of 64 MiB, the default); a longer session is recorded in parts.
+    #[arg(long, default_value_t = portcullis_audit::recordings::MAX_RECORDING_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(4096..=portcullis_audit::recordings::MAX_RECORDING_BYTES as u64))]
+    max_recording_part_bytes: u64,
     /// Kubeconfig for approval requests (outside a pod). In a pod the sidecar uses its
     /// in-cluster configuration; without either, statements that require approval are refused.
     #[arg(long, env = "PORTCULLIS_KUBECONFIG")]
@@ -95,6 +100,7 @@ fn main() -> ExitCode {
             max_statement_bytes: cli.max_statement_bytes,
             max_message_bytes: cli.max_message_bytes,
             startup_timeout: cli.startup_timeout,
+            max_recording_part_bytes: cli.max_recording_part_bytes,
         },
         kube: kube_access(&cli.approvals, cli.kubeconfig),
         oidc: OidcOptions {

@@ -31,6 +31,10 @@ pub struct Limits {
     /// Time a client has from connecting to a ready session (start-up packets, encryption
     /// negotiation and authentication), as PostgreSQL's `authentication_timeout`.
     pub startup_timeout: std::time::Duration,
+    /// Largest part of an exec session's recording, in bytes: a longer session goes on in a
+    /// next part (or ends, where a policy says `recordingLimit: endSession`). At most the
+    /// audit service's limit, which is the default.
+    pub max_recording_part_bytes: u64,
 }
 
 impl Default for Limits {
@@ -39,6 +43,7 @@ impl Default for Limits {
             max_statement_bytes: 16 * 1024 * 1024,
             max_message_bytes: 64 * 1024 * 1024,
             startup_timeout: std::time::Duration::from_secs(60),
+            max_recording_part_bytes: portcullis_audit::recordings::MAX_RECORDING_BYTES as u64,
         }
     }
 }

@@ -117,8 +117,12 @@ struct ReplayArgs {
     /// Do not show typed input.
     #[arg(long)]
     hide_input: bool,
+    /// Show the recorded output with its control sequences as text (`^[[2J`, `^M`) instead of
+    /// the screen states of a terminal emulator (the default).
+    #[arg(long, conflicts_with = "raw")]
+    escaped: bool,
     /// Write the recorded output to the terminal as recorded (cursor moves, erases, colours)
-    /// instead of showing control sequences as text; window titles, clipboard writes,
+    /// instead of the screen states of a terminal emulator; window titles, clipboard writes,
     /// hyperlinks and other OSC and DCS strings are dropped even then.
     #[arg(long)]
     raw: bool,
@@ -593,8 +597,10 @@ async fn replay(args: ReplayArgs, namespace: Option<String>) -> Result<String, S
         instant: args.instant,
         render: if args.raw {
             Render::Raw
-        } else {
+        } else if args.escaped {
             Render::Visible
+        } else {
+            Render::Screen
         },
         show_input: !args.hide_input,
     };

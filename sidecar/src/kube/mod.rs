@@ -116,6 +116,8 @@ pub struct KubeProxy {
     session_counter: Arc<AtomicU64>,
     process_nonce: String,
     masker: Arc<OutputMasker>,
+    /// Largest part of a recording.
+    recording_part_bytes: u64,
     pod_writes: pod_writes::PodWriteGuard,
 }
 
@@ -246,6 +248,10 @@ impl KubeProxy {
             session_counter: shared.session_counter.clone(),
             process_nonce: shared.process_nonce.clone(),
             masker: Arc::new(masker),
+            recording_part_bytes: shared
+                .limits
+                .max_recording_part_bytes
+                .min(recording::MAX_RECORDING_BYTES as u64),
             pod_writes: pod_writes::PodWriteGuard::new(config, &shared.identity),
         })
     }
@@ -977,12 +983,13 @@ async fn relay(
             );
         })
     };
-    let mut recorder = match Recorder::create(
+    let mut recorder = match Recorder::with_limit(
         &proxy.spool_dir,
         &name,
         &header,
         proxy.masker.clone(),
         on_part,
+        proxy.recording_part_bytes,
     ) {
         Ok(r) => r,
         Err(e) => {

@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::screen::{self, Direction, Scanner};
 use crate::masking::detectors::{compile_pattern, DetectorKind, Patterns};
+use crate::masking::prefix::Prefix;
 use crate::policy::guardrails::BUILTIN_POLICY;
 
 /// Directory of recordings under the spool directory (the audit service's name for it).
@@ -48,6 +49,8 @@ const PARTIAL: &str = ".cast.partial";
 pub struct OutputMasker {
     patterns: Patterns,
     detectors: Vec<(RuleRef, DetectorKind)>,
+    /// Each detector's pattern as a prefix automaton (see [`crate::masking::prefix`]).
+    prefixes: Vec<Prefix>,
 }
 
 impl OutputMasker {
@@ -99,9 +102,28 @@ impl OutputMasker {
                 ));
             }
         }
+        let prefixes = detectors
+            .iter()
+            .map(|(_, kind)| Prefix::new(patterns.pattern(kind)))
+            .collect();
         Ok(OutputMasker {
             patterns,
             detectors,
+            prefixes,
+        })
+    }
+
+    /// The first of `starts` (ascending byte offsets into `text`) from which the rest of
+    /// `text` could still grow into a value some detector finds.
+    pub fn first_unfinished(&self, text: &[u8], starts: &[usize]) -> Option<usize> {
+        let mut caches: Vec<_> = self.prefixes.iter().map(Prefix::cache).collect();
+        starts.iter().copied().find(|&i| {
+            let before = i.checked_sub(1).and_then(|j| text.get(j).copied());
+            let rest = text.get(i..).unwrap_or_default();
+            self.prefixes
+                .iter()
+                .zip(caches.iter_mut())
+                .any(|(p, c)| p.could_grow(c.as_mut(), before, rest))
         })
     }
 
@@ -321,6 +343,27 @@ impl Recorder {
         Ok(())
     }
 
+    /// Write `data` as events small enough that each fits in a part (JSON escapes at most
+    /// sextuple a byte), so no part grows past the limit, however much is released at once.
+    fn events(&mut self, code: &str, data: &str) {
+        let max = usize::try_from((self.limit - MARKER_ROOM) / 8)
+            .unwrap_or(usize::MAX)
+            .max(64);
+        let mut rest = data;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(max);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            if cut == 0 {
+                cut = rest.chars().next().map_or(rest.len(), char::len_utf8);
+            }
+            let (piece, tail) = rest.split_at(cut);
+            self.event(code, piece);
+            rest = tail;
+        }
+    }
+
     fn event(&mut self, code: &str, data: &str) {
         if self.failed.is_some() {
             return;
@@ -463,7 +506,7 @@ impl Recorder {
         let counts = self.output.take_counts();
         self.add_counts(counts);
         if !chunk.is_empty() {
-            self.event("o", &String::from_utf8_lossy(&chunk));
+            self.events("o", &String::from_utf8_lossy(&chunk));
         }
     }
 
@@ -474,7 +517,7 @@ impl Recorder {
         let counts = self.input.take_counts();
         self.add_counts(counts);
         if !chunk.is_empty() {
-            self.event("i", &String::from_utf8_lossy(&chunk));
+            self.events("i", &String::from_utf8_lossy(&chunk));
         }
     }
 
@@ -501,13 +544,13 @@ impl Recorder {
         let counts = self.input.take_counts();
         self.add_counts(counts);
         if !rest.is_empty() {
-            self.event("i", &String::from_utf8_lossy(&rest));
+            self.events("i", &String::from_utf8_lossy(&rest));
         }
         let rest = self.output.flush(&masker);
         let counts = self.output.take_counts();
         self.add_counts(counts);
         if !rest.is_empty() {
-            self.event("o", &String::from_utf8_lossy(&rest));
+            self.events("o", &String::from_utf8_lossy(&rest));
         }
         let cut_short = self.failed.take();
         if let Some(e) = &cut_short {
@@ -794,6 +837,10 @@ mod tests {
             sent.push_str(&line);
             r.output(line.as_bytes());
         }
+        // Released at once, more than a part holds: written in pieces across parts.
+        let block: String = (0..800).map(|i| format!("block line {i}\n")).collect();
+        sent.push_str(&block);
+        r.output(block.as_bytes());
         let last = r.finish().expect("finish");
         let mut all = parts.lock().expect("lock").clone();
         assert!(all.len() >= 2, "{all:?}");

@@ -10,10 +10,13 @@
 //! - the **stream view**: the drawn characters in the order they arrive, without escape
 //!   sequences and without zero-width characters (zero-width spaces and joiners, combining
 //!   marks, byte-order marks), split at line ends and tabs;
-//! - the **line view**: the current screen line as cells, with backspace, carriage return,
-//!   tabs, horizontal cursor moves, erase and insert/delete sequences applied, so overstrikes
-//!   show the value the screen shows. For typed input the line editor's keys apply instead:
-//!   backspace and DEL erase the character before the cursor, `^U` clears the line.
+//! - the **screen view**: the rows of the screen as cells, with backspace, carriage return,
+//!   tabs, cursor moves in every direction (up, down, to a row and column), erase and
+//!   insert/delete sequences applied, so overstrikes and text drawn by moving the cursor
+//!   show the value the screen shows. Rows near the cursor are kept, so a value drawn in
+//!   pieces on one row is found whichever order the pieces come in. For typed input the
+//!   line editor's keys apply instead: backspace and DEL erase the character before the
+//!   cursor, `^U` clears the line, arrows end it.
 //!
 //! A value found in either view masks every raw byte from the first byte of its first character
 //! to the last byte of its last character (escape sequences inside it included) with `*`, so
@@ -23,9 +26,13 @@
 //! line end, or, for a line longer than [`MAX_PENDING`], all but the last [`WINDOW`]
 //! characters, which stay as the carry-over window for the next bytes. A value is masked
 //! whatever frames, flushes or escape sequences it is split by, as long as its characters are
-//! drawn within [`WINDOW`] characters of each other.
+//! drawn within [`WINDOW`] characters of each other. Live output that goes quiet mid-line is
+//! released with [`Scanner::release_quiet`]: never the part that could still grow into a
+//! value, unless masked. A row already released (its line ended) that the cursor later
+//! returns to is context only: what is drawn on it afterwards is masked when it completes a
+//! value, what was released before stays as it was.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use unicode_width::UnicodeWidthChar;
@@ -41,6 +48,13 @@ pub const WINDOW: usize = 256;
 
 /// A line view wider than this is not grown further (cursor moves are clamped).
 const MAX_COLUMNS: usize = 4 * MAX_PENDING;
+
+/// Rows of the screen cursor addressing counts from (the terminal's height is not known to
+/// the scanner; a common one).
+const SCREEN_ROWS: i64 = 24;
+
+/// Rows kept above and below the cursor for values drawn across cursor moves.
+const KEPT_ROWS: i64 = 2 * SCREEN_ROWS;
 
 /// Whether the stream is a terminal's output or what is typed into it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,11 +82,15 @@ struct View {
     span_start: u64,
     /// Drawn characters in arrival order (separators included as cells).
     stream: Vec<Cell>,
-    /// The current screen line.
+    /// The cursor's screen row.
     line: Vec<Option<Cell>>,
     cursor: usize,
-    /// Screen lines ended since the last search.
-    done: Vec<Vec<Option<Cell>>>,
+    /// The cursor's row number (rows count down from the first; output only moves up).
+    row: i64,
+    /// The lowest row reached, and so the screen's top row (`bottom - SCREEN_ROWS + 1`).
+    bottom: i64,
+    /// Other rows near the cursor, with the end offset of their last-drawn bytes.
+    rows: BTreeMap<i64, (u64, Vec<Option<Cell>>)>,
     /// Absolute offset just past the last line end seen.
     line_end: Option<u64>,
 }
@@ -86,7 +104,9 @@ impl View {
             stream: Vec::new(),
             line: Vec::new(),
             cursor: 0,
-            done: Vec::new(),
+            row: 0,
+            bottom: 0,
+            rows: BTreeMap::new(),
             line_end: None,
         }
     }
@@ -100,12 +120,39 @@ impl View {
     }
 
     fn end_line(&mut self) {
-        let line = std::mem::take(&mut self.line);
-        if line.iter().any(Option::is_some) {
-            self.done.push(line);
-        }
+        self.goto_row(self.row + 1);
         self.cursor = 0;
         self.line_end = Some(self.pos + 1);
+    }
+
+    /// Move the cursor to row `row` (its column unchanged).
+    fn goto_row(&mut self, row: i64) {
+        if row == self.row {
+            return;
+        }
+        let line = std::mem::take(&mut self.line);
+        let end = line.iter().flatten().map(|c| c.end).max();
+        match end {
+            Some(end) => {
+                self.rows.insert(self.row, (end, line));
+            }
+            None => {
+                self.rows.remove(&self.row);
+            }
+        }
+        self.line = self.rows.remove(&row).map(|(_, l)| l).unwrap_or_default();
+        self.row = row;
+        self.bottom = self.bottom.max(row);
+        let near = row - KEPT_ROWS..=row + KEPT_ROWS;
+        self.rows.retain(|r, _| near.contains(r));
+    }
+
+    /// Row `n` (from 1) of the screen.
+    fn screen_row(&self, n: usize) -> i64 {
+        let top = (self.bottom - SCREEN_ROWS + 1).max(0);
+        top + i64::try_from(n.max(1) - 1)
+            .unwrap_or(0)
+            .min(SCREEN_ROWS - 1)
     }
 
     fn put(&mut self, cell: Cell) {
@@ -227,7 +274,47 @@ impl vte::Perform for View {
                         .splice(self.cursor..self.cursor, std::iter::repeat_n(None, blanks));
                     self.line.truncate(MAX_COLUMNS);
                 }
-                // Moves to another row, or clears the screen: the line ends here.
+                // Output moves to another row of the screen, or clears part of it.
+                'A' | 'B' | 'E' | 'F' | 'H' | 'f' | 'd' | 'J'
+                    if self.direction == Direction::Output =>
+                {
+                    // The arrival order is broken: the stream view ends its line.
+                    self.separator('\n');
+                    let row = match action {
+                        'A' | 'F' => self.row - n as i64,
+                        'B' | 'E' => self.row + n as i64,
+                        'H' | 'f' | 'd' => self.screen_row(usize::from(first)),
+                        _ => self.row,
+                    };
+                    self.goto_row(row);
+                    match action {
+                        'E' | 'F' => self.cursor = 0,
+                        'H' | 'f' => {
+                            let column = params.iter().nth(1).and_then(|p| p.first().copied());
+                            self.cursor = column.map_or(0, |c| usize::from(c.max(1)) - 1);
+                        }
+                        'J' => {
+                            let here = self.row;
+                            match first {
+                                0 => {
+                                    self.line.truncate(self.cursor);
+                                    self.rows.retain(|r, _| *r < here);
+                                }
+                                1 => {
+                                    let end = (self.cursor + 1).min(self.line.len());
+                                    self.line[..end].iter_mut().for_each(|c| *c = None);
+                                    self.rows.retain(|r, _| *r > here);
+                                }
+                                _ => {
+                                    self.line.clear();
+                                    self.rows.clear();
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                // Typed arrows, scrolls: the line ends here.
                 'A' | 'B' | 'E' | 'F' | 'H' | 'f' | 'd' | 'J' | 'S' | 'T' => {
                     let column = self.cursor;
                     self.separator('\n');
@@ -367,6 +454,70 @@ impl Scanner {
         self.release(masker, end)
     }
 
+    /// Release what is held after the stream has gone quiet in the middle of a line: the part
+    /// before the first place from which the held text could still grow into a value (see
+    /// [`OutputMasker::first_unfinished`]) is released as usual; the rest stays held, unless
+    /// `mask_unfinished`, when it is released too with each of its characters masked (escape
+    /// sequences and controls kept). The characters stay as context, so when the rest of
+    /// the value arrives, it is found whole and its new part masked as well.
+    pub fn release_quiet(&mut self, masker: &OutputMasker, mask_unfinished: bool) -> Vec<u8> {
+        let end = self.base + self.raw.len() as u64;
+        match self.unfinished(masker) {
+            None => self.release(masker, end),
+            Some((_, spans)) if mask_unfinished => {
+                self.masks.extend(spans);
+                self.release(masker, end)
+            }
+            Some((start, _)) if start > self.base => self.release(masker, start),
+            Some(_) => Vec::new(),
+        }
+    }
+
+    /// Where a possible unfinished value begins among the held bytes, with the raw spans of
+    /// its held characters; searched in the stream view and in the line view.
+    fn unfinished(&self, masker: &OutputMasker) -> Option<(u64, Vec<Range<u64>>)> {
+        let stream: Vec<Option<Cell>> = self.view.stream.iter().copied().map(Some).collect();
+        let mut first: Option<u64> = None;
+        let mut spans = Vec::new();
+        for cells in [&stream, &self.view.line] {
+            let from = cells.len().saturating_sub(WINDOW);
+            let mut text = Vec::new();
+            let mut starts = Vec::new();
+            let mut columns = Vec::new();
+            for (i, cell) in cells.iter().enumerate() {
+                let c = cell.map_or(' ', |c| c.c);
+                if i >= from {
+                    starts.push(text.len());
+                    columns.push(i);
+                }
+                let mut buf = [0u8; 4];
+                text.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+            let Some(k) = masker.first_unfinished(&text, &starts) else {
+                continue;
+            };
+            let Some(&column) = starts
+                .iter()
+                .position(|s| *s == k)
+                .and_then(|i| columns.get(i))
+            else {
+                continue;
+            };
+            let held: Vec<Cell> = cells[column..]
+                .iter()
+                .flatten()
+                .filter(|c| c.end > self.base)
+                .copied()
+                .collect();
+            if let Some(start) = held.iter().map(|c| c.start.max(self.base)).min() {
+                first = Some(first.map_or(start, |f| f.min(start)));
+            }
+            spans.extend(held.iter().map(|c| c.start.max(self.base)..c.end));
+        }
+        // Nothing held belongs to a possible value: nothing to hold back.
+        first.map(|f| (f, spans))
+    }
+
     /// Values found per detector (by index in the masker) since the last call.
     pub fn take_counts(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.counts)
@@ -391,8 +542,10 @@ impl Scanner {
         let mut found = Vec::new();
         let stream: Vec<Option<Cell>> = self.view.stream.iter().copied().map(Some).collect();
         search(masker, &stream, &mut found);
-        for line in &self.view.done {
-            search(masker, line, &mut found);
+        for (end, line) in self.view.rows.values() {
+            if *end > self.base {
+                search(masker, line, &mut found);
+            }
         }
         search(masker, &self.view.line, &mut found);
         for (rule, range) in found {
@@ -421,9 +574,8 @@ impl Scanner {
         }
         self.base = cut;
         self.masks.retain(|m| m.end > cut);
-        // What stays as context: the lines ended before the cut are done with; the stream
-        // view keeps the characters after the cut and a window before it.
-        self.view.done.clear();
+        // What stays as context: the rows near the cursor, and in the stream view the
+        // characters after the cut and a window before it.
         let keep_from = self
             .view
             .stream
@@ -515,6 +667,61 @@ mod tests {
         let out = run(Direction::Input, &frames);
         assert!(out.starts_with("echo "), "{out:?}");
         assert!(!out.contains("meyer"), "{out:?}");
+    }
+
+    #[test]
+    fn values_drawn_by_moving_the_cursor_are_masked() {
+        for data in [
+            &b"alice@\x1b[2;1Hother row\x1b[1;7Hexample.com\n"[..],
+            b"mail: example.com\x1b[17Dalice@\x1b[11C\n",
+            b"x\n\x1b[1A      example.com\x1b[17Dalice@\n",
+            b"     @example.com\x1b[G\x1b[1;32malice\x1b[0m\n",
+        ] {
+            let out = run(Direction::Output, &[data]);
+            assert_eq!(out.len(), data.len());
+            assert!(
+                !out.contains("alice") && !out.contains("example.com"),
+                "{out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn quiet_output_releases_only_what_cannot_start_a_value() {
+        let m = masker();
+        let mut s = Scanner::new(Direction::Output);
+        assert!(s.push(&m, b"$ ").is_empty());
+        assert_eq!(s.release_quiet(&m, false), b"$ ");
+        assert!(s.push(&m, b"contact: alice@exa").is_empty());
+        assert_eq!(s.release_quiet(&m, false), b"contact: ");
+        assert!(
+            s.release_quiet(&m, false).is_empty(),
+            "the possible value stays held"
+        );
+        let rest = s.push(&m, b"mple.com, ok\n");
+        assert_eq!(String::from_utf8_lossy(&rest), "*****************, ok\n");
+    }
+
+    #[test]
+    fn a_possible_value_held_too_long_is_released_masked_and_its_end_too() {
+        let m = masker();
+        let mut s = Scanner::new(Direction::Output);
+        assert!(s.push(&m, b"to \x1b[31malice@\x1b[0mexa").is_empty());
+        let first = s.release_quiet(&m, true);
+        assert_eq!(
+            String::from_utf8_lossy(&first),
+            "to \x1b[31m******\x1b[0m***"
+        );
+        // The rest arrives after a cursor move back: the screen shows alice@example.com.
+        let rest = s.push(&m, b"\x1b[3Dexample.com\n");
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(
+            !rest.contains("example") && !rest.contains("mple.com"),
+            "{rest:?}"
+        );
+        // And one that never becomes a value is masked all the same (fail closed).
+        assert!(s.push(&m, b"4111 1111").is_empty());
+        assert_eq!(s.release_quiet(&m, true), b"*********");
     }
 
     #[test]

@@ -20,8 +20,10 @@
 //!   names in any case, the last duplicate counts), however they are split over frames.
 //!
 //! Live masking, where a policy asks for it, runs the same screen scanner as the recording
-//! over each output channel and releases masked bytes as they are safe; what is held back
-//! (an unfinished line) is released after [`LIVE_IDLE`] without more output.
+//! over each output channel and releases masked bytes as they are safe (see [`LiveMask`]):
+//! an unfinished line is released after [`LIVE_IDLE`] without more output up to where a
+//! value could begin, and a possible value is held until its line ends, at most
+//! [`LIVE_HOLD`], then released masked.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,8 +55,13 @@ pub const WEBSOCKET_PROTOCOLS: &[&str] = &[
 /// Largest SPDY frame accepted (the protocol's own limit is 16 MiB).
 const MAX_SPDY_FRAME: usize = 16 * 1024 * 1024;
 
-/// Held-back live output is released after this long without more output.
+/// Held-back live output that cannot be the start of a value is released after this long
+/// without more output.
 pub const LIVE_IDLE: Duration = Duration::from_millis(50);
+
+/// Longest time live output is held for a possible value to end; it is then released with
+/// that possible value masked.
+pub const LIVE_HOLD: Duration = Duration::from_secs(1);
 
 /// Largest resize message held while waiting for the rest of it.
 const MAX_RESIZE_PENDING: usize = 64 * 1024;
@@ -74,10 +81,22 @@ pub enum RelayError {
 }
 
 /// Live masking of output channels, keyed by channel (WebSocket) or stream id (SPDY).
+///
+/// Output is released to the client when the screen scanner releases it (at line ends). When
+/// the output goes quiet in the middle of a line for [`LIVE_IDLE`], the held text is
+/// released up to the first character from which it could still grow into a value; that
+/// possible value stays held until its line ends, or is released masked once something has
+/// been held for [`LIVE_HOLD`]. A value split across frames, however long the pause between
+/// them, never reaches the client in clear.
 pub struct LiveMask {
     masker: Arc<OutputMasker>,
     scanners: HashMap<u32, Scanner>,
-    since: Option<Instant>,
+    /// When output last arrived, while something is held.
+    last: Option<Instant>,
+    /// Since when something has been held.
+    held_since: Option<Instant>,
+    /// The quiet release has run since output last arrived.
+    quiet_done: bool,
 }
 
 impl LiveMask {
@@ -86,8 +105,14 @@ impl LiveMask {
         LiveMask {
             masker,
             scanners: HashMap::new(),
-            since: None,
+            last: None,
+            held_since: None,
+            quiet_done: false,
         }
+    }
+
+    fn pending(&self) -> bool {
+        self.scanners.values().any(|s| s.pending() > 0)
     }
 
     fn push(&mut self, key: u32, data: &[u8]) -> Vec<u8> {
@@ -96,11 +121,15 @@ impl LiveMask {
             .entry(key)
             .or_insert_with(|| Scanner::new(Direction::Output));
         let out = scanner.push(&self.masker, data);
-        self.since = self
-            .scanners
-            .values()
-            .any(|s| s.pending() > 0)
-            .then(Instant::now);
+        if self.pending() {
+            let now = Instant::now();
+            self.last = Some(now);
+            self.held_since.get_or_insert(now);
+            self.quiet_done = false;
+        } else {
+            self.last = None;
+            self.held_since = None;
+        }
         out
     }
 
@@ -112,9 +141,10 @@ impl LiveMask {
             .unwrap_or_default()
     }
 
-    /// Every held part, by key.
+    /// Every held part, by key (the streams have ended: nothing more can complete a value).
     fn flush_all(&mut self) -> Vec<(u32, Vec<u8>)> {
-        self.since = None;
+        self.last = None;
+        self.held_since = None;
         let masker = self.masker.clone();
         let mut keys: Vec<u32> = self.scanners.keys().copied().collect();
         keys.sort_unstable();
@@ -126,8 +156,35 @@ impl LiveMask {
             .collect()
     }
 
+    /// What the deadline releases: the held text that cannot be the start of a value, or,
+    /// once [`LIVE_HOLD`] has passed, everything with the possible values masked.
+    fn release_due(&mut self) -> Vec<(u32, Vec<u8>)> {
+        let hold_over = self.held_since.is_some_and(|t| t.elapsed() >= LIVE_HOLD);
+        self.quiet_done = true;
+        let masker = self.masker.clone();
+        let mut keys: Vec<u32> = self.scanners.keys().copied().collect();
+        keys.sort_unstable();
+        let out = keys
+            .into_iter()
+            .filter_map(|k| {
+                let out = self.scanners.get_mut(&k)?.release_quiet(&masker, hold_over);
+                (!out.is_empty()).then_some((k, out))
+            })
+            .collect();
+        if !self.pending() {
+            self.last = None;
+            self.held_since = None;
+        }
+        out
+    }
+
     fn deadline(&self) -> Option<Instant> {
-        self.since.map(|t| t + LIVE_IDLE)
+        let held = self.held_since?;
+        if self.quiet_done {
+            Some(held + LIVE_HOLD)
+        } else {
+            self.last.map(|t| (t + LIVE_IDLE).min(held + LIVE_HOLD))
+        }
     }
 }
 
@@ -494,7 +551,7 @@ where
                     None => break Ok(()),
                 },
                 _ = sleep_until(deadline), if deadline.is_some() => {
-                    flush_live_websocket(session, &mut client_tx).await?;
+                    release_live_websocket(session, &mut client_tx).await?;
                 }
             }
         }
@@ -514,6 +571,14 @@ where
     data.push(3);
     data.extend_from_slice(&status);
     tx.send(Message::Binary(data.into()))
+        .await
+        .map_err(|e| RelayError::Protocol(e.to_string()))?;
+    // A normal close, so the client reads the error channel to its end and shows the message.
+    let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    };
+    tx.send(Message::Close(Some(close)))
         .await
         .map_err(|e| RelayError::Protocol(e.to_string()))?;
     Err(RelayError::Refused(
@@ -542,6 +607,7 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Send the client every held part (the streams end).
 async fn flush_live_websocket<S>(session: &mut StreamSession, tx: &mut S) -> Result<(), RelayError>
 where
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
@@ -549,7 +615,30 @@ where
     let Some(live) = session.live.as_mut() else {
         return Ok(());
     };
-    for (channel, out) in live.flush_all() {
+    let parts = live.flush_all();
+    send_live_websocket(parts, tx).await
+}
+
+/// Send the client what the live deadline releases.
+async fn release_live_websocket<S>(
+    session: &mut StreamSession,
+    tx: &mut S,
+) -> Result<(), RelayError>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let Some(live) = session.live.as_mut() else {
+        return Ok(());
+    };
+    let parts = live.release_due();
+    send_live_websocket(parts, tx).await
+}
+
+async fn send_live_websocket<S>(parts: Vec<(u32, Vec<u8>)>, tx: &mut S) -> Result<(), RelayError>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    for (channel, out) in parts {
         let mut data = Vec::with_capacity(out.len() + 1);
         data.push(channel as u8);
         data.extend_from_slice(&out);
@@ -851,7 +940,7 @@ where
             }
             _ = sleep_until(deadline), if deadline.is_some() => {
                 if let Some(live) = session.live.as_mut() {
-                    for (id, out) in live.flush_all() {
+                    for (id, out) in live.release_due() {
                         client.write_all(&data_frame(id, false, &out)).await?;
                     }
                 }

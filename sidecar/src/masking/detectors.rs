@@ -67,6 +67,17 @@ impl Patterns {
         })
     }
 
+    /// The pattern a detector's candidates are found with (its checks come after).
+    pub fn pattern<'a>(&'a self, kind: &'a DetectorKind) -> &'a str {
+        match kind {
+            DetectorKind::Email => self.email.as_str(),
+            DetectorKind::PaymentCard => self.card.as_str(),
+            DetectorKind::Iban => self.iban.as_str(),
+            DetectorKind::Phone => self.phone.as_str(),
+            DetectorKind::Regex(re) => re.as_str(),
+        }
+    }
+
     /// Byte ranges of `text` the detector finds, in order, not overlapping.
     pub fn find(&self, kind: &DetectorKind, text: &str) -> Vec<Range<usize>> {
         if !may_match(kind, text) {

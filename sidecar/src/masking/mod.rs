@@ -18,5 +18,6 @@ pub mod catalog;
 pub mod detectors;
 pub mod engine;
 pub mod lineage;
+pub mod prefix;
 pub mod strategy;
 pub mod written;
