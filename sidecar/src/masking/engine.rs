@@ -423,7 +423,7 @@ impl SessionMasking {
         if !suspect {
             return (Vec::new(), Vec::new());
         }
-        let view = cat.view();
+        let view = self.view(cat);
         let analyzer = Analyzer::new(&view);
         let _ = analyzer.statement(ast);
         let carriers = analyzer

@@ -458,7 +458,7 @@ impl Relation {
             Some(cols) => Shape::Columns(cols.clone()).total(),
             None => self.opaque.clone(),
         };
-        t.computed = true;
+        t.computed = t.rules.clone();
         t
     }
 }
@@ -1531,8 +1531,7 @@ impl<'c> Analyzer<'c> {
         taint.absorb(&self.wildcard_args(fname, args, scope));
         self.note_call(name, &taint);
         // A function's rows are computed from its arguments.
-        taint.computed = true;
-        taint
+        taint.as_computed()
     }
 
     /// What `f(rel.*)` or `f(*)` arguments carry.
@@ -1791,14 +1790,6 @@ fn placeholder(id: usize) -> Expr {
 
 /// A column reference as written (`notes`, `c.notes`), or a scalar subquery, whose value is
 /// its source's unchanged (the subquery's own lineage says whether it computes it).
-fn is_plain_reference(e: &Expr) -> bool {
-    match e {
-        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => true,
-        Expr::Nested(inner) => is_plain_reference(inner),
-        _ => false,
-    }
-}
-
 fn is_value_free_aggregate(e: &Expr) -> bool {
     match e {
         Expr::Function(f) => {
@@ -2190,8 +2181,8 @@ mod tests {
         let computed = |sql: &str| -> Vec<bool> {
             let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).expect("parse");
             match a.statement(&stmts[0]).output.expect("output") {
-                Shape::Columns(cols) => cols.iter().map(|c| c.taint.computed).collect(),
-                Shape::Opaque(t) => vec![t.computed],
+                Shape::Columns(cols) => cols.iter().map(|c| !c.taint.computed.is_empty()).collect(),
+                Shape::Opaque(t) => vec![!t.computed.is_empty()],
             }
         };
         assert_eq!(
