@@ -167,7 +167,10 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
             stopped.clone(),
         ));
     } else {
-        tracing::info!("no audit service configured: records stay in the local spool");
+        // Nothing will ship or acknowledge the records: the spool is the log of record, and
+        // a bound on what awaits shipping would refuse every statement once reached.
+        spool.set_log_of_record();
+        tracing::info!("no audit service configured: the local spool is the log of record");
     }
     let mut addrs = Vec::new();
     let mut served_resources = Vec::new();

@@ -73,6 +73,9 @@ struct Inner {
     durable: watch::Sender<Durable>,
     bytes: AtomicU64,
     acknowledged: AtomicU64,
+    /// No audit service is configured: the spool is the log of record and nothing will ever
+    /// acknowledge it, so the bound on unacknowledged bytes does not apply.
+    of_record: std::sync::atomic::AtomicBool,
     /// Longest time between two rounds of the sync thread.
     background: Duration,
 }
@@ -227,6 +230,7 @@ impl Spool {
             durable,
             bytes: AtomicU64::new(existing),
             acknowledged: AtomicU64::new(0),
+            of_record: std::sync::atomic::AtomicBool::new(false),
             background,
         });
         let syncer = Arc::downgrade(&inner);
@@ -259,8 +263,19 @@ impl Spool {
         self.inner.acknowledged.store(bytes, Ordering::Relaxed);
     }
 
-    /// Refuse when the spool is over a bound.
+    /// With no audit service configured, the spool is the log of record: its records wait
+    /// for no acknowledgement, so [`Spool::check_limit`] no longer refuses (the disk bounds
+    /// it: a write that fails fails the sidecar's liveness).
+    pub fn set_log_of_record(&self) {
+        self.inner.of_record.store(true, Ordering::Relaxed);
+    }
+
+    /// Refuse when the records the audit service has not acknowledged are over a bound (a
+    /// spool that is the log of record has no such records).
     pub fn check_limit(&self, limit: Option<u64>) -> Result<(), SpoolError> {
+        if self.inner.of_record.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         match limit {
             Some(limit) if self.bytes() > limit => Err(SpoolError::Full {
                 size: self.bytes(),

@@ -767,3 +767,47 @@ async fn recordings_reach_the_audit_service_and_leave_the_spool() {
     proxy.stop().await;
     server.stop().await;
 }
+
+/// A standalone sidecar (no audit service) keeps its records in the local spool as the log of
+/// record: the bound on records awaiting the audit service does not lock it out, neither while
+/// it runs nor after a restart on the same spool. With an audit service configured but down,
+/// the same policy and traffic are refused past the bound (the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_sidecar_keeps_serving_past_the_spool_bound() {
+    let f = fixture("standalone").await;
+    let spool = f.tmp.path().join("spool-standalone");
+    let standalone = || {
+        ProxyBuilder::default()
+            .identity(&f.ns, "agent", Some("agent-0"))
+            .spool_dir(&spool)
+            .policy(
+                "audit-bound",
+                "onAuditUnavailable: deny\nspoolLimitBytes: 4000\n",
+            )
+    };
+    for round in 0..2 {
+        let proxy = standalone().start().await;
+        let client = proxy.client().await;
+        for i in 0..100 {
+            client
+                .simple_query(&format!("SELECT id FROM customers WHERE id = {}", i + 1))
+                .await
+                .unwrap_or_else(|e| panic!("round {round}, statement {i}: {e:?}"));
+        }
+        drop(client);
+        proxy.stop().await;
+    }
+    // Every statement of both runs is in the spool, far past the 4000-byte bound.
+    let records = read_spool(&spool);
+    let selects = records
+        .iter()
+        .filter(|r| matches!(&r.event, portcullis_crds::audit::AuditEvent::Statement(_)))
+        .count();
+    assert!(selects >= 200, "{selects} statement records in the spool");
+    let bytes: u64 = std::fs::read_dir(&spool)
+        .expect("spool dir")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    assert!(bytes > 40_000, "the spool holds {bytes} bytes");
+}
