@@ -333,11 +333,25 @@ fn unchecked_ingest(
     ))
 }
 
-/// A RoleBinding of the built-in `edit` ClusterRole to `user` in `ns`.
+/// The rules of the built-in `edit` ClusterRole this attempt uses (pods, and tokens of the
+/// namespace's service accounts), as a Role bound to `user` in `ns`: the harness runs no
+/// controller manager, so the aggregated `edit` ClusterRole has no rules there.
 async fn bind_edit(kube: &kube::Client, ns: &str, user: &str) {
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "edit-subset"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete", "get", "list", "patch", "update"]},
+            {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]}
+        ]
+    }))
+    .expect("role");
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(kube.clone(), ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("role");
     let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(serde_json::json!({
         "metadata": {"name": format!("{user}-edit")},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "edit-subset"},
         "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}]
     }))
     .expect("binding");
@@ -539,7 +553,7 @@ async fn a_pod_that_only_looks_injected_cannot_name_a_person() {
             };
             let chosen = manifest::expected_indexes(&by_subject, entries.iter().map(|(i, v)| (*i, v)));
             Err(format!(
-                "accepted at log index {indexes:?} from pod {ns_x}/looks-injected (token: {minted_by}); an export with --subject alice selects {chosen:?}"
+                "accepted (ack {indexes:?}) from pod {ns_x}/looks-injected (token: {minted_by}); an export with --subject alice selects {chosen:?}"
             ))
         }
     };
