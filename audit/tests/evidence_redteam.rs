@@ -907,3 +907,137 @@ async fn controls_hold() {
     let _ = svc.stop.send(true);
     t.assert_all_caught();
 }
+
+/// (a) A person's name is not the person: the sidecar of a team that lists its own OIDC
+/// issuer in its GatewayPolicy (a Keycloak the team runs) names whoever that issuer's tokens
+/// say, `alice` included. The service accepts it from the genuine sidecar (rightly: it is the
+/// session's principal as that issuer states it), but an export by `--subject alice` selects
+/// by the principal's name alone, so team x's "alice" lands in the evidence of the person
+/// alice of the company's SSO, with nothing in the selection telling them apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: --subject NAME selects records by principal name regardless of issuer, so a team's own OIDC issuer puts records into another person's evidence"]
+async fn a_subject_export_does_not_mix_issuers() {
+    let h = harness();
+    h.install_crds().await;
+    let kube = h.client().await;
+    let ns_a = h.namespace("rt34-sso").await;
+    let ns_x = h.namespace("rt34-ownidp").await;
+    let mut sidecar_tokens = Vec::new();
+    for ns in [&ns_a, &ns_x] {
+        h.service_account(ns, "agent").await;
+        // A pod the injection webhook gave a sidecar, in a labelled namespace.
+        let pod: Pod = Api::<Pod>::namespaced(kube.clone(), ns)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": "agent-1", "labels": {"portcullis.dev/injected": "true"}},
+                    "spec": {"serviceAccountName": "agent",
+                             "initContainers": [{"name": "portcullis-sidecar", "image": "sidecar:1"}],
+                             "containers": [{"name": "agent", "image": "agent:1"}]}
+                }))
+                .expect("pod"),
+            )
+            .await
+            .expect("sidecar pod");
+        sidecar_tokens.push(
+            h.token(ns, "agent", Some("portcullis-audit"), Some(&pod))
+                .await,
+        );
+    }
+    let (witness, _) = witness_in(&kube, &ns_a).await;
+    let work = tempfile::tempdir().expect("tmp");
+    let (pkcs8, _) = new_key();
+    let tls = tls();
+    let svc = start(
+        &kube,
+        &work.path().join("data"),
+        &work.path().join("head.json"),
+        &pkcs8,
+        &tls,
+        &witness,
+    )
+    .await;
+    let real = record(
+        &ns_a,
+        serde_json::json!({"name": "agent", "principal": alice()}),
+        "customers-db",
+        "a-1",
+        1,
+        statement("allow"),
+    );
+    svc.client
+        .ship(&sidecar_tokens[0], std::slice::from_ref(&real))
+        .await
+        .expect("alice of the company's SSO");
+    let other_alice = record(
+        &ns_x,
+        serde_json::json!({"name": "agent", "principal": {"kind": "User",
+            "issuer": "https://keycloak.team-x.example", "subject": "x-1", "name": "alice"}}),
+        "orders-db",
+        "x-1",
+        1,
+        statement("deny"),
+    );
+    let source_x = Authenticator::new(kube.clone())
+        .authenticate(&sidecar_tokens[1])
+        .await
+        .expect("source");
+    let baseline = unchecked_ingest(
+        &work.path().join("twin"),
+        &LogSigner::from_pkcs8(&pkcs8).expect("signer"),
+        &source_x,
+        std::slice::from_ref(&other_alice),
+        "keycloak.team-x.example",
+    );
+    let mut t = Table::default();
+    let outcome = match svc
+        .client
+        .ship(&sidecar_tokens[1], std::slice::from_ref(&other_alice))
+        .await
+    {
+        Err(e) => Ok(format!("refused: {e}")),
+        Ok(_) => {
+            let log = svc.log.lock().expect("lock");
+            let entries: Vec<(u64, serde_json::Value)> = (0..log.size())
+                .filter_map(|i| {
+                    let e = log.entry(i).ok().flatten()?;
+                    Some((i, serde_json::from_slice(&e).ok()?))
+                })
+                .collect();
+            let by_subject = Selection {
+                to_index: log.size(),
+                subject: Some("alice".into()),
+                ..Selection::default()
+            };
+            let chosen: Vec<(u64, String)> =
+                manifest::expected_indexes(&by_subject, entries.iter().map(|(i, v)| (*i, v)))
+                    .into_iter()
+                    .map(|i| {
+                        let v = &entries.iter().find(|(j, _)| *j == i).expect("entry").1;
+                        (
+                            i,
+                            v["record"]["identity"]["principal"]["issuer"]
+                                .as_str()
+                                .unwrap_or("")
+                                .to_owned(),
+                        )
+                    })
+                    .collect();
+            if chosen.len() == 1 {
+                Ok(format!("--subject alice selects only {chosen:?}"))
+            } else {
+                Err(format!(
+                    "--subject alice selects records of two issuers: {chosen:?}"
+                ))
+            }
+        }
+    };
+    t.row(
+        "forged attribution",
+        "a team's own issuer names alice; export by --subject alice",
+        baseline,
+        outcome,
+    );
+    let _ = svc.stop.send(true);
+    t.assert_all_caught();
+}
