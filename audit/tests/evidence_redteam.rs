@@ -25,9 +25,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{
-    BoundObjectReference, TokenRequest, TokenRequestSpec,
-};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
@@ -549,7 +547,8 @@ async fn a_pod_that_only_looks_injected_cannot_name_a_person() {
     );
     let shipped = svc.client.ship(&token, std::slice::from_ref(&forged)).await;
     let outcome = match shipped {
-        Err(ShipError::Refused { status, message }) | Err(ShipError::Failed { status, message })
+        Err(ShipError::Refused { status, message })
+        | Err(ShipError::Failed { status, message })
             if status == 403 =>
         {
             Ok(format!("{status} {message}"))
@@ -572,7 +571,8 @@ async fn a_pod_that_only_looks_injected_cannot_name_a_person() {
                 subject: Some("alice".into()),
                 ..Selection::default()
             };
-            let chosen = manifest::expected_indexes(&by_subject, entries.iter().map(|(i, v)| (*i, v)));
+            let chosen =
+                manifest::expected_indexes(&by_subject, entries.iter().map(|(i, v)| (*i, v)));
             Err(format!(
                 "accepted (ack {indexes:?}) from pod {ns_x}/looks-injected (token: {minted_by}); an export with --subject alice selects {chosen:?}"
             ))
@@ -1125,7 +1125,10 @@ async fn acknowledged_records_cannot_be_rolled_back() {
         )
     };
     let first: Vec<AuditRecord> = (1..=10).map(|i| rec(i, "allow")).collect();
-    svc.client.ship(&token, &first).await.expect("first records");
+    svc.client
+        .ship(&token, &first)
+        .await
+        .expect("first records");
     let before = witnessed_size(&retentions, 10).await;
     let snapshot = work.path().join("snapshot");
     copy_dir(&data, &snapshot);
@@ -1146,8 +1149,14 @@ async fn acknowledged_records_cannot_be_rolled_back() {
     let family = "unsigned tail";
 
     for (attempt, edit) in [
-        ("acknowledged records rolled back while the service was down", 0),
-        ("an acknowledged deny rewritten to allow while the service was down", 1),
+        (
+            "acknowledged records rolled back while the service was down",
+            0,
+        ),
+        (
+            "an acknowledged deny rewritten to allow while the service was down",
+            1,
+        ),
     ] {
         copy_dir(&stopped, &data);
         if edit == 0 {
