@@ -1010,3 +1010,130 @@ async fn show_escapes_every_zero_width_character() {
 
     w.finish(t).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_guardrail_spellings() {
+    let w = world("rt-fnname").await;
+    let (env, pg_port, direct_pg) = (&w.env, w.pg_port, w.direct_pg.clone());
+    let mut t = Table(Vec::new());
+    let c = connect(pg_port).await;
+    let _ = direct_pg
+        .simple_query(
+            "CREATE OR REPLACE FUNCTION rt_fix() RETURNS int LANGUAGE sql AS 'SELECT 1'; GRANT EXECUTE ON FUNCTION rt_fix() TO PUBLIC",
+        )
+        .await;
+    for spelling in [
+        "SELECT rt_fix()",
+        "SELECT public.rt_fix()",
+        "SELECT \"rt_fix\"()",
+        "SELECT * FROM rt_fix()",
+        "SELECT (SELECT rt_fix())",
+    ] {
+        t.row(
+            "function guardrail",
+            AGENT_SQL,
+            format!("`{spelling}` (guardrail functions: [rt_fix])"),
+            env.not_run(&c, spelling).await,
+        );
+    }
+    w.finish(t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: a function guardrail is skipped by a wrapper function the agent defines (DDL unheld); the guarded function runs unapproved"]
+async fn function_guardrail_through_a_wrapper() {
+    let w = world("rt-wrap").await;
+    let (env, pg_port, direct_pg) = (&w.env, w.pg_port, w.direct_pg.clone());
+    let mut t = Table(Vec::new());
+    let c = connect(pg_port).await;
+    let _ = direct_pg
+        .simple_query(
+            "CREATE OR REPLACE FUNCTION rt_fix() RETURNS int LANGUAGE sql AS 'SELECT 1'; GRANT EXECUTE ON FUNCTION rt_fix() TO PUBLIC",
+        )
+        .await;
+    let base = direct_pg.simple_query("SELECT rt_fix()").await;
+    t.row(
+        "function guardrail",
+        "direct PostgreSQL (baseline)",
+        "the guarded function runs on a direct connection",
+        base.map(|m| format!("returned {:?}", first_value(&m)))
+            .map_err(|e| pg_message(&e)),
+    );
+    // A wrapper the agent defines (DDL is not held by the policy) calls the guarded function.
+    let wrapped = c
+        .simple_query(
+            "CREATE OR REPLACE FUNCTION rt_wrap() RETURNS int LANGUAGE plpgsql AS $f$ BEGIN RETURN rt_fix(); END $f$",
+        )
+        .await;
+    t.row(
+        "function guardrail",
+        AGENT_SQL,
+        format!(
+            "`SELECT rt_wrap()`, a wrapper of rt_fix() defined by the agent ({})",
+            if wrapped.is_ok() {
+                "allowed"
+            } else {
+                "refused"
+            }
+        ),
+        env.not_run(&c, "SELECT rt_wrap()").await,
+    );
+    w.finish(t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: the agent's SQL text forges the sidecar's `-- runs:` annotation; show prints a one-row definition first for a bulk EXECUTE"]
+async fn shown_annotations_cannot_be_forged() {
+    let w = world("rt-annot").await;
+    let (env, pg_port, ns) = (&w.env, w.pg_port, w.ns.clone());
+    let mut t = Table(Vec::new());
+    let c = connect(pg_port).await;
+    let _ = c
+        .simple_query("PREPARE rt_p(text, int) AS UPDATE customers SET city = $1 WHERE id > $2")
+        .await;
+    // The agent's own text imitates the sidecar's `-- runs:` annotation with a one-row
+    // statement, and pushes the real annotation far down.
+    let forged = format!(
+        "EXECUTE rt_p('Ghent', 29)\n-- runs: UPDATE customers SET city = $1 WHERE id = $2{}",
+        "\n".repeat(120)
+    );
+    let known = names(&env.api).await;
+    let task = run(&c, &forged);
+    let result = match new_request(&env.api, &known).await {
+        None => Err(format!("not held: {:?}", task.await)),
+        Some(ar) => {
+            let name = ar.metadata.name.clone().expect("name");
+            let shown = common::plugin(&env.bob, &["show", &name, "-n", &ns]);
+            let text = common::text(&shown);
+            let _ = env.decide("deny", &name, "forged");
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+            let runs: Vec<&str> = text.lines().filter(|l| l.contains("-- runs:")).collect();
+            let blank_run = text
+                .lines()
+                .collect::<Vec<_>>()
+                .windows(20)
+                .any(|w| w.iter().all(|l| l.trim().is_empty()));
+            if runs.len() == 1 && !blank_run {
+                Ok(format!("one annotation: {}", runs[0].trim()))
+            } else {
+                Err(format!(
+                    "shown with {} `-- runs:` lines (first: {:?}){}",
+                    runs.len(),
+                    runs.first().map(|l| l.trim()),
+                    if blank_run {
+                        ", the real one after a screenful of blank lines"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+        }
+    };
+    t.row(
+        "safe display",
+        "approver, kubectl portcullis show",
+        "the agent's text forges the `-- runs:` annotation of a bulk EXECUTE",
+        result,
+    );
+    w.finish(t).await;
+}
