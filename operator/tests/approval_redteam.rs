@@ -1137,3 +1137,153 @@ async fn shown_annotations_cannot_be_forged() {
     );
     w.finish(t).await;
 }
+
+/// A bare PostgreSQL frontend on the agent's side: the simple queries `setup`, then a protocol
+/// Bind of the SQL-prepared statement `statement` with the text `values`, Execute and Sync.
+/// The command tag, or the server's message.
+async fn raw_bind(
+    port: u16,
+    setup: &[String],
+    statement: &str,
+    values: &[&str],
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(i32::try_from(body.len() + 4).expect("len")).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+    async fn until_ready(
+        s: &mut tokio::net::TcpStream,
+    ) -> Result<(Option<String>, Option<String>), String> {
+        let (mut tag_seen, mut error) = (None, None);
+        loop {
+            let mut head = [0u8; 5];
+            s.read_exact(&mut head).await.map_err(|e| e.to_string())?;
+            let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+            match head[0] {
+                b'C' => tag_seen = Some(String::from_utf8_lossy(&body[..len - 1]).into_owned()),
+                b'E' => {
+                    let mut fields = body.split(|b| *b == 0);
+                    error = fields
+                        .find(|f| f.first() == Some(&b'M'))
+                        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned());
+                }
+                b'Z' => return Ok((tag_seen, error)),
+                _ => {}
+            }
+        }
+    }
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut startup = 196_608i32.to_be_bytes().to_vec();
+    startup.extend_from_slice(b"user\0agent\0database\0shop\0\0");
+    let mut m = (i32::try_from(startup.len() + 4).expect("len"))
+        .to_be_bytes()
+        .to_vec();
+    m.extend_from_slice(&startup);
+    s.write_all(&m).await.map_err(|e| e.to_string())?;
+    until_ready(&mut s).await?;
+    for q in setup {
+        let mut body = q.as_bytes().to_vec();
+        body.push(0);
+        s.write_all(&msg(b'Q', &body))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let (_, Some(e)) = until_ready(&mut s).await? {
+            return Err(format!("setup {q:?}: {e}"));
+        }
+    }
+    let mut bind = b"\0".to_vec();
+    bind.extend_from_slice(statement.as_bytes());
+    bind.push(0);
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    bind.extend_from_slice(&(i16::try_from(values.len()).expect("n")).to_be_bytes());
+    for v in values {
+        bind.extend_from_slice(&(i32::try_from(v.len()).expect("len")).to_be_bytes());
+        bind.extend_from_slice(v.as_bytes());
+    }
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let mut out = msg(b'B', &bind);
+    out.extend(msg(b'E', b"\0\0\0\0\0"));
+    out.extend(msg(b'S', b""));
+    s.write_all(&out).await.map_err(|e| e.to_string())?;
+    match until_ready(&mut s).await? {
+        (_, Some(e)) => Err(e),
+        (Some(tag), None) => Ok(tag),
+        (None, None) => Err("no answer".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_bind_of_a_sql_prepared_statement() {
+    let w = world("rt-bind").await;
+    let (env, pg_port, direct_pg) = (&w.env, w.pg_port, w.direct_pg.clone());
+    let mut t = Table(Vec::new());
+    let prepare =
+        "PREPARE rt_q(text, int) AS UPDATE customers SET city = $1 WHERE id > $2".to_owned();
+    let base = direct_pg
+        .simple_query(&format!(
+            "{prepare}; EXECUTE rt_q('Bound', 450); DEALLOCATE rt_q"
+        ))
+        .await
+        .map(|m| format!("{} rows", affected(&m)))
+        .map_err(|e| pg_message(&e));
+    t.row(
+        "protocol Bind of a SQL-prepared statement",
+        "direct PostgreSQL (baseline)",
+        "rt_q is a bulk update",
+        base,
+    );
+    // Through the sidecar: without any approval, and after an approved EXECUTE of it.
+    for approved_first in [false, true] {
+        let known = names(&env.api).await;
+        let setup = vec![prepare.clone()];
+        if approved_first {
+            let c = connect(pg_port).await;
+            let _ = c.simple_query(&prepare).await;
+            let _ = env.try_approved(&c, "EXECUTE rt_q('Bound', 450)").await;
+        }
+        let known2 = names(&env.api).await;
+        let task =
+            tokio::spawn(async move { raw_bind(pg_port, &setup, "rt_q", &["Bound", "0"]).await });
+        let _ = known;
+        let mut result = None;
+        for _ in 0..100 {
+            if task.is_finished() {
+                break;
+            }
+            if let Some(ar) = new_request(&env.api, &known2).await {
+                let name = ar.metadata.name.clone().expect("name");
+                let statement = ar.spec.operation.statement.clone().unwrap_or_default();
+                let _ = env.decide("deny", &name, "bind");
+                result = Some(Ok(format!(
+                    "held for a new approval showing {:?}",
+                    first_line(&statement.replace('\n', " "))
+                )));
+                break;
+            }
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(20), task).await;
+        let result = result.unwrap_or_else(|| match ended {
+            Ok(Ok(Ok(tag))) => Err(format!("ran without a new approval: {tag}")),
+            Ok(Ok(Err(e))) => Ok(format!("refused: {e}")),
+            other => Err(format!("{other:?}")),
+        });
+        t.row(
+            "protocol Bind of a SQL-prepared statement",
+            AGENT_SQL,
+            if approved_first {
+                "after `EXECUTE rt_q('Bound', 450)` was approved, Bind rt_q ('Bound', 0), Execute"
+            } else {
+                "Bind rt_q ('Bound', 0), Execute, no approval"
+            },
+            result,
+        );
+    }
+    w.finish(t).await;
+}
