@@ -3,7 +3,9 @@
 //! a grant, a function redefined under a grant, a prepared name re-pointed, a concurrent flood
 //! of requests against maxPending, and zero-width characters outside the escaped set. Each row
 //! shows the attack on the unprotected path where it makes sense, then asserts the safe outcome
-//! through the sidecar.
+//! through the sidecar. The tests marked `ignore` are the attacks that succeed today (they
+//! assert the safe outcome); run them with `-- --ignored --test-threads=1` (the trigger test
+//! touches the shared `customers` table).
 
 mod common;
 
@@ -1285,5 +1287,40 @@ async fn protocol_bind_of_a_sql_prepared_statement() {
             result,
         );
     }
+    w.finish(t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: a table guardrail is skipped by an updatable view the agent creates (DDL unheld); a bulk write to customers runs unapproved"]
+async fn table_guardrail_through_an_agent_view() {
+    let w = world("rt-view").await;
+    let (env, pg_port, direct_pg) = (&w.env, w.pg_port, w.direct_pg.clone());
+    let mut t = Table(Vec::new());
+    let base = direct_pg
+        .simple_query(
+            "CREATE OR REPLACE VIEW rt_twin_v AS SELECT * FROM customers; UPDATE rt_twin_v SET city = city WHERE id > 480",
+        )
+        .await;
+    t.row(
+        "agent-defined object",
+        "direct PostgreSQL (baseline)",
+        "an updatable view over customers writes customers",
+        base.map(|m| format!("{} rows", affected(&m)))
+            .map_err(|e| pg_message(&e)),
+    );
+    let c = connect(pg_port).await;
+    let made = c
+        .simple_query("CREATE OR REPLACE VIEW rt_v AS SELECT * FROM customers")
+        .await;
+    t.row(
+        "agent-defined object",
+        AGENT_SQL,
+        format!(
+            "view rt_v over customers created ({}), `UPDATE rt_v ... WHERE id > 480`",
+            if made.is_ok() { "allowed" } else { "refused" }
+        ),
+        env.not_run(&c, "UPDATE rt_v SET city = city WHERE id > 480")
+            .await,
+    );
     w.finish(t).await;
 }
