@@ -1324,3 +1324,47 @@ async fn table_guardrail_through_an_agent_view() {
     );
     w.finish(t).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: maxPending is counted before create without a lock; 20 sessions sending at once get up to 20 pending requests (7 to 20 seen) with maxPending 2"]
+async fn max_pending_under_a_concurrent_flood() {
+    let w = world("rt-flood").await;
+    let (env, pg_port) = (&w.env, w.pg_port);
+    let mut t = Table(Vec::new());
+    // A flood from many sessions at once: the pending limit is counted before create.
+    let known = names(&env.api).await;
+    let mut sessions = Vec::new();
+    for _ in 0..20 {
+        sessions.push(connect(pg_port).await);
+    }
+    // Every session connected first, then all statements sent at once.
+    let flood: Vec<_> = sessions
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            run(
+                c,
+                &format!("UPDATE customers SET city = 'Flood' WHERE id = {}", 100 + i),
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let now = names(&env.api).await;
+    let fresh: Vec<String> = now.into_iter().filter(|n| !known.contains(n)).collect();
+    t.row(
+        "limits",
+        "agent, 20 sessions at once",
+        "20 held statements sent at once with maxPending: 2",
+        (fresh.len() <= 2)
+            .then(|| format!("{} requests", fresh.len()))
+            .ok_or_else(|| format!("{} pending requests with maxPending 2", fresh.len())),
+    );
+    for name in &fresh {
+        let _ = env.decide("deny", name, "flood");
+    }
+    for task in flood {
+        let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    }
+
+    w.finish(t).await;
+}
