@@ -1368,3 +1368,53 @@ async fn max_pending_under_a_concurrent_flood() {
 
     w.finish(t).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: a session grant for order-updates runs an UPDATE whose CTE inserts into orders (order-inserts, never approved)"]
+async fn one_statement_two_guardrails() {
+    let w = world("rt-two").await;
+    let (env, pg_port, direct_pg) = (&w.env, w.pg_port, w.direct_pg.clone());
+    let mut t = Table(Vec::new());
+    let _ = direct_pg
+        .simple_query("DELETE FROM orders WHERE id >= 900000")
+        .await;
+    // A session grant for order-updates; then one statement that also inserts into orders
+    // (order-inserts) and updates customers (customer-writes, another policy).
+    let c = connect(pg_port).await;
+    let first = env
+        .try_approved(&c, "UPDATE orders SET status = status WHERE id = 1")
+        .await;
+    t.row(
+        "one statement, two guardrails",
+        AGENT_SQL,
+        "a session grant for order-updates",
+        first
+            .map(|ar| format!("granted by {}", ar.metadata.name.unwrap_or_default()))
+            .map_err(|e| format!("not granted: {e}")),
+    );
+    let both = "WITH i AS (INSERT INTO orders (id, customer_id, amount, status, placed_at) VALUES (900001, 1, 1, 'new', now()) RETURNING 1) UPDATE orders SET status = status WHERE id = 1";
+    let fresh = connect(pg_port).await;
+    t.row(
+        "one statement, two guardrails",
+        AGENT_SQL,
+        "the same CTE statement in a session without a grant (it is classified and held)",
+        env.not_run(&fresh, both).await,
+    );
+    t.row(
+        "one statement, two guardrails",
+        AGENT_SQL,
+        "order-updates granted in the session, then an UPDATE with an INSERT into orders in a CTE",
+        env.not_run(&c, both).await,
+    );
+    let cross = "WITH u AS (UPDATE customers SET city = city WHERE id > 0 RETURNING 1) UPDATE orders SET status = status WHERE id = 1";
+    t.row(
+        "one statement, two guardrails",
+        AGENT_SQL,
+        "order-updates granted in the session, then an UPDATE of orders with a bulk customers UPDATE in a CTE",
+        env.not_run(&c, cross).await,
+    );
+    let _ = direct_pg
+        .simple_query("DELETE FROM orders WHERE id >= 900000")
+        .await;
+    w.finish(t).await;
+}
