@@ -1418,3 +1418,59 @@ async fn one_statement_two_guardrails() {
         .await;
     w.finish(t).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: a statement matching two policies asks only the first; an agent-owner approves a bulk orders UPDATE (CTE) that only portcullis-approvers may approve"]
+async fn one_statement_two_policies() {
+    let w = world("rt-twopol").await;
+    let (env, pg_port, ns) = (&w.env, w.pg_port, w.ns.clone());
+    let mut t = Table(Vec::new());
+    let alice = harness().kubeconfig_of(User::Owner).to_owned();
+    // customer-writes (policy shop) may be approved by agent-owners (alice); order-updates
+    // (policy orders) only by portcullis-approvers. One statement needs both.
+    let c = connect(pg_port).await;
+    let both = "WITH o AS (UPDATE orders SET status = status WHERE id > 0 RETURNING 1) UPDATE customers SET city = 'Ghent' WHERE id = 24";
+    let known = names(&env.api).await;
+    let task = run(&c, both);
+    let result = match new_request(&env.api, &known).await {
+        None => match task.await {
+            Ok(Ok(_)) => Err("ran without a request".to_owned()),
+            Ok(Err(e)) => Ok(format!("refused: {}", pg_message(&e))),
+            Err(e) => Err(e.to_string()),
+        },
+        Some(ar) => {
+            let name = ar.metadata.name.clone().expect("name");
+            let out = common::plugin(
+                &alice,
+                &["approve", &name, "-n", &ns, "--reason", "one customer"],
+            );
+            let ended = tokio::time::timeout(Duration::from_secs(20), task).await;
+            match ended {
+                Ok(Ok(Ok(m))) => Err(format!(
+                    "asked only {}/{}; approved by alice (agent-owners, not an orders approver), ran (tag: {} rows, the CTE's orders rows not counted)",
+                    ar.spec.policy,
+                    ar.spec.rule,
+                    affected(&m)
+                )),
+                other => Ok(format!(
+                    "asked {}/{}; alice's approval {}: {:?}",
+                    ar.spec.policy,
+                    ar.spec.rule,
+                    if out.status.success() {
+                        "accepted"
+                    } else {
+                        "refused"
+                    },
+                    other.map(|r| r.map(|r| r.map(|_| ()).map_err(|e| pg_message(&e))))
+                )),
+            }
+        }
+    };
+    t.row(
+        "one statement, two policies",
+        "approver of one policy only (alice)",
+        "a bulk orders UPDATE in the CTE of a one-customer UPDATE",
+        result,
+    );
+    w.finish(t).await;
+}
