@@ -1,0 +1,194 @@
+//! Red team (issue 36): personal data drawn on the screen by terminal features the exec
+//! recorder's screen model does not follow.
+//!
+//! Each row is first shown to put the value on the screen without the protection: the raw
+//! bytes run through a maintained terminal emulator (the audit service's replay emulator, on
+//! `vt100`) show the value in clear. Then the same bytes go through the sidecar's
+//! [`Scanner`] (what the exec relay uses for the recording and for `maskLiveOutput`), frame
+//! by frame, and the masked bytes, rendered by the same emulator, must not show it.
+
+use portcullis_audit::emulator::Emulator;
+use portcullis_sidecar::kube::recording::OutputMasker;
+use portcullis_sidecar::kube::screen::{Direction, Scanner};
+
+/// What an 80-column terminal of `rows` rows shows for `data` (every screen state the replay
+/// prints).
+fn screen(rows: u64, data: &[u8]) -> String {
+    let mut e = Emulator::new(80, rows);
+    let mut out = e.output(0.0, data);
+    out.push_str(&e.finish());
+    out
+}
+
+/// `frames` through the sidecar's scanner (built-in detectors), as the relay does.
+fn masked(frames: &[&[u8]]) -> Vec<u8> {
+    let m = OutputMasker::new(&[]).expect("detectors");
+    let mut s = Scanner::new(Direction::Output);
+    let mut out = Vec::new();
+    for f in frames {
+        out.extend(s.push(&m, f));
+    }
+    out.extend(s.flush(&m));
+    out
+}
+
+/// The row: unprotected the screen shows `secret`; through the scanner, neither the masked
+/// bytes nor the screen they draw hold it.
+fn row(family: &str, data: &[u8], secret: &str) {
+    row_on(24, family, data, secret);
+}
+
+fn row_on(rows: u64, family: &str, data: &[u8], secret: &str) {
+    let direct = screen(rows, data);
+    assert!(
+        direct.contains(secret),
+        "{family}: the raw bytes do not draw {secret:?}: {direct}"
+    );
+    let out = masked(&[data]);
+    assert_eq!(out.len(), data.len(), "{family}: length kept");
+    let shown = screen(rows, &out);
+    assert!(
+        !shown.contains(secret) && !String::from_utf8_lossy(&out).contains(secret),
+        "{family}: {secret:?} in clear through the scanner: {:?}\n{shown}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+#[test]
+fn colour_codes_inside_a_value_are_masked() {
+    row(
+        "colour codes inside a value",
+        b"mail \x1b[1malice\x1b[0m.meyer@example.com done\n",
+        "meyer@example.com",
+    );
+}
+
+#[test]
+fn a_value_drawn_with_cursor_up_is_masked() {
+    row(
+        "cursor up then the rest of the value",
+        b"x\n\x1b[1A      example.com\x1b[17Dalice@\n",
+        "alice@example.com",
+    );
+}
+
+#[test]
+#[ignore = "red team: ESC 7 / ESC 8 (save/restore cursor) not followed: a value drawn around a restore is recorded and shown in clear"]
+fn a_value_drawn_after_restoring_the_cursor_is_masked() {
+    row(
+        "save and restore cursor (DECSC/DECRC)",
+        b"\x1b7     @example.com\x1b8alice\n",
+        "alice@example.com",
+    );
+}
+
+#[test]
+#[ignore = "red team: wide (CJK) characters counted as one column: a CR overwrite of them leaves an e-mail in clear"]
+fn a_value_overwriting_wide_characters_is_masked() {
+    row(
+        "carriage return over wide characters",
+        "中中中@example.com\ralice1\n".as_bytes(),
+        "alice1@example.com",
+    );
+}
+
+#[test]
+#[ignore = "red team: column moves ignore wide characters: CSI G next to CJK text leaves an e-mail in clear"]
+fn a_value_drawn_at_a_column_after_wide_characters_is_masked() {
+    row(
+        "absolute column after wide characters",
+        "中中中中中@example.com\x1b[6Galice\n".as_bytes(),
+        "alice@example.com",
+    );
+}
+
+#[test]
+#[ignore = "red team: ESC M (reverse index) not followed: a value completed on the row above is in clear"]
+fn a_value_drawn_after_reverse_index_is_masked() {
+    row(
+        "reverse index (RI)",
+        b"alice\n\x1bM\x1b[5C@example.com\n",
+        "alice@example.com",
+    );
+}
+
+#[test]
+#[ignore = "red team: ESC D (index) not followed: a value completed after a row move is in clear"]
+fn a_value_drawn_after_index_is_masked() {
+    row(
+        "index (IND)",
+        b"\x1b[5C@example.com\x1b[H\x1bD\x1b[1Aalice\n",
+        "alice@example.com",
+    );
+}
+
+#[test]
+#[ignore = "red team: scroll region + origin mode (DECSTBM, DECOM) not followed: CSI H lands on another row than the scanner thinks"]
+fn a_value_drawn_in_origin_mode_is_masked() {
+    row(
+        "origin mode inside a scroll region",
+        b"\x1b[5;6H@example.com\x1b[5;10r\x1b[?6h\x1b[1;1Halice\n",
+        "alice@example.com",
+    );
+}
+
+#[test]
+#[ignore = "red team: CSI S (scroll up) read as a line end: scrolled rows brought under the cursor complete a value in clear"]
+fn a_value_brought_together_by_scrolling_up_is_masked() {
+    row(
+        "scroll up (SU)",
+        b"x\ny\n     @example.com\x1b[H\x1b[2Salice\n",
+        "alice@example.com",
+    );
+}
+
+#[test]
+#[ignore = "red team: CSI T (scroll down) read as a line end: a value completed on the scrolled row is in clear"]
+fn a_value_brought_together_by_scrolling_down_is_masked() {
+    row(
+        "scroll down (SD)",
+        b"     @example.com\x1b[H\x1b[1Tx\x1b[2;1Halice\n",
+        "alice@example.com",
+    );
+}
+
+#[test]
+#[ignore = "red team: CSI M (delete line) ignored: a row moved up under the cursor completes a value in clear"]
+fn a_value_brought_together_by_deleting_a_line_is_masked() {
+    row(
+        "delete line (DL)",
+        b"x\n     @example.com\x1b[H\x1b[Malice\n",
+        "alice@example.com",
+    );
+}
+
+#[test]
+#[ignore = "red team: CSI L (insert line) ignored: a row pushed down completes a value in clear"]
+fn a_value_brought_together_by_inserting_a_line_is_masked() {
+    row(
+        "insert line (IL)",
+        b"     @example.com\x1b[H\x1b[Lx\x1b[2;1Halice\n",
+        "alice@example.com",
+    );
+}
+
+#[test]
+#[ignore = "red team: detectors read ASCII digits only: a card number in fullwidth digits is shown and recorded in clear (low)"]
+fn a_card_in_fullwidth_digits_is_masked() {
+    row(
+        "card number in fullwidth digits",
+        "４１１１１１１１１１１１１１１１\n".as_bytes(),
+        "４１１１１１１１１１１１１１１１",
+    );
+}
+
+#[test]
+#[ignore = "red team: the scanner assumes 24 rows: on a taller terminal CSI H and CSI B meet on a row the scanner splits, e-mail in clear"]
+fn a_value_drawn_on_a_taller_terminal_is_masked() {
+    row_on(
+        50,
+        "absolute and relative rows on a 50-row terminal",
+        b"\x1b[30;6H@example.com\x1b[H\x1b[29Balice\n",
+        "alice@example.com",
+    );
+}
