@@ -331,3 +331,90 @@ fn a_value_completed_after_leaving_the_alternate_screen_is_masked() {
         "alice@example.com",
     );
 }
+
+#[test]
+#[ignore = "red team: a card number grouped with U+00A0 (drawn as spaces, same screen as a spaced card) is not detected"]
+fn a_card_separated_by_no_break_spaces_is_masked() {
+    row(
+        "card grouped with no-break spaces",
+        "card 4111\u{a0}1111\u{a0}1111\u{a0}1111\n".as_bytes(),
+        "1111\u{a0}1111\u{a0}1111",
+    );
+}
+
+#[test]
+#[ignore = "red team: a card number grouped with dots is not detected"]
+fn a_card_grouped_with_dots_is_masked() {
+    row(
+        "card grouped with dots",
+        b"card 4111.1111.1111.1111 ok\n",
+        "4111.1111.1111.1111",
+    );
+}
+
+#[test]
+#[ignore = "red team: a lower-case IBAN is not detected"]
+fn a_lower_case_iban_is_masked() {
+    row(
+        "lower-case IBAN",
+        b"iban: de89370400440532013000\n",
+        "de89370400440532013000",
+    );
+}
+
+#[test]
+#[ignore = "red team: an e-mail address with a non-ASCII domain is not detected"]
+fn an_email_with_an_internationalised_domain_is_masked() {
+    row(
+        "internationalised domain",
+        "alice@exämple.de\n".as_bytes(),
+        "alice@exämple.de",
+    );
+}
+
+#[test]
+#[ignore = "red team: an e-mail address written with U+FF20 (fullwidth @) is not detected (low)"]
+fn an_email_with_a_fullwidth_at_sign_is_masked() {
+    row(
+        "fullwidth at sign",
+        "alice＠example.com\n".as_bytes(),
+        "alice＠example.com",
+    );
+}
+
+#[test]
+#[ignore = "red team: an e-mail address with an IP literal domain is not detected (low)"]
+fn an_email_with_an_address_literal_is_masked() {
+    row(
+        "address literal",
+        b"alice@[192.168.1.1]\n",
+        "alice@[192.168.1.1]",
+    );
+}
+
+#[test]
+fn an_email_with_a_spaced_and_grouped_domain_holds() {
+    row(
+        "mixed case, plus, subdomains",
+        b"to: Alice.Meyer+x@Mail.Example.CO.UK;\n",
+        "Alice.Meyer+x@Mail.Example.CO.UK",
+    );
+}
+
+#[test]
+fn a_spaced_iban_is_masked() {
+    row(
+        "IBAN in groups of four",
+        b"IBAN: DE89 3704 0044 0532 0130 00\n",
+        "DE89 3704 0044 0532 0130 00",
+    );
+}
+
+#[test]
+fn a_dashed_card_is_masked() {
+    row(
+        "card grouped with dashes",
+        b"card 4111-1111-1111-1111 ok\n",
+        "4111-1111-1111-1111",
+    );
+}
