@@ -393,7 +393,7 @@ fn an_email_with_an_address_literal_is_masked() {
 }
 
 #[test]
-fn an_email_with_a_spaced_and_grouped_domain_holds() {
+fn an_email_with_plus_and_subdomains_is_masked() {
     row(
         "mixed case, plus, subdomains",
         b"to: Alice.Meyer+x@Mail.Example.CO.UK;\n",
@@ -416,5 +416,32 @@ fn a_dashed_card_is_masked() {
         "card grouped with dashes",
         b"card 4111-1111-1111-1111 ok\n",
         "4111-1111-1111-1111",
+    );
+}
+
+#[test]
+#[ignore = "red team: the scanner never wraps at the terminal's width: text that autowraps onto a row completes a value there in clear"]
+fn a_value_completed_by_autowrap_is_masked() {
+    let mut data = b"\n     @example.com\x1b[H".to_vec();
+    data.extend(std::iter::repeat_n(b'x', 80));
+    data.extend_from_slice(b"alice\n");
+    row("autowrap at 80 columns", &data, "alice@example.com");
+}
+
+#[test]
+fn a_value_split_by_a_long_quiet_gap_is_masked_live() {
+    // Live output goes quiet in the middle of a value; what could still grow into it stays
+    // held, and the rest is masked when it arrives.
+    let m = OutputMasker::new(&[]).expect("detectors");
+    let mut s = Scanner::new(Direction::Output);
+    let mut out = s.push(&m, b"mail: alice.meyer@exa");
+    out.extend(s.release_quiet(&m, false));
+    out.extend(s.release_quiet(&m, false));
+    out.extend(s.push(&m, b"mple.com\n"));
+    out.extend(s.flush(&m));
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        !text.contains("meyer@exa") && !text.contains("alice"),
+        "{text:?}"
     );
 }
