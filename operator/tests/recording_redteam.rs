@@ -7,7 +7,18 @@
 //! [`Scanner`] (what the exec relay uses for the recording and for `maskLiveOutput`), frame
 //! by frame, and the masked bytes, rendered by the same emulator, must not show it.
 
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, PostParams};
 use portcullis_audit::emulator::Emulator;
+use portcullis_crds::SidecarConfig;
+use portcullis_e2e::harness;
+use portcullis_sidecar::config::Options;
 use portcullis_sidecar::kube::recording::OutputMasker;
 use portcullis_sidecar::kube::screen::{Direction, Scanner};
 
@@ -500,4 +511,188 @@ fn the_recording_and_its_replay_hold_no_value_drawn_with_colour_codes() {
     let (text, shown) = recorded_and_replayed(&[&data[..12], &data[12..]]);
     assert!(!shown.contains("meyer@example.com"), "{shown}\n{text}");
     assert!(!text.contains("meyer@example.com"), "{text}");
+}
+
+const PLACEHOLDER: &str = "portcullis-placeholder-token";
+
+fn ns_of(config_text: &str) -> String {
+    config_text
+        .lines()
+        .find_map(|l| l.strip_prefix("namespace: "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `kubectl exec -i web-0 -- cat` with `stdin`, over WebSocket or SPDY.
+fn kubectl_cat(kubeconfig: &str, spdy: bool, ns: &str, stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let h = harness();
+    let mut child = Command::new(h.kubectl_path())
+        .env("KUBECONFIG", kubeconfig)
+        .env(
+            "KUBECTL_REMOTE_COMMAND_WEBSOCKETS",
+            if spdy { "false" } else { "true" },
+        )
+        .args(["exec", "-i", "-n", ns, "web-0", "-c", "app", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    let mut pipe = child.stdin.take().expect("stdin");
+    pipe.write_all(stdin).expect("write stdin");
+    drop(pipe);
+    child.wait_with_output().expect("kubectl output")
+}
+
+/// End to end: a program in the container prints the save/restore-cursor drawing (here `cat`
+/// echoes it); kubectl through the sidecar (live masking on) must not get the value on its
+/// screen, and the recording, replayed, must not show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: through kubectl and the real relay (WebSocket and SPDY): a cursor save/restore drawing reaches the live screen and the recording in clear"]
+async fn kubectl_exec_output_drawn_around_a_cursor_restore_is_masked() {
+    let h = harness();
+    h.install_crds().await;
+    let client = h.client().await;
+    let ns = h.namespace("recording-redteam").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    h.service_account(&ns, "agent").await;
+    common::create::<Role>(
+        &client,
+        &ns,
+        serde_json::json!({
+            "metadata": {"name": "agent"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+                {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]}
+            ]
+        }),
+    )
+    .await;
+    common::create::<RoleBinding>(
+        &client,
+        &ns,
+        serde_json::json!({
+            "metadata": {"name": "agent"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "agent"},
+            "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}]
+        }),
+    )
+    .await;
+    let target: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-0"},
+        "spec": {"nodeName": h.exec_node(), "containers": [{"name": "app", "image": "app:1"}]}
+    }))
+    .expect("pod");
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &target)
+        .await
+        .expect("create the target pod");
+    let certs = portcullis_operator::certs::generate(
+        &["127.0.0.1".to_owned(), "localhost".to_owned()],
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    )
+    .expect("certificates");
+    let tls = dir.path().join("tls");
+    std::fs::create_dir_all(&tls).expect("tls dir");
+    std::fs::write(tls.join("tls.crt"), &certs.cert_pem).expect("cert");
+    std::fs::write(tls.join("tls.key"), &certs.key_pem).expect("key");
+    let agent_sa = dir.path().join("agent-sa");
+    std::fs::create_dir_all(&agent_sa).expect("agent sa dir");
+    std::fs::write(agent_sa.join("ca.crt"), &certs.ca_pem).expect("agent ca");
+    std::fs::write(agent_sa.join("token"), PLACEHOLDER).expect("placeholder");
+    let token = h.token(&ns, "agent", None, None).await;
+    let token_file = dir.path().join("sidecar-token");
+    std::fs::write(&token_file, &token).expect("token");
+    let api_url: http::Uri = h.apiserver_url().parse().expect("api url");
+    let spool = dir.path().join("spool");
+    let config_text = format!(
+        "apiVersion: portcullis.dev/sidecar-config/v1alpha1
+namespace: {ns}
+adminListen: 127.0.0.1:0
+audit:
+  spoolDir: {spool}
+resources:
+- name: cluster-api
+  type: kubernetes
+  listenPort: 0
+  upstream:
+    host: {host}
+    port: {port}
+    tlsMode: verify-full
+    caFile: {ca}
+  serverTls:
+    certFile: {tls}/tls.crt
+    keyFile: {tls}/tls.key
+  tokenFile: {token_file}
+  policies: [gdpr-exec]
+policies:
+- name: gdpr-exec
+  masking:
+  - name: ssn
+    detector: regex
+    pattern: '\\b\\d{{3}}-\\d{{2}}-\\d{{4}}\\b'
+    strategy: redact
+  guardrails:
+  - name: destructive
+    execCommands: [\"rm *\"]
+    action: deny
+  kubernetes:
+    maskLiveOutput: true
+",
+        spool = spool.display(),
+        host = api_url.host().expect("host"),
+        port = api_url.port_u16().unwrap_or(443),
+        ca = h.ca_file(),
+        tls = tls.display(),
+        token_file = token_file.display(),
+    );
+    let start = |config_text: String| async move {
+        let config = SidecarConfig::from_yaml(&config_text).expect("sidecar config");
+        let options = Options::service_account(&ns_of(&config_text), "agent");
+        portcullis_sidecar::start(config, options)
+            .await
+            .expect("sidecar starts")
+    };
+    let sidecar = start(config_text.clone()).await;
+    let port = sidecar.addr("cluster-api").expect("listening").port();
+    let agent = common::token_kubeconfig(
+        &dir.path().join("agent.kubeconfig"),
+        &format!("https://127.0.0.1:{port}"),
+        &agent_sa.join("ca.crt").to_string_lossy(),
+        PLACEHOLDER,
+        &ns,
+    );
+    let data: &[u8] = b"rt-restore \x1b7     @example.com\x1b8alice\n";
+    let secret = "alice@example.com";
+    for spdy in [false, true] {
+        let direct = tokio::task::block_in_place(|| kubectl_cat(&h.kubeconfig(), spdy, &ns, data));
+        assert!(direct.status.success(), "{}", common::text(&direct));
+        assert!(screen(24, &direct.stdout).contains(secret));
+        let through = tokio::task::block_in_place(|| kubectl_cat(&agent, spdy, &ns, data));
+        assert!(through.status.success(), "{}", common::text(&through));
+        let live = screen(24, &through.stdout);
+        let mut replayed = String::new();
+        for entry in std::fs::read_dir(spool.join("recordings"))
+            .expect("recordings")
+            .flatten()
+        {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let mut emulator = Emulator::new(80, 24);
+            for line in text.lines().skip(1) {
+                let event: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                if event[1] == "o" {
+                    let data = event[2].as_str().unwrap_or_default();
+                    replayed.push_str(&emulator.output(0.0, data.as_bytes()));
+                }
+            }
+            replayed.push_str(&emulator.finish());
+        }
+        assert!(
+            !live.contains(secret) && !replayed.contains(secret),
+            "spdy={spdy}: live {live}\nreplayed {replayed}"
+        );
+    }
+    drop(sidecar);
 }
