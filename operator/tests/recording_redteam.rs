@@ -886,3 +886,26 @@ fn a_value_completed_after_cursor_down_past_the_bottom_is_masked() {
         "alice@example.com",
     );
 }
+
+#[test]
+#[ignore = "red team: the replay emulator (vt100) lacks insert mode and REP: the reviewer's screen differs from what a real terminal showed the user"]
+fn the_replay_shows_what_a_real_terminal_showed() {
+    for data in [
+        &b"-rf /srv/data\r\x1b[4hrm \x1b[4l\n"[..],
+        b"echo 1\x1b[5b\n",
+    ] {
+        let user = tmux_screen(data);
+        let user_line = user
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_end()
+            .to_owned();
+        assert!(!user_line.is_empty());
+        let reviewer = screen(24, data);
+        assert!(
+            reviewer.contains(&user_line),
+            "the user saw {user_line:?}, the reviewer sees {reviewer}"
+        );
+    }
+}
