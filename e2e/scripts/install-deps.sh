@@ -2,7 +2,8 @@
 # Install what the build and the test suite need on a Debian machine, skipping what is there:
 #   - Debian packages: PostgreSQL server and client (the e2e database), pgbouncer (benchmark
 #     baseline), openssl (harness certificates), curl, python3-venv, and the shells and tools
-#     the shell analysis is compared with (dash, busybox, mawk, GNU time)
+#     the shell analysis is compared with (dash, busybox, mawk, GNU time), and tmux (a real
+#     terminal the recording tests compare the sidecar's screen with)
 #   - Rust components rustfmt and clippy
 #   - Python clients for the e2e tests (e2e/requirements.txt) in $PORTCULLIS_CACHE/venv
 #   - the nightly toolchain and cargo-fuzz for the fuzz targets (install-fuzz.sh)
@@ -24,6 +25,8 @@ command -v dash >/dev/null || need_apt+=(dash)
 command -v busybox >/dev/null || need_apt+=(busybox)
 command -v mawk >/dev/null || need_apt+=(mawk)
 [[ -x /usr/bin/time ]] || need_apt+=(time)
+# A real terminal emulator the recording tests compare the sidecar's screen with.
+command -v tmux >/dev/null || need_apt+=(tmux)
 if (( ${#need_apt[@]} )); then
     log "apt-get install ${need_apt[*]}"
     SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
