@@ -338,6 +338,18 @@ fn all_text(messages: &[SimpleQueryMessage]) -> String {
 /// Ways the 100 leads leave in fewer than 40 rows.
 const RT_ROW_CARRIERS: &[(&str, &[&str])] = &[
     (
+        "3 UPDATE ... RETURNING every row",
+        &["UPDATE crm.leads SET email = email RETURNING email"],
+    ),
+    (
+        "3 DELETE ... RETURNING in a transaction rolled back",
+        &["BEGIN", "DELETE FROM crm.leads RETURNING email", "ROLLBACK"],
+    ),
+    (
+        "3 all rows in the message of an exception raised by a DO block",
+        &["DO $$ BEGIN RAISE EXCEPTION '%', (SELECT string_agg(email, ',') FROM crm.leads); END $$"],
+    ),
+    (
         "3 all rows folded into one by string_agg",
         &["SELECT string_agg(email, ',') FROM crm.leads"],
     ),
@@ -391,11 +403,10 @@ async fn rt_row_limits(attempts: &[(&str, &[&str])]) {
         let direct = connect(&superuser_conn_str()).await;
         let mut text = String::new();
         for step in *steps {
-            let rows = direct
-                .simple_query(step)
-                .await
-                .unwrap_or_else(|e| panic!("{family}: {step} directly: {e:?}"));
-            text.push_str(&all_text(&rows));
+            match direct.simple_query(step).await {
+                Ok(rows) => text.push_str(&all_text(&rows)),
+                Err(e) => text.push_str(&error_text(&e)),
+            }
         }
         assert!(
             leads_in(&text) > 40,
@@ -408,12 +419,7 @@ async fn rt_row_limits(attempts: &[(&str, &[&str])]) {
             match client.simple_query(step).await {
                 Ok(rows) => text.push_str(&all_text(&rows)),
                 Err(e) => {
-                    let db = e.as_db_error().unwrap_or_else(|| panic!("{family}: {e:?}"));
-                    assert_eq!(
-                        db.code(),
-                        &SqlState::INSUFFICIENT_PRIVILEGE,
-                        "{family}: {db:?}"
-                    );
+                    text.push_str(&error_text(&e));
                     break;
                 }
             }
@@ -429,6 +435,16 @@ async fn rt_row_limits(attempts: &[(&str, &[&str])]) {
 
 /// (family, steps). `{tr}` in the check stands for the SSN with its digits turned to letters.
 const RT_MASK_CARRIERS: &[(&str, &[&str], &str)] = &[
+    (
+        "5/query string: ts_rewrite runs a query the sidecar never parses",
+        &["SELECT ts_rewrite('x'::tsquery, 'SELECT ''x''::tsquery, to_tsquery(''simple'', translate(ssn, ''0123456789-'', ''abcdefghijz'')) FROM customers WHERE id = 1')::text"],
+        "{tr}",
+    ),
+    (
+        "5 masked value in the message of an exception raised by a DO block",
+        &["DO $$ BEGIN RAISE EXCEPTION '%', (SELECT translate(ssn, '0123456789', 'abcdefghij') FROM customers WHERE id = 1); END $$"],
+        "{tr}",
+    ),
     (
         "5 transform in an error message (regnamespace)",
         &["SELECT translate(ssn, '0123456789', 'abcdefghij')::regnamespace FROM customers WHERE id = 1"],
@@ -587,6 +603,16 @@ async fn rt_mask(attempts: &[(&str, &[&str], &str)]) {
 /// (what, statement, answer directly or `error <code>`; `*` for any answer).
 const RT_PREDICATES: &[(&str, &str, &str)] = &[
     (
+        "LIKE inside query_to_xml's query string",
+        "SELECT query_to_xml('SELECT count(*) AS n FROM customers WHERE id = 1 AND ssn LIKE ''{d}%''', true, false, '')::text",
+        "*",
+    ),
+    (
+        "LIKE decided in a DO block, answered by whether it raises",
+        "DO $$ BEGIN IF (SELECT ssn FROM customers WHERE id = 1) LIKE '{d}%' THEN RAISE EXCEPTION 'yes'; END IF; END $$",
+        "error P0001",
+    ),
+    (
         "error oracle: division by zero iff the first digit is the guess",
         "SELECT (1 / (ascii(ssn) - ascii('{d}')))::text FROM customers WHERE id = 1",
         "error 22012",
@@ -737,17 +763,20 @@ async fn rt_predicates(attempts: &[(&str, &str, &str)]) {
 rows!(
     rt_row_limits,
     RT_ROW_CARRIERS,
-    #[ignore = "red team: rowsOver: string_agg folds all 100 rows into one"]
     rt_r00 = 0,
-    #[ignore = "red team: rowsOver: json_agg of whole rows folds all rows into one"]
     rt_r01 = 1,
-    #[ignore = "red team: rowsOver: table_to_xml returns the whole table as one row"]
     rt_r02 = 2,
-    #[ignore = "red team: rowsOver: query_to_xml runs an unseen query, returns every row"]
+    #[ignore = "red team: rowsOver: string_agg folds all 100 rows into one"]
     rt_r03 = 3,
+    #[ignore = "red team: rowsOver: json_agg of whole rows folds all rows into one"]
     rt_r04 = 4,
-    #[ignore = "red team: rowsOver: CREATE TEMP TABLE AS copy of the limited table is read back without limit"]
+    #[ignore = "red team: rowsOver: table_to_xml returns the whole table as one row"]
     rt_r05 = 5,
+    #[ignore = "red team: rowsOver: query_to_xml runs an unseen query, returns every row"]
+    rt_r06 = 6,
+    rt_r07 = 7,
+    #[ignore = "red team: rowsOver: CREATE TEMP TABLE AS copy of the limited table is read back without limit"]
+    rt_r08 = 8,
 );
 rows!(
     rt_mask,
@@ -767,6 +796,8 @@ rows!(
     rt_m12 = 12,
     rt_m13 = 13,
     rt_m14 = 14,
+    rt_m15 = 15,
+    rt_m16 = 16,
 );
 rows!(
     rt_predicates,
@@ -778,9 +809,11 @@ rows!(
     rt_p04 = 4,
     rt_p05 = 5,
     rt_p06 = 6,
-    #[ignore = "red team: predicates: equality; INTERSECT with generated candidates answers whether ssn is in a set"]
     rt_p07 = 7,
     rt_p08 = 8,
+    #[ignore = "red team: predicates: equality; INTERSECT with generated candidates answers whether ssn is in a set"]
     rt_p09 = 9,
     rt_p10 = 10,
+    rt_p11 = 11,
+    rt_p12 = 12,
 );
