@@ -817,3 +817,111 @@ rows!(
     rt_p11 = 11,
     rt_p12 = 12,
 );
+
+const RT_RESTORE: &str =
+    "INSERT INTO crm.contacts SELECT g, 'contact ' || g FROM generate_series(1, 5) g
+       ON CONFLICT DO NOTHING;
+     DELETE FROM crm.purges;";
+
+async fn contact_1_gone(shop: &Client) -> bool {
+    shop.query_one(CONTACT_1_GONE, &[])
+        .await
+        .expect("effect")
+        .get(0)
+}
+
+fn assert_refused(what: &str, e: &tokio_postgres::Error) {
+    let db = e.as_db_error().unwrap_or_else(|| panic!("{what}: {e:?}"));
+    assert_eq!(
+        db.code(),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+        "{what}: {db:?}"
+    );
+}
+
+/// Family 1 through the extended protocol: a statement parsed (named) while `contacts` meant
+/// `public.contacts` is re-parsed by the server under the search_path of its execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: protocol-prepared DELETE re-parsed by the server after SET search_path deletes crm.contacts"]
+async fn rt_protocol_statement_reparsed_under_new_path() {
+    let _crm = CRM.lock().await;
+    let shop = setup_rt().await;
+    const WHAT: &str = "1 protocol Parse, then SET search_path, then Bind/Execute";
+    shop.batch_execute(RT_RESTORE).await.expect("restore");
+    let direct = connect(&superuser_conn_str()).await;
+    let stmt = direct
+        .prepare("DELETE FROM contacts WHERE id = 1")
+        .await
+        .expect("prepare directly");
+    direct
+        .simple_query("SET search_path = crm, public")
+        .await
+        .expect("path");
+    direct.execute(&stmt, &[]).await.expect("execute directly");
+    assert!(contact_1_gone(&shop).await, "{WHAT}: no effect directly");
+    shop.batch_execute(RT_RESTORE).await.expect("restore");
+    let proxy = ProxyBuilder::default()
+        .credential(SUPERUSER, &admin_password())
+        .policy("bypass", POLICY)
+        .start()
+        .await;
+    let client = proxy.client().await;
+    let outcome = async {
+        let stmt = client.prepare("DELETE FROM contacts WHERE id = 1").await?;
+        client.simple_query("SET search_path = crm, public").await?;
+        client.execute(&stmt, &[]).await
+    }
+    .await;
+    let gone = contact_1_gone(&shop).await;
+    shop.batch_execute(RT_RESTORE).await.expect("restore");
+    proxy.stop().await;
+    match outcome {
+        Ok(n) => panic!("{WHAT}: forwarded, {n} rows deleted (contact 1 gone: {gone})"),
+        Err(e) => assert_refused(WHAT, &e),
+    }
+    assert!(!gone, "{WHAT}: the refused statement had its effect");
+}
+
+/// Family 1: a role setting written through the sidecar becomes the search_path of the next
+/// session, which the sidecar does not see change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rt_role_setting_sets_next_sessions_path() {
+    let _crm = CRM.lock().await;
+    let shop = setup_rt().await;
+    const WHAT: &str = "1 ALTER ROLE SET search_path, then a new session";
+    const ALTER: &str = "ALTER ROLE CURRENT_USER SET search_path = crm, public";
+    const RESET: &str = "ALTER ROLE bypass_su RESET search_path";
+    const DELETE: &str = "DELETE FROM contacts WHERE id = 1";
+    shop.batch_execute(RT_RESTORE).await.expect("restore");
+    let direct = connect(&superuser_conn_str()).await;
+    direct.simple_query(ALTER).await.expect("alter directly");
+    drop(direct);
+    let direct = connect(&superuser_conn_str()).await;
+    direct.simple_query(DELETE).await.expect("delete directly");
+    drop(direct);
+    shop.batch_execute(RESET).await.expect("reset");
+    assert!(contact_1_gone(&shop).await, "{WHAT}: no effect directly");
+    shop.batch_execute(RT_RESTORE).await.expect("restore");
+    let proxy = ProxyBuilder::default()
+        .credential(SUPERUSER, &admin_password())
+        .policy("bypass", POLICY)
+        .start()
+        .await;
+    let first = proxy.client().await;
+    let altered = first.simple_query(ALTER).await;
+    drop(first);
+    let outcome = match altered {
+        Err(e) => Err(e),
+        Ok(_) => proxy.client().await.simple_query(DELETE).await.map(|_| ()),
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let gone = contact_1_gone(&shop).await;
+    shop.batch_execute(RESET).await.expect("reset");
+    shop.batch_execute(RT_RESTORE).await.expect("restore");
+    proxy.stop().await;
+    match outcome {
+        Ok(()) => panic!("{WHAT}: forwarded (contact 1 gone: {gone})"),
+        Err(e) => assert_refused(WHAT, &e),
+    }
+    assert!(!gone, "{WHAT}: the refused statement had its effect");
+}
