@@ -38,6 +38,43 @@ async fn setup_rt() -> Client {
 
 const RT_GUARDS: &[Attempt] = &[
     Attempt {
+        family: "1/4 guarded delete inside a temporary SQL function the session creates",
+        steps: &[
+            "CREATE FUNCTION pg_temp.rt_f() RETURNS void LANGUAGE sql AS 'DELETE FROM crm.contacts WHERE id = 1'",
+            "SELECT pg_temp.rt_f()",
+        ],
+        rule: "",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "1/4 guarded delete inside a BEGIN ATOMIC temporary function",
+        steps: &[
+            "CREATE FUNCTION pg_temp.rt_g() RETURNS void LANGUAGE sql BEGIN ATOMIC DELETE FROM crm.contacts WHERE id = 1; END",
+            "SELECT pg_temp.rt_g()",
+        ],
+        rule: "",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "1 temporary view named like a table, searched first",
+        steps: &[
+            "CREATE TEMP VIEW contacts AS SELECT * FROM crm.contacts",
+            "DELETE FROM contacts WHERE id = 1",
+        ],
+        rule: "",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "1 rule on a temporary table that deletes from the guarded table",
+        steps: &[
+            "CREATE TEMP TABLE rt_trigger (id int)",
+            "CREATE RULE rt_r AS ON INSERT TO rt_trigger DO ALSO DELETE FROM crm.contacts WHERE id = NEW.id",
+            "INSERT INTO rt_trigger VALUES (1)",
+        ],
+        rule: "",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
         family: "1 SET ROLE changes what \"$user\" in the default search_path resolves to",
         steps: &["SET ROLE crm", "DELETE FROM contacts WHERE id = 1"],
         rule: "crm-deletes",
@@ -280,24 +317,30 @@ rows!(
     guards,
     RT_GUARDS,
     #[ignore = "red team: SET ROLE changes \"$user\" in search_path; DELETE FROM contacts reaches crm.contacts unheld"]
-    rt_g00 = 0,
+    rt_g00 = 4,
     #[ignore = "red team: SET SESSION AUTHORIZATION changes \"$user\"; unqualified DELETE reaches crm.contacts unheld"]
-    rt_g01 = 1,
+    rt_g01 = 5,
     #[ignore = "red team: SET ROLE and DELETE in one query string reach crm.contacts unheld"]
-    rt_g02 = 2,
-    rt_g03 = 3,
-    rt_g04 = 4,
-    rt_g05 = 5,
-    rt_g06 = 6,
-    rt_g07 = 7,
+    rt_g02 = 6,
+    rt_g03 = 7,
+    rt_g04 = 8,
+    rt_g05 = 9,
+    rt_g06 = 10,
+    rt_g07 = 11,
     #[ignore = "red team: DELETE through an updatable view over crm.contacts is not held"]
-    rt_g08 = 8,
+    rt_g08 = 12,
     #[ignore = "red team: denied crm.purge() runs inside query_to_xml query string"]
-    rt_g09 = 9,
+    rt_g09 = 13,
     #[ignore = "red team: denied crm.purge() runs inside ts_stat query string"]
-    rt_g10 = 10,
+    rt_g10 = 14,
     #[ignore = "red team: FETCH of a cursor opened in server code runs a DELETE on crm.contacts"]
-    rt_g11 = 11,
+    rt_g11 = 15,
+    #[ignore = "red team: DELETE on crm.contacts in the string body of a pg_temp SQL function the session creates runs unheld"]
+    rt_g12 = 0,
+    rt_g13 = 1,
+    #[ignore = "red team: CREATE TEMP VIEW contacts over crm.contacts, then DELETE FROM contacts is not held"]
+    rt_g14 = 2,
+    rt_g15 = 3,
 );
 rows!(allow, RT_ALLOW, rt_a00 = 0, rt_a01 = 1);
 rows!(
@@ -337,6 +380,13 @@ fn all_text(messages: &[SimpleQueryMessage]) -> String {
 
 /// Ways the 100 leads leave in fewer than 40 rows.
 const RT_ROW_CARRIERS: &[(&str, &[&str])] = &[
+    (
+        "3 temporary SQL function over the limited table",
+        &[
+            "CREATE FUNCTION pg_temp.rt_l() RETURNS SETOF crm.leads LANGUAGE sql AS 'SELECT * FROM crm.leads'",
+            "SELECT * FROM pg_temp.rt_l()",
+        ],
+    ),
     (
         "3 UPDATE ... RETURNING every row",
         &["UPDATE crm.leads SET email = email RETURNING email"],
@@ -435,6 +485,22 @@ async fn rt_row_limits(attempts: &[(&str, &[&str])]) {
 
 /// (family, steps). `{tr}` in the check stands for the SSN with its digits turned to letters.
 const RT_MASK_CARRIERS: &[(&str, &[&str], &str)] = &[
+    (
+        "temporary SQL function with the query in a string body",
+        &[
+            "CREATE FUNCTION pg_temp.rt_s() RETURNS text LANGUAGE sql AS 'SELECT ssn FROM customers WHERE id = 1'",
+            "SELECT pg_temp.rt_s()",
+        ],
+        "{ssn}",
+    ),
+    (
+        "temporary BEGIN ATOMIC function",
+        &[
+            "CREATE FUNCTION pg_temp.rt_t() RETURNS text LANGUAGE sql BEGIN ATOMIC SELECT ssn FROM customers WHERE id = 1; END",
+            "SELECT pg_temp.rt_t()",
+        ],
+        "{ssn}",
+    ),
     (
         "5/query string: ts_rewrite runs a query the sidecar never parses",
         &["SELECT ts_rewrite('x'::tsquery, 'SELECT ''x''::tsquery, to_tsquery(''simple'', translate(ssn, ''0123456789-'', ''abcdefghijz'')) FROM customers WHERE id = 1')::text"],
@@ -763,41 +829,44 @@ async fn rt_predicates(attempts: &[(&str, &str, &str)]) {
 rows!(
     rt_row_limits,
     RT_ROW_CARRIERS,
-    rt_r00 = 0,
-    rt_r01 = 1,
-    rt_r02 = 2,
+    rt_r00 = 1,
+    rt_r01 = 2,
+    rt_r02 = 3,
     #[ignore = "red team: rowsOver: string_agg folds all 100 rows into one"]
-    rt_r03 = 3,
+    rt_r03 = 4,
     #[ignore = "red team: rowsOver: json_agg of whole rows folds all rows into one"]
-    rt_r04 = 4,
+    rt_r04 = 5,
     #[ignore = "red team: rowsOver: table_to_xml returns the whole table as one row"]
-    rt_r05 = 5,
+    rt_r05 = 6,
     #[ignore = "red team: rowsOver: query_to_xml runs an unseen query, returns every row"]
-    rt_r06 = 6,
-    rt_r07 = 7,
+    rt_r06 = 7,
+    rt_r07 = 8,
     #[ignore = "red team: rowsOver: CREATE TEMP TABLE AS copy of the limited table is read back without limit"]
-    rt_r08 = 8,
+    rt_r08 = 9,
+    rt_r09 = 0,
 );
 rows!(
     rt_mask,
     RT_MASK_CARRIERS,
-    rt_m00 = 0,
-    rt_m01 = 1,
-    rt_m02 = 2,
-    rt_m03 = 3,
-    rt_m04 = 4,
-    rt_m05 = 5,
-    rt_m06 = 6,
-    rt_m07 = 7,
-    rt_m08 = 8,
-    rt_m09 = 9,
-    rt_m10 = 10,
-    rt_m11 = 11,
-    rt_m12 = 12,
-    rt_m13 = 13,
-    rt_m14 = 14,
-    rt_m15 = 15,
-    rt_m16 = 16,
+    rt_m00 = 2,
+    rt_m01 = 3,
+    rt_m02 = 4,
+    rt_m03 = 5,
+    rt_m04 = 6,
+    rt_m05 = 7,
+    rt_m06 = 8,
+    rt_m07 = 9,
+    rt_m08 = 10,
+    rt_m09 = 11,
+    rt_m10 = 12,
+    rt_m11 = 13,
+    rt_m12 = 14,
+    rt_m13 = 15,
+    rt_m14 = 16,
+    rt_m15 = 17,
+    rt_m16 = 18,
+    rt_m17 = 0,
+    rt_m18 = 1,
 );
 rows!(
     rt_predicates,
