@@ -175,6 +175,44 @@ const RT_GUARDS: &[Attempt] = &[
         rule: "",
         effect: CONTACT_1_GONE,
     },
+    Attempt {
+        family: "1 denied function in a session view",
+        steps: &[
+            "CREATE TEMP VIEW rt_pv AS SELECT crm.purge()::text AS x",
+            "SELECT * FROM rt_pv",
+        ],
+        rule: "",
+        effect: PURGED,
+    },
+    Attempt {
+        family: "1 denied function in a column default of a session table",
+        steps: &[
+            "CREATE TEMP TABLE rt_def (x text DEFAULT crm.purge()::text)",
+            "INSERT INTO rt_def DEFAULT VALUES",
+        ],
+        rule: "",
+        effect: PURGED,
+    },
+    Attempt {
+        family: "1 denied function in a CHECK constraint of a session table",
+        steps: &[
+            "CREATE TEMP TABLE rt_chk (x int CHECK (crm.purge() IS NULL OR x > 0))",
+            "INSERT INTO rt_chk VALUES (1)",
+        ],
+        rule: "",
+        effect: PURGED,
+    },
+    Attempt {
+        family: "1 denied function in a cursor fetched later",
+        steps: &[
+            "BEGIN",
+            "DECLARE rt_pc CURSOR FOR SELECT crm.purge()",
+            "FETCH ALL FROM rt_pc",
+            "COMMIT",
+        ],
+        rule: "",
+        effect: PURGED,
+    },
 ];
 
 const RT_ALLOW: &[Attempt] = &[
@@ -377,6 +415,10 @@ rows!(
     #[ignore = "red team: CREATE TEMP VIEW contacts over crm.contacts, then DELETE FROM contacts is not held"]
     rt_g14 = 2,
     rt_g15 = 3,
+    rt_g16 = 16,
+    rt_g17 = 17,
+    rt_g18 = 18,
+    rt_g19 = 19,
 );
 rows!(allow, RT_ALLOW, rt_a00 = 0, rt_a01 = 1);
 rows!(
