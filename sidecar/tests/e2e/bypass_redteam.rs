@@ -818,6 +818,26 @@ const RT_PREDICATES: &[(&str, &str, &str)] = &[
         "SELECT count(card_number)::text FROM customers WHERE id = {card_id}",
         "1",
     ),
+    (
+        "NATURAL JOIN against generated candidates",
+        "SELECT s.ssn FROM (SELECT id, ssn FROM customers WHERE id = 1) c NATURAL JOIN (SELECT 1 AS id, to_char(n, 'FM000') || '{rest}' AS ssn FROM generate_series(100, 999) n) s",
+        "{ssn}",
+    ),
+    (
+        "EXCEPT with generated candidates",
+        "SELECT count(*)::text FROM (SELECT ssn FROM customers WHERE id = 1 EXCEPT SELECT to_char(n, 'FM000') || '{rest}' FROM generate_series(100, 999) n) s",
+        "0",
+    ),
+    (
+        "UNION deduplicates the value against generated candidates",
+        "SELECT count(*)::text FROM (SELECT ssn FROM customers WHERE id = 1 UNION SELECT to_char(n, 'FM000') || '{rest}' FROM generate_series(100, 999) n) s",
+        "900",
+    ),
+    (
+        "DISTINCT over the value and a guess",
+        "SELECT count(*)::text FROM (SELECT DISTINCT x FROM (SELECT ssn AS x FROM customers WHERE id = 1 UNION ALL SELECT '{ssn}') u) d",
+        "1",
+    ),
 ];
 
 struct Truth {
@@ -970,6 +990,13 @@ rows!(
     rt_p10 = 10,
     rt_p11 = 11,
     rt_p12 = 12,
+    rt_p13 = 13,
+    #[ignore = "red team: predicates: equality; EXCEPT against generated candidates answers whether ssn is in a set"]
+    rt_p14 = 14,
+    #[ignore = "red team: predicates: equality; UNION deduplication against generated candidates answers whether ssn is in a set"]
+    rt_p15 = 15,
+    #[ignore = "red team: predicates: equality; SELECT DISTINCT over the masked column in a derived table groups by it"]
+    rt_p16 = 16,
 );
 
 const RT_RESTORE: &str =
