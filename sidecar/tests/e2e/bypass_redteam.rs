@@ -213,6 +213,26 @@ const RT_GUARDS: &[Attempt] = &[
         rule: "",
         effect: PURGED,
     },
+    Attempt {
+        family: "1 SET LOCAL ROLE changes \"$user\" for the transaction",
+        steps: &[
+            "BEGIN",
+            "SET LOCAL ROLE crm",
+            "DELETE FROM contacts WHERE id = 1",
+            "COMMIT",
+        ],
+        rule: "crm-deletes",
+        effect: CONTACT_1_GONE,
+    },
+    Attempt {
+        family: "1 set_config('role') changes \"$user\"",
+        steps: &[
+            "SELECT set_config('role', 'crm', false)",
+            "DELETE FROM contacts WHERE id = 1",
+        ],
+        rule: "",
+        effect: CONTACT_1_GONE,
+    },
 ];
 
 const RT_ALLOW: &[Attempt] = &[
@@ -419,6 +439,10 @@ rows!(
     rt_g17 = 17,
     rt_g18 = 18,
     rt_g19 = 19,
+    #[ignore = "red team: SET LOCAL ROLE changes \"$user\"; unqualified DELETE reaches crm.contacts unheld"]
+    rt_g20 = 20,
+    #[ignore = "red team: set_config(role) changes \"$user\"; unqualified DELETE reaches crm.contacts unheld"]
+    rt_g21 = 21,
 );
 rows!(allow, RT_ALLOW, rt_a00 = 0, rt_a01 = 1);
 rows!(
@@ -516,6 +540,14 @@ const RT_ROW_CARRIERS: &[(&str, &[&str])] = &[
             "SELECT * FROM rt_leads WHERE id > 35 AND id <= 70",
             "SELECT * FROM rt_leads WHERE id > 70",
         ],
+    ),
+    (
+        "3 rows folded by array_agg, unfolded by unnest",
+        &["SELECT unnest(array_agg(email)) FROM crm.leads"],
+    ),
+    (
+        "3 whole rows folded, unfolded in a lateral unnest",
+        &["SELECT u.email FROM (SELECT array_agg(l) AS a FROM crm.leads l) s, unnest(s.a) u"],
     ),
 ];
 
@@ -949,6 +981,8 @@ rows!(
     #[ignore = "red team: rowsOver: CREATE TEMP TABLE AS copy of the limited table is read back without limit"]
     rt_r08 = 9,
     rt_r09 = 0,
+    rt_r10 = 10,
+    rt_r11 = 11,
 );
 rows!(
     rt_mask,
