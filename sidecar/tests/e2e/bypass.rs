@@ -9,9 +9,9 @@ use crate::common::{admin, connect, ProxyBuilder};
 
 /// Superuser the sidecar and the direct connections of these cases log in as (server
 /// functions that write files need it).
-const SUPERUSER: &str = "bypass_su";
+pub(crate) const SUPERUSER: &str = "bypass_su";
 
-const POLICY: &str = r#"guardrails:
+pub(crate) const POLICY: &str = r#"guardrails:
 - name: crm-deletes
   statementKinds: [delete]
   tables: [crm.contacts]
@@ -24,16 +24,17 @@ const POLICY: &str = r#"guardrails:
 /// One attempt: statements run in order on one session; the sidecar must refuse one of
 /// them (naming `rule`, usually at the last step). `effect` is a query (run as superuser afterwards)
 /// that is true when the attempt did what it wanted; `{file}` stands for a fresh path.
-struct Attempt {
-    family: &'static str,
-    steps: &'static [&'static str],
-    rule: &'static str,
-    effect: &'static str,
+pub(crate) struct Attempt {
+    pub(crate) family: &'static str,
+    pub(crate) steps: &'static [&'static str],
+    pub(crate) rule: &'static str,
+    pub(crate) effect: &'static str,
 }
 
-const CONTACT_1_GONE: &str = "SELECT NOT EXISTS (SELECT 1 FROM crm.contacts WHERE id = 1)";
+pub(crate) const CONTACT_1_GONE: &str =
+    "SELECT NOT EXISTS (SELECT 1 FROM crm.contacts WHERE id = 1)";
 const FILE_WRITTEN: &str = "SELECT (pg_catalog.pg_stat_file('{file}', true)).size IS NOT NULL";
-const PURGED: &str = "SELECT EXISTS (SELECT 1 FROM crm.purges)";
+pub(crate) const PURGED: &str = "SELECT EXISTS (SELECT 1 FROM crm.purges)";
 
 const NAMES: &[Attempt] = &[
     Attempt {
@@ -135,7 +136,7 @@ const NAMES: &[Attempt] = &[
     },
 ];
 
-const ALLOW_LIST: &str = r#"functions:
+pub(crate) const ALLOW_LIST: &str = r#"functions:
   mode: allowList
   allow: [crm.safe_*]
 "#;
@@ -288,7 +289,7 @@ const UNBOUNDED_WRITES: &[Attempt] = &[
     },
 ];
 
-fn admin_password() -> String {
+pub(crate) fn admin_password() -> String {
     // postgresql://postgres:PASSWORD@host:port/postgres
     let url = portcullis_e2e::harness().pg_admin_url();
     url.split("://")
@@ -299,7 +300,7 @@ fn admin_password() -> String {
         .to_owned()
 }
 
-fn superuser_conn_str() -> String {
+pub(crate) fn superuser_conn_str() -> String {
     let h = portcullis_e2e::harness();
     format!(
         "host={} port={} user={SUPERUSER} password={} dbname=shop sslmode=disable",
@@ -311,7 +312,7 @@ fn superuser_conn_str() -> String {
 
 /// Schema `crm` with `contacts` and `purges`, function `crm.purge()`, a function that sets
 /// the caller's search_path, and the superuser role.
-async fn setup() -> Client {
+pub(crate) async fn setup() -> Client {
     let a = admin().await;
     let password = admin_password();
     a.batch_execute(&format!(
@@ -385,10 +386,10 @@ fn file_for(attempt: usize, via: &str) -> String {
 }
 
 /// The attempt tables share the `crm` schema: one runs at a time.
-static CRM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static CRM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Run a table of attempts: each must work directly and be refused by the sidecar.
-async fn run_attempts(attempts: &[Attempt], policy: &str) {
+pub(crate) async fn run_attempts(attempts: &[Attempt], policy: &str) {
     let _crm = CRM.lock().await;
     let shop = setup().await;
     let proxy = ProxyBuilder::default()
@@ -510,7 +511,7 @@ async fn function_allow_lists_keep_out_server_code() {
     run_attempts(SERVER_CODE, ALLOW_LIST).await;
 }
 
-const MASK_SSN: &str = "masking:
+pub(crate) const MASK_SSN: &str = "masking:
 - name: national-id
   columns: [customers.ssn]
   strategy: redact
@@ -594,7 +595,7 @@ async fn named_statements_carry_their_definition() {
 }
 
 /// Every text field of a server error, as the client sees it.
-fn error_text(e: &tokio_postgres::Error) -> String {
+pub(crate) fn error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!(
             "{} | {} | {} | {} | {:?} | {}",
@@ -891,7 +892,7 @@ async fn counts_and_side_effects_of_masked_data_are_refused() {
 
 /// What a query string answered: the first column of its last row, or `tag N` (the row count
 /// of its last command) when it returned no row.
-fn answer(messages: &[tokio_postgres::SimpleQueryMessage]) -> String {
+pub(crate) fn answer(messages: &[tokio_postgres::SimpleQueryMessage]) -> String {
     let row = messages.iter().rev().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
         _ => None,
@@ -969,7 +970,7 @@ impl Truth {
     }
 }
 
-const PREDICATES: &str = "masking:
+pub(crate) const PREDICATES: &str = "masking:
 - name: national-id
   columns: [customers.ssn]
   strategy: redact
@@ -1314,7 +1315,7 @@ async fn audit_records_hold_no_values_in_identifiers() {
     proxy.stop().await;
 }
 
-const LEADS_LIMIT: &str = r#"guardrails:
+pub(crate) const LEADS_LIMIT: &str = r#"guardrails:
 - name: leads-export
   tables: [crm.leads]
   rowsOver: 40
@@ -1718,10 +1719,10 @@ async fn transforms_of_detector_columns_are_redacted() {
 
 /// Masked data copied into a table by one session, as another session sees that table.
 struct Blinding {
-    family: &'static str,
+    pub(crate) family: &'static str,
     /// Run by the writing session, one query string each (errors are expected in some);
     /// `{t}` is the variant's own table.
-    steps: &'static [&'static str],
+    pub(crate) steps: &'static [&'static str],
     /// Through the sidecar, another session sees row 0's `full_name` and `ssn` in clear.
     clear: (bool, bool),
 }

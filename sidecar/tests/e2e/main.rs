@@ -1,6 +1,7 @@
 //! End-to-end tests of the sidecar against the harness PostgreSQL.
 
 mod bypass;
+mod bypass_redteam;
 mod clients;
 mod common;
 mod durability;
