@@ -220,6 +220,7 @@ async fn printer_columns_show_in_kubectl_get() {
                     "REQUESTER",
                     "RESOURCE",
                     "COVERS",
+                    "APPROVERS",
                     "DECIDED-BY",
                     "AGE"
                 ]),

@@ -49,12 +49,13 @@ fn replay_plays_a_recording_file_and_refuses_a_damaged_one() {
         "$ ls\r\n\u{1b}[0ma.txt\r\n"
     );
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
-    // By default: input inline and marked, control sequences as text, colours dropped.
+    // By default: the screen as a terminal showed it (colours dropped), input on lines of
+    // its own, marked, with its time.
     let out = common::plugin("/nonexistent", &["replay", &file_s, "--instant"]);
     assert!(out.status.success(), "{}", common::text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "$ \u{27e6}in: ls^M\u{27e7}ls\na.txt\n"
+        "\u{27e6}in 0.020 s: ls^M\u{27e7}\n\u{27e6}screen at the end\u{27e7}\n$ ls\na.txt\n"
     );
 
     std::fs::write(&file, b"{\"version\": 1}\n[0.1, \"o\", \"x\"]\n").expect("write");
