@@ -383,6 +383,31 @@ impl Attributor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sidecars_are_trusted_only_where_the_webhook_guards_the_namespace() {
+        let labels = |l: &[(&str, &str)]| -> BTreeMap<String, String> {
+            l.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let scope = InjectionScope {
+            namespace_labels: labels(&[("team", "agents")]),
+            excluded_namespaces: vec!["portcullis-system".into()],
+        };
+        let guarded = labels(&[(INJECT_LABEL, INJECT_ENABLED), ("team", "agents")]);
+        assert_eq!(scope.outside("a", &guarded), None);
+        assert!(scope.outside("portcullis-system", &guarded).is_some());
+        assert!(scope
+            .outside("a", &labels(&[(INJECT_LABEL, INJECT_ENABLED)]))
+            .is_some_and(|m| m.contains("team=agents")));
+        assert!(scope
+            .outside("a", &labels(&[("team", "agents")]))
+            .is_some_and(|m| m.contains("portcullis.dev/inject=enabled")));
+        assert!(InjectionScope::default()
+            .outside("a", &BTreeMap::new())
+            .is_some());
+    }
     use portcullis_crds::audit::Identity;
 
     fn source() -> Source {
@@ -490,7 +515,7 @@ mod tests {
         a.sidecar_pods
             .lock()
             .expect("lock")
-            .insert("uid-1".into(), (true, Instant::now()));
+            .insert("uid-1".into(), (None, Instant::now()));
         let err = a
             .check_principal(&source(), "uid-1", &person)
             .await

@@ -81,7 +81,7 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the ingest, tree-head and proof endpoints over HTTPS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a new ed25519 signing key (PKCS#8 DER) to FILE and print its public key (hex).
     Keygen {
         /// Where to write the key.
@@ -308,7 +308,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Serve(args) => tokio::runtime::Runtime::new()
             .map_err(|e| e.to_string())
-            .and_then(|rt| rt.block_on(serve(args))),
+            .and_then(|rt| rt.block_on(serve(*args))),
         Cmd::Keygen { file } => {
             let rng = ring::rand::SystemRandom::new();
             ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)

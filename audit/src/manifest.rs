@@ -148,13 +148,14 @@ impl crate::bundle::Select for Selection {
 /// The issuers of the people named `subject` in `entries` (log entry JSON): when a selection
 /// names a subject without an issuer and this is not empty, the name is a person's and the
 /// issuer must be given.
-pub fn issuers_named<'a>(subject: &str, entries: impl IntoIterator<Item = &'a Value>) -> Vec<String> {
+pub fn issuers_named<'a>(
+    subject: &str,
+    entries: impl IntoIterator<Item = &'a Value>,
+) -> Vec<String> {
     let mut issuers: Vec<String> = entries
         .into_iter()
         .map(|e| &e["record"]["identity"]["principal"])
-        .filter(|p| {
-            p["name"].as_str() == Some(subject) || p["subject"].as_str() == Some(subject)
-        })
+        .filter(|p| p["name"].as_str() == Some(subject) || p["subject"].as_str() == Some(subject))
         .filter_map(|p| p["issuer"].as_str().map(str::to_owned))
         .collect();
     issuers.sort();
