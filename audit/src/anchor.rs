@@ -21,6 +21,7 @@ use portcullis_crds::SignedTreeHead;
 use prometheus::IntGauge;
 use thiserror::Error;
 
+use crate::prune::{check_pruned, parse_prune};
 use crate::store::Log;
 
 /// Annotation by which a person accepts a log that does not extend the witnessed head.
@@ -61,6 +62,27 @@ pub enum Divergence {
         /// Why the proof failed.
         reason: String,
     },
+    /// Entries are gone from the log without a signed prune entry that retired them.
+    #[error("{0}")]
+    Unretired(String),
+}
+
+/// Check that the entries the log no longer holds were retired by prune entries within their
+/// rule, covered by a signed head of size `signed_to` (entries pruned by hand on the volume,
+/// with their leaf hashes moved into `pruned.leaves`, keep the tree but have none).
+pub fn pruned_retired(log: &Log, signed_to: u64) -> Result<(), Divergence> {
+    if log.pruned() == 0 {
+        return Ok(());
+    }
+    let mut prunes = Vec::new();
+    for index in log.pruned()..signed_to.min(log.size()) {
+        match log.entry(index) {
+            Ok(Some(entry)) => prunes.extend(parse_prune(index, &entry)),
+            Ok(None) => {}
+            Err(e) => return Err(Divergence::Unretired(format!("entry {index}: {e}"))),
+        }
+    }
+    check_pruned(log.pruned(), &prunes, signed_to).map_err(Divergence::Unretired)
 }
 
 /// Check with a consistency proof that `log` extends `head`.
@@ -203,9 +225,38 @@ impl Anchor {
                 }
             }
         }
+        if let Err(d) = pruned_retired(log, self.signed_to(log, anchor.as_ref())) {
+            return self.diverge(d, witnessed_head);
+        }
         let state = State::Anchored(anchor);
         self.set(state.clone());
         state
+    }
+
+    /// The largest size of a head signed with the service's key that the log is known to
+    /// hold: the anchor, or a head recorded in the log whose root the log still has.
+    pub fn signed_to(&self, log: &Log, anchor: Option<&TreeHead>) -> u64 {
+        let recorded = log
+            .heads()
+            .iter()
+            .filter_map(|sth| verify_tree_head(sth, &self.public_key).ok())
+            .filter(|h| log.root_at(h.tree_size) == Some(h.root_hash))
+            .map(|h| h.tree_size);
+        recorded
+            .chain(anchor.map(|a| a.tree_size))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Before signing an evidence manifest over `log`: every entry it no longer holds must
+    /// have been retired by a signed prune entry. Diverges (a lasting failure) when not.
+    pub fn before_export(&self, log: &Log) -> Result<(), String> {
+        let anchored = self.anchored();
+        pruned_retired(log, self.signed_to(log, anchored.as_ref())).map_err(|d| {
+            let reason = d.to_string();
+            self.diverge(d, anchored);
+            reason
+        })
     }
 
     /// Check a witnessed head's signature with the service's key.

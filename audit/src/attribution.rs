@@ -8,18 +8,23 @@
 //! - The resource is a ProtectedResource name (a DNS subdomain); views show it in the sender's
 //!   namespace, so a record cannot be filed under another namespace's resource.
 //! - A person or pipeline run (`identity.principal`) is accepted only from a pod the injection
-//!   webhook gave a Portcullis sidecar (the `portcullis.dev/injected` label and the
-//!   `portcullis-sidecar` init container, read from the API server for the token's pod UID),
-//!   and only as the principal of that sidecar's own session: the first record of a session
+//!   webhook gave a Portcullis sidecar, and only where the injection's guarantees hold: the
+//!   pod's namespace carries the labels the webhook selects on (`portcullis.dev/inject:
+//!   enabled` and the configured extra labels, not an excluded namespace), where the pod guard
+//!   refuses imitation sidecars and the token policy refuses minted tokens; the pod (read from
+//!   the API server for the token's pod UID) carries the `portcullis.dev/injected` label and
+//!   the `portcullis-sidecar` init container as injection builds it (`restartPolicy: Always`).
+//!   The marks alone prove nothing: anyone who creates pods chooses them.
+//!   A principal is accepted only as the principal of that sidecar's own session: the first record of a session
 //!   fixes its principal (or its absence), and a later record of the same session naming
 //!   another is refused.
 //! - A `recording` record is accepted only once the same pod has uploaded that recording.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::Api;
 use kube::Client;
 use portcullis_crds::audit::{AuditEvent, AuditRecord, Principal};
@@ -32,6 +37,10 @@ use crate::auth::Source;
 pub const INJECTED_LABEL: &str = "portcullis.dev/injected";
 /// Name of the injected sidecar (an init container with `restartPolicy: Always`).
 pub const SIDECAR_CONTAINER: &str = "portcullis-sidecar";
+/// Namespace label by which a namespace opts in to injection (what the webhook selects on).
+pub const INJECT_LABEL: &str = "portcullis.dev/inject";
+/// Its value.
+pub const INJECT_ENABLED: &str = "enabled";
 const POD_CACHE_FOR: Duration = Duration::from_secs(300);
 
 /// Why a record was refused.
@@ -51,12 +60,14 @@ pub enum AttributionError {
     #[error("record names resource '{0}', which is not a ProtectedResource name")]
     Resource(String),
     /// A principal from a pod without a Portcullis sidecar.
-    #[error("record names the principal {principal} but pod {pod} has no Portcullis sidecar: only a sidecar may name a person")]
+    #[error("record names the principal {principal} but pod {pod} has no Portcullis sidecar the injection guarantees ({reason}): only a sidecar may name a person")]
     PrincipalNotFromSidecar {
         /// The principal's name.
         principal: String,
         /// The sending pod.
         pod: String,
+        /// Why its sidecar is not trusted.
+        reason: String,
     },
     /// A principal other than the one the session started with.
     #[error("record names the principal {principal} in session {session}, which began as {began}")]
@@ -174,11 +185,66 @@ fn principal_name(p: Option<&Principal>) -> String {
     p.map_or_else(|| "none".to_owned(), |p| format!("{} {}", p.kind, p.name))
 }
 
+/// The namespaces where injection's guarantees hold: those the injection webhook selects.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InjectionScope {
+    /// Labels every selected namespace carries besides `portcullis.dev/inject: enabled` (the
+    /// chart's `webhook.namespaceLabels`).
+    pub namespace_labels: BTreeMap<String, String>,
+    /// Namespaces the webhook never sees (the release namespace, `webhook.excludedNamespaces`).
+    pub excluded_namespaces: Vec<String>,
+}
+
+impl InjectionScope {
+    /// Why a namespace (its name and labels) is outside the scope, if it is.
+    pub fn outside(&self, name: &str, labels: &BTreeMap<String, String>) -> Option<String> {
+        if self.excluded_namespaces.iter().any(|n| n == name) {
+            return Some(format!("namespace {name} is excluded from injection"));
+        }
+        std::iter::once((INJECT_LABEL, INJECT_ENABLED))
+            .chain(
+                self.namespace_labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .find(|(k, v)| labels.get(*k).map(String::as_str) != Some(*v))
+            .map(|(k, v)| {
+                format!("namespace {name} is not labelled {k}={v}, so no injection webhook guards its pods")
+            })
+    }
+}
+
+/// Why a pod's own marks (as injection builds them) are missing, if they are.
+fn sidecar_marks_missing(pod: &Pod) -> Option<&'static str> {
+    let labelled = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(INJECTED_LABEL))
+        .is_some_and(|v| v == "true");
+    if !labelled {
+        return Some("no portcullis.dev/injected label");
+    }
+    let sidecar = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == SIDECAR_CONTAINER));
+    match sidecar {
+        None => Some("no portcullis-sidecar init container"),
+        Some(c) if c.restart_policy.as_deref() != Some("Always") => {
+            Some("the portcullis-sidecar init container is not a sidecar (restartPolicy Always)")
+        }
+        Some(_) => None,
+    }
+}
+
 /// What is known about senders: which pods carry a sidecar, and the principal each session
 /// began with.
 pub struct Attributor {
     client: Option<Client>,
-    sidecar_pods: Mutex<HashMap<String, (bool, Instant)>>,
+    scope: RwLock<InjectionScope>,
+    sidecar_pods: Mutex<HashMap<String, (Option<String>, Instant)>>,
     sessions: Mutex<HashMap<SessionKey, SessionStart>>,
 }
 
@@ -188,8 +254,20 @@ impl Attributor {
     pub fn new(client: Option<Client>) -> Self {
         Self {
             client,
+            scope: RwLock::new(InjectionScope::default()),
             sidecar_pods: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Trust sidecars only in the namespaces `scope` selects.
+    pub fn set_scope(&self, scope: InjectionScope) {
+        match self.scope.write() {
+            Ok(mut s) => *s = scope,
+            Err(p) => *p.into_inner() = scope,
+        }
+        if let Ok(mut cache) = self.sidecar_pods.lock() {
+            cache.clear();
         }
     }
 
@@ -218,10 +296,11 @@ impl Attributor {
     ) -> Result<(), AttributionError> {
         let principal = record.identity.principal.as_ref();
         if let Some(p) = principal {
-            if !self.is_sidecar_pod(source, pod_uid).await? {
+            if let Some(reason) = self.not_sidecar_pod(source, pod_uid).await? {
                 return Err(AttributionError::PrincipalNotFromSidecar {
                     principal: format!("{} {}", p.kind, p.name),
                     pod: source.pod.clone().unwrap_or_else(|| pod_uid.to_owned()),
+                    reason,
                 });
             }
         }
@@ -244,50 +323,91 @@ impl Attributor {
         }
     }
 
-    async fn is_sidecar_pod(
+    /// Why the sending pod is not trusted as a sidecar's (`None`: it is).
+    async fn not_sidecar_pod(
         &self,
         source: &Source,
         pod_uid: &str,
-    ) -> Result<bool, AttributionError> {
+    ) -> Result<Option<String>, AttributionError> {
         if let Ok(cache) = self.sidecar_pods.lock() {
-            if let Some((yes, at)) = cache.get(pod_uid) {
+            if let Some((why, at)) = cache.get(pod_uid) {
                 if at.elapsed() < POD_CACHE_FOR {
-                    return Ok(*yes);
+                    return Ok(why.clone());
                 }
             }
         }
         let (Some(client), Some(pod)) = (&self.client, &source.pod) else {
-            return Ok(false);
+            return Ok(Some("no pod to read".into()));
         };
-        let found = Api::<Pod>::namespaced(client.clone(), &source.namespace)
-            .get_opt(pod)
+        let lookup = |e: kube::Error| AttributionError::PodLookup(e.to_string());
+        let namespace = Api::<Namespace>::all(client.clone())
+            .get_opt(&source.namespace)
             .await
-            .map_err(|e| AttributionError::PodLookup(e.to_string()))?;
-        let yes = found.is_some_and(|p| {
-            p.metadata.uid.as_deref() == Some(pod_uid)
-                && p.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(INJECTED_LABEL))
-                    .is_some_and(|v| v == "true")
-                && p.spec.as_ref().is_some_and(|s| {
-                    s.init_containers
-                        .iter()
-                        .flatten()
-                        .any(|c| c.name == SIDECAR_CONTAINER)
-                })
-        });
+            .map_err(lookup)?;
+        let scope = self
+            .scope
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        let why = match namespace {
+            None => Some(format!("namespace {} not found", source.namespace)),
+            Some(n) => scope.outside(
+                &source.namespace,
+                n.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()),
+            ),
+        };
+        let why = match why {
+            Some(why) => Some(why),
+            None => {
+                let found = Api::<Pod>::namespaced(client.clone(), &source.namespace)
+                    .get_opt(pod)
+                    .await
+                    .map_err(lookup)?;
+                match found {
+                    None => Some(format!("pod {pod} not found")),
+                    Some(p) if p.metadata.uid.as_deref() != Some(pod_uid) => {
+                        Some(format!("pod {pod} is not the token's pod"))
+                    }
+                    Some(p) => sidecar_marks_missing(&p).map(str::to_owned),
+                }
+            }
+        };
         if let Ok(mut cache) = self.sidecar_pods.lock() {
             cache.retain(|_, (_, at)| at.elapsed() < POD_CACHE_FOR);
-            cache.insert(pod_uid.to_owned(), (yes, Instant::now()));
+            cache.insert(pod_uid.to_owned(), (why.clone(), Instant::now()));
         }
-        Ok(yes)
+        Ok(why)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sidecars_are_trusted_only_where_the_webhook_guards_the_namespace() {
+        let labels = |l: &[(&str, &str)]| -> BTreeMap<String, String> {
+            l.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let scope = InjectionScope {
+            namespace_labels: labels(&[("team", "agents")]),
+            excluded_namespaces: vec!["portcullis-system".into()],
+        };
+        let guarded = labels(&[(INJECT_LABEL, INJECT_ENABLED), ("team", "agents")]);
+        assert_eq!(scope.outside("a", &guarded), None);
+        assert!(scope.outside("portcullis-system", &guarded).is_some());
+        assert!(scope
+            .outside("a", &labels(&[(INJECT_LABEL, INJECT_ENABLED)]))
+            .is_some_and(|m| m.contains("team=agents")));
+        assert!(scope
+            .outside("a", &labels(&[("team", "agents")]))
+            .is_some_and(|m| m.contains("portcullis.dev/inject=enabled")));
+        assert!(InjectionScope::default()
+            .outside("a", &BTreeMap::new())
+            .is_some());
+    }
     use portcullis_crds::audit::Identity;
 
     fn source() -> Source {
@@ -395,7 +515,7 @@ mod tests {
         a.sidecar_pods
             .lock()
             .expect("lock")
-            .insert("uid-1".into(), (true, Instant::now()));
+            .insert("uid-1".into(), (None, Instant::now()));
         let err = a
             .check_principal(&source(), "uid-1", &person)
             .await

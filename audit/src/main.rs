@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use portcullis_audit::anchor::Anchor;
+use portcullis_audit::attribution::InjectionScope;
 use portcullis_audit::retention::run_retention;
 use portcullis_audit::service::{run_anchored_signer, serve_tls, AuditService, Witness};
 use portcullis_audit::store::{Log, LogOptions};
@@ -60,12 +61,27 @@ struct ServeArgs {
     /// Size at which a log segment is closed and a new one started, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     segment_bytes: u64,
+    /// A label (KEY=VALUE) the injection webhook requires of a namespace besides
+    /// `portcullis.dev/inject=enabled` (repeatable): a sidecar names a person only there.
+    #[arg(long = "injection-namespace-label", value_parser = parse_label)]
+    injection_namespace_labels: Vec<(String, String)>,
+    /// A namespace the injection webhook never sees (repeatable): no sidecar there names a
+    /// person.
+    #[arg(long = "injection-excluded-namespace")]
+    injection_excluded_namespaces: Vec<String>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s}: expected KEY=VALUE"))
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the ingest, tree-head and proof endpoints over HTTPS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a new ed25519 signing key (PKCS#8 DER) to FILE and print its public key (hex).
     Keygen {
         /// Where to write the key.
@@ -110,6 +126,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         witness,
         head_file,
         segment_bytes,
+        injection_namespace_labels,
+        injection_excluded_namespaces,
     } = args;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default()
@@ -165,7 +183,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     tracing::info!(%listen, "audit service listening");
     let mut service = AuditService::new(client.clone(), log.clone())
         .with_anchor(anchor.clone())
-        .with_manifest_signer(manifest_signer);
+        .with_manifest_signer(manifest_signer)
+        .with_injection_scope(InjectionScope {
+            namespace_labels: injection_namespace_labels.into_iter().collect(),
+            excluded_namespaces: injection_excluded_namespaces,
+        });
     if let Some(w) = &witness {
         service = service.with_witness(w.clone());
     }
@@ -286,7 +308,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Serve(args) => tokio::runtime::Runtime::new()
             .map_err(|e| e.to_string())
-            .and_then(|rt| rt.block_on(serve(args))),
+            .and_then(|rt| rt.block_on(serve(*args))),
         Cmd::Keygen { file } => {
             let rng = ring::rand::SystemRandom::new();
             ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)

@@ -46,9 +46,15 @@ pub struct Selection {
     /// Only records made before this time (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_time: Option<String>,
-    /// Only records of this subject, as the service authenticated it.
+    /// Only records of this subject: a workload as the service authenticated it (service
+    /// account or user name), or, together with `issuer`, a person its sidecar named (by
+    /// name or subject id). A person is (issuer, subject): without `issuer` no person's
+    /// records are selected by name, so people of different issuers are never mixed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// Only records whose principal was issued by this OIDC issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
     /// Only records of this ProtectedResource (`NAME` or `NAMESPACE/NAME`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
@@ -67,6 +73,7 @@ impl Selection {
         self.from_time.is_some()
             || self.to_time.is_some()
             || self.subject.is_some()
+            || self.issuer.is_some()
             || self.resource.is_some()
             || self.namespaces.is_some()
     }
@@ -99,15 +106,22 @@ impl Selection {
                 return false;
             }
         }
+        let principal = &r["identity"]["principal"];
+        if let Some(i) = &self.issuer {
+            if principal["issuer"].as_str() != Some(i.as_str()) {
+                return false;
+            }
+        }
         if let Some(s) = &self.subject {
             let sa = source["serviceAccount"].as_str().unwrap_or("");
             let user = source["user"].as_str().unwrap_or("");
-            let principal = r["identity"]["principal"]["name"].as_str();
-            let matches = user == s
-                || format!("{ns}/{sa}") == *s
-                || (!s.contains('/') && sa == s)
-                || principal == Some(s.as_str());
-            if !matches {
+            let workload = self.issuer.is_none()
+                && (user == s || format!("{ns}/{sa}") == *s || (!s.contains('/') && sa == s));
+            // The issuer was matched above: a person only with the issuer named.
+            let person = self.issuer.is_some()
+                && (principal["name"].as_str() == Some(s.as_str())
+                    || principal["subject"].as_str() == Some(s.as_str()));
+            if !(workload || person) {
                 return false;
             }
         }
@@ -129,6 +143,24 @@ impl crate::bundle::Select for Selection {
     fn keep(&self, entry: &Value) -> bool {
         self.matches(entry)
     }
+}
+
+/// The issuers of the people named `subject` in `entries` (log entry JSON): when a selection
+/// names a subject without an issuer and this is not empty, the name is a person's and the
+/// issuer must be given.
+pub fn issuers_named<'a>(
+    subject: &str,
+    entries: impl IntoIterator<Item = &'a Value>,
+) -> Vec<String> {
+    let mut issuers: Vec<String> = entries
+        .into_iter()
+        .map(|e| &e["record"]["identity"]["principal"])
+        .filter(|p| p["name"].as_str() == Some(subject) || p["subject"].as_str() == Some(subject))
+        .filter_map(|p| p["issuer"].as_str().map(str::to_owned))
+        .collect();
+    issuers.sort();
+    issuers.dedup();
+    issuers
 }
 
 /// The manifest of a bundle.

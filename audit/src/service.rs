@@ -22,7 +22,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::body::Bytes;
@@ -48,7 +48,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::anchor::{Anchor, State as AnchorState, ACCEPT_ANNOTATION, DIVERGED_REASON};
-use crate::attribution::{bind_workload, recording_of, AttributionError, Attributor};
+use crate::attribution::{
+    bind_workload, recording_of, AttributionError, Attributor, InjectionScope,
+};
 use crate::auth::{Authenticator, Source};
 use crate::manifest::Manifest;
 use crate::recordings::{is_sha256, RecordingError, RecordingStore, Stored, MAX_RECORDING_BYTES};
@@ -57,6 +59,8 @@ use crate::writer::Appender;
 
 /// Largest request body (one batch of JSON lines).
 pub const MAX_BATCH_BYTES: usize = 8 << 20;
+/// How long a batch waits for the anchor on start before it is refused (retry later).
+pub const ANCHOR_WAIT: Duration = Duration::from_secs(10);
 
 /// Where the signer publishes tree heads.
 #[derive(Clone, Debug)]
@@ -177,6 +181,47 @@ impl AuditService {
             tracing::warn!(error = %e, "witness gauge not registered");
         }
         self.anchor = Some(anchor);
+        self
+    }
+
+    /// Cover the log up to `end` with a signed head kept in the head file before a batch is
+    /// acknowledged (waiting up to [`ANCHOR_WAIT`] for the anchor on start). Without a
+    /// signing key or anchor nothing is signed here; while the log does not extend its
+    /// anchor nothing can be signed, and ingest goes on (the divergence is already a lasting
+    /// failure that stops evidence).
+    async fn sign_acknowledged(&self, end: u64) -> Result<(), String> {
+        let (Some(anchor), Some(signer)) = (self.anchor.clone(), self.manifest_signer.clone())
+        else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        while matches!(anchor.state(), AnchorState::Unknown) {
+            if started.elapsed() > ANCHOR_WAIT {
+                return Err(
+                    "the log is not yet compared with its witnessed head: retry later".into(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            let log = log.lock().map_err(|_| "log lock poisoned".to_owned())?;
+            match anchor.state() {
+                AnchorState::Diverged { .. } => return Ok(()),
+                AnchorState::Anchored(Some(h)) if h.tree_size >= end => return Ok(()),
+                _ => {}
+            }
+            sign_head(&log, &signer, &anchor).map(|_| ())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Trust a pod's sidecar to name a person only in the namespaces `scope` selects (those
+    /// the injection webhook guards); by default those labelled `portcullis.dev/inject:
+    /// enabled`.
+    pub fn with_injection_scope(self, scope: InjectionScope) -> Self {
+        self.attributor.set_scope(scope);
         self
     }
 
@@ -377,6 +422,13 @@ async fn ingest(State(svc): State<AuditService>, headers: HeaderMap, body: Bytes
     match svc.appender.append(entries).await {
         Ok(indexes) => {
             let tree_size = svc.log.lock().map(|l| l.size()).unwrap_or(0);
+            // Acknowledged only once under a signed head kept outside the data directory:
+            // the sidecar drops what is acknowledged, so nothing acknowledged may be left for
+            // the holder of the volume to roll back unnoticed.
+            let end = indexes.iter().max().map_or(0, |i| i + 1);
+            if let Err(e) = svc.sign_acknowledged(end).await {
+                return error(StatusCode::SERVICE_UNAVAILABLE, e);
+            }
             Json(BatchAck {
                 acknowledged: seqs,
                 indexes,
@@ -595,6 +647,7 @@ async fn sign_manifest(
     };
     let log = svc.log.clone();
     let recordings = svc.recordings.clone();
+    let anchor = svc.anchor.clone();
     let checked = tokio::task::spawn_blocking(move || -> Result<Manifest, (StatusCode, String)> {
         let bad = |m: String| (StatusCode::CONFLICT, m);
         let head = portcullis_crds::audit_log::verify_tree_head(&manifest.sth, signer.public_key())
@@ -605,6 +658,17 @@ async fn sign_manifest(
                 "log lock poisoned".to_owned(),
             )
         })?;
+        // Entries gone without a signed prune entry: the log was pruned by hand on its volume.
+        let retired = match &anchor {
+            Some(a) => a.before_export(&log),
+            None => crate::anchor::pruned_retired(&log, head.tree_size).map_err(|d| d.to_string()),
+        };
+        if let Err(reason) = retired {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("evidence is refused: {reason}"),
+            ));
+        }
         if log.root_at(head.tree_size) != Some(head.root_hash) {
             return Err(bad(format!(
                 "the signed tree head of size {} is not a head of this log",
@@ -922,10 +986,17 @@ pub async fn run_anchored_signer(
     let mut last_signed: Option<u64> = None;
     let mut unpublished: Option<SignedTreeHead> = None;
     let mut reported_divergence: Option<String> = None;
+    let mut first = true;
     loop {
+        // The first round at once: ingest waits for the anchor before acknowledging.
+        let wait = if first { Duration::ZERO } else { every };
+        first = false;
         tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = &mut shutdown => {
+                sign_at_shutdown(&log, &signer, &anchor);
+                return;
+            }
+            _ = tokio::time::sleep(wait) => {}
         }
         // Read the witness once a round: the anchor on start, a person's acceptance while
         // diverged, and what publishing must extend.
@@ -986,18 +1057,16 @@ pub async fn run_anchored_signer(
             };
             if last_signed == Some(log.size()) {
                 None
-            } else if let Err(reason) = anchor.before_signing(&log) {
-                tracing::error!(%reason, "not signing: the log does not extend its anchor");
-                continue;
             } else {
-                let now = u64::try_from(Timestamp::now().as_millisecond()).unwrap_or(0);
-                let sth = signer.sign(&log.head(now));
+                let sth = match sign_head(&log, &signer, &anchor) {
+                    Ok(sth) => sth,
+                    Err(reason) => {
+                        tracing::error!(%reason, "not signing: the log does not extend its anchor");
+                        continue;
+                    }
+                };
                 if let Err(e) = log.record_head(&sth) {
                     tracing::error!(error = %e, "could not record a signed tree head");
-                    continue;
-                }
-                if let Err(e) = anchor.signed(&sth) {
-                    tracing::error!(error = %e, "could not keep the signed tree head");
                     continue;
                 }
                 last_signed = Some(log.size());
@@ -1018,6 +1087,36 @@ pub async fn run_anchored_signer(
             }
         }
     }
+}
+
+/// At shutdown: cover whatever the log holds beyond the anchor with a signed head.
+fn sign_at_shutdown(log: &Mutex<Log>, signer: &LogSigner, anchor: &Anchor) {
+    let Ok(mut log) = log.lock() else { return };
+    let AnchorState::Anchored(h) = anchor.state() else {
+        return;
+    };
+    if h.is_some_and(|h| h.tree_size >= log.size()) || log.size() == 0 {
+        return;
+    }
+    match sign_head(&log, signer, anchor) {
+        Ok(sth) => {
+            if let Err(e) = log.record_head(&sth) {
+                tracing::error!(error = %e, "could not record the signed tree head at shutdown");
+            }
+            tracing::info!(size = sth.tree_size, "signed tree head at shutdown");
+        }
+        Err(e) => tracing::error!(error = %e, "no signed tree head at shutdown"),
+    }
+}
+
+/// Sign the log's head after proving it extends the anchor, and keep it as the new anchor
+/// (in the head file, synced, when there is one).
+pub fn sign_head(log: &Log, signer: &LogSigner, anchor: &Anchor) -> Result<SignedTreeHead, String> {
+    anchor.before_signing(log)?;
+    let now = u64::try_from(Timestamp::now().as_millisecond()).unwrap_or(0);
+    let sth = signer.sign(&log.head(now));
+    anchor.signed(&sth)?;
+    Ok(sth)
 }
 
 /// A person's acceptance of the log as it is: the anchor moves, and the log records it.

@@ -560,6 +560,21 @@ fn edit_lines(path: &Path, edit: impl Fn(&mut Vec<String>)) {
     std::fs::write(path, lines.join("\n") + "\n").expect("write");
 }
 
+/// Label `ns` for injection (`portcullis.dev/inject=enabled`), as a namespace whose pods the
+/// injection webhook guards: only there does a sidecar name a person.
+async fn label_for_injection(kube: &kube::Client, ns: &str) {
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(kube.clone())
+        .patch(
+            ns,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "metadata": {"labels": {"portcullis.dev/inject": "enabled"}}
+            })),
+        )
+        .await
+        .expect("label the namespace for injection");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evidence_attacks_are_refused_or_caught() {
     let h = harness();
@@ -577,14 +592,17 @@ async fn evidence_attacks_are_refused_or_caught() {
     }
     let pod_a = h.pod(&ns_a, "agent-0", "agent").await;
     let pod_b = h.pod(&ns_b, "agent-0", "agent").await;
-    // A pod the injection webhook gave a sidecar (its mark and the sidecar container).
+    // A pod the injection webhook gave a sidecar (its mark and the sidecar container), in a
+    // namespace labelled for injection.
+    label_for_injection(&kube, &ns_a).await;
     let sidecar_pod: Pod = Api::<Pod>::namespaced(kube.clone(), &ns_a)
         .create(
             &PostParams::default(),
             &serde_json::from_value(serde_json::json!({
                 "metadata": {"name": "agent-1", "labels": {"portcullis.dev/injected": "true"}},
                 "spec": {"serviceAccountName": "agent",
-                         "initContainers": [{"name": "portcullis-sidecar", "image": "sidecar:1"}],
+                         "initContainers": [{"name": "portcullis-sidecar", "image": "sidecar:1",
+                                             "restartPolicy": "Always"}],
                          "containers": [{"name": "agent", "image": "agent:1"}]}
             }))
             .expect("pod"),

@@ -464,6 +464,21 @@ fn new_key() -> (Vec<u8>, Vec<u8>) {
     (pkcs8.as_ref().to_vec(), public_key)
 }
 
+/// Label `ns` for injection (`portcullis.dev/inject=enabled`), as a namespace whose pods the
+/// injection webhook guards: only there does a sidecar name a person.
+async fn label_for_injection(kube: &kube::Client, ns: &str) {
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(kube.clone())
+        .patch(
+            ns,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "metadata": {"labels": {"portcullis.dev/inject": "enabled"}}
+            })),
+        )
+        .await
+        .expect("label the namespace for injection");
+}
+
 /// (a) A namespace user with `edit`, in a namespace the injection webhook does not guard,
 /// creates a pod that only looks injected (the `portcullis.dev/injected` label and an init
 /// container named `portcullis-sidecar`, any image) and mints its `portcullis-audit` token
@@ -472,7 +487,6 @@ fn new_key() -> (Vec<u8>, Vec<u8>) {
 /// the pod may write records in a person's name: alice, a person of another team, whose
 /// sessions an auditor exports by `--subject alice`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: a pod made by any namespace user with the injected label and an init container named portcullis-sidecar is taken for a sidecar's, and writes records in any person's name"]
 async fn a_pod_that_only_looks_injected_cannot_name_a_person() {
     let h = harness();
     h.install_crds().await;
@@ -596,7 +610,6 @@ async fn a_pod_that_only_looks_injected_cannot_name_a_person() {
 /// a manifest whose `firstKept` it reads from `pruned.leaves`, and the unfiltered bundle
 /// verifies offline, pinned to the cluster's witnessed head, without the deleted records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: segments deleted by hand with their leaf hashes put in pruned.leaves pass the anchor on restart; exports go on and the unfiltered bundle (firstKept from the volume) verifies without the deleted records"]
 async fn hand_pruning_on_the_volume_stops_exports() {
     let h = harness();
     h.install_crds().await;
@@ -936,7 +949,6 @@ async fn controls_hold() {
 /// by the principal's name alone, so team x's "alice" lands in the evidence of the person
 /// alice of the company's SSO, with nothing in the selection telling them apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: --subject NAME selects records by principal name regardless of issuer, so a team's own OIDC issuer puts records into another person's evidence"]
 async fn a_subject_export_does_not_mix_issuers() {
     let h = harness();
     h.install_crds().await;
@@ -946,6 +958,7 @@ async fn a_subject_export_does_not_mix_issuers() {
     let mut sidecar_tokens = Vec::new();
     for ns in [&ns_a, &ns_x] {
         h.service_account(ns, "agent").await;
+        label_for_injection(&kube, ns).await;
         // A pod the injection webhook gave a sidecar, in a labelled namespace.
         let pod: Pod = Api::<Pod>::namespaced(kube.clone(), ns)
             .create(
@@ -953,7 +966,8 @@ async fn a_subject_export_does_not_mix_issuers() {
                 &serde_json::from_value(serde_json::json!({
                     "metadata": {"name": "agent-1", "labels": {"portcullis.dev/injected": "true"}},
                     "spec": {"serviceAccountName": "agent",
-                             "initContainers": [{"name": "portcullis-sidecar", "image": "sidecar:1"}],
+                             "initContainers": [{"name": "portcullis-sidecar", "image": "sidecar:1",
+                                             "restartPolicy": "Always"}],
                              "containers": [{"name": "agent", "image": "agent:1"}]}
                 }))
                 .expect("pod"),
@@ -1025,11 +1039,22 @@ async fn a_subject_export_does_not_mix_issuers() {
                     Some((i, serde_json::from_slice(&e).ok()?))
                 })
                 .collect();
+            // A person is (issuer, subject): alice of the company's SSO is selected with
+            // its issuer; the name alone selects no person, and the export refuses a name
+            // people of several issuers carry (the issuers it names).
             let by_subject = Selection {
                 to_index: log.size(),
                 subject: Some("alice".into()),
+                issuer: Some("https://sso.example.com".into()),
                 ..Selection::default()
             };
+            let by_name_only = Selection {
+                issuer: None,
+                ..by_subject.clone()
+            };
+            let by_name =
+                manifest::expected_indexes(&by_name_only, entries.iter().map(|(i, v)| (*i, v)));
+            let issuers = manifest::issuers_named("alice", entries.iter().map(|(_, v)| v));
             let chosen: Vec<(u64, String)> =
                 manifest::expected_indexes(&by_subject, entries.iter().map(|(i, v)| (*i, v)))
                     .into_iter()
@@ -1044,8 +1069,16 @@ async fn a_subject_export_does_not_mix_issuers() {
                         )
                     })
                     .collect();
-            if chosen.len() == 1 {
-                Ok(format!("--subject alice selects only {chosen:?}"))
+            if chosen.len() == 1
+                && chosen[0].1 == "https://sso.example.com"
+                && by_name.is_empty()
+                && issuers.len() == 2
+            {
+                Ok(format!("--subject alice --issuer https://sso.example.com selects only {chosen:?}; the name alone selects none and is refused as naming people of {issuers:?}"))
+            } else if !by_name.is_empty() || issuers.len() != 2 {
+                Err(format!(
+                    "--subject alice alone selects {by_name:?}; issuers named: {issuers:?}"
+                ))
             } else {
                 Err(format!(
                     "--subject alice selects records of two issuers: {chosen:?}"
@@ -1095,7 +1128,6 @@ fn rewrite_entry(segment: &Path, nth: usize, edit: impl Fn(&str) -> String) -> b
 /// 5 s here, so the stop lands in it deterministically) and the service signs no head when it
 /// stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: acknowledged records not yet under a signed head (signEveryMs window, no head signed at shutdown) are rolled back or rewritten on the volume without detection"]
 async fn acknowledged_records_cannot_be_rolled_back() {
     let h = harness();
     h.install_crds().await;

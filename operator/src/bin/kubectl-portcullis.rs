@@ -4,7 +4,7 @@
 //!   kubectl portcullis approve NAME --reason "..." [-n NAMESPACE]
 //!   kubectl portcullis deny NAME --reason "..." [-n NAMESPACE]
 //!   kubectl portcullis evidence --audit-url URL --ca FILE --token-file FILE -o DIR
-//!       [--from RFC3339] [--to RFC3339] [--subject NAME] [--resource NAME] [-n NAMESPACE | -A]
+//!       [--from RFC3339] [--to RFC3339] [--subject NAME [--issuer URL]] [--resource NAME] [-n NAMESPACE | -A]
 //!   kubectl portcullis verify DIR --public-key FILE
 //!       [--expect-head FILE | --from-cluster [-n NAMESPACE]] [--audit-url URL --ca FILE] [--allow-older]
 //!   kubectl portcullis replay SESSION [--bundle DIR | --audit-url URL --ca FILE --token-file FILE]
@@ -70,9 +70,14 @@ struct EvidenceArgs {
     #[arg(long)]
     to: Option<Timestamp>,
     /// Only records of this subject, as the audit service authenticated it: a service account
-    /// (NAME or NAMESPACE/NAME, or its user name), or the person its sidecar named.
+    /// (NAME or NAMESPACE/NAME, or its user name), or, with --issuer, the person its sidecar
+    /// named (name or subject id). A person is (issuer, subject): a name people of some
+    /// issuer carry is refused without --issuer.
     #[arg(long)]
     subject: Option<String>,
+    /// Only records of people of this OIDC issuer (with --subject: that issuer's person).
+    #[arg(long)]
+    issuer: Option<String>,
     /// Only records of this ProtectedResource.
     #[arg(long)]
     resource: Option<String>,
@@ -370,6 +375,7 @@ async fn evidence(client: kube::Client, ns: &str, args: EvidenceArgs) -> Result<
         from,
         to,
         subject,
+        issuer,
         resource,
         all_namespaces,
         output,
@@ -393,12 +399,26 @@ async fn evidence(client: kube::Client, ns: &str, args: EvidenceArgs) -> Result<
         .entries_in(token, 0, size, size, namespaces.as_deref())
         .await
         .map_err(|e| e.to_string())?;
+    if let (Some(s), None) = (&subject, &issuer) {
+        let values: Vec<serde_json::Value> = entries
+            .iter()
+            .filter_map(|e| serde_json::from_slice(&e.bytes).ok())
+            .collect();
+        let issuers = portcullis_audit::manifest::issuers_named(s, values.iter());
+        if !issuers.is_empty() {
+            return Err(format!(
+                "--subject {s} names people of the issuers {}: a person is (issuer, subject); add --issuer ISSUER",
+                issuers.join(", ")
+            ));
+        }
+    }
     let selection = Selection {
         from_index: 0,
         to_index: size,
         from_time: from.map(|t| t.to_string()),
         to_time: to.map(|t| t.to_string()),
         subject,
+        issuer,
         resource,
         namespaces: namespaces.clone(),
     };
