@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use portcullis_sidecar::policy::analyze::analyze;
 use portcullis_sidecar::policy::cache::{cost, AnalysisCache, MAX_BYTES};
+use portcullis_sidecar::workers::SESSION_STACK_BYTES;
 
 struct Counting;
 
@@ -38,6 +39,17 @@ static ALLOCATOR: Counting = Counting;
 
 /// The measurements share one heap counter: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Runs `f` on a stack as large as the session workers' (analysis walks a left-deep chain
+/// once per link, as sessions do).
+fn on_session_stack(f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(SESSION_STACK_BYTES)
+        .spawn(f)
+        .expect("thread")
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
 
 /// Statements of about `len` bytes whose parse trees are the largest for their length; `i`
 /// makes each one distinct (a name, so the shape differs too).
@@ -70,6 +82,10 @@ fn costly(len: usize, i: usize) -> Vec<String> {
 #[test]
 fn an_entry_is_charged_at_least_what_its_analysis_holds() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    on_session_stack(charged_at_least_what_is_held);
+}
+
+fn charged_at_least_what_is_held() {
     for len in [64, 512, 4096, 8000] {
         for sql in costly(len, 7) {
             let before = LIVE.load(Ordering::SeqCst);
@@ -90,6 +106,10 @@ fn an_entry_is_charged_at_least_what_its_analysis_holds() {
 #[test]
 fn a_flood_of_distinct_statements_stays_within_the_byte_bound() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    on_session_stack(a_flood_stays_within_the_bound);
+}
+
+fn a_flood_stays_within_the_bound() {
     let cache = AnalysisCache::default();
     let before = LIVE.load(Ordering::SeqCst);
     let mut peak = 0isize;

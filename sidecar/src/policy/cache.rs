@@ -32,9 +32,9 @@ pub const MAX_BYTES: usize = 32 << 20;
 /// Heap bytes an analysis holds per byte of its text, at most, over the statement shapes that
 /// build the largest parse trees for their length (lists of one-character literals or names,
 /// operator chains, nested parentheses, calls); the memory test of the cache measures them.
-const BYTES_PER_TEXT_BYTE: usize = 256;
+const BYTES_PER_TEXT_BYTE: usize = 512;
 /// Bytes charged to every entry besides its text (the map slot, the facts' sets).
-const ENTRY_BYTES: usize = 2048;
+const ENTRY_BYTES: usize = 8 * 1024;
 
 /// What keeping the analysis of a text with shape `key` costs, as the cache counts it.
 pub fn cost(key: &str) -> usize {
