@@ -352,7 +352,7 @@ fn show(ar: &AccessRequest) -> String {
     texts.extend(spec.approvals.iter().map(|a| a.reason.as_str()));
     let hidden = texts
         .iter()
-        .any(|t| t.chars().any(|c| c != '\n' && display::is_hidden(c)));
+        .any(|t| t.split('\n').any(|l| !display::is_plain(l)));
     if hidden {
         out.push(
             "Warning:       this request holds hidden characters, shown above as \\e, \\n or \\u{...}"
