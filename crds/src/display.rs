@@ -131,7 +131,10 @@ mod tests {
             escape("Gh\u{E0100}ent\u{1D173}", false),
             "Gh\\u{E0100}ent\\u{1D173}"
         );
-        assert_eq!(escape("a\u{F8FF}\u{0378}\u{00A0}b", false), "a\\u{F8FF}\\u{0378}\\u{00A0}b");
+        assert_eq!(
+            escape("a\u{F8FF}\u{0378}\u{00A0}b", false),
+            "a\\u{F8FF}\\u{0378}\\u{00A0}b"
+        );
         // A combining accent on a letter stays; one on nothing, or a stack, is escaped.
         assert_eq!(escape("Ge\u{0301}nt", false), "Ge\u{0301}nt");
         assert!(is_plain("Ge\u{0301}nt"));

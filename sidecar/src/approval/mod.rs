@@ -271,7 +271,25 @@ pub fn sql_operation(statement: String, covers: GrantCovers) -> Operation {
         fingerprint: String::new(),
         command: Vec::new(),
         target: None,
+        runs: Vec::new(),
+        bound_values: Vec::new(),
     };
+    op.fingerprint = op.grant_fingerprint();
+    op
+}
+
+/// A use of prepared statements as shown to the approver: the client's `statement`, the
+/// definitions it runs and the values bound to them, each in its own field (see
+/// [`Operation::runs`]), with its grant fingerprint.
+pub fn sql_use_operation(
+    statement: String,
+    runs: Vec<String>,
+    bound_values: Vec<String>,
+    covers: GrantCovers,
+) -> Operation {
+    let mut op = sql_operation(statement, covers);
+    op.runs = runs;
+    op.bound_values = bound_values;
     op.fingerprint = op.grant_fingerprint();
     op
 }
@@ -287,6 +305,8 @@ pub fn exec_operation(command: Vec<String>, target: String, covers: GrantCovers)
         fingerprint: String::new(),
         command,
         target: Some(target),
+        runs: Vec::new(),
+        bound_values: Vec::new(),
     };
     op.fingerprint = op.grant_fingerprint();
     op
