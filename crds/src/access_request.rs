@@ -208,6 +208,17 @@ pub struct Operation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     pub target: Option<String>,
+    /// The prepared definitions a use of a prepared statement (`EXECUTE name`) runs, as the
+    /// sidecar read them when they were prepared. Written by the sidecar, apart from the
+    /// client's `statement`, and shown apart from it: text in the statement cannot pass for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub runs: Vec<String>,
+    /// The values a Bind binds to the statement's parameters, one an entry (`$1 = 'Ghent'`),
+    /// written by the sidecar apart from the statement and shown escaped, one a line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 65535))]
+    pub bound_values: Vec<String>,
 }
 
 /// What an approval covers.
@@ -238,8 +249,9 @@ impl GrantCovers {
 
 impl Operation {
     /// The fingerprint an approval of this operation covers: SHA-256 over its kind, what it
-    /// covers, the shown statement, the command vector and the target, each length-prefixed
-    /// (hex, 32 characters). Admission and the sidecar compute it with this one function.
+    /// covers, the shown statement, the command vector and the target, then (when there are
+    /// any) the definitions it runs and the bound values, each length-prefixed (hex, 32
+    /// characters). Admission and the sidecar compute it with this one function.
     pub fn grant_fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
@@ -259,6 +271,15 @@ impl Operation {
             part(word.as_bytes());
         }
         part(self.target.as_deref().unwrap_or("").as_bytes());
+        if !self.runs.is_empty() || !self.bound_values.is_empty() {
+            part(b"uses");
+            for list in [&self.runs, &self.bound_values] {
+                part(&(list.len() as u64).to_be_bytes());
+                for item in list {
+                    part(item.as_bytes());
+                }
+            }
+        }
         hex::encode(&h.finalize()[..16])
     }
 }

@@ -27,6 +27,24 @@ pub fn message(ar: &AccessRequest) -> serde_json::Value {
         false,
     )
     .replace('`', "\\`");
+    // What the sidecar read (the definitions run, the bound values), apart from the text.
+    let mut uses = String::new();
+    for definition in &op.runs {
+        uses.push_str(&format!(
+            "\nRuns (read by the sidecar): `{}`",
+            escape(definition, false).replace('`', "\\`")
+        ));
+    }
+    if !op.bound_values.is_empty() {
+        uses.push_str(&format!(
+            "\nBound values (read by the sidecar): `{}`",
+            op.bound_values
+                .iter()
+                .map(|v| escape(v, false).replace('`', "\\`"))
+                .collect::<Vec<_>>()
+                .join("`, `")
+        ));
+    }
     let why = ar
         .spec
         .justification
@@ -39,7 +57,7 @@ pub fn message(ar: &AccessRequest) -> serde_json::Value {
     };
     serde_json::json!({
         "text": format!(
-            "Approval needed: {} wants to run `{what}`{covers} on {} (policy {}, rule {}).{why}\nInspect: kubectl portcullis show {name} -n {ns}\nApprove: kubectl portcullis approve {name} -n {ns} --reason \"...\"\nDeny: kubectl portcullis deny {name} -n {ns} --reason \"...\"",
+            "Approval needed: {} wants to run `{what}`{covers} on {} (policy {}, rule {}).{uses}{why}\nInspect: kubectl portcullis show {name} -n {ns}\nApprove: kubectl portcullis approve {name} -n {ns} --reason \"...\"\nDeny: kubectl portcullis deny {name} -n {ns} --reason \"...\"",
             escape(&ar.spec.requester.name, false),
             escape(&ar.spec.resource, false),
             escape(&ar.spec.policy, false),

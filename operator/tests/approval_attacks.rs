@@ -621,7 +621,12 @@ resources:
     let task = bind(&c1, 12);
     let ar = new_request(&env.api, &known).await.expect("held at Bind");
     let name = ar.metadata.name.clone().expect("name");
-    let statement = ar.spec.operation.statement.clone().unwrap_or_default();
+    // The statement, then the bound values the sidecar read (in their own field).
+    let statement = format!(
+        "{}\n-- bound values: {}",
+        ar.spec.operation.statement.clone().unwrap_or_default(),
+        ar.spec.operation.bound_values.join(", ")
+    );
     let out = env.decide("approve", &name, "checked");
     assert!(out.status.success(), "{}", common::text(&out));
     let ran = tokio::time::timeout(Duration::from_secs(20), task).await;

@@ -703,7 +703,19 @@ policies:
             ],
         );
         assert!(out.status.success(), "{}", common::text(&out));
-        ar.spec.operation.statement.unwrap_or_default()
+        // The client's statement, then what the sidecar read, from their own fields.
+        let op = ar.spec.operation;
+        let mut shown = op.statement.unwrap_or_default();
+        for definition in &op.runs {
+            shown.push_str(&format!("\n-- runs: {definition}"));
+        }
+        if !op.bound_values.is_empty() {
+            shown.push_str(&format!(
+                "\n-- bound values: {}",
+                op.bound_values.join(", ")
+            ));
+        }
+        shown
     }
 }
 

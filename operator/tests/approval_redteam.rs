@@ -983,7 +983,6 @@ async fn trigger_attached_under_a_grant() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: kubectl portcullis show prints U+E0100 and U+1D173 (zero-width, category Cf/Mn) raw"]
 async fn show_escapes_every_zero_width_character() {
     let w = world("rt-show").await;
     let (env, pg_port, direct_pg, ns) = (&w.env, w.pg_port, w.direct_pg.clone(), w.ns.clone());
@@ -1084,7 +1083,6 @@ async fn function_guardrail_through_a_wrapper() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: the agent's SQL text forges the sidecar's `-- runs:` annotation; show prints a one-row definition first for a bulk EXECUTE"]
 async fn shown_annotations_cannot_be_forged() {
     let w = world("rt-annot").await;
     let (env, pg_port, ns) = (&w.env, w.pg_port, w.ns.clone());
@@ -1326,7 +1324,6 @@ async fn table_guardrail_through_an_agent_view() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: maxPending is counted before create without a lock; 20 sessions sending at once get up to 20 pending requests (7 to 20 seen) with maxPending 2"]
 async fn max_pending_under_a_concurrent_flood() {
     let w = world("rt-flood").await;
     let (env, pg_port) = (&w.env, w.pg_port);
@@ -1370,7 +1367,6 @@ async fn max_pending_under_a_concurrent_flood() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: a session grant for order-updates runs an UPDATE whose CTE inserts into orders (order-inserts, never approved)"]
 async fn one_statement_two_guardrails() {
     let w = world("rt-two").await;
     let (env, pg_port, direct_pg) = (&w.env, w.pg_port, w.direct_pg.clone());
@@ -1420,7 +1416,6 @@ async fn one_statement_two_guardrails() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: a statement matching two policies asks only the first; an agent-owner approves a bulk orders UPDATE (CTE) that only portcullis-approvers may approve"]
 async fn one_statement_two_policies() {
     let w = world("rt-twopol").await;
     let (env, pg_port, ns) = (&w.env, w.pg_port, w.ns.clone());

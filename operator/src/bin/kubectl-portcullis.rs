@@ -247,6 +247,32 @@ async fn decide(
     ))
 }
 
+/// The lines of `text` escaped with [`display::escape`], each after `prefix`; a run of blank
+/// lines is one line saying how many, so that blank lines cannot push what follows out of
+/// sight.
+fn quoted(prefix: &str, text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut blank = 0usize;
+    let flush = |out: &mut Vec<String>, blank: &mut usize| {
+        match *blank {
+            0 => {}
+            1 => out.push(prefix.trim_end().to_owned()),
+            n => out.push(format!("{prefix}({n} blank lines)")),
+        }
+        *blank = 0;
+    };
+    for l in display::escape(text, true).lines() {
+        if l.trim().is_empty() {
+            blank += 1;
+        } else {
+            flush(&mut out, &mut blank);
+            out.push(format!("{prefix}{l}"));
+        }
+    }
+    flush(&mut out, &mut blank);
+    out
+}
+
 /// A request as text for a terminal: every value escaped with [`display::escape`].
 fn show(ar: &AccessRequest) -> String {
     let line = |s: &str| display::escape(s, false);
@@ -314,9 +340,22 @@ fn show(ar: &AccessRequest) -> String {
         }
     }
     if let Some(statement) = &op.statement {
-        out.push("Statement:".to_owned());
-        for l in display::escape(statement, true).lines() {
-            out.push(format!("  | {l}"));
+        out.push("Statement (the client's text):".to_owned());
+        out.extend(quoted("  | ", statement));
+    }
+    // Written by the sidecar, in their own fields: shown apart from the client's text.
+    if !op.runs.is_empty() {
+        out.push(
+            "Runs (prepared definitions, read by the sidecar when they were prepared):".to_owned(),
+        );
+        for (i, definition) in op.runs.iter().enumerate() {
+            out.extend(quoted(&format!("  [{}] | ", i + 1), definition));
+        }
+    }
+    if !op.bound_values.is_empty() {
+        out.push("Bound values (read by the sidecar from the Bind, one a line):".to_owned());
+        for value in &op.bound_values {
+            out.push(format!("  = {}", line(value)));
         }
     }
     out.push(format!("Fingerprint:   {}", line(&op.fingerprint)));
@@ -353,11 +392,13 @@ fn show(ar: &AccessRequest) -> String {
     texts.extend(op.statement.as_deref());
     texts.extend(op.target.as_deref());
     texts.extend(op.command.iter().map(String::as_str));
+    texts.extend(op.runs.iter().map(String::as_str));
+    texts.extend(op.bound_values.iter().map(String::as_str));
     texts.extend(spec.decision.as_ref().map(|d| d.reason.as_str()));
     texts.extend(spec.approvals.iter().map(|a| a.reason.as_str()));
     let hidden = texts
         .iter()
-        .any(|t| t.chars().any(|c| c != '\n' && display::is_hidden(c)));
+        .any(|t| t.split('\n').any(|l| !display::is_plain(l)));
     if hidden {
         out.push(
             "Warning:       this request holds hidden characters, shown above as \\e, \\n or \\u{...}"

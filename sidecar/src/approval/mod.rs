@@ -99,6 +99,10 @@ pub struct Approvals {
     closing: tokio::sync::watch::Sender<bool>,
     held: std::sync::atomic::AtomicUsize,
     seal_key: Seal,
+    /// One lock per requester scope (resource and service account): counting the waiting
+    /// requests and creating a new one happen under it, so concurrent sessions of this process
+    /// cannot each see room under `maxPending` and all create.
+    creating: std::sync::Mutex<BTreeMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The key this sidecar seals its requests with.
@@ -267,7 +271,25 @@ pub fn sql_operation(statement: String, covers: GrantCovers) -> Operation {
         fingerprint: String::new(),
         command: Vec::new(),
         target: None,
+        runs: Vec::new(),
+        bound_values: Vec::new(),
     };
+    op.fingerprint = op.grant_fingerprint();
+    op
+}
+
+/// A use of prepared statements as shown to the approver: the client's `statement`, the
+/// definitions it runs and the values bound to them, each in its own field (see
+/// [`Operation::runs`]), with its grant fingerprint.
+pub fn sql_use_operation(
+    statement: String,
+    runs: Vec<String>,
+    bound_values: Vec<String>,
+    covers: GrantCovers,
+) -> Operation {
+    let mut op = sql_operation(statement, covers);
+    op.runs = runs;
+    op.bound_values = bound_values;
     op.fingerprint = op.grant_fingerprint();
     op
 }
@@ -283,6 +305,8 @@ pub fn exec_operation(command: Vec<String>, target: String, covers: GrantCovers)
         fingerprint: String::new(),
         command,
         target: Some(target),
+        runs: Vec::new(),
+        bound_values: Vec::new(),
     };
     op.fingerprint = op.grant_fingerprint();
     op
@@ -437,6 +461,7 @@ impl Approvals {
             closing: tokio::sync::watch::Sender::new(false),
             held: std::sync::atomic::AtomicUsize::new(0),
             seal_key: Seal::load_or_create(key_dir)?,
+            creating: std::sync::Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -515,8 +540,13 @@ impl Approvals {
     /// same operation, or denied it less than the approval timeout ago (second value `true`),
     /// or a new one. Refuses a new one when
     /// `ask.max_pending` requests of the requester already wait (a session waits on one at a
-    /// time, so this bounds the requests of every session of the requester).
+    /// time, so this bounds the requests of every session of the requester). The lookup, the
+    /// count and the creation run under one lock per requester scope of this process (see
+    /// [`Approvals::scope_lock`]); the API server's list is a quorum read, so a request created
+    /// under the lock is counted by the next holder.
     pub async fn request(&self, ask: &Ask) -> Result<(String, bool), ApprovalError> {
+        let lock = self.scope_lock(&ask.key);
+        let _creating = lock.lock().await;
         let now = Timestamp::now();
         let ours = |ar: &&AccessRequest| self.seal_key.verifies(&ar.spec);
         let same_operation = self.list(&Self::selector(&ask.key, true)).await?;
@@ -555,6 +585,17 @@ impl Approvals {
             return Err(ApprovalError::TooManyPending(ask.max_pending));
         }
         self.create(ask).await.map(|name| (name, false))
+    }
+
+    /// The lock of the requester scope of `key` (resource and service account). Locks are
+    /// kept for the life of the process: one per requester of the pod, a handful.
+    fn scope_lock(&self, key: &GrantKey) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let scope = format!("{}\n{}", key.resource, key.service_account);
+        let mut locks = self
+            .creating
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(scope).or_default().clone()
     }
 
     async fn create(&self, ask: &Ask) -> Result<String, ApprovalError> {

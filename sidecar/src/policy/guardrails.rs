@@ -193,15 +193,20 @@ impl Guardrails {
                 return v;
             }
         }
-        for policy in &self.policies {
-            for g in &policy.guardrails {
-                if g.rows_over.is_some() || !g.exec_commands.is_empty() || self.exempt(g) {
-                    continue;
-                }
-                if matches_statement(g, facts, path) {
-                    return verdict_of(policy, g);
-                }
+        // Of the guardrails the statement matches, the strictest decides (the first of
+        // equals): a matching deny is never relaxed by an earlier approval or audit rule.
+        let mut decided: Option<Verdict> = None;
+        for (policy, g) in self.statement_matches(facts, path) {
+            let v = verdict_of(policy, g);
+            if decided
+                .as_ref()
+                .is_none_or(|d| strictness(v.decision) > strictness(d.decision))
+            {
+                decided = Some(v);
             }
+        }
+        if let Some(v) = decided {
+            return v;
         }
         // The body of a DO block runs code the analyser cannot see: unless a guardrail
         // decided above, it falls under the unanalysable-statement rule (fail closed).
@@ -209,6 +214,39 @@ impl Guardrails {
             return self.decide_unanalyzable("the body of a DO block cannot be analysed");
         }
         Verdict::allow()
+    }
+
+    /// The statement guardrails (not row limits, not exec rules, not exempt) `facts` matches,
+    /// in policy order.
+    fn statement_matches<'a>(
+        &'a self,
+        facts: &'a StatementFacts,
+        path: &'a SearchPath,
+    ) -> impl Iterator<Item = (&'a PolicyConfig, &'a GuardrailConfig)> + 'a {
+        self.policies.iter().flat_map(move |policy| {
+            policy
+                .guardrails
+                .iter()
+                .filter(move |g| {
+                    g.rows_over.is_none()
+                        && g.exec_commands.is_empty()
+                        && !self.exempt(g)
+                        && matches_statement(g, facts, path)
+                })
+                .map(move |g| (policy, g))
+        })
+    }
+
+    /// Every `requireApproval` guardrail `facts` matches, in policy order: a statement held
+    /// for approval runs only under a grant of each of them (a grant covers its own rule).
+    pub fn approval_rules(&self, facts: &StatementFacts, path: &SearchPath) -> Vec<RuleRef> {
+        self.statement_matches(facts, path)
+            .filter(|(_, g)| g.action == GuardrailAction::RequireApproval)
+            .map(|(policy, g)| RuleRef {
+                policy: policy.name.clone(),
+                rule: g.name.clone(),
+            })
+            .collect()
     }
 
     /// Decide on text the parser could not analyse: denied unless every applicable policy
@@ -502,6 +540,16 @@ fn function_matches(pattern: &str, f: &Qualified, path: &SearchPath) -> bool {
                     None => path.may_resolve_to(schema),
                 }
         }
+    }
+}
+
+/// How strict a decision is: allow, audit, require approval, deny.
+fn strictness(d: Decision) -> u8 {
+    match d {
+        Decision::Allow => 0,
+        Decision::Audit => 1,
+        Decision::RequireApproval => 2,
+        Decision::Deny => 3,
     }
 }
 

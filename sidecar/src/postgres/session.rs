@@ -994,35 +994,55 @@ impl Frontend {
                     if uses.remove_all {
                         staged.names.push(NameChange::RemoveAll);
                     }
-                    let mut need = (held && self.res.approvals.is_some()).then(|| {
-                        // A use of a definition shows the definition it runs.
-                        let shown = if runs.is_empty() {
-                            sql.to_owned()
-                        } else {
-                            hold::with_definitions(
+                    // One need per approval rule the statement (or a definition it runs)
+                    // matches, the deciding rule first: a grant covers only its own rule.
+                    let mut needs: Vec<hold::Need> = Vec::new();
+                    if held && self.res.approvals.is_some() {
+                        let mut rules: Vec<Option<RuleRef>> = vec![verdict.rule.clone()];
+                        if unknown.is_none() {
+                            let ran = runs.iter().flat_map(|p| p.definitions.iter());
+                            for f in std::iter::once(facts).chain(ran.map(|d| d.as_ref())) {
+                                for r in self.guardrails.approval_rules(f, &self.search_path) {
+                                    if !rules.contains(&Some(r.clone())) {
+                                        rules.push(Some(r));
+                                    }
+                                }
+                            }
+                        }
+                        // A use of a definition shows the definition it runs, apart from
+                        // the client's text.
+                        let ran = hold::definitions(runs.iter().flat_map(|p| p.definitions.iter()));
+                        for rule in rules {
+                            needs.push(hold::Need::new(
+                                records.len(),
+                                &decided_on,
+                                &Verdict {
+                                    rule,
+                                    ..verdict.clone()
+                                },
+                                &self.guardrails,
                                 sql,
-                                runs.iter().flat_map(|p| p.definitions.iter()),
-                            )
-                        };
-                        hold::Need::new(
-                            records.len(),
-                            &decided_on,
-                            &verdict,
-                            &self.guardrails,
-                            &shown,
-                            !matches!(protocol, Protocol::Simple),
-                        )
-                    });
+                                ran.clone(),
+                                !matches!(protocol, Protocol::Simple),
+                            ));
+                        }
+                    }
                     if let Some((name, inner)) = uses.prepare {
                         // A PREPARE with `$n` parameters is asked for at each use, with the
                         // bound values, like a Parse: preparing runs nothing.
-                        let at_use = need.as_ref().and_then(|n| n.at_use(facts));
-                        if at_use.is_some() {
+                        let mut at_use = Vec::new();
+                        needs.retain(|n| match n.at_use(facts) {
+                            Some(u) => {
+                                at_use.push(u);
+                                false
+                            }
+                            None => true,
+                        });
+                        if !at_use.is_empty() {
                             record.reason = Some(format!(
                                 "{}; approval is asked for at each use (Bind or EXECUTE) of {name:?}, with the bound values",
                                 record.reason.as_deref().unwrap_or("statement requires approval")
                             ));
-                            need = None;
                         }
                         staged.prepare = Some(StagedPrepare {
                             name,
@@ -1031,13 +1051,13 @@ impl Frontend {
                             template: record.clone(),
                             row_limits: row_limits.clone(),
                             effect: facts.effect,
-                            at_bind: at_use.into_iter().collect(),
+                            at_bind: at_use,
                             grant: None,
                         });
                     }
                     changes.push(staged);
-                    if let Some(need) = need {
-                        approvals.push(need);
+                    if !needs.is_empty() {
+                        approvals.extend(needs);
                     } else if held && self.res.approvals.is_some() {
                         // Asked for at each use of the prepared statement.
                     } else if !verdict.forwards() && refusal.is_none() {

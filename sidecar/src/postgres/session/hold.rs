@@ -33,7 +33,9 @@ use portcullis_crds::{GrantCovers, Operation, Requester};
 use tokio::io::AsyncWriteExt;
 
 use super::{Decided, Durable, Frontend, Message, Prepared, BUILTIN_POLICY};
-use crate::approval::{sql_operation, ApprovalError, Ask, Grant, GrantKey, Outcome};
+use crate::approval::{
+    sql_operation, sql_use_operation, ApprovalError, Ask, Grant, GrantKey, Outcome,
+};
 use crate::policy::analyze::{Effect, StatementFacts};
 use crate::policy::guardrails::{Guardrails, Verdict};
 use crate::postgres::codec::{put_error, put_message};
@@ -51,19 +53,23 @@ pub(super) struct Need {
     /// What the approver is shown and the grant covers; `None` until the values of a
     /// prepared statement are bound.
     operation: Option<Operation>,
-    /// The statement text.
+    /// The statement text, as the client sent it.
     sql: String,
+    /// The definitions the statement runs (a use of prepared statements), shown apart.
+    runs: Vec<String>,
 }
 
 impl Need {
     /// The statement at `index` of the decided records, part of the query string `sql`
-    /// (`extended`: the text of a Parse, whose values come with Bind).
+    /// (`extended`: the text of a Parse, whose values come with Bind), running the prepared
+    /// definitions `runs` (see [`definitions`]).
     pub(super) fn new(
         index: usize,
         facts: &StatementFacts,
         verdict: &Verdict,
         guardrails: &Guardrails,
         sql: &str,
+        runs: Vec<String>,
         extended: bool,
     ) -> Need {
         let rule = verdict.rule.clone().unwrap_or(RuleRef {
@@ -86,7 +92,12 @@ impl Need {
             // Asked for at Bind, with the values.
             None
         } else {
-            Some(sql_operation(sql.to_owned(), GrantCovers::Values))
+            Some(sql_use_operation(
+                sql.to_owned(),
+                runs.clone(),
+                Vec::new(),
+                GrantCovers::Values,
+            ))
         };
         Need {
             index,
@@ -94,6 +105,7 @@ impl Need {
             rule,
             operation,
             sql: sql.to_owned(),
+            runs,
         }
     }
 
@@ -113,6 +125,7 @@ impl Need {
         has_parameters(&text).then(|| Need {
             operation: None,
             sql: text,
+            runs: Vec::new(),
             ..self.clone()
         })
     }
@@ -123,11 +136,13 @@ impl Need {
     }
 
     /// This need with the values of a Bind: the approver is shown, and the grant covers, the
-    /// statement with exactly these values.
-    pub(super) fn bound(&self, values: &str) -> Need {
+    /// statement with exactly these values (in their own field, apart from the statement).
+    pub(super) fn bound(&self, values: &[String]) -> Need {
         Need {
-            operation: Some(sql_operation(
-                format!("{}\n-- bound values: {values}", self.sql),
+            operation: Some(sql_use_operation(
+                self.sql.clone(),
+                self.runs.clone(),
+                values.to_vec(),
                 GrantCovers::Values,
             )),
             ..self.clone()
@@ -136,8 +151,9 @@ impl Need {
 }
 
 /// The parameter values of a Bind message, as shown to an approver: text values as SQL
-/// literals, binary ones as hex, `NULL`; `None` when the message cannot be read.
-pub fn bound_values(body: &[u8]) -> Option<String> {
+/// literals, binary ones as hex, `NULL`, one an entry (`$1 = 'Ghent'`); `None` when the
+/// message cannot be read.
+pub fn bound_values(body: &[u8]) -> Option<Vec<String>> {
     fn cstr(b: &[u8], at: &mut usize) -> Option<()> {
         let end = b.get(*at..)?.iter().position(|c| *c == 0)?;
         *at += end + 1;
@@ -181,27 +197,21 @@ pub fn bound_values(body: &[u8]) -> Option<String> {
         };
         shown.push(format!("${} = {value}", i + 1));
     }
-    Some(if shown.is_empty() {
-        "none".to_owned()
-    } else {
-        shown.join(", ")
-    })
+    Some(shown)
 }
 
-/// `sql` (a use of prepared statements, `EXECUTE name`) with the definitions it runs, as
-/// shown to the approver: a grant then covers this use of exactly these definitions.
-pub(super) fn with_definitions<'a>(
-    sql: &str,
+/// The definitions a use of prepared statements (`EXECUTE name`) runs, as shown to the
+/// approver apart from the statement: a grant then covers this use of exactly these
+/// definitions.
+pub(super) fn definitions<'a>(
     definitions: impl Iterator<Item = &'a std::sync::Arc<StatementFacts>>,
-) -> String {
-    let mut shown = sql.to_owned();
-    for d in definitions {
-        match &d.ast {
-            Some(ast) => shown.push_str(&format!("\n-- runs: {ast}")),
-            None => shown.push_str(&format!("\n-- runs: {}", d.normalized)),
-        }
-    }
-    shown
+) -> Vec<String> {
+    definitions
+        .map(|d| match &d.ast {
+            Some(ast) => ast.to_string(),
+            None => d.normalized.clone(),
+        })
+        .collect()
 }
 
 /// Whether `sql` has `$n` parameters.
@@ -724,14 +734,17 @@ mod tests {
     #[test]
     fn bound_values_are_shown_exactly() {
         assert_eq!(
-            bound_values(&bind(&[], &[Some(b"it's"), None])).as_deref(),
-            Some("$1 = 'it''s', $2 = NULL")
+            bound_values(&bind(&[], &[Some(b"it's"), None])),
+            Some(vec!["$1 = 'it''s'".to_owned(), "$2 = NULL".to_owned()])
         );
         assert_eq!(
-            bound_values(&bind(&[0, 1], &[Some(b"7"), Some(&[0, 0, 0, 12])])).as_deref(),
-            Some("$1 = '7', $2 = '\\x0000000c' (binary)")
+            bound_values(&bind(&[0, 1], &[Some(b"7"), Some(&[0, 0, 0, 12])])),
+            Some(vec![
+                "$1 = '7'".to_owned(),
+                "$2 = '\\x0000000c' (binary)".to_owned()
+            ])
         );
-        assert_eq!(bound_values(&bind(&[], &[])).as_deref(), Some("none"));
+        assert_eq!(bound_values(&bind(&[], &[])), Some(Vec::new()));
         // A truncated message is not read.
         let mut short = bind(&[], &[Some(b"abc")]);
         short.truncate(short.len() - 4);
