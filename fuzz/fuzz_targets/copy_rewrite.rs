@@ -181,6 +181,8 @@ fuzz_target!(|input: Input| {
         clean: false,
         copy: Some(format.clone()),
         ddl: false,
+        marks: Vec::new(),
+        control: None,
     };
     let session = detector_session();
     let mut copy = CopyMasking::new(session.copy(&plan, n, binary), format);

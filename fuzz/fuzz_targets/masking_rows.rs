@@ -81,6 +81,8 @@ fuzz_target!(|input: Input| {
         clean: false,
         copy: None,
         ddl: false,
+        marks: Vec::new(),
+        control: None,
     };
     let mut masking = session.result(&plan, &columns);
     for row in input.rows.iter().take(32) {

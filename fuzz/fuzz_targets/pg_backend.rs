@@ -35,6 +35,8 @@ fn plan(choice: u8) -> StatementPlan {
             _ => Some(CopyFormat::Binary),
         },
         ddl: false,
+        marks: Vec::new(),
+        control: None,
     }
 }
 
@@ -103,6 +105,7 @@ fuzz_target!(|data: &[u8]| {
                     batch: tracker.batches_sent,
                     started: Instant::now(),
                     row_limits: Vec::new(),
+                    portal_rows: None,
                     masking: Some(InflightMasking {
                         session: session.clone(),
                         plan: std::sync::Arc::new(plan(choice)),

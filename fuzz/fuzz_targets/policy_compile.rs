@@ -17,6 +17,7 @@ use portcullis_sidecar::masking::engine::Masker;
 use portcullis_sidecar::policy::analyze::{analyze, Analysis};
 use portcullis_sidecar::policy::guardrails::Guardrails;
 use portcullis_sidecar::policy::names::SearchPath;
+use portcullis_sidecar::policy::row_sources::RowSources;
 use portcullis_sidecar::postgres::upstream::Upstream;
 
 const STATEMENTS: &str = "SELECT email FROM customers; DELETE FROM orders; UPDATE customers SET name = 'x' WHERE true; \
@@ -51,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
     if let Analysis::Statements(all) = analyze(STATEMENTS) {
         for facts in &all {
             let _ = guardrails.decide(facts, &path);
-            let _ = guardrails.row_limits(facts, &path);
+            let _ = guardrails.row_limits(facts, &path, &RowSources::default());
         }
     }
     let _ = guardrails.decide_unanalyzable("syntax error");

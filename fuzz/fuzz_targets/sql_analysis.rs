@@ -19,6 +19,7 @@ impl Catalog for Shop {
             name: n.to_owned(),
             rules: rule.into_iter().map(str::to_owned).collect(),
             unproven: BTreeSet::new(),
+            computed: BTreeSet::new(),
         };
         match name.last()?.as_str() {
             "customers" => Some(vec![
