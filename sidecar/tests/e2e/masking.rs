@@ -651,6 +651,23 @@ async fn query_rules(
     (cells(&rows), rules_after(proxy, from).await)
 }
 
+/// [`query_rules`] once the sidecar has read the catalog again after DDL: until then a new
+/// object is masked wholesale as unknown (`unproven-lineage`). Gives up after 10 s.
+async fn query_rules_settled(
+    proxy: &Proxy,
+    client: &Client,
+    sql: &str,
+) -> (Vec<Option<String>>, BTreeSet<String>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (cells, rules) = query_rules(proxy, client, sql).await;
+        if !rules.contains("unproven-lineage") || std::time::Instant::now() > deadline {
+            return (cells, rules);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_and_views_stay_masked_by_their_rule_after_the_catalog_is_read_again() {
     let clear = clear_values().await;
@@ -683,7 +700,7 @@ async fn copies_and_views_stay_masked_by_their_rule_after_the_catalog_is_read_ag
         ("SELECT mail FROM mv", "contact"),
         ("SELECT again FROM mv2", "contact"),
     ] {
-        let (cells, rules) = query_rules(&proxy, &client, sql).await;
+        let (cells, rules) = query_rules_settled(&proxy, &client, sql).await;
         assert!(rules.contains(rule), "{sql}: {rules:?}");
         assert!(
             !rules.contains("unproven-lineage"),
@@ -712,7 +729,8 @@ async fn copies_and_views_stay_masked_by_their_rule_after_the_catalog_is_read_ag
         .await
         .expect("table");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (cells, rules) = query_rules(&proxy, &client, "SELECT secret FROM mask_rename").await;
+    let (cells, rules) =
+        query_rules_settled(&proxy, &client, "SELECT secret FROM mask_rename").await;
     assert!(rules.contains("renamed"), "{rules:?}");
     assert_eq!(cells, vec![Some("***".to_owned())]);
     client
@@ -720,7 +738,8 @@ async fn copies_and_views_stay_masked_by_their_rule_after_the_catalog_is_read_ag
         .await
         .expect("rename");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (cells, rules) = query_rules(&proxy, &client, "SELECT harmless FROM mask_rename").await;
+    let (cells, rules) =
+        query_rules_settled(&proxy, &client, "SELECT harmless FROM mask_rename").await;
     assert!(rules.contains("renamed"), "{rules:?}");
     assert!(!rules.contains("unproven-lineage"), "{rules:?}");
     assert_eq!(cells, vec![Some("***".to_owned())]);
