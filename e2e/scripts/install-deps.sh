@@ -6,7 +6,6 @@
 #     terminal the recording tests compare the sidecar's screen with)
 #   - Rust components rustfmt and clippy
 #   - Python clients for the e2e tests (e2e/requirements.txt) in $PORTCULLIS_CACHE/venv
-#   - the nightly toolchain and cargo-fuzz for the fuzz targets (install-fuzz.sh)
 # Go and Rust themselves must already be installed (see README).
 set -euo pipefail
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -55,5 +54,4 @@ if [[ -f $E2E_DIR/requirements.txt ]]; then
         echo "$want" >"$stamp"
     fi
 fi
-"$E2E_DIR/scripts/install-fuzz.sh" >/dev/null
 log "dependencies present"
