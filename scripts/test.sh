@@ -2,7 +2,7 @@
 # The whole test suite, as CI runs it: install dependencies, format and lint checks, build the
 # e2e control plane from upstream source (cached), start one harness for the run, and run
 # every unit, integration and end-to-end test of the workspace. The fuzz targets run apart
-# (scripts/fuzz.sh): five of them still find property failures, listed in the README.
+# (scripts/fuzz.sh): six of them still find failures, listed in the README.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
