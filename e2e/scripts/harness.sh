@@ -184,7 +184,7 @@ PIDS+=($!)
 log "exec peer starting on https://127.0.0.1:$EXEC_PEER_PORT"
 wait_for "exec peer" 30 curl -fsSk "https://127.0.0.1:$EXEC_PEER_PORT/healthz"
 admin_kubectl() { "$KUBECTL" --kubeconfig "$STATE/admin.kubeconfig" "$@"; }
-admin_kubectl create -f - >/dev/null <<NODE
+admin_kubectl apply -f - >/dev/null <<NODE
 apiVersion: v1
 kind: Node
 metadata:
