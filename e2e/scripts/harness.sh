@@ -231,6 +231,9 @@ port = $PG_PORT
 unix_socket_directories = '$STATE/pgsock'
 fsync = off
 max_connections = 1200
+# Debug builds of the proxies under test authenticate slowly on a loaded machine: a thousand
+# concurrent start-ups may take longer than the default minute.
+authentication_timeout = '5min'
 shared_buffers = 128MB
 password_encryption = 'scram-sha-256'
 PGCONF

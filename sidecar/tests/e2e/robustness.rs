@@ -207,12 +207,12 @@ async fn thousand_concurrent_connections() {
                 // All N sessions are open at the same time here (failures wait too, so
                 // that one failure cannot hang the others).
                 barrier.wait().await;
-                let (client, connection) = connected.map_err(|e| format!("connect {i}: {e}"))?;
+                let (client, connection) = connected.map_err(|e| format!("connect {i}: {e:?}"))?;
                 let driver = tokio::spawn(connection);
                 let row = client
                     .query_one("SELECT $1::int4", &[&(i as i32)])
                     .await
-                    .map_err(|e| format!("query {i}: {e}"))?;
+                    .map_err(|e| format!("query {i}: {e:?}"))?;
                 drop(client);
                 let _ = driver.await;
                 Ok::<i32, String>(row.get(0))
