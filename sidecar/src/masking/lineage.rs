@@ -726,9 +726,12 @@ impl<'c> Analyzer<'c> {
                     self.record_use(c.name.clone(), c.taint.rules.clone(), false, place);
                 }
             }
-            Shape::Opaque(t) => {
-                self.record_use("a row of the result".to_owned(), t.rules.clone(), false, place)
-            }
+            Shape::Opaque(t) => self.record_use(
+                "a row of the result".to_owned(),
+                t.rules.clone(),
+                false,
+                place,
+            ),
         }
     }
 

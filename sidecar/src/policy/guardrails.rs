@@ -363,7 +363,8 @@ impl Guardrails {
             ) else {
                 continue;
             };
-            let reads = |t: &QualifiedTable| touches(facts, t, path) || sources.may_read(facts, t, path);
+            let reads =
+                |t: &QualifiedTable| touches(facts, t, path) || sources.may_read(facts, t, path);
             if !matches_criteria(g, facts, path, &reads) {
                 continue;
             }

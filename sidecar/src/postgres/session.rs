@@ -925,7 +925,10 @@ impl Frontend {
                     // each (folded, read by name, copied) are refused before anything runs.
                     if verdict.forwards() || verdict.decision == Decision::RequireApproval {
                         let escaped = std::iter::once(facts)
-                            .chain(runs.iter().flat_map(|p| p.definitions.iter().map(|d| d.as_ref())))
+                            .chain(
+                                runs.iter()
+                                    .flat_map(|p| p.definitions.iter().map(|d| d.as_ref())),
+                            )
                             .find_map(|f| {
                                 self.guardrails
                                     .row_escape(f, &self.search_path, &self.row_sources)
