@@ -342,8 +342,17 @@ impl Guardrails {
         if self.row_limits.is_empty() {
             return None;
         }
-        // The relations the statement writes into are not where its rows come from.
-        let targets = row_folds::write_targets(facts);
+        // The relations the statement writes into are not where its rows come from, unless
+        // one is a limited table (which the statement may read as well).
+        let mut targets = row_folds::write_targets(facts);
+        targets.retain(|q| {
+            !self.row_limits.iter().any(|(pi, gi, _)| {
+                self.policies
+                    .get(*pi)
+                    .and_then(|p| p.guardrails.get(*gi))
+                    .is_some_and(|g| g.tables.iter().any(|t| q.may_be(&t.schema, &t.table, path)))
+            })
+        });
         let sourced;
         let facts = if targets.iter().any(|t| facts.tables.contains(t)) {
             let mut f = facts.clone();

@@ -1564,6 +1564,15 @@ const ROW_ESCAPES: &[(&str, &[&str])] = &[
             "FETCH ALL FROM b19c",
         ],
     ),
+    (
+        "3 fold written into one row of the limited table, read back",
+        &[
+            "BEGIN",
+            "UPDATE crm.leads SET email = (SELECT string_agg(email, ',') FROM crm.leads) WHERE id = 1",
+            "SELECT email FROM crm.leads WHERE id = 1",
+            "ROLLBACK",
+        ],
+    ),
     // Readers by name or query string.
     (
         "3 reader: table_to_xml_and_xmlschema",
