@@ -9,7 +9,8 @@
 //!
 //! Predicates are not outputs: the analysis records every use of masked data outside the
 //! result's values ([`PredicateUse`]: `WHERE`, `JOIN ... ON`/`USING`, `HAVING`, `GROUP BY`,
-//! `DISTINCT ON`, `ORDER BY`, window partitions and orderings, `FILTER (WHERE ...)`, `CASE`
+//! `DISTINCT ON`, `SELECT DISTINCT` and set operations other than `UNION ALL` (they compare
+//! whole rows), `ORDER BY`, window partitions and orderings, `FILTER (WHERE ...)`, `CASE`
 //! conditions in any clause, `LIMIT`/`OFFSET`/`FETCH`, the `WHERE` of `UPDATE` and `DELETE`),
 //! in subqueries, CTEs, derived tables and `LATERAL` alike, telling equality of a column with a
 //! parameter, a literal or another column apart from every other use. The rules' `predicates`
@@ -715,6 +716,25 @@ impl<'c> Analyzer<'c> {
         }
     }
 
+    /// Whole rows the server compares with each other (set operations other than `UNION
+    /// ALL`, `SELECT DISTINCT`): every masked value of them is used in a comparison with
+    /// values the statement may generate, which is no equality with a given value.
+    fn compared_rows(&self, shape: &Shape, place: &str) {
+        match shape {
+            Shape::Columns(cols) => {
+                for c in cols {
+                    self.record_use(c.name.clone(), c.taint.rules.clone(), false, place);
+                }
+            }
+            Shape::Opaque(t) => self.record_use(
+                "a row of the result".to_owned(),
+                t.rules.clone(),
+                false,
+                place,
+            ),
+        }
+    }
+
     /// A row count bound (`LIMIT`, `OFFSET`, `FETCH`): masked data there is a carrier.
     fn row_bound(&self, e: &Expr, scope: &Scope<'_>, ctes: &Ctes, place: &str) {
         let t = self.expr(e, scope, ctes);
@@ -1147,9 +1167,30 @@ impl<'c> Analyzer<'c> {
         match body {
             SetExpr::Select(select) => self.select(select, ctes, outer, None),
             SetExpr::Query(q) => self.query(q, ctes, outer),
-            SetExpr::SetOperation { left, right, .. } => self
-                .set_expr(left, ctes, outer)
-                .union(self.set_expr(right, ctes, outer)),
+            SetExpr::SetOperation {
+                left,
+                right,
+                op,
+                set_quantifier,
+            } => {
+                let l = self.set_expr(left, ctes, outer);
+                let r = self.set_expr(right, ctes, outer);
+                // UNION ALL only appends; every other set operation compares whole rows of
+                // both sides (to remove duplicates, to match or to subtract them).
+                let appends = matches!(op, sqlparser::ast::SetOperator::Union)
+                    && matches!(
+                        set_quantifier,
+                        sqlparser::ast::SetQuantifier::All
+                            | sqlparser::ast::SetQuantifier::AllByName
+                    );
+                if !appends {
+                    let place = format!("{op} {set_quantifier}");
+                    let place = place.trim_end();
+                    self.compared_rows(&l, place);
+                    self.compared_rows(&r, place);
+                }
+                l.union(r)
+            }
             SetExpr::Values(values) => {
                 let scope = Scope {
                     relations: Vec::new(),
@@ -1213,10 +1254,15 @@ impl<'c> Analyzer<'c> {
                 self.sort_key(e, &shape, &scope, ctes, "GROUP BY");
             }
         }
-        if let Some(sqlparser::ast::Distinct::On(exprs)) = &select.distinct {
-            for e in exprs {
-                self.sort_key(e, &shape, &scope, ctes, "DISTINCT ON");
+        match &select.distinct {
+            Some(sqlparser::ast::Distinct::On(exprs)) => {
+                for e in exprs {
+                    self.sort_key(e, &shape, &scope, ctes, "DISTINCT ON");
+                }
             }
+            // Duplicates are found by comparing every output column.
+            Some(sqlparser::ast::Distinct::Distinct) => self.compared_rows(&shape, "DISTINCT"),
+            _ => {}
         }
         if let Some(h) = &select.having {
             self.used(h, &scope, ctes, "HAVING");
@@ -2067,6 +2113,12 @@ mod tests {
             ("SELECT ssn AS s FROM customers ORDER BY s", "! ORDER BY"),
             ("SELECT count(*) FROM customers GROUP BY ssn", "! GROUP BY"),
             ("SELECT DISTINCT ON (ssn) id FROM customers", "! DISTINCT ON"),
+            ("SELECT DISTINCT ssn FROM customers", "! DISTINCT"),
+            ("SELECT DISTINCT id FROM customers", "-"),
+            ("SELECT ssn FROM customers UNION SELECT 'x'", "! UNION"),
+            ("SELECT ssn FROM customers UNION ALL SELECT 'x'", "-"),
+            ("SELECT ssn FROM customers INTERSECT ALL SELECT 'x'", "! INTERSECT ALL"),
+            ("SELECT count(*) FROM (SELECT email FROM customers EXCEPT SELECT 'x') s", "! EXCEPT"),
             ("SELECT id FROM customers GROUP BY id HAVING max(ssn) > '5'", "! HAVING"),
             ("SELECT row_number() OVER (ORDER BY ssn) FROM customers", "! window ORDER BY"),
             ("SELECT rank() OVER w FROM customers WINDOW w AS (PARTITION BY ssn)", "! window PARTITION BY"),

@@ -13,6 +13,7 @@ use portcullis_crds::sidecar_config::{
 
 use super::analyze::StatementFacts;
 use super::names::{Qualified, SearchPath};
+use super::row_folds;
 use super::row_sources::RowSources;
 use crate::identity;
 
@@ -325,6 +326,80 @@ impl Guardrails {
             })
             .map(|(_, _, limit)| limit.clone())
             .collect()
+    }
+
+    /// A refusal for a statement that a denying `rowsOver` guardrail applies to (see
+    /// [`Self::row_limits`]) and that lets rows leave other than one result row each: folded
+    /// into fewer rows, read by a function from a name or a query string, or copied where
+    /// the limit would not count them ([`row_folds`]). Limits with `action: audit` refuse
+    /// nothing (their results are flagged).
+    pub fn row_escape(
+        &self,
+        facts: &StatementFacts,
+        path: &SearchPath,
+        sources: &RowSources,
+    ) -> Option<Verdict> {
+        if self.row_limits.is_empty() {
+            return None;
+        }
+        // The relations the statement writes into are not where its rows come from, unless
+        // one is a limited table (which the statement may read as well).
+        let mut targets = row_folds::write_targets(facts);
+        targets.retain(|q| {
+            !self.row_limits.iter().any(|(pi, gi, _)| {
+                self.policies
+                    .get(*pi)
+                    .and_then(|p| p.guardrails.get(*gi))
+                    .is_some_and(|g| g.tables.iter().any(|t| q.may_be(&t.schema, &t.table, path)))
+            })
+        });
+        let sourced;
+        let facts = if targets.iter().any(|t| facts.tables.contains(t)) {
+            let mut f = facts.clone();
+            f.tables.retain(|t| !targets.contains(t));
+            sourced = f;
+            &sourced
+        } else {
+            facts
+        };
+        for (pi, gi, limit) in &self.row_limits {
+            if limit.action == GuardrailAction::Audit {
+                continue;
+            }
+            let (Some(policy), Some(g)) = (
+                self.policies.get(*pi),
+                self.policies.get(*pi).and_then(|p| p.guardrails.get(*gi)),
+            ) else {
+                continue;
+            };
+            let reads =
+                |t: &QualifiedTable| touches(facts, t, path) || sources.may_read(facts, t, path);
+            if !matches_criteria(g, facts, path, &reads) {
+                continue;
+            }
+            let names_limited = g.tables.is_empty()
+                || g.tables
+                    .iter()
+                    .any(|t| touches(facts, t, path) || sources.names(facts, t, path));
+            // Rows written into a limited table stay under the limit; a guardrail without
+            // tables limits every relation.
+            let limited_target = |name: &sqlparser::ast::ObjectName| {
+                g.tables.is_empty()
+                    || Qualified::of(name).is_some_and(|q| {
+                        g.tables.iter().any(|t| q.may_be(&t.schema, &t.table, path))
+                    })
+            };
+            if let Some(escape) = row_folds::escape(facts, names_limited, &limited_target) {
+                let mut v = verdict_of(policy, g);
+                v.decision = Decision::Deny;
+                v.reason = Some(format!(
+                    "statement refused by guardrail {} of policy {} (rowsOver {}): {escape}, so its rows would not be counted",
+                    g.name, policy.name, limit.limit
+                ));
+                return Some(v);
+            }
+        }
+        None
     }
 
     /// Every result-size limit of the session (for rows whose statement is not known: a

@@ -7,4 +7,5 @@ pub mod fingerprint;
 pub mod guardrails;
 pub mod limits;
 pub mod names;
+pub mod row_folds;
 pub mod row_sources;

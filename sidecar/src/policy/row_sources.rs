@@ -129,6 +129,12 @@ impl RowSources {
         {
             return true;
         }
+        self.names(facts, table, path)
+    }
+
+    /// Whether a statement names a relation that may return rows of `table` (the table, a
+    /// view or child of it, or a relation the map does not know), calls apart.
+    pub fn names(&self, facts: &StatementFacts, table: &QualifiedTable, path: &SearchPath) -> bool {
         let root = key(table);
         // Names of the statement's own CTEs are no relations (collected only when needed).
         let mut ctes: Option<BTreeSet<String>> = None;

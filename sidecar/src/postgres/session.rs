@@ -921,6 +921,22 @@ impl Frontend {
                             );
                         }
                     }
+                    // Rows of a limited table that would leave other than one result row
+                    // each (folded, read by name, copied) are refused before anything runs.
+                    if verdict.forwards() || verdict.decision == Decision::RequireApproval {
+                        let escaped = std::iter::once(facts)
+                            .chain(
+                                runs.iter()
+                                    .flat_map(|p| p.definitions.iter().map(|d| d.as_ref())),
+                            )
+                            .find_map(|f| {
+                                self.guardrails
+                                    .row_escape(f, &self.search_path, &self.row_sources)
+                            });
+                        if let Some(v) = escaped {
+                            verdict = v;
+                        }
+                    }
                     let held = verdict.decision == Decision::RequireApproval;
                     if held && self.res.approvals.is_none() {
                         verdict.reason = Some(hold::standalone_refusal(&verdict));

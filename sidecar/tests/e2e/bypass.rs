@@ -1012,6 +1012,11 @@ const PREDICATE_ATTEMPTS: &[(&str, &str, &str, &str)] = &[
     ("equality with a scalar subquery", "SELECT count(*)::text FROM customers WHERE id = 1 AND ssn = (SELECT '{ssn}'::text)", "1", "ssn"),
     ("UPDATE row count", "UPDATE customers SET city = city WHERE id = 1 AND ssn LIKE '{d}%'", "tag 1", "ssn"),
     ("e-mail domain", "SELECT count(*)::text FROM customers WHERE id = 1 AND email LIKE '%' || split_part('{email}', '@', 2)", "1", "email"),
+    ("INTERSECT ALL", "SELECT count(*)::text FROM (SELECT ssn FROM customers WHERE id = 1 INTERSECT ALL SELECT to_char(n, 'FM000') || '{rest}' FROM generate_series(100, 999) n) s", "1", "ssn"),
+    ("EXCEPT ALL in a CTE", "WITH s AS (SELECT ssn FROM customers WHERE id = 1 EXCEPT ALL SELECT to_char(n, 'FM000') || '{rest}' FROM generate_series(100, 999) n) SELECT count(*)::text FROM s", "0", "ssn"),
+    ("UNION in a scalar subquery", "SELECT (SELECT count(*) FROM (SELECT email FROM customers WHERE id = 1 UNION SELECT '{email}') u)::text", "1", "email"),
+    ("SELECT DISTINCT over two columns", "SELECT count(*)::text FROM (SELECT DISTINCT 1 AS k, email FROM (SELECT email FROM customers WHERE id = 1 UNION ALL SELECT '{email}') u) d", "1", "email"),
+    ("recursive CTE with UNION", "WITH RECURSIVE r(ssn) AS (SELECT ssn FROM customers WHERE id = 1 UNION SELECT '{ssn}' FROM r) SELECT count(*)::text FROM r", "1", "ssn"),
     ("deny: equality", "SELECT count(*)::text FROM customers WHERE id = {card_id} AND card_number = '{card}'", "1", "card_number"),
     ("deny: IS NOT NULL", "SELECT count(*)::text FROM customers WHERE id = {card_id} AND card_number IS NOT NULL", "1", "card_number"),
 ];
@@ -1509,6 +1514,239 @@ async fn row_limits_count_every_way_rows_leave() {
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
         assert_eq!(rows_of(&m), expected, "{sql}");
+    }
+    proxy.stop().await;
+}
+
+/// Ways the 100 leads leave in fewer than 40 result rows: folded into one value, read by a
+/// function from a name or a query string, or copied where the limit would not count them.
+/// Each step list carries more than 40 lead e-mails directly.
+const ROW_ESCAPES: &[(&str, &[&str])] = &[
+    // Folds.
+    ("3 fold: array_agg", &["SELECT array_to_string(array_agg(email), ',') FROM crm.leads"]),
+    ("3 fold: jsonb_agg over a view", &["SELECT jsonb_agg(email)::text FROM crm.leads_view"]),
+    ("3 fold: json_object_agg", &["SELECT json_object_agg(id, email)::text FROM crm.leads"]),
+    ("3 fold: xmlagg", &["SELECT xmlagg(('<e>' || email || '</e>')::xml)::text FROM crm.leads"]),
+    ("3 fold: ARRAY(subquery)", &["SELECT ARRAY(SELECT email FROM crm.leads)::text"]),
+    (
+        "3 fold: string_agg in a scalar subquery of a CTE",
+        &["WITH s AS (SELECT (SELECT string_agg(email, ',') FROM crm.leads) AS a) SELECT a FROM s"],
+    ),
+    (
+        "3 fold: string_agg as a window function, one row kept",
+        &["SELECT string_agg(email, ',') OVER () FROM crm.leads LIMIT 1"],
+    ),
+    (
+        "3 fold: lead() puts other rows on each row",
+        &["SELECT * FROM (SELECT id, email, lead(email, 1) OVER (ORDER BY id) AS n1, lead(email, 2) OVER (ORDER BY id) AS n2 FROM crm.leads) s WHERE id % 3 = 1"],
+    ),
+    (
+        "3 fold: max() over a one-row frame",
+        &["SELECT * FROM (SELECT id, email, max(email) OVER (ORDER BY id ROWS BETWEEN 1 FOLLOWING AND 1 FOLLOWING) AS n1, max(email) OVER (ORDER BY id ROWS BETWEEN 2 FOLLOWING AND 2 FOLLOWING) AS n2 FROM crm.leads) s WHERE id % 3 = 1"],
+    ),
+    (
+        "3 fold: recursive CTE accumulating rows",
+        &["WITH RECURSIVE r(i, s) AS (SELECT 0, ''::text UNION ALL SELECT i + 1, s || (SELECT email FROM crm.leads WHERE id = i + 1) || ',' FROM r WHERE i < 100) SELECT s FROM r WHERE i = 100"],
+    ),
+    (
+        "3 fold: user-defined aggregate",
+        &["SELECT crm.b19_concat(email || ',') FROM crm.leads"],
+    ),
+    (
+        "3 fold: prepared, then executed",
+        &["PREPARE b19f AS SELECT string_agg(email, ',') FROM crm.leads", "EXECUTE b19f"],
+    ),
+    (
+        "3 fold: cursor over an aggregate",
+        &[
+            "BEGIN",
+            "DECLARE b19c CURSOR FOR SELECT string_agg(email, ',') FROM crm.leads",
+            "FETCH ALL FROM b19c",
+        ],
+    ),
+    (
+        "3 fold written into one row of the limited table, read back",
+        &[
+            "BEGIN",
+            "UPDATE crm.leads SET email = (SELECT string_agg(email, ',') FROM crm.leads) WHERE id = 1",
+            "SELECT email FROM crm.leads WHERE id = 1",
+            "ROLLBACK",
+        ],
+    ),
+    // Readers by name or query string.
+    (
+        "3 reader: table_to_xml_and_xmlschema",
+        &["SELECT table_to_xml_and_xmlschema('crm.leads', true, false, '')::text"],
+    ),
+    (
+        "3 reader: schema_to_xml",
+        &["SELECT schema_to_xml('crm', true, false, '')::text"],
+    ),
+    (
+        "3 reader: query_to_xml with a computed query string",
+        &["SELECT query_to_xml('SELECT * FROM crm.' || 'leads', true, false, '')::text"],
+    ),
+    (
+        "3 reader: query_to_xml in FROM",
+        &["SELECT x::text FROM query_to_xml('SELECT email FROM crm.leads_view', true, false, '') x"],
+    ),
+    (
+        "3 reader: cursor_to_xml of an open cursor",
+        &[
+            "BEGIN",
+            "DECLARE b19x CURSOR FOR SELECT * FROM crm.leads",
+            "SELECT cursor_to_xml('b19x', 100, true, false, '')::text",
+        ],
+    ),
+    // Copies read back in pieces.
+    (
+        "3 copy: SELECT INTO a temporary table",
+        &[
+            "SELECT * INTO TEMP b19_into FROM crm.leads",
+            "SELECT * FROM b19_into WHERE id <= 35",
+            "SELECT * FROM b19_into WHERE id > 35 AND id <= 70",
+            "SELECT * FROM b19_into WHERE id > 70",
+        ],
+    ),
+    (
+        "3 copy: INSERT ... SELECT into a temporary table",
+        &[
+            "CREATE TEMP TABLE b19_ins (id int, email text)",
+            "INSERT INTO b19_ins SELECT id, email FROM crm.leads_view",
+            "SELECT * FROM b19_ins WHERE id <= 35",
+            "SELECT * FROM b19_ins WHERE id > 35 AND id <= 70",
+            "SELECT * FROM b19_ins WHERE id > 70",
+        ],
+    ),
+    (
+        "3 copy: data-modifying CTE",
+        &[
+            "CREATE TEMP TABLE b19_cte (id int, email text)",
+            "WITH w AS (INSERT INTO b19_cte SELECT * FROM crm.leads RETURNING 1) SELECT count(*) FROM w",
+            "SELECT * FROM b19_cte WHERE id <= 35",
+            "SELECT * FROM b19_cte WHERE id > 35 AND id <= 70",
+            "SELECT * FROM b19_cte WHERE id > 70",
+        ],
+    ),
+    (
+        "3 copy: prepared INSERT ... SELECT",
+        &[
+            "CREATE TEMP TABLE b19_prep (id int, email text)",
+            "PREPARE b19i AS INSERT INTO b19_prep SELECT * FROM crm.leads",
+            "EXECUTE b19i",
+            "SELECT * FROM b19_prep WHERE id <= 35",
+            "SELECT * FROM b19_prep WHERE id > 35 AND id <= 70",
+            "SELECT * FROM b19_prep WHERE id > 70",
+        ],
+    ),
+    (
+        "3 copy: EXPLAIN ANALYZE CREATE TABLE AS",
+        &[
+            "EXPLAIN ANALYZE CREATE TEMP TABLE b19_exp AS SELECT * FROM crm.leads",
+            "SELECT * FROM b19_exp WHERE id <= 35",
+            "SELECT * FROM b19_exp WHERE id > 35 AND id <= 70",
+            "SELECT * FROM b19_exp WHERE id > 70",
+        ],
+    ),
+    (
+        "3 copy: UPDATE ... FROM into a temporary table",
+        &[
+            "CREATE TEMP TABLE b19_upd AS SELECT g AS id, ''::text AS email FROM generate_series(1, 100) g",
+            "UPDATE b19_upd u SET email = l.email FROM crm.leads l WHERE l.id = u.id",
+            "SELECT * FROM b19_upd WHERE id <= 35",
+            "SELECT * FROM b19_upd WHERE id > 35 AND id <= 70",
+            "SELECT * FROM b19_upd WHERE id > 70",
+        ],
+    ),
+    (
+        "3 copy: materialized view",
+        &[
+            "BEGIN",
+            "CREATE MATERIALIZED VIEW crm.b19_mv AS SELECT * FROM crm.leads",
+            "SELECT * FROM crm.b19_mv WHERE id <= 35",
+            "SELECT * FROM crm.b19_mv WHERE id > 35 AND id <= 70",
+            "SELECT * FROM crm.b19_mv WHERE id > 70",
+            "ROLLBACK",
+        ],
+    ),
+];
+
+/// How many distinct lead e-mails a text holds (`lead1@` is not counted in `lead10@`).
+fn distinct_leads(text: &str) -> usize {
+    (1..=100)
+        .filter(|i| {
+            let e = format!("lead{i}@example.com");
+            text.match_indices(&e)
+                .any(|(at, _)| !text[at + e.len()..].starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count()
+}
+
+/// How many distinct lead e-mails the rows and errors of a step list carry, and the first
+/// error (the steps stop there).
+async fn leads_carried(client: &Client, steps: &[&str]) -> (usize, Option<tokio_postgres::Error>) {
+    let mut text = String::new();
+    for step in steps {
+        match client.simple_query(step).await {
+            Ok(messages) => {
+                for m in &messages {
+                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                        for i in 0..r.len() {
+                            text.push_str(r.get(i).unwrap_or(""));
+                            text.push('\n');
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                text.push_str(&error_text(&e));
+                return (distinct_leads(&text), Some(e));
+            }
+        }
+    }
+    (distinct_leads(&text), None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_limits_refuse_rows_folded_read_by_name_or_copied() {
+    let _crm = CRM.lock().await;
+    let shop = setup().await;
+    shop.batch_execute(
+        "CREATE OR REPLACE AGGREGATE crm.b19_concat(text) (sfunc = textcat, stype = text, initcond = '');
+         DROP MATERIALIZED VIEW IF EXISTS crm.b19_mv;",
+    )
+    .await
+    .expect("aggregate");
+    let proxy = ProxyBuilder::default()
+        .credential(SUPERUSER, &admin_password())
+        .policy("bypass", LEADS_LIMIT)
+        .start()
+        .await;
+    for (family, steps) in ROW_ESCAPES {
+        let direct = connect(&superuser_conn_str()).await;
+        let (n, err) = leads_carried(&direct, steps).await;
+        assert!(err.is_none(), "{family}: fails directly: {err:?}");
+        assert!(n > 40, "{family}: only {n} leads directly");
+        let client = proxy.client().await;
+        let (n, err) = leads_carried(&client, steps).await;
+        let err = err.unwrap_or_else(|| panic!("{family}: {n} leads through the sidecar"));
+        assert_cut(family, &err);
+        assert!(n <= 40, "{family}: {n} leads before the refusal");
+    }
+    // Summaries, ranking, other tables and writes into the limited table itself still run.
+    let client = proxy.client().await;
+    for sql in [
+        "SELECT count(*), max(email), min(id), avg(id), sum(id) FROM crm.leads",
+        "SELECT id, row_number() OVER (ORDER BY id), count(*) OVER () FROM crm.leads WHERE id <= 10",
+        "SELECT email FROM crm.leads WHERE id <= 20 UNION ALL SELECT email FROM crm.leads_view WHERE id > 80",
+        "SELECT string_agg(name, ',') FROM crm.contacts_import",
+        "CREATE TEMP TABLE b19_other AS SELECT * FROM crm.contacts_import",
+        "BEGIN; UPDATE crm.leads SET email = email WHERE id = 1; INSERT INTO crm.leads SELECT id + 1000, email FROM crm.leads WHERE id = 2; ROLLBACK",
+    ] {
+        client
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     }
     proxy.stop().await;
 }

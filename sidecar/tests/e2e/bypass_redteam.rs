@@ -969,16 +969,11 @@ rows!(
     rt_r00 = 1,
     rt_r01 = 2,
     rt_r02 = 3,
-    #[ignore = "red team: rowsOver: string_agg folds all 100 rows into one"]
     rt_r03 = 4,
-    #[ignore = "red team: rowsOver: json_agg of whole rows folds all rows into one"]
     rt_r04 = 5,
-    #[ignore = "red team: rowsOver: table_to_xml returns the whole table as one row"]
     rt_r05 = 6,
-    #[ignore = "red team: rowsOver: query_to_xml runs an unseen query, returns every row"]
     rt_r06 = 7,
     rt_r07 = 8,
-    #[ignore = "red team: rowsOver: CREATE TEMP TABLE AS copy of the limited table is read back without limit"]
     rt_r08 = 9,
     rt_r09 = 0,
     rt_r10 = 10,
@@ -1019,17 +1014,13 @@ rows!(
     rt_p06 = 6,
     rt_p07 = 7,
     rt_p08 = 8,
-    #[ignore = "red team: predicates: equality; INTERSECT with generated candidates answers whether ssn is in a set"]
     rt_p09 = 9,
     rt_p10 = 10,
     rt_p11 = 11,
     rt_p12 = 12,
     rt_p13 = 13,
-    #[ignore = "red team: predicates: equality; EXCEPT against generated candidates answers whether ssn is in a set"]
     rt_p14 = 14,
-    #[ignore = "red team: predicates: equality; UNION deduplication against generated candidates answers whether ssn is in a set"]
     rt_p15 = 15,
-    #[ignore = "red team: predicates: equality; SELECT DISTINCT over the masked column in a derived table groups by it"]
     rt_p16 = 16,
 );
 
