@@ -317,7 +317,7 @@ pub(crate) async fn setup() -> Client {
     let password = admin_password();
     a.batch_execute(&format!(
         "DO $$ BEGIN CREATE ROLE {SUPERUSER} SUPERUSER LOGIN PASSWORD '{password}';
-         EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
     ))
     .await
     .expect("role");

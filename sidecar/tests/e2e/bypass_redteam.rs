@@ -17,7 +17,7 @@ async fn setup_rt() -> Client {
     shop.batch_execute(
         "CREATE TABLE IF NOT EXISTS public.contacts (id int PRIMARY KEY, name text);
          DO $$ BEGIN CREATE ROLE crm NOLOGIN;
-           EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+           EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
          GRANT USAGE ON SCHEMA crm TO crm;
          GRANT ALL ON crm.contacts TO crm;
          CREATE OR REPLACE VIEW public.rt_contacts AS SELECT * FROM crm.contacts;
