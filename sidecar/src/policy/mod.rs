@@ -7,4 +7,5 @@ pub mod fingerprint;
 pub mod guardrails;
 pub mod limits;
 pub mod names;
+pub mod query_text;
 pub mod row_sources;
