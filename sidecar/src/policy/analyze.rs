@@ -34,7 +34,8 @@ pub struct StatementFacts {
     pub path_changes: Vec<PathChange>,
     /// A write that changes existing rows without a bound (see [`super::bounded`]): UPDATE
     /// or DELETE whose WHERE does not restrict the table, an upsert fed from a whole table, a
-    /// MERGE, also inside data-modifying CTEs.
+    /// MERGE, also inside data-modifying CTEs; TRUNCATE; `ALTER COLUMN ... TYPE ... USING`,
+    /// which rewrites every row.
     pub missing_where: bool,
     /// `COPY ... TO/FROM PROGRAM`.
     pub copy_program: bool,
@@ -44,6 +45,11 @@ pub struct StatementFacts {
     pub settings: BTreeSet<String>,
     /// The statement carries code the parser cannot see into (DO blocks, function bodies).
     pub opaque_body: bool,
+    /// It calls a built-in that runs SQL given as text ([`super::query_text`]); the facts of
+    /// each constant query text are merged into these.
+    pub runs_query_text: bool,
+    /// A query text that cannot be read (computed, or not analysable): why.
+    pub unseen_query: Option<String>,
     /// What running the statement can change (for how long its audit record may wait for
     /// its fsync).
     pub effect: Effect,
@@ -252,19 +258,47 @@ fn literal_arg(arg: Option<&sqlparser::ast::FunctionArg>) -> Option<&str> {
     }
 }
 
-/// How a `set_config(name, value, local)` call changes `search_path` (`None`: it sets
-/// another setting).
+/// How a `set_config(name, value, local)` call changes name resolution: `search_path`, or
+/// the role `"$user"` stands for (`None`: it sets another setting).
 fn set_config_change(f: &sqlparser::ast::Function) -> Option<PathChange> {
     let FunctionArguments::List(list) = &f.args else {
         return Some(PathChange::Unknown);
     };
-    match literal_arg(list.args.first()) {
-        Some(name) if !name.trim().eq_ignore_ascii_case("search_path") => None,
-        Some(_) => Some(match literal_arg(list.args.get(1)) {
+    let name = match literal_arg(list.args.first()) {
+        Some(name) => name.trim().to_ascii_lowercase(),
+        None => return Some(PathChange::Unknown),
+    };
+    match name.as_str() {
+        "search_path" => Some(match literal_arg(list.args.get(1)) {
             Some(value) => names::split_setting(value).map_or(PathChange::Unknown, PathChange::Set),
             None => PathChange::Unknown,
         }),
-        None => Some(PathChange::Unknown),
+        "role" | "session_authorization" => Some(PathChange::Role(
+            literal_arg(list.args.get(1)).map(|v| v.trim().to_owned()),
+        )),
+        _ => None,
+    }
+}
+
+/// The role a `SET role = value` (or `session_authorization`) sets: `None` for a value the
+/// analysis cannot read, no change for `DEFAULT` or `NONE`.
+fn role_change(values: &[Expr]) -> Option<PathChange> {
+    match values {
+        [Expr::Identifier(i)]
+            if i.quote_style.is_none()
+                && (i.value.eq_ignore_ascii_case("default")
+                    || i.value.eq_ignore_ascii_case("none")) =>
+        {
+            None
+        }
+        [Expr::Identifier(i)] => Some(PathChange::Role(Some(names::fold(i)))),
+        [Expr::Value(v)] => match &v.value {
+            Value::SingleQuotedString(s)
+            | Value::EscapedStringLiteral(s)
+            | Value::UnicodeStringLiteral(s) => Some(PathChange::Role(Some(s.clone()))),
+            _ => Some(PathChange::Role(None)),
+        },
+        _ => Some(PathChange::Role(None)),
     }
 }
 
@@ -351,6 +385,29 @@ fn facts_of(mut statement: Statement, sql: &str) -> StatementFacts {
     });
     // Table functions in FROM (`SELECT * FROM pg_ls_dir('.')`).
     collect_table_functions(&statement, &mut facts);
+    // SQL run from a text argument is analysed as the statements it is.
+    for text in super::query_text::query_texts(&statement) {
+        facts.runs_query_text = true;
+        match text {
+            super::query_text::QueryText::Constant(sql) => match analyze(&sql) {
+                Analysis::Statements(list) => {
+                    for inner in &list {
+                        absorb(&mut facts, inner);
+                    }
+                }
+                Analysis::Unanalyzable { reason, .. } => {
+                    facts.unseen_query = Some(format!(
+                        "the query text given to a function that runs SQL cannot be analysed ({reason})"
+                    ));
+                }
+            },
+            super::query_text::QueryText::Unseen(function) => {
+                facts.unseen_query = Some(format!(
+                    "{function} runs SQL given as text, and only a constant text can be analysed"
+                ));
+            }
+        }
+    }
     facts.functions.retain(|f| !f.name.is_empty());
 
     // set_config('role', ...) changes the role like SET ROLE does.
@@ -386,6 +443,26 @@ fn facts_of(mut statement: Statement, sql: &str) -> StatementFacts {
     facts.normalized = fingerprint::normalize(&mut statement);
     facts.fingerprint = fingerprint::of(&facts.normalized);
     facts
+}
+
+/// Merge the facts of a statement that `facts`' statement runs (a query text).
+fn absorb(facts: &mut StatementFacts, inner: &StatementFacts) {
+    facts.kinds.extend(inner.kinds.iter().copied());
+    facts.tables.extend(inner.tables.iter().cloned());
+    facts.functions.extend(inner.functions.iter().cloned());
+    facts
+        .path_changes
+        .extend(inner.path_changes.iter().cloned());
+    facts.settings.extend(inner.settings.iter().cloned());
+    facts.missing_where |= inner.missing_where;
+    facts.copy_program |= inner.copy_program;
+    facts.copy_file |= inner.copy_file;
+    facts.opaque_body |= inner.opaque_body;
+    facts.runs_query_text |= inner.runs_query_text;
+    if facts.unseen_query.is_none() {
+        facts.unseen_query = inner.unseen_query.clone();
+    }
+    facts.effect = facts.effect.max(inner.effect);
 }
 
 fn collect_table_functions(statement: &Statement, facts: &mut StatementFacts) {
@@ -469,7 +546,29 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
         | Statement::Update(_)
         | Statement::Delete(_)
         | Statement::Merge(_) => write_kind(s, facts),
-        Statement::Truncate { .. } => K::Truncate,
+        // Empties every row of its tables: a write without a bound.
+        Statement::Truncate { .. } => {
+            facts.missing_where = true;
+            K::Truncate
+        }
+        // `ALTER COLUMN ... TYPE ... USING expr` rewrites the column of every row.
+        Statement::AlterTable(at)
+            if at.operations.iter().any(|op| {
+                matches!(
+                    op,
+                    sqlparser::ast::AlterTableOperation::AlterColumn {
+                        op: sqlparser::ast::AlterColumnOperation::SetDataType {
+                            using: Some(_),
+                            ..
+                        },
+                        ..
+                    }
+                )
+            }) =>
+        {
+            facts.missing_where = true;
+            K::Ddl
+        }
         Statement::Copy {
             source, target, to, ..
         } => {
@@ -494,7 +593,23 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
         // A cursor runs its query: rows leave through FETCH.
         Statement::Declare { stmts } if stmts.iter().any(|d| d.for_query.is_some()) => K::Select,
         Statement::Set(set) => match set {
-            Set::SetRole { .. } | Set::SetSessionAuthorization(_) => K::SetRole,
+            // The new role is what `"$user"` in the path stands for.
+            Set::SetRole { role_name, .. } => {
+                if let Some(role) = role_name {
+                    facts
+                        .path_changes
+                        .push(PathChange::Role(Some(names::fold(role))));
+                }
+                K::SetRole
+            }
+            Set::SetSessionAuthorization(param) => {
+                if let sqlparser::ast::SetSessionAuthorizationParamKind::User(role) = &param.kind {
+                    facts
+                        .path_changes
+                        .push(PathChange::Role(Some(names::fold(role))));
+                }
+                K::SetRole
+            }
             Set::SingleAssignment {
                 variable, values, ..
             } => {
@@ -507,6 +622,9 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
                 // `SET SCHEMA 'x'` is `SET search_path TO 'x'`.
                 if name == "search_path" || name == "schema" {
                     facts.path_changes.push(names::set_values(values));
+                }
+                if kind == K::SetRole {
+                    facts.path_changes.extend(role_change(values));
                 }
                 facts.settings.insert(name);
                 kind
@@ -633,6 +751,87 @@ mod tests {
             Analysis::Statements(s) => s,
             Analysis::Unanalyzable { reason, .. } => panic!("{sql}: {reason}"),
         }
+    }
+
+    #[test]
+    fn role_changes_are_path_changes() {
+        let role = |sql: &str| {
+            facts(sql)
+                .into_iter()
+                .flat_map(|f| f.path_changes)
+                .filter(|c| matches!(c, PathChange::Role(_)))
+                .collect::<Vec<_>>()
+        };
+        let crm = vec![PathChange::Role(Some("crm".into()))];
+        for sql in [
+            "SET ROLE crm",
+            "SET LOCAL ROLE CRM",
+            "SET SESSION AUTHORIZATION crm",
+            "SET LOCAL session_authorization TO crm",
+            "SELECT set_config('role', 'crm', false)",
+            "SELECT 1 WHERE set_config('Role', 'crm', true) IS NOT NULL",
+        ] {
+            assert_eq!(role(sql), crm, "{sql}");
+        }
+        assert_eq!(
+            role("SELECT set_config('role', 'c' || 'rm', false)"),
+            vec![PathChange::Role(None)]
+        );
+        for sql in [
+            "SET ROLE NONE",
+            "RESET ROLE",
+            "SET SESSION AUTHORIZATION DEFAULT",
+        ] {
+            assert!(role(sql).is_empty(), "{sql}");
+        }
+        // A computed setting name may set anything.
+        assert!(facts("SELECT set_config(lower('ROLE'), 'crm', false)")[0]
+            .path_changes
+            .contains(&PathChange::Unknown));
+    }
+
+    #[test]
+    fn query_texts_count_as_the_statement() {
+        let f =
+            &facts("SELECT query_to_xml('SELECT crm.purge() FROM crm.contacts', true, false, '')")
+                [0];
+        assert!(f.runs_query_text && f.unseen_query.is_none());
+        assert!(f.functions.contains(&Qualified {
+            schema: Some("crm".into()),
+            name: "purge".into()
+        }));
+        assert!(f.tables.contains(&Qualified {
+            schema: Some("crm".into()),
+            name: "contacts".into()
+        }));
+        // What the inner query does to the path counts too.
+        let f = &facts("SELECT * FROM ts_stat('SELECT to_tsvector(x) FROM t WHERE set_config(''search_path'', ''crm'', false) IS NOT NULL')")[0];
+        assert!(f
+            .path_changes
+            .contains(&PathChange::Set(vec!["crm".into()])));
+        for sql in [
+            "SELECT query_to_xml($1, true, false, '')",
+            "SELECT query_to_xml('SELECT (', true, false, '')",
+        ] {
+            assert!(facts(sql)[0].unseen_query.is_some(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn writes_of_every_row() {
+        for sql in [
+            "TRUNCATE crm.contacts",
+            "TRUNCATE TABLE ONLY a, b RESTART IDENTITY CASCADE",
+            "ALTER TABLE crm.contacts ALTER COLUMN name TYPE text USING 'x'",
+            "UPDATE crm.contacts SET name = 'x' WHERE tableoid = 'crm.contacts'::regclass",
+            "DELETE FROM crm.contacts WHERE ctid >= '(0,0)'",
+            "DELETE FROM crm.contacts c WHERE c.xmin::text::bigint > 0",
+        ] {
+            assert!(facts(sql)[0].missing_where, "{sql}");
+        }
+        assert!(
+            !facts("ALTER TABLE crm.contacts ALTER COLUMN name TYPE varchar(200)")[0].missing_where
+        );
     }
 
     #[test]

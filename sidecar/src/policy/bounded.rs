@@ -25,7 +25,8 @@
 //! Not restrictions, whatever the catalog says: constants (`now() IS NOT NULL`, `1 = 1`),
 //! comparisons of a row's columns with each other (`id = id`), `IS NOT NULL`, `<>`, `NOT`,
 //! `NOT IN`, `IS DISTINCT FROM` (they name the rows they keep, not the ones they change),
-//! `EXISTS`, function calls returning a boolean, and columns whose relation cannot be told
+//! `EXISTS`, function calls returning a boolean, system columns (`tableoid`, `ctid`, `xmin`,
+//! `xmax`, `cmin`, `cmax`), and columns whose relation cannot be told
 //! (an unqualified column in a statement with USING or FROM). The rule errs towards
 //! "unbounded" (fail closed). Ranges count as restrictions: whether `id > 0` covers every row
 //! depends on the data, which the analysis does not read.
@@ -440,7 +441,7 @@ fn restricts(scope: &Scope, e: &Expr) -> BTreeSet<Rel> {
             one(column_side(scope, expr))
         }
         // A boolean column on its own.
-        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => one(scope.of_column(e)),
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => one(column_side(scope, e)),
         _ => BTreeSet::new(),
     }
 }
@@ -463,6 +464,8 @@ fn matches_everything(pattern: &Expr) -> bool {
 /// arithmetic or a built-in function over one column and values.
 fn column_side(scope: &Scope, e: &Expr) -> Option<Rel> {
     match e {
+        Expr::Identifier(i) if is_system_column(i) => None,
+        Expr::CompoundIdentifier(parts) if parts.last().is_some_and(is_system_column) => None,
         Expr::Identifier(_) | Expr::CompoundIdentifier(_) => scope.of_column(e),
         Expr::Nested(inner) | Expr::Cast { expr: inner, .. } => column_side(scope, inner),
         Expr::UnaryOp { expr, .. } => column_side(scope, expr),
@@ -510,6 +513,18 @@ fn column_side(scope: &Scope, e: &Expr) -> Option<Rel> {
         }
         _ => None,
     }
+}
+
+/// The server's system columns, which a table's own columns may not be named after: none of
+/// them tells rows apart by what they hold. `tableoid` is the same for every row of a table,
+/// `xmin`/`xmax`/`cmin`/`cmax` are transaction and command numbers, and `ctid` is a physical
+/// position that a range covers whatever the data (`ctid >= '(0,0)'`) and that changes when
+/// a row is updated: a write that names its rows names them by a column of the table.
+fn is_system_column(i: &sqlparser::ast::Ident) -> bool {
+    matches!(
+        names::fold(i).as_str(),
+        "tableoid" | "xmin" | "xmax" | "cmin" | "cmax" | "ctid"
+    )
 }
 
 /// An expression whose value does not depend on the row: it references no column, and its

@@ -177,11 +177,13 @@ fn quoted_end(b: &[u8], start: usize) -> Option<usize> {
 /// Whether an analysis may serve every text of its shape: no statement has a body the
 /// analyser cannot see into, or facts that keep a literal's value (COPY, whose options the
 /// masking reads from the statement; a search path change, whose schemas are its literals;
-/// a `set_config` call, whose first literal says whether it changes the search path).
+/// a `set_config` call, whose first literal says whether it changes the search path; a
+/// query text, which is analysed as SQL).
 fn shareable(analysis: &Analysis) -> bool {
     match analysis {
         Analysis::Statements(list) => list.iter().all(|f| {
             !f.opaque_body
+                && !f.runs_query_text
                 && f.path_changes.is_empty()
                 && !f.functions.iter().any(|q| q.name == "set_config")
                 && !f.kinds.contains(&StatementKind::Copy)

@@ -449,6 +449,12 @@ fn builtin(facts: &StatementFacts) -> Option<Verdict> {
             "COPY TO/FROM a server file is refused; use STDIN/STDOUT (rule builtin/copy-server-file)".to_owned(),
         ));
     }
+    if let Some(why) = &facts.unseen_query {
+        return Some(Verdict::builtin(
+            "query-text",
+            format!("{why}: the statement is refused (rule builtin/query-text)"),
+        ));
+    }
     // Matched on the function's own name whatever schema is written: a function of that
     // name in another schema is refused too.
     for f in &facts.functions {

@@ -7,5 +7,6 @@ pub mod fingerprint;
 pub mod guardrails;
 pub mod limits;
 pub mod names;
+pub mod query_text;
 pub mod row_folds;
 pub mod row_sources;

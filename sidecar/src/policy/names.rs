@@ -4,7 +4,9 @@
 //! Unicode-escaped identifiers (`U&"..."`, with an optional `UESCAPE`) are decoded before the
 //! statement is parsed, unquoted identifiers are folded to lower case the way PostgreSQL
 //! folds them (ASCII letters only), and an unqualified name is compared with every schema
-//! the session's `search_path` could make it resolve to ([`SearchPath`]).
+//! the session's `search_path` could make it resolve to ([`SearchPath`]), `"$user"` standing
+//! for every role the session may have become (`SET ROLE`, `SET SESSION AUTHORIZATION`,
+//! their `LOCAL` forms, `set_config('role', ...)`).
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -118,6 +120,10 @@ pub enum PathChange {
     Default,
     /// Changed to a value the analysis cannot know (a computed `set_config`).
     Unknown,
+    /// The current role may have become this one (`SET ROLE`, `SET SESSION
+    /// AUTHORIZATION`, their `LOCAL` forms, `set_config('role', ...)`): `"$user"` in the path
+    /// may name its schema. `None`: a role the analysis cannot know.
+    Role(Option<String>),
 }
 
 /// The schemas an unqualified name may resolve to in one session.
@@ -126,14 +132,24 @@ pub enum PathChange {
 /// rollback, a failed statement or the end of a `SET LOCAL` can bring them back), and a change
 /// the analysis cannot read makes every schema possible. `pg_catalog` and the temporary
 /// schemas are always possible, as the server searches them implicitly.
+///
+/// `"$user"` is resolved by the server with the current role, which `SET ROLE` and `SET
+/// SESSION AUTHORIZATION` change: once any path of the session listed `"$user"`, the schema
+/// of every role the session may have become is possible, and every schema once a role
+/// change could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SearchPath {
     schemas: BTreeSet<String>,
     any: bool,
+    /// A path of the session listed `"$user"`.
+    user_listed: bool,
+    /// The roles the session may have as its current role.
+    roles: BTreeSet<String>,
+    /// A role change the analysis could not read.
+    any_role: bool,
     /// The schema recorded for an unqualified name: the first existing schema of the path
     /// the session started with, or of the last path set.
     first: Option<String>,
-    user: String,
     /// A path listed `pg_catalog` after another schema.
     shadowed: bool,
 }
@@ -144,8 +160,10 @@ impl SearchPath {
         SearchPath {
             schemas: BTreeSet::new(),
             any: true,
+            user_listed: true,
+            roles: BTreeSet::new(),
+            any_role: true,
             first: None,
-            user: String::new(),
             shadowed: true,
         }
     }
@@ -156,8 +174,10 @@ impl SearchPath {
         let mut path = SearchPath {
             schemas: BTreeSet::new(),
             any: false,
+            user_listed: false,
+            roles: BTreeSet::from([user.to_owned()]),
+            any_role: false,
             first,
-            user: user.to_owned(),
             shadowed: false,
         };
         match split_setting(value) {
@@ -177,7 +197,7 @@ impl SearchPath {
         }
         for s in list {
             if s == "$user" {
-                self.schemas.insert(self.user.clone());
+                self.user_listed = true;
             } else {
                 self.schemas.insert(s);
             }
@@ -197,6 +217,10 @@ impl SearchPath {
             }
             PathChange::Default => {}
             PathChange::Unknown => self.any = true,
+            PathChange::Role(Some(role)) => {
+                self.roles.insert(role.clone());
+            }
+            PathChange::Role(None) => self.any_role = true,
         }
     }
 
@@ -206,6 +230,7 @@ impl SearchPath {
             || schema == "pg_catalog"
             || schema.starts_with("pg_temp")
             || self.schemas.contains(schema)
+            || (self.user_listed && (self.any_role || self.roles.contains(schema)))
     }
 
     /// Whether a path set in the session lists `pg_catalog` after another schema.
@@ -514,5 +539,23 @@ mod tests {
         assert!(contacts.may_be("public", "contacts", &path));
         path.apply(&PathChange::Unknown);
         assert!(contacts.may_be("anything", "contacts", &path));
+    }
+
+    #[test]
+    fn user_stands_for_every_role_the_session_may_have() {
+        let contacts = Qualified::bare("contacts");
+        let mut path = SearchPath::from_setting("\"$user\", public", "app", Some("public".into()));
+        path.apply(&PathChange::Role(Some("crm".into())));
+        assert!(contacts.may_be("crm", "contacts", &path));
+        assert!(contacts.may_be("app", "contacts", &path));
+        assert!(!contacts.may_be("hr", "contacts", &path));
+        path.apply(&PathChange::Role(None));
+        assert!(contacts.may_be("hr", "contacts", &path));
+        // Without "$user" in any path, the role does not matter, until a path lists it.
+        let mut path = SearchPath::from_setting("public", "app", Some("public".into()));
+        path.apply(&PathChange::Role(Some("crm".into())));
+        assert!(!contacts.may_be("crm", "contacts", &path));
+        path.apply(&PathChange::Set(vec!["$user".into()]));
+        assert!(contacts.may_be("crm", "contacts", &path));
     }
 }

@@ -456,6 +456,10 @@ struct Prepared {
     definitions: Vec<Arc<StatementFacts>>,
     /// The server may hold another definition under the same name.
     ambiguous: bool,
+    /// The name resolution it was decided under. The server resolves the names of a
+    /// prepared statement again when the `search_path` (or the role `"$user"` stands for)
+    /// changed, so a use under another one is decided again.
+    path: SearchPath,
 }
 
 struct Frontend {
@@ -544,8 +548,14 @@ struct StagedPrepare {
 }
 
 impl StagedPrepare {
-    fn prepared(&self, masking: Option<Arc<StatementPlan>>, generation: u64) -> Prepared {
+    fn prepared(
+        &self,
+        masking: Option<Arc<StatementPlan>>,
+        generation: u64,
+        path: SearchPath,
+    ) -> Prepared {
         Prepared {
+            path,
             template: self.template.clone(),
             row_limits: self.row_limits.clone(),
             effect: self.effect,
@@ -745,8 +755,16 @@ impl Frontend {
                 let mut f = Fields::new(&m.body);
                 let portal = f.cstr()?.to_owned();
                 let statement = f.cstr()?.to_owned();
-                match self.resolve_statement(&statement) {
+                let resolved = self.resolve_statement(&statement);
+                let refusal = resolved.as_ref().and_then(|p| self.redecide(p));
+                match resolved {
+                    Some(p) if refusal.is_some() => {
+                        self.cursors.apply(CursorChange::Close(portal.clone()));
+                        self.portals.insert(portal, None);
+                        self.refuse_use(&p, refusal.unwrap_or_else(Verdict::allow));
+                    }
                     Some(mut p) => {
+                        self.replan(&mut p);
                         p.formats = bind_result_formats(&m.body).unwrap_or_default();
                         self.cursors.apply(CursorChange::Open(
                             portal.clone(),
@@ -1166,6 +1184,80 @@ impl Frontend {
         }
     }
 
+    /// Why a use (Bind) of a prepared statement decided under another name resolution than
+    /// the session's now is refused, if it is: the server resolves its names again, so it is
+    /// decided again. A use is refused when it is now denied, or now needs an approval that
+    /// its preparation did not ask for (the client prepares it again to ask).
+    fn redecide(&self, p: &Prepared) -> Option<Verdict> {
+        if p.path == self.search_path {
+            return None;
+        }
+        for d in &p.definitions {
+            let v = self.decide_one(d);
+            let newly_held = v.decision == Decision::RequireApproval
+                && (p.template.decision != Decision::RequireApproval
+                    || self
+                        .guardrails
+                        .approval_rules(d, &self.search_path)
+                        .iter()
+                        .any(|r| !self.guardrails.approval_rules(d, &p.path).contains(r)));
+            if v.decision == Decision::Deny || newly_held {
+                let reason = format!(
+                    "prepared statement {:?} was decided when its names resolved differently; since then search_path or the role changed, and the server resolves its names again: {} (prepare it again to have it decided, and held, under the current ones)",
+                    p.name,
+                    v.reason.as_deref().unwrap_or_default()
+                );
+                return Some(Verdict {
+                    decision: Decision::Deny,
+                    reason: Some(reason),
+                    ..v
+                });
+            }
+        }
+        None
+    }
+
+    /// Refuse a use (Bind) of a prepared statement, recording it as an execution.
+    fn refuse_use(&mut self, p: &Prepared, verdict: Verdict) {
+        let message = verdict.reason.clone().unwrap_or_default();
+        let record = StatementRecord {
+            statement_id: self.next_statement_id(),
+            protocol: Protocol::Execute,
+            decision: Decision::Deny,
+            rule: verdict.rule,
+            reason: Some(message.clone()),
+            ..p.template.clone()
+        };
+        self.record(record, Durable::Written);
+        self.refuse(true, SQLSTATE_REFUSED, message);
+    }
+
+    /// Give a use of a prepared statement the masking plan of its definition under the
+    /// session's name resolution now, when that changed since it was prepared.
+    fn replan(&self, p: &mut Prepared) {
+        if p.path == self.search_path {
+            return;
+        }
+        if let Some(m) = self.masking.as_ref() {
+            p.masking = Some(match p.definitions.as_slice() {
+                [d] if !p.ambiguous => {
+                    let inner = match d.ast.as_deref() {
+                        Some(sqlparser::ast::Statement::Prepare { statement, .. }) => {
+                            StatementFacts {
+                                ast: Some(Arc::new(statement.as_ref().clone())),
+                                ..d.as_ref().clone()
+                            }
+                        }
+                        _ => d.as_ref().clone(),
+                    };
+                    m.plan(&inner, &self.search_path)
+                }
+                _ => m.plan_unknown(),
+            });
+        }
+        p.path = self.search_path.clone();
+    }
+
     /// The guardrail (or masking) verdict on one statement.
     fn decide_one(&self, facts: &StatementFacts) -> Verdict {
         match self.masking.as_ref().and_then(|m| m.refusal(facts)) {
@@ -1250,7 +1342,7 @@ impl Frontend {
     fn lookup_staged(&self, name: &str, staged: &[Staged]) -> Option<Prepared> {
         for s in staged.iter().rev() {
             if let Some(p) = s.prepare.as_ref().filter(|p| p.name == name) {
-                return Some(p.prepared(None, 0));
+                return Some(p.prepared(None, 0, self.search_path.clone()));
             }
             if s.names.iter().any(|c| match c {
                 NameChange::Remove(n) => n == name,
@@ -1483,7 +1575,10 @@ impl Frontend {
         if let Some(name) = &staged.executes {
             return Some(
                 self.resolve_statement(name)
-                    .and_then(|p| p.masking)
+                    .and_then(|mut p| {
+                        self.replan(&mut p);
+                        p.masking
+                    })
                     .unwrap_or_else(|| m.plan_unknown()),
             );
         }
@@ -1504,7 +1599,7 @@ impl Frontend {
                 };
                 m.plan(&inner, &self.search_path)
             });
-            let def = p.prepared(plan, self.parse_gen);
+            let def = p.prepared(plan, self.parse_gen, self.search_path.clone());
             self.change_names(NameChange::Define(p.name.clone(), Box::new(def)));
         }
         for change in staged.names {
@@ -1601,6 +1696,7 @@ impl Frontend {
                     definitions: definitions.clone(),
                     ambiguous: false,
                     fetches: fetches.clone(),
+                    path: self.search_path.clone(),
                 });
             }
             // Parsing changes nothing; each Execute is recorded and waited for.
@@ -1623,6 +1719,7 @@ impl Frontend {
                     definitions: Vec::new(),
                     ambiguous: false,
                     fetches: fetches.clone(),
+                    path: self.search_path.clone(),
                 });
                 self.change_names(NameChange::Define(name, Box::new(prepared)));
                 put_message(&mut self.out, m.tag, &m.body);

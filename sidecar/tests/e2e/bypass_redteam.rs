@@ -12,7 +12,7 @@ use crate::bypass::{
 use crate::common::{connect, ProxyBuilder};
 
 /// Objects the attempts below rely on (all already in the database before the agent comes).
-async fn setup_rt() -> Client {
+pub(crate) async fn setup_rt() -> Client {
     let shop = setup().await;
     shop.batch_execute(
         "CREATE TABLE IF NOT EXISTS public.contacts (id int PRIMARY KEY, name text);
@@ -250,7 +250,7 @@ const RT_ALLOW: &[Attempt] = &[
     },
 ];
 
-const RT_UNBOUNDED_POLICY: &str = r#"guardrails:
+pub(crate) const RT_UNBOUNDED_POLICY: &str = r#"guardrails:
 - name: unbounded-writes
   missingWhere: true
   action: deny
@@ -410,11 +410,8 @@ macro_rules! rows {
 rows!(
     guards,
     RT_GUARDS,
-    #[ignore = "red team: SET ROLE changes \"$user\" in search_path; DELETE FROM contacts reaches crm.contacts unheld"]
     rt_g00 = 4,
-    #[ignore = "red team: SET SESSION AUTHORIZATION changes \"$user\"; unqualified DELETE reaches crm.contacts unheld"]
     rt_g01 = 5,
-    #[ignore = "red team: SET ROLE and DELETE in one query string reach crm.contacts unheld"]
     rt_g02 = 6,
     rt_g03 = 7,
     rt_g04 = 8,
@@ -423,9 +420,7 @@ rows!(
     rt_g07 = 11,
     #[ignore = "red team: DELETE through an updatable view over crm.contacts is not held"]
     rt_g08 = 12,
-    #[ignore = "red team: denied crm.purge() runs inside query_to_xml query string"]
     rt_g09 = 13,
-    #[ignore = "red team: denied crm.purge() runs inside ts_stat query string"]
     rt_g10 = 14,
     #[ignore = "red team: FETCH of a cursor opened in server code runs a DELETE on crm.contacts"]
     rt_g11 = 15,
@@ -439,9 +434,7 @@ rows!(
     rt_g17 = 17,
     rt_g18 = 18,
     rt_g19 = 19,
-    #[ignore = "red team: SET LOCAL ROLE changes \"$user\"; unqualified DELETE reaches crm.contacts unheld"]
     rt_g20 = 20,
-    #[ignore = "red team: set_config(role) changes \"$user\"; unqualified DELETE reaches crm.contacts unheld"]
     rt_g21 = 21,
 );
 rows!(allow, RT_ALLOW, rt_a00 = 0, rt_a01 = 1);
@@ -458,11 +451,9 @@ rows!(
     rt_u07 = 13,
     rt_u08 = 14,
     rt_u09 = 15,
-    #[ignore = "red team: missingWhere: TRUNCATE of the whole table is forwarded"]
     rt_u10 = 16,
     rt_u11 = 17,
     rt_u12 = 0,
-    #[ignore = "red team: missingWhere: WHERE tableoid = 'crm.contacts'::regclass matches every row and is forwarded"]
     rt_u13 = 1,
     rt_u14 = 2,
     rt_u15 = 3,
@@ -1048,7 +1039,6 @@ fn assert_refused(what: &str, e: &tokio_postgres::Error) {
 /// Family 1 through the extended protocol: a statement parsed (named) while `contacts` meant
 /// `public.contacts` is re-parsed by the server under the search_path of its execution.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: protocol-prepared DELETE re-parsed by the server after SET search_path deletes crm.contacts"]
 async fn rt_protocol_statement_reparsed_under_new_path() {
     let _crm = CRM.lock().await;
     let shop = setup_rt().await;
