@@ -323,7 +323,11 @@ impl Definitions {
                         schema: Some(t.schema.clone()),
                         name: t.table.clone(),
                     };
-                    if q != r && out.facts.tables.insert(q) {
+                    // The relation may be the table itself: nothing beneath it.
+                    if r.may_be(&t.schema, &t.table, path) {
+                        continue;
+                    }
+                    if out.facts.tables.insert(q) {
                         changed = true;
                     }
                 }
