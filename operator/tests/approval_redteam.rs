@@ -220,6 +220,27 @@ impl Env {
         if !out.status.success() {
             return Err(common::text(&out));
         }
+        // A statement that matches several approval guardrails asks one request of each:
+        // every request it makes is approved.
+        let mut approved = vec![name];
+        for _ in 0..100 {
+            if task.is_finished() {
+                break;
+            }
+            let fresh: Vec<String> = names(&self.api)
+                .await
+                .into_iter()
+                .filter(|n| !known.contains(n) && !approved.contains(n))
+                .collect();
+            for more in fresh {
+                let out = self.decide("approve", &more, "checked");
+                if !out.status.success() {
+                    return Err(common::text(&out));
+                }
+                approved.push(more);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         match tokio::time::timeout(Duration::from_secs(20), task).await {
             Ok(Ok(Ok(_))) => Ok(ar),
             other => Err(format!("{other:?}")),
@@ -785,7 +806,6 @@ async fn approval_redteam_holds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: SELECT f() approved once; f redefined (or shadowed on the search path) runs a bulk update on the same grant"]
 async fn function_redefined_under_a_grant() {
     let w = world("rt-fn").await;
     let (env, pg_port, direct_pg, ns) = (&w.env, w.pg_port, w.direct_pg.clone(), w.ns.clone());
@@ -906,7 +926,6 @@ async fn function_redefined_under_a_grant() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: a trigger attached after approval makes the approved one-row UPDATE rewrite 50 rows on its grant"]
 async fn trigger_attached_under_a_grant() {
     let w = world("rt-trg").await;
     let (env, pg_port, direct_pg, ns) = (&w.env, w.pg_port, w.direct_pg.clone(), w.ns.clone());
@@ -1041,7 +1060,6 @@ async fn function_guardrail_spellings() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: a function guardrail is skipped by a wrapper function the agent defines (DDL unheld); the guarded function runs unapproved"]
 async fn function_guardrail_through_a_wrapper() {
     let w = world("rt-wrap").await;
     let (env, pg_port, direct_pg) = (&w.env, w.pg_port, w.direct_pg.clone());
@@ -1289,7 +1307,6 @@ async fn protocol_bind_of_a_sql_prepared_statement() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: a table guardrail is skipped by an updatable view the agent creates (DDL unheld); a bulk write to customers runs unapproved"]
 async fn table_guardrail_through_an_agent_view() {
     let w = world("rt-view").await;
     let (env, pg_port, direct_pg) = (&w.env, w.pg_port, w.direct_pg.clone());

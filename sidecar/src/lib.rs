@@ -141,6 +141,7 @@ pub async fn start(config: SidecarConfig, options: Options) -> Result<Sidecar, S
         oidc: options.oidc,
         process_nonce: format!("{:08x}", rand::rng().random::<u32>()),
         session_counter: Default::default(),
+        code: Default::default(),
     };
     // Recordings a stopped sidecar left unfinished are finished, reported and then uploaded
     // like any other, marked as cut short.

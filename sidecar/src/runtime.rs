@@ -84,6 +84,9 @@ pub struct Resource {
     pub approvals: Option<Arc<Approvals>>,
     /// Masking rules (`None`: no policy of the resource masks anything).
     pub masker: Option<Arc<Masker>>,
+    /// Functions and views defined through this sidecar for the resource (kept across
+    /// configuration reloads).
+    pub code: Arc<crate::policy::code::Definitions>,
 }
 
 /// Shared services every resource uses.
@@ -108,6 +111,11 @@ pub struct Shared {
     pub process_nonce: String,
     /// Sessions started by this process (every resource, across configuration reloads).
     pub session_counter: Arc<AtomicU64>,
+    /// Functions and views defined through this process, per resource name (across
+    /// configuration reloads).
+    pub code: Arc<
+        std::sync::Mutex<std::collections::HashMap<String, Arc<crate::policy::code::Definitions>>>,
+    >,
 }
 
 impl Resource {
@@ -158,6 +166,12 @@ impl Resource {
             session_counter: shared.session_counter.clone(),
             process_nonce: shared.process_nonce.clone(),
             approvals: shared.approvals.clone(),
+            code: shared
+                .code
+                .lock()
+                .map(|mut m| m.entry(resource.name.clone()).or_default().clone())
+                // A poisoned map: this resource starts with no kept definition.
+                .unwrap_or_default(),
         })
     }
 }

@@ -50,6 +50,14 @@ pub struct StatementFacts {
     pub runs_query_text: bool,
     /// A query text that cannot be read (computed, or not analysable): why.
     pub unseen_query: Option<String>,
+    /// Why the statement runs, or installs to run on later statements, code the analysis
+    /// cannot see into, beyond a DO block (a call of a function whose body it cannot read, a
+    /// trigger, a cursor opened by server code, a rename that changes what names resolve
+    /// to): such a statement is decided by a guardrail that matches it or else by the
+    /// unanalysable-statement rule.
+    pub unseen: Option<String>,
+    /// Functions and views the statement defines (see [`super::code`]).
+    pub defines: Vec<super::code::Definition>,
     /// What running the statement can change (for how long its audit record may wait for
     /// its fsync).
     pub effect: Effect,
@@ -664,16 +672,94 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
         | Statement::CreatePolicy { .. }
         | Statement::AlterPolicy { .. }
         | Statement::DropPolicy { .. } => K::Dcl,
-        Statement::CreateFunction { .. } | Statement::CreateProcedure { .. } => {
+        Statement::CreateFunction(f) => {
+            // An SQL body is judged as if it ran; another is kept as code nothing can see
+            // into, judged where it is called.
+            let body = super::code::function_body(f);
+            match &body {
+                Some(b) => super::code::merge(facts, b),
+                None => facts.opaque_body = true,
+            }
+            facts.defines.extend(Qualified::of(&f.name).map(|name| {
+                super::code::Definition {
+                    kind: super::code::ObjectKind::Function,
+                    name,
+                    signature: f
+                        .args
+                        .iter()
+                        .flatten()
+                        .filter(|a| !matches!(a.mode, Some(sqlparser::ast::ArgMode::Out)))
+                        .map(|a| a.data_type.to_string().to_ascii_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    body: body.map(std::sync::Arc::new),
+                    text: s.to_string(),
+                }
+            }));
+            K::Ddl
+        }
+        Statement::CreateProcedure { .. } => {
             facts.opaque_body = true;
             K::Ddl
         }
-        Statement::CreateTrigger { .. } => {
-            facts.opaque_body = true;
+        Statement::CreateTrigger(t) => {
+            if let Some(body) = &t.exec_body {
+                facts.functions.extend(function_name(&body.func_desc.name));
+            }
+            super::code::runs_unseen_code(
+                facts,
+                "a trigger runs its function, whose body cannot be analysed, on later statements",
+            );
             K::Ddl
         }
-        Statement::CreateView { .. }
-        | Statement::CreateTable { .. }
+        Statement::CreateView(v) => {
+            let body = facts_of(Statement::Query(v.query.clone()), "");
+            let name = Qualified::of(&v.name).map(|mut name| {
+                if v.temporary && name.schema.is_none() {
+                    name.schema = Some("pg_temp".to_owned());
+                }
+                name
+            });
+            facts
+                .defines
+                .extend(name.map(|name| super::code::Definition {
+                    kind: super::code::ObjectKind::Relation,
+                    name,
+                    signature: String::new(),
+                    body: Some(std::sync::Arc::new(StatementFacts { ast: None, ..body })),
+                    text: s.to_string(),
+                }));
+            K::Ddl
+        }
+        // Renaming or moving a function, a table or a schema changes what the names of
+        // later statements (and of kept definitions) resolve to.
+        Statement::AlterFunction(a)
+            if matches!(
+                a.operation,
+                sqlparser::ast::AlterFunctionOperation::RenameTo { .. }
+                    | sqlparser::ast::AlterFunctionOperation::SetSchema { .. }
+            ) =>
+        {
+            renames(facts);
+            K::Ddl
+        }
+        Statement::AlterTable(a)
+            if a.operations
+                .iter()
+                .any(|o| matches!(o, sqlparser::ast::AlterTableOperation::RenameTable { .. })) =>
+        {
+            renames(facts);
+            K::Ddl
+        }
+        Statement::AlterSchema(a)
+            if a.operations
+                .iter()
+                .any(|o| matches!(o, sqlparser::ast::AlterSchemaOperation::Rename { .. })) =>
+        {
+            renames(facts);
+            K::Ddl
+        }
+        Statement::CreateTable { .. }
         | Statement::CreateVirtualTable { .. }
         | Statement::CreateIndex { .. }
         | Statement::CreateSecret { .. }
@@ -721,6 +807,18 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
         _ => K::Other,
     };
     facts.kinds.insert(kind);
+}
+
+/// A rename or move of a function, table, view or schema: what later names resolve to
+/// changes in a way the analysis does not follow.
+fn renames(facts: &mut StatementFacts) {
+    facts.opaque_body = true;
+    if facts.unseen.is_none() {
+        facts.unseen = Some(
+            "renaming or moving a function, table, view or schema changes what later statements run"
+                .to_owned(),
+        );
+    }
 }
 
 /// The kinds of a write statement: its own, and UPDATE/DELETE for the row changes of an

@@ -209,8 +209,12 @@ impl Guardrails {
         if let Some(v) = decided {
             return v;
         }
-        // The body of a DO block runs code the analyser cannot see: unless a guardrail
-        // decided above, it falls under the unanalysable-statement rule (fail closed).
+        // The body of a DO block, and other code the statement runs or installs that the
+        // analyser cannot see into: unless a guardrail decided above, it falls under the
+        // unanalysable-statement rule (fail closed).
+        if let Some(why) = &facts.unseen {
+            return self.unanalyzable("statement", why);
+        }
         if facts.opaque_body && facts.kinds.contains(&StatementKind::DoBlock) {
             return self.decide_unanalyzable("the body of a DO block cannot be analysed");
         }
@@ -406,6 +410,21 @@ impl Guardrails {
     /// cursor opened by server code).
     pub fn all_row_limits(&self) -> Vec<Arc<RowLimit>> {
         self.row_limits.iter().map(|(_, _, l)| l.clone()).collect()
+    }
+
+    /// Every table a statement guardrail of these policies names (not `rowsOver` ones).
+    pub fn guarded_tables(policies: &[PolicyConfig]) -> Vec<QualifiedTable> {
+        let mut out: Vec<QualifiedTable> = Vec::new();
+        for g in policies.iter().flat_map(|p| &p.guardrails) {
+            if g.rows_over.is_none() && g.exec_commands.is_empty() {
+                for t in &g.tables {
+                    if !out.contains(t) {
+                        out.push(t.clone());
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The tables `rowsOver` guardrails of these policies limit.

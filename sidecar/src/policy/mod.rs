@@ -3,6 +3,7 @@
 pub mod analyze;
 pub mod bounded;
 pub mod cache;
+pub mod code;
 pub mod fingerprint;
 pub mod guardrails;
 pub mod limits;

@@ -233,6 +233,15 @@ impl SearchPath {
             || (self.user_listed && (self.any_role || self.roles.contains(schema)))
     }
 
+    /// The schema an object created with an unqualified name goes to, when known.
+    pub fn creation_schema(&self) -> Option<&str> {
+        if self.any {
+            None
+        } else {
+            self.first.as_deref()
+        }
+    }
+
     /// Whether a path set in the session lists `pg_catalog` after another schema.
     pub fn catalog_not_first(&self) -> bool {
         self.shadowed

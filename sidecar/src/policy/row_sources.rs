@@ -152,6 +152,26 @@ impl RowSources {
         })
     }
 
+    /// The tables (as `schema.table`) whose rows the relation `name` may carry, of those the
+    /// map was read for: views over them at any depth, their children and parents. A relation
+    /// the map does not know carries none; a map that could not be read knows none.
+    pub fn carried(&self, name: &Qualified, path: &SearchPath) -> Carried {
+        if !self.known {
+            return Carried::Unknown;
+        }
+        let mut roots = BTreeSet::new();
+        for (schema, r) in self.by_name.get(&name.name).into_iter().flatten() {
+            let here = match &name.schema {
+                Some(s) => s == schema,
+                None => path.may_resolve_to(schema),
+            };
+            if here {
+                roots.extend(r.iter().cloned());
+            }
+        }
+        Carried::Roots(roots)
+    }
+
     fn carries(&self, name: &Qualified, root: &str, path: &SearchPath) -> bool {
         if !self.known {
             return true;
@@ -171,6 +191,15 @@ impl RowSources {
         // A relation the map does not know may be a view over the table.
         candidates.is_empty() || candidates.iter().any(|(_, roots)| roots.contains(root))
     }
+}
+
+/// The tables a relation may carry rows of ([`RowSources::carried`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Carried {
+    /// These tables, as `schema.table`.
+    Roots(BTreeSet<String>),
+    /// The map could not be read: any table.
+    Unknown,
 }
 
 /// Names of the CTEs a statement defines.

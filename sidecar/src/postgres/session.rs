@@ -315,7 +315,14 @@ async fn session_search_path(stream: &mut UpstreamStream) -> SearchPath {
 /// limit, read from the server before the client's first message (no query when no
 /// guardrail limits a table); every relation may when it cannot be read.
 async fn session_row_sources(stream: &mut UpstreamStream, res: &Resource) -> RowSources {
-    let tables = Guardrails::limited_tables(&res.policies);
+    // The tables `rowsOver` guardrails limit, and those statement guardrails name (a write
+    // through a view reaches the guardrails of the tables beneath it).
+    let mut tables = Guardrails::limited_tables(&res.policies);
+    for t in Guardrails::guarded_tables(&res.policies) {
+        if !tables.contains(&t) {
+            tables.push(t);
+        }
+    }
     let Some(query) = crate::policy::row_sources::query(&tables) else {
         return RowSources::unknown();
     };
@@ -906,6 +913,14 @@ impl Frontend {
                 }
                 for facts in list {
                     let uses = facts.ast.as_deref().map(names::uses).unwrap_or_default();
+                    // What the statement runs beyond its text: functions and views defined
+                    // through the sidecar, views over guarded tables, cursors opened by
+                    // server code.
+                    let expanded = self.runs_beyond_text(facts, &changes);
+                    let (facts, mut code_runs) = match &expanded {
+                        Some(e) => (&e.facts, e.runs.clone()),
+                        None => (facts, Vec::new()),
+                    };
                     // The definitions the statement runs (`EXECUTE name`, also under EXPLAIN).
                     let mut runs: Vec<Prepared> = Vec::new();
                     let mut unknown: Option<String> = None;
@@ -923,12 +938,24 @@ impl Frontend {
                             format!("prepared statement {name:?} was not prepared through the sidecar (or its preparation was refused), so what it runs is not known and it is refused (rule builtin/unknown-statement)"),
                         );
                     } else {
-                        // Running a definition is decided as the definition is.
+                        // Running a definition is decided as the definition is, with what
+                        // it runs now (a function redefined since it was prepared).
                         for d in runs.iter().flat_map(|p| p.definitions.iter()) {
-                            let v = self.decide_one(d);
+                            let d = match self.runs_beyond_text(d, &changes) {
+                                Some(e) => {
+                                    for text in e.runs {
+                                        if !code_runs.contains(&text) {
+                                            code_runs.push(text);
+                                        }
+                                    }
+                                    Arc::new(e.facts)
+                                }
+                                None => d.clone(),
+                            };
+                            let v = self.decide_one(&d);
                             if severity(v.decision) > severity(verdict.decision) {
                                 verdict = v;
-                                decided_on = d.clone();
+                                decided_on = d;
                             }
                         }
                         let masked = self.masking.as_ref().is_some_and(|m| m.has_columns());
@@ -956,6 +983,11 @@ impl Frontend {
                         }
                     }
                     let held = verdict.decision == Decision::RequireApproval;
+                    if verdict.forwards() || held {
+                        // Kept before it runs: a definition refused later by the server or
+                        // by an approver is only judged more strictly.
+                        self.res.code.define(facts, &self.search_path);
+                    }
                     if held && self.res.approvals.is_none() {
                         verdict.reason = Some(hold::standalone_refusal(&verdict));
                     }
@@ -1045,7 +1077,9 @@ impl Frontend {
                         }
                         // A use of a definition shows the definition it runs, apart from
                         // the client's text.
-                        let ran = hold::definitions(runs.iter().flat_map(|p| p.definitions.iter()));
+                        let mut ran =
+                            hold::definitions(runs.iter().flat_map(|p| p.definitions.iter()));
+                        ran.extend(code_runs.iter().cloned());
                         for rule in rules {
                             needs.push(hold::Need::new(
                                 records.len(),
@@ -1256,6 +1290,38 @@ impl Frontend {
             });
         }
         p.path = self.search_path.clone();
+    }
+
+    /// The statement with what it runs beyond its text (see [`crate::policy::code`]): the
+    /// functions and views defined through the sidecar that it runs, the guarded tables
+    /// beneath the views it names, and, for a FETCH or MOVE of a cursor the sidecar did not
+    /// see opened (by server code), code the analysis cannot see into. `None` when it runs
+    /// nothing beyond its text.
+    fn runs_beyond_text(
+        &self,
+        facts: &StatementFacts,
+        staged: &[Staged],
+    ) -> Option<crate::policy::code::Expanded> {
+        let guarded = Guardrails::guarded_tables(&self.res.policies);
+        let mut expanded =
+            self.res
+                .code
+                .expand(facts, &self.search_path, &self.row_sources, &guarded);
+        if let Some(ast) = facts.ast.as_deref() {
+            for name in cursors::uses(ast).fetches {
+                if self.lookup_cursor(&name, staged).is_none() {
+                    let e = expanded.get_or_insert_with(|| crate::policy::code::Expanded {
+                        facts: facts.clone(),
+                        runs: Vec::new(),
+                    });
+                    crate::policy::code::runs_unseen_code(
+                        &mut e.facts,
+                        &format!("cursor {name:?} was not opened through the sidecar (server code opened it), so the query it runs cannot be analysed"),
+                    );
+                }
+            }
+        }
+        expanded
     }
 
     /// The guardrail (or masking) verdict on one statement.

@@ -1260,14 +1260,22 @@ async fn column_names_built_from_masked_values_are_withheld() {
         .simple_query(STEPS[0])
         .await
         .expect("open through the sidecar");
-    let p = client
-        .simple_query(STEPS[1])
-        .await
-        .expect("fetch through the sidecar");
-    let seen = names(&p);
-    assert!(!seen.contains(&clear), "5: column name {seen:?}");
-    // The statement that reads the cursor did not write `plain` either.
-    assert_eq!(seen, vec!["?column?".to_owned(), "?column?".to_owned()]);
+    // A cursor opened by server code runs a query the sidecar never saw: the FETCH is refused,
+    // so no name of it reaches the client (a fetch that is forwarded gets `?column?` names).
+    match client.simple_query(STEPS[1]).await {
+        Ok(p) => {
+            let seen = names(&p);
+            assert!(!seen.contains(&clear), "5: column name {seen:?}");
+            // The statement that reads the cursor did not write `plain` either.
+            assert_eq!(seen, vec!["?column?".to_owned(), "?column?".to_owned()]);
+        }
+        Err(e) => {
+            let db = e.as_db_error().expect("refusal");
+            assert_eq!(db.code(), &SqlState::INSUFFICIENT_PRIVILEGE, "5: {db:?}");
+            assert!(!db.message().contains(&clear), "5: {db:?}");
+            client.simple_query("ROLLBACK").await.expect("rollback");
+        }
+    }
     // Names the client wrote stay.
     let rows = client
         .simple_query("SELECT ssn AS national_id, id AS \"Customer\" FROM customers WHERE id = 1")

@@ -418,16 +418,12 @@ rows!(
     rt_g05 = 9,
     rt_g06 = 10,
     rt_g07 = 11,
-    #[ignore = "red team: DELETE through an updatable view over crm.contacts is not held"]
     rt_g08 = 12,
     rt_g09 = 13,
     rt_g10 = 14,
-    #[ignore = "red team: FETCH of a cursor opened in server code runs a DELETE on crm.contacts"]
     rt_g11 = 15,
-    #[ignore = "red team: DELETE on crm.contacts in the string body of a pg_temp SQL function the session creates runs unheld"]
     rt_g12 = 0,
     rt_g13 = 1,
-    #[ignore = "red team: CREATE TEMP VIEW contacts over crm.contacts, then DELETE FROM contacts is not held"]
     rt_g14 = 2,
     rt_g15 = 3,
     rt_g16 = 16,

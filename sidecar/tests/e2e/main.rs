@@ -15,5 +15,6 @@ mod masking;
 mod passthrough;
 mod reload;
 mod robustness;
+mod server_code;
 mod shipping;
 mod upstream;

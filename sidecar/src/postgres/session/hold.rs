@@ -84,8 +84,10 @@ impl Need {
             .map_or(GrantCovers::Values, |g| g.grant_covers);
         // Shape grants cover only row reads and writes calling known read-only functions;
         // code (DO, CREATE FUNCTION, CALL, other functions) is always granted by value.
-        let shape =
-            opted == GrantCovers::Shape && facts.effect <= Effect::Writes && !facts.opaque_body;
+        let shape = opted == GrantCovers::Shape
+            && facts.effect <= Effect::Writes
+            && !facts.opaque_body
+            && runs.is_empty();
         let operation = if shape {
             Some(sql_operation(facts.normalized.clone(), GrantCovers::Shape))
         } else if extended && has_parameters(sql) {
