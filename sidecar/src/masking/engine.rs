@@ -1029,7 +1029,7 @@ impl ResultMasking {
                 if r.start < at {
                     continue;
                 }
-                v.extend_from_slice(text[at..r.start].as_bytes());
+                v.extend_from_slice(&text.as_bytes()[at..r.start]);
                 let s = match masker.rules[*d].strategy {
                     Strategy::Hash if masker.key.is_none() => Strategy::Redact,
                     s => s,
@@ -1041,7 +1041,7 @@ impl ResultMasking {
                 );
                 at = r.end;
             }
-            v.extend_from_slice(text[at..].as_bytes());
+            v.extend_from_slice(&text.as_bytes()[at..]);
             v.extend_from_slice(invalid);
         }
         Field::Value(v.into())
