@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: install dependencies, format and lint checks, build the
 # e2e control plane from upstream source (cached), start one harness for the run, and run
-# every unit, integration and end-to-end test of the workspace. The fuzz targets run apart
-# (scripts/fuzz.sh): six of them still find failures, listed in the README.
+# every unit, integration and end-to-end test of the workspace, then every fuzz target for a
+# short time (scripts/fuzz.sh; FUZZ_SECONDS each, 15 by default): any crash or broken property
+# fails the run.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -42,5 +43,8 @@ export PORTCULLIS_E2E_ENV=$state/env
 
 step "cargo test --workspace"
 cargo test --workspace --locked --no-fail-fast -- --test-threads=2
+
+step "fuzzing: every target for ${FUZZ_SECONDS:-15}s (scripts/fuzz.sh)"
+scripts/fuzz.sh all "${FUZZ_SECONDS:-15}s"
 
 step "all tests passed in $((SECONDS - start))s"

@@ -398,10 +398,17 @@ fn read_manifest(
         Err(e) => return Err(io(&manifest_path)(e)),
     };
     let sig_path = dir.join(SIGNATURE_FILE);
-    let sig: ManifestSignature = serde_json::from_slice(
-        &fs::read(&sig_path).map_err(|e| bad(format!("{SIGNATURE_FILE}: {e}")))?,
-    )
-    .map_err(|e| bad(format!("{SIGNATURE_FILE}: {e}")))?;
+    let sig_bytes = fs::read(&sig_path).map_err(|e| bad(format!("{SIGNATURE_FILE}: {e}")))?;
+    let sig: ManifestSignature =
+        serde_json::from_slice(&sig_bytes).map_err(|e| bad(format!("{SIGNATURE_FILE}: {e}")))?;
+    // The signature file is not covered by a hash of its own: it must be byte for byte the
+    // form the service writes, so no edit to it (a repeated or extra field, other spacing)
+    // passes.
+    if crate::manifest::signature_file(&sig).ok().as_deref() != Some(sig_bytes.as_slice()) {
+        return Err(bad(format!(
+            "{SIGNATURE_FILE} is not the file the audit service wrote (its bytes were changed)"
+        )));
+    }
     verify_signature(&bytes, &sig, public_key).map_err(|e| bad(e.to_string()))?;
     let manifest: Manifest =
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("{MANIFEST_FILE}: {e}")))?;

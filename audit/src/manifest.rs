@@ -379,9 +379,13 @@ pub fn write(dir: &Path, signed: &SignedManifest) -> Result<(), ManifestError> {
     fs::write(&m, signed.manifest.as_bytes())
         .map_err(|e| ManifestError::Io(format!("{}: {e}", m.display())))?;
     let s = dir.join(SIGNATURE_FILE);
-    let sig = serde_json::to_vec_pretty(&signed.signature)
-        .map_err(|e| ManifestError::Io(e.to_string()))?;
+    let sig = signature_file(&signed.signature)?;
     fs::write(&s, sig).map_err(|e| ManifestError::Io(format!("{}: {e}", s.display())))
+}
+
+/// The bytes of `manifest.sig` for a signature: the only form verification accepts.
+pub fn signature_file(signature: &ManifestSignature) -> Result<Vec<u8>, ManifestError> {
+    serde_json::to_vec_pretty(signature).map_err(|e| ManifestError::Io(e.to_string()))
 }
 
 /// Sign a manifest locally with the log's key (for a bundle written next to the log, by the

@@ -15,7 +15,8 @@
 //! - [`Render::Raw`]: the bytes as recorded, except operating system commands (titles,
 //!   clipboard, hyperlinks, ...) and device control strings, which are never passed, and C1
 //!   control characters written as UTF-8 (which some terminals read as the start of such
-//!   strings), shown as `<U+XXXX>`.
+//!   strings), shown as `<U+XXXX>`, also inside another sequence: a control sequence is
+//!   passed only when all of it is ASCII, and shown as text otherwise.
 
 use vte::{Params, Parser, Perform};
 
@@ -163,7 +164,12 @@ impl State {
         let seq = self.sequence();
         match self.render {
             Render::Screen | Render::Visible if show => self.out.push_str(&visible(&seq)),
-            Render::Raw if pass_raw => self.out.push_str(&String::from_utf8_lossy(&seq)),
+            // A well-formed control sequence is ASCII; one holding other bytes (a C1 control
+            // written as UTF-8 inside a CSI, which a terminal may act on) is shown, not passed.
+            Render::Raw if pass_raw && seq.is_ascii() => {
+                self.out.push_str(&String::from_utf8_lossy(&seq))
+            }
+            Render::Raw if pass_raw => self.out.push_str(&visible(&seq)),
             _ => {}
         }
     }
@@ -290,6 +296,28 @@ mod tests {
     fn invisible_characters_are_named() {
         let out = render(Render::Visible, &["a\u{200b}b\u{202e}c".as_bytes()]);
         assert_eq!(out, "a<U+200B>b<U+202E>c");
+    }
+
+    #[test]
+    fn raw_replay_never_passes_c1_controls_inside_sequences() {
+        // As found by fuzzing: U+0090 (DCS) inside a CSI that vte completes at `m`.
+        for data in [
+            "total 0\r\n\u{1b}[\u{90}mred\u{1b}[0BBBBm",
+            "\u{1b}[1;\u{9d}0;title\u{9c}m",
+            "\u{1b}[\u{9b}2J",
+            "\u{1b}(\u{90}B",
+        ] {
+            let out = render(Render::Raw, &[data.as_bytes()]);
+            for c in ['\u{90}', '\u{9b}', '\u{9c}', '\u{9d}'] {
+                assert!(!out.contains(c), "{data:?} -> {out:?}");
+            }
+            assert!(out.contains("<U+00"), "{data:?} -> {out:?}");
+        }
+        // Well-formed sequences still pass.
+        assert_eq!(
+            render(Render::Raw, &[b"\x1b[31mred\x1b[0m"]),
+            "\x1b[31mred\x1b[0m"
+        );
     }
 
     #[test]

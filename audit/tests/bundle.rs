@@ -397,3 +397,46 @@ fn exec_sessions_and_their_recordings_go_into_the_bundle() {
         "{err}"
     );
 }
+
+#[test]
+fn an_edited_signature_file_is_refused() {
+    let (dir, log, signer) = setup();
+    let sth = signer.sign(&log.head(1_800_000_000_000));
+    let out = dir.path().join("bundle");
+    write_bundle(&log, &sth, &Selection::default(), &signer, &out).expect("bundle");
+    verify_bundle(&out, signer.public_key()).expect("verifies as written");
+    let path = out.join("manifest.sig");
+    let original = fs::read_to_string(&path).expect("sig");
+    let lines: Vec<&str> = original.split('\n').collect();
+    let key_line = lines
+        .iter()
+        .find(|l| l.contains("\"keyId\""))
+        .expect("key line");
+    // Each edit keeps the same key id and signature as JSON reads them.
+    let edits = [
+        // A repeated field with a misspelt name (an unknown field), as the fuzzer found it.
+        original.replacen(
+            key_line,
+            &format!("{key_line}\n{}", key_line.replacen("keyId", "keyd", 1)),
+            1,
+        ),
+        // An extra field.
+        original.replacen('{', "{\n  \"note\": \"x\",", 1),
+        // Other spacing.
+        original.replace("  ", "   "),
+        original.clone() + "\n",
+        // Compact form.
+        serde_json::to_string(&serde_json::from_str::<Value>(&original).expect("json"))
+            .expect("compact"),
+    ];
+    for edited in edits {
+        assert_ne!(edited, original);
+        fs::write(&path, &edited).expect("write");
+        match verify_bundle(&out, signer.public_key()) {
+            Err(BundleError::Manifest(m)) => assert!(m.contains("manifest.sig"), "{m}"),
+            other => panic!("{edited:?}: {other:?}"),
+        }
+    }
+    fs::write(&path, &original).expect("restore");
+    verify_bundle(&out, signer.public_key()).expect("verifies again");
+}

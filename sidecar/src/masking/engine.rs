@@ -927,6 +927,14 @@ impl ResultMasking {
         self.cols.iter().any(|c| c.mask.is_some())
     }
 
+    /// Whether a COPY text or CSV field goes out unchanged: neither the value the client reads
+    /// (`decoded`) nor the bytes as written (`raw`) hold anything masked. Otherwise the field
+    /// goes out as a null.
+    fn copy_field_passes(&mut self, i: usize, decoded: &[u8], raw: &[u8]) -> bool {
+        matches!(self.mask_value(i, decoded, true), Field::Value(_))
+            && (decoded == raw || matches!(self.mask_value(i, raw, true), Field::Value(_)))
+    }
+
     fn mask_value<'a>(&mut self, i: usize, raw: &'a [u8], copy_text: bool) -> Field<'a> {
         let masker = &self.session.masker;
         let key = masker.key.as_ref().unwrap_or(&NO_KEY);
@@ -967,44 +975,37 @@ impl ResultMasking {
         let Some(payload) = raw.get(offset..) else {
             return Field::Value(raw.into());
         };
-        let Ok(text) = std::str::from_utf8(payload) else {
-            return Field::Value(raw.into());
-        };
-        let mut hits: Vec<(std::ops::Range<usize>, usize)> = Vec::new();
-        for d in &self.session.detectors {
-            if let Some(kind) = &masker.rules[*d].detector {
-                for r in masker.patterns.find(kind, text) {
-                    hits.push((r, *d));
+        // The detectors read text: a value that is not valid UTF-8 (a server in another
+        // client encoding, bytes the client asked for) is read as its valid runs, each scanned
+        // on its own; the bytes between them are kept as they are and cannot be part of a
+        // match.
+        let mut hits: Vec<(usize, std::ops::Range<usize>, usize)> = Vec::new();
+        let mut runs: Vec<(&str, &[u8])> = Vec::new();
+        for chunk in payload.utf8_chunks() {
+            let text = chunk.valid();
+            for d in &self.session.detectors {
+                if let Some(kind) = &masker.rules[*d].detector {
+                    for r in masker.patterns.find(kind, text) {
+                        hits.push((runs.len(), r, *d));
+                    }
                 }
             }
+            runs.push((text, chunk.invalid()));
         }
         if hits.is_empty() {
             return Field::Value(raw.into());
         }
-        hits.sort_by_key(|(r, _)| (r.start, std::cmp::Reverse(r.end)));
+        hits.sort_by_key(|(run, r, _)| (*run, r.start, std::cmp::Reverse(r.end)));
         let whole_null = hits
             .iter()
-            .any(|(_, d)| masker.rules[*d].strategy == Strategy::Null);
+            .any(|(_, _, d)| masker.rules[*d].strategy == Strategy::Null);
         let must_null = whole_null || copy_text || !text_like;
-        let mut out = String::with_capacity(text.len());
-        let mut at = 0;
         let mut counted: Vec<usize> = Vec::new();
-        for (r, d) in &hits {
-            if r.start < at {
-                continue;
-            }
-            out.push_str(&text[at..r.start]);
-            let s = match masker.rules[*d].strategy {
-                Strategy::Hash if masker.key.is_none() => Strategy::Redact,
-                s => s,
-            };
-            out.push_str(&strategy::mask_text(s, &text[r.clone()], key).unwrap_or_default());
-            at = r.end;
+        for (_, _, d) in &hits {
             if !counted.contains(d) {
                 counted.push(*d);
             }
         }
-        out.push_str(&text[at..]);
         for d in counted {
             let nulled = u64::from(must_null && masker.rules[d].strategy != Strategy::Null);
             match col.detected.iter_mut().find(|(x, _, _)| *x == d) {
@@ -1018,11 +1019,31 @@ impl ResultMasking {
         if must_null {
             return Field::Null;
         }
-        let mut v = Vec::with_capacity(out.len() + offset);
+        let mut v = Vec::with_capacity(payload.len() + offset);
         if offset == 1 {
             v.push(1);
         }
-        v.extend_from_slice(out.as_bytes());
+        for (n, (text, invalid)) in runs.iter().enumerate() {
+            let mut at = 0;
+            for (_, r, d) in hits.iter().filter(|(run, _, _)| *run == n) {
+                if r.start < at {
+                    continue;
+                }
+                v.extend_from_slice(&text.as_bytes()[at..r.start]);
+                let s = match masker.rules[*d].strategy {
+                    Strategy::Hash if masker.key.is_none() => Strategy::Redact,
+                    s => s,
+                };
+                v.extend_from_slice(
+                    strategy::mask_text(s, &text[r.clone()], key)
+                        .unwrap_or_default()
+                        .as_bytes(),
+                );
+                at = r.end;
+            }
+            v.extend_from_slice(&text.as_bytes()[at..]);
+            v.extend_from_slice(invalid);
+        }
         Field::Value(v.into())
     }
 
@@ -1194,6 +1215,27 @@ fn unescape_text(field: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A CSV field as the client reads it: a quoted field without its quotes, each escaped quote
+/// (the escape character, or a doubled quote, then the quote) taken as the quote.
+fn unquote_csv(field: &[u8], quote: u8, escape: u8) -> std::borrow::Cow<'_, [u8]> {
+    let inner = match field {
+        [first, inner @ .., last] if *first == quote && *last == quote => inner,
+        _ => return std::borrow::Cow::Borrowed(field),
+    };
+    let mut out = Vec::with_capacity(inner.len());
+    let mut i = 0;
+    while i < inner.len() {
+        if inner[i] == escape && inner.get(i + 1) == Some(&quote) {
+            out.push(quote);
+            i += 2;
+        } else {
+            out.push(inner[i]);
+            i += 1;
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Rewriting of a COPY TO STDOUT stream.
 pub struct CopyMasking {
     result: ResultMasking,
@@ -1262,12 +1304,15 @@ impl CopyMasking {
                 out.extend_from_slice(field);
                 continue;
             }
-            // The detectors read the value the client will read (escapes resolved); a field
-            // they leave alone goes out as the server wrote it.
-            let value = unescape_text(field);
-            match self.result.mask_value(i, &value, true) {
-                Field::Null => out.extend_from_slice(b"\\N"),
-                Field::Value(_) => out.extend_from_slice(field),
+            // The detectors read the value the client will read (escapes resolved) and the
+            // bytes as written; a field they leave alone goes out as the server wrote it.
+            if self
+                .result
+                .copy_field_passes(i, &unescape_text(field), field)
+            {
+                out.extend_from_slice(field);
+            } else {
+                out.extend_from_slice(b"\\N");
             }
         }
         if eol {
@@ -1329,9 +1374,13 @@ impl CopyMasking {
             if field.is_empty() {
                 continue;
             }
-            match self.result.mask_value(i, field, true) {
-                Field::Null => {}
-                Field::Value(v) => out.extend_from_slice(&v),
+            // As in text: the value the client reads (quotes removed, escaped quotes
+            // resolved) and the bytes as written; a null is an empty field.
+            if self
+                .result
+                .copy_field_passes(i, &unquote_csv(field, quote, escape), field)
+            {
+                out.extend_from_slice(field);
             }
         }
         out.extend_from_slice(eol);
@@ -1845,6 +1894,90 @@ masking:
         expected.extend_from_slice(&row(&[Some(b"7"), None]));
         expected.extend_from_slice(&(-1i16).to_be_bytes());
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn values_with_invalid_utf8_are_scanned_around_it() {
+        // As found by fuzzing: an e-mail address and a card number next to bytes that are not
+        // UTF-8 (a server in another client encoding) went out unscanned.
+        let s = detectors_only();
+        let cols = vec![ResultColumn {
+            name: "a".into(),
+            type_oid: 25,
+            binary: false,
+            origin: None,
+        }];
+        for (value, expected) in [
+            (
+                &b"olga@example.co\xe2 4111111111111111"[..],
+                &b"***@example.co\xe2 ***"[..],
+            ),
+            (
+                b"\xff\xfeolga@example.com\xc3",
+                b"\xff\xfe***@example.com\xc3",
+            ),
+            (
+                b"{4111111111111111{\x80{-{olga@example.com{{",
+                b"{***{\x80{-{***@example.com{{",
+            ),
+            (b"plain \xe9t\xe9", b"plain \xe9t\xe9"),
+        ] {
+            let mut r = s.result(&plan(), &cols);
+            let mut out = BytesMut::new();
+            r.data_row(&row(&[Some(value)]), &mut out).expect("row");
+            assert_eq!(
+                &out[5..],
+                &row(&[Some(expected)])[..],
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        // COPY text, CSV and binary null such a value.
+        let text = s.copy(&plan(), 2, false);
+        let mut c = CopyMasking::new(text, CopyFormat::Text { delimiter: b'\t' });
+        assert_eq!(
+            c.data(b"1\t\\xe2olga@example.com\\xff\n").expect("row"),
+            b"1\t\\N\n"
+        );
+        assert_eq!(
+            c.data(b"1\tx\xe2olga@example.com\n").expect("row"),
+            b"1\t\\N\n"
+        );
+        let bin = s.copy(&plan(), 1, true);
+        let mut c = CopyMasking::new(bin, CopyFormat::Binary);
+        let mut stream = BINARY_SIGNATURE.to_vec();
+        stream.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        stream.extend_from_slice(&row(&[Some(b"\xe2olga@example.com")]));
+        let out = c.data(&stream).expect("stream");
+        assert!(out.ends_with(&row(&[None])), "{out:?}");
+    }
+
+    #[test]
+    fn csv_fields_are_scanned_as_the_client_reads_them() {
+        let s = detectors_only();
+        let csv = |quote: u8, escape: u8| {
+            CopyMasking::new(
+                s.copy(&plan(), 2, false),
+                CopyFormat::Csv {
+                    delimiter: b',',
+                    quote,
+                    escape,
+                    header: false,
+                },
+            )
+        };
+        // A quote character inside the value, doubled or escaped, splits the address as
+        // written; the client reads it whole.
+        let mut c = csv(b'.', b'.');
+        assert_eq!(c.data(b"1,.olga@example..com.\n").expect("row"), b"1,\n");
+        let mut c = csv(b'o', b'\\');
+        assert_eq!(c.data(b"1,o\\olga@example.c\\omo\n").expect("row"), b"1,\n");
+        // Invalid UTF-8 next to the value.
+        let mut c = csv(b'"', b'"');
+        assert_eq!(
+            c.data(b"1,\"\xe2 olga@example.com\"\n").expect("row"),
+            b"1,\n"
+        );
     }
 
     #[test]

@@ -61,6 +61,10 @@ pub struct StatementFacts {
     /// What running the statement can change (for how long its audit record may wait for
     /// its fsync).
     pub effect: Effect,
+    /// The statement, rendered with its literal values replaced, still holds a single-quoted
+    /// text: a string the parser kept as a name (`FROM 'x'`) or as an option, so the facts
+    /// may depend on the value of what a shape calls a literal.
+    pub keeps_quoted_text: bool,
     /// The statement with literals replaced by `?`.
     pub normalized: String,
     /// Fingerprint of `normalized`.
@@ -448,7 +452,9 @@ fn facts_of(mut statement: Statement, sql: &str) -> StatementFacts {
         facts.effect = Effect::Other;
     }
     facts.ast = Some(std::sync::Arc::new(statement.clone()));
-    facts.normalized = fingerprint::normalize(&mut statement);
+    let rendered = fingerprint::render_without_literals(&mut statement);
+    facts.keeps_quoted_text = rendered.contains('\'');
+    facts.normalized = fingerprint::normalize_rendered(rendered);
     facts.fingerprint = fingerprint::of(&facts.normalized);
     facts
 }

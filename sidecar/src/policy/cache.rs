@@ -5,8 +5,8 @@
 //! not change any fact the guardrails look at. Statements with bodies the analyser cannot see into
 //! (DO blocks, function bodies), whose facts depend on the body's text, are never shared, and
 //! neither are unanalysable texts, nor analyses whose facts keep the value of a literal (COPY
-//! options, the search path a statement sets): a text of the same shape with other literals
-//! would get them.
+//! options, the search path a statement sets, a string the parser took as a name, as in
+//! `FROM 'x'`): a text of the same shape with other literals would get them.
 //!
 //! The cache is bounded by bytes: each entry is charged an estimate of the memory its analysis
 //! holds (the parse tree dominates, and grows with the text: see [`cost`]), and the cache is
@@ -178,12 +178,15 @@ fn quoted_end(b: &[u8], start: usize) -> Option<usize> {
 /// analyser cannot see into, or facts that keep a literal's value (COPY, whose options the
 /// masking reads from the statement; a search path change, whose schemas are its literals;
 /// a `set_config` call, whose first literal says whether it changes the search path; a
-/// query text, which is analysed as SQL).
+/// query text, which is analysed as SQL), and no statement keeps a single-quoted text the
+/// parser did not read as a value (a string taken as a relation, column or alias name: its
+/// value is part of the facts).
 fn shareable(analysis: &Analysis) -> bool {
     match analysis {
         Analysis::Statements(list) => list.iter().all(|f| {
             !f.opaque_body
                 && !f.runs_query_text
+                && !f.keeps_quoted_text
                 && f.path_changes.is_empty()
                 && !f.functions.iter().any(|q| q.name == "set_config")
                 && !f.kinds.contains(&StatementKind::Copy)
@@ -387,6 +390,63 @@ mod tests {
                 ),
                 other => panic!("{other:?}"),
             }
+        }
+    }
+    #[test]
+    fn strings_the_parser_takes_as_names_are_never_shared() {
+        // sqlparser reads a single-quoted string as a name in places PostgreSQL refuses it:
+        // the name is then a fact, and a text of the same shape names another relation.
+        for (first, then, wanted) in [
+            (
+                "SELECT (SELECT max(email) FROM custome, '|zzz|z')",
+                "SELECT (SELECT max(email) FROM custome, '/tmp/x')",
+                "/tmp/x",
+            ),
+            (
+                "SELECT * FROM 'orders'",
+                "SELECT * FROM 'customers'",
+                "customers",
+            ),
+            (
+                "SELECT * FROM 'public'.orders",
+                "SELECT * FROM 'secret'.orders",
+                "secret",
+            ),
+            (
+                "DELETE FROM 'orders' WHERE id = 1",
+                "DELETE FROM 'customers' WHERE id = 1",
+                "customers",
+            ),
+        ] {
+            let cache = AnalysisCache::default();
+            let _ = cache.analyze(first);
+            let cached = cache.analyze(then);
+            assert_eq!(*cached, analyze(then), "{then} after {first}");
+            match cached.as_ref() {
+                Analysis::Statements(s) => assert!(
+                    s[0].tables
+                        .iter()
+                        .any(|t| t.name == wanted || t.schema.as_deref() == Some(wanted)),
+                    "{then}: {:?}",
+                    s[0].tables
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
+        // An alias given as a string is kept out of the cache too.
+        for text in [
+            "SELECT email 'e' FROM customers",
+            "SELECT email AS 'e' FROM customers",
+        ] {
+            match analyze(text) {
+                Analysis::Statements(s) => assert!(s[0].keeps_quoted_text, "{text}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Plain literals still share.
+        match analyze("SELECT * FROM customers WHERE email = 'a@b.example'") {
+            Analysis::Statements(s) => assert!(!s[0].keeps_quoted_text),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -13,7 +13,11 @@ use sqlparser::ast::{visit_expressions_mut, Expr, Statement, Value};
 /// number, an IBAN, a phone number or a run of six digits or more) is reduced to
 /// [`value_free`]: its leading keywords, length and fingerprint.
 pub fn normalize(statement: &mut Statement) -> String {
-    let rendered = render_without_literals(statement);
+    normalize_rendered(render_without_literals(statement))
+}
+
+/// [`normalize`] of a statement already rendered by [`render_without_literals`].
+pub fn normalize_rendered(rendered: String) -> String {
     if identifiers_look_like_values(&rendered) {
         value_free(&rendered)
     } else {
@@ -74,7 +78,11 @@ fn looks_like_value_with(patterns: &crate::masking::detectors::Patterns, name: &
         .any(|k| !patterns.find(k, name).is_empty())
 }
 
-fn render_without_literals(statement: &mut Statement) -> String {
+/// The statement rendered with every literal value replaced by `?` (NULL, booleans and
+/// parameters kept). A quoted text left in it is one the parser did not keep as a value: a
+/// single-quoted string it took as a name (sqlparser accepts `FROM 'x'`, `AS 'x'`, `'x'.col`,
+/// which PostgreSQL refuses) or an option kept as text.
+pub fn render_without_literals(statement: &mut Statement) -> String {
     let _ = visit_expressions_mut(statement, |e| {
         if let Expr::Value(v) = e {
             if !matches!(

@@ -29,6 +29,13 @@ pub(super) fn script(code: &str, dialect: Dialect, ctx: &mut Context, out: &mut 
     if !ctx.spend(out) {
         return;
     }
+    if fd_number_out_of_range(code) {
+        out.unproven(
+            code,
+            "the script redirects a file descriptor number too large to be one",
+        );
+        return;
+    }
     let mut parser = Parser::new(
         std::io::Cursor::new(code.as_bytes()),
         &ParserOptions::default(),
@@ -52,6 +59,30 @@ pub(super) fn script(code: &str, dialect: Dialect, ctx: &mut Context, out: &mut 
     }
     (ctx.stdin, ctx.dialect) = saved;
     ctx.depth -= 1;
+}
+
+/// Whether the script holds a run of digits right before `<` or `>` that does not fit an
+/// `i32`: brush-parser (0.4, the latest release) reads such a run as a redirection's file
+/// descriptor number and panics on the overflow, so the script is not given to it. The
+/// analysis also runs under `catch_unwind` (see `guarded`), which fails closed on any other
+/// panic of the parser.
+fn fd_number_out_of_range(code: &str) -> bool {
+    let b = code.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if matches!(b.get(i), Some(b'<' | b'>')) && code[start..i].parse::<i32>().is_err() {
+            return true;
+        }
+    }
+    false
 }
 
 struct Walker<'a> {

@@ -269,3 +269,33 @@ fn a_shape_keeps_program_and_options_and_hides_operands_only_of_plain_programs()
         assert_eq!(super::shape(&v(argv), false), None, "{argv:?}");
     }
 }
+
+#[test]
+fn a_file_descriptor_number_that_overflows_is_unproven_without_a_panic() {
+    // As found by fuzzing: brush-parser panics on `2222222222222222> out`; the script is
+    // refused before the parser sees it, at every depth, and nothing panics.
+    for code in [
+        "env O=2 tbmeo.t 5 nie -n 1 xar\0\0\08m < list 2222222222222222> out/.txt",
+        "ls 99999999999>/tmp/x",
+        "cat 2147483648</etc/passwd",
+        "echo $(rm -rf / 4294967296>&2)",
+        "sh -c 'ls 12345678901>x'",
+    ] {
+        let a = sh(code);
+        assert!(
+            a.unproven.iter().any(|u| u.why.contains("file descriptor")),
+            "{code}: {:?}",
+            a.unproven
+        );
+        let a = analyse_script(code, false);
+        assert!(
+            a.unproven.iter().any(|u| u.why.contains("file descriptor")),
+            "{code}: {:?}",
+            a.unproven
+        );
+    }
+    // Numbers that fit are file descriptors as before.
+    let a = sh("ls 2>/dev/null");
+    assert!(a.unproven.is_empty(), "{:?}", a.unproven);
+    assert!(runs(&a, "ls"), "{:?}", lines(&a));
+}
