@@ -458,7 +458,16 @@ impl ResultPath {
                             Ok(bytes) => put_message(out, msg.tag, &bytes),
                             Err(_) => self.current.cut = Some(MASKING_FAILED.to_owned()),
                         },
-                        _ => put_message(out, msg.tag, &msg.body),
+                        MaskState::Pass => put_message(out, msg.tag, &msg.body),
+                        // COPY data that no CopyOutResponse announced (out of order, or a
+                        // CopyBothResponse stream) has no format to mask by: withheld
+                        // where masking applies.
+                        MaskState::Unset | MaskState::Rows(_) if tracker.masking.is_some() => {
+                            self.current.cut = Some(MASKING_FAILED.to_owned())
+                        }
+                        MaskState::Unset | MaskState::Rows(_) => {
+                            put_message(out, msg.tag, &msg.body)
+                        }
                     }
                 }
             }
