@@ -22,6 +22,7 @@ pub mod decide;
 mod pod_writes;
 pub mod recording;
 pub mod request;
+pub mod line_editor;
 pub mod screen;
 mod spdy_dictionary;
 pub mod stream;
