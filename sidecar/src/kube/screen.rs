@@ -399,7 +399,9 @@ impl Scanner {
             // titles and other OSC strings are not on the screen.
             Function::Sgr(_) | Function::Osc(_) => {}
             Function::Lf | Function::Nel => {
-                screen.term.execute(function);
+                // A bare line feed is read as the terminal driver writes it (`\r\n`), as
+                // the replay does.
+                screen.term.execute([function, Function::Cr]);
                 screen.scrolled += 1;
                 let search_now = screen.scrolled >= SEARCH_EVERY_SCROLL;
                 self.separator('\n', end);
