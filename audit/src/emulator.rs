@@ -21,8 +21,8 @@
 //! for the output of a command without a TTY. Characters that are invisible or reorder text
 //! are named (`<U+202E>`), as in [`crate::sanitize`].
 
-use avt::parser::{DecMode, Function};
 use avt::observer::{Observation, Observer};
+use avt::parser::{DecMode, Function};
 use avt::{Line, ScreenKind, Terminal};
 
 use crate::sanitize::push_visible_char;

@@ -612,4 +612,3 @@ pub fn mask_text(masker: &OutputMasker, text: &str, direction: Direction) -> (St
         scanner.take_counts(),
     )
 }
-

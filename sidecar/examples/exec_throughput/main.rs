@@ -66,5 +66,8 @@ fn main() {
     println!("exec output, {mb:.1} MB in 16 KiB frames");
     println!("terminal emulator (avt): {emulator:.1} MB/s");
     println!("hand-written model:      {hand_written:.1} MB/s");
-    println!("ratio emulator / hand-written: {:.2}", emulator / hand_written);
+    println!(
+        "ratio emulator / hand-written: {:.2}",
+        emulator / hand_written
+    );
 }

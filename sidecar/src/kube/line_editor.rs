@@ -193,7 +193,11 @@ impl LineEditor {
                 // the cursor with the one under it, and the cursor moves past both.
                 let len = self.line.len();
                 if len >= 2 && self.cursor > 0 {
-                    let at = if self.cursor >= len { len - 1 } else { self.cursor };
+                    let at = if self.cursor >= len {
+                        len - 1
+                    } else {
+                        self.cursor
+                    };
                     self.line.swap(at - 1, at);
                     self.cursor = (at + 1).min(len);
                 }
@@ -228,8 +232,9 @@ impl LineEditor {
                 // Ctrl/Alt-arrows: word motions.
                 (b"1;5" | b"1;3", 'D') => self.cursor = self.word_start(),
                 (b"1;5" | b"1;3", 'C') => self.cursor = self.word_end(),
-                // Bracketed paste marks: the pasted text is typed between them.
-                (b"200" | b"201", '~') => {}
+                // Bracketed paste marks: the pasted text is typed between them. Colour
+                // sequences (piped input of a program's coloured output) edit nothing.
+                (b"200" | b"201", '~') | (_, 'm') => {}
                 _ => self.blind = true,
             },
         }
@@ -313,7 +318,13 @@ mod tests {
 
     #[test]
     fn keys_the_model_cannot_follow_make_the_line_blind() {
-        for keys in ["echo \x1b[A", "\x12alice", "echo a\x1f", "echo \x1b.", "echo \x16\x01"] {
+        for keys in [
+            "echo \x1b[A",
+            "\x12alice",
+            "echo a\x1f",
+            "echo \x1b.",
+            "echo \x16\x01",
+        ] {
             assert!(typed(keys).1, "{keys:?}");
         }
     }

@@ -19,10 +19,10 @@
 
 mod approval_objects;
 pub mod decide;
+pub mod line_editor;
 mod pod_writes;
 pub mod recording;
 pub mod request;
-pub mod line_editor;
 pub mod screen;
 mod spdy_dictionary;
 pub mod stream;

@@ -146,9 +146,9 @@ fn tag(n: u64) -> Function {
 /// The event number a cell's colours carry.
 fn tag_of(cell: &avt::Cell) -> Option<u64> {
     match (cell.pen().foreground(), cell.pen().background()) {
-        (Some(Color::RGB(f)), Some(Color::RGB(b))) => Some(u64::from_le_bytes([
-            f.r, f.g, f.b, b.r, b.g, b.b, 0, 0,
-        ])),
+        (Some(Color::RGB(f)), Some(Color::RGB(b))) => {
+            Some(u64::from_le_bytes([f.r, f.g, f.b, b.r, b.g, b.b, 0, 0]))
+        }
         _ => None,
     }
 }
@@ -213,7 +213,10 @@ fn search(masker: &OutputMasker, cells: &[Option<Cell>], out: &mut Vec<Found>) {
         let Some(last) = range.end.checked_sub(1).and_then(|e| index.get(e).copied()) else {
             continue;
         };
-        let spans = cells[first..=last].iter().flatten().filter(|c| c.end > c.start);
+        let spans = cells[first..=last]
+            .iter()
+            .flatten()
+            .filter(|c| c.end > c.start);
         let start = spans.clone().map(|c| c.start).min();
         let end = spans.map(|c| c.end).max();
         if let (Some(start), Some(end)) = (start, end) {
@@ -491,8 +494,8 @@ impl Scanner {
         let Some(screen) = &self.screen else {
             return Vec::new();
         };
-        let held_from = self.first_event
-            + self.events.partition_point(|c| c.end <= self.base) as u64;
+        let held_from =
+            self.first_event + self.events.partition_point(|c| c.end <= self.base) as u64;
         let cursor_row = screen.term.cursor().row;
         let visible = screen.term.screen().visible_lines().len();
         let lines: Vec<&avt::Line> = screen.term.screen().all_lines().collect();
