@@ -16,7 +16,7 @@ fn output(bytes: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes + 200);
     let mut i = 0u64;
     while out.len() < bytes {
-        let line = if i % 10 == 0 {
+        let line = if i.is_multiple_of(10) {
             format!("\x1b[01;34mdir{i}\x1b[0m  owner alice{i}@example.com  4096 Dec  7 12:00\r\n")
         } else {
             format!("-rw-r--r-- 1 app app {i:>8} Dec  7 12:00 \x1b[01;32mfile-{i}.log\x1b[0m\r\n")

@@ -586,7 +586,8 @@ impl Scanner {
             let start = self.editor.line_start().max(self.base);
             let end = self.base + self.raw.len() as u64;
             if start < end {
-                return Some((start, vec![start..end]));
+                let spans = std::iter::once(start..end).collect();
+                return Some((start, spans));
             }
         }
         for cells in &views {
