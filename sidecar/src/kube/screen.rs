@@ -417,8 +417,19 @@ impl Scanner {
                 screen.term.execute(function);
                 self.separator('\t', end);
             }
-            Function::Bs
-            | Function::Cr
+            Function::Bs => {
+                // Overstrike in arrival order: the character before is drawn over (also at
+                // the right margin, where a terminal does not move back over it).
+                screen.term.execute(function);
+                if self
+                    .stream
+                    .last()
+                    .is_some_and(|c| !matches!(c.c, '\n' | '\t'))
+                {
+                    self.stream.pop();
+                }
+            }
+            Function::Cr
             | Function::Cub(_)
             | Function::Cuf(_)
             | Function::Cha(_)
