@@ -1,33 +1,33 @@
 //! Replay of recorded output through a terminal emulator, so a reviewer reads the screen as
 //! the user saw it, and also what the screen no longer shows.
 //!
-//! The output is run through [`vt100`] (a maintained emulator of the VT100/xterm screen,
-//! built on the same `vte` parser as [`crate::sanitize`]; it keeps the screen grid, the
-//! scrollback and the alternate screen, and acts on nothing outside the grid: titles,
-//! clipboard writes and hyperlinks go nowhere). What is printed is plain text, never an
-//! escape sequence:
+//! The output is run through [`avt`] (the asciinema virtual terminal, a maintained emulator
+//! of the VT/xterm screen; the sidecar masks live output on the same one). It follows cursor
+//! saves, wide characters, scroll regions and origin mode, insert mode, REP, tab stops,
+//! autowrap and the alternate screen as a terminal does, and acts on nothing outside the
+//! grid: titles, clipboard writes and hyperlinks go nowhere. What is printed is plain text,
+//! never an escape sequence:
 //!
 //! - each line that scrolls off the top of the screen, when it does (the history);
 //! - the screen as it was, whenever something on it is about to be lost: a character
 //!   overwritten by another (carriage return, backspace or a cursor move, then new text), an
-//!   erase or clear, lines deleted or scrolled away inside a region, a switch to or from the
-//!   alternate screen, a reset, a resize that cuts rows or columns;
+//!   erase or clear, characters or lines inserted or deleted, lines scrolled away inside a
+//!   region, a switch to or from the alternate screen, a reset, a resize that cuts rows or
+//!   columns;
 //! - the final screen at the end.
 //!
-//! A bare line feed is read as the user's terminal driver writes it (`\r\n`), as kubectl's
-//! terminal does for the output of a command without a TTY. Characters that are invisible or
-//! reorder text are named (`<U+202E>`), as in [`crate::sanitize`].
+//! Bytes are decoded as UTF-8 one character at a time (invalid bytes as U+FFFD). A bare line
+//! feed is read as the user's terminal driver writes it (`\r\n`), as kubectl's terminal does
+//! for the output of a command without a TTY. Characters that are invisible or reorder text
+//! are named (`<U+202E>`), as in [`crate::sanitize`].
 
-use std::num::NonZeroU16;
-
-use vte::{Params, Parser, Perform};
+use avt::observer::{Observation, Observer};
+use avt::parser::{DecMode, Function};
+use avt::{Line, ScreenKind, Terminal};
 
 use crate::sanitize::push_visible_char;
 
-/// Lines kept in the emulator's scrollback between two reads of it.
-const SCROLLBACK: usize = 10_000;
-
-/// What the byte just parsed does to the screen.
+/// What a function does to the screen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Action {
     /// Nothing that can lose what the screen shows.
@@ -40,51 +40,91 @@ enum Action {
     Change,
 }
 
-/// Classifies each byte in step with the emulator's own parser.
-struct Classifier {
-    action: Action,
+fn action(f: &Function) -> Action {
+    let alternate = |modes: &avt::parser::DecModes| {
+        modes.as_slice().iter().any(|m| {
+            matches!(
+                m,
+                DecMode::AltScreenBuffer | DecMode::SaveCursorAltScreenBuffer
+            )
+        })
+    };
+    match f {
+        Function::Print(c) => Action::Draw(*c),
+        Function::Rep(_) => Action::Draw('\0'),
+        Function::Lf => Action::LineFeed,
+        Function::Ed(_)
+        | Function::El(_)
+        | Function::Ech(_)
+        | Function::Dch(_)
+        | Function::Ich(_)
+        | Function::Dl(_)
+        | Function::Il(_)
+        | Function::Su(_)
+        | Function::Sd(_)
+        | Function::Ri
+        | Function::Nel
+        | Function::Ris
+        | Function::Decstr
+        | Function::Decaln => Action::Change,
+        Function::Decset(m) | Function::Decrst(m) if alternate(m) => Action::Change,
+        _ => Action::Keep,
+    }
 }
 
-impl Perform for Classifier {
-    fn print(&mut self, c: char) {
-        self.action = Action::Draw(c);
+/// Collects the lines the terminal evicts (scrolled off the top; no scrollback is kept).
+#[derive(Default)]
+struct Evicted(Vec<String>);
+
+impl Observer for Evicted {
+    type Output = ();
+
+    fn evicted(&mut self, _context: &mut Observation<'_>, line: &Line) {
+        self.0.push(visible(line.text().trim_end()));
     }
 
-    fn execute(&mut self, byte: u8) {
-        self.action = match byte {
-            b'\n' | 0x0b | 0x0c => Action::LineFeed,
-            _ => Action::Keep,
-        };
-    }
+    fn end(&mut self, _context: &mut Observation<'_>) {}
+}
 
-    fn csi_dispatch(&mut self, params: &Params, intermediates: &[u8], _ignore: bool, c: char) {
-        let private = intermediates.first() == Some(&b'?');
-        let alternate = params
-            .iter()
-            .flatten()
-            .any(|p| matches!(*p, 47 | 1047 | 1049));
-        self.action = match c {
-            'J' | 'K' | 'X' | 'P' | 'M' | 'L' | '@' | 'S' | 'T' => Action::Change,
-            'h' | 'l' if private && alternate => Action::Change,
-            _ => Action::Keep,
-        };
-    }
+/// Incremental UTF-8 decoding, one character at a time, invalid bytes as U+FFFD.
+#[derive(Default)]
+struct Utf8 {
+    buf: [u8; 4],
+    len: usize,
+}
 
-    fn esc_dispatch(&mut self, intermediates: &[u8], _ignore: bool, byte: u8) {
-        // RIS (reset), IND, RI and NEL may scroll a region or clear the screen.
-        self.action = if intermediates.is_empty() && matches!(byte, b'c' | b'D' | b'M' | b'E') {
-            Action::Change
-        } else {
-            Action::Keep
-        };
+impl Utf8 {
+    fn push(&mut self, b: u8, out: &mut Vec<char>) {
+        if self.len == 0 && b < 0x80 {
+            out.push(char::from(b));
+            return;
+        }
+        self.buf[self.len] = b;
+        self.len += 1;
+        match std::str::from_utf8(&self.buf[..self.len]) {
+            Ok(s) => {
+                out.extend(s.chars());
+                self.len = 0;
+            }
+            Err(e) if e.error_len().is_none() && self.len < 4 => {}
+            Err(_) => {
+                let n = self.len;
+                self.len = 0;
+                out.push('\u{fffd}');
+                if n > 1 {
+                    self.push(b, out);
+                }
+            }
+        }
     }
 }
 
 /// Recorded output rendered as screen states; see the module documentation.
 pub struct Emulator {
-    screen: vt100::Parser,
-    classifier: Parser,
-    state: Classifier,
+    term: Terminal,
+    parser: avt::Parser,
+    utf8: Utf8,
+    evicted: Evicted,
     out: String,
     /// The last screen printed as a state, so the same screen is not printed twice.
     last_shown: Option<Vec<String>>,
@@ -93,29 +133,38 @@ pub struct Emulator {
     overwriting: bool,
     /// Seconds into the recording of the data being rendered.
     time: f64,
+    chars: Vec<char>,
 }
 
-fn size(n: u64, default: u16) -> NonZeroU16 {
-    u16::try_from(n)
-        .ok()
-        .and_then(NonZeroU16::new)
-        .or(NonZeroU16::new(default))
-        .unwrap_or(NonZeroU16::MIN)
+/// Largest size replayed (a recording cannot make the reviewer's machine hold more).
+const MAX_COLUMNS: u64 = 1000;
+const MAX_ROWS: u64 = 1000;
+
+fn size(n: u64, default: usize, max: u64) -> usize {
+    if n == 0 {
+        default
+    } else {
+        usize::try_from(n.min(max)).unwrap_or(default)
+    }
 }
 
 impl Emulator {
     /// An emulated terminal of `width` columns and `height` rows.
     pub fn new(width: u64, height: u64) -> Self {
+        let (cols, rows) = (size(width, 80, MAX_COLUMNS), size(height, 24, MAX_ROWS));
+        let term = Terminal::with_scrollback(cols, rows, Some(0))
+            .or_else(|_| Terminal::with_scrollback(80, 24, Some(0)));
         Emulator {
-            screen: vt100::Parser::new(size(height, 24), size(width, 80), SCROLLBACK),
-            classifier: Parser::new(),
-            state: Classifier {
-                action: Action::Keep,
-            },
+            // Both sizes are at least 1, so the emulator never refuses them.
+            term: term.unwrap_or_else(|_| unreachable!("a terminal size of at least 1x1")),
+            parser: avt::Parser::new(),
+            utf8: Utf8::default(),
+            evicted: Evicted::default(),
             out: String::new(),
             last_shown: None,
             overwriting: false,
             time: 0.0,
+            chars: Vec::new(),
         }
     }
 
@@ -123,47 +172,69 @@ impl Emulator {
     /// to print for it (lines that scrolled off, screens about to be lost).
     pub fn output(&mut self, time: f64, data: &[u8]) -> String {
         self.time = time;
+        let mut chars = std::mem::take(&mut self.chars);
         for &b in data {
-            self.state.action = Action::Keep;
-            self.classifier.advance(&mut self.state, &[b]);
-            if !matches!(self.state.action, Action::Draw(_)) {
-                self.overwriting = false;
-            }
-            match self.state.action {
-                Action::Keep => self.screen.process(&[b]),
-                Action::LineFeed => {
-                    let bottom = self.screen.screen().size().0.get() - 1;
-                    let at_bottom = self.screen.screen().cursor_position().0 == bottom;
-                    if at_bottom && self.screen.screen().alternate_screen() {
-                        // The alternate screen keeps no scrollback: the top line is lost.
-                        self.changing(|s| s.process(b"\r\n"));
-                    } else {
-                        self.screen.process(b"\r\n");
-                    }
+            chars.clear();
+            self.utf8.push(b, &mut chars);
+            for &c in &chars {
+                if let Some(f) = self.parser.feed(c) {
+                    self.function(f);
                 }
-                Action::Draw(c) => {
-                    let (row, col) = self.screen.screen().cursor_position();
-                    let overwrites = self.screen.screen().cell(row, col).is_some_and(|cell| {
-                        cell.has_contents() && cell.contents() != c.to_string().as_str()
-                    });
-                    if overwrites && !self.overwriting {
-                        self.show_screen("before it was overwritten");
-                        self.overwriting = true;
-                    }
-                    self.screen.process(&[b]);
-                }
-                Action::Change => self.changing(|s| s.process(&[b])),
             }
-            self.take_scrolled();
         }
+        self.chars = chars;
         std::mem::take(&mut self.out)
+    }
+
+    fn function(&mut self, f: Function) {
+        let action = action(&f);
+        if !matches!(action, Action::Draw(_)) {
+            self.overwriting = false;
+        }
+        match action {
+            Action::Keep => self.execute(f),
+            Action::LineFeed => {
+                let (_, rows) = self.term.size();
+                let at_bottom = self.term.cursor().row + 1 == rows;
+                if at_bottom && self.term.active_screen_kind() == ScreenKind::Alternate {
+                    // The alternate screen keeps no scrollback: the top line is lost.
+                    self.changing(|e| {
+                        e.execute(Function::Lf);
+                        e.execute(Function::Cr);
+                    });
+                } else {
+                    self.execute(Function::Lf);
+                    self.execute(Function::Cr);
+                }
+            }
+            Action::Draw(c) => {
+                let cursor = self.term.cursor();
+                let overwrites = self
+                    .term
+                    .screen()
+                    .line(cursor.row)
+                    .and_then(|l| l.cells().get(cursor.col))
+                    .is_some_and(|cell| cell.char() != ' ' && cell.char() != c);
+                if overwrites && !self.overwriting {
+                    self.show_screen("before it was overwritten");
+                    self.overwriting = true;
+                }
+                self.execute(f);
+            }
+            Action::Change => self.changing(|e| e.execute(f)),
+        }
+        self.take_scrolled();
+    }
+
+    fn execute(&mut self, f: Function) {
+        self.term.execute_with(f, &mut self.evicted);
     }
 
     /// A resize to `width` x `height` (the screen first, when the new size cuts it).
     pub fn resize(&mut self, time: f64, width: u64, height: u64) -> String {
         self.time = time;
-        let (rows, cols) = (size(height, 24), size(width, 80));
-        self.changing(|s| s.screen_mut().set_size(rows, cols));
+        let (cols, rows) = (size(width, 80, MAX_COLUMNS), size(height, 24, MAX_ROWS));
+        self.changing(|e| e.term.resize_with(cols, rows, &mut e.evicted));
         self.take_scrolled();
         std::mem::take(&mut self.out)
     }
@@ -181,9 +252,9 @@ impl Emulator {
     }
 
     /// Apply `change`; print the screen as it was if the change lost any of it.
-    fn changing(&mut self, change: impl FnOnce(&mut vt100::Parser)) {
+    fn changing(&mut self, change: impl FnOnce(&mut Self)) {
         let before = self.rows();
-        change(&mut self.screen);
+        change(self);
         let after = self.rows();
         let lost = before
             .iter()
@@ -216,11 +287,11 @@ impl Emulator {
 
     /// The visible rows as text, trailing blank rows left out.
     fn rows(&self) -> Vec<String> {
-        let screen = self.screen.screen();
-        let width = screen.size().1.get();
-        let mut rows: Vec<String> = screen
-            .rows(0, width)
-            .map(|r| visible(r.trim_end()))
+        let mut rows: Vec<String> = self
+            .term
+            .screen()
+            .visible_lines()
+            .map(|l| visible(l.text().trim_end()))
             .collect();
         while rows.last().is_some_and(|r| r.trim().is_empty()) {
             rows.pop();
@@ -230,31 +301,13 @@ impl Emulator {
 
     /// Print the lines that scrolled off the top, and forget them.
     fn take_scrolled(&mut self) {
-        let n = self.screen.screen().scrollback_len();
-        if n == 0 {
+        if self.evicted.0.is_empty() {
             return;
         }
-        let height = usize::from(self.screen.screen().size().0.get());
-        let width = self.screen.screen().size().1.get();
-        let mut offset = n;
-        while offset > 0 {
-            self.screen.screen_mut().set_scrollback(offset);
-            let take = offset.min(height);
-            let lines: Vec<String> = self
-                .screen
-                .screen()
-                .rows(0, width)
-                .take(take)
-                .map(|r| visible(&r))
-                .collect();
-            for line in lines {
-                self.out.push_str(line.trim_end());
-                self.out.push('\n');
-            }
-            offset -= take;
+        for line in std::mem::take(&mut self.evicted.0) {
+            self.out.push_str(&line);
+            self.out.push('\n');
         }
-        self.screen.screen_mut().set_scrollback(0);
-        self.screen.screen_mut().clear_scrollback();
         self.last_shown = None;
     }
 }

@@ -19,6 +19,7 @@
 
 mod approval_objects;
 pub mod decide;
+pub mod line_editor;
 mod pod_writes;
 pub mod recording;
 pub mod request;

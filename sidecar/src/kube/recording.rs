@@ -285,7 +285,11 @@ impl Recorder {
             part: None,
             limit: limit.max(4096),
             masker,
-            output: Scanner::new(Direction::Output),
+            output: Scanner::with_size(
+                Direction::Output,
+                usize::from(header.size.0),
+                usize::from(header.size.1),
+            ),
             input: Scanner::new(Direction::Input),
             failed: None,
             on_part,
@@ -523,6 +527,9 @@ impl Recorder {
 
     /// A terminal resize.
     pub fn resize(&mut self, width: u16, height: u16) {
+        let masker = self.masker.clone();
+        self.output
+            .resize(&masker, usize::from(width), usize::from(height));
         self.event("r", &format!("{width}x{height}"));
     }
 

@@ -1,22 +1,31 @@
 //! Masking of terminal streams as the screen shows them.
 //!
 //! The detectors do not run over the raw bytes of a stream but over the text a terminal would
-//! display from them. The bytes go through a terminal parser ([`vte`], the one Alacritty uses)
-//! one at a time, so every character the terminal draws is known with the raw bytes that
-//! produced it (escape sequences, C0 controls and invalid UTF-8 are never part of a character;
-//! invalid bytes are drawn as U+FFFD, one per bad sequence, as a terminal does). Two views are
-//! kept and both are searched:
+//! display from them. Output goes through a full terminal emulator, [`avt`] (the asciinema
+//! virtual terminal, the same one the audit service's replay uses): cursor moves and saves,
+//! wide characters, index and reverse index, origin mode and scroll regions, inserting and
+//! deleting lines and characters, the alternate screen, autowrap, insert mode, REP and tab
+//! stops all act on its screen as on a real terminal's. Its size follows the terminal's
+//! (the client's resize messages), bounded by [`MAX_COLUMNS`], [`MAX_ROWS`] and [`MAX_CELLS`]
+//! whatever size a client asks for.
 //!
-//! - the **stream view**: the drawn characters in the order they arrive, without escape
-//!   sequences and without zero-width characters (zero-width spaces and joiners, combining
-//!   marks, byte-order marks), split at line ends and tabs;
-//! - the **screen view**: the rows of the screen as cells, with backspace, carriage return,
-//!   tabs, cursor moves in every direction (up, down, to a row and column), erase and
-//!   insert/delete sequences applied, so overstrikes and text drawn by moving the cursor
-//!   show the value the screen shows. Rows near the cursor are kept, so a value drawn in
-//!   pieces on one row is found whichever order the pieces come in. For typed input the
-//!   line editor's keys apply instead: backspace and DEL erase the character before the
-//!   cursor, `^U` clears the line, arrows end it.
+//! Each drawn character is an event with the raw bytes that drew it. The emulator is given
+//! the event's number as the colour of the character (the stream's own colours are not
+//! followed: they draw no text), so every cell of its screen tells which bytes drew it, after
+//! whatever moved it. Bytes are decoded as UTF-8 one character at a time; invalid bytes are
+//! drawn as U+FFFD, one per bad sequence, as a terminal does; characters with no width
+//! (zero-width spaces and joiners, combining marks, byte-order marks) are not drawn, their
+//! bytes join the next character's.
+//!
+//! Two views are searched:
+//!
+//! - the **stream view**: the drawn characters in the order they arrive, split at line ends,
+//!   tabs and moves to another row;
+//! - the **screen view**: each line of the emulated screen (rows joined where text wrapped
+//!   from one to the next) that holds a character drawn by bytes not yet released. For
+//!   typed input a line editor's model applies instead ([`super::line_editor`]): the line the
+//!   shell will run after the editing keys; a line with a key the model cannot follow is
+//!   masked whole.
 //!
 //! A value found in either view masks every raw byte from the first byte of its first character
 //! to the last byte of its last character (escape sequences inside it included) with `*`, so
@@ -24,19 +33,21 @@
 //!
 //! A [`Scanner`] holds back what could still be the start of a value: bytes are released at a
 //! line end, or, for a line longer than [`MAX_PENDING`], all but the last [`WINDOW`]
-//! characters, which stay as the carry-over window for the next bytes. A value is masked
-//! whatever frames, flushes or escape sequences it is split by, as long as its characters are
-//! drawn within [`WINDOW`] characters of each other. Live output that goes quiet mid-line is
-//! released with [`Scanner::release_quiet`]: never the part that could still grow into a
-//! value, unless masked. A row already released (its line ended) that the cursor later
-//! returns to is context only: what is drawn on it afterwards is masked when it completes a
-//! value, what was released before stays as it was.
+//! characters, which stay as the carry-over window for the next bytes. Live output that goes
+//! quiet mid-line is released with [`Scanner::release_quiet`]: never the part that could
+//! still grow into a value, unless masked. Text already released that later completes a
+//! value on the screen is context only: what is drawn afterwards is masked, what was released
+//! before stays as it was (a value formed only by deleting or moving released text, with no
+//! new character, is not masked).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, VecDeque};
 use std::ops::Range;
 
+use avt::parser::{Function, SgrOp};
+use avt::{Color, Terminal};
 use unicode_width::UnicodeWidthChar;
 
+use super::line_editor::LineEditor;
 use super::recording::OutputMasker;
 
 /// Bytes of one unfinished line held before the oldest part is released.
@@ -46,141 +57,71 @@ pub const MAX_PENDING: usize = 4096;
 /// than any value a detector finds.
 pub const WINDOW: usize = 256;
 
-/// A line view wider than this is not grown further (cursor moves are clamped).
-const MAX_COLUMNS: usize = 4 * MAX_PENDING;
+/// Widest terminal emulated (a wider resize is clamped).
+pub const MAX_COLUMNS: usize = 512;
 
-/// Rows of the screen cursor addressing counts from (the terminal's height is not known to
-/// the scanner; a common one).
-const SCREEN_ROWS: i64 = 24;
+/// Tallest terminal emulated.
+pub const MAX_ROWS: usize = 256;
 
-/// Rows kept above and below the cursor for values drawn across cursor moves.
-const KEPT_ROWS: i64 = 2 * SCREEN_ROWS;
+/// Most cells emulated: the bound on a screen's memory, whatever the resize messages say.
+pub const MAX_CELLS: usize = 64 * 1024;
+
+/// Lines feeds after which the held lines are searched before they can scroll away.
+const SEARCH_EVERY_SCROLL: usize = 8;
 
 /// Whether the stream is a terminal's output or what is typed into it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
-    /// Output: the terminal's own rules (backspace and carriage return move the cursor).
+    /// Output: the terminal's own rules.
     Output,
-    /// Input: a line editor's rules (backspace and DEL erase, `^U` clears the line).
+    /// Input: a line editor's rules (see [`super::line_editor`]).
     Input,
 }
 
-/// A drawn character and the absolute offsets of the raw bytes that drew it.
-#[derive(Clone, Copy, Debug)]
-struct Cell {
-    c: char,
-    start: u64,
-    end: u64,
+/// A drawn character and the absolute offsets of the raw bytes that drew it (`start == end`:
+/// bytes not known, already released).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cell {
+    pub c: char,
+    pub start: u64,
+    pub end: u64,
 }
 
-/// The terminal state the parser drives.
-struct View {
-    direction: Direction,
-    /// Absolute offset of the byte being parsed.
-    pos: u64,
-    /// Where the raw bytes of the next drawn character begin.
-    span_start: u64,
-    /// Drawn characters in arrival order (separators included as cells).
-    stream: Vec<Cell>,
-    /// The cursor's screen row.
-    line: Vec<Option<Cell>>,
-    cursor: usize,
-    /// The cursor's row number (rows count down from the first; output only moves up).
-    row: i64,
-    /// The lowest row reached, and so the screen's top row (`bottom - SCREEN_ROWS + 1`).
-    bottom: i64,
-    /// Other rows near the cursor, with the end offset of their last-drawn bytes.
-    rows: BTreeMap<i64, (u64, Vec<Option<Cell>>)>,
-    /// Absolute offset just past the last line end seen.
-    line_end: Option<u64>,
+/// Incremental UTF-8 decoding, one character at a time, invalid bytes as U+FFFD.
+#[derive(Default)]
+struct Utf8 {
+    buf: [u8; 4],
+    len: usize,
 }
 
-impl View {
-    fn new(direction: Direction) -> Self {
-        View {
-            direction,
-            pos: 0,
-            span_start: 0,
-            stream: Vec::new(),
-            line: Vec::new(),
-            cursor: 0,
-            row: 0,
-            bottom: 0,
-            rows: BTreeMap::new(),
-            line_end: None,
-        }
-    }
-
-    fn separator(&mut self, c: char) {
-        self.stream.push(Cell {
-            c,
-            start: self.pos,
-            end: self.pos + 1,
-        });
-    }
-
-    fn end_line(&mut self) {
-        self.goto_row(self.row + 1);
-        self.cursor = 0;
-        self.line_end = Some(self.pos + 1);
-    }
-
-    /// Move the cursor to row `row` (its column unchanged).
-    fn goto_row(&mut self, row: i64) {
-        if row == self.row {
+impl Utf8 {
+    /// Take byte `b`; each decoded character is given with whether it includes `b`.
+    fn push(&mut self, b: u8, out: &mut Vec<(char, bool)>) {
+        if self.len == 0 && b < 0x80 {
+            out.push((char::from(b), true));
             return;
         }
-        let line = std::mem::take(&mut self.line);
-        let end = line.iter().flatten().map(|c| c.end).max();
-        match end {
-            Some(end) => {
-                self.rows.insert(self.row, (end, line));
+        self.buf[self.len] = b;
+        self.len += 1;
+        match std::str::from_utf8(&self.buf[..self.len]) {
+            Ok(s) => {
+                out.extend(s.chars().map(|c| (c, true)));
+                self.len = 0;
             }
-            None => {
-                self.rows.remove(&self.row);
+            Err(e) if e.error_len().is_none() && self.len < 4 => {}
+            Err(_) => {
+                let n = self.len;
+                self.len = 0;
+                if n > 1 {
+                    // The sequence before `b` was cut short: it is one bad character, and
+                    // `b` starts again.
+                    out.push(('\u{fffd}', false));
+                    self.push(b, out);
+                } else {
+                    out.push(('\u{fffd}', true));
+                }
             }
         }
-        self.line = self.rows.remove(&row).map(|(_, l)| l).unwrap_or_default();
-        self.row = row;
-        self.bottom = self.bottom.max(row);
-        let near = row - KEPT_ROWS..=row + KEPT_ROWS;
-        self.rows.retain(|r, _| near.contains(r));
-    }
-
-    /// Row `n` (from 1) of the screen.
-    fn screen_row(&self, n: usize) -> i64 {
-        let top = (self.bottom - SCREEN_ROWS + 1).max(0);
-        top + i64::try_from(n.max(1) - 1)
-            .unwrap_or(0)
-            .min(SCREEN_ROWS - 1)
-    }
-
-    fn put(&mut self, cell: Cell) {
-        if self.cursor >= MAX_COLUMNS {
-            self.cursor = MAX_COLUMNS - 1;
-        }
-        if self.line.len() <= self.cursor {
-            self.line.resize(self.cursor + 1, None);
-        }
-        match self.direction {
-            // A line editor inserts at the cursor.
-            Direction::Input => self.line.insert(self.cursor, Some(cell)),
-            Direction::Output => self.line[self.cursor] = Some(cell),
-        }
-        self.cursor += 1;
-    }
-
-    fn erase_before_cursor(&mut self) {
-        if self.cursor > 0 && self.cursor <= self.line.len() {
-            self.line.remove(self.cursor - 1);
-            self.cursor -= 1;
-        } else {
-            self.cursor = self.cursor.saturating_sub(1);
-        }
-    }
-
-    fn done_with_sequence(&mut self) {
-        self.span_start = self.pos + 1;
     }
 }
 
@@ -190,170 +131,61 @@ fn invisible(c: char) -> bool {
     matches!(c.width(), Some(0) | None) || matches!(c, '\u{00ad}' | '\u{115f}' | '\u{1160}')
 }
 
-impl vte::Perform for View {
-    fn print(&mut self, c: char) {
-        if invisible(c) {
-            // Its bytes join the next character's span.
-            return;
+/// The colour pair that carries event number `n` (48 bits) on the emulated screen.
+fn tag(n: u64) -> Function {
+    let b = n.to_le_bytes();
+    Function::Sgr(
+        [
+            SgrOp::SetForegroundColor(Color::rgb(b[0], b[1], b[2])),
+            SgrOp::SetBackgroundColor(Color::rgb(b[3], b[4], b[5])),
+        ][..]
+            .into(),
+    )
+}
+
+/// The event number a cell's colours carry.
+fn tag_of(cell: &avt::Cell) -> Option<u64> {
+    match (cell.pen().foreground(), cell.pen().background()) {
+        (Some(Color::RGB(f)), Some(Color::RGB(b))) => {
+            Some(u64::from_le_bytes([f.r, f.g, f.b, b.r, b.g, b.b, 0, 0]))
         }
-        let cell = Cell {
-            c,
-            start: self.span_start,
-            end: self.pos + 1,
-        };
-        self.stream.push(cell);
-        self.put(cell);
-        self.span_start = self.pos + 1;
+        _ => None,
     }
+}
 
-    fn execute(&mut self, byte: u8) {
-        match (byte, self.direction) {
-            (b'\n' | 0x0b | 0x0c, _) | (b'\r', Direction::Input) => {
-                self.separator('\n');
-                self.end_line();
-            }
-            (b'\r', Direction::Output) => self.cursor = 0,
-            (0x08, Direction::Output) => self.cursor = self.cursor.saturating_sub(1),
-            (0x08, Direction::Input) => self.erase_before_cursor(),
-            (0x15, Direction::Input) => {
-                self.line.drain(..self.cursor.min(self.line.len()));
-                self.cursor = 0;
-            }
-            (b'\t', _) => {
-                self.separator('\t');
-                self.cursor = (self.cursor / 8 + 1) * 8;
-            }
-            _ => {}
-        }
-        self.done_with_sequence();
-    }
+/// The terminal size emulated for a requested one.
+fn bounded(cols: usize, rows: usize) -> (usize, usize) {
+    let cols = cols.clamp(1, MAX_COLUMNS);
+    let rows = rows.clamp(1, MAX_ROWS).min(MAX_CELLS / cols).max(1);
+    (cols, rows)
+}
 
-    fn csi_dispatch(
-        &mut self,
-        params: &vte::Params,
-        intermediates: &[u8],
-        _ignore: bool,
-        action: char,
-    ) {
-        let first = params
-            .iter()
-            .next()
-            .and_then(|p| p.first().copied())
-            .unwrap_or(0);
-        let n = usize::from(first.max(1));
-        if intermediates.is_empty() {
-            match action {
-                'C' | 'a' => self.cursor = (self.cursor + n).min(MAX_COLUMNS),
-                'D' => self.cursor = self.cursor.saturating_sub(n),
-                'G' | '`' => self.cursor = (n - 1).min(MAX_COLUMNS),
-                'K' => match first {
-                    0 => self.line.truncate(self.cursor),
-                    1 => {
-                        let end = (self.cursor + 1).min(self.line.len());
-                        self.line[..end].iter_mut().for_each(|c| *c = None);
-                    }
-                    _ => self.line.clear(),
-                },
-                'X' => {
-                    let end = (self.cursor + n).min(self.line.len());
-                    if self.cursor < end {
-                        self.line[self.cursor..end]
-                            .iter_mut()
-                            .for_each(|c| *c = None);
-                    }
-                }
-                'P' => {
-                    let end = (self.cursor + n).min(self.line.len());
-                    if self.cursor < end {
-                        self.line.drain(self.cursor..end);
-                    }
-                }
-                '@' if self.cursor < self.line.len() => {
-                    let blanks = n.min(MAX_COLUMNS);
-                    self.line
-                        .splice(self.cursor..self.cursor, std::iter::repeat_n(None, blanks));
-                    self.line.truncate(MAX_COLUMNS);
-                }
-                // Output moves to another row of the screen, or clears part of it.
-                'A' | 'B' | 'E' | 'F' | 'H' | 'f' | 'd' | 'J'
-                    if self.direction == Direction::Output =>
-                {
-                    // The arrival order is broken: the stream view ends its line.
-                    self.separator('\n');
-                    let row = match action {
-                        'A' | 'F' => self.row - n as i64,
-                        'B' | 'E' => self.row + n as i64,
-                        'H' | 'f' | 'd' => self.screen_row(usize::from(first)),
-                        _ => self.row,
-                    };
-                    self.goto_row(row);
-                    match action {
-                        'E' | 'F' => self.cursor = 0,
-                        'H' | 'f' => {
-                            let column = params.iter().nth(1).and_then(|p| p.first().copied());
-                            self.cursor = column.map_or(0, |c| usize::from(c.max(1)) - 1);
-                        }
-                        'J' => {
-                            let here = self.row;
-                            match first {
-                                0 => {
-                                    self.line.truncate(self.cursor);
-                                    self.rows.retain(|r, _| *r < here);
-                                }
-                                1 => {
-                                    let end = (self.cursor + 1).min(self.line.len());
-                                    self.line[..end].iter_mut().for_each(|c| *c = None);
-                                    self.rows.retain(|r, _| *r > here);
-                                }
-                                _ => {
-                                    self.line.clear();
-                                    self.rows.clear();
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                // Typed arrows, scrolls: the line ends here.
-                'A' | 'B' | 'E' | 'F' | 'H' | 'f' | 'd' | 'J' | 'S' | 'T' => {
-                    let column = self.cursor;
-                    self.separator('\n');
-                    self.end_line();
-                    self.line_end = None;
-                    self.cursor = match action {
-                        'H' | 'f' => params
-                            .iter()
-                            .nth(1)
-                            .and_then(|p| p.first().copied())
-                            .map_or(0, |c| usize::from(c.max(1)) - 1),
-                        'E' | 'F' => 0,
-                        _ => column,
-                    };
-                }
-                _ => {}
-            }
-        }
-        self.done_with_sequence();
-    }
+/// The emulated output terminal.
+struct Screen {
+    parser: avt::Parser,
+    term: Terminal,
+    /// The last drawn character (what REP repeats).
+    last: Option<char>,
+    /// Line feeds since the held lines were last searched.
+    scrolled: usize,
+}
 
-    fn esc_dispatch(&mut self, _intermediates: &[u8], _ignore: bool, _byte: u8) {
-        self.done_with_sequence();
-    }
-
-    fn osc_dispatch(&mut self, _params: &[&[u8]], _bell_terminated: bool) {
-        self.done_with_sequence();
-    }
-
-    fn hook(&mut self, _params: &vte::Params, _i: &[u8], _ignore: bool, _action: char) {
-        self.done_with_sequence();
-    }
-
-    fn put(&mut self, _byte: u8) {
-        self.done_with_sequence();
-    }
-
-    fn unhook(&mut self) {
-        self.done_with_sequence();
+impl Screen {
+    /// A screen of (at most) `cols` by `rows`; `None` only if the emulator refuses the size
+    /// (never for a bounded one), and then every drawn character is masked.
+    fn new(cols: usize, rows: usize) -> Option<Self> {
+        let (cols, rows) = bounded(cols, rows);
+        // Scrollback as tall as the screen: held lines are searched there after they scroll
+        // off.
+        let term = Terminal::with_scrollback(cols, rows, Some(rows))
+            .map_err(|e| tracing::warn!(error = %e, "terminal emulator refused a size"))
+            .ok()?;
+        Some(Screen {
+            parser: avt::Parser::new(),
+            term,
+            last: None,
+            scrolled: 0,
+        })
     }
 }
 
@@ -381,7 +213,10 @@ fn search(masker: &OutputMasker, cells: &[Option<Cell>], out: &mut Vec<Found>) {
         let Some(last) = range.end.checked_sub(1).and_then(|e| index.get(e).copied()) else {
             continue;
         };
-        let spans = cells[first..=last].iter().flatten();
+        let spans = cells[first..=last]
+            .iter()
+            .flatten()
+            .filter(|c| c.end > c.start);
         let start = spans.clone().map(|c| c.start).min();
         let end = spans.map(|c| c.end).max();
         if let (Some(start), Some(end)) = (start, end) {
@@ -392,8 +227,23 @@ fn search(masker: &OutputMasker, cells: &[Option<Cell>], out: &mut Vec<Found>) {
 
 /// A stream being masked as the screen shows it; see the module documentation.
 pub struct Scanner {
-    parser: vte::Parser,
-    view: View,
+    direction: Direction,
+    utf8: Utf8,
+    /// Output: the emulated terminal.
+    screen: Option<Screen>,
+    /// Input: the line editor.
+    editor: LineEditor,
+    /// Drawn characters by event number; `events[0]` is event `first_event`.
+    events: VecDeque<Cell>,
+    first_event: u64,
+    /// Absolute offset of the next byte.
+    pos: u64,
+    /// Where the raw bytes of the next drawn character begin.
+    span_start: u64,
+    /// Drawn characters in arrival order (separators included as cells).
+    stream: Vec<Cell>,
+    /// Absolute offset just past the last line end seen.
+    line_end: Option<u64>,
     /// Raw bytes not yet released; `raw[0]` is at absolute offset `base`.
     raw: Vec<u8>,
     base: u64,
@@ -403,19 +253,49 @@ pub struct Scanner {
     counted: BTreeSet<(usize, u64)>,
     /// Values found per detector since the last [`Scanner::take_counts`].
     counts: Vec<u64>,
+    decoded: Vec<(char, bool)>,
 }
 
 impl Scanner {
-    /// A scanner for one stream.
+    /// A scanner for one stream, on a terminal of 80 columns by 24 rows until told its size.
     pub fn new(direction: Direction) -> Self {
+        Self::with_size(direction, 80, 24)
+    }
+
+    /// A scanner for one stream on a terminal of `cols` by `rows` (bounded, see
+    /// [`MAX_CELLS`]).
+    pub fn with_size(direction: Direction, cols: usize, rows: usize) -> Self {
         Scanner {
-            parser: vte::Parser::new(),
-            view: View::new(direction),
+            direction,
+            utf8: Utf8::default(),
+            screen: match direction {
+                Direction::Output => Screen::new(cols, rows),
+                Direction::Input => None,
+            },
+            editor: LineEditor::default(),
+            events: VecDeque::new(),
+            first_event: 0,
+            pos: 0,
+            span_start: 0,
+            stream: Vec::new(),
+            line_end: None,
             raw: Vec::new(),
             base: 0,
             masks: Vec::new(),
             counted: BTreeSet::new(),
             counts: Vec::new(),
+            decoded: Vec::new(),
+        }
+    }
+
+    /// The terminal was resized (a resize message): the emulated screen follows, within the
+    /// bounds.
+    pub fn resize(&mut self, masker: &OutputMasker, cols: usize, rows: usize) {
+        // What a resize could cut or reflow is searched first.
+        self.search_held(masker);
+        if let Some(screen) = &mut self.screen {
+            let (cols, rows) = bounded(cols, rows);
+            screen.term.resize(cols, rows);
         }
     }
 
@@ -426,13 +306,23 @@ impl Scanner {
 
     /// Take in `data`; returns the masked bytes that can be released now (possibly none).
     pub fn push(&mut self, masker: &OutputMasker, data: &[u8]) -> Vec<u8> {
+        let mut decoded = std::mem::take(&mut self.decoded);
         for &b in data {
-            self.parser.advance(&mut self.view, &[b]);
-            self.view.pos += 1;
+            decoded.clear();
+            self.utf8.push(b, &mut decoded);
+            for &(c, with_b) in &decoded {
+                let end = if with_b { self.pos + 1 } else { self.pos };
+                match self.direction {
+                    Direction::Output => self.output_char(masker, c, end),
+                    Direction::Input => self.input_char(c, end),
+                }
+            }
+            self.pos += 1;
         }
+        self.decoded = decoded;
         self.raw.extend_from_slice(data);
         let end = self.base + self.raw.len() as u64;
-        let cut = if let Some(line_end) = self.view.line_end.filter(|e| *e > self.base) {
+        let cut = if let Some(line_end) = self.line_end.filter(|e| *e > self.base) {
             // Everything up to the last line end, unless what follows on the new line is
             // already long.
             if end - line_end >= MAX_PENDING as u64 {
@@ -446,6 +336,142 @@ impl Scanner {
             return Vec::new();
         };
         self.release(masker, cut)
+    }
+
+    fn separator(&mut self, c: char, end: u64) {
+        self.stream.push(Cell {
+            c,
+            start: end.saturating_sub(1),
+            end,
+        });
+    }
+
+    /// A drawn character: a new event.
+    fn draw(&mut self, c: char, end: u64) -> Cell {
+        let cell = Cell {
+            c,
+            start: self.span_start,
+            end,
+        };
+        self.events.push_back(cell);
+        self.span_start = end;
+        cell
+    }
+
+    fn output_char(&mut self, masker: &OutputMasker, c: char, end: u64) {
+        let Some(screen) = &mut self.screen else {
+            // No emulator: every drawn character is masked (fail closed).
+            if !c.is_control() && !c.is_whitespace() {
+                self.masks.push(self.span_start..end);
+            }
+            self.span_start = end;
+            return;
+        };
+        let Some(function) = screen.parser.feed(c) else {
+            return;
+        };
+        match function {
+            Function::Print(ch) => {
+                if invisible(ch) {
+                    // Its bytes join the next character's span.
+                    return;
+                }
+                let id = self.first_event + self.events.len() as u64;
+                if let Some(screen) = &mut self.screen {
+                    screen.term.execute([tag(id), Function::Print(ch)]);
+                    screen.last = Some(ch);
+                }
+                let cell = self.draw(ch, end);
+                self.stream.push(cell);
+                return;
+            }
+            Function::Rep(n) => {
+                let Some(ch) = screen.last else {
+                    self.span_start = end;
+                    return;
+                };
+                let id = self.first_event + self.events.len() as u64;
+                let cols = screen.term.size().0;
+                screen.term.execute([tag(id), Function::Rep(n)]);
+                let cell = self.draw(ch, end);
+                let n = usize::from(n.max(1)).min(cols);
+                self.stream.extend(std::iter::repeat_n(cell, n));
+                return;
+            }
+            // Colours draw no text (and the emulator's colours carry the event numbers);
+            // titles and other OSC strings are not on the screen.
+            Function::Sgr(_) | Function::Osc(_) => {}
+            Function::Lf | Function::Nel => {
+                // A bare line feed is read as the terminal driver writes it (`\r\n`), as
+                // the replay does.
+                screen.term.execute([function, Function::Cr]);
+                screen.scrolled += 1;
+                let search_now = screen.scrolled >= SEARCH_EVERY_SCROLL;
+                self.separator('\n', end);
+                self.line_end = Some(end);
+                if search_now {
+                    self.search_held(masker);
+                }
+            }
+            Function::Ht | Function::Cht(_) | Function::Cbt(_) => {
+                screen.term.execute(function);
+                self.separator('\t', end);
+            }
+            Function::Bs => {
+                // Overstrike in arrival order: the character before is drawn over (also at
+                // the right margin, where a terminal does not move back over it).
+                screen.term.execute(function);
+                if self
+                    .stream
+                    .last()
+                    .is_some_and(|c| !matches!(c.c, '\n' | '\t'))
+                {
+                    self.stream.pop();
+                }
+            }
+            Function::Cr
+            | Function::Cub(_)
+            | Function::Cuf(_)
+            | Function::Cha(_)
+            | Function::Ich(_)
+            | Function::Dch(_)
+            | Function::Ech(_)
+            | Function::El(_)
+            | Function::Sm(_)
+            | Function::Rm(_)
+            | Function::Hts
+            | Function::Tbc(_)
+            | Function::Ctc(_)
+            | Function::G1d4(_)
+            | Function::Gzd4(_)
+            | Function::Si
+            | Function::So => screen.term.execute(function),
+            // Everything else may move to another row, scroll or switch screens: the arrival
+            // order is broken.
+            other => {
+                screen.term.execute(other);
+                self.separator('\n', end);
+            }
+        }
+        self.span_start = end;
+    }
+
+    fn input_char(&mut self, c: char, end: u64) {
+        if invisible(c) && !c.is_control() {
+            return;
+        }
+        let cell = Cell {
+            c,
+            start: self.span_start,
+            end,
+        };
+        self.span_start = end;
+        if self.editor.feed(cell) {
+            self.separator('\n', end);
+            self.line_end = Some(end);
+        } else if !c.is_control() {
+            self.stream.push(cell);
+        }
     }
 
     /// Release everything held (the stream ended or has been idle).
@@ -473,13 +499,109 @@ impl Scanner {
         }
     }
 
+    /// The cells of the screen's lines (rows joined where text wrapped) that hold a character
+    /// drawn by bytes not yet released; with `cursor_only`, only the cursor's line.
+    fn held_lines(&self, cursor_only: bool) -> Vec<Vec<Option<Cell>>> {
+        let Some(screen) = &self.screen else {
+            return Vec::new();
+        };
+        let held_from =
+            self.first_event + self.events.partition_point(|c| c.end <= self.base) as u64;
+        let cursor_row = screen.term.cursor().row;
+        let visible = screen.term.screen().visible_lines().len();
+        let lines: Vec<&avt::Line> = screen.term.screen().all_lines().collect();
+        let offset = lines.len().saturating_sub(visible);
+        let mut out = Vec::new();
+        let mut logical: Vec<Option<Cell>> = Vec::new();
+        let mut held = false;
+        let mut has_cursor = false;
+        for (i, line) in lines.iter().enumerate() {
+            for cell in line.cells() {
+                if cell.width() == 0 {
+                    continue;
+                }
+                let id = tag_of(cell);
+                held |= id.is_some_and(|id| id >= held_from);
+                let c = cell.char();
+                let known = id
+                    .and_then(|id| id.checked_sub(self.first_event))
+                    .and_then(|k| usize::try_from(k).ok())
+                    .and_then(|k| self.events.get(k))
+                    .filter(|e| e.c == c && c != ' ');
+                logical.push(Some(known.copied().unwrap_or(Cell {
+                    c,
+                    start: 0,
+                    end: 0,
+                })));
+            }
+            has_cursor |= i == offset + cursor_row;
+            if !line.is_wrapped() || i + 1 == lines.len() {
+                let line = std::mem::take(&mut logical);
+                if held && (!cursor_only || has_cursor) {
+                    out.push(line);
+                }
+                held = false;
+                has_cursor = false;
+            }
+        }
+        out
+    }
+
+    /// Search the held lines now (before they can scroll away or be reflowed).
+    fn search_held(&mut self, masker: &OutputMasker) {
+        let mut found = Vec::new();
+        for line in self.held_lines(false) {
+            search(masker, &line, &mut found);
+        }
+        self.note(found);
+        if let Some(screen) = &mut self.screen {
+            screen.scrolled = 0;
+        }
+    }
+
+    /// Keep found values as masks, counted once each.
+    fn note(&mut self, found: Vec<Found>) {
+        for (rule, range) in found {
+            if range.end <= self.base {
+                continue;
+            }
+            if self.counted.insert((rule, range.start)) {
+                if self.counts.len() <= rule {
+                    self.counts.resize(rule + 1, 0);
+                }
+                self.counts[rule] += 1;
+            }
+            self.masks.push(range);
+        }
+    }
+
+    /// The lines the screen (or the line editor) shows that are still being written: the
+    /// cursor's line, or the line being typed.
+    fn current_lines(&self) -> Vec<Vec<Option<Cell>>> {
+        match self.direction {
+            Direction::Output => self.held_lines(true),
+            Direction::Input => vec![self.editor.line().iter().copied().map(Some).collect()],
+        }
+    }
+
     /// Where a possible unfinished value begins among the held bytes, with the raw spans of
-    /// its held characters; searched in the stream view and in the line view.
+    /// its held characters; searched in the stream view and in the current line.
     fn unfinished(&self, masker: &OutputMasker) -> Option<(u64, Vec<Range<u64>>)> {
-        let stream: Vec<Option<Cell>> = self.view.stream.iter().copied().map(Some).collect();
+        let mut views: Vec<Vec<Option<Cell>>> =
+            vec![self.stream.iter().copied().map(Some).collect()];
+        views.extend(self.current_lines());
         let mut first: Option<u64> = None;
         let mut spans = Vec::new();
-        for cells in [&stream, &self.view.line] {
+        if self.direction == Direction::Input && self.editor.blind() {
+            // A line the model cannot follow: all of it is a possible value.
+            let start = self.editor.line_start().max(self.base);
+            let end = self.base + self.raw.len() as u64;
+            if start < end {
+                let spans = std::iter::once(start..end).collect();
+                return Some((start, spans));
+            }
+        }
+        for cells in &views {
             let from = cells.len().saturating_sub(WINDOW);
             let mut text = Vec::new();
             let mut starts = Vec::new();
@@ -506,7 +628,7 @@ impl Scanner {
             let held: Vec<Cell> = cells[column..]
                 .iter()
                 .flatten()
-                .filter(|c| c.end > self.base)
+                .filter(|c| c.end > self.base && c.end > c.start)
                 .copied()
                 .collect();
             if let Some(start) = held.iter().map(|c| c.start.max(self.base)).min() {
@@ -528,7 +650,7 @@ impl Scanner {
     /// (escape sequences without text).
     fn window_cut(&self) -> u64 {
         let end = self.base + self.raw.len() as u64;
-        let stream = &self.view.stream;
+        let stream = &self.stream;
         if stream.len() > WINDOW {
             let cut = stream[stream.len() - WINDOW].start;
             if cut > self.base && end - cut <= 4 * MAX_PENDING as u64 {
@@ -540,26 +662,36 @@ impl Scanner {
 
     fn release(&mut self, masker: &OutputMasker, cut: u64) -> Vec<u8> {
         let mut found = Vec::new();
-        let stream: Vec<Option<Cell>> = self.view.stream.iter().copied().map(Some).collect();
+        let stream: Vec<Option<Cell>> = self.stream.iter().copied().map(Some).collect();
         search(masker, &stream, &mut found);
-        for (end, line) in self.view.rows.values() {
-            if *end > self.base {
-                search(masker, line, &mut found);
-            }
-        }
-        search(masker, &self.view.line, &mut found);
-        for (rule, range) in found {
-            if range.end <= self.base {
-                continue;
-            }
-            if self.counted.insert((rule, range.start)) {
-                if self.counts.len() <= rule {
-                    self.counts.resize(rule + 1, 0);
+        match self.direction {
+            Direction::Output => {
+                for line in self.held_lines(false) {
+                    search(masker, &line, &mut found);
                 }
-                self.counts[rule] += 1;
             }
-            self.masks.push(range);
+            Direction::Input => {
+                for ended in self.editor.take_ended() {
+                    if let Some(blind) = ended.blind {
+                        self.masks.push(blind);
+                    }
+                    let cells: Vec<Option<Cell>> = ended.cells.into_iter().map(Some).collect();
+                    search(masker, &cells, &mut found);
+                }
+                let line: Vec<Option<Cell>> =
+                    self.editor.line().iter().copied().map(Some).collect();
+                search(masker, &line, &mut found);
+                if self.editor.blind() {
+                    // Fail closed: what is released of a blind line is masked.
+                    let start = self.editor.line_start();
+                    self.masks.push(start..cut.max(start));
+                }
+            }
         }
+        if let Some(screen) = &mut self.screen {
+            screen.scrolled = 0;
+        }
+        self.note(found);
         let take = usize::try_from(cut.saturating_sub(self.base))
             .unwrap_or(usize::MAX)
             .min(self.raw.len());
@@ -569,28 +701,37 @@ impl Scanner {
             let to = m.end.min(cut);
             if from < to {
                 let (a, b) = ((from - self.base) as usize, (to - self.base) as usize);
-                out[a..b].fill(b'*');
+                out[a..b].iter_mut().for_each(|b| {
+                    // Line ends stay, so a masked typed line still ends where it did.
+                    if !matches!(*b, b'\r' | b'\n') {
+                        *b = b'*';
+                    }
+                });
             }
         }
         self.base = cut;
         self.masks.retain(|m| m.end > cut);
-        // What stays as context: the rows near the cursor, and in the stream view the
-        // characters after the cut and a window before it.
+        // Events of released bytes are no longer needed (their cells are context).
+        while self.events.front().is_some_and(|e| e.end <= cut) {
+            self.events.pop_front();
+            self.first_event += 1;
+        }
+        // What stays as context: in the stream view the characters after the cut and a
+        // window before it.
         let keep_from = self
-            .view
             .stream
             .iter()
             .position(|c| c.end > cut)
-            .unwrap_or(self.view.stream.len());
-        let keep_from = if self.view.line_end.is_some_and(|e| e >= cut) {
+            .unwrap_or(self.stream.len());
+        let keep_from = if self.line_end.is_some_and(|e| e >= cut) {
             keep_from
         } else {
             keep_from.saturating_sub(WINDOW)
         };
-        self.view.stream.drain(..keep_from);
-        if self.view.stream.len() > 2 * WINDOW + MAX_PENDING {
-            let extra = self.view.stream.len() - (2 * WINDOW + MAX_PENDING);
-            self.view.stream.drain(..extra);
+        self.stream.drain(..keep_from);
+        if self.stream.len() > 2 * WINDOW + MAX_PENDING {
+            let extra = self.stream.len() - (2 * WINDOW + MAX_PENDING);
+            self.stream.drain(..extra);
         }
         let oldest = self.base.saturating_sub(4 * MAX_PENDING as u64);
         self.counted.retain(|(_, start)| *start >= oldest);

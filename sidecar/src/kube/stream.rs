@@ -97,6 +97,8 @@ pub struct LiveMask {
     held_since: Option<Instant>,
     /// The quiet release has run since output last arrived.
     quiet_done: bool,
+    /// The terminal's size (columns, rows), from the resize messages.
+    size: (usize, usize),
 }
 
 impl LiveMask {
@@ -108,6 +110,7 @@ impl LiveMask {
             last: None,
             held_since: None,
             quiet_done: false,
+            size: (80, 24),
         }
     }
 
@@ -115,11 +118,21 @@ impl LiveMask {
         self.scanners.values().any(|s| s.pending() > 0)
     }
 
+    /// The terminal was resized: every output stream's screen follows.
+    pub fn resize(&mut self, cols: u16, rows: u16) {
+        self.size = (usize::from(cols), usize::from(rows));
+        let masker = self.masker.clone();
+        for scanner in self.scanners.values_mut() {
+            scanner.resize(&masker, self.size.0, self.size.1);
+        }
+    }
+
     fn push(&mut self, key: u32, data: &[u8]) -> Vec<u8> {
+        let size = self.size;
         let scanner = self
             .scanners
             .entry(key)
-            .or_insert_with(|| Scanner::new(Direction::Output));
+            .or_insert_with(|| Scanner::with_size(Direction::Output, size.0, size.1));
         let out = scanner.push(&self.masker, data);
         if self.pending() {
             let now = Instant::now();
@@ -353,6 +366,9 @@ impl StreamSession {
         match self.resize.push(data) {
             Ok(sizes) => {
                 for (w, h) in sizes {
+                    if let Some(live) = self.live.as_mut() {
+                        live.resize(w, h);
+                    }
                     self.recorder.resize(w, h);
                 }
             }

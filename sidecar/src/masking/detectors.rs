@@ -7,8 +7,18 @@
 //! value is then the longest valid part of the run from each possible start, so text that
 //! follows or precedes a value in the same run (the next column, a BIC, a year) does not
 //! hide it.
+//!
+//! Detectors read text as a reader sees it, not as it is encoded: text that is not plain
+//! ASCII is first normalised ([`normalise`]: Unicode compatibility forms, so fullwidth digits
+//! and a fullwidth `@` read as their ASCII forms; every space separator, the no-break space
+//! among them, as a space; invisible format characters dropped), and what is found is mapped
+//! back to the original text. IBANs are found in either case, card numbers grouped with
+//! spaces, dashes or dots, e-mail addresses with internationalised names and address
+//! literals.
 
 use std::ops::Range;
+
+use unicode_normalization::UnicodeNormalization;
 
 use regex::Regex;
 
@@ -17,7 +27,7 @@ use regex::Regex;
 pub enum DetectorKind {
     /// E-mail addresses.
     Email,
-    /// Payment card numbers (13 to 19 digits, spaces or dashes allowed, Luhn-valid).
+    /// Payment card numbers (13 to 19 digits, spaces, dashes or dots allowed, Luhn-valid).
     PaymentCard,
     /// IBANs (checksum and country length verified).
     Iban,
@@ -60,9 +70,11 @@ impl Patterns {
     /// Compile the built-in patterns (once, when a configuration is loaded).
     pub fn new() -> Result<Self, regex::Error> {
         Ok(Self {
-            email: Regex::new(r"(?i)[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}")?,
-            card: Regex::new(r"\d(?:[ -]?\d)*")?,
-            iban: Regex::new(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9])+")?,
+            email: Regex::new(
+                r"(?i)[\p{L}\p{N}._%+-]+@(?:[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.\p{L}{2,}|\[[0-9a-z.:]+\])",
+            )?,
+            card: Regex::new(r"[0-9](?:[ .-]?[0-9])*")?,
+            iban: Regex::new(r"(?i)\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9])+")?,
             phone: Regex::new(r"(?:\+|\b00)\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){1,6}")?,
         })
     }
@@ -78,8 +90,25 @@ impl Patterns {
         }
     }
 
-    /// Byte ranges of `text` the detector finds, in order, not overlapping.
+    /// Byte ranges of `text` the detector finds, in order, not overlapping; text that is not
+    /// plain ASCII is read [`normalise`]d.
     pub fn find(&self, kind: &DetectorKind, text: &str) -> Vec<Range<usize>> {
+        if text.is_ascii() {
+            return self.find_normalised(kind, text);
+        }
+        let (normal, origin) = normalise(text);
+        self.find_normalised(kind, &normal)
+            .into_iter()
+            .filter_map(|r| {
+                let start = *origin.get(r.start)?;
+                let last = *origin.get(r.end.checked_sub(1)?)?;
+                let end = last + text[last..].chars().next().map_or(1, char::len_utf8);
+                Some(start..end)
+            })
+            .collect()
+    }
+
+    fn find_normalised(&self, kind: &DetectorKind, text: &str) -> Vec<Range<usize>> {
         if !may_match(kind, text) {
             return Vec::new();
         }
@@ -116,6 +145,55 @@ impl Patterns {
     }
 }
 
+/// `text` as the detectors read it, with, for each byte of the result, the byte offset in
+/// `text` of the character it comes from: each character in its compatibility form (NFKC:
+/// fullwidth and other presentation forms read as the plain character), every space
+/// separator (general category Zs, the no-break space among them) as a space, invisible
+/// format characters (zero-width spaces and joiners, byte-order marks, soft hyphens) left
+/// out.
+pub fn normalise(text: &str) -> (String, Vec<usize>) {
+    let mut out = String::with_capacity(text.len());
+    let mut origin = Vec::with_capacity(text.len());
+    for (at, c) in text.char_indices() {
+        if c.is_ascii() {
+            out.push(c);
+            origin.push(at);
+            continue;
+        }
+        if is_space_separator(c) {
+            out.push(' ');
+            origin.push(at);
+            continue;
+        }
+        if is_invisible_format(c) {
+            continue;
+        }
+        for n in std::iter::once(c).nfkc() {
+            let n = if is_space_separator(n) { ' ' } else { n };
+            out.push(n);
+            origin.extend(std::iter::repeat_n(at, n.len_utf8()));
+        }
+    }
+    (out, origin)
+}
+
+/// Space separators (general category Zs).
+fn is_space_separator(c: char) -> bool {
+    matches!(
+        c,
+        ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200a}' | '\u{202f}' | '\u{205f}' | '\u{3000}'
+    )
+}
+
+/// Format characters that draw nothing between two characters of a value.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}' | '\u{180e}' | '\u{200b}'..='\u{200d}' | '\u{2060}'..='\u{2064}' | '\u{feff}'
+    )
+}
+
 /// A cheap necessary condition for a built-in detector to find anything: most values (ids,
 /// names, dates, prose) fail it in one pass over their bytes, without running the pattern.
 fn may_match(kind: &DetectorKind, text: &str) -> bool {
@@ -124,11 +202,11 @@ fn may_match(kind: &DetectorKind, text: &str) -> bool {
         DetectorKind::Email => bytes.contains(&b'@'),
         DetectorKind::PaymentCard => bytes.iter().filter(|b| b.is_ascii_digit()).count() >= 13,
         DetectorKind::Iban => {
-            // Two capital letters and two check digits open every IBAN.
+            // Two letters and two check digits open every IBAN.
             bytes.len() >= 15
                 && bytes.windows(4).any(|w| {
-                    w[0].is_ascii_uppercase()
-                        && w[1].is_ascii_uppercase()
+                    w[0].is_ascii_alphabetic()
+                        && w[1].is_ascii_alphabetic()
                         && w[2].is_ascii_digit()
                         && w[3].is_ascii_digit()
                 })
@@ -174,8 +252,8 @@ fn cards_in(run: &str) -> Vec<Range<usize>> {
     out
 }
 
-/// The IBANs in a candidate run: from each start (two capitals and two digits after a space
-/// or at the run's start), the longest prefix that is a valid IBAN.
+/// The IBANs in a candidate run: from each start (two letters, in either case, and two digits
+/// after a space or at the run's start), the longest prefix that is a valid IBAN.
 fn ibans_in(run: &str) -> Vec<Range<usize>> {
     let b = run.as_bytes();
     let mut out = Vec::new();
@@ -184,8 +262,8 @@ fn ibans_in(run: &str) -> Vec<Range<usize>> {
         if start < from
             || !(start == 0 || b[start - 1] == b' ')
             || b.len() < start + 4
-            || !(b[start].is_ascii_uppercase()
-                && b[start + 1].is_ascii_uppercase()
+            || !(b[start].is_ascii_alphabetic()
+                && b[start + 1].is_ascii_alphabetic()
                 && b[start + 2].is_ascii_digit()
                 && b[start + 3].is_ascii_digit())
         {
@@ -203,7 +281,7 @@ fn ibans_in(run: &str) -> Vec<Range<usize>> {
     out
 }
 
-/// Whether `s` (digits with optional spaces or dashes) is a Luhn-valid card number.
+/// Whether `s` (digits with optional spaces, dashes or dots) is a Luhn-valid card number.
 pub fn is_card_number(s: &str) -> bool {
     let digits: String = s.chars().filter(char::is_ascii_digit).collect();
     (13..=19).contains(&digits.len()) && luhn::valid(&digits)
@@ -211,7 +289,11 @@ pub fn is_card_number(s: &str) -> bool {
 
 /// Whether `s` is a valid IBAN (country length and ISO 13616 mod-97 checksum).
 pub fn is_iban(s: &str) -> bool {
-    let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    let compact: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
     compact.parse::<iban::Iban>().is_ok()
 }
 
