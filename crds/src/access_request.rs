@@ -208,9 +208,11 @@ pub struct Operation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     pub target: Option<String>,
-    /// The prepared definitions a use of a prepared statement (`EXECUTE name`) runs, as the
-    /// sidecar read them when they were prepared. Written by the sidecar, apart from the
-    /// client's `statement`, and shown apart from it: text in the statement cannot pass for it.
+    /// What the statement runs beyond its own text, as the sidecar read it: the prepared
+    /// definitions a use of a prepared statement (`EXECUTE name`) runs, and the definitions of
+    /// the functions and views made through the sidecar that it calls or names. Written by the
+    /// sidecar, apart from the client's `statement`, shown apart from it (text in the
+    /// statement cannot pass for it), and part of what a grant is bound to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub runs: Vec<String>,

@@ -430,9 +430,11 @@ pub struct MaskingRule {
         .message("columns must be written table.column or schema.table.column, for example public.customers.email"))]
     pub columns: Vec<ColumnName>,
 
-    /// A value detector applied to every text value of every result, whatever its column:
-    /// `email`, `paymentCard` (Luhn-checked), `iban` (checksum-verified), `phone`, or
-    /// `regex` (with `pattern`).
+    /// A value detector: `email`, `paymentCard` (Luhn-checked), `iban` (checksum-verified),
+    /// `phone`, or `regex` (with `pattern`). Without `columns` it masks what it finds in every
+    /// text value of every result, as sent. With `columns` those columns are free text: a plain
+    /// reference to one is returned with the detector applied, and any expression over it is
+    /// redacted (a detector cannot see a value the query transformed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detector: Option<Detector>,
 
@@ -585,8 +587,11 @@ pub struct GuardrailMatch {
         .message("tables must be written table or schema.table, for example public.customers"))]
     pub tables: Vec<String>,
 
-    /// Matches `UPDATE` and `DELETE` without a `WHERE` clause, or with one that is always true
-    /// (such as `WHERE 1=1`).
+    /// Matches writes that are not bounded: `UPDATE`, `DELETE`, upsert and `MERGE` (wherever
+    /// they stand: CTEs, `PREPARE`, `EXPLAIN ANALYZE`) unless a top-level `AND` operand of the
+    /// condition compares a user column of the written table with a value the statement gives;
+    /// `TRUNCATE` and table rewrites (`ALTER COLUMN ... TYPE ... USING`) always. System columns
+    /// (`tableoid`, `ctid`, `xmin`...) never bound a write.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub missing_where: bool,
 
