@@ -5,7 +5,10 @@
 #   bench_postgres         PG_HOST, PG_PORT, PG_PASSWORD, DIRECT_URL
 #   bench_sidecar_build    SIDECAR (release build) and its credential files under $WORK/secrets
 #   start_sidecar NAME SPOOL_DIR POLICY_BODY [TOP_LEVEL_YAML]   prints the port it serves on;
-#                          its process id is in $WORK/NAME.pid
+#                          its process id is in $WORK/NAME.pid ($SIDECAR_BIN, if set, is the
+#                          binary started instead of $SIDECAR)
+# BENCH_BASELINE_SIDECAR=PATH (a sidecar binary built from an earlier commit) makes the scripts
+# add targets run by it, so a change is measured against its baseline in the same run.
 #   cpu_ticks PID          user + system CPU time of a process, in clock ticks
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
@@ -73,7 +76,7 @@ policies:
 - name: bench
 $body
 YAML
-    RUST_LOG=warn "$SIDECAR" --config "$WORK/$name.yaml" --service-account bench >"$WORK/$name.log" 2>&1 &
+    RUST_LOG=warn "${SIDECAR_BIN:-$SIDECAR}" --config "$WORK/$name.yaml" --service-account bench >"$WORK/$name.log" 2>&1 &
     echo $! >"$WORK/$name.pid"
     for _ in $(seq 1 100); do
         curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break

@@ -63,6 +63,22 @@ declare -A URL=(
     [sidecar-masking+detectors]="postgresql://agent@127.0.0.1:$DET_PORT/shop?sslmode=disable"
 )
 TARGETS=(direct sidecar-masking-off sidecar-masking-on sidecar-masking-no-hash sidecar-masking+detectors)
+if [[ -n ${BENCH_BASELINE_SIDECAR:-} ]]; then
+    export SIDECAR_BIN=$BENCH_BASELINE_SIDECAR
+    BASE_ON_PORT=$(start_sidecar baseline-masking-on "$WORK/spool-baseline-on" "  masking:
+  - {name: contact, columns: [bench_masking.email], strategy: partial}
+  - {name: national-id, columns: [bench_masking.ssn], strategy: hash}" "$MASKING")
+    BASE_DET_PORT=$(start_sidecar baseline-masking-detectors "$WORK/spool-baseline-detectors" "  masking:
+  - {name: contact, columns: [bench_masking.email], strategy: partial}
+  - {name: national-id, columns: [bench_masking.ssn], strategy: hash}
+  - {name: cards, detector: paymentCard, strategy: redact}
+  - {name: ibans, detector: iban, strategy: redact}
+  - {name: emails, detector: email, strategy: redact}" "$MASKING")
+    unset SIDECAR_BIN
+    URL[baseline-masking-on]="postgresql://agent@127.0.0.1:$BASE_ON_PORT/shop?sslmode=disable"
+    URL[baseline-masking+detectors]="postgresql://agent@127.0.0.1:$BASE_DET_PORT/shop?sslmode=disable"
+    TARGETS=(direct sidecar-masking-off baseline-masking-on sidecar-masking-on sidecar-masking-no-hash baseline-masking+detectors sidecar-masking+detectors)
+fi
 QUERY="SELECT id, email, ssn, note FROM bench_masking"
 
 # Sanity: masked values differ from the clear ones, clean ones do not.

@@ -102,6 +102,12 @@ declare -A PROXY_PID=(
     [sidecar]=$(cat "$WORK/sidecar.pid")
     [sidecar-tmpfs-spool]=$(cat "$WORK/sidecar-tmpfs.pid")
 )
+if [[ -n ${BENCH_BASELINE_SIDECAR:-} ]]; then
+    BASELINE_PORT=$(SIDECAR_BIN=$BENCH_BASELINE_SIDECAR start_sidecar sidecar-baseline "$WORK/spool-baseline" "$POLICY")
+    URL[sidecar-baseline]="postgresql://agent@127.0.0.1:$BASELINE_PORT/shop?sslmode=disable"
+    PROXY_PID[sidecar-baseline]=$(cat "$WORK/sidecar-baseline.pid")
+    TARGETS=(direct pgbouncer sidecar-baseline sidecar sidecar-tmpfs-spool)
+fi
 TICK=$(getconf CLK_TCK)
 for t in "${TARGETS[@]}"; do
     psql -X -qtA "${URL[$t]}" -c 'select 1' >/dev/null || { echo "target $t does not answer" >&2; exit 1; }

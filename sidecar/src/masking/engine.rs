@@ -375,10 +375,18 @@ impl SessionMasking {
     pub fn refusal(&self, facts: &StatementFacts) -> Option<crate::policy::guardrails::Verdict> {
         self.catalog.as_ref()?;
         let carried;
-        let what = if facts.opaque_body {
+        // A function body runs where results are not masked by column (its caller sees
+        // only the function's name), whether or not the body can be read.
+        let defines_code = facts
+            .defines
+            .iter()
+            .any(|d| d.kind == crate::policy::code::ObjectKind::Function);
+        let what = if facts.opaque_body || defines_code {
             "statements with code bodies the sidecar cannot analyse (DO, CREATE FUNCTION, CREATE PROCEDURE)"
         } else if facts.kinds.contains(&StatementKind::Merge) {
             "MERGE"
+        } else if facts.kinds.contains(&StatementKind::Ddl) && self.names_masked_table(facts) {
+            "schema changes of tables with masked columns (generated columns, constraints, index predicates, row security policies, partition bounds and defaults compute over their values on the server)"
         } else {
             let (carriers, uses) = self.uses(facts);
             if let Some(c) = carriers.into_iter().next() {
@@ -397,6 +405,23 @@ impl SessionMasking {
             reason: Some(format!(
                 "{what} are refused while masking rules apply: they could copy masked data to where results would not be masked (rule {BUILTIN_POLICY}/{OPAQUE_RULE})"
             )),
+        })
+    }
+
+    /// Whether a table the statement names has a column that rules applying to the session
+    /// mask (so DDL on it may compute over masked values on the server).
+    fn names_masked_table(&self, facts: &StatementFacts) -> bool {
+        let Some(cat) = &self.catalog else {
+            return false;
+        };
+        let view = self.view(cat);
+        facts.tables.iter().any(|t| {
+            let name: Vec<String> = t.schema.iter().cloned().chain([t.name.clone()]).collect();
+            super::lineage::Catalog::relation(&view, &name).is_some_and(|cols| {
+                cols.iter().any(|c| {
+                    c.rules.iter().any(|r| self.active_keys.contains(r)) || !c.unproven.is_empty()
+                })
+            })
         })
     }
 

@@ -560,10 +560,32 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
         | Statement::Update(_)
         | Statement::Delete(_)
         | Statement::Merge(_) => write_kind(s, facts),
-        // Empties every row of its tables: a write without a bound.
-        Statement::Truncate { .. } => {
+        // Empties every row of its tables: a write without a bound. With CASCADE it also
+        // empties every table whose foreign keys reference them, which it does not name.
+        Statement::Truncate(t) => {
             facts.missing_where = true;
+            if matches!(t.cascade, Some(sqlparser::ast::CascadeOption::Cascade)) {
+                super::code::runs_unseen_code(
+                    facts,
+                    "TRUNCATE ... CASCADE also empties every table whose foreign keys reference the tables it names, which the statement does not name",
+                );
+            }
             K::Truncate
+        }
+        // An operator runs its function wherever it is used, and a later statement that uses
+        // it (even `+` or `=`, when its schema comes before pg_catalog on the path) names no
+        // function: what it runs cannot be analysed there.
+        Statement::CreateOperator { .. }
+        | Statement::CreateOperatorFamily { .. }
+        | Statement::CreateOperatorClass { .. }
+        | Statement::AlterOperator { .. }
+        | Statement::AlterOperatorFamily { .. }
+        | Statement::AlterOperatorClass { .. } => {
+            super::code::runs_unseen_code(
+                facts,
+                "an operator runs its function wherever it is used, and the statements that use it do not name that function",
+            );
+            K::Ddl
         }
         // `ALTER COLUMN ... TYPE ... USING expr` rewrites the column of every row.
         Statement::AlterTable(at)
@@ -589,9 +611,12 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
             if let sqlparser::ast::CopySource::Table { table_name, .. } = source {
                 facts.tables.extend(Qualified::of(table_name));
             }
-            // COPY ... TO reads like a query.
+            // COPY ... TO reads like a query; COPY ... FROM inserts rows like INSERT.
             if *to {
                 facts.kinds.insert(K::Select);
+            } else {
+                facts.kinds.insert(K::Insert);
+                facts.effect = Effect::Writes;
             }
             match target {
                 CopyTarget::Program { .. } => facts.copy_program = true,
@@ -771,9 +796,6 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
         | Statement::CreateSecret { .. }
         | Statement::CreateServer { .. }
         | Statement::CreateConnector { .. }
-        | Statement::CreateOperator { .. }
-        | Statement::CreateOperatorFamily { .. }
-        | Statement::CreateOperatorClass { .. }
         | Statement::AlterTable { .. }
         | Statement::AlterSchema { .. }
         | Statement::AlterIndex { .. }
@@ -781,9 +803,6 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
         | Statement::AlterFunction { .. }
         | Statement::AlterType { .. }
         | Statement::AlterCollation { .. }
-        | Statement::AlterOperator { .. }
-        | Statement::AlterOperatorFamily { .. }
-        | Statement::AlterOperatorClass { .. }
         | Statement::Drop { .. }
         | Statement::DropFunction { .. }
         | Statement::DropDomain { .. }
@@ -813,6 +832,14 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
         _ => K::Other,
     };
     facts.kinds.insert(kind);
+    // Altering a table changes its rows (a column rewritten, a default or a constraint
+    // added, a partition attached) or what later writes do to them (a foreign-key action
+    // that deletes or updates its rows when another table changes, a trigger enabled): for
+    // the guardrails it is every kind of write of that table as well as DDL.
+    if matches!(s, Statement::AlterTable(_)) {
+        facts.kinds.extend([K::Insert, K::Update, K::Delete]);
+        facts.effect = facts.effect.max(Effect::Writes);
+    }
 }
 
 /// A rename or move of a function, table, view or schema: what later names resolve to
@@ -1008,6 +1035,43 @@ mod tests {
         assert!(f.kinds.contains(&StatementKind::Delete) && f.missing_where);
         let f = &facts("COPY customers TO PROGRAM 'gzip > /tmp/x'")[0];
         assert!(f.copy_program && f.tables.contains(&Qualified::bare("customers")));
+    }
+
+    #[test]
+    fn writes_the_statement_does_not_spell_as_writes() {
+        // COPY FROM inserts; ALTER TABLE changes the rows or what later writes do to them.
+        let f = &facts("COPY customers FROM STDIN")[0];
+        assert!(f.kinds.contains(&StatementKind::Insert));
+        assert!(f.tables.contains(&Qualified::bare("customers")));
+        for sql in [
+            "ALTER TABLE customers ADD FOREIGN KEY (id) REFERENCES mine (id) ON UPDATE CASCADE",
+            "ALTER TABLE customers ALTER COLUMN city TYPE text USING 'x'",
+            "ALTER TABLE customers ADD COLUMN c int DEFAULT 1",
+            "ALTER TABLE customers ENABLE TRIGGER ALL",
+        ] {
+            let f = &facts(sql)[0];
+            for k in [
+                StatementKind::Insert,
+                StatementKind::Update,
+                StatementKind::Delete,
+            ] {
+                assert!(f.kinds.contains(&k), "{sql}");
+            }
+            assert!(f.tables.contains(&Qualified::bare("customers")), "{sql}");
+        }
+        // What runs without being named cannot be analysed.
+        for sql in [
+            "TRUNCATE mine CASCADE",
+            "CREATE OPERATOR public.+ (LEFTARG = int, RIGHTARG = int, FUNCTION = f)",
+            "CREATE OPERATOR ### (LEFTARG = int, RIGHTARG = int, FUNCTION = f)",
+        ] {
+            let f = &facts(sql)[0];
+            assert!(
+                f.unseen.is_some() && f.kinds.contains(&StatementKind::DoBlock),
+                "{sql}"
+            );
+        }
+        assert!(facts("TRUNCATE mine")[0].unseen.is_none());
     }
 
     #[test]
