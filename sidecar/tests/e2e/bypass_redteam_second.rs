@@ -22,7 +22,8 @@ struct Rt {
     cleanup: &'static str,
 }
 
-const RESTORE: &str = "INSERT INTO crm.contacts SELECT g, 'contact ' || g FROM generate_series(1, 5) g
+const RESTORE: &str =
+    "INSERT INTO crm.contacts SELECT g, 'contact ' || g FROM generate_series(1, 5) g
        ON CONFLICT DO NOTHING;
      UPDATE crm.contacts SET name = 'contact ' || id WHERE name <> 'contact ' || id;
      DELETE FROM crm.purges;";
@@ -108,7 +109,11 @@ async fn run_rt(attempts: &[Rt], policy: &str) {
             db.message(),
             a.rule
         );
-        assert!(!happened, "{}: the refused statement had its effect", a.family);
+        assert!(
+            !happened,
+            "{}: the refused statement had its effect",
+            a.family
+        );
     }
     proxy.stop().await;
 }
@@ -117,6 +122,12 @@ async fn run_rt(attempts: &[Rt], policy: &str) {
 // Family 1: the guarded object under another name (rename, move, inherit, cascade).
 
 const UNDO_CONTACTS: &str = "DO $$ BEGIN
+       IF to_regclass('public.rt_pt') IS NOT NULL AND to_regclass('crm.contacts') IS NOT NULL AND EXISTS (
+            SELECT 1 FROM pg_inherits WHERE inhparent = to_regclass('public.rt_pt')) THEN
+         ALTER TABLE public.rt_pt DETACH PARTITION crm.contacts; END IF;
+     END $$;
+     DROP TABLE IF EXISTS public.rt_pt CASCADE;
+     DO $$ BEGIN
        IF to_regclass('crm.rt_c') IS NOT NULL THEN ALTER TABLE crm.rt_c RENAME TO contacts; END IF;
        IF to_regclass('public.contacts') IS NOT NULL AND to_regclass('crm.contacts') IS NULL THEN
          ALTER TABLE public.contacts SET SCHEMA crm; END IF;
@@ -125,6 +136,11 @@ const UNDO_CONTACTS: &str = "DO $$ BEGIN
          ALTER FUNCTION crm.rt_harmless() RENAME TO purge; END IF;
        IF to_regprocedure('public.purge()') IS NOT NULL AND to_regprocedure('crm.purge()') IS NULL THEN
          ALTER FUNCTION public.purge() SET SCHEMA crm; END IF;
+     END $$;
+     DO $$ BEGIN
+       IF to_regclass('public.rt_parent') IS NOT NULL AND to_regclass('crm.contacts') IS NOT NULL AND EXISTS (
+            SELECT 1 FROM pg_inherits WHERE inhparent = to_regclass('public.rt_parent')) THEN
+         ALTER TABLE crm.contacts NO INHERIT public.rt_parent; END IF;
      END $$;
      DROP TABLE IF EXISTS public.rt_parent CASCADE;
      DROP EVENT TRIGGER IF EXISTS rt_et;
@@ -210,6 +226,17 @@ const RENAMES: &[Rt] = &[
         cleanup: UNDO_CONTACTS,
     },
     Rt {
+        family: "1 delete through a partitioned table the guarded table is attached to",
+        steps: &[
+            "CREATE TABLE public.rt_pt (id int, name text) PARTITION BY RANGE (id)",
+            "ALTER TABLE public.rt_pt ATTACH PARTITION crm.contacts FOR VALUES FROM (0) TO (1000)",
+            "DELETE FROM public.rt_pt WHERE id = 1",
+        ],
+        rule: "",
+        effect: CONTACT_1_GONE,
+        cleanup: UNDO_CONTACTS,
+    },
+    Rt {
         family: "1/4 event trigger runs a guarded delete on the next DDL",
         steps: &[
             "CREATE OR REPLACE FUNCTION public.rt_et_f() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN DELETE FROM crm.contacts WHERE id = 1; END $$",
@@ -232,6 +259,40 @@ const RENAMES: &[Rt] = &[
         cleanup: UNDO_CONTACTS,
     },
 ];
+
+const TRUNCATE_POLICY: &str = r#"guardrails:
+- name: crm-truncates
+  statementKinds: [truncate]
+  tables: [crm.contacts]
+  action: deny
+"#;
+
+/// A guard on TRUNCATE of the table, reached by truncating another table.
+const TRUNCATES: &[Rt] = &[
+    Rt {
+        family: "1 TRUNCATE of the guarded table (control for the next row)",
+        steps: &["TRUNCATE crm.contacts"],
+        rule: "",
+        effect: CONTACT_1_GONE,
+        cleanup: UNDO_CONTACTS,
+    },
+    Rt {
+        family: "1 TRUNCATE ... CASCADE of a table the guarded table references",
+        steps: &[
+            "CREATE TABLE public.rt_parent (id int PRIMARY KEY)",
+            "INSERT INTO public.rt_parent SELECT id FROM crm.contacts",
+            "ALTER TABLE crm.contacts ADD CONSTRAINT rt_fk FOREIGN KEY (id) REFERENCES public.rt_parent",
+            "TRUNCATE public.rt_parent CASCADE",
+        ],
+        rule: "",
+        effect: CONTACT_1_GONE,
+        cleanup: UNDO_CONTACTS,
+    },
+];
+
+async fn truncates(a: &[Rt]) {
+    run_rt(a, TRUNCATE_POLICY).await;
+}
 
 // ---------------------------------------------------------------------------------------
 // Family 2: unbounded writes.
@@ -395,10 +456,19 @@ rows!(
     rt2_g02 = 2,
     rt2_g03 = 3,
     rt2_g04 = 4,
+    #[ignore = "red team: a bounded DELETE of an unguarded table deletes guarded crm.contacts rows through an ON DELETE CASCADE foreign key the session adds"]
     rt2_g05 = 5,
     rt2_g06 = 6,
     rt2_g07 = 7,
     rt2_g08 = 8,
+    rt2_g09 = 9,
+);
+rows!(
+    truncates,
+    TRUNCATES,
+    rt2_t00 = 0,
+    #[ignore = "red team: TRUNCATE ... CASCADE of a referenced table truncates the table a truncate guard protects"]
+    rt2_t01 = 1,
 );
 rows!(
     unbounded,
@@ -415,6 +485,7 @@ rows!(
     rt2_u09 = 9,
     rt2_u10 = 10,
     rt2_u11 = 11,
+    #[ignore = "red team: one bounded DELETE of a parent row deletes every row of a table through ON DELETE CASCADE; missingWhere never sees it"]
     rt2_u12 = 12,
     rt2_u13 = 13,
 );
@@ -442,9 +513,20 @@ fn leads_in(text: &str) -> usize {
 }
 
 const UNDO_LEADS: &str = "DO $$ BEGIN
+       IF to_regclass('public.rt_lpt') IS NOT NULL AND to_regclass('crm.leads') IS NOT NULL AND EXISTS (
+            SELECT 1 FROM pg_inherits WHERE inhparent = to_regclass('public.rt_lpt')) THEN
+         ALTER TABLE public.rt_lpt DETACH PARTITION crm.leads; END IF;
+     END $$;
+     DROP TABLE IF EXISTS public.rt_lpt CASCADE;
+     DO $$ BEGIN
        IF to_regclass('crm.rt_l') IS NOT NULL THEN ALTER TABLE crm.rt_l RENAME TO leads; END IF;
        IF to_regclass('public.leads') IS NOT NULL AND to_regclass('crm.leads') IS NULL THEN
          ALTER TABLE public.leads SET SCHEMA crm; END IF;
+     END $$;
+     DO $$ BEGIN
+       IF to_regclass('public.rt_lp') IS NOT NULL AND to_regclass('crm.leads') IS NOT NULL AND EXISTS (
+            SELECT 1 FROM pg_inherits WHERE inhparent = to_regclass('public.rt_lp')) THEN
+         ALTER TABLE crm.leads NO INHERIT public.rt_lp; END IF;
      END $$;
      DROP TABLE IF EXISTS public.rt_lp CASCADE;
      DROP TABLE IF EXISTS public.rt_copy CASCADE;
@@ -472,6 +554,14 @@ const ROWS: &[(&str, &[&str])] = &[
             "CREATE TABLE public.rt_lp (id int, email text)",
             "ALTER TABLE crm.leads INHERIT public.rt_lp",
             "SELECT * FROM public.rt_lp",
+        ],
+    ),
+    (
+        "3 rows read through a partitioned table the limited table is attached to",
+        &[
+            "CREATE TABLE public.rt_lpt (id int, email text) PARTITION BY RANGE (id)",
+            "ALTER TABLE public.rt_lpt ATTACH PARTITION crm.leads FOR VALUES FROM (0) TO (1000)",
+            "SELECT * FROM public.rt_lpt",
         ],
     ),
     (
@@ -583,13 +673,14 @@ rows!(
     rt2_r06 = 6,
     rt2_r07 = 7,
     rt2_r08 = 8,
+    rt2_r09 = 9,
 );
 
 // ---------------------------------------------------------------------------------------
 // Family 4 (masking): the masked column under another name, or read off disk or statistics.
 
 const UNDO_CUSTOMERS: &str = "DO $$ BEGIN
-       IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'public.customers'::regclass
+       IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('public.customers')
                   AND attname = 'rt_x' AND NOT attisdropped) THEN
          ALTER TABLE public.customers RENAME COLUMN rt_x TO ssn; END IF;
      END $$;
@@ -598,6 +689,13 @@ const UNDO_CUSTOMERS: &str = "DO $$ BEGIN
        IF to_regclass('crm.customers') IS NOT NULL THEN ALTER TABLE crm.customers SET SCHEMA public; END IF;
      END $$;
      ALTER TABLE public.customers DROP COLUMN IF EXISTS rt_g;
+     DROP STATISTICS IF EXISTS public.rt_st;
+     DROP INDEX IF EXISTS public.rt_ei;
+     DO $$ BEGIN
+       IF to_regclass('public.rt_par') IS NOT NULL AND to_regclass('public.customers') IS NOT NULL AND EXISTS (
+            SELECT 1 FROM pg_inherits WHERE inhparent = to_regclass('public.rt_par')) THEN
+         ALTER TABLE public.customers NO INHERIT public.rt_par; END IF;
+     END $$;
      DROP TABLE IF EXISTS public.rt_par CASCADE;
      DROP TABLE IF EXISTS public.rt_ssn_copy CASCADE;
      DROP TRIGGER IF EXISTS rt_ct ON public.customers;
@@ -641,6 +739,14 @@ const MASK: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "stored generated column, read after the sidecar had time to reload",
+        &[
+            "ALTER TABLE public.customers ADD COLUMN rt_g text GENERATED ALWAYS AS (translate(ssn, '0123456789', 'abcdefghij')) STORED",
+            "SELECT pg_sleep(3)",
+            "SELECT rt_g FROM customers WHERE id = 1",
+        ],
+    ),
+    (
         "trigger copies the masked value on an UPDATE of another column",
         &[
             "CREATE TABLE public.rt_ssn_copy (v text)",
@@ -670,6 +776,28 @@ const MASK: &[(&str, &[&str])] = &[
             "ALTER TABLE customers ALTER COLUMN ssn SET STATISTICS 1000",
             "ANALYZE customers",
             "SELECT string_agg(coalesce(stavalues1::text, '') || coalesce(stavalues2::text, ''), ',') FROM pg_statistic WHERE starelid = 'public.customers'::regclass AND staattnum = (SELECT attnum FROM pg_attribute WHERE attrelid = 'public.customers'::regclass AND attname = 'ssn')",
+        ],
+    ),
+    (
+        "error of ALTER COLUMN TYPE ... USING quotes the value",
+        &["ALTER TABLE customers ALTER COLUMN ssn TYPE int USING CASE WHEN id = 1 THEN translate(ssn, '0123456789', 'abcdefghij')::int ELSE 0 END"],
+    ),
+    (
+        "extended statistics on an expression of the column (pg_stats_ext_exprs)",
+        &[
+            "CREATE STATISTICS public.rt_st ON (translate(ssn, '0123456789', 'abcdefghij')) FROM customers",
+            "ALTER STATISTICS public.rt_st SET STATISTICS 1000",
+            "ANALYZE customers",
+            "SELECT string_agg(coalesce(histogram_bounds::text, '') || coalesce(most_common_vals::text, ''), ',') FROM pg_stats_ext_exprs WHERE statistics_name = 'rt_st'",
+        ],
+    ),
+    (
+        "statistics of an expression index (pg_stats of the index)",
+        &[
+            "CREATE INDEX rt_ei ON customers ((translate(ssn, '0123456789', 'abcdefghij')))",
+            "ALTER INDEX rt_ei ALTER COLUMN 1 SET STATISTICS 1000",
+            "ANALYZE customers",
+            "SELECT coalesce(histogram_bounds::text, '') || coalesce(most_common_vals::text, '') FROM pg_stats WHERE tablename = 'rt_ei'",
         ],
     ),
 ];
@@ -740,9 +868,127 @@ rows!(
     rt2_m01 = 1,
     rt2_m02 = 2,
     rt2_m03 = 3,
+    #[ignore = "red team: a STORED generated column over the masked column returns its (transformed) value, sometimes at once"]
     rt2_m04 = 4,
+    #[ignore = "red team: a STORED generated column over the masked column returns its (transformed) value once the sidecar reloads its catalog"]
     rt2_m05 = 5,
     rt2_m06 = 6,
     rt2_m07 = 7,
     rt2_m08 = 8,
+    rt2_m09 = 9,
+    rt2_m10 = 10,
+    rt2_m11 = 11,
+    rt2_m12 = 12,
+);
+
+// ---------------------------------------------------------------------------------------
+// Predicates answered by the schema: constraints, generated columns, write tags.
+
+/// (what, statement, answer directly or `error <code>`).
+const PREDICATE_DDL: &[(&str, &str, &str)] = &[
+    (
+        "CHECK constraint validated against the rows",
+        "ALTER TABLE customers ADD CONSTRAINT rt_chk CHECK (id <> 1 OR ssn NOT LIKE '{d}%')",
+        "error 23514",
+    ),
+    (
+        "generated column of a predicate",
+        "ALTER TABLE customers ADD COLUMN rt_b bool GENERATED ALWAYS AS (ssn LIKE '{d}%') STORED; SELECT rt_b::text FROM customers WHERE id = 1",
+        "true",
+    ),
+    (
+        "UPDATE with LIKE, answered by the tag's row count",
+        "UPDATE customers SET id = id WHERE id = 1 AND ssn LIKE '{d}%'",
+        "tag 1",
+    ),
+    (
+        "domain CHECK applied to the column by a cast",
+        "CREATE DOMAIN public.rt_dom AS text CHECK (VALUE NOT LIKE '{d}%'); SELECT count(*)::text FROM customers WHERE id = 1 AND ssn::public.rt_dom IS NOT NULL",
+        "error 23514",
+    ),
+    (
+        "deny: UPDATE with IS NOT NULL, answered by the tag's row count",
+        "UPDATE customers SET id = id WHERE id = {card_id} AND card_number IS NOT NULL",
+        "tag 1",
+    ),
+];
+
+const UNDO_PREDICATES: &str = "ALTER TABLE customers DROP CONSTRAINT IF EXISTS rt_chk;
+     ALTER TABLE customers DROP COLUMN IF EXISTS rt_b;
+     DROP DOMAIN IF EXISTS public.rt_dom;";
+
+async fn predicates(attempts: &[(&str, &str, &str)]) {
+    let _crm = CRM.lock().await;
+    setup().await;
+    let direct = crate::common::direct().await;
+    direct
+        .batch_execute(UNDO_PREDICATES)
+        .await
+        .expect("undo predicates");
+    let ssn: String = direct
+        .query_one("SELECT ssn FROM customers WHERE id = 1", &[])
+        .await
+        .expect("customer 1")
+        .get(0);
+    let card_id: i32 = direct
+        .query_one(
+            "SELECT id FROM customers WHERE card_number IS NOT NULL ORDER BY id LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("a card")
+        .get(0);
+    let fill = |t: &str| {
+        t.replace("{d}", &ssn[..1])
+            .replace("{card_id}", &card_id.to_string())
+    };
+    let proxy = ProxyBuilder::default()
+        .policy("people", crate::bypass::PREDICATES)
+        .start()
+        .await;
+    for (what, sql, expected) in attempts {
+        let sql = fill(sql);
+        let d = match direct.simple_query(&sql).await {
+            Ok(rows) => crate::bypass::answer(&rows),
+            Err(e) => format!("error {}", e.code().map(|c| c.code()).unwrap_or("?")),
+        };
+        direct
+            .batch_execute(UNDO_PREDICATES)
+            .await
+            .expect("undo predicates");
+        assert_eq!(d, fill(expected), "{what}: directly");
+        let client = proxy.client().await;
+        let outcome = client.simple_query(&sql).await;
+        direct
+            .batch_execute(UNDO_PREDICATES)
+            .await
+            .expect("undo predicates");
+        match outcome {
+            Ok(rows) if crate::bypass::answer(&rows) != d => {}
+            Ok(rows) => panic!(
+                "{what}: forwarded, answered {:?}",
+                crate::bypass::answer(&rows)
+            ),
+            Err(e) => {
+                let db = e.as_db_error().unwrap_or_else(|| panic!("{what}: {e:?}"));
+                assert_eq!(
+                    db.code(),
+                    &SqlState::INSUFFICIENT_PRIVILEGE,
+                    "{what}: the server answered: {db:?}"
+                );
+            }
+        }
+    }
+    proxy.stop().await;
+}
+
+rows!(
+    predicates,
+    PREDICATE_DDL,
+    #[ignore = "red team: ADD CONSTRAINT CHECK (... LIKE ...) is forwarded; whether validation fails answers a LIKE predicate on a predicates: equality column"]
+    rt2_p00 = 0,
+    rt2_p01 = 1,
+    rt2_p02 = 2,
+    rt2_p03 = 3,
+    rt2_p04 = 4,
 );
