@@ -144,7 +144,8 @@ const UNDO_CONTACTS: &str = "DO $$ BEGIN
      END $$;
      DROP TABLE IF EXISTS public.rt_parent CASCADE;
      DROP EVENT TRIGGER IF EXISTS rt_et;
-     DROP TRIGGER IF EXISTS rt_trg ON crm.contacts;";
+     DROP TRIGGER IF EXISTS rt_trg ON crm.contacts;
+     DELETE FROM crm.contacts WHERE id >= 100;";
 
 const RENAMES: &[Rt] = &[
     Rt {
@@ -265,6 +266,10 @@ const TRUNCATE_POLICY: &str = r#"guardrails:
   statementKinds: [truncate]
   tables: [crm.contacts]
   action: deny
+- name: crm-updates
+  statementKinds: [update]
+  tables: [crm.contacts]
+  action: requireApproval
 "#;
 
 /// A guard on TRUNCATE of the table, reached by truncating another table.
@@ -283,6 +288,25 @@ const TRUNCATES: &[Rt] = &[
             "INSERT INTO public.rt_parent SELECT id FROM crm.contacts",
             "ALTER TABLE crm.contacts ADD CONSTRAINT rt_fk FOREIGN KEY (id) REFERENCES public.rt_parent",
             "TRUNCATE public.rt_parent CASCADE",
+        ],
+        rule: "",
+        effect: CONTACT_1_GONE,
+        cleanup: UNDO_CONTACTS,
+    },
+    Rt {
+        family: "1 UPDATE of the guarded table (control for the next row)",
+        steps: &["UPDATE crm.contacts SET id = 100 WHERE id = 1"],
+        rule: "crm-updates",
+        effect: CONTACT_1_GONE,
+        cleanup: UNDO_CONTACTS,
+    },
+    Rt {
+        family: "1 guarded rows updated by ON UPDATE CASCADE from another table",
+        steps: &[
+            "CREATE TABLE public.rt_parent (id int PRIMARY KEY)",
+            "INSERT INTO public.rt_parent SELECT id FROM crm.contacts",
+            "ALTER TABLE crm.contacts ADD CONSTRAINT rt_fk FOREIGN KEY (id) REFERENCES public.rt_parent ON UPDATE CASCADE",
+            "UPDATE public.rt_parent SET id = 100 WHERE id = 1",
         ],
         rule: "",
         effect: CONTACT_1_GONE,
@@ -469,6 +493,8 @@ rows!(
     rt2_t00 = 0,
     #[ignore = "red team: TRUNCATE ... CASCADE of a referenced table truncates the table a truncate guard protects"]
     rt2_t01 = 1,
+    rt2_t02 = 2,
+    rt2_t03 = 3,
 );
 rows!(
     unbounded,
@@ -779,6 +805,14 @@ const MASK: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "stored generated column copying the column unchanged, after a reload",
+        &[
+            "ALTER TABLE public.customers ADD COLUMN rt_g text GENERATED ALWAYS AS (ssn) STORED",
+            "SELECT pg_sleep(3)",
+            "SELECT rt_g FROM customers WHERE id = 1",
+        ],
+    ),
+    (
         "error of ALTER COLUMN TYPE ... USING quotes the value",
         &["ALTER TABLE customers ALTER COLUMN ssn TYPE int USING CASE WHEN id = 1 THEN translate(ssn, '0123456789', 'abcdefghij')::int ELSE 0 END"],
     ),
@@ -876,9 +910,11 @@ rows!(
     rt2_m07 = 7,
     rt2_m08 = 8,
     rt2_m09 = 9,
+    #[ignore = "red team: a STORED generated column that copies the masked column returns it in clear once the sidecar reloads"]
     rt2_m10 = 10,
     rt2_m11 = 11,
     rt2_m12 = 12,
+    rt2_m13 = 13,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -911,11 +947,39 @@ const PREDICATE_DDL: &[(&str, &str, &str)] = &[
         "UPDATE customers SET id = id WHERE id = {card_id} AND card_number IS NOT NULL",
         "tag 1",
     ),
+    (
+        "row count of a partial index, read from pg_class",
+        "CREATE INDEX rt_pi ON customers (id) WHERE id = 1 AND ssn LIKE '{d}%' ;; SELECT reltuples::text FROM pg_class WHERE relname = 'rt_pi'",
+        "1",
+    ),
+    (
+        "generated column of a predicate, read after a reload",
+        "ALTER TABLE customers ADD COLUMN rt_b bool GENERATED ALWAYS AS (ssn LIKE '{d}%') STORED ;; SELECT pg_sleep(3) ;; SELECT rt_b::text FROM customers WHERE id = 1",
+        "true",
+    ),
+    (
+        "CHECK constraint added NOT VALID, then validated",
+        "ALTER TABLE customers ADD CONSTRAINT rt_chk CHECK (id <> 1 OR ssn NOT LIKE '{d}%') NOT VALID ;; ALTER TABLE customers VALIDATE CONSTRAINT rt_chk",
+        "error 23514",
+    ),
 ];
+
+/// Run the ` ;; `-separated statements of `sql` one query string at a time: the last answer.
+async fn steps(
+    client: &Client,
+    sql: &str,
+) -> Result<Vec<SimpleQueryMessage>, tokio_postgres::Error> {
+    let mut last = Vec::new();
+    for step in sql.split(" ;; ") {
+        last = client.simple_query(step).await?;
+    }
+    Ok(last)
+}
 
 const UNDO_PREDICATES: &str = "ALTER TABLE customers DROP CONSTRAINT IF EXISTS rt_chk;
      ALTER TABLE customers DROP COLUMN IF EXISTS rt_b;
-     DROP DOMAIN IF EXISTS public.rt_dom;";
+     DROP DOMAIN IF EXISTS public.rt_dom;
+     DROP INDEX IF EXISTS public.rt_pi;";
 
 async fn predicates(attempts: &[(&str, &str, &str)]) {
     let _crm = CRM.lock().await;
@@ -948,7 +1012,7 @@ async fn predicates(attempts: &[(&str, &str, &str)]) {
         .await;
     for (what, sql, expected) in attempts {
         let sql = fill(sql);
-        let d = match direct.simple_query(&sql).await {
+        let d = match steps(&direct, &sql).await {
             Ok(rows) => crate::bypass::answer(&rows),
             Err(e) => format!("error {}", e.code().map(|c| c.code()).unwrap_or("?")),
         };
@@ -958,7 +1022,7 @@ async fn predicates(attempts: &[(&str, &str, &str)]) {
             .expect("undo predicates");
         assert_eq!(d, fill(expected), "{what}: directly");
         let client = proxy.client().await;
-        let outcome = client.simple_query(&sql).await;
+        let outcome = steps(&client, &sql).await;
         direct
             .batch_execute(UNDO_PREDICATES)
             .await
@@ -991,4 +1055,10 @@ rows!(
     rt2_p02 = 2,
     rt2_p03 = 3,
     rt2_p04 = 4,
+    #[ignore = "red team: CREATE INDEX ... WHERE <LIKE on the masked column> is forwarded; pg_class.reltuples of the index counts the matching rows"]
+    rt2_p05 = 5,
+    #[ignore = "red team: a generated boolean column of a LIKE predicate over the masked column is read in clear after a reload"]
+    rt2_p06 = 6,
+    #[ignore = "red team: VALIDATE CONSTRAINT of a NOT VALID CHECK with LIKE on the masked column answers the predicate"]
+    rt2_p07 = 7,
 );
