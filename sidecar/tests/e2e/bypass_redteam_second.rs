@@ -494,6 +494,7 @@ rows!(
     #[ignore = "red team: TRUNCATE ... CASCADE of a referenced table truncates the table a truncate guard protects"]
     rt2_t01 = 1,
     rt2_t02 = 2,
+    #[ignore = "red team: a bounded UPDATE of an unguarded table updates guarded crm.contacts rows through an ON UPDATE CASCADE foreign key the session adds"]
     rt2_t03 = 3,
 );
 rows!(
@@ -962,6 +963,31 @@ const PREDICATE_DDL: &[(&str, &str, &str)] = &[
         "ALTER TABLE customers ADD CONSTRAINT rt_chk CHECK (id <> 1 OR ssn NOT LIKE '{d}%') NOT VALID ;; ALTER TABLE customers VALIDATE CONSTRAINT rt_chk",
         "error 23514",
     ),
+    (
+        "trigger WHEN clause suppresses the update, answered by the tag",
+        "CREATE TRIGGER rt_sup BEFORE UPDATE ON customers FOR EACH ROW WHEN (NEW.ssn LIKE '{d}%') EXECUTE FUNCTION suppress_redundant_updates_trigger() ;; UPDATE customers SET id = id WHERE id = 1",
+        "tag 0",
+    ),
+    (
+        "rule WHERE clause turns the update into nothing, answered by the tag",
+        "CREATE RULE rt_ru AS ON UPDATE TO customers WHERE OLD.ssn LIKE '{d}%' DO INSTEAD NOTHING ;; UPDATE customers SET id = id WHERE id = 1",
+        "tag 0",
+    ),
+    (
+        "forced row-level security policy over a LIKE",
+        "ALTER TABLE customers ENABLE ROW LEVEL SECURITY ;; ALTER TABLE customers FORCE ROW LEVEL SECURITY ;; CREATE POLICY rt_pol ON customers USING (ssn NOT LIKE '{d}%') ;; SELECT count(*)::text FROM customers WHERE id = 1",
+        "0",
+    ),
+    (
+        "deny: trigger WHEN clause on IS NOT NULL, answered by the tag",
+        "CREATE TRIGGER rt_sup BEFORE UPDATE ON customers FOR EACH ROW WHEN (NEW.card_number IS NOT NULL) EXECUTE FUNCTION suppress_redundant_updates_trigger() ;; UPDATE customers SET id = id WHERE id = {card_id}",
+        "tag 0",
+    ),
+    (
+        "partition routing of a copy: the insert fails unless the bound holds",
+        "CREATE TABLE public.rt_pp (s text) PARTITION BY RANGE (s) ;; CREATE TABLE public.rt_pp1 PARTITION OF public.rt_pp FOR VALUES FROM ('{d}') TO ('{d}~') ;; INSERT INTO public.rt_pp SELECT ssn FROM customers WHERE id = 1",
+        "tag 1",
+    ),
 ];
 
 /// Run the ` ;; `-separated statements of `sql` one query string at a time: the last answer.
@@ -979,7 +1005,13 @@ async fn steps(
 const UNDO_PREDICATES: &str = "ALTER TABLE customers DROP CONSTRAINT IF EXISTS rt_chk;
      ALTER TABLE customers DROP COLUMN IF EXISTS rt_b;
      DROP DOMAIN IF EXISTS public.rt_dom;
-     DROP INDEX IF EXISTS public.rt_pi;";
+     DROP INDEX IF EXISTS public.rt_pi;
+     DROP TABLE IF EXISTS public.rt_pp;
+     DROP TRIGGER IF EXISTS rt_sup ON customers;
+     DROP RULE IF EXISTS rt_ru ON customers;
+     DROP POLICY IF EXISTS rt_pol ON customers;
+     ALTER TABLE customers NO FORCE ROW LEVEL SECURITY;
+     ALTER TABLE customers DISABLE ROW LEVEL SECURITY;";
 
 async fn predicates(attempts: &[(&str, &str, &str)]) {
     let _crm = CRM.lock().await;
@@ -1061,4 +1093,10 @@ rows!(
     rt2_p06 = 6,
     #[ignore = "red team: VALIDATE CONSTRAINT of a NOT VALID CHECK with LIKE on the masked column answers the predicate"]
     rt2_p07 = 7,
+    rt2_p08 = 8,
+    rt2_p09 = 9,
+    #[ignore = "red team: CREATE POLICY USING (<LIKE on the masked column>) with FORCE ROW LEVEL SECURITY is forwarded; the row count answers the predicate"]
+    rt2_p10 = 10,
+    rt2_p11 = 11,
+    rt2_p12 = 12,
 );
