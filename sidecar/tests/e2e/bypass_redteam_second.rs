@@ -145,7 +145,8 @@ const UNDO_CONTACTS: &str = "DO $$ BEGIN
      DROP TABLE IF EXISTS public.rt_parent CASCADE;
      DROP EVENT TRIGGER IF EXISTS rt_et;
      DROP TRIGGER IF EXISTS rt_trg ON crm.contacts;
-     DELETE FROM crm.contacts WHERE id >= 100;";
+     DELETE FROM crm.contacts WHERE id >= 100;
+     DROP DOMAIN IF EXISTS public.rt_d;";
 
 const RENAMES: &[Rt] = &[
     Rt {
@@ -235,6 +236,28 @@ const RENAMES: &[Rt] = &[
         ],
         rule: "",
         effect: CONTACT_1_GONE,
+        cleanup: UNDO_CONTACTS,
+    },
+    Rt {
+        family: "1 denied function in a trigger WHEN clause",
+        steps: &[
+            "CREATE TABLE public.rt_parent (id int)",
+            "INSERT INTO public.rt_parent VALUES (1)",
+            "CREATE TRIGGER rt_w BEFORE UPDATE ON public.rt_parent FOR EACH ROW WHEN (crm.purge() IS NULL) EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+            "UPDATE public.rt_parent SET id = 2",
+        ],
+        rule: "",
+        effect: PURGED,
+        cleanup: UNDO_CONTACTS,
+    },
+    Rt {
+        family: "1 denied function in a domain CHECK, run by a cast",
+        steps: &[
+            "CREATE DOMAIN public.rt_d AS int CHECK (crm.purge() IS NULL OR VALUE > 0)",
+            "SELECT 1::public.rt_d",
+        ],
+        rule: "",
+        effect: PURGED,
         cleanup: UNDO_CONTACTS,
     },
     Rt {
@@ -486,6 +509,8 @@ rows!(
     rt2_g07 = 7,
     rt2_g08 = 8,
     rt2_g09 = 9,
+    rt2_g10 = 10,
+    rt2_g11 = 11,
 );
 rows!(
     truncates,
