@@ -2,6 +2,7 @@
 
 mod bypass;
 mod bypass_redteam;
+mod bypass_redteam_second;
 mod bypass_resolution;
 mod clients;
 mod common;
