@@ -794,6 +794,13 @@ const PWNED: &str = "SELECT count(*) FROM customers WHERE city = 'pwned'";
 const OPAQUE_FN: &str = "CREATE FUNCTION rt2_pwn() RETURNS integer LANGUAGE plpgsql AS \
     $$BEGIN EXECUTE 'UPDATE cust' || 'omers SET city = ''pwned'' WHERE id > 0'; RETURN 1; END$$";
 
+/// A function with a body the analysis reads, harmless.
+const HARMLESS_FN: &str = "CREATE FUNCTION rt2_h() RETURNS integer LANGUAGE sql AS 'SELECT 1'";
+/// The same function redefined with a body nothing can see into, that updates customers.
+const REDEFINED_FN: &str =
+    "CREATE OR REPLACE FUNCTION rt2_h() RETURNS integer LANGUAGE plpgsql AS \
+    $$BEGIN EXECUTE 'UPDATE cust' || 'omers SET city = ''pwned'' WHERE id > 0'; RETURN 1; END$$";
+
 fn family_steps(family: &str) -> (Vec<&'static str>, &'static str) {
     match family {
         "fk on update cascade" => (
@@ -899,6 +906,104 @@ fn family_steps(family: &str) -> (Vec<&'static str>, &'static str) {
             ],
             "SELECT 500 - count(*) FROM customers",
         ),
+        "query_to_xml" => (
+            vec![
+                OPAQUE_FN,
+                "SELECT query_to_xml('SELECT rt2_pwn()', true, false, '')",
+            ],
+            PWNED,
+        ),
+        "query_to_xml_and_xmlschema" => (
+            vec![
+                OPAQUE_FN,
+                "SELECT query_to_xml_and_xmlschema('SELECT rt2_pwn()', true, false, '')",
+            ],
+            PWNED,
+        ),
+        "ts_rewrite" => (
+            vec![
+                OPAQUE_FN,
+                "SELECT ts_rewrite('a'::tsquery, \
+                 'SELECT ''a''::tsquery, ''b''::tsquery FROM rt2_pwn()')",
+            ],
+            PWNED,
+        ),
+        "function guardrail via operator" => (
+            vec![
+                "CREATE FUNCTION rt_fix(integer, integer) RETURNS integer LANGUAGE plpgsql AS \
+                 $$BEGIN EXECUTE 'UPDATE cust' || 'omers SET city = ''pwned'' WHERE id > 0'; \
+                 RETURN 1; END$$",
+                "CREATE OPERATOR ##> (LEFTARG = integer, RIGHTARG = integer, FUNCTION = rt_fix)",
+                "SELECT 1 ##> 1",
+            ],
+            PWNED,
+        ),
+        "matview refreshed" => (
+            vec![
+                HARMLESS_FN,
+                "CREATE MATERIALIZED VIEW rt2_mv AS SELECT rt2_h() AS x",
+                REDEFINED_FN,
+                "REFRESH MATERIALIZED VIEW rt2_mv",
+            ],
+            PWNED,
+        ),
+        "view over a redefined function" => (
+            vec![
+                HARMLESS_FN,
+                "CREATE VIEW rt2_vv AS SELECT rt2_h() AS x",
+                REDEFINED_FN,
+                "SELECT x FROM rt2_vv",
+            ],
+            PWNED,
+        ),
+        "default redefined" => (
+            vec![
+                HARMLESS_FN,
+                "CREATE TABLE rt2_log (x integer, y integer DEFAULT rt2_h())",
+                REDEFINED_FN,
+                "INSERT INTO rt2_log (x) VALUES (1)",
+            ],
+            PWNED,
+        ),
+        "check redefined" => (
+            vec![
+                HARMLESS_FN,
+                "CREATE TABLE rt2_log (x integer CHECK (x < rt2_h() + 10))",
+                REDEFINED_FN,
+                "INSERT INTO rt2_log (x) VALUES (1)",
+            ],
+            PWNED,
+        ),
+        "domain redefined" => (
+            vec![
+                HARMLESS_FN,
+                "CREATE DOMAIN rt2_dom AS integer CHECK (VALUE < rt2_h() + 10)",
+                REDEFINED_FN,
+                "SELECT 1::rt2_dom",
+            ],
+            PWNED,
+        ),
+        "row policy redefined" => (
+            vec![
+                HARMLESS_FN,
+                "CREATE TABLE rt2_log (x integer)",
+                "INSERT INTO rt2_log VALUES (1)",
+                "ALTER TABLE rt2_log ENABLE ROW LEVEL SECURITY",
+                "ALTER TABLE rt2_log FORCE ROW LEVEL SECURITY",
+                "CREATE POLICY rt2_p ON rt2_log USING (rt2_h() > 0)",
+                REDEFINED_FN,
+                "SELECT count(*) FROM rt2_log",
+            ],
+            PWNED,
+        ),
+        "partition parent" => (
+            vec![
+                "CREATE TABLE rt2_parent (LIKE customers) PARTITION BY RANGE (id)",
+                "ALTER TABLE rt2_parent ATTACH PARTITION customers FOR VALUES FROM (0) TO (1000000)",
+                "UPDATE rt2_parent SET city = 'pwned' WHERE id > 0",
+            ],
+            PWNED,
+        ),
         "column type rewrite" => (
             vec!["ALTER TABLE customers ALTER COLUMN city TYPE text USING 'pwned'"],
             PWNED,
@@ -987,6 +1092,17 @@ const FAMILIES: &[&str] = &[
     "domain check added later",
     "column type rewrite",
     "truncate cascade",
+    "query_to_xml",
+    "query_to_xml_and_xmlschema",
+    "ts_rewrite",
+    "function guardrail via operator",
+    "matview refreshed",
+    "view over a redefined function",
+    "default redefined",
+    "check redefined",
+    "domain redefined",
+    "row policy redefined",
+    "partition parent",
 ];
 
 async fn families(label: &str, which: &[&'static str]) {
@@ -1014,6 +1130,16 @@ const HOLDING: &[&str] = &[
     "default set later",
     "check added later",
     "domain check added later",
+    "query_to_xml",
+    "query_to_xml_and_xmlschema",
+    "ts_rewrite",
+    "matview refreshed",
+    "view over a redefined function",
+    "default redefined",
+    "check redefined",
+    "domain redefined",
+    "row policy redefined",
+    "partition parent",
 ];
 
 /// `RT2_ONLY=family,family` runs only those families (for a quick look).
@@ -1364,4 +1490,10 @@ async fn relation_changed_under_a_grant() {
     )
     .await;
     w.finish(t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: the function guardrail (functions: [rt_fix]) is bypassed by an operator whose FUNCTION is rt_fix: SELECT 1 ##> 1 runs it without approval"]
+async fn function_guardrail_through_an_operator() {
+    families("rt2-fix-op", &["function guardrail via operator"]).await;
 }
