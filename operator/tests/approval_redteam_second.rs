@@ -1497,3 +1497,110 @@ async fn relation_changed_under_a_grant() {
 async fn function_guardrail_through_an_operator() {
     families("rt2-fix-op", &["function guardrail via operator"]).await;
 }
+
+/// A customers update approved by alice (agent-owners may approve the shop policy, not the
+/// orders policy), after the agent made the orders foreign key cascade: the approved
+/// statement also rewrites orders rows, which only portcullis-approvers may approve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: a customers update approved by alice (agent-owners) also rewrites orders rows (orders policy, portcullis-approvers only) through an ON UPDATE CASCADE the agent added"]
+async fn approved_update_cascades_into_another_policy() {
+    let w = world("rt2-cascade").await;
+    let mut t = Table(Vec::new());
+    let family = "cascade into another policy";
+    let cid: i64 = w
+        .direct_pg
+        .simple_query("SELECT customer_id::text FROM orders ORDER BY id LIMIT 1")
+        .await
+        .ok()
+        .and_then(|m| first_value(&m))
+        .and_then(|v| v.parse().ok())
+        .expect("an order");
+    let alter = [
+        "ALTER TABLE orders DROP CONSTRAINT orders_customer_id_fkey",
+        "ALTER TABLE orders ADD CONSTRAINT rt2_ofk FOREIGN KEY (customer_id) \
+         REFERENCES customers (id) ON UPDATE CASCADE",
+    ];
+    let update = format!(
+        "UPDATE customers SET id = {} WHERE id = {cid}",
+        cid + 100_000
+    );
+    let count = format!(
+        "SELECT count(*) FROM orders WHERE customer_id = {}",
+        cid + 100_000
+    );
+    let mut steps: Vec<&str> = alter.to_vec();
+    steps.push(&update);
+    match on_direct(&w.direct_pg, &steps, &count).await {
+        Ok(n) if n > 0 => t.row(
+            family,
+            "direct PostgreSQL (baseline)",
+            update.clone(),
+            Ok(format!("{n} orders rows changed")),
+        ),
+        other => t.row(
+            family,
+            "direct PostgreSQL (baseline)",
+            update.clone(),
+            Err(format!("{other:?}")),
+        ),
+    }
+    let alice = harness().kubeconfig_of(User::Owner).to_owned();
+    let c = connect(w.pg_port).await;
+    let _ = c.simple_query("BEGIN").await;
+    let mut log = Vec::new();
+    for s in alter {
+        let (what, _) = attempt(&w.env, &c, s).await;
+        log.push(format!(
+            "[{}] {what}",
+            s.chars().take(40).collect::<String>()
+        ));
+    }
+    let known = names(&w.env.api).await;
+    let task = run(&c, &update);
+    let mut decided: Vec<String> = Vec::new();
+    for _ in 0..150 {
+        if task.is_finished() {
+            break;
+        }
+        for name in names(&w.env.api).await {
+            if known.contains(&name) || decided.contains(&name) {
+                continue;
+            }
+            // alice approves what she may; what she may not is denied by bob.
+            let out = common::plugin(
+                &alice,
+                &["approve", &name, "-n", &w.ns, "--reason", "one customer"],
+            );
+            let ok = out.status.success();
+            log.push(format!("alice approves {name}: {ok}"));
+            if !ok {
+                let _ = w.env.decide("deny", &name, "not alice's to approve");
+            }
+            decided.push(name);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ran = match tokio::time::timeout(Duration::from_secs(40), task).await {
+        Ok(Ok(Ok(_))) => "ran".to_owned(),
+        Ok(Ok(Err(e))) => format!("refused: {}", pg_message(&e)),
+        other => format!("{other:?}"),
+    };
+    log.push(format!("update {ran}"));
+    let (_, n) = attempt(&w.env, &c, &count).await;
+    let _ = c.simple_query("ROLLBACK").await;
+    let n: i64 = n.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let log = log.join("; ");
+    t.row(
+        family,
+        "agent, approved by alice (agent-owners) only",
+        update.clone(),
+        if n > 0 {
+            Err(format!(
+                "{n} orders rows changed with alice's approval alone; {log}"
+            ))
+        } else {
+            Ok(format!("orders unchanged; {log}"))
+        },
+    );
+    w.finish(t).await;
+}
