@@ -1004,6 +1004,18 @@ fn family_steps(family: &str) -> (Vec<&'static str>, &'static str) {
             ],
             PWNED,
         ),
+        "unicode escaped table name" => (
+            vec!["UPDATE U&\"cust\\006fmers\" SET city = 'pwned' WHERE id > 0"],
+            PWNED,
+        ),
+        "unicode escaped table name with UESCAPE" => (
+            vec!["UPDATE U&\"cust!006fmers\" UESCAPE '!' SET city = 'pwned' WHERE id > 0"],
+            PWNED,
+        ),
+        "catalog-qualified table name" => (
+            vec!["UPDATE shop.public.customers SET city = 'pwned' WHERE id > 0"],
+            PWNED,
+        ),
         "column type rewrite" => (
             vec!["ALTER TABLE customers ALTER COLUMN city TYPE text USING 'pwned'"],
             PWNED,
@@ -1103,6 +1115,9 @@ const FAMILIES: &[&str] = &[
     "domain redefined",
     "row policy redefined",
     "partition parent",
+    "unicode escaped table name",
+    "unicode escaped table name with UESCAPE",
+    "catalog-qualified table name",
 ];
 
 async fn families(label: &str, which: &[&'static str]) {
@@ -1140,6 +1155,9 @@ const HOLDING: &[&str] = &[
     "domain redefined",
     "row policy redefined",
     "partition parent",
+    "unicode escaped table name",
+    "unicode escaped table name with UESCAPE",
+    "catalog-qualified table name",
 ];
 
 /// `RT2_ONLY=family,family` runs only those families (for a quick look).
