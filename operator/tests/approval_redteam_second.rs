@@ -1016,6 +1016,24 @@ fn family_steps(family: &str) -> (Vec<&'static str>, &'static str) {
             vec!["UPDATE shop.public.customers SET city = 'pwned' WHERE id > 0"],
             PWNED,
         ),
+        "function path over a temporary shadow" => (
+            vec![
+                "CREATE TEMP TABLE customers (id integer, city text)",
+                "CREATE FUNCTION rt2_s() RETURNS integer LANGUAGE sql \
+                 SET search_path = public, pg_temp \
+                 AS 'UPDATE customers SET city = ''pwned'' WHERE id > 0 RETURNING 1'",
+                "SELECT rt2_s()",
+            ],
+            "SELECT count(*) FROM public.customers WHERE city = 'pwned'",
+        ),
+        "procedure called" => (
+            vec![
+                "CREATE PROCEDURE rt2_p() LANGUAGE plpgsql AS \
+                 $$BEGIN EXECUTE 'UPDATE cust' || 'omers SET city = ''pwned'' WHERE id > 0'; END$$",
+                "CALL rt2_p()",
+            ],
+            PWNED,
+        ),
         "column type rewrite" => (
             vec!["ALTER TABLE customers ALTER COLUMN city TYPE text USING 'pwned'"],
             PWNED,
@@ -1118,6 +1136,8 @@ const FAMILIES: &[&str] = &[
     "unicode escaped table name",
     "unicode escaped table name with UESCAPE",
     "catalog-qualified table name",
+    "function path over a temporary shadow",
+    "procedure called",
 ];
 
 async fn families(label: &str, which: &[&'static str]) {
@@ -1158,6 +1178,8 @@ const HOLDING: &[&str] = &[
     "unicode escaped table name",
     "unicode escaped table name with UESCAPE",
     "catalog-qualified table name",
+    "function path over a temporary shadow",
+    "procedure called",
 ];
 
 /// `RT2_ONLY=family,family` runs only those families (for a quick look).
