@@ -1,0 +1,1646 @@
+//! Red team, second round (r33) against issue 33: a write a guardrail holds runs only after a
+//! named human approves it. The first round (`approval_redteam.rs`) covered other statements in
+//! the same string, cursors, redefined functions, triggers on the guarded table, views, SQL
+//! PREPARE, floods and hidden characters. This round tries code the server runs on its own,
+//! without the agent's statement naming the guarded table or any function: referential actions
+//! of a foreign key the agent adds, table inheritance, rewrite rules, column defaults and check
+//! constraints, operators and COPY. Each attack runs first on a direct connection inside a
+//! transaction that is rolled back (it changes `customers` there), then through the sidecar,
+//! also in a rolled-back transaction, where `customers` must not change without an approval.
+//! The setup (the `world` fixture and its helpers) is copied from `approval_redteam.rs`.
+#![allow(dead_code)]
+
+mod common;
+
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, ListParams};
+use portcullis_crds::{AccessRequest, SidecarConfig};
+use portcullis_e2e::{harness, repo_root, User};
+use portcullis_sidecar::approval::KubeAccess;
+use portcullis_sidecar::config::Options;
+use serde::Deserialize;
+use tokio_postgres::{Client, NoTls};
+
+const TIMEOUT_SECONDS: u64 = 30;
+const PLACEHOLDER: &str = "portcullis-placeholder-token";
+
+/// One attempt and what came of it.
+struct Row {
+    family: &'static str,
+    actor: &'static str,
+    attempt: String,
+    /// `Ok(evidence)` when the attempt was refused (or a baseline allowed) as expected.
+    result: Result<String, String>,
+}
+
+struct Table(Vec<Row>);
+
+impl Table {
+    fn row(
+        &mut self,
+        family: &'static str,
+        actor: &'static str,
+        attempt: impl Into<String>,
+        result: Result<String, String>,
+    ) {
+        self.0.push(Row {
+            family,
+            actor,
+            attempt: attempt.into(),
+            result,
+        });
+    }
+}
+
+/// The server's message of a PostgreSQL error.
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// The first value of the first row of a simple query's answer.
+fn first_value(m: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    m.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .chars()
+        .take(160)
+        .collect()
+}
+
+/// The rules of a ClusterRole of the chart's golden rendering.
+fn chart_rules(role: &str) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(repo_root().join("charts/portcullis/tests/golden/defaults.yaml"))
+            .expect("golden rendering");
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let Ok(v) = serde_json::Value::deserialize(doc) else {
+            continue;
+        };
+        if v["kind"] == "ClusterRole" && v["metadata"]["name"] == role {
+            return v["rules"].clone();
+        }
+    }
+    panic!("ClusterRole {role} is not in the chart");
+}
+
+async fn connect(port: u16) -> Arc<Client> {
+    let conn = format!("host=127.0.0.1 port={port} user=agent dbname=shop sslmode=disable");
+    let (client, connection) = tokio_postgres::connect(&conn, NoTls)
+        .await
+        .expect("connect to the sidecar");
+    tokio::spawn(connection);
+    Arc::new(client)
+}
+
+/// The names of the requests of the namespace.
+async fn names(api: &Api<AccessRequest>) -> Vec<String> {
+    api.list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter_map(|a| a.metadata.name)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A request not in `known`, once there is one (within 20 s).
+async fn new_request(api: &Api<AccessRequest>, known: &[String]) -> Option<AccessRequest> {
+    for _ in 0..200 {
+        if let Ok(list) = api.list(&ListParams::default()).await {
+            if let Some(ar) = list
+                .items
+                .into_iter()
+                .find(|ar| !known.contains(&ar.metadata.name.clone().unwrap_or_default()))
+            {
+                return Some(ar);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+type Held =
+    tokio::task::JoinHandle<Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>>;
+
+fn run(client: &Arc<Client>, sql: &str) -> Held {
+    let client = client.clone();
+    let sql = sql.to_owned();
+    tokio::spawn(async move { client.simple_query(&sql).await })
+}
+
+struct Env {
+    ns: String,
+    api: Api<AccessRequest>,
+    bob: String,
+}
+
+impl Env {
+    fn decide(&self, verb: &str, name: &str, reason: &str) -> Output {
+        common::plugin(&self.bob, &[verb, name, "-n", &self.ns, "--reason", reason])
+    }
+
+    /// Run `sql`, which must be held: the new request is returned (after `check` looked at
+    /// it), then denied, and the statement must end refused.
+    async fn held_then_denied(
+        &self,
+        client: &Arc<Client>,
+        sql: &str,
+    ) -> Result<AccessRequest, String> {
+        let known = names(&self.api).await;
+        let task = run(client, sql);
+        let mut found = None;
+        for _ in 0..200 {
+            let list = self.api.list(&ListParams::default()).await.ok();
+            found = list.and_then(|l| {
+                l.items
+                    .into_iter()
+                    .find(|ar| !known.contains(&ar.metadata.name.clone().unwrap_or_default()))
+            });
+            if found.is_some() || task.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let Some(ar) = found else {
+            return match task.await {
+                Ok(Ok(_)) => Err("it ran without a new approval".into()),
+                Ok(Err(e)) => Err(format!("refused without a request: {}", pg_message(&e))),
+                Err(e) => Err(e.to_string()),
+            };
+        };
+        let name = ar.metadata.name.clone().unwrap_or_default();
+        let out = self.decide("deny", &name, "refused by the attack table");
+        if !out.status.success() {
+            return Err(format!("cannot deny {name}: {}", common::text(&out)));
+        }
+        match tokio::time::timeout(Duration::from_secs(20), task).await {
+            Ok(Ok(Err(e))) if pg_message(&e).contains("Denied by bob") => Ok(ar),
+            other => Err(format!("held statement ended with {other:?}")),
+        }
+    }
+
+    /// Run `sql`, which must not run: held (then denied) or refused at once (by the denial
+    /// of the same operation moments ago).
+    async fn not_run(&self, client: &Arc<Client>, sql: &str) -> Result<String, String> {
+        match self.held_then_denied(client, sql).await {
+            Ok(_) => Ok("held for a new approval".into()),
+            Err(e) if e.starts_with("refused without a request: Denied by") => {
+                Ok(format!("refused: {e}"))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Run `sql`; when it is held, approve it: `Err` when it is refused or not held.
+    async fn try_approved(&self, client: &Arc<Client>, sql: &str) -> Result<AccessRequest, String> {
+        let known = names(&self.api).await;
+        let task = run(client, sql);
+        let Some(ar) = new_request(&self.api, &known).await else {
+            return match task.await {
+                Ok(Ok(_)) => Err("ran without approval".into()),
+                Ok(Err(e)) => Err(pg_message(&e)),
+                Err(e) => Err(e.to_string()),
+            };
+        };
+        let name = ar.metadata.name.clone().expect("name");
+        let out = self.decide("approve", &name, "checked");
+        if !out.status.success() {
+            return Err(common::text(&out));
+        }
+        // A statement that matches several approval guardrails asks one request of each:
+        // every request it makes is approved.
+        let mut approved = vec![name];
+        for _ in 0..100 {
+            if task.is_finished() {
+                break;
+            }
+            let fresh: Vec<String> = names(&self.api)
+                .await
+                .into_iter()
+                .filter(|n| !known.contains(n) && !approved.contains(n))
+                .collect();
+            for more in fresh {
+                let out = self.decide("approve", &more, "checked");
+                if !out.status.success() {
+                    return Err(common::text(&out));
+                }
+                approved.push(more);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match tokio::time::timeout(Duration::from_secs(20), task).await {
+            Ok(Ok(Ok(_))) => Ok(ar),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// Run `sql`, which must be held; approve it and expect it to run.
+    async fn approved(&self, client: &Arc<Client>, sql: &str) -> AccessRequest {
+        let known = names(&self.api).await;
+        let task = run(client, sql);
+        let ar = new_request(&self.api, &known)
+            .await
+            .unwrap_or_else(|| panic!("{sql} must be held"));
+        let name = ar.metadata.name.clone().expect("name");
+        let out = self.decide("approve", &name, "checked");
+        assert!(out.status.success(), "{}", common::text(&out));
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("runs after approval")
+            .expect("task")
+            .unwrap_or_else(|e| panic!("{sql} after approval: {e}"));
+        ar
+    }
+}
+/// Everything an attack needs: the webhooks, the AccessRequest controller, the chart's RBAC,
+/// the agent's sidecar and a direct connection to PostgreSQL.
+struct World {
+    client: kube::Client,
+    ns: String,
+    env: Env,
+    pg_port: u16,
+    direct_pg: Arc<Client>,
+    sidecar: portcullis_sidecar::Sidecar,
+    webhook: common::Webhook,
+    hook_name: String,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    controller: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+fn affected(m: &[tokio_postgres::SimpleQueryMessage]) -> u64 {
+    m.iter()
+        .map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::CommandComplete(n) => *n,
+            _ => 0,
+        })
+        .sum()
+}
+
+const AGENT_SQL: &str = "agent, SQL through the sidecar";
+
+async fn world(label: &str) -> World {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let h = harness();
+    h.install_crds().await;
+    let client = h.client().await;
+    let ns = h.namespace(label).await;
+    common::label_namespace(&client, &ns, &[(common::TEST_LABEL, &ns)]).await;
+    let webhook = common::Webhook::start(client.clone()).await;
+    let hook_name = format!("{label}-{ns}");
+    common::register(
+        &client,
+        &common::options(&hook_name, webhook.url(), Some(webhook.ca_pem.clone()), &ns),
+    )
+    .await;
+    let ctx = Arc::new(portcullis_operator::controller::Context::new(
+        client.clone(),
+        portcullis_operator::metrics::Metrics::new().expect("metrics"),
+        "approval-redteam-test",
+        None,
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(portcullis_operator::controller::access_request::run(
+        ctx,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    // Two policies for the agent: statement grants (customers, DO blocks) and session grants
+    // (orders, two guardrails).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policies = format!(
+        "apiVersion: portcullis.dev/v1alpha1
+kind: GatewayPolicy
+metadata: {{name: shop}}
+spec:
+  subjects: [{{kind: ServiceAccount, name: agent}}]
+  guardrails:
+  - name: customer-writes
+    match: {{statementKinds: [insert, update, delete], tables: [customers]}}
+    action: requireApproval
+  - name: code
+    match: {{statementKinds: [doBlock]}}
+    action: requireApproval
+  - name: removals
+    match: {{execCommands: [\"rm *\"]}}
+    action: requireApproval
+  - name: fixer
+    match: {{functions: [rt_fix]}}
+    action: requireApproval
+  approval:
+    approverGroups: [portcullis-approvers, agent-owners]
+    timeout: {TIMEOUT_SECONDS}s
+    grantDuration: 1h
+    maxPending: 2
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: GatewayPolicy
+metadata: {{name: orders}}
+spec:
+  subjects: [{{kind: ServiceAccount, name: agent}}]
+  guardrails:
+  - name: order-updates
+    match: {{statementKinds: [update], tables: [orders]}}
+    action: requireApproval
+  - name: order-inserts
+    match: {{statementKinds: [insert], tables: [orders]}}
+    action: requireApproval
+  approval:
+    approverGroups: [portcullis-approvers]
+    timeout: {TIMEOUT_SECONDS}s
+    grantDuration: 1h
+    grantScope: session
+"
+    );
+    let policy_file = dir.path().join("policies.yaml");
+    std::fs::write(&policy_file, &policies).expect("policy file");
+    let out = h.kubectl(&["apply", "-n", &ns, "-f", &policy_file.to_string_lossy()]);
+    assert!(out.status.success(), "{}", common::text(&out));
+
+    // The chart's RBAC: the sidecar role for the agent's account, the approver role for the
+    // approver groups. alice (agent-owners) also has every right on AccessRequests and their
+    // status, as an edit user has where the cluster aggregates them into edit.
+    h.service_account(&ns, "agent").await;
+    for (name, rules) in [
+        (
+            "sidecar-approvals",
+            chart_rules("portcullis-sidecar-approvals"),
+        ),
+        ("approver", chart_rules("portcullis-approver")),
+        (
+            "accessrequest-editor",
+            serde_json::json!([{"apiGroups": ["portcullis.dev"], "resources": ["accessrequests", "accessrequests/status"], "verbs": ["*"]}]),
+        ),
+    ] {
+        common::create::<Role>(
+            &client,
+            &ns,
+            serde_json::json!({"metadata": {"name": name}, "rules": rules}),
+        )
+        .await;
+    }
+    let bind = |name: &str, role: &str, subjects: serde_json::Value| {
+        serde_json::json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": subjects
+        })
+    };
+    common::create::<RoleBinding>(
+        &client,
+        &ns,
+        bind(
+            "sidecar",
+            "sidecar-approvals",
+            serde_json::json!([{"kind": "ServiceAccount", "name": "agent", "namespace": ns}]),
+        ),
+    )
+    .await;
+    common::create::<RoleBinding>(&client, &ns, bind("approvers", "approver", serde_json::json!([
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "portcullis-approvers"},
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "agent-owners"}
+    ])))
+    .await;
+    common::create::<RoleBinding>(
+        &client,
+        &ns,
+        bind(
+            "alice-edit",
+            "accessrequest-editor",
+            serde_json::json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]),
+        ),
+    )
+    .await;
+
+    // What else the agent may do with its token: read pods and exec into them.
+    common::create::<Role>(
+        &client,
+        &ns,
+        serde_json::json!({
+            "metadata": {"name": "agent-exec"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+                {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]}
+            ]
+        }),
+    )
+    .await;
+    common::create::<RoleBinding>(
+        &client,
+        &ns,
+        bind(
+            "agent-exec",
+            "agent-exec",
+            serde_json::json!([{"kind": "ServiceAccount", "name": "agent", "namespace": ns}]),
+        ),
+    )
+    .await;
+    let target: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-0"},
+        "spec": {"nodeName": h.exec_node(), "containers": [{"name": "app", "image": "app:1"}]}
+    }))
+    .expect("pod");
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &ns)
+        .create(&Default::default(), &target)
+        .await
+        .expect("create the target pod");
+
+    // The sidecar: PostgreSQL and the Kubernetes API, with the agent's token.
+    let token = h.token(&ns, "agent", None, None).await;
+    let direct = common::token_kubeconfig(
+        &dir.path().join("direct.kubeconfig"),
+        h.apiserver_url(),
+        h.ca_file(),
+        &token,
+        &ns,
+    );
+    let token_file = dir.path().join("sidecar-token");
+    std::fs::write(&token_file, &token).expect("token");
+    let certs = portcullis_operator::certs::generate(
+        &["127.0.0.1".to_owned(), "localhost".to_owned()],
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    )
+    .expect("certificates");
+    let tls = dir.path().join("tls");
+    std::fs::create_dir_all(&tls).expect("tls dir");
+    std::fs::write(tls.join("tls.crt"), &certs.cert_pem).expect("cert");
+    std::fs::write(tls.join("tls.key"), &certs.key_pem).expect("key");
+    std::fs::write(tls.join("ca.crt"), &certs.ca_pem).expect("ca");
+    let creds = dir.path().join("creds");
+    std::fs::create_dir_all(&creds).expect("creds dir");
+    std::fs::write(creds.join("username"), "app\n").expect("user file");
+    std::fs::write(creds.join("password"), format!("{}\n", h.pg_password())).expect("password");
+    let api_url: http::Uri = h.apiserver_url().parse().expect("api url");
+    let config_text = |spool: &std::path::Path, kube: bool| {
+        let kube_resource = if kube {
+            format!(
+                "- name: cluster-api
+  type: kubernetes
+  listenPort: {}
+  upstream:
+    host: {host}
+    port: {port}
+    tlsMode: verify-full
+    caFile: {ca}
+  serverTls:
+    certFile: {tls}/tls.crt
+    keyFile: {tls}/tls.key
+  tokenFile: {token_file}
+  policies: [shop]
+",
+                common::free_port(),
+                host = api_url.host().expect("host"),
+                port = api_url.port_u16().unwrap_or(443),
+                ca = h.ca_file(),
+                tls = tls.display(),
+                token_file = token_file.display(),
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "apiVersion: portcullis.dev/sidecar-config/v1alpha1
+namespace: {ns}
+adminListen: 127.0.0.1:0
+audit:
+  spoolDir: {spool}
+resources:
+- name: shop-db
+  type: postgres
+  listenPort: {pg_listen}
+  upstream:
+    host: {pg_host}
+    port: {pg_port}
+    tlsMode: disable
+  credentials:
+    usernameFile: {creds}/username
+    passwordFile: {creds}/password
+  policies: [shop, orders]
+{kube_resource}policies:
+- name: shop
+  subjects: [{{kind: ServiceAccount, name: agent}}]
+  guardrails:
+  - name: customer-writes
+    statementKinds: [insert, update, delete]
+    tables: [customers]
+    action: requireApproval
+  - name: code
+    statementKinds: [doBlock]
+    action: requireApproval
+  - name: removals
+    execCommands: [\"rm *\"]
+    action: requireApproval
+  - name: fixer
+    functions: [rt_fix]
+    action: requireApproval
+  approval:
+    approverGroups: [portcullis-approvers, agent-owners]
+    timeoutSeconds: {TIMEOUT_SECONDS}
+    grantSeconds: 3600
+    grantScope: statement
+    maxPending: 2
+- name: orders
+  subjects: [{{kind: ServiceAccount, name: agent}}]
+  guardrails:
+  - name: order-updates
+    statementKinds: [update]
+    tables: [orders]
+    action: requireApproval
+  - name: order-inserts
+    statementKinds: [insert]
+    tables: [orders]
+    action: requireApproval
+  approval:
+    approverGroups: [portcullis-approvers]
+    timeoutSeconds: {TIMEOUT_SECONDS}
+    grantSeconds: 3600
+    grantScope: session
+",
+            spool = spool.display(),
+            pg_listen = common::free_port(),
+            pg_host = h.pg_host(),
+            pg_port = h.pg_port(),
+            creds = creds.display(),
+        )
+    };
+    let spool = dir.path().join("spool");
+    let text = config_text(&spool, true);
+    let config_file = dir.path().join("sidecar.yaml");
+    std::fs::write(&config_file, &text).expect("config file");
+    let mut options = Options::service_account(&ns, "agent");
+    options.config_path = Some(config_file);
+    options.kube = KubeAccess::Kubeconfig(direct.clone().into());
+    let sidecar = portcullis_sidecar::start(
+        SidecarConfig::from_yaml(&text).expect("sidecar config"),
+        options,
+    )
+    .await
+    .expect("sidecar starts");
+    let pg_port = sidecar.addr("shop-db").expect("listening").port();
+    let kube_port = sidecar.addr("cluster-api").expect("listening").port();
+    let _proxy = common::token_kubeconfig(
+        &dir.path().join("agent.kubeconfig"),
+        &format!("https://127.0.0.1:{kube_port}"),
+        &tls.join("ca.crt").to_string_lossy(),
+        PLACEHOLDER,
+        &ns,
+    );
+    let env = Env {
+        ns: ns.clone(),
+        api: Api::namespaced(client.clone(), &ns),
+        bob: h.kubeconfig_of(User::Approver).to_owned(),
+    };
+
+    // A direct connection to PostgreSQL, the unprotected twin of the agent's session.
+    let direct_pg = {
+        let conn = format!(
+            "host={} port={} user=app password={} dbname=shop sslmode=disable",
+            h.pg_host(),
+            h.pg_port(),
+            h.pg_password()
+        );
+        let (client, connection) = tokio_postgres::connect(&conn, NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+        tokio::spawn(connection);
+        Arc::new(client)
+    };
+
+    World {
+        client,
+        ns,
+        env,
+        pg_port,
+        direct_pg,
+        sidecar,
+        webhook,
+        hook_name,
+        stop_tx,
+        controller,
+        _dir: dir,
+    }
+}
+
+impl World {
+    /// Print the table, stop everything, fail on any row not refused as expected.
+    async fn finish(self, t: Table) {
+        // The table.
+        let mut failures = 0;
+        println!("{:<32} {:<46} {:<70} result", "family", "actor", "attempt");
+        for r in &t.0 {
+            let (mark, detail) = match &r.result {
+                Ok(d) => ("ok", d.clone()),
+                Err(d) => {
+                    failures += 1;
+                    ("FAILED", d.clone())
+                }
+            };
+            println!(
+                "{:<32} {:<46} {:<70} {mark}: {}",
+                r.family,
+                r.actor,
+                r.attempt,
+                first_line(&detail)
+            );
+            if mark == "FAILED" {
+                eprintln!(
+                    "FAILED {} / {} / {}: {detail}",
+                    r.family, r.actor, r.attempt
+                );
+            }
+        }
+        self.sidecar.shutdown().await;
+        let _ = self.stop_tx.send(());
+        let _ = self.controller.await;
+        self.webhook.stop().await;
+        common::unregister(&self.client, &self.hook_name).await;
+        assert_eq!(
+            failures, 0,
+            "{failures} attempts were not refused as expected"
+        );
+    }
+}
+
+/// What came of one statement through the sidecar: every request it made is denied.
+async fn attempt(env: &Env, client: &Arc<Client>, sql: &str) -> (String, Option<String>) {
+    let known = names(&env.api).await;
+    let task = run(client, sql);
+    let mut denied = Vec::new();
+    for _ in 0..100 {
+        if task.is_finished() {
+            break;
+        }
+        for name in names(&env.api).await {
+            if !known.contains(&name) && !denied.contains(&name) {
+                let _ = env.decide("deny", &name, "refused by the second attack table");
+                denied.push(name);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = if denied.is_empty() {
+        ""
+    } else {
+        "held, denied; "
+    };
+    match tokio::time::timeout(Duration::from_secs(40), task).await {
+        Ok(Ok(Ok(m))) => (format!("{held}ran"), first_value(&m)),
+        Ok(Ok(Err(e))) => (format!("{held}refused: {}", pg_message(&e)), None),
+        other => (format!("{held}{other:?}"), None),
+    }
+}
+
+/// The attack `steps` then `check` (the number of `customers` rows changed) on the direct
+/// connection, in a transaction rolled back.
+async fn on_direct(direct: &Client, steps: &[&str], check: &str) -> Result<i64, String> {
+    direct
+        .simple_query("BEGIN")
+        .await
+        .map_err(|e| pg_message(&e))?;
+    let mut out = Ok(0);
+    for s in steps {
+        if let Err(e) = direct.simple_query(s).await {
+            out = Err(format!("{s}: {}", pg_message(&e)));
+            break;
+        }
+    }
+    if out.is_ok() {
+        out = match direct.simple_query(check).await {
+            Ok(m) => Ok(first_value(&m).and_then(|v| v.parse().ok()).unwrap_or(-1)),
+            Err(e) => Err(pg_message(&e)),
+        };
+    }
+    let _ = direct.simple_query("ROLLBACK").await;
+    out
+}
+
+/// The same through the sidecar (every request denied): `Ok` when `customers` did not change.
+async fn through_sidecar(w: &World, steps: &[&str], check: &str) -> Result<String, String> {
+    let c = connect(w.pg_port).await;
+    let mut log = Vec::new();
+    let _ = c.simple_query("BEGIN").await;
+    for s in steps {
+        let (what, _) = attempt(&w.env, &c, s).await;
+        log.push(format!(
+            "[{}] {what}",
+            s.chars().take(40).collect::<String>()
+        ));
+    }
+    let (what, value) = attempt(&w.env, &c, check).await;
+    let _ = c.simple_query("ROLLBACK").await;
+    let changed: i64 = value.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let log = log.join("; ");
+    if changed > 0 {
+        Err(format!(
+            "{changed} customers rows changed without an approval; {log}; check {what}"
+        ))
+    } else {
+        Ok(format!("customers unchanged; {log}; check {what}"))
+    }
+}
+
+/// One attack: shown on the direct connection, then asserted safe through the sidecar.
+async fn attack(w: &World, t: &mut Table, family: &'static str, steps: &[&str], check: &str) {
+    match on_direct(&w.direct_pg, steps, check).await {
+        Ok(n) if n > 0 => t.row(
+            family,
+            "direct PostgreSQL (baseline)",
+            steps.last().copied().unwrap_or_default(),
+            Ok(format!("{n} customers rows changed")),
+        ),
+        other => t.row(
+            family,
+            "direct PostgreSQL (baseline)",
+            steps.last().copied().unwrap_or_default(),
+            Err(format!(
+                "the attack does not work without the sidecar: {other:?}"
+            )),
+        ),
+    }
+    let result = through_sidecar(w, steps, check).await;
+    t.row(
+        family,
+        AGENT_SQL,
+        steps.last().copied().unwrap_or_default(),
+        result,
+    );
+}
+
+const PWNED: &str = "SELECT count(*) FROM customers WHERE city = 'pwned'";
+
+/// A function the analysis cannot see into: its body builds the guarded statement at run time.
+const OPAQUE_FN: &str = "CREATE FUNCTION rt2_pwn() RETURNS integer LANGUAGE plpgsql AS \
+    $$BEGIN EXECUTE 'UPDATE cust' || 'omers SET city = ''pwned'' WHERE id > 0'; RETURN 1; END$$";
+
+/// A function with a body the analysis reads, harmless.
+const HARMLESS_FN: &str = "CREATE FUNCTION rt2_h() RETURNS integer LANGUAGE sql AS 'SELECT 1'";
+/// The same function redefined with a body nothing can see into, that updates customers.
+const REDEFINED_FN: &str =
+    "CREATE OR REPLACE FUNCTION rt2_h() RETURNS integer LANGUAGE plpgsql AS \
+    $$BEGIN EXECUTE 'UPDATE cust' || 'omers SET city = ''pwned'' WHERE id > 0'; RETURN 1; END$$";
+
+fn family_steps(family: &str) -> (Vec<&'static str>, &'static str) {
+    match family {
+        "fk on update cascade" => (
+            vec![
+                "CREATE TABLE rt2_cities (name text PRIMARY KEY)",
+                "INSERT INTO rt2_cities VALUES ('Berlin')",
+                "ALTER TABLE customers ADD CONSTRAINT rt2_fk FOREIGN KEY (city) \
+                 REFERENCES rt2_cities (name) ON UPDATE CASCADE NOT VALID",
+                "UPDATE rt2_cities SET name = 'pwned' WHERE name = 'Berlin'",
+            ],
+            PWNED,
+        ),
+        "fk on delete set default" => (
+            vec![
+                "CREATE TABLE rt2_cities (name text PRIMARY KEY)",
+                "INSERT INTO rt2_cities VALUES ('Berlin'), ('pwned')",
+                "ALTER TABLE customers ALTER COLUMN city SET DEFAULT 'pwned'",
+                "ALTER TABLE customers ADD CONSTRAINT rt2_fk FOREIGN KEY (city) \
+                 REFERENCES rt2_cities (name) ON DELETE SET DEFAULT NOT VALID",
+                "DELETE FROM rt2_cities WHERE name = 'Berlin'",
+            ],
+            PWNED,
+        ),
+        "inheritance parent" => (
+            vec![
+                "CREATE TABLE rt2_parent (LIKE customers)",
+                "ALTER TABLE customers INHERIT rt2_parent",
+                "UPDATE rt2_parent SET city = 'pwned' WHERE id > 0",
+            ],
+            PWNED,
+        ),
+        "rewrite rule" => (
+            vec![
+                "CREATE TABLE rt2_log (x integer)",
+                "CREATE RULE rt2_rule AS ON INSERT TO rt2_log DO ALSO \
+                 UPDATE customers SET city = 'pwned' WHERE id > 0",
+                "INSERT INTO rt2_log VALUES (1)",
+            ],
+            PWNED,
+        ),
+        "trigger on another table" => (
+            vec![
+                "CREATE TABLE rt2_log (x integer)",
+                "CREATE FUNCTION rt2_tf() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$BEGIN UPDATE customers SET city = 'pwned' WHERE id > 0; RETURN NEW; END$$",
+                "CREATE TRIGGER rt2_t AFTER INSERT ON rt2_log FOR EACH ROW EXECUTE FUNCTION rt2_tf()",
+                "INSERT INTO rt2_log VALUES (1)",
+            ],
+            PWNED,
+        ),
+        "opaque function called" => (vec![OPAQUE_FN, "SELECT rt2_pwn()"], PWNED),
+        "column default" => (
+            vec![
+                OPAQUE_FN,
+                "CREATE TABLE rt2_log (x integer, y integer DEFAULT rt2_pwn())",
+                "INSERT INTO rt2_log (x) VALUES (1)",
+            ],
+            PWNED,
+        ),
+        "check constraint" => (
+            vec![
+                OPAQUE_FN,
+                "CREATE TABLE rt2_log (x integer CHECK (x < rt2_pwn() + 10))",
+                "INSERT INTO rt2_log (x) VALUES (1)",
+            ],
+            PWNED,
+        ),
+        "operator" => (
+            vec![
+                "CREATE FUNCTION rt2_op(integer, integer) RETURNS integer LANGUAGE plpgsql AS \
+                 $$BEGIN EXECUTE 'UPDATE cust' || 'omers SET city = ''pwned'' WHERE id > 0'; \
+                 RETURN 1; END$$",
+                "CREATE OPERATOR ### (LEFTARG = integer, RIGHTARG = integer, FUNCTION = rt2_op)",
+                "SELECT 1 ### 1",
+            ],
+            PWNED,
+        ),
+        "type input function" => (
+            vec![
+                OPAQUE_FN,
+                "CREATE DOMAIN rt2_dom AS integer CHECK (VALUE < rt2_pwn() + 10)",
+                "SELECT 1::rt2_dom",
+            ],
+            PWNED,
+        ),
+        "operator shadowing a built-in" => (
+            vec![
+                "CREATE FUNCTION rt2_op(integer, integer) RETURNS integer LANGUAGE plpgsql AS \
+                 $$BEGIN EXECUTE 'UPDATE cust' || 'omers SET city = ''pwned'' WHERE id > 0'; \
+                 RETURN 1; END$$",
+                "CREATE OPERATOR public.+ (LEFTARG = integer, RIGHTARG = integer, FUNCTION = rt2_op)",
+                "SET LOCAL search_path = public, pg_catalog",
+                "SELECT 1 + 1",
+            ],
+            PWNED,
+        ),
+        "truncate cascade" => (
+            vec![
+                "CREATE TABLE rt2_cities (name text PRIMARY KEY)",
+                "ALTER TABLE customers ADD CONSTRAINT rt2_fk FOREIGN KEY (city) \
+                 REFERENCES rt2_cities (name) NOT VALID",
+                "TRUNCATE rt2_cities CASCADE",
+            ],
+            "SELECT 500 - count(*) FROM customers",
+        ),
+        "query_to_xml" => (
+            vec![
+                OPAQUE_FN,
+                "SELECT query_to_xml('SELECT rt2_pwn()', true, false, '')",
+            ],
+            PWNED,
+        ),
+        "query_to_xml_and_xmlschema" => (
+            vec![
+                OPAQUE_FN,
+                "SELECT query_to_xml_and_xmlschema('SELECT rt2_pwn()', true, false, '')",
+            ],
+            PWNED,
+        ),
+        "ts_rewrite" => (
+            vec![
+                OPAQUE_FN,
+                "SELECT ts_rewrite('a'::tsquery, \
+                 'SELECT ''a''::tsquery, ''b''::tsquery FROM rt2_pwn()')",
+            ],
+            PWNED,
+        ),
+        "function guardrail via operator" => (
+            vec![
+                "CREATE FUNCTION rt_fix(integer, integer) RETURNS integer LANGUAGE plpgsql AS \
+                 $$BEGIN EXECUTE 'UPDATE cust' || 'omers SET city = ''pwned'' WHERE id > 0'; \
+                 RETURN 1; END$$",
+                "CREATE OPERATOR ##> (LEFTARG = integer, RIGHTARG = integer, FUNCTION = rt_fix)",
+                "SELECT 1 ##> 1",
+            ],
+            PWNED,
+        ),
+        "matview refreshed" => (
+            vec![
+                HARMLESS_FN,
+                "CREATE MATERIALIZED VIEW rt2_mv AS SELECT rt2_h() AS x",
+                REDEFINED_FN,
+                "REFRESH MATERIALIZED VIEW rt2_mv",
+            ],
+            PWNED,
+        ),
+        "view over a redefined function" => (
+            vec![
+                HARMLESS_FN,
+                "CREATE VIEW rt2_vv AS SELECT rt2_h() AS x",
+                REDEFINED_FN,
+                "SELECT x FROM rt2_vv",
+            ],
+            PWNED,
+        ),
+        "default redefined" => (
+            vec![
+                HARMLESS_FN,
+                "CREATE TABLE rt2_log (x integer, y integer DEFAULT rt2_h())",
+                REDEFINED_FN,
+                "INSERT INTO rt2_log (x) VALUES (1)",
+            ],
+            PWNED,
+        ),
+        "check redefined" => (
+            vec![
+                HARMLESS_FN,
+                "CREATE TABLE rt2_log (x integer CHECK (x < rt2_h() + 10))",
+                REDEFINED_FN,
+                "INSERT INTO rt2_log (x) VALUES (1)",
+            ],
+            PWNED,
+        ),
+        "domain redefined" => (
+            vec![
+                HARMLESS_FN,
+                "CREATE DOMAIN rt2_dom AS integer CHECK (VALUE < rt2_h() + 10)",
+                REDEFINED_FN,
+                "SELECT 1::rt2_dom",
+            ],
+            PWNED,
+        ),
+        "row policy redefined" => (
+            vec![
+                HARMLESS_FN,
+                "CREATE TABLE rt2_log (x integer)",
+                "INSERT INTO rt2_log VALUES (1)",
+                "ALTER TABLE rt2_log ENABLE ROW LEVEL SECURITY",
+                "ALTER TABLE rt2_log FORCE ROW LEVEL SECURITY",
+                "CREATE POLICY rt2_p ON rt2_log USING (rt2_h() > 0)",
+                REDEFINED_FN,
+                "SELECT count(*) FROM rt2_log",
+            ],
+            PWNED,
+        ),
+        "partition parent" => (
+            vec![
+                "CREATE TABLE rt2_parent (LIKE customers) PARTITION BY RANGE (id)",
+                "ALTER TABLE rt2_parent ATTACH PARTITION customers FOR VALUES FROM (0) TO (1000000)",
+                "UPDATE rt2_parent SET city = 'pwned' WHERE id > 0",
+            ],
+            PWNED,
+        ),
+        "unicode escaped table name" => (
+            vec!["UPDATE U&\"cust\\006fmers\" SET city = 'pwned' WHERE id > 0"],
+            PWNED,
+        ),
+        "unicode escaped table name with UESCAPE" => (
+            vec!["UPDATE U&\"cust!006fmers\" UESCAPE '!' SET city = 'pwned' WHERE id > 0"],
+            PWNED,
+        ),
+        "catalog-qualified table name" => (
+            vec!["UPDATE shop.public.customers SET city = 'pwned' WHERE id > 0"],
+            PWNED,
+        ),
+        "function path over a temporary shadow" => (
+            vec![
+                "CREATE TEMP TABLE customers (id integer, city text)",
+                "CREATE FUNCTION rt2_s() RETURNS integer LANGUAGE sql \
+                 SET search_path = public, pg_temp \
+                 AS 'UPDATE customers SET city = ''pwned'' WHERE id > 0 RETURNING 1'",
+                "SELECT rt2_s()",
+            ],
+            "SELECT count(*) FROM public.customers WHERE city = 'pwned'",
+        ),
+        "procedure called" => (
+            vec![
+                "CREATE PROCEDURE rt2_p() LANGUAGE plpgsql AS \
+                 $$BEGIN EXECUTE 'UPDATE cust' || 'omers SET city = ''pwned'' WHERE id > 0'; END$$",
+                "CALL rt2_p()",
+            ],
+            PWNED,
+        ),
+        "column type rewrite" => (
+            vec!["ALTER TABLE customers ALTER COLUMN city TYPE text USING 'pwned'"],
+            PWNED,
+        ),
+        "aggregate" => (
+            vec![
+                "CREATE FUNCTION rt2_op(integer, integer) RETURNS integer LANGUAGE plpgsql AS \
+                 $$BEGIN EXECUTE 'UPDATE cust' || 'omers SET city = ''pwned'' WHERE id > 0'; \
+                 RETURN 1; END$$",
+                "CREATE AGGREGATE rt2_agg (integer) (SFUNC = rt2_op, STYPE = integer)",
+                "SELECT rt2_agg(x) FROM (VALUES (1)) AS v (x)",
+            ],
+            PWNED,
+        ),
+        "cast" => (
+            vec![
+                "CREATE TYPE rt2_t AS (a integer)",
+                "CREATE FUNCTION rt2_cast(integer) RETURNS rt2_t LANGUAGE plpgsql AS \
+                 $$BEGIN EXECUTE 'UPDATE cust' || 'omers SET city = ''pwned'' WHERE id > 0'; \
+                 RETURN ROW($1)::rt2_t; END$$",
+                "CREATE CAST (integer AS rt2_t) WITH FUNCTION rt2_cast(integer)",
+                "SELECT 1::rt2_t",
+            ],
+            PWNED,
+        ),
+        "row security policy" => (
+            vec![
+                OPAQUE_FN,
+                "CREATE TABLE rt2_log (x integer)",
+                "INSERT INTO rt2_log VALUES (1)",
+                "ALTER TABLE rt2_log ENABLE ROW LEVEL SECURITY",
+                "ALTER TABLE rt2_log FORCE ROW LEVEL SECURITY",
+                "CREATE POLICY rt2_p ON rt2_log USING (rt2_pwn() > 0)",
+                "SELECT count(*) FROM rt2_log",
+            ],
+            PWNED,
+        ),
+        "default set later" => (
+            vec![
+                OPAQUE_FN,
+                "CREATE TABLE rt2_log (x integer, y integer)",
+                "ALTER TABLE rt2_log ALTER COLUMN y SET DEFAULT rt2_pwn()",
+                "INSERT INTO rt2_log (x) VALUES (1)",
+            ],
+            PWNED,
+        ),
+        "check added later" => (
+            vec![
+                OPAQUE_FN,
+                "CREATE TABLE rt2_log (x integer)",
+                "ALTER TABLE rt2_log ADD CONSTRAINT rt2_c CHECK (rt2_pwn() > 0) NOT VALID",
+                "INSERT INTO rt2_log (x) VALUES (1)",
+            ],
+            PWNED,
+        ),
+        "domain check added later" => (
+            vec![
+                OPAQUE_FN,
+                "CREATE DOMAIN rt2_dom AS integer",
+                "ALTER DOMAIN rt2_dom ADD CONSTRAINT rt2_c CHECK (rt2_pwn() > 0) NOT VALID",
+                "SELECT 1::rt2_dom",
+            ],
+            PWNED,
+        ),
+        other => panic!("no family {other}"),
+    }
+}
+
+const FAMILIES: &[&str] = &[
+    "fk on update cascade",
+    "fk on delete set default",
+    "inheritance parent",
+    "rewrite rule",
+    "trigger on another table",
+    "opaque function called",
+    "column default",
+    "check constraint",
+    "operator",
+    "type input function",
+    "operator shadowing a built-in",
+    "aggregate",
+    "cast",
+    "row security policy",
+    "default set later",
+    "check added later",
+    "domain check added later",
+    "column type rewrite",
+    "truncate cascade",
+    "query_to_xml",
+    "query_to_xml_and_xmlschema",
+    "ts_rewrite",
+    "function guardrail via operator",
+    "matview refreshed",
+    "view over a redefined function",
+    "default redefined",
+    "check redefined",
+    "domain redefined",
+    "row policy redefined",
+    "partition parent",
+    "unicode escaped table name",
+    "unicode escaped table name with UESCAPE",
+    "catalog-qualified table name",
+    "function path over a temporary shadow",
+    "procedure called",
+];
+
+async fn families(label: &str, which: &[&'static str]) {
+    let w = world(label).await;
+    let mut t = Table(Vec::new());
+    for family in which {
+        let (steps, check) = family_steps(family);
+        attack(&w, &mut t, family, &steps, check).await;
+    }
+    w.finish(t).await;
+}
+
+/// The families that hold today (the others are the ignored tests below).
+const HOLDING: &[&str] = &[
+    "inheritance parent",
+    "rewrite rule",
+    "trigger on another table",
+    "opaque function called",
+    "column default",
+    "check constraint",
+    "type input function",
+    "aggregate",
+    "cast",
+    "row security policy",
+    "default set later",
+    "check added later",
+    "domain check added later",
+    "query_to_xml",
+    "query_to_xml_and_xmlschema",
+    "ts_rewrite",
+    "matview refreshed",
+    "view over a redefined function",
+    "default redefined",
+    "check redefined",
+    "domain redefined",
+    "row policy redefined",
+    "partition parent",
+    "unicode escaped table name",
+    "unicode escaped table name with UESCAPE",
+    "catalog-qualified table name",
+    "function path over a temporary shadow",
+    "procedure called",
+];
+
+/// `RT2_ONLY=family,family` runs only those families (for a quick look).
+fn only(from: &[&'static str]) -> Vec<&'static str> {
+    match std::env::var("RT2_ONLY") {
+        Ok(v) => FAMILIES
+            .iter()
+            .copied()
+            .filter(|f| v.split(',').any(|x| x == *f))
+            .collect(),
+        Err(_) => from.to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_code_holds() {
+    families("rt2-holds", &only(HOLDING)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: a foreign key the agent adds to customers (ON UPDATE CASCADE) rewrites customers rows from an unguarded UPDATE of the agent's own table, without approval"]
+async fn foreign_key_on_update_cascade() {
+    families("rt2-fk-upd", &["fk on update cascade"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: a foreign key the agent adds to customers (ON DELETE SET DEFAULT) rewrites customers rows from an unguarded DELETE of the agent's own table, without approval"]
+async fn foreign_key_on_delete_set_default() {
+    families("rt2-fk-del", &["fk on delete set default"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: an operator the agent creates runs its opaque function (which updates customers) from a plain SELECT, without approval"]
+async fn operator_runs_opaque_code() {
+    families("rt2-op", &["operator"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: an operator in public shadowing pg_catalog's + (search_path public, pg_catalog) runs opaque code that updates customers from SELECT 1 + 1"]
+async fn operator_shadowing_a_builtin() {
+    families("rt2-op-shadow", &["operator shadowing a built-in"]).await;
+}
+
+/// The statement an approver approves: one customer row.
+const GRANTED: &str = "UPDATE customers SET city = 'rt2-granted' WHERE id = 21";
+const GRANTED_COUNT: &str = "SELECT count(*) FROM customers WHERE city = 'rt2-granted'";
+/// An `=` for integers in `public` that is true for every row: the granted statement's
+/// `id = 21` then matches all of them.
+const EVERY_ROW_EQUALS: [&str; 2] = [
+    "CREATE FUNCTION rt2_yes(integer, integer) RETURNS boolean LANGUAGE sql AS 'SELECT true'",
+    "CREATE OPERATOR public.= (LEFTARG = integer, RIGHTARG = integer, FUNCTION = rt2_yes)",
+];
+
+/// A statement grant, then an operator defined under it that changes what the approved text
+/// does: the session's path lists `public` before `pg_catalog` from the start (before the
+/// approval, so the approver's statement ran under the same path).
+async fn grant_then_operator(w: &World, t: &mut Table) {
+    let family = "operator redefined under a grant";
+    // Baseline: on the direct connection, the same text reaches every row.
+    let mut steps = vec!["SET LOCAL search_path = public, pg_catalog"];
+    steps.extend(EVERY_ROW_EQUALS);
+    steps.push(GRANTED);
+    match on_direct(&w.direct_pg, &steps, GRANTED_COUNT).await {
+        Ok(n) if n > 1 => t.row(
+            family,
+            "direct PostgreSQL (baseline)",
+            GRANTED,
+            Ok(format!("{n} rows")),
+        ),
+        other => t.row(
+            family,
+            "direct PostgreSQL (baseline)",
+            GRANTED,
+            Err(format!("{other:?}")),
+        ),
+    }
+    let c = connect(w.pg_port).await;
+    let (set, _) = attempt(&w.env, &c, "SET search_path = public, pg_catalog").await;
+    let granted = w.env.try_approved(&c, GRANTED).await;
+    let before = w
+        .direct_pg
+        .simple_query(GRANTED_COUNT)
+        .await
+        .ok()
+        .and_then(|m| first_value(&m))
+        .unwrap_or_default();
+    let mut log = vec![
+        format!("set path: {set}"),
+        format!("granted: {}", granted.is_ok()),
+    ];
+    let _ = c.simple_query("BEGIN").await;
+    for s in EVERY_ROW_EQUALS.iter().chain([GRANTED].iter()) {
+        let (what, _) = attempt(&w.env, &c, s).await;
+        log.push(format!(
+            "[{}] {what}",
+            s.chars().take(40).collect::<String>()
+        ));
+    }
+    let (_, n) = attempt(&w.env, &c, GRANTED_COUNT).await;
+    let _ = c.simple_query("ROLLBACK").await;
+    let n: i64 = n.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let log = log.join("; ");
+    t.row(
+        family,
+        AGENT_SQL,
+        "the approved one-row UPDATE again, after CREATE OPERATOR public.=",
+        if granted.is_err() {
+            Err(format!("the approval itself failed: {granted:?}"))
+        } else if n > 1 {
+            Err(format!(
+                "{n} rows changed under a one-row grant (before {before}); {log}"
+            ))
+        } else {
+            Ok(format!("{n} row; {log}"))
+        },
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: a statement grant for a one-row UPDATE is reused after the agent creates public.= for integers (path public, pg_catalog): the same text then updates every row"]
+async fn operator_redefined_under_a_grant() {
+    let w = world("rt2-op-grant").await;
+    let mut t = Table(Vec::new());
+    grant_then_operator(&w, &mut t).await;
+    w.finish(t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: ALTER COLUMN ... TYPE ... USING rewrites every customers row without approval (the analysis marks it unbounded but the policy's write guardrail does not hold it)"]
+async fn column_type_rewrite() {
+    families("rt2-type", &["column type rewrite"]).await;
+}
+
+/// COPY ... FROM STDIN of one row into customers on `client`, in a transaction; every request
+/// it makes is denied. What came of it, and the number of `pwned` rows before the rollback.
+async fn copy_in(env: Option<&Env>, client: &Arc<Client>) -> (String, i64) {
+    use futures::SinkExt;
+    let known = match env {
+        Some(env) => names(&env.api).await,
+        None => Vec::new(),
+    };
+    let _ = client.simple_query("BEGIN").await;
+    let c = client.clone();
+    let task = tokio::spawn(async move {
+        let sink = c
+            .copy_in::<_, &'static [u8]>(
+                "COPY customers (id, full_name, email, ssn, city, created_at) FROM STDIN",
+            )
+            .await?;
+        let mut sink = Box::pin(sink);
+        sink.send(b"9001\tX Y\tx9001@example.com\t000-00-0000\tpwned\t2026-01-01\n".as_slice())
+            .await?;
+        sink.as_mut().finish().await
+    });
+    let mut denied = Vec::new();
+    for _ in 0..100 {
+        if task.is_finished() {
+            break;
+        }
+        if let Some(env) = env {
+            for name in names(&env.api).await {
+                if !known.contains(&name) && !denied.contains(&name) {
+                    let _ = env.decide("deny", &name, "refused by the second attack table");
+                    denied.push(name);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let what = match tokio::time::timeout(Duration::from_secs(40), task).await {
+        Ok(Ok(Ok(n))) => format!("copied {n}"),
+        Ok(Ok(Err(e))) => format!("refused: {}", pg_message(&e)),
+        other => format!("{other:?}"),
+    };
+    let n = client
+        .simple_query(PWNED)
+        .await
+        .ok()
+        .and_then(|m| first_value(&m))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let _ = client.simple_query("ROLLBACK").await;
+    let held = if denied.is_empty() {
+        ""
+    } else {
+        "held, denied; "
+    };
+    (format!("{held}{what}"), n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: COPY customers FROM STDIN inserts rows into the guarded table without approval (insert guardrail does not hold COPY FROM)"]
+async fn copy_from_stdin_into_customers() {
+    let w = world("rt2-copy").await;
+    let mut t = Table(Vec::new());
+    let family = "COPY FROM STDIN";
+    let (what, n) = copy_in(None, &w.direct_pg).await;
+    t.row(
+        family,
+        "direct PostgreSQL (baseline)",
+        "COPY customers FROM STDIN",
+        if n > 0 { Ok(what) } else { Err(what) },
+    );
+    let c = connect(w.pg_port).await;
+    let (what, n) = copy_in(Some(&w.env), &c).await;
+    t.row(
+        family,
+        AGENT_SQL,
+        "COPY customers FROM STDIN",
+        if n > 0 {
+            Err(format!("a row was copied in without an approval: {what}"))
+        } else {
+            Ok(what)
+        },
+    );
+    w.finish(t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: TRUNCATE of the agent's own table CASCADE empties customers (through a foreign key the agent added), without approval"]
+async fn truncate_cascade_through_an_added_foreign_key() {
+    families("rt2-trunc", &["truncate cascade"]).await;
+}
+
+/// The granted statement of the view rows: it reaches the ids `rt2_v` lists (`tag` keeps the
+/// grants of the rows apart).
+fn granted_via(tag: &str) -> String {
+    format!("UPDATE customers SET city = 'rt2-granted-{tag}' WHERE id IN (SELECT id FROM rt2_v)")
+}
+const GRANTED_VIA_COUNT: &str = "SELECT count(*) FROM customers WHERE city LIKE 'rt2-granted-%'";
+
+/// In one transaction through the sidecar: `before`, then `GRANTED_VIA` approved (one row),
+/// then `after`, then `GRANTED_VIA` again: it must not reach more rows than approved.
+async fn grant_then(
+    tag: &str,
+    w: &World,
+    t: &mut Table,
+    family: &'static str,
+    before: &[&str],
+    after: &[&str],
+) {
+    let granted_text = granted_via(tag);
+    let granted_via = granted_text.as_str();
+    let mut steps: Vec<&str> = before.to_vec();
+    steps.push(granted_via);
+    steps.extend(after);
+    steps.push(granted_via);
+    match on_direct(&w.direct_pg, &steps, GRANTED_VIA_COUNT).await {
+        Ok(n) if n > 1 => t.row(
+            family,
+            "direct PostgreSQL (baseline)",
+            granted_via,
+            Ok(format!("{n} rows")),
+        ),
+        other => t.row(
+            family,
+            "direct PostgreSQL (baseline)",
+            granted_via,
+            Err(format!("{other:?}")),
+        ),
+    }
+    let c = connect(w.pg_port).await;
+    let _ = c.simple_query("BEGIN").await;
+    let mut log = Vec::new();
+    for s in before {
+        let (what, _) = attempt(&w.env, &c, s).await;
+        log.push(format!(
+            "[{}] {what}",
+            s.chars().take(40).collect::<String>()
+        ));
+    }
+    let granted = w.env.try_approved(&c, granted_via).await;
+    log.push(format!("granted: {}", granted.is_ok()));
+    for s in after.iter().chain([granted_via].iter()) {
+        let (what, _) = attempt(&w.env, &c, s).await;
+        log.push(format!(
+            "[{}] {what}",
+            s.chars().take(40).collect::<String>()
+        ));
+    }
+    let (_, n) = attempt(&w.env, &c, GRANTED_VIA_COUNT).await;
+    let _ = c.simple_query("ROLLBACK").await;
+    let n: i64 = n.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let log = log.join("; ");
+    t.row(
+        family,
+        AGENT_SQL,
+        after.last().copied().unwrap_or_default(),
+        if granted.is_err() {
+            Err(format!("the approval itself failed: {granted:?}; {log}"))
+        } else if n > 1 {
+            Err(format!("{n} rows changed under a one-row grant; {log}"))
+        } else {
+            Ok(format!("{n} row; {log}"))
+        },
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relation_changed_under_a_grant() {
+    let w = world("rt2-view-grant").await;
+    let mut t = Table(Vec::new());
+    let view = ["CREATE VIEW rt2_v AS SELECT 21 AS id"];
+    grant_then(
+        "v1",
+        &w,
+        &mut t,
+        "view replaced under a grant",
+        &view,
+        &["CREATE OR REPLACE VIEW rt2_v AS SELECT id FROM customers"],
+    )
+    .await;
+    grant_then(
+        "v2",
+        &w,
+        &mut t,
+        "temporary view shadows under a grant",
+        &view,
+        &["CREATE TEMP VIEW rt2_v AS SELECT id FROM customers"],
+    )
+    .await;
+    grant_then(
+        "v3",
+        &w,
+        &mut t,
+        "view dropped, table of the name",
+        &view,
+        &[
+            "DROP VIEW rt2_v",
+            "CREATE TABLE rt2_v (id integer)",
+            "INSERT INTO rt2_v SELECT g FROM generate_series(1, 500) AS g",
+        ],
+    )
+    .await;
+    grant_then(
+        "v4",
+        &w,
+        &mut t,
+        "view over a function redefined",
+        &[
+            "CREATE FUNCTION rt2_ids() RETURNS SETOF integer LANGUAGE sql AS 'SELECT 21'",
+            "CREATE VIEW rt2_v AS SELECT rt2_ids() AS id",
+        ],
+        &[
+            "CREATE OR REPLACE FUNCTION rt2_ids() RETURNS SETOF integer LANGUAGE sql \
+           AS 'SELECT g FROM generate_series(1, 500) AS g'",
+        ],
+    )
+    .await;
+    w.finish(t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: the function guardrail (functions: [rt_fix]) is bypassed by an operator whose FUNCTION is rt_fix: SELECT 1 ##> 1 runs it without approval"]
+async fn function_guardrail_through_an_operator() {
+    families("rt2-fix-op", &["function guardrail via operator"]).await;
+}
+
+/// A customers update approved by alice (agent-owners may approve the shop policy, not the
+/// orders policy), after the agent made the orders foreign key cascade: the approved
+/// statement also rewrites orders rows, which only portcullis-approvers may approve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "red team: a customers update approved by alice (agent-owners) also rewrites orders rows (orders policy, portcullis-approvers only) through an ON UPDATE CASCADE the agent added"]
+async fn approved_update_cascades_into_another_policy() {
+    let w = world("rt2-cascade").await;
+    let mut t = Table(Vec::new());
+    let family = "cascade into another policy";
+    let cid: i64 = w
+        .direct_pg
+        .simple_query("SELECT customer_id::text FROM orders ORDER BY id LIMIT 1")
+        .await
+        .ok()
+        .and_then(|m| first_value(&m))
+        .and_then(|v| v.parse().ok())
+        .expect("an order");
+    let alter = [
+        "ALTER TABLE orders DROP CONSTRAINT orders_customer_id_fkey",
+        "ALTER TABLE orders ADD CONSTRAINT rt2_ofk FOREIGN KEY (customer_id) \
+         REFERENCES customers (id) ON UPDATE CASCADE",
+    ];
+    let update = format!(
+        "UPDATE customers SET id = {} WHERE id = {cid}",
+        cid + 100_000
+    );
+    let count = format!(
+        "SELECT count(*) FROM orders WHERE customer_id = {}",
+        cid + 100_000
+    );
+    let mut steps: Vec<&str> = alter.to_vec();
+    steps.push(&update);
+    match on_direct(&w.direct_pg, &steps, &count).await {
+        Ok(n) if n > 0 => t.row(
+            family,
+            "direct PostgreSQL (baseline)",
+            update.clone(),
+            Ok(format!("{n} orders rows changed")),
+        ),
+        other => t.row(
+            family,
+            "direct PostgreSQL (baseline)",
+            update.clone(),
+            Err(format!("{other:?}")),
+        ),
+    }
+    let alice = harness().kubeconfig_of(User::Owner).to_owned();
+    let c = connect(w.pg_port).await;
+    let _ = c.simple_query("BEGIN").await;
+    let mut log = Vec::new();
+    for s in alter {
+        let (what, _) = attempt(&w.env, &c, s).await;
+        log.push(format!(
+            "[{}] {what}",
+            s.chars().take(40).collect::<String>()
+        ));
+    }
+    let known = names(&w.env.api).await;
+    let task = run(&c, &update);
+    let mut decided: Vec<String> = Vec::new();
+    for _ in 0..150 {
+        if task.is_finished() {
+            break;
+        }
+        for name in names(&w.env.api).await {
+            if known.contains(&name) || decided.contains(&name) {
+                continue;
+            }
+            // alice approves what she may; what she may not is denied by bob.
+            let out = common::plugin(
+                &alice,
+                &["approve", &name, "-n", &w.ns, "--reason", "one customer"],
+            );
+            let ok = out.status.success();
+            log.push(format!("alice approves {name}: {ok}"));
+            if !ok {
+                let _ = w.env.decide("deny", &name, "not alice's to approve");
+            }
+            decided.push(name);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ran = match tokio::time::timeout(Duration::from_secs(40), task).await {
+        Ok(Ok(Ok(_))) => "ran".to_owned(),
+        Ok(Ok(Err(e))) => format!("refused: {}", pg_message(&e)),
+        other => format!("{other:?}"),
+    };
+    log.push(format!("update {ran}"));
+    let (_, n) = attempt(&w.env, &c, &count).await;
+    let _ = c.simple_query("ROLLBACK").await;
+    let n: i64 = n.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let log = log.join("; ");
+    t.row(
+        family,
+        "agent, approved by alice (agent-owners) only",
+        update.clone(),
+        if n > 0 {
+            Err(format!(
+                "{n} orders rows changed with alice's approval alone; {log}"
+            ))
+        } else {
+            Ok(format!("orders unchanged; {log}"))
+        },
+    );
+    w.finish(t).await;
+}
