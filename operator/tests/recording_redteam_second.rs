@@ -266,3 +266,98 @@ fn the_recording_replays_no_value_joined_by_deleting_a_character() {
     shown.push_str(&emulator.finish());
     assert!(!shown.contains("alice@example.com"), "{shown}\n{text}");
 }
+
+#[test]
+#[ignore = "red team: a value drawn out of arrival order and erased (EL, ECH, RIS, alt screen, spaces) in the same frame is never searched: live output and replay show it"]
+fn a_value_drawn_out_of_order_then_erased_in_the_same_frame_is_masked() {
+    // The value is on the screen for a moment (the agent's terminal shows it, the replay prints
+    // the screen before it is erased), but out of arrival order, and gone by the time the
+    // frame is searched.
+    let mut failed = Vec::new();
+    for (family, data) in [
+        (
+            "erase line (EL 2)",
+            &b"     @example.com\ralice\x1b[2K\n"[..],
+        ),
+        (
+            "erase in line to the start (EL 1)",
+            b"     @example.com\ralice\x1b[1K\n",
+        ),
+        (
+            "erase characters (ECH)",
+            b"     @example.com\ralice\r\x1b[20X\n",
+        ),
+        ("erase display (ED 2)", b"     @example.com\ralice\x1b[2J\n"),
+        ("delete line (DL)", b"     @example.com\ralice\x1b[M\n"),
+        (
+            "enter the alternate screen",
+            b"     @example.com\ralice\x1b[?1049h\n",
+        ),
+        ("full reset (RIS)", b"     @example.com\ralice\x1bc\n"),
+        (
+            "overwritten with spaces",
+            b"     @example.com\ralice\r                      \n",
+        ),
+    ] {
+        let broken = std::panic::catch_unwind(|| row(family, &[data], "alice@example.com"));
+        if broken.is_err() {
+            failed.push(family);
+        }
+    }
+    assert!(failed.is_empty(), "in clear: {failed:?}");
+}
+
+/// Time the replay takes for `data` on a terminal of `cols` x `rows`.
+fn replay_time(cols: u64, rows: u64, data: &[u8]) -> Duration {
+    let t = Instant::now();
+    std::hint::black_box(replay_len(cols, rows, data));
+    t.elapsed()
+}
+
+#[test]
+#[ignore = "red team: on a 1000x1000 replay every 3-byte erase renders the whole screen twice: 300 bytes take ~29 s (auditor DoS)"]
+fn erase_sequences_on_the_largest_replay_screen_cost_no_more_than_text() {
+    // A recording sized (or resized) to 1000 x 1000: every erase (3 bytes) makes the replay
+    // render the whole screen twice to see whether anything was lost.
+    let erase: Vec<u8> = b"\x1b[K".repeat(100);
+    let text: Vec<u8> = b"abc".repeat(100);
+    let e = replay_time(1000, 1000, &erase);
+    let t = replay_time(1000, 1000, &text);
+    eprintln!("{} bytes: erases {e:?}, text {t:?}", erase.len());
+    assert!(
+        e < t * 20 + Duration::from_millis(500),
+        "erases cost {e:?} against {t:?} for text"
+    );
+}
+
+#[test]
+#[ignore = "red team: each client resize message searches and reflows the full 64 Ki-cell screen: ~10 ms per 9-byte message"]
+fn resize_messages_cost_no_more_than_a_screen_each() {
+    // A client that sends resize messages in a loop between the two largest shapes, with a
+    // full screen held: each one searches the screen and reflows it.
+    let m = OutputMasker::new(&[]).expect("detectors");
+    let mut s = Scanner::with_size(Direction::Output, 512, 128);
+    let mut fill = Vec::new();
+    for _ in 0..128 {
+        fill.extend(std::iter::repeat_n(b'x', 511));
+        fill.push(b'\n');
+    }
+    fill.extend(std::iter::repeat_n(b'y', 1000));
+    std::hint::black_box(s.push(&m, &fill));
+    let t = Instant::now();
+    let n = 100;
+    for i in 0..n {
+        if i % 2 == 0 {
+            s.resize(&m, 512, 128);
+        } else {
+            s.resize(&m, 128, 512);
+        }
+    }
+    let took = t.elapsed();
+    eprintln!("{n} resizes: {took:?}");
+    // 100 resize messages are 100 * 9 bytes on the wire.
+    assert!(
+        took < Duration::from_millis(200),
+        "{n} resizes took {took:?}"
+    );
+}
