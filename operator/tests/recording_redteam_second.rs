@@ -361,3 +361,28 @@ fn resize_messages_cost_no_more_than_a_screen_each() {
         "{n} resizes took {took:?}"
     );
 }
+
+#[test]
+fn a_value_drawn_out_of_order_then_cleared_or_deleted_in_the_same_frame_is_masked() {
+    // The variants of the row above that hold: clearing the display and deleting the line.
+    for (family, data) in [
+        (
+            "erase display (ED 2)",
+            &b"     @example.com\ralice\x1b[2J\n"[..],
+        ),
+        ("delete line (DL)", b"     @example.com\ralice\x1b[M\n"),
+        ("scroll up (SU)", b"     @example.com\ralice\x1b[S\n"),
+    ] {
+        row(family, &[data], "alice@example.com");
+    }
+}
+
+#[test]
+fn a_value_in_a_title_drawn_on_the_screen_too_is_masked_on_the_screen() {
+    // The screen part of a line that also sets a title: what the grid shows is searched.
+    row(
+        "title then the value on the grid",
+        &[b"\x1b]0;t\x07mail alice@example.com\n"],
+        "alice@example.com",
+    );
+}
