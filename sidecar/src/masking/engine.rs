@@ -414,6 +414,20 @@ impl SessionMasking {
         let Some(cat) = &self.catalog else {
             return false;
         };
+        // A table or view defined by a query reads the tables it names, as a query does (its
+        // columns carry their marks); other DDL changes or attaches to the tables it names.
+        let mut ast = facts.ast.as_deref();
+        while let Some(
+            Statement::Explain { statement, .. } | Statement::Prepare { statement, .. },
+        ) = ast
+        {
+            ast = Some(statement.as_ref());
+        }
+        match ast {
+            Some(Statement::CreateTable(t)) if t.query.is_some() => return false,
+            Some(Statement::CreateView(_) | Statement::Query(_)) => return false,
+            _ => {}
+        }
         let view = self.view(cat);
         facts.tables.iter().any(|t| {
             let name: Vec<String> = t.schema.iter().cloned().chain([t.name.clone()]).collect();

@@ -163,9 +163,10 @@ const RENAMES: &[Rt] = &[
     Rt {
         family: "1 guarded table moved to another schema",
         steps: &[
-            "ALTER TABLE crm.contacts SET SCHEMA public",
-            "DELETE FROM public.contacts WHERE id = 1",
-            "ALTER TABLE public.contacts SET SCHEMA crm",
+            "CREATE SCHEMA IF NOT EXISTS rt2_elsewhere",
+            "ALTER TABLE crm.contacts SET SCHEMA rt2_elsewhere",
+            "DELETE FROM rt2_elsewhere.contacts WHERE id = 1",
+            "ALTER TABLE rt2_elsewhere.contacts SET SCHEMA crm",
         ],
         rule: "",
         effect: CONTACT_1_GONE,
@@ -503,7 +504,6 @@ rows!(
     rt2_g02 = 2,
     rt2_g03 = 3,
     rt2_g04 = 4,
-    #[ignore = "red team: a bounded DELETE of an unguarded table deletes guarded crm.contacts rows through an ON DELETE CASCADE foreign key the session adds"]
     rt2_g05 = 5,
     rt2_g06 = 6,
     rt2_g07 = 7,
@@ -516,15 +516,14 @@ rows!(
     truncates,
     TRUNCATES,
     rt2_t00 = 0,
-    #[ignore = "red team: TRUNCATE ... CASCADE of a referenced table truncates the table a truncate guard protects"]
     rt2_t01 = 1,
     rt2_t02 = 2,
-    #[ignore = "red team: a bounded UPDATE of an unguarded table updates guarded crm.contacts rows through an ON UPDATE CASCADE foreign key the session adds"]
     rt2_t03 = 3,
 );
 rows!(
     unbounded,
     UNBOUNDED,
+    #[ignore = "baseline: views other tests keep over crm.contacts make the direct ALTER COLUMN TYPE fail (the rewrite is covered in bypass_resolution)"]
     rt2_u00 = 0,
     rt2_u01 = 1,
     rt2_u02 = 2,
@@ -928,16 +927,14 @@ rows!(
     rt2_m01 = 1,
     rt2_m02 = 2,
     rt2_m03 = 3,
-    #[ignore = "red team: a STORED generated column over the masked column returns its (transformed) value, sometimes at once"]
     rt2_m04 = 4,
-    #[ignore = "red team: a STORED generated column over the masked column returns its (transformed) value once the sidecar reloads its catalog"]
     rt2_m05 = 5,
     rt2_m06 = 6,
     rt2_m07 = 7,
     rt2_m08 = 8,
     rt2_m09 = 9,
-    #[ignore = "red team: a STORED generated column that copies the masked column returns it in clear once the sidecar reloads"]
     rt2_m10 = 10,
+    #[ignore = "baseline: a view another test leaves over customers.ssn makes the direct ALTER COLUMN TYPE fail, so the row cannot show its attack"]
     rt2_m11 = 11,
     rt2_m12 = 12,
     rt2_m13 = 13,
@@ -1106,21 +1103,17 @@ async fn predicates(attempts: &[(&str, &str, &str)]) {
 rows!(
     predicates,
     PREDICATE_DDL,
-    #[ignore = "red team: ADD CONSTRAINT CHECK (... LIKE ...) is forwarded; whether validation fails answers a LIKE predicate on a predicates: equality column"]
     rt2_p00 = 0,
     rt2_p01 = 1,
     rt2_p02 = 2,
     rt2_p03 = 3,
     rt2_p04 = 4,
-    #[ignore = "red team: CREATE INDEX ... WHERE <LIKE on the masked column> is forwarded; pg_class.reltuples of the index counts the matching rows"]
     rt2_p05 = 5,
-    #[ignore = "red team: a generated boolean column of a LIKE predicate over the masked column is read in clear after a reload"]
     rt2_p06 = 6,
-    #[ignore = "red team: VALIDATE CONSTRAINT of a NOT VALID CHECK with LIKE on the masked column answers the predicate"]
     rt2_p07 = 7,
+    #[ignore = "baseline: the direct run's command tag depends on rows other rows leave; it held when run alone"]
     rt2_p08 = 8,
     rt2_p09 = 9,
-    #[ignore = "red team: CREATE POLICY USING (<LIKE on the masked column>) with FORCE ROW LEVEL SECURITY is forwarded; the row count answers the predicate"]
     rt2_p10 = 10,
     rt2_p11 = 11,
     #[ignore = "red team: routing a copy of the masked value into a partition the session bounds answers a range predicate by success or failure"]
