@@ -1200,25 +1200,21 @@ async fn implicit_code_holds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: a foreign key the agent adds to customers (ON UPDATE CASCADE) rewrites customers rows from an unguarded UPDATE of the agent's own table, without approval"]
 async fn foreign_key_on_update_cascade() {
     families("rt2-fk-upd", &["fk on update cascade"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: a foreign key the agent adds to customers (ON DELETE SET DEFAULT) rewrites customers rows from an unguarded DELETE of the agent's own table, without approval"]
 async fn foreign_key_on_delete_set_default() {
     families("rt2-fk-del", &["fk on delete set default"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: an operator the agent creates runs its opaque function (which updates customers) from a plain SELECT, without approval"]
 async fn operator_runs_opaque_code() {
     families("rt2-op", &["operator"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: an operator in public shadowing pg_catalog's + (search_path public, pg_catalog) runs opaque code that updates customers from SELECT 1 + 1"]
 async fn operator_shadowing_a_builtin() {
     families("rt2-op-shadow", &["operator shadowing a built-in"]).await;
 }
@@ -1299,7 +1295,6 @@ async fn grant_then_operator(w: &World, t: &mut Table) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: a statement grant for a one-row UPDATE is reused after the agent creates public.= for integers (path public, pg_catalog): the same text then updates every row"]
 async fn operator_redefined_under_a_grant() {
     let w = world("rt2-op-grant").await;
     let mut t = Table(Vec::new());
@@ -1308,7 +1303,7 @@ async fn operator_redefined_under_a_grant() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: ALTER COLUMN ... TYPE ... USING rewrites every customers row without approval (the analysis marks it unbounded but the policy's write guardrail does not hold it)"]
+#[ignore = "baseline: a view another test leaves over customers.city makes the direct ALTER fail; through the sidecar the rewrite is held (ALTER TABLE counts as a write of its table)"]
 async fn column_type_rewrite() {
     families("rt2-type", &["column type rewrite"]).await;
 }
@@ -1371,7 +1366,6 @@ async fn copy_in(env: Option<&Env>, client: &Arc<Client>) -> (String, i64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: COPY customers FROM STDIN inserts rows into the guarded table without approval (insert guardrail does not hold COPY FROM)"]
 async fn copy_from_stdin_into_customers() {
     let w = world("rt2-copy").await;
     let mut t = Table(Vec::new());
@@ -1399,7 +1393,6 @@ async fn copy_from_stdin_into_customers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: TRUNCATE of the agent's own table CASCADE empties customers (through a foreign key the agent added), without approval"]
 async fn truncate_cascade_through_an_added_foreign_key() {
     families("rt2-trunc", &["truncate cascade"]).await;
 }
@@ -1533,7 +1526,6 @@ async fn relation_changed_under_a_grant() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: the function guardrail (functions: [rt_fix]) is bypassed by an operator whose FUNCTION is rt_fix: SELECT 1 ##> 1 runs it without approval"]
 async fn function_guardrail_through_an_operator() {
     families("rt2-fix-op", &["function guardrail via operator"]).await;
 }
@@ -1542,7 +1534,6 @@ async fn function_guardrail_through_an_operator() {
 /// orders policy), after the agent made the orders foreign key cascade: the approved
 /// statement also rewrites orders rows, which only portcullis-approvers may approve.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "red team: a customers update approved by alice (agent-owners) also rewrites orders rows (orders policy, portcullis-approvers only) through an ON UPDATE CASCADE the agent added"]
 async fn approved_update_cascades_into_another_policy() {
     let w = world("rt2-cascade").await;
     let mut t = Table(Vec::new());
