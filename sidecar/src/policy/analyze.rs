@@ -839,7 +839,25 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
     if matches!(s, Statement::AlterTable(_)) {
         facts.kinds.extend([K::Insert, K::Update, K::Delete]);
         facts.effect = facts.effect.max(Effect::Writes);
+        // A foreign key with a referential action lets a one-row write of another table
+        // update or delete any number of this table's rows: no bound of a later statement
+        // holds for them.
+        if referential_action(&s.to_string()) {
+            facts.missing_where = true;
+        }
     }
+}
+
+/// Whether rendered DDL gives a foreign key an action that changes the referencing rows.
+fn referential_action(sql: &str) -> bool {
+    ["ON DELETE", "ON UPDATE"].iter().any(|on| {
+        sql.match_indices(on).any(|(i, _)| {
+            let rest = sql[i + on.len()..].trim_start();
+            rest.starts_with("CASCADE")
+                || rest.starts_with("SET NULL")
+                || rest.starts_with("SET DEFAULT")
+        })
+    })
 }
 
 /// A rename or move of a function, table, view or schema: what later names resolve to
@@ -1072,6 +1090,18 @@ mod tests {
             );
         }
         assert!(facts("TRUNCATE mine")[0].unseen.is_none());
+        // A referential action deletes or updates rows no later statement bounds.
+        for sql in [
+            "ALTER TABLE c ADD FOREIGN KEY (k) REFERENCES p (k) ON DELETE CASCADE",
+            "ALTER TABLE c ADD CONSTRAINT f FOREIGN KEY (k) REFERENCES p (k) ON UPDATE SET NULL",
+            "ALTER TABLE c ADD COLUMN k int REFERENCES p (k) on delete set default",
+        ] {
+            assert!(facts(sql)[0].missing_where, "{sql}");
+        }
+        assert!(
+            !facts("ALTER TABLE c ADD FOREIGN KEY (k) REFERENCES p (k) ON DELETE RESTRICT")[0]
+                .missing_where
+        );
     }
 
     #[test]
