@@ -414,8 +414,9 @@ impl SessionMasking {
         let Some(cat) = &self.catalog else {
             return false;
         };
-        // A table or view defined by a query reads the tables it names, as a query does (its
-        // columns carry their marks); other DDL changes or attaches to the tables it names.
+        // DDL that makes the server compute over a table's rows (columns, constraints, index
+        // predicates, row security, triggers, partitions and inheritance) is what is refused; a
+        // table or view defined by a query reads the tables it names as a query does.
         let mut ast = facts.ast.as_deref();
         while let Some(
             Statement::Explain { statement, .. } | Statement::Prepare { statement, .. },
@@ -423,10 +424,35 @@ impl SessionMasking {
         {
             ast = Some(statement.as_ref());
         }
-        match ast {
-            Some(Statement::CreateTable(t)) if t.query.is_some() => return false,
-            Some(Statement::CreateView(_) | Statement::Query(_)) => return false,
-            _ => {}
+        let computes = match ast {
+            // Renames follow the table (the catalog is read again after DDL).
+            Some(Statement::AlterTable(at)) => !at.operations.iter().all(|o| {
+                matches!(
+                    o,
+                    sqlparser::ast::AlterTableOperation::RenameTable { .. }
+                        | sqlparser::ast::AlterTableOperation::RenameColumn { .. }
+                )
+            }),
+            // A new table computes over another's rows only when it attaches to it.
+            Some(Statement::CreateTable(t)) => {
+                t.query.is_none()
+                    && (t.inherits.is_some()
+                        || t.partition_of.is_some()
+                        || t.like.is_some()
+                        || t.clone.is_some())
+            }
+            Some(
+                Statement::CreateIndex(_)
+                | Statement::CreatePolicy(_)
+                | Statement::AlterPolicy(_)
+                | Statement::CreateTrigger(_),
+            ) => true,
+            // Other DDL (DROP, COMMENT, views, tables defined by a query) computes nothing
+            // over the rows of the tables it names.
+            _ => false,
+        };
+        if !computes {
+            return false;
         }
         let view = self.view(cat);
         facts.tables.iter().any(|t| {

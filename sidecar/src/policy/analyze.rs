@@ -836,7 +836,17 @@ fn classify(s: &Statement, facts: &mut StatementFacts) {
     // added, a partition attached) or what later writes do to them (a foreign-key action
     // that deletes or updates its rows when another table changes, a trigger enabled): for
     // the guardrails it is every kind of write of that table as well as DDL.
-    if matches!(s, Statement::AlterTable(_)) {
+    if let Statement::AlterTable(at) = s {
+        // Renames change what later names resolve to (see `renames`), not the rows.
+        if at.operations.iter().all(|o| {
+            matches!(
+                o,
+                sqlparser::ast::AlterTableOperation::RenameTable { .. }
+                    | sqlparser::ast::AlterTableOperation::RenameColumn { .. }
+            )
+        }) {
+            return;
+        }
         facts.kinds.extend([K::Insert, K::Update, K::Delete]);
         facts.effect = facts.effect.max(Effect::Writes);
         // A foreign key with a referential action lets a one-row write of another table
