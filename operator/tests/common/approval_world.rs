@@ -276,7 +276,13 @@ pub struct World {
     pub stop_tx: tokio::sync::oneshot::Sender<()>,
     pub controller: tokio::task::JoinHandle<()>,
     pub _dir: tempfile::TempDir,
+    /// Held for the world's life: the attempts of one table change the shared `customers`
+    /// rows, so two worlds at once can deadlock each other's direct baselines.
+    pub _serial: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// One world at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub fn affected(m: &[tokio_postgres::SimpleQueryMessage]) -> u64 {
     m.iter()
@@ -290,6 +296,7 @@ pub fn affected(m: &[tokio_postgres::SimpleQueryMessage]) -> u64 {
 pub const AGENT_SQL: &str = "agent, SQL through the sidecar";
 
 pub async fn world(label: &str) -> World {
+    let serial = SERIAL.lock().await;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -623,6 +630,7 @@ resources:
     };
 
     World {
+        _serial: serial,
         client,
         ns,
         env,
